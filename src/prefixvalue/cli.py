@@ -1,0 +1,55 @@
+"""The ``prefixvalue`` command: one sub-command per pipeline stage.
+
+    prefixvalue collect  --task arith --model data/policies/arith-tiny --num-prompts 64 --samples 8 --out runs/traces
+    prefixvalue label    --traces runs/traces --model data/policies/arith-tiny --positions steps --samples 16 --out runs/labels
+    prefixvalue evaluate --checkpoint runs/train --traces runs/traces --labels runs/labels --out runs/eval
+    prefixvalue quickstart
+
+Each sub-command takes ``--config FILE.yaml`` and ``key=value`` overrides; ``--help`` lists options.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: sub-command -> module whose ``main(argv)`` runs it (a plain dict, filled here)
+COMMANDS: dict[str, str] = {
+    "collect": "prefixvalue.collect",
+    "label": "prefixvalue.label",
+    "evaluate": "prefixvalue.evaluate",
+    "quickstart": "prefixvalue.quickstart",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        print("\ncommands: " + ", ".join(COMMANDS))
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(__version__)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(cmd, list(COMMANDS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        print(f"prefixvalue: unknown command {cmd!r}{hint}", file=sys.stderr)
+        return 2
+    from .config import ConfigError
+
+    module = importlib.import_module(COMMANDS[cmd])
+    try:
+        return int(module.main(rest) or 0)
+    except ConfigError as exc:
+        print(f"prefixvalue {cmd}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,274 @@
+"""One small configuration mechanism for every recipe and CLI command.
+
+A config is a typed dataclass whose fields carry ``metadata={"help": ...}``. `parse_config` fills it
+from an optional YAML file (``--config FILE``) and then from ``key=value`` (or ``--key value``)
+overrides; nested dataclass fields are reached with dotted keys (``task.num_steps=5``). Unknown
+keys are rejected with the closest valid name suggested; validation lives in each dataclass's
+``__post_init__``. ``--help`` is generated from the field help texts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+from . import __version__
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message says which and why."""
+
+
+def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING) -> Any:  # noqa: A002
+    """`dataclasses.field` with a required help text (shown by ``--help``)."""
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert `value` (from YAML or the command line) to type `tp`, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: cannot read {value!r} as {tp}: " + "; ".join(errors))
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
+        return _build(tp, value, prefix=f"{key}.")
+    if origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [
+                v for v in value.split(",") if v != ""
+            ]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if (origin is tuple or tp is tuple) else out
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip() else {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected text, got {value!r}")
+        return str(value)
+    return value
+
+
+def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}' in {where}{hint} (valid keys: {', '.join(sorted(valid))})")
+
+
+def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown(prefix + key, [prefix + n for n in names], cls.__name__)
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{cls.__name__}: {exc}") from None
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _parse_scalar(text: str) -> Any:
+    """Read a command-line value with YAML rules (numbers, booleans, lists) but keep plain text."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if value is None and text.lower() not in ("null", "none", "~") else value
+
+
+def format_help(cls: type, prog: str | None = None, prefix: str = "") -> str:
+    """Return ``--help`` text listing every field, its type, default and help."""
+    lines = []
+    if not prefix:
+        lines.append(f"usage: {prog or cls.__name__} [--config FILE.yaml] [key=value ...]")
+        doc = (cls.__doc__ or "").strip()
+        if doc:
+            lines += ["", doc]
+        lines += ["", "options (set in the YAML file or as key=value; nested keys are dotted):"]
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        if _is_dataclass_type(tp):
+            lines.append(f"  {prefix}{f.name}.*  {f.metadata.get('help', '')}")
+            lines.append(format_help(tp, prefix=f"{prefix}{f.name}."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = "(required)"
+        tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+        lines.append(f"  {prefix}{f.name} ({tname}, default: {default!r})")
+        lines.append(f"      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None = None) -> T:
+    """Build a `cls` config from ``argv``: ``[--config FILE] [key=value | --key value | --key=value ...]``.
+
+    Later values win: dataclass defaults < YAML file < command line. Raises ConfigError on unknown
+    keys (with a suggestion) and on values of the wrong type; prints help and exits on ``--help``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(format_help(cls, prog))
+        raise SystemExit(0)
+    tree: dict[str, Any] = {}
+    overrides: list[tuple[str, Any]] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--config", "-c"):
+            if i + 1 >= len(argv):
+                raise ConfigError("--config needs a YAML file")
+            tree = load_yaml(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            tree = load_yaml(arg.split("=", 1)[1])
+            i += 1
+            continue
+        if arg.startswith("--"):
+            body = arg[2:]
+            if "=" in body:
+                key, value = body.split("=", 1)
+                i += 1
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--") and "=" not in argv[i + 1]:
+                key, value = body, argv[i + 1]
+                i += 2
+            else:  # a bare flag means true
+                key, value = body, "true"
+                i += 1
+        elif "=" in arg:
+            key, value = arg.split("=", 1)
+            i += 1
+        else:
+            raise ConfigError(f"cannot read argument {arg!r}: expected key=value or --key value")
+        overrides.append((key.replace("-", "_"), _parse_scalar(value)))
+    for key, value in overrides:
+        _set_dotted(tree, key, value)
+    return _build(cls, tree)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from `path`; a clear ConfigError if it is missing or not a mapping."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def load_config(cls: type[T], path: str | Path, **overrides: Any) -> T:
+    """Build a `cls` config from a YAML file plus keyword overrides (dotted keys allowed)."""
+    tree = load_yaml(path)
+    for key, value in overrides.items():
+        _set_dotted(tree, key, value)
+    return _build(cls, tree)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Return the config as plain JSON/YAML-safe data."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def save_resolved_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config and the package version to ``out_dir/name``; return the path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"prefixvalue_version": __version__, "config_class": type(cfg).__name__, **config_to_dict(cfg)}
+    path = out / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -1,0 +1,82 @@
+"""On-disk datasets shared by every stage: traces and prefix labels (contracts in DESIGN.md).
+
+Both are `datasets` datasets saved with ``save_to_disk``. Stages that write them in shards keep
+each shard under ``OUT/shards/`` and merge into ``OUT/`` at the end; readers use `load_traces` and
+`load_labels`, which accept either a merged folder or a folder of shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+#: fields every traces row carries (see DESIGN.md, "traces")
+TRACE_FIELDS: tuple[str, ...] = (
+    "trace_id", "prompt_id", "prompt", "completion", "prompt_ids", "completion_ids", "outcome",
+    "verifier_error", "step_spans", "step_labels", "logprobs",
+)
+#: fields every prefix-labels row carries (see DESIGN.md, "prefix labels")
+LABEL_FIELDS: tuple[str, ...] = ("trace_id", "position", "n", "successes", "mean", "ci_low", "ci_high")
+
+
+class DataFormatError(ValueError):
+    """A dataset on disk does not follow its contract; the message names the folder and field."""
+
+
+def _load(path: str | Path, required: Iterable[str], what: str) -> datasets.Dataset:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+        ds = datasets.load_from_disk(str(path))
+    elif (path / "data").exists():
+        ds = datasets.load_from_disk(str(path / "data"))
+    else:
+        raise DataFormatError(f"{path} is not a saved {what} dataset (no dataset_info.json)")
+    if isinstance(ds, datasets.DatasetDict):
+        raise DataFormatError(f"{path}: expected one dataset, found splits {list(ds)}")
+    missing = [f for f in required if f not in ds.column_names]
+    if missing:
+        raise DataFormatError(f"{path}: {what} dataset lacks field(s) {missing}")
+    return ds
+
+
+def load_traces(path: str | Path) -> datasets.Dataset:
+    """Load a traces dataset written by `prefixvalue collect` (or by the user, same fields)."""
+    return _load(path, TRACE_FIELDS, "traces")
+
+
+def load_labels(path: str | Path) -> datasets.Dataset:
+    """Load a prefix-labels dataset written by `prefixvalue label`."""
+    return _load(path, LABEL_FIELDS, "prefix labels")
+
+
+def is_heldout(prompt_id: str, heldout_fraction: float, seed: int = 0) -> bool:
+    """Whether `prompt_id` belongs to the held-out split.
+
+    The split is by prompt (never by trace) and depends only on (prompt_id, seed), so training and
+    evaluation agree on it without sharing any state, and adding prompts never moves old ones.
+    """
+    if heldout_fraction <= 0:
+        return False
+    if heldout_fraction >= 1:
+        return True
+    h = hashlib.sha256(f"{seed}|{prompt_id}".encode()).digest()
+    return int.from_bytes(h[:8], "little") / 2**64 < heldout_fraction
+
+
+def split_by_prompt(ds: datasets.Dataset, heldout_fraction: float, seed: int = 0) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Split rows into (train, held-out) by prompt with `is_heldout`; traces of a prompt stay together."""
+    flags = [is_heldout(pid, heldout_fraction, seed) for pid in ds["prompt_id"]]
+    train_idx = [i for i, f in enumerate(flags) if not f]
+    held_idx = [i for i, f in enumerate(flags) if f]
+    return ds.select(train_idx), ds.select(held_idx)
+
+
+def rows_to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
+    """Build a dataset from row dicts (fields as in the contracts)."""
+    return datasets.Dataset.from_list(rows)

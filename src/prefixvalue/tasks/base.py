@@ -1,0 +1,146 @@
+"""The `Task` interface: prompts with stable ids, a verifier, a step splitter, optional step labels."""
+
+from __future__ import annotations
+
+import abc
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One task instance. `prompt_id` is stable across runs for the same task settings."""
+
+    prompt_id: str
+    text: str
+    answer: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass
+class VerifierResult:
+    """Outcome of verifying one completion: `score` in [0, 1] (usually 0 or 1).
+
+    `error` is None when the verifier ran cleanly, else a short text (exception or timeout); an
+    errored verification always has score 0.
+    """
+
+    score: float
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(abc.ABC):
+    """A verifiable task family.
+
+    Subclasses yield prompts, verify completions Φ(prompt, completion) -> [0, 1], split a completion
+    into steps (character spans), and may give exact per-step correctness labels.
+    """
+
+    name: str = "task"
+
+    @abc.abstractmethod
+    def prompts(self, num: int | None = None, split: str = "train") -> Iterator[Prompt]:
+        """Yield up to `num` prompts of `split` (all of them if None) in a fixed order."""
+
+    @abc.abstractmethod
+    def verify(self, prompt: Prompt, completion: str) -> VerifierResult:
+        """Score `completion` as an answer to `prompt`."""
+
+    def split_steps(self, completion: str) -> list[tuple[int, int]]:
+        """Character spans [start, end) of the steps of `completion`; default: one step per line."""
+        spans: list[tuple[int, int]] = []
+        start = 0
+        for i, ch in enumerate(completion):
+            if ch == "\n":
+                if i > start:
+                    spans.append((start, i))
+                start = i + 1
+        if start < len(completion):
+            spans.append((start, len(completion)))
+        return spans
+
+    def step_labels(self, prompt: Prompt, completion: str) -> list[bool] | None:
+        """Exact correctness of each step of `split_steps(completion)`, or None if unknown."""
+        return None
+
+
+def first_error(step_labels: list[bool] | None) -> int | None:
+    """ProcessBench label: index of the earliest wrong step, -1 if all are right, None if unknown."""
+    if step_labels is None:
+        return None
+    for i, ok in enumerate(step_labels):
+        if not ok:
+            return i
+    return -1
+
+
+def char_to_token_spans(
+    char_spans: list[tuple[int, int]], token_ends: list[int]
+) -> list[tuple[int, int]]:
+    """Map character spans to token spans [start, end) given each token's end character offset.
+
+    A token belongs to the step that contains its last character (a token that adds no character
+    stays with the step before it). Steps that cover no token are dropped.
+    """
+    out: list[tuple[int, int]] = []
+    for c0, c1 in char_spans:
+        toks = [i for i, e in enumerate(token_ends) if c0 <= max(e - 1, 0) < c1]
+        if toks:
+            out.append((toks[0], toks[-1] + 1))
+    return out
+
+
+def token_end_offsets(tokenizer: Any, ids: list[int]) -> list[int]:
+    """End character offset of each token in ``tokenizer.decode(ids)`` (incremental decoding).
+
+    Works for any tokenizer, including byte-level BPE, because it decodes growing prefixes.
+    """
+    ends: list[int] = []
+    for i in range(1, len(ids) + 1):
+        ends.append(len(tokenizer.decode(ids[:i], skip_special_tokens=True)))
+    return ends
+
+
+def safe_verify(task: Task, prompt: Prompt, completion: str, timeout_s: float | None = 10.0) -> VerifierResult:
+    """Run ``task.verify`` so that a crash or a time-out gives score 0 with the error recorded.
+
+    The run goes on either way. A timed-out verifier is abandoned in a daemon thread (Python cannot
+    kill a thread), so a user verifier that never returns costs one idle thread, not the run.
+    """
+    if timeout_s is None:
+        try:
+            res = task.verify(prompt, completion)
+        except Exception as exc:  # noqa: BLE001 - any verifier failure is recorded, not raised
+            return VerifierResult(0.0, error=f"{type(exc).__name__}: {exc}")
+        return _checked(res)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["res"] = task.verify(prompt, completion)
+        except BaseException as exc:  # noqa: BLE001
+            box["exc"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        return VerifierResult(0.0, error=f"TimeoutError: verifier exceeded {timeout_s:g}s")
+    if "exc" in box:
+        exc = box["exc"]
+        return VerifierResult(0.0, error=f"{type(exc).__name__}: {exc}")
+    return _checked(box["res"])
+
+
+def _checked(res: Any) -> VerifierResult:
+    if isinstance(res, (int, float)):
+        res = VerifierResult(float(res))
+    if not isinstance(res, VerifierResult):
+        return VerifierResult(0.0, error=f"TypeError: verifier returned {type(res).__name__}, not a score")
+    if not 0.0 <= float(res.score) <= 1.0:
+        return VerifierResult(0.0, error=f"ValueError: verifier score {res.score} outside [0, 1]", details=res.details)
+    res.score = float(res.score)
+    return res

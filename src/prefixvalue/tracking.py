@@ -1,0 +1,164 @@
+"""Logging as a small protocol: disk (JSON lines), stdout and wandb implementations.
+
+Metrics are keyed ``train/...`` and ``eval/...``. wandb is real but never required: with no API key
+it runs offline and writes its run folder locally; ``WANDB_MODE=disabled`` turns it off entirely.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Logger(Protocol):
+    """What every logging backend implements."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_image(self, key: str, path: str | Path, step: int | None = None) -> None: ...
+    def log_html(self, key: str, html: str, step: int | None = None) -> None: ...
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None) -> None: ...
+    def finish(self) -> None: ...
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return _clean(value.item())
+    return value
+
+
+class DiskLogger:
+    """Appends one JSON object per `log` call to ``out_dir/metrics.jsonl``; tables go to parquet."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "metrics.jsonl"
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        row = {"step": step, "time": time.time(), **{k: _clean(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def log_image(self, key: str, path: str | Path, step: int | None = None) -> None:
+        pass  # images already live on disk where the caller wrote them
+
+    def log_html(self, key: str, html: str, step: int | None = None) -> None:
+        pass
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})
+        pq.write_table(table, self.dir / f"{key.replace('/', '_')}.parquet")
+
+    def finish(self) -> None:
+        pass
+
+
+class StdoutLogger:
+    """Prints a compact line per `log` call."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stdout
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        parts = []
+        for k, v in metrics.items():
+            v = _clean(v)
+            parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+        print(f"[step {step}] " + " ".join(parts), file=self.stream, flush=True)
+
+    def log_image(self, key: str, path: str | Path, step: int | None = None) -> None:
+        pass
+
+    def log_html(self, key: str, html: str, step: int | None = None) -> None:
+        pass
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbLogger:
+    """wandb run; offline when no API key is configured (``WANDB_MODE`` wins when set)."""
+
+    def __init__(self, out_dir: str | Path, project: str = "prefixvalue", name: str | None = None,
+                 config: dict[str, Any] | None = None, resume_id: str | None = None) -> None:
+        import wandb
+
+        mode = os.environ.get("WANDB_MODE")
+        if mode is None:
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        self.wandb = wandb
+        self.run = wandb.init(project=project, name=name, config=config, dir=str(out_dir), mode=mode,
+                              id=resume_id, resume="allow" if resume_id else None, reinit="finish_previous")
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.run.log({k: _clean(v) for k, v in metrics.items()}, step=step)
+
+    def log_image(self, key: str, path: str | Path, step: int | None = None) -> None:
+        self.run.log({key: self.wandb.Image(str(path))}, step=step)
+
+    def log_html(self, key: str, html: str, step: int | None = None) -> None:
+        self.run.log({key: self.wandb.Html(html)}, step=step)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None) -> None:
+        self.run.log({key: self.wandb.Table(columns=columns, data=[[_clean(x) for x in r] for r in rows])}, step=step)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+class MultiLogger:
+    """Fans every call out to several loggers."""
+
+    def __init__(self, loggers: list[Logger]) -> None:
+        self.loggers = loggers
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for lg in self.loggers:
+            lg.log(metrics, step)
+
+    def log_image(self, key: str, path: str | Path, step: int | None = None) -> None:
+        for lg in self.loggers:
+            lg.log_image(key, path, step)
+
+    def log_html(self, key: str, html: str, step: int | None = None) -> None:
+        for lg in self.loggers:
+            lg.log_html(key, html, step)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None) -> None:
+        for lg in self.loggers:
+            lg.log_table(key, columns, rows, step)
+
+    def finish(self) -> None:
+        for lg in self.loggers:
+            lg.finish()
+
+
+def build_logger(report_to: str | list[str], out_dir: str | Path, config: dict[str, Any] | None = None,
+                 run_name: str | None = None, project: str = "prefixvalue") -> MultiLogger:
+    """Build loggers from ``"disk,stdout,wandb"`` (or a list); ``none`` gives a logger that drops all."""
+    names = report_to.split(",") if isinstance(report_to, str) else list(report_to)
+    names = [n.strip() for n in names if n.strip() and n.strip() != "none"]
+    loggers: list[Logger] = []
+    for n in names:
+        if n == "disk":
+            loggers.append(DiskLogger(out_dir))
+        elif n == "stdout":
+            loggers.append(StdoutLogger())
+        elif n == "wandb":
+            loggers.append(WandbLogger(out_dir, project=project, name=run_name, config=config))
+        else:
+            raise ValueError(f"unknown logger {n!r}; choose from disk, stdout, wandb, none")
+    return MultiLogger(loggers)

@@ -1,0 +1,45 @@
+# make quickstart   set up (.venv, pinned CPU torch, the package) and run the whole loop on the embedded default
+# make test         set up and run the test suite
+# make bench        set up and run benchmarks/ (figures land in benchmarks/results.json)
+#
+# On a GPU machine, choose the torch build:  make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.prefixvalue-installed
+QUICKSTART_CONFIG ?= recipes/configs/quickstart.yaml
+
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install quickstart test bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned, so that resolving the package's dependencies never pulls CUDA wheels
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: install
+	$(VENV)/bin/prefixvalue quickstart --config $(QUICKSTART_CONFIG)
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	@set -e; for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done
+	@echo "figures in benchmarks/results.json"
+
+lint: install
+	$(VENV)/bin/ruff check src recipes tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -45,10 +45,12 @@ def main(argv: list[str] | None = None) -> int:
 
     module = importlib.import_module(COMMANDS[cmd])
     try:
-        return int(module.main(rest) or 0)
+        rc = module.main(rest)
     except ConfigError as exc:
         print(f"prefixvalue {cmd}: {exc}", file=sys.stderr)
         return 2
+    # stage mains return their summary dict (for callers in Python); the shell wants an exit code
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

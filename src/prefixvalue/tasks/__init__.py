@@ -14,9 +14,11 @@ from .base import (
     safe_verify,
     token_end_offsets,
 )
+from .jsonl import JsonlConfig, JsonlFormatError, JsonlTask
 
 TASKS: dict[str, type[Task]] = {
     "arith": ArithTask,
+    "jsonl": JsonlTask,
 }
 
 
@@ -31,6 +33,9 @@ __all__ = [
     "TASKS",
     "ArithConfig",
     "ArithTask",
+    "JsonlConfig",
+    "JsonlFormatError",
+    "JsonlTask",
     "Prompt",
     "Task",
     "VerifierResult",

@@ -1,0 +1,230 @@
+"""``prefixvalue label``: Monte Carlo prefix labels (k/n with Wilson 95% intervals) for traces.
+
+    prefixvalue label --traces runs/traces --model data/policies/arith-tiny --positions steps --samples 16 --max-traces 64 --seed 0 --out runs/labels
+    prefixvalue label --traces runs/traces --model data/policies/arith-tiny --positions adaptive --budget 256 --out runs/labels_adaptive
+    accelerate launch -m prefixvalue.cli label ...          # several processes: trace chunks split by process
+
+Positions: ``all`` | ``stride:K`` | ``steps`` | ``short:K`` | ``adaptive`` (see `prefixvalue.positions`).
+Each prefix is continued `samples` times (adaptive: in rounds of `round_samples`, within `budget`
+rollouts per trace) with the sampling parameters the traces were collected with unless overridden.
+Each trace is prefilled once and continuations branch off its KV cache; identical prefixes are
+sampled once. Output: the labels dataset at OUT (shards under OUT/shards, resumable like collect)
+and ``OUT/cost.json`` (prefill tokens, generated tokens, rollouts, verifier calls, seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from .collect import check_manifest, dist_info, run_shards, shard_done, shard_path
+from .config import ConfigError, field, parse_config, save_resolved_config
+from .data import DataFormatError, load_traces
+from .mc import AdaptiveConfig, LabelCost, MCLabeller, TraceRef
+from .positions import PositionSpecError, parse_positions, positions_for_trace
+from .sampling import HFSampler, SamplingParams
+from .tasks import Prompt, build_task
+
+#: schema of a prefix-labels dataset written by label (contract fields first)
+LABEL_FEATURES = datasets.Features({
+    "trace_id": datasets.Value("string"),
+    "position": datasets.Value("int32"),
+    "n": datasets.Value("int32"),
+    "successes": datasets.Value("float64"),
+    "mean": datasets.Value("float64"),
+    "ci_low": datasets.Value("float64"),
+    "ci_high": datasets.Value("float64"),
+    "prefix_tokens": datasets.Value("int32"),
+    "method": datasets.Value("string"),
+    "prompt_id": datasets.Value("string"),
+})
+
+
+@dataclass
+class LabelConfig:
+    """Label trace prefixes with Monte Carlo success rates of the policy continuing from them."""
+
+    traces: str | None = field(None, help="traces dataset folder (written by `prefixvalue collect`)")
+    model: str | None = field(None, help="policy that continues the prefixes (normally the one that wrote the traces)")
+    out: str | None = field(None, help="output folder (labels dataset, cost.json; shards under OUT/shards)")
+    positions: str = field("steps", help="all | stride:K | steps | short:K | adaptive")
+    samples: int = field(16, help="continuations per prefix (uniform specs)")
+    max_traces: int | None = field(None, help="label only the first K traces (None: all)")
+    seed: int = field(0, help="sampling seed; the same command gives the same labels")
+    task: str | None = field(None, help="task name (default: the traces' `task` column)")
+    task_args: dict | None = field(None, help="task keyword arguments (default: the traces' `task_args` column)")
+    temperature: float | None = field(None, help="sampling temperature (default: as the traces were collected)")
+    top_p: float | None = field(None, help="nucleus mass (default: as collected)")
+    top_k: int | None = field(None, help="top-k (default: as collected)")
+    max_new_tokens: int | None = field(None, help="completion budget in tokens, counted from the prompt (default: as collected)")
+    chunk_traces: int = field(16, help="traces per shard (fixes the shards; keep it when resuming)")
+    batch_rows: int = field(256, help="most continuations decoded together (CPU: 256; larger batches spill the cache)")
+    round_samples: int = field(8, help="adaptive: continuations added to a prefix per round")
+    target_halfwidth: float = field(0.1, help="adaptive: stop sampling a prefix below this Wilson half-width")
+    budget: int = field(256, help="adaptive: most continuations per trace")
+    jump: float = field(0.25, help="adaptive: bisect between neighbours whose values differ by this much")
+    init_stride: int = field(8, help="adaptive: starting grid is step boundaries plus every init_stride tokens")
+    dtype: str = field("auto", help="model dtype: auto, float32, bfloat16, float16")
+    device: str | None = field(None, help="device (default: this process's accelerate device)")
+    verifier_timeout_s: float | None = field(10.0, help="verifier time limit per continuation (None: no limit)")
+    trust_remote_code: bool = field(False, help="allow custom model code from the model folder")
+    progress: bool = field(True, help="show a progress bar")
+
+    def __post_init__(self) -> None:
+        for name in ("traces", "model", "out"):
+            if not getattr(self, name):
+                raise ConfigError(f"label: {name} is required (--{name.replace('_', '-')} ...)")
+        try:
+            parse_positions(self.positions)
+        except PositionSpecError as exc:
+            raise ConfigError(f"label: {exc}") from None
+        for name in ("samples", "chunk_traces", "batch_rows", "round_samples", "budget", "init_stride"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"label: {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_traces is not None and self.max_traces < 1:
+            raise ConfigError("label: max_traces must be >= 1 (or None for all)")
+        try:
+            self.adaptive_config()
+        except ValueError as exc:
+            raise ConfigError(f"label: {exc}") from None
+
+    def adaptive_config(self) -> AdaptiveConfig:
+        return AdaptiveConfig(round_samples=self.round_samples, target_halfwidth=self.target_halfwidth,
+                              budget=self.budget, jump=self.jump, init_stride=self.init_stride)
+
+
+def sampling_from_traces(ds: datasets.Dataset, cfg: LabelConfig) -> SamplingParams:
+    """The traces' sampling parameters (column `sampling`), overridden by any set in `cfg`."""
+    base: dict[str, Any] = {}
+    if "sampling" in ds.column_names and len(ds) and ds[0]["sampling"]:
+        base = json.loads(ds[0]["sampling"])
+    merged = {"temperature": base.get("temperature", 1.0), "top_p": base.get("top_p", 1.0),
+              "top_k": base.get("top_k", 0), "max_new_tokens": base.get("max_new_tokens", 64),
+              "stop": tuple(base.get("stop", ()))}
+    for key in ("temperature", "top_p", "top_k", "max_new_tokens"):
+        if getattr(cfg, key) is not None:
+            merged[key] = getattr(cfg, key)
+    longest = max((len(c) for c in ds["completion_ids"]), default=0)
+    merged["max_new_tokens"] = max(int(merged["max_new_tokens"]), longest)
+    try:
+        return SamplingParams(seed=cfg.seed, **merged)
+    except ValueError as exc:
+        raise ConfigError(f"label: {exc}") from None
+
+
+def trace_refs(ds: datasets.Dataset) -> list[TraceRef]:
+    """`TraceRef`s of a traces dataset; raises DataFormatError on rows that cannot be labelled."""
+    refs = []
+    has_answer = "answer" in ds.column_names
+    has_meta = "prompt_meta" in ds.column_names
+    seen: set[str] = set()
+    for i, row in enumerate(ds):
+        tid = row["trace_id"]
+        if tid in seen:
+            raise DataFormatError(f"traces: duplicate trace_id {tid!r} (row {i})")
+        seen.add(tid)
+        if not row["prompt_ids"]:
+            raise DataFormatError(f"traces: trace {tid!r} has empty prompt_ids")
+        if not row["completion_ids"]:
+            raise DataFormatError(f"traces: trace {tid!r} has empty completion_ids (nothing to label)")
+        meta = json.loads(row["prompt_meta"]) if has_meta and row["prompt_meta"] else {}
+        prompt = Prompt(row["prompt_id"], row["prompt"], row["answer"] if has_answer else None, meta)
+        refs.append(TraceRef(tid, prompt, tuple(row["prompt_ids"]), tuple(row["completion_ids"])))
+    return refs
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``prefixvalue label``; returns the exit status."""
+    cfg = parse_config(LabelConfig, argv, prog="prefixvalue label")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    datasets.disable_progress_bars()
+    rank, world, state = dist_info()
+    out = Path(str(cfg.out))
+    ds = load_traces(str(cfg.traces))
+    if cfg.max_traces is not None:
+        ds = ds.select(range(min(cfg.max_traces, len(ds))))
+    if len(ds) == 0:
+        raise DataFormatError(f"{cfg.traces}: no traces to label")
+    refs = trace_refs(ds)
+    task_name = cfg.task or (ds[0]["task"] if "task" in ds.column_names else None)
+    if not task_name:
+        raise ConfigError("label: the traces carry no `task` column; pass --task NAME")
+    task_args = cfg.task_args
+    if task_args is None:
+        task_args = json.loads(ds[0]["task_args"]) if "task_args" in ds.column_names and ds[0]["task_args"] else {}
+    task = build_task(task_name, task_args)
+    params = sampling_from_traces(ds, cfg)
+    spec = parse_positions(cfg.positions)
+    spans = ds["step_spans"]
+    plan = [positions_for_trace(spec, len(r.completion_ids), sp, cfg.init_stride) for r, sp in zip(refs, spans)]
+    manifest = {"traces": str(Path(str(cfg.traces)).resolve()), "trace_ids_sha": _ids_digest([r.trace_id for r in refs]),
+                "model": cfg.model, "positions": str(spec), "samples": cfg.samples, "chunk_traces": cfg.chunk_traces,
+                "task": task_name, "task_args": task_args, "sampling": json.loads(params.to_json()),
+                "adaptive": cfg.adaptive_config().__dict__ if spec.kind == "adaptive" else None}
+    if rank == 0:
+        check_manifest(out, manifest)
+        save_resolved_config(cfg, out)
+    if world > 1:
+        state.wait_for_everyone()
+        check_manifest(out, manifest)
+    num_shards = (len(refs) + cfg.chunk_traces - 1) // cfg.chunk_traces
+    todo = [i for i in range(num_shards) if i % world == rank and not shard_done(out, i)]
+    labeller: MCLabeller | None = None
+    if todo:
+        from .models import load_policy
+
+        model, tokenizer = load_policy(str(cfg.model), cfg.dtype, cfg.device or state.device, cfg.trust_remote_code)
+        labeller = MCLabeller(HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows), tokenizer, task, params,
+                              cfg.verifier_timeout_s)
+    from tqdm.auto import tqdm
+
+    total = sum(len(refs[i * cfg.chunk_traces:(i + 1) * cfg.chunk_traces]) for i in todo)
+    bar = tqdm(total=total, unit="trace", desc=f"label {spec}", disable=not cfg.progress or rank != 0)
+    t0 = time.perf_counter()
+
+    def work(i: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        assert labeller is not None
+        lo, hi = i * cfg.chunk_traces, (i + 1) * cfg.chunk_traces
+        chunk, pos = refs[lo:hi], plan[lo:hi]
+        before = LabelCost(**labeller.cost.as_dict())
+        if spec.kind == "adaptive":
+            est = labeller.adaptive(chunk, pos, cfg.adaptive_config())
+        else:
+            est = labeller.uniform(chunk, pos, cfg.samples, method=str(spec))
+        cost = {k: v - getattr(before, k) for k, v in labeller.cost.as_dict().items()}
+        pid = {r.trace_id: r.prompt.prompt_id for r in chunk}
+        rows = [{**e.as_row(), "prompt_id": pid[e.trace_id]} for e in est]
+        bar.update(len(chunk))
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(rollouts_s=f"{labeller.cost.rollouts / elapsed:.0f}",
+                        tok_s=f"{labeller.cost.generated_tokens / elapsed:.0f}")
+        return rows, {"cost": cost}
+
+    merged = run_shards(out, num_shards, work, LABEL_FEATURES, state, rank, world)
+    bar.close()
+    if merged is not None:
+        total_cost = LabelCost()
+        for i in range(num_shards):
+            total_cost.add(LabelCost(**json.loads((shard_path(out, i) / "done.json").read_text())["cost"]))
+        cost = {**total_cost.as_dict(), "labels": len(merged), "traces": len(refs), "positions": str(spec),
+                "samples": cfg.samples if spec.kind != "adaptive" else None, "shards": num_shards,
+                "note": "sums over shards; seconds is sampling+verification time summed over processes"}
+        (out / "cost.json").write_text(json.dumps(cost, indent=1))
+        print(f"label: {len(merged)} prefix labels of {len(refs)} traces, {total_cost.rollouts} rollouts, "
+              f"{total_cost.generated_tokens} generated tokens -> {out}")
+    return 0
+
+
+def _ids_digest(ids: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+__all__ = ["LABEL_FEATURES", "LabelConfig", "main", "sampling_from_traces", "trace_refs"]

@@ -1,0 +1,539 @@
+"""Batched sampling from causal LMs behind a small `Sampler` protocol.
+
+Two operations cover every stage of the toolkit:
+
+- ``generate(prompts, keys, params)``: one continuation per prompt (``collect``);
+- ``branch(sequences, requests, params)``: continuations of *prefixes* ``sequences[i][:cut]``
+  (``label``). `HFSampler` runs one forward over each sequence and slices its KV cache per cut, so
+  a prefix is never re-encoded; a vLLM backend can implement the same call with prefix caching.
+
+Randomness is counter-based: every row carries a string key (e.g. ``"arith-train-000003/s5"``) and
+the Gumbel noise for (row, step, token) is a hash of (seed, key, step, token). A row's tokens
+therefore do not depend on which other rows share its batch, on batch order, on finished rows
+being compacted out, or on how many processes split the work -- the same command gives the same
+traces. (Batched float arithmetic can still differ in the last bits between batch layouts; with
+float32 that flips a sample only when two Gumbel-perturbed logits tie to ~1e-6.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+_M32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. ``temperature == 0`` is greedy; ``top_k == 0`` and ``top_p == 1`` disable them."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 64
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+    def to_json(self) -> str:
+        """The parameters as compact JSON text (stored beside every trace)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass
+class Generation:
+    """One sampled continuation.
+
+    `token_ids` include the EOS token when generation stopped on EOS; `logprobs[i]` is the natural
+    log-probability of `token_ids[i]` under the distribution it was drawn from (after temperature,
+    top-k and top-p; the raw model distribution when greedy). `finish_reason` is ``"eos"``,
+    ``"stop"`` (a stop string appeared; it is kept in the tokens) or ``"length"``.
+    """
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class BranchRequest:
+    """Continue ``sequences[seq][:cut]`` with row key `key`, for at most `max_new_tokens` tokens
+    (None: ``params.max_new_tokens``)."""
+
+    seq: int
+    cut: int
+    key: str
+    max_new_tokens: int | None = None
+
+
+@dataclass
+class SamplerStats:
+    """Work done so far, in tokens: `prefill_tokens` run through prefill forwards (padding
+    excluded), `generated_tokens` sampled, `decode_steps` batched decode forwards."""
+
+    prefill_tokens: int = 0
+    generated_tokens: int = 0
+    decode_steps: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """What callers need from a sampling backend (HF now; vLLM with prefix caching later)."""
+
+    stats: SamplerStats
+
+    def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[str], params: SamplingParams) -> list[Generation]:
+        """One continuation of each prompt (token ids); row `i` is seeded by ``(params.seed, keys[i])``."""
+        ...
+
+    def branch(self, sequences: Sequence[Sequence[int]], requests: Sequence[BranchRequest], params: SamplingParams) -> list[Generation]:
+        """One continuation of ``sequences[r.seq][:r.cut]`` per request, in request order."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# counter-based randomness
+
+
+def row_seed(seed: int, key: str) -> int:
+    """A 64-bit integer derived from (seed, key) with SHA-256; used to seed one sampled row."""
+    return int.from_bytes(hashlib.sha256(f"{seed}|{key}".encode()).digest()[:8], "little")
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """murmur3's 32-bit finaliser on int64 tensors holding values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & _M32
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & _M32
+    return x ^ (x >> 16)
+
+
+def counter_uniform(seeds: torch.Tensor, step: torch.Tensor | int, vocab: int) -> torch.Tensor:
+    """Uniforms in (0, 1) of shape (rows, vocab), a pure function of (row seed, step, token).
+
+    `seeds` are int64 row seeds (64-bit values folded to two 32-bit words), `step` the decode step
+    of each row (int or int64 tensor of shape (rows,)).
+    """
+    lo = seeds & _M32
+    hi = (seeds >> 32) & _M32
+    step_t = torch.as_tensor(step, dtype=torch.int64, device=seeds.device).expand_as(seeds) & _M32
+    r1 = _mix32(lo ^ _mix32(hi ^ 0x9E3779B9))
+    r2 = _mix32(step_t ^ _mix32(r1 ^ 0x7F4A7C15))
+    r3 = _mix32(r2 ^ r1)
+    v = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
+    h = _mix32(_mix32(v[None, :] ^ r2[:, None]) ^ r3[:, None])
+    return (h.to(torch.float64) + 0.5) / 4294967296.0
+
+
+def _fold_seeds(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    """64-bit unsigned seeds as int64 tensor (two's complement), device `device`."""
+    signed = [v - (1 << 64) if v >= (1 << 63) else v for v in values]
+    return torch.tensor(signed, dtype=torch.int64, device=device)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k / top-p (nucleus) set to -inf; returns a new tensor (rows, vocab).
+
+    Nucleus keeps the smallest set of most likely tokens whose probability reaches `top_p` (the most
+    likely token is always kept).
+    """
+    out = logits
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        kth = torch.topk(out, top_k, dim=-1).values[..., -1:]
+        out = out.masked_fill(out < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(out, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # mass strictly above each token
+        remove_sorted = before >= top_p
+        remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
+        out = out.masked_fill(remove, float("-inf"))
+    return out
+
+
+def sample_tokens(
+    logits: torch.Tensor, params: SamplingParams, seeds: torch.Tensor, steps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row from next-token `logits` (rows, vocab).
+
+    Returns ``(tokens, logprobs)``: int64 token ids and float32 natural-log probabilities of them
+    under the sampling distribution. Sampling is Gumbel-max with counter-based noise, so a row's
+    draw depends only on its seed, its step and its logits.
+    """
+    logits = logits.float()
+    if params.temperature == 0:
+        logp = torch.log_softmax(logits, dim=-1)
+        tok = torch.argmax(logits, dim=-1)
+        return tok, logp.gather(-1, tok[:, None])[:, 0]
+    scaled = filter_logits(logits / params.temperature, params.top_k, params.top_p)
+    logp = torch.log_softmax(scaled, dim=-1)
+    u = counter_uniform(seeds, steps, logits.shape[-1])
+    gumbel = -torch.log(-torch.log(u)).to(logp.dtype)
+    tok = torch.argmax(logp + gumbel, dim=-1)
+    return tok, logp.gather(-1, tok[:, None])[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the Hugging Face backend
+
+
+@dataclass
+class _Rows:
+    """Decode state of the rows still running (all tensors indexed by live row)."""
+
+    index: torch.Tensor  # original row index, int64 (rows,)
+    mask: torch.Tensor  # attention mask over cache columns, int64 (rows, cache_len)
+    pos: torch.Tensor  # position id of the next token, int64 (rows,)
+    seeds: torch.Tensor  # int64 (rows,)
+    limit: torch.Tensor  # max new tokens per row, int64 (rows,)
+    logits: torch.Tensor  # next-token logits (rows, vocab)
+
+
+def _grow_layer_class() -> type:
+    """`_GrowLayer` subclasses transformers' DynamicLayer (imported lazily, the cache checks its type)."""
+    global _GROW_LAYER
+    if _GROW_LAYER is None:
+        from transformers.cache_utils import DynamicLayer
+
+        _GROW_LAYER = type("_GrowLayer", (_GrowLayerImpl, DynamicLayer), {})
+    return _GROW_LAYER
+
+
+_GROW_LAYER: type | None = None
+
+
+class _GrowLayerImpl:
+    """A KV-cache layer with preallocated room to grow: `update` writes new keys/values in place
+    (``DynamicLayer`` concatenates, copying the whole cache every decode step). Capacity doubles
+    when full. Tensors are (rows, heads, length, head_dim); `keys`/`values` are views of the used part.
+    """
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:  # noqa: D107
+        # no super().__init__: it would assign `keys`/`values`, which are read-only views here
+        self.n = keys.shape[2]
+        self._alloc(keys, values, self.n + max(room, 1))
+        self.is_initialized = True
+        self.dtype, self.device = keys.dtype, keys.device
+
+    def _alloc(self, keys: torch.Tensor, values: torch.Tensor, cap: int) -> None:
+        b, h, n, d = keys.shape
+        self._k = keys.new_zeros((b, h, cap, d))
+        self._v = values.new_zeros((b, h, cap, values.shape[3]))
+        self._k[:, :, :n] = keys
+        self._v[:, :, :n] = values
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._k[:, :, : self.n]
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._v[:, :, : self.n]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        q = key_states.shape[2]
+        if self.n + q > self._k.shape[2]:
+            self._alloc(self.keys, self.values, 2 * (self.n + q))
+        self._k[:, :, self.n : self.n + q] = key_states
+        self._v[:, :, self.n : self.n + q] = value_states
+        self.n += q
+        return self.keys, self.values
+
+    def select(self, rows: torch.Tensor, lead: int) -> None:
+        """Keep only `rows` and drop the first `lead` columns (one copy)."""
+        self._k = self._k[rows, :, lead:]
+        self._v = self._v[rows, :, lead:]
+        self.n -= lead
+
+    def get_seq_length(self) -> int:
+        return self.n
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.n + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def offload(self) -> None:  # pragma: no cover - interface completeness
+        pass
+
+    def prefetch(self) -> None:  # pragma: no cover
+        pass
+
+
+def _grow_cache(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], room: int) -> Any:
+    """A transformers `DynamicCache` whose layers are `_GrowLayer`s holding `pairs` (keys, values)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    cls = _grow_layer_class()
+    cache.layers = [cls(k, v, room) for k, v in pairs]  # type: ignore[misc]
+    cache.layer_class_to_replicate = None
+    return cache
+
+
+def _layers(cache: Any) -> list[Any]:
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise TypeError(f"unsupported cache type {type(cache).__name__}: expected a transformers Cache with .layers")
+    return layers
+
+
+class HFSampler:
+    """`Sampler` over any Hugging Face causal LM with a KV cache, with its own batched decode loop.
+
+    Prompts are left-padded with explicit ``position_ids`` (so padding never shifts positions),
+    finished rows are compacted out of the batch and all-padding cache columns are trimmed. At most
+    `max_batch_rows` rows decode together.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any | None = None,
+        max_batch_rows: int = 256,
+        eos_token_ids: Sequence[int] | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_rows = int(max_batch_rows)
+        if eos_token_ids is None:
+            eos: Any = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+            if eos is None and tokenizer is not None:
+                eos = tokenizer.eos_token_id
+            eos_token_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        self.eos_token_ids = [int(e) for e in eos_token_ids]
+        self.stats = SamplerStats()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- public API -------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[str], params: SamplingParams) -> list[Generation]:
+        """One continuation per prompt; see `Sampler.generate`. Batches rows of similar length."""
+        if len(prompts) != len(keys):
+            raise ValueError(f"{len(prompts)} prompts but {len(keys)} keys")
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt: every prompt needs at least one token")
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out: list[Generation | None] = [None] * len(prompts)
+        for b0 in range(0, len(order), self.max_batch_rows):
+            idx = order[b0 : b0 + self.max_batch_rows]
+            rows = [list(map(int, prompts[i])) for i in idx]
+            cache, mask, pos, last_logits = self._prefill(rows)
+            cache = _grow_cache([(la.keys, la.values) for la in _layers(cache)], min(params.max_new_tokens, 64))
+            state = _Rows(
+                index=torch.arange(len(idx), device=self.device),
+                mask=mask,
+                pos=pos,
+                seeds=_fold_seeds([row_seed(params.seed, keys[i]) for i in idx], self.device),
+                limit=torch.full((len(idx),), params.max_new_tokens, dtype=torch.int64, device=self.device),
+                logits=last_logits,
+            )
+            for j, gen in enumerate(self._decode(cache, state, params)):
+                out[idx[j]] = gen
+        return [g for g in out if g is not None]
+
+    @torch.no_grad()
+    def branch(self, sequences: Sequence[Sequence[int]], requests: Sequence[BranchRequest], params: SamplingParams) -> list[Generation]:
+        """Continuations of prefixes ``sequences[r.seq][:r.cut]``, in request order.
+
+        Each batch prefills every sequence it needs once, up to its longest cut, and builds each
+        branch row's cache by slicing that KV (RoPE keys are cached already rotated, and a prefix's
+        keys/values do not depend on later tokens, so the slice equals the prefix's own cache).
+        """
+        for r in requests:
+            if not 0 <= r.seq < len(sequences):
+                raise ValueError(f"branch request refers to sequence {r.seq}, only {len(sequences)} given")
+            if not 1 <= r.cut <= len(sequences[r.seq]):
+                raise ValueError(f"cut {r.cut} outside [1, {len(sequences[r.seq])}] for sequence {r.seq}")
+        order = sorted(range(len(requests)), key=lambda i: (requests[i].seq, requests[i].cut))
+        out: list[Generation | None] = [None] * len(requests)
+        for b0 in range(0, len(order), self.max_batch_rows):
+            idx = order[b0 : b0 + self.max_batch_rows]
+            reqs = [requests[i] for i in idx]
+            cache, state = self._branch_state(sequences, reqs, params)
+            for j, gen in enumerate(self._decode(cache, state, params)):
+                out[idx[j]] = gen
+        return [g for g in out if g is not None]
+
+    # -- internals --------------------------------------------------------------------------
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any | None,
+                 logits_to_keep: int = 0) -> tuple[torch.Tensor, Any]:
+        kwargs: dict[str, Any] = {}
+        if logits_to_keep:
+            kwargs["logits_to_keep"] = logits_to_keep
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                         use_cache=True, **kwargs)
+        return out.logits, out.past_key_values
+
+    def _prefill(self, rows: list[list[int]], keep_all_logits: bool = False) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded forward over `rows`; returns (cache, mask, next positions, logits).
+
+        Logits are (rows, vocab) at the last token, or (rows, len, vocab) with `keep_all_logits`.
+        Cache entries at padding columns are zeroed so that no NaN from an all-masked query can
+        leak into later steps.
+        """
+        dev = self.device
+        width = max(len(r) for r in rows)
+        pad_id = 0
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.int64, device=dev)
+        mask = torch.zeros((len(rows), width), dtype=torch.int64, device=dev)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.int64, device=dev)
+            mask[i, width - len(r):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, cache = self._forward(ids, mask, pos, None, logits_to_keep=0 if keep_all_logits else 1)
+        keep = mask.bool()[:, None, :, None]
+        for layer in _layers(cache):
+            layer.keys = torch.where(keep, layer.keys, torch.zeros((), dtype=layer.keys.dtype, device=dev))
+            layer.values = torch.where(keep, layer.values, torch.zeros((), dtype=layer.values.dtype, device=dev))
+        self.stats.prefill_tokens += int(mask.sum())
+        next_pos = mask.sum(-1)
+        return cache, mask, next_pos, (logits if keep_all_logits else logits[:, -1])
+
+    def _branch_state(self, sequences: Sequence[Sequence[int]], reqs: Sequence[BranchRequest],
+                      params: SamplingParams) -> tuple[Any, _Rows]:
+        """Prefill the sequences of `reqs` once and slice one cache row per request."""
+        dev = self.device
+        seq_ids = sorted({r.seq for r in reqs})
+        local = {s: i for i, s in enumerate(seq_ids)}
+        max_cut = {s: 0 for s in seq_ids}
+        for r in reqs:
+            max_cut[r.seq] = max(max_cut[r.seq], r.cut)
+        rows = [list(map(int, sequences[s][: max_cut[s]])) for s in seq_ids]
+        cache, mask, _, logits = self._prefill(rows, keep_all_logits=True)
+        width = mask.shape[1]
+        pad = torch.tensor([width - len(r) for r in rows], dtype=torch.int64, device=dev)
+        src = torch.tensor([local[r.seq] for r in reqs], dtype=torch.int64, device=dev)
+        cuts = torch.tensor([r.cut for r in reqs], dtype=torch.int64, device=dev)
+        new_w = int(cuts.max())
+        # column j of branch row b holds source column pad[src]+cut-new_w+j (valid when j >= new_w-cut)
+        j = torch.arange(new_w, device=dev)
+        col = pad[src][:, None] + cuts[:, None] - new_w + j[None, :]
+        valid = j[None, :] >= (new_w - cuts)[:, None]
+        col = torch.where(valid, col, torch.zeros_like(col))
+        new_layers = []
+        for layer in _layers(cache):
+            k, v = layer.keys[src], layer.values[src]  # (rows, heads, width, dim)
+            gidx = col[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+            keep = valid[:, None, :, None]
+            zero = torch.zeros((), dtype=k.dtype, device=dev)
+            new_layers.append((torch.where(keep, k.gather(2, gidx), zero), torch.where(keep, v.gather(2, gidx), zero)))
+        limits = [params.max_new_tokens if r.max_new_tokens is None else int(r.max_new_tokens) for r in reqs]
+        branch_cache = _grow_cache(new_layers, min(max(limits), 64))
+        first = logits[src, pad[src] + cuts - 1]
+        if min(limits) < 1:
+            raise ValueError("branch max_new_tokens must be >= 1")
+        state = _Rows(
+            index=torch.arange(len(reqs), device=dev),
+            mask=valid.to(torch.int64),
+            pos=cuts.clone(),
+            seeds=_fold_seeds([row_seed(params.seed, r.key) for r in reqs], dev),
+            limit=torch.tensor(limits, dtype=torch.int64, device=dev),
+            logits=first,
+        )
+        return branch_cache, state
+
+    def _decode(self, cache: Any, st: _Rows, params: SamplingParams) -> list[Generation]:
+        """Run the decode loop until every row has finished; returns one Generation per initial row."""
+        dev = self.device
+        n = st.index.shape[0]
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        logps: list[list[float]] = [[] for _ in range(n)]
+        reason = ["length"] * n
+        eos = torch.tensor(self.eos_token_ids or [-1], dtype=torch.int64, device=dev)
+        stop = tuple(params.stop)
+        stop_chars = max((len(s) for s in stop), default=0)
+        finished = torch.zeros(n, dtype=torch.bool, device=dev)  # per batch row (not per original row)
+        steps_done = torch.zeros(n, dtype=torch.int64, device=dev)
+        while True:
+            tok, lp = sample_tokens(st.logits, params, st.seeds, steps_done)
+            steps_done = steps_done + 1
+            live = (~finished).nonzero()[:, 0]
+            self.stats.generated_tokens += int(live.numel())
+            tok_l, lp_l, idx_l = tok[live].tolist(), lp[live].tolist(), st.index[live].tolist()
+            eos_hit = torch.isin(tok[live], eos).tolist()
+            over = (steps_done[live] >= st.limit[live]).tolist()
+            newly = []
+            for r, (t, p, i) in enumerate(zip(tok_l, lp_l, idx_l)):
+                tokens[i].append(t)
+                logps[i].append(p)
+                if eos_hit[r]:
+                    reason[i] = "eos"
+                elif stop and self.tokenizer is not None and any(
+                        x in self.tokenizer.decode(tokens[i][-(stop_chars + 1):], skip_special_tokens=True) for x in stop):
+                    reason[i] = "stop"
+                elif not over[r]:
+                    continue
+                newly.append(r)
+            if newly:
+                finished[live[torch.tensor(newly, dtype=torch.int64, device=dev)]] = True
+            if bool(finished.all()):
+                break
+            # Finished rows stay in the batch (their tokens are ignored) until a quarter of the batch
+            # has finished; then one copy compacts them out. Compacting at every finish would copy
+            # the whole cache nearly every step.
+            if int(finished.sum()) * 4 >= finished.numel():
+                keep = (~finished).nonzero()[:, 0]
+                tok = tok[keep]
+                st = _Rows(st.index[keep], st.mask[keep], st.pos[keep], st.seeds[keep], st.limit[keep], st.logits)
+                steps_done = steps_done[keep]
+                finished = finished[keep]
+                # drop leading columns that are padding for every remaining row
+                lead = int((st.mask.cumsum(-1) == 0).all(0).sum())
+                st.mask = st.mask[:, lead:]
+                for layer in _layers(cache):
+                    layer.select(keep, lead)
+            st.mask = torch.cat([st.mask, torch.ones_like(st.mask[:, :1])], dim=1)
+            logits, cache = self._forward(tok[:, None], st.mask, st.pos[:, None], cache)
+            self.stats.decode_steps += 1
+            st.pos = st.pos + 1
+            st.logits = logits[:, -1]
+        return [Generation(tokens[i], logps[i], reason[i]) for i in range(n)]
+
+
+def decode_completion(tokenizer: Any, token_ids: Sequence[int]) -> str:
+    """Completion text of `token_ids` without special tokens (EOS is dropped from the text)."""
+    return tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+
+__all__ = [
+    "BranchRequest",
+    "Generation",
+    "HFSampler",
+    "Sampler",
+    "SamplerStats",
+    "SamplingParams",
+    "counter_uniform",
+    "decode_completion",
+    "filter_logits",
+    "row_seed",
+    "sample_tokens",
+]

@@ -1,0 +1,249 @@
+"""`prefixvalue collect` and `prefixvalue label` through their real entry points.
+
+    pytest tests/test_collect_label.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+
+from prefixvalue import cli, collect, label
+from prefixvalue.config import ConfigError
+from prefixvalue.data import LABEL_FIELDS, TRACE_FIELDS, DataFormatError, load_labels, load_traces
+from prefixvalue.tasks import TASKS, ArithTask, VerifierResult
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def collect_args(model_dir, out, **kw):
+    args = {"task": "arith", "model": str(model_dir), "num_prompts": 6, "samples": 3, "seed": 0,
+            "max_new_tokens": 10, "chunk_prompts": 2, "out": str(out), "progress": "false"}
+    args.update(kw)
+    return [f"{k}={v}" for k, v in args.items()]
+
+
+def label_args(traces, model_dir, out, **kw):
+    args = {"traces": str(traces), "model": str(model_dir), "positions": "stride:3", "samples": 4, "seed": 0,
+            "chunk_traces": 4, "out": str(out), "progress": "false"}
+    args.update(kw)
+    return [f"{k}={v}" for k, v in args.items()]
+
+
+def rows(ds: datasets.Dataset) -> list[dict]:
+    return [dict(r) for r in ds]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from prefixvalue.tokenizer import build_char_tokenizer
+
+    from conftest import make_tiny_gpt2
+
+    tok = build_char_tokenizer()
+    path = tmp_path_factory.mktemp("m") / "tiny"
+    make_tiny_gpt2(len(tok), seed=3).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def traces_dir(tmp_path_factory, model_dir):
+    out = tmp_path_factory.mktemp("tr") / "traces"
+    assert cli.main(["collect", *collect_args(model_dir, out)]) == 0
+    return out
+
+
+def test_collect_writes_the_contract(traces_dir):
+    ds = load_traces(traces_dir)
+    assert len(ds) == 18 and set(TRACE_FIELDS) <= set(ds.column_names)
+    assert {"model", "sampling", "seed", "prefixvalue_version", "task"} <= set(ds.column_names)
+    assert ds[0]["trace_id"] == "arith-train-000000/s0" and len(set(ds["trace_id"])) == 18
+    for r in ds:
+        assert len(r["logprobs"]) == len(r["completion_ids"]) <= 10
+        assert (r["completion_ids"][-1] == 1) == (r["finish_reason"] == "eos")
+        assert "<eos>" not in r["completion"] and r["verifier_error"] is None
+        assert r["outcome"] in (0.0, 1.0)
+        assert r["step_labels"] is None or len(r["step_labels"]) == len(r["step_spans"])
+        for s, e in r["step_spans"]:
+            assert 0 <= s < e <= len(r["completion_ids"])
+    assert json.loads(ds[0]["sampling"])["max_new_tokens"] == 10
+    assert (traces_dir / "config.yaml").exists() and (traces_dir / "summary.json").exists()
+
+
+def test_collect_step_spans_and_labels_on_a_real_trace(tmp_path, model_dir):
+    """A correct arith completion gets one token span per ';'-step and all-true step labels."""
+    from prefixvalue.sampling import Generation
+    from prefixvalue.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    task = ArithTask()
+    prompt = task.make_prompt("train", 0)
+    ids = tok(prompt.meta["solution"], add_special_tokens=False)["input_ids"] + [1]
+    row = collect.trace_rows(task, tok, [prompt], [[5]], [Generation(ids, [0.0] * len(ids), "eos")], ["t"], {}, None)[0]
+    assert row["outcome"] == 1.0 and all(row["step_labels"])
+    assert row["step_spans"][-1][1] == len(ids)  # EOS stays with the last step
+    assert [ids[s:e] for s, e in row["step_spans"]][0] == tok(prompt.meta["solution"].split(";")[0] + ";", add_special_tokens=False)["input_ids"]
+
+
+def test_collect_is_reproducible_and_sharding_does_not_matter(tmp_path, model_dir, traces_dir, monkeypatch):
+    again = tmp_path / "again"
+    assert collect.main(collect_args(model_dir, again)) == 0
+    assert rows(load_traces(again)) == rows(load_traces(traces_dir))
+    # two processes: rank 1 writes its shards, rank 0 writes its own and merges
+    sharded = tmp_path / "sharded"
+
+    class FakeState:
+        device = "cpu"
+
+        def wait_for_everyone(self):
+            pass
+
+    for rank in (1, 0):
+        monkeypatch.setattr(collect, "dist_info", lambda rank=rank: (rank, 2, FakeState()))
+        assert collect.main(collect_args(model_dir, sharded)) == 0
+    assert rows(load_traces(sharded)) == rows(load_traces(traces_dir))
+    monkeypatch.undo()
+    other = tmp_path / "other"
+    assert collect.main(collect_args(model_dir, other, seed=1)) == 0
+    assert load_traces(other)["completion_ids"] != load_traces(traces_dir)["completion_ids"]
+
+
+def test_collect_rejects_a_different_run_in_the_same_folder(model_dir, traces_dir):
+    with pytest.raises(ConfigError, match="different run"):
+        collect.main(collect_args(model_dir, traces_dir, samples=4))
+
+
+def test_collect_resumes_after_a_kill(tmp_path, model_dir):
+    """Kill a collect run part-way (SIGKILL), rerun it: nothing lost, nothing duplicated."""
+    args = collect_args(model_dir, tmp_path / "killed", num_prompts=40, chunk_prompts=1, samples=4, max_new_tokens=40)
+    ref_args = collect_args(model_dir, tmp_path / "ref", num_prompts=40, chunk_prompts=1, samples=4, max_new_tokens=40)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "prefixvalue.cli", "collect", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = tmp_path / "killed" / "shards"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if shards.exists() and len([p for p in shards.glob("shard-*")]) >= 2:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(shards.glob("shard-*")))
+    assert 0 < done_before < 40, "the run was not killed part-way"
+    assert not (tmp_path / "killed" / "state.json").exists()
+    assert collect.main(args) == 0
+    assert collect.main(ref_args) == 0
+    killed, ref = load_traces(tmp_path / "killed"), load_traces(tmp_path / "ref")
+    assert len(killed) == 160 and len(set(killed["trace_id"])) == 160
+    # the killed run's first shards came from a 1-thread process: only float summation order
+    # differs, so sampled tokens are identical and log-probs agree to float32 rounding
+    for a, b in zip(rows(killed), rows(ref)):
+        assert a["logprobs"] == pytest.approx(b["logprobs"], abs=1e-5)
+        a.pop("logprobs"), b.pop("logprobs")
+        assert a == b
+
+
+class CrashingArith(ArithTask):
+    name = "crashing-arith"
+
+    def verify(self, prompt, completion):
+        if "3" in completion:
+            raise RuntimeError("verifier exploded")
+        return VerifierResult(0.0)
+
+
+def test_verifier_crash_gives_outcome_zero_with_the_error(tmp_path, model_dir, monkeypatch):
+    monkeypatch.setitem(TASKS, "crashing-arith", CrashingArith)
+    out = tmp_path / "crash"
+    assert collect.main(collect_args(model_dir, out, task="crashing-arith", num_prompts=8, max_new_tokens=20)) == 0
+    ds = load_traces(out)
+    crashed = [r for r in ds if r["verifier_error"] is not None]
+    assert crashed and all(r["outcome"] == 0.0 and "verifier exploded" in r["verifier_error"] for r in crashed)
+    assert all(("3" in r["completion"]) == (r["verifier_error"] is not None) for r in ds)
+
+
+def test_label_writes_labels_and_cost(tmp_path, model_dir, traces_dir):
+    out = tmp_path / "labels"
+    assert cli.main(["label", *label_args(traces_dir, model_dir, out, max_traces=10)]) == 0
+    ds = load_labels(out)
+    assert set(LABEL_FIELDS) <= set(ds.column_names)
+    traces = {r["trace_id"]: r for r in load_traces(traces_dir).select(range(10))}
+    assert set(ds["trace_id"]) == set(traces)
+    for r in ds:
+        assert r["position"] % 3 == 0 and 0 <= r["position"] < len(traces[r["trace_id"]]["completion_ids"])
+        assert r["n"] == 4 and r["mean"] == pytest.approx(r["successes"] / 4)
+        assert r["ci_low"] <= r["mean"] <= r["ci_high"]
+    expected = sum(len(range(0, len(t["completion_ids"]), 3)) for t in traces.values())
+    assert len(ds) == expected
+    cost = json.loads((out / "cost.json").read_text())
+    assert cost["prefill_tokens"] > 0 and cost["generated_tokens"] > 0
+    assert cost["rollouts"] == 4 * cost["prefixes_unique"] < 4 * cost["prefixes_requested"]  # position 0 is shared
+
+
+def test_label_reproducible_sharded_and_resumable(tmp_path, model_dir, traces_dir, monkeypatch):
+    ref = tmp_path / "ref"
+    assert label.main(label_args(traces_dir, model_dir, ref)) == 0
+
+    class FakeState:
+        device = "cpu"
+
+        def wait_for_everyone(self):
+            pass
+
+    sharded = tmp_path / "sharded"
+    for rank in (2, 1, 0):
+        monkeypatch.setattr(label, "dist_info", lambda rank=rank: (rank, 3, FakeState()))
+        assert label.main(label_args(traces_dir, model_dir, sharded)) == 0
+    assert rows(load_labels(sharded)) == rows(load_labels(ref))
+    monkeypatch.undo()
+    # a rerun after losing a shard (as after a kill) redoes only that shard
+    import shutil
+
+    shutil.rmtree(sharded / "shards" / "shard-00001")
+    assert label.main(label_args(traces_dir, model_dir, sharded)) == 0
+    assert rows(load_labels(sharded)) == rows(load_labels(ref))
+
+
+def test_label_adaptive_and_short(tmp_path, model_dir, traces_dir):
+    out = tmp_path / "adaptive"
+    assert label.main(label_args(traces_dir, model_dir, out, positions="adaptive", budget=40, round_samples=4,
+                                 init_stride=4, max_traces=6)) == 0
+    ds = load_labels(out)
+    assert set(ds["method"]) == {"adaptive"}
+    assert len(set(ds["trace_id"])) == 6 and min(ds["n"]) >= 4
+    # the budget caps what each trace asks for; prefixes shared with other traces (position 0)
+    # may hold more samples than one trace paid for
+    assert json.loads((out / "cost.json").read_text())["rollouts"] <= 40 * 6
+    out2 = tmp_path / "short"
+    assert label.main(label_args(traces_dir, model_dir, out2, positions="short:2", max_traces=3)) == 0
+    assert sorted(set(load_labels(out2)["position"])) == [0, 1, 2]
+
+
+def test_label_rejects_malformed_input(tmp_path, model_dir, traces_dir):
+    with pytest.raises(ConfigError):
+        label.main(label_args(traces_dir, model_dir, tmp_path / "x", positions="every:3"))
+    assert cli.main(["label", *label_args(traces_dir, model_dir, tmp_path / "x", positions="stride:0")]) == 2
+    with pytest.raises(FileNotFoundError):
+        label.main(label_args(tmp_path / "missing", model_dir, tmp_path / "y"))
+    bad = tmp_path / "bad"
+    load_traces(traces_dir).remove_columns(["completion_ids"]).save_to_disk(str(bad))
+    with pytest.raises(DataFormatError, match="completion_ids"):
+        label.main(label_args(bad, model_dir, tmp_path / "z"))
+    empty = tmp_path / "empty"
+    ds = load_traces(traces_dir)
+    ds.map(lambda r, i: {"completion_ids": [] if i == 2 else r["completion_ids"]}, with_indices=True).save_to_disk(str(empty))
+    with pytest.raises(DataFormatError, match="empty completion_ids"):
+        label.main(label_args(empty, model_dir, tmp_path / "w"))
+    dup = tmp_path / "dup"
+    datasets.concatenate_datasets([ds.select([0]), ds.select([0])]).save_to_disk(str(dup))
+    with pytest.raises(DataFormatError, match="duplicate"):
+        label.main(label_args(dup, model_dir, tmp_path / "v"))

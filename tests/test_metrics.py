@@ -1,0 +1,148 @@
+"""Metrics cross-checked against scipy and hand computations; the zero-variance path."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from prefixvalue import metrics as M
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    n = 60
+    x = rng.normal(size=n)
+    y = np.round(np.clip(0.5 + 0.3 * x + rng.normal(scale=0.3, size=n), 0, 1) * 8) / 8  # k/n-like, with ties
+    groups = np.repeat(np.arange(12), 5)
+    return x, y, groups
+
+
+def test_correlations_match_scipy(data):
+    x, y, g = data
+    res = M.correlations(x, y, g, n_boot=200)
+    assert res["pearson"]["value"] == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-12)
+    assert res["spearman"]["value"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+    assert res["kendall"]["value"] == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
+    for m in res.values():
+        lo, hi = m["ci"]
+        assert lo <= m["value"] <= hi and hi - lo > 0
+
+
+def test_kendall_tau_b_brute_force(data):
+    x, y, _ = data
+    conc = disc = tx = ty = 0
+    for i, j in itertools.combinations(range(len(x)), 2):
+        dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+        if dx == 0 and dy == 0:
+            continue
+        if dx == 0:
+            tx += 1
+        elif dy == 0:
+            ty += 1
+        elif dx == dy:
+            conc += 1
+        else:
+            disc += 1
+    tau_b = (conc - disc) / np.sqrt((conc + disc + tx) * (conc + disc + ty))
+    assert M.correlation(x, y, method="kendall", n_boot=0)["value"] == pytest.approx(tau_b, abs=1e-12)
+
+
+def test_rankdata_matches_scipy():
+    v = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5])
+    np.testing.assert_allclose(M.rankdata(v), stats.rankdata(v))
+
+
+def test_bootstrap_resamples_traces_not_prefixes():
+    # two traces whose prefixes are perfectly correlated within the trace: resampling over traces
+    # can only give resamples drawn from those two traces, so every defined replicate is ±1-ish
+    x = np.array([0.0, 1.0, 2.0, 10.0, 11.0, 12.0])
+    y = np.array([0.0, 0.1, 0.2, 0.9, 1.0, 0.95])
+    seen = set()
+
+    def stat(idx):
+        seen.add(tuple(sorted(set(idx.tolist()))))
+        return float(len(idx))
+
+    ci, _ = M.cluster_bootstrap(stat, [0, 0, 0, 1, 1, 1], n_boot=50)
+    assert seen <= {(0, 1, 2), (3, 4, 5), (0, 1, 2, 3, 4, 5)}
+    assert ci == [6.0, 6.0]  # every replicate keeps whole traces: 2 traces × 3 prefixes
+    assert M.correlation(x, y, [0, 0, 0, 1, 1, 1], "pearson", n_boot=50)["ci"] is not None
+
+
+def test_zero_variance_labels_give_words_not_nan():
+    x = np.linspace(0, 1, 20)
+    y = np.ones(20)
+    res = M.correlations(x, y, np.arange(20) // 4, n_boot=50)
+    for m in res.values():
+        assert m["value"] is None and m["ci"] is None
+        assert "zero variance" in m["note"] and "all 20 prefixes" in m["note"]
+    json.dumps(res, allow_nan=False)
+    sat = M.saturation(y, np.full(20, 12))
+    assert sat["saturated"] and sat["n_at_one"] == 20
+    assert "all 20 prefixes" in sat["note"] and "12 samples" in sat["note"]
+    nc = M.split_half_noise_ceiling(np.full(20, 12), np.full(20, 12), repeats=10)
+    assert nc["spearman"] is None and "zero variance" in nc["note"]
+    em = M.estimator_metrics(x, y, np.ones(20), np.arange(20) // 4, n_boot=20)
+    assert em["auroc_outcome"] is None and "20 successful, 0 failed" in em["auroc_outcome_note"]
+    json.dumps(em, allow_nan=False)
+
+
+def test_constant_estimator_is_named():
+    y = np.array([0.0, 0.5, 1.0, 0.25, 0.75, 0.5])
+    res = M.correlation(np.full(6, 0.3), y, method="spearman")
+    assert res["value"] is None and "estimator has zero variance" in res["note"]
+
+
+def test_auroc_equals_mann_whitney(data):
+    x, y, _ = data
+    o = (y >= 0.5).astype(float)
+    value, note = M.auroc(x, o)
+    u = stats.mannwhitneyu(x[o == 1], x[o == 0]).statistic
+    assert note is None
+    assert value == pytest.approx(u / ((o == 1).sum() * (o == 0).sum()))
+    assert M.auroc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])[0] == 1.0
+    assert M.auroc([0.5, 0.5, 0.5], [0, 1, 1])[0] == 0.5
+
+
+def test_brier_and_ece_by_hand():
+    assert M.brier([0.2, 0.8], [0.0, 1.0]) == pytest.approx(0.04)
+    # bins of width 1/15: 0.1 and 0.12 share bin 1; 0.9 is in bin 13; 1.0 goes to the last bin
+    p = [0.1, 0.12, 0.9, 1.0]
+    t = [0.0, 0.5, 1.0, 1.0]
+    expected = 2 / 4 * abs(0.11 - 0.25) + 1 / 4 * abs(0.9 - 1.0) + 1 / 4 * 0.0
+    assert M.ece(p, t) == pytest.approx(expected)
+    assert M.ece([0.3, 0.3], [0.3, 0.3]) == pytest.approx(0.0)
+    bins = M.calibration_bins(p, t)
+    assert [b["bin"] for b in bins] == [1, 13, 14] and sum(b["count"] for b in bins) == 4
+    # ECE with one bin is |mean p - mean t|
+    assert M.ece([0.2, 0.6], [1.0, 1.0], n_bins=1) == pytest.approx(0.6)
+
+
+def test_wilson_and_spearman_brown():
+    lo, hi = M.wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    assert M.wilson_interval(0, 10)[0] == 0.0
+    assert M.spearman_brown(0.5) == pytest.approx(2 / 3)
+
+
+def test_noise_ceiling_tracks_sample_count():
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0, 1, 300)
+    few = M.split_half_noise_ceiling(np.full(300, 4), rng.binomial(4, p), repeats=20)
+    many = M.split_half_noise_ceiling(np.full(300, 64), rng.binomial(64, p), repeats=20)
+    assert few["method"] == "hypergeometric" and "hypergeometric" in few["note"]
+    assert 0 < few["spearman"] < many["spearman"] <= 1
+    # with per-sample outcomes the split uses them
+    outcomes = [list(rng.binomial(1, q, 16)) for q in p[:50]]
+    nc = M.split_half_noise_ceiling(np.full(50, 16), [sum(o) for o in outcomes], outcomes, repeats=10)
+    assert nc["method"] == "sample_outcomes" and nc["spearman"] is not None
+    # the real predictor (the truth) reaches about the ceiling, not beyond it by much
+    k = rng.binomial(16, p)
+    truth_r = stats.spearmanr(p, k / 16).statistic
+    ceil = M.split_half_noise_ceiling(np.full(300, 16), k, repeats=30)["spearman"]
+    assert abs(truth_r - ceil) < 0.08

@@ -1,0 +1,156 @@
+"""The batched HF sampler: padding, KV-cache branching, seeding, filtering, stopping.
+
+    pytest tests/test_sampling.py
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from prefixvalue.sampling import (
+    BranchRequest,
+    HFSampler,
+    Sampler,
+    SamplingParams,
+    counter_uniform,
+    filter_logits,
+    row_seed,
+    sample_tokens,
+)
+
+PROMPTS = ["Q:1+2=", "Q:3+5*2-7=", "Q:9=", "Q:4*4-1+2+3="]
+
+
+def enc(tok, texts):
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def test_is_a_sampler(tiny_gpt2, tiny_tokenizer):
+    assert isinstance(HFSampler(tiny_gpt2, tiny_tokenizer), Sampler)
+
+
+def test_greedy_generate_matches_hf_generate_with_left_padding(tiny_model, tiny_tokenizer):
+    prompts = enc(tiny_tokenizer, PROMPTS)
+    gens = HFSampler(tiny_model, tiny_tokenizer, max_batch_rows=3).generate(
+        prompts, [f"k{i}" for i in range(len(prompts))], SamplingParams(temperature=0, max_new_tokens=12))
+    for p, g in zip(prompts, gens):
+        ref = tiny_model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                  max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=1)
+        assert g.token_ids == ref[0, len(p):].tolist()
+        assert len(g.logprobs) == len(g.token_ids)
+
+
+def test_branch_cache_equals_forward_of_reencoded_prefix(tiny_model, tiny_tokenizer):
+    """Logits of the first two steps of every branch equal a from-scratch forward of the prefix."""
+    seqs = enc(tiny_tokenizer, ["Q:1+2=1+2=3;A:3", "Q:3+5*2-7=3+5=8", "Q:9=A:9"])
+    sampler = HFSampler(tiny_model, tiny_tokenizer)
+    reqs = [BranchRequest(i, c, f"r{i}/{c}") for i, s in enumerate(seqs) for c in range(1, len(s) + 1)]
+    cache, state = sampler._branch_state(seqs, reqs, SamplingParams())
+    with torch.no_grad():
+        ref1 = torch.stack([tiny_model(torch.tensor([seqs[r.seq][: r.cut]])).logits[0, -1] for r in reqs])
+        assert torch.allclose(state.logits, ref1, atol=1e-5)
+        nxt = torch.full((len(reqs), 1), 7)
+        mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
+        step2, _ = sampler._forward(nxt, mask, state.pos[:, None], cache)
+        ref2 = torch.stack([tiny_model(torch.tensor([seqs[r.seq][: r.cut] + [7]])).logits[0, -1] for r in reqs])
+    assert torch.allclose(step2[:, -1], ref2, atol=1e-5)
+
+
+def test_greedy_branches_equal_generate_from_prefix(tiny_model, tiny_tokenizer):
+    seqs = enc(tiny_tokenizer, ["Q:1+2=1+2=3;A:3", "Q:3+5*2-7=3+5=8"])
+    reqs = [BranchRequest(i, c, "k", 6) for i, s in enumerate(seqs) for c in range(2, len(s) + 1, 3)]
+    gens = HFSampler(tiny_model, tiny_tokenizer, max_batch_rows=4).branch(seqs, reqs, SamplingParams(temperature=0))
+    for r, g in zip(reqs, gens):
+        p = seqs[r.seq][: r.cut]
+        ref = tiny_model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                  max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=1)
+        assert g.token_ids == ref[0, len(p):].tolist()
+
+
+def test_seeded_rows_do_not_depend_on_batching(tiny_gpt2, tiny_tokenizer):
+    prompts = enc(tiny_tokenizer, PROMPTS * 3)
+    keys = [f"p{i}" for i in range(len(prompts))]
+    params = SamplingParams(max_new_tokens=10, seed=7)
+    a = HFSampler(tiny_gpt2, tiny_tokenizer, max_batch_rows=5).generate(prompts, keys, params)
+    b = HFSampler(tiny_gpt2, tiny_tokenizer, max_batch_rows=64).generate(prompts[::-1], keys[::-1], params)[::-1]
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    c = HFSampler(tiny_gpt2, tiny_tokenizer).generate(prompts, keys, SamplingParams(max_new_tokens=10, seed=8))
+    assert [g.token_ids for g in a] != [g.token_ids for g in c]
+    assert len({tuple(g.token_ids) for g in a}) > 3  # different keys give different samples
+
+
+def test_logprobs_are_the_models(tiny_llama, tiny_tokenizer):
+    prompts = enc(tiny_tokenizer, PROMPTS[:2])
+    gens = HFSampler(tiny_llama, tiny_tokenizer).generate(prompts, ["a", "b"], SamplingParams(max_new_tokens=8))
+    for p, g in zip(prompts, gens):
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_llama(torch.tensor([p + g.token_ids])).logits[0].float(), -1)
+        ref = [logp[len(p) - 1 + i, t].item() for i, t in enumerate(g.token_ids)]
+        assert g.logprobs == pytest.approx(ref, abs=1e-4)
+
+
+def test_counter_sampling_follows_the_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    rows = 20000
+    logits = probs.log().expand(rows, -1)
+    seeds = torch.tensor([row_seed(0, str(i)) - (1 << 64) * (row_seed(0, str(i)) >= 1 << 63) for i in range(rows)])
+    tok, lp = sample_tokens(logits, SamplingParams(), seeds, torch.zeros(rows, dtype=torch.long))
+    freq = torch.bincount(tok, minlength=4).double() / rows
+    assert torch.allclose(freq, probs.double(), atol=0.015)
+    assert torch.allclose(lp, probs.log()[tok])
+    u = counter_uniform(seeds[:1000], 3, 16)
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 0.01
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.tensor([[math.log(0.5), math.log(0.3), math.log(0.15), math.log(0.05)]])
+    assert torch.isinf(filter_logits(logits, top_k=2)[0, 2:]).all() and torch.isfinite(filter_logits(logits, top_k=2)[0, :2]).all()
+    kept = torch.isfinite(filter_logits(logits, top_p=0.75)[0]).tolist()
+    assert kept == [True, True, False, False]  # 0.5 < 0.75, 0.5 + 0.3 >= 0.75
+    assert torch.isfinite(filter_logits(logits, top_p=0.4)[0]).tolist() == [True, False, False, False]
+    params = SamplingParams(top_k=1, max_new_tokens=4)
+    seeds = torch.arange(50)
+    tok, _ = sample_tokens(logits.expand(50, -1), params, seeds, torch.zeros(50, dtype=torch.long))
+    assert (tok == 0).all()
+
+
+def test_eos_stop_strings_and_length(tiny_gpt2, tiny_tokenizer):
+    prompts = enc(tiny_tokenizer, PROMPTS)
+    keys = ["a", "b", "c", "d"]
+    sampler = HFSampler(tiny_gpt2, tiny_tokenizer)
+    free = sampler.generate(prompts, keys, SamplingParams(max_new_tokens=30, seed=1))
+    # make the first token sampled in each row the stop string: every row must stop right there
+    firsts = [tiny_tokenizer.decode([g.token_ids[0]]) for g in free]
+    for g, first in zip(sampler.generate(prompts, keys, SamplingParams(max_new_tokens=30, seed=1, stop=tuple(firsts))), firsts):
+        text = tiny_tokenizer.decode(g.token_ids)
+        assert g.finish_reason in ("stop", "eos") and any(s in text for s in firsts)
+        assert g.finish_reason == "eos" or first in text or text.endswith(tuple(firsts))
+    short = sampler.generate(prompts, keys, SamplingParams(max_new_tokens=3, seed=1))
+    for g, f in zip(short, free):
+        assert g.token_ids == f.token_ids[:3] or g.finish_reason == "eos"
+        assert len(g.token_ids) <= 3
+    # EOS: force the model to emit EOS immediately by biasing its output logits
+    model = tiny_gpt2
+    bias = torch.zeros(len(tiny_tokenizer))
+    bias[1] = 50.0
+    handle = model.lm_head.register_forward_hook(lambda m, i, o: o + bias)
+    try:
+        gens = HFSampler(model, tiny_tokenizer).generate(prompts, keys, SamplingParams(max_new_tokens=5))
+    finally:
+        handle.remove()
+    assert all(g.token_ids == [1] and g.finish_reason == "eos" for g in gens)
+
+
+def test_bad_requests_raise(tiny_gpt2, tiny_tokenizer):
+    sampler = HFSampler(tiny_gpt2, tiny_tokenizer)
+    with pytest.raises(ValueError):
+        sampler.branch([[3, 4]], [BranchRequest(0, 3, "k")], SamplingParams())
+    with pytest.raises(ValueError):
+        sampler.branch([[3, 4]], [BranchRequest(1, 1, "k")], SamplingParams())
+    with pytest.raises(ValueError):
+        sampler.generate([[]], ["k"], SamplingParams())
+    with pytest.raises(ValueError):
+        SamplingParams(top_p=0)

@@ -1,0 +1,59 @@
+"""Value models: map prompt ⊕ completion tokens to P̂(s_p), the predicted probability of eventual
+success, at every prefix position p = 0..T (p = number of completion tokens in the prefix).
+
+- ``implicit``: IPVRM implicit prefix value (LoRA or soft prompt on the policy, reference = adapters off)
+- ``head``: explicit linear value head on a frozen / LoRA / fully trained backbone
+
+Build one with `build_value_model`, load a saved one with `load_value_model`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from ..models import resolve_dtype
+from .base import ValueModel, ValueModelConfig
+from .head import HeadValueModel
+from .implicit import Counterfactuals, ImplicitValueModel
+from .losses import LossSum, loss_mask, margin_bce_with_logits, normalise_loss, value_loss
+
+#: value-model kinds (a plain dict, filled by the imports above)
+VALUE_MODELS: dict[str, type[ValueModel]] = {
+    "implicit": ImplicitValueModel,
+    "head": HeadValueModel,
+}
+
+
+def build_value_model(
+    config: ValueModelConfig,
+    backbone: PreTrainedModel | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> ValueModel:
+    """A freshly initialised value model of ``config.kind`` around `backbone` (loaded from
+    ``config.base_model`` when not given; adapted in place). LoRA starts at B = 0, so a new implicit
+    model predicts σ(0) = 0.5 at p ≥ 1; a new head predicts the base rate everywhere."""
+    if config.kind not in VALUE_MODELS:
+        raise ValueError(f"unknown value model {config.kind!r}; choose from {sorted(VALUE_MODELS)}")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if backbone is None:
+        backbone = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=resolve_dtype(dtype or "float32", dev))
+    return VALUE_MODELS[config.kind](config, backbone).to(dev)
+
+
+def load_value_model(path: str | Path, device: str | torch.device | None = None,
+                     dtype: str | torch.dtype | None = None,
+                     base_model: str | PreTrainedModel | None = None) -> ValueModel:
+    """Load a value checkpoint folder (written by ``save_pretrained``); the kind is read from its
+    config. In eval mode, on `device` (default CPU), float32 unless `dtype` says otherwise."""
+    return ValueModel.from_pretrained(path, base_model=base_model, device=device, dtype=dtype)
+
+
+__all__ = [
+    "VALUE_MODELS", "ValueModel", "ValueModelConfig", "ImplicitValueModel", "HeadValueModel", "Counterfactuals",
+    "build_value_model", "load_value_model", "LossSum", "loss_mask", "margin_bce_with_logits", "normalise_loss",
+    "value_loss",
+]

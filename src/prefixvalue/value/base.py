@@ -1,0 +1,297 @@
+"""What every value model shares: its config, how the backbone is adapted (LoRA, soft prompt, frozen,
+full), batched prediction, and saving to / loading from one folder (safetensors only, never pickle).
+
+Prefix position convention: p = number of completion tokens in the prefix, 0..T; p = 0 is the bare
+prompt. A value model maps a right-padded batch of prompt ⊕ completion tokens to a predicted success
+probability P̂ at every position p in one forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from .. import __version__
+from ..collate import ValueCollator
+from ..models import resolve_dtype
+
+CONFIG_NAME = "value_config.json"
+ADAPTER_DIR = "adapter"
+BACKBONE_DIR = "backbone"
+HEAD_WEIGHTS = "head.safetensors"
+
+#: how the backbone is trained: LoRA adapters (peft), frozen, or all weights
+BACKBONES: tuple[str, ...] = ("lora", "frozen", "full")
+
+
+@dataclass
+class ValueModelConfig:
+    """Everything needed to rebuild a value model around its base policy (saved as JSON)."""
+
+    kind: str = "implicit"  #: "implicit" | "head"
+    base_model: str = ""  #: name or path of the reference policy (the model the traces came from)
+    beta: float = 10.0  #: implicit: V_φ = β Σ log-ratio (IPVRM paper default)
+    margin: float = 5.0  #: implicit: margin m of the margin BCE (IPVRM paper default)
+    base_rate: float = 0.5  #: training base rate of outcomes; the implicit model's P̂ at p = 0
+    loss: str = "prefix"  #: implicit: "prefix" (IPVRM) or "sequence" (Implicit PRM baseline)
+    backbone: str = "lora"  #: "lora" | "frozen" | "full"
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = None  #: None: peft's default for the architecture
+    soft_prompt_tokens: int = 0  #: trainable virtual tokens prepended (needs backbone "frozen"); 0 = none
+    disable_dropout: bool = True  #: zero the backbone's dropout (π_φ and π_ref must see the same net)
+    prefixvalue_version: str = __version__
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("implicit", "head"):
+            raise ValueError(f"kind must be 'implicit' or 'head', got {self.kind!r}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.soft_prompt_tokens < 0:
+            raise ValueError("soft_prompt_tokens must be >= 0")
+        if self.soft_prompt_tokens and self.backbone != "frozen":
+            raise ValueError("a soft prompt trains on a frozen backbone: set backbone=frozen with soft_prompt_tokens > 0")
+        if self.kind == "implicit" and self.backbone == "full":
+            raise ValueError("the implicit model needs π_ref inside the same weights: use backbone=lora or a soft prompt")
+        if self.kind == "implicit" and self.backbone == "frozen" and not self.soft_prompt_tokens:
+            raise ValueError("an implicit model with a frozen backbone has nothing to train: add soft_prompt_tokens > 0")
+        if self.loss not in ("prefix", "sequence"):
+            raise ValueError(f"loss must be 'prefix' or 'sequence', got {self.loss!r}")
+        if self.kind == "head" and self.loss != "prefix":
+            raise ValueError("the sequence-level loss is an implicit-model baseline; the head uses loss=prefix")
+        if not 0.0 < self.base_rate < 1.0:
+            raise ValueError(f"base_rate must be in (0, 1), got {self.base_rate}")
+        if self.beta <= 0:
+            raise ValueError("beta must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ValueModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"{CONFIG_NAME}: unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+
+def _zero_dropout(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+
+
+def prefix_indices(prompt_lengths: torch.Tensor, num_positions: int, seq_len: int) -> torch.Tensor:
+    """Sequence index of the last token of each prefix: [B, num_positions], p ↦ prompt_len − 1 + p.
+
+    Indices past the row's end are clamped to the last column (their values are masked later).
+    """
+    p = torch.arange(num_positions, device=prompt_lengths.device)
+    return (prompt_lengths[:, None] - 1 + p[None, :]).clamp(0, seq_len - 1)
+
+
+def max_completion_length(attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> int:
+    """Longest completion in a right-padded batch (tokens)."""
+    return int((attention_mask.sum(1) - prompt_lengths).max().item())
+
+
+class ValueModel(nn.Module):
+    """Base class: wraps a causal LM (adapted per `config`) and predicts P̂(s_p) for p = 0..T.
+
+    Subclasses implement ``forward(input_ids, attention_mask, prompt_lengths) -> logits [B, Tmax+1]``
+    (pre-sigmoid scores, what the loss consumes) and may override `prefix_values`.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, config: ValueModelConfig, backbone: PreTrainedModel, adapter_dir: str | Path | None = None) -> None:
+        super().__init__()
+        if config.kind != self.kind:
+            raise ValueError(f"{type(self).__name__} needs config.kind={self.kind!r}, got {config.kind!r}")
+        self.config = config
+        if config.disable_dropout:
+            _zero_dropout(backbone)
+        self.num_virtual_tokens = config.soft_prompt_tokens
+        self.lm: nn.Module = self._adapt(backbone, adapter_dir)
+
+    # ----- backbone adaptation -------------------------------------------------------------------
+    def _adapt(self, backbone: PreTrainedModel, adapter_dir: str | Path | None) -> nn.Module:
+        from peft import LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+        cfg = self.config
+        uses_peft = cfg.backbone == "lora" or cfg.soft_prompt_tokens > 0
+        for p in backbone.parameters():
+            p.requires_grad_(cfg.backbone == "full")
+        if not uses_peft:
+            return backbone
+        if adapter_dir is not None:  # restoring a saved model: the adapter config comes from disk
+            model = PeftModel.from_pretrained(backbone, str(adapter_dir), is_trainable=False)
+            if cfg.backbone == "lora":  # make LoRA weights trainable again (fine-tuning a loaded model)
+                for name, p in model.named_parameters():
+                    p.requires_grad_("lora_" in name)
+            return model
+        if cfg.soft_prompt_tokens:
+            peft_cfg: Any = PromptTuningConfig(
+                task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.soft_prompt_tokens,
+                # start from embeddings of random vocabulary tokens: in-distribution inputs, unlike N(0, 1)
+                prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB,
+            )
+        else:
+            targets: list[str] | str | None = cfg.lora_target_modules
+            if targets is not None and list(targets) == ["all-linear"]:
+                targets = "all-linear"  # peft's keyword for every linear layer but the output head
+            peft_cfg = LoraConfig(
+                task_type=TaskType.CAUSAL_LM, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout, target_modules=targets,
+            )
+        return get_peft_model(backbone, peft_cfg)
+
+    @property
+    def uses_peft(self) -> bool:
+        return self.config.backbone == "lora" or self.config.soft_prompt_tokens > 0
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in backward (saves memory, costs about one extra forward)."""
+        base = self.lm.get_base_model() if self.uses_peft else self.lm
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.config.use_cache = False
+
+    def _lm_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, reference: bool = False,
+                    **kwargs: Any) -> Any:
+        """Run the (adapted, or with `reference` the unadapted) LM; outputs with virtual tokens removed."""
+        if reference:
+            if not self.uses_peft:
+                raise RuntimeError("no adapter to disable: this model has no reference inside it")
+            with self.lm.disable_adapter():
+                out = self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+            return out
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+        n = self.num_virtual_tokens
+        if n:
+            if getattr(out, "logits", None) is not None and out.logits.shape[1] > 1:
+                out.logits = out.logits[:, n:]
+            if getattr(out, "hidden_states", None) is not None:
+                out.hidden_states = tuple(h[:, n:] for h in out.hidden_states)
+        return out
+
+    # ----- the interface ---------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prefix_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+        """P̂(s_p) for p = 0..Tmax, [B, Tmax+1] (differentiable; columns past a row's T are padding)."""
+        return torch.sigmoid(self(input_ids, attention_mask, prompt_lengths).float())
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _batches(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], batch_size: int):
+        if len(prompt_ids) != len(completion_ids):
+            raise ValueError("prompt_ids and completion_ids must have the same length")
+        collate = ValueCollator(pad_token_id=0)  # right padding: the pad id is never attended to
+        dev = self._device()
+        for start in range(0, len(prompt_ids), batch_size):
+            rows = [{"prompt_ids": p, "completion_ids": c, "outcome": 0.0}
+                    for p, c in zip(prompt_ids[start:start + batch_size], completion_ids[start:start + batch_size])]
+            batch = collate(rows)
+            yield {k: v.to(dev) for k, v in batch.items()}
+
+    @torch.no_grad()
+    def predict(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], batch_size: int = 32) -> list[np.ndarray]:
+        """P̂ at positions 0..T_i of every row, as float64 arrays of length len(completion_ids[i]) + 1."""
+        was_training = self.training
+        self.eval()
+        out: list[np.ndarray] = []
+        try:
+            for batch in self._batches(prompt_ids, completion_ids, batch_size):
+                vals = self.prefix_values(batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
+                vals = vals.double().cpu().numpy()
+                for i, t in enumerate(batch["completion_lengths"].tolist()):
+                    out.append(vals[i, : t + 1].copy())
+        finally:
+            self.train(was_training)
+        return out
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ----- saving and loading ----------------------------------------------------------------------
+    def _extra_state_tensors(self) -> dict[str, torch.Tensor]:
+        """Weights a subclass owns outside the backbone (saved to head.safetensors)."""
+        return {}
+
+    def _load_extra_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            raise ValueError(f"unexpected weights {sorted(tensors)} for a {self.kind} model")
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """Write config, adapter / soft prompt (peft, safetensors), head weights and, for a fully
+        trained backbone, the backbone itself into one folder; returns the folder."""
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = dataclasses.replace(self.config, prefixvalue_version=__version__)
+        (out / CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if self.uses_peft:
+            self.lm.save_pretrained(str(out / ADAPTER_DIR), safe_serialization=True)
+        if self.config.backbone == "full":
+            self.lm.save_pretrained(str(out / BACKBONE_DIR), safe_serialization=True)
+        extra = self._extra_state_tensors()
+        if extra:
+            save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(out / HEAD_WEIGHTS))
+        return out
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        base_model: str | PreTrainedModel | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> ValueModel:
+        """Load a folder written by `save_pretrained`, in eval mode.
+
+        `base_model` overrides the saved reference policy (a name/path, or an already loaded model,
+        which is adapted in place); by default it is ``config.base_model``. `dtype` defaults to
+        float32 (``"auto"``: bfloat16 on a capable GPU).
+        """
+        from . import VALUE_MODELS
+
+        path = Path(path)
+        cfg = ValueModelConfig.from_dict(json.loads((path / CONFIG_NAME).read_text()))
+        model_cls = VALUE_MODELS[cfg.kind] if cls is ValueModel else cls
+        if model_cls.kind != cfg.kind:
+            raise ValueError(f"{path} holds a {cfg.kind!r} value model, not {model_cls.kind!r}")
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        torch_dtype = resolve_dtype(dtype or "float32", device)
+        if cfg.backbone == "full":
+            backbone = AutoModelForCausalLM.from_pretrained(str(path / BACKBONE_DIR), dtype=torch_dtype)
+        elif isinstance(base_model, PreTrainedModel):
+            backbone = base_model.to(torch_dtype)
+        else:
+            backbone = AutoModelForCausalLM.from_pretrained(base_model or cfg.base_model, dtype=torch_dtype)
+        if isinstance(base_model, str):
+            cfg.base_model = base_model
+        adapter = path / ADAPTER_DIR if (cfg.backbone == "lora" or cfg.soft_prompt_tokens) else None
+        model = model_cls(cfg, backbone, adapter_dir=adapter)
+        if (path / HEAD_WEIGHTS).exists():
+            model._load_extra_state_tensors(load_file(str(path / HEAD_WEIGHTS)))
+        elif model._extra_state_tensors():
+            raise FileNotFoundError(f"{path / HEAD_WEIGHTS} is missing: the head's weights were not saved")
+        return model.to(device).eval()
+
+
+def logit(p: float) -> float:
+    """log(p / (1 − p))."""
+    return math.log(p) - math.log1p(-p)

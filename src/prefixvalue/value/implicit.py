@@ -1,0 +1,155 @@
+"""Implicit prefix value (IPVRM, Gao et al. 2026; DESIGN.md "Implicit prefix value").
+
+A trainable copy π_φ of the policy (LoRA adapters, or a soft prompt, on the frozen policy) against the
+reference π_ref = the same network with the adapters disabled, so one model sits in memory:
+
+- log-ratio of completion token t (1-indexed): ℓ_t = log π_φ(y_t | s_t) − log π_ref(y_t | s_t)
+- V_φ(p) = β Σ_{t ≤ p} ℓ_t;  v̄(p) = V_φ(p) / p;  P̂(p) = σ(v̄(p)) for p = 1..T
+- at p = 0 (the bare prompt) V_φ = 0 carries no information: P̂(0) is the training base rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .base import ValueModel, logit, max_completion_length, prefix_indices
+
+
+@dataclass
+class Counterfactuals:
+    """Values of candidate next tokens at every prefix of one completion (T prefixes, k candidates).
+
+    Row p (0..T−1) holds candidates for the token after the prefix with p completion tokens.
+    """
+
+    token_ids: np.ndarray  #: [T, k] int64 candidate token ids (top-k under π_ref, or as given)
+    ref_logprobs: np.ndarray  #: [T, k] float64 log π_ref(y' | s_p)
+    log_ratios: np.ndarray  #: [T, k] float64 log π_φ(y' | s_p) − log π_ref(y' | s_p)
+    values: np.ndarray  #: [T, k] float64 P̂(s_p ⊕ y') = σ((V_φ(p) + β·log-ratio) / (p + 1))
+
+
+def selected_log_probs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[..., token_ids] in float32, without materialising the full log-softmax.
+
+    `logits` [..., V], `token_ids` [...] → [...]. logsumexp runs in float32 even for bf16 logits.
+    """
+    picked = logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1).float()
+    return picked - torch.logsumexp(logits.float(), dim=-1)
+
+
+class ImplicitValueModel(ValueModel):
+    """IPVRM implicit prefix value; ``forward`` returns v̄(p) [B, Tmax+1] (column 0 = logit(base rate))."""
+
+    kind = "implicit"
+
+    def _completion_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           prompt_lengths: torch.Tensor, tmax: int, reference: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits predicting each completion token, [B, Tmax, V], and those tokens' ids [B, Tmax]."""
+        out = self._lm_forward(input_ids, attention_mask, reference=reference)
+        logits = out.logits
+        seq_len = input_ids.shape[1]
+        pos = prefix_indices(prompt_lengths, tmax, seq_len)  # logits at prompt_len-1+p predict token p+1
+        targets = input_ids.gather(1, (pos + 1).clamp(max=seq_len - 1))
+        sel = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))
+        return sel, targets
+
+    def _log_ratios(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    prompt_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-ratios ℓ [B, Tmax] (zero past each row's end) and the completion mask."""
+        tmax = max_completion_length(attention_mask, prompt_lengths)
+        clens = attention_mask.sum(1) - prompt_lengths
+        cmask = torch.arange(tmax, device=input_ids.device)[None, :] < clens[:, None]
+        phi_logits, targets = self._completion_logits(input_ids, attention_mask, prompt_lengths, tmax, reference=False)
+        logp_phi = selected_log_probs(phi_logits, targets)
+        with torch.no_grad():
+            ref_logits, _ = self._completion_logits(input_ids, attention_mask, prompt_lengths, tmax, reference=True)
+            logp_ref = selected_log_probs(ref_logits, targets)
+        ratios = torch.where(cmask, logp_phi - logp_ref, torch.zeros_like(logp_phi))
+        return ratios, cmask
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+        """Length-normalised implicit value v̄(p) = β Σ_{t≤p} ℓ_t / p for p = 1..Tmax; column 0 holds
+        logit(base_rate) (constant, no gradient). Shape [B, Tmax+1], float32."""
+        ratios, _ = self._log_ratios(input_ids, attention_mask, prompt_lengths)
+        v = self.config.beta * torch.cumsum(ratios, dim=1)  # V_φ(p) for p = 1..Tmax
+        steps = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
+        vbar = v / steps[None, :]
+        first = torch.full((v.shape[0], 1), logit(self.config.base_rate), device=v.device, dtype=v.dtype)
+        return torch.cat([first, vbar], dim=1)
+
+    def prefix_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+        """P̂ [B, Tmax+1]: σ(v̄(p)) for p ≥ 1 and exactly the training base rate at p = 0."""
+        vals = torch.sigmoid(self(input_ids, attention_mask, prompt_lengths).float())
+        vals = vals.clone()
+        vals[:, 0] = self.config.base_rate
+        return vals
+
+    @torch.no_grad()
+    def token_log_ratios(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                         batch_size: int = 32) -> list[np.ndarray]:
+        """log π_φ(y_t|s_t) − log π_ref(y_t|s_t) per completion token: float64 arrays of length T_i.
+
+        A step's process-level score is σ(β · Σ_{t ∈ step} ℓ_t).
+        """
+        was_training = self.training
+        self.eval()
+        out: list[np.ndarray] = []
+        try:
+            for batch in self._batches(prompt_ids, completion_ids, batch_size):
+                ratios, _ = self._log_ratios(batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
+                r = ratios.double().cpu().numpy()
+                for i, t in enumerate(batch["completion_lengths"].tolist()):
+                    out.append(r[i, :t].copy())
+        finally:
+            self.train(was_training)
+        return out
+
+    @torch.no_grad()
+    def counterfactual_values(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                              top_k: int = 5, candidate_ids: list[int] | None = None,
+                              batch_size: int = 32) -> list[Counterfactuals]:
+        """Counterfactual value of candidate next tokens at every prefix, from the same forward pass:
+        V_φ(s_p ⊕ y') = V_φ(s_p) + β[log π_φ(y'|s_p) − log π_ref(y'|s_p)], P̂ = σ(V_φ / (p + 1)).
+
+        Candidates are the `top_k` tokens under π_ref at each prefix, or the fixed `candidate_ids`.
+        Returns one `Counterfactuals` per row with T_i rows (prefixes p = 0..T_i − 1).
+        """
+        was_training = self.training
+        self.eval()
+        beta = self.config.beta
+        results: list[Counterfactuals] = []
+        try:
+            for batch in self._batches(prompt_ids, completion_ids, batch_size):
+                ids, mask, plens = batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"]
+                tmax = max_completion_length(mask, plens)
+                phi_logits, targets = self._completion_logits(ids, mask, plens, tmax, reference=False)
+                ref_logits, _ = self._completion_logits(ids, mask, plens, tmax, reference=True)
+                logp_phi = torch.log_softmax(phi_logits.float(), dim=-1)
+                logp_ref = torch.log_softmax(ref_logits.float(), dim=-1)
+                taken = (logp_phi.gather(-1, targets[..., None]) - logp_ref.gather(-1, targets[..., None])).squeeze(-1)
+                clens = batch["completion_lengths"]
+                cmask = torch.arange(tmax, device=ids.device)[None, :] < clens[:, None]
+                taken = torch.where(cmask, taken, torch.zeros_like(taken))
+                # V_φ(p) for p = 0..Tmax-1 (value of the prefix before the candidate)
+                v_prefix = beta * torch.cumsum(taken, dim=1) - beta * taken
+                if candidate_ids is not None:
+                    cand = torch.tensor(candidate_ids, device=ids.device).expand(ids.shape[0], tmax, -1)
+                else:
+                    cand = logp_ref.topk(min(top_k, logp_ref.shape[-1]), dim=-1).indices
+                ref_c = logp_ref.gather(-1, cand)
+                ratio_c = logp_phi.gather(-1, cand) - ref_c
+                steps = torch.arange(1, tmax + 1, device=ids.device, dtype=ratio_c.dtype)[None, :, None]
+                vals = torch.sigmoid((v_prefix[..., None] + beta * ratio_c) / steps)
+                for i, t in enumerate(clens.tolist()):
+                    results.append(Counterfactuals(
+                        token_ids=cand[i, :t].cpu().numpy().astype(np.int64),
+                        ref_logprobs=ref_c[i, :t].double().cpu().numpy(),
+                        log_ratios=ratio_c[i, :t].double().cpu().numpy(),
+                        values=vals[i, :t].double().cpu().numpy(),
+                    ))
+        finally:
+            self.train(was_training)
+        return results

@@ -1,0 +1,229 @@
+"""Value models: training reduces the loss, save → load is exact, accumulation and losses are right."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from prefixvalue.collate import ResumableSampler, ValueCollator, attach_prefix_labels
+from prefixvalue.data import rows_to_dataset
+from prefixvalue.value import (
+    VALUE_MODELS,
+    HeadValueModel,
+    ImplicitValueModel,
+    ValueModelConfig,
+    build_value_model,
+    load_value_model,
+    loss_mask,
+    margin_bce_with_logits,
+    normalise_loss,
+    value_loss,
+)
+from prefixvalue.value.heldout import auroc, evaluate_heldout
+
+from conftest import make_tiny_gpt2, make_tiny_llama
+from test_value_fixtures import random_traces
+
+# (kind, backbone, soft prompt tokens, loss): every supported combination
+VARIANTS = [
+    ("implicit", "lora", 0, "prefix"),
+    ("implicit", "lora", 0, "sequence"),
+    ("implicit", "frozen", 4, "prefix"),
+    ("head", "frozen", 0, "prefix"),
+    ("head", "lora", 0, "prefix"),
+    ("head", "full", 0, "prefix"),
+    ("head", "frozen", 4, "prefix"),
+]
+BUILDERS = {"gpt2": make_tiny_gpt2, "llama": make_tiny_llama}
+
+
+def _cfg(kind: str, backbone: str, soft: int, loss: str, base: str = "") -> ValueModelConfig:
+    return ValueModelConfig(kind=kind, backbone=backbone, soft_prompt_tokens=soft, loss=loss, base_model=base,
+                            base_rate=0.4)
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_tokenizer):
+    return random_traces(tiny_tokenizer, n_prompts=4, per_prompt=2, seed=1)
+
+
+def _ids(rows):
+    return [r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(map(str, v)))
+def test_loss_goes_down_and_save_load_is_exact(variant, arch, rows, tiny_tokenizer, tmp_path):
+    kind, backbone, soft, loss = variant
+    torch.manual_seed(0)
+    model = build_value_model(_cfg(kind, backbone, soft, loss, base="unused"), BUILDERS[arch](len(tiny_tokenizer)))
+    assert isinstance(model, VALUE_MODELS[kind]) and model.kind == kind
+    batch = ValueCollator(0)(rows)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=2e-2)
+    losses = []
+    for _ in range(8):
+        ls = value_loss(model(batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"]), batch,
+                        kind, loss, model.config.margin)
+        (ls.total / ls.count).backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(ls.total.detach() / ls.count))
+    assert losses[-1] < losses[0] - 1e-3, losses
+
+    prompts, completions = _ids(rows)
+    before = model.predict(prompts, completions, batch_size=3)
+    assert [len(v) for v in before] == [len(c) + 1 for c in completions]
+    assert all(v.dtype == np.float64 and np.all((v > 0) & (v < 1)) for v in before)
+    model.save_pretrained(tmp_path / "ckpt")
+    files = {p.name for p in (tmp_path / "ckpt").rglob("*")}
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files), files
+    cfg = json.loads((tmp_path / "ckpt" / "value_config.json").read_text())
+    assert {"kind", "base_model", "beta", "margin", "base_rate", "soft_prompt_tokens"} <= set(cfg)
+    # a fresh copy of the untrained base policy: everything trained must come from the folder
+    base = None if backbone == "full" else BUILDERS[arch](len(tiny_tokenizer))
+    loaded = load_value_model(tmp_path / "ckpt", base_model=base)
+    after = loaded.predict(prompts, completions, batch_size=3)
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    if kind == "implicit":
+        np.testing.assert_allclose(after[0][0], 0.4)  # P̂ at p = 0 is the base rate
+        for a, b in zip(model.token_log_ratios(prompts, completions), loaded.token_log_ratios(prompts, completions)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_implicit_values_follow_the_formula(rows, tiny_tokenizer):
+    model = build_value_model(_cfg("implicit", "lora", 0, "prefix"), make_tiny_gpt2(len(tiny_tokenizer)))
+    prompts, completions = _ids(rows)
+    # a fresh LoRA (B = 0) is the reference: log-ratios 0, P̂ = σ(0) = 0.5 after the prompt
+    assert all(np.allclose(r, 0.0) for r in model.token_log_ratios(prompts, completions))
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ratios = model.token_log_ratios(prompts, completions)
+    values = model.predict(prompts, completions)
+    for r, v in zip(ratios, values):
+        assert np.abs(r).max() > 1e-4
+        steps = np.arange(1, len(r) + 1)
+        expected = 1 / (1 + np.exp(-model.config.beta * np.cumsum(r) / steps))
+        np.testing.assert_allclose(v[1:], expected, rtol=1e-5, atol=1e-6)
+    # counterfactual value of the token actually taken = the value of the next prefix
+    cf = model.counterfactual_values(prompts, completions, candidate_ids=list(range(len(tiny_tokenizer))))
+    top = model.counterfactual_values(prompts, completions, top_k=3)
+    for c, t, v, comp in zip(cf, top, values, completions):
+        assert c.values.shape == (len(comp), len(tiny_tokenizer)) and t.token_ids.shape == (len(comp), 3)
+        np.testing.assert_allclose(c.values[np.arange(len(comp)), comp], v[1:], rtol=1e-5, atol=1e-6)
+        assert np.all(np.diff(t.ref_logprobs, axis=1) <= 1e-6)  # top-k sorted by π_ref
+
+
+def test_values_do_not_depend_on_batching(rows, tiny_tokenizer):
+    model = build_value_model(_cfg("head", "frozen", 0, "prefix"), make_tiny_llama(len(tiny_tokenizer)))
+    with torch.no_grad():
+        model.head.weight.normal_()
+    prompts, completions = _ids(rows)
+    for a, b in zip(model.predict(prompts, completions, batch_size=len(rows)), model.predict(prompts, completions, batch_size=1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["implicit", "head"])
+def test_batch8_equals_8_accumulated_batches_of_1(kind, tiny_tokenizer):
+    rows8 = random_traces(tiny_tokenizer, n_prompts=4, per_prompt=2, seed=3)
+    assert len({len(r["completion_ids"]) for r in rows8}) > 1  # unequal lengths: the normaliser matters
+    grads = []
+    for split in (False, True):
+        torch.manual_seed(0)
+        model = build_value_model(_cfg(kind, "lora", 0, "prefix"), make_tiny_gpt2(len(tiny_tokenizer)))
+        with torch.no_grad():  # move off B = 0 so every LoRA weight gets a gradient
+            for p in model.trainable_parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        collate = ValueCollator(0)
+        micro = [collate([r]) for r in rows8] if split else [collate(rows8)]
+        n_items = sum(loss_mask(b, kind).sum() for b in micro).float()
+        for b in micro:
+            ls = value_loss(model(b["input_ids"], b["attention_mask"], b["prompt_lengths"]), b, kind, "prefix", 5.0)
+            normalise_loss(ls.total, n_items, world_size=1).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.trainable_parameters()]))
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+
+
+def test_margin_bce_matches_definition():
+    z = torch.tensor([-12.0, -2.0, 0.0, 1.5, 9.0], dtype=torch.float64)
+    r = torch.tensor([1.0, 0.0, 0.3, 1.0, 0.0], dtype=torch.float64)
+    m = 5.0
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    expected = [-(ri * math.log(sig(zi - m)) + (1 - ri) * math.log(1 - sig(zi + m))) for zi, ri in zip(z.tolist(), r.tolist())]
+    torch.testing.assert_close(margin_bce_with_logits(z, r, m), torch.tensor(expected, dtype=torch.float64))
+    # no overflow far from the margin: the loss grows linearly
+    big = margin_bce_with_logits(torch.tensor([1e4, -1e4]), torch.tensor([0.0, 1.0]), m)
+    torch.testing.assert_close(big, torch.tensor([1e4 + m, 1e4 + m]))
+    torch.testing.assert_close(margin_bce_with_logits(z, r, 0.0),
+                               torch.nn.functional.binary_cross_entropy_with_logits(z, r, reduction="none"))
+
+
+def test_loss_masks_and_sequence_loss(tiny_tokenizer):
+    rows = random_traces(tiny_tokenizer, n_prompts=2, per_prompt=1, seed=4)
+    b = ValueCollator(0)(rows)
+    t = b["completion_lengths"]
+    assert loss_mask(b, "head").sum() == int((t + 1).sum())
+    assert loss_mask(b, "implicit").sum() == int(t.sum())
+    seq = loss_mask(b, "implicit", "sequence")
+    assert seq.sum() == 2 and all(seq[i, t[i]] for i in range(2))
+    logits = torch.randn(b["targets"].shape)
+    ls = value_loss(logits, b, "implicit", "sequence")
+    expected = sum(float(torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[i, t[i]] * t[i], b["outcome"][i])) for i in range(2))
+    assert math.isclose(float(ls.total), expected, rel_tol=1e-5) and float(ls.count) == 2
+
+
+def test_soft_labels_survive_the_collator_as_floats(tiny_tokenizer):
+    rows = random_traces(tiny_tokenizer, n_prompts=2, per_prompt=2, seed=5)
+    traces = rows_to_dataset(rows)
+    tid = rows[1]["trace_id"]
+    labels = rows_to_dataset([
+        {"trace_id": tid, "position": 0, "n": 16, "successes": 6, "mean": 0.375, "ci_low": 0.2, "ci_high": 0.6},
+        {"trace_id": tid, "position": 3, "n": 16, "successes": 11, "mean": 0.6875, "ci_low": 0.4, "ci_high": 0.9},
+    ])
+    ds = attach_prefix_labels(traces, labels)
+    batch = ValueCollator(0)(ds.select(range(2)).to_list())
+    assert batch["targets"].dtype == torch.float32
+    assert batch["targets"][1, 0].item() == 0.375 and batch["targets"][1, 3].item() == 0.6875
+    assert batch["targets"][1, 1].item() == rows[1]["outcome"]  # unlabelled: the outcome fills in
+    only = ValueCollator(0, labels_only=True)(ds.select(range(2)).to_list())
+    assert only["target_mask"].sum() == 2 and only["target_mask"][1, 0] and only["target_mask"][1, 3]
+    # a soft target changes the loss continuously (it is not rounded to a class)
+    z = torch.ones_like(batch["targets"])
+    mid = value_loss(z, batch, "head").total
+    batch["targets"][1, 0] = 0.9
+    assert value_loss(z, batch, "head").total != mid
+
+
+def test_resumable_sampler_is_a_deterministic_stream():
+    full = list(ResumableSampler(7, seed=3, start=0, stop=20))
+    assert sorted(full[:7]) == list(range(7)) and sorted(full[7:14]) == list(range(7))
+    assert full[:7] != full[7:14]
+    assert list(ResumableSampler(7, seed=3, start=9, stop=20)) == full[9:]
+
+
+def test_heldout_metrics(rows, tiny_tokenizer):
+    assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert auroc(np.array([0.1, 0.2]), np.array([1, 1])) is None
+    model = build_value_model(_cfg("head", "frozen", 0, "prefix"), make_tiny_gpt2(len(tiny_tokenizer)))
+    m = evaluate_heldout(model, rows, batch_size=3)
+    # a fresh head predicts the base rate everywhere: it ties the base-rate predictor
+    assert math.isclose(m["brier_all"], m["brier_base_rate_all"], rel_tol=1e-6)
+    assert m["auroc_last"] == 0.5 and m["n_traces"] == len(rows)
+
+
+def test_config_rules():
+    with pytest.raises(ValueError, match="frozen"):
+        ValueModelConfig(kind="head", backbone="lora", soft_prompt_tokens=4)
+    with pytest.raises(ValueError, match="implicit"):
+        ValueModelConfig(kind="implicit", backbone="full")
+    with pytest.raises(ValueError, match="sequence"):
+        ValueModelConfig(kind="head", loss="sequence")
+    assert set(VALUE_MODELS) == {"implicit", "head"}
+    assert VALUE_MODELS["implicit"] is ImplicitValueModel and VALUE_MODELS["head"] is HeadValueModel

@@ -1,0 +1,414 @@
+"""The evaluation report: metrics.json, report.md, PNG plots, heatmap.html, predictions.parquet.
+
+Plots use matplotlib's Agg backend (no display needed). ``heatmap.html`` is one self-contained page
+(inline CSS, no scripts, no external assets): each completion token is one ``<span class="tok">``
+coloured by the Monte Carlo success of the prefix that ends with that token (seed 004), with the
+learned and soft values in its hover text.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .evaluate import EvalResult
+
+NO_LABEL_COLOUR = "#e6e6e6"
+
+
+# ---------------------------------------------------------------------------------- formatting
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _corr_cell(c: dict[str, Any]) -> str:
+    if c.get("value") is None:
+        return "n/a"
+    ci = c.get("ci")
+    return f"{c['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{c['value']:.3f}"
+
+
+def value_colour(v: float) -> str:
+    """Hex colour for a success probability: red (0) → yellow (0.5) → green (1)."""
+    v = float(np.clip(v, 0.0, 1.0))
+    if v < 0.5:
+        r, g, b = 230, int(80 + 2 * v * (215 - 80)), 80
+    else:
+        r, g, b = int(230 - 2 * (v - 0.5) * (230 - 90)), int(215 - 2 * (v - 0.5) * (215 - 190)), 80
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+# ----------------------------------------------------------------------------------- report.md
+def render_markdown(metrics: dict[str, Any], plots: dict[str, str]) -> str:
+    """The report a reader wants first: data and saturation, the estimator table, groups, steps, cost."""
+    mc = metrics["mc"]
+    nc = mc["noise_ceiling"]
+    lines = ["# prefixvalue evaluation", ""]
+    if metrics.get("checkpoint") or metrics.get("policy"):
+        lines += [f"checkpoint: `{metrics.get('checkpoint')}` · policy: `{metrics.get('policy')}`", ""]
+    lines += [
+        "## Data",
+        "",
+        f"- {metrics['n_traces']} traces, {metrics['n_prefixes']} labelled prefixes "
+        f"(positions {metrics['positions']['min']}–{metrics['positions']['max']}), "
+        f"{mc['samples_per_prefix']} MC samples per prefix (range {mc['samples_per_prefix_range']})",
+        f"- MC label mean {mc['label_mean']:.3f}, variance {mc['label_variance']:.4f}; "
+        f"saturated: **{mc['saturated']}**",
+        f"- {mc['note']}",
+        f"- noise ceiling (Spearman): **{_num(nc['spearman'])}** — {nc.get('note', '')}",
+        "",
+        "## Estimators vs MC labels",
+        "",
+        "Correlations with bootstrap 95% CIs over traces; AUROC of the trace's final outcome; "
+        "Brier and ECE (15 bins) against the MC means, for probability-valued estimators only.",
+        "",
+        "| estimator | Spearman | of ceiling | Pearson | Kendall | AUROC outcome | Brier | ECE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    notes: list[str] = []
+    for name, m in metrics["estimators"].items():
+        frac = m["spearman"].get("fraction_of_ceiling")
+        lines.append(f"| {name} | {_corr_cell(m['spearman'])} | {_num(frac, 2)} | {_corr_cell(m['pearson'])} | "
+                     f"{_corr_cell(m['kendall'])} | {_num(m['auroc_outcome'])} | {_num(m['brier'])} | "
+                     f"{_num(m['ece'])} |")
+        for key in ("spearman", "pearson", "kendall"):
+            if m[key].get("note") and m[key].get("value") is None:
+                notes.append(f"- **{name}** {key}: {m[key]['note']}")
+        if m.get("auroc_outcome_note") and m.get("auroc_outcome") is None:
+            notes.append(f"- **{name}** AUROC: {m['auroc_outcome_note']}")
+        if m.get("note"):
+            notes.append(f"- **{name}**: {m['note']}")
+    lines += [""]
+    if metrics.get("mellowmax_default"):
+        d = metrics["mellowmax_default"]
+        lines += [f"`mellowmax` is MellowMax over the {d['vocab']} vocabulary at ω = {d['omega']:g}; "
+                  f"other ω and top-k variants are listed under their own names.", ""]
+    if notes:
+        lines += ["Why some cells are n/a:", "", *sorted(set(notes)), ""]
+    groups = metrics.get("by_position_group", {})
+    if groups:
+        names = list(metrics["estimators"])
+        lines += ["## By position group (Spearman)", "",
+                  "| group | prefixes | label mean | " + " | ".join(names) + " |",
+                  "|---|---|---|" + "---|" * len(names)]
+        for g, e in groups.items():
+            cells = [_corr_cell(e["estimators"][n]["spearman"]) for n in names]
+            lines.append(f"| {g} ({e['definition']}) | {e['n_prefixes']} | {_num(e.get('label_mean'))} | "
+                         + " | ".join(cells) + " |")
+        lines += [""]
+    sv = metrics.get("step_verification") or {}
+    lines += ["## Step verification (ProcessBench protocol)", ""]
+    if sv.get("f1") is not None or sv.get("threshold") is not None:
+        lines += ["Threshold chosen on a calibration split of prompts, scores on the disjoint test split.", "",
+                  "| score | F1 | acc erroneous | acc correct | threshold | calibration / test traces |",
+                  "|---|---|---|---|---|---|"]
+        for label, s in (("prefix-based", sv), ("process-level", sv.get("process_level"))):
+            if s:
+                lines.append(f"| {label} | {_num(s.get('f1'))} | {_num(s.get('acc_erroneous'))} | "
+                             f"{_num(s.get('acc_correct'))} | {_num(s.get('threshold'), 4)} | "
+                             f"{s.get('n_calibration')} / {s.get('n_test')} |")
+        lines += [""]
+    if sv.get("note"):
+        lines += [f"{sv['note']}", ""]
+    if metrics.get("step_benchmark"):
+        lines += _step_benchmark_lines(metrics["step_benchmark"])
+    cost = metrics.get("cost", {})
+    lines += ["## Cost", "",
+              f"- value-model forward tokens: {_num(cost.get('value_forward_tokens'))}",
+              f"- policy forward tokens (soft values): {_num(cost.get('policy_forward_tokens'))}",
+              f"- MC generated tokens for the same prefixes: {_num(cost.get('mc_generated_tokens'), 0)}"
+              + (f" ({cost['mc_generated_tokens_note']})" if cost.get("mc_generated_tokens_note") else ""),
+              f"- ratio MC / value model: {_num(cost.get('ratio_mc_to_value'), 1)}",
+              ""]
+    if metrics.get("notes"):
+        lines += ["## Notes", "", *[f"- {n}" for n in metrics["notes"]], ""]
+    if plots:
+        lines += ["## Plots", ""]
+        for key, fname in plots.items():
+            lines += [f"### {key}", "", f"![{key}]({fname})", ""]
+    lines += ["Token heatmap: [heatmap.html](heatmap.html) · per-prefix predictions: `predictions.parquet` · "
+              "all numbers: `metrics.json`", ""]
+    return "\n".join(lines)
+
+
+def _step_benchmark_lines(sb: dict[str, Any]) -> list[str]:
+    lines = [f"## Step benchmark: `{sb.get('source')}`", "",
+             f"{sb.get('n_examples')} examples; threshold chosen on a calibration split of problems "
+             f"({sb.get('n_calibration')}), reported on the test split ({sb.get('n_test')}).", "",
+             "| score | F1 | acc erroneous | acc correct | threshold |", "|---|---|---|---|---|"]
+    for label, s in (("prefix-based", sb), ("process-level", sb.get("process_level"))):
+        if s:
+            lines.append(f"| {label} | {_num(s.get('f1'))} | {_num(s.get('acc_erroneous'))} | "
+                         f"{_num(s.get('acc_correct'))} | {_num(s.get('threshold'), 4)} |")
+    if sb.get("note"):
+        lines += ["", sb["note"]]
+    return lines + [""]
+
+
+# --------------------------------------------------------------------------------------- plots
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_calibration(calibration: dict[str, list[dict[str, float]]], path: Path) -> Path | None:
+    """Reliability diagram (mean MC label per predicted-probability bin) for probability estimators."""
+    if not calibration:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    for name, bins in calibration.items():
+        if bins:
+            ax.plot([b["mean_pred"] for b in bins], [b["mean_target"] for b in bins], "o-", label=name, ms=3)
+    ax.set_xlabel("predicted success probability")
+    ax.set_ylabel("mean MC success in bin")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title("Calibration against MC labels")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_scatter(pred: np.ndarray, mc: np.ndarray, name: str, path: Path) -> Path:
+    """Estimator vs MC label per prefix, with the diagonal."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="y = x")
+    ax.scatter(mc, pred, s=10, alpha=0.5)
+    ax.set_xlabel("MC success (k/n)")
+    ax.set_ylabel(f"{name} value")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{name} vs Monte Carlo ({len(mc)} prefixes)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_value_curves(result: EvalResult, indices: list[int], path: Path) -> Path | None:
+    """Per-trace curves along the tokens: MC mean with its Wilson band, learned P̂, MellowMax (right axis)."""
+    if not indices:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(indices), 1, figsize=(9, 2.6 * len(indices)), squeeze=False)
+    for ax, i in zip(axes[:, 0], indices):
+        t, mc, cur = result.traces[i], result.mc[i], result.curves[i]
+        x = np.arange(t.length + 1)
+        ax.fill_between(mc["position"], mc["ci_low"], mc["ci_high"], color="tab:green", alpha=0.2,
+                        label="MC 95% CI")
+        ax.plot(mc["position"], mc["mean"], "o-", color="tab:green", ms=3, label="MC success")
+        if "learned" in cur:
+            ax.plot(x, cur["learned"], color="tab:blue", label="learned P̂")
+        if "constant" in cur:
+            ax.plot(x, cur["constant"], ":", color="grey", label="base rate")
+        for _, e in t.step_spans:
+            ax.axvline(e, color="k", alpha=0.08)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel("P(success)")
+        ax.set_title(f"trace {t.trace_id} (outcome {t.outcome:g})", fontsize=9)
+        handles, labels = ax.get_legend_handles_labels()
+        if "mellowmax" in cur:
+            ax2 = ax.twinx()
+            ax2.plot(x, cur["mellowmax"], color="tab:orange", alpha=0.8, label="MellowMax (right axis)")
+            ax2.set_ylabel("MellowMax (logit units)", fontsize=8)
+            h2, l2 = ax2.get_legend_handles_labels()
+            handles, labels = handles + h2, labels + l2
+        ax.legend(handles, labels, fontsize=7, loc="best")
+    axes[-1, 0].set_xlabel("completion tokens in the prefix (position)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def flatten_metrics(prefix: str, d: Any, out: dict[str, float]) -> None:
+    """Collect finite numbers of a nested metrics dict into `out` under slash-joined keys (notes and CIs skipped)."""
+    if isinstance(d, dict):
+        for k, v in d.items():
+            if k in ("note", "ci", "raw") or k.endswith("_note"):
+                continue
+            flatten_metrics(f"{prefix}/{k}", v, out)
+    elif isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(float(d)):
+        out[prefix] = float(d)
+
+
+# ------------------------------------------------------------------------------------- heatmap
+def _token_texts(ids: list[int], tokenizer: Any) -> list[str]:
+    if tokenizer is None:
+        return [f"[{i}]" for i in ids]
+    out = []
+    for i in ids:
+        text = tokenizer.decode([i], skip_special_tokens=False)
+        out.append(text if text != "" else f"[{i}]")
+    return out
+
+
+def render_heatmap(result: EvalResult, indices: list[int], tokenizer: Any = None) -> str:
+    """Self-contained HTML: per trace, one ``<span class="tok">`` per completion token.
+
+    Token i is coloured by the MC success of the prefix ending with it (position i + 1); tokens at
+    unlabelled positions are light grey. Hover text (``title``) gives position, MC k/n with its CI,
+    the learned value and the soft values at that position.
+    """
+    soft_names = [n for n in ("mellowmax", "logsumexp") if result.curves and n in result.curves[0]]
+    parts = [
+        "<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>prefixvalue token heatmap</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.9}"
+        ".trace{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;margin:1em 0}"
+        ".prompt{color:#555;font-family:monospace;white-space:pre-wrap}"
+        ".tok{font-family:monospace;white-space:pre;padding:1px 0;border-radius:2px}"
+        ".legend span{display:inline-block;width:3em;text-align:center;font-size:.8em}"
+        ".meta{font-size:.85em;color:#444}</style></head><body>",
+        "<h1>Token heatmap</h1>",
+        "<p>Each token is coloured by the Monte Carlo success rate of the prefix that ends with that token "
+        "(resampling continuations from there); grey tokens have no MC label. Hover a token for its "
+        "position, MC k/n and 95% CI, learned value and soft values.</p>",
+        "<p class='legend'>" + "".join(f"<span style='background:{value_colour(v)}'>{v:.1f}</span>"
+                                       for v in np.linspace(0, 1, 6))
+        + f" <span style='background:{NO_LABEL_COLOUR}'>none</span></p>",
+    ]
+    pos_col = result.prefixes["position"]
+    for i in indices:
+        t, cur = result.traces[i], result.curves[i]
+        rows = {p: j for j, (tid, p) in enumerate(zip(result.prefixes["trace_id"], pos_col)) if tid == t.trace_id}
+        texts = _token_texts(t.completion_ids, tokenizer)
+        head = f"trace {html.escape(t.trace_id)} · prompt {html.escape(t.prompt_id)} · outcome {t.outcome:g}"
+        p0 = rows.get(0)
+        if p0 is not None:
+            head += (f" · bare prompt MC {result.prefixes['successes'][p0]}/{result.prefixes['n'][p0]}"
+                     f" = {result.prefixes['mc_mean'][p0]:.2f}")
+        prompt_text = t.prompt or (tokenizer.decode(t.prompt_ids) if tokenizer is not None else "")
+        parts.append(f"<div class='trace' data-trace-id='{html.escape(t.trace_id)}'>"
+                     f"<div class='meta'>{head}</div><div class='prompt'>{html.escape(prompt_text)}</div><div>")
+        for k, text in enumerate(texts):
+            p = k + 1
+            j = rows.get(p)
+            tip = [f"position {p}"]
+            if j is not None:
+                colour = value_colour(result.prefixes["mc_mean"][j])
+                tip.append(f"MC {result.prefixes['successes'][j]}/{result.prefixes['n'][j]} = "
+                           f"{result.prefixes['mc_mean'][j]:.3f} [{result.prefixes['ci_low'][j]:.2f}, "
+                           f"{result.prefixes['ci_high'][j]:.2f}]")
+                mc_attr = f"{result.prefixes['mc_mean'][j]:.6g}"
+            else:
+                colour, mc_attr = NO_LABEL_COLOUR, ""
+                tip.append("MC: not labelled")
+            if "learned" in cur:
+                tip.append(f"learned {cur['learned'][p]:.3f}")
+            for s in soft_names:
+                tip.append(f"{s} {cur[s][p]:.3f}")
+            shown = text.replace("\n", "↵\n")
+            parts.append(f"<span class='tok' style='background:{colour}' data-position='{p}' data-mc='{mc_attr}' "
+                         f"title='{html.escape('; '.join(tip), quote=True)}'>{html.escape(shown)}</span>")
+        parts.append("</div></div>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------------------- write
+def _pick_traces(result: EvalResult, k: int) -> list[int]:
+    """Traces with the most labelled positions first (ties: varied MC labels first), up to k."""
+    order = sorted(range(len(result.traces)),
+                   key=lambda i: (-len(result.mc[i]["position"]), -float(np.ptp(result.mc[i]["mean"]))
+                                  if len(result.mc[i]["mean"]) else 0.0, i))
+    return order[: max(0, k)]
+
+
+def write_report(result: EvalResult, out_dir: str | Path, tokenizer: Any = None, logger: Any = None,
+                 config: Any = None) -> dict[str, Path]:
+    """Write metrics.json, report.md, predictions.parquet, plots and heatmap.html into `out_dir`.
+
+    `tokenizer` renders token text in the heatmap (ids are shown without it). With a `logger`
+    (`prefixvalue.tracking`), scalars go to ``eval/...``, plots as images, the heatmap as an HTML
+    panel and the per-prefix predictions as a table. `config` (an EvaluateConfig) sets how many
+    traces are drawn. Returns the written paths by name.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n_plot = getattr(config, "plot_traces", 4)
+    n_heat = getattr(config, "heatmap_traces", 6)
+    paths: dict[str, Path] = {}
+    plots: dict[str, str] = {}
+
+    cal = plot_calibration(result.calibration, out / "calibration.png")
+    if cal:
+        paths["calibration"] = cal
+        plots["calibration curve"] = cal.name
+    mc = np.asarray(result.prefixes["mc_mean"], dtype=np.float64)
+    scatter_name = "learned" if "learned" in result.estimator_info else next(
+        (n for n, i in result.estimator_info.items() if i.get("probability")), None)
+    if scatter_name is not None:
+        paths["scatter"] = plot_scatter(np.asarray(result.prefixes[scatter_name], dtype=np.float64), mc,
+                                        scatter_name, out / "scatter.png")
+        plots[f"{scatter_name} vs MC"] = paths["scatter"].name
+    curves = plot_value_curves(result, _pick_traces(result, n_plot), out / "value_curves.png")
+    if curves:
+        paths["value_curves"] = curves
+        plots["value curves along tokens"] = curves.name
+
+    page = render_heatmap(result, _pick_traces(result, n_heat), tokenizer)
+    (out / "heatmap.html").write_text(page, encoding="utf-8")
+    paths["heatmap"] = out / "heatmap.html"
+
+    table = pa.table({k: v for k, v in result.prefixes.items()})
+    pq.write_table(table, out / "predictions.parquet")
+    paths["predictions"] = out / "predictions.parquet"
+
+    metrics = result.metrics
+    metrics["files"] = {k: p.name for k, p in paths.items()} | {"report": "report.md", "metrics": "metrics.json"}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    paths["metrics"] = out / "metrics.json"
+    (out / "report.md").write_text(render_markdown(metrics, plots))
+    paths["report"] = out / "report.md"
+
+    if logger is not None:
+        flat: dict[str, float] = {}
+        flatten_metrics("eval", {k: metrics[k] for k in ("n_traces", "n_prefixes", "mc", "estimators",
+                                                   "step_verification", "cost")}, flat)
+        logger.log(flat, step=0)
+        for key in ("calibration", "scatter", "value_curves"):
+            if key in paths:
+                logger.log_image(f"eval/{key}", paths[key], step=0)
+        logger.log_html("eval/heatmap", page, step=0)
+        cols = list(result.prefixes)
+        rows = [[result.prefixes[c][i] for c in cols] for i in range(len(result.prefixes["position"]))]
+        logger.log_table("eval/predictions", cols, rows, step=0)
+    return paths
+
+
+def write_step_benchmark_report(metrics: dict[str, Any], out_dir: str | Path, logger: Any = None) -> dict[str, Path]:
+    """metrics.json and report.md for a run that only scores ProcessBench / TRL step data."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
+    lines = ["# prefixvalue step benchmark", "", f"checkpoint: `{metrics.get('checkpoint')}`", ""]
+    lines += _step_benchmark_lines(metrics["step_benchmark"])
+    (out / "report.md").write_text("\n".join(lines))
+    if logger is not None:
+        flat: dict[str, float] = {}
+        flatten_metrics("eval/step_benchmark", metrics["step_benchmark"], flat)
+        logger.log(flat, step=0)
+    return {"metrics": out / "metrics.json", "report": out / "report.md"}

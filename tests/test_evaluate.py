@@ -1,0 +1,303 @@
+"""`prefixvalue evaluate`: main() on tiny data with a stand-in value model, the registry, and end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prefixvalue import evaluate as ev
+from prefixvalue.data import rows_to_dataset
+from prefixvalue.metrics import wilson_interval
+from prefixvalue.tasks import ArithTask
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class _FakeConfig:
+    base_model: str
+    base_rate: float = 0.5
+    beta: float = 10.0
+
+
+class FakeValueModel:
+    """Stand-in honouring the `prefixvalue.value` interface: an implicit model with fixed log-ratios."""
+
+    kind = "implicit"
+
+    def __init__(self, base_model: str, base_rate: float = 0.5, beta: float = 10.0) -> None:
+        self.config = _FakeConfig(base_model, base_rate, beta)
+        self.calls = 0
+
+    def token_log_ratios(self, prompt_ids_list, completion_ids_list, batch_size=32):
+        return [np.array([((t * 7919) % 13 - 6) / 25.0 for t in c], dtype=np.float64) for c in completion_ids_list]
+
+    def predict(self, prompt_ids_list, completion_ids_list, batch_size=32):
+        self.calls += 1
+        out = []
+        for r in self.token_log_ratios(prompt_ids_list, completion_ids_list, batch_size):
+            t = np.arange(1, len(r) + 1)
+            v = self.config.beta * np.cumsum(r) / t
+            out.append(np.concatenate([[self.config.base_rate], 1 / (1 + np.exp(-v))]))
+        return out
+
+
+def make_tiny_eval(tokenizer, n_prompts: int = 6, per_prompt: int = 3, samples: int = 8, seed: int = 0,
+                   saturate: bool = False):
+    """Traces of the arith task written by hand (some steps wrong) and MC labels drawn around the fake P̂."""
+    rng = np.random.default_rng(seed)
+    task = ArithTask(min_steps=2, max_steps=3)
+    prompts = list(task.prompts(n_prompts, split="test"))
+    fake = FakeValueModel("unused")
+    traces, labels = [], []
+    for pi, prm in enumerate(prompts):
+        nums, ops = task.parse_prompt(prm.text)
+        right = task.solve(nums, ops)
+        for j in range(per_prompt):
+            completion = right
+            if j == 1:  # corrupt one step's result
+                steps = right.split(";")
+                k = int(rng.integers(0, len(steps) - 1))
+                a, c = steps[k].split("=")
+                steps[k] = f"{a}={(int(c) + 1) % 10}"
+                completion = ";".join(steps)
+            elif j == 2 and pi % 2:  # wrong final answer only
+                completion = right.rsplit("A:", 1)[0] + f"A:{(int(right.rsplit(':', 1)[1]) + 3) % 10}"
+            pids = tokenizer(prm.text, add_special_tokens=False)["input_ids"]
+            cids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            spans = task.split_steps(completion)  # one char per token: char spans are token spans
+            tid = f"{prm.prompt_id}-{j}"
+            traces.append({"trace_id": tid, "prompt_id": prm.prompt_id, "prompt": prm.text,
+                           "completion": completion, "prompt_ids": pids, "completion_ids": cids,
+                           "outcome": task.verify(prm, completion).score, "verifier_error": None,
+                           "step_spans": [list(s) for s in spans],
+                           "step_labels": task.step_labels(prm, completion), "logprobs": [0.0] * len(cids)})
+            p_hat = fake.predict([pids], [cids])[0]
+            positions = sorted({0, 1, 2, 3, *[e for _, e in spans], len(cids)})
+            for p in positions:
+                k = samples if saturate else int(rng.binomial(samples, p_hat[p]))
+                lo, hi = wilson_interval(k, samples)
+                labels.append({"trace_id": tid, "position": p, "n": samples, "successes": k,
+                               "mean": k / samples, "ci_low": lo, "ci_high": hi})
+    return traces, labels
+
+
+def _write(tmp_path: Path, traces, labels, cost: dict | None = None) -> tuple[Path, Path]:
+    tdir, ldir = tmp_path / "traces", tmp_path / "labels"
+    rows_to_dataset(traces).save_to_disk(str(tdir))
+    rows_to_dataset(labels).save_to_disk(str(ldir))
+    if cost is not None:
+        (ldir / "cost.json").write_text(json.dumps(cost))
+    return tdir, ldir
+
+
+def _no_nan(obj) -> None:
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _no_nan(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            _no_nan(v)
+    elif isinstance(obj, float):
+        assert math.isfinite(obj)
+
+
+def test_main_on_tiny_data(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch):
+    traces, labels = make_tiny_eval(tiny_tokenizer)
+    tdir, ldir = _write(tmp_path, traces, labels, cost={"generated_tokens": 50000, "prefill_tokens": 7000})
+    fake = FakeValueModel(str(tiny_model_dir))
+    monkeypatch.setattr(ev, "_load_value_model", lambda path, device: fake)
+    out = tmp_path / "eval"
+    metrics = ev.main(["--checkpoint", "ckpt", "--traces", str(tdir), "--labels", str(ldir), "--out", str(out),
+                       "n_bootstrap=40", "noise_ceiling_repeats=10", "report_to=disk", "top_k=[5]"])
+
+    for name in ("metrics.json", "report.md", "heatmap.html", "calibration.png", "scatter.png",
+                 "value_curves.png", "predictions.parquet", "config.yaml"):
+        assert (out / name).exists(), name
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["n_traces"] == len(traces)
+    assert on_disk["n_prefixes"] == len(labels)
+    for key in ("positions", "mc", "estimators", "step_verification", "cost"):
+        assert key in on_disk
+    for key in ("samples_per_prefix", "label_mean", "label_variance", "noise_ceiling", "saturated", "note"):
+        assert key in on_disk["mc"]
+    assert on_disk["mc"]["samples_per_prefix"] == 8
+    assert on_disk["mc"]["noise_ceiling"]["method"] == "hypergeometric"
+    assert on_disk["mc"]["noise_ceiling"]["spearman"] is not None
+
+    ests = on_disk["estimators"]
+    assert {"learned", "constant", "logsumexp", "mellowmax", "mellowmax_w0.1", "mellowmax_w10",
+            "mellowmax_top5_w1"} <= set(ests)
+    assert ests["mellowmax"]["params"]["omega"] == 1.0 and on_disk["mellowmax_default"]["omega"] == 1.0
+    for m in ests.values():
+        for c in ("pearson", "spearman", "kendall"):
+            assert set(m[c]) >= {"value", "ci"}
+        for k in ("brier", "ece", "auroc_outcome"):
+            assert k in m
+            if m[k] is None:
+                assert m[f"{k}_note"]
+    # labels were drawn around the fake's P̂: the learned value must track them
+    assert ests["learned"]["spearman"]["value"] > 0.3
+    lo, hi = ests["learned"]["spearman"]["ci"]
+    assert lo <= ests["learned"]["spearman"]["value"] <= hi
+    assert ests["learned"]["brier"] is not None and 0 <= ests["learned"]["ece"] <= 1
+    # soft values are not probabilities; the constant has no variance: null with words, never NaN
+    assert ests["mellowmax"]["brier"] is None and "probability" in ests["mellowmax"]["brier_note"]
+    assert ests["constant"]["spearman"]["value"] is None
+    assert "zero variance" in ests["constant"]["spearman"]["note"]
+    assert ests["constant"]["auroc_outcome"] == pytest.approx(0.5)
+
+    sv = on_disk["step_verification"]
+    assert sv["threshold_split"] == "calibration"
+    assert sv["n_calibration"] > 0 and sv["n_test"] > 0
+    assert sv["n_calibration"] + sv["n_test"] == len(traces)
+    assert "process_level" in sv
+    assert set(on_disk["by_position_group"]) == {"first_k", "step_boundary", "middle"}
+    cost = on_disk["cost"]
+    assert cost["value_forward_tokens"] == sum(len(t["prompt_ids"]) + len(t["completion_ids"]) for t in traces)
+    assert cost["mc_generated_tokens"] == 50000
+    assert cost["ratio_mc_to_value"] == pytest.approx(50000 / cost["value_forward_tokens"])
+    _no_nan(on_disk)
+    assert metrics["n_prefixes"] == on_disk["n_prefixes"]
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "predictions.parquet")
+    assert table.num_rows == len(labels)
+    assert {"trace_id", "position", "mc_mean", "learned", "mellowmax", "learned_td"} <= set(table.column_names)
+    report = (out / "report.md").read_text()
+    assert "Spearman" in report and "![" in report and "heatmap.html" in report
+
+
+def test_saturated_labels_are_explained(tmp_path, tiny_tokenizer):
+    traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=3, saturate=True)
+    cfg = ev.EvaluateConfig(n_bootstrap=20, noise_ceiling_repeats=5)
+    res = ev.evaluate_prefixes(rows_to_dataset(traces), rows_to_dataset(labels), value_model=FakeValueModel("x"),
+                               config=cfg)
+    m = res.metrics
+    assert m["mc"]["saturated"] is True
+    assert m["mc"]["label_variance"] == 0.0
+    assert f"all {len(labels)} prefixes" in m["mc"]["note"]
+    assert m["mc"]["noise_ceiling"]["spearman"] is None and m["mc"]["noise_ceiling"]["note"]
+    learned = m["estimators"]["learned"]
+    assert learned["spearman"]["value"] is None and "zero variance" in learned["spearman"]["note"]
+    text = json.dumps(m, allow_nan=False)  # valid JSON: raises on NaN
+    assert "NaN" not in text
+
+
+def test_user_registered_estimator(tmp_path, tiny_tokenizer, monkeypatch):
+    traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=3)
+
+    def length_fraction(inputs: ev.EstimatorInputs) -> list[np.ndarray]:
+        return [np.linspace(0, 1, t.length + 1) for t in inputs.traces]
+
+    monkeypatch.setitem(ev.ESTIMATORS, "length_fraction",
+                        ev.Estimator(length_fraction, probability=True, description="p / T"))
+    cfg = ev.EvaluateConfig(n_bootstrap=20, noise_ceiling_repeats=5, base_rate=0.4)
+    res = ev.evaluate_prefixes(traces, labels, config=cfg)
+    est = res.metrics["estimators"]
+    assert set(est) == {"constant", "length_fraction"}  # no value model, no policy given
+    assert est["constant"]["base_rate"] == 0.4
+    assert est["length_fraction"]["spearman"]["value"] is not None
+    assert est["length_fraction"]["description"] == "p / T"
+    assert res.metrics["step_verification"]["f1"] is None and res.metrics["step_verification"]["note"]
+    assert res.metrics["cost"]["mc_generated_tokens"] is None and res.metrics["cost"]["mc_generated_tokens_note"]
+
+
+def test_config_validation():
+    from prefixvalue.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        ev.EvaluateConfig(out="x", checkpoint="c", traces="t").check_inputs()  # labels missing
+    with pytest.raises(ConfigError):
+        ev.EvaluateConfig(out="x", checkpoint="c", traces="t", labels="l", mellowmax_omega=0)
+    with pytest.raises(ConfigError):
+        ev.EvaluateConfig(checkpoint="c", traces="t", labels="l").check_inputs()  # out missing
+    with pytest.raises(ConfigError):
+        ev.main(["--out", "x", "--policy", "p"])  # nothing to evaluate
+    with pytest.raises(ConfigError):
+        ev.parse_config(ev.EvaluateConfig, ["--out", "x", "--checkpoint", "c", "--step_data", "f", "omegaz=1"])
+
+
+def test_end_to_end_collect_label_train_evaluate(tmp_path):
+    """collect -> label -> train (few steps) -> evaluate on the shipped policy, with the real value model.
+
+    Skips only while a stage written under another issue is not importable yet.
+    """
+    for module in ("prefixvalue.value", "prefixvalue.collect", "prefixvalue.label"):
+        pytest.importorskip(module, reason=f"{module} is not importable yet")
+    if not (REPO / "recipes" / "train.py").exists():
+        pytest.skip("recipes/train.py does not exist yet")
+    from prefixvalue.cli import main as cli
+
+    policy = REPO / "data" / "policies" / "arith-tiny"
+    traces, labels, ckpt, out = (tmp_path / d for d in ("traces", "labels", "ckpt", "eval"))
+    assert cli(["collect", "--task", "arith", "--model", str(policy), "--num-prompts", "6", "--samples", "3",
+                "--out", str(traces)]) == 0
+    assert cli(["label", "--traces", str(traces), "--model", str(policy), "--positions", "steps",
+                "--samples", "4", "--out", str(labels)]) == 0
+    spec = importlib.util.spec_from_file_location("pv_train_recipe", REPO / "recipes" / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = train  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(train)
+    train.main(["--config", str(REPO / "recipes" / "configs" / "quickstart.yaml"), f"traces={traces}",
+                f"output_dir={ckpt}", "max_steps=2", "report_to=none", f"policy={policy}"])
+    metrics = ev.main(["--checkpoint", str(ckpt / "final"), "--traces", str(traces), "--labels", str(labels),
+                       "--out", str(out), "n_bootstrap=20", "report_to=disk"])
+    assert metrics["n_traces"] > 0 and "learned" in metrics["estimators"]
+    for name in ("metrics.json", "report.md", "heatmap.html", "calibration.png", "value_curves.png"):
+        assert (out / name).exists()
+
+
+@pytest.mark.parametrize("kind", ["implicit", "head"])
+def test_main_with_real_value_model(tmp_path, tiny_tokenizer, tiny_model_dir, kind):
+    """evaluate main() on a saved checkpoint of the real value model (skips only while it is not importable)."""
+    value = pytest.importorskip("prefixvalue.value", reason="prefixvalue.value is not importable yet")
+    import torch
+
+    torch.manual_seed(0)
+    cfg = value.ValueModelConfig(kind=kind, base_model=str(tiny_model_dir), base_rate=0.4,
+                                 backbone="lora" if kind == "implicit" else "frozen")
+    vm = value.build_value_model(cfg)
+    vm.save_pretrained(tmp_path / "ckpt")
+    traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=4)
+    tdir, ldir = _write(tmp_path, traces, labels)
+    out = tmp_path / "eval"
+    metrics = ev.main(["--checkpoint", str(tmp_path / "ckpt"), "--traces", str(tdir), "--labels", str(ldir),
+                       "--out", str(out), "n_bootstrap=20", "noise_ceiling_repeats=5", "report_to=disk",
+                       "device=cpu"])
+    assert metrics["policy"] == str(tiny_model_dir)  # defaults to the checkpoint's reference model
+    learned = metrics["estimators"]["learned"]
+    assert learned["kind"] == kind and learned["probability"] is True
+    assert metrics["estimators"]["constant"]["base_rate"] == pytest.approx(0.4)
+    assert ("process_level" in metrics["step_verification"]) == (kind == "implicit")
+    assert metrics["cost"]["mc_generated_tokens"] is None and metrics["cost"]["mc_generated_tokens_note"]
+    on_disk = json.loads((out / "metrics.json").read_text())
+    _no_nan(on_disk)
+    for name in ("report.md", "heatmap.html", "value_curves.png", "predictions.parquet"):
+        assert (out / name).exists()
+
+
+def test_main_scores_processbench_file(tmp_path, tiny_model_dir, monkeypatch):
+    """``--step_data`` alone: ProcessBench JSON lines scored with the value model, threshold on calibration."""
+    fake = FakeValueModel(str(tiny_model_dir))
+    monkeypatch.setattr(ev, "_load_value_model", lambda path, device: fake)
+    rows = [{"id": f"p{i}-{g}", "problem": f"Q:{i}+1=", "steps": [f"{i}+1={i + 1}", f"A:{i + 1 + g}"],
+             "label": 1 if g else -1} for i in range(10) for g in (0, 1)]
+    pb = tmp_path / "pb.jsonl"
+    pb.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "pb_eval"
+    metrics = ev.main(["--checkpoint", "ckpt", "--step_data", str(pb), "--out", str(out), "report_to=disk"])
+    sb = metrics["step_benchmark"]
+    assert sb["n_examples"] == 20 and sb["threshold_split"] == "calibration"
+    assert sb["n_calibration"] + sb["n_test"] == 20 and sb["n_calibration"] > 0 and sb["n_test"] > 0
+    assert "process_level" in sb  # the stand-in is an implicit model
+    assert json.loads((out / "metrics.json").read_text())["step_benchmark"]["source"] == str(pb)
+    assert "Step benchmark" in (out / "report.md").read_text()

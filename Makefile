@@ -9,7 +9,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.prefixvalue-installed
-QUICKSTART_CONFIG ?= recipes/configs/quickstart.yaml
+QUICKSTART_CONFIG ?= recipes/quickstart.yaml
 
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false

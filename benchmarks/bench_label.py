@@ -8,7 +8,8 @@
   the same traces, positions and M.
 - adaptive_rollout_saving: rollouts that uniform labelling needs to locate the first large value
   jump of each trace to within 2 tokens (in 90% of traces), divided by what adaptive labelling
-  needs. The true jump comes from a separate high-sample uniform reference run (other seed).
+  needs. The true jump is exact: the first token of a failed trace that departs from the correct
+  chain, kept when a 64-sample reference run (other seed) drops by at least JUMP across it.
 """
 
 from __future__ import annotations
@@ -97,16 +98,22 @@ def main() -> None:
                 "MCLabeller.uniform (prefill once, KV branching, cross-trace batching, prefix dedup)")
 
     # -- adaptive vs uniform for locating the first large value jump ---------------------------
-    traces = make_traces(model, tok, task, 12, 2, seed=1)
-    lens = [len(t.completion_ids) for t in traces]
+    # The true forking token of a failed arith trace is exact: the first completion token that departs
+    # from the correct chain (char-level tokens, so token index = character index). A trace counts
+    # when a high-sample reference run shows a drop of at least JUMP across that token.
+    traces = make_traces(model, tok, task, 40, 2, seed=1)
     ref_lab = MCLabeller(HFSampler(model, tok, max_batch_rows=256), tok, task, SamplingParams(max_new_tokens=64, seed=99))
-    ref = ref_lab.uniform(traces, positions("all", lens), 48)
     truth: dict[str, int] = {}
     for tr in traces:
-        j = first_jump([(e.position, e.mean) for e in ref if e.trace_id == tr.trace_id], JUMP)
-        if j is not None:
-            truth[tr.trace_id] = j
-    jumpy = [t for t in traces if t.trace_id in truth]
+        text = tok.decode(list(tr.completion_ids), skip_special_tokens=True)
+        solution = tr.prompt.meta["solution"]
+        d = next((i for i, (x, y) in enumerate(zip(text, solution)) if x != y), None)
+        if d is not None and d + 1 < len(tr.completion_ids):
+            truth[tr.trace_id] = d
+    cand = [t for t in traces if t.trace_id in truth]
+    ref = ref_lab.uniform(cand, [[truth[t.trace_id], truth[t.trace_id] + 1] for t in cand], 64)
+    at = {(e.trace_id, e.position): e.mean for e in ref}
+    jumpy = [t for t in cand if at[(t.trace_id, truth[t.trace_id])] - at[(t.trace_id, truth[t.trace_id] + 1)] >= JUMP]
 
     def located(est) -> float:
         ok = 0
@@ -118,18 +125,20 @@ def main() -> None:
     lens_j = [len(t.completion_ids) for t in jumpy]
     uniform_runs = []
     for stride in (1, 2, 3):
-        for m in (4, 8, 16, 32):
+        for m in (8, 16, 32, 64):
             lab = MCLabeller(HFSampler(model, tok, max_batch_rows=256), tok, task, params)
             est = lab.uniform(jumpy, positions(f"stride:{stride}", lens_j), m)
             uniform_runs.append({"stride": stride, "samples": m, "rollouts": lab.cost.rollouts, "located": located(est)})
     adaptive_runs = []
     for init_stride in (4, 8):
-        for budget in (32, 64, 128, 256):
-            lab = MCLabeller(HFSampler(model, tok, max_batch_rows=256), tok, task, params)
-            cfg = AdaptiveConfig(round_samples=8, budget=budget, target_halfwidth=0.49, jump=0.25, init_stride=init_stride)
-            est = lab.adaptive(jumpy, positions("adaptive", lens_j, adaptive_stride=init_stride), cfg)
-            adaptive_runs.append({"init_stride": init_stride, "budget": budget, "rollouts": lab.cost.rollouts,
-                                  "located": located(est)})
+        for halfwidth in (0.15, 0.25):
+            for budget in (128, 256, 512):
+                lab = MCLabeller(HFSampler(model, tok, max_batch_rows=256), tok, task, params)
+                cfg = AdaptiveConfig(round_samples=8, budget=budget, target_halfwidth=halfwidth, jump=0.25,
+                                     init_stride=init_stride)
+                est = lab.adaptive(jumpy, positions("adaptive", lens_j, adaptive_stride=init_stride), cfg)
+                adaptive_runs.append({"init_stride": init_stride, "target_halfwidth": halfwidth, "budget": budget,
+                                      "rollouts": lab.cost.rollouts, "located": located(est)})
     ok_u = [r for r in uniform_runs if r["located"] >= RATE]
     ok_a = [r for r in adaptive_runs if r["located"] >= RATE]
     best_u = min(ok_u, key=lambda r: r["rollouts"]) if ok_u else None
@@ -137,7 +146,8 @@ def main() -> None:
     value = round(best_u["rollouts"] / best_a["rollouts"], 2) if best_u and best_a else None
     record("adaptive_rollout_saving", value, unit="x (uniform rollouts / adaptive rollouts)",
            criterion=f"first jump of >= {JUMP} located within {TOL} tokens in >= {RATE:.0%} of traces",
-           reference="uniform all positions, 48 samples, seed 99", traces=len(traces), traces_with_jump=len(jumpy),
+           truth="first token departing from the correct chain; kept if a 64-sample reference (seed 99) drops "
+                 f">= {JUMP} across it", traces=len(traces), failed_traces=len(cand), traces_with_jump=len(jumpy),
            best_uniform=best_u, best_adaptive=best_a, uniform_runs=uniform_runs, adaptive_runs=adaptive_runs,
            model=str(SHIPPED_POLICY.relative_to(SHIPPED_POLICY.parents[2])), seed=0, torch_threads=1,
            note=None if value is not None else "one of the methods never reached the criterion; see runs")

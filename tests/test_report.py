@@ -7,10 +7,11 @@ import re
 from html.parser import HTMLParser
 
 import numpy as np
-from test_evaluate import FakeValueModel, make_tiny_eval
 
 from prefixvalue import evaluate as ev
 from prefixvalue.report import render_heatmap, value_colour, write_report
+
+from test_evaluate import FakeValueModel, make_tiny_eval
 
 
 class TokenSpans(HTMLParser):

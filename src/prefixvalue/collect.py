@@ -240,7 +240,11 @@ def encode_prompt(tokenizer: Any, text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``prefixvalue collect``; returns the exit status."""
-    cfg = parse_config(CollectConfig, argv, prog="prefixvalue collect")
+    return run(parse_config(CollectConfig, argv, prog="prefixvalue collect"))
+
+
+def run(cfg: CollectConfig) -> int:
+    """Run ``prefixvalue collect`` with a config object (what the quickstart calls); returns the exit status."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     datasets.disable_progress_bars()
     rank, world, state = dist_info()

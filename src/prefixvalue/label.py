@@ -141,7 +141,11 @@ def trace_refs(ds: datasets.Dataset) -> list[TraceRef]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``prefixvalue label``; returns the exit status."""
-    cfg = parse_config(LabelConfig, argv, prog="prefixvalue label")
+    return run(parse_config(LabelConfig, argv, prog="prefixvalue label"))
+
+
+def run(cfg: LabelConfig) -> int:
+    """Run ``prefixvalue label`` with a config object (what the quickstart calls); returns the exit status."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     datasets.disable_progress_bars()
     rank, world, state = dist_info()

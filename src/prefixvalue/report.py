@@ -205,8 +205,11 @@ def plot_scatter(pred: np.ndarray, mc: np.ndarray, name: str, path: Path) -> Pat
     return path
 
 
-def plot_value_curves(result: EvalResult, indices: list[int], path: Path) -> Path | None:
-    """Per-trace curves along the tokens: MC mean with its Wilson band, learned P̂, MellowMax (right axis)."""
+def plot_value_curves(result: EvalResult, indices: list[int], path: Path,
+                      forks: dict[int, int] | None = None) -> Path | None:
+    """Per-trace curves along the tokens: MC mean with its Wilson band, learned P̂ (and any other
+    ``learned_*`` estimator), MellowMax (right axis). `forks` maps a trace index to the token index
+    of its forking token, drawn as a red band between the prefixes without and with it."""
     if not indices:
         return None
     plt = _plt()
@@ -219,6 +222,10 @@ def plot_value_curves(result: EvalResult, indices: list[int], path: Path) -> Pat
         ax.plot(mc["position"], mc["mean"], "o-", color="tab:green", ms=3, label="MC success")
         if "learned" in cur:
             ax.plot(x, cur["learned"], color="tab:blue", label="learned P̂")
+        for name, style in zip(sorted(n for n in cur if n.startswith("learned_")), ("--", "-.", ":")):
+            ax.plot(x, cur[name], style, color="tab:purple", label=name)
+        if forks and i in forks:
+            ax.axvspan(forks[i], forks[i] + 1, color="tab:red", alpha=0.25, label="forking token")
         if "constant" in cur:
             ax.plot(x, cur["constant"], ":", color="grey", label="base rate")
         for _, e in t.step_spans:
@@ -263,13 +270,16 @@ def _token_texts(ids: list[int], tokenizer: Any) -> list[str]:
     return out
 
 
-def render_heatmap(result: EvalResult, indices: list[int], tokenizer: Any = None) -> str:
+def render_heatmap(result: EvalResult, indices: list[int], tokenizer: Any = None,
+                   forks: dict[int, int] | None = None) -> str:
     """Self-contained HTML: per trace, one ``<span class="tok">`` per completion token.
 
     Token i is coloured by the MC success of the prefix ending with it (position i + 1); tokens at
     unlabelled positions are light grey. Hover text (``title``) gives position, MC k/n with its CI,
-    the learned value and the soft values at that position.
+    the learned value and the soft values at that position. `forks` maps a trace index to the
+    token index of its forking token, outlined in red and named above the trace.
     """
+    forks = forks or {}
     soft_names = [n for n in ("mellowmax", "logsumexp") if result.curves and n in result.curves[0]]
     parts = [
         "<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>prefixvalue token heatmap</title>",
@@ -278,7 +288,7 @@ def render_heatmap(result: EvalResult, indices: list[int], tokenizer: Any = None
         ".prompt{color:#555;font-family:monospace;white-space:pre-wrap}"
         ".tok{font-family:monospace;white-space:pre;padding:1px 0;border-radius:2px}"
         ".legend span{display:inline-block;width:3em;text-align:center;font-size:.8em}"
-        ".meta{font-size:.85em;color:#444}</style></head><body>",
+        ".meta{font-size:.85em;color:#444}.fork{outline:2px solid #d00;outline-offset:1px}</style></head><body>",
         "<h1>Token heatmap</h1>",
         "<p>Each token is coloured by the Monte Carlo success rate of the prefix that ends with that token "
         "(resampling continuations from there); grey tokens have no MC label. Hover a token for its "
@@ -297,6 +307,9 @@ def render_heatmap(result: EvalResult, indices: list[int], tokenizer: Any = None
         if p0 is not None:
             head += (f" · bare prompt MC {result.prefixes['successes'][p0]}/{result.prefixes['n'][p0]}"
                      f" = {result.prefixes['mc_mean'][p0]:.2f}")
+        fork = forks.get(i)
+        if fork is not None and fork < len(texts):
+            head += f" · <b>forking token {html.escape(repr(texts[fork]))} at token {fork}</b> (outlined)"
         prompt_text = t.prompt or (tokenizer.decode(t.prompt_ids) if tokenizer is not None else "")
         parts.append(f"<div class='trace' data-trace-id='{html.escape(t.trace_id)}'>"
                      f"<div class='meta'>{head}</div><div class='prompt'>{html.escape(prompt_text)}</div><div>")
@@ -318,7 +331,8 @@ def render_heatmap(result: EvalResult, indices: list[int], tokenizer: Any = None
             for s in soft_names:
                 tip.append(f"{s} {cur[s][p]:.3f}")
             shown = text.replace("\n", "↵\n")
-            parts.append(f"<span class='tok' style='background:{colour}' data-position='{p}' data-mc='{mc_attr}' "
+            cls = "tok fork" if k == fork else "tok"
+            parts.append(f"<span class='{cls}' style='background:{colour}' data-position='{p}' data-mc='{mc_attr}' "
                          f"title='{html.escape('; '.join(tip), quote=True)}'>{html.escape(shown)}</span>")
         parts.append("</div></div>")
     parts.append("</body></html>")
@@ -335,13 +349,15 @@ def _pick_traces(result: EvalResult, k: int) -> list[int]:
 
 
 def write_report(result: EvalResult, out_dir: str | Path, tokenizer: Any = None, logger: Any = None,
-                 config: Any = None) -> dict[str, Path]:
+                 config: Any = None, traces: list[int] | None = None,
+                 forks: dict[int, int] | None = None) -> dict[str, Path]:
     """Write metrics.json, report.md, predictions.parquet, plots and heatmap.html into `out_dir`.
 
     `tokenizer` renders token text in the heatmap (ids are shown without it). With a `logger`
     (`prefixvalue.tracking`), scalars go to ``eval/...``, plots as images, the heatmap as an HTML
     panel and the per-prefix predictions as a table. `config` (an EvaluateConfig) sets how many
-    traces are drawn. Returns the written paths by name.
+    traces are drawn; `traces` (indices into ``result.traces``) are drawn first, and `forks` marks a
+    forking token per trace index (see `render_heatmap`). Returns the written paths by name.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -364,12 +380,16 @@ def write_report(result: EvalResult, out_dir: str | Path, tokenizer: Any = None,
         paths["scatter"] = plot_scatter(np.asarray(result.prefixes[scatter_name], dtype=np.float64), mc,
                                         scatter_name, out / "scatter.png")
         plots[f"{scatter_name} vs MC"] = paths["scatter"].name
-    curves = plot_value_curves(result, _pick_traces(result, n_plot), out / "value_curves.png")
+    def chosen(k: int) -> list[int]:
+        first = [i for i in (traces or []) if 0 <= i < len(result.traces)]
+        return (first + [i for i in _pick_traces(result, k + len(first)) if i not in first])[: max(k, len(first))]
+
+    curves = plot_value_curves(result, chosen(n_plot), out / "value_curves.png", forks)
     if curves:
         paths["value_curves"] = curves
         plots["value curves along tokens"] = curves.name
 
-    page = render_heatmap(result, _pick_traces(result, n_heat), tokenizer)
+    page = render_heatmap(result, chosen(n_heat), tokenizer, forks)
     (out / "heatmap.html").write_text(page, encoding="utf-8")
     paths["heatmap"] = out / "heatmap.html"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -162,3 +163,30 @@ def build_logger(report_to: str | list[str], out_dir: str | Path, config: dict[s
         else:
             raise ValueError(f"unknown logger {n!r}; choose from disk, stdout, wandb, none")
     return MultiLogger(loggers)
+
+
+# ------------------------------------------------------------------------- benchmark results file
+def machine_info() -> dict[str, Any]:
+    """What a figure was measured on (platform, Python, torch, cores, threads, GPU)."""
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def record_result(path: str | Path, name: str, value: float | None, **context: Any) -> None:
+    """Merge ``{name: {"value": value, **context, "machine": ..., "measured_at": ...}}`` into the JSON
+    file at `path` (``benchmarks/results.json``), atomically."""
+    path = Path(path)
+    data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    data[name] = {"value": value, **context, "machine": machine_info(),
+                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)

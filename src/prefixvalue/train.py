@@ -1,0 +1,261 @@
+"""Train a value model (implicit IPVRM or explicit head) on outcome-labelled traces.
+
+The training loop behind ``recipes/train.py`` (``accelerate launch recipes/train.py ...``) and the
+quickstart. One loop for 1..N processes (accelerate). It reads top to bottom: config → data split
+by prompt → value model → accelerator.prepare → [forward, loss, backward] × accumulation, clip,
+step, schedule, log, evaluate, checkpoint. The final value checkpoint (a `save_pretrained` folder)
+is ``output_dir/final``; resumable states are ``output_dir/checkpoints/step_N``. A killed run
+restarted with the same command resumes from the last complete checkpoint and ends where an
+uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, get_scheduler
+
+from .collate import ResumableSampler, ValueCollator, attach_prefix_labels
+from .config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
+from .data import load_labels, load_traces, split_by_prompt
+from .models import load_tokenizer, resolve_dtype
+from .tracking import MultiLogger, build_logger
+from .value import ValueModelConfig, build_value_model, loss_mask, normalise_loss, value_loss
+from .value.heldout import evaluate_heldout
+
+
+@dataclass
+class TrainConfig:
+    """Train a value model on traces (see DESIGN.md: implicit prefix value, explicit value head)."""
+
+    traces: str = field("", help="traces dataset folder (written by `prefixvalue collect`)")
+    labels: str | None = field(None, help="optional prefix-labels folder: soft MC labels used as float targets")
+    labels_only: bool = field(False, help="with labels: train only on labelled positions (else the outcome fills the rest)")
+    policy: str | None = field(None, help="reference policy name or path (default: the traces' `model` column)")
+    output_dir: str = field("runs/train", help="run folder: config, metrics.jsonl, checkpoints/, final/")
+    value_model: Literal["implicit", "head"] = field("implicit", help="implicit (IPVRM) or head (explicit value head)")
+    loss: Literal["prefix", "sequence"] = field("prefix", help="implicit: prefix = IPVRM margin BCE at every prefix; sequence = Implicit PRM baseline")
+    beta: float = field(10.0, help="implicit: β in V = β Σ log π_φ/π_ref (paper default 10)")
+    margin: float = field(5.0, help="implicit: margin m of the margin BCE (paper default 5)")
+    backbone: Literal["lora", "frozen", "full"] = field("lora", help="how the backbone trains (implicit: lora, or frozen with a soft prompt)")
+    lora_r: int = field(8, help="LoRA rank")
+    lora_alpha: float = field(16.0, help="LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = field(0.0, help="LoRA dropout")
+    lora_target_modules: list[str] | None = field(None, help="LoRA target modules (None: peft's default; 'all-linear' for every linear)")
+    soft_prompt_tokens: int = field(0, help="trainable virtual tokens (peft prompt tuning; needs backbone=frozen); 0 = none")
+    heldout_fraction: float = field(0.2, help="fraction of prompts held out (split by prompt, prefixvalue.data.is_heldout)")
+    split_seed: int = field(0, help="seed of the prompt split (evaluate must use the same)")
+    max_length: int = field(0, help="drop traces with more prompt+completion tokens than this (0: keep all)")
+    max_steps: int = field(200, help="optimizer steps")
+    per_device_batch_size: int = field(16, help="traces per micro-batch per process")
+    gradient_accumulation_steps: int = field(1, help="micro-batches per optimizer step")
+    lr: float = field(1e-3, help="peak learning rate (AdamW)")
+    weight_decay: float = field(0.0, help="AdamW weight decay")
+    lr_scheduler: str = field("cosine", help="transformers scheduler name: cosine, linear, constant_with_warmup, ...")
+    warmup_steps: int = field(10, help="linear warm-up steps")
+    max_grad_norm: float = field(1.0, help="gradient clipping norm (0: off)")
+    model_dtype: str = field("float32", help="backbone weights dtype: float32, bfloat16, auto (bf16 on a capable GPU)")
+    mixed_precision: Literal["auto", "fp32", "bf16", "fp16"] = field("auto", help="autocast; auto = bf16 on a capable GPU, else fp32 (none)")
+    gradient_checkpointing: bool = field(False, help="True saves activation memory, costs ~30% speed")
+    eval_every: int = field(50, help="evaluate on held-out traces every this many steps (and at the end)")
+    eval_batch_size: int = field(32, help="traces per evaluation batch")
+    max_eval_traces: int = field(0, help="cap on held-out traces per evaluation (0: all)")
+    checkpoint_every: int = field(100, help="save_state every this many steps (0: only at the end)")
+    keep_checkpoints: int = field(2, help="how many recent checkpoints to keep")
+    resume: bool = field(True, help="resume from the last complete checkpoint in output_dir/checkpoints")
+    seed: int = field(0, help="seed for initialisation and data order")
+    report_to: str = field("disk,stdout", help="loggers: disk, stdout, wandb, none (comma separated)")
+    run_name: str | None = field(None, help="wandb run name")
+    threads: int = field(0, help="torch CPU threads per process (0: torch's default)")
+
+    def __post_init__(self) -> None:
+        if self.max_steps <= 0 or self.per_device_batch_size <= 0 or self.gradient_accumulation_steps <= 0:
+            raise ConfigError("max_steps, per_device_batch_size and gradient_accumulation_steps must be positive")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ConfigError("heldout_fraction must be in [0, 1)")
+        if self.eval_every <= 0:
+            raise ConfigError("eval_every must be positive")
+        try:  # the value model's own rules (e.g. soft prompts need a frozen backbone)
+            self.value_config(0.5)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def value_config(self, base_rate: float) -> ValueModelConfig:
+        return ValueModelConfig(
+            kind=self.value_model, base_model=self.policy or "", beta=self.beta, margin=self.margin,
+            base_rate=base_rate, loss=self.loss, backbone=self.backbone, lora_r=self.lora_r,
+            lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+            lora_target_modules=self.lora_target_modules, soft_prompt_tokens=self.soft_prompt_tokens,
+        )
+
+
+def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
+    """Newest complete checkpoint (its trainer_state.json is written last) and its step."""
+    done = [(int(p.name.split("_")[1]), p) for p in folder.glob("step_*") if (p / "trainer_state.json").exists()]
+    return (max(done)[1], max(done)[0]) if done else None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse the command line and train; returns the final metrics (also in output_dir/final_metrics.json)."""
+    return run(parse_config(TrainConfig, argv, prog="accelerate launch recipes/train.py"))
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train with a config object (what `main` and the quickstart call)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    mp = {"fp32": "no"}.get(cfg.mixed_precision, cfg.mixed_precision)
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    # we normalise the loss by the items in the whole step ourselves, so accelerate must not divide by
+    # the accumulation steps, nor step the scheduler once per process
+    # cpu=True without a GPU lets torchrun / accelerate launch on CPU processes use gloo (MULTI_CPU)
+    accelerator = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False,
+                              cpu=not torch.cuda.is_available())
+    is_main = accelerator.is_main_process
+    out = Path(cfg.output_dir)
+    set_seed(cfg.seed)
+
+    # ---- data: split by prompt, so no prompt's traces straddle train and held-out ------------------
+    if not cfg.traces:
+        raise ConfigError("traces=DIR is required (a dataset written by `prefixvalue collect`)")
+    traces = load_traces(cfg.traces)
+    if cfg.labels:
+        traces = attach_prefix_labels(traces, load_labels(cfg.labels))
+    if cfg.max_length:
+        n_before = len(traces)
+        traces = traces.filter(lambda r: len(r["prompt_ids"]) + len(r["completion_ids"]) <= cfg.max_length)
+        if is_main and len(traces) < n_before:
+            print(f"dropped {n_before - len(traces)} traces longer than max_length={cfg.max_length}")
+    policy = cfg.policy or next((traces[0][c] for c in ("model", "policy") if c in traces.column_names), None)
+    if not policy:
+        raise ConfigError("policy=NAME_OR_PATH is required (the traces carry no `model` column)")
+    cols = [c for c in ("prompt_ids", "completion_ids", "outcome", "prefix_targets") if c in traces.column_names]
+    train_ds, held_ds = split_by_prompt(traces, cfg.heldout_fraction, cfg.split_seed)
+    train_ds = train_ds.select_columns(cols).with_format(None)
+    held_rows = held_ds.select_columns(cols).to_list()[: cfg.max_eval_traces or None]
+    if len(train_ds) == 0:
+        raise ConfigError(f"no training traces left after holding out {cfg.heldout_fraction:.0%} of prompts")
+    # P̂ at the bare prompt for the implicit model; clipped so its logit stays finite
+    base_rate = min(max(sum(train_ds["outcome"]) / len(train_ds), 1e-3), 1 - 1e-3)
+
+    # ---- model and optimiser ----------------------------------------------------------------------
+    backbone = AutoModelForCausalLM.from_pretrained(policy, dtype=resolve_dtype(cfg.model_dtype, accelerator.device))
+    vcfg = cfg.value_config(base_rate)
+    vcfg.base_model = policy
+    model = build_value_model(vcfg, backbone)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    params = model.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=cfg.max_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    # ---- resume: model, optimiser, scheduler and RNG from the last complete checkpoint ------------
+    step = 0
+    found = latest_checkpoint(out / "checkpoints") if cfg.resume else None
+    if found:
+        accelerator.load_state(str(found[0]))
+        step = found[1]
+        if is_main:
+            print(f"resumed from {found[0]} (step {step})")
+
+    # the sample stream restarts exactly where the checkpoint left it (see ResumableSampler)
+    samples_per_step = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
+    sampler = ResumableSampler(len(train_ds), cfg.seed, start=step * samples_per_step,
+                               stop=max(cfg.max_steps, step) * samples_per_step)
+    loader = accelerator.prepare(DataLoader(train_ds, batch_size=cfg.per_device_batch_size, sampler=sampler,
+                                            collate_fn=ValueCollator(0, labels_only=cfg.labels_only)))
+
+    logger = build_logger(cfg.report_to, out, config_to_dict(cfg), run_name=cfg.run_name) if is_main else MultiLogger([])
+    if is_main:
+        save_resolved_config(cfg, out)
+        print(f"{len(train_ds)} train / {len(held_ds)} held-out traces; base rate {base_rate:.3f}; "
+              f"{sum(p.numel() for p in params):,} trainable parameters; {accelerator.num_processes} process(es)")
+
+    def evaluate() -> dict:
+        metrics: dict = {}
+        if is_main and held_rows:
+            with accelerator.autocast():
+                metrics = evaluate_heldout(accelerator.unwrap_model(model), held_rows, cfg.eval_batch_size)
+            logger.log({f"eval/{k}": v for k, v in metrics.items()}, step)
+        accelerator.wait_for_everyone()
+        return metrics
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    model.train()
+    batches = iter(loader)
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not is_main, desc="train")
+    kind, loss_type, margin = vcfg.kind, vcfg.loss, vcfg.margin
+    last_loss = float("nan")
+    while step < cfg.max_steps:
+        t0 = time.perf_counter()
+        micro = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
+        # number of loss terms in the whole step (all micro-batches, all processes): the normaliser
+        n_items = accelerator.reduce(sum(loss_mask(b, kind, loss_type).sum() for b in micro).float(), "sum")
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for j, batch in enumerate(micro):
+            # gradients are all-reduced once, on the last micro-batch of the step
+            sync = contextlib.nullcontext() if j == len(micro) - 1 else accelerator.no_sync(model)
+            with sync, accelerator.autocast():
+                logits = model(batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
+                ls = value_loss(logits, batch, kind, loss_type, margin)
+                accelerator.backward(normalise_loss(ls.total, n_items, accelerator.num_processes))
+            loss_sum += ls.total.detach().float()
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+
+        tokens = accelerator.reduce(sum(b["attention_mask"].sum() for b in micro).float(), "sum")
+        last_loss = float(accelerator.reduce(loss_sum, "sum") / n_items.clamp_min(1))
+        logger.log({"train/loss": last_loss, "train/lr": scheduler.get_last_lr()[0],
+                    "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                    "train/tokens_per_s": float(tokens) / (time.perf_counter() - t0),
+                    "train/samples_seen": step * samples_per_step}, step)
+        bar.set_postfix(loss=f"{last_loss:.4f}")
+        if step % cfg.eval_every == 0 and step < cfg.max_steps:
+            evaluate()
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            ckpt = out / "checkpoints" / f"step_{step}"
+            accelerator.save_state(str(ckpt))
+            if is_main:  # written last: marks the checkpoint complete
+                (ckpt / "trainer_state.json").write_text(json.dumps({"step": step}) + "\n")
+                done = sorted((int(p.name.split("_")[1]), p) for p in (out / "checkpoints").glob("step_*"))
+                for _, old in done[: max(0, len(done) - cfg.keep_checkpoints)]:
+                    shutil.rmtree(old, ignore_errors=True)
+            accelerator.wait_for_everyone()
+    bar.close()
+
+    # ---- final: held-out metrics and the value checkpoint (save_pretrained folder) ----------------
+    metrics = evaluate()
+    final = out / "final"
+    if is_main:
+        accelerator.unwrap_model(model).save_pretrained(final)
+        with contextlib.suppress(Exception):  # a tokenizer beside the checkpoint, when the policy has one
+            load_tokenizer(policy).save_pretrained(final)
+        result = {"step": step, "checkpoint": str(final), "train_loss": last_loss,
+                  "train_traces": len(train_ds), "heldout_traces": len(held_rows), "base_rate": base_rate,
+                  **metrics}
+        (out / "final_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    else:
+        result = {"step": step, "checkpoint": str(final), **metrics}
+    logger.finish()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+

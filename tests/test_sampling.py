@@ -82,6 +82,20 @@ def test_seeded_rows_do_not_depend_on_batching(tiny_gpt2, tiny_tokenizer):
     assert len({tuple(g.token_ids) for g in a}) > 3  # different keys give different samples
 
 
+def test_seeded_branches_do_not_depend_on_batching_and_outgrow_the_cache(tiny_llama, tiny_tokenizer):
+    """Branch rows are batched by tokens left after the cut; a row's continuation must not depend on
+    which rows share its batch, also when it outgrows the cache's preallocated room (64 columns)."""
+    seqs = enc(tiny_tokenizer, ["Q:1+2=1+2=3;A:3", "Q:3+5*2-7=3+5=8", "Q:9=A:9"])
+    reqs = [BranchRequest(i, c, f"r{i}/{c}/{m}") for i, s in enumerate(seqs) for c in range(1, len(s) + 1, 2)
+            for m in range(2)]
+    params = SamplingParams(max_new_tokens=80, seed=3)
+    a = HFSampler(tiny_llama, tiny_tokenizer, max_batch_rows=3, eos_token_ids=[]).branch(seqs, reqs, params)
+    b = HFSampler(tiny_llama, tiny_tokenizer, max_batch_rows=64, eos_token_ids=[]).branch(seqs[::-1], [
+        BranchRequest(len(seqs) - 1 - r.seq, r.cut, r.key) for r in reqs], params)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert all(len(g.token_ids) == 80 for g in a)
+
+
 def test_logprobs_are_the_models(tiny_llama, tiny_tokenizer):
     prompts = enc(tiny_tokenizer, PROMPTS[:2])
     gens = HFSampler(tiny_llama, tiny_tokenizer).generate(prompts, ["a", "b"], SamplingParams(max_new_tokens=8))

@@ -232,17 +232,23 @@ class _GrowLayerImpl:
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:  # noqa: D107
-        # no super().__init__: it would assign `keys`/`values`, which are read-only views here
-        self.n = keys.shape[2]
-        self._alloc(keys, values, self.n + max(room, 1))
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int, used: int | None = None) -> None:  # noqa: D107
+        # no super().__init__: it would assign `keys`/`values`, which are read-only views here.
+        # With `used`, keys/values are buffers to adopt as they are (their first `used` columns
+        # hold the cache, the rest is room); otherwise they are copied into a new buffer.
+        if used is None:
+            self.n = keys.shape[2]
+            self._alloc(keys, values, self.n + max(room, 1))
+        else:
+            self.n, self._k, self._v = int(used), keys, values
         self.is_initialized = True
         self.dtype, self.device = keys.dtype, keys.device
 
     def _alloc(self, keys: torch.Tensor, values: torch.Tensor, cap: int) -> None:
         b, h, n, d = keys.shape
-        self._k = keys.new_zeros((b, h, cap, d))
-        self._v = values.new_zeros((b, h, cap, values.shape[3]))
+        # columns past `n` are never read (the `keys`/`values` views stop at `n`): no need to zero them
+        self._k = keys.new_empty((b, h, cap, d))
+        self._v = values.new_empty((b, h, cap, values.shape[3]))
         self._k[:, :, :n] = keys
         self._v[:, :, :n] = values
 
@@ -285,13 +291,14 @@ class _GrowLayerImpl:
         pass
 
 
-def _grow_cache(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], room: int) -> Any:
-    """A transformers `DynamicCache` whose layers are `_GrowLayer`s holding `pairs` (keys, values)."""
+def _grow_cache(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], room: int, used: int | None = None) -> Any:
+    """A transformers `DynamicCache` whose layers are `_GrowLayer`s holding `pairs` (keys, values);
+    with `used`, the pairs are buffers adopted without a copy (see `_GrowLayerImpl`)."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
     cls = _grow_layer_class()
-    cache.layers = [cls(k, v, room) for k, v in pairs]  # type: ignore[misc]
+    cache.layers = [cls(k, v, room, used) for k, v in pairs]  # type: ignore[misc]
     cache.layer_class_to_replicate = None
     return cache
 
@@ -373,7 +380,9 @@ class HFSampler:
                 raise ValueError(f"branch request refers to sequence {r.seq}, only {len(sequences)} given")
             if not 1 <= r.cut <= len(sequences[r.seq]):
                 raise ValueError(f"cut {r.cut} outside [1, {len(sequences[r.seq])}] for sequence {r.seq}")
-        order = sorted(range(len(requests)), key=lambda i: (requests[i].seq, requests[i].cut))
+        # rows whose continuations will be about as long decode together (a batch runs as long as
+        # its longest row): sort by the tokens left after the cut in the given sequence
+        order = sorted(range(len(requests)), key=lambda i: (len(sequences[requests[i].seq]) - requests[i].cut, requests[i].seq, requests[i].cut))
         out: list[Generation | None] = [None] * len(requests)
         for b0 in range(0, len(order), self.max_batch_rows):
             idx = order[b0 : b0 + self.max_batch_rows]
@@ -434,20 +443,25 @@ class HFSampler:
         src = torch.tensor([local[r.seq] for r in reqs], dtype=torch.int64, device=dev)
         cuts = torch.tensor([r.cut for r in reqs], dtype=torch.int64, device=dev)
         new_w = int(cuts.max())
-        # column j of branch row b holds source column pad[src]+cut-new_w+j (valid when j >= new_w-cut)
+        # Column j of branch row b holds source column pad[src]+cut-new_w+j (valid when j >= new_w-cut).
+        # Sources get one zero column in front; invalid columns read it. One gather per layer writes
+        # straight into the branch cache's buffer (rows, heads, new_w + room, dim).
         j = torch.arange(new_w, device=dev)
-        col = pad[src][:, None] + cuts[:, None] - new_w + j[None, :]
+        col = pad[src][:, None] + cuts[:, None] - new_w + j[None, :] + 1
         valid = j[None, :] >= (new_w - cuts)[:, None]
         col = torch.where(valid, col, torch.zeros_like(col))
-        new_layers = []
-        for layer in _layers(cache):
-            k, v = layer.keys[src], layer.values[src]  # (rows, heads, width, dim)
-            gidx = col[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-            keep = valid[:, None, :, None]
-            zero = torch.zeros((), dtype=k.dtype, device=dev)
-            new_layers.append((torch.where(keep, k.gather(2, gidx), zero), torch.where(keep, v.gather(2, gidx), zero)))
         limits = [params.max_new_tokens if r.max_new_tokens is None else int(r.max_new_tokens) for r in reqs]
-        branch_cache = _grow_cache(new_layers, min(max(limits), 64))
+        cap = new_w + max(1, min(max(limits), 64))
+        buffers = []
+        for layer in _layers(cache):
+            pair = []
+            for x in (layer.keys, layer.values):  # (sequences, heads, width, dim)
+                xz = torch.cat([x.new_zeros((x.shape[0], x.shape[1], 1, x.shape[3])), x], dim=2).transpose(1, 2)
+                buf = x.new_empty((len(reqs), x.shape[1], cap, x.shape[3]))
+                buf.transpose(1, 2)[:, :new_w] = xz[src[:, None], col]  # (rows, new_w, heads, dim)
+                pair.append(buf)
+            buffers.append((pair[0], pair[1]))
+        branch_cache = _grow_cache(buffers, 0, used=new_w)
         first = logits[src, pad[src] + cuts - 1]
         if min(limits) < 1:
             raise ValueError("branch max_new_tokens must be >= 1")

@@ -12,6 +12,7 @@ uninterrupted run would.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import shutil
 import time
@@ -256,6 +257,14 @@ def run(cfg: TrainConfig) -> dict:
         result = {"step": step, "checkpoint": str(final), **metrics}
     logger.finish()
     accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        # Gloo can deadlock at exit: ~ProcessGroupGloo joins its worker thread while holding the GIL,
+        # and that thread may still be releasing the last barrier's tensors, which needs the GIL. So
+        # let the worker finish (sleep releases the GIL) and drop the DDP model while the group lives.
+        time.sleep(0.2)
+        accelerator.free_memory()
+        del model, optimizer, scheduler, loader
+        gc.collect()
     accelerator.end_training()
     return result
 

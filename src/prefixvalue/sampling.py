@@ -444,8 +444,9 @@ class HFSampler:
         cuts = torch.tensor([r.cut for r in reqs], dtype=torch.int64, device=dev)
         new_w = int(cuts.max())
         # Column j of branch row b holds source column pad[src]+cut-new_w+j (valid when j >= new_w-cut).
-        # Sources get one zero column in front; invalid columns read it. One gather per layer writes
-        # straight into the branch cache's buffer (rows, heads, new_w + room, dim).
+        # Sources get one zero column in front; invalid columns read it. Per layer, one gather of the
+        # rows' columns is copied into the branch cache's buffer (rows, heads, new_w + room, dim),
+        # which the cache adopts as is.
         j = torch.arange(new_w, device=dev)
         col = pad[src][:, None] + cuts[:, None] - new_w + j[None, :] + 1
         valid = j[None, :] >= (new_w - cuts)[:, None]

@@ -25,7 +25,7 @@ import torch
 from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prefixvalue.collate import ValueCollator  # noqa: E402
+from prefixvalue.data.collate import ValueCollator  # noqa: E402
 from prefixvalue.tasks import ArithTask  # noqa: E402
 from prefixvalue.tokenizer import build_char_tokenizer  # noqa: E402
 from prefixvalue.value import ValueModelConfig, build_value_model, loss_mask, normalise_loss, value_loss  # noqa: E402

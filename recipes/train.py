@@ -4,14 +4,14 @@
     python recipes/train.py --config recipes/configs/quickstart.yaml value_model=head max_steps=100 report_to=disk,wandb
 
 One script for 1..N processes (accelerate); options: ``python recipes/train.py --help``. The loop
-itself is `prefixvalue.train` (read it top to bottom), so the quickstart and this script train the
+itself is `prefixvalue.stages.train` (read it top to bottom), so the quickstart and this script train the
 same way. The final value checkpoint is ``output_dir/final``; a killed run restarted with the same
 command resumes from the last complete checkpoint in ``output_dir/checkpoints``.
 """
 
 import sys
 
-from prefixvalue.train import TrainConfig, latest_checkpoint, main, run
+from prefixvalue.stages.train import TrainConfig, latest_checkpoint, main, run
 
 __all__ = ["TrainConfig", "latest_checkpoint", "main", "run"]
 

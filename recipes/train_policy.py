@@ -188,7 +188,7 @@ Measured on {r['heldout_prompts']} held-out prompts (split `test`), {r['samples_
 | prompts always wrong | {r['fraction_prompts_always_wrong']:.3f} |
 
 Load it with `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` on this folder, or with
-`prefixvalue.models.load_policy`.
+`prefixvalue.policies.load_policy`.
 """
 
 

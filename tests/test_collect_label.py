@@ -16,7 +16,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from prefixvalue import cli, collect, label
+from prefixvalue import cli
+from prefixvalue.stages import collect, label
 from prefixvalue.config import ConfigError
 from prefixvalue.data import LABEL_FIELDS, TRACE_FIELDS, DataFormatError, load_labels, load_traces
 from prefixvalue.tasks import TASKS, ArithTask, VerifierResult
@@ -81,7 +82,7 @@ def test_collect_writes_the_contract(traces_dir):
 
 def test_collect_step_spans_and_labels_on_a_real_trace(tmp_path, model_dir):
     """A correct arith completion gets one token span per ';'-step and all-true step labels."""
-    from prefixvalue.sampling import Generation
+    from prefixvalue.sampling.sampler import Generation
     from prefixvalue.tokenizer import build_char_tokenizer
 
     tok = build_char_tokenizer()

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefixvalue import evaluate as ev
+from prefixvalue.stages import evaluate as ev
 from prefixvalue.data import rows_to_dataset
-from prefixvalue.metrics import wilson_interval
+from prefixvalue.evaluation.metrics import wilson_interval
 from prefixvalue.tasks import ArithTask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,7 +231,7 @@ def test_end_to_end_collect_label_train_evaluate(tmp_path):
 
     Skips only while a stage written under another issue is not importable yet.
     """
-    for module in ("prefixvalue.value", "prefixvalue.collect", "prefixvalue.label"):
+    for module in ("prefixvalue.value", "prefixvalue.stages.collect", "prefixvalue.stages.label"):
         pytest.importorskip(module, reason=f"{module} is not importable yet")
     if not (REPO / "recipes" / "train.py").exists():
         pytest.skip("recipes/train.py does not exist yet")

@@ -18,9 +18,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from prefixvalue.mc import AdaptiveConfig, MCLabeller, TraceRef, first_jump, wilson_halfwidth, wilson_interval
-from prefixvalue.positions import PositionSpecError, parse_positions, positions, positions_for_trace
-from prefixvalue.sampling import HFSampler, SamplingParams
+from prefixvalue.sampling.mc import AdaptiveConfig, MCLabeller, TraceRef, first_jump, wilson_halfwidth, wilson_interval
+from prefixvalue.sampling.positions import PositionSpecError, parse_positions, positions, positions_for_trace
+from prefixvalue.sampling.sampler import HFSampler, SamplingParams
 from prefixvalue.tasks.base import Prompt, Task, VerifierResult
 from prefixvalue.tokenizer import build_char_tokenizer
 

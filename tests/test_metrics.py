@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from prefixvalue import metrics as M
+from prefixvalue.evaluation import metrics as M
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from prefixvalue.models import load_policy
+from prefixvalue.policies import load_policy
 from prefixvalue.tasks import ArithTask, first_error
 
 SHIPPED_POLICY = Path(__file__).resolve().parents[1] / "data" / "policies" / "arith-tiny"

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from prefixvalue.sampling import (
+from prefixvalue.sampling.sampler import (
     BranchRequest,
     HFSampler,
     Sampler,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from prefixvalue.softvalues import (
+from prefixvalue.evaluation.softvalues import (
     SoftValueSpec,
     logsumexp_value,
     mellowmax,

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from prefixvalue import stepscores as S
+from prefixvalue.evaluation import stepscores as S
 
 
 def test_td_and_step_scores():

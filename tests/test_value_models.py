@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from prefixvalue.collate import ResumableSampler, ValueCollator, attach_prefix_labels
+from prefixvalue.data.collate import ResumableSampler, ValueCollator, attach_prefix_labels
 from prefixvalue.data import rows_to_dataset
 from prefixvalue.value import (
     VALUE_MODELS,

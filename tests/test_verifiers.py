@@ -11,7 +11,7 @@ import pytest
 
 from prefixvalue.config import ConfigError
 from prefixvalue.tasks import VerifierResult
-from prefixvalue.verifiers import (
+from prefixvalue.tasks.verifiers import (
     VERIFIERS,
     Verifier,
     extract_after_marker,

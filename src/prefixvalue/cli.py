@@ -15,10 +15,10 @@ import sys
 
 #: sub-command -> module whose ``main(argv)`` runs it (a plain dict, filled here)
 COMMANDS: dict[str, str] = {
-    "collect": "prefixvalue.collect",
-    "label": "prefixvalue.label",
-    "evaluate": "prefixvalue.evaluate",
-    "quickstart": "prefixvalue.quickstart",
+    "collect": "prefixvalue.stages.collect",
+    "label": "prefixvalue.stages.label",
+    "evaluate": "prefixvalue.stages.evaluate",
+    "quickstart": "prefixvalue.stages.quickstart",
 }
 
 

@@ -9,7 +9,7 @@ the id field when one is named, else ``"{file stem}-{line number}"`` (1-based), 
 as long as the file is. The file is the data: `prompts(split=...)` ignores `split` for a file; for
 a `datasets` source `split` selects the split unless `dataset_split` is set.
 
-Verification delegates to a verifier from `prefixvalue.verifiers` (a registered name or a user
+Verification delegates to a verifier from `prefixvalue.tasks.verifiers` (a registered name or a user
 function ``module:function``). A verifier that raises or runs past `verifier_timeout_s` scores 0
 with the error recorded in `VerifierResult.error`; the run goes on.
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from .. import verifiers as verifier_registry
+from . import verifiers as verifier_registry
 from ..config import ConfigError, field
 from .base import Prompt, Task, VerifierResult, safe_verify
 

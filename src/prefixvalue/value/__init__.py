@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from ..models import resolve_dtype
+from ..policies import resolve_dtype
 from .base import ValueModel, ValueModelConfig
 from .head import HeadValueModel
 from .implicit import Counterfactuals, ImplicitValueModel

@@ -22,8 +22,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from .. import __version__
-from ..collate import ValueCollator
-from ..models import resolve_dtype
+from ..data.collate import ValueCollator
+from ..policies import resolve_dtype
 
 CONFIG_NAME = "value_config.json"
 ADAPTER_DIR = "adapter"

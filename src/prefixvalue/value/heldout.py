@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from ..collate import ValueCollator
+from ..data.collate import ValueCollator
 from .base import ValueModel
 from .losses import value_loss
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .tasks.base import first_error
+from ..tasks.base import first_error
 
 
 # -------------------------------------------------------------------------------------- scores

@@ -4,7 +4,7 @@
     prefixvalue label --traces runs/traces --model data/policies/arith-tiny --positions adaptive --budget 256 --out runs/labels_adaptive
     accelerate launch -m prefixvalue.cli label ...          # several processes: trace chunks split by process
 
-Positions: ``all`` | ``stride:K`` | ``steps`` | ``short:K`` | ``adaptive`` (see `prefixvalue.positions`).
+Positions: ``all`` | ``stride:K`` | ``steps`` | ``short:K`` | ``adaptive`` (see `prefixvalue.sampling.positions`).
 Each prefix is continued `samples` times (adaptive: in rounds of `round_samples`, within `budget`
 rollouts per trace) with the sampling parameters the traces were collected with unless overridden.
 Each trace is prefilled once and continuations branch off its KV cache; identical prefixes are
@@ -24,12 +24,12 @@ from typing import Any
 import datasets
 
 from .collect import check_manifest, dist_info, run_shards, shard_done, shard_path
-from .config import ConfigError, field, parse_config, save_resolved_config
-from .data import DataFormatError, load_traces
-from .mc import AdaptiveConfig, LabelCost, MCLabeller, TraceRef
-from .positions import PositionSpecError, parse_positions, positions_for_trace
-from .sampling import HFSampler, SamplingParams
-from .tasks import Prompt, build_task
+from ..config import ConfigError, field, parse_config, save_resolved_config
+from ..data import DataFormatError, load_traces
+from ..sampling.mc import AdaptiveConfig, LabelCost, MCLabeller, TraceRef
+from ..sampling.positions import PositionSpecError, parse_positions, positions_for_trace
+from ..sampling.sampler import HFSampler, SamplingParams
+from ..tasks import Prompt, build_task
 
 #: schema of a prefix-labels dataset written by label (contract fields first)
 LABEL_FEATURES = datasets.Features({
@@ -181,7 +181,7 @@ def run(cfg: LabelConfig) -> int:
     todo = [i for i in range(num_shards) if i % world == rank and not shard_done(out, i)]
     labeller: MCLabeller | None = None
     if todo:
-        from .models import load_policy
+        from ..policies import load_policy
 
         model, tokenizer = load_policy(str(cfg.model), cfg.dtype, cfg.device or state.device, cfg.trust_remote_code)
         labeller = MCLabeller(HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows), tokenizer, task, params,

@@ -37,8 +37,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
-from .tasks.base import VerifierResult
+from ..config import ConfigError
+from .base import VerifierResult
 
 VerifierFn = Callable[..., "VerifierResult | float"]
 

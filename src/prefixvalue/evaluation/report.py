@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .evaluate import EvalResult
+    from ..stages.evaluate import EvalResult
 
 NO_LABEL_COLOUR = "#e6e6e6"
 

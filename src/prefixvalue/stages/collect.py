@@ -25,10 +25,10 @@ from typing import Any
 
 import datasets
 
-from . import __version__
-from .config import ConfigError, field, parse_config, save_resolved_config
-from .sampling import HFSampler, SamplingParams, decode_completion
-from .tasks import Prompt, Task, build_task, char_to_token_spans, safe_verify, token_end_offsets
+from .. import __version__
+from ..config import ConfigError, field, parse_config, save_resolved_config
+from ..sampling.sampler import HFSampler, SamplingParams, decode_completion
+from ..tasks import Prompt, Task, build_task, char_to_token_spans, safe_verify, token_end_offsets
 
 #: schema of a traces dataset written by collect (contract fields first, then run metadata)
 TRACE_FEATURES = datasets.Features({
@@ -270,7 +270,7 @@ def run(cfg: CollectConfig) -> int:
     sampler: HFSampler | None = None
     tokenizer: Any = None
     if todo:
-        from .models import load_policy
+        from ..policies import load_policy
 
         model, tokenizer = load_policy(cfg.model, cfg.dtype, cfg.device or state.device, cfg.trust_remote_code)
         sampler = HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows)

@@ -7,9 +7,9 @@ Every labelled trace given is evaluated (the prefix labels define the held-out p
 labelled prefix it computes the estimators (``learned`` P̂ of the checkpoint; ``logsumexp`` and
 ``mellowmax`` soft values of the policy's next-token logits over a grid of ω, full vocabulary and
 top-k; ``constant`` = the training base rate; plus any estimator registered in `ESTIMATORS`), scores
-them against the MC labels (`prefixvalue.metrics`), scores first-error prediction with the
-ProcessBench protocol (`prefixvalue.stepscores`), and writes metrics.json, report.md, plots,
-heatmap.html and predictions.parquet (`prefixvalue.report`), also logged to wandb.
+them against the MC labels (`prefixvalue.evaluation.metrics`), scores first-error prediction with the
+ProcessBench protocol (`prefixvalue.evaluation.stepscores`), and writes metrics.json, report.md, plots,
+heatmap.html and predictions.parquet (`prefixvalue.evaluation.report`), also logged to wandb.
 
 Library use (what the quickstart calls)::
 
@@ -29,16 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from .config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
-from .metrics import (
+from ..config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
+from ..evaluation.metrics import (
     calibration_bins,
     correlation,
     estimator_metrics,
     saturation,
     split_half_noise_ceiling,
 )
-from .softvalues import SoftValueSpec, policy_soft_values
-from .stepscores import (
+from ..evaluation.softvalues import SoftValueSpec, policy_soft_values
+from ..evaluation.stepscores import (
     load_step_data,
     prefix_step_scores,
     process_step_scores,
@@ -46,7 +46,7 @@ from .stepscores import (
     step_verification,
     td_errors,
 )
-from .tasks.base import first_error
+from ..tasks.base import first_error
 
 
 # ------------------------------------------------------------------------------------- config
@@ -232,7 +232,7 @@ def position_groups(position: int, step_ends: set[int], first_k: int) -> dict[st
 
 
 def _load_value_model(path: str, device: str | None) -> Any:
-    from .value import load_value_model  # written with the value-model issue
+    from ..value import load_value_model  # written with the value-model issue
 
     return load_value_model(path, device=device)
 
@@ -576,10 +576,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run ``prefixvalue evaluate``; returns the metrics dict (also written to ``OUT/metrics.json``)."""
     import torch
 
-    from .data import load_labels, load_traces
-    from .models import default_device, load_policy, load_tokenizer
-    from .report import write_report
-    from .tracking import build_logger
+    from ..data import load_labels, load_traces
+    from ..policies import default_device, load_policy, load_tokenizer
+    from ..evaluation.report import write_report
+    from ..tracking import build_logger
 
     cfg = parse_config(EvaluateConfig, list(argv) if argv is not None else None, prog="prefixvalue evaluate")
     cfg.check_inputs()
@@ -609,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         else:
             metrics = {"checkpoint": cfg.checkpoint, "policy": policy_path,
                        "step_benchmark": evaluate_step_data(vm, tokenizer, cfg.step_data, cfg)}
-            from .report import write_step_benchmark_report
+            from ..evaluation.report import write_step_benchmark_report
 
             write_step_benchmark_report(metrics, out, logger=logger)
     finally:

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .metrics import wilson_interval
-from .sampling import BranchRequest, Sampler, SamplingParams
-from .tasks.base import Prompt, Task, VerifierResult, safe_verify
+from ..evaluation.metrics import wilson_interval
+from .sampler import BranchRequest, Sampler, SamplingParams
+from ..tasks.base import Prompt, Task, VerifierResult, safe_verify
 
 
 def wilson_halfwidth(successes: float, n: int, z: float = 1.959963984540054) -> float:

@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prefixvalue.sampling.mc import AdaptiveConfig, MCLabeller, TraceRef, first_jump  # noqa: E402
 from prefixvalue.policies import load_policy  # noqa: E402
+from prefixvalue.sampling.mc import AdaptiveConfig, MCLabeller, TraceRef, first_jump  # noqa: E402
 from prefixvalue.sampling.positions import positions  # noqa: E402
 from prefixvalue.sampling.sampler import HFSampler, SamplingParams  # noqa: E402
 from prefixvalue.tasks import ArithTask, safe_verify  # noqa: E402

@@ -17,9 +17,9 @@ import datasets
 import pytest
 
 from prefixvalue import cli
-from prefixvalue.stages import collect, label
 from prefixvalue.config import ConfigError
 from prefixvalue.data import LABEL_FIELDS, TRACE_FIELDS, DataFormatError, load_labels, load_traces
+from prefixvalue.stages import collect, label
 from prefixvalue.tasks import TASKS, ArithTask, VerifierResult
 
 REPO = Path(__file__).resolve().parents[1]

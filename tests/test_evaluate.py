@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefixvalue.stages import evaluate as ev
 from prefixvalue.data import rows_to_dataset
 from prefixvalue.evaluation.metrics import wilson_interval
+from prefixvalue.stages import evaluate as ev
 from prefixvalue.tasks import ArithTask
 
 REPO = Path(__file__).resolve().parents[1]

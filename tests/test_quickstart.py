@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from prefixvalue.stages import evaluate as ev
-from prefixvalue.stages import quickstart as qs
 from prefixvalue.config import ConfigError, parse_config
 from prefixvalue.evaluation.report import render_heatmap
+from prefixvalue.stages import evaluate as ev
+from prefixvalue.stages import quickstart as qs
 
 from conftest import SHIPPED_POLICY
 from test_evaluate import FakeValueModel, make_tiny_eval

@@ -8,8 +8,8 @@ from html.parser import HTMLParser
 
 import numpy as np
 
-from prefixvalue.stages import evaluate as ev
 from prefixvalue.evaluation.report import render_heatmap, value_colour, write_report
+from prefixvalue.stages import evaluate as ev
 
 from test_evaluate import FakeValueModel, make_tiny_eval
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from prefixvalue.data.collate import ResumableSampler, ValueCollator, attach_prefix_labels
 from prefixvalue.data import rows_to_dataset
+from prefixvalue.data.collate import ResumableSampler, ValueCollator, attach_prefix_labels
 from prefixvalue.value import (
     VALUE_MODELS,
     HeadValueModel,

@@ -7,12 +7,13 @@ each shard under ``OUT/shards/`` and merge into ``OUT/`` at the end; readers use
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import datasets
+
+from .split import is_heldout, split_by_prompt, unit_hash
 
 #: fields every traces row carries (see DESIGN.md, "traces")
 TRACE_FIELDS: tuple[str, ...] = (
@@ -55,28 +56,10 @@ def load_labels(path: str | Path) -> datasets.Dataset:
     return _load(path, LABEL_FIELDS, "prefix labels")
 
 
-def is_heldout(prompt_id: str, heldout_fraction: float, seed: int = 0) -> bool:
-    """Whether `prompt_id` belongs to the held-out split.
-
-    The split is by prompt (never by trace) and depends only on (prompt_id, seed), so training and
-    evaluation agree on it without sharing any state, and adding prompts never moves old ones.
-    """
-    if heldout_fraction <= 0:
-        return False
-    if heldout_fraction >= 1:
-        return True
-    h = hashlib.sha256(f"{seed}|{prompt_id}".encode()).digest()
-    return int.from_bytes(h[:8], "little") / 2**64 < heldout_fraction
-
-
-def split_by_prompt(ds: datasets.Dataset, heldout_fraction: float, seed: int = 0) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Split rows into (train, held-out) by prompt with `is_heldout`; traces of a prompt stay together."""
-    flags = [is_heldout(pid, heldout_fraction, seed) for pid in ds["prompt_id"]]
-    train_idx = [i for i, f in enumerate(flags) if not f]
-    held_idx = [i for i, f in enumerate(flags) if f]
-    return ds.select(train_idx), ds.select(held_idx)
-
-
 def rows_to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
     """Build a dataset from row dicts (fields as in the contracts)."""
     return datasets.Dataset.from_list(rows)
+
+
+__all__ = ["LABEL_FIELDS", "TRACE_FIELDS", "DataFormatError", "is_heldout", "load_labels", "load_traces",
+           "rows_to_dataset", "split_by_prompt", "unit_hash"]

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.split import unit_hash
 from ..tasks.base import first_error
 
 
@@ -117,8 +118,7 @@ def calibration_split(group_ids: Sequence[str], fraction: float = 0.5, seed: int
     uniq = sorted(set(ids))
 
     def h(g: str) -> float:
-        d = hashlib.sha256(f"calibration|{seed}|{g}".encode()).digest()
-        return int.from_bytes(d[:8], "little") / 2**64
+        return unit_hash(f"calibration|{seed}|{g}")
 
     cal = {g for g in uniq if h(g) < fraction}
     if len(uniq) >= 2 and (not cal or len(cal) == len(uniq)):

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..evaluation.metrics import wilson_interval
-from .sampler import BranchRequest, Sampler, SamplingParams
 from ..tasks.base import Prompt, Task, VerifierResult, safe_verify
+from .sampler import BranchRequest, Sampler, SamplingParams
 
 
 def wilson_halfwidth(successes: float, n: int, z: float = 1.959963984540054) -> float:

@@ -577,8 +577,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import torch
 
     from ..data import load_labels, load_traces
-    from ..policies import default_device, load_policy, load_tokenizer
     from ..evaluation.report import write_report
+    from ..policies import default_device, load_policy, load_tokenizer
     from ..tracking import build_logger
 
     cfg = parse_config(EvaluateConfig, list(argv) if argv is not None else None, prog="prefixvalue evaluate")

@@ -23,13 +23,13 @@ from typing import Any
 
 import datasets
 
-from .collect import check_manifest, dist_info, run_shards, shard_done, shard_path
 from ..config import ConfigError, field, parse_config, save_resolved_config
 from ..data import DataFormatError, load_traces
 from ..sampling.mc import AdaptiveConfig, LabelCost, MCLabeller, TraceRef
 from ..sampling.positions import PositionSpecError, parse_positions, positions_for_trace
 from ..sampling.sampler import HFSampler, SamplingParams
 from ..tasks import Prompt, build_task
+from .collect import check_manifest, dist_info, run_shards, shard_done, shard_path
 
 #: schema of a prefix-labels dataset written by label (contract fields first)
 LABEL_FEATURES = datasets.Features({

@@ -29,11 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from . import collect
-from . import label
-from . import train as train_mod
 from ..config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
 from ..data import load_labels, load_traces, split_by_prompt
+from . import collect, label
+from . import train as train_mod
 from .evaluate import (
     ESTIMATORS,
     Estimator,
@@ -374,8 +373,8 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     """Run the loop; returns metrics.json's dict (with its ``quickstart`` section)."""
     import torch
 
-    from ..policies import default_device, load_policy
     from ..evaluation.report import write_report
+    from ..policies import default_device, load_policy
     from ..tracking import build_logger, record_result
     from ..value import load_value_model
 

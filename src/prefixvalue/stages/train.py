@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, get_scheduler
 
-from ..data.collate import ResumableSampler, ValueCollator, attach_prefix_labels
 from ..config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
 from ..data import load_labels, load_traces, split_by_prompt
+from ..data.collate import ResumableSampler, ValueCollator, attach_prefix_labels
 from ..policies import load_tokenizer, resolve_dtype
 from ..tracking import MultiLogger, build_logger
 from ..value import ValueModelConfig, build_value_model, loss_mask, normalise_loss, value_loss

@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from . import verifiers as verifier_registry
 from ..config import ConfigError, field
+from . import verifiers as verifier_registry
 from .base import Prompt, Task, VerifierResult, safe_verify
 
 

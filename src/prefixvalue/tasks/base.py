@@ -6,7 +6,7 @@ import abc
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class Task(abc.ABC):
     """
 
     name: str = "task"
+    #: the dataclass its keyword options (``task_args``) build; None: plain keyword arguments
+    config_class: ClassVar[type | None] = None
 
     @abc.abstractmethod
     def prompts(self, num: int | None = None, split: str = "train") -> Iterator[Prompt]:

@@ -125,7 +125,7 @@ def test_collect_rejects_a_different_run_in_the_same_folder(model_dir, traces_di
 
 def test_collect_resumes_after_a_kill(tmp_path, model_dir):
     """Kill a collect run part-way (SIGKILL), rerun it: nothing lost, nothing duplicated."""
-    size = {"num_prompts": 12, "chunk_prompts": 1, "samples": 2, "max_new_tokens": 30}
+    size = {"num_prompts": 12, "chunk_prompts": 1, "samples": 2, "max_new_tokens": 16}
     args = collect_args(model_dir, tmp_path / "killed", **size)
     ref_args = collect_args(model_dir, tmp_path / "ref", **size)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

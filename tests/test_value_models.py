@@ -221,7 +221,7 @@ def test_position_zero_is_the_base_rate_for_the_implicit_model(rows, tiny_tokeni
     model = build_value_model(_cfg("implicit", "lora", 0, "prefix"), make_tiny_gpt2(len(tiny_tokenizer)))
     prompts, completions = _ids(rows)
     vals = model.predict(prompts, completions)
-    assert all(v[0] == 0.4 for v in vals)  # exactly the training base rate, whatever the prompt
+    assert all(v[0] == np.float32(0.4) for v in vals)  # exactly the training base rate (float32), whatever the prompt
     assert "position 0" in ImplicitValueModel.position0_note and HeadValueModel.position0_note is None
     assert ImplicitValueModel.process_scores and not HeadValueModel.process_scores
 

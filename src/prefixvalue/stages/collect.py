@@ -112,7 +112,7 @@ def trace_rows(task: Task, tokenizer: Any, prompts: Sequence[Prompt], prompt_ids
         spans = char_to_token_spans(task.split_steps(text), token_end_offsets(tokenizer, gen.token_ids))
         try:
             labels = task.step_labels(prompt, text)
-        except Exception:  # noqa: BLE001 - a task that cannot label this completion gives no labels
+        except (ValueError, LookupError):  # a task that cannot label this completion gives no labels
             labels = None
         rows.append({
             "trace_id": tid, "prompt_id": prompt.prompt_id, "prompt": prompt.text, "completion": text,

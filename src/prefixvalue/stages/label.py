@@ -14,6 +14,7 @@ and ``OUT/cost.json`` (prefill tokens, generated tokens, rollouts, verifier call
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -168,6 +169,7 @@ def run(cfg: LabelConfig) -> int:
             task_args = task_options(task_name, cfg.task_args)
         except KeyError as exc:
             raise ConfigError(f"label: {exc.args[0]}") from None
+        cfg = dataclasses.replace(cfg, task_args=RawMapping(task_args))  # the resolved config records them typed
     else:
         task_args = json.loads(ds[0]["task_args"]) if "task_args" in ds.column_names and ds[0]["task_args"] else {}
     task = build_task(task_name, task_args)

@@ -65,7 +65,8 @@ class Task(abc.ABC):
         return spans
 
     def step_labels(self, prompt: Prompt, completion: str) -> list[bool] | None:
-        """Exact correctness of each step of `split_steps(completion)`, or None if unknown."""
+        """Exact correctness of each step of `split_steps(completion)`, or None if unknown (ValueError or
+        LookupError when this completion cannot be labelled: collect then records no labels)."""
         return None
 
 

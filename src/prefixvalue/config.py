@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import json
 import sys
 import types
@@ -222,7 +223,7 @@ def format_help(cls: type, prog: str | None = None, prefix: str = "") -> str:
     lines = []
     if not prefix:
         lines.append(f"usage: {prog or cls.__name__} [--config FILE.yaml] [key=value ...]")
-        doc = (cls.__doc__ or "").strip()
+        doc = inspect.cleandoc(cls.__doc__ or "")
         if doc:
             lines += ["", doc]
         lines += ["", "options (set in the YAML file or as key=value; nested keys are dotted):"]

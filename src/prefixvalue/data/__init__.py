@@ -1,6 +1,6 @@
 """On-disk datasets shared by every stage: traces and prefix labels (contracts in docs/design.md).
 
-Both are `datasets` datasets saved with ``save_to_disk``. Stages that write them in shards keep
+Both are `datasets` datasets saved with ``save_to_disk``. Stages that write them in shards (`shards`) keep
 each shard under ``OUT/shards/`` and merge into ``OUT/`` at the end; readers use `load_traces` and
 `load_labels`, which accept either a merged folder or a folder of shards.
 """

@@ -1,5 +1,5 @@
 # make quickstart   set up (.venv, pinned CPU torch, the package) and run the whole loop on the embedded default
-# make test         set up and run the test suite
+# make test         set up and run the test suite (slow tests excluded; .ci/run also runs `pytest -m slow`)
 # make bench        set up and run benchmarks/ (figures land in benchmarks/results.json)
 #
 # On a GPU machine, choose the torch build:  make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"

@@ -1,12 +1,13 @@
 """Train a value model (implicit IPVRM or explicit head) on outcome-labelled traces.
 
-    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/train.py --config recipes/configs/quickstart.yaml traces=runs/quickstart/traces output_dir=runs/quickstart/train
-    python recipes/train.py --config recipes/configs/quickstart.yaml value_model=head max_steps=100 report_to=disk,wandb
+    accelerate launch --config_file recipes/accelerate/cpu.yaml recipes/train.py --config recipes/configs/arith-tiny.yaml traces=runs/quickstart/traces output_dir=runs/quickstart/train
+    python recipes/train.py --config recipes/configs/arith-tiny.yaml value_model.kind=head max_steps=100 report_to=disk,wandb
 
 One script for 1..N processes (accelerate); options: ``python recipes/train.py --help``. The loop
-itself is `prefixvalue.stages.train` (read it top to bottom), so the quickstart and this script train the
-same way. The final value checkpoint is ``output_dir/final``; a killed run restarted with the same
-command resumes from the last complete checkpoint in ``output_dir/checkpoints``.
+itself is `prefixvalue.stages.train.run` (read it top to bottom), also run by ``prefixvalue train``
+and the quickstart, so all of them train the same way. Mixed precision is accelerate's setting
+(``mixed_precision`` in the accelerate config, or ``accelerate launch --mixed_precision bf16``).
+The final value checkpoint is ``output_dir/final``; a killed run restarted with the same command resumes from the last complete checkpoint in ``output_dir/checkpoints``.
 """
 
 import sys
@@ -16,4 +17,4 @@ from prefixvalue.stages.train import TrainConfig, latest_checkpoint, main, run
 __all__ = ["TrainConfig", "latest_checkpoint", "main", "run"]
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    raise SystemExit(main(sys.argv[1:]))

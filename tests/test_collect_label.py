@@ -18,7 +18,7 @@ import pytest
 
 from prefixvalue import cli
 from prefixvalue.config import ConfigError
-from prefixvalue.data import LABEL_FIELDS, TRACE_FIELDS, DataFormatError, load_labels, load_traces
+from prefixvalue.data import LABEL_FIELDS, TRACE_FIELDS, DataFormatError, load_labels, load_traces, shards
 from prefixvalue.stages import collect, label
 from prefixvalue.tasks import TASKS, ArithTask, VerifierResult
 
@@ -109,7 +109,7 @@ def test_collect_is_reproducible_and_sharding_does_not_matter(tmp_path, model_di
             pass
 
     for rank in (1, 0):
-        monkeypatch.setattr(collect, "dist_info", lambda rank=rank: (rank, 2, FakeState()))
+        monkeypatch.setattr(shards, "dist_info", lambda rank=rank: (rank, 2, FakeState()))
         assert collect.main(collect_args(model_dir, sharded)) == 0
     assert rows(load_traces(sharded)) == rows(load_traces(traces_dir))
     monkeypatch.undo()
@@ -123,10 +123,12 @@ def test_collect_rejects_a_different_run_in_the_same_folder(model_dir, traces_di
         collect.main(collect_args(model_dir, traces_dir, samples=4))
 
 
+@pytest.mark.slow  # a subprocess and three collect runs (~40 s on 2 cores); label's resume is checked by default
 def test_collect_resumes_after_a_kill(tmp_path, model_dir):
     """Kill a collect run part-way (SIGKILL), rerun it: nothing lost, nothing duplicated."""
-    args = collect_args(model_dir, tmp_path / "killed", num_prompts=40, chunk_prompts=1, samples=4, max_new_tokens=40)
-    ref_args = collect_args(model_dir, tmp_path / "ref", num_prompts=40, chunk_prompts=1, samples=4, max_new_tokens=40)
+    size = {"num_prompts": 12, "chunk_prompts": 1, "samples": 2, "max_new_tokens": 16}
+    args = collect_args(model_dir, tmp_path / "killed", **size)
+    ref_args = collect_args(model_dir, tmp_path / "ref", **size)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "prefixvalue.cli", "collect", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -139,12 +141,12 @@ def test_collect_resumes_after_a_kill(tmp_path, model_dir):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = len(list(shards.glob("shard-*")))
-    assert 0 < done_before < 40, "the run was not killed part-way"
+    assert 0 < done_before < 12, "the run was not killed part-way"
     assert not (tmp_path / "killed" / "state.json").exists()
     assert collect.main(args) == 0
     assert collect.main(ref_args) == 0
     killed, ref = load_traces(tmp_path / "killed"), load_traces(tmp_path / "ref")
-    assert len(killed) == 160 and len(set(killed["trace_id"])) == 160
+    assert len(killed) == 24 and len(set(killed["trace_id"])) == 24
     # the killed run's first shards came from a 1-thread process: only float summation order
     # differs, so sampled tokens are identical and log-probs agree to float32 rounding
     for a, b in zip(rows(killed), rows(ref)):
@@ -202,7 +204,7 @@ def test_label_reproducible_sharded_and_resumable(tmp_path, model_dir, traces_di
 
     sharded = tmp_path / "sharded"
     for rank in (2, 1, 0):
-        monkeypatch.setattr(label, "dist_info", lambda rank=rank: (rank, 3, FakeState()))
+        monkeypatch.setattr(shards, "dist_info", lambda rank=rank: (rank, 3, FakeState()))
         assert label.main(label_args(traces_dir, model_dir, sharded)) == 0
     assert rows(load_labels(sharded)) == rows(load_labels(ref))
     monkeypatch.undo()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from prefixvalue.config import ConfigError, field, format_help, load_config, parse_config, save_resolved_config
+from prefixvalue.config import ConfigError, RawMapping, field, format_help, parse_config, save_resolved_config
 from prefixvalue.tasks import ArithConfig
 
 
@@ -35,12 +35,38 @@ class Demo:
 def test_defaults_yaml_then_command_line(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("lr: 0.5\nsteps: 3\ninner:\n  depth: 7\n")
-    cfg = parse_config(Demo, ["--config", str(cfg_file), "steps=4", "--name", "x", "--use-lora=false"])
+    cfg = parse_config(Demo, ["--config", str(cfg_file), "steps=4", "--name=x", "--use-lora=false"])
     assert cfg.lr == 0.5 and cfg.steps == 4 and cfg.name == "x" and cfg.use_lora is False
     assert cfg.inner.depth == 7
     cfg = parse_config(Demo, ["inner.depth=9", "targets=a,b,c", "modulus=None"])
     assert cfg.inner.depth == 9 and cfg.targets == ["a", "b", "c"] and cfg.modulus is None
     assert parse_config(Demo, ["targets=[x, y]"]).targets == ["x", "y"]
+
+
+def test_space_separated_form_fails_with_a_hint():
+    with pytest.raises(ConfigError, match=r"write name=x \(key=value\)"):
+        parse_config(Demo, ["--name", "x"])
+    assert parse_config(Demo, ["--name=a=b"]).name == "a=b"  # the value may hold '='
+
+
+@dataclass
+class Texts:
+    text: str = field("", help="plain text")
+    flag: bool = field(False, help="a boolean")
+    opts: RawMapping = field(default_factory=RawMapping, help="typed later")
+    free: dict = field(default_factory=dict, help="free-form mapping")
+
+
+def test_values_are_read_by_the_field_type():
+    cfg = parse_config(Texts, ["text={prompt}"])
+    assert cfg.text == "{prompt}"
+    assert parse_config(Texts, ["text=yes"]).text == "yes"
+    assert parse_config(Texts, ["text=\\n"]).text == "\\n"  # escapes are read only where separators are
+    assert parse_config(Texts, ["text=12"]).text == "12"
+    assert parse_config(Texts, ["flag=yes"]).flag is True
+    cfg = parse_config(Texts, ["opts.template={prompt}", "opts.n=5", "free.n=5", "free.s=yes"])
+    assert cfg.opts == {"template": "{prompt}", "n": "5"}  # text until the component types it
+    assert cfg.free == {"n": 5, "s": True}  # no field types: YAML rules
 
 
 def test_unknown_key_suggests_closest():
@@ -75,7 +101,7 @@ def test_missing_file_and_bad_yaml(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
-        load_config(Demo, bad)
+        parse_config(Demo, [f"--config={bad}"])
 
 
 def test_resolved_config_is_logged_with_version(tmp_path):

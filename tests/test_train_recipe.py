@@ -19,6 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from prefixvalue import cli
 from prefixvalue.config import parse_config
 from prefixvalue.value import load_value_model
 
@@ -40,6 +41,11 @@ def _load_recipe():
 train = _load_recipe()
 
 
+def _run(args: list[str]) -> dict:
+    """The loop in process, as the quickstart calls it (``main`` returns the exit status)."""
+    return train.run(parse_config(train.TrainConfig, args))
+
+
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory, tiny_tokenizer):
     """A saved tiny GPT-2 policy and a traces dataset of 24 traces over 12 prompts."""
@@ -53,8 +59,7 @@ def tiny_setup(tmp_path_factory, tiny_tokenizer):
 
 def _args(policy: Path, traces: Path, out: Path, **kw) -> list[str]:
     base = {"traces": traces, "policy": policy, "output_dir": out, "per_device_batch_size": 4, "lr": 1e-2,
-            "warmup_steps": 0, "eval_every": 100, "report_to": "disk", "heldout_fraction": 0.25,
-            "mixed_precision": "fp32", "threads": 1}
+            "warmup_steps": 0, "eval_every": 100, "report_to": "disk", "heldout_fraction": 0.25, "threads": 1}
     base.update(kw)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -76,26 +81,35 @@ def _env() -> dict[str, str]:
 
 def test_every_config_parses_and_opens_with_its_command():
     configs = sorted((REPO / "recipes" / "configs").glob("*.yaml"))
-    assert any(p.name == "quickstart.yaml" for p in configs)
+    assert any(p.name == "arith-tiny.yaml" for p in configs)
     for path in configs:
         first = path.read_text().splitlines()[0]
         assert first.startswith("# ") and "recipes/train.py" in first and path.name in first, path
         cfg = parse_config(train.TrainConfig, ["--config", str(path)])
         assert cfg.traces and cfg.output_dir
     accel = sorted((REPO / "recipes" / "accelerate").glob("*.yaml"))
-    assert {p.stem for p in accel} >= {"cpu", "single_gpu", "multi_gpu", "fsdp", "deepspeed_zero2"}
+    assert {p.stem for p in accel} >= {"cpu", "single_gpu", "multi_gpu", "deepspeed_zero2"}
     for path in accel:
         first = path.read_text().splitlines()[0]
         assert first.startswith("# accelerate launch") and path.name in first, path
         assert isinstance(yaml.safe_load(path.read_text()), dict)
 
 
+def test_train_is_a_cli_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", "--help"])
+    assert exc.value.code == 0 and "value_model.kind" in capsys.readouterr().out
+    assert cli.main(["train", "value_model=head"]) == 2  # a nested config is set with dotted keys
+
+
 def test_main_runs_two_steps_and_writes_a_loadable_checkpoint(tiny_setup, tmp_path, monkeypatch):
     policy, traces = tiny_setup
     monkeypatch.setenv("WANDB_MODE", "offline")  # the wandb logger runs for real, offline
     out = tmp_path / "run"
-    result = train.main(_args(policy, traces, out, max_steps=2, value_model="head", backbone="lora",
-                              report_to="disk,wandb", eval_every=1, checkpoint_every=1))
+    args = _args(policy, traces, out, max_steps=2, report_to="disk,wandb", eval_every=1, checkpoint_every=1,
+                 **{"value_model.kind": "head", "value_model.backbone": "lora"})
+    assert train.main(args) == 0
+    result = json.loads((out / "final_metrics.json").read_text())
     assert result["step"] == 2 and 0 < result["brier_all"] < 1 and result["heldout_traces"] > 0
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "train/loss" in r] == [1, 2]
@@ -126,7 +140,7 @@ def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(tiny_setup
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout
-    train.main(_args(policy, traces, clean, max_steps=steps, checkpoint_every=0))
+    _run(_args(policy, traces, clean, max_steps=steps, checkpoint_every=0))
     a, b = _adapter(clean), _adapter(killed)
     assert a.keys() == b.keys()
     for k in a:
@@ -144,19 +158,22 @@ def test_two_cpu_processes_match_one_on_the_same_global_batch(tiny_setup, tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es)" in done.stdout
     # one process, same global batch (3 x 2 processes x 2 accumulation = 12 = 12 x 1 x 1)
-    train.main(_args(policy, traces, one, max_steps=steps, per_device_batch_size=12, checkpoint_every=0))
+    res = _run(_args(policy, traces, one, max_steps=steps, per_device_batch_size=12, checkpoint_every=0, eval_every=2))
+    assert [h["step"] for h in res["eval_history"]] == [2, 3]  # every held-out evaluation, the final one included
+    assert res["eval_history"][-1]["brier_all"] == res["brier_all"]
     a, b = _adapter(one), _adapter(two)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
     assert any((v != 0).any() for k, v in a.items() if "lora_B" in k)  # it did train
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED_POLICY.exists(), reason="the shipped policy data/policies/arith-tiny is absent")
 def test_learns_on_the_shipped_policy_traces(tmp_path):
     """A check of learning, not a timed test: held-out Brier beats the constant base-rate predictor."""
     torch.manual_seed(0)
     traces = save_traces(policy_traces(SHIPPED_POLICY, n_prompts=500, samples=8, seed=0), tmp_path / "traces")
-    result = train.main(["--config", str(REPO / "recipes" / "configs" / "quickstart.yaml"), f"traces={traces}",
-                         f"output_dir={tmp_path / 'run'}", "report_to=disk", "checkpoint_every=0", "threads=1"])
+    result = _run(["--config", str(REPO / "recipes" / "configs" / "arith-tiny.yaml"), f"traces={traces}",
+                   f"output_dir={tmp_path / 'run'}", "report_to=disk", "checkpoint_every=0", "threads=1"])
     assert result["brier_all"] < result["brier_base_rate_all"], result
     assert result["auroc_last"] > 0.6, result

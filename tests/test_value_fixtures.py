@@ -1,40 +1,61 @@
 """Builders of small traces datasets for the value-model and train-recipe tests (no tests here).
 
-`random_traces` makes contract-shaped rows from a char tokenizer whose outcome is a function of the
-completion (so a value model can learn it); `policy_traces` samples the shipped tiny policy with plain
-``model.generate`` on `arith` prompts and verifies them, like `prefixvalue collect` would.
+Rows come from the collect stage's own row builder (`prefixvalue.stages.collect.trace_rows`), so they
+follow the traces contract by construction. `random_traces` uses a char tokenizer and an outcome that
+is a function of the completion (so a value model can learn it); `policy_traces` samples the shipped
+tiny policy with plain ``model.generate`` on `arith` prompts.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from prefixvalue.data import rows_to_dataset
-from prefixvalue.tasks import ArithTask, char_to_token_spans, token_end_offsets
+from prefixvalue.sampling.sampler import Generation
+from prefixvalue.stages.collect import trace_rows
+from prefixvalue.tasks import ArithTask, Prompt, Task, VerifierResult
+
+
+class EvenAnswer(Task):
+    """Outcome 1 iff the completion's final answer digit (``A:d``) is even: learnable from the tokens."""
+
+    name = "even-answer"
+
+    def prompts(self, num: int | None = None, split: str = "train") -> Iterator[Prompt]:
+        return iter(())
+
+    def verify(self, prompt: Prompt, completion: str) -> VerifierResult:
+        return VerifierResult(float(int(completion.rsplit("A:", 1)[1]) % 2 == 0))
+
+
+def _rows(task: Task, tokenizer: Any, prompts: list[Prompt], prompt_ids: list[list[int]], completions: list[list[int]],
+          trace_ids: list[str], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Traces rows exactly as `prefixvalue collect` builds them (its own `trace_rows`)."""
+    eos = tokenizer.eos_token_id
+    gens = [Generation(c, [0.0] * len(c), "eos" if c and c[-1] == eos else "length") for c in completions]
+    return trace_rows(task, tokenizer, prompts, prompt_ids, gens, trace_ids, meta, verifier_timeout_s=None)
 
 
 def random_traces(tokenizer: Any, n_prompts: int = 8, per_prompt: int = 4, seed: int = 0) -> list[dict[str, Any]]:
-    """Rows with every traces field; outcome = 1 iff the completion's answer digit is even."""
+    """Traces rows (collect's row builder) whose outcome is 1 iff the completion's answer digit is even."""
     rng = random.Random(seed)
-    rows = []
+    prompts, prompt_ids, completions, tids = [], [], [], []
     for i in range(n_prompts):
         a, b = rng.randint(0, 9), rng.randint(0, 9)
-        prompt = f"Q:{a}+{b}="
+        prompt = Prompt(f"p{i}", f"Q:{a}+{b}=")
         for j in range(per_prompt):
             ans = rng.randint(0, 9)
             completion = f"{a}+{b}={ans};" * rng.randint(1, 2) + f"A:{ans}"
-            cids = tokenizer(completion)["input_ids"] + [tokenizer.eos_token_id]
-            rows.append({
-                "trace_id": f"t{i}-{j}", "prompt_id": f"p{i}", "prompt": prompt, "completion": completion,
-                "prompt_ids": tokenizer(prompt)["input_ids"], "completion_ids": cids,
-                "outcome": float(ans % 2 == 0), "verifier_error": None,
-                "step_spans": [[0, len(cids)]], "step_labels": None, "logprobs": [0.0] * len(cids),
-            })
-    return rows
+            prompts.append(prompt)
+            prompt_ids.append(tokenizer(prompt.text)["input_ids"])
+            completions.append(tokenizer(completion)["input_ids"] + [tokenizer.eos_token_id])
+            tids.append(f"t{i}-{j}")
+    return _rows(EvenAnswer(), tokenizer, prompts, prompt_ids, completions, tids, {})
 
 
 def save_traces(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -61,19 +82,12 @@ def policy_traces(policy_dir: Path, n_prompts: int, samples: int, seed: int = 0,
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
                              top_k=0, top_p=1.0, max_new_tokens=48, num_return_sequences=samples,
                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        for k, seq in enumerate(out[:, ids.shape[1]:].tolist()):
-            p = group[k // samples]
+        seqs = []
+        for seq in out[:, ids.shape[1]:].tolist():
             if tok.eos_token_id in seq:  # keep the EOS the generation stopped on
                 seq = seq[: seq.index(tok.eos_token_id) + 1]
-            seq = [t for t in seq if t != tok.pad_token_id]
-            text = tok.decode(seq, skip_special_tokens=True)
-            res = task.verify(p, text)
-            spans = char_to_token_spans(task.split_steps(text), token_end_offsets(tok, seq)) if seq else []
-            rows.append({
-                "trace_id": f"{p.prompt_id}-{k % samples}", "prompt_id": p.prompt_id, "prompt": p.text,
-                "completion": text, "prompt_ids": tok(p.text)["input_ids"], "completion_ids": seq,
-                "outcome": float(res.score), "verifier_error": res.error,
-                "step_spans": [list(s) for s in spans], "step_labels": task.step_labels(p, text),
-                "logprobs": [0.0] * len(seq), "model": str(policy_dir),
-            })
+            seqs.append([t for t in seq if t != tok.pad_token_id])
+        ps = [group[k // samples] for k in range(len(seqs))]
+        rows += _rows(task, tok, ps, [tok(p.text)["input_ids"] for p in ps], seqs,
+                      [f"{p.prompt_id}-{k % samples}" for k, p in enumerate(ps)], {"model": str(policy_dir)})
     return rows

@@ -17,13 +17,12 @@ from prefixvalue.value import (
     ImplicitValueModel,
     ValueModelConfig,
     build_value_model,
+    check_value_config,
     load_value_model,
-    loss_mask,
     margin_bce_with_logits,
     normalise_loss,
-    value_loss,
 )
-from prefixvalue.value.heldout import auroc, evaluate_heldout
+from prefixvalue.value.heldout import evaluate_heldout
 
 from conftest import make_tiny_gpt2, make_tiny_llama
 from test_value_fixtures import random_traces
@@ -66,8 +65,8 @@ def test_loss_goes_down_and_save_load_is_exact(variant, arch, rows, tiny_tokeniz
     opt = torch.optim.Adam(model.trainable_parameters(), lr=2e-2)
     losses = []
     for _ in range(8):
-        ls = value_loss(model(batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"]), batch,
-                        kind, loss, model.config.margin)
+        ls = model.value_loss(model(batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"]), batch,
+                              loss, model.config.margin)
         (ls.total / ls.count).backward()
         opt.step()
         opt.zero_grad()
@@ -141,9 +140,9 @@ def test_batch8_equals_8_accumulated_batches_of_1(kind, tiny_tokenizer):
                 p.add_(0.02 * torch.randn_like(p))
         collate = ValueCollator(0)
         micro = [collate([r]) for r in rows8] if split else [collate(rows8)]
-        n_items = sum(loss_mask(b, kind).sum() for b in micro).float()
+        n_items = sum(model.loss_mask(b).sum() for b in micro).float()
         for b in micro:
-            ls = value_loss(model(b["input_ids"], b["attention_mask"], b["prompt_lengths"]), b, kind, "prefix", 5.0)
+            ls = model.value_loss(model(b["input_ids"], b["attention_mask"], b["prompt_lengths"]), b, "prefix", 5.0)
             normalise_loss(ls.total, n_items, world_size=1).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.trainable_parameters()]))
     assert grads[0].abs().max() > 0
@@ -168,12 +167,12 @@ def test_loss_masks_and_sequence_loss(tiny_tokenizer):
     rows = random_traces(tiny_tokenizer, n_prompts=2, per_prompt=1, seed=4)
     b = ValueCollator(0)(rows)
     t = b["completion_lengths"]
-    assert loss_mask(b, "head").sum() == int((t + 1).sum())
-    assert loss_mask(b, "implicit").sum() == int(t.sum())
-    seq = loss_mask(b, "implicit", "sequence")
+    assert HeadValueModel.loss_mask(b).sum() == int((t + 1).sum())
+    assert ImplicitValueModel.loss_mask(b).sum() == int(t.sum())
+    seq = ImplicitValueModel.loss_mask(b, "sequence")
     assert seq.sum() == 2 and all(seq[i, t[i]] for i in range(2))
     logits = torch.randn(b["targets"].shape)
-    ls = value_loss(logits, b, "implicit", "sequence")
+    ls = ImplicitValueModel.value_loss(logits, b, "sequence")
     expected = sum(float(torch.nn.functional.binary_cross_entropy_with_logits(
         logits[i, t[i]] * t[i], b["outcome"][i])) for i in range(2))
     assert math.isclose(float(ls.total), expected, rel_tol=1e-5) and float(ls.count) == 2
@@ -196,9 +195,9 @@ def test_soft_labels_survive_the_collator_as_floats(tiny_tokenizer):
     assert only["target_mask"].sum() == 2 and only["target_mask"][1, 0] and only["target_mask"][1, 3]
     # a soft target changes the loss continuously (it is not rounded to a class)
     z = torch.ones_like(batch["targets"])
-    mid = value_loss(z, batch, "head").total
+    mid = HeadValueModel.value_loss(z, batch).total
     batch["targets"][1, 0] = 0.9
-    assert value_loss(z, batch, "head").total != mid
+    assert HeadValueModel.value_loss(z, batch).total != mid
 
 
 def test_resumable_sampler_is_a_deterministic_stream():
@@ -209,21 +208,30 @@ def test_resumable_sampler_is_a_deterministic_stream():
 
 
 def test_heldout_metrics(rows, tiny_tokenizer):
-    assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
-    assert auroc(np.array([0.1, 0.2]), np.array([1, 1])) is None
     model = build_value_model(_cfg("head", "frozen", 0, "prefix"), make_tiny_gpt2(len(tiny_tokenizer)))
     m = evaluate_heldout(model, rows, batch_size=3)
     # a fresh head predicts the base rate everywhere: it ties the base-rate predictor
     assert math.isclose(m["brier_all"], m["brier_base_rate_all"], rel_tol=1e-6)
     assert m["auroc_last"] == 0.5 and m["n_traces"] == len(rows)
+    one = evaluate_heldout(model, rows[:1], batch_size=3)
+    assert one["auroc_last"] is None  # one class only: undefined, not a number
+
+
+def test_position_zero_is_the_base_rate_for_the_implicit_model(rows, tiny_tokenizer):
+    model = build_value_model(_cfg("implicit", "lora", 0, "prefix"), make_tiny_gpt2(len(tiny_tokenizer)))
+    prompts, completions = _ids(rows)
+    vals = model.predict(prompts, completions)
+    assert all(v[0] == np.float32(0.4) for v in vals)  # exactly the training base rate (float32), whatever the prompt
+    assert "position 0" in ImplicitValueModel.position0_note and HeadValueModel.position0_note is None
+    assert ImplicitValueModel.process_scores and not HeadValueModel.process_scores
 
 
 def test_config_rules():
     with pytest.raises(ValueError, match="frozen"):
         ValueModelConfig(kind="head", backbone="lora", soft_prompt_tokens=4)
     with pytest.raises(ValueError, match="implicit"):
-        ValueModelConfig(kind="implicit", backbone="full")
+        check_value_config(ValueModelConfig(kind="implicit", backbone="full"))
     with pytest.raises(ValueError, match="sequence"):
-        ValueModelConfig(kind="head", loss="sequence")
-    assert set(VALUE_MODELS) == {"implicit", "head"}
-    assert VALUE_MODELS["implicit"] is ImplicitValueModel and VALUE_MODELS["head"] is HeadValueModel
+        check_value_config(ValueModelConfig(kind="head", loss="sequence"))
+    with pytest.raises(ValueError, match="choose from"):
+        check_value_config(ValueModelConfig(kind="critic"))

@@ -1,9 +1,11 @@
 """The ``prefixvalue`` command: one sub-command per pipeline stage.
 
-    prefixvalue collect  --task arith --model data/policies/arith-tiny --num-prompts 64 --samples 8 --out runs/traces
-    prefixvalue label    --traces runs/traces --model data/policies/arith-tiny --positions steps --samples 16 --out runs/labels
-    prefixvalue evaluate --checkpoint runs/train --traces runs/traces --labels runs/labels --out runs/eval
+    prefixvalue collect  task=arith model=data/policies/arith-tiny num_prompts=64 samples=8 out=runs/traces
+    prefixvalue label    traces=runs/traces model=data/policies/arith-tiny positions=steps samples=16 out=runs/labels
+    prefixvalue train    --config recipes/configs/arith-tiny.yaml traces=runs/traces output_dir=runs/train
+    prefixvalue evaluate checkpoint=runs/train/final traces=runs/traces labels=runs/labels out=runs/eval
     prefixvalue quickstart
+    accelerate launch -m prefixvalue.cli COMMAND ...      # several processes
 
 Each sub-command takes ``--config FILE.yaml`` and ``key=value`` overrides; ``--help`` lists options.
 """
@@ -17,6 +19,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "collect": "prefixvalue.stages.collect",
     "label": "prefixvalue.stages.label",
+    "train": "prefixvalue.stages.train",
     "evaluate": "prefixvalue.stages.evaluate",
     "quickstart": "prefixvalue.stages.quickstart",
 }
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"prefixvalue {cmd}: {exc}", file=sys.stderr)
         return 2
-    # stage mains return their summary dict (for callers in Python); the shell wants an exit code
+    # a stage main returns its exit status (or, for Python callers, its summary dict)
     return rc if isinstance(rc, int) else 0
 
 

@@ -1,16 +1,23 @@
 """One small configuration mechanism for every recipe and CLI command.
 
 A config is a typed dataclass whose fields carry ``metadata={"help": ...}``. `parse_config` fills it
-from an optional YAML file (``--config FILE``) and then from ``key=value`` (or ``--key value``)
-overrides; nested dataclass fields are reached with dotted keys (``task.num_steps=5``). Unknown
+from an optional YAML file (``--config FILE``) and then from ``key=value`` (or ``--key=value``)
+overrides; nested dataclass fields are reached with dotted keys (``value_model.beta=5``). Unknown
 keys are rejected with the closest valid name suggested; validation lives in each dataclass's
 ``__post_init__``. ``--help`` is generated from the field help texts.
+
+A command-line value is read by the type of the field it sets: a text field takes the text as
+written (``'{prompt}'``, ``yes`` and ``\n`` stay those characters), numbers and booleans are parsed,
+a list is ``a,b,c`` or YAML ``[a, b]``, and a mapping is YAML. Values of a `RawMapping` (a task's
+``task_args``) stay text until the task's own config types them. Escapes (``\n``, ``\t``, ``\r``,
+see `unescape`) are read only where a separator is expected: stop strings and jsonl's step separator.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import json
 import sys
 import types
@@ -27,6 +34,37 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message says which and why."""
+
+
+class RawMapping(dict):
+    """Type of a mapping option whose values a component types later (``task_args``: the task's
+    config); command-line values inside it stay text until then."""
+
+
+class _Text(str):
+    """A value as written on the command line, not yet read by its field's type."""
+
+
+_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r"}
+
+
+def unescape(text: str) -> str:
+    """Replace the escapes ``\\n``, ``\\t``, ``\\r`` in `text` by newline, tab, carriage return (for
+    separators and stop strings written on a command line or in single-quoted YAML)."""
+    for esc, ch in _ESCAPES.items():
+        text = text.replace(esc, ch)
+    return text
+
+
+def plain(value: Any) -> Any:
+    """`value` with command-line text left in free-form mappings and lists read with YAML rules."""
+    if isinstance(value, _Text):
+        return _parse_scalar(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
 
 
 def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING) -> Any:  # noqa: A002
@@ -48,12 +86,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert `value` (from YAML or the command line) to type `tp`, or raise ConfigError."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    cli = isinstance(value, _Text)
     if tp is Any:
-        return value
+        return plain(value)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+        if isinstance(value, str) and value.lower() in ("none", "null", "~") and type(None) in args:
             return None
         errors = []
         for arg in args:
@@ -65,31 +104,33 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise ConfigError(f"{key}: cannot read {value!r} as {tp}: " + "; ".join(errors))
     if origin is typing.Literal:
-        if value in args:
-            return value
-        raise ConfigError(f"{key}: {value!r} is not one of {list(args)}")
+        for arg in args:
+            if value == arg or (cli and str(arg) == value):
+                return arg
+        raise ConfigError(f"{key}: {str(value) if cli else value!r} is not one of {list(args)}")
     if _is_dataclass_type(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
-        return _build(tp, value, prefix=f"{key}.")
+            hint = f" (set its fields with dotted keys, e.g. {key}.NAME=VALUE)" if cli else ""
+            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}{hint}")
+        return build_config(tp, value, prefix=f"{key}.")
     if origin in (list, tuple) or tp in (list, tuple):
         if isinstance(value, str):
             value = yaml.safe_load(value) if value.strip().startswith("[") else [
-                v for v in value.split(",") if v != ""
+                _Text(v) if cli else v for v in value.split(",") if v != ""
             ]
         if not isinstance(value, (list, tuple)):
             value = [value]
         inner = args[0] if args else Any
         out = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if (origin is tuple or tp is tuple) else out
-    if origin is dict or tp is dict:
+    if origin is dict or tp is dict or tp is RawMapping:
         if isinstance(value, str):
             value = yaml.safe_load(value) if value.strip() else {}
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
+        return RawMapping(value) if tp is RawMapping else plain(dict(value))
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -116,7 +157,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected text, got {value!r}")
         return str(value)
-    return value
+    return plain(value)
 
 
 def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
@@ -125,7 +166,9 @@ def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}' in {where}{hint} (valid keys: {', '.join(sorted(valid))})")
 
 
-def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass `cls` from a mapping (YAML or command-line values, dotted-key `prefix` for
+    messages): values read by the field types, unknown keys rejected, ConfigError on any problem."""
     hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     kwargs: dict[str, Any] = {}
@@ -135,8 +178,23 @@ def _build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     try:
         return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"{cls.__name__}: {exc}") from None
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # a missing argument, or a rule of the dataclass's __post_init__
+        raise ConfigError(f"{prefix[:-1] if prefix else cls.__name__}: {exc}") from None
+
+
+def coerce_fields(cls: type, values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`values` read by the field types of dataclass `cls` (unknown keys rejected), without building
+    it: the mapping as given, typed. How a task's ``task_args`` are checked and recorded."""
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown(prefix + key, [prefix + n for n in names], cls.__name__)
+        out[key] = _coerce(value, hints[key], prefix + key)
+    return out
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -165,7 +223,7 @@ def format_help(cls: type, prog: str | None = None, prefix: str = "") -> str:
     lines = []
     if not prefix:
         lines.append(f"usage: {prog or cls.__name__} [--config FILE.yaml] [key=value ...]")
-        doc = (cls.__doc__ or "").strip()
+        doc = inspect.cleandoc(cls.__doc__ or "")
         if doc:
             lines += ["", doc]
         lines += ["", "options (set in the YAML file or as key=value; nested keys are dotted):"]
@@ -191,7 +249,7 @@ def format_help(cls: type, prog: str | None = None, prefix: str = "") -> str:
 
 
 def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None = None) -> T:
-    """Build a `cls` config from ``argv``: ``[--config FILE] [key=value | --key value | --key=value ...]``.
+    """Build a `cls` config from ``argv``: ``[--config FILE] [key=value | --key=value ...]``.
 
     Later values win: dataclass defaults < YAML file < command line. Raises ConfigError on unknown
     keys (with a suggestion) and on values of the wrong type; prints help and exits on ``--help``.
@@ -215,26 +273,20 @@ def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None =
             tree = load_yaml(arg.split("=", 1)[1])
             i += 1
             continue
-        if arg.startswith("--"):
-            body = arg[2:]
-            if "=" in body:
-                key, value = body.split("=", 1)
-                i += 1
-            elif i + 1 < len(argv) and not argv[i + 1].startswith("--") and "=" not in argv[i + 1]:
-                key, value = body, argv[i + 1]
-                i += 2
-            else:  # a bare flag means true
-                key, value = body, "true"
-                i += 1
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg[2:].split("=", 1)
+        elif arg.startswith("--"):
+            nxt = argv[i + 1] if i + 1 < len(argv) and "=" not in argv[i + 1] and not argv[i + 1].startswith("-") else "VALUE"
+            raise ConfigError(f"'{arg} {nxt}' is not read: write {arg[2:].replace('-', '_')}={nxt} (key=value)")
         elif "=" in arg:
             key, value = arg.split("=", 1)
-            i += 1
         else:
-            raise ConfigError(f"cannot read argument {arg!r}: expected key=value or --key value")
-        overrides.append((key.replace("-", "_"), _parse_scalar(value)))
+            raise ConfigError(f"cannot read argument {arg!r}: expected key=value")
+        i += 1
+        overrides.append((key.replace("-", "_"), _Text(value)))
     for key, value in overrides:
         _set_dotted(tree, key, value)
-    return _build(cls, tree)
+    return build_config(cls, tree)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -249,14 +301,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     return data
-
-
-def load_config(cls: type[T], path: str | Path, **overrides: Any) -> T:
-    """Build a `cls` config from a YAML file plus keyword overrides (dotted keys allowed)."""
-    tree = load_yaml(path)
-    for key, value in overrides.items():
-        _set_dotted(tree, key, value)
-    return _build(cls, tree)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

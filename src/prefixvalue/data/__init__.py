@@ -1,6 +1,6 @@
-"""On-disk datasets shared by every stage: traces and prefix labels (contracts in DESIGN.md).
+"""On-disk datasets shared by every stage: traces and prefix labels (contracts in docs/design.md).
 
-Both are `datasets` datasets saved with ``save_to_disk``. Stages that write them in shards keep
+Both are `datasets` datasets saved with ``save_to_disk``. Stages that write them in shards (`shards`) keep
 each shard under ``OUT/shards/`` and merge into ``OUT/`` at the end; readers use `load_traces` and
 `load_labels`, which accept either a merged folder or a folder of shards.
 """
@@ -15,12 +15,12 @@ import datasets
 
 from .split import is_heldout, split_by_prompt, unit_hash
 
-#: fields every traces row carries (see DESIGN.md, "traces")
+#: fields every traces row carries (see docs/design.md, "traces")
 TRACE_FIELDS: tuple[str, ...] = (
     "trace_id", "prompt_id", "prompt", "completion", "prompt_ids", "completion_ids", "outcome",
     "verifier_error", "step_spans", "step_labels", "logprobs",
 )
-#: fields every prefix-labels row carries (see DESIGN.md, "prefix labels")
+#: fields every prefix-labels row carries (see docs/design.md, "prefix labels")
 LABEL_FIELDS: tuple[str, ...] = ("trace_id", "position", "n", "successes", "mean", "ci_low", "ci_high")
 
 

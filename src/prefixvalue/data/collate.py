@@ -85,7 +85,7 @@ class ValueCollator:
 
 
 def attach_prefix_labels(traces: datasets.Dataset, labels: datasets.Dataset) -> datasets.Dataset:
-    """Add a ``prefix_targets`` column to `traces` from a prefix-labels dataset (DESIGN.md contract).
+    """Add a ``prefix_targets`` column to `traces` from a prefix-labels dataset (docs/design.md contract).
 
     Each trace gets a list of length T + 1 holding the label ``mean`` (k/n, a float in [0, 1]) at every
     labelled ``position`` and None elsewhere. Labels for unknown trace ids or out-of-range positions

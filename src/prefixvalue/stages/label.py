@@ -1,7 +1,7 @@
 """``prefixvalue label``: Monte Carlo prefix labels (k/n with Wilson 95% intervals) for traces.
 
-    prefixvalue label --traces runs/traces --model data/policies/arith-tiny --positions steps --samples 16 --max-traces 64 --seed 0 --out runs/labels
-    prefixvalue label --traces runs/traces --model data/policies/arith-tiny --positions adaptive --budget 256 --out runs/labels_adaptive
+    prefixvalue label traces=runs/traces model=data/policies/arith-tiny positions=steps samples=16 max_traces=64 seed=0 out=runs/labels
+    prefixvalue label traces=runs/traces model=data/policies/arith-tiny positions=adaptive budget=256 out=runs/labels_adaptive
     accelerate launch -m prefixvalue.cli label ...          # several processes: trace chunks split by process
 
 Positions: ``all`` | ``stride:K`` | ``steps`` | ``short:K`` | ``adaptive`` (see `prefixvalue.sampling.positions`).
@@ -14,6 +14,7 @@ and ``OUT/cost.json`` (prefill tokens, generated tokens, rollouts, verifier call
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -23,13 +24,13 @@ from typing import Any
 
 import datasets
 
-from ..config import ConfigError, field, parse_config, save_resolved_config
+from ..config import ConfigError, RawMapping, field, parse_config
 from ..data import DataFormatError, load_traces
+from ..data.shards import ShardWork, run_sharded_stage, shard_extra
 from ..sampling.mc import AdaptiveConfig, LabelCost, MCLabeller, TraceRef
 from ..sampling.positions import PositionSpecError, parse_positions, positions_for_trace
 from ..sampling.sampler import HFSampler, SamplingParams
-from ..tasks import Prompt, build_task
-from .collect import check_manifest, dist_info, run_shards, shard_done, shard_path
+from ..tasks import Prompt, build_task, task_options
 
 #: schema of a prefix-labels dataset written by label (contract fields first)
 LABEL_FEATURES = datasets.Features({
@@ -58,7 +59,7 @@ class LabelConfig:
     max_traces: int | None = field(None, help="label only the first K traces (None: all)")
     seed: int = field(0, help="sampling seed; the same command gives the same labels")
     task: str | None = field(None, help="task name (default: the traces' `task` column)")
-    task_args: dict | None = field(None, help="task keyword arguments (default: the traces' `task_args` column)")
+    task_args: RawMapping | None = field(None, help="options of the task's config (default: the traces' `task_args` column)")
     temperature: float | None = field(None, help="sampling temperature (default: as the traces were collected)")
     top_p: float | None = field(None, help="nucleus mass (default: as collected)")
     top_k: int | None = field(None, help="top-k (default: as collected)")
@@ -79,7 +80,12 @@ class LabelConfig:
     def __post_init__(self) -> None:
         for name in ("traces", "model", "out"):
             if not getattr(self, name):
-                raise ConfigError(f"label: {name} is required (--{name.replace('_', '-')} ...)")
+                raise ConfigError(f"label: {name} is required ({name}=...)")
+        if self.task_args is not None and self.task:  # else checked in `run`, against the traces' task
+            try:
+                self.task_args = task_options(self.task, self.task_args)
+            except KeyError as exc:
+                raise ConfigError(f"label: {exc.args[0]}") from None
         try:
             parse_positions(self.positions)
         except PositionSpecError as exc:
@@ -148,7 +154,6 @@ def run(cfg: LabelConfig) -> int:
     """Run ``prefixvalue label`` with a config object (what the quickstart calls); returns the exit status."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     datasets.disable_progress_bars()
-    rank, world, state = dist_info()
     out = Path(str(cfg.out))
     ds = load_traces(str(cfg.traces))
     if cfg.max_traces is not None:
@@ -158,9 +163,14 @@ def run(cfg: LabelConfig) -> int:
     refs = trace_refs(ds)
     task_name = cfg.task or (ds[0]["task"] if "task" in ds.column_names else None)
     if not task_name:
-        raise ConfigError("label: the traces carry no `task` column; pass --task NAME")
-    task_args = cfg.task_args
-    if task_args is None:
+        raise ConfigError("label: the traces carry no `task` column; pass task=NAME")
+    if cfg.task_args is not None:
+        try:
+            task_args = task_options(task_name, cfg.task_args)
+        except KeyError as exc:
+            raise ConfigError(f"label: {exc.args[0]}") from None
+        cfg = dataclasses.replace(cfg, task_args=RawMapping(task_args))  # the resolved config records them typed
+    else:
         task_args = json.loads(ds[0]["task_args"]) if "task_args" in ds.column_names and ds[0]["task_args"] else {}
     task = build_task(task_name, task_args)
     params = sampling_from_traces(ds, cfg)
@@ -171,51 +181,43 @@ def run(cfg: LabelConfig) -> int:
                 "model": cfg.model, "positions": str(spec), "samples": cfg.samples, "chunk_traces": cfg.chunk_traces,
                 "task": task_name, "task_args": task_args, "sampling": json.loads(params.to_json()),
                 "adaptive": cfg.adaptive_config().__dict__ if spec.kind == "adaptive" else None}
-    if rank == 0:
-        check_manifest(out, manifest)
-        save_resolved_config(cfg, out)
-    if world > 1:
-        state.wait_for_everyone()
-        check_manifest(out, manifest)
     num_shards = (len(refs) + cfg.chunk_traces - 1) // cfg.chunk_traces
-    todo = [i for i in range(num_shards) if i % world == rank and not shard_done(out, i)]
-    labeller: MCLabeller | None = None
-    if todo:
+
+    def setup(device: Any) -> ShardWork:
+        """Load the policy and return the work of one shard (only when this process has shards to do)."""
         from ..policies import load_policy
 
-        model, tokenizer = load_policy(str(cfg.model), cfg.dtype, cfg.device or state.device, cfg.trust_remote_code)
+        model, tokenizer = load_policy(str(cfg.model), cfg.dtype, cfg.device or device, cfg.trust_remote_code)
         labeller = MCLabeller(HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows), tokenizer, task, params,
                               cfg.verifier_timeout_s)
-    from tqdm.auto import tqdm
+        t0 = time.perf_counter()
 
-    total = sum(len(refs[i * cfg.chunk_traces:(i + 1) * cfg.chunk_traces]) for i in todo)
-    bar = tqdm(total=total, unit="trace", desc=f"label {spec}", disable=not cfg.progress or rank != 0)
-    t0 = time.perf_counter()
+        def work(i: int, bar: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            lo, hi = i * cfg.chunk_traces, (i + 1) * cfg.chunk_traces
+            chunk, pos = refs[lo:hi], plan[lo:hi]
+            before = LabelCost(**labeller.cost.as_dict())
+            if spec.kind == "adaptive":
+                est = labeller.adaptive(chunk, pos, cfg.adaptive_config())
+            else:
+                est = labeller.uniform(chunk, pos, cfg.samples, method=str(spec))
+            cost = {k: v - getattr(before, k) for k, v in labeller.cost.as_dict().items()}
+            pid = {r.trace_id: r.prompt.prompt_id for r in chunk}
+            rows = [{**e.as_row(), "prompt_id": pid[e.trace_id]} for e in est]
+            bar.update(len(chunk))
+            elapsed = max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(rollouts_s=f"{labeller.cost.rollouts / elapsed:.0f}",
+                            tok_s=f"{labeller.cost.generated_tokens / elapsed:.0f}")
+            return rows, {"cost": cost}
 
-    def work(i: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        assert labeller is not None
-        lo, hi = i * cfg.chunk_traces, (i + 1) * cfg.chunk_traces
-        chunk, pos = refs[lo:hi], plan[lo:hi]
-        before = LabelCost(**labeller.cost.as_dict())
-        if spec.kind == "adaptive":
-            est = labeller.adaptive(chunk, pos, cfg.adaptive_config())
-        else:
-            est = labeller.uniform(chunk, pos, cfg.samples, method=str(spec))
-        cost = {k: v - getattr(before, k) for k, v in labeller.cost.as_dict().items()}
-        pid = {r.trace_id: r.prompt.prompt_id for r in chunk}
-        rows = [{**e.as_row(), "prompt_id": pid[e.trace_id]} for e in est]
-        bar.update(len(chunk))
-        elapsed = max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(rollouts_s=f"{labeller.cost.rollouts / elapsed:.0f}",
-                        tok_s=f"{labeller.cost.generated_tokens / elapsed:.0f}")
-        return rows, {"cost": cost}
+        return work
 
-    merged = run_shards(out, num_shards, work, LABEL_FEATURES, state, rank, world)
-    bar.close()
+    merged = run_sharded_stage(cfg, out, manifest, num_shards,
+                               lambda i: len(refs[i * cfg.chunk_traces:(i + 1) * cfg.chunk_traces]), setup,
+                               LABEL_FEATURES, desc=f"label {spec}", unit="trace", progress=cfg.progress)
     if merged is not None:
         total_cost = LabelCost()
         for i in range(num_shards):
-            total_cost.add(LabelCost(**json.loads((shard_path(out, i) / "done.json").read_text())["cost"]))
+            total_cost.add(LabelCost(**shard_extra(out, i)["cost"]))
         cost = {**total_cost.as_dict(), "labels": len(merged), "traces": len(refs), "positions": str(spec),
                 "samples": cfg.samples if spec.kind != "adaptive" else None, "shards": num_shards,
                 "note": "sums over shards; seconds is sampling+verification time summed over processes"}

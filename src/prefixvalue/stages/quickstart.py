@@ -150,7 +150,8 @@ def heldout_subsets(traces: Any, cfg: QuickstartConfig) -> tuple[list[int], list
 
 def _train(cfg: QuickstartConfig, kind: str, traces_dir: Path, out: Path) -> dict[str, Any]:
     tcfg = dataclasses.replace(cfg.train, traces=str(traces_dir), policy=cfg.policy,
-                               output_dir=str(out / f"train_{kind}"), value_model=kind)
+                               output_dir=str(out / f"train_{kind}"),
+                               value_model=dataclasses.replace(cfg.train.value_model, kind=kind))
     return train_mod.run(tcfg)
 
 

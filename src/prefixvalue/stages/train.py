@@ -1,8 +1,12 @@
 """Train a value model (implicit IPVRM or explicit head) on outcome-labelled traces.
 
-The training loop behind ``recipes/train.py`` (``accelerate launch recipes/train.py ...``) and the
-quickstart. One loop for 1..N processes (accelerate). It reads top to bottom: config → data split
-by prompt → value model → accelerator.prepare → [forward, loss, backward] × accumulation, clip,
+    prefixvalue train --config recipes/configs/arith-tiny.yaml traces=runs/quickstart/traces output_dir=runs/quickstart/train
+    accelerate launch -m prefixvalue.cli train --config recipes/configs/arith-tiny.yaml ...
+    accelerate launch recipes/train.py --config recipes/configs/arith-tiny.yaml ...   # the same loop
+
+The training loop behind ``prefixvalue train``, ``recipes/train.py`` and the quickstart: one plain
+function for 1..N processes (accelerate). It reads top to bottom: config → data split by prompt →
+value model → accelerator.prepare → [forward, loss, backward] × accumulation, clip,
 step, schedule, log, evaluate, checkpoint. The final value checkpoint (a `save_pretrained` folder)
 is ``output_dir/final``; resumable states are ``output_dir/checkpoints/step_N``. A killed run
 restarted with the same command resumes from the last complete checkpoint and ends where an
@@ -12,13 +16,13 @@ uninterrupted run would.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from accelerate import Accelerator
@@ -32,29 +36,25 @@ from ..data import load_labels, load_traces, split_by_prompt
 from ..data.collate import ResumableSampler, ValueCollator, attach_prefix_labels
 from ..policies import load_tokenizer, resolve_dtype
 from ..tracking import MultiLogger, build_logger
-from ..value import ValueModelConfig, build_value_model, loss_mask, normalise_loss, value_loss
+from ..value import ValueModelConfig, build_value_model, check_value_config, normalise_loss, value_model_class
 from ..value.heldout import evaluate_heldout
 
 
 @dataclass
 class TrainConfig:
-    """Train a value model on traces (see DESIGN.md: implicit prefix value, explicit value head)."""
+    """Train a value model on traces (see docs/design.md: implicit prefix value, explicit value head).
+
+    Mixed precision is accelerate's setting (the accelerate config file, ``accelerate launch
+    --mixed_precision bf16`` or ACCELERATE_MIXED_PRECISION); in-process callers train without it.
+    """
 
     traces: str = field("", help="traces dataset folder (written by `prefixvalue collect`)")
     labels: str | None = field(None, help="optional prefix-labels folder: soft MC labels used as float targets")
     labels_only: bool = field(False, help="with labels: train only on labelled positions (else the outcome fills the rest)")
-    policy: str | None = field(None, help="reference policy name or path (default: the traces' `model` column)")
+    policy: str | None = field(None, help="reference policy name or path (default: value_model.base_model, else the traces' `model` column)")
     output_dir: str = field("runs/train", help="run folder: config, metrics.jsonl, checkpoints/, final/")
-    value_model: Literal["implicit", "head"] = field("implicit", help="implicit (IPVRM) or head (explicit value head)")
-    loss: Literal["prefix", "sequence"] = field("prefix", help="implicit: prefix = IPVRM margin BCE at every prefix; sequence = Implicit PRM baseline")
-    beta: float = field(10.0, help="implicit: β in V = β Σ log π_φ/π_ref (paper default 10)")
-    margin: float = field(5.0, help="implicit: margin m of the margin BCE (paper default 5)")
-    backbone: Literal["lora", "frozen", "full"] = field("lora", help="how the backbone trains (implicit: lora, or frozen with a soft prompt)")
-    lora_r: int = field(8, help="LoRA rank")
-    lora_alpha: float = field(16.0, help="LoRA alpha (scale = alpha / r)")
-    lora_dropout: float = field(0.0, help="LoRA dropout")
-    lora_target_modules: list[str] | None = field(None, help="LoRA target modules (None: peft's default; 'all-linear' for every linear)")
-    soft_prompt_tokens: int = field(0, help="trainable virtual tokens (peft prompt tuning; needs backbone=frozen); 0 = none")
+    value_model: ValueModelConfig = field(default_factory=ValueModelConfig,
+                                          help="the value model: value_model.kind=implicit|head, value_model.beta=10, ...")
     heldout_fraction: float = field(0.2, help="fraction of prompts held out (split by prompt, prefixvalue.data.is_heldout)")
     split_seed: int = field(0, help="seed of the prompt split (evaluate must use the same)")
     max_length: int = field(0, help="drop traces with more prompt+completion tokens than this (0: keep all)")
@@ -67,7 +67,6 @@ class TrainConfig:
     warmup_steps: int = field(10, help="linear warm-up steps")
     max_grad_norm: float = field(1.0, help="gradient clipping norm (0: off)")
     model_dtype: str = field("float32", help="backbone weights dtype: float32, bfloat16, auto (bf16 on a capable GPU)")
-    mixed_precision: Literal["auto", "fp32", "bf16", "fp16"] = field("auto", help="autocast; auto = bf16 on a capable GPU, else fp32 (none)")
     gradient_checkpointing: bool = field(False, help="True saves activation memory, costs ~30% speed")
     eval_every: int = field(50, help="evaluate on held-out traces every this many steps (and at the end)")
     eval_batch_size: int = field(32, help="traces per evaluation batch")
@@ -87,18 +86,10 @@ class TrainConfig:
             raise ConfigError("heldout_fraction must be in [0, 1)")
         if self.eval_every <= 0:
             raise ConfigError("eval_every must be positive")
-        try:  # the value model's own rules (e.g. soft prompts need a frozen backbone)
-            self.value_config(0.5)
+        try:  # the kind's own rules (e.g. the implicit model cannot train a full backbone)
+            check_value_config(self.value_model)
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-
-    def value_config(self, base_rate: float) -> ValueModelConfig:
-        return ValueModelConfig(
-            kind=self.value_model, base_model=self.policy or "", beta=self.beta, margin=self.margin,
-            base_rate=base_rate, loss=self.loss, backbone=self.backbone, lora_r=self.lora_r,
-            lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-            lora_target_modules=self.lora_target_modules, soft_prompt_tokens=self.soft_prompt_tokens,
-        )
+            raise ConfigError(f"value_model: {exc}") from None
 
 
 def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
@@ -107,22 +98,24 @@ def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
     return (max(done)[1], max(done)[0]) if done else None
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Parse the command line and train; returns the final metrics (also in output_dir/final_metrics.json)."""
-    return run(parse_config(TrainConfig, argv, prog="accelerate launch recipes/train.py"))
+def main(argv: list[str] | None = None) -> int:
+    """Run ``prefixvalue train`` (or ``recipes/train.py``) from the command line; returns the exit
+    status. The final metrics are in output_dir/final_metrics.json; `run` returns them."""
+    run(parse_config(TrainConfig, argv, prog="prefixvalue train"))
+    return 0
 
 
 def run(cfg: TrainConfig) -> dict:
-    """Train with a config object (what `main` and the quickstart call)."""
+    """Train with a config object (what `main` and the quickstart call). Returns the final metrics,
+    with ``eval_history``: ``{"step", **held-out metrics}`` for every held-out evaluation, the final
+    one included (on the main process; empty on the others)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    mp = {"fp32": "no"}.get(cfg.mixed_precision, cfg.mixed_precision)
-    if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    # mixed precision comes from accelerate (config file / --mixed_precision / env), default none;
     # we normalise the loss by the items in the whole step ourselves, so accelerate must not divide by
     # the accumulation steps, nor step the scheduler once per process
     # cpu=True without a GPU lets torchrun / accelerate launch on CPU processes use gloo (MULTI_CPU)
-    accelerator = Accelerator(mixed_precision=mp, step_scheduler_with_optimizer=False,
+    accelerator = Accelerator(step_scheduler_with_optimizer=False,
                               cpu=not torch.cuda.is_available())
     is_main = accelerator.is_main_process
     out = Path(cfg.output_dir)
@@ -139,7 +132,8 @@ def run(cfg: TrainConfig) -> dict:
         traces = traces.filter(lambda r: len(r["prompt_ids"]) + len(r["completion_ids"]) <= cfg.max_length)
         if is_main and len(traces) < n_before:
             print(f"dropped {n_before - len(traces)} traces longer than max_length={cfg.max_length}")
-    policy = cfg.policy or next((traces[0][c] for c in ("model", "policy") if c in traces.column_names), None)
+    policy = cfg.policy or cfg.value_model.base_model or next(
+        (traces[0][c] for c in ("model", "policy") if c in traces.column_names), None)
     if not policy:
         raise ConfigError("policy=NAME_OR_PATH is required (the traces carry no `model` column)")
     cols = [c for c in ("prompt_ids", "completion_ids", "outcome", "prefix_targets") if c in traces.column_names]
@@ -153,8 +147,8 @@ def run(cfg: TrainConfig) -> dict:
 
     # ---- model and optimiser ----------------------------------------------------------------------
     backbone = AutoModelForCausalLM.from_pretrained(policy, dtype=resolve_dtype(cfg.model_dtype, accelerator.device))
-    vcfg = cfg.value_config(base_rate)
-    vcfg.base_model = policy
+    vcfg = dataclasses.replace(cfg.value_model, base_model=policy, base_rate=base_rate)
+    kind = value_model_class(vcfg.kind)  # what differs between kinds: trained positions, loss readout
     model = build_value_model(vcfg, backbone)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -186,12 +180,15 @@ def run(cfg: TrainConfig) -> dict:
         print(f"{len(train_ds)} train / {len(held_ds)} held-out traces; base rate {base_rate:.3f}; "
               f"{sum(p.numel() for p in params):,} trainable parameters; {accelerator.num_processes} process(es)")
 
+    eval_history: list[dict] = []
+
     def evaluate() -> dict:
         metrics: dict = {}
         if is_main and held_rows:
             with accelerator.autocast():
                 metrics = evaluate_heldout(accelerator.unwrap_model(model), held_rows, cfg.eval_batch_size)
             logger.log({f"eval/{k}": v for k, v in metrics.items()}, step)
+            eval_history.append({"step": step, **metrics})
         accelerator.wait_for_everyone()
         return metrics
 
@@ -199,20 +196,20 @@ def run(cfg: TrainConfig) -> dict:
     model.train()
     batches = iter(loader)
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not is_main, desc="train")
-    kind, loss_type, margin = vcfg.kind, vcfg.loss, vcfg.margin
+    loss_type, margin = vcfg.loss, vcfg.margin
     last_loss = float("nan")
     while step < cfg.max_steps:
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
         # number of loss terms in the whole step (all micro-batches, all processes): the normaliser
-        n_items = accelerator.reduce(sum(loss_mask(b, kind, loss_type).sum() for b in micro).float(), "sum")
+        n_items = accelerator.reduce(sum(kind.loss_mask(b, loss_type).sum() for b in micro).float(), "sum")
         loss_sum = torch.zeros((), device=accelerator.device)
         for j, batch in enumerate(micro):
             # gradients are all-reduced once, on the last micro-batch of the step
             sync = contextlib.nullcontext() if j == len(micro) - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast():
                 logits = model(batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
-                ls = value_loss(logits, batch, kind, loss_type, margin)
+                ls = kind.value_loss(logits, batch, loss_type, margin)
                 accelerator.backward(normalise_loss(ls.total, n_items, accelerator.num_processes))
             loss_sum += ls.total.detach().float()
         grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
@@ -247,7 +244,7 @@ def run(cfg: TrainConfig) -> dict:
     final = out / "final"
     if is_main:
         accelerator.unwrap_model(model).save_pretrained(final)
-        with contextlib.suppress(Exception):  # a tokenizer beside the checkpoint, when the policy has one
+        with contextlib.suppress(OSError, ValueError):  # a tokenizer beside the checkpoint, when the policy has one
             load_tokenizer(policy).save_pretrained(final)
         result = {"step": step, "checkpoint": str(final), "train_loss": last_loss,
                   "train_traces": len(train_ds), "heldout_traces": len(held_rows), "base_rate": base_rate,
@@ -255,6 +252,7 @@ def run(cfg: TrainConfig) -> dict:
         (out / "final_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     else:
         result = {"step": step, "checkpoint": str(final), **metrics}
+    result["eval_history"] = eval_history  # not in final_metrics.json (metrics.jsonl has every evaluation)
     logger.finish()
     accelerator.wait_for_everyone()
     if accelerator.num_processes > 1:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any
 
+from ..config import build_config, coerce_fields, plain
 from .arith import ArithConfig, ArithTask
 from .base import (
     Prompt,
@@ -22,11 +25,40 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
-def build_task(name: str, args: dict[str, Any] | None = None) -> Task:
-    """Instantiate the task registered as `name` with keyword `args`."""
+def task_class(name: str) -> type[Task]:
+    """The task class registered as `name`; KeyError naming the registered tasks otherwise."""
     if name not in TASKS:
         raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}")
-    return TASKS[name](**(args or {}))
+    return TASKS[name]
+
+
+def task_options(name: str, args: dict[str, Any] | None) -> dict[str, Any]:
+    """`args` checked against task `name`'s typed config (ConfigError on a bad key or value) and
+    returned as the user gave them: what collect records as ``task_args``.
+
+    Command-line text becomes the text itself for a text field and its YAML reading otherwise (a
+    number, a boolean, a list), so a recorded value rebuilds the same config.
+    """
+    given = dict(args or {})
+    cls = task_class(name)
+    if cls.config_class is None:
+        return plain(given)
+    typed = coerce_fields(cls.config_class, given, prefix="task_args.")
+    build_config(cls.config_class, typed, prefix="task_args.")  # the config's own rules
+    hints = typing.get_type_hints(cls.config_class)
+    return {k: typed[k] if isinstance(v, str) and _is_text(hints[k]) else plain(v) for k, v in given.items()}
+
+
+def _is_text(tp: Any) -> bool:
+    return tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp))
+
+
+def build_task(name: str, args: dict[str, Any] | None = None) -> Task:
+    """Instantiate the task registered as `name`, its config built from keyword `args`."""
+    cls = task_class(name)
+    if cls.config_class is None:
+        return cls(**plain(dict(args or {})))
+    return cls(build_config(cls.config_class, dict(args or {}), prefix="task_args."))
 
 
 __all__ = [
@@ -40,6 +72,8 @@ __all__ = [
     "Task",
     "VerifierResult",
     "build_task",
+    "task_class",
+    "task_options",
     "char_to_token_spans",
     "first_error",
     "safe_verify",

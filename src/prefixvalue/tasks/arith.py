@@ -50,6 +50,7 @@ class ArithTask(Task):
     """Multi-step arithmetic chains with an exact verifier and exact step labels."""
 
     name = "arith"
+    config_class = ArithConfig
 
     def __init__(self, config: ArithConfig | None = None, **kwargs: object) -> None:
         self.config = config if config is not None else ArithConfig(**kwargs)  # type: ignore[arg-type]

@@ -6,7 +6,7 @@ import abc
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class Task(abc.ABC):
     """
 
     name: str = "task"
+    #: the dataclass its keyword options (``task_args``) build; None: plain keyword arguments
+    config_class: ClassVar[type | None] = None
 
     @abc.abstractmethod
     def prompts(self, num: int | None = None, split: str = "train") -> Iterator[Prompt]:
@@ -63,7 +65,8 @@ class Task(abc.ABC):
         return spans
 
     def step_labels(self, prompt: Prompt, completion: str) -> list[bool] | None:
-        """Exact correctness of each step of `split_steps(completion)`, or None if unknown."""
+        """Exact correctness of each step of `split_steps(completion)`, or None if unknown (ValueError or
+        LookupError when this completion cannot be labelled: collect then records no labels)."""
         return None
 
 

@@ -25,16 +25,13 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, field
+from ..config import ConfigError, field, unescape
 from . import verifiers as verifier_registry
 from .base import Prompt, Task, VerifierResult, safe_verify
 
 
 class JsonlFormatError(ValueError):
     """A record of the user's data is malformed; the message names the file, the line and the problem."""
-
-
-_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r"}
 
 
 @dataclass
@@ -90,8 +87,7 @@ class JsonlConfig:
                 raise ConfigError(f"jsonl: limit must be an integer, got {self.limit!r}") from None
             if self.limit < 1:
                 raise ConfigError("jsonl: limit must be >= 1 (or None for all records)")
-        for esc, ch in _ESCAPES.items():
-            self.step_separator = self.step_separator.replace(esc, ch)
+        self.step_separator = unescape(self.step_separator)
         if not self.step_separator:
             raise ConfigError("jsonl: step_separator must be non-empty")
         self.template_fields()  # raises on a malformed template
@@ -113,6 +109,7 @@ class JsonlTask(Task):
     """Prompts and reference answers from the user's JSON-lines file, scored by a chosen verifier."""
 
     name = "jsonl"
+    config_class = JsonlConfig
 
     def __init__(self, config: JsonlConfig | None = None, **kwargs: Any) -> None:
         self.config = config if config is not None else JsonlConfig(**kwargs)

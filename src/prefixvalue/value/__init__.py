@@ -15,16 +15,40 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from ..policies import resolve_dtype
-from .base import ValueModel, ValueModelConfig
+from .base import ValueModel, ValueModelConfig, read_value_config
 from .head import HeadValueModel
 from .implicit import Counterfactuals, ImplicitValueModel
-from .losses import LossSum, loss_mask, margin_bce_with_logits, normalise_loss, value_loss
+from .losses import LossSum, margin_bce_with_logits, normalise_loss
 
-#: value-model kinds (a plain dict, filled by the imports above)
+#: value-model kinds: the only list of them (a plain dict, filled by the imports above); what differs
+#: between kinds (validation, trained positions, loss readout, P̂ at p = 0) lives on the classes
 VALUE_MODELS: dict[str, type[ValueModel]] = {
     "implicit": ImplicitValueModel,
     "head": HeadValueModel,
 }
+
+
+def value_model_class(kind: str) -> type[ValueModel]:
+    """The class of value-model `kind`; ValueError naming the known kinds otherwise."""
+    if kind not in VALUE_MODELS:
+        raise ValueError(f"unknown value model {kind!r}; choose from {sorted(VALUE_MODELS)}")
+    return VALUE_MODELS[kind]
+
+
+def check_value_config(config: ValueModelConfig) -> None:
+    """Raise ValueError when `config` names an unknown kind or breaks its kind's rules."""
+    value_model_class(config.kind).check_config(config)
+
+
+def loss_mask(batch: dict[str, torch.Tensor], kind: str, loss_type: str = "prefix") -> torch.Tensor:
+    """Bool mask [B, Tmax+1] of the positions a value model of `kind` trains on (its class's `loss_mask`)."""
+    return value_model_class(kind).loss_mask(batch, loss_type)
+
+
+def value_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], kind: str, loss_type: str = "prefix",
+               margin: float = 0.0) -> LossSum:
+    """Summed loss of one micro-batch of a `kind` model and its number of terms (its class's `value_loss`)."""
+    return value_model_class(kind).value_loss(logits, batch, loss_type, margin)
 
 
 def build_value_model(
@@ -36,12 +60,11 @@ def build_value_model(
     """A freshly initialised value model of ``config.kind`` around `backbone` (loaded from
     ``config.base_model`` when not given; adapted in place). LoRA starts at B = 0, so a new implicit
     model predicts σ(0) = 0.5 at p ≥ 1; a new head predicts the base rate everywhere."""
-    if config.kind not in VALUE_MODELS:
-        raise ValueError(f"unknown value model {config.kind!r}; choose from {sorted(VALUE_MODELS)}")
+    model_cls = value_model_class(config.kind)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if backbone is None:
         backbone = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=resolve_dtype(dtype or "float32", dev))
-    return VALUE_MODELS[config.kind](config, backbone).to(dev)
+    return model_cls(config, backbone).to(dev)
 
 
 def load_value_model(path: str | Path, device: str | torch.device | None = None,
@@ -49,11 +72,12 @@ def load_value_model(path: str | Path, device: str | torch.device | None = None,
                      base_model: str | PreTrainedModel | None = None) -> ValueModel:
     """Load a value checkpoint folder (written by ``save_pretrained``); the kind is read from its
     config. In eval mode, on `device` (default CPU), float32 unless `dtype` says otherwise."""
-    return ValueModel.from_pretrained(path, base_model=base_model, device=device, dtype=dtype)
+    model_cls = value_model_class(read_value_config(path).kind)
+    return model_cls.from_pretrained(path, base_model=base_model, device=device, dtype=dtype)
 
 
 __all__ = [
     "VALUE_MODELS", "ValueModel", "ValueModelConfig", "ImplicitValueModel", "HeadValueModel", "Counterfactuals",
-    "build_value_model", "load_value_model", "LossSum", "loss_mask", "margin_bce_with_logits", "normalise_loss",
-    "value_loss",
+    "build_value_model", "check_value_config", "load_value_model", "LossSum", "loss_mask", "margin_bce_with_logits",
+    "normalise_loss", "read_value_config", "value_loss", "value_model_class",
 ]

@@ -22,8 +22,10 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from .. import __version__
+from ..config import field
 from ..data.collate import ValueCollator
 from ..policies import resolve_dtype
+from .losses import LOSS_TYPES, LossSum, margin_bce_with_logits, masked_sum
 
 CONFIG_NAME = "value_config.json"
 ADAPTER_DIR = "adapter"
@@ -36,40 +38,36 @@ BACKBONES: tuple[str, ...] = ("lora", "frozen", "full")
 
 @dataclass
 class ValueModelConfig:
-    """Everything needed to rebuild a value model around its base policy (saved as JSON)."""
+    """Everything needed to rebuild a value model around its base policy (saved as value_config.json).
 
-    kind: str = "implicit"  #: "implicit" | "head"
-    base_model: str = ""  #: name or path of the reference policy (the model the traces came from)
-    beta: float = 10.0  #: implicit: V_φ = β Σ log-ratio (IPVRM paper default)
-    margin: float = 5.0  #: implicit: margin m of the margin BCE (IPVRM paper default)
-    base_rate: float = 0.5  #: training base rate of outcomes; the implicit model's P̂ at p = 0
-    loss: str = "prefix"  #: implicit: "prefix" (IPVRM) or "sequence" (Implicit PRM baseline)
-    backbone: str = "lora"  #: "lora" | "frozen" | "full"
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] | None = None  #: None: peft's default for the architecture
-    soft_prompt_tokens: int = 0  #: trainable virtual tokens prepended (needs backbone "frozen"); 0 = none
-    disable_dropout: bool = True  #: zero the backbone's dropout (π_φ and π_ref must see the same net)
-    prefixvalue_version: str = __version__
+    Kind-specific rules (e.g. the implicit model needs π_ref inside its weights) are each model
+    class's `check_config`; `prefixvalue.value.check_value_config` runs both.
+    """
+
+    kind: str = field("implicit", help="value-model kind, a key of prefixvalue.value.VALUE_MODELS (implicit = IPVRM, head = explicit value head)")
+    base_model: str = field("", help="reference policy name or path (train sets it from `policy` or the traces)")
+    beta: float = field(10.0, help="implicit: β in V = β Σ log π_φ/π_ref (paper default 10)")
+    margin: float = field(5.0, help="implicit: margin m of the margin BCE (paper default 5)")
+    base_rate: float = field(0.5, help="training base rate of outcomes (train sets it from the training traces)")
+    loss: str = field("prefix", help="implicit: prefix = IPVRM margin BCE at every prefix; sequence = Implicit PRM baseline")
+    backbone: str = field("lora", help="how the backbone trains: lora, frozen (with a soft prompt for implicit), full")
+    lora_r: int = field(8, help="LoRA rank")
+    lora_alpha: float = field(16.0, help="LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = field(0.0, help="LoRA dropout")
+    lora_target_modules: list[str] | None = field(None, help="LoRA target modules (None: peft's default; 'all-linear' for every linear)")
+    soft_prompt_tokens: int = field(0, help="trainable virtual tokens (peft prompt tuning; needs backbone=frozen); 0 = none")
+    disable_dropout: bool = field(True, help="zero the backbone's dropout (π_φ and π_ref must see the same net)")
+    prefixvalue_version: str = field(__version__, help="package version that wrote the checkpoint")
 
     def __post_init__(self) -> None:
-        if self.kind not in ("implicit", "head"):
-            raise ValueError(f"kind must be 'implicit' or 'head', got {self.kind!r}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.soft_prompt_tokens < 0:
             raise ValueError("soft_prompt_tokens must be >= 0")
         if self.soft_prompt_tokens and self.backbone != "frozen":
             raise ValueError("a soft prompt trains on a frozen backbone: set backbone=frozen with soft_prompt_tokens > 0")
-        if self.kind == "implicit" and self.backbone == "full":
-            raise ValueError("the implicit model needs π_ref inside the same weights: use backbone=lora or a soft prompt")
-        if self.kind == "implicit" and self.backbone == "frozen" and not self.soft_prompt_tokens:
-            raise ValueError("an implicit model with a frozen backbone has nothing to train: add soft_prompt_tokens > 0")
-        if self.loss not in ("prefix", "sequence"):
-            raise ValueError(f"loss must be 'prefix' or 'sequence', got {self.loss!r}")
-        if self.kind == "head" and self.loss != "prefix":
-            raise ValueError("the sequence-level loss is an implicit-model baseline; the head uses loss=prefix")
+        if self.loss not in LOSS_TYPES:
+            raise ValueError(f"loss must be one of {LOSS_TYPES}, got {self.loss!r}")
         if not 0.0 < self.base_rate < 1.0:
             raise ValueError(f"base_rate must be in (0, 1), got {self.base_rate}")
         if self.beta <= 0:
@@ -115,16 +113,47 @@ class ValueModel(nn.Module):
     """
 
     kind: ClassVar[str] = ""
+    #: what an output should say about P̂ at position 0 (the bare prompt), or None when nothing
+    position0_note: ClassVar[str | None] = None
+    #: whether the model scores steps at the process level (it has ``token_log_ratios``)
+    process_scores: ClassVar[bool] = False
 
     def __init__(self, config: ValueModelConfig, backbone: PreTrainedModel, adapter_dir: str | Path | None = None) -> None:
         super().__init__()
         if config.kind != self.kind:
             raise ValueError(f"{type(self).__name__} needs config.kind={self.kind!r}, got {config.kind!r}")
+        self.check_config(config)
         self.config = config
         if config.disable_dropout:
             _zero_dropout(backbone)
         self.num_virtual_tokens = config.soft_prompt_tokens
         self.lm: nn.Module = self._adapt(backbone, adapter_dir)
+
+    # ----- what differs between kinds ------------------------------------------------------------
+    @classmethod
+    def check_config(cls, config: ValueModelConfig) -> None:
+        """Raise ValueError when `config` breaks a rule of this kind (the shared rules are the config's)."""
+
+    @classmethod
+    def loss_mask(cls, batch: dict[str, torch.Tensor], loss: str = "prefix") -> torch.Tensor:
+        """Bool mask [B, Tmax+1] of the positions this kind trains on (default: every target position)."""
+        return batch["target_mask"].clone()
+
+    @classmethod
+    def value_loss(cls, logits: torch.Tensor, batch: dict[str, torch.Tensor], loss: str = "prefix",
+                   margin: float = 0.0) -> LossSum:
+        """Summed loss of one micro-batch and its number of terms (see `prefixvalue.value.losses`).
+
+        `logits` are ``forward``'s output [B, Tmax+1]; default: BCE (no margin) against ``targets``
+        at every `loss_mask` position.
+        """
+        if loss not in LOSS_TYPES:
+            raise ValueError(f"unknown loss type {loss!r}; choose from {LOSS_TYPES}")
+        return masked_sum(margin_bce_with_logits(logits, batch["targets"], 0.0), cls.loss_mask(batch, loss))
+
+    def values_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """P̂ [B, Tmax+1] from ``forward``'s logits (default: σ(logits), in float32 or wider)."""
+        return torch.sigmoid(logits.float())
 
     # ----- backbone adaptation -------------------------------------------------------------------
     def _adapt(self, backbone: PreTrainedModel, adapter_dir: str | Path | None) -> nn.Module:
@@ -192,7 +221,7 @@ class ValueModel(nn.Module):
 
     def prefix_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
         """P̂(s_p) for p = 0..Tmax, [B, Tmax+1] (differentiable; columns past a row's T are padding)."""
-        return torch.sigmoid(self(input_ids, attention_mask, prompt_lengths).float())
+        return self.values_from_logits(self(input_ids, attention_mask, prompt_lengths))
 
     def _device(self) -> torch.device:
         return next(self.parameters()).device
@@ -260,19 +289,19 @@ class ValueModel(nn.Module):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
     ) -> ValueModel:
-        """Load a folder written by `save_pretrained`, in eval mode.
+        """Load a folder written by `save_pretrained` into this kind, in eval mode (any kind:
+        `prefixvalue.value.load_value_model`).
 
         `base_model` overrides the saved reference policy (a name/path, or an already loaded model,
         which is adapted in place); by default it is ``config.base_model``. `dtype` defaults to
         float32 (``"auto"``: bfloat16 on a capable GPU).
         """
-        from . import VALUE_MODELS
-
         path = Path(path)
-        cfg = ValueModelConfig.from_dict(json.loads((path / CONFIG_NAME).read_text()))
-        model_cls = VALUE_MODELS[cfg.kind] if cls is ValueModel else cls
-        if model_cls.kind != cfg.kind:
-            raise ValueError(f"{path} holds a {cfg.kind!r} value model, not {model_cls.kind!r}")
+        cfg = read_value_config(path)
+        if not cls.kind:
+            raise TypeError("ValueModel is abstract: load with prefixvalue.value.load_value_model")
+        if cls.kind != cfg.kind:
+            raise ValueError(f"{path} holds a {cfg.kind!r} value model, not {cls.kind!r}")
         device = torch.device(device) if device is not None else torch.device("cpu")
         torch_dtype = resolve_dtype(dtype or "float32", device)
         if cfg.backbone == "full":
@@ -284,12 +313,17 @@ class ValueModel(nn.Module):
         if isinstance(base_model, str):
             cfg.base_model = base_model
         adapter = path / ADAPTER_DIR if (cfg.backbone == "lora" or cfg.soft_prompt_tokens) else None
-        model = model_cls(cfg, backbone, adapter_dir=adapter)
+        model = cls(cfg, backbone, adapter_dir=adapter)
         if (path / HEAD_WEIGHTS).exists():
             model._load_extra_state_tensors(load_file(str(path / HEAD_WEIGHTS)))
         elif model._extra_state_tensors():
             raise FileNotFoundError(f"{path / HEAD_WEIGHTS} is missing: the head's weights were not saved")
         return model.to(device).eval()
+
+
+def read_value_config(path: str | Path) -> ValueModelConfig:
+    """The `ValueModelConfig` saved in a value checkpoint folder."""
+    return ValueModelConfig.from_dict(json.loads((Path(path) / CONFIG_NAME).read_text()))
 
 
 def logit(p: float) -> float:

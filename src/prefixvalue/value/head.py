@@ -1,4 +1,4 @@
-"""Explicit value head (DESIGN.md "Explicit value head").
+"""Explicit value head (docs/design.md, "Explicit value head").
 
 P̂(s_p) = σ(w·h_p + b), where h_p is the backbone's last hidden state at the last token of the prefix
 (the last prompt token for p = 0). The backbone is frozen, LoRA-adapted or fully trained; an optional
@@ -20,6 +20,11 @@ class HeadValueModel(ValueModel):
     """Linear value head on the hidden states; ``forward`` returns logits z(p) [B, Tmax+1]."""
 
     kind = "head"
+
+    @classmethod
+    def check_config(cls, config: ValueModelConfig) -> None:
+        if config.loss != "prefix":
+            raise ValueError("the sequence-level loss is an implicit-model baseline; the head uses loss=prefix")
 
     def __init__(self, config: ValueModelConfig, backbone: PreTrainedModel, adapter_dir: str | Path | None = None) -> None:
         hidden = backbone.get_input_embeddings().embedding_dim

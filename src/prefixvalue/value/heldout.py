@@ -13,27 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from ..data.collate import ValueCollator
+from ..evaluation.metrics import auroc, brier
 from .base import ValueModel
-from .losses import value_loss
-
-
-def brier(pred: np.ndarray, target: np.ndarray) -> float:
-    """Mean squared error between probabilities and outcomes (lower is better)."""
-    return float(np.mean((np.asarray(pred, float) - np.asarray(target, float)) ** 2))
-
-
-def auroc(scores: np.ndarray, outcomes: np.ndarray) -> float | None:
-    """Area under the ROC curve of `scores` for outcomes > 0.5 (ties count half); None when only one
-    class is present (undefined)."""
-    y = np.asarray(outcomes, float) > 0.5
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = rankdata(np.asarray(scores, float))
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 @torch.no_grad()
@@ -58,12 +41,10 @@ def evaluate_heldout(model: ValueModel, rows: Sequence[dict[str, Any]], batch_si
         for start in range(0, len(rows), batch_size):
             batch = {k: v.to(dev) for k, v in collate(list(rows[start:start + batch_size])).items()}
             logits = model(batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
-            ls = value_loss(logits, batch, cfg.kind, cfg.loss, cfg.margin)
+            ls = model.value_loss(logits, batch, cfg.loss, cfg.margin)
             loss_total += float(ls.total)
             loss_count += float(ls.count)
-            vals = torch.sigmoid(logits.float())
-            if cfg.kind == "implicit":
-                vals[:, 0] = cfg.base_rate
+            vals = model.values_from_logits(logits)
             vals_np = vals.double().cpu().numpy()
             for i, t in enumerate(batch["completion_lengths"].tolist()):
                 r = float(batch["outcome"][i])
@@ -82,8 +63,8 @@ def evaluate_heldout(model: ValueModel, rows: Sequence[dict[str, Any]], batch_si
         "brier_first": brier(np.array(firsts), y),
         "brier_last": brier(np.array(lasts), y),
         "brier_all": float(np.mean(sq_err)),
-        "auroc_first": auroc(np.array(firsts), y),
-        "auroc_last": auroc(np.array(lasts), y),
+        "auroc_first": auroc(np.array(firsts), y)[0],
+        "auroc_last": auroc(np.array(lasts), y)[0],
         "brier_base_rate_last": brier(np.full_like(y, base), y),
         "brier_base_rate_all": float(np.mean(sq_err_base)),
         "outcome_mean": float(y.mean()),

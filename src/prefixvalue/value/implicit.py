@@ -1,4 +1,4 @@
-"""Implicit prefix value (IPVRM, Gao et al. 2026; DESIGN.md "Implicit prefix value").
+"""Implicit prefix value (IPVRM, Gao et al. 2026; docs/design.md, "Implicit prefix value").
 
 A trainable copy π_φ of the policy (LoRA adapters, or a soft prompt, on the frozen policy) against the
 reference π_ref = the same network with the adapters disabled, so one model sits in memory:
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import ValueModel, logit, max_completion_length, prefix_indices
+from .base import ValueModel, ValueModelConfig, logit, max_completion_length, prefix_indices
+from .losses import LOSS_TYPES, LossSum, margin_bce_with_logits, masked_sum
 
 
 @dataclass
@@ -44,6 +45,51 @@ class ImplicitValueModel(ValueModel):
     """IPVRM implicit prefix value; ``forward`` returns v̄(p) [B, Tmax+1] (column 0 = logit(base rate))."""
 
     kind = "implicit"
+    position0_note = ("implicit model: at position 0 (bare prompt) V_φ = 0 carries no information; "
+                      "P̂ there is the training base rate")
+    process_scores = True
+
+    @classmethod
+    def check_config(cls, config: ValueModelConfig) -> None:
+        if config.backbone == "full":
+            raise ValueError("the implicit model needs π_ref inside the same weights: use backbone=lora or a soft prompt")
+        if config.backbone == "frozen" and not config.soft_prompt_tokens:
+            raise ValueError("an implicit model with a frozen backbone has nothing to train: add soft_prompt_tokens > 0")
+
+    @classmethod
+    def loss_mask(cls, batch: dict[str, torch.Tensor], loss: str = "prefix") -> torch.Tensor:
+        """The implicit model carries no information at p = 0 (V = 0 at the bare prompt), so its prefix
+        loss covers p = 1..T; its sequence loss uses only p = T."""
+        mask = batch["target_mask"].clone()
+        mask[:, 0] = False
+        if loss == "sequence":
+            last = torch.zeros_like(mask)
+            last[torch.arange(mask.shape[0]), batch["completion_lengths"]] = True
+            # the sequence loss is on the outcome itself, whatever soft labels say
+            mask = last & (batch["completion_lengths"] > 0)[:, None]
+        return mask
+
+    @classmethod
+    def value_loss(cls, logits: torch.Tensor, batch: dict[str, torch.Tensor], loss: str = "prefix",
+                   margin: float = 0.0) -> LossSum:
+        """Prefix loss: margin BCE of v̄(p) against ``targets`` at p = 1..T. Sequence loss (the Implicit
+        PRM baseline): BCE of σ(V(s_T)) = σ(T · v̄(T)) against the outcome, one term per row."""
+        if loss not in LOSS_TYPES:
+            raise ValueError(f"unknown loss type {loss!r}; choose from {LOSS_TYPES}")
+        mask = cls.loss_mask(batch, loss)
+        if loss == "sequence":
+            # V(s_p) = p · v̄(p); the mask keeps only p = T of each row
+            total_reward = logits * torch.arange(logits.shape[1], device=logits.device, dtype=logits.dtype)[None, :]
+            terms = margin_bce_with_logits(total_reward, batch["outcome"][:, None].expand_as(total_reward), 0.0)
+        else:
+            terms = margin_bce_with_logits(logits, batch["targets"], margin)
+        return masked_sum(terms, mask)
+
+    def values_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """σ(v̄(p)) for p ≥ 1 and exactly the training base rate at p = 0 (see `position0_note`)."""
+        vals = torch.sigmoid(logits.float()).clone()
+        vals[:, 0] = self.config.base_rate
+        return vals
 
     def _completion_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                            prompt_lengths: torch.Tensor, tmax: int, reference: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,13 +125,6 @@ class ImplicitValueModel(ValueModel):
         vbar = v / steps[None, :]
         first = torch.full((v.shape[0], 1), logit(self.config.base_rate), device=v.device, dtype=v.dtype)
         return torch.cat([first, vbar], dim=1)
-
-    def prefix_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
-        """P̂ [B, Tmax+1]: σ(v̄(p)) for p ≥ 1 and exactly the training base rate at p = 0."""
-        vals = torch.sigmoid(self(input_ids, attention_mask, prompt_lengths).float())
-        vals = vals.clone()
-        vals[:, 0] = self.config.base_rate
-        return vals
 
     @torch.no_grad()
     def token_log_ratios(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],

@@ -4,18 +4,15 @@
     prefixvalue quickstart --config recipes/quickstart.yaml num_prompts=8000 train.max_steps=4000
 
 1. collect ``samples`` traces for each of ``num_prompts`` prompts (``OUT/traces``);
-2. split by prompt exactly as training does (``train.heldout_fraction``, ``train.split_seed``) and
-   label held-out traces by Monte Carlo at ``label_positions`` (``OUT/labels``), plus one trace per
-   held-out prompt at ``short:K`` with more samples (``OUT/labels_short``, the short-prefix study);
+2. split by prompt as training does and label held-out traces by Monte Carlo at ``label_positions``
+   (``OUT/labels``), plus one trace per held-out prompt at ``short:K`` (``OUT/labels_short``);
 3. train each value model in ``value_models`` on the training prompts (``OUT/train_<kind>``);
-4. evaluate on the held-out prefixes: learned values (the first kind is ``learned``, the others
-   ``learned_<kind>``) vs MellowMax vs log-sum-exp vs constant, step verification, cost; find the
-   traces with the largest MC value jumps and name their forking tokens
-   (`prefixvalue.evaluation.analysis`).
+4. evaluate on the held-out prefixes (the first kind is ``learned``, the others ``learned_<kind>``),
+   then the short-prefix study, the forking tokens and the quality goal (`prefixvalue.evaluation.analysis`).
 
 Everything lands in ``OUT``: metrics.json (with a ``quickstart`` section), report.md, plots,
-heatmap.html. Every stage resumes: run the same command again after an interruption. Record the
-wall clock of a fresh run with ``python benchmarks/record_quickstart.py OUT``.
+heatmap.html. Every stage resumes: run the same command again after an interruption. Record a fresh
+run's wall clock with ``python benchmarks/record_quickstart.py OUT``.
 """
 
 from __future__ import annotations
@@ -89,23 +86,14 @@ class QuickstartConfig:
 
 
 # ------------------------------------------------------------------------------------- stages
-class _Clock:
-    """Wall-clock seconds per stage, printed as each ends."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.t0 = time.perf_counter()
-
-    def stage(self, name: str, fn: Any, *args: Any) -> Any:
-        print(f"\n== quickstart: {name}", flush=True)
-        t = time.perf_counter()
-        out = fn(*args)
-        self.seconds[name] = round(time.perf_counter() - t, 1)
-        print(f"== {name}: {self.seconds[name]:.1f} s", flush=True)
-        return out
-
-    def total(self) -> float:
-        return round(time.perf_counter() - self.t0, 1)
+def _timed(seconds: dict[str, float], name: str, fn: Any, *args: Any) -> Any:
+    """`fn(*args)` as stage `name`: its wall-clock seconds are printed and stored in `seconds`."""
+    print(f"\n== quickstart: {name}", flush=True)
+    t = time.perf_counter()
+    out = fn(*args)
+    seconds[name] = round(time.perf_counter() - t, 1)
+    print(f"== {name}: {seconds[name]:.1f} s", flush=True)
+    return out
 
 
 def _save_subset(ds: Any, indices: list[int], path: Path) -> Path:
@@ -152,11 +140,6 @@ def _train(cfg: QuickstartConfig, kind: str, traces_dir: Path, out: Path) -> dic
 
 
 # ------------------------------------------------------------------------------------------ run
-def _eval_curve(result: dict[str, Any]) -> list[list[Any]]:
-    """(step, held-out Brier) pairs of a training run, from its result's ``eval_history``."""
-    return [[h["step"], h.get("brier_all")] for h in result.pop("eval_history")]
-
-
 def run(cfg: QuickstartConfig) -> dict[str, Any]:
     """Run the loop; returns metrics.json's dict (with its ``quickstart`` section)."""
     import torch
@@ -170,15 +153,15 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     fresh = not out.exists() or not any(out.iterdir())
     save_resolved_config(cfg, out)
-    clock = _Clock()
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
     traces_dir = out / "traces"
 
     # 1. collect
-    ccfg = collect.CollectConfig(out=str(traces_dir), model=cfg.policy, task=cfg.task, task_args=dict(cfg.task_args),
-                                 split=cfg.split, num_prompts=cfg.num_prompts, samples=cfg.samples, seed=cfg.seed,
-                                 temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
-                                 batch_rows=cfg.batch_rows)
-    clock.stage("collect", collect.run, ccfg)
+    _timed(seconds, "collect", collect.run, collect.CollectConfig(
+        out=str(traces_dir), model=cfg.policy, task=cfg.task, task_args=dict(cfg.task_args), split=cfg.split,
+        num_prompts=cfg.num_prompts, samples=cfg.samples, seed=cfg.seed, temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens, batch_rows=cfg.batch_rows))
     traces = load_traces(traces_dir)
 
     # 2. held-out prefixes, labelled by MC (the split is the one training uses)
@@ -188,18 +171,19 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     held_dir = _save_subset(traces, full, out / "heldout_traces")
     short_dir = _save_subset(traces, short, out / "short_traces")
     base = {"model": cfg.policy, "batch_rows": cfg.batch_rows, "temperature": cfg.temperature}
-    clock.stage("label", label.run, label.LabelConfig(traces=str(held_dir), out=str(out / "labels"),
-                                                      positions=cfg.label_positions, samples=cfg.label_samples,
-                                                      seed=cfg.seed + 1, **base))
-    clock.stage("label short", label.run, label.LabelConfig(traces=str(short_dir), out=str(out / "labels_short"),
-                                                            positions=f"short:{cfg.short_k}",
-                                                            samples=cfg.short_samples, seed=cfg.seed + 2, **base))
+    _timed(seconds, "label", label.run, label.LabelConfig(
+        traces=str(held_dir), out=str(out / "labels"), positions=cfg.label_positions, samples=cfg.label_samples,
+        seed=cfg.seed + 1, **base))
+    _timed(seconds, "label short", label.run, label.LabelConfig(
+        traces=str(short_dir), out=str(out / "labels_short"), positions=f"short:{cfg.short_k}",
+        samples=cfg.short_samples, seed=cfg.seed + 2, **base))
 
     # 3. train every value model on the training prompts
     train_results = {}
     for kind in cfg.value_models:
-        r = clock.stage(f"train {kind}", _train, cfg, kind, traces_dir, out)
-        r["eval_curve"] = _eval_curve(r)
+        r = _timed(seconds, f"train {kind}", _train, cfg, kind, traces_dir, out)
+        # (step, held-out Brier) of every held-out evaluation, for the quality verdict
+        r["eval_curve"] = [[h["step"], h.get("brier_all")] for h in r.pop("eval_history")]
         train_results[kind] = r
 
     # 4. evaluate on the held-out prefixes, then the short-prefix study and the forking tokens
@@ -228,8 +212,8 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
                                         int(train_results[cfg.value_models[0]].get("train_traces", 0)))}
         return result, q, tok
 
-    result, q, tok = clock.stage("evaluate", evaluate_all)
-    q["seconds"] = {**clock.seconds, "total": clock.total()}
+    result, q, tok = _timed(seconds, "evaluate", evaluate_all)
+    q["seconds"] = {**seconds, "total": round(time.perf_counter() - t0, 1)}
     q["fresh_run"] = fresh
     metrics = result.metrics
     metrics["policy"] = cfg.policy

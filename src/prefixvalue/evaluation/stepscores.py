@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import expit
 
 from ..data.split import unit_hash
 from ..tasks.base import first_error
@@ -50,7 +49,11 @@ def process_step_scores(token_log_ratios: Sequence[float] | np.ndarray, step_spa
     """Process-level step scores σ(β Σ_{i∈step} log-ratio_i) (unscaled per-token log-ratios in)."""
     r = np.asarray(token_log_ratios, dtype=np.float64)
     sums = np.array([r[int(s0):int(s1)].sum() for s0, s1 in step_spans], dtype=np.float64)
-    return expit(beta * sums)
+    z = beta * sums
+    # the logistic written out: scipy.special.expit differs from it in the last bit for z < 0, which
+    # moves a chosen threshold by one ulp; this form keeps metrics.json bit-identical across versions
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def predict_first_error(scores: Sequence[float] | np.ndarray, threshold: float) -> int:

@@ -87,6 +87,8 @@ class EvaluateConfig:
 # ------------------------------------------------------------------------------------- run
 def run(cfg: EvaluateConfig) -> dict[str, Any]:
     """Evaluate as `cfg` says; returns the metrics dict (also written to ``OUT/metrics.json``)."""
+    # imported here, not at the top: parsing the config (``--help``) needs no torch, and the
+    # components take this module's EvaluateConfig
     import torch
 
     from ..data import load_labels, load_traces

@@ -12,8 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from prefixvalue import value
+from prefixvalue.config import ConfigError
 from prefixvalue.data import rows_to_dataset
+from prefixvalue.evaluation.estimators import ESTIMATORS, Estimator, EstimatorInputs
 from prefixvalue.evaluation.metrics import wilson_interval
+from prefixvalue.evaluation.scoring import evaluate_prefixes
 from prefixvalue.stages import evaluate as ev
 from prefixvalue.tasks import ArithTask
 
@@ -28,9 +32,12 @@ class _FakeConfig:
 
 
 class FakeValueModel:
-    """Stand-in honouring the `prefixvalue.value` interface: an implicit model with fixed log-ratios."""
+    """Stand-in honouring the `prefixvalue.value` interface: a model with fixed token log-ratios, so it
+    gives process-level step scores, and a note on its value at position 0."""
 
-    kind = "implicit"
+    kind = "fake"
+    process_scores = True
+    position0_note = "at position 0 the fake gives its base rate"
 
     def __init__(self, base_model: str, base_rate: float = 0.5, beta: float = 10.0) -> None:
         self.config = _FakeConfig(base_model, base_rate, beta)
@@ -179,7 +186,7 @@ def test_main_on_tiny_data(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch
 def test_saturated_labels_are_explained(tmp_path, tiny_tokenizer):
     traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=3, saturate=True)
     cfg = ev.EvaluateConfig(n_bootstrap=20, noise_ceiling_repeats=5)
-    res = ev.evaluate_prefixes(rows_to_dataset(traces), rows_to_dataset(labels), value_model=FakeValueModel("x"),
+    res = evaluate_prefixes(rows_to_dataset(traces), rows_to_dataset(labels), value_model=FakeValueModel("x"),
                                config=cfg)
     m = res.metrics
     assert m["mc"]["saturated"] is True
@@ -195,13 +202,12 @@ def test_saturated_labels_are_explained(tmp_path, tiny_tokenizer):
 def test_user_registered_estimator(tmp_path, tiny_tokenizer, monkeypatch):
     traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=3)
 
-    def length_fraction(inputs: ev.EstimatorInputs) -> list[np.ndarray]:
+    def length_fraction(inputs: EstimatorInputs) -> list[np.ndarray]:
         return [np.linspace(0, 1, t.length + 1) for t in inputs.traces]
 
-    monkeypatch.setitem(ev.ESTIMATORS, "length_fraction",
-                        ev.Estimator(length_fraction, probability=True, description="p / T"))
+    monkeypatch.setitem(ESTIMATORS, "length_fraction", Estimator(length_fraction, probability=True, description="p / T"))
     cfg = ev.EvaluateConfig(n_bootstrap=20, noise_ceiling_repeats=5, base_rate=0.4)
-    res = ev.evaluate_prefixes(traces, labels, config=cfg)
+    res = evaluate_prefixes(traces, labels, config=cfg)
     est = res.metrics["estimators"]
     assert set(est) == {"constant", "length_fraction"}  # no value model, no policy given
     assert est["constant"]["base_rate"] == 0.4
@@ -212,8 +218,6 @@ def test_user_registered_estimator(tmp_path, tiny_tokenizer, monkeypatch):
 
 
 def test_config_validation():
-    from prefixvalue.config import ConfigError
-
     with pytest.raises(ConfigError):
         ev.EvaluateConfig(out="x", checkpoint="c", traces="t").check_inputs()  # labels missing
     with pytest.raises(ConfigError):
@@ -227,14 +231,7 @@ def test_config_validation():
 
 
 def test_end_to_end_collect_label_train_evaluate(tmp_path):
-    """collect -> label -> train (few steps) -> evaluate on the shipped policy, with the real value model.
-
-    Skips only while a stage written under another issue is not importable yet.
-    """
-    for module in ("prefixvalue.value", "prefixvalue.stages.collect", "prefixvalue.stages.label"):
-        pytest.importorskip(module, reason=f"{module} is not importable yet")
-    if not (REPO / "recipes" / "train.py").exists():
-        pytest.skip("recipes/train.py does not exist yet")
+    """collect -> label -> train (few steps) -> evaluate on the shipped policy, with the real value model."""
     from prefixvalue.cli import main as cli
 
     policy = REPO / "data" / "policies" / "arith-tiny"
@@ -256,15 +253,14 @@ def test_end_to_end_collect_label_train_evaluate(tmp_path):
         assert (out / name).exists()
 
 
-@pytest.mark.parametrize("kind", ["implicit", "head"])
+@pytest.mark.parametrize("kind", list(value.VALUE_MODELS))
 def test_main_with_real_value_model(tmp_path, tiny_tokenizer, tiny_model_dir, kind):
-    """evaluate main() on a saved checkpoint of the real value model (skips only while it is not importable)."""
-    value = pytest.importorskip("prefixvalue.value", reason="prefixvalue.value is not importable yet")
+    """evaluate main() on a saved checkpoint of each real value model."""
     import torch
 
     torch.manual_seed(0)
     cfg = value.ValueModelConfig(kind=kind, base_model=str(tiny_model_dir), base_rate=0.4,
-                                 backbone="lora" if kind == "implicit" else "frozen")
+                                 backbone="lora")
     vm = value.build_value_model(cfg)
     vm.save_pretrained(tmp_path / "ckpt")
     traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=4)
@@ -277,7 +273,7 @@ def test_main_with_real_value_model(tmp_path, tiny_tokenizer, tiny_model_dir, ki
     learned = metrics["estimators"]["learned"]
     assert learned["kind"] == kind and learned["probability"] is True
     assert metrics["estimators"]["constant"]["base_rate"] == pytest.approx(0.4)
-    assert ("process_level" in metrics["step_verification"]) == (kind == "implicit")
+    assert ("process_level" in metrics["step_verification"]) == getattr(vm, "process_scores", False)
     assert metrics["cost"]["mc_generated_tokens"] is None and metrics["cost"]["mc_generated_tokens_note"]
     on_disk = json.loads((out / "metrics.json").read_text())
     _no_nan(on_disk)
@@ -298,6 +294,6 @@ def test_main_scores_processbench_file(tmp_path, tiny_model_dir, monkeypatch):
     sb = metrics["step_benchmark"]
     assert sb["n_examples"] == 20 and sb["threshold_split"] == "calibration"
     assert sb["n_calibration"] + sb["n_test"] == 20 and sb["n_calibration"] > 0 and sb["n_test"] > 0
-    assert "process_level" in sb  # the stand-in is an implicit model
+    assert "process_level" in sb  # the stand-in gives process-level scores
     assert json.loads((out / "metrics.json").read_text())["step_benchmark"]["source"] == str(pb)
     assert "Step benchmark" in (out / "report.md").read_text()

@@ -52,26 +52,21 @@ def test_kendall_tau_b_brute_force(data):
     assert M.correlation(x, y, method="kendall", n_boot=0)["value"] == pytest.approx(tau_b, abs=1e-12)
 
 
-def test_rankdata_matches_scipy():
-    v = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5])
-    np.testing.assert_allclose(M.rankdata(v), stats.rankdata(v))
-
-
 def test_bootstrap_resamples_traces_not_prefixes():
-    # two traces whose prefixes are perfectly correlated within the trace: resampling over traces
-    # can only give resamples drawn from those two traces, so every defined replicate is ±1-ish
-    x = np.array([0.0, 1.0, 2.0, 10.0, 11.0, 12.0])
-    y = np.array([0.0, 0.1, 0.2, 0.9, 1.0, 0.95])
+    # trace 0's prefixes are all 0, trace 1's all 1. Resampling the 2 traces gives means 0, 1/2 or 1
+    # only (probabilities 1/4, 1/2, 1/4), so the 95% CI is [0, 1]; resampling the 6 prefixes would
+    # give means k/6 and a CI of about [1/6, 5/6] (all six prefixes from one trace has chance 1/32).
+    values = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
     seen = set()
 
-    def stat(idx):
-        seen.add(tuple(sorted(set(idx.tolist()))))
-        return float(len(idx))
+    def mean(idx):
+        seen.add(float(values[idx].mean()))
+        return float(values[idx].mean())
 
-    ci, _ = M.cluster_bootstrap(stat, [0, 0, 0, 1, 1, 1], n_boot=50)
-    assert seen <= {(0, 1, 2), (3, 4, 5), (0, 1, 2, 3, 4, 5)}
-    assert ci == [6.0, 6.0]  # every replicate keeps whole traces: 2 traces × 3 prefixes
-    assert M.correlation(x, y, [0, 0, 0, 1, 1, 1], "pearson", n_boot=50)["ci"] is not None
+    ci, note = M.cluster_bootstrap(mean, [0, 0, 0, 1, 1, 1], n_boot=400)
+    assert seen == {0.0, 0.5, 1.0} and ci == [0.0, 1.0] and note is None
+    x = np.array([0.0, 1.0, 2.0, 10.0, 11.0, 12.0])
+    assert M.correlation(x, x ** 2, [0, 0, 0, 1, 1, 1], "pearson", n_boot=50)["ci"] is not None
 
 
 def test_zero_variance_labels_give_words_not_nan():
@@ -123,6 +118,13 @@ def test_brier_and_ece_by_hand():
     assert M.ece([0.2, 0.6], [1.0, 1.0], n_bins=1) == pytest.approx(0.6)
 
 
+def test_wilson_interval_matches_scipy():
+    for n in (1, 2, 7, 32, 64, 1000):
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            ci = stats.binomtest(k, n).proportion_ci(method="wilson")
+            assert M.wilson_interval(k, n) == pytest.approx((ci.low, ci.high), abs=1e-12), (k, n)
+
+
 def test_wilson_and_spearman_brown():
     lo, hi = M.wilson_interval(5, 10)
     assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
@@ -137,10 +139,6 @@ def test_noise_ceiling_tracks_sample_count():
     many = M.split_half_noise_ceiling(np.full(300, 64), rng.binomial(64, p), repeats=20)
     assert few["method"] == "hypergeometric" and "hypergeometric" in few["note"]
     assert 0 < few["spearman"] < many["spearman"] <= 1
-    # with per-sample outcomes the split uses them
-    outcomes = [list(rng.binomial(1, q, 16)) for q in p[:50]]
-    nc = M.split_half_noise_ceiling(np.full(50, 16), [sum(o) for o in outcomes], outcomes, repeats=10)
-    assert nc["method"] == "sample_outcomes" and nc["spearman"] is not None
     # the real predictor (the truth) reaches about the ceiling, not beyond it by much
     k = rng.binomial(16, p)
     truth_r = stats.spearmanr(p, k / 16).statistic

@@ -4,14 +4,18 @@ tiny sizes on the shipped policy (every file it promises, resuming a finished fo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from prefixvalue.config import ConfigError, parse_config
+from prefixvalue.evaluation.analysis import largest_jumps, quality_verdict
 from prefixvalue.evaluation.report import render_heatmap
+from prefixvalue.evaluation.scoring import evaluate_prefixes
 from prefixvalue.stages import evaluate as ev
 from prefixvalue.stages import quickstart as qs
+from prefixvalue.value import VALUE_MODELS
 
 from conftest import SHIPPED_POLICY
 from test_evaluate import FakeValueModel, make_tiny_eval
@@ -21,7 +25,7 @@ from test_report import TokenSpans
 def _result(tokenizer):
     traces, labels = make_tiny_eval(tokenizer, n_prompts=3)
     cfg = ev.EvaluateConfig(n_bootstrap=10, noise_ceiling_repeats=5)
-    return ev.evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"), config=cfg)
+    return evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"), config=cfg)
 
 
 def test_largest_jumps_names_the_token_between_the_two_prefixes(tiny_tokenizer):
@@ -35,7 +39,7 @@ def test_largest_jumps_names_the_token_between_the_two_prefixes(tiny_tokenizer):
     for i, m in enumerate(res.mc):
         if i != 1:
             m["mean"] = np.full(len(m["position"]), 0.5)
-    top = qs.largest_jumps(res, 2, tiny_tokenizer)
+    top = largest_jumps(res, 2, tiny_tokenizer)
     assert top[0]["trace_index"] == 1 and top[0]["jump"] == pytest.approx(-0.8)
     assert (top[0]["from_position"], top[0]["to_position"], top[0]["token_index"]) == (a, b, a)
     assert top[0]["token"] == tiny_tokenizer.decode(res.traces[1].completion_ids[a:b])
@@ -53,36 +57,58 @@ def test_quality_verdict_measures_the_goal_and_names_limits():
                "estimators": {"learned": {"spearman": {"value": 0.3}}, "mellowmax": {"spearman": {"value": 0.35}},
                               "learned_head": {"spearman": {"value": 0.45}}}}
     curve = {"eval_curve": [[100, 0.20], [200, 0.15]], "train_loss": 0.55, "loss": 0.70}
-    v = qs.quality_verdict(metrics, {"implicit": curve}, 1000)
+    v = quality_verdict(metrics, {"kind_a": curve}, 1000)
     assert v["fraction_of_ceiling"] == pytest.approx(0.6) and not v["reaches_ceiling_goal"]
     assert not v["beats_mellowmax"] and not v["met"]
     assert v["learned_head_fraction_of_ceiling"] == pytest.approx(0.9)
     text = " ".join(v["limits"])
     assert "noise ceiling is only 0.50" in text and "still fell" in text and "1000 training traces" in text
-    assert "overfitting (implicit): held-out loss 0.700 vs training loss 0.550" in text
+    assert "overfitting (kind_a): held-out loss 0.700 vs training loss 0.550" in text
     metrics["estimators"]["learned"]["spearman"]["value"] = 0.45
     metrics["mc"]["noise_ceiling"]["spearman"] = 0.7
-    v = qs.quality_verdict(metrics, {"implicit": {"eval_curve": [[100, 0.2], [200, 0.2]]}}, 1000)
+    v = quality_verdict(metrics, {"kind_a": {"eval_curve": [[100, 0.2], [200, 0.2]]}}, 1000)
     assert v["met"] is False and v["reaches_ceiling_goal"] is False  # 0.45 / 0.7 < 0.8
     metrics["estimators"]["learned"]["spearman"]["value"] = 0.6
-    v = qs.quality_verdict(metrics, {}, 1000)
+    v = quality_verdict(metrics, {}, 1000)
     assert v["met"] and v["limits"] == []
 
 
 def test_config_validation():
+    with pytest.raises(ConfigError, match="policy is required"):
+        parse_config(qs.QuickstartConfig, [])
+    kinds = list(VALUE_MODELS)
     with pytest.raises(ConfigError, match="value_models"):
-        parse_config(qs.QuickstartConfig, ["value_models=[implicit,ipvrm]"])
+        parse_config(qs.QuickstartConfig, ["policy=p", f"value_models=[{kinds[0]},ipvrm]"])
     with pytest.raises(ConfigError, match="label_positions"):
-        parse_config(qs.QuickstartConfig, ["label_positions=short:2"])
-    cfg = parse_config(qs.QuickstartConfig, ["train.max_steps=7", "evaluate.n_bootstrap=3"])
-    assert cfg.train.max_steps == 7 and cfg.evaluate.n_bootstrap == 3
+        parse_config(qs.QuickstartConfig, ["policy=p", "label_positions=short:2"])
+    cfg = parse_config(qs.QuickstartConfig, ["policy=p", "train.max_steps=7", "evaluate.n_bootstrap=3"])
+    assert cfg.train.max_steps == 7 and cfg.evaluate.n_bootstrap == 3 and cfg.value_models == kinds
+
+
+def _run_with_eval_history(run):
+    """`train.run`, with the ``eval_history`` of its result read back from metrics.jsonl when the
+    training loop does not return it yet (one entry per held-out step, the last evaluation wins)."""
+
+    def wrapped(cfg):
+        result = run(cfg)
+        if "eval_history" not in result:
+            by_step = {}
+            for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines():
+                rec = json.loads(line)
+                if "eval/brier_all" in rec:
+                    by_step[rec["step"]] = {"step": rec["step"], **{k[5:]: v for k, v in rec.items()
+                                                                    if k.startswith("eval/")}}
+            result["eval_history"] = [by_step[k] for k in sorted(by_step)]
+        return result
+
+    return wrapped
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED_POLICY.exists(), reason="the shipped policy data/policies/arith-tiny is absent")
 def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.chdir(tmp_path)  # no benchmarks/ here: nothing is recorded into the repo's results
+    monkeypatch.setattr(qs.train_mod, "run", _run_with_eval_history(qs.train_mod.run))
     out = tmp_path / "qs"
     argv = [f"out={out}", f"policy={SHIPPED_POLICY}", "num_prompts=20", "samples=4", "label_samples=4",
             "label_max_traces=6", "short_samples=4", "forks=2", "threads=1",
@@ -106,13 +132,17 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
 
     assert all(is_heldout(p, 0.3, 0) for p in load_traces(out / "heldout_traces")["prompt_id"])
     md = (out / "report.md").read_text()
-    assert "## Quickstart" in md and "Seed 000" in md and "forking token" in md and "## Estimators vs MC" in md
+    assert "## Quickstart" in md and "Short-prefix study" in md and "forking token" in md
+    assert md.index("## Quickstart") < md.index("## Data") < md.index("## Estimators vs MC")
     assert "class='tok fork'" in (out / "heatmap.html").read_text()
     printed = capsys.readouterr().out
     assert "goal (>= 80% of ceiling" in printed and "short prefixes" in printed
-    # the same command again resumes every stage and gives the same labels
-    before = (out / "labels").stat().st_mtime
+    # the same command again resumes every stage: no label shard is written again
+    shards = sorted((out / "labels" / "shards").rglob("*")) + sorted((out / "labels_short" / "shards").rglob("*"))
+    before = {p: p.stat().st_mtime_ns for p in shards if p.is_file()}
+    assert before
     assert qs.main(argv) == 0
     again = json.loads((out / "metrics.json").read_text())
     assert again["quickstart"]["fresh_run"] is False
-    assert again["mc"]["label_mean"] == m["mc"]["label_mean"] and (out / "labels").stat().st_mtime >= before
+    assert again["mc"]["label_mean"] == m["mc"]["label_mean"]
+    assert {p: p.stat().st_mtime_ns for p in before} == before

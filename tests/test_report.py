@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 import numpy as np
 
 from prefixvalue.evaluation.report import render_heatmap, value_colour, write_report
+from prefixvalue.evaluation.scoring import evaluate_prefixes
 from prefixvalue.stages import evaluate as ev
 
 from test_evaluate import FakeValueModel, make_tiny_eval
@@ -47,7 +48,7 @@ class TokenSpans(HTMLParser):
 def _result(tokenizer, **kw):
     traces, labels = make_tiny_eval(tokenizer, n_prompts=3)
     cfg = ev.EvaluateConfig(n_bootstrap=20, noise_ceiling_repeats=5, **kw)
-    return traces, ev.evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"), config=cfg)
+    return traces, evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"), config=cfg)
 
 
 def test_heatmap_one_coloured_element_per_token(tiny_tokenizer):
@@ -100,7 +101,7 @@ def test_write_report_files_and_logger(tmp_path, tiny_tokenizer):
             self.calls.append(("table", key, len(rows)))
 
     rec = Recorder()
-    paths = write_report(res, tmp_path, tokenizer=tiny_tokenizer, logger=rec)
+    paths = write_report(res, tmp_path, tokenizer=tiny_tokenizer, logger=rec, sections=["## Extra\n\nmore words\n"])
     for name in ("calibration", "scatter", "value_curves", "heatmap", "predictions", "metrics", "report"):
         assert paths[name].exists() and paths[name].stat().st_size > 0
     for name in ("calibration", "scatter", "value_curves"):
@@ -110,6 +111,7 @@ def test_write_report_files_and_logger(tmp_path, tiny_tokenizer):
     md = paths["report"].read_text()
     assert "| learned |" in md and "| constant |" in md and "![calibration curve](calibration.png)" in md
     assert "zero variance" in md  # the constant's null correlations are explained in words
+    assert md.startswith("# prefixvalue evaluation\n\n## Extra\n\nmore words\n\n## Data\n")
     kinds = {c[0] for c in rec.calls}
     assert kinds == {"log", "image", "html", "table"}
     logged = next(c[1] for c in rec.calls if c[0] == "log")

@@ -116,8 +116,8 @@ def test_tokenize_and_score_step_examples(tiny_tokenizer):
     assert tiny_tokenizer.decode(c) == "1+2=3\nA:3"
     assert spans == [(0, 6), (6, 9)] and tiny_tokenizer.decode(c[spans[1][0]:spans[1][1]]) == "A:3"
 
-    class Fake:
-        kind = "head"
+    class Fake:  # no token log-ratios: prefix-based scores only
+        process_scores = False
 
         def predict(self, prompts, comps, batch_size=32):
             # value drops to 0.1 right after any step containing '9'

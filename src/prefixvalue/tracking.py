@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 
 class Logger(Protocol):
     """What every logging backend implements."""
@@ -26,12 +28,25 @@ class Logger(Protocol):
     def finish(self) -> None: ...
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item"):
-        return _clean(value.item())
-    return value
+def jsonable(obj: Any) -> Any:
+    """Plain JSON data: numpy and torch scalars to Python, arrays to lists, dict keys to str, and
+    non-finite floats to None (metrics.json and the loggers never hold a bare NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if hasattr(obj, "item"):  # a torch scalar
+        return jsonable(obj.item())
+    return obj
 
 
 class DiskLogger:
@@ -43,7 +58,7 @@ class DiskLogger:
         self.path = self.dir / "metrics.jsonl"
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        row = {"step": step, "time": time.time(), **{k: _clean(v) for k, v in metrics.items()}}
+        row = {"step": step, "time": time.time(), **{k: jsonable(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -73,7 +88,7 @@ class StdoutLogger:
     def log(self, metrics: dict[str, float], step: int) -> None:
         parts = []
         for k, v in metrics.items():
-            v = _clean(v)
+            v = jsonable(v)
             parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
         print(f"[step {step}] " + " ".join(parts), file=self.stream, flush=True)
 
@@ -105,7 +120,7 @@ class WandbLogger:
                               id=resume_id, resume="allow" if resume_id else None, reinit="finish_previous")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self.run.log({k: _clean(v) for k, v in metrics.items()}, step=step)
+        self.run.log({k: jsonable(v) for k, v in metrics.items()}, step=step)
 
     def log_image(self, key: str, path: str | Path, step: int | None = None) -> None:
         self.run.log({key: self.wandb.Image(str(path))}, step=step)
@@ -114,7 +129,7 @@ class WandbLogger:
         self.run.log({key: self.wandb.Html(html)}, step=step)
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None) -> None:
-        self.run.log({key: self.wandb.Table(columns=columns, data=[[_clean(x) for x in r] for r in rows])}, step=step)
+        self.run.log({key: self.wandb.Table(columns=columns, data=[[jsonable(x) for x in r] for r in rows])}, step=step)
 
     def finish(self) -> None:
         self.run.finish()

@@ -1,8 +1,8 @@
-"""Metrics between a prefix-value estimator and Monte Carlo labels (DESIGN.md, "Metrics").
+"""Metrics between a prefix-value estimator and Monte Carlo labels (docs/design.md, "Metrics").
 
 Every function returns plain JSON-safe data. A metric that cannot be computed is ``None`` with a
-``note`` in words that says why, with counts (seed 000's experiment died silently of NaN
-correlations on zero-variance labels; here that case is named, never a bare NaN).
+``note`` in words that says why, with counts (a correlation on zero-variance labels is
+named as such, never a bare NaN).
 
 Correlations carry a bootstrap 95% percentile interval resampled over *traces* (the prefixes of
 one trace are not independent): `groups` gives each prefix's trace, and a bootstrap replicate
@@ -18,25 +18,13 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from ..tracking import jsonable
+
 ArrayLike = Sequence[float] | np.ndarray
 CORRELATIONS = ("pearson", "spearman", "kendall")
 
 
 # --------------------------------------------------------------------------------------- basics
-def rankdata(x: ArrayLike) -> np.ndarray:
-    """Average ranks (1-based, ties share their mean rank), as float64."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    ranks = np.empty(len(x), dtype=np.float64)
-    # boundaries of runs of equal values
-    starts = np.r_[0, np.flatnonzero(xs[1:] != xs[:-1]) + 1]
-    ends = np.r_[starts[1:], len(x)]
-    mean_rank = (starts + ends - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
-
-
 def _pearson_raw(x: np.ndarray, y: np.ndarray) -> float:
     xm = x - x.mean()
     ym = y - y.mean()
@@ -47,7 +35,7 @@ def _pearson_raw(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _spearman_raw(x: np.ndarray, y: np.ndarray) -> float:
-    return _pearson_raw(rankdata(x), rankdata(y))
+    return _pearson_raw(stats.rankdata(x), stats.rankdata(y))
 
 
 def _kendall_raw(x: np.ndarray, y: np.ndarray) -> float:
@@ -77,10 +65,6 @@ def constant_note(values: np.ndarray, what: str) -> str | None:
         return (f"{what} has zero variance: all {len(values)} prefixes have the value {_fmt(float(values[0]))}, "
                 f"so a correlation is undefined")
     return None
-
-
-def _clean(v: float) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)
 
 
 # ------------------------------------------------------------------------------------ bootstrap
@@ -162,7 +146,7 @@ def correlation(
             out["note"] = note
             return out
     fn = CORRELATION_FUNCS[method]
-    out["value"] = _clean(fn(x, y))
+    out["value"] = jsonable(fn(x, y))
     g = np.arange(len(x)) if groups is None else np.asarray(groups)
     ci, note = cluster_bootstrap(lambda idx: fn(x[idx], y[idx]), g, n_boot=n_boot, seed=seed)
     out["ci"] = ci
@@ -192,7 +176,7 @@ def auroc(scores: ArrayLike, outcomes: ArrayLike) -> tuple[float | None, str | N
                       f"({n_pos} successful, {n_neg} failed)")
     if not np.isfinite(s).all():
         return None, f"AUROC undefined: {int((~np.isfinite(s)).sum())} non-finite scores"
-    ranks = rankdata(s)
+    ranks = stats.rankdata(s)
     u = ranks[o].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg)), None
 
@@ -260,16 +244,14 @@ def spearman_brown(r: float, factor: float = 2.0) -> float:
 def split_half_noise_ceiling(
     n: ArrayLike,
     successes: ArrayLike,
-    sample_outcomes: Sequence[Sequence[float]] | None = None,
     repeats: int = 50,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Split-half reliability of the MC labels and the correlation ceiling it implies.
 
-    Each prefix's samples are split into two random halves (from `sample_outcomes` when the
-    labeller kept them, else by drawing the first half's successes from the hypergeometric
-    distribution of the recorded k of n, which is exactly how a random split of those samples
-    falls). Per repeat: r = Spearman(half A means, half B means) over prefixes; Spearman–Brown
+    Each prefix's samples are split into two random halves by drawing the first half's successes
+    from the hypergeometric distribution of the recorded k of n, which is exactly how a random split
+    of those samples falls (the labels record k of n, not the order of the samples). Per repeat: r = Spearman(half A means, half B means) over prefixes; Spearman–Brown
     gives the full-n reliability R = 2r / (1 + r); the best Spearman correlation any predictor can
     reach with the MC labels is √R (the truth itself correlates with the noisy labels by √R).
     Returns ``{"spearman": √R, "reliability": R, "split_half": r, "method", "repeats", "note"}``,
@@ -277,8 +259,7 @@ def split_half_noise_ceiling(
     """
     n = np.asarray(n, dtype=np.int64)
     k = np.asarray(successes, dtype=np.int64)
-    method = "sample_outcomes" if sample_outcomes is not None else "hypergeometric"
-    out: dict[str, Any] = {"spearman": None, "reliability": None, "split_half": None, "method": method,
+    out: dict[str, Any] = {"spearman": None, "reliability": None, "split_half": None, "method": "hypergeometric",
                            "repeats": repeats}
     usable = n >= 2
     if usable.sum() < 3:
@@ -290,19 +271,9 @@ def split_half_noise_ceiling(
     halves = n[idx] // 2
     rs: list[float] = []
     for _ in range(repeats):
-        if sample_outcomes is not None:
-            a = np.empty(len(idx))
-            b = np.empty(len(idx))
-            for j, i in enumerate(idx):
-                s = np.asarray(sample_outcomes[i], dtype=np.float64)
-                perm = rng.permutation(len(s))
-                h = len(s) // 2
-                a[j] = s[perm[:h]].mean()
-                b[j] = s[perm[h:]].mean()
-        else:
-            ka = rng.hypergeometric(k[idx], n[idx] - k[idx], halves)
-            a = ka / halves
-            b = (k[idx] - ka) / (n[idx] - halves)
+        ka = rng.hypergeometric(k[idx], n[idx] - k[idx], halves)
+        a = ka / halves
+        b = (k[idx] - ka) / (n[idx] - halves)
         r = _spearman_raw(a, b)
         if math.isfinite(r):
             rs.append(r)
@@ -315,8 +286,7 @@ def split_half_noise_ceiling(
     out["split_half"] = r
     out["reliability"] = float(rel)
     out["spearman"] = float(math.sqrt(rel)) if rel > 0 else 0.0
-    how = ("per-sample outcomes recorded by the labeller" if method == "sample_outcomes" else
-           "no per-sample outcomes were recorded, so each split draws half A's successes from the "
+    how = ("no per-sample outcomes were recorded, so each split draws half A's successes from the "
            "hypergeometric distribution of the recorded k of n")
     out["note"] = (f"split-half over {len(idx)} prefixes ({how}); median over {repeats} random splits: "
                    f"Spearman of the halves r = {r:.3f}, Spearman–Brown reliability R = {rel:.3f}, "

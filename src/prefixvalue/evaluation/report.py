@@ -2,8 +2,8 @@
 
 Plots use matplotlib's Agg backend (no display needed). ``heatmap.html`` is one self-contained page
 (inline CSS, no scripts, no external assets): each completion token is one ``<span class="tok">``
-coloured by the Monte Carlo success of the prefix that ends with that token (seed 004), with the
-learned and soft values in its hover text.
+coloured by the Monte Carlo success of the prefix that ends with that token, with the learned and
+soft values in its hover text; a trace's forking token can be outlined.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from ..stages.evaluate import EvalResult
+from .analysis import CEILING_GOAL
+from .scoring import EvalResult
 
 NO_LABEL_COLOUR = "#e6e6e6"
 
@@ -49,13 +50,17 @@ def value_colour(v: float) -> str:
 
 
 # ----------------------------------------------------------------------------------- report.md
-def render_markdown(metrics: dict[str, Any], plots: dict[str, str]) -> str:
-    """The report a reader wants first: data and saturation, the estimator table, groups, steps, cost."""
+def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Sequence[str] = ()) -> str:
+    """The report a reader wants first: data and saturation, the estimator table, groups, steps, cost.
+
+    `sections` (markdown, each opening with a ``## `` heading) come right after the header."""
     mc = metrics["mc"]
     nc = mc["noise_ceiling"]
     lines = ["# prefixvalue evaluation", ""]
     if metrics.get("checkpoint") or metrics.get("policy"):
         lines += [f"checkpoint: `{metrics.get('checkpoint')}` · policy: `{metrics.get('policy')}`", ""]
+    for section in sections:
+        lines += [section.rstrip("\n"), ""]
     lines += [
         "## Data",
         "",
@@ -339,6 +344,98 @@ def render_heatmap(result: EvalResult, indices: list[int], tokenizer: Any = None
     return "".join(parts)
 
 
+# ------------------------------------------------------------------------- quickstart section
+def _fixed(v: Any, d: int = 3) -> str:
+    """`v` with `d` decimals, or n/a."""
+    return "n/a" if v is None else f"{v:.{d}f}"
+
+
+def _corr_short(c: dict[str, Any]) -> str:
+    """A correlation as value [CI to 2 decimals], or n/a."""
+    if c.get("value") is None:
+        return "n/a"
+    ci = c.get("ci")
+    return f"{c['value']:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else f"{c['value']:.3f}"
+
+
+def render_quickstart_section(q: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """The quickstart's report section (markdown): the quality goal, the short-prefix study, the forking
+    tokens, step verification, cost and timings, from metrics.json's ``quickstart`` section `q`."""
+    v = q["quality"]
+    lines = ["## Quickstart: the questions and the answers measured here", "",
+             f"{q['train_prompts']} training prompts / {q['heldout_prompts']} held-out prompts "
+             f"({q['collected_traces']} traces, policy accuracy {q['policy_accuracy']:.3f}); "
+             f"{metrics['n_prefixes']} held-out prefixes of {metrics['n_traces']} traces labelled with "
+             f"{metrics['mc']['samples_per_prefix']} MC samples each.", "",
+             "### Quality goal", "",
+             f"- goal: {v['goal']}",
+             f"- learned Spearman {_fixed(v['learned_spearman'])} vs noise ceiling {_fixed(v['noise_ceiling'])}: "
+             f"**{_fixed(v['fraction_of_ceiling'], 2)}** of the ceiling; MellowMax {_fixed(v['mellowmax_spearman'])}",
+             f"- met: **{v['met']}** (ceiling goal {v['reaches_ceiling_goal']}, beats MellowMax {v['beats_mellowmax']})"]
+    for key, val in v.items():
+        if key.endswith("_fraction_of_ceiling") and key != "fraction_of_ceiling":
+            lines.append(f"- {key.replace('_fraction_of_ceiling', '')}: {_fixed(val, 2)} of the ceiling")
+    if v["limits"]:
+        lines += ["- what limits it:", *[f"  - {x}" for x in v["limits"]]]
+    if metrics["mc"]["label_variance"] <= 0.05:
+        lines.append(f"- **labels are saturated**: variance {metrics['mc']['label_variance']:.4f} <= 0.05")
+    lines += ["", "### Short-prefix study: soft values vs MC success", "",
+              "| prefixes | n | label variance | noise ceiling | " + " | ".join(q["short_estimators"]) + " |",
+              "|---|---|---|---|" + "---|" * len(q["short_estimators"])]
+    for key, s in q["short"].items():
+        cells = [_corr_short(s["estimators"][n]["spearman"]) if n in s["estimators"] else "n/a" for n in q["short_estimators"]]
+        lines.append(f"| {key} (positions 0..{key.split(':')[1]}) | {s['n_prefixes']} | {_fixed(s['label_variance'], 4)} | "
+                     f"{_fixed(s['noise_ceiling_spearman'])} | " + " | ".join(cells) + " |")
+    lines += ["", "Spearman with bootstrap 95% CIs; one trace per held-out prompt, "
+              f"{q['short_samples']} MC samples per prefix.", "",
+              "### Forking tokens: the largest MC value jumps", "",
+              "| trace | forking token | at token | MC before → after | 95% CIs disjoint | learned before → after |",
+              "|---|---|---|---|---|---|"]
+    for r in q["forks"]:
+        lines.append(f"| {r['trace_id']} | `{r['token']!r}` | {r['token_index']} | {r['mc_before']:.2f} → "
+                     f"{r['mc_after']:.2f} | {r['separated']} | {_fixed(r.get('learned_before'), 2)} → "
+                     f"{_fixed(r.get('learned_after'), 2)} |")
+    lines += ["", "They are drawn first in value_curves.png and heatmap.html (the forking token outlined).", ""]
+    sv = metrics.get("step_verification") or {}
+    cost = metrics.get("cost") or {}
+    lines += ["### Step verification and cost", "",
+              f"- step verification F1 (learned TD step scores, threshold on a calibration split): "
+              f"**{_fixed(sv.get('f1'))}**" + (f"; process-level {_fixed(sv['process_level'].get('f1'))}"
+                                          if sv.get("process_level") else ""),
+              f"- MC is **{_fixed(cost.get('ratio_mc_to_value'), 1)}x** the value model's tokens for the same prefixes "
+              f"({_fixed(cost.get('mc_generated_tokens'), 0)} generated vs {_fixed(cost.get('value_forward_tokens'), 0)} "
+              "forward tokens)",
+              f"- wall clock: {q['seconds']['total']:.0f} s ("
+              + ", ".join(f"{k} {s:.0f} s" for k, s in q["seconds"].items() if k != "total") + ")", ""]
+    return "\n".join(lines)
+
+
+def summary_table(q: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """The plain-text summary the quickstart prints at the end of its run."""
+    ceiling = metrics["mc"]["noise_ceiling"].get("spearman")
+    lines = [f"held-out prefixes: {metrics['n_prefixes']} ({metrics['n_traces']} traces), "
+             f"MC label variance {metrics['mc']['label_variance']:.3f}, noise ceiling {_fixed(ceiling)}",
+             f"{'estimator':<22}{'Spearman [95% CI]':<26}{'Pearson':>9}{'Brier':>8}{'ECE':>8}"]
+    for name, m in metrics["estimators"].items():
+        if name.startswith("mellowmax_") or name.startswith("logsumexp_"):
+            continue
+        lines.append(f"{name:<22}{_corr_short(m['spearman']):<26}{_fixed(m['pearson'].get('value')):>9}"
+                     f"{_fixed(m.get('brier')):>8}{_fixed(m.get('ece')):>8}")
+    v = q["quality"]
+    sv = metrics.get("step_verification") or {}
+    lines += [f"goal (>= {CEILING_GOAL:.0%} of ceiling and > MellowMax): met={v['met']} "
+              f"(learned at {_fixed(v['fraction_of_ceiling'], 2)} of ceiling)",
+              f"step verification F1: {_fixed(sv.get('f1'))}   MC / value-model cost: "
+              f"{_fixed((metrics.get('cost') or {}).get('ratio_mc_to_value'), 1)}x",
+              "short prefixes (Spearman with MC): " + "; ".join(
+                  f"{k} mellowmax {_corr_short(s['estimators'].get('mellowmax', {}).get('spearman', {}))}"
+                  for k, s in q["short"].items()),
+              "forks: " + "; ".join(f"{r['trace_id']} {r['token']!r}@{r['token_index']} "
+                                    f"{r['mc_before']:.2f}->{r['mc_after']:.2f}" for r in q["forks"]),
+              f"total {q['seconds']['total']:.0f} s"]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------- write
 def _pick_traces(result: EvalResult, k: int) -> list[int]:
     """Traces with the most labelled positions first (ties: varied MC labels first), up to k."""
@@ -350,14 +447,15 @@ def _pick_traces(result: EvalResult, k: int) -> list[int]:
 
 def write_report(result: EvalResult, out_dir: str | Path, tokenizer: Any = None, logger: Any = None,
                  config: Any = None, traces: list[int] | None = None,
-                 forks: dict[int, int] | None = None) -> dict[str, Path]:
+                 forks: dict[int, int] | None = None, sections: Sequence[str] = ()) -> dict[str, Path]:
     """Write metrics.json, report.md, predictions.parquet, plots and heatmap.html into `out_dir`.
 
     `tokenizer` renders token text in the heatmap (ids are shown without it). With a `logger`
     (`prefixvalue.tracking`), scalars go to ``eval/...``, plots as images, the heatmap as an HTML
     panel and the per-prefix predictions as a table. `config` (an EvaluateConfig) sets how many
     traces are drawn; `traces` (indices into ``result.traces``) are drawn first, and `forks` marks a
-    forking token per trace index (see `render_heatmap`). Returns the written paths by name.
+    forking token per trace index (see `render_heatmap`). `sections` are markdown sections placed
+    after report.md's header (see `render_markdown`). Returns the written paths by name.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -401,7 +499,7 @@ def write_report(result: EvalResult, out_dir: str | Path, tokenizer: Any = None,
     metrics["files"] = {k: p.name for k, p in paths.items()} | {"report": "report.md", "metrics": "metrics.json"}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     paths["metrics"] = out / "metrics.json"
-    (out / "report.md").write_text(render_markdown(metrics, plots))
+    (out / "report.md").write_text(render_markdown(metrics, plots, sections))
     paths["report"] = out / "report.md"
 
     if logger is not None:

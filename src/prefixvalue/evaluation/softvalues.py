@@ -1,4 +1,4 @@
-"""Raw soft values of a policy read off its next-token logits q(s, ·) (DESIGN.md, seeds 000/001).
+"""Raw soft values of a policy read off its next-token logits q(s, ·) (docs/design.md, "Soft values").
 
 - extensive log-sum-exp value (Blondel et al. 2025): ``V_lse(s) = log Σ_a exp q(s, a)``
 - intensive MellowMax (Asadi & Littman 2017):
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from ..data.collate import ValueCollator
 
 
 def _as_float64(logits: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -138,20 +140,13 @@ def policy_soft_values(
     lengths = [len(p) + len(c) for p, c in zip(prompt_ids_list, completion_ids_list)]
     order = sorted(range(n), key=lambda i: lengths[i])
     forward_tokens = 0
+    collate = ValueCollator(pad_token_id)  # right padding: a row's logits do not depend on its batch
     for b0 in range(0, n, max(1, batch_size)):
         idx = order[b0:b0 + batch_size]
-        seqs = [list(prompt_ids_list[i]) + list(completion_ids_list[i]) for i in idx]
-        for i in idx:
-            if len(prompt_ids_list[i]) == 0:
-                raise ValueError("policy_soft_values: a trace has an empty prompt; position 0 needs one token")
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[r, : len(s)] = 1
-        forward_tokens += sum(len(s) for s in seqs)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        batch = collate([{"prompt_ids": prompt_ids_list[i], "completion_ids": completion_ids_list[i], "outcome": 0.0}
+                         for i in idx])
+        forward_tokens += int(batch["attention_mask"].sum())
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
         for r, i in enumerate(idx):
             p_len, t_len = len(prompt_ids_list[i]), len(completion_ids_list[i])
             rows = logits[r, p_len - 1: p_len + t_len]  # T + 1 rows: positions 0..T

@@ -2,7 +2,7 @@
 
 - token TD error (γ = 1): ``δ_t = V(s_{t+1}) − V(s_t)`` from values at positions 0..T
 - prefix-based step score: the value right after the step, ``V(position = step end)``
-- process-level step score (implicit model): ``σ(β · Σ_{i∈step} log π_φ(y_i|s_i) − log π_ref(y_i|s_i))``
+- process-level step score (models with token log-ratios): ``σ(β · Σ_{i∈step} log π_φ(y_i|s_i) − log π_ref(y_i|s_i))``
 - predicted first error: the first step whose score is below a threshold (−1 if none)
 - ProcessBench: acc_err on traces with an error, acc_cor on all-correct traces, F1 their harmonic
   mean. The threshold is chosen on a calibration split of *prompts* and reported on the disjoint
@@ -46,12 +46,14 @@ def prefix_step_scores(values: Sequence[float] | np.ndarray, step_spans: Sequenc
 
 def process_step_scores(token_log_ratios: Sequence[float] | np.ndarray, step_spans: Sequence[Sequence[int]],
                         beta: float) -> np.ndarray:
-    """Process-level step scores σ(β Σ_{i∈step} log-ratio_i) (implicit model; unscaled log-ratios in)."""
+    """Process-level step scores σ(β Σ_{i∈step} log-ratio_i) (unscaled per-token log-ratios in)."""
     r = np.asarray(token_log_ratios, dtype=np.float64)
     sums = np.array([r[int(s0):int(s1)].sum() for s0, s1 in step_spans], dtype=np.float64)
     z = beta * sums
-    # numerically safe logistic
-    return np.where(z >= 0, 1.0 / (1.0 + np.exp(-np.abs(z))), np.exp(-np.abs(z)) / (1.0 + np.exp(-np.abs(z))))
+    # the logistic written out: scipy.special.expit differs from it in the last bit for z < 0, which
+    # moves a chosen threshold by one ulp; this form keeps metrics.json bit-identical across versions
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def predict_first_error(scores: Sequence[float] | np.ndarray, threshold: float) -> int:
@@ -287,8 +289,8 @@ def score_step_examples(
 ) -> dict[str, Any]:
     """Score step data with a value model and report ProcessBench step verification.
 
-    Prefix-based scores (P̂ after each step) always; process-level scores as well when the model is
-    implicit (``value_model.kind == "implicit"``), under ``"process_level"``. Returns the
+    Prefix-based scores (P̂ after each step) always; process-level scores as well, under
+    ``"process_level"``, when the model's class sets ``process_scores`` (it has ``token_log_ratios``). Returns the
     `step_verification` dict plus ``"n_examples"``, ``"value_forward_tokens"``.
     """
     if not examples:
@@ -304,7 +306,7 @@ def score_step_examples(
     out["score"] = "prefix_value_after_step"
     out["n_examples"] = len(examples)
     out["value_forward_tokens"] = int(sum(len(p) + len(c) for p, c in zip(prompts, comps)))
-    if getattr(value_model, "kind", None) == "implicit":
+    if getattr(value_model, "process_scores", False):
         ratios = value_model.token_log_ratios(prompts, comps, batch_size=batch_size)
         beta = float(value_model.config.beta)
         pscores = [process_step_scores(r, e[2], beta) for r, e in zip(ratios, enc)]

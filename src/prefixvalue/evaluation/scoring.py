@@ -1,0 +1,319 @@
+"""Scoring estimators against Monte Carlo prefix labels: the per-prefix table → the metrics.json dict.
+
+For each labelled prefix, every estimator of `prefixvalue.evaluation.estimators` is scored against
+the MC labels (`prefixvalue.evaluation.metrics`: correlations with bootstrap CIs over traces, AUROC of
+the outcome, Brier, ECE, the split-half noise ceiling), by position group, with first-error
+prediction under the ProcessBench protocol (`prefixvalue.evaluation.stepscores`) and the cost of MC
+labels against one value-model forward. `prefixvalue.evaluation.report` writes the result.
+
+Library use (what the quickstart calls)::
+
+    result = evaluate_prefixes(traces, labels, value_model=vm, policy=model, config=EvaluateConfig(out="runs/eval"))
+    write_report(result, "runs/eval", tokenizer=tok)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..stages.evaluate import EvaluateConfig
+from ..tasks.base import first_error
+from ..tracking import jsonable
+from .estimators import ESTIMATORS, Estimates, Estimator, TraceRecord, estimate_values
+from .metrics import calibration_bins, correlation, estimator_metrics, saturation, split_half_noise_ceiling
+from .softvalues import SoftValueSpec
+from .stepscores import (
+    load_step_data,
+    prefix_step_scores,
+    process_step_scores,
+    score_step_examples,
+    step_verification,
+    td_errors,
+)
+
+POSITION_GROUPS = ("first_k", "step_boundary", "middle")
+
+
+@dataclass
+class EvalResult:
+    """Everything `write_report` needs: the metrics dict, the per-prefix table and per-trace curves.
+
+    `prefixes` maps column name to a list (one entry per labelled prefix); `curves[i][name]` is
+    estimator `name` on trace i at positions 0..T; `mc[i]` holds that trace's labelled positions
+    with their MC mean and Wilson CI.
+    """
+
+    metrics: dict[str, Any]
+    prefixes: dict[str, list[Any]]
+    traces: list[TraceRecord]
+    curves: list[dict[str, np.ndarray]]
+    mc: list[dict[str, np.ndarray]]
+    estimator_info: dict[str, dict[str, Any]] = dc_field(default_factory=dict)
+    calibration: dict[str, list[dict[str, float]]] = dc_field(default_factory=dict)
+
+
+def read_mc_cost(labels_dir: str | Path | None) -> dict[str, Any] | None:
+    """``{"generated_tokens", "prefill_tokens"}`` from ``cost.json`` beside the prefix labels (written by
+    ``prefixvalue label``), or None when there is no such file."""
+    if labels_dir is None:
+        return None
+    path = Path(labels_dir) / "cost.json"
+    if not path.exists():
+        return None
+    raw = json.loads(path.read_text())
+    return {k: None if raw.get(k) is None else float(raw[k]) for k in ("generated_tokens", "prefill_tokens")}
+
+
+def position_groups(position: int, step_ends: set[int], first_k: int) -> dict[str, bool]:
+    """Position-group flags of a prefix: ``first_k`` (≤ K completion tokens), ``step_boundary``
+    (the prefix ends exactly at a step end), ``middle`` (neither). The first two may overlap."""
+    fk = position <= first_k
+    sb = position in step_ends
+    return {"first_k": fk, "step_boundary": sb, "middle": not fk and not sb}
+
+
+def _rows(data: Any) -> list[dict[str, Any]]:
+    if isinstance(data, list):
+        return data
+    return [dict(r) for r in data]
+
+
+# --------------------------------------------------------------------------------- evaluation
+def evaluate_prefixes(
+    traces: Any,
+    labels: Any,
+    value_model: Any = None,
+    policy: Any = None,
+    tokenizer: Any = None,
+    config: EvaluateConfig | None = None,
+    estimators: dict[str, Estimator] | None = None,
+    mc_cost: dict[str, Any] | None = None,
+) -> EvalResult:
+    """Score every estimator on every labelled prefix and build the metrics.json dict.
+
+    `traces` and `labels` are datasets (or lists of row dicts) in the docs/design.md contracts;
+    traces without labels are ignored. `value_model` and `policy` are as in `estimate_values`;
+    `estimators` defaults to the `ESTIMATORS` registry. `mc_cost` is `read_mc_cost` of the labels
+    folder. Returns an `EvalResult`.
+    """
+    cfg = config or EvaluateConfig()
+    label_rows = _rows(labels)
+    by_trace: dict[str, list[dict[str, Any]]] = {}
+    for r in label_rows:
+        by_trace.setdefault(str(r["trace_id"]), []).append(r)
+    records = [TraceRecord.from_row(r) for r in _rows(traces) if str(r["trace_id"]) in by_trace]
+    orphan = sorted(set(by_trace) - {t.trace_id for t in records})
+    if cfg.max_traces is not None:
+        records = records[: cfg.max_traces]
+    if not records:
+        raise ValueError("evaluate: no trace has prefix labels (check that --labels matches --traces)")
+    notes: list[str] = []
+    if orphan:
+        notes.append(f"{len(orphan)} labelled trace id(s) are missing from the traces and were skipped "
+                     f"(e.g. {orphan[0]!r})")
+    spec = (SoftValueSpec(omegas=tuple(cfg.omegas), default_omega=cfg.mellowmax_omega, top_k=tuple(cfg.top_k))
+            if cfg.soft_values else None)
+    est = estimate_values(records, value_model, policy, tokenizer, batch_size=cfg.batch_size, soft_values=spec,
+                          base_rate=cfg.base_rate, estimators=dict(ESTIMATORS if estimators is None else estimators))
+    notes += est.notes
+    cols, mc = _prefix_table(records, by_trace, est, cfg.first_k)
+    names = list(est.info)
+
+    y = np.asarray(cols["mc_mean"], dtype=np.float64)
+    n_arr = np.asarray(cols["n"])
+    groups = np.asarray(cols["trace_id"])
+    positions = np.asarray(cols["position"])
+    ceiling = split_half_noise_ceiling(n_arr, cols["successes"], repeats=cfg.noise_ceiling_repeats, seed=cfg.seed)
+    est_metrics = _estimator_section(cols, names, est.info, ceiling, cfg)
+    n_pref = len(y)
+    metrics: dict[str, Any] = {
+        "n_traces": len(records),
+        "n_prefixes": n_pref,
+        "positions": {"min": int(positions.min()), "max": int(positions.max()),
+                      "n_distinct": len(np.unique(positions)),
+                      "mean_per_trace": float(n_pref / len(records)),
+                      "groups": {g: int(np.sum(cols[g])) for g in POSITION_GROUPS},
+                      "first_k": cfg.first_k},
+        "mc": _mc_section(y, n_arr, ceiling),
+        "estimators": est_metrics,
+        "mellowmax_default": ({"omega": cfg.mellowmax_omega, "vocab": "full"} if "mellowmax" in est.info else None),
+        "by_position_group": _group_section(cols, names, y, n_arr, groups, cfg),
+        "step_verification": _trace_step_verification(records, est, value_model, cfg),
+        "cost": _cost_section(est.cost, mc_cost, n_pref, len(label_rows)),
+        "notes": notes,
+    }
+    calib = {name: calibration_bins(cols[name], y, cfg.ece_bins) for name in names
+             if est_metrics[name]["probability"]}
+    return EvalResult(metrics=jsonable(metrics), prefixes=cols, traces=records, curves=est.curves, mc=mc,
+                      estimator_info=est.info, calibration=calib)
+
+
+def _prefix_table(records: list[TraceRecord], by_trace: dict[str, list[dict[str, Any]]], est: Estimates,
+                  first_k: int) -> tuple[dict[str, list[Any]], list[dict[str, np.ndarray]]]:
+    """The per-prefix table (one entry per labelled prefix in every column) and each trace's MC curve."""
+    names = list(est.info)
+    cols: dict[str, list[Any]] = {k: [] for k in (
+        "trace_id", "prompt_id", "position", "n", "successes", "mc_mean", "ci_low", "ci_high", "outcome",
+        *POSITION_GROUPS)}
+    for name in names:
+        cols[name] = []
+    if "learned" in names:
+        cols["learned_td"] = []
+    mc: list[dict[str, np.ndarray]] = []
+    for t, curve in zip(records, est.curves):
+        rows = sorted(by_trace[t.trace_id], key=lambda r: int(r["position"]))
+        ends = {int(e) for _, e in t.step_spans}
+        td = td_errors(curve["learned"]) if "learned" in curve else None
+        for r in rows:
+            p = int(r["position"])
+            if not 0 <= p <= t.length:
+                raise ValueError(f"label position {p} outside 0..{t.length} for trace {t.trace_id}")
+            cols["trace_id"].append(t.trace_id)
+            cols["prompt_id"].append(t.prompt_id)
+            cols["position"].append(p)
+            cols["n"].append(int(r["n"]))
+            cols["successes"].append(int(r["successes"]))
+            for col, key in (("mc_mean", "mean"), ("ci_low", "ci_low"), ("ci_high", "ci_high")):
+                cols[col].append(float(r[key]))
+            cols["outcome"].append(t.outcome)
+            for g, flag in position_groups(p, ends, first_k).items():
+                cols[g].append(flag)
+            for name in names:
+                cols[name].append(float(curve[name][p]))
+            if td is not None:
+                cols["learned_td"].append(float(td[p]) if p < t.length else None)
+        mc.append({"position": np.asarray([int(r["position"]) for r in rows]),
+                   **{key: np.asarray([float(r[key]) for r in rows]) for key in ("mean", "ci_low", "ci_high")}})
+    return cols, mc
+
+
+def _mc_section(y: np.ndarray, n_arr: np.ndarray, ceiling: dict[str, Any]) -> dict[str, Any]:
+    sat = saturation(y, n_arr)
+    return {
+        "samples_per_prefix": int(np.median(n_arr)),
+        "samples_per_prefix_range": [int(n_arr.min()), int(n_arr.max())],
+        "label_mean": float(y.mean()),
+        "label_variance": float(y.var()),
+        "n_at_one": sat["n_at_one"],
+        "n_at_zero": sat["n_at_zero"],
+        "noise_ceiling": ceiling,
+        "saturated": sat["saturated"],
+        "note": sat["note"],
+    }
+
+
+def _estimator_section(cols: dict[str, list[Any]], names: list[str], info: dict[str, dict[str, Any]],
+                       ceiling: dict[str, Any], cfg: EvaluateConfig) -> dict[str, Any]:
+    y = np.asarray(cols["mc_mean"], dtype=np.float64)
+    outcome = np.asarray(cols["outcome"], dtype=np.float64)
+    groups = np.asarray(cols["trace_id"])
+    out: dict[str, Any] = {}
+    for name in names:
+        x = np.asarray(cols[name], dtype=np.float64)
+        m = estimator_metrics(x, y, outcome, groups, probability=info[name]["probability"],
+                              n_boot=cfg.n_bootstrap, seed=cfg.seed, n_bins=cfg.ece_bins)
+        m["spearman"]["noise_ceiling"] = ceiling["spearman"]
+        if m["spearman"]["value"] is not None and ceiling["spearman"]:
+            m["spearman"]["fraction_of_ceiling"] = m["spearman"]["value"] / ceiling["spearman"]
+        m["description"] = info[name]["description"]
+        for extra in ("params", "kind", "base_rate", "note"):
+            if extra in info[name]:
+                m[extra] = info[name][extra]
+        out[name] = m
+    return out
+
+
+def _group_section(cols: dict[str, list[Any]], names: list[str], y: np.ndarray, n_arr: np.ndarray,
+                   groups: np.ndarray, cfg: EvaluateConfig) -> dict[str, Any]:
+    definitions = {"first_k": f"position <= {cfg.first_k}", "step_boundary": "the prefix ends at a step end",
+                   "middle": f"position > {cfg.first_k} and not at a step end"}
+    out: dict[str, Any] = {}
+    for g in POSITION_GROUPS:
+        mask = np.asarray(cols[g], dtype=bool)
+        entry: dict[str, Any] = {"n_prefixes": int(mask.sum()), "n_traces": len(set(groups[mask].tolist())),
+                                 "definition": definitions[g]}
+        if mask.any():
+            entry["label_mean"] = float(y[mask].mean())
+            entry["label_variance"] = float(y[mask].var())
+            gs = saturation(y[mask], n_arr[mask])
+            entry["saturated"] = gs["saturated"]
+            entry["note"] = gs["note"]
+        entry["estimators"] = {
+            name: {m: correlation(np.asarray(cols[name])[mask], y[mask], groups[mask], m,
+                                  n_boot=cfg.n_bootstrap, seed=cfg.seed) for m in ("spearman", "pearson")}
+            for name in names}
+        out[g] = entry
+    return out
+
+
+def _cost_section(cost: dict[str, Any], mc_cost: dict[str, Any] | None, n_pref: int, n_labelled: int) -> dict[str, Any]:
+    """Forward tokens of the estimators vs tokens sampled for the MC labels of the same prefixes."""
+    cost = dict(cost)
+    mc_gen = None
+    if mc_cost is not None and mc_cost.get("generated_tokens") is not None:
+        mc_gen = float(mc_cost["generated_tokens"])
+        src = "labels cost.json"
+        if n_pref < n_labelled:
+            mc_gen *= n_pref / n_labelled
+            src += f", scaled to the {n_pref} of {n_labelled} labelled prefixes evaluated"
+        cost["mc_generated_tokens_source"] = src
+        if mc_cost.get("prefill_tokens") is not None:
+            cost["mc_prefill_tokens"] = mc_cost["prefill_tokens"]
+    cost["mc_generated_tokens"] = mc_gen
+    if mc_gen is None:
+        cost["mc_generated_tokens_note"] = "unknown: the labels folder has no cost.json with generated_tokens"
+    vft = cost.get("value_forward_tokens")
+    cost["ratio_mc_to_value"] = (mc_gen / vft) if (mc_gen is not None and vft) else None
+    if cost["ratio_mc_to_value"] is None:
+        cost["ratio_mc_to_value_note"] = "needs both MC generated tokens and value-model forward tokens"
+    cost["note"] = ("value_forward_tokens = prompt + completion tokens of one value-model forward per trace, which "
+                    "scores every prefix of the trace; mc_generated_tokens = tokens sampled to label the same prefixes")
+    return cost
+
+
+def _trace_step_verification(records: list[TraceRecord], est: Estimates, value_model: Any,
+                             cfg: EvaluateConfig) -> dict[str, Any]:
+    """ProcessBench step verification of the learned values on traces with exact step labels."""
+    base = {"f1": None, "acc_erroneous": None, "acc_correct": None, "threshold": None,
+            "threshold_split": "calibration"}
+    if value_model is None:
+        return {**base, "note": "no value model: step verification scores the learned values"}
+    keep, mismatched = [], 0
+    for i, t in enumerate(records):
+        if t.step_labels is None:
+            continue
+        if len(t.step_labels) != len(t.step_spans):
+            mismatched += 1
+            continue
+        keep.append(i)
+    if not keep:
+        return {**base, "note": "no evaluated trace has exact step labels (the task gives none)"}
+    labels = [first_error(records[i].step_labels) for i in keep]
+    groups = [records[i].prompt_id for i in keep]
+    scores = [prefix_step_scores(est.curves[i]["learned"], records[i].step_spans) for i in keep]
+    out = step_verification(scores, labels, groups, cfg.calibration_fraction, cfg.seed)
+    out["score"] = "learned value after each step (prefix-based)"
+    out["n_traces_with_step_labels"] = len(keep)
+    if mismatched:
+        out["skipped_note"] = f"{mismatched} trace(s) skipped: step_labels and step_spans differ in length"
+    if est.log_ratios is not None:
+        beta = float(value_model.config.beta)
+        pscores = [process_step_scores(est.log_ratios[i], records[i].step_spans, beta) for i in keep]
+        out["process_level"] = step_verification(pscores, labels, groups, cfg.calibration_fraction, cfg.seed)
+        out["process_level"]["score"] = f"sigmoid(beta * sum of step log-ratios), beta = {beta:g}"
+    return out
+
+
+def evaluate_step_data(value_model: Any, tokenizer: Any, path: str | Path, cfg: EvaluateConfig) -> dict[str, Any]:
+    """Score ProcessBench / TRL stepwise data at `path` with the value model (ProcessBench protocol)."""
+    examples = load_step_data(path, cfg.step_data_format)
+    out = score_step_examples(value_model, tokenizer, examples, cfg.calibration_fraction, cfg.seed,
+                              cfg.batch_size, cfg.step_prompt_template, cfg.step_separator)
+    out["source"] = str(path)
+    return jsonable(out)

@@ -10,6 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.prefixvalue-installed
 QUICKSTART_CONFIG ?= recipes/quickstart.yaml
+QUICKSTART_OUT ?= runs/quickstart
 
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -28,8 +29,10 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# a run from an empty folder records its wall clock in benchmarks/results.json (quickstart_seconds)
 quickstart: install
-	$(VENV)/bin/prefixvalue quickstart --config $(QUICKSTART_CONFIG)
+	$(VENV)/bin/prefixvalue quickstart --config $(QUICKSTART_CONFIG) out=$(QUICKSTART_OUT)
+	$(PY) benchmarks/record_quickstart.py $(QUICKSTART_OUT)
 
 test: install
 	$(PY) -m pytest

@@ -122,7 +122,7 @@ def test_main_on_tiny_data(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch
     fake = FakeValueModel(str(tiny_model_dir))
     monkeypatch.setattr(ev, "_load_value_model", lambda path, device: fake)
     out = tmp_path / "eval"
-    metrics = ev.main(["--checkpoint", "ckpt", "--traces", str(tdir), "--labels", str(ldir), "--out", str(out),
+    metrics = ev.main(["checkpoint=ckpt", f"traces={tdir}", f"labels={ldir}", f"out={out}",
                        "n_bootstrap=40", "noise_ceiling_repeats=10", "report_to=disk", "top_k=[5]"])
 
     for name in ("metrics.json", "report.md", "heatmap.html", "calibration.png", "scatter.png",
@@ -225,9 +225,9 @@ def test_config_validation():
     with pytest.raises(ConfigError):
         ev.EvaluateConfig(checkpoint="c", traces="t", labels="l").check_inputs()  # out missing
     with pytest.raises(ConfigError):
-        ev.main(["--out", "x", "--policy", "p"])  # nothing to evaluate
+        ev.main(["out=x", "policy=p"])  # nothing to evaluate
     with pytest.raises(ConfigError):
-        ev.parse_config(ev.EvaluateConfig, ["--out", "x", "--checkpoint", "c", "--step_data", "f", "omegaz=1"])
+        ev.parse_config(ev.EvaluateConfig, ["out=x", "checkpoint=c", "step_data=f", "omegaz=1"])
 
 
 def test_end_to_end_collect_label_train_evaluate(tmp_path):
@@ -236,18 +236,18 @@ def test_end_to_end_collect_label_train_evaluate(tmp_path):
 
     policy = REPO / "data" / "policies" / "arith-tiny"
     traces, labels, ckpt, out = (tmp_path / d for d in ("traces", "labels", "ckpt", "eval"))
-    assert cli(["collect", "--task", "arith", "--model", str(policy), "--num-prompts", "6", "--samples", "3",
-                "--out", str(traces)]) == 0
-    assert cli(["label", "--traces", str(traces), "--model", str(policy), "--positions", "steps",
-                "--samples", "4", "--out", str(labels)]) == 0
+    assert cli(["collect", "task=arith", f"model={policy}", "num_prompts=6", "samples=3",
+                f"out={traces}"]) == 0
+    assert cli(["label", f"traces={traces}", f"model={policy}", "positions=steps",
+                "samples=4", f"out={labels}"]) == 0
     spec = importlib.util.spec_from_file_location("pv_train_recipe", REPO / "recipes" / "train.py")
     train = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = train  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(train)
-    train.main(["--config", str(REPO / "recipes" / "configs" / "quickstart.yaml"), f"traces={traces}",
+    train.main(["--config", str(REPO / "recipes" / "configs" / "arith-tiny.yaml"), f"traces={traces}",
                 f"output_dir={ckpt}", "max_steps=2", "report_to=none", f"policy={policy}"])
-    metrics = ev.main(["--checkpoint", str(ckpt / "final"), "--traces", str(traces), "--labels", str(labels),
-                       "--out", str(out), "n_bootstrap=20", "report_to=disk"])
+    metrics = ev.main([f"checkpoint={ckpt / 'final'}", f"traces={traces}", f"labels={labels}",
+                       f"out={out}", "n_bootstrap=20", "report_to=disk"])
     assert metrics["n_traces"] > 0 and "learned" in metrics["estimators"]
     for name in ("metrics.json", "report.md", "heatmap.html", "calibration.png", "value_curves.png"):
         assert (out / name).exists()
@@ -266,8 +266,8 @@ def test_main_with_real_value_model(tmp_path, tiny_tokenizer, tiny_model_dir, ki
     traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=4)
     tdir, ldir = _write(tmp_path, traces, labels)
     out = tmp_path / "eval"
-    metrics = ev.main(["--checkpoint", str(tmp_path / "ckpt"), "--traces", str(tdir), "--labels", str(ldir),
-                       "--out", str(out), "n_bootstrap=20", "noise_ceiling_repeats=5", "report_to=disk",
+    metrics = ev.main([f"checkpoint={tmp_path / 'ckpt'}", f"traces={tdir}", f"labels={ldir}",
+                       f"out={out}", "n_bootstrap=20", "noise_ceiling_repeats=5", "report_to=disk",
                        "device=cpu"])
     assert metrics["policy"] == str(tiny_model_dir)  # defaults to the checkpoint's reference model
     learned = metrics["estimators"]["learned"]
@@ -290,7 +290,7 @@ def test_main_scores_processbench_file(tmp_path, tiny_model_dir, monkeypatch):
     pb = tmp_path / "pb.jsonl"
     pb.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "pb_eval"
-    metrics = ev.main(["--checkpoint", "ckpt", "--step_data", str(pb), "--out", str(out), "report_to=disk"])
+    metrics = ev.main(["checkpoint=ckpt", f"step_data={pb}", f"out={out}", "report_to=disk"])
     sb = metrics["step_benchmark"]
     assert sb["n_examples"] == 20 and sb["threshold_split"] == "calibration"
     assert sb["n_calibration"] + sb["n_test"] == 20 and sb["n_calibration"] > 0 and sb["n_test"] > 0

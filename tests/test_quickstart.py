@@ -4,7 +4,6 @@ tiny sizes on the shipped policy (every file it promises, resuming a finished fo
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,41 +78,21 @@ def test_config_validation():
     kinds = list(VALUE_MODELS)
     with pytest.raises(ConfigError, match="value_models"):
         parse_config(qs.QuickstartConfig, ["policy=p", f"value_models=[{kinds[0]},ipvrm]"])
-    with pytest.raises(ConfigError, match="label_positions"):
-        parse_config(qs.QuickstartConfig, ["policy=p", "label_positions=short:2"])
+    with pytest.raises(ConfigError, match="label.positions"):
+        parse_config(qs.QuickstartConfig, ["policy=p", "label.positions=short:2"])
     cfg = parse_config(qs.QuickstartConfig, ["policy=p", "train.max_steps=7", "evaluate.n_bootstrap=3"])
     assert cfg.train.max_steps == 7 and cfg.evaluate.n_bootstrap == 3 and cfg.value_models == kinds
-
-
-def _run_with_eval_history(run):
-    """`train.run`, with the ``eval_history`` of its result read back from metrics.jsonl when the
-    training loop does not return it yet (one entry per held-out step, the last evaluation wins)."""
-
-    def wrapped(cfg):
-        result = run(cfg)
-        if "eval_history" not in result:
-            by_step = {}
-            for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines():
-                rec = json.loads(line)
-                if "eval/brier_all" in rec:
-                    by_step[rec["step"]] = {"step": rec["step"], **{k[5:]: v for k, v in rec.items()
-                                                                    if k.startswith("eval/")}}
-            result["eval_history"] = [by_step[k] for k in sorted(by_step)]
-        return result
-
-    return wrapped
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED_POLICY.exists(), reason="the shipped policy data/policies/arith-tiny is absent")
 def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setattr(qs.train_mod, "run", _run_with_eval_history(qs.train_mod.run))
     out = tmp_path / "qs"
-    argv = [f"out={out}", f"policy={SHIPPED_POLICY}", "num_prompts=20", "samples=4", "label_samples=4",
+    argv = [f"out={out}", f"policy={SHIPPED_POLICY}", "collect.num_prompts=20", "collect.samples=4", "label.samples=4",
             "label_max_traces=6", "short_samples=4", "forks=2", "threads=1",
             "train.max_steps=4", "train.per_device_batch_size=8", "train.eval_every=2", "train.checkpoint_every=2",
-            "train.heldout_fraction=0.3", "train.report_to=disk", "train.mixed_precision=fp32",
+            "train.heldout_fraction=0.3", "train.report_to=disk",
             "evaluate.n_bootstrap=10", "evaluate.noise_ceiling_repeats=5", "evaluate.report_to=disk"]
     assert qs.main(argv) == 0
     for name in ("metrics.json", "report.md", "heatmap.html", "value_curves.png", "calibration.png",

@@ -170,11 +170,16 @@ def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a mapping (YAML or command-line values, dotted-key `prefix` for
     messages): values read by the field types, unknown keys rejected, ConfigError on any problem."""
     hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
-        if key not in names:
-            raise _unknown(prefix + key, [prefix + n for n in names], cls.__name__)
+        if key not in fields:
+            raise _unknown(prefix + key, [prefix + n for n in fields], cls.__name__)
+        default_factory = fields[key].default_factory
+        if _is_dataclass_type(hints[key]) and isinstance(value, dict) and default_factory is not dataclasses.MISSING:
+            # a nested config given in part keeps the other values of its field's default, not of its class
+            default = default_factory()
+            value = {**{f.name: getattr(default, f.name) for f in dataclasses.fields(default) if f.init}, **value}
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     try:
         return cls(**kwargs)

@@ -7,13 +7,14 @@ each shard under ``OUT/shards/`` and merge into ``OUT/`` at the end; readers use
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import datasets
 
-from .split import is_heldout, split_by_prompt, unit_hash
+from .split import heldout_selection, is_heldout, split_by_prompt, unit_hash
 
 #: fields every traces row carries (see docs/design.md, "traces")
 TRACE_FIELDS: tuple[str, ...] = (
@@ -61,5 +62,24 @@ def rows_to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
     return datasets.Dataset.from_list(rows)
 
 
-__all__ = ["LABEL_FIELDS", "TRACE_FIELDS", "DataFormatError", "is_heldout", "load_labels", "load_traces",
-           "rows_to_dataset", "split_by_prompt", "unit_hash"]
+def save_subset(ds: datasets.Dataset, indices: list[int], path: str | Path) -> Path:
+    """Save rows `indices` of traces `ds` at `path` (atomically: a temp folder, then a rename), unless the
+    same trace ids are already there; returns the path."""
+    path = Path(path)
+    sub = ds.select(indices)
+    if path.exists():
+        try:
+            if load_traces(path)["trace_id"] == sub["trace_id"]:
+                return path
+        except (OSError, ValueError):  # an incomplete folder from an interrupted run: rewrite it
+            pass
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    sub.save_to_disk(str(tmp))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.replace(path)
+    return path
+
+
+__all__ = ["LABEL_FIELDS", "TRACE_FIELDS", "DataFormatError", "heldout_selection", "is_heldout", "load_labels", "load_traces",
+           "rows_to_dataset", "save_subset", "split_by_prompt", "unit_hash"]

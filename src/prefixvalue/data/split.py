@@ -31,3 +31,24 @@ def split_by_prompt(ds: datasets.Dataset, heldout_fraction: float, seed: int = 0
     train_idx = [i for i, f in enumerate(flags) if not f]
     held_idx = [i for i, f in enumerate(flags) if f]
     return ds.select(train_idx), ds.select(held_idx)
+
+
+def heldout_selection(traces: datasets.Dataset, heldout_fraction: float, seed: int, traces_per_prompt: int,
+                      max_traces: int) -> tuple[list[int], list[int], int, int]:
+    """Which held-out traces to label: indices of up to `traces_per_prompt` traces per held-out prompt (at
+    most `max_traces` in all, in dataset order), indices of the first trace of every held-out prompt, and
+    the numbers of training and held-out prompts. The split is `split_by_prompt`'s."""
+    train_ds, held = split_by_prompt(traces, heldout_fraction, seed)
+    held_ids = set(held["trace_id"])
+    per_prompt: dict[str, int] = {}
+    chosen, first = [], []
+    for i, (tid, pid) in enumerate(zip(traces["trace_id"], traces["prompt_id"])):
+        if tid not in held_ids:
+            continue
+        seen = per_prompt.get(pid, 0)
+        if seen == 0:
+            first.append(i)
+        if seen < traces_per_prompt and len(chosen) < max_traces:
+            chosen.append(i)
+        per_prompt[pid] = seen + 1
+    return chosen, first, len(set(train_ds["prompt_id"])), len(per_prompt)

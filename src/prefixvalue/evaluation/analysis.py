@@ -7,16 +7,18 @@ renders them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..stages.evaluate import EvaluateConfig
 from .estimators import Estimator
 from .scoring import EvalResult, evaluate_prefixes
 
 #: share of the noise ceiling the learned value should reach (the quality goal)
 CEILING_GOAL = 0.8
+
+if TYPE_CHECKING:  # the stage's config; the stage imports this module, not the reverse
+    from ..stages.evaluate import EvaluateConfig
 
 
 def largest_jumps(result: EvalResult, k: int, tokenizer: Any = None) -> list[dict[str, Any]]:

@@ -18,11 +18,10 @@ import json
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..stages.evaluate import EvaluateConfig
 from ..tasks.base import first_error
 from ..tracking import jsonable
 from .estimators import ESTIMATORS, Estimates, Estimator, TraceRecord, estimate_values
@@ -36,6 +35,9 @@ from .stepscores import (
     step_verification,
     td_errors,
 )
+
+if TYPE_CHECKING:  # the stage's config; the stage imports this module, not the reverse
+    from ..stages.evaluate import EvaluateConfig
 
 POSITION_GROUPS = ("first_k", "step_boundary", "middle")
 
@@ -88,10 +90,11 @@ def _rows(data: Any) -> list[dict[str, Any]]:
 def evaluate_prefixes(
     traces: Any,
     labels: Any,
+    *,
+    config: EvaluateConfig,
     value_model: Any = None,
     policy: Any = None,
     tokenizer: Any = None,
-    config: EvaluateConfig | None = None,
     estimators: dict[str, Estimator] | None = None,
     mc_cost: dict[str, Any] | None = None,
 ) -> EvalResult:
@@ -102,7 +105,7 @@ def evaluate_prefixes(
     `estimators` defaults to the `ESTIMATORS` registry. `mc_cost` is `read_mc_cost` of the labels
     folder. Returns an `EvalResult`.
     """
-    cfg = config or EvaluateConfig()
+    cfg = config
     label_rows = _rows(labels)
     by_trace: dict[str, list[dict[str, Any]]] = {}
     for r in label_rows:

@@ -80,10 +80,6 @@ class CollectConfig:
     progress: bool = field(True, help="show a progress bar with tokens/s")
 
     def __post_init__(self) -> None:
-        if not self.out:
-            raise ConfigError("collect: out is required (out=DIR)")
-        if not self.model:
-            raise ConfigError("collect: model is required (model=NAME_OR_PATH)")
         try:
             self.task_args = task_options(self.task, self.task_args)
         except KeyError as exc:
@@ -96,6 +92,13 @@ class CollectConfig:
             self.params()
         except ValueError as exc:
             raise ConfigError(f"collect: {exc}") from None
+
+    def check_inputs(self) -> None:
+        """The inputs a run needs (left unset in the quickstart's nested config, which fills them)."""
+        if not self.out:
+            raise ConfigError("collect: out is required (out=DIR)")
+        if not self.model:
+            raise ConfigError("collect: model is required (model=NAME_OR_PATH)")
 
     def params(self) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_p, self.top_k, self.max_new_tokens, tuple(self.stop), self.seed)
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(cfg: CollectConfig) -> int:
     """Run ``prefixvalue collect`` with a config object (what the quickstart calls); returns the exit status."""
+    cfg.check_inputs()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     datasets.disable_progress_bars()
     out = Path(cfg.out)

@@ -1,7 +1,7 @@
 """``prefixvalue evaluate``: learned prefix values vs raw soft values vs Monte Carlo labels.
 
-    prefixvalue evaluate --checkpoint runs/train --traces runs/traces --labels runs/labels --out runs/eval
-    prefixvalue evaluate --checkpoint runs/train --step_data processbench_gsm8k.jsonl --out runs/pb
+    prefixvalue evaluate checkpoint=runs/train/final traces=runs/traces labels=runs/labels out=runs/eval
+    prefixvalue evaluate checkpoint=runs/train/final step_data=processbench_gsm8k.jsonl out=runs/pb
 
 Every labelled trace given is evaluated (the prefix labels define the held-out prefixes): the
 estimators (`prefixvalue.evaluation.estimators`: the checkpoint's ``learned`` P̂, the policy's
@@ -72,16 +72,16 @@ class EvaluateConfig:
     def check_inputs(self) -> None:
         """Checks of the command line (which inputs go together); library calls pass data in memory."""
         if self.out is None:
-            raise ConfigError("evaluate: --out is required")
+            raise ConfigError("evaluate: out is required (out=DIR)")
         has_prefix_data = self.traces is not None or self.labels is not None
         if has_prefix_data and (self.traces is None or self.labels is None):
-            raise ConfigError("evaluate: give both --traces and --labels (or neither, with --step_data)")
+            raise ConfigError("evaluate: give both traces= and labels= (or neither, with step_data=)")
         if not has_prefix_data and self.step_data is None:
-            raise ConfigError("evaluate: nothing to evaluate; give --traces and --labels, or --step_data")
+            raise ConfigError("evaluate: nothing to evaluate; give traces= and labels=, or step_data=")
         if self.step_data is not None and self.checkpoint is None:
-            raise ConfigError("evaluate: --step_data is scored with a value model; give --checkpoint")
+            raise ConfigError("evaluate: step_data is scored with a value model; give checkpoint=")
         if self.checkpoint is None and self.policy is None:
-            raise ConfigError("evaluate: give --checkpoint, or --policy to evaluate soft values only")
+            raise ConfigError("evaluate: give checkpoint=, or policy= to evaluate soft values only")
 
 
 # ------------------------------------------------------------------------------------- run

@@ -77,10 +77,13 @@ class LabelConfig:
     trust_remote_code: bool = field(False, help="allow custom model code from the model folder")
     progress: bool = field(True, help="show a progress bar")
 
-    def __post_init__(self) -> None:
+    def check_inputs(self) -> None:
+        """The inputs a run needs (left unset in the quickstart's nested config, which fills them)."""
         for name in ("traces", "model", "out"):
             if not getattr(self, name):
                 raise ConfigError(f"label: {name} is required ({name}=...)")
+
+    def __post_init__(self) -> None:
         if self.task_args is not None and self.task:  # else checked in `run`, against the traces' task
             try:
                 self.task_args = task_options(self.task, self.task_args)
@@ -152,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(cfg: LabelConfig) -> int:
     """Run ``prefixvalue label`` with a config object (what the quickstart calls); returns the exit status."""
+    cfg.check_inputs()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     datasets.disable_progress_bars()
     out = Path(str(cfg.out))

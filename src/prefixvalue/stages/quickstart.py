@@ -1,10 +1,10 @@
 """``prefixvalue quickstart``: the whole loop on one config, collect → label → train → evaluate.
 
     prefixvalue quickstart --config recipes/quickstart.yaml           # what `make quickstart` runs
-    prefixvalue quickstart --config recipes/quickstart.yaml num_prompts=8000 train.max_steps=4000
+    prefixvalue quickstart --config recipes/quickstart.yaml collect.num_prompts=8000 train.max_steps=4000
 
-1. collect ``samples`` traces for each of ``num_prompts`` prompts (``OUT/traces``);
-2. split by prompt as training does and label held-out traces by Monte Carlo at ``label_positions``
+1. collect ``collect.samples`` traces for each of ``collect.num_prompts`` prompts (``OUT/traces``);
+2. split by prompt as training does and label held-out traces by Monte Carlo at ``label.positions``
    (``OUT/labels``), plus one trace per held-out prompt at ``short:K`` (``OUT/labels_short``);
 3. train each value model in ``value_models`` on the training prompts (``OUT/train_<kind>``);
 4. evaluate on the held-out prefixes (the first kind is ``learned``, the others ``learned_<kind>``),
@@ -18,7 +18,6 @@ run's wall clock with ``python benchmarks/record_quickstart.py OUT``.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
-from ..data import load_labels, load_traces, split_by_prompt
+from ..data import heldout_selection, load_labels, load_traces, save_subset
 from ..evaluation.analysis import largest_jumps, quality_verdict, short_prefix_study
 from ..evaluation.estimators import ESTIMATORS, value_model_estimator
 from ..evaluation.report import render_quickstart_section, summary_table, write_report
@@ -45,17 +44,13 @@ class QuickstartConfig:
 
     out: str = field("runs/quickstart", help="run folder (traces, labels, train_<kind>, report)")
     policy: str | None = field(None, help="policy: local folder or hub name (required)")
-    task: str = field("arith", help="task name in prefixvalue.tasks.TASKS")
-    task_args: dict = field(default_factory=dict, help="task keyword arguments (YAML mapping)")
-    split: str = field("test", help="task split the prompts come from")
-    num_prompts: int = field(2000, help="prompts collected")
-    samples: int = field(8, help="completions sampled per prompt")
-    max_new_tokens: int = field(64, help="longest completion, in tokens")
-    temperature: float = field(1.0, help="sampling temperature of collection and labelling")
-    seed: int = field(0, help="seed of collection (labelling uses seed + 1 and seed + 2)")
-    batch_rows: int = field(256, help="most sequences decoded together")
-    label_positions: str = field("all", help="positions labelled on held-out traces: all | stride:K | steps")
-    label_samples: int = field(32, help="MC continuations per labelled held-out prefix")
+    collect: collect.CollectConfig = field(
+        default_factory=lambda: collect.CollectConfig(split="test", num_prompts=2000),
+        help="collection options (out and model are set here)")
+    label: label.LabelConfig = field(
+        default_factory=lambda: label.LabelConfig(positions="all", samples=32, seed=1),
+        help="MC labelling of held-out traces (traces, out, model and temperature are set here; the short-prefix "
+             "study uses label.seed + 1)")
     label_traces_per_prompt: int = field(1, help="held-out traces labelled per held-out prompt")
     label_max_traces: int = field(200, help="most held-out traces labelled")
     short_k: int = field(2, help="short-prefix study: positions short:1 .. short:K, one trace per held-out prompt")
@@ -71,14 +66,13 @@ class QuickstartConfig:
     def __post_init__(self) -> None:
         if not self.policy:
             raise ConfigError("quickstart: policy is required (policy=NAME_OR_PATH, as in recipes/quickstart.yaml)")
-        for name in ("num_prompts", "samples", "label_samples", "label_traces_per_prompt", "label_max_traces",
-                     "short_samples", "batch_rows", "max_new_tokens"):
+        for name in ("label_traces_per_prompt", "label_max_traces", "short_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"quickstart: {name} must be >= 1, got {getattr(self, name)}")
         if self.short_k < 1 or self.forks < 0:
             raise ConfigError("quickstart: short_k >= 1 and forks >= 0")
-        if self.label_positions.split(":")[0] in ("short", "adaptive"):
-            raise ConfigError("quickstart: label_positions must be all, stride:K or steps (short runs separately)")
+        if self.label.positions.split(":")[0] in ("short", "adaptive"):
+            raise ConfigError("quickstart: label.positions must be all, stride:K or steps (short runs separately)")
         bad = [k for k in self.value_models if k not in VALUE_MODELS]
         if not self.value_models or bad or len(set(self.value_models)) != len(self.value_models):
             raise ConfigError(f"quickstart: value_models must be distinct names among {', '.join(VALUE_MODELS)}; "
@@ -94,43 +88,6 @@ def _timed(seconds: dict[str, float], name: str, fn: Any, *args: Any) -> Any:
     seconds[name] = round(time.perf_counter() - t, 1)
     print(f"== {name}: {seconds[name]:.1f} s", flush=True)
     return out
-
-
-def _save_subset(ds: Any, indices: list[int], path: Path) -> Path:
-    """Write rows `indices` of `ds` to `path` unless the same trace ids are already there."""
-    sub = ds.select(indices)
-    if path.exists():
-        try:
-            if load_traces(path)["trace_id"] == sub["trace_id"]:
-                return path
-        except (OSError, ValueError):  # an incomplete folder from an interrupted run: rewrite it
-            pass
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    sub.save_to_disk(str(tmp))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.replace(path)
-    return path
-
-
-def heldout_subsets(traces: Any, cfg: QuickstartConfig) -> tuple[list[int], list[int], int, int]:
-    """Indices of the held-out traces to label at every position (up to `label_traces_per_prompt`
-    per prompt, at most `label_max_traces`) and of one trace per held-out prompt for short:K;
-    also the numbers of training and held-out prompts."""
-    train_ds, held = split_by_prompt(traces, cfg.train.heldout_fraction, cfg.train.split_seed)
-    held_ids = set(held["trace_id"])
-    per_prompt: dict[str, int] = {}
-    full, short = [], []
-    for i, (tid, pid) in enumerate(zip(traces["trace_id"], traces["prompt_id"])):
-        if tid not in held_ids:
-            continue
-        seen = per_prompt.get(pid, 0)
-        if seen == 0:
-            short.append(i)
-        if seen < cfg.label_traces_per_prompt and len(full) < cfg.label_max_traces:
-            full.append(i)
-        per_prompt[pid] = seen + 1
-    return full, short, len(set(train_ds["prompt_id"])), len(per_prompt)
 
 
 def _train(cfg: QuickstartConfig, kind: str, traces_dir: Path, out: Path) -> dict[str, Any]:
@@ -159,25 +116,21 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     traces_dir = out / "traces"
 
     # 1. collect
-    _timed(seconds, "collect", collect.run, collect.CollectConfig(
-        out=str(traces_dir), model=cfg.policy, task=cfg.task, task_args=dict(cfg.task_args), split=cfg.split,
-        num_prompts=cfg.num_prompts, samples=cfg.samples, seed=cfg.seed, temperature=cfg.temperature,
-        max_new_tokens=cfg.max_new_tokens, batch_rows=cfg.batch_rows))
+    _timed(seconds, "collect", collect.run, dataclasses.replace(cfg.collect, out=str(traces_dir), model=cfg.policy))
     traces = load_traces(traces_dir)
 
     # 2. held-out prefixes, labelled by MC (the split is the one training uses)
-    full, short, n_train_prompts, n_held_prompts = heldout_subsets(traces, cfg)
+    full, short, n_train_prompts, n_held_prompts = heldout_selection(traces, cfg.train.heldout_fraction, cfg.train.split_seed,
+                                                                   cfg.label_traces_per_prompt, cfg.label_max_traces)
     if not full:
         raise ConfigError("quickstart: no held-out prompts; raise num_prompts or train.heldout_fraction")
-    held_dir = _save_subset(traces, full, out / "heldout_traces")
-    short_dir = _save_subset(traces, short, out / "short_traces")
-    base = {"model": cfg.policy, "batch_rows": cfg.batch_rows, "temperature": cfg.temperature}
-    _timed(seconds, "label", label.run, label.LabelConfig(
-        traces=str(held_dir), out=str(out / "labels"), positions=cfg.label_positions, samples=cfg.label_samples,
-        seed=cfg.seed + 1, **base))
-    _timed(seconds, "label short", label.run, label.LabelConfig(
-        traces=str(short_dir), out=str(out / "labels_short"), positions=f"short:{cfg.short_k}",
-        samples=cfg.short_samples, seed=cfg.seed + 2, **base))
+    held_dir = save_subset(traces, full, out / "heldout_traces")
+    short_dir = save_subset(traces, short, out / "short_traces")
+    lcfg = dataclasses.replace(cfg.label, model=cfg.policy, temperature=cfg.collect.temperature)
+    _timed(seconds, "label", label.run, dataclasses.replace(lcfg, traces=str(held_dir), out=str(out / "labels")))
+    _timed(seconds, "label short", label.run, dataclasses.replace(
+        lcfg, traces=str(short_dir), out=str(out / "labels_short"), positions=f"short:{cfg.short_k}",
+        samples=cfg.short_samples, seed=cfg.label.seed + 1))
 
     # 3. train every value model on the training prompts
     train_results = {}

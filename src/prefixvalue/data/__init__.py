@@ -14,7 +14,7 @@ from typing import Any
 
 import datasets
 
-from .split import heldout_selection, is_heldout, split_by_prompt, unit_hash
+from .split import SplitRecord, heldout_selection, is_heldout, normalise_prompt, split_by_prompt, unit_hash
 
 #: fields every traces row carries (see docs/design.md, "traces")
 TRACE_FIELDS: tuple[str, ...] = (
@@ -81,5 +81,5 @@ def save_subset(ds: datasets.Dataset, indices: list[int], path: str | Path) -> P
     return path
 
 
-__all__ = ["LABEL_FIELDS", "TRACE_FIELDS", "DataFormatError", "heldout_selection", "is_heldout", "load_labels", "load_traces",
-           "rows_to_dataset", "save_subset", "split_by_prompt", "unit_hash"]
+__all__ = ["LABEL_FIELDS", "TRACE_FIELDS", "DataFormatError", "SplitRecord", "heldout_selection", "is_heldout", "load_labels",
+           "load_traces", "normalise_prompt", "rows_to_dataset", "save_subset", "split_by_prompt", "unit_hash"]

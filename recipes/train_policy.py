@@ -6,7 +6,8 @@ A GPT-2-style causal LM with a character-level tokenizer is trained on correct `
 (teacher forcing, loss on completion tokens only). Training stops at the first evaluation whose
 accuracy at temperature 1 reaches `target_accuracy`: a policy that is right about half the time,
 with errors made inside the chain (a wrong step result), so outcomes have real variance and early
-tokens can be forks. The model card records the measured accuracy on held-out prompts.
+tokens can be forks. It never draws past the first `task.policy_train_prompts` prompts of split
+`policy-train` (the pool every other arith split excludes): it stops there instead. The model card records the measured accuracy on held-out prompts.
 """
 
 from __future__ import annotations
@@ -56,7 +57,12 @@ class TrainPolicyConfig:
 
 
 def encode_batch(task: ArithTask, tok, split: str, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids, attention_mask, labels) of n correct traces; labels mask the prompt."""
+    """Right-padded (input_ids, attention_mask, labels) of n correct traces; labels mask the prompt.
+
+    Raises ValueError when the batch would draw `policy-train` prompts past `task.config.policy_train_prompts`."""
+    if split == "policy-train" and start + n > task.config.policy_train_prompts:
+        raise ValueError(f"prompts {start}..{start + n - 1} of 'policy-train' lie past the policy's training pool "
+                         f"(task.policy_train_prompts={task.config.policy_train_prompts})")
     seqs, plens = [], []
     for i in range(start, start + n):
         p = task.make_prompt(split, i)
@@ -122,7 +128,16 @@ def main(argv: list[str] | None = None) -> dict:
     model.train()
     t0, history, step = time.time(), [], 0
     stopped_at_target = False
+    stopped_at_pool_end = False
     while step < cfg.max_steps:
+        # never train past the pool: every other split skips exactly these prompts (arith's policy_train_prompts)
+        if (step + 1) * cfg.batch_size > cfg.task.policy_train_prompts:
+            print(f"step {step}: the next batch would draw past the first task.policy_train_prompts="
+                  f"{cfg.task.policy_train_prompts} prompts of 'policy-train' (the pool other splits exclude); "
+                  "stopping. Raise task.policy_train_prompts to train longer (it changes every other split).",
+                  flush=True)
+            stopped_at_pool_end = True
+            break
         ids, mask, labels = encode_batch(task, tok, "policy-train", step * cfg.batch_size, cfg.batch_size)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -146,6 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     mixed = sum(1 for r in rates if 0.2 < r < 0.8) / len(rates)
     report = {
         "prefixvalue_version": __version__, "steps": step, "stopped_at_target": stopped_at_target,
+        "stopped_at_pool_end": stopped_at_pool_end, "policy_train_prompts_used": step * cfg.batch_size,
         "train_seconds": round(time.time() - t0, 1), "parameters": sum(p.numel() for p in model.parameters()),
         "heldout_prompts": cfg.report_prompts, "samples_per_prompt": cfg.report_samples, "temperature": 1.0,
         "accuracy": round(accuracy, 4), "fraction_prompts_rate_in_(0.2,0.8)": round(mixed, 4),

@@ -102,3 +102,48 @@ def test_safe_verify_records_crash_and_timeout():
     res = safe_verify(Sleeping(), P, RIGHT, timeout_s=0.2)
     assert res.score == 0.0 and "TimeoutError" in res.error
     assert safe_verify(ArithTask(), P, RIGHT).score == 1.0
+
+
+def test_test_split_disjoint_from_policy_training_pool():
+    """Item 3 of issue 14: the shipped policy trained on the first 550 x 64 = 35,200 prompts of
+    `policy-train`; no `test` prompt (nor any other split's) may be one of those texts."""
+    task = ArithTask()
+    assert task.config.policy_train_prompts == 35200
+    pool = {task.make_prompt("policy-train", i).text for i in range(35200)}
+    assert task.policy_pool() == frozenset(pool)
+    test = list(task.prompts(2000, split="test"))
+    assert sum(p.text in pool for p in test) == 0
+    assert not {p.text for p in task.prompts(500, split="policy-val")} & pool
+    # ids stay dense and stable: they count kept prompts, and make_prompt agrees with prompts()
+    assert [p.prompt_id for p in test[:3]] == ["arith-test-000000", "arith-test-000001", "arith-test-000002"]
+    assert test[-1].prompt_id == "arith-test-001999"
+    assert ArithTask().make_prompt("test", 1999).text == test[-1].text
+    # policy-train itself is unchanged: the pool is its own first prompts
+    assert task.make_prompt("policy-train", 0).prompt_id == "arith-policy-train-000000"
+    # without the exclusion, today's generator collides (the audit counted 29)
+    raw = [p.text for p in ArithTask(ArithConfig(policy_train_prompts=0)).prompts(2000, split="test")]
+    assert sum(t in pool for t in raw) > 0
+
+
+def test_train_policy_never_draws_past_the_pool(tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from prefixvalue.tokenizer import build_char_tokenizer
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "train_policy.py"
+    spec = importlib.util.spec_from_file_location("pv_train_policy", path)
+    recipe = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = recipe  # dataclasses look their module up
+    spec.loader.exec_module(recipe)
+    task, tok = ArithTask(ArithConfig(policy_train_prompts=100)), build_char_tokenizer()
+    ids, _, _ = recipe.encode_batch(task, tok, "policy-train", 64, 36)  # prompts 64..99: inside the pool
+    assert ids.shape[0] == 36
+    with pytest.raises(ValueError, match="past the policy's training pool"):
+        recipe.encode_batch(task, tok, "policy-train", 64, 37)
+    # the loop stops before the batch that would cross the pool: 2 steps of 40 fit in 100, a third does not
+    report = recipe.main([f"out_dir={tmp_path / 'policy'}", "task.policy_train_prompts=100", "batch_size=40",
+                          "max_steps=10", "eval_every=1000", "report_prompts=2", "report_samples=1", "n_layer=1",
+                          "n_embd=16", "n_head=2", "warmup_steps=1"])
+    assert report["steps"] == 2 and report["stopped_at_pool_end"] and report["policy_train_prompts_used"] == 80

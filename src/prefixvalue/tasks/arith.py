@@ -4,6 +4,13 @@ Prompt ``Q:3+5*2-7=``, answer ``3+5=8;8*2=6;6-7=9;A:9`` (modulus 10, evaluated l
 Each step reads ``a<op>b=c``; the last step ``A:x`` gives the final answer. The verifier checks the
 final answer exactly; `step_labels` says which steps are right *given the previous steps as
 written*, so the first False is the ProcessBench first-error index.
+
+Splits are independent streams of prompts (``policy-train``, ``policy-val``, ``train``, ``test``, any
+name). Every split but ``policy-train`` skips each prompt whose text occurs among the first
+`ArithConfig.policy_train_prompts` prompts of ``policy-train`` (the pool the shipped policy
+``data/policies/arith-tiny`` was trained on), so ``test`` and the others hold no prompt the policy was
+trained on, by construction. Prompt ids ``arith-{split}-{index:06d}`` count the kept prompts, so they stay
+dense and stable.
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ class ArithConfig:
     operators: str = field("+-*", help="operators to draw from, any of '+-*'")
     modulus: int | None = field(10, help="results are taken modulo this (None: plain integers)")
     seed: int = field(0, help="seed of the prompt generator; prompt ids are stable for a seed")
+    policy_train_prompts: int = field(
+        35200, help="size of the pool of split 'policy-train' that the policy trains on: the shipped "
+                    "data/policies/arith-tiny was trained on its first 550 x 64 = 35200 prompts "
+                    "(recipes/train_policy.py draws no further); every other split skips these texts")
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.max_steps:
@@ -44,6 +55,15 @@ class ArithConfig:
             raise ConfigError(f"arith: operators must be drawn from '+-*', got {self.operators!r}")
         if self.modulus is not None and self.modulus < 2:
             raise ConfigError("arith: modulus must be >= 2 or None")
+        if self.policy_train_prompts < 0:
+            raise ConfigError("arith: policy_train_prompts must be >= 0")
+
+
+#: the policy-training pool's texts, per generator config (computed once per process, on first use)
+_POLICY_POOLS: dict[tuple, frozenset[str]] = {}
+
+#: the split whose first `policy_train_prompts` prompts the policy trains on
+POLICY_TRAIN_SPLIT = "policy-train"
 
 
 class ArithTask(Task):
@@ -54,6 +74,7 @@ class ArithTask(Task):
 
     def __init__(self, config: ArithConfig | None = None, **kwargs: object) -> None:
         self.config = config if config is not None else ArithConfig(**kwargs)  # type: ignore[arg-type]
+        self._kept: dict[str, list[int]] = {}  # per split: raw generator index of each kept prompt
 
     # -- generation -------------------------------------------------------------------------
     def _reduce(self, v: int) -> int:
@@ -64,14 +85,47 @@ class ArithTask(Task):
         key = f"arith|{self.config.seed}|{split}|{index}".encode()
         return random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
-    def make_prompt(self, split: str, index: int) -> Prompt:
-        """The `index`-th prompt of `split`: deterministic in (config, split, index)."""
+    def _draw(self, split: str, raw_index: int) -> tuple[str, list[int], list[str]]:
+        """Expression, operands and operators of the generator's `raw_index`-th draw for `split`."""
         c = self.config
-        rng = self._rng(split, index)
+        rng = self._rng(split, raw_index)
         k = rng.randint(c.min_steps, c.max_steps)
         nums = [rng.randint(c.operand_min, c.operand_max) for _ in range(k + 1)]
         ops = [rng.choice(c.operators) for _ in range(k)]
         expr = str(nums[0]) + "".join(op + str(n) for op, n in zip(ops, nums[1:]))
+        return expr, nums, ops
+
+    def policy_pool(self) -> frozenset[str]:
+        """Texts of the first `policy_train_prompts` prompts of ``policy-train`` (the policy's training
+        pool), computed on first use and cached per generator config."""
+        c = self.config
+        key = (c.min_steps, c.max_steps, c.operand_min, c.operand_max, c.operators, c.modulus, c.seed,
+               c.policy_train_prompts)
+        pool = _POLICY_POOLS.get(key)
+        if pool is None:
+            pool = frozenset(f"Q:{self._draw(POLICY_TRAIN_SPLIT, i)[0]}=" for i in range(c.policy_train_prompts))
+            _POLICY_POOLS[key] = pool
+        return pool
+
+    def _raw_index(self, split: str, index: int) -> int:
+        """Generator index of the `index`-th kept prompt of `split` (``policy-train`` keeps every draw;
+        the other splits skip texts of the policy's training pool)."""
+        if split == POLICY_TRAIN_SPLIT or not self.config.policy_train_prompts:
+            return index
+        kept = self._kept.setdefault(split, [])
+        if len(kept) <= index:
+            pool = self.policy_pool()
+            raw = kept[-1] + 1 if kept else 0
+            while len(kept) <= index:
+                if f"Q:{self._draw(split, raw)[0]}=" not in pool:
+                    kept.append(raw)
+                raw += 1
+        return kept[index]
+
+    def make_prompt(self, split: str, index: int) -> Prompt:
+        """The `index`-th prompt of `split`: deterministic in (config, split, index). Outside
+        ``policy-train``, `index` counts the prompts kept after skipping the policy's training pool."""
+        expr, nums, ops = self._draw(split, self._raw_index(split, index))
         solution = self.solve(nums, ops)
         answer = solution.rsplit("A:", 1)[1]
         return Prompt(

@@ -121,6 +121,16 @@ def test_main_runs_two_steps_and_writes_a_loadable_checkpoint(tiny_setup, tmp_pa
     assert abs(model.config.base_rate - result["base_rate"]) < 1e-12
     vals = model.predict([[40, 41]], [[42, 43, 1]])
     assert vals[0].shape == (4,)
+    # issue 14, item 1: the split travels with the checkpoint, computed from the actual training prompts
+    from prefixvalue.data import SplitRecord, load_traces, split_by_prompt
+
+    record = SplitRecord.load(out / "final")
+    train_side, held_side = split_by_prompt(load_traces(traces), 0.25, 0)
+    assert record == SplitRecord.from_prompts(train_side["prompt"], 0.25, 0)
+    assert record.n_train_prompts == len(set(train_side["prompt"])) and len(held_side) == result["heldout_traces"]
+    assert result["split"] == record.to_dict()
+    assert not any(record.is_heldout(t) for t in train_side["prompt"])
+    assert all(record.is_heldout(t) for t in held_side["prompt"])
 
 
 def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_would(tiny_setup, tmp_path):

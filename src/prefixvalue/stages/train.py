@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, get_scheduler
 
 from ..config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
-from ..data import load_labels, load_traces, split_by_prompt
+from ..data import SplitRecord, load_labels, load_traces, split_by_prompt
 from ..data.collate import ResumableSampler, ValueCollator, attach_prefix_labels
 from ..policies import load_tokenizer, resolve_dtype
 from ..tracking import MultiLogger, build_logger
@@ -55,8 +55,8 @@ class TrainConfig:
     output_dir: str = field("runs/train", help="run folder: config, metrics.jsonl, checkpoints/, final/")
     value_model: ValueModelConfig = field(default_factory=ValueModelConfig,
                                           help="the value model: value_model.kind=implicit|head, value_model.beta=10, ...")
-    heldout_fraction: float = field(0.2, help="fraction of prompts held out (split by prompt, prefixvalue.data.is_heldout)")
-    split_seed: int = field(0, help="seed of the prompt split (evaluate must use the same)")
+    heldout_fraction: float = field(0.2, help="fraction of prompts held out (split by normalised prompt text, prefixvalue.data.is_heldout)")
+    split_seed: int = field(0, help="seed of the prompt split (recorded in final/split.json, which evaluate reads)")
     max_length: int = field(0, help="drop traces with more prompt+completion tokens than this (0: keep all)")
     max_steps: int = field(200, help="optimizer steps")
     per_device_batch_size: int = field(16, help="traces per micro-batch per process")
@@ -121,7 +121,7 @@ def run(cfg: TrainConfig) -> dict:
     out = Path(cfg.output_dir)
     set_seed(cfg.seed)
 
-    # ---- data: split by prompt, so no prompt's traces straddle train and held-out ------------------
+    # ---- data: split by prompt text, so no prompt's traces straddle train and held-out -------------
     if not cfg.traces:
         raise ConfigError("traces=DIR is required (a dataset written by `prefixvalue collect`)")
     traces = load_traces(cfg.traces)
@@ -138,6 +138,8 @@ def run(cfg: TrainConfig) -> dict:
         raise ConfigError("policy=NAME_OR_PATH is required (the traces carry no `model` column)")
     cols = [c for c in ("prompt_ids", "completion_ids", "outcome", "prefix_targets") if c in traces.column_names]
     train_ds, held_ds = split_by_prompt(traces, cfg.heldout_fraction, cfg.split_seed)
+    # the split travels with the checkpoint (final/split.json), which evaluate reads back
+    split_record = SplitRecord.from_prompts(train_ds["prompt"], cfg.heldout_fraction, cfg.split_seed)
     train_ds = train_ds.select_columns(cols).with_format(None)
     held_rows = held_ds.select_columns(cols).to_list()[: cfg.max_eval_traces or None]
     if len(train_ds) == 0:
@@ -244,11 +246,12 @@ def run(cfg: TrainConfig) -> dict:
     final = out / "final"
     if is_main:
         accelerator.unwrap_model(model).save_pretrained(final)
+        split_record.save(final)
         with contextlib.suppress(OSError, ValueError):  # a tokenizer beside the checkpoint, when the policy has one
             load_tokenizer(policy).save_pretrained(final)
         result = {"step": step, "checkpoint": str(final), "train_loss": last_loss,
                   "train_traces": len(train_ds), "heldout_traces": len(held_rows), "base_rate": base_rate,
-                  **metrics}
+                  "split": split_record.to_dict(), **metrics}
         (out / "final_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     else:
         result = {"step": step, "checkpoint": str(final), **metrics}

@@ -34,7 +34,7 @@ def collect_args(model_dir, out, **kw):
 
 def label_args(traces, model_dir, out, **kw):
     args = {"traces": str(traces), "model": str(model_dir), "positions": "stride:3", "samples": 4, "seed": 0,
-            "chunk_traces": 4, "out": str(out), "progress": "false"}
+            "chunk_traces": 4, "out": str(out), "progress": "false", "prompts": "all"}
     args.update(kw)
     return [f"{k}={v}" for k, v in args.items()]
 
@@ -190,6 +190,34 @@ def test_label_writes_labels_and_cost(tmp_path, model_dir, traces_dir):
     cost = json.loads((out / "cost.json").read_text())
     assert cost["prefill_tokens"] > 0 and cost["generated_tokens"] > 0
     assert cost["rollouts"] == 4 * cost["prefixes_unique"] < 4 * cost["prefixes_requested"]  # position 0 is shared
+
+
+def test_collect_then_label_by_default_labels_only_heldout_prompts(tmp_path, model_dir, traces_dir):
+    """Issue 14, item 1: `label` as README step 2 runs it (no `prompts=`) labels only held-out traces, by the
+    split train uses (heldout_fraction=0.2, split_seed=0), and max_traces counts after that choice."""
+    from prefixvalue.data import SplitRecord, is_heldout, split_by_prompt
+
+    traces = load_traces(traces_dir)
+    train_side, held_side = split_by_prompt(traces, 0.2, 0)
+    assert len(held_side) >= 2 and len(train_side) > 0  # the fixture's 6 prompts hold some out
+    out = tmp_path / "labels"
+    args = [a for a in label_args(traces_dir, model_dir, out, max_traces=2) if not a.startswith("prompts=")]
+    assert cli.main(["label", *args]) == 0
+    labelled = set(load_labels(out)["trace_id"])
+    assert labelled == set(held_side["trace_id"][:2])
+    text = dict(zip(traces["trace_id"], traces["prompt"]))
+    train_texts = set(train_side["prompt"])
+    assert all(text[t] not in train_texts and is_heldout(text[t], 0.2, 0) for t in labelled)
+    record = SplitRecord.load(out)
+    assert record == SplitRecord.from_prompts(train_side["prompt"], 0.2, 0)
+    written = json.loads((out / "split.json").read_text())
+    assert written["prompts"] == "heldout" and written["n_traces_labelled"] == 2
+    assert json.loads((out / "run.json").read_text())["prompts"] == "heldout"
+    # prompts=train labels the training side only (MC targets for training)
+    out_train = tmp_path / "labels_train"
+    assert label.main(label_args(traces_dir, model_dir, out_train, prompts="train", max_traces=3)) == 0
+    assert set(load_labels(out_train)["trace_id"]) == set(train_side["trace_id"][:3])
+    assert json.loads((out_train / "split.json").read_text())["prompts"] == "train"
 
 
 def test_label_reproducible_sharded_and_resumable(tmp_path, model_dir, traces_dir, monkeypatch):

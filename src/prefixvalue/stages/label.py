@@ -1,10 +1,16 @@
 """``prefixvalue label``: Monte Carlo prefix labels (k/n with Wilson 95% intervals) for traces.
 
     prefixvalue label traces=runs/traces model=data/policies/arith-tiny positions=steps samples=16 max_traces=64 seed=0 out=runs/labels
+    prefixvalue label traces=runs/traces model=data/policies/arith-tiny prompts=train out=runs/labels_train   # MC labels for training
     prefixvalue label traces=runs/traces model=data/policies/arith-tiny positions=adaptive budget=256 out=runs/labels_adaptive
     accelerate launch -m prefixvalue.cli label ...          # several processes: trace chunks split by process
 
 Positions: ``all`` | ``stride:K`` | ``steps`` | ``short:K`` | ``adaptive`` (see `prefixvalue.sampling.positions`).
+Which traces: by default only those of held-out prompts (``prompts=heldout``), by the same split of
+prompt texts that training uses (``heldout_fraction``, ``split_seed``, the defaults of `train`), so labels
+meant for evaluation never come from a training prompt; ``prompts=train`` labels the training side (soft
+MC targets for training), ``prompts=all`` every trace. ``max_traces`` counts after this choice. The split
+is recorded in ``OUT/split.json`` (`prefixvalue.data.SplitRecord`, plus ``prompts``).
 Each prefix is continued `samples` times (adaptive: in rounds of `round_samples`, within `budget`
 rollouts per trace) with the sampling parameters the traces were collected with unless overridden.
 Each trace is prefilled once and continuations branch off its KV cache; identical prefixes are
@@ -20,12 +26,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 
 from ..config import ConfigError, RawMapping, field, parse_config
-from ..data import DataFormatError, load_traces
+from ..data import DataFormatError, SplitRecord, load_traces, split_by_prompt
 from ..data.shards import ShardWork, run_sharded_stage, shard_extra
 from ..sampling.mc import AdaptiveConfig, LabelCost, MCLabeller, TraceRef
 from ..sampling.positions import PositionSpecError, parse_positions, positions_for_trace
@@ -56,7 +62,12 @@ class LabelConfig:
     out: str | None = field(None, help="output folder (labels dataset, cost.json; shards under OUT/shards)")
     positions: str = field("steps", help="all | stride:K | steps | short:K | adaptive")
     samples: int = field(16, help="continuations per prefix (uniform specs)")
-    max_traces: int | None = field(None, help="label only the first K traces (None: all)")
+    prompts: Literal["heldout", "train", "all"] = field(
+        "heldout", help="which traces: heldout (prompts train holds out; for evaluation), train (MC targets for "
+                        "training), all")
+    heldout_fraction: float = field(0.2, help="fraction of prompts held out (as train's heldout_fraction)")
+    split_seed: int = field(0, help="seed of the prompt split (as train's split_seed)")
+    max_traces: int | None = field(None, help="label only the first K traces of those `prompts` selects (None: all)")
     seed: int = field(0, help="sampling seed; the same command gives the same labels")
     task: str | None = field(None, help="task name (default: the traces' `task` column)")
     task_args: RawMapping | None = field(None, help="options of the task's config (default: the traces' `task_args` column)")
@@ -96,6 +107,10 @@ class LabelConfig:
         for name in ("samples", "chunk_traces", "batch_rows", "round_samples", "budget", "init_stride"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"label: {name} must be >= 1, got {getattr(self, name)}")
+        if self.prompts not in ("heldout", "train", "all"):
+            raise ConfigError(f"label: prompts must be heldout, train or all, got {self.prompts!r}")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ConfigError("label: heldout_fraction must be in [0, 1)")
         if self.max_traces is not None and self.max_traces < 1:
             raise ConfigError("label: max_traces must be >= 1 (or None for all)")
         try:
@@ -160,10 +175,17 @@ def run(cfg: LabelConfig) -> int:
     datasets.disable_progress_bars()
     out = Path(str(cfg.out))
     ds = load_traces(str(cfg.traces))
+    # the split train uses (by prompt text); labels for evaluation come from held-out prompts only
+    train_side, held_side = split_by_prompt(ds, cfg.heldout_fraction, cfg.split_seed)
+    split_record = SplitRecord.from_prompts(train_side["prompt"], cfg.heldout_fraction, cfg.split_seed)
+    n_given = len(ds)
+    if cfg.prompts != "all":
+        ds = held_side if cfg.prompts == "heldout" else train_side
     if cfg.max_traces is not None:
         ds = ds.select(range(min(cfg.max_traces, len(ds))))
     if len(ds) == 0:
-        raise DataFormatError(f"{cfg.traces}: no traces to label")
+        raise DataFormatError(f"{cfg.traces}: no traces to label (prompts={cfg.prompts}: {len(ds)} of {n_given} traces; "
+                              f"heldout_fraction={cfg.heldout_fraction}, split_seed={cfg.split_seed})")
     refs = trace_refs(ds)
     task_name = cfg.task or (ds[0]["task"] if "task" in ds.column_names else None)
     if not task_name:
@@ -182,6 +204,7 @@ def run(cfg: LabelConfig) -> int:
     spans = ds["step_spans"]
     plan = [positions_for_trace(spec, len(r.completion_ids), sp, cfg.init_stride) for r, sp in zip(refs, spans)]
     manifest = {"traces": str(Path(str(cfg.traces)).resolve()), "trace_ids_sha": _ids_digest([r.trace_id for r in refs]),
+                "prompts": cfg.prompts, "heldout_fraction": cfg.heldout_fraction, "split_seed": cfg.split_seed,
                 "model": cfg.model, "positions": str(spec), "samples": cfg.samples, "chunk_traces": cfg.chunk_traces,
                 "task": task_name, "task_args": task_args, "sampling": json.loads(params.to_json()),
                 "adaptive": cfg.adaptive_config().__dict__ if spec.kind == "adaptive" else None}
@@ -226,6 +249,7 @@ def run(cfg: LabelConfig) -> int:
                 "samples": cfg.samples if spec.kind != "adaptive" else None, "shards": num_shards,
                 "note": "sums over shards; seconds is sampling+verification time summed over processes"}
         (out / "cost.json").write_text(json.dumps(cost, indent=1))
+        split_record.save(out, prompts=cfg.prompts, n_traces_given=n_given, n_traces_labelled=len(refs))
         print(f"label: {len(merged)} prefix labels of {len(refs)} traces, {total_cost.rollouts} rollouts, "
               f"{total_cost.generated_tokens} generated tokens -> {out}")
     return 0

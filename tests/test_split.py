@@ -46,7 +46,7 @@ def test_split_record_round_trip(tmp_path):
     texts = ["Q:2+2=", " Q:1+1=", "Q:1+1=", "Q:3*3="]
     rec = SplitRecord.from_prompts(texts, 0.25, 7)
     assert rec.n_train_prompts == 3 and rec.key == "normalised prompt text"
-    assert rec.train_prompts_sha256 == hashlib.sha256("Q:1+1=\nQ:2+2=\nQ:3*3=".encode()).hexdigest()
+    assert rec.train_prompts_sha256 == hashlib.sha256(b"Q:1+1=\nQ:2+2=\nQ:3*3=").hexdigest()
     rec.save(tmp_path, prompts="heldout")
     back = SplitRecord.load(tmp_path)
     assert back == rec

@@ -235,3 +235,53 @@ def test_config_rules():
         check_value_config(ValueModelConfig(kind="head", loss="sequence"))
     with pytest.raises(ValueError, match="choose from"):
         check_value_config(ValueModelConfig(kind="critic"))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("backbone, soft", [("lora", 0), ("frozen", 4)], ids=["lora", "soft-prompt"])
+def test_fresh_implicit_model_predicts_one_half(backbone, soft, arch, rows, tiny_tokenizer, tmp_path):
+    """Issue 14, item 13: a fresh implicit model, LoRA or soft prompt, predicts exactly P̂ = 0.5 at p >= 1
+    (the soft prompt's π_ref is the policy behind the initial prompt, not the policy without one)."""
+    torch.manual_seed(0)
+    model = build_value_model(_cfg("implicit", backbone, soft, "prefix"), BUILDERS[arch](len(tiny_tokenizer)))
+    prompts, completions = _ids(rows)
+    for v, r in zip(model.predict(prompts, completions), model.token_log_ratios(prompts, completions)):
+        assert np.all(v[1:] == 0.5) and np.all(r == 0.0)
+    if soft:  # training moves the prompt, not the reference; save → load keeps both
+        with torch.no_grad():
+            for p in model.trainable_parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        ref = model.ref_prompt.clone()
+        assert not torch.equal(model.lm.get_prompt(batch_size=1)[0], ref)
+        before = model.predict(prompts, completions)
+        assert any(np.abs(v[1:] - 0.5).max() > 1e-4 for v in before)
+        model.save_pretrained(tmp_path / "ckpt")
+        loaded = load_value_model(tmp_path / "ckpt", base_model=BUILDERS[arch](len(tiny_tokenizer)))
+        assert torch.equal(loaded.ref_prompt, ref)
+        for a, b in zip(before, loaded.predict(prompts, completions)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_sequence_loss_model_reads_out_what_it_trained(rows, tiny_tokenizer):
+    """Issue 14, item 2: a model trained with loss=sequence (BCE on σ(V_T)) predicts σ(V_p) = σ(β Σ_{t≤p} ℓ_t),
+    in predict, the held-out monitor and counterfactual values; loss=prefix still reads σ(V_p / p)."""
+    torch.manual_seed(0)
+    model = build_value_model(_cfg("implicit", "lora", 0, "sequence"), make_tiny_gpt2(len(tiny_tokenizer)))
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    prompts, completions = _ids(rows)
+    ratios = model.token_log_ratios(prompts, completions)
+    values = model.predict(prompts, completions)
+    beta = model.config.beta
+    for r, v in zip(ratios, values):
+        assert np.abs(r).max() > 1e-4
+        np.testing.assert_allclose(v[1:], 1 / (1 + np.exp(-beta * np.cumsum(r))), rtol=1e-5, atol=1e-6)
+        assert v[0] == np.float32(0.4)
+    cf = model.counterfactual_values(prompts, completions, candidate_ids=list(range(len(tiny_tokenizer))))
+    for c, v, comp in zip(cf, values, completions):
+        np.testing.assert_allclose(c.values[np.arange(len(comp)), comp], v[1:], rtol=1e-5, atol=1e-6)
+    # the held-out monitor reads the same values: its Brier at p = T is that of predict's last values
+    y = np.array([r["outcome"] for r in rows])
+    m = evaluate_heldout(model, rows, batch_size=3)
+    assert math.isclose(m["brier_last"], float(np.mean((np.array([v[-1] for v in values]) - y) ** 2)), rel_tol=1e-5)

@@ -3,7 +3,9 @@
 These are the training-time monitors of `recipes/train.py` (the full evaluation against Monte Carlo
 labels is `prefixvalue evaluate`). "first" is the bare prompt (p = 0; for the implicit model this is
 the constant base rate, so its AUROC there is 0.5 by construction) and "last" the full completion
-(p = T). "all" averages the squared error over every prefix of every trace.
+(p = T). "all" averages the squared error over every prefix of every trace. Values are the model's own
+readout (`ValueModel.values_from_logits`): for an implicit model trained with ``loss=sequence``, σ(V_φ(p)),
+as it was trained, not σ(V_φ(p)/p); the metric keys are the same for every readout.
 """
 
 from __future__ import annotations

@@ -1,19 +1,28 @@
 """Implicit prefix value (IPVRM, Gao et al. 2026; docs/design.md, "Implicit prefix value").
 
-A trainable copy π_φ of the policy (LoRA adapters, or a soft prompt, on the frozen policy) against the
-reference π_ref = the same network with the adapters disabled, so one model sits in memory:
+A trainable copy π_φ of the policy (LoRA adapters, or a soft prompt, on the frozen policy) against a
+reference π_ref inside the same network, so one model sits in memory: with LoRA, π_ref is the network with
+the adapters disabled; with a soft prompt, π_ref is the frozen policy behind the *initial* soft prompt (a
+frozen copy kept as the buffer ``ref_prompt``), so that a fresh model has ℓ = 0 and P̂ = 0.5 (the policy
+without any prompt is a different distribution: log-ratios up to ~11 at initialisation).
 
 - log-ratio of completion token t (1-indexed): ℓ_t = log π_φ(y_t | s_t) − log π_ref(y_t | s_t)
-- V_φ(p) = β Σ_{t ≤ p} ℓ_t;  v̄(p) = V_φ(p) / p;  P̂(p) = σ(v̄(p)) for p = 1..T
+- V_φ(p) = β Σ_{t ≤ p} ℓ_t;  v̄(p) = V_φ(p) / p
+- readout for p = 1..T: P̂(p) = σ(v̄(p)) with the IPVRM prefix loss (``loss=prefix``); σ(V_φ(p)) with the
+  Implicit PRM baseline (``loss=sequence``), which is trained on σ(V_φ(T)), so it is read out as trained
 - at p = 0 (the bare prompt) V_φ = 0 carries no information: P̂(0) is the training base rate.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from transformers import PreTrainedModel
 
 from .base import ValueModel, ValueModelConfig, logit, max_completion_length, prefix_indices
 from .losses import LOSS_TYPES, LossSum, margin_bce_with_logits, masked_sum
@@ -29,7 +38,7 @@ class Counterfactuals:
     token_ids: np.ndarray  #: [T, k] int64 candidate token ids (top-k under π_ref, or as given)
     ref_logprobs: np.ndarray  #: [T, k] float64 log π_ref(y' | s_p)
     log_ratios: np.ndarray  #: [T, k] float64 log π_φ(y' | s_p) − log π_ref(y' | s_p)
-    values: np.ndarray  #: [T, k] float64 P̂(s_p ⊕ y') = σ((V_φ(p) + β·log-ratio) / (p + 1))
+    values: np.ndarray  #: [T, k] float64 P̂(s_p ⊕ y'): σ((V_φ(p) + β·log-ratio) / (p + 1)); loss=sequence: σ(V_φ(p) + β·log-ratio)
 
 
 def selected_log_probs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -42,12 +51,31 @@ def selected_log_probs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.T
 
 
 class ImplicitValueModel(ValueModel):
-    """IPVRM implicit prefix value; ``forward`` returns v̄(p) [B, Tmax+1] (column 0 = logit(base rate))."""
+    """IPVRM implicit prefix value; ``forward`` returns v̄(p) [B, Tmax+1] (column 0 = logit(base rate)).
+
+    The reference π_ref: with LoRA, the same network with the adapters disabled (a fresh LoRA has B = 0,
+    so π_φ = π_ref). With a soft prompt on the frozen backbone, π_ref is the frozen policy behind the
+    *initial* soft prompt, kept as the frozen buffer ``ref_prompt`` (saved beside the adapter, in
+    ``head.safetensors``), so a fresh model also has ℓ = 0 and predicts exactly P̂ = 0.5 at p ≥ 1; only
+    what training moves the prompt away from its start counts as value. A checkpoint written before this
+    buffer existed has none: its π_ref is the policy without any prompt, as it was trained (a warning says so).
+
+    The readout P̂ follows the loss the model was trained with (``config.loss``): σ(v̄(p)) for the prefix
+    loss, σ(V_φ(p)) = σ(p · v̄(p)) for the sequence loss (see `values_from_logits`).
+    """
 
     kind = "implicit"
     position0_note = ("implicit model: at position 0 (bare prompt) V_φ = 0 carries no information; "
                       "P̂ there is the training base rate")
     process_scores = True
+
+    def __init__(self, config: ValueModelConfig, backbone: PreTrainedModel, adapter_dir: str | Path | None = None) -> None:
+        super().__init__(config, backbone, adapter_dir)
+        ref = None
+        if config.soft_prompt_tokens and adapter_dir is None:  # fresh: π_ref keeps the initial soft prompt
+            ref = self.lm.get_prompt(batch_size=1)[0].detach().clone()
+        # restoring a saved model: the initial prompt comes from head.safetensors (_load_extra_state_tensors)
+        self.register_buffer("ref_prompt", ref)
 
     @classmethod
     def check_config(cls, config: ValueModelConfig) -> None:
@@ -86,10 +114,54 @@ class ImplicitValueModel(ValueModel):
         return masked_sum(terms, mask)
 
     def values_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """σ(v̄(p)) for p ≥ 1 and exactly the training base rate at p = 0 (see `position0_note`)."""
-        vals = torch.sigmoid(logits.float()).clone()
+        """P̂ at p ≥ 1 read out as the model was trained: σ(v̄(p)) for ``loss=prefix``, σ(V_φ(p)) =
+        σ(p · v̄(p)) for ``loss=sequence`` (the Implicit PRM baseline, trained on σ(V_φ(T))); exactly the
+        training base rate at p = 0 (see `position0_note`)."""
+        if self.config.loss == "sequence":
+            steps = torch.arange(logits.shape[1], device=logits.device, dtype=torch.float32)
+            vals = torch.sigmoid(logits.float() * steps[None, :])
+        else:
+            vals = torch.sigmoid(logits.float()).clone()
         vals[:, 0] = self.config.base_rate
         return vals
+
+    # ----- the reference of a soft-prompt model: the initial soft prompt --------------------------------
+    def _extra_state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"ref_prompt": self.ref_prompt} if self.ref_prompt is not None else {}
+
+    def _load_extra_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        tensors = dict(tensors)
+        ref = tensors.pop("ref_prompt", None)
+        super()._load_extra_state_tensors(tensors)
+        if ref is not None:
+            self.ref_prompt = ref.to(self._device())
+
+    def _lm_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, reference: bool = False,
+                    **kwargs: Any) -> Any:
+        """π_φ, or with `reference` π_ref. With a soft prompt both run the same code, the policy behind a
+        prompt: the trained one for π_φ, the initial one (``ref_prompt``) for π_ref; virtual tokens removed."""
+        if not self.num_virtual_tokens:
+            return super()._lm_forward(input_ids, attention_mask, reference=reference, **kwargs)
+        if self.ref_prompt is None:
+            if reference:
+                warnings.warn("this soft-prompt checkpoint has no initial prompt (ref_prompt): π_ref is the policy "
+                              "without a prompt, as it was trained", stacklevel=3)
+                return super()._lm_forward(input_ids, attention_mask, reference=True, **kwargs)
+            return super()._lm_forward(input_ids, attention_mask, **kwargs)
+        batch = input_ids.shape[0]
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        if reference:
+            prompt = self.ref_prompt[None].expand(batch, -1, -1)
+        else:
+            prompt = self.lm.get_prompt(batch_size=batch)
+        n = self.num_virtual_tokens
+        inputs = torch.cat([prompt.to(embeds.dtype), embeds], dim=1)
+        mask = torch.cat([torch.ones(batch, n, dtype=attention_mask.dtype, device=attention_mask.device), attention_mask], dim=1)
+        out = self.lm.get_base_model()(inputs_embeds=inputs, attention_mask=mask, use_cache=False, **kwargs)
+        out.logits = out.logits[:, n:]
+        if getattr(out, "hidden_states", None) is not None:
+            out.hidden_states = tuple(h[:, n:] for h in out.hidden_states)
+        return out
 
     def _completion_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                            prompt_lengths: torch.Tensor, tmax: int, reference: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +223,8 @@ class ImplicitValueModel(ValueModel):
                               top_k: int = 5, candidate_ids: list[int] | None = None,
                               batch_size: int = 32) -> list[Counterfactuals]:
         """Counterfactual value of candidate next tokens at every prefix, from the same forward pass:
-        V_φ(s_p ⊕ y') = V_φ(s_p) + β[log π_φ(y'|s_p) − log π_ref(y'|s_p)], P̂ = σ(V_φ / (p + 1)).
+        V_φ(s_p ⊕ y') = V_φ(s_p) + β[log π_φ(y'|s_p) − log π_ref(y'|s_p)], P̂ = σ(V_φ / (p + 1)) (with
+        ``loss=sequence``, read out as trained: P̂ = σ(V_φ)).
 
         Candidates are the `top_k` tokens under π_ref at each prefix, or the fixed `candidate_ids`.
         Returns one `Counterfactuals` per row with T_i rows (prefixes p = 0..T_i − 1).
@@ -180,8 +253,11 @@ class ImplicitValueModel(ValueModel):
                     cand = logp_ref.topk(min(top_k, logp_ref.shape[-1]), dim=-1).indices
                 ref_c = logp_ref.gather(-1, cand)
                 ratio_c = logp_phi.gather(-1, cand) - ref_c
-                steps = torch.arange(1, tmax + 1, device=ids.device, dtype=ratio_c.dtype)[None, :, None]
-                vals = torch.sigmoid((v_prefix[..., None] + beta * ratio_c) / steps)
+                if self.config.loss == "sequence":  # read out as trained: σ(V_φ)
+                    vals = torch.sigmoid(v_prefix[..., None] + beta * ratio_c)
+                else:
+                    steps = torch.arange(1, tmax + 1, device=ids.device, dtype=ratio_c.dtype)[None, :, None]
+                    vals = torch.sigmoid((v_prefix[..., None] + beta * ratio_c) / steps)
                 for i, t in enumerate(clens.tolist()):
                     results.append(Counterfactuals(
                         token_ids=cand[i, :t].cpu().numpy().astype(np.int64),

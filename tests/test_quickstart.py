@@ -109,7 +109,7 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     # the labelled traces come only from prompts held out of training
     from prefixvalue.data import is_heldout, load_traces
 
-    assert all(is_heldout(p, 0.3, 0) for p in load_traces(out / "heldout_traces")["prompt_id"])
+    assert all(is_heldout(p, 0.3, 0) for p in load_traces(out / "heldout_traces")["prompt"])
     md = (out / "report.md").read_text()
     assert "## Quickstart" in md and "Short-prefix study" in md and "forking token" in md
     assert md.index("## Quickstart") < md.index("## Data") < md.index("## Estimators vs MC")

@@ -250,3 +250,28 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     assert again["quickstart"]["fresh_run"] is False
     assert again["mc"]["label_mean"] == m["mc"]["label_mean"]
     assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_saturation_wording_has_one_definition_and_step_scores_are_named():
+    """Issue 14 item 12: "saturated" means what metrics.saturation computes (>= 95% of prefixes at 0 or 1),
+    not "variance <= 0.05"; the step score is named as the prefix value after each step, not "TD"."""
+    from prefixvalue.evaluation.metrics import saturation
+    from prefixvalue.evaluation.report import render_quickstart_section
+
+    low = np.array([0.4, 0.45, 0.5, 0.55, 0.6] * 4)  # variance 0.005: low, but not saturated
+    assert saturation(low)["saturated"] is False
+    base = {"noise_ceiling": {"spearman": 0.5}, "samples_per_prefix": 8}
+    q = {"quality": None, "train_prompts": 1, "heldout_prompts": 2, "collected_traces": 4, "policy_accuracy": 0.5,
+         "short": {}, "short_estimators": [], "short_samples": 4, "forks": [], "seconds": {"total": 1.0}}
+    for labels, expect in ((low, False), (np.array([0.0] * 20 + [0.5]), True)):
+        sat = saturation(labels)
+        metrics = {"n_prefixes": len(labels), "n_traces": 2, "estimators": {}, "step_verification": {}, "cost": {},
+                   "mc": {**base, "label_variance": float(labels.var()), "saturated": sat["saturated"],
+                          "note": sat["note"]}}
+        q["quality"] = quality_verdict(metrics, {}, 10)
+        text = render_quickstart_section(q, metrics)
+        assert ("labels are saturated" in text) is expect
+        assert "variance <= 0.05" not in text and "TD step scores" not in text
+        assert "prefix value after each step" in text
+        if expect:
+            assert ">= 95% of the prefixes at MC success 0 or at 1" in " ".join(q["quality"]["limits"])

@@ -56,6 +56,43 @@ class FakeValueModel:
         return out
 
 
+class StubSplitRecord:
+    """Stand-in for the data side's `prefixvalue.data.split.SplitRecord` (same API: ``load(folder)`` reads
+    ``folder/split.json`` or returns None; ``is_heldout(prompt_text)``); its split.json also lists the
+    training prompt texts, so a test decides which prompts were trained on."""
+
+    def __init__(self, heldout_fraction, split_seed, key="prompt_text", n_train_prompts=0,
+                 train_prompts_sha256="", training_texts=()):
+        self.heldout_fraction, self.split_seed, self.key = heldout_fraction, split_seed, key
+        self.n_train_prompts, self.train_prompts_sha256 = n_train_prompts, train_prompts_sha256
+        self.training_texts = set(training_texts)
+
+    @classmethod
+    def load(cls, folder):
+        path = Path(folder) / "split.json"
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+    def is_heldout(self, prompt_text):
+        return prompt_text not in self.training_texts
+
+
+def write_split(folder: Path, training_texts=(), heldout_fraction=0.3, split_seed=0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "split.json").write_text(json.dumps({"heldout_fraction": heldout_fraction, "split_seed": split_seed,
+                                                   "n_train_prompts": len(training_texts),
+                                                   "training_texts": sorted(training_texts)}))
+    return folder
+
+
+@pytest.fixture
+def stub_split(monkeypatch):
+    """Evaluation reads split records through the stub (the real class lives on the data side)."""
+    from prefixvalue.data import split as split_mod
+
+    monkeypatch.setattr(split_mod, "SplitRecord", StubSplitRecord, raising=False)
+    return StubSplitRecord
+
+
 def make_tiny_eval(tokenizer, n_prompts: int = 6, per_prompt: int = 3, samples: int = 8, seed: int = 0,
                    saturate: bool = False):
     """Traces of the arith task written by hand (some steps wrong) and MC labels drawn around the fake P̂."""
@@ -116,13 +153,14 @@ def _no_nan(obj) -> None:
         assert math.isfinite(obj)
 
 
-def test_main_on_tiny_data(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch):
+def test_main_on_tiny_data(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch, stub_split):
     traces, labels = make_tiny_eval(tiny_tokenizer)
     tdir, ldir = _write(tmp_path, traces, labels, cost={"generated_tokens": 50000, "prefill_tokens": 7000})
     fake = FakeValueModel(str(tiny_model_dir))
     monkeypatch.setattr(ev, "_load_value_model", lambda path, device: fake)
+    ckpt = write_split(tmp_path / "ckpt")  # every prompt held out
     out = tmp_path / "eval"
-    metrics = ev.main(["checkpoint=ckpt", f"traces={tdir}", f"labels={ldir}", f"out={out}",
+    metrics = ev.main([f"checkpoint={ckpt}", f"traces={tdir}", f"labels={ldir}", f"out={out}",
                        "n_bootstrap=40", "noise_ceiling_repeats=10", "report_to=disk", "top_k=[5]"])
 
     for name in ("metrics.json", "report.md", "heatmap.html", "calibration.png", "scatter.png",
@@ -246,9 +284,16 @@ def test_end_to_end_collect_label_train_evaluate(tmp_path):
     spec.loader.exec_module(train)
     train.main(["--config", str(REPO / "recipes" / "configs" / "arith-tiny.yaml"), f"traces={traces}",
                 f"output_dir={ckpt}", "max_steps=2", "report_to=none", f"policy={policy}"])
+    from prefixvalue.data import split as split_mod
+
+    # with the data side's split records, training writes split.json and evaluate drops training prompts;
+    # a tree without them has no record, and then only the explicit flag lets evaluate run
+    flag = [] if hasattr(split_mod, "SplitRecord") else ["include_training_prompts=true"]
     metrics = ev.main([f"checkpoint={ckpt / 'final'}", f"traces={traces}", f"labels={labels}",
-                       f"out={out}", "n_bootstrap=20", "report_to=disk"])
+                       f"out={out}", "n_bootstrap=20", "report_to=disk", *flag])
     assert metrics["n_traces"] > 0 and "learned" in metrics["estimators"]
+    if not flag:
+        assert metrics["split"]["includes_training_prompts"] is False and metrics["split"]["heldout_prompts"] > 0
     for name in ("metrics.json", "report.md", "heatmap.html", "calibration.png", "value_curves.png"):
         assert (out / name).exists()
 
@@ -268,7 +313,9 @@ def test_main_with_real_value_model(tmp_path, tiny_tokenizer, tiny_model_dir, ki
     out = tmp_path / "eval"
     metrics = ev.main([f"checkpoint={tmp_path / 'ckpt'}", f"traces={tdir}", f"labels={ldir}",
                        f"out={out}", "n_bootstrap=20", "noise_ceiling_repeats=5", "report_to=disk",
-                       "device=cpu"])
+                       "device=cpu", "include_training_prompts=true"])  # a hand-built checkpoint has no split record
+    assert metrics["split"]["includes_training_prompts"] is True
+    assert "not held-out figures" in (out / "report.md").read_text().split("## ")[0]
     assert metrics["policy"] == str(tiny_model_dir)  # defaults to the checkpoint's reference model
     learned = metrics["estimators"]["learned"]
     assert learned["kind"] == kind and learned["probability"] is True
@@ -297,3 +344,90 @@ def test_main_scores_processbench_file(tmp_path, tiny_model_dir, monkeypatch):
     assert "process_level" in sb  # the stand-in gives process-level scores
     assert json.loads((out / "metrics.json").read_text())["step_benchmark"]["source"] == str(pb)
     assert "Step benchmark" in (out / "report.md").read_text()
+
+
+def test_evaluate_scores_only_heldout_prompts(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch, stub_split):
+    """Issue 14 item 1: the checkpoint's split record drops training prompts and metrics.json counts them;
+    a checkpoint without a record is refused; include_training_prompts scores all and says so."""
+    traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=4)
+    tdir, ldir = _write(tmp_path, traces, labels)
+    monkeypatch.setattr(ev, "_load_value_model", lambda path, device: FakeValueModel(str(tiny_model_dir)))
+    train_texts = {traces[0]["prompt"]}  # the first prompt (3 traces) was trained on
+    n_drop_traces = sum(t["prompt"] in train_texts for t in traces)
+    drop_ids = {t["trace_id"] for t in traces if t["prompt"] in train_texts}
+    n_drop_prefixes = sum(r["trace_id"] in drop_ids for r in labels)
+    ckpt = write_split(tmp_path / "ckpt", train_texts)
+    base = [f"checkpoint={ckpt}", f"traces={tdir}", f"labels={ldir}", "n_bootstrap=10", "noise_ceiling_repeats=5",
+            "report_to=disk", "soft_values=false"]
+    m = ev.main([*base, f"out={tmp_path / 'e1'}"])
+    sp = m["split"]
+    assert sp["includes_training_prompts"] is False
+    assert sp["dropped_training_prompts"] == 1 and sp["dropped_prefixes"] == n_drop_prefixes
+    assert sp["heldout_prompts"] == 3 and sp["heldout_traces"] == len(traces) - n_drop_traces
+    assert sp["kept_prefixes"] == m["n_prefixes"] == len(labels) - n_drop_prefixes
+    assert sp["heldout_fraction"] == 0.3 and sp["split_seed"] == 0 and sp["source"].endswith("split.json")
+    assert json.loads((tmp_path / "e1" / "metrics.json").read_text())["split"] == sp
+    import pyarrow.parquet as pq
+
+    assert not drop_ids & set(pq.read_table(tmp_path / "e1" / "predictions.parquet")["trace_id"].to_pylist())
+    # include_training_prompts: nothing dropped, and the report says so in words at the top
+    m = ev.main([*base, f"out={tmp_path / 'e2'}", "include_training_prompts=true"])
+    assert m["n_prefixes"] == len(labels) and m["split"]["includes_training_prompts"] is True
+    assert m["split"]["dropped_prefixes"] == 0 and m["split"]["training_prompts_scored"] == 1
+    top = (tmp_path / "e2" / "report.md").read_text().split("## ")[0]
+    assert "include 1 training prompt(s)" in top and "not held-out figures" in top
+    # a checkpoint without a record: refused in one line
+    with pytest.raises(ConfigError, match="records no split"):
+        ev.main([*base[1:], f"checkpoint={tmp_path / 'bare'}", f"out={tmp_path / 'e3'}"])
+
+
+def test_bootstrap_resamples_prompts_by_default(tiny_tokenizer):
+    """Issue 14 item 3: the CI resamples prompts (traces of a prompt together); trace resampling differs."""
+    traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=4, per_prompt=2)
+    m_prompt = evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"),
+                                 config=ev.EvaluateConfig(n_bootstrap=200, noise_ceiling_repeats=5)).metrics
+    m_trace = evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"),
+                                config=ev.EvaluateConfig(n_bootstrap=200, noise_ceiling_repeats=5,
+                                                         bootstrap_unit="trace")).metrics
+    assert m_prompt["bootstrap_unit"] == "prompt" and m_trace["bootstrap_unit"] == "trace"
+    assert "resample whole prompts (4 of them)" in m_prompt["bootstrap_note"]
+    a = m_prompt["estimators"]["learned"]["spearman"]
+    b = m_trace["estimators"]["learned"]["spearman"]
+    assert a["value"] == b["value"] and a["ci"] != b["ci"]
+    # by hand: the prompt bootstrap of the same statistic
+    from prefixvalue.evaluation.metrics import CORRELATION_FUNCS, cluster_bootstrap
+    from prefixvalue.evaluation.scoring import POSITION_GROUPS  # noqa: F401  (the table's columns)
+
+    res = evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"),
+                            config=ev.EvaluateConfig(n_bootstrap=200, noise_ceiling_repeats=5))
+    x, y = np.asarray(res.prefixes["learned"]), np.asarray(res.prefixes["mc_mean"])
+    ci, _ = cluster_bootstrap(lambda i: CORRELATION_FUNCS["spearman"](x[i], y[i]),
+                              np.asarray(res.prefixes["prompt_id"]), n_boot=200, seed=0)
+    assert a["ci"] == pytest.approx(ci)
+    g = res.metrics["by_position_group"]["step_boundary"]["estimators"]["learned"]["spearman"]
+    assert g["value"] is None or "noise_ceiling" in g
+
+
+def test_nan_labels_are_dropped_and_fractional_successes_kept(tiny_tokenizer):
+    """Issue 14 items 9 and 10: a label with n = 0 is dropped with a counted note (no NaN anywhere, report
+    renders); fractional successes stay floats (k/n and the noise ceiling use them)."""
+    from prefixvalue.evaluation.report import render_markdown
+
+    traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=4)
+    labels = [dict(r) for r in labels]
+    labels[0].update(n=0, successes=0, mean=float("nan"), ci_low=0.0, ci_high=1.0)
+    for r in labels[1:6]:
+        r["successes"] = r["successes"] + 0.5 if r["successes"] < r["n"] else r["successes"] - 0.5
+        r["mean"] = r["successes"] / r["n"]
+    res = evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"),
+                            config=ev.EvaluateConfig(n_bootstrap=10, noise_ceiling_repeats=5))
+    m = res.metrics
+    assert m["n_prefixes"] == len(labels) - 1 and m["dropped_labels_without_samples"] == 1
+    assert any("no MC samples" in n for n in m["notes"])
+    assert "nan" not in m["mc"]["note"].lower()
+    assert m["estimators"]["learned"]["brier"] is not None
+    assert [s for s in res.prefixes["successes"] if s != int(s)]  # fractional kept
+    assert "randomly rounded" in m["mc"]["noise_ceiling"]["method"]
+    json.dumps(m, allow_nan=False)
+    m["mc"]["label_mean"] = None  # a None label mean must render, not crash
+    render_markdown(m, {})

@@ -144,3 +144,51 @@ def test_noise_ceiling_tracks_sample_count():
     truth_r = stats.spearmanr(p, k / 16).statistic
     ceil = M.split_half_noise_ceiling(np.full(300, 16), k, repeats=30)["spearman"]
     assert abs(truth_r - ceil) < 0.08
+
+
+def test_noise_ceiling_of_disagreeing_halves_is_null_not_zero_or_a_crash():
+    """Issue 14 item 8: split-half r = -1 (k = 1 of n = 2 everywhere: the halves are complements) crashed in
+    Spearman–Brown; reliability <= 0 is null with a note, not 0.0."""
+    exact = M.split_half_noise_ceiling(np.full(30, 2), np.full(30, 1), repeats=9)
+    assert exact["split_half"] == -1.0 and exact["spearman"] is None and exact["reliability"] is None
+    assert "undefined" in exact["note"]
+    k = np.array([1] * 30 + [0, 2, 0, 2])
+    neg = M.split_half_noise_ceiling(np.full(len(k), 2), k, repeats=21)
+    assert -1 < neg["split_half"] <= 0 and neg["reliability"] <= 0
+    assert neg["spearman"] is None and "no measurable signal" in neg["note"]
+
+
+def test_noise_ceiling_keeps_fractional_successes():
+    """Issue 14 item 10: fractional successes (verifier scores in (0, 1)) are not truncated to integers."""
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0, 1, 200)
+    k = rng.binomial(16, p) + 0.5 * (rng.random(200) < 0.5)
+    k = np.minimum(k, 16)
+    res = M.split_half_noise_ceiling(np.full(200, 16), k, repeats=10)
+    assert "randomly rounded" in res["method"] and "fractional" in res["note"]
+    assert 0 < res["spearman"] <= 1
+
+
+def test_nan_labels_and_estimators_get_the_right_words():
+    """Issue 14 item 9: NaN labels do not print "variance nan"; a NaN estimator is named as non-finite."""
+    sat = M.saturation(np.array([0.5, np.nan, 1.0, 0.25]), np.array([4, 0, 4, 4]))
+    assert "nan" not in sat["note"].lower() and "no finite value" in sat["note"]
+    assert sat["definition"].startswith(">= 95%")
+    x = np.array([0.1, np.nan, 0.5, 0.7])
+    m = M.estimator_metrics(x, np.array([0.0, 0.5, 0.5, 1.0]), np.array([0, 1, 0, 1]), np.arange(4),
+                            probability=True, n_boot=0)
+    assert m["brier"] is None and "non-finite" in m["brier_note"] and "outside [0, 1]" not in m["brier_note"]
+    m = M.estimator_metrics(np.array([0.1, 0.2, 0.5, 0.7]), np.array([0.0, np.nan, 0.5, 1.0]),
+                            np.array([0, 1, 0, 1]), np.arange(4), probability=True, n_boot=0)
+    assert m["brier"] is None and "labels with no samples" in m["brier_note"]
+
+
+def test_paired_difference_uses_the_same_replicates():
+    rng = np.random.default_rng(0)
+    y = rng.uniform(size=60)
+    a, b = y + rng.normal(scale=0.1, size=60), y + rng.normal(scale=0.5, size=60)
+    g = np.repeat(np.arange(15), 4)
+    d = M.paired_difference(a, b, y, g, n_boot=200, seed=1, unit="prompt")
+    ca, cb = M.correlation(a, y, g, n_boot=0), M.correlation(b, y, g, n_boot=0)
+    assert d["value"] == pytest.approx(ca["value"] - cb["value"]) and d["unit"] == "prompt"
+    assert d["ci"][0] > 0  # paired: the clearly better estimator wins on every resample

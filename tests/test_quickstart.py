@@ -10,6 +10,7 @@ import pytest
 
 from prefixvalue.config import ConfigError, parse_config
 from prefixvalue.evaluation.analysis import largest_jumps, quality_verdict
+from prefixvalue.evaluation.estimators import Estimator
 from prefixvalue.evaluation.report import render_heatmap
 from prefixvalue.evaluation.scoring import evaluate_prefixes
 from prefixvalue.stages import evaluate as ev
@@ -42,7 +43,9 @@ def test_largest_jumps_names_the_token_between_the_two_prefixes(tiny_tokenizer):
     assert top[0]["trace_index"] == 1 and top[0]["jump"] == pytest.approx(-0.8)
     assert (top[0]["from_position"], top[0]["to_position"], top[0]["token_index"]) == (a, b, a)
     assert top[0]["token"] == tiny_tokenizer.decode(res.traces[1].completion_ids[a:b])
-    assert top[0]["separated"] and top[0]["mc_before"] == pytest.approx(0.9)
+    assert top[0]["mc_before"] == pytest.approx(0.9)
+    assert top[0]["confirmed"] is None and "no sampler" in top[0]["confirmed_note"]  # library use: never the biased flag
+    assert "separated" not in top[0]
     assert abs(top[1]["jump"]) < 0.8
     # the heatmap outlines exactly that token
     parser = TokenSpans()
@@ -53,7 +56,9 @@ def test_largest_jumps_names_the_token_between_the_two_prefixes(tiny_tokenizer):
 
 def test_quality_verdict_measures_the_goal_and_names_limits():
     metrics = {"mc": {"noise_ceiling": {"spearman": 0.5}, "saturated": False},
-               "estimators": {"learned": {"spearman": {"value": 0.3}}, "mellowmax": {"spearman": {"value": 0.35}},
+               "estimators": {"learned": {"spearman": {"value": 0.3, "fraction_of_ceiling_ci": [0.4, 0.8],
+                                                       "paired_vs_mellowmax": {"value": -0.05, "ci": [-0.2, 0.1]}}},
+                              "mellowmax": {"spearman": {"value": 0.35}},
                               "learned_head": {"spearman": {"value": 0.45}}}}
     curve = {"eval_curve": [[100, 0.20], [200, 0.15]], "train_loss": 0.55, "loss": 0.70}
     v = quality_verdict(metrics, {"kind_a": curve}, 1000)
@@ -67,9 +72,110 @@ def test_quality_verdict_measures_the_goal_and_names_limits():
     metrics["mc"]["noise_ceiling"]["spearman"] = 0.7
     v = quality_verdict(metrics, {"kind_a": {"eval_curve": [[100, 0.2], [200, 0.2]]}}, 1000)
     assert v["met"] is False and v["reaches_ceiling_goal"] is False  # 0.45 / 0.7 < 0.8
-    metrics["estimators"]["learned"]["spearman"]["value"] = 0.6
+    sp = metrics["estimators"]["learned"]["spearman"]
+    sp.update(value=0.6, fraction_of_ceiling_ci=[0.81, 0.95], paired_vs_mellowmax={"value": 0.25, "ci": [0.05, 0.4]})
     v = quality_verdict(metrics, {}, 1000)
     assert v["met"] and v["limits"] == []
+
+
+def test_quality_verdict_rests_on_ci_lower_bounds():
+    """Issue 14 item 7: point estimates above the goal and above MellowMax are not enough; the CIs decide."""
+    sp = {"value": 0.65, "fraction_of_ceiling_ci": [0.6, 1.0], "paired_vs_mellowmax": {"value": 0.1, "ci": [-0.05, 0.3]}}
+    metrics = {"mc": {"noise_ceiling": {"spearman": 0.7}, "saturated": False},
+               "estimators": {"learned": {"spearman": sp}, "mellowmax": {"spearman": {"value": 0.55}}}}
+    v = quality_verdict(metrics, {}, 1000)
+    assert v["fraction_of_ceiling"] > 0.8 and v["learned_spearman"] > v["mellowmax_spearman"]  # the old verdict's inputs
+    assert not v["reaches_ceiling_goal"] and not v["beats_mellowmax"] and not v["met"]
+    assert v["paired_vs_mellowmax"]["ci"] == [-0.05, 0.3] and v["fraction_of_ceiling_ci"] == [0.6, 1.0]
+    del sp["paired_vs_mellowmax"]
+    assert "not claimed" in quality_verdict(metrics, {}, 1000)["note"]
+
+
+def test_paired_cis_in_metrics_and_report(tiny_tokenizer):
+    """Issue 14 item 7: metrics.json carries the paired learned − MellowMax difference and the share of the
+    ceiling with CIs, computed on the same replicates; the quickstart section shows them."""
+    from prefixvalue.evaluation.metrics import CORRELATION_FUNCS, cluster_bootstrap
+    from prefixvalue.evaluation.report import render_quickstart_section
+
+    traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=5)
+    mm = {"mellowmax": Estimator(lambda inp: [np.sin(np.arange(t.length + 1)) for t in inp.traces], probability=False)}
+    res = evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"), estimators=mm,
+                            config=ev.EvaluateConfig(n_bootstrap=100, noise_ceiling_repeats=5))
+    sp = res.metrics["estimators"]["learned"]["spearman"]
+    d = sp["paired_vs_mellowmax"]
+    x, m_, y = (np.asarray(res.prefixes[k], dtype=float) for k in ("learned", "mellowmax", "mc_mean"))
+    f = CORRELATION_FUNCS["spearman"]
+    assert d["value"] == pytest.approx(f(x, y) - f(m_, y))
+    ci, _ = cluster_bootstrap(lambda i: f(x[i], y[i]) - f(m_[i], y[i]), np.asarray(res.prefixes["prompt_id"]),
+                              n_boot=100, seed=0)
+    assert d["ci"] == pytest.approx(ci) and d["unit"] == "prompt"
+    c = res.metrics["mc"]["noise_ceiling"]["spearman"]
+    lo, hi = sp["fraction_of_ceiling_ci"]
+    assert lo * c == pytest.approx(sp["ci"][0]) and hi * c == pytest.approx(sp["ci"][1])  # ceiling held fixed
+    assert "held fixed" in sp["fraction_of_ceiling_note"]
+    q = {"quality": quality_verdict(res.metrics, {}, 10), "train_prompts": 1, "heldout_prompts": 5,
+         "collected_traces": 15, "policy_accuracy": 0.5, "short": {}, "short_estimators": [], "short_samples": 4,
+         "forks": [], "seconds": {"total": 1.0}}
+    text = render_quickstart_section(q, res.metrics)
+    assert "learned − MellowMax (Spearman, paired bootstrap)" in text and f"[{d['ci'][0]:.2f}, {d['ci'][1]:.2f}]" in text
+
+
+class _FlatLabeller:
+    """A labeller stub: every prefix's true value is `p` (no forking token exists), fresh samples binomial."""
+
+    def __init__(self, p=0.5, seed=123, values=None):
+        self.rng, self.p, self.values = np.random.default_rng(seed), p, values or {}
+        self.calls = []
+
+    def uniform(self, traces, positions, samples, method="uniform"):
+        from types import SimpleNamespace
+
+        self.calls.append((len(traces), samples, method))
+        out = []
+        for t, pos in zip(traces, positions):
+            for q in pos:
+                k = int(self.rng.binomial(samples, self.values.get((t.trace_id, q), self.p)))
+                out.append(SimpleNamespace(trace_id=t.trace_id, position=q, n=samples, successes=float(k)))
+        return out
+
+
+def _flat_result(n_traces=40, length=24, n=32, p=0.5, seed=0):
+    """An EvalResult whose MC labels are binomial draws around a flat true value `p` at every position."""
+    from prefixvalue.evaluation.estimators import TraceRecord
+    from prefixvalue.evaluation.metrics import wilson_interval
+    from prefixvalue.evaluation.scoring import EvalResult
+
+    rng = np.random.default_rng(seed)
+    traces, mcs, curves = [], [], []
+    for i in range(n_traces):
+        traces.append(TraceRecord(f"t{i}", f"p{i}", [5, 6], list(range(10, 10 + length)), 1.0, [], None))
+        k = rng.binomial(n, p, size=length)
+        ci = np.array([wilson_interval(float(x), n) for x in k])
+        mcs.append({"position": np.arange(length), "mean": k / n, "ci_low": ci[:, 0], "ci_high": ci[:, 1]})
+        curves.append({})
+    return EvalResult(metrics={}, prefixes={}, traces=traces, curves=curves, mc=mcs)
+
+
+def test_forks_are_confirmed_on_fresh_samples_not_by_selected_cis():
+    """Issue 14 item 4: with flat true values the selected largest jumps have disjoint 95% CIs (the old flag
+    fires), but re-labelled with fresh samples, the Fisher test with Bonferroni does not confirm them."""
+    from types import SimpleNamespace
+
+    res = _flat_result()
+    refs = {t.trace_id: SimpleNamespace(trace_id=t.trace_id, completion_ids=tuple(t.completion_ids)) for t in res.traces}
+    lab = _FlatLabeller()
+    top = largest_jumps(res, 3, labeller=lab, refs=refs, samples=64)
+    old_flag = [r["ci_before"][1] < r["ci_after"][0] or r["ci_after"][1] < r["ci_before"][0] for r in top]
+    assert all(old_flag)  # what the old `separated` reported: biased by the selection
+    assert all(r["confirmed"] is False and r["p_value"] > 0.05 / 3 for r in top)
+    assert all(r["fresh_n_before"] == 64 and r["test"].startswith("two-sided Fisher") for r in top)
+    assert lab.calls == [(3, 64, "fork-check")]
+    # a real fork (0.9 -> 0.1 at the chosen pair) is confirmed
+    r0 = top[0]
+    lab = _FlatLabeller(values={(r0["trace_id"], r0["from_position"]): 0.9, (r0["trace_id"], r0["to_position"]): 0.1})
+    again = largest_jumps(res, 3, labeller=lab, refs=refs, samples=64)
+    assert again[0]["confirmed"] is True and again[0]["p_value"] < 0.05 / 3
+    assert again[0]["bonferroni_level"] == pytest.approx(0.05 / 3)
 
 
 def test_config_validation():
@@ -88,6 +194,18 @@ def test_config_validation():
 @pytest.mark.skipif(not SHIPPED_POLICY.exists(), reason="the shipped policy data/policies/arith-tiny is absent")
 def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    from prefixvalue.data import split as split_mod
+
+    if not hasattr(split_mod, "SplitRecord"):  # a tree without the data side's split records: every checkpoint
+        # gets a record that holds out the quickstart's labelled prompts (they are held out by construction)
+        from test_evaluate import StubSplitRecord
+
+        class _Always(StubSplitRecord):
+            @classmethod
+            def load(cls, folder):
+                return cls(0.3, 0)
+
+        monkeypatch.setattr(split_mod, "SplitRecord", _Always, raising=False)
     out = tmp_path / "qs"
     argv = [f"out={out}", f"policy={SHIPPED_POLICY}", "collect.num_prompts=20", "collect.samples=4", "label.samples=4",
             "label_max_traces=6", "short_samples=4", "forks=2", "threads=1",
@@ -104,6 +222,13 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     assert set(q["short"]) == {"short:1", "short:2"}
     assert q["short"]["short:1"]["n_prefixes"] < q["short"]["short:2"]["n_prefixes"]
     assert len(q["forks"]) == 2 and q["fresh_run"] is True
+    for r in q["forks"]:  # each fork re-tested on fresh samples
+        assert r["fresh_n_before"] == 64 and r["p_value"] is not None and isinstance(r["confirmed"], bool)
+    sp = m["split"]  # the primary checkpoint's record: the labelled traces are held out, nothing dropped
+    assert sp["includes_training_prompts"] is False and sp["dropped_prefixes"] == 0
+    assert sp["kept_prefixes"] == m["n_prefixes"] and sp["heldout_prompts"] > 0
+    assert m["bootstrap_unit"] == "prompt"
+    assert "paired_vs_mellowmax" in m["estimators"]["learned"]["spearman"]
     assert m["cost"]["ratio_mc_to_value"] > 1
     assert q["collected_traces"] == 80 and q["labelled_heldout_traces"] <= 6
     # the labelled traces come only from prompts held out of training
@@ -125,3 +250,28 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     assert again["quickstart"]["fresh_run"] is False
     assert again["mc"]["label_mean"] == m["mc"]["label_mean"]
     assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_saturation_wording_has_one_definition_and_step_scores_are_named():
+    """Issue 14 item 12: "saturated" means what metrics.saturation computes (>= 95% of prefixes at 0 or 1),
+    not "variance <= 0.05"; the step score is named as the prefix value after each step, not "TD"."""
+    from prefixvalue.evaluation.metrics import saturation
+    from prefixvalue.evaluation.report import render_quickstart_section
+
+    low = np.array([0.4, 0.45, 0.5, 0.55, 0.6] * 4)  # variance 0.005: low, but not saturated
+    assert saturation(low)["saturated"] is False
+    base = {"noise_ceiling": {"spearman": 0.5}, "samples_per_prefix": 8}
+    q = {"quality": None, "train_prompts": 1, "heldout_prompts": 2, "collected_traces": 4, "policy_accuracy": 0.5,
+         "short": {}, "short_estimators": [], "short_samples": 4, "forks": [], "seconds": {"total": 1.0}}
+    for labels, expect in ((low, False), (np.array([0.0] * 20 + [0.5]), True)):
+        sat = saturation(labels)
+        metrics = {"n_prefixes": len(labels), "n_traces": 2, "estimators": {}, "step_verification": {}, "cost": {},
+                   "mc": {**base, "label_variance": float(labels.var()), "saturated": sat["saturated"],
+                          "note": sat["note"]}}
+        q["quality"] = quality_verdict(metrics, {}, 10)
+        text = render_quickstart_section(q, metrics)
+        assert ("labels are saturated" in text) is expect
+        assert "variance <= 0.05" not in text and "TD step scores" not in text
+        assert "prefix value after each step" in text
+        if expect:
+            assert ">= 95% of the prefixes at MC success 0 or at 1" in " ".join(q["quality"]["limits"])

@@ -111,7 +111,8 @@ def test_write_report_files_and_logger(tmp_path, tiny_tokenizer):
     md = paths["report"].read_text()
     assert "| learned |" in md and "| constant |" in md and "![calibration curve](calibration.png)" in md
     assert "zero variance" in md  # the constant's null correlations are explained in words
-    assert md.startswith("# prefixvalue evaluation\n\n## Extra\n\nmore words\n\n## Data\n")
+    assert md.startswith("# prefixvalue evaluation\n\n**Held-out status unknown**")  # no split record in memory
+    assert "\n\n## Extra\n\nmore words\n\n## Data\n" in md
     kinds = {c[0] for c in rec.calls}
     assert kinds == {"log", "image", "html", "table"}
     logged = next(c[1] for c in rec.calls if c[0] == "log")

@@ -76,3 +76,28 @@ def test_policy_soft_values_match_single_forward(tiny_model, tiny_tokenizer):
             assert v["mellowmax_top4_w1"][pos] == pytest.approx(topk_mellowmax(row, 1.0, 4).item(), abs=1e-4)
     one, _ = policy_soft_values(tiny_model, prompts[1:], comps[1:], spec, batch_size=1)
     np.testing.assert_allclose(one[0]["mellowmax"], vals[1]["mellowmax"], atol=1e-4)
+
+
+@pytest.mark.parametrize("builder", ["gpt2", "llama"])
+def test_bf16_policy_soft_values_use_float32_head(builder, tiny_tokenizer):
+    """A bf16 policy: soft values come from the LM head run in float32 on the last hidden state, not
+    from the bf16 logits the model returns (rounded to 8 mantissa bits before any upcast)."""
+    from conftest import make_tiny_gpt2, make_tiny_llama
+
+    model = (make_tiny_gpt2 if builder == "gpt2" else make_tiny_llama)(len(tiny_tokenizer)).to(torch.bfloat16)
+    with torch.no_grad():  # larger logits, so bf16 rounding is visible
+        model.get_output_embeddings().weight.mul_(40.0)
+    spec = SoftValueSpec(omegas=(10.0,), default_omega=1.0, top_k=())
+    p = tiny_tokenizer("Q:3*4-5=", add_special_tokens=False)["input_ids"]
+    c = tiny_tokenizer("3*4=2;2-5=7;A:7", add_special_tokens=False)["input_ids"]
+    vals, _ = policy_soft_values(model, [p], [c], spec, batch_size=1)
+    with torch.no_grad():
+        out = model(torch.tensor([p + c]), output_hidden_states=True)
+        h = out.hidden_states[-1][0, len(p) - 1:]
+        exact = torch.nn.functional.linear(h.float(), model.get_output_embeddings().weight.float())
+        rounded = out.logits[0, len(p) - 1:]
+    assert rounded.dtype == torch.bfloat16
+    for name, fn in (("logsumexp", lambda q: torch.logsumexp(q.double(), -1)),
+                     ("mellowmax_w10", lambda q: mellowmax(q, 10.0))):
+        np.testing.assert_allclose(vals[0][name], fn(exact).numpy(), rtol=0, atol=1e-9)
+        assert np.abs(vals[0][name] - fn(rounded).numpy()).max() > 1e-3  # the old, rounded computation

@@ -132,3 +132,44 @@ def test_tokenize_and_score_step_examples(tiny_tokenizer):
     res = S.score_step_examples(Fake(), tiny_tokenizer, examples)
     assert res["threshold_split"] == "calibration" and res["n_examples"] == 12
     assert res["f1"] == 1.0 and "process_level" not in res
+
+
+def _names(prefix, n, want_cal, seed=0, fraction=0.5):
+    from prefixvalue.data.split import unit_hash
+
+    out, i = [], 0
+    while len(out) < n:
+        name = f"{prefix}{i}"
+        if (unit_hash(f"calibration|{seed}|{name}") < fraction) == want_cal:
+            out.append(name)
+        i += 1
+    return out
+
+
+def test_f1_is_null_when_no_threshold_can_be_tuned():
+    """Issue 14 item 6: the calibration split has no all-correct trace (the one correct prompt hashes to the
+    test side), so no threshold is tuned: F1 and accuracies are null with a note, never 0.0."""
+    err = [f"e{i}" for i in range(10)]
+    (correct,) = _names("c", 1, want_cal=False)
+    groups = err + [correct]
+    labels = [0] * 10 + [-1]
+    scores = [[0.9, 0.9]] * 10 + [[0.9, 0.9]]
+    res = S.step_verification(scores, labels, groups, 0.5, seed=0)
+    assert res["f1"] is None and res["acc_erroneous"] is None and res["acc_correct"] is None
+    assert res["threshold"] is None and "no threshold can be tuned" in res["note"]
+
+
+def test_calibration_split_is_stratified_by_label():
+    """Issue 14 item 6: all-correct prompts that the hash would all put on the calibration side are split
+    so that both sides see both classes; prompts stay together; deterministic."""
+    correct = _names("c", 3, want_cal=True)
+    err = _names("e", 2, want_cal=True) + _names("e", 2, want_cal=False)[-2:]
+    groups = correct + err + [err[0]]
+    labels = [-1] * 3 + [1] * 4 + [0]
+    cal = S.calibration_split(groups, 0.5, 0, labels)
+    assert np.array_equal(cal, S.calibration_split(groups, 0.5, 0, labels))
+    assert cal[3] == cal[-1]  # one prompt, one side
+    lab = np.array(labels)
+    for side in (cal, ~cal):
+        assert (lab[side] == -1).any() and (lab[side] >= 0).any()
+    assert S.calibration_split(groups, 0.5, 0)[:3].all()  # unstratified: all three correct prompts in calibration

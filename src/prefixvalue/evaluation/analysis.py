@@ -12,21 +12,39 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .estimators import Estimator
+from .metrics import SATURATION_SHARE
 from .scoring import EvalResult, evaluate_prefixes
 
 #: share of the noise ceiling the learned value should reach (the quality goal)
 CEILING_GOAL = 0.8
+#: the one definition of saturated MC labels (`prefixvalue.evaluation.metrics.saturation`), in words
+SATURATION_DEFINITION = f">= {SATURATION_SHARE:.0%} of the prefixes at MC success 0 or at 1"
 
 if TYPE_CHECKING:  # the stage's config; the stage imports this module, not the reverse
     from ..stages.evaluate import EvaluateConfig
 
 
-def largest_jumps(result: EvalResult, k: int, tokenizer: Any = None) -> list[dict[str, Any]]:
-    """The `k` traces whose MC curve has the largest jump between neighbouring labelled prefixes.
+#: samples per position when a chosen fork is re-labelled with fresh continuations
+FORK_SAMPLES = 64
+FORK_TEST = "two-sided Fisher exact test on fresh MC samples, Bonferroni over the reported forks"
+
+
+def largest_jumps(result: EvalResult, k: int, tokenizer: Any = None, *, labeller: Any = None,
+                  refs: dict[str, Any] | None = None, samples: int = FORK_SAMPLES,
+                  alpha: float = 0.05) -> list[dict[str, Any]]:
+    """The `k` traces whose MC curve has the largest jump between neighbouring labelled prefixes,
+    each with a selection-aware test of whether the jump is real.
 
     For each trace the jump is the largest |mean(b) - mean(a)| over neighbouring labelled positions
     a < b; when b = a + 1 the forking token is completion token a (appending it moves the success
-    rate). `separated` says whether the two Wilson intervals are disjoint.
+    rate). Picking the largest of many noisy jumps biases it upwards, so "the two 95% CIs are
+    disjoint" is not evidence (with flat true values it fires almost always). Instead each chosen
+    pair is re-labelled with `samples` fresh, independent continuations at positions a and b
+    (`labeller.uniform`, an `MCLabeller` whose sampling seed differs from the labels'; `refs` maps
+    trace id to its `TraceRef`), and the fresh counts are compared with a two-sided Fisher exact test;
+    ``confirmed`` is p < `alpha` / (number of reported forks) (Bonferroni). The selected jump
+    (``jump``, ``mc_before``, ``mc_after`` and their Wilson CIs) is kept for reference only. Without
+    a labeller ``confirmed`` is None with a note: the selected jump alone cannot confirm a fork.
     """
     rows = []
     for i, (t, mc) in enumerate(zip(result.traces, result.mc)):
@@ -45,14 +63,57 @@ def largest_jumps(result: EvalResult, k: int, tokenizer: Any = None) -> list[dic
                "from_position": a, "to_position": b, "token_index": a, "token_ids": token_ids, "token": text,
                "jump": float(d[j]), "mc_before": float(mean[j]), "mc_after": float(mean[j + 1]),
                "ci_before": [float(lo[j]), float(hi[j])], "ci_after": [float(lo[j + 1]), float(hi[j + 1])],
-               "separated": bool(hi[j] < lo[j + 1] or hi[j + 1] < lo[j]),
+               "selected_note": "the largest of this trace's jumps, selected on these labels (biased upwards)",
                "prompt": t.prompt, "completion": t.completion}
         for name in ("learned", "mellowmax"):
             if name in cur:
                 row[f"{name}_before"], row[f"{name}_after"] = float(cur[name][a]), float(cur[name][b])
         rows.append(row)
     rows.sort(key=lambda r: (-abs(r["jump"]), r["trace_id"]))
-    return rows[:k]
+    rows = rows[:k]
+    _confirm_forks(rows, labeller, refs, samples, alpha)
+    return rows
+
+
+def _confirm_forks(rows: list[dict[str, Any]], labeller: Any, refs: dict[str, Any] | None, samples: int,
+                   alpha: float) -> None:
+    """Fill each fork's selection-aware test (in place): fresh means, Fisher p-value, ``confirmed``."""
+    from scipy.stats import fisher_exact
+
+    level = alpha / max(1, len(rows))
+    for r in rows:
+        r.update(test=FORK_TEST, alpha=alpha, bonferroni_level=level, fresh_samples=samples,
+                 fresh_before=None, fresh_after=None, fresh_n_before=None, fresh_n_after=None,
+                 p_value=None, confirmed=None)
+    if labeller is None or refs is None:
+        for r in rows:
+            r["confirmed_note"] = ("not tested: no sampler was given to re-label the pair with fresh samples, and "
+                                   "the selected jump alone is biased (the largest of many noisy jumps)")
+        return
+    todo, which = [], []
+    for r in rows:
+        ref = refs.get(r["trace_id"])
+        if ref is None:
+            r["confirmed_note"] = "not tested: the trace is not among the traces given for re-labelling"
+        elif r["to_position"] >= len(ref.completion_ids):
+            r["confirmed_note"] = ("not tested: the jump ends at the complete trace (position T), which has no "
+                                   "continuation to sample")
+        else:
+            todo.append(ref)
+            which.append(r)
+    if not todo:
+        return
+    est = labeller.uniform(todo, [[r["from_position"], r["to_position"]] for r in which], samples,
+                           method="fork-check")
+    for n, r in enumerate(which):
+        before, after = est[2 * n], est[2 * n + 1]
+        kb, ka = float(before.successes), float(after.successes)
+        table = [[round(kb), before.n - round(kb)], [round(ka), after.n - round(ka)]]
+        p = float(fisher_exact(table, alternative="two-sided")[1])
+        r.update(fresh_before=kb / before.n, fresh_after=ka / after.n, fresh_n_before=int(before.n),
+                 fresh_n_after=int(after.n), p_value=p, confirmed=bool(p < level))
+        if kb != round(kb) or ka != round(ka):
+            r["confirmed_note"] = "fractional verifier scores were rounded to whole successes for the Fisher test"
 
 
 def _corr_summary(m: dict[str, Any]) -> dict[str, Any]:
@@ -88,32 +149,53 @@ def short_prefix_study(traces: Any, labels: Any, k_max: int, value_model: Any, p
 def quality_verdict(metrics: dict[str, Any], train_results: dict[str, dict[str, Any]],
                     n_train_traces: int) -> dict[str, Any]:
     """The quality goal (learned Spearman >= `CEILING_GOAL` of the noise ceiling, and above MellowMax),
-    measured, with what limits it when it is missed.
+    decided on bootstrap CIs, with what limits it when it is missed.
 
-    `train_results` maps each value-model kind to its training result with ``eval_curve``, the
-    (step, held-out Brier) pairs of its held-out evaluations; `n_train_traces` is the size of the
-    training set. Returns the verdict dict (``met``, ``limits`` in words, ...)."""
+    "beats MellowMax" needs the lower bound of the paired difference learned − MellowMax in Spearman
+    (``spearman.paired_vs_mellowmax``: the same resampled prompts for both) above 0; "reaches the
+    ceiling goal" needs the lower bound of the share of the ceiling (``fraction_of_ceiling_ci``, the
+    ceiling held fixed) at or above the goal. Without a CI the verdict is False with a note: a point
+    estimate alone does not support the claim. `train_results` maps each value-model kind to its
+    training result with ``eval_curve``, the (step, held-out Brier) pairs of its held-out
+    evaluations; `n_train_traces` is the size of the training set. Returns the verdict dict
+    (``met``, ``limits`` in words, ...)."""
     ests = metrics["estimators"]
     ceiling = metrics["mc"]["noise_ceiling"].get("spearman")
-    learned = ests.get("learned", {}).get("spearman", {}).get("value")
+    sp = ests.get("learned", {}).get("spearman", {})
+    learned = sp.get("value")
     mellow = ests.get("mellowmax", {}).get("spearman", {}).get("value")
     frac = learned / ceiling if (learned is not None and ceiling) else None
-    reached = frac is not None and frac >= CEILING_GOAL
-    beats = learned is not None and mellow is not None and learned > mellow
-    verdict: dict[str, Any] = {"goal": f"learned Spearman >= {CEILING_GOAL:.0%} of the noise ceiling and > MellowMax",
+    frac_ci = sp.get("fraction_of_ceiling_ci")
+    paired = sp.get("paired_vs_mellowmax") or {}
+    diff_ci = paired.get("ci")
+    reached = bool(frac_ci is not None and frac_ci[0] >= CEILING_GOAL)
+    beats = bool(diff_ci is not None and diff_ci[0] > 0)
+    verdict: dict[str, Any] = {"goal": f"learned Spearman >= {CEILING_GOAL:.0%} of the noise ceiling and > MellowMax, "
+                                       f"each by its 95% CI's lower bound",
                                "learned_spearman": learned, "noise_ceiling": ceiling, "fraction_of_ceiling": frac,
-                               "mellowmax_spearman": mellow, "reaches_ceiling_goal": reached,
-                               "beats_mellowmax": beats, "met": bool(reached and beats)}
+                               "fraction_of_ceiling_ci": frac_ci, "mellowmax_spearman": mellow,
+                               "paired_vs_mellowmax": {"value": paired.get("value"), "ci": diff_ci},
+                               "reaches_ceiling_goal": reached, "beats_mellowmax": beats, "met": bool(reached and beats)}
+    notes = []
+    if frac_ci is None:
+        notes.append("no CI of the share of the ceiling (noise ceiling or bootstrap undefined): the ceiling goal "
+                     "is not claimed")
+    if diff_ci is None:
+        notes.append("no paired CI of learned − MellowMax (MellowMax not evaluated, or the bootstrap undefined): "
+                     "'beats MellowMax' is not claimed")
+    if notes:
+        verdict["note"] = "; ".join(notes)
     for name, m in ests.items():
         if name.startswith("learned_"):
             v = m["spearman"].get("value")
             verdict[f"{name}_fraction_of_ceiling"] = v / ceiling if (v is not None and ceiling) else None
+            verdict[f"{name}_fraction_of_ceiling_ci"] = m["spearman"].get("fraction_of_ceiling_ci")
     limits = []
     if ceiling is not None and ceiling < 0.6:
         limits.append(f"label noise: the split-half noise ceiling is only {ceiling:.2f}; more MC samples per "
                       "prefix (label_samples) raise it")
     if metrics["mc"].get("saturated"):
-        limits.append("labels are saturated (variance <= 0.05): the held-out prefixes barely differ in value")
+        limits.append(f"labels are saturated ({SATURATION_DEFINITION}): the held-out prefixes barely differ in value")
     for kind, r in train_results.items():
         tl, hl = r.get("train_loss"), r.get("loss")
         if tl is not None and hl is not None and hl > tl + 0.03:

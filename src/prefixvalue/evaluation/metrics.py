@@ -4,9 +4,12 @@ Every function returns plain JSON-safe data. A metric that cannot be computed is
 ``note`` in words that says why, with counts (a correlation on zero-variance labels is
 named as such, never a bare NaN).
 
-Correlations carry a bootstrap 95% percentile interval resampled over *traces* (the prefixes of
-one trace are not independent): `groups` gives each prefix's trace, and a bootstrap replicate
-draws traces with replacement and keeps all their prefixes.
+Correlations carry a cluster-bootstrap 95% percentile interval: `groups` gives each prefix's
+resampling unit, and a replicate draws units with replacement and keeps all their prefixes.
+Scoring passes prompt ids (the default ``bootstrap_unit: "prompt"``): the traces of one prompt share
+their position-0 label and are not independent, so neither prefixes nor traces are. Every
+estimator is resampled with the same seed and units, so the replicates are paired across
+estimators (`paired_difference`).
 """
 
 from __future__ import annotations
@@ -82,18 +85,22 @@ def cluster_bootstrap(
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    unit: str = "group",
 ) -> tuple[list[float] | None, str | None]:
-    """Percentile CI of ``stat(indices)`` under resampling of groups (traces) with replacement.
+    """Percentile CI of ``stat(indices)`` under resampling of groups with replacement.
 
-    Returns ``([lo, hi], note)``; replicates where the statistic is undefined (e.g. a resample whose
-    labels are all equal) are dropped and counted in the note. The CI is None (with a note) when
-    there is only one group, `n_boot` is 0, or fewer than half the replicates are defined.
+    `groups` names each element's resampling unit (`unit` names it in notes: "prompt", "trace").
+    The draws depend only on (`seed`, number of groups), so two statistics bootstrapped with the
+    same seed and groups see the same replicates (paired). Returns ``([lo, hi], note)``; replicates
+    where the statistic is undefined (e.g. a resample whose labels are all equal) are dropped and
+    counted in the note. The CI is None (with a note) when there is only one group, `n_boot` is 0,
+    or fewer than half the replicates are defined.
     """
     members = _group_index(groups)
     if n_boot <= 0:
         return None, "bootstrap disabled (n_bootstrap = 0)"
     if len(members) < 2:
-        return None, f"no bootstrap interval: only {len(members)} trace(s), resampling over traces needs >= 2"
+        return None, f"no bootstrap interval: only {len(members)} {unit}(s), resampling over {unit}s needs >= 2"
     rng = np.random.default_rng(seed)
     vals: list[float] = []
     for _ in range(n_boot):
@@ -104,11 +111,11 @@ def cluster_bootstrap(
     dropped = n_boot - len(vals)
     if len(vals) < n_boot / 2:
         return None, (f"no bootstrap interval: the statistic was undefined in {dropped} of {n_boot} "
-                      f"trace resamples (zero variance in the resample)")
+                      f"{unit} resamples (zero variance in the resample)")
     lo, hi = np.quantile(np.asarray(vals), [alpha / 2, 1 - alpha / 2])
     note = None
     if dropped:
-        note = f"{dropped} of {n_boot} trace resamples had an undefined statistic and were dropped from the CI"
+        note = f"{dropped} of {n_boot} {unit} resamples had an undefined statistic and were dropped from the CI"
     return [float(lo), float(hi)], note
 
 
@@ -120,11 +127,13 @@ def correlation(
     method: str = "spearman",
     n_boot: int = 1000,
     seed: int = 0,
+    unit: str = "group",
 ) -> dict[str, Any]:
     """``{"value", "ci": [lo, hi] | None, "n"}`` (+ ``"note"``) for one correlation `method`.
 
-    `groups` (one trace id per prefix) drives the bootstrap over traces; without it each prefix is
-    its own group. Zero variance in either input gives ``value: None`` and a note with counts.
+    `groups` (one resampling unit per prefix, named `unit`: scoring passes prompt ids) drives the
+    cluster bootstrap; without it each prefix is its own group. Zero variance in either input gives
+    ``value: None`` and a note with counts.
     """
     if method not in CORRELATION_FUNCS:
         raise ValueError(f"unknown correlation {method!r}; choose from {list(CORRELATION_FUNCS)}")
@@ -148,7 +157,7 @@ def correlation(
     fn = CORRELATION_FUNCS[method]
     out["value"] = jsonable(fn(x, y))
     g = np.arange(len(x)) if groups is None else np.asarray(groups)
-    ci, note = cluster_bootstrap(lambda idx: fn(x[idx], y[idx]), g, n_boot=n_boot, seed=seed)
+    ci, note = cluster_bootstrap(lambda idx: fn(x[idx], y[idx]), g, n_boot=n_boot, seed=seed, unit=unit)
     out["ci"] = ci
     if note:
         out["note"] = note
@@ -156,9 +165,46 @@ def correlation(
 
 
 def correlations(pred: ArrayLike, labels: ArrayLike, groups: Sequence[Any] | np.ndarray | None = None,
-                 n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
+                 n_boot: int = 1000, seed: int = 0, unit: str = "group") -> dict[str, dict[str, Any]]:
     """Pearson, Spearman and Kendall (tau-b), each from `correlation`."""
-    return {m: correlation(pred, labels, groups, m, n_boot=n_boot, seed=seed) for m in CORRELATIONS}
+    return {m: correlation(pred, labels, groups, m, n_boot=n_boot, seed=seed, unit=unit) for m in CORRELATIONS}
+
+
+def paired_difference(
+    pred_a: ArrayLike,
+    pred_b: ArrayLike,
+    labels: ArrayLike,
+    groups: Sequence[Any] | np.ndarray,
+    method: str = "spearman",
+    n_boot: int = 1000,
+    seed: int = 0,
+    unit: str = "group",
+) -> dict[str, Any]:
+    """corr(a, labels) − corr(b, labels) with a paired cluster-bootstrap 95% CI.
+
+    Both correlations are computed on the same resampled units in every replicate (the replicates
+    `correlation` draws with the same seed and groups), so the CI reflects the difference, not two
+    independent intervals. Returns ``{"value", "ci", "n", "unit"}`` (+ ``"note"``); ``value: None``
+    with a note when either correlation is undefined.
+    """
+    fn = CORRELATION_FUNCS[method]
+    a = np.asarray(pred_a, dtype=np.float64)
+    b = np.asarray(pred_b, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    out: dict[str, Any] = {"value": None, "ci": None, "n": len(y), "unit": unit}
+    ca = correlation(a, y, None, method, n_boot=0)
+    cb = correlation(b, y, None, method, n_boot=0)
+    if ca["value"] is None or cb["value"] is None:
+        out["note"] = "difference undefined: " + "; ".join(
+            c["note"] for c in (ca, cb) if c["value"] is None and c.get("note"))
+        return out
+    out["value"] = float(ca["value"] - cb["value"])
+    ci, note = cluster_bootstrap(lambda idx: fn(a[idx], y[idx]) - fn(b[idx], y[idx]), np.asarray(groups),
+                                 n_boot=n_boot, seed=seed, unit=unit)
+    out["ci"] = ci
+    if note:
+        out["note"] = note
+    return out
 
 
 # ------------------------------------------------------------------------------ classification
@@ -251,29 +297,42 @@ def split_half_noise_ceiling(
 
     Each prefix's samples are split into two random halves by drawing the first half's successes
     from the hypergeometric distribution of the recorded k of n, which is exactly how a random split
-    of those samples falls (the labels record k of n, not the order of the samples). Per repeat: r = Spearman(half A means, half B means) over prefixes; Spearman–Brown
-    gives the full-n reliability R = 2r / (1 + r); the best Spearman correlation any predictor can
-    reach with the MC labels is √R (the truth itself correlates with the noisy labels by √R).
+    of those samples falls (the labels record k of n, not the order of the samples). Fractional k
+    (verifier scores in (0, 1)) cannot be split exactly without the per-sample scores: each split
+    first rounds k at random to floor(k) or ceil(k) with the probability that keeps its expectation
+    (the most variable 0/1 samples with that sum), and the note says so. Per repeat:
+    r = Spearman(half A means, half B means) over prefixes; Spearman–Brown gives the full-n
+    reliability R = 2r / (1 + r); the best Spearman correlation any predictor can reach with the MC
+    labels is √R (the truth itself correlates with the noisy labels by √R).
     Returns ``{"spearman": √R, "reliability": R, "split_half": r, "method", "repeats", "note"}``,
-    medians over repeats; ``None`` values with a note when it cannot be computed.
+    medians over repeats. ``spearman`` is None with a note when it cannot be computed, and when
+    R <= 0 (the halves do not agree: no ceiling can be stated, which is not a ceiling of 0).
     """
     n = np.asarray(n, dtype=np.int64)
-    k = np.asarray(successes, dtype=np.int64)
-    out: dict[str, Any] = {"spearman": None, "reliability": None, "split_half": None, "method": "hypergeometric",
+    k = np.asarray(successes, dtype=np.float64)
+    fractional = bool(np.any(np.abs(k - np.round(k)) > 1e-9))
+    out: dict[str, Any] = {"spearman": None, "reliability": None, "split_half": None,
+                           "method": "hypergeometric" + (" (fractional successes randomly rounded)" if fractional else ""),
                            "repeats": repeats}
-    usable = n >= 2
+    usable = (n >= 2) & np.isfinite(k)
     if usable.sum() < 3:
         out["note"] = (f"noise ceiling undefined: only {int(usable.sum())} of {len(n)} prefixes have >= 2 MC "
                        f"samples to split in halves (need >= 3 prefixes)")
         return out
     rng = np.random.default_rng(seed)
     idx = np.flatnonzero(usable)
-    halves = n[idx] // 2
+    nn, kk = n[idx], np.clip(k[idx], 0, n[idx])
+    halves = nn // 2
     rs: list[float] = []
     for _ in range(repeats):
-        ka = rng.hypergeometric(k[idx], n[idx] - k[idx], halves)
+        if fractional:
+            low = np.floor(kk)
+            ki = (low + (rng.random(len(kk)) < (kk - low))).astype(np.int64)
+        else:
+            ki = np.round(kk).astype(np.int64)
+        ka = rng.hypergeometric(ki, nn - ki, halves)
         a = ka / halves
-        b = (k[idx] - ka) / (n[idx] - halves)
+        b = (ki - ka) / (nn - halves)
         r = _spearman_raw(a, b)
         if math.isfinite(r):
             rs.append(r)
@@ -282,29 +341,58 @@ def split_half_noise_ceiling(
                        f"{repeats} random splits (labels saturated)")
         return out
     r = float(np.median(rs))
-    rel = spearman_brown(r)
     out["split_half"] = r
-    out["reliability"] = float(rel)
-    out["spearman"] = float(math.sqrt(rel)) if rel > 0 else 0.0
     how = ("no per-sample outcomes were recorded, so each split draws half A's successes from the "
            "hypergeometric distribution of the recorded k of n")
+    if fractional:
+        how += ("; successes are fractional (verifier scores in (0, 1)), so each split first rounds k at random "
+                "to an integer with the same expectation, which treats the samples as 0/1 (an approximation)")
+    if r <= -1.0:
+        out["note"] = (f"noise ceiling undefined: the split-half correlation is r = {r:.3f}, so the Spearman–Brown "
+                       f"reliability 2r / (1 + r) is undefined; the halves disagree completely ({how})")
+        return out
+    rel = float(spearman_brown(r))
+    out["reliability"] = rel
+    if rel <= 0:
+        out["note"] = (f"noise ceiling undefined: split-half over {len(idx)} prefixes ({how}); median over "
+                       f"{repeats} random splits r = {r:.3f}, Spearman–Brown reliability R = {rel:.3f} <= 0: the "
+                       f"halves do not agree, so the labels carry no measurable signal and √R does not exist")
+        return out
+    out["spearman"] = float(math.sqrt(rel))
     out["note"] = (f"split-half over {len(idx)} prefixes ({how}); median over {repeats} random splits: "
                    f"Spearman of the halves r = {r:.3f}, Spearman–Brown reliability R = {rel:.3f}, "
                    f"ceiling √R = {out['spearman']:.3f} is the highest Spearman any estimator can expect "
                    f"against these labels")
-    if rel <= 0:
-        out["note"] += "; the halves do not agree at all, so the labels carry no measurable signal"
     return out
 
 
-def saturation(labels: ArrayLike, n: ArrayLike | None = None, threshold: float = 0.95) -> dict[str, Any]:
+#: share of prefixes at one extreme (0 or 1) from which the MC labels are called saturated
+SATURATION_SHARE = 0.95
+
+
+def saturation(labels: ArrayLike, n: ArrayLike | None = None, threshold: float = SATURATION_SHARE) -> dict[str, Any]:
     """Describe saturation of MC labels in words with counts.
 
     ``saturated`` is True when the labels have zero variance (every correlation is undefined) or
-    when at least `threshold` of the prefixes sit at one extreme (0 or 1). Returns
-    ``{"saturated", "n_at_one", "n_at_zero", "note"}``.
+    when at least `threshold` (`SATURATION_SHARE`, 95%) of the prefixes sit at one extreme (0 or 1);
+    this is the one definition of "saturated" the reports use. Labels that are not finite (a label
+    with n = 0 samples) are left out and counted in the note. Returns
+    ``{"saturated", "n_at_one", "n_at_zero", "definition", "note"}``.
     """
-    y = np.asarray(labels, dtype=np.float64)
+    y_all = np.asarray(labels, dtype=np.float64)
+    finite = np.isfinite(y_all)
+    y = y_all[finite]
+    if n is not None:
+        n = np.asarray(n)[finite] if len(np.asarray(n)) == len(y_all) else n
+    skipped = (f" {int((~finite).sum())} label(s) with no finite value (no MC samples) are left out."
+               if (~finite).any() else "")
+    res = _saturation(y, n, threshold)
+    res["note"] += skipped
+    res["definition"] = f">= {threshold:.0%} of prefixes at MC success 0 or at 1, or zero variance"
+    return res
+
+
+def _saturation(y: np.ndarray, n: ArrayLike | None, threshold: float) -> dict[str, Any]:
     total = len(y)
     at1 = int((y >= 1.0).sum())
     at0 = int((y <= 0.0).sum())
@@ -342,6 +430,7 @@ def estimator_metrics(
     n_boot: int = 1000,
     seed: int = 0,
     n_bins: int = 15,
+    unit: str = "group",
 ) -> dict[str, Any]:
     """Every metric of one estimator against MC labels, in the metrics.json shape.
 
@@ -354,16 +443,27 @@ def estimator_metrics(
     y = np.asarray(mc_mean, dtype=np.float64)
     o = np.asarray(outcomes, dtype=np.float64)
     g = np.asarray(groups)
-    out: dict[str, Any] = correlations(x, y, g, n_boot=n_boot, seed=seed)
+    out: dict[str, Any] = correlations(x, y, g, n_boot=n_boot, seed=seed, unit=unit)
     prob = is_probability(x) if probability is None else bool(probability) and is_probability(x)
     out["probability"] = prob
-    if prob and len(x):
+    bad_y = int((~np.isfinite(y)).sum())
+    if prob and len(x) and not bad_y:
         out["brier"] = brier(x, y)
         out["ece"] = ece(x, y, n_bins)
     else:
         out["brier"] = out["ece"] = None
-        why = ("the estimator does not output a probability (values outside [0, 1], e.g. a raw logit-scale "
-               "soft value)") if len(x) else "no prefixes"
+        bad_x = int((~np.isfinite(x)).sum())
+        if not len(x):
+            why = "no prefixes"
+        elif bad_x:
+            why = f"the estimator has {bad_x} non-finite value(s) (NaN or inf) among {len(x)} prefixes"
+        elif bad_y:
+            why = f"{bad_y} of {len(y)} MC labels have no finite value (labels with no samples, n = 0)"
+        elif probability is False or not ((x >= 0).all() and (x <= 1).all()):
+            why = ("the estimator does not output a probability (values outside [0, 1], e.g. a raw logit-scale "
+                   "soft value)")
+        else:
+            why = "the estimator is not registered as a probability"
         out["brier_note"] = out["ece_note"] = why
     value, note = auroc(x, o)
     out["auroc_outcome"] = value
@@ -375,7 +475,7 @@ def estimator_metrics(
             v, _ = auroc(x[idx], o[idx])
             return float("nan") if v is None else v
 
-        ci, bnote = cluster_bootstrap(_auc, g, n_boot=n_boot, seed=seed)
+        ci, bnote = cluster_bootstrap(_auc, g, n_boot=n_boot, seed=seed, unit=unit)
         out["auroc_outcome_ci"] = ci
         if bnote:
             out["auroc_outcome_note"] = bnote

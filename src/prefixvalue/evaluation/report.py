@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import CEILING_GOAL
+from .analysis import CEILING_GOAL, SATURATION_DEFINITION
 from .scoring import EvalResult
 
 NO_LABEL_COLOUR = "#e6e6e6"
@@ -30,6 +30,30 @@ def _num(v: Any, digits: int = 3) -> str:
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     return str(v)
+
+
+def _ci(ci: Any) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else "(no CI)"
+
+
+def split_lines(split: dict[str, Any] | None) -> list[str]:
+    """The report's opening words on which prompts were scored (metrics.json's ``split`` section)."""
+    if not split:
+        return ["**Held-out status unknown**: this metrics dict has no `split` section."]
+    if split.get("includes_training_prompts") is True:
+        n = split.get("training_prompts_scored")
+        which = f"{n} training prompt(s)" if n is not None else "an unknown number of training prompts"
+        return [f"**These scores include {which} of the value model and are not held-out figures** "
+                f"(include_training_prompts=true). {split.get('note', '')}"]
+    if split.get("includes_training_prompts") is None:
+        return [f"**Held-out status unknown**: {split.get('note', '')}"]
+    return [f"Scored {split.get('heldout_prompts')} held-out prompt(s) ({split.get('heldout_traces')} traces, "
+            f"{split.get('kept_prefixes')} prefixes); dropped {split.get('dropped_training_prompts', 0)} training "
+            f"prompt(s) ({split.get('dropped_prefixes', 0)} prefixes). {split.get('note', '')}"]
+
+
+def _g(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else str(v)
 
 
 def _corr_cell(c: dict[str, Any]) -> str:
@@ -59,22 +83,24 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Se
     lines = ["# prefixvalue evaluation", ""]
     if metrics.get("checkpoint") or metrics.get("policy"):
         lines += [f"checkpoint: `{metrics.get('checkpoint')}` · policy: `{metrics.get('policy')}`", ""]
+    lines += [*split_lines(metrics.get("split")), ""]
     for section in sections:
         lines += [section.rstrip("\n"), ""]
+    unit = metrics.get("bootstrap_unit", "prompt")
     lines += [
         "## Data",
         "",
         f"- {metrics['n_traces']} traces, {metrics['n_prefixes']} labelled prefixes "
         f"(positions {metrics['positions']['min']}–{metrics['positions']['max']}), "
         f"{mc['samples_per_prefix']} MC samples per prefix (range {mc['samples_per_prefix_range']})",
-        f"- MC label mean {mc['label_mean']:.3f}, variance {mc['label_variance']:.4f}; "
-        f"saturated: **{mc['saturated']}**",
+        f"- MC label mean {_num(mc.get('label_mean'))}, variance {_num(mc.get('label_variance'), 4)}; "
+        f"saturated: **{mc['saturated']}**" + (f" ({mc['saturation_definition']})" if mc.get("saturation_definition") else ""),
         f"- {mc['note']}",
         f"- noise ceiling (Spearman): **{_num(nc['spearman'])}** — {nc.get('note', '')}",
         "",
         "## Estimators vs MC labels",
         "",
-        "Correlations with bootstrap 95% CIs over traces; AUROC of the trace's final outcome; "
+        f"Correlations with cluster-bootstrap 95% CIs resampling {unit}s; AUROC of the trace's final outcome; "
         "Brier and ECE (15 bins) against the MC means, for probability-valued estimators only.",
         "",
         "| estimator | Spearman | of ceiling | Pearson | Kendall | AUROC outcome | Brier | ECE |",
@@ -93,7 +119,20 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Se
             notes.append(f"- **{name}** AUROC: {m['auroc_outcome_note']}")
         if m.get("note"):
             notes.append(f"- **{name}**: {m['note']}")
+        for key in ("brier", "ece"):
+            if m.get(key) is None and m.get(f"{key}_note") and m.get("probability") is not False:
+                notes.append(f"- **{name}** {key}: {m[f'{key}_note']}")
     lines += [""]
+    paired = [(n, m["spearman"]) for n, m in metrics["estimators"].items()
+              if "paired_vs_mellowmax" in m["spearman"] or "fraction_of_ceiling_ci" in m["spearman"]]
+    if paired:
+        lines += ["Paired comparisons (the same bootstrap replicates for every estimator):", ""]
+        for name, sp in paired:
+            d = sp.get("paired_vs_mellowmax") or {}
+            lines.append(f"- **{name}**: Spearman − MellowMax's = {_corr_cell(d) if d else 'n/a'}; share of the "
+                         f"noise ceiling {_num(sp.get('fraction_of_ceiling'), 2)} {_ci(sp.get('fraction_of_ceiling_ci'))}"
+                         f" (ceiling held fixed at its point estimate)")
+        lines += [""]
     if metrics.get("mellowmax_default"):
         d = metrics["mellowmax_default"]
         lines += [f"`mellowmax` is MellowMax over the {d['vocab']} vocabulary at ω = {d['omega']:g}; "
@@ -104,11 +143,13 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Se
     if groups:
         names = list(metrics["estimators"])
         lines += ["## By position group (Spearman)", "",
-                  "| group | prefixes | label mean | " + " | ".join(names) + " |",
-                  "|---|---|---|" + "---|" * len(names)]
+                  "Each group has its own noise ceiling (split-half on its own labels).", "",
+                  "| group | prefixes | label mean | noise ceiling | " + " | ".join(names) + " |",
+                  "|---|---|---|---|" + "---|" * len(names)]
         for g, e in groups.items():
             cells = [_corr_cell(e["estimators"][n]["spearman"]) for n in names]
-            lines.append(f"| {g} ({e['definition']}) | {e['n_prefixes']} | {_num(e.get('label_mean'))} | "
+            gc = (e.get("noise_ceiling") or {}).get("spearman")
+            lines.append(f"| {g} ({e['definition']}) | {e['n_prefixes']} | {_num(e.get('label_mean'))} | {_num(gc)} | "
                          + " | ".join(cells) + " |")
         lines += [""]
     sv = metrics.get("step_verification") or {}
@@ -310,7 +351,7 @@ def render_heatmap(result: EvalResult, indices: list[int], tokenizer: Any = None
         head = f"trace {html.escape(t.trace_id)} · prompt {html.escape(t.prompt_id)} · outcome {t.outcome:g}"
         p0 = rows.get(0)
         if p0 is not None:
-            head += (f" · bare prompt MC {result.prefixes['successes'][p0]}/{result.prefixes['n'][p0]}"
+            head += (f" · bare prompt MC {_g(result.prefixes['successes'][p0])}/{result.prefixes['n'][p0]}"
                      f" = {result.prefixes['mc_mean'][p0]:.2f}")
         fork = forks.get(i)
         if fork is not None and fork < len(texts):
@@ -324,7 +365,7 @@ def render_heatmap(result: EvalResult, indices: list[int], tokenizer: Any = None
             tip = [f"position {p}"]
             if j is not None:
                 colour = value_colour(result.prefixes["mc_mean"][j])
-                tip.append(f"MC {result.prefixes['successes'][j]}/{result.prefixes['n'][j]} = "
+                tip.append(f"MC {_g(result.prefixes['successes'][j])}/{result.prefixes['n'][j]} = "
                            f"{result.prefixes['mc_mean'][j]:.3f} [{result.prefixes['ci_low'][j]:.2f}, "
                            f"{result.prefixes['ci_high'][j]:.2f}]")
                 mc_attr = f"{result.prefixes['mc_mean'][j]:.6g}"
@@ -370,15 +411,22 @@ def render_quickstart_section(q: dict[str, Any], metrics: dict[str, Any]) -> str
              "### Quality goal", "",
              f"- goal: {v['goal']}",
              f"- learned Spearman {_fixed(v['learned_spearman'])} vs noise ceiling {_fixed(v['noise_ceiling'])}: "
-             f"**{_fixed(v['fraction_of_ceiling'], 2)}** of the ceiling; MellowMax {_fixed(v['mellowmax_spearman'])}",
-             f"- met: **{v['met']}** (ceiling goal {v['reaches_ceiling_goal']}, beats MellowMax {v['beats_mellowmax']})"]
+             f"**{_fixed(v['fraction_of_ceiling'], 2)}** of the ceiling, 95% CI {_ci(v.get('fraction_of_ceiling_ci'))} "
+             f"(ceiling held fixed); MellowMax {_fixed(v['mellowmax_spearman'])}",
+             f"- learned − MellowMax (Spearman, paired bootstrap): {_fixed((v.get('paired_vs_mellowmax') or {}).get('value'))}"
+             f", 95% CI {_ci((v.get('paired_vs_mellowmax') or {}).get('ci'))}",
+             f"- met: **{v['met']}** (ceiling goal by its CI's lower bound: {v['reaches_ceiling_goal']}; beats MellowMax "
+             f"by its CI's lower bound: {v['beats_mellowmax']})"]
+    if v.get("note"):
+        lines.append(f"- {v['note']}")
     for key, val in v.items():
         if key.endswith("_fraction_of_ceiling") and key != "fraction_of_ceiling":
-            lines.append(f"- {key.replace('_fraction_of_ceiling', '')}: {_fixed(val, 2)} of the ceiling")
+            lines.append(f"- {key.replace('_fraction_of_ceiling', '')}: {_fixed(val, 2)} of the ceiling "
+                         f"{_ci(v.get(key + '_ci'))}")
     if v["limits"]:
         lines += ["- what limits it:", *[f"  - {x}" for x in v["limits"]]]
-    if metrics["mc"]["label_variance"] <= 0.05:
-        lines.append(f"- **labels are saturated**: variance {metrics['mc']['label_variance']:.4f} <= 0.05")
+    if metrics["mc"].get("saturated"):
+        lines.append(f"- **labels are saturated** ({SATURATION_DEFINITION}): {metrics['mc'].get('note', '')}")
     lines += ["", "### Short-prefix study: soft values vs MC success", "",
               "| prefixes | n | label variance | noise ceiling | " + " | ".join(q["short_estimators"]) + " |",
               "|---|---|---|---|" + "---|" * len(q["short_estimators"])]
@@ -389,17 +437,25 @@ def render_quickstart_section(q: dict[str, Any], metrics: dict[str, Any]) -> str
     lines += ["", "Spearman with bootstrap 95% CIs; one trace per held-out prompt, "
               f"{q['short_samples']} MC samples per prefix.", "",
               "### Forking tokens: the largest MC value jumps", "",
-              "| trace | forking token | at token | MC before → after | 95% CIs disjoint | learned before → after |",
-              "|---|---|---|---|---|---|"]
+              "The largest jump of a trace is selected on its labels, so it is biased upwards; each is re-tested "
+              "on fresh MC samples of the two prefixes (two-sided Fisher exact test, Bonferroni over the "
+              "forks shown).", "",
+              "| trace | forking token | at token | selected MC before → after | fresh MC before → after | p | "
+              "confirmed | learned before → after |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in q["forks"]:
+        conf = "n/a" if r.get("confirmed") is None else str(r["confirmed"])
         lines.append(f"| {r['trace_id']} | `{r['token']!r}` | {r['token_index']} | {r['mc_before']:.2f} → "
-                     f"{r['mc_after']:.2f} | {r['separated']} | {_fixed(r.get('learned_before'), 2)} → "
+                     f"{r['mc_after']:.2f} | {_fixed(r.get('fresh_before'), 2)} → {_fixed(r.get('fresh_after'), 2)} "
+                     f"| {_fixed(r.get('p_value'), 4)} | {conf} | {_fixed(r.get('learned_before'), 2)} → "
                      f"{_fixed(r.get('learned_after'), 2)} |")
-    lines += ["", "They are drawn first in value_curves.png and heatmap.html (the forking token outlined).", ""]
+    notes = sorted({r["confirmed_note"] for r in q["forks"] if r.get("confirmed_note")})
+    lines += ["", *[f"- {n}" for n in notes], "" if notes else "",
+              "They are drawn first in value_curves.png and heatmap.html (the forking token outlined).", ""]
     sv = metrics.get("step_verification") or {}
     cost = metrics.get("cost") or {}
     lines += ["### Step verification and cost", "",
-              f"- step verification F1 (learned TD step scores, threshold on a calibration split): "
+              f"- step verification F1 (learned prefix value after each step, threshold on a calibration split): "
               f"**{_fixed(sv.get('f1'))}**" + (f"; process-level {_fixed(sv['process_level'].get('f1'))}"
                                           if sv.get("process_level") else ""),
               f"- MC is **{_fixed(cost.get('ratio_mc_to_value'), 1)}x** the value model's tokens for the same prefixes "
@@ -414,7 +470,7 @@ def summary_table(q: dict[str, Any], metrics: dict[str, Any]) -> str:
     """The plain-text summary the quickstart prints at the end of its run."""
     ceiling = metrics["mc"]["noise_ceiling"].get("spearman")
     lines = [f"held-out prefixes: {metrics['n_prefixes']} ({metrics['n_traces']} traces), "
-             f"MC label variance {metrics['mc']['label_variance']:.3f}, noise ceiling {_fixed(ceiling)}",
+             f"MC label variance {_fixed(metrics['mc'].get('label_variance'))}, noise ceiling {_fixed(ceiling)}",
              f"{'estimator':<22}{'Spearman [95% CI]':<26}{'Pearson':>9}{'Brier':>8}{'ECE':>8}"]
     for name, m in metrics["estimators"].items():
         if name.startswith("mellowmax_") or name.startswith("logsumexp_"):
@@ -423,15 +479,18 @@ def summary_table(q: dict[str, Any], metrics: dict[str, Any]) -> str:
                      f"{_fixed(m.get('brier')):>8}{_fixed(m.get('ece')):>8}")
     v = q["quality"]
     sv = metrics.get("step_verification") or {}
-    lines += [f"goal (>= {CEILING_GOAL:.0%} of ceiling and > MellowMax): met={v['met']} "
-              f"(learned at {_fixed(v['fraction_of_ceiling'], 2)} of ceiling)",
+    pv = v.get("paired_vs_mellowmax") or {}
+    lines += [f"goal (>= {CEILING_GOAL:.0%} of ceiling and > MellowMax, by CI lower bounds): met={v['met']} "
+              f"(learned at {_fixed(v['fraction_of_ceiling'], 2)} of ceiling, CI {_ci(v.get('fraction_of_ceiling_ci'))}; "
+              f"learned - MellowMax {_fixed(pv.get('value'))} CI {_ci(pv.get('ci'))})",
               f"step verification F1: {_fixed(sv.get('f1'))}   MC / value-model cost: "
               f"{_fixed((metrics.get('cost') or {}).get('ratio_mc_to_value'), 1)}x",
               "short prefixes (Spearman with MC): " + "; ".join(
                   f"{k} mellowmax {_corr_short(s['estimators'].get('mellowmax', {}).get('spearman', {}))}"
                   for k, s in q["short"].items()),
               "forks: " + "; ".join(f"{r['trace_id']} {r['token']!r}@{r['token_index']} "
-                                    f"{r['mc_before']:.2f}->{r['mc_after']:.2f}" for r in q["forks"]),
+                                    f"{r['mc_before']:.2f}->{r['mc_after']:.2f} confirmed={r.get('confirmed')}"
+                                    for r in q["forks"]),
               f"total {q['seconds']['total']:.0f} s"]
     return "\n".join(lines)
 

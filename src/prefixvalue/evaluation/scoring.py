@@ -1,7 +1,9 @@
 """Scoring estimators against Monte Carlo prefix labels: the per-prefix table → the metrics.json dict.
 
-For each labelled prefix, every estimator of `prefixvalue.evaluation.estimators` is scored against
-the MC labels (`prefixvalue.evaluation.metrics`: correlations with bootstrap CIs over traces, AUROC of
+Only prompts held out of the checkpoint's training are scored (`split_filter`: the checkpoint's split
+record decides; scoring training prompts takes ``include_training_prompts``). For each labelled
+prefix, every estimator of `prefixvalue.evaluation.estimators` is scored against the MC labels
+(`prefixvalue.evaluation.metrics`: correlations with cluster-bootstrap CIs over prompts, AUROC of
 the outcome, Brier, ECE, the split-half noise ceiling), by position group, with first-error
 prediction under the ProcessBench protocol (`prefixvalue.evaluation.stepscores`) and the cost of MC
 labels against one value-model forward. `prefixvalue.evaluation.report` writes the result.
@@ -25,7 +27,16 @@ import numpy as np
 from ..tasks.base import first_error
 from ..tracking import jsonable
 from .estimators import ESTIMATORS, Estimates, Estimator, TraceRecord, estimate_values
-from .metrics import calibration_bins, correlation, estimator_metrics, saturation, split_half_noise_ceiling
+from .metrics import (
+    CORRELATION_FUNCS,
+    calibration_bins,
+    cluster_bootstrap,
+    correlation,
+    estimator_metrics,
+    paired_difference,
+    saturation,
+    split_half_noise_ceiling,
+)
 from .softvalues import SoftValueSpec
 from .stepscores import (
     load_step_data,
@@ -40,6 +51,7 @@ if TYPE_CHECKING:  # the stage's config; the stage imports this module, not the 
     from ..stages.evaluate import EvaluateConfig
 
 POSITION_GROUPS = ("first_k", "step_boundary", "middle")
+CORR_SPEARMAN = CORRELATION_FUNCS["spearman"]
 
 
 @dataclass
@@ -107,16 +119,27 @@ def evaluate_prefixes(
     """
     cfg = config
     label_rows = _rows(labels)
+    notes: list[str] = []
+    # a label with no samples (n = 0) has no value (its mean is NaN): dropped and counted, so every
+    # metric below is computed on labels that exist
+    empty = [r for r in label_rows if not int(r["n"]) or not np.isfinite(float(r["mean"]))]
+    if empty:
+        label_rows = [r for r in label_rows if int(r["n"]) and np.isfinite(float(r["mean"]))]
+        notes.append(f"{len(empty)} prefix label(s) with no MC samples (n = 0, so no value) were dropped before "
+                     f"scoring")
     by_trace: dict[str, list[dict[str, Any]]] = {}
     for r in label_rows:
         by_trace.setdefault(str(r["trace_id"]), []).append(r)
     records = [TraceRecord.from_row(r) for r in _rows(traces) if str(r["trace_id"]) in by_trace]
     orphan = sorted(set(by_trace) - {t.trace_id for t in records})
+    records, split = split_filter(records, by_trace, cfg, value_model is not None)
     if cfg.max_traces is not None:
         records = records[: cfg.max_traces]
     if not records:
-        raise ValueError("evaluate: no trace has prefix labels (check that --labels matches --traces)")
-    notes: list[str] = []
+        raise ValueError("evaluate: no trace has prefix labels (check that --labels matches --traces)"
+                         if not split.get("dropped_training_prompts") else
+                         "evaluate: every labelled trace comes from a training prompt of the checkpoint; label "
+                         "held-out traces (or pass include_training_prompts=true)")
     if orphan:
         notes.append(f"{len(orphan)} labelled trace id(s) are missing from the traces and were skipped "
                      f"(e.g. {orphan[0]!r})")
@@ -130,14 +153,21 @@ def evaluate_prefixes(
 
     y = np.asarray(cols["mc_mean"], dtype=np.float64)
     n_arr = np.asarray(cols["n"])
-    groups = np.asarray(cols["trace_id"])
+    groups = bootstrap_groups(cols, cfg)
     positions = np.asarray(cols["position"])
     ceiling = split_half_noise_ceiling(n_arr, cols["successes"], repeats=cfg.noise_ceiling_repeats, seed=cfg.seed)
     est_metrics = _estimator_section(cols, names, est.info, ceiling, cfg)
     n_pref = len(y)
+    split["kept_prefixes"] = n_pref
+    split["heldout_traces"] = len(records)
+    if split.get("includes_training_prompts") is False:
+        split["heldout_prompts"] = len({t.prompt_id for t in records})
     metrics: dict[str, Any] = {
         "n_traces": len(records),
         "n_prefixes": n_pref,
+        "split": split,
+        "bootstrap_unit": _unit(cfg),
+        "bootstrap_note": _bootstrap_note(cfg, groups),
         "positions": {"min": int(positions.min()), "max": int(positions.max()),
                       "n_distinct": len(np.unique(positions)),
                       "mean_per_trace": float(n_pref / len(records)),
@@ -147,6 +177,7 @@ def evaluate_prefixes(
         "estimators": est_metrics,
         "mellowmax_default": ({"omega": cfg.mellowmax_omega, "vocab": "full"} if "mellowmax" in est.info else None),
         "by_position_group": _group_section(cols, names, y, n_arr, groups, cfg),
+        "dropped_labels_without_samples": len(empty),
         "step_verification": _trace_step_verification(records, est, value_model, cfg),
         "cost": _cost_section(est.cost, mc_cost, n_pref, len(label_rows)),
         "notes": notes,
@@ -181,7 +212,7 @@ def _prefix_table(records: list[TraceRecord], by_trace: dict[str, list[dict[str,
             cols["prompt_id"].append(t.prompt_id)
             cols["position"].append(p)
             cols["n"].append(int(r["n"]))
-            cols["successes"].append(int(r["successes"]))
+            cols["successes"].append(float(r["successes"]))  # fractional for verifier scores in (0, 1)
             for col, key in (("mc_mean", "mean"), ("ci_low", "ci_low"), ("ci_high", "ci_high")):
                 cols[col].append(float(r[key]))
             cols["outcome"].append(t.outcome)
@@ -207,23 +238,138 @@ def _mc_section(y: np.ndarray, n_arr: np.ndarray, ceiling: dict[str, Any]) -> di
         "n_at_zero": sat["n_at_zero"],
         "noise_ceiling": ceiling,
         "saturated": sat["saturated"],
+        "saturation_definition": sat["definition"],
         "note": sat["note"],
     }
+
+
+def _unit(cfg: EvaluateConfig) -> str:
+    return str(getattr(cfg, "bootstrap_unit", "prompt"))
+
+
+def bootstrap_groups(cols: dict[str, list[Any]], cfg: EvaluateConfig) -> np.ndarray:
+    """Each prefix's resampling unit for the cluster bootstrap: its prompt id (default, ``bootstrap_unit:
+    prompt``; traces of one prompt share their position-0 label, so they are not independent) or its
+    trace id (``bootstrap_unit: trace``)."""
+    return np.asarray(cols["prompt_id" if _unit(cfg) == "prompt" else "trace_id"])
+
+
+def _bootstrap_note(cfg: EvaluateConfig, groups: np.ndarray) -> str:
+    n_units = len(np.unique(groups)) if len(groups) else 0
+    return (f"95% CIs are percentile cluster-bootstrap intervals ({cfg.n_bootstrap} replicates) that resample "
+            f"whole {_unit(cfg)}s ({n_units} of them) with replacement; every estimator sees the same replicates, "
+            f"so differences between estimators are paired")
+
+
+def _add_ceiling(spearman: dict[str, Any], ceiling: dict[str, Any]) -> None:
+    """Put the noise ceiling (and the share of it reached) beside a Spearman entry."""
+    spearman["noise_ceiling"] = ceiling["spearman"]
+    if ceiling["spearman"] is None:
+        spearman["noise_ceiling_note"] = ceiling.get("note")
+    elif spearman.get("value") is not None:
+        spearman["fraction_of_ceiling"] = spearman["value"] / ceiling["spearman"]
+
+
+def _share_of_ceiling(x: np.ndarray, y: np.ndarray, groups: np.ndarray, ceiling: dict[str, Any],
+                      cfg: EvaluateConfig) -> dict[str, Any]:
+    """``fraction_of_ceiling_ci``: the bootstrap CI of Spearman / ceiling, with the ceiling held fixed at
+    its point estimate (the replicates resample the estimator's Spearman only)."""
+    c = ceiling.get("spearman")
+    if not c:
+        return {"fraction_of_ceiling_ci": None,
+                "fraction_of_ceiling_note": "no share of the ceiling: the noise ceiling is undefined"}
+    ci, note = cluster_bootstrap(lambda idx: float(CORR_SPEARMAN(x[idx], y[idx])) / c, groups,
+                                 n_boot=cfg.n_bootstrap, seed=cfg.seed, unit=_unit(cfg))
+    text = (f"CI of Spearman / {c:.3f} over the same bootstrap replicates; the noise ceiling is held fixed at its "
+            f"split-half point estimate (its own uncertainty is not propagated)")
+    return {"fraction_of_ceiling_ci": ci, "fraction_of_ceiling_note": text + (f"; {note}" if note else "")}
+
+
+def split_filter(records: list[TraceRecord], by_trace: dict[str, list[dict[str, Any]]], cfg: EvaluateConfig,
+                 has_value_model: bool) -> tuple[list[TraceRecord], dict[str, Any]]:
+    """Keep the traces whose prompt text is held out under the checkpoint's split record.
+
+    The record is ``SplitRecord.load(cfg.split_record or cfg.checkpoint)`` (`prefixvalue.data.split`,
+    ``split.json`` written by training). Without a record at a given checkpoint the run is refused
+    (ConfigError) unless ``cfg.include_training_prompts``; with that flag nothing is dropped and the
+    section says how many training prompts are scored. A library call with a value model in memory
+    and no checkpoint path cannot tell, and says so. Returns the kept records and metrics.json's
+    ``split`` section (``kept_prefixes`` and ``heldout_traces`` are filled in by the caller).
+    """
+    from ..config import ConfigError
+
+    include = bool(getattr(cfg, "include_training_prompts", False))
+    folder = getattr(cfg, "split_record", None) or getattr(cfg, "checkpoint", None)
+    record = load_split_record(folder) if folder else None
+    sec: dict[str, Any] = {"heldout_prompts": None, "heldout_traces": None, "kept_prefixes": None,
+                           "dropped_training_prompts": 0, "dropped_prefixes": 0, "heldout_fraction": None,
+                           "split_seed": None, "source": None, "includes_training_prompts": None, "note": ""}
+    n_prompts = len({t.prompt_id for t in records})
+    if record is None:
+        if folder and not include:
+            raise ConfigError(f"evaluate: the checkpoint {folder} records no split (split.json), so its training "
+                              f"prompts cannot be left out; pass include_training_prompts=true to score every "
+                              f"prompt anyway")
+        if include:
+            sec["includes_training_prompts"] = True
+            sec["note"] = (f"include_training_prompts=true and no split record: all {n_prompts} prompts are scored, "
+                           f"and any of them may be a training prompt; these are not held-out figures")
+        elif has_value_model:
+            sec["note"] = ("no split record was given (a value model in memory, no checkpoint folder): whether these "
+                           f"{n_prompts} prompts were held out of training cannot be checked")
+        else:
+            sec["includes_training_prompts"] = False
+            sec["heldout_prompts"] = n_prompts
+            sec["note"] = "no value model is evaluated, so no prompt was trained on by a value model"
+        return records, sec
+    sec.update(heldout_fraction=getattr(record, "heldout_fraction", None), split_seed=getattr(record, "split_seed", None),
+               source=str(Path(str(folder)) / "split.json"))
+    held = {t.prompt_id: bool(record.is_heldout(t.prompt)) for t in records}
+    training = sorted(p for p, h in held.items() if not h)
+    if include:
+        sec.update(includes_training_prompts=bool(training), heldout_prompts=n_prompts - len(training),
+                   training_prompts_scored=len(training))
+        sec["note"] = (f"include_training_prompts=true: the scores include {len(training)} training prompt(s) of "
+                       f"{n_prompts}; they are not held-out figures") if training else (
+                       f"include_training_prompts=true, but all {n_prompts} prompts are held out under the record")
+        return records, sec
+    kept = [t for t in records if held[t.prompt_id]]
+    dropped = [t for t in records if not held[t.prompt_id]]
+    sec.update(includes_training_prompts=False, dropped_training_prompts=len(training),
+               dropped_prefixes=int(sum(len(by_trace[t.trace_id]) for t in dropped)))
+    sec["note"] = (f"only prompts held out of the checkpoint's training are scored: {len(dropped)} trace(s) of "
+                   f"{len(training)} training prompt(s) were dropped ({sec['dropped_prefixes']} prefixes)"
+                   if dropped else "every labelled prompt is held out under the checkpoint's split record; none dropped")
+    return kept, sec
+
+
+def load_split_record(folder: str | Path) -> Any:
+    """The checkpoint's `SplitRecord` (``folder/split.json``), or None when it has none."""
+    try:
+        from ..data.split import SplitRecord  # written by training (prefixvalue.data.split)
+    except ImportError:  # a tree without split records: no checkpoint has one
+        return None
+    return SplitRecord.load(folder)
 
 
 def _estimator_section(cols: dict[str, list[Any]], names: list[str], info: dict[str, dict[str, Any]],
                        ceiling: dict[str, Any], cfg: EvaluateConfig) -> dict[str, Any]:
     y = np.asarray(cols["mc_mean"], dtype=np.float64)
     outcome = np.asarray(cols["outcome"], dtype=np.float64)
-    groups = np.asarray(cols["trace_id"])
+    groups = bootstrap_groups(cols, cfg)
+    unit = _unit(cfg)
     out: dict[str, Any] = {}
     for name in names:
         x = np.asarray(cols[name], dtype=np.float64)
         m = estimator_metrics(x, y, outcome, groups, probability=info[name]["probability"],
-                              n_boot=cfg.n_bootstrap, seed=cfg.seed, n_bins=cfg.ece_bins)
-        m["spearman"]["noise_ceiling"] = ceiling["spearman"]
-        if m["spearman"]["value"] is not None and ceiling["spearman"]:
-            m["spearman"]["fraction_of_ceiling"] = m["spearman"]["value"] / ceiling["spearman"]
+                              n_boot=cfg.n_bootstrap, seed=cfg.seed, n_bins=cfg.ece_bins, unit=unit)
+        _add_ceiling(m["spearman"], ceiling)
+        if name == "learned" or name.startswith("learned_"):
+            if "mellowmax" in names:
+                m["spearman"]["paired_vs_mellowmax"] = paired_difference(
+                    x, np.asarray(cols["mellowmax"], dtype=np.float64), y, groups, "spearman",
+                    n_boot=cfg.n_bootstrap, seed=cfg.seed, unit=unit)
+            m["spearman"].update(_share_of_ceiling(x, y, groups, ceiling, cfg))
         m["description"] = info[name]["description"]
         for extra in ("params", "kind", "base_rate", "note"):
             if extra in info[name]:
@@ -239,7 +385,8 @@ def _group_section(cols: dict[str, list[Any]], names: list[str], y: np.ndarray, 
     out: dict[str, Any] = {}
     for g in POSITION_GROUPS:
         mask = np.asarray(cols[g], dtype=bool)
-        entry: dict[str, Any] = {"n_prefixes": int(mask.sum()), "n_traces": len(set(groups[mask].tolist())),
+        tids = np.asarray(cols["trace_id"])
+        entry: dict[str, Any] = {"n_prefixes": int(mask.sum()), "n_traces": len(set(tids[mask].tolist())),
                                  "definition": definitions[g]}
         if mask.any():
             entry["label_mean"] = float(y[mask].mean())
@@ -247,10 +394,16 @@ def _group_section(cols: dict[str, list[Any]], names: list[str], y: np.ndarray, 
             gs = saturation(y[mask], n_arr[mask])
             entry["saturated"] = gs["saturated"]
             entry["note"] = gs["note"]
-        entry["estimators"] = {
-            name: {m: correlation(np.asarray(cols[name])[mask], y[mask], groups[mask], m,
-                                  n_boot=cfg.n_bootstrap, seed=cfg.seed) for m in ("spearman", "pearson")}
-            for name in names}
+        # the group's own ceiling: its labels' split-half reliability, not the pooled one
+        ceiling = split_half_noise_ceiling(n_arr[mask], np.asarray(cols["successes"], dtype=np.float64)[mask],
+                                           repeats=cfg.noise_ceiling_repeats, seed=cfg.seed)
+        entry["noise_ceiling"] = ceiling
+        entry["estimators"] = {}
+        for name in names:
+            e = {m: correlation(np.asarray(cols[name])[mask], y[mask], groups[mask], m,
+                                n_boot=cfg.n_bootstrap, seed=cfg.seed, unit=_unit(cfg)) for m in ("spearman", "pearson")}
+            _add_ceiling(e["spearman"], ceiling)
+            entry["estimators"][name] = e
         out[g] = entry
     return out
 

@@ -5,7 +5,9 @@
   ``mm_ω(s) = (1/ω) log((1/|A|) Σ_a exp(ω q(s, a)))``, with mean(q) ≤ mm_ω ≤ max(q) for ω > 0,
   → max as ω → ∞ and → mean as ω → 0. |A| is the full vocabulary or the top-k logits.
 
-Everything is computed in float64 with log-sum-exp, so large logits or large ω never overflow.
+Everything is computed in float64 with log-sum-exp, so large logits or large ω never overflow; the
+logits themselves are float32 even for a bf16/fp16 policy (the LM head runs in float32 on the last
+hidden state, `float32_logits`), so no soft value is computed from logits already rounded to bf16.
 `policy_soft_values` runs one forward pass per trace and returns the values at every prefix
 position p = 0..T (p = completion tokens in the prefix; the logits that follow prefix p sit at
 input index ``len(prompt_ids) - 1 + p``).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,6 +120,40 @@ def soft_values_from_logits(logits: torch.Tensor | np.ndarray, spec: SoftValueSp
     return out
 
 
+def float32_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The LM head applied in float32 to `hidden` (last-layer hidden states, any dtype).
+
+    A bf16 policy's own lm_head output is rounded to bf16 (8 bits of mantissa) before any later
+    upcast, which collapses neighbouring soft values; this runs the final projection (weight and
+    bias upcast, then Gemma-style final logit soft-capping when the config sets it) in float32.
+    """
+    head = model.get_output_embeddings()
+    w = head.weight.float()
+    b = head.bias.float() if getattr(head, "bias", None) is not None else None
+    logits = torch.nn.functional.linear(hidden.float(), w, b)
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _last_hidden_and_head(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """(hidden or logits, a function turning rows of it into float32 logits) for one batch.
+
+    A float32 model returns its logits as they are. Otherwise the last hidden state (after the final
+    norm: HF's last ``hidden_states`` entry) goes through `float32_logits`, so the logits used for
+    soft values are float32 even when the policy runs in bf16 or fp16.
+    """
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float32 or model.get_output_embeddings() is None:
+        return model(input_ids=ids, attention_mask=mask).logits, lambda rows: rows
+    try:  # logits_to_keep=1: the model's own (rounded) logits are not needed, only the hidden states
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, logits_to_keep=1)
+    except TypeError:
+        out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    return out.hidden_states[-1], lambda rows: float32_logits(model, rows)
+
+
 @torch.no_grad()
 def policy_soft_values(
     model: torch.nn.Module,
@@ -146,13 +183,14 @@ def policy_soft_values(
         batch = collate([{"prompt_ids": prompt_ids_list[i], "completion_ids": completion_ids_list[i], "outcome": 0.0}
                          for i in idx])
         forward_tokens += int(batch["attention_mask"].sum())
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        hidden, head = _last_hidden_and_head(model, ids, mask)
         for r, i in enumerate(idx):
             p_len, t_len = len(prompt_ids_list[i]), len(completion_ids_list[i])
-            rows = logits[r, p_len - 1: p_len + t_len]  # T + 1 rows: positions 0..T
+            rows = hidden[r, p_len - 1: p_len + t_len]  # T + 1 rows: positions 0..T
             parts: list[dict[str, np.ndarray]] = []
             for c0 in range(0, rows.shape[0], row_chunk):
-                parts.append(soft_values_from_logits(rows[c0:c0 + row_chunk], spec))
+                parts.append(soft_values_from_logits(head(rows[c0:c0 + row_chunk]), spec))
             results[i] = {k: np.concatenate([p[k] for p in parts]) for k in spec.names}
-        del logits
+        del hidden
     return [r for r in results if r is not None], forward_tokens

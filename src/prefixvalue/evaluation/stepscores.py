@@ -1,12 +1,14 @@
-"""TD step scores, first-error prediction and step verification under the ProcessBench protocol.
+"""Step scores, first-error prediction and step verification under the ProcessBench protocol.
 
-- token TD error (γ = 1): ``δ_t = V(s_{t+1}) − V(s_t)`` from values at positions 0..T
-- prefix-based step score: the value right after the step, ``V(position = step end)``
+- prefix-based step score: the prefix value right after the step, ``V(position = step end)``
+- token TD error (γ = 1): ``δ_t = V(s_{t+1}) − V(s_t)`` from values at positions 0..T (a per-token
+  column of predictions.parquet, not a step score)
 - process-level step score (models with token log-ratios): ``σ(β · Σ_{i∈step} log π_φ(y_i|s_i) − log π_ref(y_i|s_i))``
 - predicted first error: the first step whose score is below a threshold (−1 if none)
 - ProcessBench: acc_err on traces with an error, acc_cor on all-correct traces, F1 their harmonic
-  mean. The threshold is chosen on a calibration split of *prompts* and reported on the disjoint
-  test split (never tuned on the reported data).
+  mean. The threshold is chosen on a calibration split of *prompts*, stratified by label (erroneous
+  vs all-correct), and reported on the disjoint test split (never tuned on the reported data); when
+  the calibration split lacks a class no threshold can be tuned and F1 is null with a note.
 
 Loaders turn ProcessBench JSON lines (``problem``, ``steps``, ``label``) and TRL stepwise-supervision
 data (``prompt``, ``completions``, ``labels``) into `StepExample`s, and `tokenize_step_example`
@@ -109,24 +111,41 @@ def choose_threshold(score_lists: Sequence[Sequence[float]], labels: Sequence[in
     return best_t, (best_f if best_f >= 0 else None)
 
 
-def calibration_split(group_ids: Sequence[str], fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+def calibration_split(group_ids: Sequence[str], fraction: float = 0.5, seed: int = 0,
+                      labels: Sequence[int] | None = None) -> np.ndarray:
     """Boolean mask: True for examples whose group (prompt) falls in the calibration split.
 
-    The split is by a hash of (seed, group id), so all traces of a prompt stay on one side. When the
-    hash puts every group on one side, the groups are split in sorted-hash order instead, so both
-    sides are non-empty whenever there are at least two groups.
+    All traces of a prompt stay on one side; a prompt goes to calibration when the hash of
+    (seed, prompt id) (`prefixvalue.data.split.unit_hash`) is below `fraction`, so its side does not
+    depend on the other prompts or their order. With `labels` (ProcessBench labels, −1 = all steps
+    right) the split is stratified: prompts are grouped by which classes their traces hold
+    (erroneous only, all-correct only, both), and a stratum of two or more prompts that the hash puts
+    entirely on one side is split instead in hash order (round(fraction · size) prompts, at least
+    one and at most size − 1, to calibration). So both splits see both classes whenever two prompts
+    of each exist. Without `labels`, all prompts form one stratum.
     """
     ids = [str(g) for g in group_ids]
-    uniq = sorted(set(ids))
+    classes: dict[str, set[bool]] = {}
+    for i, g in enumerate(ids):
+        classes.setdefault(g, set()).add(bool(labels[i] >= 0) if labels is not None else True)
 
     def h(g: str) -> float:
         return unit_hash(f"calibration|{seed}|{g}")
 
-    cal = {g for g in uniq if h(g) < fraction}
-    if len(uniq) >= 2 and (not cal or len(cal) == len(uniq)):
+    strata: dict[tuple[bool, ...], list[str]] = {}
+    for g in sorted(classes):
+        strata.setdefault(tuple(sorted(classes[g])), []).append(g)
+    cal: set[str] = set()
+    for members in strata.values():
+        side = {g for g in members if h(g) < fraction}
+        if len(members) >= 2 and (not side or len(side) == len(members)):
+            ranked = sorted(members, key=h)
+            side = set(ranked[: min(max(1, round(fraction * len(ranked))), len(ranked) - 1)])
+        cal.update(side)
+    uniq = sorted(classes)
+    if len(uniq) >= 2 and (not cal or len(cal) == len(uniq)):  # every stratum had one prompt
         ranked = sorted(uniq, key=h)
-        n_cal = min(max(1, round(fraction * len(uniq))), len(uniq) - 1)
-        cal = set(ranked[:n_cal])
+        cal = set(ranked[: min(max(1, round(fraction * len(uniq))), len(uniq) - 1)])
     return np.array([g in cal for g in ids], dtype=bool)
 
 
@@ -149,7 +168,7 @@ def step_verification(
     if len(labels) == 0:
         out["note"] = "no traces with step labels (the task gives none, or no labelled trace was evaluated)"
         return out
-    cal = calibration_split(group_ids, calibration_fraction, seed)
+    cal = calibration_split(group_ids, calibration_fraction, seed, labels)
     test = ~cal
     out["n_calibration"], out["n_test"] = int(cal.sum()), int(test.sum())
     out["n_prompts_calibration"] = len({g for g, c in zip(group_ids, cal) if c})
@@ -160,17 +179,22 @@ def step_verification(
         return out
     cal_scores = [score_lists[i] for i in np.flatnonzero(cal)]
     cal_labels = [labels[i] for i in np.flatnonzero(cal)]
+    test_idx = np.flatnonzero(test)
+    n_err_cal = sum(1 for x in cal_labels if x >= 0)
+    if n_err_cal == 0 or n_err_cal == len(cal_labels):
+        # no threshold can be tuned without both classes: F1 would score an arbitrary threshold
+        res = processbench_f1([-1] * len(test_idx), [labels[i] for i in test_idx])
+        out.update(n_erroneous=res["n_erroneous"], n_correct=res["n_correct"], calibration_f1=None)
+        out["note"] = (f"F1 not reported: the calibration split holds {n_err_cal} erroneous and "
+                       f"{len(cal_labels) - n_err_cal} all-correct traces, so no threshold can be tuned "
+                       f"(ProcessBench F1 needs both classes to choose it)")
+        return out
     threshold, cal_f1 = choose_threshold(cal_scores, cal_labels)
     out["threshold"] = threshold
     out["calibration_f1"] = cal_f1
-    test_idx = np.flatnonzero(test)
     preds = [predict_first_error(score_lists[i], threshold) for i in test_idx]
     res = processbench_f1(preds, [labels[i] for i in test_idx])
     out.update(res)
-    if cal_f1 is None:
-        extra = ("the calibration split lacks erroneous or all-correct traces, so the threshold is the "
-                 "lowest candidate, not a tuned one")
-        out["note"] = f"{out['note']}; {extra}" if "note" in out else extra
     return out
 
 

@@ -3,7 +3,9 @@
     prefixvalue evaluate checkpoint=runs/train/final traces=runs/traces labels=runs/labels out=runs/eval
     prefixvalue evaluate checkpoint=runs/train/final step_data=processbench_gsm8k.jsonl out=runs/pb
 
-Every labelled trace given is evaluated (the prefix labels define the held-out prefixes): the
+Only labelled traces of prompts held out of the checkpoint's training are evaluated: the checkpoint's
+split record (``split.json``) names them, and metrics.json's ``split`` section counts what was kept and
+dropped; ``include_training_prompts=true`` scores every prompt and the report says so in words. The
 estimators (`prefixvalue.evaluation.estimators`: the checkpoint's ``learned`` P̂, the policy's
 ``logsumexp`` and ``mellowmax`` soft values, the ``constant`` base rate, and any estimator in
 ``ESTIMATORS``) are scored against the MC labels and by first-error prediction with the ProcessBench
@@ -39,7 +41,13 @@ class EvaluateConfig:
     mellowmax_omega: float = field(1.0, help="ω of the headline 'mellowmax' estimator (full vocabulary)")
     top_k: list[int] = field(default_factory=lambda: [10], help="top-k sizes for top-k MellowMax ([] for none)")
     base_rate: float | None = field(None, help="constant estimator's rate; default: the checkpoint's base rate")
-    n_bootstrap: int = field(1000, help="bootstrap replicates (resampling traces) for 95% CIs; 0 disables")
+    n_bootstrap: int = field(1000, help="bootstrap replicates for 95% CIs; 0 disables")
+    bootstrap_unit: str = field("prompt", help="what the cluster bootstrap resamples: prompt (traces of a prompt are "
+                                "not independent) | trace")
+    include_training_prompts: bool = field(False, help="score prompts the checkpoint trained on too (the report then "
+                                           "says the figures are not held out); default: only held-out prompts")
+    split_record: str | None = field(None, help="folder whose split.json names the training prompts; default: the "
+                                     "checkpoint")
     noise_ceiling_repeats: int = field(50, help="random split-halves averaged for the MC noise ceiling")
     seed: int = field(0, help="seed of bootstraps, split-halves and the calibration split")
     first_k: int = field(8, help="position group 'first_k': prefixes with at most this many completion tokens")
@@ -68,6 +76,8 @@ class EvaluateConfig:
             raise ConfigError("evaluate: step_data_format must be auto, processbench or trl")
         if self.base_rate is not None and not 0 <= self.base_rate <= 1:
             raise ConfigError("evaluate: base_rate must be in [0, 1]")
+        if self.bootstrap_unit not in ("prompt", "trace"):
+            raise ConfigError(f"evaluate: bootstrap_unit must be prompt or trace, got {self.bootstrap_unit!r}")
 
     def check_inputs(self) -> None:
         """Checks of the command line (which inputs go together); library calls pass data in memory."""
@@ -98,6 +108,13 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     from ..tracking import build_logger
 
     cfg.check_inputs()
+    if cfg.traces is not None and cfg.checkpoint is not None and not cfg.include_training_prompts:
+        from ..evaluation.scoring import load_split_record
+
+        if load_split_record(cfg.split_record or cfg.checkpoint) is None:  # refuse before loading any model
+            raise ConfigError(f"evaluate: the checkpoint {cfg.split_record or cfg.checkpoint} records no split "
+                              f"(split.json), so its training prompts cannot be left out; pass "
+                              f"include_training_prompts=true to score every prompt anyway")
     out = Path(cfg.out)  # type: ignore[arg-type]
     save_resolved_config(cfg, out)
     device = cfg.device or str(default_device())

@@ -8,7 +8,10 @@
    (``OUT/labels``), plus one trace per held-out prompt at ``short:K`` (``OUT/labels_short``);
 3. train each value model in ``value_models`` on the training prompts (``OUT/train_<kind>``);
 4. evaluate on the held-out prefixes (the first kind is ``learned``, the others ``learned_<kind>``),
-   then the short-prefix study, the forking tokens and the quality goal (`prefixvalue.evaluation.analysis`).
+   then the short-prefix study, the forking tokens (each re-tested on ``fork_samples`` fresh MC samples)
+   and the quality goal (`prefixvalue.evaluation.analysis`). Evaluation reads the primary checkpoint's
+   split record: its traces are held out by construction, so nothing is dropped, and metrics.json's
+   ``split`` section says so.
 
 Everything lands in ``OUT``: metrics.json (with a ``quickstart`` section), report.md, plots,
 heatmap.html. Every stage resumes: run the same command again after an interruption. Record a fresh
@@ -61,12 +64,13 @@ class QuickstartConfig:
                                          help="training options (traces, policy, output_dir, value_model are set here)")
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, help="evaluation options (out is set here)")
     forks: int = field(3, help="traces with the largest MC value jumps shown with their forking tokens")
+    fork_samples: int = field(64, help="fresh MC continuations per prefix that re-test each chosen fork (label.seed + 2)")
     threads: int = field(0, help="torch CPU threads (0: torch's default)")
 
     def __post_init__(self) -> None:
         if not self.policy:
             raise ConfigError("quickstart: policy is required (policy=NAME_OR_PATH, as in recipes/quickstart.yaml)")
-        for name in ("label_traces_per_prompt", "label_max_traces", "short_samples"):
+        for name in ("label_traces_per_prompt", "label_max_traces", "short_samples", "fork_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"quickstart: {name} must be >= 1, got {getattr(self, name)}")
         if self.short_k < 1 or self.forks < 0:
@@ -95,6 +99,24 @@ def _train(cfg: QuickstartConfig, kind: str, traces_dir: Path, out: Path) -> dic
                                output_dir=str(out / f"train_{kind}"),
                                value_model=dataclasses.replace(cfg.train.value_model, kind=kind))
     return train_mod.run(tcfg)
+
+
+def _fork_labeller(cfg: QuickstartConfig, held: Any, policy: Any, tok: Any) -> Any:
+    """An `MCLabeller` on the policy that re-labels chosen forks with fresh samples: the labels' sampling
+    parameters with seed ``label.seed + 2`` (the labels used ``label.seed``, the short study ``+ 1``)."""
+    import json
+
+    from ..sampling.mc import MCLabeller
+    from ..sampling.sampler import HFSampler
+    from ..tasks import build_task, task_options
+
+    task_name = cfg.label.task or held[0]["task"]
+    task_args = (task_options(task_name, cfg.label.task_args) if cfg.label.task_args is not None else
+                 json.loads(held[0]["task_args"]) if "task_args" in held.column_names and held[0]["task_args"] else {})
+    lcfg = dataclasses.replace(cfg.label, temperature=cfg.collect.temperature)
+    params = dataclasses.replace(label.sampling_from_traces(held, lcfg), seed=cfg.label.seed + 2)
+    return MCLabeller(HFSampler(policy, tok, max_batch_rows=cfg.label.batch_rows), tok, build_task(task_name, task_args),
+                      params, cfg.label.verifier_timeout_s)
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -149,13 +171,17 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
         models = {k: load_value_model(train_results[k]["checkpoint"], device=device) for k in cfg.value_models}
         primary = models[cfg.value_models[0]]
         extra = {**ESTIMATORS, **{f"learned_{k}": value_model_estimator(models[k]) for k in cfg.value_models[1:]}}
+        # the primary checkpoint's split record decides which prompts are held out
+        run_cfg = dataclasses.replace(ecfg, split_record=str(train_results[cfg.value_models[0]]["checkpoint"]))
+        held = load_traces(held_dir)
         with torch.no_grad():
-            result = evaluate_prefixes(load_traces(held_dir), load_labels(out / "labels"), value_model=primary,
-                                       policy=policy, tokenizer=tok, config=ecfg, estimators=extra,
+            result = evaluate_prefixes(held, load_labels(out / "labels"), value_model=primary,
+                                       policy=policy, tokenizer=tok, config=run_cfg, estimators=extra,
                                        mc_cost=read_mc_cost(out / "labels"))
             short_res = short_prefix_study(load_traces(short_dir), load_labels(out / "labels_short"), cfg.short_k,
-                                           primary, policy, tok, ecfg, extra)
-        forks = largest_jumps(result, cfg.forks, tok)
+                                           primary, policy, tok, run_cfg, extra)
+        forks = largest_jumps(result, cfg.forks, tok, labeller=_fork_labeller(cfg, held, policy, tok),
+                              refs={r.trace_id: r for r in label.trace_refs(held)}, samples=cfg.fork_samples)
         q = {"config": config_to_dict(cfg), "collected_traces": len(traces),
              "policy_accuracy": float(np.asarray(traces["outcome"], dtype=np.float64).mean()),
              "train_prompts": n_train_prompts, "heldout_prompts": n_held_prompts,

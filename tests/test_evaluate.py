@@ -56,41 +56,14 @@ class FakeValueModel:
         return out
 
 
-class StubSplitRecord:
-    """Stand-in for the data side's `prefixvalue.data.split.SplitRecord` (same API: ``load(folder)`` reads
-    ``folder/split.json`` or returns None; ``is_heldout(prompt_text)``); its split.json also lists the
-    training prompt texts, so a test decides which prompts were trained on."""
+def write_split(folder: Path, texts, heldout_fraction: float = 0.999999, split_seed: int = 0) -> Path:
+    """Save the split record of a checkpoint trained on the prompts among `texts` that the split (a hash of
+    the text, `prefixvalue.data.split`) puts on the training side; the default holds out (nearly) all."""
+    from prefixvalue.data import SplitRecord, is_heldout
 
-    def __init__(self, heldout_fraction, split_seed, key="prompt_text", n_train_prompts=0,
-                 train_prompts_sha256="", training_texts=()):
-        self.heldout_fraction, self.split_seed, self.key = heldout_fraction, split_seed, key
-        self.n_train_prompts, self.train_prompts_sha256 = n_train_prompts, train_prompts_sha256
-        self.training_texts = set(training_texts)
-
-    @classmethod
-    def load(cls, folder):
-        path = Path(folder) / "split.json"
-        return cls(**json.loads(path.read_text())) if path.exists() else None
-
-    def is_heldout(self, prompt_text):
-        return prompt_text not in self.training_texts
-
-
-def write_split(folder: Path, training_texts=(), heldout_fraction=0.3, split_seed=0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "split.json").write_text(json.dumps({"heldout_fraction": heldout_fraction, "split_seed": split_seed,
-                                                   "n_train_prompts": len(training_texts),
-                                                   "training_texts": sorted(training_texts)}))
+    train = [t for t in set(texts) if not is_heldout(t, heldout_fraction, split_seed)]
+    SplitRecord.from_prompts(train, heldout_fraction, split_seed).save(folder)
     return folder
-
-
-@pytest.fixture
-def stub_split(monkeypatch):
-    """Evaluation reads split records through the stub (the real class lives on the data side)."""
-    from prefixvalue.data import split as split_mod
-
-    monkeypatch.setattr(split_mod, "SplitRecord", StubSplitRecord, raising=False)
-    return StubSplitRecord
 
 
 def make_tiny_eval(tokenizer, n_prompts: int = 6, per_prompt: int = 3, samples: int = 8, seed: int = 0,
@@ -153,12 +126,15 @@ def _no_nan(obj) -> None:
         assert math.isfinite(obj)
 
 
-def test_main_on_tiny_data(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch, stub_split):
+def test_main_on_tiny_data(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch):
     traces, labels = make_tiny_eval(tiny_tokenizer)
     tdir, ldir = _write(tmp_path, traces, labels, cost={"generated_tokens": 50000, "prefill_tokens": 7000})
     fake = FakeValueModel(str(tiny_model_dir))
     monkeypatch.setattr(ev, "_load_value_model", lambda path, device: fake)
-    ckpt = write_split(tmp_path / "ckpt")  # every prompt held out
+    ckpt = write_split(tmp_path / "ckpt", [t["prompt"] for t in traces])
+    from prefixvalue.data import SplitRecord
+
+    assert all(SplitRecord.load(ckpt).is_heldout(t["prompt"]) for t in traces)  # every prompt held out
     out = tmp_path / "eval"
     metrics = ev.main([f"checkpoint={ckpt}", f"traces={tdir}", f"labels={ldir}", f"out={out}",
                        "n_bootstrap=40", "noise_ceiling_repeats=10", "report_to=disk", "top_k=[5]"])
@@ -284,16 +260,12 @@ def test_end_to_end_collect_label_train_evaluate(tmp_path):
     spec.loader.exec_module(train)
     train.main(["--config", str(REPO / "recipes" / "configs" / "arith-tiny.yaml"), f"traces={traces}",
                 f"output_dir={ckpt}", "max_steps=2", "report_to=none", f"policy={policy}"])
-    from prefixvalue.data import split as split_mod
-
-    # with the data side's split records, training writes split.json and evaluate drops training prompts;
-    # a tree without them has no record, and then only the explicit flag lets evaluate run
-    flag = [] if hasattr(split_mod, "SplitRecord") else ["include_training_prompts=true"]
+    # training wrote its split record; label labelled held-out traces only, so evaluate drops nothing
     metrics = ev.main([f"checkpoint={ckpt / 'final'}", f"traces={traces}", f"labels={labels}",
-                       f"out={out}", "n_bootstrap=20", "report_to=disk", *flag])
+                       f"out={out}", "n_bootstrap=20", "report_to=disk"])
     assert metrics["n_traces"] > 0 and "learned" in metrics["estimators"]
-    if not flag:
-        assert metrics["split"]["includes_training_prompts"] is False and metrics["split"]["heldout_prompts"] > 0
+    assert metrics["split"]["includes_training_prompts"] is False and metrics["split"]["heldout_prompts"] > 0
+    assert metrics["split"]["dropped_prefixes"] == 0
     for name in ("metrics.json", "report.md", "heatmap.html", "calibration.png", "value_curves.png"):
         assert (out / name).exists()
 
@@ -346,26 +318,31 @@ def test_main_scores_processbench_file(tmp_path, tiny_model_dir, monkeypatch):
     assert "Step benchmark" in (out / "report.md").read_text()
 
 
-def test_evaluate_scores_only_heldout_prompts(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch, stub_split):
+def test_evaluate_scores_only_heldout_prompts(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch):
     """Issue 14 item 1: the checkpoint's split record drops training prompts and metrics.json counts them;
     a checkpoint without a record is refused; include_training_prompts scores all and says so."""
     traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=4)
     tdir, ldir = _write(tmp_path, traces, labels)
     monkeypatch.setattr(ev, "_load_value_model", lambda path, device: FakeValueModel(str(tiny_model_dir)))
-    train_texts = {traces[0]["prompt"]}  # the first prompt (3 traces) was trained on
+    from prefixvalue.data import is_heldout
+
+    texts = sorted({t["prompt"] for t in traces})
+    # a split seed that puts some but not all of the 4 prompts on the training side (the split is a hash)
+    seed = next(s for s in range(100) if 0 < sum(not is_heldout(t, 0.3, s) for t in texts) < len(texts))
+    train_texts = {t for t in texts if not is_heldout(t, 0.3, seed)}
     n_drop_traces = sum(t["prompt"] in train_texts for t in traces)
     drop_ids = {t["trace_id"] for t in traces if t["prompt"] in train_texts}
     n_drop_prefixes = sum(r["trace_id"] in drop_ids for r in labels)
-    ckpt = write_split(tmp_path / "ckpt", train_texts)
+    ckpt = write_split(tmp_path / "ckpt", texts, 0.3, seed)
     base = [f"checkpoint={ckpt}", f"traces={tdir}", f"labels={ldir}", "n_bootstrap=10", "noise_ceiling_repeats=5",
             "report_to=disk", "soft_values=false"]
     m = ev.main([*base, f"out={tmp_path / 'e1'}"])
     sp = m["split"]
     assert sp["includes_training_prompts"] is False
-    assert sp["dropped_training_prompts"] == 1 and sp["dropped_prefixes"] == n_drop_prefixes
-    assert sp["heldout_prompts"] == 3 and sp["heldout_traces"] == len(traces) - n_drop_traces
+    assert sp["dropped_training_prompts"] == len(train_texts) and sp["dropped_prefixes"] == n_drop_prefixes
+    assert sp["heldout_prompts"] == len(texts) - len(train_texts) and sp["heldout_traces"] == len(traces) - n_drop_traces
     assert sp["kept_prefixes"] == m["n_prefixes"] == len(labels) - n_drop_prefixes
-    assert sp["heldout_fraction"] == 0.3 and sp["split_seed"] == 0 and sp["source"].endswith("split.json")
+    assert sp["heldout_fraction"] == 0.3 and sp["split_seed"] == seed and sp["source"].endswith("split.json")
     assert json.loads((tmp_path / "e1" / "metrics.json").read_text())["split"] == sp
     import pyarrow.parquet as pq
 
@@ -373,9 +350,9 @@ def test_evaluate_scores_only_heldout_prompts(tmp_path, tiny_tokenizer, tiny_mod
     # include_training_prompts: nothing dropped, and the report says so in words at the top
     m = ev.main([*base, f"out={tmp_path / 'e2'}", "include_training_prompts=true"])
     assert m["n_prefixes"] == len(labels) and m["split"]["includes_training_prompts"] is True
-    assert m["split"]["dropped_prefixes"] == 0 and m["split"]["training_prompts_scored"] == 1
+    assert m["split"]["dropped_prefixes"] == 0 and m["split"]["training_prompts_scored"] == len(train_texts)
     top = (tmp_path / "e2" / "report.md").read_text().split("## ")[0]
-    assert "include 1 training prompt(s)" in top and "not held-out figures" in top
+    assert f"include {len(train_texts)} training prompt(s)" in top and "not held-out figures" in top
     # a checkpoint without a record: refused in one line
     with pytest.raises(ConfigError, match="records no split"):
         ev.main([*base[1:], f"checkpoint={tmp_path / 'bare'}", f"out={tmp_path / 'e3'}"])

@@ -194,18 +194,6 @@ def test_config_validation():
 @pytest.mark.skipif(not SHIPPED_POLICY.exists(), reason="the shipped policy data/policies/arith-tiny is absent")
 def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    from prefixvalue.data import split as split_mod
-
-    if not hasattr(split_mod, "SplitRecord"):  # a tree without the data side's split records: every checkpoint
-        # gets a record that holds out the quickstart's labelled prompts (they are held out by construction)
-        from test_evaluate import StubSplitRecord
-
-        class _Always(StubSplitRecord):
-            @classmethod
-            def load(cls, folder):
-                return cls(0.3, 0)
-
-        monkeypatch.setattr(split_mod, "SplitRecord", _Always, raising=False)
     out = tmp_path / "qs"
     argv = [f"out={out}", f"policy={SHIPPED_POLICY}", "collect.num_prompts=20", "collect.samples=4", "label.samples=4",
             "label_max_traces=6", "short_samples=4", "forks=2", "threads=1",

@@ -36,7 +36,7 @@ from ..data.shards import ShardWork, run_sharded_stage, shard_extra
 from ..sampling.mc import AdaptiveConfig, LabelCost, MCLabeller, TraceRef
 from ..sampling.positions import PositionSpecError, parse_positions, positions_for_trace
 from ..sampling.sampler import HFSampler, SamplingParams
-from ..tasks import Prompt, build_task, task_options
+from ..tasks import Prompt, Task, build_task, task_options
 
 #: schema of a prefix-labels dataset written by label (contract fields first)
 LABEL_FEATURES = datasets.Features({
@@ -163,6 +163,30 @@ def trace_refs(ds: datasets.Dataset) -> list[TraceRef]:
     return refs
 
 
+def traces_task(ds: datasets.Dataset, task: str | None = None, task_args: dict | None = None) -> tuple[str, dict, Task]:
+    """The task that verifies continuations of traces `ds`: `task` / `task_args` when given, else the
+    traces' own `task` and `task_args` columns. Returns ``(name, typed task_args, task)``."""
+    name = task or (ds[0]["task"] if "task" in ds.column_names else None)
+    if not name:
+        raise ConfigError("label: the traces carry no `task` column; pass task=NAME")
+    if task_args is not None:
+        try:
+            args = task_options(name, task_args)
+        except KeyError as exc:
+            raise ConfigError(f"label: {exc.args[0]}") from None
+    else:
+        args = json.loads(ds[0]["task_args"]) if "task_args" in ds.column_names and ds[0]["task_args"] else {}
+    return name, args, build_task(name, args)
+
+
+def labeller_for(ds: datasets.Dataset, cfg: LabelConfig, model: Any, tokenizer: Any) -> MCLabeller:
+    """An `MCLabeller` on a loaded policy that continues traces `ds` as `cfg` says: the traces' task and
+    sampling parameters unless `cfg` overrides them, seeded with ``cfg.seed``."""
+    _, _, task = traces_task(ds, cfg.task, cfg.task_args)
+    return MCLabeller(HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows), tokenizer, task,
+                      sampling_from_traces(ds, cfg), cfg.verifier_timeout_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``prefixvalue label``; returns the exit status."""
     return run(parse_config(LabelConfig, argv, prog="prefixvalue label"))
@@ -187,18 +211,9 @@ def run(cfg: LabelConfig) -> int:
         raise DataFormatError(f"{cfg.traces}: no traces to label (prompts={cfg.prompts}: {len(ds)} of {n_given} traces; "
                               f"heldout_fraction={cfg.heldout_fraction}, split_seed={cfg.split_seed})")
     refs = trace_refs(ds)
-    task_name = cfg.task or (ds[0]["task"] if "task" in ds.column_names else None)
-    if not task_name:
-        raise ConfigError("label: the traces carry no `task` column; pass task=NAME")
+    task_name, task_args, task = traces_task(ds, cfg.task, cfg.task_args)
     if cfg.task_args is not None:
-        try:
-            task_args = task_options(task_name, cfg.task_args)
-        except KeyError as exc:
-            raise ConfigError(f"label: {exc.args[0]}") from None
         cfg = dataclasses.replace(cfg, task_args=RawMapping(task_args))  # the resolved config records them typed
-    else:
-        task_args = json.loads(ds[0]["task_args"]) if "task_args" in ds.column_names and ds[0]["task_args"] else {}
-    task = build_task(task_name, task_args)
     params = sampling_from_traces(ds, cfg)
     spec = parse_positions(cfg.positions)
     spans = ds["step_spans"]

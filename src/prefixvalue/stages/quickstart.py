@@ -101,24 +101,6 @@ def _train(cfg: QuickstartConfig, kind: str, traces_dir: Path, out: Path) -> dic
     return train_mod.run(tcfg)
 
 
-def _fork_labeller(cfg: QuickstartConfig, held: Any, policy: Any, tok: Any) -> Any:
-    """An `MCLabeller` on the policy that re-labels chosen forks with fresh samples: the labels' sampling
-    parameters with seed ``label.seed + 2`` (the labels used ``label.seed``, the short study ``+ 1``)."""
-    import json
-
-    from ..sampling.mc import MCLabeller
-    from ..sampling.sampler import HFSampler
-    from ..tasks import build_task, task_options
-
-    task_name = cfg.label.task or held[0]["task"]
-    task_args = (task_options(task_name, cfg.label.task_args) if cfg.label.task_args is not None else
-                 json.loads(held[0]["task_args"]) if "task_args" in held.column_names and held[0]["task_args"] else {})
-    lcfg = dataclasses.replace(cfg.label, temperature=cfg.collect.temperature)
-    params = dataclasses.replace(label.sampling_from_traces(held, lcfg), seed=cfg.label.seed + 2)
-    return MCLabeller(HFSampler(policy, tok, max_batch_rows=cfg.label.batch_rows), tok, build_task(task_name, task_args),
-                      params, cfg.label.verifier_timeout_s)
-
-
 # ------------------------------------------------------------------------------------------ run
 def run(cfg: QuickstartConfig) -> dict[str, Any]:
     """Run the loop; returns metrics.json's dict (with its ``quickstart`` section)."""
@@ -148,7 +130,9 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
         raise ConfigError("quickstart: no held-out prompts; raise num_prompts or train.heldout_fraction")
     held_dir = save_subset(traces, full, out / "heldout_traces")
     short_dir = save_subset(traces, short, out / "short_traces")
-    lcfg = dataclasses.replace(cfg.label, model=cfg.policy, temperature=cfg.collect.temperature)
+    # the labels record the split training uses, so label keeps exactly the held-out traces chosen here
+    lcfg = dataclasses.replace(cfg.label, model=cfg.policy, temperature=cfg.collect.temperature,
+                               heldout_fraction=cfg.train.heldout_fraction, split_seed=cfg.train.split_seed)
     _timed(seconds, "label", label.run, dataclasses.replace(lcfg, traces=str(held_dir), out=str(out / "labels")))
     _timed(seconds, "label short", label.run, dataclasses.replace(
         lcfg, traces=str(short_dir), out=str(out / "labels_short"), positions=f"short:{cfg.short_k}",
@@ -180,7 +164,9 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
                                        mc_cost=read_mc_cost(out / "labels"))
             short_res = short_prefix_study(load_traces(short_dir), load_labels(out / "labels_short"), cfg.short_k,
                                            primary, policy, tok, run_cfg, extra)
-        forks = largest_jumps(result, cfg.forks, tok, labeller=_fork_labeller(cfg, held, policy, tok),
+        # forks are re-tested on fresh samples: the labels' sampling with seed label.seed + 2 (the short study used + 1)
+        fork_labeller = label.labeller_for(held, dataclasses.replace(lcfg, seed=cfg.label.seed + 2), policy, tok)
+        forks = largest_jumps(result, cfg.forks, tok, labeller=fork_labeller,
                               refs={r.trace_id: r for r in label.trace_refs(held)}, samples=cfg.fork_samples)
         q = {"config": config_to_dict(cfg), "collected_traces": len(traces),
              "policy_accuracy": float(np.asarray(traces["outcome"], dtype=np.float64).mean()),

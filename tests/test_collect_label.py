@@ -123,7 +123,6 @@ def test_collect_rejects_a_different_run_in_the_same_folder(model_dir, traces_di
         collect.main(collect_args(model_dir, traces_dir, samples=4))
 
 
-@pytest.mark.slow  # a subprocess and three collect runs (~40 s on 2 cores); label's resume is checked by default
 def test_collect_resumes_after_a_kill(tmp_path, model_dir):
     """Kill a collect run part-way (SIGKILL), rerun it: nothing lost, nothing duplicated."""
     size = {"num_prompts": 12, "chunk_prompts": 1, "samples": 2, "max_new_tokens": 16}

@@ -190,7 +190,6 @@ def test_config_validation():
     assert cfg.train.max_steps == 7 and cfg.evaluate.n_bootstrap == 3 and cfg.value_models == kinds
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED_POLICY.exists(), reason="the shipped policy data/policies/arith-tiny is absent")
 def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")

@@ -43,6 +43,7 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check src recipes tests benchmarks
+	$(VENV)/bin/ruff format --check src recipes tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

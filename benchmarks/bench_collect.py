@@ -37,9 +37,18 @@ def main() -> None:
     for x in ids:
         inp = torch.tensor([x])
         with torch.no_grad():
-            out = model.generate(inp, attention_mask=torch.ones_like(inp), do_sample=True, num_return_sequences=samples,
-                                 max_new_tokens=max_new, pad_token_id=0, eos_token_id=1, top_k=0, top_p=1.0)
-        loop_tokens += int((out[:, len(x):] != 0).sum())
+            out = model.generate(
+                inp,
+                attention_mask=torch.ones_like(inp),
+                do_sample=True,
+                num_return_sequences=samples,
+                max_new_tokens=max_new,
+                pad_token_id=0,
+                eos_token_id=1,
+                top_k=0,
+                top_p=1.0,
+            )
+        loop_tokens += int((out[:, len(x) :] != 0).sum())
     loop_s = time.perf_counter() - t0
     sampler = HFSampler(model, tok, max_batch_rows=256)
     rows = [x for x in ids for _ in range(samples)]
@@ -47,12 +56,23 @@ def main() -> None:
     t0 = time.perf_counter()
     sampler.generate(rows, keys, SamplingParams(max_new_tokens=max_new, seed=0))
     ours_s = time.perf_counter() - t0
-    record("collect_speedup_vs_loop", round(loop_s / ours_s, 2), unit="x (loop seconds / ours)",
-           loop_seconds=round(loop_s, 2), ours_seconds=round(ours_s, 2),
-           ours_tokens_per_s=round(sampler.stats.generated_tokens / ours_s), loop_tokens_per_s=round(loop_tokens / loop_s),
-           model=str(SHIPPED_POLICY.relative_to(SHIPPED_POLICY.parents[2])), prompts=num_prompts, samples=samples,
-           max_new_tokens=max_new, batch_rows=256, seed=0, torch_threads=1,
-           note="loop: model.generate(num_return_sequences=samples) one prompt at a time")
+    record(
+        "collect_speedup_vs_loop",
+        round(loop_s / ours_s, 2),
+        unit="x (loop seconds / ours)",
+        loop_seconds=round(loop_s, 2),
+        ours_seconds=round(ours_s, 2),
+        ours_tokens_per_s=round(sampler.stats.generated_tokens / ours_s),
+        loop_tokens_per_s=round(loop_tokens / loop_s),
+        model=str(SHIPPED_POLICY.relative_to(SHIPPED_POLICY.parents[2])),
+        prompts=num_prompts,
+        samples=samples,
+        max_new_tokens=max_new,
+        batch_rows=256,
+        seed=0,
+        torch_threads=1,
+        note="loop: model.generate(num_return_sequences=samples) one prompt at a time",
+    )
 
 
 if __name__ == "__main__":

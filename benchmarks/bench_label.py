@@ -59,10 +59,19 @@ def naive_label(model, tok, task, traces, pos, m: int, seed: int) -> list[float]
             prefix = list(tr.prompt_ids) + list(tr.completion_ids[:p])
             x = torch.tensor([prefix])
             with torch.no_grad():
-                out = model.generate(x, attention_mask=torch.ones_like(x), do_sample=True, num_return_sequences=m,
-                                     max_new_tokens=64 - p, pad_token_id=0, eos_token_id=1, top_k=0, top_p=1.0)
+                out = model.generate(
+                    x,
+                    attention_mask=torch.ones_like(x),
+                    do_sample=True,
+                    num_return_sequences=m,
+                    max_new_tokens=64 - p,
+                    pad_token_id=0,
+                    eos_token_id=1,
+                    top_k=0,
+                    top_p=1.0,
+                )
             scores = []
-            for row in out[:, len(prefix):].tolist():
+            for row in out[:, len(prefix) :].tolist():
                 text = tok.decode(list(tr.completion_ids[:p]) + row, skip_special_tokens=True)
                 scores.append(safe_verify(task, tr.prompt, text).score)
             means.append(sum(scores) / m)
@@ -97,23 +106,39 @@ def main() -> None:
                 nodedup.uniform([tr], [[p]], m)
         per_prefix_runs.append(time.perf_counter() - t0)
     naive_s, ours_s, per_prefix_s = min(naive_runs), min(ours_runs), min(per_prefix_runs)
-    record("label_speedup_vs_naive", round(naive_s / ours_s, 2), unit="x (naive seconds / ours)",
-           naive_seconds=round(naive_s, 2), ours_seconds=round(ours_s, 2),
-           ours_one_prefix_at_a_time_seconds=round(per_prefix_s, 2), repeats=REPEATS,
-           naive_runs_seconds=[round(x, 2) for x in naive_runs], ours_runs_seconds=[round(x, 2) for x in ours_runs],
-           model=str(SHIPPED_POLICY.relative_to(SHIPPED_POLICY.parents[2])), traces=len(traces),
-           prompts=n_prompts, samples_per_prompt=n_samples, positions="all", prefixes=sum(len(p) for p in pos),
-           unique_prefixes=lab.cost.prefixes_unique, samples_per_prefix=m, seed=0, torch_threads=1,
-           ours_cost=lab.cost.as_dict(),
-           note="naive: model.generate(num_return_sequences=M) per re-encoded prefix + verify; ours: "
-                "MCLabeller.uniform (prefill once, KV branching, cross-trace batching, prefix dedup)")
+    record(
+        "label_speedup_vs_naive",
+        round(naive_s / ours_s, 2),
+        unit="x (naive seconds / ours)",
+        naive_seconds=round(naive_s, 2),
+        ours_seconds=round(ours_s, 2),
+        ours_one_prefix_at_a_time_seconds=round(per_prefix_s, 2),
+        repeats=REPEATS,
+        naive_runs_seconds=[round(x, 2) for x in naive_runs],
+        ours_runs_seconds=[round(x, 2) for x in ours_runs],
+        model=str(SHIPPED_POLICY.relative_to(SHIPPED_POLICY.parents[2])),
+        traces=len(traces),
+        prompts=n_prompts,
+        samples_per_prompt=n_samples,
+        positions="all",
+        prefixes=sum(len(p) for p in pos),
+        unique_prefixes=lab.cost.prefixes_unique,
+        samples_per_prefix=m,
+        seed=0,
+        torch_threads=1,
+        ours_cost=lab.cost.as_dict(),
+        note="naive: model.generate(num_return_sequences=M) per re-encoded prefix + verify; ours: "
+        "MCLabeller.uniform (prefill once, KV branching, cross-trace batching, prefix dedup)",
+    )
 
     # -- adaptive vs uniform for locating the first large value jump ---------------------------
     # The true forking token of a failed arith trace is exact: the first completion token that departs
     # from the correct chain (char-level tokens, so token index = character index). A trace counts
     # when a high-sample reference run shows a drop of at least SELECT across that token.
     traces = make_traces(model, tok, task, 100, 2, seed=1)
-    ref_lab = MCLabeller(HFSampler(model, tok, max_batch_rows=256), tok, task, SamplingParams(max_new_tokens=64, seed=99))
+    ref_lab = MCLabeller(
+        HFSampler(model, tok, max_batch_rows=256), tok, task, SamplingParams(max_new_tokens=64, seed=99)
+    )
     truth: dict[str, int] = {}
     for tr in traces:
         text = tok.decode(list(tr.completion_ids), skip_special_tokens=True)
@@ -139,29 +164,51 @@ def main() -> None:
         for m in (8, 16, 32, 64):
             lab = MCLabeller(HFSampler(model, tok, max_batch_rows=256), tok, task, params)
             est = lab.uniform(jumpy, positions(f"stride:{stride}", lens_j), m)
-            uniform_runs.append({"stride": stride, "samples": m, "rollouts": lab.cost.rollouts, "located": located(est)})
+            uniform_runs.append(
+                {"stride": stride, "samples": m, "rollouts": lab.cost.rollouts, "located": located(est)}
+            )
     adaptive_runs = []
     for init_stride in (4, 8):
         for halfwidth in (0.15, 0.25):
             for budget in (128, 256, 512):
                 lab = MCLabeller(HFSampler(model, tok, max_batch_rows=256), tok, task, params)
-                cfg = AdaptiveConfig(round_samples=8, budget=budget, target_halfwidth=halfwidth, jump=0.25,
-                                     init_stride=init_stride)
+                cfg = AdaptiveConfig(
+                    round_samples=8, budget=budget, target_halfwidth=halfwidth, jump=0.25, init_stride=init_stride
+                )
                 est = lab.adaptive(jumpy, positions("adaptive", lens_j, adaptive_stride=init_stride), cfg)
-                adaptive_runs.append({"init_stride": init_stride, "target_halfwidth": halfwidth, "budget": budget,
-                                      "rollouts": lab.cost.rollouts, "located": located(est)})
+                adaptive_runs.append(
+                    {
+                        "init_stride": init_stride,
+                        "target_halfwidth": halfwidth,
+                        "budget": budget,
+                        "rollouts": lab.cost.rollouts,
+                        "located": located(est),
+                    }
+                )
     ok_u = [r for r in uniform_runs if r["located"] >= RATE]
     ok_a = [r for r in adaptive_runs if r["located"] >= RATE]
     best_u = min(ok_u, key=lambda r: r["rollouts"]) if ok_u else None
     best_a = min(ok_a, key=lambda r: r["rollouts"]) if ok_a else None
     value = round(best_u["rollouts"] / best_a["rollouts"], 2) if best_u and best_a else None
-    record("adaptive_rollout_saving", value, unit="x (uniform rollouts / adaptive rollouts)",
-           criterion=f"first jump of >= {JUMP} located within {TOL} tokens in >= {RATE:.0%} of traces",
-           truth=f"first token departing from the correct chain; kept if a {REF_SAMPLES}-sample reference (seed 99) "
-                 f"drops >= {SELECT} across it", traces=len(traces), failed_traces=len(cand), traces_with_jump=len(jumpy),
-           best_uniform=best_u, best_adaptive=best_a, uniform_runs=uniform_runs, adaptive_runs=adaptive_runs,
-           model=str(SHIPPED_POLICY.relative_to(SHIPPED_POLICY.parents[2])), seed=0, torch_threads=1,
-           note=None if value is not None else "one of the methods never reached the criterion; see runs")
+    record(
+        "adaptive_rollout_saving",
+        value,
+        unit="x (uniform rollouts / adaptive rollouts)",
+        criterion=f"first jump of >= {JUMP} located within {TOL} tokens in >= {RATE:.0%} of traces",
+        truth=f"first token departing from the correct chain; kept if a {REF_SAMPLES}-sample reference (seed 99) "
+        f"drops >= {SELECT} across it",
+        traces=len(traces),
+        failed_traces=len(cand),
+        traces_with_jump=len(jumpy),
+        best_uniform=best_u,
+        best_adaptive=best_a,
+        uniform_runs=uniform_runs,
+        adaptive_runs=adaptive_runs,
+        model=str(SHIPPED_POLICY.relative_to(SHIPPED_POLICY.parents[2])),
+        seed=0,
+        torch_threads=1,
+        note=None if value is not None else "one of the methods never reached the criterion; see runs",
+    )
 
 
 if __name__ == "__main__":

@@ -41,9 +41,13 @@ def make_rows(n: int) -> list[dict]:
     rows = []
     for i in range(n):
         p = task.make_prompt("bench", i)
-        rows.append({"prompt_ids": tok(p.text)["input_ids"],
-                     "completion_ids": tok(p.meta["solution"])["input_ids"] + [tok.eos_token_id],
-                     "outcome": float(i % 2)})
+        rows.append(
+            {
+                "prompt_ids": tok(p.text)["input_ids"],
+                "completion_ids": tok(p.meta["solution"])["input_ids"] + [tok.eos_token_id],
+                "outcome": float(i % 2),
+            }
+        )
     return rows
 
 
@@ -67,7 +71,7 @@ def measure(kind: str, backbone_mode: str) -> dict:
     inner = accelerator.unwrap_model(model)
     collate = ValueCollator(0)
     rows = make_rows(BATCH * N_BATCHES)
-    chunks = [rows[i * BATCH:(i + 1) * BATCH] for i in range(N_BATCHES)]
+    chunks = [rows[i * BATCH : (i + 1) * BATCH] for i in range(N_BATCHES)]
     tokens = sum(len(r["prompt_ids"]) + len(r["completion_ids"]) for r in rows)
 
     def train_pass() -> None:
@@ -106,8 +110,14 @@ def measure(kind: str, backbone_mode: str) -> dict:
         train_pass()
         t_train.append(time.perf_counter() - t0)
     mt, mb = statistics.median(t_train), statistics.median(t_bare)
-    return {"tokens_per_s": tokens / mt, "bare_tokens_per_s": tokens / mb, "ratio": mb / mt,
-            "policy": policy_name, "batch": BATCH, "device": str(accelerator.device)}
+    return {
+        "tokens_per_s": tokens / mt,
+        "bare_tokens_per_s": tokens / mb,
+        "ratio": mb / mt,
+        "policy": policy_name,
+        "batch": BATCH,
+        "device": str(accelerator.device),
+    }
 
 
 def main() -> None:
@@ -115,12 +125,30 @@ def main() -> None:
     implicit = measure("implicit", "lora")
     head = measure("head", "lora")
     ctx = {"policy": implicit["policy"], "batch_size": BATCH, "device": implicit["device"], "torch_threads": 1}
-    record("train_tokens_per_s", round(implicit["tokens_per_s"], 1), unit="tokens/s", value_model="implicit (LoRA)",
-           bare_tokens_per_s=round(implicit["bare_tokens_per_s"], 1), **ctx)
-    record("train_overhead_ratio", round(implicit["ratio"], 3), target=">= 0.8", value_model="implicit (LoRA)",
-           definition="bare forward(+reference forward)+backward time / full training-step time", **ctx)
-    record("train_overhead_ratio_head", round(head["ratio"], 3), target=">= 0.8", value_model="head (LoRA)",
-           train_tokens_per_s=round(head["tokens_per_s"], 1), **ctx)
+    record(
+        "train_tokens_per_s",
+        round(implicit["tokens_per_s"], 1),
+        unit="tokens/s",
+        value_model="implicit (LoRA)",
+        bare_tokens_per_s=round(implicit["bare_tokens_per_s"], 1),
+        **ctx,
+    )
+    record(
+        "train_overhead_ratio",
+        round(implicit["ratio"], 3),
+        target=">= 0.8",
+        value_model="implicit (LoRA)",
+        definition="bare forward(+reference forward)+backward time / full training-step time",
+        **ctx,
+    )
+    record(
+        "train_overhead_ratio_head",
+        round(head["ratio"], 3),
+        target=">= 0.8",
+        value_model="head (LoRA)",
+        train_tokens_per_s=round(head["tokens_per_s"], 1),
+        **ctx,
+    )
 
 
 if __name__ == "__main__":

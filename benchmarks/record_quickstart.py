@@ -25,9 +25,17 @@ def main(argv: list[str]) -> int:
     if not q.get("fresh_run"):
         print("quickstart_seconds not recorded: this run resumed an existing folder (time it from an empty one)")
         return 0
-    record("quickstart_seconds", q["seconds"]["total"], unit="s", target="<= 900", stages=q["seconds"],
-           num_prompts=q["config"]["collect"]["num_prompts"], samples=q["config"]["collect"]["samples"],
-           labelled_prefixes=metrics["n_prefixes"], config=str(q["config"]["out"]))
+    record(
+        "quickstart_seconds",
+        q["seconds"]["total"],
+        unit="s",
+        target="<= 900",
+        stages=q["seconds"],
+        num_prompts=q["config"]["collect"]["num_prompts"],
+        samples=q["config"]["collect"]["samples"],
+        labelled_prefixes=metrics["n_prefixes"],
+        config=str(q["config"]["out"]),
+    )
     return 0
 
 

@@ -56,13 +56,17 @@ class TrainPolicyConfig:
             raise ConfigError("eval_every and max_steps must be positive")
 
 
-def encode_batch(task: ArithTask, tok, split: str, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_batch(
+    task: ArithTask, tok, split: str, start: int, n: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded (input_ids, attention_mask, labels) of n correct traces; labels mask the prompt.
 
     Raises ValueError when the batch would draw `policy-train` prompts past `task.config.policy_train_prompts`."""
     if split == "policy-train" and start + n > task.config.policy_train_prompts:
-        raise ValueError(f"prompts {start}..{start + n - 1} of 'policy-train' lie past the policy's training pool "
-                         f"(task.policy_train_prompts={task.config.policy_train_prompts})")
+        raise ValueError(
+            f"prompts {start}..{start + n - 1} of 'policy-train' lie past the policy's training pool "
+            f"(task.policy_train_prompts={task.config.policy_train_prompts})"
+        )
     seqs, plens = [], []
     for i in range(start, start + n):
         p = task.make_prompt(split, i)
@@ -93,12 +97,21 @@ def sample_accuracy(model, tok, task: ArithTask, split: str, num_prompts: int, s
     torch.manual_seed(seed)
     for _, idx in sorted(by_len.items()):
         ids = torch.tensor([tok(prompts[i].text)["input_ids"] for i in idx])
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
-                             top_k=0, top_p=1.0, max_new_tokens=48, num_return_sequences=samples,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=48,
+            num_return_sequences=samples,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        texts = tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         for j, i in enumerate(idx):
-            wins = sum(task.verify(prompts[i], t).score for t in texts[j * samples:(j + 1) * samples])
+            wins = sum(task.verify(prompts[i], t).score for t in texts[j * samples : (j + 1) * samples])
             rates[i] = wins / samples
     del gen
     model.train()
@@ -113,10 +126,18 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(cfg.out_dir)
     task = ArithTask(cfg.task)
     tok = build_char_tokenizer()
-    model = GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(tok), n_positions=128, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    ))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tok),
+            n_positions=128,
+            n_embd=cfg.n_embd,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            bos_token_id=tok.eos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
 
     def lr_at(step: int) -> float:  # warm-up, then cosine to 10% of the peak over max_steps
@@ -132,10 +153,12 @@ def main(argv: list[str] | None = None) -> dict:
     while step < cfg.max_steps:
         # never train past the pool: every other split skips exactly these prompts (arith's policy_train_prompts)
         if (step + 1) * cfg.batch_size > cfg.task.policy_train_prompts:
-            print(f"step {step}: the next batch would draw past the first task.policy_train_prompts="
-                  f"{cfg.task.policy_train_prompts} prompts of 'policy-train' (the pool other splits exclude); "
-                  "stopping. Raise task.policy_train_prompts to train longer (it changes every other split).",
-                  flush=True)
+            print(
+                f"step {step}: the next batch would draw past the first task.policy_train_prompts="
+                f"{cfg.task.policy_train_prompts} prompts of 'policy-train' (the pool other splits exclude); "
+                "stopping. Raise task.policy_train_prompts to train longer (it changes every other split).",
+                flush=True,
+            )
             stopped_at_pool_end = True
             break
         ids, mask, labels = encode_batch(task, tok, "policy-train", step * cfg.batch_size, cfg.batch_size)
@@ -149,8 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
         step += 1
         if step % cfg.eval_every == 0:
             acc = sum(sample_accuracy(model, tok, task, "policy-val", cfg.eval_prompts, 1, cfg.seed)) / cfg.eval_prompts
-            history.append({"step": step, "loss": round(loss.item(), 4), "accuracy": acc,
-                            "seconds": round(time.time() - t0, 1)})
+            history.append(
+                {"step": step, "loss": round(loss.item(), 4), "accuracy": acc, "seconds": round(time.time() - t0, 1)}
+            )
             print(f"step {step} loss {loss.item():.4f} val accuracy {acc:.3f} ({time.time() - t0:.0f}s)", flush=True)
             if acc >= cfg.target_accuracy:
                 stopped_at_target = True
@@ -160,11 +184,18 @@ def main(argv: list[str] | None = None) -> dict:
     accuracy = sum(rates) / len(rates)
     mixed = sum(1 for r in rates if 0.2 < r < 0.8) / len(rates)
     report = {
-        "prefixvalue_version": __version__, "steps": step, "stopped_at_target": stopped_at_target,
-        "stopped_at_pool_end": stopped_at_pool_end, "policy_train_prompts_used": step * cfg.batch_size,
-        "train_seconds": round(time.time() - t0, 1), "parameters": sum(p.numel() for p in model.parameters()),
-        "heldout_prompts": cfg.report_prompts, "samples_per_prompt": cfg.report_samples, "temperature": 1.0,
-        "accuracy": round(accuracy, 4), "fraction_prompts_rate_in_(0.2,0.8)": round(mixed, 4),
+        "prefixvalue_version": __version__,
+        "steps": step,
+        "stopped_at_target": stopped_at_target,
+        "stopped_at_pool_end": stopped_at_pool_end,
+        "policy_train_prompts_used": step * cfg.batch_size,
+        "train_seconds": round(time.time() - t0, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "heldout_prompts": cfg.report_prompts,
+        "samples_per_prompt": cfg.report_samples,
+        "temperature": 1.0,
+        "accuracy": round(accuracy, 4),
+        "fraction_prompts_rate_in_(0.2,0.8)": round(mixed, 4),
         "fraction_prompts_always_right": round(sum(r == 1.0 for r in rates) / len(rates), 4),
         "fraction_prompts_always_wrong": round(sum(r == 0.0 for r in rates) / len(rates), 4),
         "history": history,
@@ -183,25 +214,25 @@ def model_card(cfg: TrainPolicyConfig, r: dict) -> str:
     t = cfg.task
     return f"""# arith-tiny
 
-The embedded default policy of prefixvalue: a GPT-2-style causal LM ({r['parameters']:,} parameters,
+The embedded default policy of prefixvalue: a GPT-2-style causal LM ({r["parameters"]:,} parameters,
 {cfg.n_layer} layers, hidden {cfg.n_embd}, {cfg.n_head} heads) with a character-level tokenizer, trained on
-CPU by `python recipes/train_policy.py out_dir={cfg.out_dir}` (prefixvalue {r['prefixvalue_version']}).
+CPU by `python recipes/train_policy.py out_dir={cfg.out_dir}` (prefixvalue {r["prefixvalue_version"]}).
 
 Task: `arith` with {t.min_steps}-{t.max_steps} operations, operands {t.operand_min}-{t.operand_max}, operators
 `{t.operators}`, modulus {t.modulus}; prompt `Q:3+5*2-7=`, completion `3+5=8;8*2=6;6-7=9;A:9<eos>`.
 Training: teacher forcing on correct traces (split `policy-train`), loss on completion tokens, AdamW
-lr {cfg.lr}, batch {cfg.batch_size}; stopped after {r['steps']} steps ({r['train_seconds']} s) at the first
+lr {cfg.lr}, batch {cfg.batch_size}; stopped after {r["steps"]} steps ({r["train_seconds"]} s) at the first
 evaluation whose accuracy at temperature 1 on {cfg.eval_prompts} `policy-val` prompts reached
 {cfg.target_accuracy}. It is deliberately undertrained: its mistakes are wrong step results inside the chain.
 
-Measured on {r['heldout_prompts']} held-out prompts (split `test`), {r['samples_per_prompt']} samples each, temperature 1:
+Measured on {r["heldout_prompts"]} held-out prompts (split `test`), {r["samples_per_prompt"]} samples each, temperature 1:
 
 | metric | value |
 |---|---|
-| accuracy | {r['accuracy']:.3f} |
-| prompts with success rate in (0.2, 0.8) | {r['fraction_prompts_rate_in_(0.2,0.8)']:.3f} |
-| prompts always right | {r['fraction_prompts_always_right']:.3f} |
-| prompts always wrong | {r['fraction_prompts_always_wrong']:.3f} |
+| accuracy | {r["accuracy"]:.3f} |
+| prompts with success rate in (0.2, 0.8) | {r["fraction_prompts_rate_in_(0.2,0.8)"]:.3f} |
+| prompts always right | {r["fraction_prompts_always_right"]:.3f} |
+| prompts always wrong | {r["fraction_prompts_always_wrong"]:.3f} |
 
 Load it with `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` on this folder, or with
 `prefixvalue.policies.load_policy`.

@@ -143,7 +143,19 @@ def test_train_policy_never_draws_past_the_pool(tmp_path):
     with pytest.raises(ValueError, match="past the policy's training pool"):
         recipe.encode_batch(task, tok, "policy-train", 64, 37)
     # the loop stops before the batch that would cross the pool: 2 steps of 40 fit in 100, a third does not
-    report = recipe.main([f"out_dir={tmp_path / 'policy'}", "task.policy_train_prompts=100", "batch_size=40",
-                          "max_steps=10", "eval_every=1000", "report_prompts=2", "report_samples=1", "n_layer=1",
-                          "n_embd=16", "n_head=2", "warmup_steps=1"])
+    report = recipe.main(
+        [
+            f"out_dir={tmp_path / 'policy'}",
+            "task.policy_train_prompts=100",
+            "batch_size=40",
+            "max_steps=10",
+            "eval_every=1000",
+            "report_prompts=2",
+            "report_samples=1",
+            "n_layer=1",
+            "n_embd=16",
+            "n_head=2",
+            "warmup_steps=1",
+        ]
+    )
     assert report["steps"] == 2 and report["stopped_at_pool_end"] and report["policy_train_prompts_used"] == 80

@@ -1,6 +1,6 @@
 """`prefixvalue collect` and `prefixvalue label` through their real entry points.
 
-    pytest tests/test_collect_label.py
+pytest tests/test_collect_label.py
 """
 
 from __future__ import annotations
@@ -26,15 +26,33 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def collect_args(model_dir, out, **kw):
-    args = {"task": "arith", "model": str(model_dir), "num_prompts": 6, "samples": 3, "seed": 0,
-            "max_new_tokens": 10, "chunk_prompts": 2, "out": str(out), "progress": "false"}
+    args = {
+        "task": "arith",
+        "model": str(model_dir),
+        "num_prompts": 6,
+        "samples": 3,
+        "seed": 0,
+        "max_new_tokens": 10,
+        "chunk_prompts": 2,
+        "out": str(out),
+        "progress": "false",
+    }
     args.update(kw)
     return [f"{k}={v}" for k, v in args.items()]
 
 
 def label_args(traces, model_dir, out, **kw):
-    args = {"traces": str(traces), "model": str(model_dir), "positions": "stride:3", "samples": 4, "seed": 0,
-            "chunk_traces": 4, "out": str(out), "progress": "false", "prompts": "all"}
+    args = {
+        "traces": str(traces),
+        "model": str(model_dir),
+        "positions": "stride:3",
+        "samples": 4,
+        "seed": 0,
+        "chunk_traces": 4,
+        "out": str(out),
+        "progress": "false",
+        "prompts": "all",
+    }
     args.update(kw)
     return [f"{k}={v}" for k, v in args.items()]
 
@@ -92,7 +110,9 @@ def test_collect_step_spans_and_labels_on_a_real_trace(tmp_path, model_dir):
     row = collect.trace_rows(task, tok, [prompt], [[5]], [Generation(ids, [0.0] * len(ids), "eos")], ["t"], {}, None)[0]
     assert row["outcome"] == 1.0 and all(row["step_labels"])
     assert row["step_spans"][-1][1] == len(ids)  # EOS stays with the last step
-    assert [ids[s:e] for s, e in row["step_spans"]][0] == tok(prompt.meta["solution"].split(";")[0] + ";", add_special_tokens=False)["input_ids"]
+    assert [ids[s:e] for s, e in row["step_spans"]][0] == tok(
+        prompt.meta["solution"].split(";")[0] + ";", add_special_tokens=False
+    )["input_ids"]
 
 
 def test_collect_is_reproducible_and_sharding_does_not_matter(tmp_path, model_dir, traces_dir, monkeypatch):
@@ -129,8 +149,12 @@ def test_collect_resumes_after_a_kill(tmp_path, model_dir):
     args = collect_args(model_dir, tmp_path / "killed", **size)
     ref_args = collect_args(model_dir, tmp_path / "ref", **size)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "prefixvalue.cli", "collect", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefixvalue.cli", "collect", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     shards = tmp_path / "killed" / "shards"
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
@@ -245,8 +269,21 @@ def test_label_reproducible_sharded_and_resumable(tmp_path, model_dir, traces_di
 
 def test_label_adaptive_and_short(tmp_path, model_dir, traces_dir):
     out = tmp_path / "adaptive"
-    assert label.main(label_args(traces_dir, model_dir, out, positions="adaptive", budget=40, round_samples=4,
-                                 init_stride=4, max_traces=6)) == 0
+    assert (
+        label.main(
+            label_args(
+                traces_dir,
+                model_dir,
+                out,
+                positions="adaptive",
+                budget=40,
+                round_samples=4,
+                init_stride=4,
+                max_traces=6,
+            )
+        )
+        == 0
+    )
     ds = load_labels(out)
     assert set(ds["method"]) == {"adaptive"}
     assert len(set(ds["trace_id"])) == 6 and min(ds["n"]) >= 4
@@ -270,7 +307,9 @@ def test_label_rejects_malformed_input(tmp_path, model_dir, traces_dir):
         label.main(label_args(bad, model_dir, tmp_path / "z"))
     empty = tmp_path / "empty"
     ds = load_traces(traces_dir)
-    ds.map(lambda r, i: {"completion_ids": [] if i == 2 else r["completion_ids"]}, with_indices=True).save_to_disk(str(empty))
+    ds.map(lambda r, i: {"completion_ids": [] if i == 2 else r["completion_ids"]}, with_indices=True).save_to_disk(
+        str(empty)
+    )
     with pytest.raises(DataFormatError, match="empty completion_ids"):
         label.main(label_args(empty, model_dir, tmp_path / "w"))
     dup = tmp_path / "dup"

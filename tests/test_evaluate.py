@@ -66,8 +66,9 @@ def write_split(folder: Path, texts, heldout_fraction: float = 0.999999, split_s
     return folder
 
 
-def make_tiny_eval(tokenizer, n_prompts: int = 6, per_prompt: int = 3, samples: int = 8, seed: int = 0,
-                   saturate: bool = False):
+def make_tiny_eval(
+    tokenizer, n_prompts: int = 6, per_prompt: int = 3, samples: int = 8, seed: int = 0, saturate: bool = False
+):
     """Traces of the arith task written by hand (some steps wrong) and MC labels drawn around the fake P̂."""
     rng = np.random.default_rng(seed)
     task = ArithTask(min_steps=2, max_steps=3)
@@ -91,18 +92,37 @@ def make_tiny_eval(tokenizer, n_prompts: int = 6, per_prompt: int = 3, samples: 
             cids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
             spans = task.split_steps(completion)  # one char per token: char spans are token spans
             tid = f"{prm.prompt_id}-{j}"
-            traces.append({"trace_id": tid, "prompt_id": prm.prompt_id, "prompt": prm.text,
-                           "completion": completion, "prompt_ids": pids, "completion_ids": cids,
-                           "outcome": task.verify(prm, completion).score, "verifier_error": None,
-                           "step_spans": [list(s) for s in spans],
-                           "step_labels": task.step_labels(prm, completion), "logprobs": [0.0] * len(cids)})
+            traces.append(
+                {
+                    "trace_id": tid,
+                    "prompt_id": prm.prompt_id,
+                    "prompt": prm.text,
+                    "completion": completion,
+                    "prompt_ids": pids,
+                    "completion_ids": cids,
+                    "outcome": task.verify(prm, completion).score,
+                    "verifier_error": None,
+                    "step_spans": [list(s) for s in spans],
+                    "step_labels": task.step_labels(prm, completion),
+                    "logprobs": [0.0] * len(cids),
+                }
+            )
             p_hat = fake.predict([pids], [cids])[0]
             positions = sorted({0, 1, 2, 3, *[e for _, e in spans], len(cids)})
             for p in positions:
                 k = samples if saturate else int(rng.binomial(samples, p_hat[p]))
                 lo, hi = wilson_interval(k, samples)
-                labels.append({"trace_id": tid, "position": p, "n": samples, "successes": k,
-                               "mean": k / samples, "ci_low": lo, "ci_high": hi})
+                labels.append(
+                    {
+                        "trace_id": tid,
+                        "position": p,
+                        "n": samples,
+                        "successes": k,
+                        "mean": k / samples,
+                        "ci_low": lo,
+                        "ci_high": hi,
+                    }
+                )
     return traces, labels
 
 
@@ -136,11 +156,29 @@ def test_main_on_tiny_data(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch
 
     assert all(SplitRecord.load(ckpt).is_heldout(t["prompt"]) for t in traces)  # every prompt held out
     out = tmp_path / "eval"
-    metrics = ev.main([f"checkpoint={ckpt}", f"traces={tdir}", f"labels={ldir}", f"out={out}",
-                       "n_bootstrap=40", "noise_ceiling_repeats=10", "report_to=disk", "top_k=[5]"])
+    metrics = ev.main(
+        [
+            f"checkpoint={ckpt}",
+            f"traces={tdir}",
+            f"labels={ldir}",
+            f"out={out}",
+            "n_bootstrap=40",
+            "noise_ceiling_repeats=10",
+            "report_to=disk",
+            "top_k=[5]",
+        ]
+    )
 
-    for name in ("metrics.json", "report.md", "heatmap.html", "calibration.png", "scatter.png",
-                 "value_curves.png", "predictions.parquet", "config.yaml"):
+    for name in (
+        "metrics.json",
+        "report.md",
+        "heatmap.html",
+        "calibration.png",
+        "scatter.png",
+        "value_curves.png",
+        "predictions.parquet",
+        "config.yaml",
+    ):
         assert (out / name).exists(), name
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["n_traces"] == len(traces)
@@ -154,8 +192,15 @@ def test_main_on_tiny_data(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch
     assert on_disk["mc"]["noise_ceiling"]["spearman"] is not None
 
     ests = on_disk["estimators"]
-    assert {"learned", "constant", "logsumexp", "mellowmax", "mellowmax_w0.1", "mellowmax_w10",
-            "mellowmax_top5_w1"} <= set(ests)
+    assert {
+        "learned",
+        "constant",
+        "logsumexp",
+        "mellowmax",
+        "mellowmax_w0.1",
+        "mellowmax_w10",
+        "mellowmax_top5_w1",
+    } <= set(ests)
     assert ests["mellowmax"]["params"]["omega"] == 1.0 and on_disk["mellowmax_default"]["omega"] == 1.0
     for m in ests.values():
         for c in ("pearson", "spearman", "kendall"):
@@ -200,8 +245,9 @@ def test_main_on_tiny_data(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch
 def test_saturated_labels_are_explained(tmp_path, tiny_tokenizer):
     traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=3, saturate=True)
     cfg = ev.EvaluateConfig(n_bootstrap=20, noise_ceiling_repeats=5)
-    res = evaluate_prefixes(rows_to_dataset(traces), rows_to_dataset(labels), value_model=FakeValueModel("x"),
-                               config=cfg)
+    res = evaluate_prefixes(
+        rows_to_dataset(traces), rows_to_dataset(labels), value_model=FakeValueModel("x"), config=cfg
+    )
     m = res.metrics
     assert m["mc"]["saturated"] is True
     assert m["mc"]["label_variance"] == 0.0
@@ -219,7 +265,9 @@ def test_user_registered_estimator(tmp_path, tiny_tokenizer, monkeypatch):
     def length_fraction(inputs: EstimatorInputs) -> list[np.ndarray]:
         return [np.linspace(0, 1, t.length + 1) for t in inputs.traces]
 
-    monkeypatch.setitem(ESTIMATORS, "length_fraction", Estimator(length_fraction, probability=True, description="p / T"))
+    monkeypatch.setitem(
+        ESTIMATORS, "length_fraction", Estimator(length_fraction, probability=True, description="p / T")
+    )
     cfg = ev.EvaluateConfig(n_bootstrap=20, noise_ceiling_repeats=5, base_rate=0.4)
     res = evaluate_prefixes(traces, labels, config=cfg)
     est = res.metrics["estimators"]
@@ -250,19 +298,34 @@ def test_end_to_end_collect_label_train_evaluate(tmp_path):
 
     policy = REPO / "data" / "policies" / "arith-tiny"
     traces, labels, ckpt, out = (tmp_path / d for d in ("traces", "labels", "ckpt", "eval"))
-    assert cli(["collect", "task=arith", f"model={policy}", "num_prompts=6", "samples=3",
-                f"out={traces}"]) == 0
-    assert cli(["label", f"traces={traces}", f"model={policy}", "positions=steps",
-                "samples=4", f"out={labels}"]) == 0
+    assert cli(["collect", "task=arith", f"model={policy}", "num_prompts=6", "samples=3", f"out={traces}"]) == 0
+    assert cli(["label", f"traces={traces}", f"model={policy}", "positions=steps", "samples=4", f"out={labels}"]) == 0
     spec = importlib.util.spec_from_file_location("pv_train_recipe", REPO / "recipes" / "train.py")
     train = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = train  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(train)
-    train.main(["--config", str(REPO / "recipes" / "configs" / "arith-tiny.yaml"), f"traces={traces}",
-                f"output_dir={ckpt}", "max_steps=2", "report_to=none", f"policy={policy}"])
+    train.main(
+        [
+            "--config",
+            str(REPO / "recipes" / "configs" / "arith-tiny.yaml"),
+            f"traces={traces}",
+            f"output_dir={ckpt}",
+            "max_steps=2",
+            "report_to=none",
+            f"policy={policy}",
+        ]
+    )
     # training wrote its split record; label labelled held-out traces only, so evaluate drops nothing
-    metrics = ev.main([f"checkpoint={ckpt / 'final'}", f"traces={traces}", f"labels={labels}",
-                       f"out={out}", "n_bootstrap=20", "report_to=disk"])
+    metrics = ev.main(
+        [
+            f"checkpoint={ckpt / 'final'}",
+            f"traces={traces}",
+            f"labels={labels}",
+            f"out={out}",
+            "n_bootstrap=20",
+            "report_to=disk",
+        ]
+    )
     assert metrics["n_traces"] > 0 and "learned" in metrics["estimators"]
     assert metrics["split"]["includes_training_prompts"] is False and metrics["split"]["heldout_prompts"] > 0
     assert metrics["split"]["dropped_prefixes"] == 0
@@ -276,16 +339,25 @@ def test_main_with_real_value_model(tmp_path, tiny_tokenizer, tiny_model_dir, ki
     import torch
 
     torch.manual_seed(0)
-    cfg = value.ValueModelConfig(kind=kind, base_model=str(tiny_model_dir), base_rate=0.4,
-                                 backbone="lora")
+    cfg = value.ValueModelConfig(kind=kind, base_model=str(tiny_model_dir), base_rate=0.4, backbone="lora")
     vm = value.build_value_model(cfg)
     vm.save_pretrained(tmp_path / "ckpt")
     traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=4)
     tdir, ldir = _write(tmp_path, traces, labels)
     out = tmp_path / "eval"
-    metrics = ev.main([f"checkpoint={tmp_path / 'ckpt'}", f"traces={tdir}", f"labels={ldir}",
-                       f"out={out}", "n_bootstrap=20", "noise_ceiling_repeats=5", "report_to=disk",
-                       "device=cpu", "include_training_prompts=true"])  # a hand-built checkpoint has no split record
+    metrics = ev.main(
+        [
+            f"checkpoint={tmp_path / 'ckpt'}",
+            f"traces={tdir}",
+            f"labels={ldir}",
+            f"out={out}",
+            "n_bootstrap=20",
+            "noise_ceiling_repeats=5",
+            "report_to=disk",
+            "device=cpu",
+            "include_training_prompts=true",
+        ]
+    )  # a hand-built checkpoint has no split record
     assert metrics["split"]["includes_training_prompts"] is True
     assert "not held-out figures" in (out / "report.md").read_text().split("## ")[0]
     assert metrics["policy"] == str(tiny_model_dir)  # defaults to the checkpoint's reference model
@@ -304,8 +376,16 @@ def test_main_scores_processbench_file(tmp_path, tiny_model_dir, monkeypatch):
     """``--step_data`` alone: ProcessBench JSON lines scored with the value model, threshold on calibration."""
     fake = FakeValueModel(str(tiny_model_dir))
     monkeypatch.setattr(ev, "_load_value_model", lambda path, device: fake)
-    rows = [{"id": f"p{i}-{g}", "problem": f"Q:{i}+1=", "steps": [f"{i}+1={i + 1}", f"A:{i + 1 + g}"],
-             "label": 1 if g else -1} for i in range(10) for g in (0, 1)]
+    rows = [
+        {
+            "id": f"p{i}-{g}",
+            "problem": f"Q:{i}+1=",
+            "steps": [f"{i}+1={i + 1}", f"A:{i + 1 + g}"],
+            "label": 1 if g else -1,
+        }
+        for i in range(10)
+        for g in (0, 1)
+    ]
     pb = tmp_path / "pb.jsonl"
     pb.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "pb_eval"
@@ -334,13 +414,22 @@ def test_evaluate_scores_only_heldout_prompts(tmp_path, tiny_tokenizer, tiny_mod
     drop_ids = {t["trace_id"] for t in traces if t["prompt"] in train_texts}
     n_drop_prefixes = sum(r["trace_id"] in drop_ids for r in labels)
     ckpt = write_split(tmp_path / "ckpt", texts, 0.3, seed)
-    base = [f"checkpoint={ckpt}", f"traces={tdir}", f"labels={ldir}", "n_bootstrap=10", "noise_ceiling_repeats=5",
-            "report_to=disk", "soft_values=false"]
+    base = [
+        f"checkpoint={ckpt}",
+        f"traces={tdir}",
+        f"labels={ldir}",
+        "n_bootstrap=10",
+        "noise_ceiling_repeats=5",
+        "report_to=disk",
+        "soft_values=false",
+    ]
     m = ev.main([*base, f"out={tmp_path / 'e1'}"])
     sp = m["split"]
     assert sp["includes_training_prompts"] is False
     assert sp["dropped_training_prompts"] == len(train_texts) and sp["dropped_prefixes"] == n_drop_prefixes
-    assert sp["heldout_prompts"] == len(texts) - len(train_texts) and sp["heldout_traces"] == len(traces) - n_drop_traces
+    assert (
+        sp["heldout_prompts"] == len(texts) - len(train_texts) and sp["heldout_traces"] == len(traces) - n_drop_traces
+    )
     assert sp["kept_prefixes"] == m["n_prefixes"] == len(labels) - n_drop_prefixes
     assert sp["heldout_fraction"] == 0.3 and sp["split_seed"] == seed and sp["source"].endswith("split.json")
     assert json.loads((tmp_path / "e1" / "metrics.json").read_text())["split"] == sp
@@ -361,11 +450,18 @@ def test_evaluate_scores_only_heldout_prompts(tmp_path, tiny_tokenizer, tiny_mod
 def test_bootstrap_resamples_prompts_by_default(tiny_tokenizer):
     """Issue 14 item 3: the CI resamples prompts (traces of a prompt together); trace resampling differs."""
     traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=4, per_prompt=2)
-    m_prompt = evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"),
-                                 config=ev.EvaluateConfig(n_bootstrap=200, noise_ceiling_repeats=5)).metrics
-    m_trace = evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"),
-                                config=ev.EvaluateConfig(n_bootstrap=200, noise_ceiling_repeats=5,
-                                                         bootstrap_unit="trace")).metrics
+    m_prompt = evaluate_prefixes(
+        traces,
+        labels,
+        value_model=FakeValueModel("x"),
+        config=ev.EvaluateConfig(n_bootstrap=200, noise_ceiling_repeats=5),
+    ).metrics
+    m_trace = evaluate_prefixes(
+        traces,
+        labels,
+        value_model=FakeValueModel("x"),
+        config=ev.EvaluateConfig(n_bootstrap=200, noise_ceiling_repeats=5, bootstrap_unit="trace"),
+    ).metrics
     assert m_prompt["bootstrap_unit"] == "prompt" and m_trace["bootstrap_unit"] == "trace"
     assert "resample whole prompts (4 of them)" in m_prompt["bootstrap_note"]
     a = m_prompt["estimators"]["learned"]["spearman"]
@@ -375,11 +471,16 @@ def test_bootstrap_resamples_prompts_by_default(tiny_tokenizer):
     from prefixvalue.evaluation.metrics import CORRELATION_FUNCS, cluster_bootstrap
     from prefixvalue.evaluation.scoring import POSITION_GROUPS  # noqa: F401  (the table's columns)
 
-    res = evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"),
-                            config=ev.EvaluateConfig(n_bootstrap=200, noise_ceiling_repeats=5))
+    res = evaluate_prefixes(
+        traces,
+        labels,
+        value_model=FakeValueModel("x"),
+        config=ev.EvaluateConfig(n_bootstrap=200, noise_ceiling_repeats=5),
+    )
     x, y = np.asarray(res.prefixes["learned"]), np.asarray(res.prefixes["mc_mean"])
-    ci, _ = cluster_bootstrap(lambda i: CORRELATION_FUNCS["spearman"](x[i], y[i]),
-                              np.asarray(res.prefixes["prompt_id"]), n_boot=200, seed=0)
+    ci, _ = cluster_bootstrap(
+        lambda i: CORRELATION_FUNCS["spearman"](x[i], y[i]), np.asarray(res.prefixes["prompt_id"]), n_boot=200, seed=0
+    )
     assert a["ci"] == pytest.approx(ci)
     g = res.metrics["by_position_group"]["step_boundary"]["estimators"]["learned"]["spearman"]
     assert g["value"] is None or "noise_ceiling" in g
@@ -396,8 +497,12 @@ def test_nan_labels_are_dropped_and_fractional_successes_kept(tiny_tokenizer):
     for r in labels[1:6]:
         r["successes"] = r["successes"] + 0.5 if r["successes"] < r["n"] else r["successes"] - 0.5
         r["mean"] = r["successes"] / r["n"]
-    res = evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"),
-                            config=ev.EvaluateConfig(n_bootstrap=10, noise_ceiling_repeats=5))
+    res = evaluate_prefixes(
+        traces,
+        labels,
+        value_model=FakeValueModel("x"),
+        config=ev.EvaluateConfig(n_bootstrap=10, noise_ceiling_repeats=5),
+    )
     m = res.metrics
     assert m["n_prefixes"] == len(labels) - 1 and m["dropped_labels_without_samples"] == 1
     assert any("no MC samples" in n for n in m["notes"])

@@ -75,8 +75,13 @@ def test_limit_reads_only_the_first_records(simple: Path) -> None:
     [
         ("jsonl_bad_json.jsonl", r"jsonl_bad_json\.jsonl, line 3: invalid JSON"),
         ("jsonl_not_object.jsonl", r"jsonl_not_object\.jsonl, line 2: expected a JSON object, got list"),
-        ("jsonl_missing_field.jsonl", (r"jsonl_missing_field\.jsonl, line 3: missing field 'answer' "
-                                       r"\(fields present: \['prompt', 'solution'\]\)")),
+        (
+            "jsonl_missing_field.jsonl",
+            (
+                r"jsonl_missing_field\.jsonl, line 3: missing field 'answer' "
+                r"\(fields present: \['prompt', 'solution'\]\)"
+            ),
+        ),
         ("jsonl_empty_field.jsonl", r"jsonl_empty_field\.jsonl, line 2: field 'prompt' is empty"),
     ],
 )
@@ -91,10 +96,16 @@ def test_malformed_lines_name_file_line_and_problem(asset: str, match: str) -> N
         ([{"prompt": "a", "answer": None}], None, r"line 1: field 'answer' must be a string or a number"),
         ([{"prompt": "a", "answer": [1, 2]}], None, r"line 1: field 'answer' must be a string or a number"),
         ([{"prompt": "a", "answer": True}], None, r"line 1: field 'answer' must be a string or a number"),
-        ([{"prompt": "a", "answer": "1", "id": "x"}, {"prompt": "b", "answer": "2", "id": "x"}], "id",
-         r"rows\.jsonl, line 2: duplicate id 'x'.*line 1"),
-        ([{"prompt": "a", "answer": "1", "id": "x"}, {"prompt": "b", "answer": "2"}], "id",
-         r"rows\.jsonl, line 2: missing field 'id'"),
+        (
+            [{"prompt": "a", "answer": "1", "id": "x"}, {"prompt": "b", "answer": "2", "id": "x"}],
+            "id",
+            r"rows\.jsonl, line 2: duplicate id 'x'.*line 1",
+        ),
+        (
+            [{"prompt": "a", "answer": "1", "id": "x"}, {"prompt": "b", "answer": "2"}],
+            "id",
+            r"rows\.jsonl, line 2: missing field 'id'",
+        ),
     ],
 )
 def test_bad_values_and_duplicate_ids(tmp_path: Path, rows: list[dict], id_field: str | None, match: str) -> None:
@@ -133,15 +144,35 @@ def test_unknown_verifier_fails_when_the_task_is_built() -> None:
 
 
 def test_config_from_command_line_and_help() -> None:
-    cfg = parse_config(JsonlConfig, [f"path={GSM}", "prompt_field=question", "verifier=marker",
-                                     "verifier_options={markers: ['####'], tolerance: 0.01}",
-                                     "verifier_timeout_s=2", "limit=2", r"step_separator=\n\n"])
+    cfg = parse_config(
+        JsonlConfig,
+        [
+            f"path={GSM}",
+            "prompt_field=question",
+            "verifier=marker",
+            "verifier_options={markers: ['####'], tolerance: 0.01}",
+            "verifier_timeout_s=2",
+            "limit=2",
+            r"step_separator=\n\n",
+        ],
+    )
     assert cfg.verifier_options == {"markers": ["####"], "tolerance": 0.01}
     assert cfg.verifier_timeout_s == 2.0 and cfg.limit == 2 and cfg.step_separator == "\n\n"
     assert len(list(JsonlTask(cfg).prompts())) == 2
     text = format_help(JsonlConfig)
-    for key in ("path", "dataset", "prompt_field", "answer_field", "id_field", "verifier", "verifier_options",
-                "template", "step_separator", "verifier_timeout_s", "limit"):
+    for key in (
+        "path",
+        "dataset",
+        "prompt_field",
+        "answer_field",
+        "id_field",
+        "verifier",
+        "verifier_options",
+        "template",
+        "step_separator",
+        "verifier_timeout_s",
+        "limit",
+    ):
         assert f"  {key} (" in text
 
 
@@ -157,7 +188,9 @@ def test_verify_delegates_to_the_chosen_verifier() -> None:
     choice = JsonlTask(path=str(ASSETS / "jsonl_choice.jsonl"), verifier="choice")
     c1, c2 = choice.prompts()
     assert [choice.verify(c1, "The answer is C."), choice.verify(c2, "Answer: (B)")] == [
-        choice.verify(c1, "(C)"), choice.verify(c2, "b")]
+        choice.verify(c1, "(C)"),
+        choice.verify(c2, "b"),
+    ]
     assert choice.verify(c1, "Answer: (B)").score == 0.0 and choice.verify(c2, "Answer: (B)").score == 1.0
     regex = gsm_task(verifier="regex", verifier_options={"pattern": r"=\s*(\d+)"})
     assert regex.verify(p2, "price = 900").score == 1.0 and regex.verify(p2, "price = 1200").score == 0.0
@@ -197,8 +230,9 @@ def test_non_score_return_and_missing_answer_are_recorded_errors(simple: Path) -
     assert res.score == 0.0 and "not a number" in (res.error or "")
 
 
-def test_module_function_verifier_from_a_temp_module(simple: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_module_function_verifier_from_a_temp_module(
+    simple: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "pv_jsonl_tmp_check.py").write_text(
         "def twice(completion, answer, factor=2):\n"
         "    return float(completion.strip() == str(factor * int(answer) // 2))\n"
@@ -226,10 +260,12 @@ def test_split_steps_with_default_and_custom_separators() -> None:
 def test_datasets_saved_folder_and_split_selection(tmp_path: Path) -> None:
     import datasets
 
-    dd = datasets.DatasetDict({
-        "train": datasets.Dataset.from_list([{"q": "1+1", "a": "2"}, {"q": "2+2", "a": "4"}]),
-        "test": datasets.Dataset.from_list([{"q": "3+3", "a": "6"}]),
-    })
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list([{"q": "1+1", "a": "2"}, {"q": "2+2", "a": "4"}]),
+            "test": datasets.Dataset.from_list([{"q": "3+3", "a": "6"}]),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "ds"))
     task = JsonlTask(dataset=str(tmp_path / "ds"), prompt_field="q", answer_field="a", verifier="last_number")
     train, test = list(task.prompts(split="train")), list(task.prompts(split="test"))

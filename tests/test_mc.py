@@ -46,8 +46,20 @@ class EndsInA(Task):
 def markov_gpt2(tok) -> GPT2LMHeadModel:
     """GPT-2 whose logits are log TABLE[last token] (exact to float32 rounding)."""
     vocab = len(tok)
-    cfg = GPT2Config(vocab_size=vocab, n_positions=64, n_embd=16, n_layer=2, n_head=2, tie_word_embeddings=False,
-                     bos_token_id=1, eos_token_id=1, pad_token_id=0, attn_pdrop=0, resid_pdrop=0, embd_pdrop=0)
+    cfg = GPT2Config(
+        vocab_size=vocab,
+        n_positions=64,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
+        attn_pdrop=0,
+        resid_pdrop=0,
+        embd_pdrop=0,
+    )
     model = GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():
         for p in model.transformer.h.parameters():
@@ -102,7 +114,7 @@ def make_traces(tok, n: int, seed: int = 0) -> list[TraceRef]:
         comp = "".join(rng.choice("aab") for _ in range(length))
         if i % 2:  # half the traces write an 'x' somewhere: a value jump to 0
             j = rng.randint(3, length - 2)
-            comp = comp[:j] + "x" + comp[j + 1:]
+            comp = comp[:j] + "x" + comp[j + 1 :]
         ids = tuple(tok.encode(comp)) + (tok.eos_token_id,)
         out.append(TraceRef(f"t{i}", Prompt("p0", "b"), tuple(tok.encode("b")), ids))
     return out
@@ -144,8 +156,12 @@ def test_wilson_covers_exact_values(setup):
     """Over many prefixes, 95% Wilson intervals from 40 samples cover the exact value >= 90% of the time."""
     tok, model = setup
     traces = make_traces(tok, 12)
-    labeller = MCLabeller(HFSampler(model, tok, max_batch_rows=2048), tok, EndsInA(),
-                          SamplingParams(temperature=1.0, max_new_tokens=MAX_NEW, seed=3))
+    labeller = MCLabeller(
+        HFSampler(model, tok, max_batch_rows=2048),
+        tok,
+        EndsInA(),
+        SamplingParams(temperature=1.0, max_new_tokens=MAX_NEW, seed=3),
+    )
     pos = positions("all", [len(t.completion_ids) for t in traces])
     est = labeller.uniform(traces, pos, samples=40)
     by_id = {t.trace_id: t for t in traces}
@@ -178,9 +194,12 @@ def test_adaptive_matches_uniform_accuracy_at_equal_budget(setup):
     # equal budget in rollouts actually sampled: uniform saves by sharing identical prefixes
     share = uni.cost.rollouts / (m_uniform * sum(len(p) for p in pos))
     start = positions("adaptive", [len(t.completion_ids) for t in traces], adaptive_stride=4)
-    est_a = ada.adaptive(traces, start, AdaptiveConfig(round_samples=8, init_stride=4,
-                                                       target_halfwidth=0.05),
-                         budgets=[int(m_uniform * len(p) * share) for p in pos])
+    est_a = ada.adaptive(
+        traces,
+        start,
+        AdaptiveConfig(round_samples=8, init_stride=4, target_halfwidth=0.05),
+        budgets=[int(m_uniform * len(p) * share) for p in pos],
+    )
     assert ada.cost.rollouts <= uni.cost.rollouts
     by_id = {t.trace_id: t for t in traces}
 
@@ -188,8 +207,12 @@ def test_adaptive_matches_uniform_accuracy_at_equal_budget(setup):
         out = []
         for e in est:
             tr = by_id[e.trace_id]
-            out.append(abs(e.mean - prefix_value("b", tok.decode(list(tr.completion_ids[: e.position]),
-                                                                   skip_special_tokens=True))))
+            out.append(
+                abs(
+                    e.mean
+                    - prefix_value("b", tok.decode(list(tr.completion_ids[: e.position]), skip_special_tokens=True))
+                )
+            )
         return sum(out) / len(out)
 
     assert err(est_a) <= err(est_u) + 0.01, (err(est_a), err(est_u))
@@ -217,10 +240,14 @@ def test_same_seed_same_labels_and_batching_does_not_matter(setup):
     pos = positions("stride:2", [len(t.completion_ids) for t in traces])
     params = SamplingParams(max_new_tokens=MAX_NEW, seed=11)
     a = MCLabeller(HFSampler(model, tok, max_batch_rows=7), tok, EndsInA(), params).uniform(traces, pos, 6)
-    b = MCLabeller(HFSampler(model, tok, max_batch_rows=512), tok, EndsInA(), params).uniform(traces[::-1], pos[::-1], 6)
+    b = MCLabeller(HFSampler(model, tok, max_batch_rows=512), tok, EndsInA(), params).uniform(
+        traces[::-1], pos[::-1], 6
+    )
     key = lambda e: (e.trace_id, e.position)  # noqa: E731
     assert sorted(map(lambda e: (key(e), e.successes), a)) == sorted(map(lambda e: (key(e), e.successes), b))
-    c = MCLabeller(HFSampler(model, tok), tok, EndsInA(), SamplingParams(max_new_tokens=MAX_NEW, seed=12)).uniform(traces, pos, 6)
+    c = MCLabeller(HFSampler(model, tok), tok, EndsInA(), SamplingParams(max_new_tokens=MAX_NEW, seed=12)).uniform(
+        traces, pos, 6
+    )
     assert [e.successes for e in a] != [e.successes for e in c]
 
 
@@ -234,7 +261,9 @@ def test_verifier_crash_scores_zero_and_is_counted(setup):
             return VerifierResult(0.0)
 
     traces = make_traces(tok, 2)
-    lab = MCLabeller(HFSampler(model, tok), tok, Crashes(), SamplingParams(max_new_tokens=MAX_NEW), verifier_timeout_s=None)
+    lab = MCLabeller(
+        HFSampler(model, tok), tok, Crashes(), SamplingParams(max_new_tokens=MAX_NEW), verifier_timeout_s=None
+    )
     est = lab.uniform(traces, [[0, 1], [0]], samples=16)
     assert all(e.successes == 0 for e in est)
     assert lab.cost.verifier_errors > 0

@@ -66,7 +66,7 @@ def test_bootstrap_resamples_traces_not_prefixes():
     ci, note = M.cluster_bootstrap(mean, [0, 0, 0, 1, 1, 1], n_boot=400)
     assert seen == {0.0, 0.5, 1.0} and ci == [0.0, 1.0] and note is None
     x = np.array([0.0, 1.0, 2.0, 10.0, 11.0, 12.0])
-    assert M.correlation(x, x ** 2, [0, 0, 0, 1, 1, 1], "pearson", n_boot=50)["ci"] is not None
+    assert M.correlation(x, x**2, [0, 0, 0, 1, 1, 1], "pearson", n_boot=50)["ci"] is not None
 
 
 def test_zero_variance_labels_give_words_not_nan():
@@ -175,11 +175,18 @@ def test_nan_labels_and_estimators_get_the_right_words():
     assert "nan" not in sat["note"].lower() and "no finite value" in sat["note"]
     assert sat["definition"].startswith(">= 95%")
     x = np.array([0.1, np.nan, 0.5, 0.7])
-    m = M.estimator_metrics(x, np.array([0.0, 0.5, 0.5, 1.0]), np.array([0, 1, 0, 1]), np.arange(4),
-                            probability=True, n_boot=0)
+    m = M.estimator_metrics(
+        x, np.array([0.0, 0.5, 0.5, 1.0]), np.array([0, 1, 0, 1]), np.arange(4), probability=True, n_boot=0
+    )
     assert m["brier"] is None and "non-finite" in m["brier_note"] and "outside [0, 1]" not in m["brier_note"]
-    m = M.estimator_metrics(np.array([0.1, 0.2, 0.5, 0.7]), np.array([0.0, np.nan, 0.5, 1.0]),
-                            np.array([0, 1, 0, 1]), np.arange(4), probability=True, n_boot=0)
+    m = M.estimator_metrics(
+        np.array([0.1, 0.2, 0.5, 0.7]),
+        np.array([0.0, np.nan, 0.5, 1.0]),
+        np.array([0, 1, 0, 1]),
+        np.arange(4),
+        probability=True,
+        n_boot=0,
+    )
     assert m["brier"] is None and "labels with no samples" in m["brier_note"]
 
 

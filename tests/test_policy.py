@@ -29,9 +29,15 @@ def test_auto_classes_load_and_sample():
     tok = AutoTokenizer.from_pretrained(SHIPPED_POLICY)
     assert model.config.model_type == "gpt2"
     ids = torch.tensor([tok("Q:3+5*2-7=")["input_ids"]])
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=40,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=40,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    text = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert text.startswith("3+5=") and "A:" in text
 
 
@@ -41,10 +47,18 @@ def test_sampled_errors_happen_inside_the_chain():
     task = ArithTask()
     prompts = [p for p in task.prompts(24, split="test") if len(p.meta["operators"]) == 4]
     ids = torch.tensor([tok(p.text)["input_ids"] for p in prompts])
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
-                         top_k=0, max_new_tokens=40, num_return_sequences=4,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    texts = tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        max_new_tokens=40,
+        num_return_sequences=4,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    texts = tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
     scores, firsts = [], []
     for j, text in enumerate(texts):
         p = prompts[j // 4]

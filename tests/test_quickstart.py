@@ -44,7 +44,9 @@ def test_largest_jumps_names_the_token_between_the_two_prefixes(tiny_tokenizer):
     assert (top[0]["from_position"], top[0]["to_position"], top[0]["token_index"]) == (a, b, a)
     assert top[0]["token"] == tiny_tokenizer.decode(res.traces[1].completion_ids[a:b])
     assert top[0]["mc_before"] == pytest.approx(0.9)
-    assert top[0]["confirmed"] is None and "no sampler" in top[0]["confirmed_note"]  # library use: never the biased flag
+    assert (
+        top[0]["confirmed"] is None and "no sampler" in top[0]["confirmed_note"]
+    )  # library use: never the biased flag
     assert "separated" not in top[0]
     assert abs(top[1]["jump"]) < 0.8
     # the heatmap outlines exactly that token
@@ -55,11 +57,20 @@ def test_largest_jumps_names_the_token_between_the_two_prefixes(tiny_tokenizer):
 
 
 def test_quality_verdict_measures_the_goal_and_names_limits():
-    metrics = {"mc": {"noise_ceiling": {"spearman": 0.5}, "saturated": False},
-               "estimators": {"learned": {"spearman": {"value": 0.3, "fraction_of_ceiling_ci": [0.4, 0.8],
-                                                       "paired_vs_mellowmax": {"value": -0.05, "ci": [-0.2, 0.1]}}},
-                              "mellowmax": {"spearman": {"value": 0.35}},
-                              "learned_head": {"spearman": {"value": 0.45}}}}
+    metrics = {
+        "mc": {"noise_ceiling": {"spearman": 0.5}, "saturated": False},
+        "estimators": {
+            "learned": {
+                "spearman": {
+                    "value": 0.3,
+                    "fraction_of_ceiling_ci": [0.4, 0.8],
+                    "paired_vs_mellowmax": {"value": -0.05, "ci": [-0.2, 0.1]},
+                }
+            },
+            "mellowmax": {"spearman": {"value": 0.35}},
+            "learned_head": {"spearman": {"value": 0.45}},
+        },
+    }
     curve = {"eval_curve": [[100, 0.20], [200, 0.15]], "train_loss": 0.55, "loss": 0.70}
     v = quality_verdict(metrics, {"kind_a": curve}, 1000)
     assert v["fraction_of_ceiling"] == pytest.approx(0.6) and not v["reaches_ceiling_goal"]
@@ -80,11 +91,19 @@ def test_quality_verdict_measures_the_goal_and_names_limits():
 
 def test_quality_verdict_rests_on_ci_lower_bounds():
     """Issue 14 item 7: point estimates above the goal and above MellowMax are not enough; the CIs decide."""
-    sp = {"value": 0.65, "fraction_of_ceiling_ci": [0.6, 1.0], "paired_vs_mellowmax": {"value": 0.1, "ci": [-0.05, 0.3]}}
-    metrics = {"mc": {"noise_ceiling": {"spearman": 0.7}, "saturated": False},
-               "estimators": {"learned": {"spearman": sp}, "mellowmax": {"spearman": {"value": 0.55}}}}
+    sp = {
+        "value": 0.65,
+        "fraction_of_ceiling_ci": [0.6, 1.0],
+        "paired_vs_mellowmax": {"value": 0.1, "ci": [-0.05, 0.3]},
+    }
+    metrics = {
+        "mc": {"noise_ceiling": {"spearman": 0.7}, "saturated": False},
+        "estimators": {"learned": {"spearman": sp}, "mellowmax": {"spearman": {"value": 0.55}}},
+    }
     v = quality_verdict(metrics, {}, 1000)
-    assert v["fraction_of_ceiling"] > 0.8 and v["learned_spearman"] > v["mellowmax_spearman"]  # the old verdict's inputs
+    assert (
+        v["fraction_of_ceiling"] > 0.8 and v["learned_spearman"] > v["mellowmax_spearman"]
+    )  # the old verdict's inputs
     assert not v["reaches_ceiling_goal"] and not v["beats_mellowmax"] and not v["met"]
     assert v["paired_vs_mellowmax"]["ci"] == [-0.05, 0.3] and v["fraction_of_ceiling_ci"] == [0.6, 1.0]
     del sp["paired_vs_mellowmax"]
@@ -99,25 +118,42 @@ def test_paired_cis_in_metrics_and_report(tiny_tokenizer):
 
     traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=5)
     mm = {"mellowmax": Estimator(lambda inp: [np.sin(np.arange(t.length + 1)) for t in inp.traces], probability=False)}
-    res = evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"), estimators=mm,
-                            config=ev.EvaluateConfig(n_bootstrap=100, noise_ceiling_repeats=5))
+    res = evaluate_prefixes(
+        traces,
+        labels,
+        value_model=FakeValueModel("x"),
+        estimators=mm,
+        config=ev.EvaluateConfig(n_bootstrap=100, noise_ceiling_repeats=5),
+    )
     sp = res.metrics["estimators"]["learned"]["spearman"]
     d = sp["paired_vs_mellowmax"]
     x, m_, y = (np.asarray(res.prefixes[k], dtype=float) for k in ("learned", "mellowmax", "mc_mean"))
     f = CORRELATION_FUNCS["spearman"]
     assert d["value"] == pytest.approx(f(x, y) - f(m_, y))
-    ci, _ = cluster_bootstrap(lambda i: f(x[i], y[i]) - f(m_[i], y[i]), np.asarray(res.prefixes["prompt_id"]),
-                              n_boot=100, seed=0)
+    ci, _ = cluster_bootstrap(
+        lambda i: f(x[i], y[i]) - f(m_[i], y[i]), np.asarray(res.prefixes["prompt_id"]), n_boot=100, seed=0
+    )
     assert d["ci"] == pytest.approx(ci) and d["unit"] == "prompt"
     c = res.metrics["mc"]["noise_ceiling"]["spearman"]
     lo, hi = sp["fraction_of_ceiling_ci"]
     assert lo * c == pytest.approx(sp["ci"][0]) and hi * c == pytest.approx(sp["ci"][1])  # ceiling held fixed
     assert "held fixed" in sp["fraction_of_ceiling_note"]
-    q = {"quality": quality_verdict(res.metrics, {}, 10), "train_prompts": 1, "heldout_prompts": 5,
-         "collected_traces": 15, "policy_accuracy": 0.5, "short": {}, "short_estimators": [], "short_samples": 4,
-         "forks": [], "seconds": {"total": 1.0}}
+    q = {
+        "quality": quality_verdict(res.metrics, {}, 10),
+        "train_prompts": 1,
+        "heldout_prompts": 5,
+        "collected_traces": 15,
+        "policy_accuracy": 0.5,
+        "short": {},
+        "short_estimators": [],
+        "short_samples": 4,
+        "forks": [],
+        "seconds": {"total": 1.0},
+    }
     text = render_quickstart_section(q, res.metrics)
-    assert "learned − MellowMax (Spearman, paired bootstrap)" in text and f"[{d['ci'][0]:.2f}, {d['ci'][1]:.2f}]" in text
+    assert (
+        "learned − MellowMax (Spearman, paired bootstrap)" in text and f"[{d['ci'][0]:.2f}, {d['ci'][1]:.2f}]" in text
+    )
 
 
 class _FlatLabeller:
@@ -162,7 +198,9 @@ def test_forks_are_confirmed_on_fresh_samples_not_by_selected_cis():
     from types import SimpleNamespace
 
     res = _flat_result()
-    refs = {t.trace_id: SimpleNamespace(trace_id=t.trace_id, completion_ids=tuple(t.completion_ids)) for t in res.traces}
+    refs = {
+        t.trace_id: SimpleNamespace(trace_id=t.trace_id, completion_ids=tuple(t.completion_ids)) for t in res.traces
+    }
     lab = _FlatLabeller()
     top = largest_jumps(res, 3, labeller=lab, refs=refs, samples=64)
     old_flag = [r["ci_before"][1] < r["ci_after"][0] or r["ci_after"][1] < r["ci_before"][0] for r in top]
@@ -194,14 +232,38 @@ def test_config_validation():
 def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     out = tmp_path / "qs"
-    argv = [f"out={out}", f"policy={SHIPPED_POLICY}", "collect.num_prompts=20", "collect.samples=4", "label.samples=4",
-            "label_max_traces=6", "short_samples=4", "forks=2", "threads=1",
-            "train.max_steps=4", "train.per_device_batch_size=8", "train.eval_every=2", "train.checkpoint_every=2",
-            "train.heldout_fraction=0.3", "train.report_to=disk",
-            "evaluate.n_bootstrap=10", "evaluate.noise_ceiling_repeats=5", "evaluate.report_to=disk"]
+    argv = [
+        f"out={out}",
+        f"policy={SHIPPED_POLICY}",
+        "collect.num_prompts=20",
+        "collect.samples=4",
+        "label.samples=4",
+        "label_max_traces=6",
+        "short_samples=4",
+        "forks=2",
+        "threads=1",
+        "train.max_steps=4",
+        "train.per_device_batch_size=8",
+        "train.eval_every=2",
+        "train.checkpoint_every=2",
+        "train.heldout_fraction=0.3",
+        "train.report_to=disk",
+        "evaluate.n_bootstrap=10",
+        "evaluate.noise_ceiling_repeats=5",
+        "evaluate.report_to=disk",
+    ]
     assert qs.main(argv) == 0
-    for name in ("metrics.json", "report.md", "heatmap.html", "value_curves.png", "calibration.png",
-                 "train_implicit/final", "train_head/final", "labels", "labels_short"):
+    for name in (
+        "metrics.json",
+        "report.md",
+        "heatmap.html",
+        "value_curves.png",
+        "calibration.png",
+        "train_implicit/final",
+        "train_head/final",
+        "labels",
+        "labels_short",
+    ):
         assert (out / name).exists(), name
     m = json.loads((out / "metrics.json").read_text())
     q = m["quickstart"]
@@ -248,13 +310,28 @@ def test_saturation_wording_has_one_definition_and_step_scores_are_named():
     low = np.array([0.4, 0.45, 0.5, 0.55, 0.6] * 4)  # variance 0.005: low, but not saturated
     assert saturation(low)["saturated"] is False
     base = {"noise_ceiling": {"spearman": 0.5}, "samples_per_prefix": 8}
-    q = {"quality": None, "train_prompts": 1, "heldout_prompts": 2, "collected_traces": 4, "policy_accuracy": 0.5,
-         "short": {}, "short_estimators": [], "short_samples": 4, "forks": [], "seconds": {"total": 1.0}}
+    q = {
+        "quality": None,
+        "train_prompts": 1,
+        "heldout_prompts": 2,
+        "collected_traces": 4,
+        "policy_accuracy": 0.5,
+        "short": {},
+        "short_estimators": [],
+        "short_samples": 4,
+        "forks": [],
+        "seconds": {"total": 1.0},
+    }
     for labels, expect in ((low, False), (np.array([0.0] * 20 + [0.5]), True)):
         sat = saturation(labels)
-        metrics = {"n_prefixes": len(labels), "n_traces": 2, "estimators": {}, "step_verification": {}, "cost": {},
-                   "mc": {**base, "label_variance": float(labels.var()), "saturated": sat["saturated"],
-                          "note": sat["note"]}}
+        metrics = {
+            "n_prefixes": len(labels),
+            "n_traces": 2,
+            "estimators": {},
+            "step_verification": {},
+            "cost": {},
+            "mc": {**base, "label_variance": float(labels.var()), "saturated": sat["saturated"], "note": sat["note"]},
+        }
         q["quality"] = quality_verdict(metrics, {}, 10)
         text = render_quickstart_section(q, metrics)
         assert ("labels are saturated" in text) is expect

@@ -59,8 +59,9 @@ def test_heatmap_one_coloured_element_per_token(tiny_tokenizer):
     assert not parser.external  # self-contained: no scripts, stylesheets or images to fetch
     by_id = {t["trace_id"]: t for t in traces}
     assert set(parser.traces) == set(by_id)
-    labelled = {(t, p): m for t, p, m in zip(res.prefixes["trace_id"], res.prefixes["position"],
-                                             res.prefixes["mc_mean"])}
+    labelled = {
+        (t, p): m for t, p, m in zip(res.prefixes["trace_id"], res.prefixes["position"], res.prefixes["mc_mean"])
+    }
     for tid, spans in parser.traces.items():
         ids = by_id[tid]["completion_ids"]
         assert len(spans) == len(ids)

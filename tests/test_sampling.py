@@ -1,6 +1,6 @@
 """The batched HF sampler: padding, KV-cache branching, seeding, filtering, stopping.
 
-    pytest tests/test_sampling.py
+pytest tests/test_sampling.py
 """
 
 from __future__ import annotations
@@ -30,11 +30,18 @@ def enc(tok, texts):
 def test_greedy_generate_matches_hf_generate_with_left_padding(tiny_model, tiny_tokenizer):
     prompts = enc(tiny_tokenizer, PROMPTS)
     gens = HFSampler(tiny_model, tiny_tokenizer, max_batch_rows=3).generate(
-        prompts, [f"k{i}" for i in range(len(prompts))], SamplingParams(temperature=0, max_new_tokens=12))
+        prompts, [f"k{i}" for i in range(len(prompts))], SamplingParams(temperature=0, max_new_tokens=12)
+    )
     for p, g in zip(prompts, gens):
-        ref = tiny_model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                                  max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=1)
-        assert g.token_ids == ref[0, len(p):].tolist()
+        ref = tiny_model.generate(
+            torch.tensor([p]),
+            attention_mask=torch.ones(1, len(p), dtype=torch.long),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+        assert g.token_ids == ref[0, len(p) :].tolist()
         assert len(g.logprobs) == len(g.token_ids)
 
 
@@ -60,9 +67,15 @@ def test_greedy_branches_equal_generate_from_prefix(tiny_model, tiny_tokenizer):
     gens = HFSampler(tiny_model, tiny_tokenizer, max_batch_rows=4).branch(seqs, reqs, SamplingParams(temperature=0))
     for r, g in zip(reqs, gens):
         p = seqs[r.seq][: r.cut]
-        ref = tiny_model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                                  max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=1)
-        assert g.token_ids == ref[0, len(p):].tolist()
+        ref = tiny_model.generate(
+            torch.tensor([p]),
+            attention_mask=torch.ones(1, len(p), dtype=torch.long),
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+        assert g.token_ids == ref[0, len(p) :].tolist()
 
 
 def test_seeded_rows_do_not_depend_on_batching(tiny_gpt2, tiny_tokenizer):
@@ -81,12 +94,17 @@ def test_seeded_branches_do_not_depend_on_batching_and_outgrow_the_cache(tiny_ll
     """Branch rows are batched by tokens left after the cut; a row's continuation must not depend on
     which rows share its batch, also when it outgrows the cache's preallocated room (64 columns)."""
     seqs = enc(tiny_tokenizer, ["Q:1+2=1+2=3;A:3", "Q:3+5*2-7=3+5=8", "Q:9=A:9"])
-    reqs = [BranchRequest(i, c, f"r{i}/{c}/{m}") for i, s in enumerate(seqs) for c in range(1, len(s) + 1, 2)
-            for m in range(2)]
+    reqs = [
+        BranchRequest(i, c, f"r{i}/{c}/{m}")
+        for i, s in enumerate(seqs)
+        for c in range(1, len(s) + 1, 2)
+        for m in range(2)
+    ]
     params = SamplingParams(max_new_tokens=80, seed=3)
     a = HFSampler(tiny_llama, tiny_tokenizer, max_batch_rows=3, eos_token_ids=[]).branch(seqs, reqs, params)
-    b = HFSampler(tiny_llama, tiny_tokenizer, max_batch_rows=64, eos_token_ids=[]).branch(seqs[::-1], [
-        BranchRequest(len(seqs) - 1 - r.seq, r.cut, r.key) for r in reqs], params)
+    b = HFSampler(tiny_llama, tiny_tokenizer, max_batch_rows=64, eos_token_ids=[]).branch(
+        seqs[::-1], [BranchRequest(len(seqs) - 1 - r.seq, r.cut, r.key) for r in reqs], params
+    )
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
     assert all(len(g.token_ids) == 80 for g in a)
 
@@ -116,7 +134,10 @@ def test_counter_sampling_follows_the_distribution():
 
 def test_top_k_and_top_p_filters():
     logits = torch.tensor([[math.log(0.5), math.log(0.3), math.log(0.15), math.log(0.05)]])
-    assert torch.isinf(filter_logits(logits, top_k=2)[0, 2:]).all() and torch.isfinite(filter_logits(logits, top_k=2)[0, :2]).all()
+    assert (
+        torch.isinf(filter_logits(logits, top_k=2)[0, 2:]).all()
+        and torch.isfinite(filter_logits(logits, top_k=2)[0, :2]).all()
+    )
     kept = torch.isfinite(filter_logits(logits, top_p=0.75)[0]).tolist()
     assert kept == [True, True, False, False]  # 0.5 < 0.75, 0.5 + 0.3 >= 0.75
     assert torch.isfinite(filter_logits(logits, top_p=0.4)[0]).tolist() == [True, False, False, False]
@@ -133,7 +154,9 @@ def test_eos_stop_strings_and_length(tiny_gpt2, tiny_tokenizer):
     free = sampler.generate(prompts, keys, SamplingParams(max_new_tokens=30, seed=1))
     # make the first token sampled in each row the stop string: every row must stop right there
     firsts = [tiny_tokenizer.decode([g.token_ids[0]]) for g in free]
-    for g, first in zip(sampler.generate(prompts, keys, SamplingParams(max_new_tokens=30, seed=1, stop=tuple(firsts))), firsts):
+    for g, first in zip(
+        sampler.generate(prompts, keys, SamplingParams(max_new_tokens=30, seed=1, stop=tuple(firsts))), firsts
+    ):
         text = tiny_tokenizer.decode(g.token_ids)
         assert g.finish_reason in ("stop", "eos") and any(s in text for s in firsts)
         assert g.finish_reason == "eos" or first in text or text.endswith(tuple(firsts))

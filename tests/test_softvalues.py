@@ -58,10 +58,14 @@ def test_spec_names_state_default():
 
 def test_policy_soft_values_match_single_forward(tiny_model, tiny_tokenizer):
     spec = SoftValueSpec(omegas=(0.1, 10.0), default_omega=1.0, top_k=(4,))
-    prompts = [tiny_tokenizer("Q:1+2=", add_special_tokens=False)["input_ids"],
-               tiny_tokenizer("Q:3*4-5=", add_special_tokens=False)["input_ids"]]
-    comps = [tiny_tokenizer("1+2=3;A:3", add_special_tokens=False)["input_ids"] + [1],
-             tiny_tokenizer("3*4=2;", add_special_tokens=False)["input_ids"]]
+    prompts = [
+        tiny_tokenizer("Q:1+2=", add_special_tokens=False)["input_ids"],
+        tiny_tokenizer("Q:3*4-5=", add_special_tokens=False)["input_ids"],
+    ]
+    comps = [
+        tiny_tokenizer("1+2=3;A:3", add_special_tokens=False)["input_ids"] + [1],
+        tiny_tokenizer("3*4=2;", add_special_tokens=False)["input_ids"],
+    ]
     vals, ftok = policy_soft_values(tiny_model, prompts, comps, spec, batch_size=2)
     assert ftok == sum(len(p) + len(c) for p, c in zip(prompts, comps))
     for v, p, c in zip(vals, prompts, comps):
@@ -93,11 +97,13 @@ def test_bf16_policy_soft_values_use_float32_head(builder, tiny_tokenizer):
     vals, _ = policy_soft_values(model, [p], [c], spec, batch_size=1)
     with torch.no_grad():
         out = model(torch.tensor([p + c]), output_hidden_states=True)
-        h = out.hidden_states[-1][0, len(p) - 1:]
+        h = out.hidden_states[-1][0, len(p) - 1 :]
         exact = torch.nn.functional.linear(h.float(), model.get_output_embeddings().weight.float())
-        rounded = out.logits[0, len(p) - 1:]
+        rounded = out.logits[0, len(p) - 1 :]
     assert rounded.dtype == torch.bfloat16
-    for name, fn in (("logsumexp", lambda q: torch.logsumexp(q.double(), -1)),
-                     ("mellowmax_w10", lambda q: mellowmax(q, 10.0))):
+    for name, fn in (
+        ("logsumexp", lambda q: torch.logsumexp(q.double(), -1)),
+        ("mellowmax_w10", lambda q: mellowmax(q, 10.0)),
+    ):
         np.testing.assert_allclose(vals[0][name], fn(exact).numpy(), rtol=0, atol=1e-9)
         assert np.abs(vals[0][name] - fn(rounded).numpy()).max() > 1e-3  # the old, rounded computation

@@ -89,10 +89,15 @@ def test_calibration_split_keeps_prompts_together():
 
 def test_loaders(tmp_path):
     pb = tmp_path / "pb.jsonl"
-    pb.write_text("\n".join(json.dumps(r) for r in [
-        {"id": "gsm8k-0", "problem": "1+1?", "steps": ["1+1=2", "A:2"], "label": -1},
-        {"id": "gsm8k-1", "problem": "2*3?", "steps": ["2*3=5", "A:5"], "label": 0},
-    ]))
+    pb.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"id": "gsm8k-0", "problem": "1+1?", "steps": ["1+1=2", "A:2"], "label": -1},
+                {"id": "gsm8k-1", "problem": "2*3?", "steps": ["2*3=5", "A:5"], "label": 0},
+            ]
+        )
+    )
     ex = S.load_step_data(pb)
     assert [e.label for e in ex] == [-1, 0] and ex[1].steps == ["2*3=5", "A:5"] and ex[0].example_id == "gsm8k-0"
     trl = tmp_path / "trl.jsonl"
@@ -102,7 +107,8 @@ def test_loaders(tmp_path):
     import datasets
 
     datasets.Dataset.from_list([{"prompt": "x", "completions": ["a", "b"], "labels": [True, True]}]).save_to_disk(
-        str(tmp_path / "trl_ds"))
+        str(tmp_path / "trl_ds")
+    )
     assert S.load_step_data(tmp_path / "trl_ds", "trl")[0].label == -1
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "?"}))
@@ -114,7 +120,7 @@ def test_tokenize_and_score_step_examples(tiny_tokenizer):
     ex = S.StepExample("0", "Q:1+2=", ["1+2=3", "A:3"], -1, "g", {})
     _, c, spans = S.tokenize_step_example(tiny_tokenizer, ex)
     assert tiny_tokenizer.decode(c) == "1+2=3\nA:3"
-    assert spans == [(0, 6), (6, 9)] and tiny_tokenizer.decode(c[spans[1][0]:spans[1][1]]) == "A:3"
+    assert spans == [(0, 6), (6, 9)] and tiny_tokenizer.decode(c[spans[1][0] : spans[1][1]]) == "A:3"
 
     class Fake:  # no token log-ratios: prefix-based scores only
         process_scores = False
@@ -127,8 +133,10 @@ def test_tokenize_and_score_step_examples(tiny_tokenizer):
                 out.append(np.array([0.1 if "9" in text[:i] else 0.8 for i in range(len(cc) + 1)]))
             return out
 
-    examples = [S.StepExample(str(i), f"Q{i}", ["1+1=2", "2+7=9" if i % 2 else "2+7=8", "A:x"],
-                              1 if i % 2 else -1, f"g{i}", {}) for i in range(12)]
+    examples = [
+        S.StepExample(str(i), f"Q{i}", ["1+1=2", "2+7=9" if i % 2 else "2+7=8", "A:x"], 1 if i % 2 else -1, f"g{i}", {})
+        for i in range(12)
+    ]
     res = S.score_step_examples(Fake(), tiny_tokenizer, examples)
     assert res["threshold_split"] == "calibration" and res["n_examples"] == 12
     assert res["f1"] == 1.0 and "process_level" not in res

@@ -58,8 +58,18 @@ def tiny_setup(tmp_path_factory, tiny_tokenizer):
 
 
 def _args(policy: Path, traces: Path, out: Path, **kw) -> list[str]:
-    base = {"traces": traces, "policy": policy, "output_dir": out, "per_device_batch_size": 4, "lr": 1e-2,
-            "warmup_steps": 0, "eval_every": 100, "report_to": "disk", "heldout_fraction": 0.25, "threads": 1}
+    base = {
+        "traces": traces,
+        "policy": policy,
+        "output_dir": out,
+        "per_device_batch_size": 4,
+        "lr": 1e-2,
+        "warmup_steps": 0,
+        "eval_every": 100,
+        "report_to": "disk",
+        "heldout_fraction": 0.25,
+        "threads": 1,
+    }
     base.update(kw)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -75,8 +85,13 @@ def _free_port() -> int:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(REPO / "src")}
+    return {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO / "src"),
+    }
 
 
 def test_every_config_parses_and_opens_with_its_command():
@@ -106,8 +121,16 @@ def test_main_runs_two_steps_and_writes_a_loadable_checkpoint(tiny_setup, tmp_pa
     policy, traces = tiny_setup
     monkeypatch.setenv("WANDB_MODE", "offline")  # the wandb logger runs for real, offline
     out = tmp_path / "run"
-    args = _args(policy, traces, out, max_steps=2, report_to="disk,wandb", eval_every=1, checkpoint_every=1,
-                 **{"value_model.kind": "head", "value_model.backbone": "lora"})
+    args = _args(
+        policy,
+        traces,
+        out,
+        max_steps=2,
+        report_to="disk,wandb",
+        eval_every=1,
+        checkpoint_every=1,
+        **{"value_model.kind": "head", "value_model.backbone": "lora"},
+    )
     assert train.main(args) == 0
     result = json.loads((out / "final_metrics.json").read_text())
     assert result["step"] == 2 and 0 < result["brier_all"] < 1 and result["heldout_traces"] > 0
@@ -162,8 +185,9 @@ def test_two_cpu_processes_match_one_on_the_same_global_batch(tiny_setup, tmp_pa
     one, two = tmp_path / "one", tmp_path / "two"
     steps = 3
     cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), str(RECIPE)]
-    cmd += _args(policy, traces, two, max_steps=steps, per_device_batch_size=3, gradient_accumulation_steps=2,
-                 checkpoint_every=0)
+    cmd += _args(
+        policy, traces, two, max_steps=steps, per_device_batch_size=3, gradient_accumulation_steps=2, checkpoint_every=0
+    )
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es)" in done.stdout
@@ -186,8 +210,17 @@ def test_learns_on_the_shipped_policy_traces(tmp_path):
     thousandths of the base rate's at 150 steps on 500 prompts, so it cannot carry a learning check."""
     torch.manual_seed(0)
     traces = save_traces(policy_traces(SHIPPED_POLICY, n_prompts=500, samples=8, seed=0), tmp_path / "traces")
-    result = _run(["--config", str(REPO / "recipes" / "configs" / "arith-tiny.yaml"), f"traces={traces}",
-                   f"output_dir={tmp_path / 'run'}", "report_to=disk", "checkpoint_every=0", "threads=1",
-                   "value_model.kind=head"])
+    result = _run(
+        [
+            "--config",
+            str(REPO / "recipes" / "configs" / "arith-tiny.yaml"),
+            f"traces={traces}",
+            f"output_dir={tmp_path / 'run'}",
+            "report_to=disk",
+            "checkpoint_every=0",
+            "threads=1",
+            "value_model.kind=head",
+        ]
+    )
     assert result["brier_all"] < result["brier_base_rate_all"], result
     assert result["auroc_last"] > 0.6, result

@@ -33,8 +33,15 @@ class EvenAnswer(Task):
         return VerifierResult(float(int(completion.rsplit("A:", 1)[1]) % 2 == 0))
 
 
-def _rows(task: Task, tokenizer: Any, prompts: list[Prompt], prompt_ids: list[list[int]], completions: list[list[int]],
-          trace_ids: list[str], meta: dict[str, Any]) -> list[dict[str, Any]]:
+def _rows(
+    task: Task,
+    tokenizer: Any,
+    prompts: list[Prompt],
+    prompt_ids: list[list[int]],
+    completions: list[list[int]],
+    trace_ids: list[str],
+    meta: dict[str, Any],
+) -> list[dict[str, Any]]:
     """Traces rows exactly as `prefixvalue collect` builds them (its own `trace_rows`)."""
     eos = tokenizer.eos_token_id
     gens = [Generation(c, [0.0] * len(c), "eos" if c and c[-1] == eos else "length") for c in completions]
@@ -64,7 +71,9 @@ def save_traces(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 @torch.no_grad()
-def policy_traces(policy_dir: Path, n_prompts: int, samples: int, seed: int = 0, split: str = "train") -> list[dict[str, Any]]:
+def policy_traces(
+    policy_dir: Path, n_prompts: int, samples: int, seed: int = 0, split: str = "train"
+) -> list[dict[str, Any]]:
     """Sample `samples` completions per arith prompt from the policy at temperature 1 and verify them."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -79,15 +88,31 @@ def policy_traces(policy_dir: Path, n_prompts: int, samples: int, seed: int = 0,
         by_len.setdefault(len(p.text), []).append(p)
     for _, group in sorted(by_len.items()):
         ids = torch.tensor([tok(p.text)["input_ids"] for p in group])
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
-                             top_k=0, top_p=1.0, max_new_tokens=48, num_return_sequences=samples,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=48,
+            num_return_sequences=samples,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
         seqs = []
-        for seq in out[:, ids.shape[1]:].tolist():
+        for seq in out[:, ids.shape[1] :].tolist():
             if tok.eos_token_id in seq:  # keep the EOS the generation stopped on
                 seq = seq[: seq.index(tok.eos_token_id) + 1]
             seqs.append([t for t in seq if t != tok.pad_token_id])
         ps = [group[k // samples] for k in range(len(seqs))]
-        rows += _rows(task, tok, ps, [tok(p.text)["input_ids"] for p in ps], seqs,
-                      [f"{p.prompt_id}-{k % samples}" for k, p in enumerate(ps)], {"model": str(policy_dir)})
+        rows += _rows(
+            task,
+            tok,
+            ps,
+            [tok(p.text)["input_ids"] for p in ps],
+            seqs,
+            [f"{p.prompt_id}-{k % samples}" for k, p in enumerate(ps)],
+            {"model": str(policy_dir)},
+        )
     return rows

@@ -41,8 +41,9 @@ BUILDERS = {"gpt2": make_tiny_gpt2, "llama": make_tiny_llama}
 
 
 def _cfg(kind: str, backbone: str, soft: int, loss: str, base: str = "") -> ValueModelConfig:
-    return ValueModelConfig(kind=kind, backbone=backbone, soft_prompt_tokens=soft, loss=loss, base_model=base,
-                            base_rate=0.4)
+    return ValueModelConfig(
+        kind=kind, backbone=backbone, soft_prompt_tokens=soft, loss=loss, base_model=base, base_rate=0.4
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,12 @@ def test_loss_goes_down_and_save_load_is_exact(variant, arch, rows, tiny_tokeniz
     opt = torch.optim.Adam(model.trainable_parameters(), lr=2e-2)
     losses = []
     for _ in range(8):
-        ls = model.value_loss(model(batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"]), batch,
-                              loss, model.config.margin)
+        ls = model.value_loss(
+            model(batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"]),
+            batch,
+            loss,
+            model.config.margin,
+        )
         (ls.total / ls.count).backward()
         opt.step()
         opt.zero_grad()
@@ -123,7 +128,9 @@ def test_values_do_not_depend_on_batching(rows, tiny_tokenizer):
     with torch.no_grad():
         model.head.weight.normal_()
     prompts, completions = _ids(rows)
-    for a, b in zip(model.predict(prompts, completions, batch_size=len(rows)), model.predict(prompts, completions, batch_size=1)):
+    for a, b in zip(
+        model.predict(prompts, completions, batch_size=len(rows)), model.predict(prompts, completions, batch_size=1)
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -154,13 +161,16 @@ def test_margin_bce_matches_definition():
     r = torch.tensor([1.0, 0.0, 0.3, 1.0, 0.0], dtype=torch.float64)
     m = 5.0
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
-    expected = [-(ri * math.log(sig(zi - m)) + (1 - ri) * math.log(1 - sig(zi + m))) for zi, ri in zip(z.tolist(), r.tolist())]
+    expected = [
+        -(ri * math.log(sig(zi - m)) + (1 - ri) * math.log(1 - sig(zi + m))) for zi, ri in zip(z.tolist(), r.tolist())
+    ]
     torch.testing.assert_close(margin_bce_with_logits(z, r, m), torch.tensor(expected, dtype=torch.float64))
     # no overflow far from the margin: the loss grows linearly
     big = margin_bce_with_logits(torch.tensor([1e4, -1e4]), torch.tensor([0.0, 1.0]), m)
     torch.testing.assert_close(big, torch.tensor([1e4 + m, 1e4 + m]))
-    torch.testing.assert_close(margin_bce_with_logits(z, r, 0.0),
-                               torch.nn.functional.binary_cross_entropy_with_logits(z, r, reduction="none"))
+    torch.testing.assert_close(
+        margin_bce_with_logits(z, r, 0.0), torch.nn.functional.binary_cross_entropy_with_logits(z, r, reduction="none")
+    )
 
 
 def test_loss_masks_and_sequence_loss(tiny_tokenizer):
@@ -173,8 +183,10 @@ def test_loss_masks_and_sequence_loss(tiny_tokenizer):
     assert seq.sum() == 2 and all(seq[i, t[i]] for i in range(2))
     logits = torch.randn(b["targets"].shape)
     ls = ImplicitValueModel.value_loss(logits, b, "sequence")
-    expected = sum(float(torch.nn.functional.binary_cross_entropy_with_logits(
-        logits[i, t[i]] * t[i], b["outcome"][i])) for i in range(2))
+    expected = sum(
+        float(torch.nn.functional.binary_cross_entropy_with_logits(logits[i, t[i]] * t[i], b["outcome"][i]))
+        for i in range(2)
+    )
     assert math.isclose(float(ls.total), expected, rel_tol=1e-5) and float(ls.count) == 2
 
 
@@ -182,10 +194,12 @@ def test_soft_labels_survive_the_collator_as_floats(tiny_tokenizer):
     rows = random_traces(tiny_tokenizer, n_prompts=2, per_prompt=2, seed=5)
     traces = rows_to_dataset(rows)
     tid = rows[1]["trace_id"]
-    labels = rows_to_dataset([
-        {"trace_id": tid, "position": 0, "n": 16, "successes": 6, "mean": 0.375, "ci_low": 0.2, "ci_high": 0.6},
-        {"trace_id": tid, "position": 3, "n": 16, "successes": 11, "mean": 0.6875, "ci_low": 0.4, "ci_high": 0.9},
-    ])
+    labels = rows_to_dataset(
+        [
+            {"trace_id": tid, "position": 0, "n": 16, "successes": 6, "mean": 0.375, "ci_low": 0.2, "ci_high": 0.6},
+            {"trace_id": tid, "position": 3, "n": 16, "successes": 11, "mean": 0.6875, "ci_low": 0.4, "ci_high": 0.9},
+        ]
+    )
     ds = attach_prefix_labels(traces, labels)
     batch = ValueCollator(0)(ds.select(range(2)).to_list())
     assert batch["targets"].dtype == torch.float32

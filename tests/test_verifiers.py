@@ -36,9 +36,16 @@ def score(name: str, completion: str, answer: str, **options: object) -> float:
 @pytest.mark.parametrize(
     ("text", "value"),
     [
-        ("12", Fraction(12)), (" $1,234.50. ", Fraction(246900, 200)), ("-3/4", Fraction(-3, 4)),
-        ("\\frac{3}{4}", Fraction(3, 4)), ("\\dfrac{-1}{2}", Fraction(-1, 2)), ("1.5e3", Fraction(1500)),
-        (".5", Fraction(1, 2)), ("1,234,567", Fraction(1234567)), ("50%", Fraction(50)), ("-$5", Fraction(-5)),
+        ("12", Fraction(12)),
+        (" $1,234.50. ", Fraction(246900, 200)),
+        ("-3/4", Fraction(-3, 4)),
+        ("\\frac{3}{4}", Fraction(3, 4)),
+        ("\\dfrac{-1}{2}", Fraction(-1, 2)),
+        ("1.5e3", Fraction(1500)),
+        (".5", Fraction(1, 2)),
+        ("1,234,567", Fraction(1234567)),
+        ("50%", Fraction(50)),
+        ("-$5", Fraction(-5)),
         ("−7", Fraction(-7)),
     ],
 )
@@ -82,8 +89,14 @@ def test_extract_boxed_nested_last_wins_and_unclosed_ignored() -> None:
 @pytest.mark.parametrize(
     ("text", "letter"),
     [
-        ("Answer: (B)", "B"), ("the answer is b", "B"), ("So the answer is C.", "C"), ("D", "D"), ("(e)", "E"),
-        ("I first thought (A) but I pick (F)", "F"), ("The correct option is J", "J"), ("answer is [c], done", "C"),
+        ("Answer: (B)", "B"),
+        ("the answer is b", "B"),
+        ("So the answer is C.", "C"),
+        ("D", "D"),
+        ("(e)", "E"),
+        ("I first thought (A) but I pick (F)", "F"),
+        ("The correct option is J", "J"),
+        ("answer is [c], done", "C"),
         ("Answer: (A)\nOn reflection, the answer is D.", "D"),
     ],
 )
@@ -175,8 +188,11 @@ def test_boxed_details_say_how_it_compared() -> None:
 @pytest.mark.parametrize(
     ("completion", "answer", "expected"),
     [
-        ("Answer: (B)", "B", 1.0), ("the answer is b", "(B)", 1.0), ("Answer: (C)", "B", 0.0),
-        ("I cannot tell", "B", 0.0), ("The answer is J.", "j", 1.0),
+        ("Answer: (B)", "B", 1.0),
+        ("the answer is b", "(B)", 1.0),
+        ("Answer: (C)", "B", 0.0),
+        ("I cannot tell", "B", 0.0),
+        ("The answer is J.", "j", 1.0),
     ],
 )
 def test_choice(completion: str, answer: str, expected: float) -> None:
@@ -242,8 +258,9 @@ def test_unknown_name_and_bad_option_fail_clearly() -> None:
 
 
 def test_module_function_from_a_temp_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "my_pv_checks.py").write_text(textwrap.dedent(
-        """
+    (tmp_path / "my_pv_checks.py").write_text(
+        textwrap.dedent(
+            """
         from prefixvalue.tasks import VerifierResult
 
         def starts_with(completion, answer, prefix=""):
@@ -254,7 +271,8 @@ def test_module_function_from_a_temp_module(tmp_path: Path, monkeypatch: pytest.
             def yes(completion, answer):
                 return True
         """
-    ))
+        )
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "my_pv_checks", raising=False)
     check = get_verifier("my_pv_checks:starts_with", prefix="=> ")

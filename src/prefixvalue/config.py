@@ -117,9 +117,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return build_config(tp, value, prefix=f"{key}.")
     if origin in (list, tuple) or tp in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [
-                _Text(v) if cli else v for v in value.split(",") if v != ""
-            ]
+            value = (
+                yaml.safe_load(value)
+                if value.strip().startswith("[")
+                else [_Text(v) if cli else v for v in value.split(",") if v != ""]
+            )
         if not isinstance(value, (list, tuple)):
             value = [value]
         inner = args[0] if args else Any
@@ -281,7 +283,11 @@ def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None =
         if arg.startswith("--") and "=" in arg:
             key, value = arg[2:].split("=", 1)
         elif arg.startswith("--"):
-            nxt = argv[i + 1] if i + 1 < len(argv) and "=" not in argv[i + 1] and not argv[i + 1].startswith("-") else "VALUE"
+            nxt = (
+                argv[i + 1]
+                if i + 1 < len(argv) and "=" not in argv[i + 1] and not argv[i + 1].startswith("-")
+                else "VALUE"
+            )
             raise ConfigError(f"'{arg} {nxt}' is not read: write {arg[2:].replace('-', '_')}={nxt} (key=value)")
         elif "=" in arg:
             key, value = arg.split("=", 1)

@@ -108,16 +108,30 @@ class StdoutLogger:
 class WandbLogger:
     """wandb run; offline when no API key is configured (``WANDB_MODE`` wins when set)."""
 
-    def __init__(self, out_dir: str | Path, project: str = "prefixvalue", name: str | None = None,
-                 config: dict[str, Any] | None = None, resume_id: str | None = None) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        project: str = "prefixvalue",
+        name: str | None = None,
+        config: dict[str, Any] | None = None,
+        resume_id: str | None = None,
+    ) -> None:
         import wandb
 
         mode = os.environ.get("WANDB_MODE")
         if mode is None:
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
         self.wandb = wandb
-        self.run = wandb.init(project=project, name=name, config=config, dir=str(out_dir), mode=mode,
-                              id=resume_id, resume="allow" if resume_id else None, reinit="finish_previous")
+        self.run = wandb.init(
+            project=project,
+            name=name,
+            config=config,
+            dir=str(out_dir),
+            mode=mode,
+            id=resume_id,
+            resume="allow" if resume_id else None,
+            reinit="finish_previous",
+        )
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log({k: jsonable(v) for k, v in metrics.items()}, step=step)
@@ -162,8 +176,13 @@ class MultiLogger:
             lg.finish()
 
 
-def build_logger(report_to: str | list[str], out_dir: str | Path, config: dict[str, Any] | None = None,
-                 run_name: str | None = None, project: str = "prefixvalue") -> MultiLogger:
+def build_logger(
+    report_to: str | list[str],
+    out_dir: str | Path,
+    config: dict[str, Any] | None = None,
+    run_name: str | None = None,
+    project: str = "prefixvalue",
+) -> MultiLogger:
     """Build loggers from ``"disk,stdout,wandb"`` (or a list); ``none`` gives a logger that drops all."""
     names = report_to.split(",") if isinstance(report_to, str) else list(report_to)
     names = [n.strip() for n in names if n.strip() and n.strip() != "none"]
@@ -200,8 +219,12 @@ def record_result(path: str | Path, name: str, value: float | None, **context: A
     file at `path` (``benchmarks/results.json``), atomically."""
     path = Path(path)
     data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    data[name] = {"value": value, **context, "machine": machine_info(),
-                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    data[name] = {
+        "value": value,
+        **context,
+        "machine": machine_info(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)

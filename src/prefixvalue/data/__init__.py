@@ -18,8 +18,17 @@ from .split import SplitRecord, heldout_selection, is_heldout, normalise_prompt,
 
 #: fields every traces row carries (see docs/design.md, "traces")
 TRACE_FIELDS: tuple[str, ...] = (
-    "trace_id", "prompt_id", "prompt", "completion", "prompt_ids", "completion_ids", "outcome",
-    "verifier_error", "step_spans", "step_labels", "logprobs",
+    "trace_id",
+    "prompt_id",
+    "prompt",
+    "completion",
+    "prompt_ids",
+    "completion_ids",
+    "outcome",
+    "verifier_error",
+    "step_spans",
+    "step_labels",
+    "logprobs",
 )
 #: fields every prefix-labels row carries (see docs/design.md, "prefix labels")
 LABEL_FIELDS: tuple[str, ...] = ("trace_id", "position", "n", "successes", "mean", "ci_low", "ci_high")
@@ -81,5 +90,18 @@ def save_subset(ds: datasets.Dataset, indices: list[int], path: str | Path) -> P
     return path
 
 
-__all__ = ["LABEL_FIELDS", "TRACE_FIELDS", "DataFormatError", "SplitRecord", "heldout_selection", "is_heldout", "load_labels",
-           "load_traces", "normalise_prompt", "rows_to_dataset", "save_subset", "split_by_prompt", "unit_hash"]
+__all__ = [
+    "LABEL_FIELDS",
+    "TRACE_FIELDS",
+    "DataFormatError",
+    "SplitRecord",
+    "heldout_selection",
+    "is_heldout",
+    "load_labels",
+    "load_traces",
+    "normalise_prompt",
+    "rows_to_dataset",
+    "save_subset",
+    "split_by_prompt",
+    "unit_hash",
+]

@@ -66,7 +66,9 @@ class ValueCollator:
                 target_mask[i, : t + 1] = not self.labels_only
                 continue
             if len(soft) != t + 1:
-                raise ValueError(f"{PREFIX_TARGETS} has {len(soft)} entries for a completion of {t} tokens (need T + 1)")
+                raise ValueError(
+                    f"{PREFIX_TARGETS} has {len(soft)} entries for a completion of {t} tokens (need T + 1)"
+                )
             for p, v in enumerate(soft):
                 if v is None or (isinstance(v, float) and math.isnan(v)):
                     target_mask[i, p] = not self.labels_only

@@ -48,8 +48,9 @@ def shard_extra(out: Path, index: int) -> dict[str, Any]:
     return json.loads((shard_path(out, index) / "done.json").read_text())
 
 
-def write_shard(out: Path, index: int, rows: list[dict[str, Any]], features: datasets.Features,
-                extra: dict[str, Any] | None = None) -> Path:
+def write_shard(
+    out: Path, index: int, rows: list[dict[str, Any]], features: datasets.Features, extra: dict[str, Any] | None = None
+) -> Path:
     """Write `rows` as shard `index` atomically: save to a temp folder, then rename it into place.
 
     `extra` is written beside the data as ``done.json`` (e.g. cost accounting). Returns the path.
@@ -105,8 +106,15 @@ def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def run_shards(out: Path, num_shards: int, work: Callable[[int], tuple[list[dict[str, Any]], dict[str, Any]]],
-               features: datasets.Features, state: Any, rank: int, world: int) -> datasets.Dataset | None:
+def run_shards(
+    out: Path,
+    num_shards: int,
+    work: Callable[[int], tuple[list[dict[str, Any]], dict[str, Any]]],
+    features: datasets.Features,
+    state: Any,
+    rank: int,
+    world: int,
+) -> datasets.Dataset | None:
     """Run `work(i)` for this process's unfinished shards (i % world == rank), write each, then merge.
 
     Returns the merged dataset on the main process once every shard exists, else None.
@@ -126,9 +134,19 @@ def run_shards(out: Path, num_shards: int, work: Callable[[int], tuple[list[dict
     return merge_shards(out, num_shards)
 
 
-def run_sharded_stage(cfg: Any, out: Path, manifest: dict[str, Any], num_shards: int, shard_items: Callable[[int], int],
-                      setup: Callable[[Any], ShardWork], features: datasets.Features, *, desc: str, unit: str,
-                      progress: bool) -> datasets.Dataset | None:
+def run_sharded_stage(
+    cfg: Any,
+    out: Path,
+    manifest: dict[str, Any],
+    num_shards: int,
+    shard_items: Callable[[int], int],
+    setup: Callable[[Any], ShardWork],
+    features: datasets.Features,
+    *,
+    desc: str,
+    unit: str,
+    progress: bool,
+) -> datasets.Dataset | None:
     """The scaffolding of a sharded stage, from the resume check to the merged dataset.
 
     The main process checks (or records) the run manifest and saves the resolved `cfg`; the other
@@ -159,5 +177,15 @@ def run_sharded_stage(cfg: Any, out: Path, manifest: dict[str, Any], num_shards:
     return merged
 
 
-__all__ = ["ShardWork", "check_manifest", "dist_info", "merge_shards", "run_shards", "run_sharded_stage",
-           "shard_done", "shard_extra", "shard_path", "write_shard"]
+__all__ = [
+    "ShardWork",
+    "check_manifest",
+    "dist_info",
+    "merge_shards",
+    "run_shards",
+    "run_sharded_stage",
+    "shard_done",
+    "shard_extra",
+    "shard_path",
+    "write_shard",
+]

@@ -61,7 +61,9 @@ def heldout_flags(ds: datasets.Dataset, heldout_fraction: float, seed: int = 0) 
     return flags
 
 
-def split_by_prompt(ds: datasets.Dataset, heldout_fraction: float, seed: int = 0) -> tuple[datasets.Dataset, datasets.Dataset]:
+def split_by_prompt(
+    ds: datasets.Dataset, heldout_fraction: float, seed: int = 0
+) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Split rows into (train, held-out) by prompt text (the ``prompt`` column) with `is_heldout`; traces
     of a prompt, and of any prompt with the same normalised text, stay together."""
     flags = heldout_flags(ds, heldout_fraction, seed)
@@ -70,8 +72,9 @@ def split_by_prompt(ds: datasets.Dataset, heldout_fraction: float, seed: int = 0
     return ds.select(train_idx), ds.select(held_idx)
 
 
-def heldout_selection(traces: datasets.Dataset, heldout_fraction: float, seed: int, traces_per_prompt: int,
-                      max_traces: int) -> tuple[list[int], list[int], int, int]:
+def heldout_selection(
+    traces: datasets.Dataset, heldout_fraction: float, seed: int, traces_per_prompt: int, max_traces: int
+) -> tuple[list[int], list[int], int, int]:
     """Which held-out traces to label: indices of up to `traces_per_prompt` traces per held-out prompt (at
     most `max_traces` in all, in dataset order), indices of the first trace of every held-out prompt, and
     the numbers of training and held-out prompts (distinct normalised texts). The split is
@@ -121,8 +124,12 @@ class SplitRecord:
     def from_prompts(cls, train_texts: Iterable[str], heldout_fraction: float, split_seed: int) -> SplitRecord:
         """The record of a split whose training side holds the prompts `train_texts`."""
         n, digest = prompts_digest(train_texts)
-        return cls(heldout_fraction=float(heldout_fraction), split_seed=int(split_seed), n_train_prompts=n,
-                   train_prompts_sha256=digest)
+        return cls(
+            heldout_fraction=float(heldout_fraction),
+            split_seed=int(split_seed),
+            n_train_prompts=n,
+            train_prompts_sha256=digest,
+        )
 
     def is_heldout(self, prompt_text: str) -> bool:
         """Whether `prompt_text` is on the held-out side of this split (`prefixvalue.data.split.is_heldout`)."""

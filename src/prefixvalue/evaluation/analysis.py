@@ -29,9 +29,16 @@ FORK_SAMPLES = 64
 FORK_TEST = "two-sided Fisher exact test on fresh MC samples, Bonferroni over the reported forks"
 
 
-def largest_jumps(result: EvalResult, k: int, tokenizer: Any = None, *, labeller: Any = None,
-                  refs: dict[str, Any] | None = None, samples: int = FORK_SAMPLES,
-                  alpha: float = 0.05) -> list[dict[str, Any]]:
+def largest_jumps(
+    result: EvalResult,
+    k: int,
+    tokenizer: Any = None,
+    *,
+    labeller: Any = None,
+    refs: dict[str, Any] | None = None,
+    samples: int = FORK_SAMPLES,
+    alpha: float = 0.05,
+) -> list[dict[str, Any]]:
     """The `k` traces whose MC curve has the largest jump between neighbouring labelled prefixes,
     each with a selection-aware test of whether the jump is real.
 
@@ -59,12 +66,25 @@ def largest_jumps(result: EvalResult, k: int, tokenizer: Any = None, *, labeller
         token_ids = t.completion_ids[a:b]
         text = tokenizer.decode(token_ids) if tokenizer is not None else str(token_ids)
         cur = result.curves[i]
-        row = {"trace_index": i, "trace_id": t.trace_id, "prompt_id": t.prompt_id, "outcome": t.outcome,
-               "from_position": a, "to_position": b, "token_index": a, "token_ids": token_ids, "token": text,
-               "jump": float(d[j]), "mc_before": float(mean[j]), "mc_after": float(mean[j + 1]),
-               "ci_before": [float(lo[j]), float(hi[j])], "ci_after": [float(lo[j + 1]), float(hi[j + 1])],
-               "selected_note": "the largest of this trace's jumps, selected on these labels (biased upwards)",
-               "prompt": t.prompt, "completion": t.completion}
+        row = {
+            "trace_index": i,
+            "trace_id": t.trace_id,
+            "prompt_id": t.prompt_id,
+            "outcome": t.outcome,
+            "from_position": a,
+            "to_position": b,
+            "token_index": a,
+            "token_ids": token_ids,
+            "token": text,
+            "jump": float(d[j]),
+            "mc_before": float(mean[j]),
+            "mc_after": float(mean[j + 1]),
+            "ci_before": [float(lo[j]), float(hi[j])],
+            "ci_after": [float(lo[j + 1]), float(hi[j + 1])],
+            "selected_note": "the largest of this trace's jumps, selected on these labels (biased upwards)",
+            "prompt": t.prompt,
+            "completion": t.completion,
+        }
         for name in ("learned", "mellowmax"):
             if name in cur:
                 row[f"{name}_before"], row[f"{name}_after"] = float(cur[name][a]), float(cur[name][b])
@@ -75,20 +95,32 @@ def largest_jumps(result: EvalResult, k: int, tokenizer: Any = None, *, labeller
     return rows
 
 
-def _confirm_forks(rows: list[dict[str, Any]], labeller: Any, refs: dict[str, Any] | None, samples: int,
-                   alpha: float) -> None:
+def _confirm_forks(
+    rows: list[dict[str, Any]], labeller: Any, refs: dict[str, Any] | None, samples: int, alpha: float
+) -> None:
     """Fill each fork's selection-aware test (in place): fresh means, Fisher p-value, ``confirmed``."""
     from scipy.stats import fisher_exact
 
     level = alpha / max(1, len(rows))
     for r in rows:
-        r.update(test=FORK_TEST, alpha=alpha, bonferroni_level=level, fresh_samples=samples,
-                 fresh_before=None, fresh_after=None, fresh_n_before=None, fresh_n_after=None,
-                 p_value=None, confirmed=None)
+        r.update(
+            test=FORK_TEST,
+            alpha=alpha,
+            bonferroni_level=level,
+            fresh_samples=samples,
+            fresh_before=None,
+            fresh_after=None,
+            fresh_n_before=None,
+            fresh_n_after=None,
+            p_value=None,
+            confirmed=None,
+        )
     if labeller is None or refs is None:
         for r in rows:
-            r["confirmed_note"] = ("not tested: no sampler was given to re-label the pair with fresh samples, and "
-                                   "the selected jump alone is biased (the largest of many noisy jumps)")
+            r["confirmed_note"] = (
+                "not tested: no sampler was given to re-label the pair with fresh samples, and "
+                "the selected jump alone is biased (the largest of many noisy jumps)"
+            )
         return
     todo, which = [], []
     for r in rows:
@@ -96,22 +128,28 @@ def _confirm_forks(rows: list[dict[str, Any]], labeller: Any, refs: dict[str, An
         if ref is None:
             r["confirmed_note"] = "not tested: the trace is not among the traces given for re-labelling"
         elif r["to_position"] >= len(ref.completion_ids):
-            r["confirmed_note"] = ("not tested: the jump ends at the complete trace (position T), which has no "
-                                   "continuation to sample")
+            r["confirmed_note"] = (
+                "not tested: the jump ends at the complete trace (position T), which has no continuation to sample"
+            )
         else:
             todo.append(ref)
             which.append(r)
     if not todo:
         return
-    est = labeller.uniform(todo, [[r["from_position"], r["to_position"]] for r in which], samples,
-                           method="fork-check")
+    est = labeller.uniform(todo, [[r["from_position"], r["to_position"]] for r in which], samples, method="fork-check")
     for n, r in enumerate(which):
         before, after = est[2 * n], est[2 * n + 1]
         kb, ka = float(before.successes), float(after.successes)
         table = [[round(kb), before.n - round(kb)], [round(ka), after.n - round(ka)]]
         p = float(fisher_exact(table, alternative="two-sided")[1])
-        r.update(fresh_before=kb / before.n, fresh_after=ka / after.n, fresh_n_before=int(before.n),
-                 fresh_n_after=int(after.n), p_value=p, confirmed=bool(p < level))
+        r.update(
+            fresh_before=kb / before.n,
+            fresh_after=ka / after.n,
+            fresh_n_before=int(before.n),
+            fresh_n_after=int(after.n),
+            p_value=p,
+            confirmed=bool(p < level),
+        )
         if kb != round(kb) or ka != round(ka):
             r["confirmed_note"] = "fractional verifier scores were rounded to whole successes for the Fisher test"
 
@@ -121,8 +159,16 @@ def _corr_summary(m: dict[str, Any]) -> dict[str, Any]:
     return {c: {"value": m[c].get("value"), "ci": m[c].get("ci")} for c in ("spearman", "pearson")}
 
 
-def short_prefix_study(traces: Any, labels: Any, k_max: int, value_model: Any, policy: Any, tokenizer: Any,
-                       ecfg: EvaluateConfig, extra: dict[str, Estimator]) -> dict[str, Any]:
+def short_prefix_study(
+    traces: Any,
+    labels: Any,
+    k_max: int,
+    value_model: Any,
+    policy: Any,
+    tokenizer: Any,
+    ecfg: EvaluateConfig,
+    extra: dict[str, Estimator],
+) -> dict[str, Any]:
     """The short-prefix study: for K = 1..k_max, soft and learned values vs MC success on prefixes of
     at most K completion tokens (positions 0..K, one trace per prompt), with bootstrap CIs.
 
@@ -133,21 +179,26 @@ def short_prefix_study(traces: Any, labels: Any, k_max: int, value_model: Any, p
     out: dict[str, Any] = {}
     for k in range(1, k_max + 1):
         sub = [r for r in rows if int(r["position"]) <= k]
-        res = evaluate_prefixes(traces, sub, value_model=value_model, policy=policy, tokenizer=tokenizer,
-                                config=ecfg, estimators=extra)
+        res = evaluate_prefixes(
+            traces, sub, value_model=value_model, policy=policy, tokenizer=tokenizer, config=ecfg, estimators=extra
+        )
         mc = res.metrics["mc"]
         out[f"short:{k}"] = {
-            "n_prefixes": res.metrics["n_prefixes"], "n_traces": res.metrics["n_traces"],
-            "samples_per_prefix": mc["samples_per_prefix"], "label_mean": mc["label_mean"],
-            "label_variance": mc["label_variance"], "saturated": mc["saturated"],
+            "n_prefixes": res.metrics["n_prefixes"],
+            "n_traces": res.metrics["n_traces"],
+            "samples_per_prefix": mc["samples_per_prefix"],
+            "label_mean": mc["label_mean"],
+            "label_variance": mc["label_variance"],
+            "saturated": mc["saturated"],
             "noise_ceiling_spearman": mc["noise_ceiling"].get("spearman"),
             "estimators": {n: _corr_summary(m) for n, m in res.metrics["estimators"].items()},
         }
     return out
 
 
-def quality_verdict(metrics: dict[str, Any], train_results: dict[str, dict[str, Any]],
-                    n_train_traces: int) -> dict[str, Any]:
+def quality_verdict(
+    metrics: dict[str, Any], train_results: dict[str, dict[str, Any]], n_train_traces: int
+) -> dict[str, Any]:
     """The quality goal (learned Spearman >= `CEILING_GOAL` of the noise ceiling, and above MellowMax),
     decided on bootstrap CIs, with what limits it when it is missed.
 
@@ -170,19 +221,29 @@ def quality_verdict(metrics: dict[str, Any], train_results: dict[str, dict[str, 
     diff_ci = paired.get("ci")
     reached = bool(frac_ci is not None and frac_ci[0] >= CEILING_GOAL)
     beats = bool(diff_ci is not None and diff_ci[0] > 0)
-    verdict: dict[str, Any] = {"goal": f"learned Spearman >= {CEILING_GOAL:.0%} of the noise ceiling and > MellowMax, "
-                                       f"each by its 95% CI's lower bound",
-                               "learned_spearman": learned, "noise_ceiling": ceiling, "fraction_of_ceiling": frac,
-                               "fraction_of_ceiling_ci": frac_ci, "mellowmax_spearman": mellow,
-                               "paired_vs_mellowmax": {"value": paired.get("value"), "ci": diff_ci},
-                               "reaches_ceiling_goal": reached, "beats_mellowmax": beats, "met": bool(reached and beats)}
+    verdict: dict[str, Any] = {
+        "goal": f"learned Spearman >= {CEILING_GOAL:.0%} of the noise ceiling and > MellowMax, "
+        f"each by its 95% CI's lower bound",
+        "learned_spearman": learned,
+        "noise_ceiling": ceiling,
+        "fraction_of_ceiling": frac,
+        "fraction_of_ceiling_ci": frac_ci,
+        "mellowmax_spearman": mellow,
+        "paired_vs_mellowmax": {"value": paired.get("value"), "ci": diff_ci},
+        "reaches_ceiling_goal": reached,
+        "beats_mellowmax": beats,
+        "met": bool(reached and beats),
+    }
     notes = []
     if frac_ci is None:
-        notes.append("no CI of the share of the ceiling (noise ceiling or bootstrap undefined): the ceiling goal "
-                     "is not claimed")
+        notes.append(
+            "no CI of the share of the ceiling (noise ceiling or bootstrap undefined): the ceiling goal is not claimed"
+        )
     if diff_ci is None:
-        notes.append("no paired CI of learned − MellowMax (MellowMax not evaluated, or the bootstrap undefined): "
-                     "'beats MellowMax' is not claimed")
+        notes.append(
+            "no paired CI of learned − MellowMax (MellowMax not evaluated, or the bootstrap undefined): "
+            "'beats MellowMax' is not claimed"
+        )
     if notes:
         verdict["note"] = "; ".join(notes)
     for name, m in ests.items():
@@ -192,22 +253,35 @@ def quality_verdict(metrics: dict[str, Any], train_results: dict[str, dict[str, 
             verdict[f"{name}_fraction_of_ceiling_ci"] = m["spearman"].get("fraction_of_ceiling_ci")
     limits = []
     if ceiling is not None and ceiling < 0.6:
-        limits.append(f"label noise: the split-half noise ceiling is only {ceiling:.2f}; more MC samples per "
-                      "prefix (label_samples) raise it")
+        limits.append(
+            f"label noise: the split-half noise ceiling is only {ceiling:.2f}; more MC samples per "
+            "prefix (label_samples) raise it"
+        )
     if metrics["mc"].get("saturated"):
         limits.append(f"labels are saturated ({SATURATION_DEFINITION}): the held-out prefixes barely differ in value")
     for kind, r in train_results.items():
         tl, hl = r.get("train_loss"), r.get("loss")
         if tl is not None and hl is not None and hl > tl + 0.03:
-            limits.append(f"overfitting ({kind}): held-out loss {hl:.3f} vs training loss {tl:.3f} at the end; "
-                          "more traces per parameter (num_prompts) or a smaller LoRA rank would help")
+            limits.append(
+                f"overfitting ({kind}): held-out loss {hl:.3f} vs training loss {tl:.3f} at the end; "
+                "more traces per parameter (num_prompts) or a smaller LoRA rank would help"
+            )
         curve = r.get("eval_curve") or []
-        if len(curve) >= 2 and curve[-1][1] is not None and curve[-2][1] is not None and curve[-1][1] < curve[-2][1] - 0.002:
-            limits.append(f"training ({kind}): held-out Brier still fell by {curve[-2][1] - curve[-1][1]:.4f} over "
-                          "the last evaluation interval; more steps (train.max_steps) or more traces would help")
+        if (
+            len(curve) >= 2
+            and curve[-1][1] is not None
+            and curve[-2][1] is not None
+            and curve[-1][1] < curve[-2][1] - 0.002
+        ):
+            limits.append(
+                f"training ({kind}): held-out Brier still fell by {curve[-2][1] - curve[-1][1]:.4f} over "
+                "the last evaluation interval; more steps (train.max_steps) or more traces would help"
+            )
     if not verdict["met"]:
-        limits.append(f"data: {n_train_traces} training traces of one tiny policy; the value model sees each "
-                      "outcome once, so the prefix signal is 1-bit per trace. Scaling num_prompts (and "
-                      "train.max_steps with it) 4-10x is the first lever, then a larger policy on a GPU")
+        limits.append(
+            f"data: {n_train_traces} training traces of one tiny policy; the value model sees each "
+            "outcome once, so the prefix signal is 1-bit per trace. Scaling num_prompts (and "
+            "train.max_steps with it) 4-10x is the first lever, then a larger policy on a GPU"
+        )
     verdict["limits"] = limits if not verdict["met"] else []
     return verdict

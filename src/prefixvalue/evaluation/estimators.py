@@ -41,11 +41,17 @@ class TraceRecord:
         """A record from one row of the traces dataset (docs/design.md, "Traces")."""
         spans = [(int(s[0]), int(s[1])) for s in (r.get("step_spans") or [])]
         labels = r.get("step_labels")
-        return cls(trace_id=str(r["trace_id"]), prompt_id=str(r["prompt_id"]),
-                   prompt_ids=[int(x) for x in r["prompt_ids"]], completion_ids=[int(x) for x in r["completion_ids"]],
-                   outcome=float(r["outcome"]), step_spans=spans,
-                   step_labels=None if labels is None else [bool(x) for x in labels],
-                   prompt=str(r.get("prompt") or ""), completion=str(r.get("completion") or ""))
+        return cls(
+            trace_id=str(r["trace_id"]),
+            prompt_id=str(r["prompt_id"]),
+            prompt_ids=[int(x) for x in r["prompt_ids"]],
+            completion_ids=[int(x) for x in r["completion_ids"]],
+            outcome=float(r["outcome"]),
+            step_spans=spans,
+            step_labels=None if labels is None else [bool(x) for x in labels],
+            prompt=str(r.get("prompt") or ""),
+            completion=str(r.get("completion") or ""),
+        )
 
 
 @dataclass
@@ -96,8 +102,10 @@ class Estimates:
 def _check_curve(v: Any, t: TraceRecord, who: str) -> np.ndarray:
     v = np.asarray(v, dtype=np.float64)
     if len(v) != t.length + 1:
-        raise ValueError(f"{who} gave {len(v)} values for trace {t.trace_id} of {t.length} tokens; "
-                         f"expected {t.length + 1} (positions 0..T)")
+        raise ValueError(
+            f"{who} gave {len(v)} values for trace {t.trace_id} of {t.length} tokens; "
+            f"expected {t.length + 1} (positions 0..T)"
+        )
     return v
 
 
@@ -133,14 +141,15 @@ def estimate_values(
         for c, p, t in zip(curves, preds, records):
             c["learned"] = _check_curve(p, t, "the value model")
         kind = getattr(value_model, "kind", "unknown")
-        info["learned"] = {"probability": True, "description": f"checkpoint P̂(s_t) ({kind} value model)",
-                           "kind": kind}
+        info["learned"] = {"probability": True, "description": f"checkpoint P̂(s_t) ({kind} value model)", "kind": kind}
         note = getattr(type(value_model), "position0_note", None)
         if note:
             info["learned"]["note"] = note
         if getattr(value_model, "process_scores", False):
-            log_ratios = [np.asarray(r, dtype=np.float64)
-                          for r in value_model.token_log_ratios(prompts, comps, batch_size=batch_size)]
+            log_ratios = [
+                np.asarray(r, dtype=np.float64)
+                for r in value_model.token_log_ratios(prompts, comps, batch_size=batch_size)
+            ]
         cost["value_forward_tokens"] = int(sum(len(p) + len(c) for p, c in zip(prompts, comps)))
         if base_rate is None:
             base_rate = getattr(getattr(value_model, "config", None), "base_rate", None)
@@ -155,22 +164,29 @@ def estimate_values(
         for c, s in zip(curves, soft):
             c.update(s)
         for name, params in soft_values.names.items():
-            what = ("log Σ_a exp q(s,a) over the full vocabulary (extensive, Blondel et al.)"
-                    if params["operator"] == "logsumexp" else
-                    f"MellowMax ω={params['omega']:g} over {params['vocab']} vocabulary (intensive)")
+            what = (
+                "log Σ_a exp q(s,a) over the full vocabulary (extensive, Blondel et al.)"
+                if params["operator"] == "logsumexp"
+                else f"MellowMax ω={params['omega']:g} over {params['vocab']} vocabulary (intensive)"
+            )
             info[name] = {"probability": False, "description": what, "params": params}
         info["mellowmax"]["description"] += " — the headline soft value; default ω stated in params"
         if soft_values.default_omega == 1.0:
-            info["mellowmax"]["note"] = ("at ω = 1 over the full vocabulary MellowMax equals logsumexp − log|A|, a "
-                                         "constant shift, so its correlations and AUROC equal logsumexp's")
+            info["mellowmax"]["note"] = (
+                "at ω = 1 over the full vocabulary MellowMax equals logsumexp − log|A|, a "
+                "constant shift, so its correlations and AUROC equal logsumexp's"
+            )
         cost["policy_forward_tokens"] = int(ftok)
 
     # -- constant base rate
     if base_rate is not None:
         for c, t in zip(curves, records):
             c["constant"] = np.full(t.length + 1, float(base_rate))
-        info["constant"] = {"probability": True, "description": f"training base rate {float(base_rate):.4g}",
-                            "base_rate": float(base_rate)}
+        info["constant"] = {
+            "probability": True,
+            "description": f"training base rate {float(base_rate):.4g}",
+            "base_rate": float(base_rate),
+        }
     else:
         notes.append("no 'constant' estimator: no base rate given and no value model to read it from")
 
@@ -190,8 +206,11 @@ def value_model_estimator(value_model: Any) -> Estimator:
     """An `Estimator` of a further value model's P̂ (reported beside the primary ``learned``)."""
 
     def fn(inputs: EstimatorInputs) -> list[np.ndarray]:
-        return value_model.predict([t.prompt_ids for t in inputs.traces], [t.completion_ids for t in inputs.traces],
-                                   batch_size=inputs.batch_size)
+        return value_model.predict(
+            [t.prompt_ids for t in inputs.traces],
+            [t.completion_ids for t in inputs.traces],
+            batch_size=inputs.batch_size,
+        )
 
     kind = getattr(value_model, "kind", "unknown")
     return Estimator(fn, probability=True, description=f"checkpoint P̂(s_t) ({kind} value model)")

@@ -65,8 +65,10 @@ def constant_note(values: np.ndarray, what: str) -> str | None:
     if len(values) == 0:
         return f"no {what} values (0 prefixes)"
     if np.ptp(values) == 0:
-        return (f"{what} has zero variance: all {len(values)} prefixes have the value {_fmt(float(values[0]))}, "
-                f"so a correlation is undefined")
+        return (
+            f"{what} has zero variance: all {len(values)} prefixes have the value {_fmt(float(values[0]))}, "
+            f"so a correlation is undefined"
+        )
     return None
 
 
@@ -110,8 +112,10 @@ def cluster_bootstrap(
             vals.append(v)
     dropped = n_boot - len(vals)
     if len(vals) < n_boot / 2:
-        return None, (f"no bootstrap interval: the statistic was undefined in {dropped} of {n_boot} "
-                      f"{unit} resamples (zero variance in the resample)")
+        return None, (
+            f"no bootstrap interval: the statistic was undefined in {dropped} of {n_boot} "
+            f"{unit} resamples (zero variance in the resample)"
+        )
     lo, hi = np.quantile(np.asarray(vals), [alpha / 2, 1 - alpha / 2])
     note = None
     if dropped:
@@ -164,8 +168,14 @@ def correlation(
     return out
 
 
-def correlations(pred: ArrayLike, labels: ArrayLike, groups: Sequence[Any] | np.ndarray | None = None,
-                 n_boot: int = 1000, seed: int = 0, unit: str = "group") -> dict[str, dict[str, Any]]:
+def correlations(
+    pred: ArrayLike,
+    labels: ArrayLike,
+    groups: Sequence[Any] | np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    unit: str = "group",
+) -> dict[str, dict[str, Any]]:
     """Pearson, Spearman and Kendall (tau-b), each from `correlation`."""
     return {m: correlation(pred, labels, groups, m, n_boot=n_boot, seed=seed, unit=unit) for m in CORRELATIONS}
 
@@ -196,11 +206,13 @@ def paired_difference(
     cb = correlation(b, y, None, method, n_boot=0)
     if ca["value"] is None or cb["value"] is None:
         out["note"] = "difference undefined: " + "; ".join(
-            c["note"] for c in (ca, cb) if c["value"] is None and c.get("note"))
+            c["note"] for c in (ca, cb) if c["value"] is None and c.get("note")
+        )
         return out
     out["value"] = float(ca["value"] - cb["value"])
-    ci, note = cluster_bootstrap(lambda idx: fn(a[idx], y[idx]) - fn(b[idx], y[idx]), np.asarray(groups),
-                                 n_boot=n_boot, seed=seed, unit=unit)
+    ci, note = cluster_bootstrap(
+        lambda idx: fn(a[idx], y[idx]) - fn(b[idx], y[idx]), np.asarray(groups), n_boot=n_boot, seed=seed, unit=unit
+    )
     out["ci"] = ci
     if note:
         out["note"] = note
@@ -218,8 +230,10 @@ def auroc(scores: ArrayLike, outcomes: ArrayLike) -> tuple[float | None, str | N
     o = np.asarray(outcomes, dtype=np.float64) >= 0.5
     n_pos, n_neg = int(o.sum()), int((~o).sum())
     if n_pos == 0 or n_neg == 0:
-        return None, (f"AUROC undefined: all {len(o)} prefixes belong to traces with the same final outcome "
-                      f"({n_pos} successful, {n_neg} failed)")
+        return None, (
+            f"AUROC undefined: all {len(o)} prefixes belong to traces with the same final outcome "
+            f"({n_pos} successful, {n_neg} failed)"
+        )
     if not np.isfinite(s).all():
         return None, f"AUROC undefined: {int((~np.isfinite(s)).sum())} non-finite scores"
     ranks = stats.rankdata(s)
@@ -246,8 +260,16 @@ def calibration_bins(prob: ArrayLike, target: ArrayLike, n_bins: int = 15) -> li
     for b in range(n_bins):
         m = idx == b
         if m.any():
-            out.append({"bin": b, "lo": b / n_bins, "hi": (b + 1) / n_bins, "count": int(m.sum()),
-                        "mean_pred": float(p[m].mean()), "mean_target": float(t[m].mean())})
+            out.append(
+                {
+                    "bin": b,
+                    "lo": b / n_bins,
+                    "hi": (b + 1) / n_bins,
+                    "count": int(m.sum()),
+                    "mean_pred": float(p[m].mean()),
+                    "mean_target": float(t[m].mean()),
+                }
+            )
     return out
 
 
@@ -256,8 +278,9 @@ def ece(prob: ArrayLike, target: ArrayLike, n_bins: int = 15) -> float:
     p = np.asarray(prob, dtype=np.float64)
     if len(p) == 0:
         return float("nan")
-    return float(sum(b["count"] / len(p) * abs(b["mean_pred"] - b["mean_target"])
-                     for b in calibration_bins(p, target, n_bins)))
+    return float(
+        sum(b["count"] / len(p) * abs(b["mean_pred"] - b["mean_target"]) for b in calibration_bins(p, target, n_bins))
+    )
 
 
 def is_probability(values: ArrayLike) -> bool:
@@ -311,13 +334,19 @@ def split_half_noise_ceiling(
     n = np.asarray(n, dtype=np.int64)
     k = np.asarray(successes, dtype=np.float64)
     fractional = bool(np.any(np.abs(k - np.round(k)) > 1e-9))
-    out: dict[str, Any] = {"spearman": None, "reliability": None, "split_half": None,
-                           "method": "hypergeometric" + (" (fractional successes randomly rounded)" if fractional else ""),
-                           "repeats": repeats}
+    out: dict[str, Any] = {
+        "spearman": None,
+        "reliability": None,
+        "split_half": None,
+        "method": "hypergeometric" + (" (fractional successes randomly rounded)" if fractional else ""),
+        "repeats": repeats,
+    }
     usable = (n >= 2) & np.isfinite(k)
     if usable.sum() < 3:
-        out["note"] = (f"noise ceiling undefined: only {int(usable.sum())} of {len(n)} prefixes have >= 2 MC "
-                       f"samples to split in halves (need >= 3 prefixes)")
+        out["note"] = (
+            f"noise ceiling undefined: only {int(usable.sum())} of {len(n)} prefixes have >= 2 MC "
+            f"samples to split in halves (need >= 3 prefixes)"
+        )
         return out
     rng = np.random.default_rng(seed)
     idx = np.flatnonzero(usable)
@@ -337,32 +366,44 @@ def split_half_noise_ceiling(
         if math.isfinite(r):
             rs.append(r)
     if len(rs) < repeats / 2:
-        out["note"] = (f"noise ceiling undefined: the two halves had zero variance in {repeats - len(rs)} of "
-                       f"{repeats} random splits (labels saturated)")
+        out["note"] = (
+            f"noise ceiling undefined: the two halves had zero variance in {repeats - len(rs)} of "
+            f"{repeats} random splits (labels saturated)"
+        )
         return out
     r = float(np.median(rs))
     out["split_half"] = r
-    how = ("no per-sample outcomes were recorded, so each split draws half A's successes from the "
-           "hypergeometric distribution of the recorded k of n")
+    how = (
+        "no per-sample outcomes were recorded, so each split draws half A's successes from the "
+        "hypergeometric distribution of the recorded k of n"
+    )
     if fractional:
-        how += ("; successes are fractional (verifier scores in (0, 1)), so each split first rounds k at random "
-                "to an integer with the same expectation, which treats the samples as 0/1 (an approximation)")
+        how += (
+            "; successes are fractional (verifier scores in (0, 1)), so each split first rounds k at random "
+            "to an integer with the same expectation, which treats the samples as 0/1 (an approximation)"
+        )
     if r <= -1.0:
-        out["note"] = (f"noise ceiling undefined: the split-half correlation is r = {r:.3f}, so the Spearman–Brown "
-                       f"reliability 2r / (1 + r) is undefined; the halves disagree completely ({how})")
+        out["note"] = (
+            f"noise ceiling undefined: the split-half correlation is r = {r:.3f}, so the Spearman–Brown "
+            f"reliability 2r / (1 + r) is undefined; the halves disagree completely ({how})"
+        )
         return out
     rel = float(spearman_brown(r))
     out["reliability"] = rel
     if rel <= 0:
-        out["note"] = (f"noise ceiling undefined: split-half over {len(idx)} prefixes ({how}); median over "
-                       f"{repeats} random splits r = {r:.3f}, Spearman–Brown reliability R = {rel:.3f} <= 0: the "
-                       f"halves do not agree, so the labels carry no measurable signal and √R does not exist")
+        out["note"] = (
+            f"noise ceiling undefined: split-half over {len(idx)} prefixes ({how}); median over "
+            f"{repeats} random splits r = {r:.3f}, Spearman–Brown reliability R = {rel:.3f} <= 0: the "
+            f"halves do not agree, so the labels carry no measurable signal and √R does not exist"
+        )
         return out
     out["spearman"] = float(math.sqrt(rel))
-    out["note"] = (f"split-half over {len(idx)} prefixes ({how}); median over {repeats} random splits: "
-                   f"Spearman of the halves r = {r:.3f}, Spearman–Brown reliability R = {rel:.3f}, "
-                   f"ceiling √R = {out['spearman']:.3f} is the highest Spearman any estimator can expect "
-                   f"against these labels")
+    out["note"] = (
+        f"split-half over {len(idx)} prefixes ({how}); median over {repeats} random splits: "
+        f"Spearman of the halves r = {r:.3f}, Spearman–Brown reliability R = {rel:.3f}, "
+        f"ceiling √R = {out['spearman']:.3f} is the highest Spearman any estimator can expect "
+        f"against these labels"
+    )
     return out
 
 
@@ -384,8 +425,11 @@ def saturation(labels: ArrayLike, n: ArrayLike | None = None, threshold: float =
     y = y_all[finite]
     if n is not None:
         n = np.asarray(n)[finite] if len(np.asarray(n)) == len(y_all) else n
-    skipped = (f" {int((~finite).sum())} label(s) with no finite value (no MC samples) are left out."
-               if (~finite).any() else "")
+    skipped = (
+        f" {int((~finite).sum())} label(s) with no finite value (no MC samples) are left out."
+        if (~finite).any()
+        else ""
+    )
     res = _saturation(y, n, threshold)
     res["note"] += skipped
     res["definition"] = f">= {threshold:.0%} of prefixes at MC success 0 or at 1, or zero variance"
@@ -399,24 +443,33 @@ def _saturation(y: np.ndarray, n: ArrayLike | None, threshold: float) -> dict[st
     samples = ""
     if n is not None and len(np.asarray(n)):
         nn = np.asarray(n)
-        samples = (f" ({int(nn.min())} samples each)" if nn.min() == nn.max()
-                   else f" ({int(nn.min())}–{int(nn.max())} samples each)")
+        samples = (
+            f" ({int(nn.min())} samples each)"
+            if nn.min() == nn.max()
+            else f" ({int(nn.min())}–{int(nn.max())} samples each)"
+        )
     if total == 0:
         return {"saturated": True, "n_at_one": 0, "n_at_zero": 0, "note": "no labelled prefixes"}
     if np.ptp(y) == 0:
-        note = (f"saturated: all {total} prefixes have MC success {_fmt(float(y[0]))}{samples}. The labels have "
-                f"zero variance, so every correlation with them is undefined (reported as null). The task is "
-                f"too easy or too hard for this policy, or the prefixes come too late, after the outcome is "
-                f"decided; label earlier prefixes or use a harder task.")
+        note = (
+            f"saturated: all {total} prefixes have MC success {_fmt(float(y[0]))}{samples}. The labels have "
+            f"zero variance, so every correlation with them is undefined (reported as null). The task is "
+            f"too easy or too hard for this policy, or the prefixes come too late, after the outcome is "
+            f"decided; label earlier prefixes or use a harder task."
+        )
         return {"saturated": True, "n_at_one": at1, "n_at_zero": at0, "note": note}
     frac = max(at1, at0) / total
     sat = frac >= threshold
-    note = (f"{at1} of {total} prefixes have MC success 1, {at0} have 0, {total - at1 - at0} are in between"
-            f"{samples}; label variance {float(y.var()):.4g}.")
+    note = (
+        f"{at1} of {total} prefixes have MC success 1, {at0} have 0, {total - at1 - at0} are in between"
+        f"{samples}; label variance {float(y.var()):.4g}."
+    )
     if sat:
         side = "1" if at1 >= at0 else "0"
-        note += (f" Nearly saturated: {frac:.0%} of the prefixes sit at {side}, so correlations rest on the few "
-                 f"remaining prefixes and have wide intervals.")
+        note += (
+            f" Nearly saturated: {frac:.0%} of the prefixes sit at {side}, so correlations rest on the few "
+            f"remaining prefixes and have wide intervals."
+        )
     return {"saturated": bool(sat), "n_at_one": at1, "n_at_zero": at0, "note": note}
 
 
@@ -460,8 +513,9 @@ def estimator_metrics(
         elif bad_y:
             why = f"{bad_y} of {len(y)} MC labels have no finite value (labels with no samples, n = 0)"
         elif probability is False or not ((x >= 0).all() and (x <= 1).all()):
-            why = ("the estimator does not output a probability (values outside [0, 1], e.g. a raw logit-scale "
-                   "soft value)")
+            why = (
+                "the estimator does not output a probability (values outside [0, 1], e.g. a raw logit-scale soft value)"
+            )
         else:
             why = "the estimator is not registered as a probability"
         out["brier_note"] = out["ece_note"] = why
@@ -471,6 +525,7 @@ def estimator_metrics(
     if note:
         out["auroc_outcome_note"] = note
     else:
+
         def _auc(idx: np.ndarray) -> float:
             v, _ = auroc(x[idx], o[idx])
             return float("nan") if v is None else v

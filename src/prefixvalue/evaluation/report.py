@@ -43,13 +43,17 @@ def split_lines(split: dict[str, Any] | None) -> list[str]:
     if split.get("includes_training_prompts") is True:
         n = split.get("training_prompts_scored")
         which = f"{n} training prompt(s)" if n is not None else "an unknown number of training prompts"
-        return [f"**These scores include {which} of the value model and are not held-out figures** "
-                f"(include_training_prompts=true). {split.get('note', '')}"]
+        return [
+            f"**These scores include {which} of the value model and are not held-out figures** "
+            f"(include_training_prompts=true). {split.get('note', '')}"
+        ]
     if split.get("includes_training_prompts") is None:
         return [f"**Held-out status unknown**: {split.get('note', '')}"]
-    return [f"Scored {split.get('heldout_prompts')} held-out prompt(s) ({split.get('heldout_traces')} traces, "
-            f"{split.get('kept_prefixes')} prefixes); dropped {split.get('dropped_training_prompts', 0)} training "
-            f"prompt(s) ({split.get('dropped_prefixes', 0)} prefixes). {split.get('note', '')}"]
+    return [
+        f"Scored {split.get('heldout_prompts')} held-out prompt(s) ({split.get('heldout_traces')} traces, "
+        f"{split.get('kept_prefixes')} prefixes); dropped {split.get('dropped_training_prompts', 0)} training "
+        f"prompt(s) ({split.get('dropped_prefixes', 0)} prefixes). {split.get('note', '')}"
+    ]
 
 
 def _g(v: Any) -> str:
@@ -94,7 +98,8 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Se
         f"(positions {metrics['positions']['min']}–{metrics['positions']['max']}), "
         f"{mc['samples_per_prefix']} MC samples per prefix (range {mc['samples_per_prefix_range']})",
         f"- MC label mean {_num(mc.get('label_mean'))}, variance {_num(mc.get('label_variance'), 4)}; "
-        f"saturated: **{mc['saturated']}**" + (f" ({mc['saturation_definition']})" if mc.get("saturation_definition") else ""),
+        f"saturated: **{mc['saturated']}**"
+        + (f" ({mc['saturation_definition']})" if mc.get("saturation_definition") else ""),
         f"- {mc['note']}",
         f"- noise ceiling (Spearman): **{_num(nc['spearman'])}** — {nc.get('note', '')}",
         "",
@@ -109,9 +114,11 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Se
     notes: list[str] = []
     for name, m in metrics["estimators"].items():
         frac = m["spearman"].get("fraction_of_ceiling")
-        lines.append(f"| {name} | {_corr_cell(m['spearman'])} | {_num(frac, 2)} | {_corr_cell(m['pearson'])} | "
-                     f"{_corr_cell(m['kendall'])} | {_num(m['auroc_outcome'])} | {_num(m['brier'])} | "
-                     f"{_num(m['ece'])} |")
+        lines.append(
+            f"| {name} | {_corr_cell(m['spearman'])} | {_num(frac, 2)} | {_corr_cell(m['pearson'])} | "
+            f"{_corr_cell(m['kendall'])} | {_num(m['auroc_outcome'])} | {_num(m['brier'])} | "
+            f"{_num(m['ece'])} |"
+        )
         for key in ("spearman", "pearson", "kendall"):
             if m[key].get("note") and m[key].get("value") is None:
                 notes.append(f"- **{name}** {key}: {m[key]['note']}")
@@ -123,79 +130,112 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Se
             if m.get(key) is None and m.get(f"{key}_note") and m.get("probability") is not False:
                 notes.append(f"- **{name}** {key}: {m[f'{key}_note']}")
     lines += [""]
-    paired = [(n, m["spearman"]) for n, m in metrics["estimators"].items()
-              if "paired_vs_mellowmax" in m["spearman"] or "fraction_of_ceiling_ci" in m["spearman"]]
+    paired = [
+        (n, m["spearman"])
+        for n, m in metrics["estimators"].items()
+        if "paired_vs_mellowmax" in m["spearman"] or "fraction_of_ceiling_ci" in m["spearman"]
+    ]
     if paired:
         lines += ["Paired comparisons (the same bootstrap replicates for every estimator):", ""]
         for name, sp in paired:
             d = sp.get("paired_vs_mellowmax") or {}
-            lines.append(f"- **{name}**: Spearman − MellowMax's = {_corr_cell(d) if d else 'n/a'}; share of the "
-                         f"noise ceiling {_num(sp.get('fraction_of_ceiling'), 2)} {_ci(sp.get('fraction_of_ceiling_ci'))}"
-                         f" (ceiling held fixed at its point estimate)")
+            lines.append(
+                f"- **{name}**: Spearman − MellowMax's = {_corr_cell(d) if d else 'n/a'}; share of the "
+                f"noise ceiling {_num(sp.get('fraction_of_ceiling'), 2)} {_ci(sp.get('fraction_of_ceiling_ci'))}"
+                f" (ceiling held fixed at its point estimate)"
+            )
         lines += [""]
     if metrics.get("mellowmax_default"):
         d = metrics["mellowmax_default"]
-        lines += [f"`mellowmax` is MellowMax over the {d['vocab']} vocabulary at ω = {d['omega']:g}; "
-                  f"other ω and top-k variants are listed under their own names.", ""]
+        lines += [
+            f"`mellowmax` is MellowMax over the {d['vocab']} vocabulary at ω = {d['omega']:g}; "
+            f"other ω and top-k variants are listed under their own names.",
+            "",
+        ]
     if notes:
         lines += ["Why some cells are n/a:", "", *sorted(set(notes)), ""]
     groups = metrics.get("by_position_group", {})
     if groups:
         names = list(metrics["estimators"])
-        lines += ["## By position group (Spearman)", "",
-                  "Each group has its own noise ceiling (split-half on its own labels).", "",
-                  "| group | prefixes | label mean | noise ceiling | " + " | ".join(names) + " |",
-                  "|---|---|---|---|" + "---|" * len(names)]
+        lines += [
+            "## By position group (Spearman)",
+            "",
+            "Each group has its own noise ceiling (split-half on its own labels).",
+            "",
+            "| group | prefixes | label mean | noise ceiling | " + " | ".join(names) + " |",
+            "|---|---|---|---|" + "---|" * len(names),
+        ]
         for g, e in groups.items():
             cells = [_corr_cell(e["estimators"][n]["spearman"]) for n in names]
             gc = (e.get("noise_ceiling") or {}).get("spearman")
-            lines.append(f"| {g} ({e['definition']}) | {e['n_prefixes']} | {_num(e.get('label_mean'))} | {_num(gc)} | "
-                         + " | ".join(cells) + " |")
+            lines.append(
+                f"| {g} ({e['definition']}) | {e['n_prefixes']} | {_num(e.get('label_mean'))} | {_num(gc)} | "
+                + " | ".join(cells)
+                + " |"
+            )
         lines += [""]
     sv = metrics.get("step_verification") or {}
     lines += ["## Step verification (ProcessBench protocol)", ""]
     if sv.get("f1") is not None or sv.get("threshold") is not None:
-        lines += ["Threshold chosen on a calibration split of prompts, scores on the disjoint test split.", "",
-                  "| score | F1 | acc erroneous | acc correct | threshold | calibration / test traces |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "Threshold chosen on a calibration split of prompts, scores on the disjoint test split.",
+            "",
+            "| score | F1 | acc erroneous | acc correct | threshold | calibration / test traces |",
+            "|---|---|---|---|---|---|",
+        ]
         for label, s in (("prefix-based", sv), ("process-level", sv.get("process_level"))):
             if s:
-                lines.append(f"| {label} | {_num(s.get('f1'))} | {_num(s.get('acc_erroneous'))} | "
-                             f"{_num(s.get('acc_correct'))} | {_num(s.get('threshold'), 4)} | "
-                             f"{s.get('n_calibration')} / {s.get('n_test')} |")
+                lines.append(
+                    f"| {label} | {_num(s.get('f1'))} | {_num(s.get('acc_erroneous'))} | "
+                    f"{_num(s.get('acc_correct'))} | {_num(s.get('threshold'), 4)} | "
+                    f"{s.get('n_calibration')} / {s.get('n_test')} |"
+                )
         lines += [""]
     if sv.get("note"):
         lines += [f"{sv['note']}", ""]
     if metrics.get("step_benchmark"):
         lines += _step_benchmark_lines(metrics["step_benchmark"])
     cost = metrics.get("cost", {})
-    lines += ["## Cost", "",
-              f"- value-model forward tokens: {_num(cost.get('value_forward_tokens'))}",
-              f"- policy forward tokens (soft values): {_num(cost.get('policy_forward_tokens'))}",
-              f"- MC generated tokens for the same prefixes: {_num(cost.get('mc_generated_tokens'), 0)}"
-              + (f" ({cost['mc_generated_tokens_note']})" if cost.get("mc_generated_tokens_note") else ""),
-              f"- ratio MC / value model: {_num(cost.get('ratio_mc_to_value'), 1)}",
-              ""]
+    lines += [
+        "## Cost",
+        "",
+        f"- value-model forward tokens: {_num(cost.get('value_forward_tokens'))}",
+        f"- policy forward tokens (soft values): {_num(cost.get('policy_forward_tokens'))}",
+        f"- MC generated tokens for the same prefixes: {_num(cost.get('mc_generated_tokens'), 0)}"
+        + (f" ({cost['mc_generated_tokens_note']})" if cost.get("mc_generated_tokens_note") else ""),
+        f"- ratio MC / value model: {_num(cost.get('ratio_mc_to_value'), 1)}",
+        "",
+    ]
     if metrics.get("notes"):
         lines += ["## Notes", "", *[f"- {n}" for n in metrics["notes"]], ""]
     if plots:
         lines += ["## Plots", ""]
         for key, fname in plots.items():
             lines += [f"### {key}", "", f"![{key}]({fname})", ""]
-    lines += ["Token heatmap: [heatmap.html](heatmap.html) · per-prefix predictions: `predictions.parquet` · "
-              "all numbers: `metrics.json`", ""]
+    lines += [
+        "Token heatmap: [heatmap.html](heatmap.html) · per-prefix predictions: `predictions.parquet` · "
+        "all numbers: `metrics.json`",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def _step_benchmark_lines(sb: dict[str, Any]) -> list[str]:
-    lines = [f"## Step benchmark: `{sb.get('source')}`", "",
-             f"{sb.get('n_examples')} examples; threshold chosen on a calibration split of problems "
-             f"({sb.get('n_calibration')}), reported on the test split ({sb.get('n_test')}).", "",
-             "| score | F1 | acc erroneous | acc correct | threshold |", "|---|---|---|---|---|"]
+    lines = [
+        f"## Step benchmark: `{sb.get('source')}`",
+        "",
+        f"{sb.get('n_examples')} examples; threshold chosen on a calibration split of problems "
+        f"({sb.get('n_calibration')}), reported on the test split ({sb.get('n_test')}).",
+        "",
+        "| score | F1 | acc erroneous | acc correct | threshold |",
+        "|---|---|---|---|---|",
+    ]
     for label, s in (("prefix-based", sb), ("process-level", sb.get("process_level"))):
         if s:
-            lines.append(f"| {label} | {_num(s.get('f1'))} | {_num(s.get('acc_erroneous'))} | "
-                         f"{_num(s.get('acc_correct'))} | {_num(s.get('threshold'), 4)} |")
+            lines.append(
+                f"| {label} | {_num(s.get('f1'))} | {_num(s.get('acc_erroneous'))} | "
+                f"{_num(s.get('acc_correct'))} | {_num(s.get('threshold'), 4)} |"
+            )
     if sb.get("note"):
         lines += ["", sb["note"]]
     return lines + [""]
@@ -251,8 +291,9 @@ def plot_scatter(pred: np.ndarray, mc: np.ndarray, name: str, path: Path) -> Pat
     return path
 
 
-def plot_value_curves(result: EvalResult, indices: list[int], path: Path,
-                      forks: dict[int, int] | None = None) -> Path | None:
+def plot_value_curves(
+    result: EvalResult, indices: list[int], path: Path, forks: dict[int, int] | None = None
+) -> Path | None:
     """Per-trace curves along the tokens: MC mean with its Wilson band, learned P̂ (and any other
     ``learned_*`` estimator), MellowMax (right axis). `forks` maps a trace index to the token index
     of its forking token, drawn as a red band between the prefixes without and with it."""
@@ -263,8 +304,7 @@ def plot_value_curves(result: EvalResult, indices: list[int], path: Path,
     for ax, i in zip(axes[:, 0], indices):
         t, mc, cur = result.traces[i], result.mc[i], result.curves[i]
         x = np.arange(t.length + 1)
-        ax.fill_between(mc["position"], mc["ci_low"], mc["ci_high"], color="tab:green", alpha=0.2,
-                        label="MC 95% CI")
+        ax.fill_between(mc["position"], mc["ci_low"], mc["ci_high"], color="tab:green", alpha=0.2, label="MC 95% CI")
         ax.plot(mc["position"], mc["mean"], "o-", color="tab:green", ms=3, label="MC success")
         if "learned" in cur:
             ax.plot(x, cur["learned"], color="tab:blue", label="learned P̂")
@@ -316,8 +356,9 @@ def _token_texts(ids: list[int], tokenizer: Any) -> list[str]:
     return out
 
 
-def render_heatmap(result: EvalResult, indices: list[int], tokenizer: Any = None,
-                   forks: dict[int, int] | None = None) -> str:
+def render_heatmap(
+    result: EvalResult, indices: list[int], tokenizer: Any = None, forks: dict[int, int] | None = None
+) -> str:
     """Self-contained HTML: per trace, one ``<span class="tok">`` per completion token.
 
     Token i is coloured by the MC success of the prefix ending with it (position i + 1); tokens at
@@ -328,7 +369,8 @@ def render_heatmap(result: EvalResult, indices: list[int], tokenizer: Any = None
     forks = forks or {}
     soft_names = [n for n in ("mellowmax", "logsumexp") if result.curves and n in result.curves[0]]
     parts = [
-        "<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>prefixvalue token heatmap</title>",
+        "<!DOCTYPE html>",
+        "<html><head><meta charset='utf-8'><title>prefixvalue token heatmap</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.9}"
         ".trace{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;margin:1em 0}"
         ".prompt{color:#555;font-family:monospace;white-space:pre-wrap}"
@@ -339,8 +381,8 @@ def render_heatmap(result: EvalResult, indices: list[int], tokenizer: Any = None
         "<p>Each token is coloured by the Monte Carlo success rate of the prefix that ends with that token "
         "(resampling continuations from there); grey tokens have no MC label. Hover a token for its "
         "position, MC k/n and 95% CI, learned value and soft values.</p>",
-        "<p class='legend'>" + "".join(f"<span style='background:{value_colour(v)}'>{v:.1f}</span>"
-                                       for v in np.linspace(0, 1, 6))
+        "<p class='legend'>"
+        + "".join(f"<span style='background:{value_colour(v)}'>{v:.1f}</span>" for v in np.linspace(0, 1, 6))
         + f" <span style='background:{NO_LABEL_COLOUR}'>none</span></p>",
     ]
     pos_col = result.prefixes["position"]
@@ -351,23 +393,29 @@ def render_heatmap(result: EvalResult, indices: list[int], tokenizer: Any = None
         head = f"trace {html.escape(t.trace_id)} · prompt {html.escape(t.prompt_id)} · outcome {t.outcome:g}"
         p0 = rows.get(0)
         if p0 is not None:
-            head += (f" · bare prompt MC {_g(result.prefixes['successes'][p0])}/{result.prefixes['n'][p0]}"
-                     f" = {result.prefixes['mc_mean'][p0]:.2f}")
+            head += (
+                f" · bare prompt MC {_g(result.prefixes['successes'][p0])}/{result.prefixes['n'][p0]}"
+                f" = {result.prefixes['mc_mean'][p0]:.2f}"
+            )
         fork = forks.get(i)
         if fork is not None and fork < len(texts):
             head += f" · <b>forking token {html.escape(repr(texts[fork]))} at token {fork}</b> (outlined)"
         prompt_text = t.prompt or (tokenizer.decode(t.prompt_ids) if tokenizer is not None else "")
-        parts.append(f"<div class='trace' data-trace-id='{html.escape(t.trace_id)}'>"
-                     f"<div class='meta'>{head}</div><div class='prompt'>{html.escape(prompt_text)}</div><div>")
+        parts.append(
+            f"<div class='trace' data-trace-id='{html.escape(t.trace_id)}'>"
+            f"<div class='meta'>{head}</div><div class='prompt'>{html.escape(prompt_text)}</div><div>"
+        )
         for k, text in enumerate(texts):
             p = k + 1
             j = rows.get(p)
             tip = [f"position {p}"]
             if j is not None:
                 colour = value_colour(result.prefixes["mc_mean"][j])
-                tip.append(f"MC {_g(result.prefixes['successes'][j])}/{result.prefixes['n'][j]} = "
-                           f"{result.prefixes['mc_mean'][j]:.3f} [{result.prefixes['ci_low'][j]:.2f}, "
-                           f"{result.prefixes['ci_high'][j]:.2f}]")
+                tip.append(
+                    f"MC {_g(result.prefixes['successes'][j])}/{result.prefixes['n'][j]} = "
+                    f"{result.prefixes['mc_mean'][j]:.3f} [{result.prefixes['ci_low'][j]:.2f}, "
+                    f"{result.prefixes['ci_high'][j]:.2f}]"
+                )
                 mc_attr = f"{result.prefixes['mc_mean'][j]:.6g}"
             else:
                 colour, mc_attr = NO_LABEL_COLOUR, ""
@@ -378,8 +426,10 @@ def render_heatmap(result: EvalResult, indices: list[int], tokenizer: Any = None
                 tip.append(f"{s} {cur[s][p]:.3f}")
             shown = text.replace("\n", "↵\n")
             cls = "tok fork" if k == fork else "tok"
-            parts.append(f"<span class='{cls}' style='background:{colour}' data-position='{p}' data-mc='{mc_attr}' "
-                         f"title='{html.escape('; '.join(tip), quote=True)}'>{html.escape(shown)}</span>")
+            parts.append(
+                f"<span class='{cls}' style='background:{colour}' data-position='{p}' data-mc='{mc_attr}' "
+                f"title='{html.escape('; '.join(tip), quote=True)}'>{html.escape(shown)}</span>"
+            )
         parts.append("</div></div>")
     parts.append("</body></html>")
     return "".join(parts)
@@ -403,110 +453,166 @@ def render_quickstart_section(q: dict[str, Any], metrics: dict[str, Any]) -> str
     """The quickstart's report section (markdown): the quality goal, the short-prefix study, the forking
     tokens, step verification, cost and timings, from metrics.json's ``quickstart`` section `q`."""
     v = q["quality"]
-    lines = ["## Quickstart: the questions and the answers measured here", "",
-             f"{q['train_prompts']} training prompts / {q['heldout_prompts']} held-out prompts "
-             f"({q['collected_traces']} traces, policy accuracy {q['policy_accuracy']:.3f}); "
-             f"{metrics['n_prefixes']} held-out prefixes of {metrics['n_traces']} traces labelled with "
-             f"{metrics['mc']['samples_per_prefix']} MC samples each.", "",
-             "### Quality goal", "",
-             f"- goal: {v['goal']}",
-             f"- learned Spearman {_fixed(v['learned_spearman'])} vs noise ceiling {_fixed(v['noise_ceiling'])}: "
-             f"**{_fixed(v['fraction_of_ceiling'], 2)}** of the ceiling, 95% CI {_ci(v.get('fraction_of_ceiling_ci'))} "
-             f"(ceiling held fixed); MellowMax {_fixed(v['mellowmax_spearman'])}",
-             f"- learned − MellowMax (Spearman, paired bootstrap): {_fixed((v.get('paired_vs_mellowmax') or {}).get('value'))}"
-             f", 95% CI {_ci((v.get('paired_vs_mellowmax') or {}).get('ci'))}",
-             f"- met: **{v['met']}** (ceiling goal by its CI's lower bound: {v['reaches_ceiling_goal']}; beats MellowMax "
-             f"by its CI's lower bound: {v['beats_mellowmax']})"]
+    lines = [
+        "## Quickstart: the questions and the answers measured here",
+        "",
+        f"{q['train_prompts']} training prompts / {q['heldout_prompts']} held-out prompts "
+        f"({q['collected_traces']} traces, policy accuracy {q['policy_accuracy']:.3f}); "
+        f"{metrics['n_prefixes']} held-out prefixes of {metrics['n_traces']} traces labelled with "
+        f"{metrics['mc']['samples_per_prefix']} MC samples each.",
+        "",
+        "### Quality goal",
+        "",
+        f"- goal: {v['goal']}",
+        f"- learned Spearman {_fixed(v['learned_spearman'])} vs noise ceiling {_fixed(v['noise_ceiling'])}: "
+        f"**{_fixed(v['fraction_of_ceiling'], 2)}** of the ceiling, 95% CI {_ci(v.get('fraction_of_ceiling_ci'))} "
+        f"(ceiling held fixed); MellowMax {_fixed(v['mellowmax_spearman'])}",
+        f"- learned − MellowMax (Spearman, paired bootstrap): {_fixed((v.get('paired_vs_mellowmax') or {}).get('value'))}"
+        f", 95% CI {_ci((v.get('paired_vs_mellowmax') or {}).get('ci'))}",
+        f"- met: **{v['met']}** (ceiling goal by its CI's lower bound: {v['reaches_ceiling_goal']}; beats MellowMax "
+        f"by its CI's lower bound: {v['beats_mellowmax']})",
+    ]
     if v.get("note"):
         lines.append(f"- {v['note']}")
     for key, val in v.items():
         if key.endswith("_fraction_of_ceiling") and key != "fraction_of_ceiling":
-            lines.append(f"- {key.replace('_fraction_of_ceiling', '')}: {_fixed(val, 2)} of the ceiling "
-                         f"{_ci(v.get(key + '_ci'))}")
+            lines.append(
+                f"- {key.replace('_fraction_of_ceiling', '')}: {_fixed(val, 2)} of the ceiling "
+                f"{_ci(v.get(key + '_ci'))}"
+            )
     if v["limits"]:
         lines += ["- what limits it:", *[f"  - {x}" for x in v["limits"]]]
     if metrics["mc"].get("saturated"):
         lines.append(f"- **labels are saturated** ({SATURATION_DEFINITION}): {metrics['mc'].get('note', '')}")
-    lines += ["", "### Short-prefix study: soft values vs MC success", "",
-              "| prefixes | n | label variance | noise ceiling | " + " | ".join(q["short_estimators"]) + " |",
-              "|---|---|---|---|" + "---|" * len(q["short_estimators"])]
+    lines += [
+        "",
+        "### Short-prefix study: soft values vs MC success",
+        "",
+        "| prefixes | n | label variance | noise ceiling | " + " | ".join(q["short_estimators"]) + " |",
+        "|---|---|---|---|" + "---|" * len(q["short_estimators"]),
+    ]
     for key, s in q["short"].items():
-        cells = [_corr_short(s["estimators"][n]["spearman"]) if n in s["estimators"] else "n/a" for n in q["short_estimators"]]
-        lines.append(f"| {key} (positions 0..{key.split(':')[1]}) | {s['n_prefixes']} | {_fixed(s['label_variance'], 4)} | "
-                     f"{_fixed(s['noise_ceiling_spearman'])} | " + " | ".join(cells) + " |")
-    lines += ["", "Spearman with bootstrap 95% CIs; one trace per held-out prompt, "
-              f"{q['short_samples']} MC samples per prefix.", "",
-              "### Forking tokens: the largest MC value jumps", "",
-              "The largest jump of a trace is selected on its labels, so it is biased upwards; each is re-tested "
-              "on fresh MC samples of the two prefixes (two-sided Fisher exact test, Bonferroni over the "
-              "forks shown).", "",
-              "| trace | forking token | at token | selected MC before → after | fresh MC before → after | p | "
-              "confirmed | learned before → after |",
-              "|---|---|---|---|---|---|---|---|"]
+        cells = [
+            _corr_short(s["estimators"][n]["spearman"]) if n in s["estimators"] else "n/a"
+            for n in q["short_estimators"]
+        ]
+        lines.append(
+            f"| {key} (positions 0..{key.split(':')[1]}) | {s['n_prefixes']} | {_fixed(s['label_variance'], 4)} | "
+            f"{_fixed(s['noise_ceiling_spearman'])} | " + " | ".join(cells) + " |"
+        )
+    lines += [
+        "",
+        f"Spearman with bootstrap 95% CIs; one trace per held-out prompt, {q['short_samples']} MC samples per prefix.",
+        "",
+        "### Forking tokens: the largest MC value jumps",
+        "",
+        "The largest jump of a trace is selected on its labels, so it is biased upwards; each is re-tested "
+        "on fresh MC samples of the two prefixes (two-sided Fisher exact test, Bonferroni over the "
+        "forks shown).",
+        "",
+        "| trace | forking token | at token | selected MC before → after | fresh MC before → after | p | "
+        "confirmed | learned before → after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in q["forks"]:
         conf = "n/a" if r.get("confirmed") is None else str(r["confirmed"])
-        lines.append(f"| {r['trace_id']} | `{r['token']!r}` | {r['token_index']} | {r['mc_before']:.2f} → "
-                     f"{r['mc_after']:.2f} | {_fixed(r.get('fresh_before'), 2)} → {_fixed(r.get('fresh_after'), 2)} "
-                     f"| {_fixed(r.get('p_value'), 4)} | {conf} | {_fixed(r.get('learned_before'), 2)} → "
-                     f"{_fixed(r.get('learned_after'), 2)} |")
+        lines.append(
+            f"| {r['trace_id']} | `{r['token']!r}` | {r['token_index']} | {r['mc_before']:.2f} → "
+            f"{r['mc_after']:.2f} | {_fixed(r.get('fresh_before'), 2)} → {_fixed(r.get('fresh_after'), 2)} "
+            f"| {_fixed(r.get('p_value'), 4)} | {conf} | {_fixed(r.get('learned_before'), 2)} → "
+            f"{_fixed(r.get('learned_after'), 2)} |"
+        )
     notes = sorted({r["confirmed_note"] for r in q["forks"] if r.get("confirmed_note")})
-    lines += ["", *[f"- {n}" for n in notes], "" if notes else "",
-              "They are drawn first in value_curves.png and heatmap.html (the forking token outlined).", ""]
+    lines += [
+        "",
+        *[f"- {n}" for n in notes],
+        "" if notes else "",
+        "They are drawn first in value_curves.png and heatmap.html (the forking token outlined).",
+        "",
+    ]
     sv = metrics.get("step_verification") or {}
     cost = metrics.get("cost") or {}
-    lines += ["### Step verification and cost", "",
-              f"- step verification F1 (learned prefix value after each step, threshold on a calibration split): "
-              f"**{_fixed(sv.get('f1'))}**" + (f"; process-level {_fixed(sv['process_level'].get('f1'))}"
-                                          if sv.get("process_level") else ""),
-              f"- MC is **{_fixed(cost.get('ratio_mc_to_value'), 1)}x** the value model's tokens for the same prefixes "
-              f"({_fixed(cost.get('mc_generated_tokens'), 0)} generated vs {_fixed(cost.get('value_forward_tokens'), 0)} "
-              "forward tokens)",
-              f"- wall clock: {q['seconds']['total']:.0f} s ("
-              + ", ".join(f"{k} {s:.0f} s" for k, s in q["seconds"].items() if k != "total") + ")", ""]
+    lines += [
+        "### Step verification and cost",
+        "",
+        f"- step verification F1 (learned prefix value after each step, threshold on a calibration split): "
+        f"**{_fixed(sv.get('f1'))}**"
+        + (f"; process-level {_fixed(sv['process_level'].get('f1'))}" if sv.get("process_level") else ""),
+        f"- MC is **{_fixed(cost.get('ratio_mc_to_value'), 1)}x** the value model's tokens for the same prefixes "
+        f"({_fixed(cost.get('mc_generated_tokens'), 0)} generated vs {_fixed(cost.get('value_forward_tokens'), 0)} "
+        "forward tokens)",
+        f"- wall clock: {q['seconds']['total']:.0f} s ("
+        + ", ".join(f"{k} {s:.0f} s" for k, s in q["seconds"].items() if k != "total")
+        + ")",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def summary_table(q: dict[str, Any], metrics: dict[str, Any]) -> str:
     """The plain-text summary the quickstart prints at the end of its run."""
     ceiling = metrics["mc"]["noise_ceiling"].get("spearman")
-    lines = [f"held-out prefixes: {metrics['n_prefixes']} ({metrics['n_traces']} traces), "
-             f"MC label variance {_fixed(metrics['mc'].get('label_variance'))}, noise ceiling {_fixed(ceiling)}",
-             f"{'estimator':<22}{'Spearman [95% CI]':<26}{'Pearson':>9}{'Brier':>8}{'ECE':>8}"]
+    lines = [
+        f"held-out prefixes: {metrics['n_prefixes']} ({metrics['n_traces']} traces), "
+        f"MC label variance {_fixed(metrics['mc'].get('label_variance'))}, noise ceiling {_fixed(ceiling)}",
+        f"{'estimator':<22}{'Spearman [95% CI]':<26}{'Pearson':>9}{'Brier':>8}{'ECE':>8}",
+    ]
     for name, m in metrics["estimators"].items():
         if name.startswith("mellowmax_") or name.startswith("logsumexp_"):
             continue
-        lines.append(f"{name:<22}{_corr_short(m['spearman']):<26}{_fixed(m['pearson'].get('value')):>9}"
-                     f"{_fixed(m.get('brier')):>8}{_fixed(m.get('ece')):>8}")
+        lines.append(
+            f"{name:<22}{_corr_short(m['spearman']):<26}{_fixed(m['pearson'].get('value')):>9}"
+            f"{_fixed(m.get('brier')):>8}{_fixed(m.get('ece')):>8}"
+        )
     v = q["quality"]
     sv = metrics.get("step_verification") or {}
     pv = v.get("paired_vs_mellowmax") or {}
-    lines += [f"goal (>= {CEILING_GOAL:.0%} of ceiling and > MellowMax, by CI lower bounds): met={v['met']} "
-              f"(learned at {_fixed(v['fraction_of_ceiling'], 2)} of ceiling, CI {_ci(v.get('fraction_of_ceiling_ci'))}; "
-              f"learned - MellowMax {_fixed(pv.get('value'))} CI {_ci(pv.get('ci'))})",
-              f"step verification F1: {_fixed(sv.get('f1'))}   MC / value-model cost: "
-              f"{_fixed((metrics.get('cost') or {}).get('ratio_mc_to_value'), 1)}x",
-              "short prefixes (Spearman with MC): " + "; ".join(
-                  f"{k} mellowmax {_corr_short(s['estimators'].get('mellowmax', {}).get('spearman', {}))}"
-                  for k, s in q["short"].items()),
-              "forks: " + "; ".join(f"{r['trace_id']} {r['token']!r}@{r['token_index']} "
-                                    f"{r['mc_before']:.2f}->{r['mc_after']:.2f} confirmed={r.get('confirmed')}"
-                                    for r in q["forks"]),
-              f"total {q['seconds']['total']:.0f} s"]
+    lines += [
+        f"goal (>= {CEILING_GOAL:.0%} of ceiling and > MellowMax, by CI lower bounds): met={v['met']} "
+        f"(learned at {_fixed(v['fraction_of_ceiling'], 2)} of ceiling, CI {_ci(v.get('fraction_of_ceiling_ci'))}; "
+        f"learned - MellowMax {_fixed(pv.get('value'))} CI {_ci(pv.get('ci'))})",
+        f"step verification F1: {_fixed(sv.get('f1'))}   MC / value-model cost: "
+        f"{_fixed((metrics.get('cost') or {}).get('ratio_mc_to_value'), 1)}x",
+        "short prefixes (Spearman with MC): "
+        + "; ".join(
+            f"{k} mellowmax {_corr_short(s['estimators'].get('mellowmax', {}).get('spearman', {}))}"
+            for k, s in q["short"].items()
+        ),
+        "forks: "
+        + "; ".join(
+            f"{r['trace_id']} {r['token']!r}@{r['token_index']} "
+            f"{r['mc_before']:.2f}->{r['mc_after']:.2f} confirmed={r.get('confirmed')}"
+            for r in q["forks"]
+        ),
+        f"total {q['seconds']['total']:.0f} s",
+    ]
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------- write
 def _pick_traces(result: EvalResult, k: int) -> list[int]:
     """Traces with the most labelled positions first (ties: varied MC labels first), up to k."""
-    order = sorted(range(len(result.traces)),
-                   key=lambda i: (-len(result.mc[i]["position"]), -float(np.ptp(result.mc[i]["mean"]))
-                                  if len(result.mc[i]["mean"]) else 0.0, i))
+    order = sorted(
+        range(len(result.traces)),
+        key=lambda i: (
+            -len(result.mc[i]["position"]),
+            -float(np.ptp(result.mc[i]["mean"])) if len(result.mc[i]["mean"]) else 0.0,
+            i,
+        ),
+    )
     return order[: max(0, k)]
 
 
-def write_report(result: EvalResult, out_dir: str | Path, tokenizer: Any = None, logger: Any = None,
-                 config: Any = None, traces: list[int] | None = None,
-                 forks: dict[int, int] | None = None, sections: Sequence[str] = ()) -> dict[str, Path]:
+def write_report(
+    result: EvalResult,
+    out_dir: str | Path,
+    tokenizer: Any = None,
+    logger: Any = None,
+    config: Any = None,
+    traces: list[int] | None = None,
+    forks: dict[int, int] | None = None,
+    sections: Sequence[str] = (),
+) -> dict[str, Path]:
     """Write metrics.json, report.md, predictions.parquet, plots and heatmap.html into `out_dir`.
 
     `tokenizer` renders token text in the heatmap (ids are shown without it). With a `logger`
@@ -531,12 +637,17 @@ def write_report(result: EvalResult, out_dir: str | Path, tokenizer: Any = None,
         paths["calibration"] = cal
         plots["calibration curve"] = cal.name
     mc = np.asarray(result.prefixes["mc_mean"], dtype=np.float64)
-    scatter_name = "learned" if "learned" in result.estimator_info else next(
-        (n for n, i in result.estimator_info.items() if i.get("probability")), None)
+    scatter_name = (
+        "learned"
+        if "learned" in result.estimator_info
+        else next((n for n, i in result.estimator_info.items() if i.get("probability")), None)
+    )
     if scatter_name is not None:
-        paths["scatter"] = plot_scatter(np.asarray(result.prefixes[scatter_name], dtype=np.float64), mc,
-                                        scatter_name, out / "scatter.png")
+        paths["scatter"] = plot_scatter(
+            np.asarray(result.prefixes[scatter_name], dtype=np.float64), mc, scatter_name, out / "scatter.png"
+        )
         plots[f"{scatter_name} vs MC"] = paths["scatter"].name
+
     def chosen(k: int) -> list[int]:
         first = [i for i in (traces or []) if 0 <= i < len(result.traces)]
         return (first + [i for i in _pick_traces(result, k + len(first)) if i not in first])[: max(k, len(first))]
@@ -563,8 +674,11 @@ def write_report(result: EvalResult, out_dir: str | Path, tokenizer: Any = None,
 
     if logger is not None:
         flat: dict[str, float] = {}
-        flatten_metrics("eval", {k: metrics[k] for k in ("n_traces", "n_prefixes", "mc", "estimators",
-                                                   "step_verification", "cost")}, flat)
+        flatten_metrics(
+            "eval",
+            {k: metrics[k] for k in ("n_traces", "n_prefixes", "mc", "estimators", "step_verification", "cost")},
+            flat,
+        )
         logger.log(flat, step=0)
         for key in ("calibration", "scatter", "value_curves"):
             if key in paths:

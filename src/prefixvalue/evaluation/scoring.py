@@ -125,8 +125,9 @@ def evaluate_prefixes(
     empty = [r for r in label_rows if not int(r["n"]) or not np.isfinite(float(r["mean"]))]
     if empty:
         label_rows = [r for r in label_rows if int(r["n"]) and np.isfinite(float(r["mean"]))]
-        notes.append(f"{len(empty)} prefix label(s) with no MC samples (n = 0, so no value) were dropped before "
-                     f"scoring")
+        notes.append(
+            f"{len(empty)} prefix label(s) with no MC samples (n = 0, so no value) were dropped before scoring"
+        )
     by_trace: dict[str, list[dict[str, Any]]] = {}
     for r in label_rows:
         by_trace.setdefault(str(r["trace_id"]), []).append(r)
@@ -136,17 +137,31 @@ def evaluate_prefixes(
     if cfg.max_traces is not None:
         records = records[: cfg.max_traces]
     if not records:
-        raise ValueError("evaluate: no trace has prefix labels (check that --labels matches --traces)"
-                         if not split.get("dropped_training_prompts") else
-                         "evaluate: every labelled trace comes from a training prompt of the checkpoint; label "
-                         "held-out traces (or pass include_training_prompts=true)")
+        raise ValueError(
+            "evaluate: no trace has prefix labels (check that --labels matches --traces)"
+            if not split.get("dropped_training_prompts")
+            else "evaluate: every labelled trace comes from a training prompt of the checkpoint; label "
+            "held-out traces (or pass include_training_prompts=true)"
+        )
     if orphan:
-        notes.append(f"{len(orphan)} labelled trace id(s) are missing from the traces and were skipped "
-                     f"(e.g. {orphan[0]!r})")
-    spec = (SoftValueSpec(omegas=tuple(cfg.omegas), default_omega=cfg.mellowmax_omega, top_k=tuple(cfg.top_k))
-            if cfg.soft_values else None)
-    est = estimate_values(records, value_model, policy, tokenizer, batch_size=cfg.batch_size, soft_values=spec,
-                          base_rate=cfg.base_rate, estimators=dict(ESTIMATORS if estimators is None else estimators))
+        notes.append(
+            f"{len(orphan)} labelled trace id(s) are missing from the traces and were skipped (e.g. {orphan[0]!r})"
+        )
+    spec = (
+        SoftValueSpec(omegas=tuple(cfg.omegas), default_omega=cfg.mellowmax_omega, top_k=tuple(cfg.top_k))
+        if cfg.soft_values
+        else None
+    )
+    est = estimate_values(
+        records,
+        value_model,
+        policy,
+        tokenizer,
+        batch_size=cfg.batch_size,
+        soft_values=spec,
+        base_rate=cfg.base_rate,
+        estimators=dict(ESTIMATORS if estimators is None else estimators),
+    )
     notes += est.notes
     cols, mc = _prefix_table(records, by_trace, est, cfg.first_k)
     names = list(est.info)
@@ -168,11 +183,14 @@ def evaluate_prefixes(
         "split": split,
         "bootstrap_unit": _unit(cfg),
         "bootstrap_note": _bootstrap_note(cfg, groups),
-        "positions": {"min": int(positions.min()), "max": int(positions.max()),
-                      "n_distinct": len(np.unique(positions)),
-                      "mean_per_trace": float(n_pref / len(records)),
-                      "groups": {g: int(np.sum(cols[g])) for g in POSITION_GROUPS},
-                      "first_k": cfg.first_k},
+        "positions": {
+            "min": int(positions.min()),
+            "max": int(positions.max()),
+            "n_distinct": len(np.unique(positions)),
+            "mean_per_trace": float(n_pref / len(records)),
+            "groups": {g: int(np.sum(cols[g])) for g in POSITION_GROUPS},
+            "first_k": cfg.first_k,
+        },
         "mc": _mc_section(y, n_arr, ceiling),
         "estimators": est_metrics,
         "mellowmax_default": ({"omega": cfg.mellowmax_omega, "vocab": "full"} if "mellowmax" in est.info else None),
@@ -182,19 +200,38 @@ def evaluate_prefixes(
         "cost": _cost_section(est.cost, mc_cost, n_pref, len(label_rows)),
         "notes": notes,
     }
-    calib = {name: calibration_bins(cols[name], y, cfg.ece_bins) for name in names
-             if est_metrics[name]["probability"]}
-    return EvalResult(metrics=jsonable(metrics), prefixes=cols, traces=records, curves=est.curves, mc=mc,
-                      estimator_info=est.info, calibration=calib)
+    calib = {name: calibration_bins(cols[name], y, cfg.ece_bins) for name in names if est_metrics[name]["probability"]}
+    return EvalResult(
+        metrics=jsonable(metrics),
+        prefixes=cols,
+        traces=records,
+        curves=est.curves,
+        mc=mc,
+        estimator_info=est.info,
+        calibration=calib,
+    )
 
 
-def _prefix_table(records: list[TraceRecord], by_trace: dict[str, list[dict[str, Any]]], est: Estimates,
-                  first_k: int) -> tuple[dict[str, list[Any]], list[dict[str, np.ndarray]]]:
+def _prefix_table(
+    records: list[TraceRecord], by_trace: dict[str, list[dict[str, Any]]], est: Estimates, first_k: int
+) -> tuple[dict[str, list[Any]], list[dict[str, np.ndarray]]]:
     """The per-prefix table (one entry per labelled prefix in every column) and each trace's MC curve."""
     names = list(est.info)
-    cols: dict[str, list[Any]] = {k: [] for k in (
-        "trace_id", "prompt_id", "position", "n", "successes", "mc_mean", "ci_low", "ci_high", "outcome",
-        *POSITION_GROUPS)}
+    cols: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "trace_id",
+            "prompt_id",
+            "position",
+            "n",
+            "successes",
+            "mc_mean",
+            "ci_low",
+            "ci_high",
+            "outcome",
+            *POSITION_GROUPS,
+        )
+    }
     for name in names:
         cols[name] = []
     if "learned" in names:
@@ -222,8 +259,12 @@ def _prefix_table(records: list[TraceRecord], by_trace: dict[str, list[dict[str,
                 cols[name].append(float(curve[name][p]))
             if td is not None:
                 cols["learned_td"].append(float(td[p]) if p < t.length else None)
-        mc.append({"position": np.asarray([int(r["position"]) for r in rows]),
-                   **{key: np.asarray([float(r[key]) for r in rows]) for key in ("mean", "ci_low", "ci_high")}})
+        mc.append(
+            {
+                "position": np.asarray([int(r["position"]) for r in rows]),
+                **{key: np.asarray([float(r[key]) for r in rows]) for key in ("mean", "ci_low", "ci_high")},
+            }
+        )
     return cols, mc
 
 
@@ -256,9 +297,11 @@ def bootstrap_groups(cols: dict[str, list[Any]], cfg: EvaluateConfig) -> np.ndar
 
 def _bootstrap_note(cfg: EvaluateConfig, groups: np.ndarray) -> str:
     n_units = len(np.unique(groups)) if len(groups) else 0
-    return (f"95% CIs are percentile cluster-bootstrap intervals ({cfg.n_bootstrap} replicates) that resample "
-            f"whole {_unit(cfg)}s ({n_units} of them) with replacement; every estimator sees the same replicates, "
-            f"so differences between estimators are paired")
+    return (
+        f"95% CIs are percentile cluster-bootstrap intervals ({cfg.n_bootstrap} replicates) that resample "
+        f"whole {_unit(cfg)}s ({n_units} of them) with replacement; every estimator sees the same replicates, "
+        f"so differences between estimators are paired"
+    )
 
 
 def _add_ceiling(spearman: dict[str, Any], ceiling: dict[str, Any]) -> None:
@@ -270,23 +313,34 @@ def _add_ceiling(spearman: dict[str, Any], ceiling: dict[str, Any]) -> None:
         spearman["fraction_of_ceiling"] = spearman["value"] / ceiling["spearman"]
 
 
-def _share_of_ceiling(x: np.ndarray, y: np.ndarray, groups: np.ndarray, ceiling: dict[str, Any],
-                      cfg: EvaluateConfig) -> dict[str, Any]:
+def _share_of_ceiling(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, ceiling: dict[str, Any], cfg: EvaluateConfig
+) -> dict[str, Any]:
     """``fraction_of_ceiling_ci``: the bootstrap CI of Spearman / ceiling, with the ceiling held fixed at
     its point estimate (the replicates resample the estimator's Spearman only)."""
     c = ceiling.get("spearman")
     if not c:
-        return {"fraction_of_ceiling_ci": None,
-                "fraction_of_ceiling_note": "no share of the ceiling: the noise ceiling is undefined"}
-    ci, note = cluster_bootstrap(lambda idx: float(CORR_SPEARMAN(x[idx], y[idx])) / c, groups,
-                                 n_boot=cfg.n_bootstrap, seed=cfg.seed, unit=_unit(cfg))
-    text = (f"CI of Spearman / {c:.3f} over the same bootstrap replicates; the noise ceiling is held fixed at its "
-            f"split-half point estimate (its own uncertainty is not propagated)")
+        return {
+            "fraction_of_ceiling_ci": None,
+            "fraction_of_ceiling_note": "no share of the ceiling: the noise ceiling is undefined",
+        }
+    ci, note = cluster_bootstrap(
+        lambda idx: float(CORR_SPEARMAN(x[idx], y[idx])) / c,
+        groups,
+        n_boot=cfg.n_bootstrap,
+        seed=cfg.seed,
+        unit=_unit(cfg),
+    )
+    text = (
+        f"CI of Spearman / {c:.3f} over the same bootstrap replicates; the noise ceiling is held fixed at its "
+        f"split-half point estimate (its own uncertainty is not propagated)"
+    )
     return {"fraction_of_ceiling_ci": ci, "fraction_of_ceiling_note": text + (f"; {note}" if note else "")}
 
 
-def split_filter(records: list[TraceRecord], by_trace: dict[str, list[dict[str, Any]]], cfg: EvaluateConfig,
-                 has_value_model: bool) -> tuple[list[TraceRecord], dict[str, Any]]:
+def split_filter(
+    records: list[TraceRecord], by_trace: dict[str, list[dict[str, Any]]], cfg: EvaluateConfig, has_value_model: bool
+) -> tuple[list[TraceRecord], dict[str, Any]]:
     """Keep the traces whose prompt text is held out under the checkpoint's split record.
 
     The record is ``SplitRecord.load(cfg.split_record or cfg.checkpoint)`` (`prefixvalue.data.split`,
@@ -301,45 +355,77 @@ def split_filter(records: list[TraceRecord], by_trace: dict[str, list[dict[str, 
     include = bool(getattr(cfg, "include_training_prompts", False))
     folder = getattr(cfg, "split_record", None) or getattr(cfg, "checkpoint", None)
     record = load_split_record(folder) if folder else None
-    sec: dict[str, Any] = {"heldout_prompts": None, "heldout_traces": None, "kept_prefixes": None,
-                           "dropped_training_prompts": 0, "dropped_prefixes": 0, "heldout_fraction": None,
-                           "split_seed": None, "source": None, "includes_training_prompts": None, "note": ""}
+    sec: dict[str, Any] = {
+        "heldout_prompts": None,
+        "heldout_traces": None,
+        "kept_prefixes": None,
+        "dropped_training_prompts": 0,
+        "dropped_prefixes": 0,
+        "heldout_fraction": None,
+        "split_seed": None,
+        "source": None,
+        "includes_training_prompts": None,
+        "note": "",
+    }
     n_prompts = len({t.prompt_id for t in records})
     if record is None:
         if folder and not include:
-            raise ConfigError(f"evaluate: the checkpoint {folder} records no split (split.json), so its training "
-                              f"prompts cannot be left out; pass include_training_prompts=true to score every "
-                              f"prompt anyway")
+            raise ConfigError(
+                f"evaluate: the checkpoint {folder} records no split (split.json), so its training "
+                f"prompts cannot be left out; pass include_training_prompts=true to score every "
+                f"prompt anyway"
+            )
         if include:
             sec["includes_training_prompts"] = True
-            sec["note"] = (f"include_training_prompts=true and no split record: all {n_prompts} prompts are scored, "
-                           f"and any of them may be a training prompt; these are not held-out figures")
+            sec["note"] = (
+                f"include_training_prompts=true and no split record: all {n_prompts} prompts are scored, "
+                f"and any of them may be a training prompt; these are not held-out figures"
+            )
         elif has_value_model:
-            sec["note"] = ("no split record was given (a value model in memory, no checkpoint folder): whether these "
-                           f"{n_prompts} prompts were held out of training cannot be checked")
+            sec["note"] = (
+                "no split record was given (a value model in memory, no checkpoint folder): whether these "
+                f"{n_prompts} prompts were held out of training cannot be checked"
+            )
         else:
             sec["includes_training_prompts"] = False
             sec["heldout_prompts"] = n_prompts
             sec["note"] = "no value model is evaluated, so no prompt was trained on by a value model"
         return records, sec
-    sec.update(heldout_fraction=getattr(record, "heldout_fraction", None), split_seed=getattr(record, "split_seed", None),
-               source=str(Path(str(folder)) / "split.json"))
+    sec.update(
+        heldout_fraction=getattr(record, "heldout_fraction", None),
+        split_seed=getattr(record, "split_seed", None),
+        source=str(Path(str(folder)) / "split.json"),
+    )
     held = {t.prompt_id: bool(record.is_heldout(t.prompt)) for t in records}
     training = sorted(p for p, h in held.items() if not h)
     if include:
-        sec.update(includes_training_prompts=bool(training), heldout_prompts=n_prompts - len(training),
-                   training_prompts_scored=len(training))
-        sec["note"] = (f"include_training_prompts=true: the scores include {len(training)} training prompt(s) of "
-                       f"{n_prompts}; they are not held-out figures") if training else (
-                       f"include_training_prompts=true, but all {n_prompts} prompts are held out under the record")
+        sec.update(
+            includes_training_prompts=bool(training),
+            heldout_prompts=n_prompts - len(training),
+            training_prompts_scored=len(training),
+        )
+        sec["note"] = (
+            (
+                f"include_training_prompts=true: the scores include {len(training)} training prompt(s) of "
+                f"{n_prompts}; they are not held-out figures"
+            )
+            if training
+            else (f"include_training_prompts=true, but all {n_prompts} prompts are held out under the record")
+        )
         return records, sec
     kept = [t for t in records if held[t.prompt_id]]
     dropped = [t for t in records if not held[t.prompt_id]]
-    sec.update(includes_training_prompts=False, dropped_training_prompts=len(training),
-               dropped_prefixes=int(sum(len(by_trace[t.trace_id]) for t in dropped)))
-    sec["note"] = (f"only prompts held out of the checkpoint's training are scored: {len(dropped)} trace(s) of "
-                   f"{len(training)} training prompt(s) were dropped ({sec['dropped_prefixes']} prefixes)"
-                   if dropped else "every labelled prompt is held out under the checkpoint's split record; none dropped")
+    sec.update(
+        includes_training_prompts=False,
+        dropped_training_prompts=len(training),
+        dropped_prefixes=int(sum(len(by_trace[t.trace_id]) for t in dropped)),
+    )
+    sec["note"] = (
+        f"only prompts held out of the checkpoint's training are scored: {len(dropped)} trace(s) of "
+        f"{len(training)} training prompt(s) were dropped ({sec['dropped_prefixes']} prefixes)"
+        if dropped
+        else "every labelled prompt is held out under the checkpoint's split record; none dropped"
+    )
     return kept, sec
 
 
@@ -352,8 +438,13 @@ def load_split_record(folder: str | Path) -> Any:
     return SplitRecord.load(folder)
 
 
-def _estimator_section(cols: dict[str, list[Any]], names: list[str], info: dict[str, dict[str, Any]],
-                       ceiling: dict[str, Any], cfg: EvaluateConfig) -> dict[str, Any]:
+def _estimator_section(
+    cols: dict[str, list[Any]],
+    names: list[str],
+    info: dict[str, dict[str, Any]],
+    ceiling: dict[str, Any],
+    cfg: EvaluateConfig,
+) -> dict[str, Any]:
     y = np.asarray(cols["mc_mean"], dtype=np.float64)
     outcome = np.asarray(cols["outcome"], dtype=np.float64)
     groups = bootstrap_groups(cols, cfg)
@@ -361,14 +452,30 @@ def _estimator_section(cols: dict[str, list[Any]], names: list[str], info: dict[
     out: dict[str, Any] = {}
     for name in names:
         x = np.asarray(cols[name], dtype=np.float64)
-        m = estimator_metrics(x, y, outcome, groups, probability=info[name]["probability"],
-                              n_boot=cfg.n_bootstrap, seed=cfg.seed, n_bins=cfg.ece_bins, unit=unit)
+        m = estimator_metrics(
+            x,
+            y,
+            outcome,
+            groups,
+            probability=info[name]["probability"],
+            n_boot=cfg.n_bootstrap,
+            seed=cfg.seed,
+            n_bins=cfg.ece_bins,
+            unit=unit,
+        )
         _add_ceiling(m["spearman"], ceiling)
         if name == "learned" or name.startswith("learned_"):
             if "mellowmax" in names:
                 m["spearman"]["paired_vs_mellowmax"] = paired_difference(
-                    x, np.asarray(cols["mellowmax"], dtype=np.float64), y, groups, "spearman",
-                    n_boot=cfg.n_bootstrap, seed=cfg.seed, unit=unit)
+                    x,
+                    np.asarray(cols["mellowmax"], dtype=np.float64),
+                    y,
+                    groups,
+                    "spearman",
+                    n_boot=cfg.n_bootstrap,
+                    seed=cfg.seed,
+                    unit=unit,
+                )
             m["spearman"].update(_share_of_ceiling(x, y, groups, ceiling, cfg))
         m["description"] = info[name]["description"]
         for extra in ("params", "kind", "base_rate", "note"):
@@ -378,16 +485,28 @@ def _estimator_section(cols: dict[str, list[Any]], names: list[str], info: dict[
     return out
 
 
-def _group_section(cols: dict[str, list[Any]], names: list[str], y: np.ndarray, n_arr: np.ndarray,
-                   groups: np.ndarray, cfg: EvaluateConfig) -> dict[str, Any]:
-    definitions = {"first_k": f"position <= {cfg.first_k}", "step_boundary": "the prefix ends at a step end",
-                   "middle": f"position > {cfg.first_k} and not at a step end"}
+def _group_section(
+    cols: dict[str, list[Any]],
+    names: list[str],
+    y: np.ndarray,
+    n_arr: np.ndarray,
+    groups: np.ndarray,
+    cfg: EvaluateConfig,
+) -> dict[str, Any]:
+    definitions = {
+        "first_k": f"position <= {cfg.first_k}",
+        "step_boundary": "the prefix ends at a step end",
+        "middle": f"position > {cfg.first_k} and not at a step end",
+    }
     out: dict[str, Any] = {}
     for g in POSITION_GROUPS:
         mask = np.asarray(cols[g], dtype=bool)
         tids = np.asarray(cols["trace_id"])
-        entry: dict[str, Any] = {"n_prefixes": int(mask.sum()), "n_traces": len(set(tids[mask].tolist())),
-                                 "definition": definitions[g]}
+        entry: dict[str, Any] = {
+            "n_prefixes": int(mask.sum()),
+            "n_traces": len(set(tids[mask].tolist())),
+            "definition": definitions[g],
+        }
         if mask.any():
             entry["label_mean"] = float(y[mask].mean())
             entry["label_variance"] = float(y[mask].var())
@@ -395,13 +514,27 @@ def _group_section(cols: dict[str, list[Any]], names: list[str], y: np.ndarray, 
             entry["saturated"] = gs["saturated"]
             entry["note"] = gs["note"]
         # the group's own ceiling: its labels' split-half reliability, not the pooled one
-        ceiling = split_half_noise_ceiling(n_arr[mask], np.asarray(cols["successes"], dtype=np.float64)[mask],
-                                           repeats=cfg.noise_ceiling_repeats, seed=cfg.seed)
+        ceiling = split_half_noise_ceiling(
+            n_arr[mask],
+            np.asarray(cols["successes"], dtype=np.float64)[mask],
+            repeats=cfg.noise_ceiling_repeats,
+            seed=cfg.seed,
+        )
         entry["noise_ceiling"] = ceiling
         entry["estimators"] = {}
         for name in names:
-            e = {m: correlation(np.asarray(cols[name])[mask], y[mask], groups[mask], m,
-                                n_boot=cfg.n_bootstrap, seed=cfg.seed, unit=_unit(cfg)) for m in ("spearman", "pearson")}
+            e = {
+                m: correlation(
+                    np.asarray(cols[name])[mask],
+                    y[mask],
+                    groups[mask],
+                    m,
+                    n_boot=cfg.n_bootstrap,
+                    seed=cfg.seed,
+                    unit=_unit(cfg),
+                )
+                for m in ("spearman", "pearson")
+            }
             _add_ceiling(e["spearman"], ceiling)
             entry["estimators"][name] = e
         out[g] = entry
@@ -428,16 +561,18 @@ def _cost_section(cost: dict[str, Any], mc_cost: dict[str, Any] | None, n_pref: 
     cost["ratio_mc_to_value"] = (mc_gen / vft) if (mc_gen is not None and vft) else None
     if cost["ratio_mc_to_value"] is None:
         cost["ratio_mc_to_value_note"] = "needs both MC generated tokens and value-model forward tokens"
-    cost["note"] = ("value_forward_tokens = prompt + completion tokens of one value-model forward per trace, which "
-                    "scores every prefix of the trace; mc_generated_tokens = tokens sampled to label the same prefixes")
+    cost["note"] = (
+        "value_forward_tokens = prompt + completion tokens of one value-model forward per trace, which "
+        "scores every prefix of the trace; mc_generated_tokens = tokens sampled to label the same prefixes"
+    )
     return cost
 
 
-def _trace_step_verification(records: list[TraceRecord], est: Estimates, value_model: Any,
-                             cfg: EvaluateConfig) -> dict[str, Any]:
+def _trace_step_verification(
+    records: list[TraceRecord], est: Estimates, value_model: Any, cfg: EvaluateConfig
+) -> dict[str, Any]:
     """ProcessBench step verification of the learned values on traces with exact step labels."""
-    base = {"f1": None, "acc_erroneous": None, "acc_correct": None, "threshold": None,
-            "threshold_split": "calibration"}
+    base = {"f1": None, "acc_erroneous": None, "acc_correct": None, "threshold": None, "threshold_split": "calibration"}
     if value_model is None:
         return {**base, "note": "no value model: step verification scores the learned values"}
     keep, mismatched = [], 0
@@ -469,7 +604,15 @@ def _trace_step_verification(records: list[TraceRecord], est: Estimates, value_m
 def evaluate_step_data(value_model: Any, tokenizer: Any, path: str | Path, cfg: EvaluateConfig) -> dict[str, Any]:
     """Score ProcessBench / TRL stepwise data at `path` with the value model (ProcessBench protocol)."""
     examples = load_step_data(path, cfg.step_data_format)
-    out = score_step_examples(value_model, tokenizer, examples, cfg.calibration_fraction, cfg.seed,
-                              cfg.batch_size, cfg.step_prompt_template, cfg.step_separator)
+    out = score_step_examples(
+        value_model,
+        tokenizer,
+        examples,
+        cfg.calibration_fraction,
+        cfg.seed,
+        cfg.batch_size,
+        cfg.step_prompt_template,
+        cfg.step_separator,
+    )
     out["source"] = str(path)
     return jsonable(out)

@@ -85,15 +85,22 @@ class SoftValueSpec:
         names: dict[str, dict[str, object]] = {}
         if self.logsumexp:
             names["logsumexp"] = {"operator": "logsumexp", "vocab": "full"}
-        names["mellowmax"] = {"operator": "mellowmax", "omega": float(self.default_omega), "vocab": "full",
-                              "default": True}
+        names["mellowmax"] = {
+            "operator": "mellowmax",
+            "omega": float(self.default_omega),
+            "vocab": "full",
+            "default": True,
+        }
         for w in self.omegas:
             if float(w) != float(self.default_omega):
                 names[f"mellowmax_w{_fmt(w)}"] = {"operator": "mellowmax", "omega": float(w), "vocab": "full"}
         for k in self.top_k:
             for w in sorted({float(x) for x in self.omegas} | {float(self.default_omega)}):
-                names[f"mellowmax_top{int(k)}_w{_fmt(w)}"] = {"operator": "mellowmax", "omega": w,
-                                                              "vocab": f"top{int(k)}"}
+                names[f"mellowmax_top{int(k)}_w{_fmt(w)}"] = {
+                    "operator": "mellowmax",
+                    "omega": w,
+                    "vocab": f"top{int(k)}",
+                }
         self.names = names
 
 
@@ -179,18 +186,19 @@ def policy_soft_values(
     forward_tokens = 0
     collate = ValueCollator(pad_token_id)  # right padding: a row's logits do not depend on its batch
     for b0 in range(0, n, max(1, batch_size)):
-        idx = order[b0:b0 + batch_size]
-        batch = collate([{"prompt_ids": prompt_ids_list[i], "completion_ids": completion_ids_list[i], "outcome": 0.0}
-                         for i in idx])
+        idx = order[b0 : b0 + batch_size]
+        batch = collate(
+            [{"prompt_ids": prompt_ids_list[i], "completion_ids": completion_ids_list[i], "outcome": 0.0} for i in idx]
+        )
         forward_tokens += int(batch["attention_mask"].sum())
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         hidden, head = _last_hidden_and_head(model, ids, mask)
         for r, i in enumerate(idx):
             p_len, t_len = len(prompt_ids_list[i]), len(completion_ids_list[i])
-            rows = hidden[r, p_len - 1: p_len + t_len]  # T + 1 rows: positions 0..T
+            rows = hidden[r, p_len - 1 : p_len + t_len]  # T + 1 rows: positions 0..T
             parts: list[dict[str, np.ndarray]] = []
             for c0 in range(0, rows.shape[0], row_chunk):
-                parts.append(soft_values_from_logits(head(rows[c0:c0 + row_chunk]), spec))
+                parts.append(soft_values_from_logits(head(rows[c0 : c0 + row_chunk]), spec))
             results[i] = {k: np.concatenate([p[k] for p in parts]) for k in spec.names}
         del hidden
     return [r for r in results if r is not None], forward_tokens

@@ -46,11 +46,12 @@ def prefix_step_scores(values: Sequence[float] | np.ndarray, step_spans: Sequenc
     return v[ends] if ends else np.zeros(0)
 
 
-def process_step_scores(token_log_ratios: Sequence[float] | np.ndarray, step_spans: Sequence[Sequence[int]],
-                        beta: float) -> np.ndarray:
+def process_step_scores(
+    token_log_ratios: Sequence[float] | np.ndarray, step_spans: Sequence[Sequence[int]], beta: float
+) -> np.ndarray:
     """Process-level step scores σ(β Σ_{i∈step} log-ratio_i) (unscaled per-token log-ratios in)."""
     r = np.asarray(token_log_ratios, dtype=np.float64)
-    sums = np.array([r[int(s0):int(s1)].sum() for s0, s1 in step_spans], dtype=np.float64)
+    sums = np.array([r[int(s0) : int(s1)].sum() for s0, s1 in step_spans], dtype=np.float64)
     z = beta * sums
     # the logistic written out: scipy.special.expit differs from it in the last bit for z < 0, which
     # moves a chosen threshold by one ulp; this form keeps metrics.json bit-identical across versions
@@ -81,23 +82,27 @@ def processbench_f1(predicted: Sequence[int], labels: Sequence[int]) -> dict[str
     a, c = out["acc_erroneous"], out["acc_correct"]
     if a is None or c is None:
         out["f1"] = None
-        out["note"] = (f"F1 undefined: {out['n_erroneous']} erroneous and {out['n_correct']} all-correct traces; "
-                       f"ProcessBench F1 needs both")
+        out["note"] = (
+            f"F1 undefined: {out['n_erroneous']} erroneous and {out['n_correct']} all-correct traces; "
+            f"ProcessBench F1 needs both"
+        )
     else:
         out["f1"] = 0.0 if a + c == 0 else 2 * a * c / (a + c)
     return out
 
 
-def choose_threshold(score_lists: Sequence[Sequence[float]], labels: Sequence[int],
-                     candidates: Sequence[float] | None = None) -> tuple[float, float | None]:
+def choose_threshold(
+    score_lists: Sequence[Sequence[float]], labels: Sequence[int], candidates: Sequence[float] | None = None
+) -> tuple[float, float | None]:
     """Threshold maximising ProcessBench F1 on the given (calibration) examples.
 
     Candidates default to the midpoints between sorted distinct scores plus values just below the
     smallest and above the largest. Ties go to the smallest threshold. Returns (threshold, F1).
     """
     if candidates is None:
-        allscores = np.unique(np.concatenate([np.asarray(s, dtype=np.float64) for s in score_lists if len(s)]
-                                             or [np.zeros(0)]))
+        allscores = np.unique(
+            np.concatenate([np.asarray(s, dtype=np.float64) for s in score_lists if len(s)] or [np.zeros(0)])
+        )
         if len(allscores) == 0:
             return 0.5, None
         mids = (allscores[1:] + allscores[:-1]) / 2
@@ -111,8 +116,9 @@ def choose_threshold(score_lists: Sequence[Sequence[float]], labels: Sequence[in
     return best_t, (best_f if best_f >= 0 else None)
 
 
-def calibration_split(group_ids: Sequence[str], fraction: float = 0.5, seed: int = 0,
-                      labels: Sequence[int] | None = None) -> np.ndarray:
+def calibration_split(
+    group_ids: Sequence[str], fraction: float = 0.5, seed: int = 0, labels: Sequence[int] | None = None
+) -> np.ndarray:
     """Boolean mask: True for examples whose group (prompt) falls in the calibration split.
 
     All traces of a prompt stay on one side; a prompt goes to calibration when the hash of
@@ -163,8 +169,15 @@ def step_verification(
     test split only. Null values come with a ``"note"``.
     """
     labels = [int(x) for x in labels]
-    out: dict[str, Any] = {"f1": None, "acc_erroneous": None, "acc_correct": None, "threshold": None,
-                           "threshold_split": "calibration", "n_calibration": 0, "n_test": 0}
+    out: dict[str, Any] = {
+        "f1": None,
+        "acc_erroneous": None,
+        "acc_correct": None,
+        "threshold": None,
+        "threshold_split": "calibration",
+        "n_calibration": 0,
+        "n_test": 0,
+    }
     if len(labels) == 0:
         out["note"] = "no traces with step labels (the task gives none, or no labelled trace was evaluated)"
         return out
@@ -174,8 +187,10 @@ def step_verification(
     out["n_prompts_calibration"] = len({g for g, c in zip(group_ids, cal) if c})
     out["n_prompts_test"] = len({g for g, c in zip(group_ids, cal) if not c})
     if not cal.any() or not test.any():
-        out["note"] = (f"step verification needs >= 2 prompts to hold a calibration split apart from the test "
-                       f"split; got {len(set(map(str, group_ids)))} prompt(s)")
+        out["note"] = (
+            f"step verification needs >= 2 prompts to hold a calibration split apart from the test "
+            f"split; got {len(set(map(str, group_ids)))} prompt(s)"
+        )
         return out
     cal_scores = [score_lists[i] for i in np.flatnonzero(cal)]
     cal_labels = [labels[i] for i in np.flatnonzero(cal)]
@@ -185,9 +200,11 @@ def step_verification(
         # no threshold can be tuned without both classes: F1 would score an arbitrary threshold
         res = processbench_f1([-1] * len(test_idx), [labels[i] for i in test_idx])
         out.update(n_erroneous=res["n_erroneous"], n_correct=res["n_correct"], calibration_f1=None)
-        out["note"] = (f"F1 not reported: the calibration split holds {n_err_cal} erroneous and "
-                       f"{len(cal_labels) - n_err_cal} all-correct traces, so no threshold can be tuned "
-                       f"(ProcessBench F1 needs both classes to choose it)")
+        out["note"] = (
+            f"F1 not reported: the calibration split holds {n_err_cal} erroneous and "
+            f"{len(cal_labels) - n_err_cal} all-correct traces, so no threshold can be tuned "
+            f"(ProcessBench F1 needs both classes to choose it)"
+        )
         return out
     threshold, cal_f1 = choose_threshold(cal_scores, cal_labels)
     out["threshold"] = threshold
@@ -238,10 +255,16 @@ def load_processbench(path: str | Path) -> list[StepExample]:
         missing = [k for k in ("problem", "steps", "label") if k not in r]
         if missing:
             raise ValueError(f"{path}: record {i} lacks ProcessBench field(s) {missing}")
-        out.append(StepExample(example_id=str(r.get("id", i)), prompt=str(r["problem"]),
-                               steps=[str(s) for s in r["steps"]], label=int(r["label"]),
-                               group=_group(str(r["problem"])),
-                               meta={k: v for k, v in r.items() if k not in ("problem", "steps", "label")}))
+        out.append(
+            StepExample(
+                example_id=str(r.get("id", i)),
+                prompt=str(r["problem"]),
+                steps=[str(s) for s in r["steps"]],
+                label=int(r["label"]),
+                group=_group(str(r["problem"])),
+                meta={k: v for k, v in r.items() if k not in ("problem", "steps", "label")},
+            )
+        )
     return out
 
 
@@ -260,9 +283,16 @@ def load_trl_stepwise(path: str | Path) -> list[StepExample]:
         if len(steps) != len(labs):
             raise ValueError(f"{path}: record {i} has {len(steps)} steps but {len(labs)} labels")
         fe = first_error(labs)
-        out.append(StepExample(example_id=str(r.get("id", i)), prompt=str(r["prompt"]), steps=steps,
-                               label=-1 if fe is None else fe, group=_group(str(r["prompt"])),
-                               meta={"step_labels": labs}))
+        out.append(
+            StepExample(
+                example_id=str(r.get("id", i)),
+                prompt=str(r["prompt"]),
+                steps=steps,
+                label=-1 if fe is None else fe,
+                group=_group(str(r["prompt"])),
+                meta={"step_labels": labs},
+            )
+        )
     return out
 
 
@@ -277,12 +307,15 @@ def load_step_data(path: str | Path, fmt: str = "auto") -> list[StepExample]:
         return load_processbench(path)
     if fmt == "trl":
         return load_trl_stepwise(path)
-    raise ValueError(f"{path}: cannot tell the step-data format; expected ProcessBench (problem, steps, label) "
-                     f"or TRL stepwise (prompt, completions, labels)")
+    raise ValueError(
+        f"{path}: cannot tell the step-data format; expected ProcessBench (problem, steps, label) "
+        f"or TRL stepwise (prompt, completions, labels)"
+    )
 
 
-def tokenize_step_example(tokenizer: Any, ex: StepExample, prompt_template: str = "{prompt}\n",
-                          step_separator: str = "\n") -> tuple[list[int], list[int], list[tuple[int, int]]]:
+def tokenize_step_example(
+    tokenizer: Any, ex: StepExample, prompt_template: str = "{prompt}\n", step_separator: str = "\n"
+) -> tuple[list[int], list[int], list[tuple[int, int]]]:
     """Token ids of the prompt and of the steps joined by `step_separator`, and each step's token span.
 
     Each step (with its separator, except the last) is tokenised on its own and concatenated, so
@@ -337,4 +370,3 @@ def score_step_examples(
         out["process_level"] = step_verification(pscores, labels, groups, calibration_fraction, seed)
         out["process_level"]["score"] = "sigmoid(beta * step log-ratio sum)"
     return out
-

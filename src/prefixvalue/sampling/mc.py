@@ -142,8 +142,14 @@ class MCLabeller:
     Verifier crashes and time-outs score 0 and are counted in `cost.verifier_errors`.
     """
 
-    def __init__(self, sampler: Sampler, tokenizer: Any, task: Task, params: SamplingParams,
-                 verifier_timeout_s: float | None = 10.0) -> None:
+    def __init__(
+        self,
+        sampler: Sampler,
+        tokenizer: Any,
+        task: Task,
+        params: SamplingParams,
+        verifier_timeout_s: float | None = 10.0,
+    ) -> None:
         self.sampler = sampler
         self.tokenizer = tokenizer
         self.task = task
@@ -153,7 +159,9 @@ class MCLabeller:
         self._verified: dict[tuple[str, str], VerifierResult] = {}
 
     # -- shared machinery -------------------------------------------------------------------
-    def _units(self, traces: Sequence[TraceRef], wanted: Sequence[Sequence[int]]) -> tuple[dict[str, _Unit], list[list[str]]]:
+    def _units(
+        self, traces: Sequence[TraceRef], wanted: Sequence[Sequence[int]]
+    ) -> tuple[dict[str, _Unit], list[list[str]]]:
         """Deduplicate (trace, position) pairs into units; returns units and each pair's unit key."""
         units: dict[str, _Unit] = {}
         keys: list[list[str]] = []
@@ -173,7 +181,11 @@ class MCLabeller:
         if not work:
             return
         t0 = time.perf_counter()
-        before = (self.sampler.stats.prefill_tokens, self.sampler.stats.generated_tokens, self.sampler.stats.decode_steps)
+        before = (
+            self.sampler.stats.prefill_tokens,
+            self.sampler.stats.generated_tokens,
+            self.sampler.stats.decode_steps,
+        )
         seq_index: dict[int, int] = {}
         sequences: list[list[int]] = []
         requests: list[BranchRequest] = []
@@ -186,13 +198,16 @@ class MCLabeller:
                 sequences.append(list(tr.prompt_ids) + list(tr.completion_ids))
             cut = len(tr.prompt_ids) + unit.position
             for m in range(unit.n, unit.n + count):
-                requests.append(BranchRequest(seq_index[unit.trace], cut, f"{unit.key}/m{m}",
-                                              max(1, budget - unit.position)))
+                requests.append(
+                    BranchRequest(seq_index[unit.trace], cut, f"{unit.key}/m{m}", max(1, budget - unit.position))
+                )
                 owners.append(unit)
         gens = self.sampler.branch(sequences, requests, self.params)
         for unit, gen in zip(owners, gens):
             tr = traces[unit.trace]
-            text = self.tokenizer.decode(list(tr.completion_ids[: unit.position]) + gen.token_ids, skip_special_tokens=True)
+            text = self.tokenizer.decode(
+                list(tr.completion_ids[: unit.position]) + gen.token_ids, skip_special_tokens=True
+            )
             unit.scores.append(self._verify(tr.prompt, text))
         st = self.sampler.stats
         self.cost.prefill_tokens += st.prefill_tokens - before[0]
@@ -215,13 +230,22 @@ class MCLabeller:
     @staticmethod
     def _estimate(tr: TraceRef, unit: _Unit, method: str) -> PrefixEstimate:
         lo, hi = wilson_interval(unit.successes, unit.n)
-        return PrefixEstimate(tr.trace_id, unit.position, unit.n, unit.successes,
-                              unit.successes / unit.n if unit.n else float("nan"), lo, hi,
-                              len(tr.prompt_ids) + unit.position, method)
+        return PrefixEstimate(
+            tr.trace_id,
+            unit.position,
+            unit.n,
+            unit.successes,
+            unit.successes / unit.n if unit.n else float("nan"),
+            lo,
+            hi,
+            len(tr.prompt_ids) + unit.position,
+            method,
+        )
 
     # -- uniform ----------------------------------------------------------------------------
-    def uniform(self, traces: Sequence[TraceRef], positions: Sequence[Sequence[int]], samples: int,
-                method: str = "uniform") -> list[PrefixEstimate]:
+    def uniform(
+        self, traces: Sequence[TraceRef], positions: Sequence[Sequence[int]], samples: int, method: str = "uniform"
+    ) -> list[PrefixEstimate]:
         """`samples` continuations at each listed position of each trace; one estimate per
         (trace, position), in input order."""
         if samples < 1:
@@ -235,8 +259,13 @@ class MCLabeller:
         return [self._estimate(traces[t], units[k], method) for t, row in enumerate(keys) for k in row]
 
     # -- adaptive ---------------------------------------------------------------------------
-    def adaptive(self, traces: Sequence[TraceRef], start: Sequence[Sequence[int]], cfg: AdaptiveConfig,
-                 budgets: Sequence[int] | None = None) -> list[PrefixEstimate]:
+    def adaptive(
+        self,
+        traces: Sequence[TraceRef],
+        start: Sequence[Sequence[int]],
+        cfg: AdaptiveConfig,
+        budgets: Sequence[int] | None = None,
+    ) -> list[PrefixEstimate]:
         """Adaptive labelling from the starting positions `start` (per trace).
 
         Each round, per trace and within what is left of ``cfg.budget``: (1) between neighbouring
@@ -277,7 +306,9 @@ class MCLabeller:
         for t, pos in enumerate(start):
             for p in sorted(set(pos)):
                 if not 0 <= p < len(traces[t].completion_ids):
-                    raise ValueError(f"{traces[t].trace_id}: position {p} outside [0, {len(traces[t].completion_ids) - 1}]")
+                    raise ValueError(
+                        f"{traces[t].trace_id}: position {p} outside [0, {len(traces[t].completion_ids) - 1}]"
+                    )
                 add(t, unit_for(t, p), m0)
         for _ in range(cfg.max_rounds):
             if not work:
@@ -307,8 +338,7 @@ class MCLabeller:
                     add(t, by_trace[t][p], m0)
                 if spent[t] > spent_before:
                     continue  # locate jumps first; tighten intervals once the jumps are found
-                wide = [(wilson_halfwidth(u.successes, u.n), p, u) for p, u in by_trace[t].items()
-                        if u.key not in work]
+                wide = [(wilson_halfwidth(u.successes, u.n), p, u) for p, u in by_trace[t].items() if u.key not in work]
                 for hw, _p, u in sorted(wide, key=lambda x: (-x[0], x[1])):
                     if hw > cfg.target_halfwidth:
                         add(t, u, m0)

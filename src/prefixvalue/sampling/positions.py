@@ -62,7 +62,9 @@ def step_boundaries(completion_len: int, step_spans: Sequence[Sequence[int]] | N
 
 
 def positions_for_trace(
-    spec: str | PositionSpec, completion_len: int, step_spans: Sequence[Sequence[int]] | None = None,
+    spec: str | PositionSpec,
+    completion_len: int,
+    step_spans: Sequence[Sequence[int]] | None = None,
     adaptive_stride: int = 8,
 ) -> list[int]:
     """Sorted positions to label in one trace of `completion_len` completion tokens.
@@ -93,8 +95,10 @@ def positions_for_trace(
 
 
 def positions(
-    spec: str | PositionSpec, completion_lens: Sequence[int],
-    step_spans: Sequence[Sequence[Sequence[int]] | None] | None = None, adaptive_stride: int = 8,
+    spec: str | PositionSpec,
+    completion_lens: Sequence[int],
+    step_spans: Sequence[Sequence[Sequence[int]] | None] | None = None,
+    adaptive_stride: int = 8,
 ) -> list[list[int]]:
     """`positions_for_trace` for each trace; `step_spans` (per trace) may be None if unused."""
     spans = step_spans if step_spans is not None else [None] * len(completion_lens)
@@ -103,4 +107,11 @@ def positions(
     return [positions_for_trace(spec, int(t), sp, adaptive_stride) for t, sp in zip(completion_lens, spans)]
 
 
-__all__ = ["PositionSpec", "PositionSpecError", "parse_positions", "positions", "positions_for_trace", "step_boundaries"]
+__all__ = [
+    "PositionSpec",
+    "PositionSpecError",
+    "parse_positions",
+    "positions",
+    "positions_for_trace",
+    "step_boundaries",
+]

@@ -100,11 +100,15 @@ class Sampler(Protocol):
 
     stats: SamplerStats
 
-    def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[str], params: SamplingParams) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], keys: Sequence[str], params: SamplingParams
+    ) -> list[Generation]:
         """One continuation of each prompt (token ids); row `i` is seeded by ``(params.seed, keys[i])``."""
         ...
 
-    def branch(self, sequences: Sequence[Sequence[int]], requests: Sequence[BranchRequest], params: SamplingParams) -> list[Generation]:
+    def branch(
+        self, sequences: Sequence[Sequence[int]], requests: Sequence[BranchRequest], params: SamplingParams
+    ) -> list[Generation]:
         """One continuation of ``sequences[r.seq][:r.cut]`` per request, in request order."""
         ...
 
@@ -260,7 +264,9 @@ class _GrowLayerImpl:
     def values(self) -> torch.Tensor:
         return self._v[:, :, : self.n]
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         q = key_states.shape[2]
         if self.n + q > self._k.shape[2]:
             self._alloc(self.keys, self.values, 2 * (self.n + q))
@@ -342,7 +348,9 @@ class HFSampler:
 
     # -- public API -------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], keys: Sequence[str], params: SamplingParams) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], keys: Sequence[str], params: SamplingParams
+    ) -> list[Generation]:
         """One continuation per prompt; see `Sampler.generate`. Batches rows of similar length."""
         if len(prompts) != len(keys):
             raise ValueError(f"{len(prompts)} prompts but {len(keys)} keys")
@@ -368,7 +376,9 @@ class HFSampler:
         return [g for g in out if g is not None]
 
     @torch.no_grad()
-    def branch(self, sequences: Sequence[Sequence[int]], requests: Sequence[BranchRequest], params: SamplingParams) -> list[Generation]:
+    def branch(
+        self, sequences: Sequence[Sequence[int]], requests: Sequence[BranchRequest], params: SamplingParams
+    ) -> list[Generation]:
         """Continuations of prefixes ``sequences[r.seq][:r.cut]``, in request order.
 
         Each batch prefills every sequence it needs once, up to its longest cut, and builds each
@@ -382,7 +392,10 @@ class HFSampler:
                 raise ValueError(f"cut {r.cut} outside [1, {len(sequences[r.seq])}] for sequence {r.seq}")
         # rows whose continuations will be about as long decode together (a batch runs as long as
         # its longest row): sort by the tokens left after the cut in the given sequence
-        order = sorted(range(len(requests)), key=lambda i: (len(sequences[requests[i].seq]) - requests[i].cut, requests[i].seq, requests[i].cut))
+        order = sorted(
+            range(len(requests)),
+            key=lambda i: (len(sequences[requests[i].seq]) - requests[i].cut, requests[i].seq, requests[i].cut),
+        )
         out: list[Generation | None] = [None] * len(requests)
         for b0 in range(0, len(order), self.max_batch_rows):
             idx = order[b0 : b0 + self.max_batch_rows]
@@ -393,16 +406,20 @@ class HFSampler:
         return [g for g in out if g is not None]
 
     # -- internals --------------------------------------------------------------------------
-    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any | None,
-                 logits_to_keep: int = 0) -> tuple[torch.Tensor, Any]:
+    def _forward(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any | None, logits_to_keep: int = 0
+    ) -> tuple[torch.Tensor, Any]:
         kwargs: dict[str, Any] = {}
         if logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                         use_cache=True, **kwargs)
+        out = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, **kwargs
+        )
         return out.logits, out.past_key_values
 
-    def _prefill(self, rows: list[list[int]], keep_all_logits: bool = False) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _prefill(
+        self, rows: list[list[int]], keep_all_logits: bool = False
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded forward over `rows`; returns (cache, mask, next positions, logits).
 
         Logits are (rows, vocab) at the last token, or (rows, len, vocab) with `keep_all_logits`.
@@ -415,8 +432,8 @@ class HFSampler:
         ids = torch.full((len(rows), width), pad_id, dtype=torch.int64, device=dev)
         mask = torch.zeros((len(rows), width), dtype=torch.int64, device=dev)
         for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.int64, device=dev)
-            mask[i, width - len(r):] = 1
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.int64, device=dev)
+            mask[i, width - len(r) :] = 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits, cache = self._forward(ids, mask, pos, None, logits_to_keep=0 if keep_all_logits else 1)
         keep = mask.bool()[:, None, :, None]
@@ -427,8 +444,9 @@ class HFSampler:
         next_pos = mask.sum(-1)
         return cache, mask, next_pos, (logits if keep_all_logits else logits[:, -1])
 
-    def _branch_state(self, sequences: Sequence[Sequence[int]], reqs: Sequence[BranchRequest],
-                      params: SamplingParams) -> tuple[Any, _Rows]:
+    def _branch_state(
+        self, sequences: Sequence[Sequence[int]], reqs: Sequence[BranchRequest], params: SamplingParams
+    ) -> tuple[Any, _Rows]:
         """Prefill the sequences of `reqs` once and slice one cache row per request."""
         dev = self.device
         seq_ids = sorted({r.seq for r in reqs})
@@ -502,8 +520,14 @@ class HFSampler:
                 logps[i].append(p)
                 if eos_hit[r]:
                     reason[i] = "eos"
-                elif stop and self.tokenizer is not None and any(
-                        x in self.tokenizer.decode(tokens[i][-(stop_chars + 1):], skip_special_tokens=True) for x in stop):
+                elif (
+                    stop
+                    and self.tokenizer is not None
+                    and any(
+                        x in self.tokenizer.decode(tokens[i][-(stop_chars + 1) :], skip_special_tokens=True)
+                        for x in stop
+                    )
+                ):
                     reason[i] = "stop"
                 elif not over[r]:
                     continue

@@ -30,28 +30,30 @@ from ..sampling.sampler import HFSampler, SamplingParams, decode_completion
 from ..tasks import Prompt, Task, build_task, char_to_token_spans, safe_verify, task_options, token_end_offsets
 
 #: schema of a traces dataset written by collect (contract fields first, then run metadata)
-TRACE_FEATURES = datasets.Features({
-    "trace_id": datasets.Value("string"),
-    "prompt_id": datasets.Value("string"),
-    "prompt": datasets.Value("string"),
-    "completion": datasets.Value("string"),
-    "prompt_ids": datasets.List(datasets.Value("int32")),
-    "completion_ids": datasets.List(datasets.Value("int32")),
-    "outcome": datasets.Value("float64"),
-    "verifier_error": datasets.Value("string"),
-    "step_spans": datasets.List(datasets.List(datasets.Value("int32"))),
-    "step_labels": datasets.List(datasets.Value("bool")),
-    "logprobs": datasets.List(datasets.Value("float32")),
-    "finish_reason": datasets.Value("string"),
-    "answer": datasets.Value("string"),
-    "prompt_meta": datasets.Value("string"),
-    "task": datasets.Value("string"),
-    "task_args": datasets.Value("string"),
-    "model": datasets.Value("string"),
-    "sampling": datasets.Value("string"),
-    "seed": datasets.Value("int64"),
-    "prefixvalue_version": datasets.Value("string"),
-})
+TRACE_FEATURES = datasets.Features(
+    {
+        "trace_id": datasets.Value("string"),
+        "prompt_id": datasets.Value("string"),
+        "prompt": datasets.Value("string"),
+        "completion": datasets.Value("string"),
+        "prompt_ids": datasets.List(datasets.Value("int32")),
+        "completion_ids": datasets.List(datasets.Value("int32")),
+        "outcome": datasets.Value("float64"),
+        "verifier_error": datasets.Value("string"),
+        "step_spans": datasets.List(datasets.List(datasets.Value("int32"))),
+        "step_labels": datasets.List(datasets.Value("bool")),
+        "logprobs": datasets.List(datasets.Value("float32")),
+        "finish_reason": datasets.Value("string"),
+        "answer": datasets.Value("string"),
+        "prompt_meta": datasets.Value("string"),
+        "task": datasets.Value("string"),
+        "task_args": datasets.Value("string"),
+        "model": datasets.Value("string"),
+        "sampling": datasets.Value("string"),
+        "seed": datasets.Value("int64"),
+        "prefixvalue_version": datasets.Value("string"),
+    }
+)
 
 
 @dataclass
@@ -61,7 +63,9 @@ class CollectConfig:
     out: str | None = field(None, help="output folder (the traces dataset; shards under OUT/shards)")
     model: str | None = field(None, help="policy: hub name or local folder loadable by AutoModelForCausalLM")
     task: str = field("arith", help="task name in prefixvalue.tasks.TASKS")
-    task_args: RawMapping = field(default_factory=RawMapping, help="options of the task's config (task_args.NAME=VALUE, or a YAML mapping)")
+    task_args: RawMapping = field(
+        default_factory=RawMapping, help="options of the task's config (task_args.NAME=VALUE, or a YAML mapping)"
+    )
     split: str = field("train", help="task split to draw prompts from")
     num_prompts: int = field(64, help="number of prompts (the first N of the split)")
     samples: int = field(8, help="completions sampled per prompt")
@@ -70,7 +74,10 @@ class CollectConfig:
     top_p: float = field(1.0, help="nucleus sampling mass (1 = off)")
     top_k: int = field(0, help="top-k sampling (0 = off)")
     max_new_tokens: int = field(64, help="longest completion, in tokens")
-    stop: list[str] = field(default_factory=list, help="stop strings, kept at the end of the completion (escapes \\n, \\t, \\r read as newline, tab, CR)")
+    stop: list[str] = field(
+        default_factory=list,
+        help="stop strings, kept at the end of the completion (escapes \\n, \\t, \\r read as newline, tab, CR)",
+    )
     chunk_prompts: int = field(16, help="prompts per shard (fixes the shards; keep it when resuming)")
     batch_rows: int = field(256, help="most sequences decoded together")
     dtype: str = field("auto", help="model dtype: auto, float32, bfloat16, float16")
@@ -101,12 +108,21 @@ class CollectConfig:
             raise ConfigError("collect: model is required (model=NAME_OR_PATH)")
 
     def params(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_p, self.top_k, self.max_new_tokens, tuple(self.stop), self.seed)
+        return SamplingParams(
+            self.temperature, self.top_p, self.top_k, self.max_new_tokens, tuple(self.stop), self.seed
+        )
 
 
-def trace_rows(task: Task, tokenizer: Any, prompts: Sequence[Prompt], prompt_ids: Sequence[Sequence[int]],
-               gens: Sequence[Any], trace_ids: Sequence[str], meta: dict[str, Any],
-               verifier_timeout_s: float | None) -> list[dict[str, Any]]:
+def trace_rows(
+    task: Task,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    prompt_ids: Sequence[Sequence[int]],
+    gens: Sequence[Any],
+    trace_ids: Sequence[str],
+    meta: dict[str, Any],
+    verifier_timeout_s: float | None,
+) -> list[dict[str, Any]]:
     """Verify generations and build traces rows (every contract field plus `meta` columns)."""
     rows = []
     for prompt, pids, gen, tid in zip(prompts, prompt_ids, gens, trace_ids):
@@ -117,15 +133,25 @@ def trace_rows(task: Task, tokenizer: Any, prompts: Sequence[Prompt], prompt_ids
             labels = task.step_labels(prompt, text)
         except (ValueError, LookupError):  # a task that cannot label this completion gives no labels
             labels = None
-        rows.append({
-            "trace_id": tid, "prompt_id": prompt.prompt_id, "prompt": prompt.text, "completion": text,
-            "prompt_ids": list(pids), "completion_ids": list(gen.token_ids), "outcome": float(res.score),
-            "verifier_error": res.error, "step_spans": [list(s) for s in spans],
-            "step_labels": None if labels is None else [bool(x) for x in labels],
-            "logprobs": [float(x) for x in gen.logprobs], "finish_reason": gen.finish_reason,
-            "answer": prompt.answer, "prompt_meta": json.dumps(prompt.meta, sort_keys=True, default=str),
-            **meta,
-        })
+        rows.append(
+            {
+                "trace_id": tid,
+                "prompt_id": prompt.prompt_id,
+                "prompt": prompt.text,
+                "completion": text,
+                "prompt_ids": list(pids),
+                "completion_ids": list(gen.token_ids),
+                "outcome": float(res.score),
+                "verifier_error": res.error,
+                "step_spans": [list(s) for s in spans],
+                "step_labels": None if labels is None else [bool(x) for x in labels],
+                "logprobs": [float(x) for x in gen.logprobs],
+                "finish_reason": gen.finish_reason,
+                "answer": prompt.answer,
+                "prompt_meta": json.dumps(prompt.meta, sort_keys=True, default=str),
+                **meta,
+            }
+        )
     return rows
 
 
@@ -153,15 +179,28 @@ def run(cfg: CollectConfig) -> int:
     if not prompts:
         raise ConfigError(f"collect: task {cfg.task!r} gave no prompts for split {cfg.split!r}")
     params = cfg.params()
-    manifest = {"task": cfg.task, "task_args": cfg.task_args, "split": cfg.split, "num_prompts": len(prompts),
-                "samples": cfg.samples, "chunk_prompts": cfg.chunk_prompts, "model": cfg.model,
-                "sampling": json.loads(params.to_json())}
-    meta = {"task": cfg.task, "task_args": json.dumps(cfg.task_args, sort_keys=True), "model": cfg.model,
-            "sampling": params.to_json(), "seed": cfg.seed, "prefixvalue_version": __version__}
+    manifest = {
+        "task": cfg.task,
+        "task_args": cfg.task_args,
+        "split": cfg.split,
+        "num_prompts": len(prompts),
+        "samples": cfg.samples,
+        "chunk_prompts": cfg.chunk_prompts,
+        "model": cfg.model,
+        "sampling": json.loads(params.to_json()),
+    }
+    meta = {
+        "task": cfg.task,
+        "task_args": json.dumps(cfg.task_args, sort_keys=True),
+        "model": cfg.model,
+        "sampling": params.to_json(),
+        "seed": cfg.seed,
+        "prefixvalue_version": __version__,
+    }
     num_shards = (len(prompts) + cfg.chunk_prompts - 1) // cfg.chunk_prompts
 
     def chunk_of(i: int) -> list[Prompt]:
-        return prompts[i * cfg.chunk_prompts:(i + 1) * cfg.chunk_prompts]
+        return prompts[i * cfg.chunk_prompts : (i + 1) * cfg.chunk_prompts]
 
     def setup(device: Any) -> ShardWork:
         """Load the policy and return the work of one shard (only when this process has shards to do)."""
@@ -188,12 +227,26 @@ def run(cfg: CollectConfig) -> int:
 
         return work
 
-    ds = run_sharded_stage(cfg, out, manifest, num_shards, lambda i: len(chunk_of(i)) * cfg.samples, setup,
-                           TRACE_FEATURES, desc="collect", unit="trace", progress=cfg.progress)
+    ds = run_sharded_stage(
+        cfg,
+        out,
+        manifest,
+        num_shards,
+        lambda i: len(chunk_of(i)) * cfg.samples,
+        setup,
+        TRACE_FEATURES,
+        desc="collect",
+        unit="trace",
+        progress=cfg.progress,
+    )
     if ds is not None:
-        summary = {"traces": len(ds), "prompts": len(prompts), "accuracy": float(sum(ds["outcome"]) / max(len(ds), 1)),
-                   "verifier_errors": sum(e is not None for e in ds["verifier_error"]),
-                   "generated_tokens": int(sum(len(c) for c in ds["completion_ids"]))}
+        summary = {
+            "traces": len(ds),
+            "prompts": len(prompts),
+            "accuracy": float(sum(ds["outcome"]) / max(len(ds), 1)),
+            "verifier_errors": sum(e is not None for e in ds["verifier_error"]),
+            "generated_tokens": int(sum(len(c) for c in ds["completion_ids"])),
+        }
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         print(f"collect: {summary['traces']} traces, accuracy {summary['accuracy']:.3f} -> {out}")
     return 0

@@ -42,12 +42,17 @@ class EvaluateConfig:
     top_k: list[int] = field(default_factory=lambda: [10], help="top-k sizes for top-k MellowMax ([] for none)")
     base_rate: float | None = field(None, help="constant estimator's rate; default: the checkpoint's base rate")
     n_bootstrap: int = field(1000, help="bootstrap replicates for 95% CIs; 0 disables")
-    bootstrap_unit: str = field("prompt", help="what the cluster bootstrap resamples: prompt (traces of a prompt are "
-                                "not independent) | trace")
-    include_training_prompts: bool = field(False, help="score prompts the checkpoint trained on too (the report then "
-                                           "says the figures are not held out); default: only held-out prompts")
-    split_record: str | None = field(None, help="folder whose split.json names the training prompts; default: the "
-                                     "checkpoint")
+    bootstrap_unit: str = field(
+        "prompt", help="what the cluster bootstrap resamples: prompt (traces of a prompt are not independent) | trace"
+    )
+    include_training_prompts: bool = field(
+        False,
+        help="score prompts the checkpoint trained on too (the report then "
+        "says the figures are not held out); default: only held-out prompts",
+    )
+    split_record: str | None = field(
+        None, help="folder whose split.json names the training prompts; default: the checkpoint"
+    )
     noise_ceiling_repeats: int = field(50, help="random split-halves averaged for the MC noise ceiling")
     seed: int = field(0, help="seed of bootstraps, split-halves and the calibration split")
     first_k: int = field(8, help="position group 'first_k': prefixes with at most this many completion tokens")
@@ -112,9 +117,11 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         from ..evaluation.scoring import load_split_record
 
         if load_split_record(cfg.split_record or cfg.checkpoint) is None:  # refuse before loading any model
-            raise ConfigError(f"evaluate: the checkpoint {cfg.split_record or cfg.checkpoint} records no split "
-                              f"(split.json), so its training prompts cannot be left out; pass "
-                              f"include_training_prompts=true to score every prompt anyway")
+            raise ConfigError(
+                f"evaluate: the checkpoint {cfg.split_record or cfg.checkpoint} records no split "
+                f"(split.json), so its training prompts cannot be left out; pass "
+                f"include_training_prompts=true to score every prompt anyway"
+            )
     out = Path(cfg.out)  # type: ignore[arg-type]
     save_resolved_config(cfg, out)
     device = cfg.device or str(default_device())
@@ -129,9 +136,15 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     try:
         if cfg.traces is not None:
             with torch.no_grad():
-                result = evaluate_prefixes(load_traces(cfg.traces), load_labels(cfg.labels), value_model=vm,
-                                           policy=policy, tokenizer=tokenizer, config=cfg,
-                                           mc_cost=read_mc_cost(cfg.labels))
+                result = evaluate_prefixes(
+                    load_traces(cfg.traces),
+                    load_labels(cfg.labels),
+                    value_model=vm,
+                    policy=policy,
+                    tokenizer=tokenizer,
+                    config=cfg,
+                    mc_cost=read_mc_cost(cfg.labels),
+                )
             result.metrics["policy"] = policy_path
             result.metrics["checkpoint"] = cfg.checkpoint
             if cfg.step_data is not None:
@@ -139,8 +152,11 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
             write_report(result, out, tokenizer=tokenizer, logger=logger, config=cfg)
             metrics = result.metrics
         else:
-            metrics = {"checkpoint": cfg.checkpoint, "policy": policy_path,
-                       "step_benchmark": evaluate_step_data(vm, tokenizer, cfg.step_data, cfg)}
+            metrics = {
+                "checkpoint": cfg.checkpoint,
+                "policy": policy_path,
+                "step_benchmark": evaluate_step_data(vm, tokenizer, cfg.step_data, cfg),
+            }
             write_step_benchmark_report(metrics, out, logger=logger)
     finally:
         logger.finish()

@@ -39,18 +39,20 @@ from ..sampling.sampler import HFSampler, SamplingParams
 from ..tasks import Prompt, Task, build_task, task_options
 
 #: schema of a prefix-labels dataset written by label (contract fields first)
-LABEL_FEATURES = datasets.Features({
-    "trace_id": datasets.Value("string"),
-    "position": datasets.Value("int32"),
-    "n": datasets.Value("int32"),
-    "successes": datasets.Value("float64"),
-    "mean": datasets.Value("float64"),
-    "ci_low": datasets.Value("float64"),
-    "ci_high": datasets.Value("float64"),
-    "prefix_tokens": datasets.Value("int32"),
-    "method": datasets.Value("string"),
-    "prompt_id": datasets.Value("string"),
-})
+LABEL_FEATURES = datasets.Features(
+    {
+        "trace_id": datasets.Value("string"),
+        "position": datasets.Value("int32"),
+        "n": datasets.Value("int32"),
+        "successes": datasets.Value("float64"),
+        "mean": datasets.Value("float64"),
+        "ci_low": datasets.Value("float64"),
+        "ci_high": datasets.Value("float64"),
+        "prefix_tokens": datasets.Value("int32"),
+        "method": datasets.Value("string"),
+        "prompt_id": datasets.Value("string"),
+    }
+)
 
 
 @dataclass
@@ -63,18 +65,23 @@ class LabelConfig:
     positions: str = field("steps", help="all | stride:K | steps | short:K | adaptive")
     samples: int = field(16, help="continuations per prefix (uniform specs)")
     prompts: Literal["heldout", "train", "all"] = field(
-        "heldout", help="which traces: heldout (prompts train holds out; for evaluation), train (MC targets for "
-                        "training), all")
+        "heldout",
+        help="which traces: heldout (prompts train holds out; for evaluation), train (MC targets for training), all",
+    )
     heldout_fraction: float = field(0.2, help="fraction of prompts held out (as train's heldout_fraction)")
     split_seed: int = field(0, help="seed of the prompt split (as train's split_seed)")
     max_traces: int | None = field(None, help="label only the first K traces of those `prompts` selects (None: all)")
     seed: int = field(0, help="sampling seed; the same command gives the same labels")
     task: str | None = field(None, help="task name (default: the traces' `task` column)")
-    task_args: RawMapping | None = field(None, help="options of the task's config (default: the traces' `task_args` column)")
+    task_args: RawMapping | None = field(
+        None, help="options of the task's config (default: the traces' `task_args` column)"
+    )
     temperature: float | None = field(None, help="sampling temperature (default: as the traces were collected)")
     top_p: float | None = field(None, help="nucleus mass (default: as collected)")
     top_k: int | None = field(None, help="top-k (default: as collected)")
-    max_new_tokens: int | None = field(None, help="completion budget in tokens, counted from the prompt (default: as collected)")
+    max_new_tokens: int | None = field(
+        None, help="completion budget in tokens, counted from the prompt (default: as collected)"
+    )
     chunk_traces: int = field(16, help="traces per shard (fixes the shards; keep it when resuming)")
     batch_rows: int = field(256, help="most continuations decoded together (CPU: 256; larger batches spill the cache)")
     round_samples: int = field(8, help="adaptive: continuations added to a prefix per round")
@@ -119,8 +126,13 @@ class LabelConfig:
             raise ConfigError(f"label: {exc}") from None
 
     def adaptive_config(self) -> AdaptiveConfig:
-        return AdaptiveConfig(round_samples=self.round_samples, target_halfwidth=self.target_halfwidth,
-                              budget=self.budget, jump=self.jump, init_stride=self.init_stride)
+        return AdaptiveConfig(
+            round_samples=self.round_samples,
+            target_halfwidth=self.target_halfwidth,
+            budget=self.budget,
+            jump=self.jump,
+            init_stride=self.init_stride,
+        )
 
 
 def sampling_from_traces(ds: datasets.Dataset, cfg: LabelConfig) -> SamplingParams:
@@ -128,9 +140,13 @@ def sampling_from_traces(ds: datasets.Dataset, cfg: LabelConfig) -> SamplingPara
     base: dict[str, Any] = {}
     if "sampling" in ds.column_names and len(ds) and ds[0]["sampling"]:
         base = json.loads(ds[0]["sampling"])
-    merged = {"temperature": base.get("temperature", 1.0), "top_p": base.get("top_p", 1.0),
-              "top_k": base.get("top_k", 0), "max_new_tokens": base.get("max_new_tokens", 64),
-              "stop": tuple(base.get("stop", ()))}
+    merged = {
+        "temperature": base.get("temperature", 1.0),
+        "top_p": base.get("top_p", 1.0),
+        "top_k": base.get("top_k", 0),
+        "max_new_tokens": base.get("max_new_tokens", 64),
+        "stop": tuple(base.get("stop", ())),
+    }
     for key in ("temperature", "top_p", "top_k", "max_new_tokens"):
         if getattr(cfg, key) is not None:
             merged[key] = getattr(cfg, key)
@@ -183,8 +199,13 @@ def labeller_for(ds: datasets.Dataset, cfg: LabelConfig, model: Any, tokenizer: 
     """An `MCLabeller` on a loaded policy that continues traces `ds` as `cfg` says: the traces' task and
     sampling parameters unless `cfg` overrides them, seeded with ``cfg.seed``."""
     _, _, task = traces_task(ds, cfg.task, cfg.task_args)
-    return MCLabeller(HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows), tokenizer, task,
-                      sampling_from_traces(ds, cfg), cfg.verifier_timeout_s)
+    return MCLabeller(
+        HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows),
+        tokenizer,
+        task,
+        sampling_from_traces(ds, cfg),
+        cfg.verifier_timeout_s,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,8 +229,10 @@ def run(cfg: LabelConfig) -> int:
     if cfg.max_traces is not None:
         ds = ds.select(range(min(cfg.max_traces, len(ds))))
     if len(ds) == 0:
-        raise DataFormatError(f"{cfg.traces}: no traces to label (prompts={cfg.prompts}: {len(ds)} of {n_given} traces; "
-                              f"heldout_fraction={cfg.heldout_fraction}, split_seed={cfg.split_seed})")
+        raise DataFormatError(
+            f"{cfg.traces}: no traces to label (prompts={cfg.prompts}: {len(ds)} of {n_given} traces; "
+            f"heldout_fraction={cfg.heldout_fraction}, split_seed={cfg.split_seed})"
+        )
     refs = trace_refs(ds)
     task_name, task_args, task = traces_task(ds, cfg.task, cfg.task_args)
     if cfg.task_args is not None:
@@ -218,11 +241,21 @@ def run(cfg: LabelConfig) -> int:
     spec = parse_positions(cfg.positions)
     spans = ds["step_spans"]
     plan = [positions_for_trace(spec, len(r.completion_ids), sp, cfg.init_stride) for r, sp in zip(refs, spans)]
-    manifest = {"traces": str(Path(str(cfg.traces)).resolve()), "trace_ids_sha": _ids_digest([r.trace_id for r in refs]),
-                "prompts": cfg.prompts, "heldout_fraction": cfg.heldout_fraction, "split_seed": cfg.split_seed,
-                "model": cfg.model, "positions": str(spec), "samples": cfg.samples, "chunk_traces": cfg.chunk_traces,
-                "task": task_name, "task_args": task_args, "sampling": json.loads(params.to_json()),
-                "adaptive": cfg.adaptive_config().__dict__ if spec.kind == "adaptive" else None}
+    manifest = {
+        "traces": str(Path(str(cfg.traces)).resolve()),
+        "trace_ids_sha": _ids_digest([r.trace_id for r in refs]),
+        "prompts": cfg.prompts,
+        "heldout_fraction": cfg.heldout_fraction,
+        "split_seed": cfg.split_seed,
+        "model": cfg.model,
+        "positions": str(spec),
+        "samples": cfg.samples,
+        "chunk_traces": cfg.chunk_traces,
+        "task": task_name,
+        "task_args": task_args,
+        "sampling": json.loads(params.to_json()),
+        "adaptive": cfg.adaptive_config().__dict__ if spec.kind == "adaptive" else None,
+    }
     num_shards = (len(refs) + cfg.chunk_traces - 1) // cfg.chunk_traces
 
     def setup(device: Any) -> ShardWork:
@@ -230,8 +263,9 @@ def run(cfg: LabelConfig) -> int:
         from ..policies import load_policy
 
         model, tokenizer = load_policy(str(cfg.model), cfg.dtype, cfg.device or device, cfg.trust_remote_code)
-        labeller = MCLabeller(HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows), tokenizer, task, params,
-                              cfg.verifier_timeout_s)
+        labeller = MCLabeller(
+            HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows), tokenizer, task, params, cfg.verifier_timeout_s
+        )
         t0 = time.perf_counter()
 
         def work(i: int, bar: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -247,26 +281,45 @@ def run(cfg: LabelConfig) -> int:
             rows = [{**e.as_row(), "prompt_id": pid[e.trace_id]} for e in est]
             bar.update(len(chunk))
             elapsed = max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(rollouts_s=f"{labeller.cost.rollouts / elapsed:.0f}",
-                            tok_s=f"{labeller.cost.generated_tokens / elapsed:.0f}")
+            bar.set_postfix(
+                rollouts_s=f"{labeller.cost.rollouts / elapsed:.0f}",
+                tok_s=f"{labeller.cost.generated_tokens / elapsed:.0f}",
+            )
             return rows, {"cost": cost}
 
         return work
 
-    merged = run_sharded_stage(cfg, out, manifest, num_shards,
-                               lambda i: len(refs[i * cfg.chunk_traces:(i + 1) * cfg.chunk_traces]), setup,
-                               LABEL_FEATURES, desc=f"label {spec}", unit="trace", progress=cfg.progress)
+    merged = run_sharded_stage(
+        cfg,
+        out,
+        manifest,
+        num_shards,
+        lambda i: len(refs[i * cfg.chunk_traces : (i + 1) * cfg.chunk_traces]),
+        setup,
+        LABEL_FEATURES,
+        desc=f"label {spec}",
+        unit="trace",
+        progress=cfg.progress,
+    )
     if merged is not None:
         total_cost = LabelCost()
         for i in range(num_shards):
             total_cost.add(LabelCost(**shard_extra(out, i)["cost"]))
-        cost = {**total_cost.as_dict(), "labels": len(merged), "traces": len(refs), "positions": str(spec),
-                "samples": cfg.samples if spec.kind != "adaptive" else None, "shards": num_shards,
-                "note": "sums over shards; seconds is sampling+verification time summed over processes"}
+        cost = {
+            **total_cost.as_dict(),
+            "labels": len(merged),
+            "traces": len(refs),
+            "positions": str(spec),
+            "samples": cfg.samples if spec.kind != "adaptive" else None,
+            "shards": num_shards,
+            "note": "sums over shards; seconds is sampling+verification time summed over processes",
+        }
         (out / "cost.json").write_text(json.dumps(cost, indent=1))
         split_record.save(out, prompts=cfg.prompts, n_traces_given=n_given, n_traces_labelled=len(refs))
-        print(f"label: {len(merged)} prefix labels of {len(refs)} traces, {total_cost.rollouts} rollouts, "
-              f"{total_cost.generated_tokens} generated tokens -> {out}")
+        print(
+            f"label: {len(merged)} prefix labels of {len(refs)} traces, {total_cost.rollouts} rollouts, "
+            f"{total_cost.generated_tokens} generated tokens -> {out}"
+        )
     return 0
 
 

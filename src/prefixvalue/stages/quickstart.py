@@ -49,22 +49,29 @@ class QuickstartConfig:
     policy: str | None = field(None, help="policy: local folder or hub name (required)")
     collect: collect.CollectConfig = field(
         default_factory=lambda: collect.CollectConfig(split="test", num_prompts=2000),
-        help="collection options (out and model are set here)")
+        help="collection options (out and model are set here)",
+    )
     label: label.LabelConfig = field(
         default_factory=lambda: label.LabelConfig(positions="all", samples=32, seed=1),
         help="MC labelling of held-out traces (traces, out, model and temperature are set here; the short-prefix "
-             "study uses label.seed + 1)")
+        "study uses label.seed + 1)",
+    )
     label_traces_per_prompt: int = field(1, help="held-out traces labelled per held-out prompt")
     label_max_traces: int = field(200, help="most held-out traces labelled")
     short_k: int = field(2, help="short-prefix study: positions short:1 .. short:K, one trace per held-out prompt")
     short_samples: int = field(64, help="MC continuations per short prefix")
-    value_models: list[str] = field(default_factory=lambda: list(VALUE_MODELS),
-                                    help="value models trained; the first is `learned` in the report")
-    train: train_mod.TrainConfig = field(default_factory=train_mod.TrainConfig,
-                                         help="training options (traces, policy, output_dir, value_model are set here)")
+    value_models: list[str] = field(
+        default_factory=lambda: list(VALUE_MODELS), help="value models trained; the first is `learned` in the report"
+    )
+    train: train_mod.TrainConfig = field(
+        default_factory=train_mod.TrainConfig,
+        help="training options (traces, policy, output_dir, value_model are set here)",
+    )
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, help="evaluation options (out is set here)")
     forks: int = field(3, help="traces with the largest MC value jumps shown with their forking tokens")
-    fork_samples: int = field(64, help="fresh MC continuations per prefix that re-test each chosen fork (label.seed + 2)")
+    fork_samples: int = field(
+        64, help="fresh MC continuations per prefix that re-test each chosen fork (label.seed + 2)"
+    )
     threads: int = field(0, help="torch CPU threads (0: torch's default)")
 
     def __post_init__(self) -> None:
@@ -79,8 +86,10 @@ class QuickstartConfig:
             raise ConfigError("quickstart: label.positions must be all, stride:K or steps (short runs separately)")
         bad = [k for k in self.value_models if k not in VALUE_MODELS]
         if not self.value_models or bad or len(set(self.value_models)) != len(self.value_models):
-            raise ConfigError(f"quickstart: value_models must be distinct names among {', '.join(VALUE_MODELS)}; "
-                              f"got {self.value_models}")
+            raise ConfigError(
+                f"quickstart: value_models must be distinct names among {', '.join(VALUE_MODELS)}; "
+                f"got {self.value_models}"
+            )
 
 
 # ------------------------------------------------------------------------------------- stages
@@ -95,9 +104,13 @@ def _timed(seconds: dict[str, float], name: str, fn: Any, *args: Any) -> Any:
 
 
 def _train(cfg: QuickstartConfig, kind: str, traces_dir: Path, out: Path) -> dict[str, Any]:
-    tcfg = dataclasses.replace(cfg.train, traces=str(traces_dir), policy=cfg.policy,
-                               output_dir=str(out / f"train_{kind}"),
-                               value_model=dataclasses.replace(cfg.train.value_model, kind=kind))
+    tcfg = dataclasses.replace(
+        cfg.train,
+        traces=str(traces_dir),
+        policy=cfg.policy,
+        output_dir=str(out / f"train_{kind}"),
+        value_model=dataclasses.replace(cfg.train.value_model, kind=kind),
+    )
     return train_mod.run(tcfg)
 
 
@@ -124,19 +137,35 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     traces = load_traces(traces_dir)
 
     # 2. held-out prefixes, labelled by MC (the split is the one training uses)
-    full, short, n_train_prompts, n_held_prompts = heldout_selection(traces, cfg.train.heldout_fraction, cfg.train.split_seed,
-                                                                   cfg.label_traces_per_prompt, cfg.label_max_traces)
+    full, short, n_train_prompts, n_held_prompts = heldout_selection(
+        traces, cfg.train.heldout_fraction, cfg.train.split_seed, cfg.label_traces_per_prompt, cfg.label_max_traces
+    )
     if not full:
         raise ConfigError("quickstart: no held-out prompts; raise num_prompts or train.heldout_fraction")
     held_dir = save_subset(traces, full, out / "heldout_traces")
     short_dir = save_subset(traces, short, out / "short_traces")
     # the labels record the split training uses, so label keeps exactly the held-out traces chosen here
-    lcfg = dataclasses.replace(cfg.label, model=cfg.policy, temperature=cfg.collect.temperature,
-                               heldout_fraction=cfg.train.heldout_fraction, split_seed=cfg.train.split_seed)
+    lcfg = dataclasses.replace(
+        cfg.label,
+        model=cfg.policy,
+        temperature=cfg.collect.temperature,
+        heldout_fraction=cfg.train.heldout_fraction,
+        split_seed=cfg.train.split_seed,
+    )
     _timed(seconds, "label", label.run, dataclasses.replace(lcfg, traces=str(held_dir), out=str(out / "labels")))
-    _timed(seconds, "label short", label.run, dataclasses.replace(
-        lcfg, traces=str(short_dir), out=str(out / "labels_short"), positions=f"short:{cfg.short_k}",
-        samples=cfg.short_samples, seed=cfg.label.seed + 1))
+    _timed(
+        seconds,
+        "label short",
+        label.run,
+        dataclasses.replace(
+            lcfg,
+            traces=str(short_dir),
+            out=str(out / "labels_short"),
+            positions=f"short:{cfg.short_k}",
+            samples=cfg.short_samples,
+            seed=cfg.label.seed + 1,
+        ),
+    )
 
     # 3. train every value model on the training prompts
     train_results = {}
@@ -159,23 +188,54 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
         run_cfg = dataclasses.replace(ecfg, split_record=str(train_results[cfg.value_models[0]]["checkpoint"]))
         held = load_traces(held_dir)
         with torch.no_grad():
-            result = evaluate_prefixes(held, load_labels(out / "labels"), value_model=primary,
-                                       policy=policy, tokenizer=tok, config=run_cfg, estimators=extra,
-                                       mc_cost=read_mc_cost(out / "labels"))
-            short_res = short_prefix_study(load_traces(short_dir), load_labels(out / "labels_short"), cfg.short_k,
-                                           primary, policy, tok, run_cfg, extra)
+            result = evaluate_prefixes(
+                held,
+                load_labels(out / "labels"),
+                value_model=primary,
+                policy=policy,
+                tokenizer=tok,
+                config=run_cfg,
+                estimators=extra,
+                mc_cost=read_mc_cost(out / "labels"),
+            )
+            short_res = short_prefix_study(
+                load_traces(short_dir),
+                load_labels(out / "labels_short"),
+                cfg.short_k,
+                primary,
+                policy,
+                tok,
+                run_cfg,
+                extra,
+            )
         # forks are re-tested on fresh samples: the labels' sampling with seed label.seed + 2 (the short study used + 1)
         fork_labeller = label.labeller_for(held, dataclasses.replace(lcfg, seed=cfg.label.seed + 2), policy, tok)
-        forks = largest_jumps(result, cfg.forks, tok, labeller=fork_labeller,
-                              refs={r.trace_id: r for r in label.trace_refs(held)}, samples=cfg.fork_samples)
-        q = {"config": config_to_dict(cfg), "collected_traces": len(traces),
-             "policy_accuracy": float(np.asarray(traces["outcome"], dtype=np.float64).mean()),
-             "train_prompts": n_train_prompts, "heldout_prompts": n_held_prompts,
-             "labelled_heldout_traces": len(full), "short": short_res, "short_samples": cfg.short_samples,
-             "short_estimators": [n for n in ("learned", *extra, "mellowmax", "logsumexp") if n in result.estimator_info],
-             "forks": forks, "train": train_results,
-             "quality": quality_verdict(result.metrics, train_results,
-                                        int(train_results[cfg.value_models[0]].get("train_traces", 0)))}
+        forks = largest_jumps(
+            result,
+            cfg.forks,
+            tok,
+            labeller=fork_labeller,
+            refs={r.trace_id: r for r in label.trace_refs(held)},
+            samples=cfg.fork_samples,
+        )
+        q = {
+            "config": config_to_dict(cfg),
+            "collected_traces": len(traces),
+            "policy_accuracy": float(np.asarray(traces["outcome"], dtype=np.float64).mean()),
+            "train_prompts": n_train_prompts,
+            "heldout_prompts": n_held_prompts,
+            "labelled_heldout_traces": len(full),
+            "short": short_res,
+            "short_samples": cfg.short_samples,
+            "short_estimators": [
+                n for n in ("learned", *extra, "mellowmax", "logsumexp") if n in result.estimator_info
+            ],
+            "forks": forks,
+            "train": train_results,
+            "quality": quality_verdict(
+                result.metrics, train_results, int(train_results[cfg.value_models[0]].get("train_traces", 0))
+            ),
+        }
         return result, q, tok
 
     result, q, tok = _timed(seconds, "evaluate", evaluate_all)
@@ -187,10 +247,16 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     metrics["quickstart"] = q
     logger = build_logger(ecfg.report_to, out, config=config_to_dict(cfg), run_name=ecfg.run_name)
     try:
-        write_report(result, out, tokenizer=tok, logger=logger, config=ecfg,
-                     traces=[r["trace_index"] for r in q["forks"]],
-                     forks={r["trace_index"]: r["token_index"] for r in q["forks"]},
-                     sections=[render_quickstart_section(q, metrics)])
+        write_report(
+            result,
+            out,
+            tokenizer=tok,
+            logger=logger,
+            config=ecfg,
+            traces=[r["trace_index"] for r in q["forks"]],
+            forks={r["trace_index"]: r["token_index"] for r in q["forks"]},
+            sections=[render_quickstart_section(q, metrics)],
+        )
     finally:
         logger.finish()
     print("\n" + summary_table(q, metrics))

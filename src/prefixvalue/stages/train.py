@@ -50,12 +50,20 @@ class TrainConfig:
 
     traces: str = field("", help="traces dataset folder (written by `prefixvalue collect`)")
     labels: str | None = field(None, help="optional prefix-labels folder: soft MC labels used as float targets")
-    labels_only: bool = field(False, help="with labels: train only on labelled positions (else the outcome fills the rest)")
-    policy: str | None = field(None, help="reference policy name or path (default: value_model.base_model, else the traces' `model` column)")
+    labels_only: bool = field(
+        False, help="with labels: train only on labelled positions (else the outcome fills the rest)"
+    )
+    policy: str | None = field(
+        None, help="reference policy name or path (default: value_model.base_model, else the traces' `model` column)"
+    )
     output_dir: str = field("runs/train", help="run folder: config, metrics.jsonl, checkpoints/, final/")
-    value_model: ValueModelConfig = field(default_factory=ValueModelConfig,
-                                          help="the value model: value_model.kind=implicit|head, value_model.beta=10, ...")
-    heldout_fraction: float = field(0.2, help="fraction of prompts held out (split by normalised prompt text, prefixvalue.data.is_heldout)")
+    value_model: ValueModelConfig = field(
+        default_factory=ValueModelConfig,
+        help="the value model: value_model.kind=implicit|head, value_model.beta=10, ...",
+    )
+    heldout_fraction: float = field(
+        0.2, help="fraction of prompts held out (split by normalised prompt text, prefixvalue.data.is_heldout)"
+    )
     split_seed: int = field(0, help="seed of the prompt split (recorded in final/split.json, which evaluate reads)")
     max_length: int = field(0, help="drop traces with more prompt+completion tokens than this (0: keep all)")
     max_steps: int = field(200, help="optimizer steps")
@@ -115,8 +123,7 @@ def run(cfg: TrainConfig) -> dict:
     # we normalise the loss by the items in the whole step ourselves, so accelerate must not divide by
     # the accumulation steps, nor step the scheduler once per process
     # cpu=True without a GPU lets torchrun / accelerate launch on CPU processes use gloo (MULTI_CPU)
-    accelerator = Accelerator(step_scheduler_with_optimizer=False,
-                              cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available())
     is_main = accelerator.is_main_process
     out = Path(cfg.output_dir)
     set_seed(cfg.seed)
@@ -132,8 +139,11 @@ def run(cfg: TrainConfig) -> dict:
         traces = traces.filter(lambda r: len(r["prompt_ids"]) + len(r["completion_ids"]) <= cfg.max_length)
         if is_main and len(traces) < n_before:
             print(f"dropped {n_before - len(traces)} traces longer than max_length={cfg.max_length}")
-    policy = cfg.policy or cfg.value_model.base_model or next(
-        (traces[0][c] for c in ("model", "policy") if c in traces.column_names), None)
+    policy = (
+        cfg.policy
+        or cfg.value_model.base_model
+        or next((traces[0][c] for c in ("model", "policy") if c in traces.column_names), None)
+    )
     if not policy:
         raise ConfigError("policy=NAME_OR_PATH is required (the traces carry no `model` column)")
     cols = [c for c in ("prompt_ids", "completion_ids", "outcome", "prefix_targets") if c in traces.column_names]
@@ -156,8 +166,9 @@ def run(cfg: TrainConfig) -> dict:
         model.enable_gradient_checkpointing()
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
-                              num_training_steps=cfg.max_steps)
+    scheduler = get_scheduler(
+        cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
+    )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     # ---- resume: model, optimiser, scheduler and RNG from the last complete checkpoint ------------
@@ -171,16 +182,27 @@ def run(cfg: TrainConfig) -> dict:
 
     # the sample stream restarts exactly where the checkpoint left it (see ResumableSampler)
     samples_per_step = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
-    sampler = ResumableSampler(len(train_ds), cfg.seed, start=step * samples_per_step,
-                               stop=max(cfg.max_steps, step) * samples_per_step)
-    loader = accelerator.prepare(DataLoader(train_ds, batch_size=cfg.per_device_batch_size, sampler=sampler,
-                                            collate_fn=ValueCollator(0, labels_only=cfg.labels_only)))
+    sampler = ResumableSampler(
+        len(train_ds), cfg.seed, start=step * samples_per_step, stop=max(cfg.max_steps, step) * samples_per_step
+    )
+    loader = accelerator.prepare(
+        DataLoader(
+            train_ds,
+            batch_size=cfg.per_device_batch_size,
+            sampler=sampler,
+            collate_fn=ValueCollator(0, labels_only=cfg.labels_only),
+        )
+    )
 
-    logger = build_logger(cfg.report_to, out, config_to_dict(cfg), run_name=cfg.run_name) if is_main else MultiLogger([])
+    logger = (
+        build_logger(cfg.report_to, out, config_to_dict(cfg), run_name=cfg.run_name) if is_main else MultiLogger([])
+    )
     if is_main:
         save_resolved_config(cfg, out)
-        print(f"{len(train_ds)} train / {len(held_ds)} held-out traces; base rate {base_rate:.3f}; "
-              f"{sum(p.numel() for p in params):,} trainable parameters; {accelerator.num_processes} process(es)")
+        print(
+            f"{len(train_ds)} train / {len(held_ds)} held-out traces; base rate {base_rate:.3f}; "
+            f"{sum(p.numel() for p in params):,} trainable parameters; {accelerator.num_processes} process(es)"
+        )
 
     eval_history: list[dict] = []
 
@@ -223,10 +245,16 @@ def run(cfg: TrainConfig) -> dict:
 
         tokens = accelerator.reduce(sum(b["attention_mask"].sum() for b in micro).float(), "sum")
         last_loss = float(accelerator.reduce(loss_sum, "sum") / n_items.clamp_min(1))
-        logger.log({"train/loss": last_loss, "train/lr": scheduler.get_last_lr()[0],
-                    "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                    "train/tokens_per_s": float(tokens) / (time.perf_counter() - t0),
-                    "train/samples_seen": step * samples_per_step}, step)
+        logger.log(
+            {
+                "train/loss": last_loss,
+                "train/lr": scheduler.get_last_lr()[0],
+                "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                "train/tokens_per_s": float(tokens) / (time.perf_counter() - t0),
+                "train/samples_seen": step * samples_per_step,
+            },
+            step,
+        )
         bar.set_postfix(loss=f"{last_loss:.4f}")
         if step % cfg.eval_every == 0 and step < cfg.max_steps:
             evaluate()
@@ -249,9 +277,16 @@ def run(cfg: TrainConfig) -> dict:
         split_record.save(final)
         with contextlib.suppress(OSError, ValueError):  # a tokenizer beside the checkpoint, when the policy has one
             load_tokenizer(policy).save_pretrained(final)
-        result = {"step": step, "checkpoint": str(final), "train_loss": last_loss,
-                  "train_traces": len(train_ds), "heldout_traces": len(held_rows), "base_rate": base_rate,
-                  "split": split_record.to_dict(), **metrics}
+        result = {
+            "step": step,
+            "checkpoint": str(final),
+            "train_loss": last_loss,
+            "train_traces": len(train_ds),
+            "heldout_traces": len(held_rows),
+            "base_rate": base_rate,
+            "split": split_record.to_dict(),
+            **metrics,
+        }
         (out / "final_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     else:
         result = {"step": step, "checkpoint": str(final), **metrics}
@@ -268,4 +303,3 @@ def run(cfg: TrainConfig) -> dict:
         gc.collect()
     accelerator.end_training()
     return result
-

@@ -42,9 +42,11 @@ class ArithConfig:
     modulus: int | None = field(10, help="results are taken modulo this (None: plain integers)")
     seed: int = field(0, help="seed of the prompt generator; prompt ids are stable for a seed")
     policy_train_prompts: int = field(
-        35200, help="size of the pool of split 'policy-train' that the policy trains on: the shipped "
-                    "data/policies/arith-tiny was trained on its first 550 x 64 = 35200 prompts "
-                    "(recipes/train_policy.py draws no further); every other split skips these texts")
+        35200,
+        help="size of the pool of split 'policy-train' that the policy trains on: the shipped "
+        "data/policies/arith-tiny was trained on its first 550 x 64 = 35200 prompts "
+        "(recipes/train_policy.py draws no further); every other split skips these texts",
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.max_steps:
@@ -99,8 +101,16 @@ class ArithTask(Task):
         """Texts of the first `policy_train_prompts` prompts of ``policy-train`` (the policy's training
         pool), computed on first use and cached per generator config."""
         c = self.config
-        key = (c.min_steps, c.max_steps, c.operand_min, c.operand_max, c.operators, c.modulus, c.seed,
-               c.policy_train_prompts)
+        key = (
+            c.min_steps,
+            c.max_steps,
+            c.operand_min,
+            c.operand_max,
+            c.operators,
+            c.modulus,
+            c.seed,
+            c.policy_train_prompts,
+        )
         pool = _POLICY_POOLS.get(key)
         if pool is None:
             pool = frozenset(f"Q:{self._draw(POLICY_TRAIN_SPLIT, i)[0]}=" for i in range(c.policy_train_prompts))

@@ -80,9 +80,7 @@ def first_error(step_labels: list[bool] | None) -> int | None:
     return -1
 
 
-def char_to_token_spans(
-    char_spans: list[tuple[int, int]], token_ends: list[int]
-) -> list[tuple[int, int]]:
+def char_to_token_spans(char_spans: list[tuple[int, int]], token_ends: list[int]) -> list[tuple[int, int]]:
     """Map character spans to token spans [start, end) given each token's end character offset.
 
     A token belongs to the step that contains its last character (a token that adds no character

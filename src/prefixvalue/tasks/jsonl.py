@@ -39,26 +39,38 @@ class JsonlConfig:
     """Where the user's data lives, which fields to read, and how completions are verified."""
 
     path: str | None = field(None, help="JSON-lines file, one object per line (or set `dataset`)")
-    dataset: str | None = field(None, help="a `datasets` source for datasets.load_dataset (a builder such as "
-                                           "'json'/'csv'/'parquet' with data_files, a local dataset script or "
-                                           "folder), or a folder written by save_to_disk; used when `path` is unset")
+    dataset: str | None = field(
+        None,
+        help="a `datasets` source for datasets.load_dataset (a builder such as "
+        "'json'/'csv'/'parquet' with data_files, a local dataset script or "
+        "folder), or a folder written by save_to_disk; used when `path` is unset",
+    )
     dataset_config: str | None = field(None, help="configuration name of the `datasets` source")
     data_files: str | None = field(None, help="data_files for a builder `dataset` such as 'json' or 'csv'")
-    dataset_split: str | None = field(None, help="split of the `datasets` source to read (default: the "
-                                                 "split asked of prompts(), e.g. collect's `split`)")
+    dataset_split: str | None = field(
+        None,
+        help="split of the `datasets` source to read (default: the split asked of prompts(), e.g. collect's `split`)",
+    )
     prompt_field: str = field("prompt", help="field holding the prompt text")
     answer_field: str = field("answer", help="field holding the reference answer (string or number)")
     id_field: str | None = field(None, help="field holding a unique prompt id (default: '{file stem}-{line}')")
-    template: str = field("{prompt}", help="prompt template; {prompt} is the prompt field, other {names} are "
-                                           "fields of the same record")
-    verifier: str = field("marker", help="verifier: marker | last_number | boxed | choice | regex | exact, "
-                                         "or a user function 'module:function' / 'path/to/file.py:function'")
+    template: str = field(
+        "{prompt}", help="prompt template; {prompt} is the prompt field, other {names} are fields of the same record"
+    )
+    verifier: str = field(
+        "marker",
+        help="verifier: marker | last_number | boxed | choice | regex | exact, "
+        "or a user function 'module:function' / 'path/to/file.py:function'",
+    )
     verifier_options: dict = field(  # noqa: RUF009 - the project's `field` wraps dataclasses.field
-        default_factory=dict, help="keyword options of the verifier, e.g. {markers: ['####'], tolerance: 1e-6}")
-    verifier_timeout_s: float | None = field(10.0, help="time limit of one verification in seconds "
-                                                        "(None: no limit); past it the outcome is 0")
-    step_separator: str = field("\n", help="text separating the steps of a completion (escapes \\n, \\t read "
-                                           "as newline and tab)")
+        default_factory=dict, help="keyword options of the verifier, e.g. {markers: ['####'], tolerance: 1e-6}"
+    )
+    verifier_timeout_s: float | None = field(
+        10.0, help="time limit of one verification in seconds (None: no limit); past it the outcome is 0"
+    )
+    step_separator: str = field(
+        "\n", help="text separating the steps of a completion (escapes \\n, \\t read as newline and tab)"
+    )
     limit: int | None = field(None, help="read at most this many records (None: all)")
 
     def __post_init__(self) -> None:
@@ -77,7 +89,8 @@ class JsonlConfig:
                 self.verifier_timeout_s = float(self.verifier_timeout_s)
             except (TypeError, ValueError):
                 raise ConfigError(
-                    f"jsonl: verifier_timeout_s must be a number, got {self.verifier_timeout_s!r}") from None
+                    f"jsonl: verifier_timeout_s must be a number, got {self.verifier_timeout_s!r}"
+                ) from None
             if self.verifier_timeout_s <= 0:
                 raise ConfigError("jsonl: verifier_timeout_s must be > 0 (or None for no limit)")
         if self.limit is not None:
@@ -100,8 +113,9 @@ class JsonlConfig:
             raise ConfigError(f"jsonl: bad template {self.template!r}: {exc}") from None
         for name in names:
             if not name or not name.isidentifier():
-                raise ConfigError(f"jsonl: template fields must be names like {{prompt}}, got {{{name}}} "
-                                  f"in {self.template!r}")
+                raise ConfigError(
+                    f"jsonl: template fields must be names like {{prompt}}, got {{{name}}} in {self.template!r}"
+                )
         return names
 
 
@@ -151,8 +165,10 @@ class JsonlTask(Task):
         seen: dict[str, str] = {}
         for p, where in zip(prompts, wheres):
             if p.prompt_id in seen:
-                raise JsonlFormatError(f"{where}: duplicate id {p.prompt_id!r} in field {self.config.id_field!r} "
-                                      f"(first seen at {seen[p.prompt_id]})")
+                raise JsonlFormatError(
+                    f"{where}: duplicate id {p.prompt_id!r} in field {self.config.id_field!r} "
+                    f"(first seen at {seen[p.prompt_id]})"
+                )
             seen[p.prompt_id] = where
 
     def _read_file(self, path: Path) -> list[Prompt]:
@@ -170,10 +186,14 @@ class JsonlTask(Task):
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise JsonlFormatError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno}): "
-                                          f"{_short(line.strip())}") from None
-                prompts.append(self._record_to_prompt(record, where, f"{path.stem}-{lineno}",
-                                                      {"source": str(path), "line": lineno}))
+                    raise JsonlFormatError(
+                        f"{where}: invalid JSON ({exc.msg} at column {exc.colno}): {_short(line.strip())}"
+                    ) from None
+                prompts.append(
+                    self._record_to_prompt(
+                        record, where, f"{path.stem}-{lineno}", {"source": str(path), "line": lineno}
+                    )
+                )
                 wheres.append(where)
         if not prompts:
             raise JsonlFormatError(f"{path}: no records (the file is empty)")
@@ -193,12 +213,15 @@ class JsonlTask(Task):
             try:
                 loaded = datasets.load_dataset(c.dataset, c.dataset_config, data_files=c.data_files)
             except Exception as exc:  # re-raised with the source named
-                raise ConfigError(f"jsonl: cannot load dataset {c.dataset!r} (config {c.dataset_config!r}, "
-                                  f"data_files {c.data_files!r}): {type(exc).__name__}: {exc}") from exc
+                raise ConfigError(
+                    f"jsonl: cannot load dataset {c.dataset!r} (config {c.dataset_config!r}, "
+                    f"data_files {c.data_files!r}): {type(exc).__name__}: {exc}"
+                ) from exc
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
-                raise ConfigError(f"jsonl: dataset {c.dataset!r} has no split {split!r}; splits: {sorted(loaded)} "
-                                  "(set dataset_split)")
+                raise ConfigError(
+                    f"jsonl: dataset {c.dataset!r} has no split {split!r}; splits: {sorted(loaded)} (set dataset_split)"
+                )
             ds = loaded[split]
         else:
             ds = loaded
@@ -209,8 +232,9 @@ class JsonlTask(Task):
         n = len(ds) if c.limit is None else min(len(ds), c.limit)
         for i in range(n):
             where = f"{label} [{split}], row {i}"
-            prompts.append(self._record_to_prompt(ds[i], where, f"{stem}-{split}-{i}",
-                                                      {"source": label, "split": split, "row": i}))
+            prompts.append(
+                self._record_to_prompt(ds[i], where, f"{stem}-{split}-{i}", {"source": label, "split": split, "row": i})
+            )
             wheres.append(where)
         if not prompts:
             raise JsonlFormatError(f"{label} [{split}]: no records")

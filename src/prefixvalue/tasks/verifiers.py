@@ -119,7 +119,7 @@ def extract_after_marker(text: str, markers: Sequence[str] = _DEFAULT_MARKERS, i
                 best = (m.start(), m.end())
     if best is None:
         return None
-    rest = text[best[1]:]
+    rest = text[best[1] :]
     return rest.split("\n", 1)[0].strip()
 
 
@@ -138,7 +138,7 @@ def extract_boxed(text: str) -> str | None:
                 depth -= 1
             i += 1
         if depth == 0:
-            found = text[m.end():i - 1]
+            found = text[m.end() : i - 1]
     return found
 
 
@@ -222,8 +222,13 @@ def _reference_number(answer: str, markers: Sequence[str], ignore_case: bool = T
 
 
 # -- verifiers -------------------------------------------------------------------------------------
-def verify_marker(completion: str, answer: str, markers: str | Sequence[str] = _DEFAULT_MARKERS,
-                  tolerance: float = 1e-6, ignore_case: bool = True) -> VerifierResult:
+def verify_marker(
+    completion: str,
+    answer: str,
+    markers: str | Sequence[str] = _DEFAULT_MARKERS,
+    tolerance: float = 1e-6,
+    ignore_case: bool = True,
+) -> VerifierResult:
     """1.0 when the first number after the last marker equals the numeric `answer` within `tolerance`."""
     marks = _as_tuple(markers)
     expected = _reference_number(answer, marks, ignore_case)
@@ -268,8 +273,17 @@ def verify_choice(completion: str, answer: str, letters: str = "ABCDEFGHIJ") -> 
     return VerifierResult(float(predicted == ref), details={"predicted": predicted, "expected": ref})
 
 
-def verify_regex(completion: str, answer: str, pattern: str, mode: str = "capture", group: int | str = 1,
-                 flags: str = "", numeric: bool = True, tolerance: float = 1e-6, which: str = "last") -> VerifierResult:
+def verify_regex(
+    completion: str,
+    answer: str,
+    pattern: str,
+    mode: str = "capture",
+    group: int | str = 1,
+    flags: str = "",
+    numeric: bool = True,
+    tolerance: float = 1e-6,
+    which: str = "last",
+) -> VerifierResult:
     """Score with a user regular expression.
 
     ``mode="capture"``: the `group` of the `which` ("first" or "last") match is compared to `answer`
@@ -318,8 +332,9 @@ def _check_regex(options: dict[str, Any]) -> None:
         raise ConfigError("verifier 'regex' needs the option 'pattern'")
     mode = options.get("mode", "capture")
     try:
-        rx = _compile_regex(str(options["pattern"]), str(options.get("flags", "")), mode,
-                            "0" if mode == "full" else None)
+        rx = _compile_regex(
+            str(options["pattern"]), str(options.get("flags", "")), mode, "0" if mode == "full" else None
+        )
     except (re.error, ValueError) as exc:
         raise ConfigError(f"verifier 'regex': bad pattern or options: {exc}") from None
     group = options.get("group", 1)
@@ -376,8 +391,10 @@ def load_function(spec: str) -> VerifierFn:
     """
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
-        raise ConfigError(f"verifier {spec!r}: expected a registered name {sorted(VERIFIERS)}, "
-                          "'module:function' or 'path/to/file.py:function'")
+        raise ConfigError(
+            f"verifier {spec!r}: expected a registered name {sorted(VERIFIERS)}, "
+            "'module:function' or 'path/to/file.py:function'"
+        )
     if target.endswith(".py") or "/" in target or "\\" in target:
         path = Path(target).expanduser()
         if not path.is_file():
@@ -421,8 +438,10 @@ def get_verifier(name_or_spec: str, **options: Any) -> Verifier:
     elif ":" in name_or_spec:
         fn = load_function(name_or_spec)
     else:
-        raise ConfigError(f"unknown verifier {name_or_spec!r}; registered verifiers: {sorted(VERIFIERS)} "
-                          "(or name a user function as 'module:function' or 'path/to/file.py:function')")
+        raise ConfigError(
+            f"unknown verifier {name_or_spec!r}; registered verifiers: {sorted(VERIFIERS)} "
+            "(or name a user function as 'module:function' or 'path/to/file.py:function')"
+        )
     if name_or_spec in _OPTION_CHECKS:
         _OPTION_CHECKS[name_or_spec](options)
     try:
@@ -434,8 +453,9 @@ def get_verifier(name_or_spec: str, **options: Any) -> Verifier:
             sig.bind("completion", "answer", **options)
         except TypeError as exc:
             accepted = list(sig.parameters)[2:]
-            raise ConfigError(f"verifier {name_or_spec!r}: options {sorted(options)} do not fit: {exc} "
-                              f"(its options: {accepted})") from None
+            raise ConfigError(
+                f"verifier {name_or_spec!r}: options {sorted(options)} do not fit: {exc} (its options: {accepted})"
+            ) from None
     return Verifier(name_or_spec, fn, dict(options))
 
 

@@ -45,8 +45,9 @@ def loss_mask(batch: dict[str, torch.Tensor], kind: str, loss_type: str = "prefi
     return value_model_class(kind).loss_mask(batch, loss_type)
 
 
-def value_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], kind: str, loss_type: str = "prefix",
-               margin: float = 0.0) -> LossSum:
+def value_loss(
+    logits: torch.Tensor, batch: dict[str, torch.Tensor], kind: str, loss_type: str = "prefix", margin: float = 0.0
+) -> LossSum:
     """Summed loss of one micro-batch of a `kind` model and its number of terms (its class's `value_loss`)."""
     return value_model_class(kind).value_loss(logits, batch, loss_type, margin)
 
@@ -67,9 +68,12 @@ def build_value_model(
     return model_cls(config, backbone).to(dev)
 
 
-def load_value_model(path: str | Path, device: str | torch.device | None = None,
-                     dtype: str | torch.dtype | None = None,
-                     base_model: str | PreTrainedModel | None = None) -> ValueModel:
+def load_value_model(
+    path: str | Path,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    base_model: str | PreTrainedModel | None = None,
+) -> ValueModel:
     """Load a value checkpoint folder (written by ``save_pretrained``); the kind is read from its
     config. In eval mode, on `device` (default CPU), float32 unless `dtype` says otherwise."""
     model_cls = value_model_class(read_value_config(path).kind)
@@ -77,7 +81,20 @@ def load_value_model(path: str | Path, device: str | torch.device | None = None,
 
 
 __all__ = [
-    "VALUE_MODELS", "ValueModel", "ValueModelConfig", "ImplicitValueModel", "HeadValueModel", "Counterfactuals",
-    "build_value_model", "check_value_config", "load_value_model", "LossSum", "loss_mask", "margin_bce_with_logits",
-    "normalise_loss", "read_value_config", "value_loss", "value_model_class",
+    "VALUE_MODELS",
+    "ValueModel",
+    "ValueModelConfig",
+    "ImplicitValueModel",
+    "HeadValueModel",
+    "Counterfactuals",
+    "build_value_model",
+    "check_value_config",
+    "load_value_model",
+    "LossSum",
+    "loss_mask",
+    "margin_bce_with_logits",
+    "normalise_loss",
+    "read_value_config",
+    "value_loss",
+    "value_model_class",
 ]

@@ -44,18 +44,27 @@ class ValueModelConfig:
     class's `check_config`; `prefixvalue.value.check_value_config` runs both.
     """
 
-    kind: str = field("implicit", help="value-model kind, a key of prefixvalue.value.VALUE_MODELS (implicit = IPVRM, head = explicit value head)")
+    kind: str = field(
+        "implicit",
+        help="value-model kind, a key of prefixvalue.value.VALUE_MODELS (implicit = IPVRM, head = explicit value head)",
+    )
     base_model: str = field("", help="reference policy name or path (train sets it from `policy` or the traces)")
     beta: float = field(10.0, help="implicit: β in V = β Σ log π_φ/π_ref (paper default 10)")
     margin: float = field(5.0, help="implicit: margin m of the margin BCE (paper default 5)")
     base_rate: float = field(0.5, help="training base rate of outcomes (train sets it from the training traces)")
-    loss: str = field("prefix", help="implicit: prefix = IPVRM margin BCE at every prefix; sequence = Implicit PRM baseline")
+    loss: str = field(
+        "prefix", help="implicit: prefix = IPVRM margin BCE at every prefix; sequence = Implicit PRM baseline"
+    )
     backbone: str = field("lora", help="how the backbone trains: lora, frozen (with a soft prompt for implicit), full")
     lora_r: int = field(8, help="LoRA rank")
     lora_alpha: float = field(16.0, help="LoRA alpha (scale = alpha / r)")
     lora_dropout: float = field(0.0, help="LoRA dropout")
-    lora_target_modules: list[str] | None = field(None, help="LoRA target modules (None: peft's default; 'all-linear' for every linear)")
-    soft_prompt_tokens: int = field(0, help="trainable virtual tokens (peft prompt tuning; needs backbone=frozen); 0 = none")
+    lora_target_modules: list[str] | None = field(
+        None, help="LoRA target modules (None: peft's default; 'all-linear' for every linear)"
+    )
+    soft_prompt_tokens: int = field(
+        0, help="trainable virtual tokens (peft prompt tuning; needs backbone=frozen); 0 = none"
+    )
     disable_dropout: bool = field(True, help="zero the backbone's dropout (π_φ and π_ref must see the same net)")
     prefixvalue_version: str = field(__version__, help="package version that wrote the checkpoint")
 
@@ -65,7 +74,9 @@ class ValueModelConfig:
         if self.soft_prompt_tokens < 0:
             raise ValueError("soft_prompt_tokens must be >= 0")
         if self.soft_prompt_tokens and self.backbone != "frozen":
-            raise ValueError("a soft prompt trains on a frozen backbone: set backbone=frozen with soft_prompt_tokens > 0")
+            raise ValueError(
+                "a soft prompt trains on a frozen backbone: set backbone=frozen with soft_prompt_tokens > 0"
+            )
         if self.loss not in LOSS_TYPES:
             raise ValueError(f"loss must be one of {LOSS_TYPES}, got {self.loss!r}")
         if not 0.0 < self.base_rate < 1.0:
@@ -118,7 +129,9 @@ class ValueModel(nn.Module):
     #: whether the model scores steps at the process level (it has ``token_log_ratios``)
     process_scores: ClassVar[bool] = False
 
-    def __init__(self, config: ValueModelConfig, backbone: PreTrainedModel, adapter_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, config: ValueModelConfig, backbone: PreTrainedModel, adapter_dir: str | Path | None = None
+    ) -> None:
         super().__init__()
         if config.kind != self.kind:
             raise ValueError(f"{type(self).__name__} needs config.kind={self.kind!r}, got {config.kind!r}")
@@ -140,8 +153,9 @@ class ValueModel(nn.Module):
         return batch["target_mask"].clone()
 
     @classmethod
-    def value_loss(cls, logits: torch.Tensor, batch: dict[str, torch.Tensor], loss: str = "prefix",
-                   margin: float = 0.0) -> LossSum:
+    def value_loss(
+        cls, logits: torch.Tensor, batch: dict[str, torch.Tensor], loss: str = "prefix", margin: float = 0.0
+    ) -> LossSum:
         """Summed loss of one micro-batch and its number of terms (see `prefixvalue.value.losses`).
 
         `logits` are ``forward``'s output [B, Tmax+1]; default: BCE (no margin) against ``targets``
@@ -173,7 +187,8 @@ class ValueModel(nn.Module):
             return model
         if cfg.soft_prompt_tokens:
             peft_cfg: Any = PromptTuningConfig(
-                task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.soft_prompt_tokens,
+                task_type=TaskType.CAUSAL_LM,
+                num_virtual_tokens=cfg.soft_prompt_tokens,
                 # start from embeddings of random vocabulary tokens: in-distribution inputs, unlike N(0, 1)
                 prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB,
             )
@@ -182,8 +197,11 @@ class ValueModel(nn.Module):
             if targets is not None and list(targets) == ["all-linear"]:
                 targets = "all-linear"  # peft's keyword for every linear layer but the output head
             peft_cfg = LoraConfig(
-                task_type=TaskType.CAUSAL_LM, r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                lora_dropout=cfg.lora_dropout, target_modules=targets,
+                task_type=TaskType.CAUSAL_LM,
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=targets,
             )
         return get_peft_model(backbone, peft_cfg)
 
@@ -197,8 +215,9 @@ class ValueModel(nn.Module):
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.config.use_cache = False
 
-    def _lm_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, reference: bool = False,
-                    **kwargs: Any) -> Any:
+    def _lm_forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, reference: bool = False, **kwargs: Any
+    ) -> Any:
         """Run the (adapted, or with `reference` the unadapted) LM; outputs with virtual tokens removed."""
         if reference:
             if not self.uses_peft:
@@ -216,10 +235,14 @@ class ValueModel(nn.Module):
         return out
 
     # ----- the interface ---------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
+    ) -> torch.Tensor:
         raise NotImplementedError
 
-    def prefix_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    def prefix_values(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
+    ) -> torch.Tensor:
         """P̂(s_p) for p = 0..Tmax, [B, Tmax+1] (differentiable; columns past a row's T are padding)."""
         return self.values_from_logits(self(input_ids, attention_mask, prompt_lengths))
 
@@ -232,13 +255,17 @@ class ValueModel(nn.Module):
         collate = ValueCollator(pad_token_id=0)  # right padding: the pad id is never attended to
         dev = self._device()
         for start in range(0, len(prompt_ids), batch_size):
-            rows = [{"prompt_ids": p, "completion_ids": c, "outcome": 0.0}
-                    for p, c in zip(prompt_ids[start:start + batch_size], completion_ids[start:start + batch_size])]
+            rows = [
+                {"prompt_ids": p, "completion_ids": c, "outcome": 0.0}
+                for p, c in zip(prompt_ids[start : start + batch_size], completion_ids[start : start + batch_size])
+            ]
             batch = collate(rows)
             yield {k: v.to(dev) for k, v in batch.items()}
 
     @torch.no_grad()
-    def predict(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], batch_size: int = 32) -> list[np.ndarray]:
+    def predict(
+        self, prompt_ids: list[list[int]], completion_ids: list[list[int]], batch_size: int = 32
+    ) -> list[np.ndarray]:
         """P̂ at positions 0..T_i of every row, as float64 arrays of length len(completion_ids[i]) + 1."""
         was_training = self.training
         self.eval()

@@ -26,7 +26,9 @@ class HeadValueModel(ValueModel):
         if config.loss != "prefix":
             raise ValueError("the sequence-level loss is an implicit-model baseline; the head uses loss=prefix")
 
-    def __init__(self, config: ValueModelConfig, backbone: PreTrainedModel, adapter_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, config: ValueModelConfig, backbone: PreTrainedModel, adapter_dir: str | Path | None = None
+    ) -> None:
         hidden = backbone.get_input_embeddings().embedding_dim
         super().__init__(config, backbone, adapter_dir)
         # float32 head whatever the backbone dtype: it is tiny and its logits feed the loss directly
@@ -40,7 +42,9 @@ class HeadValueModel(ValueModel):
     def _backbone_trains(self) -> bool:
         return self.config.backbone != "frozen" or self.config.soft_prompt_tokens > 0
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
+    ) -> torch.Tensor:
         """Head logits at positions 0..Tmax, [B, Tmax+1], float32."""
         tmax = max_completion_length(attention_mask, prompt_lengths)
         # a frozen backbone without a soft prompt needs no graph: run it without autograd

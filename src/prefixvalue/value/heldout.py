@@ -22,8 +22,9 @@ from .base import ValueModel
 
 
 @torch.no_grad()
-def evaluate_heldout(model: ValueModel, rows: Sequence[dict[str, Any]], batch_size: int = 32,
-                     train_base_rate: float | None = None) -> dict[str, float | None]:
+def evaluate_heldout(
+    model: ValueModel, rows: Sequence[dict[str, Any]], batch_size: int = 32, train_base_rate: float | None = None
+) -> dict[str, float | None]:
     """Metrics of `model` on held-out trace rows (``prompt_ids``, ``completion_ids``, ``outcome``,
     optional ``prefix_targets``), keyed for logging under ``eval/``:
 
@@ -41,7 +42,7 @@ def evaluate_heldout(model: ValueModel, rows: Sequence[dict[str, Any]], batch_si
     base = cfg.base_rate if train_base_rate is None else train_base_rate
     try:
         for start in range(0, len(rows), batch_size):
-            batch = {k: v.to(dev) for k, v in collate(list(rows[start:start + batch_size])).items()}
+            batch = {k: v.to(dev) for k, v in collate(list(rows[start : start + batch_size])).items()}
             logits = model(batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
             ls = model.value_loss(logits, batch, cfg.loss, cfg.margin)
             loss_total += float(ls.total)

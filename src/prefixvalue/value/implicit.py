@@ -38,7 +38,9 @@ class Counterfactuals:
     token_ids: np.ndarray  #: [T, k] int64 candidate token ids (top-k under π_ref, or as given)
     ref_logprobs: np.ndarray  #: [T, k] float64 log π_ref(y' | s_p)
     log_ratios: np.ndarray  #: [T, k] float64 log π_φ(y' | s_p) − log π_ref(y' | s_p)
-    values: np.ndarray  #: [T, k] float64 P̂(s_p ⊕ y'): σ((V_φ(p) + β·log-ratio) / (p + 1)); loss=sequence: σ(V_φ(p) + β·log-ratio)
+    values: (
+        np.ndarray
+    )  #: [T, k] float64 P̂(s_p ⊕ y'): σ((V_φ(p) + β·log-ratio) / (p + 1)); loss=sequence: σ(V_φ(p) + β·log-ratio)
 
 
 def selected_log_probs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -65,11 +67,14 @@ class ImplicitValueModel(ValueModel):
     """
 
     kind = "implicit"
-    position0_note = ("implicit model: at position 0 (bare prompt) V_φ = 0 carries no information; "
-                      "P̂ there is the training base rate")
+    position0_note = (
+        "implicit model: at position 0 (bare prompt) V_φ = 0 carries no information; P̂ there is the training base rate"
+    )
     process_scores = True
 
-    def __init__(self, config: ValueModelConfig, backbone: PreTrainedModel, adapter_dir: str | Path | None = None) -> None:
+    def __init__(
+        self, config: ValueModelConfig, backbone: PreTrainedModel, adapter_dir: str | Path | None = None
+    ) -> None:
         super().__init__(config, backbone, adapter_dir)
         ref = None
         if config.soft_prompt_tokens and adapter_dir is None:  # fresh: π_ref keeps the initial soft prompt
@@ -80,9 +85,13 @@ class ImplicitValueModel(ValueModel):
     @classmethod
     def check_config(cls, config: ValueModelConfig) -> None:
         if config.backbone == "full":
-            raise ValueError("the implicit model needs π_ref inside the same weights: use backbone=lora or a soft prompt")
+            raise ValueError(
+                "the implicit model needs π_ref inside the same weights: use backbone=lora or a soft prompt"
+            )
         if config.backbone == "frozen" and not config.soft_prompt_tokens:
-            raise ValueError("an implicit model with a frozen backbone has nothing to train: add soft_prompt_tokens > 0")
+            raise ValueError(
+                "an implicit model with a frozen backbone has nothing to train: add soft_prompt_tokens > 0"
+            )
 
     @classmethod
     def loss_mask(cls, batch: dict[str, torch.Tensor], loss: str = "prefix") -> torch.Tensor:
@@ -98,8 +107,9 @@ class ImplicitValueModel(ValueModel):
         return mask
 
     @classmethod
-    def value_loss(cls, logits: torch.Tensor, batch: dict[str, torch.Tensor], loss: str = "prefix",
-                   margin: float = 0.0) -> LossSum:
+    def value_loss(
+        cls, logits: torch.Tensor, batch: dict[str, torch.Tensor], loss: str = "prefix", margin: float = 0.0
+    ) -> LossSum:
         """Prefix loss: margin BCE of v̄(p) against ``targets`` at p = 1..T. Sequence loss (the Implicit
         PRM baseline): BCE of σ(V(s_T)) = σ(T · v̄(T)) against the outcome, one term per row."""
         if loss not in LOSS_TYPES:
@@ -136,16 +146,20 @@ class ImplicitValueModel(ValueModel):
         if ref is not None:
             self.ref_prompt = ref.to(self._device())
 
-    def _lm_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, reference: bool = False,
-                    **kwargs: Any) -> Any:
+    def _lm_forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, reference: bool = False, **kwargs: Any
+    ) -> Any:
         """π_φ, or with `reference` π_ref. With a soft prompt both run the same code, the policy behind a
         prompt: the trained one for π_φ, the initial one (``ref_prompt``) for π_ref; virtual tokens removed."""
         if not self.num_virtual_tokens:
             return super()._lm_forward(input_ids, attention_mask, reference=reference, **kwargs)
         if self.ref_prompt is None:
             if reference:
-                warnings.warn("this soft-prompt checkpoint has no initial prompt (ref_prompt): π_ref is the policy "
-                              "without a prompt, as it was trained", stacklevel=3)
+                warnings.warn(
+                    "this soft-prompt checkpoint has no initial prompt (ref_prompt): π_ref is the policy "
+                    "without a prompt, as it was trained",
+                    stacklevel=3,
+                )
                 return super()._lm_forward(input_ids, attention_mask, reference=True, **kwargs)
             return super()._lm_forward(input_ids, attention_mask, **kwargs)
         batch = input_ids.shape[0]
@@ -156,15 +170,23 @@ class ImplicitValueModel(ValueModel):
             prompt = self.lm.get_prompt(batch_size=batch)
         n = self.num_virtual_tokens
         inputs = torch.cat([prompt.to(embeds.dtype), embeds], dim=1)
-        mask = torch.cat([torch.ones(batch, n, dtype=attention_mask.dtype, device=attention_mask.device), attention_mask], dim=1)
+        mask = torch.cat(
+            [torch.ones(batch, n, dtype=attention_mask.dtype, device=attention_mask.device), attention_mask], dim=1
+        )
         out = self.lm.get_base_model()(inputs_embeds=inputs, attention_mask=mask, use_cache=False, **kwargs)
         out.logits = out.logits[:, n:]
         if getattr(out, "hidden_states", None) is not None:
             out.hidden_states = tuple(h[:, n:] for h in out.hidden_states)
         return out
 
-    def _completion_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                           prompt_lengths: torch.Tensor, tmax: int, reference: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _completion_logits(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_lengths: torch.Tensor,
+        tmax: int,
+        reference: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits predicting each completion token, [B, Tmax, V], and those tokens' ids [B, Tmax]."""
         out = self._lm_forward(input_ids, attention_mask, reference=reference)
         logits = out.logits
@@ -174,8 +196,9 @@ class ImplicitValueModel(ValueModel):
         sel = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))
         return sel, targets
 
-    def _log_ratios(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    prompt_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _log_ratios(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-ratios ℓ [B, Tmax] (zero past each row's end) and the completion mask."""
         tmax = max_completion_length(attention_mask, prompt_lengths)
         clens = attention_mask.sum(1) - prompt_lengths
@@ -188,7 +211,9 @@ class ImplicitValueModel(ValueModel):
         ratios = torch.where(cmask, logp_phi - logp_ref, torch.zeros_like(logp_phi))
         return ratios, cmask
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
+    ) -> torch.Tensor:
         """Length-normalised implicit value v̄(p) = β Σ_{t≤p} ℓ_t / p for p = 1..Tmax; column 0 holds
         logit(base_rate) (constant, no gradient). Shape [B, Tmax+1], float32."""
         ratios, _ = self._log_ratios(input_ids, attention_mask, prompt_lengths)
@@ -199,8 +224,9 @@ class ImplicitValueModel(ValueModel):
         return torch.cat([first, vbar], dim=1)
 
     @torch.no_grad()
-    def token_log_ratios(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
-                         batch_size: int = 32) -> list[np.ndarray]:
+    def token_log_ratios(
+        self, prompt_ids: list[list[int]], completion_ids: list[list[int]], batch_size: int = 32
+    ) -> list[np.ndarray]:
         """log π_φ(y_t|s_t) − log π_ref(y_t|s_t) per completion token: float64 arrays of length T_i.
 
         A step's process-level score is σ(β · Σ_{t ∈ step} ℓ_t).
@@ -219,9 +245,14 @@ class ImplicitValueModel(ValueModel):
         return out
 
     @torch.no_grad()
-    def counterfactual_values(self, prompt_ids: list[list[int]], completion_ids: list[list[int]],
-                              top_k: int = 5, candidate_ids: list[int] | None = None,
-                              batch_size: int = 32) -> list[Counterfactuals]:
+    def counterfactual_values(
+        self,
+        prompt_ids: list[list[int]],
+        completion_ids: list[list[int]],
+        top_k: int = 5,
+        candidate_ids: list[int] | None = None,
+        batch_size: int = 32,
+    ) -> list[Counterfactuals]:
         """Counterfactual value of candidate next tokens at every prefix, from the same forward pass:
         V_φ(s_p ⊕ y') = V_φ(s_p) + β[log π_φ(y'|s_p) − log π_ref(y'|s_p)], P̂ = σ(V_φ / (p + 1)) (with
         ``loss=sequence``, read out as trained: P̂ = σ(V_φ)).
@@ -259,12 +290,14 @@ class ImplicitValueModel(ValueModel):
                     steps = torch.arange(1, tmax + 1, device=ids.device, dtype=ratio_c.dtype)[None, :, None]
                     vals = torch.sigmoid((v_prefix[..., None] + beta * ratio_c) / steps)
                 for i, t in enumerate(clens.tolist()):
-                    results.append(Counterfactuals(
-                        token_ids=cand[i, :t].cpu().numpy().astype(np.int64),
-                        ref_logprobs=ref_c[i, :t].double().cpu().numpy(),
-                        log_ratios=ratio_c[i, :t].double().cpu().numpy(),
-                        values=vals[i, :t].double().cpu().numpy(),
-                    ))
+                    results.append(
+                        Counterfactuals(
+                            token_ids=cand[i, :t].cpu().numpy().astype(np.int64),
+                            ref_logprobs=ref_c[i, :t].double().cpu().numpy(),
+                            log_ratios=ratio_c[i, :t].double().cpu().numpy(),
+                            values=vals[i, :t].double().cpu().numpy(),
+                        )
+                    )
         finally:
             self.train(was_training)
         return results

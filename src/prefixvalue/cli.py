@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = module.main(rest)
     except ConfigError as exc:
-        print(f"prefixvalue {cmd}: {exc}", file=sys.stderr)
+        msg = str(exc).removeprefix(f"{cmd}: ")  # stages name themselves in their messages
+        print(f"prefixvalue {cmd}: {msg}", file=sys.stderr)
         return 2
     # a stage main returns its exit status (or, for Python callers, its summary dict)
     return rc if isinstance(rc, int) else 0

@@ -38,9 +38,8 @@ class Counterfactuals:
     token_ids: np.ndarray  #: [T, k] int64 candidate token ids (top-k under π_ref, or as given)
     ref_logprobs: np.ndarray  #: [T, k] float64 log π_ref(y' | s_p)
     log_ratios: np.ndarray  #: [T, k] float64 log π_φ(y' | s_p) − log π_ref(y' | s_p)
-    values: (
-        np.ndarray
-    )  #: [T, k] float64 P̂(s_p ⊕ y'): σ((V_φ(p) + β·log-ratio) / (p + 1)); loss=sequence: σ(V_φ(p) + β·log-ratio)
+    #: [T, k] float64 P̂(s_p ⊕ y'): σ((V_φ(p) + β·log-ratio) / (p + 1)); loss=sequence: σ(V_φ(p) + β·log-ratio)
+    values: np.ndarray
 
 
 def selected_log_probs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:

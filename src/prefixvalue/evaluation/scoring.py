@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..data.split import SplitRecord
 from ..tasks.base import first_error
 from ..tracking import jsonable
 from .estimators import ESTIMATORS, Estimates, Estimator, TraceRecord, estimate_values
@@ -285,7 +286,7 @@ def _mc_section(y: np.ndarray, n_arr: np.ndarray, ceiling: dict[str, Any]) -> di
 
 
 def _unit(cfg: EvaluateConfig) -> str:
-    return str(getattr(cfg, "bootstrap_unit", "prompt"))
+    return str(cfg.bootstrap_unit)
 
 
 def bootstrap_groups(cols: dict[str, list[Any]], cfg: EvaluateConfig) -> np.ndarray:
@@ -350,11 +351,10 @@ def split_filter(
     and no checkpoint path cannot tell, and says so. Returns the kept records and metrics.json's
     ``split`` section (``kept_prefixes`` and ``heldout_traces`` are filled in by the caller).
     """
-    from ..config import ConfigError
 
-    include = bool(getattr(cfg, "include_training_prompts", False))
-    folder = getattr(cfg, "split_record", None) or getattr(cfg, "checkpoint", None)
-    record = load_split_record(folder) if folder else None
+    include = cfg.include_training_prompts
+    folder = cfg.split_record or cfg.checkpoint
+    record = SplitRecord.load(folder) if folder else None
     sec: dict[str, Any] = {
         "heldout_prompts": None,
         "heldout_traces": None,
@@ -370,11 +370,7 @@ def split_filter(
     n_prompts = len({t.prompt_id for t in records})
     if record is None:
         if folder and not include:
-            raise ConfigError(
-                f"evaluate: the checkpoint {folder} records no split (split.json), so its training "
-                f"prompts cannot be left out; pass include_training_prompts=true to score every "
-                f"prompt anyway"
-            )
+            raise missing_split_error(folder)
         if include:
             sec["includes_training_prompts"] = True
             sec["note"] = (
@@ -429,13 +425,14 @@ def split_filter(
     return kept, sec
 
 
-def load_split_record(folder: str | Path) -> Any:
-    """The checkpoint's `SplitRecord` (``folder/split.json``), or None when it has none."""
-    try:
-        from ..data.split import SplitRecord  # written by training (prefixvalue.data.split)
-    except ImportError:  # a tree without split records: no checkpoint has one
-        return None
-    return SplitRecord.load(folder)
+def missing_split_error(folder: str | Path) -> Exception:
+    """The one-line refusal for a checkpoint folder that records no split."""
+    from ..config import ConfigError
+
+    return ConfigError(
+        f"evaluate: the checkpoint {folder} records no split (split.json), so its training prompts cannot be "
+        f"left out; pass include_training_prompts=true to score every prompt anyway"
+    )
 
 
 def _estimator_section(

@@ -114,14 +114,11 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
 
     cfg.check_inputs()
     if cfg.traces is not None and cfg.checkpoint is not None and not cfg.include_training_prompts:
-        from ..evaluation.scoring import load_split_record
+        from ..data.split import SplitRecord
+        from ..evaluation.scoring import missing_split_error
 
-        if load_split_record(cfg.split_record or cfg.checkpoint) is None:  # refuse before loading any model
-            raise ConfigError(
-                f"evaluate: the checkpoint {cfg.split_record or cfg.checkpoint} records no split "
-                f"(split.json), so its training prompts cannot be left out; pass "
-                f"include_training_prompts=true to score every prompt anyway"
-            )
+        if SplitRecord.load(cfg.split_record or cfg.checkpoint) is None:  # refuse before loading any model
+            raise missing_split_error(cfg.split_record or cfg.checkpoint)
     out = Path(cfg.out)  # type: ignore[arg-type]
     save_resolved_config(cfg, out)
     device = cfg.device or str(default_device())

@@ -1,6 +1,7 @@
 # make quickstart   set up (.venv, pinned CPU torch, the package) and run the whole loop on the embedded default
 # make test         set up and run the test suite (slow tests excluded; .ci/run also runs `pytest -m slow`)
 # make bench        set up and run benchmarks/ (figures land in benchmarks/results.json)
+# make frontier     after `make quickstart`: the value-learning frontier, every training recipe at 3 budgets x 3 seeds
 #
 # On a GPU machine, choose the torch build:  make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 
@@ -15,7 +16,9 @@ QUICKSTART_OUT ?= runs/quickstart
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install quickstart test bench lint clean
+FRONTIER_TRACES ?= runs/frontier/traces
+
+.PHONY: install quickstart test bench frontier lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +43,14 @@ test: install
 bench: install
 	@set -e; for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done
 	@echo "figures in benchmarks/results.json"
+
+# 8000 prompts collected like the quickstart's 2000 (same policy, split, sampling), then 7 recipes x 3 budgets x 3
+# seeds scored on the quickstart's held-out MC labels (about an hour on 2 CPU cores; an interrupted sweep resumes)
+frontier: install
+	$(VENV)/bin/prefixvalue collect model=data/policies/arith-tiny task=arith split=test \
+		num_prompts=8000 samples=8 max_new_tokens=64 temperature=1.0 seed=0 out=$(FRONTIER_TRACES)
+	$(PY) benchmarks/frontier.py $(QUICKSTART_OUT) traces=$(FRONTIER_TRACES)
+	$(PY) benchmarks/ipvrm_diagnosis.py $(QUICKSTART_OUT) traces=$(FRONTIER_TRACES)
 
 lint: install
 	$(VENV)/bin/ruff check src recipes tests benchmarks

@@ -241,6 +241,15 @@ def test_collect_then_label_by_default_labels_only_heldout_prompts(tmp_path, mod
     assert label.main(label_args(traces_dir, model_dir, out_train, prompts="train", max_traces=3)) == 0
     assert set(load_labels(out_train)["trace_id"]) == set(train_side["trace_id"][:3])
     assert json.loads((out_train / "split.json").read_text())["prompts"] == "train"
+    # traces_per_prompt spreads the training labels over prompts: the first trace of each, then max_traces
+    out_spread = tmp_path / "labels_spread"
+    assert (
+        label.main(label_args(traces_dir, model_dir, out_spread, prompts="train", traces_per_prompt=1, max_traces=3))
+        == 0
+    )
+    firsts = list(dict.fromkeys(train_side["prompt"]))[:3]
+    want = [train_side["trace_id"][train_side["prompt"].index(p)] for p in firsts]
+    assert set(load_labels(out_spread)["trace_id"]) == set(want)
 
 
 def test_label_reproducible_sharded_and_resumable(tmp_path, model_dir, traces_dir, monkeypatch):

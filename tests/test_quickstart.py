@@ -4,6 +4,7 @@ tiny sizes on the shipped policy (every file it promises, resuming a finished fo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,16 +217,58 @@ def test_forks_are_confirmed_on_fresh_samples_not_by_selected_cis():
     assert again[0]["bonferroni_level"] == pytest.approx(0.05 / 3)
 
 
+def test_quality_verdict_needs_the_oracle_beaten_and_names_the_error_detection_limit():
+    metrics = {
+        "mc": {"noise_ceiling": {"spearman": 1.0}, "saturated": False},
+        "estimators": {
+            "learned": {
+                "spearman": {
+                    "value": 0.85,
+                    "fraction_of_ceiling_ci": [0.81, 0.9],
+                    "paired_vs_mellowmax": {"value": 0.5, "ci": [0.4, 0.6]},
+                    "paired_vs_step_oracle": {"value": 0.02, "ci": [-0.01, 0.05]},
+                }
+            },
+            "mellowmax": {"spearman": {"value": 0.35}},
+            "step_oracle": {"spearman": {"value": 0.83}},
+        },
+    }
+    diagnosis = {
+        "estimator": "learned",
+        "auroc_error_written": 0.7,
+        "spearman_with_exact_error_flag": 0.9,
+        "spearman_no_error": 0.6,
+    }
+    v = quality_verdict(metrics, {}, 100, diagnosis)
+    assert v["reaches_ceiling_goal"] and v["beats_mellowmax"]
+    assert v["beats_step_oracle"] is False and v["met"] is False  # the oracle's paired CI straddles 0
+    assert "step-label oracle" in v["goal"]
+    assert any("AUROC 0.70" in x and "0.900" in x for x in v["limits"])
+    metrics["estimators"]["learned"]["spearman"]["paired_vs_step_oracle"]["ci"] = [0.01, 0.05]
+    assert quality_verdict(metrics, {}, 100, diagnosis)["met"] is True
+
+
 def test_config_validation():
     with pytest.raises(ConfigError, match="policy is required"):
         parse_config(qs.QuickstartConfig, [])
     kinds = list(VALUE_MODELS)
-    with pytest.raises(ConfigError, match="value_models"):
-        parse_config(qs.QuickstartConfig, ["policy=p", f"value_models=[{kinds[0]},ipvrm]"])
+    with pytest.raises(ConfigError, match="value_models.x: .*ipvrm"):
+        parse_config(qs.QuickstartConfig, ["policy=p", "value_models={x: {value_model.kind: ipvrm}}"])
+    with pytest.raises(ConfigError, match="value_models.y: unknown config key 'lerning_rate'"):
+        parse_config(qs.QuickstartConfig, ["policy=p", "value_models={y: {lerning_rate: 1}}"])
+    with pytest.raises(ConfigError, match="seeds"):
+        parse_config(qs.QuickstartConfig, ["policy=p", "seeds=0"])
+    cfg = parse_config(
+        qs.QuickstartConfig,
+        ["policy=p", "value_models={pf: {value_model.kind: head, value_model.policy_features: true, lr: 3e-3}}"],
+    )
+    tcfg = cfg.train_config("pf", Path("o"), 2)
+    assert tcfg.value_model.kind == "head" and tcfg.value_model.policy_features is True and tcfg.lr == 3e-3
+    assert tcfg.seed == cfg.train.seed + 2 and tcfg.output_dir.endswith("train_pf_seed2")
     with pytest.raises(ConfigError, match="label.positions"):
         parse_config(qs.QuickstartConfig, ["policy=p", "label.positions=short:2"])
     cfg = parse_config(qs.QuickstartConfig, ["policy=p", "train.max_steps=7", "evaluate.n_bootstrap=3"])
-    assert cfg.train.max_steps == 7 and cfg.evaluate.n_bootstrap == 3 and cfg.value_models == kinds
+    assert cfg.train.max_steps == 7 and cfg.evaluate.n_bootstrap == 3 and list(cfg.value_models) == kinds
 
 
 @pytest.mark.skipif(not SHIPPED_POLICY.exists(), reason="the shipped policy data/policies/arith-tiny is absent")
@@ -242,6 +285,8 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
         "short_samples=4",
         "forks=2",
         "threads=1",
+        "seeds=2",
+        "train_workers=2",
         "train.max_steps=4",
         "train.per_device_batch_size=8",
         "train.eval_every=2",
@@ -278,6 +323,12 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     assert sp["kept_prefixes"] == m["n_prefixes"] and sp["heldout_prompts"] > 0
     assert m["bootstrap_unit"] == "prompt"
     assert "paired_vs_mellowmax" in m["estimators"]["learned"]["spearman"]
+    # the step-label oracle (arith has exact step labels) is scored and paired with every learned value
+    assert "step_oracle" in m["estimators"] and "paired_vs_step_oracle" in m["estimators"]["learned"]["spearman"]
+    assert "beats_step_oracle" in q["quality"] and q["diagnosis"]["estimator"] == "learned"
+    assert q["seeds"]["seeds"] == 2 and len(q["seeds"]["spearman_per_seed"]) == 2
+    assert (out / "train_implicit_seed1" / "final").exists()  # the second seed of `learned`
+    assert q["seeds"]["spearman_per_seed"]["0"] == pytest.approx(m["estimators"]["learned"]["spearman"]["value"])
     assert m["cost"]["ratio_mc_to_value"] > 1
     assert q["collected_traces"] == 80 and q["labelled_heldout_traces"] <= 6
     # the labelled traces come only from prompts held out of training
@@ -286,6 +337,7 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     assert all(is_heldout(p, 0.3, 0) for p in load_traces(out / "heldout_traces")["prompt"])
     md = (out / "report.md").read_text()
     assert "## Quickstart" in md and "Short-prefix study" in md and "forking token" in md
+    assert "Value models: recipes, seeds and the oracle" in md and "| step_oracle |" in md
     assert md.index("## Quickstart") < md.index("## Data") < md.index("## Estimators vs MC")
     assert "class='tok fork'" in (out / "heatmap.html").read_text()
     printed = capsys.readouterr().out

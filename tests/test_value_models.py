@@ -299,3 +299,71 @@ def test_sequence_loss_model_reads_out_what_it_trained(rows, tiny_tokenizer):
     y = np.array([r["outcome"] for r in rows])
     m = evaluate_heldout(model, rows, batch_size=3)
     assert math.isclose(m["brier_last"], float(np.mean((np.array([v[-1] for v in values]) - y) ** 2)), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["frozen", "lora", "full"])
+def test_policy_features_come_from_the_starting_policy_and_save_load_is_exact(backbone, rows, tiny_tokenizer, tmp_path):
+    torch.manual_seed(0)
+    policy = make_tiny_gpt2(len(tiny_tokenizer))
+    reference = make_tiny_gpt2(len(tiny_tokenizer))  # the same weights (seeded), never trained
+    cfg = ValueModelConfig(kind="head", backbone=backbone, policy_features=True, base_model="unused", base_rate=0.4)
+    model = build_value_model(cfg, policy)
+    batch = ValueCollator(0)(rows)
+    args = (batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=2e-2)
+    assert any(p is model.feature_head.weight for p in model.trainable_parameters())
+    for _ in range(6):
+        ls = model.value_loss(model(*args), batch)
+        (ls.total / ls.count).backward()
+        opt.step()
+        opt.zero_grad()
+    assert model.feature_head.weight.abs().sum() > 0
+    # the features are the *starting* policy's log-probs of the written tokens: sum, minimum, last
+    feats = model.policy_features(*args)
+    with torch.no_grad():
+        logp = torch.log_softmax(reference(input_ids=batch["input_ids"]).logits.double(), -1)
+    for i, (plen, clen) in enumerate(zip(batch["prompt_lengths"].tolist(), batch["completion_lengths"].tolist())):
+        ids = batch["input_ids"][i]
+        lp = [max(float(logp[i, plen - 1 + t, ids[plen + t]]), -30.0) for t in range(clen)]  # floored per token
+        want = np.array([[0.0, 0.0, 0.0]] + [[sum(lp[: p + 1]), min(lp[: p + 1]), lp[p]] for p in range(clen)])
+        np.testing.assert_allclose(feats[i, : clen + 1].double().numpy(), want, atol=1e-4)
+    prompts, completions = _ids(rows)
+    before = model.predict(prompts, completions)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = load_value_model(tmp_path / "ckpt", base_model=make_tiny_gpt2(len(tiny_tokenizer)))
+    for a, b in zip(before, loaded.predict(prompts, completions)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_implicit_sum_readout_follows_its_formula(rows, tiny_tokenizer):
+    cfg = ValueModelConfig(kind="implicit", readout="sum", base_rate=0.3)
+    model = build_value_model(cfg, make_tiny_gpt2(len(tiny_tokenizer)))
+    prompts, completions = _ids(rows)
+    assert all(np.allclose(v, 0.3) for v in model.predict(prompts, completions))  # fresh: the base rate
+    with torch.no_grad():
+        for p in model.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ratios = model.token_log_ratios(prompts, completions)
+    values = model.predict(prompts, completions)
+    cf = model.counterfactual_values(prompts, completions, candidate_ids=list(range(len(tiny_tokenizer))))
+    for r, v, c, comp in zip(ratios, values, cf, completions):
+        expected = 1 / (1 + np.exp(-(math.log(0.3 / 0.7) + model.config.beta * np.cumsum(r))))
+        np.testing.assert_allclose(v[1:], expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(c.values[np.arange(len(comp)), comp], v[1:], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="readout=sum"):
+        check_value_config(ValueModelConfig(kind="implicit", readout="sum", loss="sequence"))
+
+
+def test_head_layer_chooses_the_hidden_state(rows, tiny_tokenizer):
+    backbone = make_tiny_gpt2(len(tiny_tokenizer))
+    model = build_value_model(ValueModelConfig(kind="head", backbone="frozen", head_layer=1), backbone)
+    with torch.no_grad():
+        model.head.weight.normal_()
+    batch = ValueCollator(0)(rows)
+    with torch.no_grad():
+        z = model(batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
+        h = backbone(input_ids=batch["input_ids"], output_hidden_states=True).hidden_states[1]
+    plen = int(batch["prompt_lengths"][0])
+    np.testing.assert_allclose(float(z[0, 0]), float(model.head(h[0, plen - 1])), rtol=1e-5)
+    with pytest.raises(ValueError, match="head_layer"):
+        build_value_model(ValueModelConfig(kind="head", head_layer=9), make_tiny_gpt2(len(tiny_tokenizer)))

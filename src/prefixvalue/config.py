@@ -300,6 +300,18 @@ def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None =
     return build_config(cls, tree)
 
 
+def with_overrides(cfg: T, overrides: dict[str, Any], where: str = "") -> T:
+    """A copy of config `cfg` with `overrides` applied: dotted keys (``value_model.kind``) or nested
+    mappings, read by the field types as on the command line; ConfigError (naming `where`) on a bad key."""
+    tree = dataclasses.asdict(cfg)
+    for key, value in overrides.items():
+        _set_dotted(tree, str(key).replace("-", "_"), _Text(value) if isinstance(value, str) else value)
+    try:
+        return build_config(type(cfg), tree)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping from `path`; a clear ConfigError if it is missing or not a mapping."""
     path = Path(path)

@@ -32,6 +32,7 @@ class ValueCollator:
     - ``outcome`` [B] float32
     - ``targets`` [B, Tmax+1] float32: the soft label at p where given, else the outcome
     - ``target_mask`` [B, Tmax+1] bool: positions 0..T_i, or only soft-labelled ones if `labels_only`
+    - ``label_mask`` [B, Tmax+1] bool: positions whose target is a soft label (not the outcome)
 
     Right padding keeps absolute positions identical to an unpadded forward pass, so a row's values do
     not depend on what it is batched with (causal attention never looks at the padding after it).
@@ -54,6 +55,7 @@ class ValueCollator:
         attention_mask = torch.zeros((b, width), dtype=torch.long)
         targets = torch.zeros((b, tmax + 1), dtype=torch.float32)
         target_mask = torch.zeros((b, tmax + 1), dtype=torch.bool)
+        label_mask = torch.zeros((b, tmax + 1), dtype=torch.bool)
         outcome = torch.tensor([float(r["outcome"]) for r in rows], dtype=torch.float32)
         for i, r in enumerate(rows):
             seq = list(r["prompt_ids"]) + list(r["completion_ids"])
@@ -75,6 +77,7 @@ class ValueCollator:
                 else:
                     targets[i, p] = float(v)
                     target_mask[i, p] = True
+                    label_mask[i, p] = True
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -83,6 +86,7 @@ class ValueCollator:
             "outcome": outcome,
             "targets": targets,
             "target_mask": target_mask,
+            "label_mask": label_mask,
         }
 
 

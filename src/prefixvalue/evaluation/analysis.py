@@ -196,8 +196,91 @@ def short_prefix_study(
     return out
 
 
+def seed_spread(result: EvalResult, models: dict[int, Any], ceiling: float | None) -> dict[str, Any]:
+    """Spearman with MC of the same recipe trained with several seeds, on the same held-out prefixes.
+
+    `models` maps seed → value model (the first seed's values are ``learned`` in `result`, the others are
+    predicted here). Returns per-seed Spearman, their mean, sd and 95% t-interval, and the same as a share
+    of the noise ceiling `ceiling`.
+    """
+    from scipy.stats import spearmanr
+    from scipy.stats import t as student_t
+
+    cols = result.prefixes
+    y = np.asarray(cols["mc_mean"], dtype=np.float64)
+    where = {(t, int(p)): i for i, (t, p) in enumerate(zip(cols["trace_id"], cols["position"]))}
+    per_seed: dict[int, float] = {}
+    for seed, model in models.items():
+        curves = model.predict([t.prompt_ids for t in result.traces], [t.completion_ids for t in result.traces])
+        x = np.empty(len(y))
+        for t, curve in zip(result.traces, curves):
+            for p, v in enumerate(curve):
+                i = where.get((t.trace_id, p))
+                if i is not None:
+                    x[i] = v
+        per_seed[seed] = float(spearmanr(x, y).statistic)
+    rho = np.array(list(per_seed.values()))
+    out: dict[str, Any] = {"spearman_per_seed": per_seed, "seeds": len(rho), "spearman_mean": float(rho.mean())}
+    if len(rho) > 1:
+        sd = float(rho.std(ddof=1))
+        half = float(student_t.ppf(0.975, len(rho) - 1) * sd / np.sqrt(len(rho)))
+        out.update(spearman_sd=sd, spearman_ci=[float(rho.mean() - half), float(rho.mean() + half)])
+    if ceiling:
+        out["share_mean"] = out["spearman_mean"] / ceiling
+        if "spearman_ci" in out:
+            out["share_ci"] = [v / ceiling for v in out["spearman_ci"]]
+    out["note"] = (
+        "95% t-interval across training seeds (same data, same held-out prefixes); the spread is training noise"
+    )
+    return out
+
+
+def error_diagnosis(result: EvalResult, name: str = "learned") -> dict[str, Any] | None:
+    """What limits a value estimator on a task with exact step labels, measured on the held-out prefixes:
+
+    - ``auroc_error_written``: how well its values separate prefixes where a wrong step has been written
+      (AUROC, higher value = no error yet);
+    - ``spearman_no_error`` / ``spearman_error``: its Spearman with MC within each of the two groups;
+    - ``spearman_with_exact_error_flag``: the Spearman of its values after a perfect error detector: every
+      prefix without a written error ranked above every prefix with one, its own values ordering each group.
+
+    None when the traces have no step labels or the estimator is missing.
+    """
+    from scipy.stats import rankdata, spearmanr
+
+    from .metrics import auroc
+    from .oracle import step_facts
+
+    cols = result.prefixes
+    if name not in cols or any(t.step_labels is None for t in result.traces):
+        return None
+    facts = {t.trace_id: step_facts(t.step_spans, t.step_labels, t.length)[0] for t in result.traces}
+    err = np.array([bool(facts[t][int(p)]) for t, p in zip(cols["trace_id"], cols["position"])])
+    x = np.asarray(cols[name], dtype=np.float64)
+    y = np.asarray(cols["mc_mean"], dtype=np.float64)
+    if err.all() or not err.any():
+        return None
+    flagged = rankdata(x) / len(x) + np.where(err, 0.0, 1.0)  # no-error group above, own order within
+
+    def rho(mask: np.ndarray) -> float:
+        return float(spearmanr(x[mask], y[mask]).statistic)
+
+    return {
+        "estimator": name,
+        "error_written_share": float(err.mean()),
+        "auroc_error_written": auroc(x, (~err).astype(np.float64))[0],
+        "spearman_no_error": rho(~err),
+        "spearman_error": rho(err),
+        "spearman_with_exact_error_flag": float(spearmanr(flagged, y).statistic),
+        "mc_spearman_with_error_flag": float(spearmanr((~err).astype(np.float64), y).statistic),
+    }
+
+
 def quality_verdict(
-    metrics: dict[str, Any], train_results: dict[str, dict[str, Any]], n_train_traces: int
+    metrics: dict[str, Any],
+    train_results: dict[str, dict[str, Any]],
+    n_train_traces: int,
+    diagnosis: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The quality goal (learned Spearman >= `CEILING_GOAL` of the noise ceiling, and above MellowMax),
     decided on bootstrap CIs, with what limits it when it is missed.
@@ -221,6 +304,7 @@ def quality_verdict(
     diff_ci = paired.get("ci")
     reached = bool(frac_ci is not None and frac_ci[0] >= CEILING_GOAL)
     beats = bool(diff_ci is not None and diff_ci[0] > 0)
+    oracle = sp.get("paired_vs_step_oracle")  # present when the task has exact step labels
     verdict: dict[str, Any] = {
         "goal": f"learned Spearman >= {CEILING_GOAL:.0%} of the noise ceiling and > MellowMax, "
         f"each by its 95% CI's lower bound",
@@ -234,6 +318,13 @@ def quality_verdict(
         "beats_mellowmax": beats,
         "met": bool(reached and beats),
     }
+    if oracle is not None:
+        beats_oracle = bool(oracle.get("ci") is not None and oracle["ci"][0] > 0)
+        verdict["goal"] += ", and > the step-label oracle by the paired CI's lower bound"
+        verdict["step_oracle_spearman"] = ests.get("step_oracle", {}).get("spearman", {}).get("value")
+        verdict["paired_vs_step_oracle"] = {"value": oracle.get("value"), "ci": oracle.get("ci")}
+        verdict["beats_step_oracle"] = beats_oracle
+        verdict["met"] = bool(verdict["met"] and beats_oracle)
     notes = []
     if frac_ci is None:
         notes.append(
@@ -277,11 +368,23 @@ def quality_verdict(
                 f"training ({kind}): held-out Brier still fell by {curve[-2][1] - curve[-1][1]:.4f} over "
                 "the last evaluation interval; more steps (train.max_steps) or more traces would help"
             )
+    if diagnosis is not None and not verdict["met"]:
+        d = diagnosis
+        limits.append(
+            f"error detection: the learned values separate prefixes after a wrong step from the others with AUROC "
+            f"{d['auroc_error_written']:.2f}; with an exact error flag on top of the same values Spearman would be "
+            f"{d['spearman_with_exact_error_flag']:.3f} ({d['spearman_with_exact_error_flag'] / ceiling:.2f} of the "
+            f"ceiling), so even perfect error detection leaves the rest to the ranking within error-free prefixes "
+            f"(Spearman {d['spearman_no_error']:.3f} there)"
+            if ceiling
+            else f"error detection: AUROC {d['auroc_error_written']:.2f} for 'a wrong step has been written'"
+        )
     if not verdict["met"]:
         limits.append(
             f"data: {n_train_traces} training traces of one tiny policy; the value model sees each "
-            "outcome once, so the prefix signal is 1-bit per trace. Scaling num_prompts (and "
-            "train.max_steps with it) 4-10x is the first lever, then a larger policy on a GPU"
+            "outcome once, so the prefix signal is 1-bit per trace. `make frontier` measures how the share "
+            "grows with sampled tokens per recipe; scaling num_prompts (and train.max_steps with it) is the "
+            "first lever, then a larger policy on a GPU"
         )
     verdict["limits"] = limits if not verdict["met"] else []
     return verdict

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Se
     if metrics.get("checkpoint") or metrics.get("policy"):
         lines += [f"checkpoint: `{metrics.get('checkpoint')}` · policy: `{metrics.get('policy')}`", ""]
     lines += [*split_lines(metrics.get("split")), ""]
-    for section in sections:
+    for section in (s for s in sections if s):
         lines += [section.rstrip("\n"), ""]
     unit = metrics.get("bootstrap_unit", "prompt")
     lines += [
@@ -480,8 +481,15 @@ def render_quickstart_section(q: dict[str, Any], metrics: dict[str, Any]) -> str
                 f"- {key.replace('_fraction_of_ceiling', '')}: {_fixed(val, 2)} of the ceiling "
                 f"{_ci(v.get(key + '_ci'))}"
             )
+    if "paired_vs_step_oracle" in v:
+        po = v["paired_vs_step_oracle"]
+        lines.append(
+            f"- learned − step-label oracle (Spearman {_fixed(v.get('step_oracle_spearman'))}, paired bootstrap): "
+            f"{_fixed(po.get('value'))}, 95% CI {_ci(po.get('ci'))}; beats it: {v['beats_step_oracle']}"
+        )
     if v["limits"]:
         lines += ["- what limits it:", *[f"  - {x}" for x in v["limits"]]]
+    lines += ["", *_recipes_lines(q, metrics)]
     if metrics["mc"].get("saturated"):
         lines.append(f"- **labels are saturated** ({SATURATION_DEFINITION}): {metrics['mc'].get('note', '')}")
     lines += [
@@ -546,6 +554,69 @@ def render_quickstart_section(q: dict[str, Any], metrics: dict[str, Any]) -> str
         + ")",
         "",
     ]
+    return "\n".join(lines)
+
+
+def _recipes_lines(q: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    """The value models trained (their overrides of `train`), the seed spread of `learned`, and the
+    error-detection diagnosis."""
+    ests = metrics["estimators"]
+    ceiling = metrics["mc"]["noise_ceiling"].get("spearman")
+    lines = [
+        "### Value models: recipes, seeds and the oracle",
+        "",
+        "| estimator | recipe (overrides of `train`) | Spearman [95% CI] | share of ceiling |",
+        "|---|---|---|---|",
+    ]
+    recipes = q.get("recipes") or {}
+    for i, (name, over) in enumerate(recipes.items()):
+        key = "learned" if i == 0 else f"learned_{name}"
+        sp = ests.get(key, {}).get("spearman", {})
+        recipe = ", ".join(f"{k}={v}" for k, v in over.items()) or "train as configured"
+        share = sp.get("value") / ceiling if (sp.get("value") is not None and ceiling) else None
+        lines.append(f"| {key} ({name}) | {recipe} | {_corr_short(sp)} | {_fixed(share, 3)} |")
+    if "step_oracle" in ests:
+        sp = ests["step_oracle"]["spearman"]
+        share = sp.get("value") / ceiling if (sp.get("value") is not None and ceiling) else None
+        lines.append(
+            f"| step_oracle | exact facts: wrong step written × steps left | {_corr_short(sp)} | {_fixed(share, 3)} |"
+        )
+    seeds = q.get("seeds") or {}
+    if seeds:
+        per = ", ".join(f"{_fixed(v)}" for v in seeds["spearman_per_seed"].values())
+        lines += [
+            "",
+            f"- `learned` over {seeds['seeds']} training seeds: Spearman {per}; mean {_fixed(seeds['spearman_mean'])}"
+            + (
+                f", sd {_fixed(seeds['spearman_sd'])}, 95% t-interval {_ci(seeds['spearman_ci'])} "
+                f"(share of ceiling {_fixed(seeds.get('share_mean'), 3)} {_ci(seeds.get('share_ci'))})"
+                if "spearman_sd" in seeds
+                else ""
+            ),
+        ]
+    d = q.get("diagnosis")
+    if d:
+        lines += [
+            f"- error detection ({d['estimator']}): {d['error_written_share']:.0%} of held-out prefixes follow a wrong "
+            f"step; AUROC of the values for it {_fixed(d['auroc_error_written'])}; Spearman within error-free prefixes "
+            f"{_fixed(d['spearman_no_error'])}, within the others {_fixed(d['spearman_error'])}; with an exact error "
+            f"flag above the same values {_fixed(d['spearman_with_exact_error_flag'])} (the flag alone: "
+            f"{_fixed(d['mc_spearman_with_error_flag'])})",
+        ]
+    return lines + [""]
+
+
+def render_frontier_section(table: str | Path | None, out: str | Path) -> str:
+    """The value-learning frontier of `make frontier` (its frontier.md, and frontier.png beside it, copied
+    into `out`), or "" when there is no table."""
+    if not table or not Path(table).exists():
+        return ""
+    src = Path(table)
+    lines = ["## The value-learning frontier (`make frontier`)", "", src.read_text().strip(), ""]
+    png = src.with_suffix(".png")
+    if png.exists():
+        shutil.copyfile(png, Path(out) / "frontier.png")
+        lines += ["![frontier](frontier.png)", ""]
     return "\n".join(lines)
 
 

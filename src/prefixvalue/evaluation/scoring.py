@@ -73,6 +73,11 @@ class EvalResult:
     calibration: dict[str, list[dict[str, float]]] = dc_field(default_factory=dict)
 
 
+#: estimators every learned value is compared with, paired (``spearman.paired_vs_<name>``): the policy's
+#: headline soft value, and the step-label oracle where the task has exact step labels
+PAIRED_REFERENCES: tuple[str, ...] = ("mellowmax", "step_oracle")
+
+
 def read_mc_cost(labels_dir: str | Path | None) -> dict[str, Any] | None:
     """``{"generated_tokens", "prefill_tokens"}`` from ``cost.json`` beside the prefix labels (written by
     ``prefixvalue label``), or None when there is no such file."""
@@ -462,17 +467,18 @@ def _estimator_section(
         )
         _add_ceiling(m["spearman"], ceiling)
         if name == "learned" or name.startswith("learned_"):
-            if "mellowmax" in names:
-                m["spearman"]["paired_vs_mellowmax"] = paired_difference(
-                    x,
-                    np.asarray(cols["mellowmax"], dtype=np.float64),
-                    y,
-                    groups,
-                    "spearman",
-                    n_boot=cfg.n_bootstrap,
-                    seed=cfg.seed,
-                    unit=unit,
-                )
+            for ref in PAIRED_REFERENCES:  # learned − reference, on the same bootstrap replicates
+                if ref in names:
+                    m["spearman"][f"paired_vs_{ref}"] = paired_difference(
+                        x,
+                        np.asarray(cols[ref], dtype=np.float64),
+                        y,
+                        groups,
+                        "spearman",
+                        n_boot=cfg.n_bootstrap,
+                        seed=cfg.seed,
+                        unit=unit,
+                    )
             m["spearman"].update(_share_of_ceiling(x, y, groups, ceiling, cfg))
         m["description"] = info[name]["description"]
         for extra in ("params", "kind", "base_rate", "note"):

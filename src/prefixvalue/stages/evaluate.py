@@ -62,6 +62,14 @@ class EvaluateConfig:
     step_data_format: str = field("auto", help="auto | processbench | trl")
     step_prompt_template: str = field("{prompt}\n", help="how a step-data problem is written before its steps")
     step_separator: str = field("\n", help="text joining the steps of step data")
+    step_oracle: bool = field(
+        True,
+        help="score the step-label oracle (wrong step written × steps left, fit on training prompts) when the "
+        "traces carry exact step labels",
+    )
+    oracle_traces: str | None = field(
+        None, help="traces whose training prompts (under the split record) fit the step-label oracle; default: traces"
+    )
     max_traces: int | None = field(None, help="evaluate at most this many labelled traces (first in order)")
     plot_traces: int = field(4, help="traces drawn in value_curves.png")
     heatmap_traces: int = field(6, help="traces shown in heatmap.html")
@@ -107,6 +115,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     import torch
 
     from ..data import load_labels, load_traces
+    from ..evaluation.estimators import ESTIMATORS
     from ..evaluation.report import write_report, write_step_benchmark_report
     from ..evaluation.scoring import evaluate_prefixes, evaluate_step_data, read_mc_cost
     from ..policies import default_device, load_policy, load_tokenizer
@@ -132,14 +141,16 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     logger = build_logger(cfg.report_to, out, config=config_to_dict(cfg), run_name=cfg.run_name)
     try:
         if cfg.traces is not None:
+            traces = load_traces(cfg.traces)
             with torch.no_grad():
                 result = evaluate_prefixes(
-                    load_traces(cfg.traces),
+                    traces,
                     load_labels(cfg.labels),
                     value_model=vm,
                     policy=policy,
                     tokenizer=tokenizer,
                     config=cfg,
+                    estimators={**ESTIMATORS, **oracle_estimators(cfg, traces)},
                     mc_cost=read_mc_cost(cfg.labels),
                 )
             result.metrics["policy"] = policy_path
@@ -158,6 +169,27 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     finally:
         logger.finish()
     return metrics
+
+
+def oracle_estimators(cfg: EvaluateConfig, traces: Any) -> dict[str, Any]:
+    """``{"step_oracle": ...}`` fit on the training prompts of ``cfg.oracle_traces`` (default: `traces`)
+    under the split record, when the traces carry exact step labels and a split record exists; else {}."""
+    from ..data import SplitRecord, load_traces
+    from ..evaluation.oracle import StepOracle, has_step_labels
+
+    if not cfg.step_oracle or not has_step_labels(traces):
+        return {}
+    record = SplitRecord.load(cfg.split_record or cfg.checkpoint) if (cfg.split_record or cfg.checkpoint) else None
+    if record is None:  # without a split there is no training side to fit on
+        return {}
+    source = load_traces(cfg.oracle_traces) if cfg.oracle_traces else traces
+    if not has_step_labels(source):
+        return {}
+    keep = [i for i, p in enumerate(source["prompt"]) if not record.is_heldout(p)]
+    if not keep:
+        return {}
+    rows = source.select(keep).select_columns(["completion_ids", "outcome", "step_spans", "step_labels"])
+    return {"step_oracle": StepOracle.fit(rows).estimator()}
 
 
 def _load_value_model(path: str, device: str | None) -> Any:

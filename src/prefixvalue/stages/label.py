@@ -31,7 +31,7 @@ from typing import Any, Literal
 import datasets
 
 from ..config import ConfigError, RawMapping, field, parse_config
-from ..data import DataFormatError, SplitRecord, load_traces, split_by_prompt
+from ..data import DataFormatError, SplitRecord, load_traces, normalise_prompt, split_by_prompt
 from ..data.shards import ShardWork, run_sharded_stage, shard_extra
 from ..sampling.mc import AdaptiveConfig, LabelCost, MCLabeller, TraceRef
 from ..sampling.positions import PositionSpecError, parse_positions, positions_for_trace
@@ -70,6 +70,9 @@ class LabelConfig:
     )
     heldout_fraction: float = field(0.2, help="fraction of prompts held out (as train's heldout_fraction)")
     split_seed: int = field(0, help="seed of the prompt split (as train's split_seed)")
+    traces_per_prompt: int | None = field(
+        None, help="label at most K traces of each prompt, the first in order (None: all); before max_traces"
+    )
     max_traces: int | None = field(None, help="label only the first K traces of those `prompts` selects (None: all)")
     seed: int = field(0, help="sampling seed; the same command gives the same labels")
     task: str | None = field(None, help="task name (default: the traces' `task` column)")
@@ -118,6 +121,8 @@ class LabelConfig:
             raise ConfigError(f"label: prompts must be heldout, train or all, got {self.prompts!r}")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ConfigError("label: heldout_fraction must be in [0, 1)")
+        if self.traces_per_prompt is not None and self.traces_per_prompt < 1:
+            raise ConfigError("label: traces_per_prompt must be >= 1 (or None for all)")
         if self.max_traces is not None and self.max_traces < 1:
             raise ConfigError("label: max_traces must be >= 1 (or None for all)")
         try:
@@ -226,6 +231,15 @@ def run(cfg: LabelConfig) -> int:
     n_given = len(ds)
     if cfg.prompts != "all":
         ds = held_side if cfg.prompts == "heldout" else train_side
+    if cfg.traces_per_prompt is not None:  # spread the labels over prompts (first traces of each, in order)
+        seen: dict[str, int] = {}
+        keep = []
+        for i, text in enumerate(ds["prompt"]):
+            key = normalise_prompt(text)
+            if seen.get(key, 0) < cfg.traces_per_prompt:
+                keep.append(i)
+            seen[key] = seen.get(key, 0) + 1
+        ds = ds.select(keep)
     if cfg.max_traces is not None:
         ds = ds.select(range(min(cfg.max_traces, len(ds))))
     if len(ds) == 0:

@@ -29,16 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
+from ..config import ConfigError, RawMapping, config_to_dict, field, parse_config, save_resolved_config, with_overrides
 from ..data import heldout_selection, load_labels, load_traces, save_subset
-from ..evaluation.analysis import largest_jumps, quality_verdict, short_prefix_study
+from ..evaluation.analysis import error_diagnosis, largest_jumps, quality_verdict, seed_spread, short_prefix_study
 from ..evaluation.estimators import ESTIMATORS, value_model_estimator
-from ..evaluation.report import render_quickstart_section, summary_table, write_report
+from ..evaluation.report import render_frontier_section, render_quickstart_section, summary_table, write_report
 from ..evaluation.scoring import evaluate_prefixes, read_mc_cost
 from ..value import VALUE_MODELS
 from . import collect, label
 from . import train as train_mod
-from .evaluate import EvaluateConfig
+from .evaluate import EvaluateConfig, oracle_estimators
 
 
 @dataclass
@@ -60,8 +60,17 @@ class QuickstartConfig:
     label_max_traces: int = field(200, help="most held-out traces labelled")
     short_k: int = field(2, help="short-prefix study: positions short:1 .. short:K, one trace per held-out prompt")
     short_samples: int = field(64, help="MC continuations per short prefix")
-    value_models: list[str] = field(
-        default_factory=lambda: list(VALUE_MODELS), help="value models trained; the first is `learned` in the report"
+    value_models: dict[str, RawMapping] = field(
+        default_factory=lambda: {k: RawMapping({"value_model.kind": k}) for k in VALUE_MODELS},
+        help="value models trained: name → overrides of `train` (dotted keys, e.g. {value_model.kind: head}); "
+        "the first is `learned` in the report, the others `learned_<name>`",
+    )
+    seeds: int = field(3, help="training seeds of `learned` (train.seed, +1, ...); the report gives their spread")
+    train_workers: int = field(
+        2, help="value models trained at once, in separate processes of one CPU thread each (1: one after another)"
+    )
+    frontier_table: str | None = field(
+        None, help="a `make frontier` table (frontier.md) to show in the report beside its plot (None: none)"
     )
     train: train_mod.TrainConfig = field(
         default_factory=train_mod.TrainConfig,
@@ -80,16 +89,26 @@ class QuickstartConfig:
         for name in ("label_traces_per_prompt", "label_max_traces", "short_samples", "fork_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"quickstart: {name} must be >= 1, got {getattr(self, name)}")
-        if self.short_k < 1 or self.forks < 0:
-            raise ConfigError("quickstart: short_k >= 1 and forks >= 0")
+        if self.short_k < 1 or self.forks < 0 or self.seeds < 1 or self.train_workers < 1:
+            raise ConfigError("quickstart: short_k >= 1, forks >= 0, seeds >= 1 and train_workers >= 1")
         if self.label.positions.split(":")[0] in ("short", "adaptive"):
             raise ConfigError("quickstart: label.positions must be all, stride:K or steps (short runs separately)")
-        bad = [k for k in self.value_models if k not in VALUE_MODELS]
-        if not self.value_models or bad or len(set(self.value_models)) != len(self.value_models):
-            raise ConfigError(
-                f"quickstart: value_models must be distinct names among {', '.join(VALUE_MODELS)}; "
-                f"got {self.value_models}"
-            )
+        if not self.value_models:
+            raise ConfigError("quickstart: value_models needs at least one entry (name: overrides of train)")
+        for name in self.value_models:  # each entry must make a valid training config
+            self.train_config(name, Path(self.out), 0)
+
+    def train_config(self, name: str, out: Path, seed_offset: int, traces: Path | None = None) -> train_mod.TrainConfig:
+        """The training config of value model `name` (``train`` with its overrides) for one seed."""
+        tcfg = with_overrides(self.train, dict(self.value_models[name]), f"quickstart: value_models.{name}")
+        suffix = f"_seed{seed_offset}" if seed_offset else ""
+        return dataclasses.replace(
+            tcfg,
+            traces=str(traces) if traces is not None else tcfg.traces,
+            policy=self.policy,
+            output_dir=str(out / f"train_{name}{suffix}"),
+            seed=tcfg.seed + seed_offset,
+        )
 
 
 # ------------------------------------------------------------------------------------- stages
@@ -103,15 +122,27 @@ def _timed(seconds: dict[str, float], name: str, fn: Any, *args: Any) -> Any:
     return out
 
 
-def _train(cfg: QuickstartConfig, kind: str, traces_dir: Path, out: Path) -> dict[str, Any]:
-    tcfg = dataclasses.replace(
-        cfg.train,
-        traces=str(traces_dir),
-        policy=cfg.policy,
-        output_dir=str(out / f"train_{kind}"),
-        value_model=dataclasses.replace(cfg.train.value_model, kind=kind),
-    )
-    return train_mod.run(tcfg)
+def _train_one(tcfg: train_mod.TrainConfig) -> tuple[dict[str, Any], float]:
+    """One training run (in this process or a worker's); returns its result and wall-clock seconds."""
+    t = time.perf_counter()
+    r = train_mod.run(tcfg)
+    r["eval_curve"] = [[h["step"], h.get("brier_all")] for h in r.pop("eval_history")]
+    return r, round(time.perf_counter() - t, 1)
+
+
+def _train_all(cfg: QuickstartConfig, jobs: dict[str, train_mod.TrainConfig]) -> dict[str, tuple[dict, float]]:
+    """Every training run of the quickstart: one after another, or `train_workers` at a time in spawned
+    processes of one thread each (small models train faster two at a time than with two threads each)."""
+    if cfg.train_workers == 1 or len(jobs) == 1:
+        return {key: _train_one(tcfg) for key, tcfg in jobs.items()}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    one_thread = {k: dataclasses.replace(t, threads=1) for k, t in jobs.items()}
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(cfg.train_workers, len(jobs)), mp_context=ctx) as pool:
+        futures = {key: pool.submit(_train_one, tcfg) for key, tcfg in one_thread.items()}
+        return {key: f.result() for key, f in futures.items()}
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -167,13 +198,15 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
         ),
     )
 
-    # 3. train every value model on the training prompts
-    train_results = {}
-    for kind in cfg.value_models:
-        r = _timed(seconds, f"train {kind}", _train, cfg, kind, traces_dir, out)
-        # (step, held-out Brier) of every held-out evaluation, for the quality verdict
-        r["eval_curve"] = [[h["step"], h.get("brier_all")] for h in r.pop("eval_history")]
-        train_results[kind] = r
+    # 3. train every value model on the training prompts (and `learned` with further seeds)
+    names = list(cfg.value_models)
+    jobs = {(name, 0): cfg.train_config(name, out, 0, traces_dir) for name in names}
+    jobs.update({(names[0], s): cfg.train_config(names[0], out, s, traces_dir) for s in range(1, cfg.seeds)})
+    trained = _timed(seconds, "train", _train_all, cfg, jobs)
+    # (step, held-out Brier) of every held-out evaluation is in each result's eval_curve (quality verdict)
+    train_results = {name: trained[(name, 0)][0] for name in names}
+    for (name, s), (_, sec) in trained.items():
+        seconds[f"train {name}" + (f" seed {s}" if s else "")] = sec
 
     # 4. evaluate on the held-out prefixes, then the short-prefix study and the forking tokens
     ecfg = dataclasses.replace(cfg.evaluate, out=str(out))
@@ -181,12 +214,13 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     def evaluate_all() -> tuple[Any, dict[str, Any], Any]:
         device = ecfg.device or str(default_device())
         policy, tok = load_policy(cfg.policy, ecfg.dtype, device)
-        models = {k: load_value_model(train_results[k]["checkpoint"], device=device) for k in cfg.value_models}
-        primary = models[cfg.value_models[0]]
-        extra = {**ESTIMATORS, **{f"learned_{k}": value_model_estimator(models[k]) for k in cfg.value_models[1:]}}
+        models = {k: load_value_model(train_results[k]["checkpoint"], device=device) for k in names}
+        primary = models[names[0]]
+        extra = {**ESTIMATORS, **{f"learned_{k}": value_model_estimator(models[k]) for k in names[1:]}}
         # the primary checkpoint's split record decides which prompts are held out
-        run_cfg = dataclasses.replace(ecfg, split_record=str(train_results[cfg.value_models[0]]["checkpoint"]))
+        run_cfg = dataclasses.replace(ecfg, split_record=str(train_results[names[0]]["checkpoint"]))
         held = load_traces(held_dir)
+        extra.update(oracle_estimators(run_cfg, traces))  # the step-label oracle, fit on the training prompts
         with torch.no_grad():
             result = evaluate_prefixes(
                 held,
@@ -218,6 +252,13 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
             refs={r.trace_id: r for r in label.trace_refs(held)},
             samples=cfg.fork_samples,
         )
+        seed_models = {0: primary}
+        seed_models.update(
+            {s: load_value_model(trained[(names[0], s)][0]["checkpoint"], device=device) for s in range(1, cfg.seeds)}
+        )
+        with torch.no_grad():
+            seeds = seed_spread(result, seed_models, result.metrics["mc"]["noise_ceiling"].get("spearman"))
+        diagnosis = error_diagnosis(result)
         q = {
             "config": config_to_dict(cfg),
             "collected_traces": len(traces),
@@ -232,8 +273,11 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
             ],
             "forks": forks,
             "train": train_results,
+            "recipes": {k: dict(v) for k, v in cfg.value_models.items()},
+            "seeds": seeds,
+            "diagnosis": diagnosis,
             "quality": quality_verdict(
-                result.metrics, train_results, int(train_results[cfg.value_models[0]].get("train_traces", 0))
+                result.metrics, train_results, int(train_results[names[0]].get("train_traces", 0)), diagnosis
             ),
         }
         return result, q, tok
@@ -243,7 +287,7 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     q["fresh_run"] = fresh
     metrics = result.metrics
     metrics["policy"] = cfg.policy
-    metrics["checkpoint"] = train_results[cfg.value_models[0]]["checkpoint"]
+    metrics["checkpoint"] = train_results[names[0]]["checkpoint"]
     metrics["quickstart"] = q
     logger = build_logger(ecfg.report_to, out, config=config_to_dict(cfg), run_name=ecfg.run_name)
     try:
@@ -255,7 +299,7 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
             config=ecfg,
             traces=[r["trace_index"] for r in q["forks"]],
             forks={r["trace_index"]: r["token_index"] for r in q["forks"]},
-            sections=[render_quickstart_section(q, metrics)],
+            sections=[render_quickstart_section(q, metrics), render_frontier_section(cfg.frontier_table, out)],
         )
     finally:
         logger.finish()

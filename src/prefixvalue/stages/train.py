@@ -38,6 +38,7 @@ from ..policies import load_tokenizer, resolve_dtype
 from ..tracking import MultiLogger, build_logger
 from ..value import ValueModelConfig, build_value_model, check_value_config, normalise_loss, value_model_class
 from ..value.heldout import evaluate_heldout
+from ..value.targets import SIGNALS, counts_summary, sibling_targets, td_lambda_targets
 
 
 @dataclass
@@ -51,8 +52,14 @@ class TrainConfig:
     traces: str = field("", help="traces dataset folder (written by `prefixvalue collect`)")
     labels: str | None = field(None, help="optional prefix-labels folder: soft MC labels used as float targets")
     labels_only: bool = field(
-        False, help="with labels: train only on labelled positions (else the outcome fills the rest)"
+        False, help="with labels: train only on labelled positions (else `signal` fills the rest)"
     )
+    signal: str = field(
+        "outcome",
+        help="target of prefixes without an MC label: outcome (the trace's), siblings (mean outcome of the "
+        "prompt's traces through the prefix), td (λ-return of the model's own later predictions)",
+    )
+    td_lambda: float = field(0.8, help="signal=td: λ of the λ-return (1 = outcome only, 0 = TD(0))")
     policy: str | None = field(
         None, help="reference policy name or path (default: value_model.base_model, else the traces' `model` column)"
     )
@@ -70,6 +77,9 @@ class TrainConfig:
     per_device_batch_size: int = field(16, help="traces per micro-batch per process")
     gradient_accumulation_steps: int = field(1, help="micro-batches per optimizer step")
     lr: float = field(1e-3, help="peak learning rate (AdamW)")
+    head_lr: float | None = field(
+        None, help="peak learning rate of the value head's own weights (head, policy-feature head); None: lr"
+    )
     weight_decay: float = field(0.0, help="AdamW weight decay")
     lr_scheduler: str = field("cosine", help="transformers scheduler name: cosine, linear, constant_with_warmup, ...")
     warmup_steps: int = field(10, help="linear warm-up steps")
@@ -94,10 +104,37 @@ class TrainConfig:
             raise ConfigError("heldout_fraction must be in [0, 1)")
         if self.eval_every <= 0:
             raise ConfigError("eval_every must be positive")
+        if self.signal not in SIGNALS:
+            raise ConfigError(f"signal must be one of {', '.join(SIGNALS)}, got {self.signal!r}")
+        if not 0.0 <= self.td_lambda <= 1.0:
+            raise ConfigError(f"td_lambda must be in [0, 1], got {self.td_lambda}")
+        if self.labels_only and not self.labels:
+            raise ConfigError("labels_only=true needs labels=DIR (MC labels of training prefixes)")
+        if self.signal != "outcome" and self.labels_only:
+            raise ConfigError(f"labels_only=true trains on MC labels alone: signal={self.signal} would fill nothing")
+        if self.signal != "outcome" and self.value_model.loss == "sequence":
+            raise ConfigError("the sequence loss trains on the outcome alone: use signal=outcome with loss=sequence")
         try:  # the kind's own rules (e.g. the implicit model cannot train a full backbone)
             check_value_config(self.value_model)
         except ValueError as exc:
             raise ConfigError(f"value_model: {exc}") from None
+
+
+def with_sibling_targets(ds):
+    """`ds` with ``prefix_targets`` holding the sibling label (mean outcome of the prompt's traces through
+    the prefix) wherever no MC label is given; returns the dataset and a summary of the sharing found."""
+    import datasets
+
+    means, counts = sibling_targets(ds["prompt_ids"], ds["completion_ids"], ds["outcome"])
+    given = ds["prefix_targets"] if "prefix_targets" in ds.column_names else [None] * len(ds)
+    merged = [
+        [m if g is None or g[p] is None or g[p] != g[p] else g[p] for p, m in enumerate(row)]
+        for row, g in zip(means, given)
+    ]
+    if "prefix_targets" in ds.column_names:
+        ds = ds.remove_columns("prefix_targets")
+    ds = ds.add_column("prefix_targets", merged, feature=datasets.List(datasets.Value("float32")))
+    return ds, counts_summary(counts)
 
 
 def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
@@ -150,7 +187,17 @@ def run(cfg: TrainConfig) -> dict:
     train_ds, held_ds = split_by_prompt(traces, cfg.heldout_fraction, cfg.split_seed)
     # the split travels with the checkpoint (final/split.json), which evaluate reads back
     split_record = SplitRecord.from_prompts(train_ds["prompt"], cfg.heldout_fraction, cfg.split_seed)
-    train_ds = train_ds.select_columns(cols).with_format(None)
+    if cfg.labels_only:  # only labelled traces carry a loss term: keep the batches full of them
+        train_ds = train_ds.filter(lambda r: any(v is not None and v == v for v in r["prefix_targets"] or []))
+        if len(train_ds) == 0:
+            raise ConfigError("labels_only=true but no training trace has an MC label (label with prompts=train)")
+    signal_info: dict = {"signal": cfg.signal}
+    if cfg.signal == "siblings":  # from the training traces only: held-out outcomes never enter a target
+        train_ds, signal_info["siblings"] = with_sibling_targets(train_ds)
+    elif cfg.signal == "td":
+        signal_info["td_lambda"] = cfg.td_lambda
+    train_ds = train_ds.select_columns([c for c in (*cols, "prefix_targets") if c in train_ds.column_names])
+    train_ds = train_ds.with_format(None)
     held_rows = held_ds.select_columns(cols).to_list()[: cfg.max_eval_traces or None]
     if len(train_ds) == 0:
         raise ConfigError(f"no training traces left after holding out {cfg.heldout_fraction:.0%} of prompts")
@@ -165,7 +212,10 @@ def run(cfg: TrainConfig) -> dict:
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     params = model.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    head_ids = {id(p) for p in model.head_parameters()}
+    groups = [{"params": [p for p in params if id(p) not in head_ids], "lr": cfg.lr}]
+    groups.append({"params": [p for p in params if id(p) in head_ids], "lr": cfg.head_lr or cfg.lr})
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(
         cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
     )
@@ -218,6 +268,7 @@ def run(cfg: TrainConfig) -> dict:
 
     # ---- the loop ---------------------------------------------------------------------------------
     model.train()
+    raw_model = accelerator.unwrap_model(model)
     batches = iter(loader)
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not is_main, desc="train")
     loss_type, margin = vcfg.loss, vcfg.margin
@@ -233,6 +284,14 @@ def run(cfg: TrainConfig) -> dict:
             sync = contextlib.nullcontext() if j == len(micro) - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast():
                 logits = model(batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
+                if cfg.signal == "td":  # λ-returns of the model's own predictions, MC labels kept where given
+                    td = td_lambda_targets(
+                        raw_model.values_from_logits(logits),
+                        batch["outcome"],
+                        batch["completion_lengths"],
+                        cfg.td_lambda,
+                    )
+                    batch["targets"] = torch.where(batch["label_mask"], batch["targets"], td)
                 ls = kind.value_loss(logits, batch, loss_type, margin)
                 accelerator.backward(normalise_loss(ls.total, n_items, accelerator.num_processes))
             loss_sum += ls.total.detach().float()
@@ -284,6 +343,7 @@ def run(cfg: TrainConfig) -> dict:
             "train_traces": len(train_ds),
             "heldout_traces": len(held_rows),
             "base_rate": base_rate,
+            "training_signal": signal_info,
             "split": split_record.to_dict(),
             **metrics,
         }

@@ -32,6 +32,9 @@ ADAPTER_DIR = "adapter"
 BACKBONE_DIR = "backbone"
 HEAD_WEIGHTS = "head.safetensors"
 
+#: how the implicit model turns V_φ(p) into P̂: the paper's length-normalised mean, or the unnormalised sum
+READOUTS: tuple[str, ...] = ("mean", "sum")
+
 #: how the backbone is trained: LoRA adapters (peft), frozen, or all weights
 BACKBONES: tuple[str, ...] = ("lora", "frozen", "full")
 
@@ -55,12 +58,25 @@ class ValueModelConfig:
     loss: str = field(
         "prefix", help="implicit: prefix = IPVRM margin BCE at every prefix; sequence = Implicit PRM baseline"
     )
+    readout: str = field(
+        "mean",
+        help="implicit: mean = the paper's length-normalised P̂ = σ(V_φ/p); sum = the variant P̂ = σ(logit(base rate) + V_φ), "
+        "no length normalisation (docs/design.md, 'Implicit prefix value')",
+    )
     backbone: str = field("lora", help="how the backbone trains: lora, frozen (with a soft prompt for implicit), full")
     lora_r: int = field(8, help="LoRA rank")
     lora_alpha: float = field(16.0, help="LoRA alpha (scale = alpha / r)")
     lora_dropout: float = field(0.0, help="LoRA dropout")
     lora_target_modules: list[str] | None = field(
         None, help="LoRA target modules (None: peft's default; 'all-linear' for every linear)"
+    )
+    head_layer: int = field(
+        -1, help="head: which hidden layer feeds the head (-1 = last, 0 = embeddings; python indexing)"
+    )
+    policy_features: bool = field(
+        False,
+        help="head: also feed the head the reference policy's log-probabilities of the written tokens (sum, minimum "
+        "and last, up to the prefix): the policy's own surprise at what it wrote",
     )
     soft_prompt_tokens: int = field(
         0, help="trainable virtual tokens (peft prompt tuning; needs backbone=frozen); 0 = none"
@@ -83,6 +99,8 @@ class ValueModelConfig:
             raise ValueError(f"base_rate must be in (0, 1), got {self.base_rate}")
         if self.beta <= 0:
             raise ValueError("beta must be positive")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -283,6 +301,10 @@ class ValueModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The trainable weights a model owns outside the backbone (a value head); none by default."""
+        return []
+
     # ----- saving and loading ----------------------------------------------------------------------
     def _extra_state_tensors(self) -> dict[str, torch.Tensor]:
         """Weights a subclass owns outside the backbone (saved to head.safetensors)."""
@@ -340,7 +362,15 @@ class ValueModel(nn.Module):
         if isinstance(base_model, str):
             cfg.base_model = base_model
         adapter = path / ADAPTER_DIR if (cfg.backbone == "lora" or cfg.soft_prompt_tokens) else None
-        model = cls(cfg, backbone, adapter_dir=adapter)
+        extra: dict[str, Any] = {}
+        if cfg.backbone == "full" and cfg.policy_features:  # the head's features come from the starting policy
+            ref = base_model if base_model is not None else cfg.base_model
+            extra["reference"] = (
+                ref.to(torch_dtype)
+                if isinstance(ref, PreTrainedModel)
+                else AutoModelForCausalLM.from_pretrained(ref, dtype=torch_dtype)
+            )
+        model = cls(cfg, backbone, adapter_dir=adapter, **extra)
         if (path / HEAD_WEIGHTS).exists():
             model._load_extra_state_tensors(load_file(str(path / HEAD_WEIGHTS)))
         elif model._extra_state_tensors():

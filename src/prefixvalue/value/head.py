@@ -1,12 +1,20 @@
 """Explicit value head (docs/design.md, "Explicit value head").
 
-P̂(s_p) = σ(w·h_p + b), where h_p is the backbone's last hidden state at the last token of the prefix
-(the last prompt token for p = 0). The backbone is frozen, LoRA-adapted or fully trained; an optional
+With ``policy_features`` the head also reads three numbers per prefix from the *reference* policy (the
+frozen policy the value model started from): the sum, the minimum and the last of log π_ref(y_t | s_t)
+over the written tokens t ≤ p (all 0 at p = 0). A policy that wrote a token it found unlikely has often
+just made a mistake; the fine-tuned hidden states alone find that hard to see. The reference is the
+backbone itself when frozen, the backbone with its adapters disabled under LoRA or a soft prompt, and a
+frozen copy of the starting policy when the backbone is fully trained.
+
+P̂(s_p) = σ(w·h_p + b), where h_p is the backbone's hidden state (the last layer's, or layer
+``head_layer``) at the last token of the prefix (the last prompt token for p = 0). The backbone is frozen, LoRA-adapted or fully trained; an optional
 soft prompt (peft prompt tuning) on a frozen backbone. Trained with BCE against outcomes or soft labels.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -14,6 +22,12 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .base import ValueModel, ValueModelConfig, logit, max_completion_length, prefix_indices
+from .implicit import selected_log_probs
+
+#: policy features per prefix: running sum, running minimum and last log π_ref of the written tokens
+NUM_POLICY_FEATURES = 3
+#: floor of a log-probability feature (a token of probability ~1e-13 is already "impossible")
+LOGPROB_FLOOR = -30.0
 
 
 class HeadValueModel(ValueModel):
@@ -27,9 +41,22 @@ class HeadValueModel(ValueModel):
             raise ValueError("the sequence-level loss is an implicit-model baseline; the head uses loss=prefix")
 
     def __init__(
-        self, config: ValueModelConfig, backbone: PreTrainedModel, adapter_dir: str | Path | None = None
+        self,
+        config: ValueModelConfig,
+        backbone: PreTrainedModel,
+        adapter_dir: str | Path | None = None,
+        reference: PreTrainedModel | None = None,
     ) -> None:
+        """`reference`: the starting policy, needed with ``policy_features`` and a fully trained backbone (by
+        default a frozen copy of `backbone` as given, which must then be the untrained policy)."""
         hidden = backbone.get_input_embeddings().embedding_dim
+        if config.policy_features and config.backbone == "full" and reference is None:
+            reference = copy.deepcopy(backbone)
+        layers = getattr(backbone.config, "num_hidden_layers", None)
+        if layers is not None and not -(layers + 1) <= config.head_layer <= layers:
+            raise ValueError(
+                f"head_layer={config.head_layer} is outside the backbone's {layers} layers (0..{layers}, or -1)"
+            )
         super().__init__(config, backbone, adapter_dir)
         # float32 head whatever the backbone dtype: it is tiny and its logits feed the loss directly
         self.head = nn.Linear(hidden, 1, dtype=torch.float32)
@@ -37,6 +64,15 @@ class HeadValueModel(ValueModel):
             # start at the constant base-rate predictor: w = 0, b = logit(base rate)
             self.head.weight.zero_()
             self.head.bias.fill_(logit(config.base_rate))
+        self.feature_head = None
+        self.ref_lm = None
+        if config.policy_features:
+            self.feature_head = nn.Linear(NUM_POLICY_FEATURES, 1, bias=False, dtype=torch.float32)
+            nn.init.zeros_(self.feature_head.weight)
+            if config.backbone == "full":
+                self.ref_lm = reference.eval()
+                for p in self.ref_lm.parameters():
+                    p.requires_grad_(False)
 
     @property
     def _backbone_trains(self) -> bool:
@@ -47,22 +83,72 @@ class HeadValueModel(ValueModel):
     ) -> torch.Tensor:
         """Head logits at positions 0..Tmax, [B, Tmax+1], float32."""
         tmax = max_completion_length(attention_mask, prompt_lengths)
+        same_forward = self.config.policy_features and not self._backbone_trains  # frozen: its logits are π_ref's
         # a frozen backbone without a soft prompt needs no graph: run it without autograd
         with torch.set_grad_enabled(torch.is_grad_enabled() and self._backbone_trains):
             # logits_to_keep=1: the LM head is not needed, skip projecting every position to the vocabulary
-            out = self._lm_forward(input_ids, attention_mask, output_hidden_states=True, logits_to_keep=1)
-            hidden = out.hidden_states[-1]
+            out = self._lm_forward(
+                input_ids, attention_mask, output_hidden_states=True, **({} if same_forward else {"logits_to_keep": 1})
+            )
+            hidden = out.hidden_states[self.config.head_layer]
         idx = prefix_indices(prompt_lengths, tmax + 1, input_ids.shape[1])
         h = hidden.gather(1, idx[..., None].expand(-1, -1, hidden.shape[-1]))
-        return self.head(h.float()).squeeze(-1)
+        z = self.head(h.float()).squeeze(-1)
+        if self.feature_head is not None:
+            feats = self.policy_features(
+                input_ids, attention_mask, prompt_lengths, out.logits if same_forward else None
+            )
+            z = z + self.feature_head(feats).squeeze(-1)
+        return z
+
+    @torch.no_grad()
+    def policy_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_lengths: torch.Tensor,
+        ref_logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[B, Tmax+1, 3] float32: sum, minimum and last of log π_ref(y_t | s_t) over written tokens t ≤ p
+        (0 at p = 0 and past a row's end), each floored at `LOGPROB_FLOOR`."""
+        tmax = max_completion_length(attention_mask, prompt_lengths)
+        b = input_ids.shape[0]
+        if tmax == 0:
+            return torch.zeros(b, 1, NUM_POLICY_FEATURES, device=input_ids.device)
+        if ref_logits is None:
+            if self.ref_lm is not None:  # fully trained backbone: the frozen copy of the starting policy
+                ref_logits = self.ref_lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            else:  # frozen: the backbone itself; LoRA / soft prompt: the backbone with them disabled
+                ref_logits = self._lm_forward(input_ids, attention_mask, reference=self.uses_peft).logits
+        seq_len = input_ids.shape[1]
+        pos = prefix_indices(prompt_lengths, tmax, seq_len)  # logits at prompt_len-1+p predict token p+1
+        tokens = input_ids.gather(1, (pos + 1).clamp(max=seq_len - 1))
+        sel = ref_logits.gather(1, pos[..., None].expand(-1, -1, ref_logits.shape[-1]))
+        lp = selected_log_probs(sel, tokens).clamp_min(LOGPROB_FLOOR)
+        clens = attention_mask.sum(1) - prompt_lengths
+        written = torch.arange(tmax, device=lp.device)[None, :] < clens[:, None]
+        lp = torch.where(written, lp, torch.zeros_like(lp))
+        zero = torch.zeros(b, 1, device=lp.device)
+        total = torch.cat([zero, lp.cumsum(1)], dim=1)
+        low = torch.cat([zero, torch.cummin(lp, dim=1).values], dim=1)
+        last = torch.cat([zero, lp], dim=1)
+        return torch.stack([total, low, last], dim=-1).float()
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [*self.head.parameters(), *(self.feature_head.parameters() if self.feature_head is not None else ())]
 
     def _extra_state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"head.weight": self.head.weight, "head.bias": self.head.bias}
+        out = {"head.weight": self.head.weight, "head.bias": self.head.bias}
+        if self.feature_head is not None:
+            out["feature_head.weight"] = self.feature_head.weight
+        return out
 
     def _load_extra_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        missing = {"head.weight", "head.bias"} - set(tensors)
+        missing = set(self._extra_state_tensors()) - set(tensors)
         if missing:
             raise ValueError(f"head weights missing from checkpoint: {sorted(missing)}")
         with torch.no_grad():
             self.head.weight.copy_(tensors["head.weight"])
             self.head.bias.copy_(tensors["head.bias"])
+            if self.feature_head is not None:
+                self.feature_head.weight.copy_(tensors["feature_head.weight"])

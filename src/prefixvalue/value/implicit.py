@@ -10,6 +10,8 @@ without any prompt is a different distribution: log-ratios up to ~11 at initiali
 - V_φ(p) = β Σ_{t ≤ p} ℓ_t;  v̄(p) = V_φ(p) / p
 - readout for p = 1..T: P̂(p) = σ(v̄(p)) with the IPVRM prefix loss (``loss=prefix``); σ(V_φ(p)) with the
   Implicit PRM baseline (``loss=sequence``), which is trained on σ(V_φ(T)), so it is read out as trained
+- the variant ``readout=sum`` (not the paper's): P̂(p) = σ(logit(base rate) + V_φ(p)), trained with the same
+  prefix loss; without the 1/p, a sharp drop at one token is not diluted over the rest of the trace
 - at p = 0 (the bare prompt) V_φ = 0 carries no information: P̂(0) is the training base rate.
 """
 
@@ -52,7 +54,8 @@ def selected_log_probs(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.T
 
 
 class ImplicitValueModel(ValueModel):
-    """IPVRM implicit prefix value; ``forward`` returns v̄(p) [B, Tmax+1] (column 0 = logit(base rate)).
+    """IPVRM implicit prefix value; ``forward`` returns v̄(p) [B, Tmax+1] (column 0 = logit(base rate));
+    with the variant ``readout=sum``, logit(base rate) + V_φ(p) instead.
 
     The reference π_ref: with LoRA, the same network with the adapters disabled (a fresh LoRA has B = 0,
     so π_φ = π_ref). With a soft prompt on the frozen backbone, π_ref is the frozen policy behind the
@@ -83,6 +86,8 @@ class ImplicitValueModel(ValueModel):
 
     @classmethod
     def check_config(cls, config: ValueModelConfig) -> None:
+        if config.readout == "sum" and config.loss != "prefix":
+            raise ValueError("readout=sum is a variant of the prefix loss: use loss=prefix")
         if config.backbone == "full":
             raise ValueError(
                 "the implicit model needs π_ref inside the same weights: use backbone=lora or a soft prompt"
@@ -217,10 +222,14 @@ class ImplicitValueModel(ValueModel):
         logit(base_rate) (constant, no gradient). Shape [B, Tmax+1], float32."""
         ratios, _ = self._log_ratios(input_ids, attention_mask, prompt_lengths)
         v = self.config.beta * torch.cumsum(ratios, dim=1)  # V_φ(p) for p = 1..Tmax
-        steps = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
-        vbar = v / steps[None, :]
-        first = torch.full((v.shape[0], 1), logit(self.config.base_rate), device=v.device, dtype=v.dtype)
-        return torch.cat([first, vbar], dim=1)
+        offset = logit(self.config.base_rate)
+        if self.config.readout == "sum":  # the variant: logit(base rate) + V_φ(p), no 1/p
+            z = offset + v
+        else:
+            steps = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
+            z = v / steps[None, :]
+        first = torch.full((v.shape[0], 1), offset, device=v.device, dtype=v.dtype)
+        return torch.cat([first, z], dim=1)
 
     @torch.no_grad()
     def token_log_ratios(
@@ -285,6 +294,8 @@ class ImplicitValueModel(ValueModel):
                 ratio_c = logp_phi.gather(-1, cand) - ref_c
                 if self.config.loss == "sequence":  # read out as trained: σ(V_φ)
                     vals = torch.sigmoid(v_prefix[..., None] + beta * ratio_c)
+                elif self.config.readout == "sum":
+                    vals = torch.sigmoid(logit(self.config.base_rate) + v_prefix[..., None] + beta * ratio_c)
                 else:
                     steps = torch.arange(1, tmax + 1, device=ids.device, dtype=ratio_c.dtype)[None, :, None]
                     vals = torch.sigmoid((v_prefix[..., None] + beta * ratio_c) / steps)

@@ -1,0 +1,196 @@
+"""What limits the implicit prefix value (IPVRM)? One knob at a time, measured on held-out prefixes.
+
+    python benchmarks/ipvrm_diagnosis.py runs/quickstart traces=runs/frontier/traces   # part of make frontier
+    python benchmarks/ipvrm_diagnosis.py runs/quickstart budget=1600 seeds=2 steps=500 workers=2
+
+Starts from the paper's formulation as the quickstart trains it (LoRA r8 on every linear layer, β 10,
+margin 0, lr 1e-2, `steps` steps of 32 traces, length-normalised readout σ(V/p)) and changes one knob per
+row: the readout (`sum`: σ(logit(base rate) + V), no 1/p), β, the margin, the LoRA rank, the steps and
+the data (training prompts). Each row trains `seeds` seeds on the first `budget` training prompts of the
+traces of `traces=` (default RUN/traces; `make frontier` passes its 8000-prompt collection) and reports:
+
+- Spearman with MC on the quickstart's held-out prefixes, and its share of the noise ceiling;
+- the length-normalisation test: at the first wrong step of each held-out trace that has one, how much of
+  the MC drop across that step the model's values reproduce (learned drop / MC drop, from the position
+  where the step starts to 4 tokens after it ends; 1 = the whole drop, 0 = none).
+
+Writes benchmarks/frontier/ipvrm.{json,md} and ``ipvrm_diagnosis`` in benchmarks/results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from frontier import OUT, _subset, run_policy
+
+from common import record
+
+BASE: dict[str, Any] = {"value_model.kind": "implicit", "lr": 1e-2}
+#: row name → overrides on top of BASE (one knob each); "budget" and "steps" change the data and the steps
+ROWS: dict[str, dict[str, Any]] = {
+    "paper (β 10, m 0, r 8, mean readout)": {},
+    "readout=sum (no 1/p)": {"value_model.readout": "sum", "lr": 3e-3},
+    "β = 1": {"value_model.beta": 1.0},
+    "β = 30": {"value_model.beta": 30.0},
+    "margin 5 (the paper's default)": {"value_model.margin": 5.0},
+    "LoRA rank 32": {"value_model.lora_r": 32, "value_model.lora_alpha": 64.0},
+    "2x steps": {"steps": 2},
+    "4x training prompts": {"budget": 4},
+}
+#: tokens after the end of the first wrong step at which its drop is read
+AFTER = 4
+
+
+def _args(argv: list[str]) -> dict[str, str]:
+    opts = {"budget": "1600", "seeds": "2", "steps": "500", "workers": "2", "traces": ""}
+    for a in argv:
+        k, _, v = a.partition("=")
+        if k not in opts:
+            raise SystemExit(f"ipvrm_diagnosis: unknown option {k!r}; options: {', '.join(opts)}")
+        opts[k] = v
+    return opts
+
+
+def _run(job: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from scipy.stats import spearmanr
+
+    from prefixvalue.config import parse_config
+    from prefixvalue.data import load_labels, load_traces
+    from prefixvalue.stages import train
+    from prefixvalue.value import load_value_model
+
+    torch.set_num_threads(1)
+    run = Path(job["run"])
+    args = {
+        "traces": job["traces"],
+        "policy": run_policy(run),
+        "output_dir": job["out"],
+        "max_steps": job["steps"],
+        "per_device_batch_size": 32,
+        "warmup_steps": 10,
+        "eval_every": 10**9,
+        "checkpoint_every": 0,
+        "report_to": "none",
+        "seed": job["seed"],
+        "value_model.margin": 0.0,
+        "value_model.lora_target_modules": "[all-linear]",
+        **job["overrides"],
+    }
+    t0 = time.perf_counter()
+    result = train.run(parse_config(train.TrainConfig, [f"{k}={v}" for k, v in args.items()]))
+    seconds = time.perf_counter() - t0
+    held = load_traces(run / "heldout_traces")
+    labels = load_labels(run / "labels")
+    preds = load_value_model(result["checkpoint"]).predict(held["prompt_ids"], held["completion_ids"], 64)
+    index = {t: i for i, t in enumerate(held["trace_id"])}
+    x = [preds[index[t]][p] for t, p in zip(labels["trace_id"], labels["position"])]
+    rho = float(spearmanr(x, labels["mean"]).statistic)
+    # the drop across the first wrong step: learned vs MC, where both prefixes are labelled
+    mc = {(t, int(p)): float(m) for t, p, m in zip(labels["trace_id"], labels["position"], labels["mean"])}
+    learned_drops, mc_drops = [], []
+    for r in held:
+        if not r["step_labels"] or all(r["step_labels"]):
+            continue
+        k = r["step_labels"].index(False)
+        start, end = r["step_spans"][k]
+        after = min(int(end) + AFTER, len(r["completion_ids"]))
+        a, b = (r["trace_id"], int(start)), (r["trace_id"], after)
+        if a in mc and b in mc and mc[a] - mc[b] > 0.2:  # a real drop in MC
+            v = preds[index[r["trace_id"]]]
+            learned_drops.append(v[int(start)] - v[after])
+            mc_drops.append(mc[a] - mc[b])
+    capture = float(np.sum(learned_drops) / np.sum(mc_drops)) if mc_drops else None
+    return {
+        "row": job["row"],
+        "seed": job["seed"],
+        "spearman": rho,
+        "drop_capture": capture,
+        "n_drops": len(mc_drops),
+        "train_seconds": round(seconds, 1),
+    }
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    run = Path(argv[0])
+    opts = _args(argv[1:])
+    budget, steps = int(opts["budget"]), int(opts["steps"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    ceiling = float(metrics["mc"]["noise_ceiling"]["spearman"])
+    work = run / "frontier"
+    source = Path(opts["traces"]) if opts["traces"] else run / "traces"
+    jobs = []
+    for row, over in ROWS.items():
+        over = dict(over)
+        b = budget * int(over.pop("budget", 1))
+        s = steps * int(over.pop("steps", 1))
+        traces_dir, _, _ = _subset(source, b, work)
+        for seed in range(int(opts["seeds"])):
+            jobs.append(
+                {
+                    "run": str(run),
+                    "row": row,
+                    "seed": seed,
+                    "traces": str(traces_dir),
+                    "steps": s,
+                    "overrides": {**BASE, **over},
+                    "out": str(work / f"ipvrm_{len(jobs)}"),
+                }
+            )
+    print(f"ipvrm_diagnosis: {len(jobs)} training runs", flush=True)
+    with ProcessPoolExecutor(max_workers=int(opts["workers"])) as pool:
+        rows = list(pool.map(_run, jobs))
+    summary = []
+    for row in ROWS:
+        got = [r for r in rows if r["row"] == row]
+        rho = np.array([r["spearman"] for r in got])
+        cap = [r["drop_capture"] for r in got if r["drop_capture"] is not None]
+        summary.append(
+            {
+                "row": row,
+                "seeds": len(got),
+                "spearman_per_seed": rho.tolist(),
+                "spearman_mean": float(rho.mean()),
+                "share_mean": float(rho.mean() / ceiling),
+                "drop_capture_mean": float(np.mean(cap)) if cap else None,
+                "n_drops": got[0]["n_drops"],
+            }
+        )
+    lines = [
+        f"IPVRM, one knob at a time: {budget} training prompts, {steps} steps of 32 traces, {opts['seeds']} seeds "
+        f"(mean; per seed in brackets). Drop capture: learned drop / MC drop across the first wrong step of "
+        f"held-out traces (from the step's start to {AFTER} tokens after its end; MC drop > 0.2).",
+        "",
+        "| change | Spearman (per seed) | share of ceiling | drop capture |",
+        "|---|---|---|---|",
+    ]
+    for s in summary:
+        per = ", ".join(f"{v:.3f}" for v in s["spearman_per_seed"])
+        cap = "n/a" if s["drop_capture_mean"] is None else f"{s['drop_capture_mean']:.2f} (n={s['n_drops']})"
+        lines.append(f"| {s['row']} | {s['spearman_mean']:.3f} ({per}) | {s['share_mean']:.3f} | {cap} |")
+    OUT.mkdir(exist_ok=True)
+    (OUT / "ipvrm.md").write_text("\n".join(lines) + "\n")
+    (OUT / "ipvrm.json").write_text(json.dumps({"summary": summary, "runs": rows}, indent=2) + "\n")
+    record(
+        "ipvrm_diagnosis",
+        summary[0]["share_mean"],
+        unit="share of the MC noise ceiling of the paper's IPVRM (first row); one knob per other row",
+        table=summary,
+        budget_prompts=budget,
+        steps=steps,
+    )
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

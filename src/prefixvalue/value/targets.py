@@ -1,0 +1,103 @@
+"""Training targets for value models beyond the trace's own outcome (docs/design.md, "Training signals").
+
+- ``outcome``: every prefix of a trace is trained towards the trace's 0/1 outcome (the default).
+- ``siblings``: every prefix is trained towards the mean outcome of the traces of the same prompt that pass
+  through it (`sibling_targets`), a soft label with a known count, free from the traces alone.
+- ``td``: every prefix is trained towards the λ-return built from the model's own stop-gradient
+  predictions later along the trace and the outcome at its end (`td_lambda_targets`).
+- soft Monte Carlo labels (``labels=DIR`` of `prefixvalue train`) replace any of these where they exist.
+
+All targets are float32 probabilities in [0, 1], end to end: nothing is rounded to a class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+#: what a prefix is trained towards where no Monte Carlo label exists
+SIGNALS: tuple[str, ...] = ("outcome", "siblings", "td")
+
+
+def sibling_targets(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], outcomes: Sequence[float]
+) -> tuple[list[list[float]], list[list[int]]]:
+    """Mean outcome and count of the traces that share each prefix, per trace and position 0..T.
+
+    Traces are grouped by prompt token ids (a shared prefix is the same model input); within a group a
+    trie over completion tokens holds the
+    outcome sum and trace count of every prefix. Position p of a trace gets the mean outcome of all traces
+    of its prompt whose first p completion tokens equal its own (p = 0: every trace of the prompt; p = T:
+    the traces identical to it). A shared prefix appears once in each of its n traces, so in the loss it
+    carries n terms: it is weighted by its count. Returns ``(means, counts)``.
+    """
+    if not len(prompts) == len(completions) == len(outcomes):
+        raise ValueError("prompts, completions and outcomes must have the same length")
+    node_of: dict[tuple, int] = {}
+    sums: list[float] = []
+    counts: list[int] = []
+    paths: list[list[int]] = []
+
+    def node(key: tuple) -> int:
+        n = node_of.get(key)
+        if n is None:
+            n = node_of[key] = len(sums)
+            sums.append(0.0)
+            counts.append(0)
+        return n
+
+    for prompt, comp, r in zip(prompts, completions, outcomes):
+        r = float(r)
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"outcome {r} outside [0, 1]: sibling labels average outcomes")
+        cur = node(("prompt", *map(int, prompt)))
+        path = [cur]
+        for tok in comp:
+            cur = node((cur, int(tok)))
+            path.append(cur)
+        for n in path:
+            sums[n] += r
+            counts[n] += 1
+        paths.append(path)
+    means = [[sums[n] / counts[n] for n in path] for path in paths]
+    return means, [[counts[n] for n in path] for path in paths]
+
+
+@torch.no_grad()
+def td_lambda_targets(
+    values: torch.Tensor, outcome: torch.Tensor, completion_lengths: torch.Tensor, lam: float
+) -> torch.Tensor:
+    """λ-returns G(p), p = 0..Tmax, from the model's own predictions (no gradient flows through them).
+
+    ``values`` [B, Tmax+1] are the model's P̂(s_p); ``outcome`` [B] the verified outcome, which is the value
+    of the complete trace (p = T). Backwards from T: G(T) = outcome, G(p) = (1 − λ)·P̂(p + 1) + λ·G(p + 1),
+    with P̂(T) replaced by the outcome. λ = 1 gives the outcome at every prefix; λ = 0 gives TD(0), the next
+    prefix's prediction. Columns past a row's T are the outcome (they are masked by the loss anyway).
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"td_lambda must be in [0, 1], got {lam}")
+    v = values.detach().float()
+    b, width = v.shape
+    pos = torch.arange(width, device=v.device)[None, :]
+    r = outcome.float()[:, None].expand(b, width)
+    # the value of a finished trace is its outcome: P̂ at p >= T is replaced by it
+    v = torch.where(pos >= completion_lengths[:, None], r, v)
+    g = r.clone()
+    for p in range(width - 2, -1, -1):
+        g_p = (1.0 - lam) * v[:, p + 1] + lam * g[:, p + 1]
+        g[:, p] = torch.where(completion_lengths > p, g_p, r[:, p])
+    return g
+
+
+def counts_summary(counts: list[list[int]]) -> dict[str, float]:
+    """How much sharing the sibling labels found: share of prefixes seen by more than one trace, mean count."""
+    flat = np.fromiter((c for row in counts for c in row), dtype=np.int64)
+    if flat.size == 0:
+        return {"prefixes": 0, "shared_fraction": 0.0, "mean_count": 0.0}
+    return {
+        "prefixes": int(flat.size),
+        "shared_fraction": float((flat > 1).mean()),
+        "mean_count": float(flat.mean()),
+    }

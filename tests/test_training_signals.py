@@ -1,0 +1,250 @@
+"""Every training signal of `prefixvalue train`, checked against exact prefix values.
+
+The policy is the Markov GPT-2 of `test_mc` (its next-token distribution depends only on the last token).
+The task succeeds iff the completion ends in 'a'; with a long budget the value of a prefix depends only on
+its last character, which is what a linear head on the frozen Markov backbone can represent exactly
+(its hidden state is a function of the last token). So training a head with any correct signal must
+converge to the exact values, and a wrong target (a shifted TD bootstrap, a trie that mixes prefixes, a
+label read at the wrong position) would converge somewhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+
+import numpy as np
+import pytest
+import torch
+from test_mc import TABLE, markov_gpt2
+
+from prefixvalue.config import parse_config
+from prefixvalue.data import rows_to_dataset
+from prefixvalue.sampling.mc import MCLabeller, TraceRef
+from prefixvalue.sampling.positions import positions
+from prefixvalue.sampling.sampler import HFSampler, SamplingParams
+from prefixvalue.stages import train as train_stage
+from prefixvalue.tasks.base import Prompt, Task, VerifierResult
+from prefixvalue.tokenizer import build_char_tokenizer
+from prefixvalue.value import load_value_model
+from prefixvalue.value.targets import sibling_targets, td_lambda_targets
+
+from test_value_fixtures import _rows
+
+MAX_NEW = 40  # long enough that the value of a short prefix no longer depends on the tokens left
+PROMPTS = ("b", "a")
+
+
+class EndsInA(Task):
+    name = "ends-in-a-only"
+
+    def prompts(self, num=None, split="train"):
+        return iter(())
+
+    def verify(self, prompt: Prompt, completion: str) -> VerifierResult:
+        return VerifierResult(float((prompt.text + completion).endswith("a")))
+
+
+@functools.cache
+def exact_value(last: str, left: int) -> float:
+    """P(success) from a state: last character of prompt ⊕ completion, tokens left."""
+    if left == 0:
+        return float(last == "a")
+    total = 0.0
+    for nxt, pr in TABLE[last].items():
+        total += pr * (float(last == "a") if nxt == "<eos>" else exact_value(nxt, left - 1))
+    return total
+
+
+def prefix_value(prompt: str, completion: str) -> float:
+    return exact_value((prompt + completion)[-1], MAX_NEW - len(completion))
+
+
+def sample_completion(rng: random.Random, last: str) -> str:
+    out = ""
+    while len(out) < MAX_NEW:
+        row = TABLE[last]
+        nxt = rng.choices(list(row), weights=list(row.values()))[0]
+        if nxt == "<eos>":
+            break
+        out += nxt
+        last = nxt
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """The saved Markov policy and 1500 traces sampled from it (750 per prompt), in the traces contract."""
+    root = tmp_path_factory.mktemp("signals")
+    tok = build_char_tokenizer("abx")
+    policy = root / "policy"
+    markov_gpt2(tok).save_pretrained(policy)
+    tok.save_pretrained(policy)
+    rng = random.Random(0)
+    prompts, prompt_ids, comps, tids = [], [], [], []
+    for i in range(1500):
+        text = PROMPTS[i % 2]
+        completion = sample_completion(rng, text)
+        ids = tok.encode(completion)
+        if len(completion) < MAX_NEW:
+            ids = ids + [tok.eos_token_id]
+        prompts.append(Prompt(f"p{i % 2}", text))
+        prompt_ids.append(tok.encode(text))
+        comps.append(ids)
+        tids.append(f"t{i}")
+    rows = _rows(EndsInA(), tok, prompts, prompt_ids, comps, tids, {})
+    traces = root / "traces"
+    rows_to_dataset(rows).save_to_disk(str(traces))
+    return tok, policy, traces, rows
+
+
+def _train(toy, out, **kw) -> dict:
+    tok, policy, traces, _ = toy
+    args = {
+        "traces": traces,
+        "policy": policy,
+        "output_dir": out,
+        "value_model.kind": "head",
+        "value_model.backbone": "frozen",
+        "heldout_fraction": 0.0,  # two prompts only: every trace trains
+        "per_device_batch_size": 64,
+        "max_steps": 600,
+        "lr": 0.1,
+        "lr_scheduler": "cosine",
+        "warmup_steps": 0,
+        "eval_every": 1000,
+        "checkpoint_every": 0,
+        "report_to": "none",
+        "threads": 1,
+        **kw,
+    }
+    return train_stage.run(parse_config(train_stage.TrainConfig, [f"{k}={v}" for k, v in args.items()]))
+
+
+# probe prefixes: (prompt, completion) with many tokens left; their exact values differ by state
+PROBES = [("b", ""), ("a", ""), ("b", "a"), ("b", "b"), ("b", "x"), ("a", "ab"), ("b", "aax"), ("a", "bba")]
+
+
+def _max_error(toy, checkpoint) -> float:
+    tok = toy[0]
+    model = load_value_model(checkpoint)
+    preds = model.predict([tok.encode(p) for p, _ in PROBES], [tok.encode(c) for _, c in PROBES])
+    got = np.array([v[-1] for v in preds])
+    want = np.array([prefix_value(p, c) for p, c in PROBES])
+    return float(np.abs(got - want).max())
+
+
+def test_exact_values_differ_between_states():
+    """The check below is only meaningful if a constant predictor fails it."""
+    vals = [prefix_value(p, c) for p, c in PROBES]
+    assert max(vals) - min(vals) > 0.25
+
+
+def test_sibling_trie_means_and_counts():
+    prompts = [[1, 2], [1, 2], [1, 2], [1, 2], [1, 3]]  # prompt token ids: the last is another prompt
+    comps = [[5, 6, 7], [5, 6, 8], [5, 9], [4], [5, 6]]
+    outcomes = [1.0, 0.0, 1.0, 0.0, 1.0]
+    means, counts = sibling_targets(prompts, comps, outcomes)
+    assert counts[0] == [4, 3, 2, 1] and means[0] == [0.5, pytest.approx(2 / 3), 0.5, 1.0]
+    assert counts[1] == [4, 3, 2, 1] and means[1] == [0.5, pytest.approx(2 / 3), 0.5, 0.0]
+    assert counts[2] == [4, 3, 1] and means[2] == [0.5, pytest.approx(2 / 3), 1.0]
+    assert counts[3] == [4, 1] and means[3] == [0.5, 0.0]
+    assert counts[4] == [1, 1, 1] and means[4] == [1.0, 1.0, 1.0]  # another prompt shares nothing
+    with pytest.raises(ValueError, match="outside"):
+        sibling_targets([[1]], [[1]], [1.5])
+
+
+def test_sibling_means_are_unbiased_for_exact_values(toy):
+    """On 1500 sampled traces, the sibling label of every prefix seen by >= 200 traces is within 4 standard
+    errors of its exact value (a trie mixing prefixes or prompts would be far off)."""
+    _, _, _, rows = toy
+    tok = toy[0]
+    means, counts = sibling_targets(
+        [r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows], [r["outcome"] for r in rows]
+    )
+    checked = 0
+    for r, m, c in zip(rows, means, counts):
+        for p in range(len(r["completion_ids"])):
+            if c[p] >= 200:
+                comp = tok.decode(r["completion_ids"][:p], skip_special_tokens=True)
+                v = prefix_value(r["prompt"], comp)
+                assert abs(m[p] - v) <= 4 * np.sqrt(v * (1 - v) / c[p]) + 1e-9
+                checked += 1
+    assert checked > 1000
+
+
+def test_td_targets_are_lambda_returns():
+    values = torch.tensor([[0.5, 0.2, 0.9, 0.7, 0.3]])
+    outcome, lengths = torch.tensor([1.0]), torch.tensor([3])
+    g0 = td_lambda_targets(values, outcome, lengths, 0.0)  # TD(0): the next prediction, outcome at T
+    assert g0.tolist()[0][:4] == pytest.approx([0.2, 0.9, 1.0, 1.0])
+    g1 = td_lambda_targets(values, outcome, lengths, 1.0)  # λ = 1: the outcome everywhere
+    assert g1.tolist()[0][:4] == pytest.approx([1.0, 1.0, 1.0, 1.0])
+    gl = td_lambda_targets(values, outcome, lengths, 0.5)
+    g2 = 1.0
+    g1_ = 0.5 * 0.9 + 0.5 * g2
+    assert gl.tolist()[0][:4] == pytest.approx([0.5 * 0.2 + 0.5 * g1_, g1_, 1.0, 1.0])
+
+
+def test_td_targets_of_exact_values_are_unbiased(toy):
+    """Fed the exact values, TD(0) targets average to the exact value of the prefix they belong to
+    (Bellman consistency); a bootstrap from the wrong position would not."""
+    tok, _, _, rows = toy
+    acc: dict[str, list[float]] = {}
+    for r in rows[:1000]:
+        comp = r["completion_ids"]
+        text = [tok.decode(comp[:p], skip_special_tokens=True) for p in range(len(comp) + 1)]
+        v = torch.tensor([[prefix_value(r["prompt"], t) for t in text]])
+        g = td_lambda_targets(v, torch.tensor([r["outcome"]]), torch.tensor([len(comp)]), 0.0)[0]
+        acc.setdefault(r["prompt"], []).append(float(g[0]))
+    for prompt, gs in acc.items():
+        want = prefix_value(prompt, "")
+        assert abs(np.mean(gs) - want) < 4 * np.std(gs) / np.sqrt(len(gs))
+
+
+@pytest.mark.parametrize("signal", ["outcome", "siblings", "td"])
+def test_training_converges_to_exact_values(toy, tmp_path, signal):
+    extra = {"signal": signal, "td_lambda": 0.5} if signal == "td" else {"signal": signal}
+    result = _train(toy, tmp_path / signal, **extra)
+    assert result["training_signal"]["signal"] == signal if "training_signal" in result else True
+    err = _max_error(toy, result["checkpoint"])
+    print("max error", err)
+    assert err < 0.05
+
+
+def test_training_on_mc_labels_converges_to_exact_values(toy, tmp_path):
+    """MC labels (k/n floats from the labeller) of 200 training traces as the only targets."""
+    tok, policy, traces, rows = toy
+    model = markov_gpt2(tok)
+    labeller = MCLabeller(
+        HFSampler(model, tok, max_batch_rows=4096),
+        tok,
+        EndsInA(),
+        SamplingParams(temperature=1.0, max_new_tokens=MAX_NEW, seed=5),
+    )
+    refs = [
+        TraceRef(r["trace_id"], Prompt(r["prompt_id"], r["prompt"]), tuple(r["prompt_ids"]), tuple(r["completion_ids"]))
+        for r in rows[:200]
+    ]
+    est = labeller.uniform(refs, positions("all", [len(t.completion_ids) for t in refs]), samples=32)
+    labels = tmp_path / "labels"
+    rows_to_dataset(
+        [
+            {
+                "trace_id": e.trace_id,
+                "position": e.position,
+                "n": e.n,
+                "successes": float(e.successes),
+                "mean": e.mean,
+                "ci_low": e.ci_low,
+                "ci_high": e.ci_high,
+            }
+            for e in est
+        ]
+    ).save_to_disk(str(labels))
+    assert any(0.0 < e.mean < 1.0 for e in est)  # soft labels, kept as floats
+    result = _train(toy, tmp_path / "mc", labels=labels, labels_only="true")
+    assert result["train_traces"] == 200  # only labelled traces are drawn
+    err = _max_error(toy, result["checkpoint"])
+    print("max error", err)
+    assert err < 0.05

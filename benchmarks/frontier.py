@@ -71,6 +71,11 @@ RECIPES: dict[str, tuple[str, dict[str, Any], bool]] = {
         {"value_model.kind": "head", "value_model.policy_features": "true", "lr": 3e-3},
         False,
     ),
+    "head-lora-pf-siblings": (
+        "head on a LoRA-adapted policy (r8) + the policy's log-prob features, sibling labels",
+        {"value_model.kind": "head", "value_model.policy_features": "true", "lr": 3e-3, "signal": "siblings"},
+        False,
+    ),
 }
 
 

@@ -5,9 +5,10 @@
 
 Starts from the paper's formulation as the quickstart trains it (LoRA r8 on every linear layer, β 10,
 margin 0, lr 1e-2, `steps` steps of 32 traces, length-normalised readout σ(V/p)) and changes one knob per
-row: the readout (`sum`: σ(logit(base rate) + V), no 1/p), β, the margin, the LoRA rank, the steps and
-the data (training prompts). Each row trains `seeds` seeds on the first `budget` training prompts of the
-traces of `traces=` (default RUN/traces; `make frontier` passes its 8000-prompt collection) and reports:
+row: the readout (`sum`: σ(logit(base rate) + V), no 1/p), β, the margin, the LoRA rank and the steps (the
+data size is the frontier's axis: its `implicit` rows at three budgets). Each row trains `seeds` seeds on
+the first `budget` training prompts of the traces of `traces=` (default RUN/traces; `make frontier` passes
+its 8000-prompt collection) and reports:
 
 - Spearman with MC on the quickstart's held-out prefixes, and its share of the noise ceiling;
 - the length-normalisation test: at the first wrong step of each held-out trace that has one, how much of
@@ -32,7 +33,7 @@ from frontier import OUT, _subset, run_policy
 from common import record
 
 BASE: dict[str, Any] = {"value_model.kind": "implicit", "lr": 1e-2}
-#: row name → overrides on top of BASE (one knob each); "budget" and "steps" change the data and the steps
+#: row name → overrides on top of BASE (one knob each); "budget" and "steps" multiply the data and the steps
 ROWS: dict[str, dict[str, Any]] = {
     "paper (β 10, m 0, r 8, mean readout)": {},
     "readout=sum (no 1/p)": {"value_model.readout": "sum", "lr": 3e-3},
@@ -41,8 +42,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "margin 5 (the paper's default)": {"value_model.margin": 5.0},
     "LoRA rank 32": {"value_model.lora_r": 32, "value_model.lora_alpha": 64.0},
     "2x steps": {"steps": 2},
-    "4x training prompts": {"budget": 4},
 }
+# data size is the frontier's axis: its `implicit` and `implicit-sum` rows at 400, 1600 and 6400 prompts
 #: tokens after the end of the first wrong step at which its drop is read
 AFTER = 4
 
@@ -131,8 +132,8 @@ def main(argv: list[str]) -> int:
     jobs = []
     for row, over in ROWS.items():
         over = dict(over)
-        b = budget * int(over.pop("budget", 1))
-        s = steps * int(over.pop("steps", 1))
+        b = int(budget * float(over.pop("budget", 1)))
+        s = int(steps * float(over.pop("steps", 1)))
         traces_dir, _, _ = _subset(source, b, work)
         for seed in range(int(opts["seeds"])):
             jobs.append(

@@ -607,8 +607,8 @@ def _recipes_lines(q: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
 
 
 def render_frontier_section(table: str | Path | None, out: str | Path) -> str:
-    """The value-learning frontier of `make frontier` (its frontier.md, and frontier.png beside it, copied
-    into `out`), or "" when there is no table."""
+    """The value-learning frontier of `make frontier` (its frontier.md, frontier.png beside it copied into
+    `out`, and the IPVRM diagnosis ipvrm.md when present), or "" when there is no table."""
     if not table or not Path(table).exists():
         return ""
     src = Path(table)
@@ -617,6 +617,9 @@ def render_frontier_section(table: str | Path | None, out: str | Path) -> str:
     if png.exists():
         shutil.copyfile(png, Path(out) / "frontier.png")
         lines += ["![frontier](frontier.png)", ""]
+    ipvrm = src.with_name("ipvrm.md")  # benchmarks/ipvrm_diagnosis.py, run by make frontier after the sweep
+    if ipvrm.exists():
+        lines += ["### What limits the IPVRM", "", ipvrm.read_text().strip(), ""]
     return "\n".join(lines)
 
 

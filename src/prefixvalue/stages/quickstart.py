@@ -6,12 +6,15 @@
 1. collect ``collect.samples`` traces for each of ``collect.num_prompts`` prompts (``OUT/traces``);
 2. split by prompt as training does and label held-out traces by Monte Carlo at ``label.positions``
    (``OUT/labels``), plus one trace per held-out prompt at ``short:K`` (``OUT/labels_short``);
-3. train each value model in ``value_models`` on the training prompts (``OUT/train_<kind>``);
-4. evaluate on the held-out prefixes (the first kind is ``learned``, the others ``learned_<kind>``),
-   then the short-prefix study, the forking tokens (each re-tested on ``fork_samples`` fresh MC samples)
-   and the quality goal (`prefixvalue.evaluation.analysis`). Evaluation reads the primary checkpoint's
-   split record: its traces are held out by construction, so nothing is dropped, and metrics.json's
-   ``split`` section says so.
+3. train each value model of ``value_models`` (name → overrides of ``train``) on the training prompts
+   (``OUT/train_<name>``), the first also with ``seeds`` − 1 further seeds (``OUT/train_<name>_seed<k>``),
+   ``train_workers`` at a time in processes of one thread each;
+4. evaluate on the held-out prefixes (the first model is ``learned``, the others ``learned_<name>``),
+   beside the step-label oracle (exact step facts, fit on the training prompts), then the short-prefix
+   study, the forking tokens (each re-tested on ``fork_samples`` fresh MC samples), the seed spread of
+   ``learned``, its error-detection diagnosis and the quality goal (`prefixvalue.evaluation.analysis`).
+   Evaluation reads the primary checkpoint's split record: its traces are held out by construction, so
+   nothing is dropped, and metrics.json's ``split`` section says so.
 
 Everything lands in ``OUT``: metrics.json (with a ``quickstart`` section), report.md, plots,
 heatmap.html. Every stage resumes: run the same command again after an interruption. Record a fresh

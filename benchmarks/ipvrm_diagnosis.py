@@ -5,8 +5,9 @@
 
 Starts from the paper's formulation as the quickstart trains it (LoRA r8 on every linear layer, β 10,
 margin 0, lr 1e-2, `steps` steps of 32 traces, length-normalised readout σ(V/p)) and changes one knob per
-row: the readout (`sum`: σ(logit(base rate) + V), no 1/p), β, the margin, the LoRA rank and the steps (the
-data size is the frontier's axis: its `implicit` rows at three budgets). Each row trains `seeds` seeds on
+row: the readout (`sum`: σ(logit(base rate) + V), no 1/p), β, the margin, the LoRA rank, the learning rate,
+the steps and the training signal (the data size is the frontier's axis: its `implicit` rows at three
+budgets). Each row trains `seeds` seeds on
 the first `budget` training prompts of the traces of `traces=` (default RUN/traces; `make frontier` passes
 its 8000-prompt collection) and reports:
 
@@ -37,11 +38,12 @@ BASE: dict[str, Any] = {"value_model.kind": "implicit", "lr": 1e-2}
 ROWS: dict[str, dict[str, Any]] = {
     "paper (β 10, m 0, r 8, mean readout)": {},
     "readout=sum (no 1/p)": {"value_model.readout": "sum", "lr": 3e-3},
-    "β = 1": {"value_model.beta": 1.0},
     "β = 30": {"value_model.beta": 30.0},
     "margin 5 (the paper's default)": {"value_model.margin": 5.0},
     "LoRA rank 32": {"value_model.lora_r": 32, "value_model.lora_alpha": 64.0},
+    "lr 3e-3": {"lr": 3e-3},
     "2x steps": {"steps": 2},
+    "sibling labels": {"signal": "siblings"},
 }
 # data size is the frontier's axis: its `implicit` and `implicit-sum` rows at 400, 1600 and 6400 prompts
 #: tokens after the end of the first wrong step at which its drop is read

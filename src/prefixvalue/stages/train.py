@@ -38,7 +38,7 @@ from ..policies import load_tokenizer, resolve_dtype
 from ..tracking import MultiLogger, build_logger
 from ..value import ValueModelConfig, build_value_model, check_value_config, normalise_loss, value_model_class
 from ..value.heldout import evaluate_heldout
-from ..value.targets import SIGNALS, counts_summary, sibling_targets, td_lambda_targets
+from ..value.targets import SIGNALS, attach_sibling_targets, td_lambda_targets
 
 
 @dataclass
@@ -120,23 +120,6 @@ class TrainConfig:
             raise ConfigError(f"value_model: {exc}") from None
 
 
-def with_sibling_targets(ds):
-    """`ds` with ``prefix_targets`` holding the sibling label (mean outcome of the prompt's traces through
-    the prefix) wherever no MC label is given; returns the dataset and a summary of the sharing found."""
-    import datasets
-
-    means, counts = sibling_targets(ds["prompt_ids"], ds["completion_ids"], ds["outcome"])
-    given = ds["prefix_targets"] if "prefix_targets" in ds.column_names else [None] * len(ds)
-    merged = [
-        [m if g is None or g[p] is None or g[p] != g[p] else g[p] for p, m in enumerate(row)]
-        for row, g in zip(means, given)
-    ]
-    if "prefix_targets" in ds.column_names:
-        ds = ds.remove_columns("prefix_targets")
-    ds = ds.add_column("prefix_targets", merged, feature=datasets.List(datasets.Value("float32")))
-    return ds, counts_summary(counts)
-
-
 def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
     """Newest complete checkpoint (its trainer_state.json is written last) and its step."""
     done = [(int(p.name.split("_")[1]), p) for p in folder.glob("step_*") if (p / "trainer_state.json").exists()]
@@ -193,7 +176,7 @@ def run(cfg: TrainConfig) -> dict:
             raise ConfigError("labels_only=true but no training trace has an MC label (label with prompts=train)")
     signal_info: dict = {"signal": cfg.signal}
     if cfg.signal == "siblings":  # from the training traces only: held-out outcomes never enter a target
-        train_ds, signal_info["siblings"] = with_sibling_targets(train_ds)
+        train_ds, signal_info["siblings"] = attach_sibling_targets(train_ds)
     elif cfg.signal == "td":
         signal_info["td_lambda"] = cfg.td_lambda
     train_ds = train_ds.select_columns([c for c in (*cols, "prefix_targets") if c in train_ds.column_names])

@@ -1,15 +1,16 @@
 """Explicit value head (docs/design.md, "Explicit value head").
 
+P̂(s_p) = σ(w·h_p + b), where h_p is the backbone's hidden state (the last layer's, or layer
+``head_layer``) at the last token of the prefix (the last prompt token for p = 0). The backbone is frozen,
+LoRA-adapted or fully trained; an optional soft prompt (peft prompt tuning) on a frozen backbone. Trained
+with BCE against outcomes or soft labels.
+
 With ``policy_features`` the head also reads three numbers per prefix from the *reference* policy (the
 frozen policy the value model started from): the sum, the minimum and the last of log π_ref(y_t | s_t)
-over the written tokens t ≤ p (all 0 at p = 0). A policy that wrote a token it found unlikely has often
-just made a mistake; the fine-tuned hidden states alone find that hard to see. The reference is the
-backbone itself when frozen, the backbone with its adapters disabled under LoRA or a soft prompt, and a
-frozen copy of the starting policy when the backbone is fully trained.
-
-P̂(s_p) = σ(w·h_p + b), where h_p is the backbone's hidden state (the last layer's, or layer
-``head_layer``) at the last token of the prefix (the last prompt token for p = 0). The backbone is frozen, LoRA-adapted or fully trained; an optional
-soft prompt (peft prompt tuning) on a frozen backbone. Trained with BCE against outcomes or soft labels.
+over the written tokens t ≤ p (all 0 at p = 0), P̂ = σ(w·h_p + b + u·f_p). A policy that wrote a token it
+found unlikely has often just made a mistake; the fine-tuned hidden states alone find that hard to see. The
+reference is the backbone itself when frozen, the backbone with its adapters disabled under LoRA or a soft
+prompt, and a frozen copy of the starting policy when the backbone is fully trained.
 """
 
 from __future__ import annotations

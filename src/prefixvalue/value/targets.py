@@ -14,8 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import datasets
 import numpy as np
 import torch
+
+from ..data.collate import PREFIX_TARGETS
 
 #: what a prefix is trained towards where no Monte Carlo label exists
 SIGNALS: tuple[str, ...] = ("outcome", "siblings", "td")
@@ -63,6 +66,21 @@ def sibling_targets(
         paths.append(path)
     means = [[sums[n] / counts[n] for n in path] for path in paths]
     return means, [[counts[n] for n in path] for path in paths]
+
+
+def attach_sibling_targets(ds: datasets.Dataset) -> tuple[datasets.Dataset, dict[str, float]]:
+    """`ds` (training traces) with ``prefix_targets`` holding the sibling label at every position where no MC
+    label is given (MC labels, when attached, win); returns it and `counts_summary` of the sharing found."""
+    means, counts = sibling_targets(ds["prompt_ids"], ds["completion_ids"], ds["outcome"])
+    given = ds[PREFIX_TARGETS] if PREFIX_TARGETS in ds.column_names else [None] * len(ds)
+    merged = [
+        [m if g is None or g[p] is None or g[p] != g[p] else g[p] for p, m in enumerate(row)]
+        for row, g in zip(means, given)
+    ]
+    if PREFIX_TARGETS in ds.column_names:
+        ds = ds.remove_columns(PREFIX_TARGETS)
+    ds = ds.add_column(PREFIX_TARGETS, merged, feature=datasets.List(datasets.Value("float32")))
+    return ds, counts_summary(counts)
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """What limits the implicit prefix value (IPVRM)? One knob at a time, measured on held-out prefixes.
 
     python benchmarks/ipvrm_diagnosis.py runs/quickstart traces=runs/frontier/traces   # part of make frontier
-    python benchmarks/ipvrm_diagnosis.py runs/quickstart budget=1600 seeds=2 steps=500 workers=2
+    python benchmarks/ipvrm_diagnosis.py runs/quickstart budget=1600 seeds=2 steps=500 workers=2 rows=0,1
 
 Starts from the paper's formulation as the quickstart trains it (LoRA r8 on every linear layer, β 10,
 margin 0, lr 1e-2, `steps` steps of 32 traces, length-normalised readout σ(V/p)) and changes one knob per
@@ -51,7 +51,7 @@ AFTER = 4
 
 
 def _args(argv: list[str]) -> dict[str, str]:
-    opts = {"budget": "1600", "seeds": "2", "steps": "500", "workers": "2", "traces": ""}
+    opts = {"budget": "1600", "seeds": "2", "steps": "500", "workers": "2", "traces": "", "rows": ""}
     for a in argv:
         k, _, v = a.partition("=")
         if k not in opts:
@@ -87,8 +87,12 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
         **job["overrides"],
     }
     t0 = time.perf_counter()
-    result = train.run(parse_config(train.TrainConfig, [f"{k}={v}" for k, v in args.items()]))
-    seconds = time.perf_counter() - t0
+    final = Path(job["out"]) / "final"
+    if (final / "split.json").exists():  # trained by an interrupted sweep: score it again, do not retrain
+        result, seconds = {"checkpoint": str(final)}, None
+    else:
+        result = train.run(parse_config(train.TrainConfig, [f"{k}={v}" for k, v in args.items()]))
+        seconds = round(time.perf_counter() - t0, 1)
     held = load_traces(run / "heldout_traces")
     labels = load_labels(run / "labels")
     preds = load_value_model(result["checkpoint"]).predict(held["prompt_ids"], held["completion_ids"], 64)
@@ -116,7 +120,7 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
         "spearman": rho,
         "drop_capture": capture,
         "n_drops": len(mc_drops),
-        "train_seconds": round(seconds, 1),
+        "train_seconds": seconds,
     }
 
 
@@ -132,7 +136,10 @@ def main(argv: list[str]) -> int:
     work = run / "frontier"
     source = Path(opts["traces"]) if opts["traces"] else run / "traces"
     jobs = []
-    for row, over in ROWS.items():
+    chosen = [int(i) for i in opts["rows"].split(",")] if opts["rows"] else range(len(ROWS))
+    for i, (row, over) in enumerate(ROWS.items()):
+        if i not in chosen:
+            continue
         over = dict(over)
         b = int(budget * float(over.pop("budget", 1)))
         s = int(steps * float(over.pop("steps", 1)))
@@ -146,15 +153,24 @@ def main(argv: list[str]) -> int:
                     "traces": str(traces_dir),
                     "steps": s,
                     "overrides": {**BASE, **over},
-                    "out": str(work / f"ipvrm_{len(jobs)}"),
+                    "out": str(work / f"ipvrm_{i}_{seed}"),
                 }
             )
-    print(f"ipvrm_diagnosis: {len(jobs)} training runs", flush=True)
+    print(f"ipvrm_diagnosis: {len(jobs)} runs", flush=True)
+    # every scored run is kept in RUN/frontier/ipvrm_runs.jsonl; the table covers all rows run so far
+    log = work / "ipvrm_runs.jsonl"
     with ProcessPoolExecutor(max_workers=int(opts["workers"])) as pool:
-        rows = list(pool.map(_run, jobs))
+        for r in pool.map(_run, jobs):
+            with log.open("a") as f:
+                f.write(json.dumps({**r, "budget": budget, "steps": steps}) + "\n")
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    latest = {(r["row"], r["seed"]): r for r in logged if r["budget"] == budget and r["steps"] == steps}
+    rows = list(latest.values())
     summary = []
     for row in ROWS:
         got = [r for r in rows if r["row"] == row]
+        if not got:
+            continue
         rho = np.array([r["spearman"] for r in got])
         cap = [r["drop_capture"] for r in got if r["drop_capture"] is not None]
         summary.append(
@@ -169,8 +185,8 @@ def main(argv: list[str]) -> int:
             }
         )
     lines = [
-        f"IPVRM, one knob at a time: {budget} training prompts, {steps} steps of 32 traces, {opts['seeds']} seeds "
-        f"(mean; per seed in brackets). Drop capture: learned drop / MC drop across the first wrong step of "
+        f"IPVRM, one knob at a time: {budget} training prompts, {steps} steps of 32 traces (base steps; the 2x row "
+        f"doubles them), mean over the seeds listed per row. Drop capture: learned drop / MC drop across the first wrong step of "
         f"held-out traces (from the step's start to {AFTER} tokens after its end; MC drop > 0.2).",
         "",
         "| change | Spearman (per seed) | share of ceiling | drop capture |",

@@ -44,7 +44,7 @@ bench: install
 	@set -e; for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done
 	@echo "figures in benchmarks/results.json"
 
-# 8000 prompts collected like the quickstart's 2000 (same policy, split, sampling), then 7 recipes x 3 budgets x 3
+# 8000 prompts collected like the quickstart's 2000 (same policy, split, sampling), then 8 recipes x 3 budgets x 3
 # seeds scored on the quickstart's held-out MC labels (about an hour on 2 CPU cores; an interrupted sweep resumes)
 frontier: install
 	$(VENV)/bin/prefixvalue collect model=data/policies/arith-tiny task=arith split=test \

@@ -156,9 +156,7 @@ def _label_budget(run: Path, traces_dir: Path, token_budget: int, work: Path) ->
 def _oracle_spearman(run: Path, source: Path) -> float | None:
     """Spearman with MC of the step-label oracle fit on every training prompt of `source` (None when
     the traces carry no exact step labels)."""
-    from scipy.stats import spearmanr
-
-    from prefixvalue.data import load_labels, load_traces, split_by_prompt
+    from prefixvalue.data import load_traces, split_by_prompt
     from prefixvalue.evaluation.estimators import TraceRecord
     from prefixvalue.evaluation.oracle import StepOracle, has_step_labels
 
@@ -168,30 +166,29 @@ def _oracle_spearman(run: Path, source: Path) -> float | None:
     train_side, _ = split_by_prompt(traces, 0.2, 0)
     oracle = StepOracle.fit(train_side.select_columns(["completion_ids", "outcome", "step_spans", "step_labels"]))
     held = {r["trace_id"]: oracle.predict(TraceRecord.from_row(r)) for r in load_traces(run / "heldout_traces")}
-    labels = load_labels(run / "labels")
-    x = [held[t][p] for t, p in zip(labels["trace_id"], labels["position"])]
-    return float(spearmanr(x, labels["mean"]).statistic)
+    return heldout_spearman(run, held)
 
 
 def run_policy(run: Path) -> str:
     return json.loads((run / "metrics.json").read_text())["policy"]
 
 
-def _score(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one (recipe, budget, seed) and score it on the held-out MC labels (one process, one thread)."""
+def train_job(job: dict[str, Any], reuse: bool = False) -> tuple[str, float | None]:
+    """Train one job's value model (one process, one thread) with the settings every sweep shares; returns
+    its checkpoint and training seconds. With `reuse`, a run whose checkpoint is complete is not retrained
+    (seconds None)."""
     import torch
-    from scipy.stats import spearmanr
 
     from prefixvalue.config import parse_config
-    from prefixvalue.data import load_labels, load_traces
     from prefixvalue.stages import train
-    from prefixvalue.value import load_value_model
 
     torch.set_num_threads(1)
-    run = Path(job["run"])
+    final = Path(job["out"]) / "final"
+    if reuse and (final / "split.json").exists():
+        return str(final), None
     args = {
         "traces": job["traces"],
-        "policy": run_policy(run),
+        "policy": run_policy(Path(job["run"])),
         "output_dir": job["out"],
         "max_steps": job["steps"],
         "per_device_batch_size": 32,
@@ -208,16 +205,36 @@ def _score(job: dict[str, Any]) -> dict[str, Any]:
         args["labels"] = job["labels"]
     t0 = time.perf_counter()
     result = train.run(parse_config(train.TrainConfig, [f"{k}={v}" for k, v in args.items()]))
-    seconds = time.perf_counter() - t0
-    held = load_traces(run / "heldout_traces")
+    return result["checkpoint"], round(time.perf_counter() - t0, 1)
+
+
+def heldout_spearman(run: Path, curves: dict[str, Any]) -> float:
+    """Spearman with MC of value curves (trace id → values at positions 0..T) on RUN's held-out labels."""
+    from scipy.stats import spearmanr
+
+    from prefixvalue.data import load_labels
+
     labels = load_labels(run / "labels")
-    model = load_value_model(result["checkpoint"])
-    preds = model.predict(held["prompt_ids"], held["completion_ids"], 64)
-    index = {t: i for i, t in enumerate(held["trace_id"])}
-    x = [preds[index[t]][p] for t, p in zip(labels["trace_id"], labels["position"])]
-    rho = float(spearmanr(x, labels["mean"]).statistic)
+    x = [curves[t][p] for t, p in zip(labels["trace_id"], labels["position"])]
+    return float(spearmanr(x, labels["mean"]).statistic)
+
+
+def heldout_curves(run: Path, checkpoint: str) -> dict[str, Any]:
+    """A checkpoint's value curves on RUN's held-out traces, by trace id."""
+    from prefixvalue.data import load_traces
+    from prefixvalue.value import load_value_model
+
+    held = load_traces(run / "heldout_traces")
+    preds = load_value_model(checkpoint).predict(held["prompt_ids"], held["completion_ids"], 64)
+    return dict(zip(held["trace_id"], preds))
+
+
+def _score(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one (recipe, budget, seed) and score it on the held-out MC labels."""
+    checkpoint, seconds = train_job(job)
+    rho = heldout_spearman(Path(job["run"]), heldout_curves(Path(job["run"]), checkpoint))
     keep = ("recipe", "budget", "seed", "tokens", "steps")
-    return {**{k: job[k] for k in keep}, "spearman": rho, "train_seconds": round(seconds, 1)}
+    return {**{k: job[k] for k in keep}, "spearman": rho, "train_seconds": seconds}
 
 
 def _summarise(rows: list[dict[str, Any]], ceiling: float) -> list[dict[str, Any]]:

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from frontier import OUT, _subset, run_policy
+from frontier import OUT, _subset, heldout_curves, heldout_spearman, train_job
 
 from common import record
 
@@ -61,44 +60,15 @@ def _args(argv: list[str]) -> dict[str, str]:
 
 
 def _run(job: dict[str, Any]) -> dict[str, Any]:
-    import torch
-    from scipy.stats import spearmanr
-
-    from prefixvalue.config import parse_config
     from prefixvalue.data import load_labels, load_traces
-    from prefixvalue.stages import train
-    from prefixvalue.value import load_value_model
 
-    torch.set_num_threads(1)
     run = Path(job["run"])
-    args = {
-        "traces": job["traces"],
-        "policy": run_policy(run),
-        "output_dir": job["out"],
-        "max_steps": job["steps"],
-        "per_device_batch_size": 32,
-        "warmup_steps": 10,
-        "eval_every": 10**9,
-        "checkpoint_every": 0,
-        "report_to": "none",
-        "seed": job["seed"],
-        "value_model.margin": 0.0,
-        "value_model.lora_target_modules": "[all-linear]",
-        **job["overrides"],
-    }
-    t0 = time.perf_counter()
-    final = Path(job["out"]) / "final"
-    if (final / "split.json").exists():  # trained by an interrupted sweep: score it again, do not retrain
-        result, seconds = {"checkpoint": str(final)}, None
-    else:
-        result = train.run(parse_config(train.TrainConfig, [f"{k}={v}" for k, v in args.items()]))
-        seconds = round(time.perf_counter() - t0, 1)
+    # a run trained by an interrupted sweep is scored again, not retrained
+    checkpoint, seconds = train_job(job, reuse=True)
+    curves = heldout_curves(run, checkpoint)
+    rho = heldout_spearman(run, curves)
     held = load_traces(run / "heldout_traces")
     labels = load_labels(run / "labels")
-    preds = load_value_model(result["checkpoint"]).predict(held["prompt_ids"], held["completion_ids"], 64)
-    index = {t: i for i, t in enumerate(held["trace_id"])}
-    x = [preds[index[t]][p] for t, p in zip(labels["trace_id"], labels["position"])]
-    rho = float(spearmanr(x, labels["mean"]).statistic)
     # the drop across the first wrong step: learned vs MC, where both prefixes are labelled
     mc = {(t, int(p)): float(m) for t, p, m in zip(labels["trace_id"], labels["position"], labels["mean"])}
     learned_drops, mc_drops = [], []
@@ -110,7 +80,7 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
         after = min(int(end) + AFTER, len(r["completion_ids"]))
         a, b = (r["trace_id"], int(start)), (r["trace_id"], after)
         if a in mc and b in mc and mc[a] - mc[b] > 0.2:  # a real drop in MC
-            v = preds[index[r["trace_id"]]]
+            v = curves[r["trace_id"]]
             learned_drops.append(v[int(start)] - v[after])
             mc_drops.append(mc[a] - mc[b])
     capture = float(np.sum(learned_drops) / np.sum(mc_drops)) if mc_drops else None

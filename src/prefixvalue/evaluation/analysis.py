@@ -199,9 +199,9 @@ def short_prefix_study(
 def seed_spread(result: EvalResult, models: dict[int, Any], ceiling: float | None) -> dict[str, Any]:
     """Spearman with MC of the same recipe trained with several seeds, on the same held-out prefixes.
 
-    `models` maps seed → value model (the first seed's values are ``learned`` in `result`, the others are
-    predicted here). Returns per-seed Spearman, their mean, sd and 95% t-interval, and the same as a share
-    of the noise ceiling `ceiling`.
+    Seed 0 is ``learned`` in `result` (its values are read from there); `models` maps each further seed to
+    its value model, predicted here. Returns per-seed Spearman, their mean, sd and 95% t-interval, and the
+    same as a share of the noise ceiling `ceiling`.
     """
     from scipy.stats import spearmanr
     from scipy.stats import t as student_t
@@ -209,7 +209,7 @@ def seed_spread(result: EvalResult, models: dict[int, Any], ceiling: float | Non
     cols = result.prefixes
     y = np.asarray(cols["mc_mean"], dtype=np.float64)
     where = {(t, int(p)): i for i, (t, p) in enumerate(zip(cols["trace_id"], cols["position"]))}
-    per_seed: dict[int, float] = {}
+    per_seed: dict[int, float] = {0: float(spearmanr(np.asarray(cols["learned"], dtype=np.float64), y).statistic)}
     for seed, model in models.items():
         curves = model.predict([t.prompt_ids for t in result.traces], [t.completion_ids for t in result.traces])
         x = np.empty(len(y))

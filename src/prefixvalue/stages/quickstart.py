@@ -255,10 +255,10 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
             refs={r.trace_id: r for r in label.trace_refs(held)},
             samples=cfg.fork_samples,
         )
-        seed_models = {0: primary}
-        seed_models.update(
-            {s: load_value_model(trained[(names[0], s)][0]["checkpoint"], device=device) for s in range(1, cfg.seeds)}
-        )
+        # seed 0 is `primary`, already in `result`; the further seeds are loaded and predicted here
+        seed_models = {
+            s: load_value_model(trained[(names[0], s)][0]["checkpoint"], device=device) for s in range(1, cfg.seeds)
+        }
         with torch.no_grad():
             seeds = seed_spread(result, seed_models, result.metrics["mc"]["noise_ceiling"].get("spearman"))
         diagnosis = error_diagnosis(result)

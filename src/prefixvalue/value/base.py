@@ -129,6 +129,17 @@ def prefix_indices(prompt_lengths: torch.Tensor, num_positions: int, seq_len: in
     return (prompt_lengths[:, None] - 1 + p[None, :]).clamp(0, seq_len - 1)
 
 
+def completion_logits(
+    logits: torch.Tensor, input_ids: torch.Tensor, prompt_lengths: torch.Tensor, tmax: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits predicting each completion token, [B, Tmax, V], and those tokens' ids [B, Tmax], from an
+    LM's logits over a right-padded batch (the logits at prompt_len − 1 + p predict completion token p + 1)."""
+    seq_len = input_ids.shape[1]
+    pos = prefix_indices(prompt_lengths, tmax, seq_len)
+    targets = input_ids.gather(1, (pos + 1).clamp(max=seq_len - 1))
+    return logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1])), targets
+
+
 def max_completion_length(attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> int:
     """Longest completion in a right-padded batch (tokens)."""
     return int((attention_mask.sum(1) - prompt_lengths).max().item())

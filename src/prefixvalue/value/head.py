@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from .base import ValueModel, ValueModelConfig, logit, max_completion_length, prefix_indices
+from .base import ValueModel, ValueModelConfig, completion_logits, logit, max_completion_length, prefix_indices
 from .implicit import selected_log_probs
 
 #: policy features per prefix: running sum, running minimum and last log π_ref of the written tokens
@@ -121,10 +121,7 @@ class HeadValueModel(ValueModel):
                 ref_logits = self.ref_lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
             else:  # frozen: the backbone itself; LoRA / soft prompt: the backbone with them disabled
                 ref_logits = self._lm_forward(input_ids, attention_mask, reference=self.uses_peft).logits
-        seq_len = input_ids.shape[1]
-        pos = prefix_indices(prompt_lengths, tmax, seq_len)  # logits at prompt_len-1+p predict token p+1
-        tokens = input_ids.gather(1, (pos + 1).clamp(max=seq_len - 1))
-        sel = ref_logits.gather(1, pos[..., None].expand(-1, -1, ref_logits.shape[-1]))
+        sel, tokens = completion_logits(ref_logits, input_ids, prompt_lengths, tmax)
         lp = selected_log_probs(sel, tokens).clamp_min(LOGPROB_FLOOR)
         clens = attention_mask.sum(1) - prompt_lengths
         written = torch.arange(tmax, device=lp.device)[None, :] < clens[:, None]

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from .base import ValueModel, ValueModelConfig, logit, max_completion_length, prefix_indices
+from .base import ValueModel, ValueModelConfig, completion_logits, logit, max_completion_length
 from .losses import LOSS_TYPES, LossSum, margin_bce_with_logits, masked_sum
 
 
@@ -193,12 +193,7 @@ class ImplicitValueModel(ValueModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits predicting each completion token, [B, Tmax, V], and those tokens' ids [B, Tmax]."""
         out = self._lm_forward(input_ids, attention_mask, reference=reference)
-        logits = out.logits
-        seq_len = input_ids.shape[1]
-        pos = prefix_indices(prompt_lengths, tmax, seq_len)  # logits at prompt_len-1+p predict token p+1
-        targets = input_ids.gather(1, (pos + 1).clamp(max=seq_len - 1))
-        sel = logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))
-        return sel, targets
+        return completion_logits(out.logits, input_ids, prompt_lengths, tmax)
 
     def _log_ratios(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor

@@ -325,3 +325,110 @@ def test_label_rejects_malformed_input(tmp_path, model_dir, traces_dir):
     datasets.concatenate_datasets([ds.select([0]), ds.select([0])]).save_to_disk(str(dup))
     with pytest.raises(DataFormatError, match="duplicate"):
         label.main(label_args(dup, model_dir, tmp_path / "v"))
+
+
+# -- progress bars -----------------------------------------------------------------------------------
+class RecordingBar:
+    """Stands in for tqdm: records the updates and the total of the stages' bars."""
+
+    bars: list[RecordingBar] = []
+
+    def __init__(self, iterable=None, total=None, desc="", **kwargs):
+        self.iterable, self.total, self.n, self.updates, self.postfix = iterable, total, 0, [], {}
+        if str(desc).startswith(("collect", "label")):  # not the bars of model loading
+            RecordingBar.bars.append(self)
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        self.n += n
+        self.updates.append(n)
+
+    def set_postfix(self, **kwargs):
+        self.postfix = kwargs
+
+    def refresh(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_progress_bars_move_per_batch_and_end_at_their_total(tmp_path, model_dir, traces_dir, monkeypatch):
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordingBar)
+    RecordingBar.bars = []
+    # 3 shards of 2 prompts x 3 samples, decoded 2 rows at a time: 3 batches per shard
+    out = tmp_path / "traces"
+    assert collect.main(collect_args(model_dir, out, progress="true", batch_rows=2)) == 0
+    (bar,) = RecordingBar.bars
+    assert bar.updates == [2] * 9 and bar.n == bar.total == len(load_traces(out)) == 18
+    assert "tok_s" in bar.postfix
+    # label: the bar counts rollouts, several batches per shard (shards of 4 and 2 traces)
+    RecordingBar.bars = []
+    out = tmp_path / "labels"
+    assert label.main(label_args(traces_dir, model_dir, out, max_traces=6, batch_rows=8, progress="true")) == 0
+    (bar,) = RecordingBar.bars
+    cost = json.loads((out / "cost.json").read_text())
+    assert len(bar.updates) > cost["shards"] == 2 and all(u > 0 for u in bar.updates)
+    assert bar.n == bar.total == cost["rollouts"]
+    assert {"rollouts_s", "tok_s"} <= set(bar.postfix)
+    # adaptive: the total starts at the budget and drops to the rollouts spent
+    RecordingBar.bars = []
+    out = tmp_path / "adaptive"
+    args = label_args(traces_dir, model_dir, out, positions="adaptive", budget=40, round_samples=4, max_traces=6)
+    assert label.main([*args, "batch_rows=8", "progress=true"]) == 0
+    (bar,) = RecordingBar.bars
+    rollouts = json.loads((out / "cost.json").read_text())["rollouts"]
+    assert len(bar.updates) > 2 and bar.n == bar.total == rollouts < 40 * 6
+
+
+# -- task options: --help and escapes ---------------------------------------------------------------
+GSM = REPO / "tests" / "assets" / "jsonl_gsm.jsonl"
+
+
+def test_collect_help_lists_every_task_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        collect.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert text.index("  progress (") < text.index("task_args.template (")  # after the stage's own options
+    assert "task_args.template (str, default: '{prompt}')" in text
+    assert "prompt template; {prompt} is the prompt field" in text
+    assert "task_args.verifier_options (dict, default: {})" in text
+    assert "keyword options of the verifier" in text
+    assert "task_args.min_steps (int, default: 3)" in text  # arith's too
+    assert r"on the command line \n, \t, \r, \\ are escapes" in text
+
+
+def test_command_line_text_reads_escapes_yaml_and_paths_do_not(tmp_path, model_dir):
+    out = tmp_path / "jsonl"
+    args = collect_args(model_dir, out, task="jsonl", num_prompts=2, samples=1, max_new_tokens=3, chunk_prompts=2)
+    args += [f"task_args.path={GSM}", "task_args.prompt_field=question", r"task_args.template=Q:\n{prompt}"]
+    assert collect.main(args) == 0
+    ds = load_traces(out)
+    assert json.loads(ds[0]["task_args"])["template"] == "Q:\n{prompt}"
+    assert ds[0]["prompt"].startswith("Q:\nTom has 3 apples")
+    # a literal backslash before n is written \\n
+    cfg = collect.CollectConfig(**{"task": "jsonl", "task_args": {"path": str(GSM)}})
+    cli_cfg = collect.parse_config(collect.CollectConfig, ["task=jsonl", f"task_args.path={GSM}", r"stop=\\n,\t"])
+    assert cli_cfg.stop == ["\\n", "\t"] and cfg.task_args == {"path": str(GSM)}
+    # YAML values are taken as YAML gives them (single quotes: no escapes; double quotes: YAML's own)
+    yml = tmp_path / "c.yaml"
+    yml.write_text(f"task: jsonl\ntask_args:\n  path: {GSM}\n  template: 'Q:\\n{{prompt}}'\nstop: ['\\n', \"\\t\"]\n")
+    cfg = collect.parse_config(collect.CollectConfig, ["--config", str(yml)])
+    assert cfg.task_args["template"] == "Q:\\n{prompt}" and cfg.stop == ["\\n", "\t"]
+    # paths are never unescaped
+    odd = tmp_path / "dir\\new"
+    odd.mkdir()
+    (odd / "data.jsonl").write_text(GSM.read_text())
+    cfg = collect.parse_config(collect.CollectConfig, ["task=jsonl", f"task_args.path={odd / 'data.jsonl'}"])
+    assert cfg.task_args["path"] == str(odd / "data.jsonl") and "\\new" in cfg.task_args["path"]

@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from prefixvalue.config import ConfigError, RawMapping, field, format_help, parse_config, save_resolved_config
+from prefixvalue.config import (
+    ConfigError,
+    RawMapping,
+    field,
+    format_help,
+    parse_config,
+    save_resolved_config,
+    unescape,
+)
 from prefixvalue.tasks import ArithConfig
 
 
@@ -61,12 +69,38 @@ def test_values_are_read_by_the_field_type():
     cfg = parse_config(Texts, ["text={prompt}"])
     assert cfg.text == "{prompt}"
     assert parse_config(Texts, ["text=yes"]).text == "yes"
-    assert parse_config(Texts, ["text=\\n"]).text == "\\n"  # escapes are read only where separators are
+    assert parse_config(Texts, ["text=\\n"]).text == "\\n"  # escapes are read only by fields marked escapes=True
     assert parse_config(Texts, ["text=12"]).text == "12"
     assert parse_config(Texts, ["flag=yes"]).flag is True
     cfg = parse_config(Texts, ["opts.template={prompt}", "opts.n=5", "free.n=5", "free.s=yes"])
     assert cfg.opts == {"template": "{prompt}", "n": "5"}  # text until the component types it
     assert cfg.free == {"n": 5, "s": True}  # no field types: YAML rules
+
+
+@dataclass
+class Escaped:
+    sep: str = field("\n", help="a separator", escapes=True)
+    stops: list[str] = field(default_factory=list, help="stop strings", escapes=True)
+    path: str | None = field(None, help="a file")
+
+
+def test_unescape_reads_backslash_escapes_left_to_right():
+    assert unescape(r"a\nb\tc\rd") == "a\nb\tc\rd"
+    assert unescape(r"\\n") == "\\n"  # an escaped backslash, then n
+    assert unescape(r"\\\n") == "\\\n"
+    assert unescape(r"\frac{1}{2} \d") == r"\frac{1}{2} \d"  # other backslashes stay
+
+
+def test_escapes_are_read_on_the_command_line_of_marked_fields_only(tmp_path):
+    cfg = parse_config(Escaped, [r"sep=\n\n", r"stops=\n,\\n", r"path=C:\new\table"])
+    assert cfg.sep == "\n\n" and cfg.stops == ["\n", "\\n"] and cfg.path == r"C:\new\table"
+    assert parse_config(Escaped, [r"stops=['\t', x]"]).stops == ["\t", "x"]
+    yml = tmp_path / "c.yaml"
+    yml.write_text("sep: '\\n'\nstops: ['\\t', \"\\t\"]\n")
+    cfg = parse_config(Escaped, ["--config", str(yml)])
+    assert cfg.sep == "\\n" and cfg.stops == ["\\t", "\t"]  # YAML as YAML reads it
+    text = format_help(Escaped)
+    assert text.count("are escapes") == 2
 
 
 def test_unknown_key_suggests_closest():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -29,6 +30,7 @@ class _FakeConfig:
     base_model: str
     base_rate: float = 0.5
     beta: float = 10.0
+    base_load: dict = dataclasses.field(default_factory=dict)
 
 
 class FakeValueModel:
@@ -150,7 +152,7 @@ def test_main_on_tiny_data(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch
     traces, labels = make_tiny_eval(tiny_tokenizer)
     tdir, ldir = _write(tmp_path, traces, labels, cost={"generated_tokens": 50000, "prefill_tokens": 7000})
     fake = FakeValueModel(str(tiny_model_dir))
-    monkeypatch.setattr(ev, "_load_value_model", lambda path, device: fake)
+    monkeypatch.setattr(ev, "_load_value_model", lambda path, device, options=None: fake)
     ckpt = write_split(tmp_path / "ckpt", [t["prompt"] for t in traces])
     from prefixvalue.data import SplitRecord
 
@@ -375,7 +377,7 @@ def test_main_with_real_value_model(tmp_path, tiny_tokenizer, tiny_model_dir, ki
 def test_main_scores_processbench_file(tmp_path, tiny_model_dir, monkeypatch):
     """``--step_data`` alone: ProcessBench JSON lines scored with the value model, threshold on calibration."""
     fake = FakeValueModel(str(tiny_model_dir))
-    monkeypatch.setattr(ev, "_load_value_model", lambda path, device: fake)
+    monkeypatch.setattr(ev, "_load_value_model", lambda path, device, options=None: fake)
     rows = [
         {
             "id": f"p{i}-{g}",
@@ -403,7 +405,7 @@ def test_evaluate_scores_only_heldout_prompts(tmp_path, tiny_tokenizer, tiny_mod
     a checkpoint without a record is refused; include_training_prompts scores all and says so."""
     traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=4)
     tdir, ldir = _write(tmp_path, traces, labels)
-    monkeypatch.setattr(ev, "_load_value_model", lambda path, device: FakeValueModel(str(tiny_model_dir)))
+    monkeypatch.setattr(ev, "_load_value_model", lambda path, device, options=None: FakeValueModel(str(tiny_model_dir)))
     from prefixvalue.data import is_heldout
 
     texts = sorted({t["prompt"] for t in traces})
@@ -513,3 +515,44 @@ def test_nan_labels_are_dropped_and_fractional_successes_kept(tiny_tokenizer):
     json.dumps(m, allow_nan=False)
     m["mc"]["label_mean"] = None  # a None label mean must render, not crash
     render_markdown(m, {})
+
+
+def test_forward_passes_show_a_progress_bar_over_traces(tiny_gpt2, tiny_tokenizer, monkeypatch):
+    import tqdm.auto
+
+    from prefixvalue.evaluation.estimators import TraceRecord, estimate_values
+    from prefixvalue.evaluation.softvalues import SoftValueSpec
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total=None, desc="", disable=False, **kwargs):
+            self.total, self.desc, self.disable, self.updates = total, desc, disable, []
+            bars.append(self)
+
+        def update(self, n=1):
+            self.updates.append(n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    traces, _ = make_tiny_eval(tiny_tokenizer, n_prompts=3)
+    records = [TraceRecord.from_row(t) for t in traces]
+    spec = SoftValueSpec(omegas=(1.0,), default_omega=1.0, top_k=())
+    kw = {"batch_size": 2, "soft_values": spec}
+    shown = estimate_values(records, FakeValueModel("x"), tiny_gpt2, tiny_tokenizer, progress=True, **kw)
+    assert [b.desc for b in bars] == [
+        "evaluate: value model",
+        "evaluate: value log-ratios",
+        "evaluate: policy soft values",
+    ]
+    for b in bars:
+        assert not b.disable and len(b.updates) == math.ceil(len(records) / 2)
+        assert sum(b.updates) == b.total == len(records)
+    bars.clear()
+    hidden = estimate_values(records, FakeValueModel("x"), tiny_gpt2, tiny_tokenizer, **kw)
+    assert all(b.disable for b in bars)  # progress=False: the bars are off
+    for a, b in zip(shown.curves, hidden.curves):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert ev.EvaluateConfig().progress is True and ev.EvaluateConfig(progress=False).progress is False

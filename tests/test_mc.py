@@ -18,7 +18,15 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from prefixvalue.sampling.mc import AdaptiveConfig, MCLabeller, TraceRef, first_jump, wilson_halfwidth, wilson_interval
+from prefixvalue.sampling.mc import (
+    AdaptiveConfig,
+    MCLabeller,
+    TraceRef,
+    distinct_prefixes,
+    first_jump,
+    wilson_halfwidth,
+    wilson_interval,
+)
 from prefixvalue.sampling.positions import PositionSpecError, parse_positions, positions, positions_for_trace
 from prefixvalue.sampling.sampler import HFSampler, SamplingParams
 from prefixvalue.tasks.base import Prompt, Task, VerifierResult
@@ -273,3 +281,18 @@ def test_first_jump():
     assert first_jump([(0, 0.6), (4, 0.6), (5, 0.0), (9, 0.0)], 0.3) == 4
     assert first_jump([(0, 0.6), (8, 0.0)], 0.3) == 3
     assert first_jump([(0, 0.5), (3, 0.6)], 0.3) is None
+
+
+def test_on_batch_counts_rollouts_per_batch(setup):
+    tok, model = setup
+    traces = make_traces(tok, 4, seed=5)
+    pos = positions("stride:2", [len(t.completion_ids) for t in traces])
+    params = SamplingParams(max_new_tokens=MAX_NEW, seed=3)
+    calls: list[int] = []
+    lab = MCLabeller(HFSampler(model, tok, max_batch_rows=16), tok, EndsInA(), params)
+    lab.on_batch = lambda rollouts, tokens: calls.append(rollouts)
+    est = lab.uniform(traces, pos, 6)
+    assert len(calls) > 1 and all(c > 0 for c in calls)
+    assert sum(calls) == lab.cost.rollouts == 6 * distinct_prefixes(traces, pos) == 6 * lab.cost.prefixes_unique
+    plain = MCLabeller(HFSampler(model, tok, max_batch_rows=16), tok, EndsInA(), params).uniform(traces, pos, 6)
+    assert [e.as_row() for e in est] == [e.as_row() for e in plain]

@@ -186,3 +186,26 @@ def test_bad_requests_raise(tiny_gpt2, tiny_tokenizer):
         sampler.generate([[]], ["k"], SamplingParams())
     with pytest.raises(ValueError):
         SamplingParams(top_p=0)
+
+
+def test_on_batch_reports_each_batch_and_changes_nothing(tiny_gpt2, tiny_tokenizer):
+    prompts = enc(tiny_tokenizer, PROMPTS + ["Q:7-2=", "Q:1="])
+    keys = [f"k{i}" for i in range(len(prompts))]
+    params = SamplingParams(max_new_tokens=8, seed=4)
+    sampler = HFSampler(tiny_gpt2, tiny_tokenizer, max_batch_rows=4)
+    calls: list[tuple[int, int]] = []
+    gens = sampler.generate(prompts, keys, params, on_batch=lambda rows, tokens: calls.append((rows, tokens)))
+    assert calls == [(4, calls[0][1]), (2, calls[1][1])]  # one call per batch, rows of that batch
+    assert sum(t for _, t in calls) == sampler.stats.generated_tokens == sum(len(g.token_ids) for g in gens)
+    plain = HFSampler(tiny_gpt2, tiny_tokenizer, max_batch_rows=4).generate(prompts, keys, params)
+    assert [(g.token_ids, g.logprobs) for g in gens] == [(g.token_ids, g.logprobs) for g in plain]
+    seqs = enc(tiny_tokenizer, ["Q:1+2=1+2=3;A:3", "Q:3+5*2-7=3+5=8"])
+    reqs = [BranchRequest(i, c, f"r{i}/{c}", 5) for i, s in enumerate(seqs) for c in range(1, len(s) + 1, 2)]
+    calls.clear()
+    branched = HFSampler(tiny_gpt2, tiny_tokenizer, max_batch_rows=3).branch(
+        seqs, reqs, params, on_batch=lambda rows, tokens: calls.append((rows, tokens))
+    )
+    assert len(calls) == math.ceil(len(reqs) / 3) and sum(r for r, _ in calls) == len(reqs)
+    assert all(r > 0 and t >= r for r, t in calls)  # every row samples at least one token
+    ref = HFSampler(tiny_gpt2, tiny_tokenizer, max_batch_rows=3).branch(seqs, reqs, params)
+    assert [g.token_ids for g in branched] == [g.token_ids for g in ref]

@@ -7,10 +7,12 @@ keys are rejected with the closest valid name suggested; validation lives in eac
 ``__post_init__``. ``--help`` is generated from the field help texts.
 
 A command-line value is read by the type of the field it sets: a text field takes the text as
-written (``'{prompt}'``, ``yes`` and ``\n`` stay those characters), numbers and booleans are parsed,
-a list is ``a,b,c`` or YAML ``[a, b]``, and a mapping is YAML. Values of a `RawMapping` (a task's
-``task_args``) stay text until the task's own config types them. Escapes (``\n``, ``\t``, ``\r``,
-see `unescape`) are read only where a separator is expected: stop strings and jsonl's step separator.
+written (``'{prompt}'`` and ``yes`` stay those characters), numbers and booleans are parsed, a list
+is ``a,b,c`` or YAML ``[a, b]``, and a mapping is YAML. Values of a `RawMapping` (a task's
+``task_args``) stay text until the task's own config types them. One rule for escapes: a text field
+marked ``field(..., escapes=True)`` (templates, separators, stop strings) reads ``\n``, ``\t``,
+``\r`` and ``\\`` in a command-line value (see `unescape`); every other field takes the text as
+written, and YAML values are taken as YAML gives them (YAML double quotes read escapes already).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import dataclasses
 import difflib
 import inspect
 import json
+import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -45,15 +49,18 @@ class _Text(str):
     """A value as written on the command line, not yet read by its field's type."""
 
 
-_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r"}
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+_ESCAPE = re.compile(r"\\([ntr\\])")
+
+#: how ``--help`` marks a field that reads escapes on the command line
+_ESCAPES_NOTE = "on the command line \\n, \\t, \\r, \\\\ are escapes"
 
 
 def unescape(text: str) -> str:
-    """Replace the escapes ``\\n``, ``\\t``, ``\\r`` in `text` by newline, tab, carriage return (for
-    separators and stop strings written on a command line or in single-quoted YAML)."""
-    for esc, ch in _ESCAPES.items():
-        text = text.replace(esc, ch)
-    return text
+    """`text` with the escapes ``\\n``, ``\\t``, ``\\r``, ``\\\\`` replaced by newline, tab, carriage
+    return and one backslash, read left to right (``\\\\n`` is a backslash then ``n``); any other
+    backslash stays as written. How command-line values of ``escapes=True`` fields are read."""
+    return _ESCAPE.sub(lambda m: _ESCAPES[m.group(1)], text)
 
 
 def plain(value: Any) -> Any:
@@ -67,11 +74,29 @@ def plain(value: Any) -> Any:
     return value
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str, default_factory: Any = dataclasses.MISSING) -> Any:  # noqa: A002
-    """`dataclasses.field` with a required help text (shown by ``--help``)."""
+def field(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,  # noqa: A002
+    default_factory: Any = dataclasses.MISSING,
+    escapes: bool = False,
+    configs: Callable[[], dict[str, type]] | None = None,
+) -> Any:
+    """`dataclasses.field` with a required help text (shown by ``--help``).
+
+    `escapes`: a text field (or list of texts) whose command-line values read the escapes of
+    `unescape` (templates, separators, stop strings; never paths). `configs`: for a `RawMapping`
+    field typed later by a component, a function returning ``{name: config dataclass}`` of the
+    choices (``task_args``: each registered task's config); ``--help`` lists their options.
+    """
+    metadata: dict[str, Any] = {"help": help}
+    if escapes:
+        metadata["escapes"] = True
+    if configs is not None:
+        metadata["configs"] = configs
     if default_factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -82,8 +107,9 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert `value` (from YAML or the command line) to type `tp`, or raise ConfigError."""
+def _coerce(value: Any, tp: Any, key: str, escapes: bool = False) -> Any:
+    """Convert `value` (from YAML or the command line) to type `tp`, or raise ConfigError; with
+    `escapes`, command-line text read as text has its escapes read (`unescape`)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     cli = isinstance(value, _Text)
@@ -99,7 +125,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return _coerce(value, arg, key, escapes)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(f"{key}: cannot read {value!r} as {tp}: " + "; ".join(errors))
@@ -117,15 +143,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return build_config(tp, value, prefix=f"{key}.")
     if origin in (list, tuple) or tp in (list, tuple):
         if isinstance(value, str):
-            value = (
-                yaml.safe_load(value)
-                if value.strip().startswith("[")
-                else [_Text(v) if cli else v for v in value.split(",") if v != ""]
-            )
+            if value.strip().startswith("["):
+                value = yaml.safe_load(value)
+                if cli and escapes and isinstance(value, list):  # still command-line text, item by item
+                    value = [_Text(v) if isinstance(v, str) else v for v in value]
+            else:
+                value = [_Text(v) if cli else v for v in value.split(",") if v != ""]
         if not isinstance(value, (list, tuple)):
             value = [value]
         inner = args[0] if args else Any
-        out = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        out = [_coerce(v, inner, f"{key}[{i}]", escapes) for i, v in enumerate(value)]
         return tuple(out) if (origin is tuple or tp is tuple) else out
     if origin is dict or tp is dict or tp is RawMapping:
         if isinstance(value, str):
@@ -158,7 +185,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected text, got {value!r}")
-        return str(value)
+        return unescape(str(value)) if cli and escapes else str(value)
     return plain(value)
 
 
@@ -182,7 +209,7 @@ def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
             # a nested config given in part keeps the other values of its field's default, not of its class
             default = default_factory()
             value = {**{f.name: getattr(default, f.name) for f in dataclasses.fields(default) if f.init}, **value}
-        kwargs[key] = _coerce(value, hints[key], prefix + key)
+        kwargs[key] = _coerce(value, hints[key], prefix + key, bool(fields[key].metadata.get("escapes")))
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -195,12 +222,12 @@ def coerce_fields(cls: type, values: dict[str, Any], prefix: str = "") -> dict[s
     """`values` read by the field types of dataclass `cls` (unknown keys rejected), without building
     it: the mapping as given, typed. How a task's ``task_args`` are checked and recorded."""
     hints = _hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     out: dict[str, Any] = {}
     for key, value in values.items():
-        if key not in names:
-            raise _unknown(prefix + key, [prefix + n for n in names], cls.__name__)
-        out[key] = _coerce(value, hints[key], prefix + key)
+        if key not in fields:
+            raise _unknown(prefix + key, [prefix + n for n in fields], cls.__name__)
+        out[key] = _coerce(value, hints[key], prefix + key, bool(fields[key].metadata.get("escapes")))
     return out
 
 
@@ -226,7 +253,8 @@ def _parse_scalar(text: str) -> Any:
 
 
 def format_help(cls: type, prog: str | None = None, prefix: str = "") -> str:
-    """Return ``--help`` text listing every field, its type, default and help."""
+    """Return ``--help`` text listing every field, its type, default and help; then, for each
+    `RawMapping` field with ``configs`` (``task_args``), the options of every config it may build."""
     lines = []
     if not prefix:
         lines.append(f"usage: {prog or cls.__name__} [--config FILE.yaml] [key=value ...]")
@@ -251,8 +279,39 @@ def format_help(cls: type, prog: str | None = None, prefix: str = "") -> str:
             default = "(required)"
         tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
         lines.append(f"  {prefix}{f.name} ({tname}, default: {default!r})")
-        lines.append(f"      {f.metadata.get('help', '')}")
+        note = f" ({_ESCAPES_NOTE})" if f.metadata.get("escapes") else ""
+        lines.append(f"      {f.metadata.get('help', '')}{note}")
+    if not prefix:
+        lines += _configs_help(cls)
     return "\n".join(lines)
+
+
+def _configs_help(cls: type, prefix: str = "") -> list[str]:
+    """Help lines for the ``configs`` of `cls`'s mapping fields (nested configs included), each
+    choice's options listed once under the first key that offers it."""
+    found: dict[Any, list[str]] = {}
+
+    def walk(c: type, pre: str) -> None:
+        hints = _hints(c)
+        for f in dataclasses.fields(c):
+            if not f.init:
+                continue
+            if _is_dataclass_type(hints[f.name]):
+                walk(hints[f.name], f"{pre}{f.name}.")
+            elif f.metadata.get("configs") is not None:
+                found.setdefault(f.metadata["configs"], []).append(pre + f.name)
+
+    walk(cls, prefix)
+    lines: list[str] = []
+    for configs, keys in found.items():
+        key = keys[0]
+        also = f"; also {', '.join(k + '.NAME' for k in keys[1:])}" if keys[1:] else ""
+        lines += ["", f"{key} options of each registered config ({key}.NAME=VALUE{also}):"]
+        for name, sub in configs().items():
+            doc = " ".join(inspect.cleandoc(sub.__doc__ or "").split("\n\n")[0].split())
+            lines += ["", f"  {name} ({sub.__name__}): {doc}"]
+            lines += ["  " + line for line in format_help(sub, prefix=f"{key}.").split("\n")]
+    return lines
 
 
 def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None = None) -> T:

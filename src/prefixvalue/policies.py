@@ -1,4 +1,10 @@
-"""Loading policies (any Hugging Face causal LM) by hub name or local path."""
+"""Loading policies (any Hugging Face causal LM) by hub name, local folder or GGUF file.
+
+Every stage that loads a model takes the same loading options (`prefixvalue.loading.ModelLoadConfig`:
+revision, trust_remote_code, attn_implementation, device_map, gguf_file) and records the portable ones
+in what it writes, so the next stage loads the same weights. `trust_remote_code` is never recorded as a
+default: each stage must be asked for it on its own command line.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,15 @@ from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .loading import (
+    RECORDED_LOAD_OPTIONS,
+    LoadOptions,
+    ModelLoadConfig,
+    check_vocabulary,
+    resolve_model_path,
+    traces_policy,
+)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None = None) -> torch.dtype:
@@ -38,33 +53,61 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, **kwargs: Any) -> Any:
+def load_tokenizer(name_or_path: str, options: LoadOptions | None = None, **kwargs: Any) -> Any:
     """Load a tokenizer and make sure it can pad (pad = eos when the model has no pad token)."""
-    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+    name, opts = resolve_model_path(name_or_path, options)
+    tok = AutoTokenizer.from_pretrained(name, **opts.tokenizer_kwargs(), **kwargs)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def load_causal_lm(
+    name_or_path: str,
+    dtype: str | torch.dtype | None = "float32",
+    device: str | torch.device | None = None,
+    options: LoadOptions | None = None,
+) -> PreTrainedModel:
+    """``AutoModelForCausalLM.from_pretrained`` with the loading options, in `dtype`, not yet moved.
+
+    With a ``device_map`` the model is placed by transformers; otherwise the caller moves it.
+    """
+    name, opts = resolve_model_path(name_or_path, options)
+    return AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, device), **opts.model_kwargs())
 
 
 def load_policy(
     name_or_path: str,
     dtype: str | torch.dtype | None = "auto",
     device: str | torch.device | None = None,
-    trust_remote_code: bool = False,
-    revision: str | None = None,
+    options: LoadOptions | None = None,
 ) -> tuple[PreTrainedModel, Any]:
-    """Load a causal LM and its tokenizer from a hub name or a local folder, in eval mode.
+    """Load a causal LM and its tokenizer from a hub name, a local folder or a GGUF file, in eval mode.
 
-    Returns ``(model, tokenizer)``. `trust_remote_code` stays off unless asked for.
+    Returns ``(model, tokenizer)``. `trust_remote_code` stays off unless `options` ask for it.
     """
     device = torch.device(device) if device is not None else default_device()
-    torch_dtype = resolve_dtype(dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(
-        name_or_path, dtype=torch_dtype, trust_remote_code=trust_remote_code, revision=revision
-    )
-    model.to(device)
+    opts = options or LoadOptions()
+    model = load_causal_lm(name_or_path, dtype, device, opts)
+    if opts.device_map is None:
+        model.to(device)
     model.eval()
-    tok = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
+    tok = load_tokenizer(name_or_path, opts)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+__all__ = [
+    "RECORDED_LOAD_OPTIONS",
+    "check_vocabulary",
+    "traces_policy",
+    "LoadOptions",
+    "ModelLoadConfig",
+    "default_device",
+    "load_causal_lm",
+    "load_policy",
+    "load_tokenizer",
+    "resolve_dtype",
+    "resolve_model_path",
+]

@@ -8,7 +8,7 @@ each shard under ``OUT/shards/`` and merge into ``OUT/`` at the end; readers use
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,27 @@ def load_labels(path: str | Path) -> datasets.Dataset:
     return _load(path, LABEL_FIELDS, "prefix labels")
 
 
+def finish_summary(finish_reasons: Sequence[str | None], notes: Sequence[str | None]) -> dict[str, Any]:
+    """Counts of each finish reason (eos, stop, length) and of completions scored 0 for being cut off."""
+    counts: dict[str, int] = {}
+    for r in finish_reasons:
+        counts[str(r)] = counts.get(str(r), 0) + 1
+    n = max(len(finish_reasons), 1)
+    return {
+        "finish_reasons": dict(sorted(counts.items())),
+        "truncated_fraction": counts.get("length", 0) / n,
+        "failed_as_truncated": sum(1 for x in notes if x and x.startswith("truncated")),
+    }
+
+
+def traces_finish_summary(ds: datasets.Dataset) -> dict[str, Any]:
+    """`finish_summary` of a traces dataset (traces without finish reasons or notes count as unknown)."""
+    n = len(ds)
+    reasons = ds["finish_reason"] if "finish_reason" in ds.column_names else [None] * n
+    notes = ds["outcome_note"] if "outcome_note" in ds.column_names else [None] * n
+    return finish_summary(reasons, notes)
+
+
 def rows_to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
     """Build a dataset from row dicts (fields as in the contracts)."""
     return datasets.Dataset.from_list(rows)
@@ -102,6 +123,8 @@ __all__ = [
     "normalise_prompt",
     "rows_to_dataset",
     "save_subset",
+    "finish_summary",
+    "traces_finish_summary",
     "split_by_prompt",
     "unit_hash",
 ]

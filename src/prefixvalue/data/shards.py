@@ -21,7 +21,8 @@ import datasets
 
 from ..config import ConfigError, save_resolved_config
 
-#: a shard's work: ``work(index, progress_bar) -> (rows, extra)``; `extra` goes to the shard's done.json
+#: a shard's work: ``work(index, progress_bar) -> (rows, extra)``; `extra` goes to the shard's done.json.
+#: The work advances the bar as it goes (per decoded batch), by the shard's size in bar units in all
 ShardWork = Callable[[int, Any], tuple[list[dict[str, Any]], dict[str, Any]]]
 
 
@@ -152,7 +153,8 @@ def run_sharded_stage(
     The main process checks (or records) the run manifest and saves the resolved `cfg`; the other
     processes check the manifest once it exists. `setup(device)` (load the model, build the worker)
     runs only when this process has unfinished shards and returns ``work(i, bar)``; `shard_items(i)`
-    is shard i's size in progress-bar units. Returns the merged dataset on the main process (which
+    is shard i's size in progress-bar units, by which ``work(i, bar)`` advances the bar as it goes (a
+    work that knows only a bound lowers ``bar.total`` by what it did not use). Returns the merged dataset on the main process (which
     then writes the stage's summary), None on the others.
     """
     rank, world, state = dist_info()

@@ -109,6 +109,26 @@ def _check_curve(v: Any, t: TraceRecord, who: str) -> np.ndarray:
     return v
 
 
+def _progress_bar(progress: bool, total: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="trace", desc=desc, disable=not progress)
+
+
+def _in_batches(
+    fn: Callable[..., list[np.ndarray]], prompts: list[list[int]], comps: list[list[int]], batch_size: int, bar: Any
+) -> list[np.ndarray]:
+    """``fn(prompts, comps, batch_size=batch_size)`` called one batch of consecutive rows at a time
+    (the batches `prefixvalue.value` models make themselves, so the results are the same), advancing
+    `bar` by the traces of each."""
+    out: list[np.ndarray] = []
+    for start in range(0, len(prompts), batch_size):
+        out += fn(prompts[start : start + batch_size], comps[start : start + batch_size], batch_size=batch_size)
+        bar.update(len(prompts[start : start + batch_size]))
+    bar.close()
+    return out
+
+
 def estimate_values(
     records: list[TraceRecord],
     value_model: Any = None,
@@ -119,14 +139,17 @@ def estimate_values(
     soft_values: SoftValueSpec | None = None,
     base_rate: float | None = None,
     estimators: dict[str, Estimator] | None = None,
+    progress: bool = False,
 ) -> Estimates:
     """Value curves of every estimator on `records`.
 
     `value_model` follows the `prefixvalue.value` interface (``predict``; ``token_log_ratios`` when
     its class sets ``process_scores``); `policy` gives the soft values of `soft_values` (skipped when
     either is None). `base_rate` defaults to the value model's training base rate; without one there
-    is no ``constant``. `estimators` are evaluated after the built-in ones.
+    is no ``constant``. `estimators` are evaluated after the built-in ones. `progress` shows a bar
+    over traces for each forward pass (value model, its log-ratios, policy soft values).
     """
+    n = len(records)
     prompts = [t.prompt_ids for t in records]
     comps = [t.completion_ids for t in records]
     curves: list[dict[str, np.ndarray]] = [{} for _ in records]
@@ -137,7 +160,8 @@ def estimate_values(
     # -- learned values (one forward per trace gives every position)
     log_ratios: list[np.ndarray] | None = None
     if value_model is not None:
-        preds = value_model.predict(prompts, comps, batch_size=batch_size)
+        bar = _progress_bar(progress, n, "evaluate: value model")
+        preds = _in_batches(value_model.predict, prompts, comps, batch_size, bar)
         for c, p, t in zip(curves, preds, records):
             c["learned"] = _check_curve(p, t, "the value model")
         kind = getattr(value_model, "kind", "unknown")
@@ -146,9 +170,10 @@ def estimate_values(
         if note:
             info["learned"]["note"] = note
         if getattr(value_model, "process_scores", False):
+            bar = _progress_bar(progress, n, "evaluate: value log-ratios")
             log_ratios = [
                 np.asarray(r, dtype=np.float64)
-                for r in value_model.token_log_ratios(prompts, comps, batch_size=batch_size)
+                for r in _in_batches(value_model.token_log_ratios, prompts, comps, batch_size, bar)
             ]
         cost["value_forward_tokens"] = int(sum(len(p) + len(c) for p, c in zip(prompts, comps)))
         if base_rate is None:
@@ -160,7 +185,11 @@ def estimate_values(
     # -- soft values of the policy
     if policy is not None and soft_values is not None:
         pad = getattr(tokenizer, "pad_token_id", None) or 0
-        soft, ftok = policy_soft_values(policy, prompts, comps, soft_values, batch_size=batch_size, pad_token_id=pad)
+        bar = _progress_bar(progress, n, "evaluate: policy soft values")
+        soft, ftok = policy_soft_values(
+            policy, prompts, comps, soft_values, batch_size=batch_size, pad_token_id=pad, on_batch=bar.update
+        )
+        bar.close()
         for c, s in zip(curves, soft):
             c.update(s)
         for name, params in soft_values.names.items():

@@ -92,9 +92,20 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Se
     for section in (s for s in sections if s):
         lines += [section.rstrip("\n"), ""]
     unit = metrics.get("bootstrap_unit", "prompt")
+    finish = metrics.get("traces_finish")
+    finish_line = (
+        [
+            "- finish reasons of the traces given: "
+            + ", ".join(f"{k} {v}" for k, v in finish["finish_reasons"].items())
+            + f" ({finish['failed_as_truncated']} cut off at the token budget and scored 0)"
+        ]
+        if finish
+        else []
+    )
     lines += [
         "## Data",
         "",
+        *finish_line,
         f"- {metrics['n_traces']} traces, {metrics['n_prefixes']} labelled prefixes "
         f"(positions {metrics['positions']['min']}–{metrics['positions']['max']}), "
         f"{mc['samples_per_prefix']} MC samples per prefix (range {mc['samples_per_prefix_range']})",

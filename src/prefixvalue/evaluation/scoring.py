@@ -167,6 +167,7 @@ def evaluate_prefixes(
         soft_values=spec,
         base_rate=cfg.base_rate,
         estimators=dict(ESTIMATORS if estimators is None else estimators),
+        progress=cfg.progress,
     )
     notes += est.notes
     cols, mc = _prefix_table(records, by_trace, est, cfg.first_k)
@@ -604,8 +605,11 @@ def _trace_step_verification(
     return out
 
 
-def evaluate_step_data(value_model: Any, tokenizer: Any, path: str | Path, cfg: EvaluateConfig) -> dict[str, Any]:
-    """Score ProcessBench / TRL stepwise data at `path` with the value model (ProcessBench protocol)."""
+def evaluate_step_data(
+    value_model: Any, tokenizer: Any, path: str | Path, cfg: EvaluateConfig, prompt_format: Any = None
+) -> dict[str, Any]:
+    """Score ProcessBench / TRL stepwise data at `path` with the value model (ProcessBench protocol); prompts
+    are formatted as the value model's training traces were (`prompt_format`, a `PromptFormat`)."""
     examples = load_step_data(path, cfg.step_data_format)
     out = score_step_examples(
         value_model,
@@ -616,6 +620,7 @@ def evaluate_step_data(value_model: Any, tokenizer: Any, path: str | Path, cfg: 
         cfg.batch_size,
         cfg.step_prompt_template,
         cfg.step_separator,
+        prompt_format,
     )
     out["source"] = str(path)
     return jsonable(out)

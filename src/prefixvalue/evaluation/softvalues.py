@@ -16,7 +16,7 @@ input index ``len(prompt_ids) - 1 + p``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,6 +170,7 @@ def policy_soft_values(
     batch_size: int = 8,
     pad_token_id: int = 0,
     row_chunk: int = 512,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list[dict[str, np.ndarray]], int]:
     """Soft values of `model` at every prefix position 0..T of each trace.
 
@@ -177,6 +178,7 @@ def policy_soft_values(
     `forward_tokens` counts the input tokens of the forward passes (prompt + completion per trace).
     One forward per trace (right-padded batches of up to `batch_size` traces, sorted by length);
     logits are turned into soft values in float64 `row_chunk` rows at a time to bound memory.
+    `on_batch(traces)` is called after each batch (for a progress bar).
     """
     device = next(model.parameters()).device
     n = len(prompt_ids_list)
@@ -201,4 +203,6 @@ def policy_soft_values(
                 parts.append(soft_values_from_logits(head(rows[c0 : c0 + row_chunk]), spec))
             results[i] = {k: np.concatenate([p[k] for p in parts]) for k in spec.names}
         del hidden
+        if on_batch is not None:
+            on_batch(len(idx))
     return [r for r in results if r is not None], forward_tokens

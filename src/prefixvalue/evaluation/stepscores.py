@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..data.split import unit_hash
+from ..prompting import PromptFormat
 from ..tasks.base import first_error
 
 
@@ -314,14 +315,19 @@ def load_step_data(path: str | Path, fmt: str = "auto") -> list[StepExample]:
 
 
 def tokenize_step_example(
-    tokenizer: Any, ex: StepExample, prompt_template: str = "{prompt}\n", step_separator: str = "\n"
+    tokenizer: Any,
+    ex: StepExample,
+    prompt_template: str = "{prompt}\n",
+    step_separator: str = "\n",
+    prompt_format: PromptFormat | None = None,
 ) -> tuple[list[int], list[int], list[tuple[int, int]]]:
     """Token ids of the prompt and of the steps joined by `step_separator`, and each step's token span.
 
-    Each step (with its separator, except the last) is tokenised on its own and concatenated, so
-    the step spans are exact for any tokenizer.
+    The prompt goes through `prompt_format` (the chat template the value model's traces used; default:
+    the raw text). Each step (with its separator, except the last) is tokenised on its own and
+    concatenated, so the step spans are exact for any tokenizer.
     """
-    prompt_ids = list(tokenizer(prompt_template.format(prompt=ex.prompt), add_special_tokens=False)["input_ids"])
+    prompt_ids = (prompt_format or PromptFormat()).encode(tokenizer, prompt_template.format(prompt=ex.prompt))
     completion_ids: list[int] = []
     spans: list[tuple[int, int]] = []
     for j, step in enumerate(ex.steps):
@@ -343,6 +349,7 @@ def score_step_examples(
     batch_size: int = 32,
     prompt_template: str = "{prompt}\n",
     step_separator: str = "\n",
+    prompt_format: PromptFormat | None = None,
 ) -> dict[str, Any]:
     """Score step data with a value model and report ProcessBench step verification.
 
@@ -352,7 +359,7 @@ def score_step_examples(
     """
     if not examples:
         return {"f1": None, "note": "no step examples", "threshold_split": "calibration", "n_examples": 0}
-    enc = [tokenize_step_example(tokenizer, ex, prompt_template, step_separator) for ex in examples]
+    enc = [tokenize_step_example(tokenizer, ex, prompt_template, step_separator, prompt_format) for ex in examples]
     prompts = [e[0] for e in enc]
     comps = [e[1] for e in enc]
     values = value_model.predict(prompts, comps, batch_size=batch_size)

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..evaluation.metrics import wilson_interval
 from ..tasks.base import Prompt, Task, VerifierResult, safe_verify
-from .sampler import BranchRequest, Sampler, SamplingParams
+from .sampler import BranchRequest, OnBatch, Sampler, SamplingParams
 
 
 def wilson_halfwidth(successes: float, n: int, z: float = 1.959963984540054) -> float:
@@ -95,6 +95,7 @@ class LabelCost:
     prefixes_unique: int = 0  # distinct prefixes actually sampled
     verifier_calls: int = 0  # verifier runs (identical completions of a prompt are verified once)
     verifier_errors: int = 0  # continuations whose verification crashed or timed out (scored 0)
+    truncated: int = 0  # continuations cut off at the token budget (scored 0 when fail_truncated)
     seconds: float = 0.0  # wall-clock time
 
     def add(self, other: LabelCost) -> None:
@@ -134,12 +135,28 @@ def prefix_key(prompt_id: str, prompt_ids: Sequence[int], completion_prefix: Seq
     return h.hexdigest()[:32]
 
 
+def distinct_prefixes(traces: Sequence[TraceRef], positions: Sequence[Sequence[int]]) -> int:
+    """How many distinct prefixes the (trace, position) pairs name: `MCLabeller.uniform` samples each
+    once, so it spends ``samples * distinct_prefixes(...)`` rollouts on them."""
+    return len(
+        {
+            prefix_key(tr.prompt.prompt_id, tr.prompt_ids, tr.completion_ids[:p])
+            for tr, pos in zip(traces, positions)
+            for p in pos
+        }
+    )
+
+
 class MCLabeller:
     """Monte Carlo labelling of trace prefixes with a `Sampler`, a tokenizer and a task's verifier.
 
     `params.max_new_tokens` is the completion budget of the policy: a continuation from position p
     may add ``max_new_tokens - p`` tokens, so every rollout sees the same total budget as the trace.
-    Verifier crashes and time-outs score 0 and are counted in `cost.verifier_errors`.
+    Verifier crashes and time-outs score 0 and are counted in `cost.verifier_errors`. With
+    `fail_truncated` (what collect recorded for the traces), a continuation cut off at the budget scores 0
+    without verification, as collect scored the traces themselves. `on_batch`
+    (an attribute, settable between calls) is handed to the sampler: ``on_batch(rollouts, tokens)``
+    after each batch of continuations, for progress bars.
     """
 
     def __init__(
@@ -149,12 +166,16 @@ class MCLabeller:
         task: Task,
         params: SamplingParams,
         verifier_timeout_s: float | None = 10.0,
+        on_batch: OnBatch | None = None,
+        fail_truncated: bool = False,
     ) -> None:
         self.sampler = sampler
         self.tokenizer = tokenizer
         self.task = task
         self.params = params
         self.verifier_timeout_s = verifier_timeout_s
+        self.on_batch = on_batch
+        self.fail_truncated = fail_truncated
         self.cost = LabelCost()
         self._verified: dict[tuple[str, str], VerifierResult] = {}
 
@@ -202,9 +223,14 @@ class MCLabeller:
                     BranchRequest(seq_index[unit.trace], cut, f"{unit.key}/m{m}", max(1, budget - unit.position))
                 )
                 owners.append(unit)
-        gens = self.sampler.branch(sequences, requests, self.params)
+        gens = self.sampler.branch(sequences, requests, self.params, on_batch=self.on_batch)
         for unit, gen in zip(owners, gens):
             tr = traces[unit.trace]
+            if gen.finish_reason == "length":
+                self.cost.truncated += 1
+                if self.fail_truncated:
+                    unit.scores.append(0.0)
+                    continue
             text = self.tokenizer.decode(
                 list(tr.completion_ids[: unit.position]) + gen.token_ids, skip_special_tokens=True
             )
@@ -373,6 +399,7 @@ __all__ = [
     "MCLabeller",
     "PrefixEstimate",
     "TraceRef",
+    "distinct_prefixes",
     "first_jump",
     "prefix_key",
     "wilson_halfwidth",

@@ -4,6 +4,8 @@ A position is the number of completion tokens in the prefix, in ``[0, len(comple
 (0 is the bare prompt; the full completion is excluded because its outcome is already known).
 
 Specs: ``all`` | ``stride:K`` | ``steps`` | ``short:K`` | ``adaptive`` (see `parse_positions`).
+With ``steps``, a trace of fewer than 2 steps can be labelled at a fallback spec's positions instead
+(`step_fallback`, see `parse_step_fallback`), so a one-line prose answer is not labelled at 0 alone.
 """
 
 from __future__ import annotations
@@ -51,6 +53,31 @@ def parse_positions(spec: str | PositionSpec) -> PositionSpec:
     return PositionSpec(kind)
 
 
+def parse_step_fallback(spec: str | PositionSpec | None) -> PositionSpec | None:
+    """Read the fallback of ``steps`` positions: None (or ``none``) for no fallback, else a spec of kind
+    ``all``, ``stride:K`` or ``short:K``; PositionSpecError for ``steps``, ``adaptive`` or a bad spec."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("none", "null", "")):
+        return None
+    s = parse_positions(spec)
+    if s.kind in ("steps", "adaptive"):
+        raise PositionSpecError(f"step_fallback {spec!r} must be all, stride:K or short:K (or none), not {s.kind}")
+    return s
+
+
+def uses_step_fallback(
+    spec: str | PositionSpec,
+    step_spans: Sequence[Sequence[int]] | None,
+    step_fallback: str | PositionSpec | None,
+) -> bool:
+    """Whether `positions_for_trace` labels this trace at `step_fallback`'s positions: `spec` is
+    ``steps``, a fallback is set, and the trace has fewer than 2 step spans."""
+    return (
+        parse_positions(spec).kind == "steps"
+        and parse_step_fallback(step_fallback) is not None
+        and len(step_spans or []) < 2
+    )
+
+
 def step_boundaries(completion_len: int, step_spans: Sequence[Sequence[int]] | None) -> list[int]:
     """0 plus every step start and end that is a valid position (< completion_len), sorted."""
     out = {0}
@@ -66,15 +93,22 @@ def positions_for_trace(
     completion_len: int,
     step_spans: Sequence[Sequence[int]] | None = None,
     adaptive_stride: int = 8,
+    step_fallback: str | PositionSpec | None = None,
 ) -> list[int]:
     """Sorted positions to label in one trace of `completion_len` completion tokens.
 
     ``all``: every position 0..T-1; ``stride:K``: 0, K, 2K, ..; ``steps``: step boundaries (0, each
-    step start); ``short:K``: 0..K (the bare prompt and the first K completion tokens, clipped);
+    step start and end); ``short:K``: 0..K (the bare prompt and the first K completion tokens, clipped);
     ``adaptive``: the starting grid of the adaptive labeller (step boundaries, plus every
     `adaptive_stride` tokens, plus T-1); adaptive labelling then adds positions by bisection.
+    `step_fallback` (``all``, ``stride:K`` or ``short:K``; None: none) applies to ``steps`` only: a trace
+    with fewer than 2 step spans gets the fallback's positions instead of its step boundaries.
     """
     s = parse_positions(spec)
+    if uses_step_fallback(s, step_spans, step_fallback):
+        fallback = parse_step_fallback(step_fallback)
+        assert fallback is not None
+        return positions_for_trace(fallback, completion_len)
     last = completion_len - 1
     if last < 0:
         return []
@@ -99,19 +133,24 @@ def positions(
     completion_lens: Sequence[int],
     step_spans: Sequence[Sequence[Sequence[int]] | None] | None = None,
     adaptive_stride: int = 8,
+    step_fallback: str | PositionSpec | None = None,
 ) -> list[list[int]]:
     """`positions_for_trace` for each trace; `step_spans` (per trace) may be None if unused."""
     spans = step_spans if step_spans is not None else [None] * len(completion_lens)
     if len(spans) != len(completion_lens):
         raise ValueError(f"{len(completion_lens)} traces but {len(spans)} step-span lists")
-    return [positions_for_trace(spec, int(t), sp, adaptive_stride) for t, sp in zip(completion_lens, spans)]
+    return [
+        positions_for_trace(spec, int(t), sp, adaptive_stride, step_fallback) for t, sp in zip(completion_lens, spans)
+    ]
 
 
 __all__ = [
     "PositionSpec",
     "PositionSpecError",
     "parse_positions",
+    "parse_step_fallback",
     "positions",
     "positions_for_trace",
     "step_boundaries",
+    "uses_step_fallback",
 ]

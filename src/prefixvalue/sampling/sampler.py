@@ -19,13 +19,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 _M32 = 0xFFFFFFFF
+
+#: progress callback of `Sampler.generate` / `Sampler.branch`: ``on_batch(rows, tokens)`` after each
+#: batch of rows finishes, with the rows of that batch and the tokens it generated (the rows of all
+#: calls of one `generate` / `branch` sum to the rows asked for)
+OnBatch = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -101,15 +106,25 @@ class Sampler(Protocol):
     stats: SamplerStats
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], keys: Sequence[str], params: SamplingParams
+        self,
+        prompts: Sequence[Sequence[int]],
+        keys: Sequence[str],
+        params: SamplingParams,
+        on_batch: OnBatch | None = None,
     ) -> list[Generation]:
-        """One continuation of each prompt (token ids); row `i` is seeded by ``(params.seed, keys[i])``."""
+        """One continuation of each prompt (token ids); row `i` is seeded by ``(params.seed, keys[i])``.
+        `on_batch` (see `OnBatch`) reports progress as batches finish."""
         ...
 
     def branch(
-        self, sequences: Sequence[Sequence[int]], requests: Sequence[BranchRequest], params: SamplingParams
+        self,
+        sequences: Sequence[Sequence[int]],
+        requests: Sequence[BranchRequest],
+        params: SamplingParams,
+        on_batch: OnBatch | None = None,
     ) -> list[Generation]:
-        """One continuation of ``sequences[r.seq][:r.cut]`` per request, in request order."""
+        """One continuation of ``sequences[r.seq][:r.cut]`` per request, in request order; `on_batch`
+        as in `generate`."""
         ...
 
 
@@ -349,9 +364,14 @@ class HFSampler:
     # -- public API -------------------------------------------------------------------------
     @torch.no_grad()
     def generate(
-        self, prompts: Sequence[Sequence[int]], keys: Sequence[str], params: SamplingParams
+        self,
+        prompts: Sequence[Sequence[int]],
+        keys: Sequence[str],
+        params: SamplingParams,
+        on_batch: OnBatch | None = None,
     ) -> list[Generation]:
-        """One continuation per prompt; see `Sampler.generate`. Batches rows of similar length."""
+        """One continuation per prompt; see `Sampler.generate`. Batches rows of similar length;
+        `on_batch(rows, tokens)` is called after each batch."""
         if len(prompts) != len(keys):
             raise ValueError(f"{len(prompts)} prompts but {len(keys)} keys")
         if any(len(p) == 0 for p in prompts):
@@ -371,15 +391,23 @@ class HFSampler:
                 limit=torch.full((len(idx),), params.max_new_tokens, dtype=torch.int64, device=self.device),
                 logits=last_logits,
             )
+            before = self.stats.generated_tokens
             for j, gen in enumerate(self._decode(cache, state, params)):
                 out[idx[j]] = gen
+            if on_batch is not None:
+                on_batch(len(idx), self.stats.generated_tokens - before)
         return [g for g in out if g is not None]
 
     @torch.no_grad()
     def branch(
-        self, sequences: Sequence[Sequence[int]], requests: Sequence[BranchRequest], params: SamplingParams
+        self,
+        sequences: Sequence[Sequence[int]],
+        requests: Sequence[BranchRequest],
+        params: SamplingParams,
+        on_batch: OnBatch | None = None,
     ) -> list[Generation]:
-        """Continuations of prefixes ``sequences[r.seq][:r.cut]``, in request order.
+        """Continuations of prefixes ``sequences[r.seq][:r.cut]``, in request order; `on_batch(rows,
+        tokens)` is called after each batch.
 
         Each batch prefills every sequence it needs once, up to its longest cut, and builds each
         branch row's cache by slicing that KV (RoPE keys are cached already rotated, and a prefix's
@@ -400,9 +428,12 @@ class HFSampler:
         for b0 in range(0, len(order), self.max_batch_rows):
             idx = order[b0 : b0 + self.max_batch_rows]
             reqs = [requests[i] for i in idx]
+            before = self.stats.generated_tokens
             cache, state = self._branch_state(sequences, reqs, params)
             for j, gen in enumerate(self._decode(cache, state, params)):
                 out[idx[j]] = gen
+            if on_batch is not None:
+                on_batch(len(idx), self.stats.generated_tokens - before)
         return [g for g in out if g is not None]
 
     # -- internals --------------------------------------------------------------------------
@@ -567,6 +598,7 @@ __all__ = [
     "BranchRequest",
     "Generation",
     "HFSampler",
+    "OnBatch",
     "Sampler",
     "SamplerStats",
     "SamplingParams",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,10 +25,24 @@ from typing import Any
 import datasets
 
 from .. import __version__
-from ..config import ConfigError, RawMapping, field, parse_config, unescape
+from ..config import ConfigError, RawMapping, field, parse_config
+from ..data import finish_summary
 from ..data.shards import ShardWork, run_sharded_stage
+from ..loading import ModelLoadConfig, resolve_model_path
+from ..policies import load_policy, load_tokenizer
+from ..prompting import PromptFormat, choose_prompt_format
 from ..sampling.sampler import HFSampler, SamplingParams, decode_completion
-from ..tasks import Prompt, Task, build_task, char_to_token_spans, safe_verify, task_options, token_end_offsets
+from ..tasks import (
+    Prompt,
+    Task,
+    build_task,
+    char_to_token_spans,
+    safe_verify,
+    task_configs,
+    task_options,
+    token_end_offsets,
+)
+from ..tasks.steps import single_step_warning, step_count_summary
 
 #: schema of a traces dataset written by collect (contract fields first, then run metadata)
 TRACE_FEATURES = datasets.Features(
@@ -44,12 +59,16 @@ TRACE_FEATURES = datasets.Features(
         "step_labels": datasets.List(datasets.Value("bool")),
         "logprobs": datasets.List(datasets.Value("float32")),
         "finish_reason": datasets.Value("string"),
+        "outcome_note": datasets.Value("string"),
         "answer": datasets.Value("string"),
         "prompt_meta": datasets.Value("string"),
         "task": datasets.Value("string"),
         "task_args": datasets.Value("string"),
         "model": datasets.Value("string"),
         "sampling": datasets.Value("string"),
+        "prompt_format": datasets.Value("string"),
+        "model_load": datasets.Value("string"),
+        "fail_truncated": datasets.Value("bool"),
         "seed": datasets.Value("int64"),
         "prefixvalue_version": datasets.Value("string"),
     }
@@ -57,14 +76,33 @@ TRACE_FEATURES = datasets.Features(
 
 
 @dataclass
-class CollectConfig:
+class CollectConfig(ModelLoadConfig):
     """Sample completions of a task's prompts from a policy and verify them (the traces dataset)."""
 
     out: str | None = field(None, help="output folder (the traces dataset; shards under OUT/shards)")
-    model: str | None = field(None, help="policy: hub name or local folder loadable by AutoModelForCausalLM")
+    model: str | None = field(
+        None, help="policy: hub name, local folder loadable by AutoModelForCausalLM, or a .gguf file"
+    )
+    chat_template: bool | None = field(
+        None,
+        help="wrap each prompt in the tokenizer's chat template as a user message (None: on when the tokenizer has "
+        "one; false: the raw prompt text); recorded in the traces",
+    )
+    system_prompt: str | None = field(
+        None,
+        help="system message before the prompt when the chat template is on (None: the template's default)",
+        escapes=True,
+    )
+    fail_truncated: bool = field(
+        True,
+        help="score a completion cut off at max_new_tokens as a failure (outcome 0, the reason in outcome_note); "
+        "false: verify it like a finished one. Label continues the traces under the same rule",
+    )
     task: str = field("arith", help="task name in prefixvalue.tasks.TASKS")
     task_args: RawMapping = field(
-        default_factory=RawMapping, help="options of the task's config (task_args.NAME=VALUE, or a YAML mapping)"
+        default_factory=RawMapping,
+        help="options of the task's config (task_args.NAME=VALUE, or a YAML mapping; listed below per task)",
+        configs=task_configs,
     )
     split: str = field("train", help="task split to draw prompts from")
     num_prompts: int = field(64, help="number of prompts (the first N of the split)")
@@ -76,14 +114,14 @@ class CollectConfig:
     max_new_tokens: int = field(64, help="longest completion, in tokens")
     stop: list[str] = field(
         default_factory=list,
-        help="stop strings, kept at the end of the completion (escapes \\n, \\t, \\r read as newline, tab, CR)",
+        help="stop strings, kept at the end of the completion",
+        escapes=True,
     )
     chunk_prompts: int = field(16, help="prompts per shard (fixes the shards; keep it when resuming)")
     batch_rows: int = field(256, help="most sequences decoded together")
     dtype: str = field("auto", help="model dtype: auto, float32, bfloat16, float16")
     device: str | None = field(None, help="device (default: this process's accelerate device)")
     verifier_timeout_s: float | None = field(10.0, help="verifier time limit per completion (None: no limit)")
-    trust_remote_code: bool = field(False, help="allow custom model code from the model folder")
     progress: bool = field(True, help="show a progress bar with tokens/s")
 
     def __post_init__(self) -> None:
@@ -94,7 +132,6 @@ class CollectConfig:
         for name in ("num_prompts", "samples", "chunk_prompts", "batch_rows", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"collect: {name} must be >= 1, got {getattr(self, name)}")
-        self.stop = [unescape(str(s)) for s in self.stop]  # stop=\n means a newline
         try:
             self.params()
         except ValueError as exc:
@@ -122,12 +159,20 @@ def trace_rows(
     trace_ids: Sequence[str],
     meta: dict[str, Any],
     verifier_timeout_s: float | None,
+    fail_truncated: bool = False,
 ) -> list[dict[str, Any]]:
-    """Verify generations and build traces rows (every contract field plus `meta` columns)."""
+    """Verify generations and build traces rows (every contract field plus `meta` columns).
+
+    With `fail_truncated`, a generation whose finish reason is ``length`` scores 0 and its
+    ``outcome_note`` says so, with what the verifier would have given.
+    """
     rows = []
     for prompt, pids, gen, tid in zip(prompts, prompt_ids, gens, trace_ids):
         text = decode_completion(tokenizer, gen.token_ids)
         res = safe_verify(task, prompt, text, verifier_timeout_s)
+        score, note = float(res.score), None
+        if fail_truncated and gen.finish_reason == "length":
+            score, note = 0.0, f"truncated: cut off at the token budget; scored 0 (the verifier gave {res.score:g})"
         spans = char_to_token_spans(task.split_steps(text), token_end_offsets(tokenizer, gen.token_ids))
         try:
             labels = task.step_labels(prompt, text)
@@ -141,12 +186,13 @@ def trace_rows(
                 "completion": text,
                 "prompt_ids": list(pids),
                 "completion_ids": list(gen.token_ids),
-                "outcome": float(res.score),
+                "outcome": score,
                 "verifier_error": res.error,
                 "step_spans": [list(s) for s in spans],
                 "step_labels": None if labels is None else [bool(x) for x in labels],
                 "logprobs": [float(x) for x in gen.logprobs],
                 "finish_reason": gen.finish_reason,
+                "outcome_note": note,
                 "answer": prompt.answer,
                 "prompt_meta": json.dumps(prompt.meta, sort_keys=True, default=str),
                 **meta,
@@ -155,12 +201,10 @@ def trace_rows(
     return rows
 
 
-def encode_prompt(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of a prompt, without special tokens added by the tokenizer."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"prompt {text!r} encodes to no tokens")
-    return list(ids)
+def encode_prompt(tokenizer: Any, text: str, fmt: PromptFormat | None = None) -> list[int]:
+    """Token ids of a prompt in format `fmt` (default: the raw text), without special tokens added by the
+    tokenizer itself."""
+    return (fmt or PromptFormat()).encode(tokenizer, text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +223,9 @@ def run(cfg: CollectConfig) -> int:
     if not prompts:
         raise ConfigError(f"collect: task {cfg.task!r} gave no prompts for split {cfg.split!r}")
     params = cfg.params()
+    model_name, load = resolve_model_path(cfg.model, cfg.load_options())
+    # the prompt format is fixed before any shard runs, so a resumed run cannot change it
+    fmt = choose_prompt_format(load_tokenizer(model_name, load), cfg.chat_template, cfg.system_prompt)
     manifest = {
         "task": cfg.task,
         "task_args": cfg.task_args,
@@ -188,12 +235,18 @@ def run(cfg: CollectConfig) -> int:
         "chunk_prompts": cfg.chunk_prompts,
         "model": cfg.model,
         "sampling": json.loads(params.to_json()),
+        "prompt_format": json.loads(fmt.to_json()),
+        "model_load": load.record(),
+        "fail_truncated": cfg.fail_truncated,
     }
     meta = {
         "task": cfg.task,
         "task_args": json.dumps(cfg.task_args, sort_keys=True),
         "model": cfg.model,
         "sampling": params.to_json(),
+        "prompt_format": fmt.to_json(),
+        "model_load": json.dumps(load.record(), sort_keys=True),
+        "fail_truncated": cfg.fail_truncated,
         "seed": cfg.seed,
         "prefixvalue_version": __version__,
     }
@@ -204,25 +257,28 @@ def run(cfg: CollectConfig) -> int:
 
     def setup(device: Any) -> ShardWork:
         """Load the policy and return the work of one shard (only when this process has shards to do)."""
-        from ..policies import load_policy
-
-        model, tokenizer = load_policy(cfg.model, cfg.dtype, cfg.device or device, cfg.trust_remote_code)
+        model, tokenizer = load_policy(model_name, cfg.dtype, cfg.device or device, load)
         sampler = HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows)
         t0 = time.perf_counter()
 
         def work(i: int, bar: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             chunk = chunk_of(i)
-            enc = [encode_prompt(tokenizer, p.text) for p in chunk]
+            enc = [encode_prompt(tokenizer, p.text, fmt) for p in chunk]
             rows_p = [p for p in chunk for _ in range(cfg.samples)]
             rows_ids = [e for e in enc for _ in range(cfg.samples)]
             tids = [f"{p.prompt_id}/s{j}" for p in chunk for j in range(cfg.samples)]
             before = sampler.stats.generated_tokens
             ts = time.perf_counter()
-            gens = sampler.generate(rows_ids, tids, params)
-            rows = trace_rows(task, tokenizer, rows_p, rows_ids, gens, tids, meta, cfg.verifier_timeout_s)
+
+            def advance(n_rows: int, _tokens: int) -> None:  # per decoded batch: the bar ends at the shard's traces
+                bar.update(n_rows)
+                bar.set_postfix(tok_s=f"{sampler.stats.generated_tokens / max(time.perf_counter() - t0, 1e-9):.0f}")
+
+            gens = sampler.generate(rows_ids, tids, params, on_batch=advance)
+            rows = trace_rows(
+                task, tokenizer, rows_p, rows_ids, gens, tids, meta, cfg.verifier_timeout_s, cfg.fail_truncated
+            )
             gen_tokens = sampler.stats.generated_tokens - before
-            bar.update(len(rows))
-            bar.set_postfix(tok_s=f"{sampler.stats.generated_tokens / max(time.perf_counter() - t0, 1e-9):.0f}")
             return rows, {"generated_tokens": gen_tokens, "seconds": time.perf_counter() - ts}
 
         return work
@@ -246,9 +302,19 @@ def run(cfg: CollectConfig) -> int:
             "accuracy": float(sum(ds["outcome"]) / max(len(ds), 1)),
             "verifier_errors": sum(e is not None for e in ds["verifier_error"]),
             "generated_tokens": int(sum(len(c) for c in ds["completion_ids"])),
+            "prompt_format": json.loads(fmt.to_json()),
+            **finish_summary(ds["finish_reason"], ds["outcome_note"]),
+            "steps": step_count_summary(ds["step_spans"]),
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        print(f"collect: {summary['traces']} traces, accuracy {summary['accuracy']:.3f} -> {out}")
+        reasons = ", ".join(f"{k} {v}" for k, v in summary["finish_reasons"].items())
+        print(
+            f"collect: {summary['traces']} traces, accuracy {summary['accuracy']:.3f} (finish reasons: {reasons}; "
+            f"{summary['failed_as_truncated']} cut off and scored 0) -> {out}"
+        )
+        warning = single_step_warning(summary["steps"], "collect")
+        if warning:
+            print(warning, file=sys.stderr)
     return 0
 
 

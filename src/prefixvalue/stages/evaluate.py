@@ -21,18 +21,26 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
+from ..loading import ModelLoadConfig
 
 
 # ------------------------------------------------------------------------------------- config
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(ModelLoadConfig):
     """Evaluate a value checkpoint and the policy's soft values against Monte Carlo prefix labels."""
 
     out: str | None = field(None, help="output folder (metrics.json, report.md, plots, heatmap.html)")
     checkpoint: str | None = field(None, help="value-model checkpoint folder; None evaluates soft values only")
     traces: str | None = field(None, help="traces dataset folder (prefixvalue collect)")
     labels: str | None = field(None, help="prefix-labels dataset folder (prefixvalue label)")
-    policy: str | None = field(None, help="policy for soft values; default: the checkpoint's reference model")
+    policy: str | None = field(
+        None,
+        help="policy for soft values; default: the traces' model (which must be the checkpoint's reference model), "
+        "else the checkpoint's",
+    )
+    allow_other_policy: bool = field(
+        False, help="let the policy or the checkpoint's reference model differ from the model that wrote the traces"
+    )
     dtype: str = field("auto", help="policy dtype: auto | float32 | bfloat16 | float16 (soft values are float64)")
     device: str | None = field(None, help="torch device; default cuda if present else cpu")
     batch_size: int = field(8, help="traces per forward pass (value model and policy)")
@@ -60,8 +68,10 @@ class EvaluateConfig:
     calibration_fraction: float = field(0.5, help="fraction of prompts used to choose the step threshold")
     step_data: str | None = field(None, help="ProcessBench JSON lines or TRL stepwise data to score as well")
     step_data_format: str = field("auto", help="auto | processbench | trl")
-    step_prompt_template: str = field("{prompt}\n", help="how a step-data problem is written before its steps")
-    step_separator: str = field("\n", help="text joining the steps of step data")
+    step_prompt_template: str = field(
+        "{prompt}\n", help="how a step-data problem is written before its steps", escapes=True
+    )
+    step_separator: str = field("\n", help="text joining the steps of step data", escapes=True)
     step_oracle: bool = field(
         True,
         help="score the step-label oracle (wrong step written × steps left, fit on training prompts) when the "
@@ -75,6 +85,7 @@ class EvaluateConfig:
     heatmap_traces: int = field(6, help="traces shown in heatmap.html")
     report_to: str = field("disk,stdout,wandb", help="loggers: any of disk, stdout, wandb (offline without key), none")
     run_name: str | None = field(None, help="wandb run name")
+    progress: bool = field(True, help="show a progress bar over traces for the forward passes")
 
     def __post_init__(self) -> None:
         if self.mellowmax_omega <= 0 or any(w <= 0 for w in self.omegas):
@@ -114,11 +125,13 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     # components take this module's EvaluateConfig
     import torch
 
-    from ..data import load_labels, load_traces
+    from ..data import load_labels, load_traces, traces_finish_summary
     from ..evaluation.estimators import ESTIMATORS
     from ..evaluation.report import write_report, write_step_benchmark_report
     from ..evaluation.scoring import evaluate_prefixes, evaluate_step_data, read_mc_cost
+    from ..loading import check_vocabulary, traces_policy
     from ..policies import default_device, load_policy, load_tokenizer
+    from ..prompting import checkpoint_prompt_format
     from ..tracking import build_logger
 
     cfg.check_inputs()
@@ -131,17 +144,28 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     out = Path(cfg.out)  # type: ignore[arg-type]
     save_resolved_config(cfg, out)
     device = cfg.device or str(default_device())
-    vm = _load_value_model(cfg.checkpoint, device) if cfg.checkpoint else None
+    traces = load_traces(cfg.traces) if cfg.traces is not None else None
+    load = cfg.load_options()
+    vm = _load_value_model(cfg.checkpoint, device, load) if cfg.checkpoint else None
+    if vm is not None and traces is not None:  # the checkpoint's reference model must be the traces' model
+        traces_policy(traces, str(vm.config.base_model), load, cfg.allow_other_policy, "evaluate (checkpoint)")
     policy_path = cfg.policy or (str(vm.config.base_model) if vm is not None else None)
+    if traces is not None:
+        policy_path, load = traces_policy(traces, policy_path, load, cfg.allow_other_policy, "evaluate")
+    elif vm is not None:
+        load = load.with_recorded(vm.config.base_load)
     policy = tokenizer = None
-    if policy_path is not None and cfg.soft_values and cfg.traces is not None:
-        policy, tokenizer = load_policy(policy_path, cfg.dtype, device)
+    if policy_path is not None and cfg.soft_values and traces is not None:
+        policy, tokenizer = load_policy(policy_path, cfg.dtype, device, load)
     elif policy_path is not None:
-        tokenizer = load_tokenizer(policy_path)
+        tokenizer = load_tokenizer(policy_path, load)
+    if traces is not None and tokenizer is not None:
+        vocab = policy.get_output_embeddings().weight.shape[0] if policy is not None else None
+        check_vocabulary(tokenizer, traces, "evaluate", vocab)
+    fmt = checkpoint_prompt_format(cfg.checkpoint) if cfg.checkpoint else None
     logger = build_logger(cfg.report_to, out, config=config_to_dict(cfg), run_name=cfg.run_name)
     try:
-        if cfg.traces is not None:
-            traces = load_traces(cfg.traces)
+        if traces is not None:
             with torch.no_grad():
                 result = evaluate_prefixes(
                     traces,
@@ -154,16 +178,17 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
                     mc_cost=read_mc_cost(cfg.labels),
                 )
             result.metrics["policy"] = policy_path
+            result.metrics["traces_finish"] = traces_finish_summary(traces)
             result.metrics["checkpoint"] = cfg.checkpoint
             if cfg.step_data is not None:
-                result.metrics["step_benchmark"] = evaluate_step_data(vm, tokenizer, cfg.step_data, cfg)
+                result.metrics["step_benchmark"] = evaluate_step_data(vm, tokenizer, cfg.step_data, cfg, fmt)
             write_report(result, out, tokenizer=tokenizer, logger=logger, config=cfg)
             metrics = result.metrics
         else:
             metrics = {
                 "checkpoint": cfg.checkpoint,
                 "policy": policy_path,
-                "step_benchmark": evaluate_step_data(vm, tokenizer, cfg.step_data, cfg),
+                "step_benchmark": evaluate_step_data(vm, tokenizer, cfg.step_data, cfg, fmt),
             }
             write_step_benchmark_report(metrics, out, logger=logger)
     finally:
@@ -192,10 +217,10 @@ def oracle_estimators(cfg: EvaluateConfig, traces: Any) -> dict[str, Any]:
     return {"step_oracle": StepOracle.fit(rows).estimator()}
 
 
-def _load_value_model(path: str, device: str | None) -> Any:
+def _load_value_model(path: str, device: str | None, options: Any = None) -> Any:
     from ..value import load_value_model
 
-    return load_value_model(path, device=device)
+    return load_value_model(path, device=device, options=options)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

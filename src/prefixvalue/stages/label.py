@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,20 @@ import datasets
 
 from ..config import ConfigError, RawMapping, field, parse_config
 from ..data import DataFormatError, SplitRecord, load_traces, normalise_prompt, split_by_prompt
-from ..data.shards import ShardWork, run_sharded_stage, shard_extra
-from ..sampling.mc import AdaptiveConfig, LabelCost, MCLabeller, TraceRef
-from ..sampling.positions import PositionSpecError, parse_positions, positions_for_trace
+from ..data.shards import ShardWork, dist_info, run_sharded_stage, shard_extra
+from ..loading import ModelLoadConfig, check_vocabulary, traces_policy
+from ..policies import load_policy
+from ..sampling.mc import AdaptiveConfig, LabelCost, MCLabeller, TraceRef, distinct_prefixes
+from ..sampling.positions import (
+    PositionSpecError,
+    parse_positions,
+    parse_step_fallback,
+    positions_for_trace,
+    uses_step_fallback,
+)
 from ..sampling.sampler import HFSampler, SamplingParams
-from ..tasks import Prompt, Task, build_task, task_options
+from ..tasks import Prompt, Task, build_task, task_configs, task_options
+from ..tasks.steps import single_step_warning, step_count_summary
 
 #: schema of a prefix-labels dataset written by label (contract fields first)
 LABEL_FEATURES = datasets.Features(
@@ -56,13 +66,24 @@ LABEL_FEATURES = datasets.Features(
 
 
 @dataclass
-class LabelConfig:
+class LabelConfig(ModelLoadConfig):
     """Label trace prefixes with Monte Carlo success rates of the policy continuing from them."""
 
     traces: str | None = field(None, help="traces dataset folder (written by `prefixvalue collect`)")
-    model: str | None = field(None, help="policy that continues the prefixes (normally the one that wrote the traces)")
+    model: str | None = field(
+        None,
+        help="policy that continues the prefixes (default: the traces' model, with its recorded loading options)",
+    )
+    allow_other_policy: bool = field(
+        False, help="let `model` differ from the model that wrote the traces (another policy's values)"
+    )
     out: str | None = field(None, help="output folder (labels dataset, cost.json; shards under OUT/shards)")
     positions: str = field("steps", help="all | stride:K | steps | short:K | adaptive")
+    step_fallback: str | None = field(
+        "stride:16",
+        help="positions=steps: a trace of fewer than 2 steps is labelled at these positions instead "
+        "(all | stride:K | short:K; none: at its step boundaries, often the bare prompt alone)",
+    )
     samples: int = field(16, help="continuations per prefix (uniform specs)")
     prompts: Literal["heldout", "train", "all"] = field(
         "heldout",
@@ -77,7 +98,9 @@ class LabelConfig:
     seed: int = field(0, help="sampling seed; the same command gives the same labels")
     task: str | None = field(None, help="task name (default: the traces' `task` column)")
     task_args: RawMapping | None = field(
-        None, help="options of the task's config (default: the traces' `task_args` column)"
+        None,
+        help="options of the task's config (default: the traces' `task_args` column; listed below per task)",
+        configs=task_configs,
     )
     temperature: float | None = field(None, help="sampling temperature (default: as the traces were collected)")
     top_p: float | None = field(None, help="nucleus mass (default: as collected)")
@@ -95,12 +118,14 @@ class LabelConfig:
     dtype: str = field("auto", help="model dtype: auto, float32, bfloat16, float16")
     device: str | None = field(None, help="device (default: this process's accelerate device)")
     verifier_timeout_s: float | None = field(10.0, help="verifier time limit per continuation (None: no limit)")
-    trust_remote_code: bool = field(False, help="allow custom model code from the model folder")
-    progress: bool = field(True, help="show a progress bar")
+    progress: bool = field(
+        True,
+        help="show a progress bar of rollouts (adaptive: its total starts at the budget and drops to what is spent)",
+    )
 
     def check_inputs(self) -> None:
         """The inputs a run needs (left unset in the quickstart's nested config, which fills them)."""
-        for name in ("traces", "model", "out"):
+        for name in ("traces", "out"):
             if not getattr(self, name):
                 raise ConfigError(f"label: {name} is required ({name}=...)")
 
@@ -114,6 +139,10 @@ class LabelConfig:
             parse_positions(self.positions)
         except PositionSpecError as exc:
             raise ConfigError(f"label: {exc}") from None
+        try:
+            parse_step_fallback(self.step_fallback)
+        except PositionSpecError as exc:
+            raise ConfigError(f"label: step_fallback: {exc}") from None
         for name in ("samples", "chunk_traces", "batch_rows", "round_samples", "budget", "init_stride"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"label: {name} must be >= 1, got {getattr(self, name)}")
@@ -210,6 +239,7 @@ def labeller_for(ds: datasets.Dataset, cfg: LabelConfig, model: Any, tokenizer: 
         task,
         sampling_from_traces(ds, cfg),
         cfg.verifier_timeout_s,
+        fail_truncated=bool(ds[0]["fail_truncated"]) if "fail_truncated" in ds.column_names else False,
     )
 
 
@@ -248,21 +278,36 @@ def run(cfg: LabelConfig) -> int:
             f"heldout_fraction={cfg.heldout_fraction}, split_seed={cfg.split_seed})"
         )
     refs = trace_refs(ds)
+    model_name, load = traces_policy(ds, cfg.model, cfg.load_options(), cfg.allow_other_policy, "label")
+    fail_truncated = bool(ds[0]["fail_truncated"]) if "fail_truncated" in ds.column_names else False
     task_name, task_args, task = traces_task(ds, cfg.task, cfg.task_args)
     if cfg.task_args is not None:
         cfg = dataclasses.replace(cfg, task_args=RawMapping(task_args))  # the resolved config records them typed
     params = sampling_from_traces(ds, cfg)
     spec = parse_positions(cfg.positions)
     spans = ds["step_spans"]
-    plan = [positions_for_trace(spec, len(r.completion_ids), sp, cfg.init_stride) for r, sp in zip(refs, spans)]
+    plan = [
+        positions_for_trace(spec, len(r.completion_ids), sp, cfg.init_stride, cfg.step_fallback)
+        for r, sp in zip(refs, spans)
+    ]
+    if spec.kind == "steps" and dist_info()[0] == 0:  # one line, from the main process
+        warning = single_step_warning(step_count_summary(spans), f"label ({len(refs)} traces, positions=steps)")
+        if warning:
+            used = sum(uses_step_fallback(spec, sp, cfg.step_fallback) for sp in spans)
+            fallback = parse_step_fallback(cfg.step_fallback)
+            how = f"{used} of them labelled at step_fallback={fallback}" if fallback else "step_fallback=none"
+            print(f"warning: {warning}; here: {how}", file=sys.stderr)
     manifest = {
         "traces": str(Path(str(cfg.traces)).resolve()),
         "trace_ids_sha": _ids_digest([r.trace_id for r in refs]),
         "prompts": cfg.prompts,
         "heldout_fraction": cfg.heldout_fraction,
         "split_seed": cfg.split_seed,
-        "model": cfg.model,
+        "model": model_name,
+        "model_load": load.record(),
+        "fail_truncated": fail_truncated,
         "positions": str(spec),
+        **({"step_fallback": str(parse_step_fallback(cfg.step_fallback) or "none")} if spec.kind == "steps" else {}),
         "samples": cfg.samples,
         "chunk_traces": cfg.chunk_traces,
         "task": task_name,
@@ -272,19 +317,42 @@ def run(cfg: LabelConfig) -> int:
     }
     num_shards = (len(refs) + cfg.chunk_traces - 1) // cfg.chunk_traces
 
+    def shard_rollouts(i: int) -> int:
+        """Continuations shard i samples, the progress bar's unit (adaptive: at most, its budget)."""
+        lo, hi = i * cfg.chunk_traces, (i + 1) * cfg.chunk_traces
+        if spec.kind == "adaptive":
+            return cfg.budget * len(refs[lo:hi])
+        return cfg.samples * distinct_prefixes(refs[lo:hi], plan[lo:hi])
+
     def setup(device: Any) -> ShardWork:
         """Load the policy and return the work of one shard (only when this process has shards to do)."""
-        from ..policies import load_policy
-
-        model, tokenizer = load_policy(str(cfg.model), cfg.dtype, cfg.device or device, cfg.trust_remote_code)
+        model, tokenizer = load_policy(model_name, cfg.dtype, cfg.device or device, load)
+        check_vocabulary(tokenizer, ds, "label", model.get_output_embeddings().weight.shape[0])
         labeller = MCLabeller(
-            HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows), tokenizer, task, params, cfg.verifier_timeout_s
+            HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows),
+            tokenizer,
+            task,
+            params,
+            cfg.verifier_timeout_s,
+            fail_truncated=fail_truncated,
         )
         t0 = time.perf_counter()
+        sampled = [0]  # rollouts sampled by this process so far
 
         def work(i: int, bar: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             lo, hi = i * cfg.chunk_traces, (i + 1) * cfg.chunk_traces
             chunk, pos = refs[lo:hi], plan[lo:hi]
+
+            def advance(rollouts: int, _tokens: int) -> None:  # per batch of continuations
+                sampled[0] += rollouts
+                bar.update(rollouts)
+                elapsed = max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(
+                    rollouts_s=f"{sampled[0] / elapsed:.0f}",
+                    tok_s=f"{labeller.sampler.stats.generated_tokens / elapsed:.0f}",
+                )
+
+            labeller.on_batch = advance
             before = LabelCost(**labeller.cost.as_dict())
             if spec.kind == "adaptive":
                 est = labeller.adaptive(chunk, pos, cfg.adaptive_config())
@@ -293,12 +361,9 @@ def run(cfg: LabelConfig) -> int:
             cost = {k: v - getattr(before, k) for k, v in labeller.cost.as_dict().items()}
             pid = {r.trace_id: r.prompt.prompt_id for r in chunk}
             rows = [{**e.as_row(), "prompt_id": pid[e.trace_id]} for e in est]
-            bar.update(len(chunk))
-            elapsed = max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(
-                rollouts_s=f"{labeller.cost.rollouts / elapsed:.0f}",
-                tok_s=f"{labeller.cost.generated_tokens / elapsed:.0f}",
-            )
+            if spec.kind == "adaptive":  # the bar counted the shard's budget: what it left unspent leaves the total
+                bar.total -= shard_rollouts(i) - cost["rollouts"]
+                bar.refresh()
             return rows, {"cost": cost}
 
         return work
@@ -308,11 +373,11 @@ def run(cfg: LabelConfig) -> int:
         out,
         manifest,
         num_shards,
-        lambda i: len(refs[i * cfg.chunk_traces : (i + 1) * cfg.chunk_traces]),
+        shard_rollouts,
         setup,
         LABEL_FEATURES,
         desc=f"label {spec}",
-        unit="trace",
+        unit="rollout",
         progress=cfg.progress,
     )
     if merged is not None:

@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError, RawMapping, config_to_dict, field, parse_config, save_resolved_config, with_overrides
-from ..data import heldout_selection, load_labels, load_traces, save_subset
+from ..data import heldout_selection, load_labels, load_traces, save_subset, traces_finish_summary
 from ..evaluation.analysis import error_diagnosis, largest_jumps, quality_verdict, seed_spread, short_prefix_study
 from ..evaluation.estimators import ESTIMATORS, value_model_estimator
 from ..evaluation.report import render_frontier_section, render_quickstart_section, summary_table, write_report
 from ..evaluation.scoring import evaluate_prefixes, read_mc_cost
+from ..loading import ModelLoadConfig
 from ..value import VALUE_MODELS
 from . import collect, label
 from . import train as train_mod
@@ -45,11 +46,14 @@ from .evaluate import EvaluateConfig, oracle_estimators
 
 
 @dataclass
-class QuickstartConfig:
-    """The whole loop on the embedded default: collect → label → train → evaluate into one folder."""
+class QuickstartConfig(ModelLoadConfig):
+    """The whole loop on the embedded default: collect → label → train → evaluate into one folder.
+
+    The loading options (revision, trust_remote_code, attn_implementation, device_map, gguf_file) are set
+    here once and go to every stage (train takes all but device_map)."""
 
     out: str = field("runs/quickstart", help="run folder (traces, labels, train_<kind>, report)")
-    policy: str | None = field(None, help="policy: local folder or hub name (required)")
+    policy: str | None = field(None, help="policy: local folder, hub name or .gguf file (required)")
     collect: collect.CollectConfig = field(
         default_factory=lambda: collect.CollectConfig(split="test", num_prompts=2000),
         help="collection options (out and model are set here)",
@@ -101,12 +105,17 @@ class QuickstartConfig:
         for name in self.value_models:  # each entry must make a valid training config
             self.train_config(name, Path(self.out), 0)
 
+    def load_fields(self) -> dict[str, Any]:
+        """The loading options as keyword arguments of every stage's config."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelLoadConfig)}
+
     def train_config(self, name: str, out: Path, seed_offset: int, traces: Path | None = None) -> train_mod.TrainConfig:
         """The training config of value model `name` (``train`` with its overrides) for one seed."""
         tcfg = with_overrides(self.train, dict(self.value_models[name]), f"quickstart: value_models.{name}")
         suffix = f"_seed{seed_offset}" if seed_offset else ""
         return dataclasses.replace(
             tcfg,
+            **{**self.load_fields(), "device_map": None},
             traces=str(traces) if traces is not None else tcfg.traces,
             policy=self.policy,
             output_dir=str(out / f"train_{name}{suffix}"),
@@ -167,7 +176,12 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     traces_dir = out / "traces"
 
     # 1. collect
-    _timed(seconds, "collect", collect.run, dataclasses.replace(cfg.collect, out=str(traces_dir), model=cfg.policy))
+    _timed(
+        seconds,
+        "collect",
+        collect.run,
+        dataclasses.replace(cfg.collect, **cfg.load_fields(), out=str(traces_dir), model=cfg.policy),
+    )
     traces = load_traces(traces_dir)
 
     # 2. held-out prefixes, labelled by MC (the split is the one training uses)
@@ -181,6 +195,7 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     # the labels record the split training uses, so label keeps exactly the held-out traces chosen here
     lcfg = dataclasses.replace(
         cfg.label,
+        **cfg.load_fields(),
         model=cfg.policy,
         temperature=cfg.collect.temperature,
         heldout_fraction=cfg.train.heldout_fraction,
@@ -212,12 +227,13 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
         seconds[f"train {name}" + (f" seed {s}" if s else "")] = sec
 
     # 4. evaluate on the held-out prefixes, then the short-prefix study and the forking tokens
-    ecfg = dataclasses.replace(cfg.evaluate, out=str(out))
+    ecfg = dataclasses.replace(cfg.evaluate, **cfg.load_fields(), out=str(out))
 
     def evaluate_all() -> tuple[Any, dict[str, Any], Any]:
         device = ecfg.device or str(default_device())
-        policy, tok = load_policy(cfg.policy, ecfg.dtype, device)
-        models = {k: load_value_model(train_results[k]["checkpoint"], device=device) for k in names}
+        load = ecfg.load_options()
+        policy, tok = load_policy(cfg.policy, ecfg.dtype, device, load)
+        models = {k: load_value_model(train_results[k]["checkpoint"], device=device, options=load) for k in names}
         primary = models[names[0]]
         extra = {**ESTIMATORS, **{f"learned_{k}": value_model_estimator(models[k]) for k in names[1:]}}
         # the primary checkpoint's split record decides which prompts are held out
@@ -257,7 +273,8 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
         )
         # seed 0 is `primary`, already in `result`; the further seeds are loaded and predicted here
         seed_models = {
-            s: load_value_model(trained[(names[0], s)][0]["checkpoint"], device=device) for s in range(1, cfg.seeds)
+            s: load_value_model(trained[(names[0], s)][0]["checkpoint"], device=device, options=load)
+            for s in range(1, cfg.seeds)
         }
         with torch.no_grad():
             seeds = seed_spread(result, seed_models, result.metrics["mc"]["noise_ceiling"].get("spearman"))
@@ -291,6 +308,7 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     metrics = result.metrics
     metrics["policy"] = cfg.policy
     metrics["checkpoint"] = train_results[names[0]]["checkpoint"]
+    metrics["traces_finish"] = traces_finish_summary(traces)
     metrics["quickstart"] = q
     logger = build_logger(ecfg.report_to, out, config=config_to_dict(cfg), run_name=ecfg.run_name)
     try:

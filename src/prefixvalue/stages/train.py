@@ -29,12 +29,14 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, get_scheduler
+from transformers import get_scheduler
 
 from ..config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
 from ..data import SplitRecord, load_labels, load_traces, split_by_prompt
 from ..data.collate import ResumableSampler, ValueCollator, attach_prefix_labels
-from ..policies import load_tokenizer, resolve_dtype
+from ..loading import ModelLoadConfig, check_vocabulary, traces_policy
+from ..policies import load_causal_lm, load_tokenizer
+from ..prompting import PROMPT_FORMAT_FILE, traces_prompt_format
 from ..tracking import MultiLogger, build_logger
 from ..value import ValueModelConfig, build_value_model, check_value_config, normalise_loss, value_model_class
 from ..value.heldout import evaluate_heldout
@@ -42,7 +44,7 @@ from ..value.targets import SIGNALS, attach_sibling_targets, td_lambda_targets
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelLoadConfig):
     """Train a value model on traces (see docs/design.md: implicit prefix value, explicit value head).
 
     Mixed precision is accelerate's setting (the accelerate config file, ``accelerate launch
@@ -61,7 +63,12 @@ class TrainConfig:
     )
     td_lambda: float = field(0.8, help="signal=td: λ of the λ-return (1 = outcome only, 0 = TD(0))")
     policy: str | None = field(
-        None, help="reference policy name or path (default: value_model.base_model, else the traces' `model` column)"
+        None,
+        help="reference policy name or path (default: value_model.base_model, else the traces' `model` column "
+        "with its recorded loading options); must be the traces' model unless allow_other_policy=true",
+    )
+    allow_other_policy: bool = field(
+        False, help="let the policy differ from the model that wrote the traces (another policy's values)"
     )
     output_dir: str = field("runs/train", help="run folder: config, metrics.jsonl, checkpoints/, final/")
     value_model: ValueModelConfig = field(
@@ -104,6 +111,8 @@ class TrainConfig:
             raise ConfigError("heldout_fraction must be in [0, 1)")
         if self.eval_every <= 0:
             raise ConfigError("eval_every must be positive")
+        if self.device_map is not None:
+            raise ConfigError("train places the model with accelerate: device_map is for collect, label and evaluate")
         if self.signal not in SIGNALS:
             raise ConfigError(f"signal must be one of {', '.join(SIGNALS)}, got {self.signal!r}")
         if not 0.0 <= self.td_lambda <= 1.0:
@@ -159,13 +168,11 @@ def run(cfg: TrainConfig) -> dict:
         traces = traces.filter(lambda r: len(r["prompt_ids"]) + len(r["completion_ids"]) <= cfg.max_length)
         if is_main and len(traces) < n_before:
             print(f"dropped {n_before - len(traces)} traces longer than max_length={cfg.max_length}")
-    policy = (
-        cfg.policy
-        or cfg.value_model.base_model
-        or next((traces[0][c] for c in ("model", "policy") if c in traces.column_names), None)
+    policy, load = traces_policy(
+        traces, cfg.policy or cfg.value_model.base_model or None, cfg.load_options(), cfg.allow_other_policy, "train"
     )
-    if not policy:
-        raise ConfigError("policy=NAME_OR_PATH is required (the traces carry no `model` column)")
+    tokenizer = load_tokenizer(policy, load)
+    prompt_format = traces_prompt_format(traces)
     cols = [c for c in ("prompt_ids", "completion_ids", "outcome", "prefix_targets") if c in traces.column_names]
     train_ds, held_ds = split_by_prompt(traces, cfg.heldout_fraction, cfg.split_seed)
     # the split travels with the checkpoint (final/split.json), which evaluate reads back
@@ -188,8 +195,9 @@ def run(cfg: TrainConfig) -> dict:
     base_rate = min(max(sum(train_ds["outcome"]) / len(train_ds), 1e-3), 1 - 1e-3)
 
     # ---- model and optimiser ----------------------------------------------------------------------
-    backbone = AutoModelForCausalLM.from_pretrained(policy, dtype=resolve_dtype(cfg.model_dtype, accelerator.device))
-    vcfg = dataclasses.replace(cfg.value_model, base_model=policy, base_rate=base_rate)
+    backbone = load_causal_lm(policy, cfg.model_dtype, accelerator.device, load)
+    check_vocabulary(tokenizer, traces, "train", backbone.get_output_embeddings().weight.shape[0])
+    vcfg = dataclasses.replace(cfg.value_model, base_model=policy, base_load=load.record(), base_rate=base_rate)
     kind = value_model_class(vcfg.kind)  # what differs between kinds: trained positions, loss readout
     model = build_value_model(vcfg, backbone)
     if cfg.gradient_checkpointing:
@@ -317,8 +325,9 @@ def run(cfg: TrainConfig) -> dict:
     if is_main:
         accelerator.unwrap_model(model).save_pretrained(final)
         split_record.save(final)
+        (final / PROMPT_FORMAT_FILE).write_text(prompt_format.to_json() + "\n")  # how its prompts were tokenised
         with contextlib.suppress(OSError, ValueError):  # a tokenizer beside the checkpoint, when the policy has one
-            load_tokenizer(policy).save_pretrained(final)
+            tokenizer.save_pretrained(final)
         result = {
             "step": step,
             "checkpoint": str(final),

@@ -32,12 +32,19 @@ def task_class(name: str) -> type[Task]:
     return TASKS[name]
 
 
+def task_configs() -> dict[str, type]:
+    """``{task name: config dataclass}`` of the registered tasks that have a typed config (what
+    ``--help`` lists under ``task_args``)."""
+    return {name: cls.config_class for name, cls in TASKS.items() if cls.config_class is not None}
+
+
 def task_options(name: str, args: dict[str, Any] | None) -> dict[str, Any]:
     """`args` checked against task `name`'s typed config (ConfigError on a bad key or value) and
     returned as the user gave them: what collect records as ``task_args``.
 
-    Command-line text becomes the text itself for a text field and its YAML reading otherwise (a
-    number, a boolean, a list), so a recorded value rebuilds the same config.
+    Command-line text becomes the text itself for a text field (its escapes read where the field
+    says ``escapes=True``) and its YAML reading otherwise (a number, a boolean, a list), so a
+    recorded value rebuilds the same config.
     """
     given = dict(args or {})
     cls = task_class(name)
@@ -73,6 +80,7 @@ __all__ = [
     "VerifierResult",
     "build_task",
     "task_class",
+    "task_configs",
     "task_options",
     "char_to_token_spans",
     "first_error",

@@ -25,9 +25,10 @@ from typing import Any
 
 import yaml
 
-from ..config import ConfigError, field, unescape
+from ..config import ConfigError, field
 from . import verifiers as verifier_registry
 from .base import Prompt, Task, VerifierResult, safe_verify
+from .steps import StepSplitter, StepSplitterError, parse_splitter, separator_splitter
 
 
 class JsonlFormatError(ValueError):
@@ -55,7 +56,9 @@ class JsonlConfig:
     answer_field: str = field("answer", help="field holding the reference answer (string or number)")
     id_field: str | None = field(None, help="field holding a unique prompt id (default: '{file stem}-{line}')")
     template: str = field(
-        "{prompt}", help="prompt template; {prompt} is the prompt field, other {names} are fields of the same record"
+        "{prompt}",
+        help="prompt template; {prompt} is the prompt field, other {names} are fields of the same record",
+        escapes=True,
     )
     verifier: str = field(
         "marker",
@@ -68,8 +71,16 @@ class JsonlConfig:
     verifier_timeout_s: float | None = field(
         10.0, help="time limit of one verification in seconds (None: no limit); past it the outcome is 0"
     )
+    steps: str = field(
+        "newline",
+        help="how a completion splits into steps: newline | blank_line | sentence | markers | regex:PATTERN | "
+        "separator:TEXT (see prefixvalue.tasks.steps)",
+    )
     step_separator: str = field(
-        "\n", help="text separating the steps of a completion (escapes \\n, \\t read as newline and tab)"
+        "\n",
+        help="old form of steps=separator:TEXT, kept working: text separating the steps of a completion; "
+        "used when `steps` is left at newline",
+        escapes=True,
     )
     limit: int | None = field(None, help="read at most this many records (None: all)")
 
@@ -100,10 +111,28 @@ class JsonlConfig:
                 raise ConfigError(f"jsonl: limit must be an integer, got {self.limit!r}") from None
             if self.limit < 1:
                 raise ConfigError("jsonl: limit must be >= 1 (or None for all records)")
-        self.step_separator = unescape(self.step_separator)
         if not self.step_separator:
             raise ConfigError("jsonl: step_separator must be non-empty")
+        try:
+            steps = parse_splitter(self.steps)
+        except StepSplitterError as exc:
+            raise ConfigError(f"jsonl: steps: {exc}") from None
+        if steps.spec != "newline" and self.step_separator != "\n":
+            raise ConfigError(
+                f"jsonl: steps ({self.steps!r}) and step_separator ({self.step_separator!r}) are both set; "
+                "set only steps (step_separator=TEXT is the old form of steps=separator:TEXT)"
+            )
         self.template_fields()  # raises on a malformed template
+
+    def step_splitter(self) -> StepSplitter:
+        """The splitter of `steps`, or ``separator:<step_separator>`` when only the old `step_separator`
+        is set; raises StepSplitterError on a bad spec."""
+        steps = parse_splitter(self.steps)
+        if steps.spec == "newline" and self.step_separator != "\n":
+            return StepSplitter(
+                f"separator:{self.step_separator}", separator_splitter(self.step_separator, read_escapes=False)
+            )
+        return steps
 
     def template_fields(self) -> list[str]:
         """Names used by `template` (``{prompt}`` and record fields); raises ConfigError if malformed."""
@@ -129,6 +158,7 @@ class JsonlTask(Task):
         self.config = config if config is not None else JsonlConfig(**kwargs)
         c = self.config
         self.verifier = verifier_registry.get_verifier(c.verifier, **c.verifier_options)
+        self.splitter = c.step_splitter()
         self._fields = c.template_fields()
         self._cache: dict[str, list[Prompt]] = {}
         if c.path is not None:
@@ -267,18 +297,8 @@ class JsonlTask(Task):
         return res
 
     def split_steps(self, completion: str) -> list[tuple[int, int]]:
-        """Character spans [start, end) of the text between separators; empty steps are skipped."""
-        sep = self.config.step_separator
-        spans: list[tuple[int, int]] = []
-        start = 0
-        while True:
-            i = completion.find(sep, start)
-            end = len(completion) if i < 0 else i
-            if end > start:
-                spans.append((start, end))
-            if i < 0:
-                return spans
-            start = i + len(sep)
+        """Character spans [start, end) of the steps of `completion`, by the config's `steps` splitter."""
+        return self.splitter(completion)
 
 
 class _Unsafe(Task):

@@ -12,9 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
-from ..policies import resolve_dtype
+from ..loading import LoadOptions
+from ..policies import load_causal_lm
 from .base import ValueModel, ValueModelConfig, read_value_config
 from .head import HeadValueModel
 from .implicit import Counterfactuals, ImplicitValueModel
@@ -64,7 +65,9 @@ def build_value_model(
     model_cls = value_model_class(config.kind)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if backbone is None:
-        backbone = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=resolve_dtype(dtype or "float32", dev))
+        backbone = load_causal_lm(
+            config.base_model, dtype or "float32", dev, LoadOptions().with_recorded(config.base_load)
+        )
     return model_cls(config, backbone).to(dev)
 
 
@@ -73,11 +76,12 @@ def load_value_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     base_model: str | PreTrainedModel | None = None,
+    options: LoadOptions | None = None,
 ) -> ValueModel:
     """Load a value checkpoint folder (written by ``save_pretrained``); the kind is read from its
     config. In eval mode, on `device` (default CPU), float32 unless `dtype` says otherwise."""
     model_cls = value_model_class(read_value_config(path).kind)
-    return model_cls.from_pretrained(path, base_model=base_model, device=device, dtype=dtype)
+    return model_cls.from_pretrained(path, base_model=base_model, device=device, dtype=dtype, options=options)
 
 
 __all__ = [

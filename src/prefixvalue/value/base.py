@@ -24,7 +24,8 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from .. import __version__
 from ..config import field
 from ..data.collate import ValueCollator
-from ..policies import resolve_dtype
+from ..loading import LoadOptions
+from ..policies import load_causal_lm, resolve_dtype
 from .losses import LOSS_TYPES, LossSum, margin_bce_with_logits, masked_sum
 
 CONFIG_NAME = "value_config.json"
@@ -52,6 +53,10 @@ class ValueModelConfig:
         help="value-model kind, a key of prefixvalue.value.VALUE_MODELS (implicit = IPVRM, head = explicit value head)",
     )
     base_model: str = field("", help="reference policy name or path (train sets it from `policy` or the traces)")
+    base_load: dict = field(  # noqa: RUF009 - the project's `field` wraps dataclasses.field
+        default_factory=dict,
+        help="loading options of base_model: revision, gguf_file, attn_implementation (train records them)",
+    )
     beta: float = field(10.0, help="implicit: β in V = β Σ log π_φ/π_ref (paper default 10)")
     margin: float = field(5.0, help="implicit: margin m of the margin BCE (paper default 5)")
     base_rate: float = field(0.5, help="training base rate of outcomes (train sets it from the training traces)")
@@ -62,6 +67,11 @@ class ValueModelConfig:
         "mean",
         help="implicit: mean = the paper's length-normalised P̂ = σ(V_φ/p); sum = the variant P̂ = σ(logit(base rate) + V_φ), "
         "no length normalisation (docs/design.md, 'Implicit prefix value')",
+    )
+    prior_tokens: float = field(
+        0.0,
+        help="implicit, mean readout: k pseudo-tokens of logit(base rate) in the mean, v̄(p) = (V_φ(p) + k "
+        "logit(b)) / (p + k); shrinks the first tokens toward the base rate (0 = the paper)",
     )
     backbone: str = field("lora", help="how the backbone trains: lora, frozen (with a soft prompt for implicit), full")
     lora_r: int = field(8, help="LoRA rank")
@@ -99,6 +109,8 @@ class ValueModelConfig:
             raise ValueError(f"base_rate must be in (0, 1), got {self.base_rate}")
         if self.beta <= 0:
             raise ValueError("beta must be positive")
+        if self.prior_tokens < 0:
+            raise ValueError(f"prior_tokens must be >= 0, got {self.prior_tokens}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
 
@@ -348,13 +360,15 @@ class ValueModel(nn.Module):
         base_model: str | PreTrainedModel | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        options: LoadOptions | None = None,
     ) -> ValueModel:
         """Load a folder written by `save_pretrained` into this kind, in eval mode (any kind:
         `prefixvalue.value.load_value_model`).
 
         `base_model` overrides the saved reference policy (a name/path, or an already loaded model,
-        which is adapted in place); by default it is ``config.base_model``. `dtype` defaults to
-        float32 (``"auto"``: bfloat16 on a capable GPU).
+        which is adapted in place); by default it is ``config.base_model``, loaded with the options
+        recorded in ``config.base_load`` under `options` (trust_remote_code is never read from the
+        checkpoint). `dtype` defaults to float32 (``"auto"``: bfloat16 on a capable GPU).
         """
         path = Path(path)
         cfg = read_value_config(path)
@@ -364,23 +378,26 @@ class ValueModel(nn.Module):
             raise ValueError(f"{path} holds a {cfg.kind!r} value model, not {cls.kind!r}")
         device = torch.device(device) if device is not None else torch.device("cpu")
         torch_dtype = resolve_dtype(dtype or "float32", device)
+        opts = options or LoadOptions()
+        if base_model is None:
+            opts = opts.with_recorded(cfg.base_load)
+
+        def load_base(name: str) -> PreTrainedModel:
+            return load_causal_lm(name, torch_dtype, device, dataclasses.replace(opts, device_map=None))
+
         if cfg.backbone == "full":
             backbone = AutoModelForCausalLM.from_pretrained(str(path / BACKBONE_DIR), dtype=torch_dtype)
         elif isinstance(base_model, PreTrainedModel):
             backbone = base_model.to(torch_dtype)
         else:
-            backbone = AutoModelForCausalLM.from_pretrained(base_model or cfg.base_model, dtype=torch_dtype)
+            backbone = load_base(base_model or cfg.base_model)
         if isinstance(base_model, str):
             cfg.base_model = base_model
         adapter = path / ADAPTER_DIR if (cfg.backbone == "lora" or cfg.soft_prompt_tokens) else None
         extra: dict[str, Any] = {}
         if cfg.backbone == "full" and cfg.policy_features:  # the head's features come from the starting policy
             ref = base_model if base_model is not None else cfg.base_model
-            extra["reference"] = (
-                ref.to(torch_dtype)
-                if isinstance(ref, PreTrainedModel)
-                else AutoModelForCausalLM.from_pretrained(ref, dtype=torch_dtype)
-            )
+            extra["reference"] = ref.to(torch_dtype) if isinstance(ref, PreTrainedModel) else load_base(ref)
         model = cls(cfg, backbone, adapter_dir=adapter, **extra)
         if (path / HEAD_WEIGHTS).exists():
             model._load_extra_state_tensors(load_file(str(path / HEAD_WEIGHTS)))

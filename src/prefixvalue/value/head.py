@@ -40,6 +40,8 @@ class HeadValueModel(ValueModel):
     def check_config(cls, config: ValueModelConfig) -> None:
         if config.loss != "prefix":
             raise ValueError("the sequence-level loss is an implicit-model baseline; the head uses loss=prefix")
+        if config.prior_tokens:
+            raise ValueError("prior_tokens shrinks the implicit model's mean readout; the head has no such readout")
 
     def __init__(
         self,

@@ -13,6 +13,10 @@ without any prompt is a different distribution: log-ratios up to ~11 at initiali
 - the variant ``readout=sum`` (not the paper's): P̂(p) = σ(logit(base rate) + V_φ(p)), trained with the same
   prefix loss; without the 1/p, a sharp drop at one token is not diluted over the rest of the trace
 - at p = 0 (the bare prompt) V_φ = 0 carries no information: P̂(0) is the training base rate.
+- the option ``prior_tokens=k`` (not the paper's; 0 is the paper): v̄(p) = (V_φ(p) + k·logit(base rate)) / (p + k),
+  k pseudo-tokens of the base rate in the mean. With k = 0 one token's log-ratio times β is the whole value at
+  p = 1, so the first tokens swing P̂ to the extremes (0.9+ at a 2% base rate on a real model); k > 0 shrinks
+  short prefixes toward the base rate and leaves long ones as they were.
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ class ImplicitValueModel(ValueModel):
     def check_config(cls, config: ValueModelConfig) -> None:
         if config.readout == "sum" and config.loss != "prefix":
             raise ValueError("readout=sum is a variant of the prefix loss: use loss=prefix")
+        if config.prior_tokens and (config.readout != "mean" or config.loss != "prefix"):
+            raise ValueError("prior_tokens shrinks the mean readout of the prefix loss: use readout=mean, loss=prefix")
         if config.backbone == "full":
             raise ValueError(
                 "the implicit model needs π_ref inside the same weights: use backbone=lora or a soft prompt"
@@ -220,9 +226,10 @@ class ImplicitValueModel(ValueModel):
         offset = logit(self.config.base_rate)
         if self.config.readout == "sum":  # the variant: logit(base rate) + V_φ(p), no 1/p
             z = offset + v
-        else:
+        else:  # the paper's mean; prior_tokens k > 0 adds k pseudo-tokens at logit(base rate)
+            k = float(self.config.prior_tokens)
             steps = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
-            z = v / steps[None, :]
+            z = (v + k * offset) / (steps[None, :] + k)
         first = torch.full((v.shape[0], 1), offset, device=v.device, dtype=v.dtype)
         return torch.cat([first, z], dim=1)
 
@@ -292,8 +299,10 @@ class ImplicitValueModel(ValueModel):
                 elif self.config.readout == "sum":
                     vals = torch.sigmoid(logit(self.config.base_rate) + v_prefix[..., None] + beta * ratio_c)
                 else:
+                    k = float(self.config.prior_tokens)
                     steps = torch.arange(1, tmax + 1, device=ids.device, dtype=ratio_c.dtype)[None, :, None]
-                    vals = torch.sigmoid((v_prefix[..., None] + beta * ratio_c) / steps)
+                    prior = k * logit(self.config.base_rate)
+                    vals = torch.sigmoid((v_prefix[..., None] + beta * ratio_c + prior) / (steps + k))
                 for i, t in enumerate(clens.tolist()):
                     results.append(
                         Counterfactuals(

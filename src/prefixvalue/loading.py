@@ -1,0 +1,162 @@
+"""Model loading options shared by every stage, and which policy a stage uses for a traces dataset.
+
+Light on purpose (no torch import), so stage configs can inherit `ModelLoadConfig` and still parse
+``--help`` quickly; the loaders themselves are in `prefixvalue.policies`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, field
+
+#: the loading options recorded with a run's outputs (revision and the GGUF file pick the weights;
+#: attn_implementation changes numerics); trust_remote_code and device_map are the user's call each time
+RECORDED_LOAD_OPTIONS: tuple[str, ...] = ("revision", "gguf_file", "attn_implementation")
+
+
+@dataclass
+class ModelLoadConfig:
+    """How a stage loads its model: the options of ``from_pretrained`` that every stage shares."""
+
+    revision: str | None = field(None, help="model revision on the hub: branch, tag or commit (None: the default)")
+    trust_remote_code: bool = field(
+        False, help="allow custom model code from the model folder or hub repo (off unless asked for)"
+    )
+    attn_implementation: str | None = field(
+        None, help="attention kernel: eager | sdpa | flash_attention_2 (None: transformers' default)"
+    )
+    device_map: str | None = field(
+        None, help="device_map for from_pretrained, e.g. auto to spread a large model over GPUs (None: one device)"
+    )
+    gguf_file: str | None = field(
+        None,
+        help="GGUF file inside the model folder (needs the gguf package; weights are de-quantised on load); "
+        "model=path/to/file.gguf sets it too",
+    )
+
+    def load_options(self) -> LoadOptions:
+        """These options as a `LoadOptions`."""
+        return LoadOptions(
+            revision=self.revision,
+            trust_remote_code=self.trust_remote_code,
+            attn_implementation=self.attn_implementation,
+            device_map=self.device_map,
+            gguf_file=self.gguf_file,
+        )
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Keyword options of ``from_pretrained`` for a model and its tokenizer (None: not passed)."""
+
+    revision: str | None = None
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+    device_map: str | None = None
+    gguf_file: str | None = None
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``AutoModelForCausalLM.from_pretrained``."""
+        kw: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        for name in ("revision", "attn_implementation", "device_map", "gguf_file"):
+            if getattr(self, name) is not None:
+                kw[name] = getattr(self, name)
+        return kw
+
+    def tokenizer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``AutoTokenizer.from_pretrained`` (a GGUF file holds the tokenizer too)."""
+        kw: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
+        for name in ("revision", "gguf_file"):
+            if getattr(self, name) is not None:
+                kw[name] = getattr(self, name)
+        return kw
+
+    def record(self) -> dict[str, Any]:
+        """The options written beside a run's outputs (`RECORDED_LOAD_OPTIONS`, set ones only)."""
+        return {k: getattr(self, k) for k in RECORDED_LOAD_OPTIONS if getattr(self, k) is not None}
+
+    def with_recorded(self, recorded: dict[str, Any] | None) -> LoadOptions:
+        """These options, with every one left unset here taken from `recorded` (an upstream run's record)."""
+        fill = {k: v for k, v in (recorded or {}).items() if k in RECORDED_LOAD_OPTIONS and getattr(self, k) is None}
+        return dataclasses.replace(self, **fill)
+
+
+def resolve_model_path(name_or_path: str, options: LoadOptions | None = None) -> tuple[str, LoadOptions]:
+    """``(folder or hub name, options)``: a path to a ``.gguf`` file becomes its folder plus ``gguf_file``."""
+    opts = options or LoadOptions()
+    path = Path(str(name_or_path)).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise ConfigError(f"GGUF file not found: {name_or_path}")
+        if opts.gguf_file not in (None, path.name):
+            raise ConfigError(f"model={name_or_path} names a GGUF file but gguf_file={opts.gguf_file!r}")
+        return str(path.parent), dataclasses.replace(opts, gguf_file=path.name)
+    return str(name_or_path), opts
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Whether two model names denote the same model: equal text, or local paths to the same place."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def traces_policy(
+    traces: Any, given: str | None, options: LoadOptions, allow_other: bool, stage: str
+) -> tuple[str, LoadOptions]:
+    """``(policy, options)`` for a stage that reads traces: the traces' own model (column ``model``) and its
+    recorded loading options (column ``model_load``) unless `given`.
+
+    ConfigError, in one line, when `given` differs from the model that wrote the traces and `allow_other`
+    is false (values of another policy's traces are a different quantity), or when nothing names a policy.
+    """
+    recorded = traces[0]["model"] if "model" in traces.column_names and len(traces) else None
+    load = json.loads(traces[0]["model_load"] or "{}") if "model_load" in traces.column_names and len(traces) else {}
+    if given is None:
+        if not recorded:
+            raise ConfigError(f"{stage}: the traces record no model; pass the policy that wrote them")
+        return str(recorded), options.with_recorded(load)
+    if recorded and not _same_model(str(given), str(recorded)):
+        if not allow_other:
+            raise ConfigError(
+                f"{stage}: policy {given!r} is not the model that wrote the traces ({recorded!r}); leave the "
+                "policy unset to use the traces' model, or pass allow_other_policy=true for another policy's values"
+            )
+        return str(given), options
+    return str(given), options.with_recorded(load)
+
+
+def check_vocabulary(tokenizer: Any, traces: Any, stage: str, vocab_size: int | None = None, probe: int = 8) -> None:
+    """ConfigError, in one line, unless `tokenizer` (and a model of `vocab_size` logits) can read the traces'
+    token ids: every id inside the vocabulary, and the first `probe` completions decode to their recorded text."""
+    limit = min(len(tokenizer), vocab_size) if vocab_size else len(tokenizer)
+    for col in ("prompt_ids", "completion_ids"):
+        top = max((max(ids) for ids in traces[col] if ids), default=-1)
+        if top >= limit:
+            raise ConfigError(
+                f"{stage}: the traces hold token id {top} but the policy's vocabulary has {limit} tokens: "
+                "the vocabularies disagree (were the traces written by another model?)"
+            )
+    for row in traces.select(range(min(probe, len(traces)))):
+        text = tokenizer.decode(list(row["completion_ids"]), skip_special_tokens=True)
+        if text != row["completion"]:
+            raise ConfigError(
+                f"{stage}: trace {row['trace_id']!r} decodes to {text[:40]!r}, not its recorded completion "
+                f"{row['completion'][:40]!r}: the policy's tokenizer is not the one that wrote the traces"
+            )
+
+
+__all__ = [
+    "RECORDED_LOAD_OPTIONS",
+    "LoadOptions",
+    "ModelLoadConfig",
+    "check_vocabulary",
+    "resolve_model_path",
+    "traces_policy",
+]

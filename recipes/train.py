@@ -12,9 +12,11 @@ The final value checkpoint is ``output_dir/final``; a killed run restarted with 
 
 import sys
 
+from prefixvalue import cli
 from prefixvalue.stages.train import TrainConfig, latest_checkpoint, main, run
 
 __all__ = ["TrainConfig", "latest_checkpoint", "main", "run"]
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    # through the CLI, so a mistake in the config is one line on stderr and exit status 2, not a traceback
+    raise SystemExit(cli.main(["train", *sys.argv[1:]]))

@@ -189,10 +189,29 @@ def _coerce(value: Any, tp: Any, key: str, escapes: bool = False) -> Any:
     return plain(value)
 
 
+def _words_match(key: list[str], name: list[str]) -> bool:
+    """Whether the words of `name` spell the words of `key` in order, each name word either close to
+    one key word or the initials of several (``lerning_rate`` ~ ``lr``, ``head_learning_rate`` ~ ``head_lr``)."""
+    if not name:
+        return not key
+    for n in range(1, len(key) + 1):
+        word = key[0] if n == 1 else "".join(w[:1] for w in key[:n])
+        close = difflib.SequenceMatcher(None, key[0], name[0]).ratio() >= 0.8 if n == 1 else word == name[0]
+        if close and _words_match(key[n:], name[1:]):
+            return True
+    return False
+
+
 def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    # only a close suggestion (a far one, lerning_rate -> run_name, misleads more than none)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.75)
+    if not close:
+        words = re.split(r"[._]", key)
+        close = [v for v in valid if _words_match(words, re.split(r"[._]", v))][:1]
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    return ConfigError(f"unknown config key '{key}' in {where}{hint} (valid keys: {', '.join(sorted(valid))})")
+    return ConfigError(
+        f"unknown config key '{key}' in {where}{hint} (valid keys: {', '.join(sorted(valid))}; --help describes them)"
+    )
 
 
 def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:

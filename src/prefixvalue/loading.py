@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,21 @@ def resolve_model_path(name_or_path: str, options: LoadOptions | None = None) ->
         if opts.gguf_file not in (None, path.name):
             raise ConfigError(f"model={name_or_path} names a GGUF file but gguf_file={opts.gguf_file!r}")
         return str(path.parent), dataclasses.replace(opts, gguf_file=path.name)
+    if looks_like_path(str(name_or_path)) and not path.exists():
+        raise ConfigError(
+            f"model path {name_or_path} does not exist (looked for the local folder {path.absolute()}; a hub "
+            "model is named 'name' or 'owner/name')"
+        )
     return str(name_or_path), opts
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a model name is meant as a local path rather than a hub id (``name`` or ``owner/name``): it
+    starts with ``.``, ``/`` or ``~``, has more than two parts, or its first part exists here."""
+    if name.startswith((".", "/", "~", os.sep)):
+        return True
+    parts = [p for p in name.replace(os.sep, "/").split("/") if p]
+    return len(parts) > 2 or (len(parts) > 1 and Path(parts[0]).exists())
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -134,14 +149,23 @@ def traces_policy(
 
 def check_vocabulary(tokenizer: Any, traces: Any, stage: str, vocab_size: int | None = None, probe: int = 8) -> None:
     """ConfigError, in one line, unless `tokenizer` (and a model of `vocab_size` logits) can read the traces'
-    token ids: every id inside the vocabulary, and the first `probe` completions decode to their recorded text."""
+    token ids: every id in ``[0, vocabulary size)`` (the message names the trace and field), and the first
+    `probe` completions decode to their recorded text. The id check is vectorised (16k traces: ms)."""
+    from .data import token_id_range  # heavy (datasets); only stages with a model loaded get here
+
     limit = min(len(tokenizer), vocab_size) if vocab_size else len(tokenizer)
     for col in ("prompt_ids", "completion_ids"):
-        top = max((max(ids) for ids in traces[col] if ids), default=-1)
+        low, low_row, top, top_row = token_id_range(traces, col)
+        if low < 0:
+            raise ConfigError(
+                f"{stage}: trace {traces[low_row]['trace_id']!r} (row {low_row}) holds token id {low} in {col}: "
+                "token ids cannot be negative (are the traces corrupt?)"
+            )
         if top >= limit:
             raise ConfigError(
-                f"{stage}: the traces hold token id {top} but the policy's vocabulary has {limit} tokens: "
-                "the vocabularies disagree (were the traces written by another model?)"
+                f"{stage}: trace {traces[top_row]['trace_id']!r} (row {top_row}) holds token id {top} in {col} but "
+                f"the policy's vocabulary has {limit} tokens: the vocabularies disagree (were the traces written by "
+                "another model?)"
             )
     for row in traces.select(range(min(probe, len(traces)))):
         text = tokenizer.decode(list(row["completion_ids"]), skip_special_tokens=True)
@@ -157,6 +181,7 @@ __all__ = [
     "LoadOptions",
     "ModelLoadConfig",
     "check_vocabulary",
+    "looks_like_path",
     "resolve_model_path",
     "traces_policy",
 ]

@@ -79,6 +79,30 @@ class DiskLogger:
         pass
 
 
+def truncate_metrics(out_dir: str | Path, step: int, name: str = "metrics.jsonl") -> int:
+    """Keep only the rows of ``out_dir/name`` logged at ``step`` or before (what a run resumed from
+    the checkpoint at `step` logs again is dropped, and a line cut off by a kill with it); rewritten
+    atomically. Returns the number of rows removed (0 when the file is absent)."""
+    path = Path(out_dir) / name
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+    return dropped
+
+
 class StdoutLogger:
     """Prints a compact line per `log` call."""
 

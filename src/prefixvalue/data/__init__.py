@@ -7,13 +7,19 @@ each shard under ``OUT/shards/`` and merge into ``OUT/`` at the end; readers use
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from ..config import ConfigError
 from .split import SplitRecord, heldout_selection, is_heldout, normalise_prompt, split_by_prompt, unit_hash
 
 #: fields every traces row carries (see docs/design.md, "traces")
@@ -34,20 +40,33 @@ TRACE_FIELDS: tuple[str, ...] = (
 LABEL_FIELDS: tuple[str, ...] = ("trace_id", "position", "n", "successes", "mean", "ci_low", "ci_high")
 
 
-class DataFormatError(ValueError):
-    """A dataset on disk does not follow its contract; the message names the folder and field."""
+class DataFormatError(ConfigError):
+    """A dataset on disk does not follow its contract; the message names the folder and field.
+
+    A `ConfigError` (so a ValueError): the command line reports it in one line with exit status 2."""
+
+
+class DataNotFoundError(DataFormatError, FileNotFoundError):
+    """A dataset folder a stage was pointed at does not exist."""
 
 
 def _load(path: str | Path, required: Iterable[str], what: str) -> datasets.Dataset:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise DataNotFoundError(f"{what} not found: {path}")
     if (path / "dataset_info.json").exists() or (path / "state.json").exists():
-        ds = datasets.load_from_disk(str(path))
+        folder = path
     elif (path / "data").exists():
-        ds = datasets.load_from_disk(str(path / "data"))
+        folder = path / "data"
     else:
         raise DataFormatError(f"{path} is not a saved {what} dataset (no dataset_info.json)")
+    try:
+        ds = datasets.load_from_disk(str(folder))
+    except (IndexError, KeyError, pa.ArrowInvalid) as exc:  # `datasets` fails with IndexError on 0 rows
+        state = folder / "state.json"
+        if state.exists() and not json.loads(state.read_text()).get("_data_files", [None]):
+            raise DataFormatError(f"{path}: the {what} dataset has no rows") from None
+        raise DataFormatError(f"{path}: cannot read the {what} dataset ({type(exc).__name__}: {exc})") from None
     if isinstance(ds, datasets.DatasetDict):
         raise DataFormatError(f"{path}: expected one dataset, found splits {list(ds)}")
     missing = [f for f in required if f not in ds.column_names]
@@ -56,14 +75,78 @@ def _load(path: str | Path, required: Iterable[str], what: str) -> datasets.Data
     return ds
 
 
+def _column(ds: datasets.Dataset, name: str) -> pa.Array:
+    """Column `name` of `ds` as one arrow array (row selections applied)."""
+    col = ds.select_columns([name]).with_format("arrow")[:].column(name)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def check_unit_interval(ds: datasets.Dataset, field: str, where: str) -> None:
+    """DataFormatError, naming `where`, the first bad row, its trace_id and `field`, unless every value of
+    column `field` is a finite number in [0, 1]. Vectorised: a few ms for 100k rows."""
+    col = _column(ds, field)
+    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)):
+        first = col[0].as_py() if len(col) else None
+        raise DataFormatError(f"{where}: field {field!r} must be a number, found type {col.type} (row 0: {first!r})")
+    values = np.asarray(col.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    bad = ~(np.isfinite(values) & (values >= 0.0) & (values <= 1.0))
+    if bad.any():
+        row = int(np.argmax(bad))
+        tid = ds[row]["trace_id"] if "trace_id" in ds.column_names else None
+        raise DataFormatError(
+            f"{where}: row {row} (trace_id {tid!r}): field {field!r} is {float(values[row])!r}, must be a finite number "
+            f"in [0, 1] ({int(bad.sum())} such row(s))"
+        )
+
+
 def load_traces(path: str | Path) -> datasets.Dataset:
-    """Load a traces dataset written by `prefixvalue collect` (or by the user, same fields)."""
-    return _load(path, TRACE_FIELDS, "traces")
+    """Load a traces dataset written by `prefixvalue collect` (or by the user, same fields).
+
+    DataFormatError (one line naming the folder, row, trace_id and field) when it has no rows or an
+    ``outcome`` that is not a finite number in [0, 1]."""
+    ds = _load(path, TRACE_FIELDS, "traces")
+    if len(ds) == 0:
+        raise DataFormatError(f"{path}: the traces dataset has no rows")
+    check_unit_interval(ds, "outcome", f"traces {path}")
+    return ds
 
 
 def load_labels(path: str | Path) -> datasets.Dataset:
-    """Load a prefix-labels dataset written by `prefixvalue label`."""
-    return _load(path, LABEL_FIELDS, "prefix labels")
+    """Load a prefix-labels dataset written by `prefixvalue label`.
+
+    DataFormatError (naming the folder, row and field) when a label ``mean`` is not a finite number in
+    [0, 1]: it is used as a training target and as the truth values are scored against."""
+    ds = _load(path, LABEL_FIELDS, "prefix labels")
+    check_unit_interval(ds, "mean", f"prefix labels {path}")
+    return ds
+
+
+def token_id_range(ds: datasets.Dataset, field: str) -> tuple[int, int, int, int]:
+    """``(lowest id, its row, highest id, its row)`` over the token-id lists of column `field` (rows with
+    no ids skipped; ``(0, -1, -1, -1)`` when there are none). Vectorised over the flattened ids."""
+    col = _column(ds, field)
+    flat = np.asarray(pc.list_flatten(col).to_numpy(zero_copy_only=False), dtype=np.int64)
+    if flat.size == 0:
+        return 0, -1, -1, -1
+    lengths = np.asarray(pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    lo, hi = int(np.argmin(flat)), int(np.argmax(flat))
+    row_of = lambda k: int(np.searchsorted(starts, k, side="right") - 1)  # noqa: E731
+    return int(flat[lo]), row_of(lo), int(flat[hi]), row_of(hi)
+
+
+def traces_digest(ds: datasets.Dataset) -> str:
+    """SHA-256 (hex) of what labelling reads from traces `ds`: each row's trace_id, prompt_ids and
+    completion_ids, in order. Vectorised: a few ms for 16k traces."""
+    h = hashlib.sha256()
+    h.update("\n".join(str(t) for t in _column(ds, "trace_id").to_pylist()).encode())
+    for name in ("prompt_ids", "completion_ids"):
+        col = _column(ds, name)
+        lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False)
+        flat = pc.list_flatten(col).to_numpy(zero_copy_only=False)
+        h.update(b"|" + np.asarray(lengths, dtype=np.int64).tobytes())
+        h.update(np.asarray(flat, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 def finish_summary(finish_reasons: Sequence[str | None], notes: Sequence[str | None]) -> dict[str, Any]:
@@ -115,6 +198,10 @@ __all__ = [
     "LABEL_FIELDS",
     "TRACE_FIELDS",
     "DataFormatError",
+    "DataNotFoundError",
+    "check_unit_interval",
+    "token_id_range",
+    "traces_digest",
     "SplitRecord",
     "heldout_selection",
     "is_heldout",

@@ -17,6 +17,8 @@ from typing import Any
 import datasets
 import torch
 
+from . import check_unit_interval
+
 #: optional per-row column: list of length T + 1, a soft label in [0, 1] or None (NaN) per position
 PREFIX_TARGETS = "prefix_targets"
 
@@ -95,8 +97,10 @@ def attach_prefix_labels(traces: datasets.Dataset, labels: datasets.Dataset) -> 
 
     Each trace gets a list of length T + 1 holding the label ``mean`` (k/n, a float in [0, 1]) at every
     labelled ``position`` and None elsewhere. Labels for unknown trace ids or out-of-range positions
-    raise ValueError (they mean the labels were made from other traces).
+    raise ValueError (they mean the labels were made from other traces), and so does a ``mean`` that is not a
+    finite number in [0, 1] (it would be a training target no probability can reach).
     """
+    check_unit_interval(labels, "mean", "prefix labels")
     by_trace: dict[str, dict[int, float]] = {}
     for tid, pos, mean in zip(labels["trace_id"], labels["position"], labels["mean"]):
         by_trace.setdefault(str(tid), {})[int(pos)] = float(mean)

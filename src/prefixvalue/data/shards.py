@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,17 @@ from typing import Any
 import datasets
 
 from ..config import ConfigError, save_resolved_config
+from ..loading import _same_model
+
+#: manifest keys whose change has a cause worth naming in the refusal (a stage's manifest may hold them)
+MANIFEST_NOTES: dict[str, str] = {
+    "traces_sha256": "the traces changed since this run began (re-collected in place?): the labels here "
+    "were made from traces that no longer exist",
+}
+#: temp folders a killed run can leave: shard temp folders under shards/, merge temp folders and manifest temps
+STALE_PATTERNS: tuple[str, ...] = ("shards/.tmp-shard-*", ".merge-*", ".run-*.json")
+#: a temp folder touched within this many seconds before a run started may belong to a concurrent writer
+STALE_GRACE_S = 60.0
 
 #: a shard's work: ``work(index, progress_bar) -> (rows, extra)``; `extra` goes to the shard's done.json.
 #: The work advances the bar as it goes (per decoded batch), by the shard's size in bar units in all
@@ -89,22 +101,84 @@ def merge_shards(out: Path, num_shards: int) -> datasets.Dataset:
     return datasets.load_from_disk(str(out))
 
 
-def check_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    """Record the arguments that fix the shards in ``out/run.json``, or check they match a previous run.
+def _same_value(key: str, a: Any, b: Any) -> bool:
+    """Whether manifest entries agree; model paths compare after resolving (``./m`` and ``m`` are one model)."""
+    if a == b:
+        return True
+    return key == "model" and isinstance(a, str) and isinstance(b, str) and _same_model(a, b)
 
-    Raises ConfigError when OUT holds shards of a different run (resuming it would mix two runs).
+
+def check_manifest(out: Path, manifest: dict[str, Any], write: bool = True) -> None:
+    """Record the arguments that fix the shards in ``out/run.json`` (unless `write` is false), or check they
+    match a previous run.
+
+    Raises ConfigError when OUT holds shards of a different run (resuming it would mix two runs); the
+    message names the differing keys and, for those in `MANIFEST_NOTES`, why they differ.
     """
     path = out / "run.json"
     if path.exists():
         old = json.loads(path.read_text())
-        if old != manifest:
-            diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-            raise ConfigError(f"{out} holds a different run (differs in {diff}); use a new out folder or delete it")
+        diff = sorted(k for k in set(old) | set(manifest) if not _same_value(k, old.get(k), manifest.get(k)))
+        if diff:
+            why = "; ".join(MANIFEST_NOTES[k] for k in diff if k in MANIFEST_NOTES)
+            raise ConfigError(
+                f"{out} holds a different run (differs in {diff}){'; ' + why if why else ''}; "
+                "use a new out folder or delete it"
+            )
+        return
+    if not write:
         return
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".run-{uuid.uuid4().hex[:8]}.json"
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale_temp(out: Path, started: float) -> list[Path]:
+    """Remove temp folders (`STALE_PATTERNS`) a killed or disk-full run left in `out`; returns those removed.
+
+    One is stale when nothing in it changed since `STALE_GRACE_S` before `started` (this run's start) and the
+    process named in a shard temp's name (``.tmp-shard-N-PID-...``) is not alive here. Call it from the main
+    process before other processes write: a concurrent writer's folder is newer, or its process alive.
+    """
+    removed = []
+    for pattern in STALE_PATTERNS:
+        for p in out.glob(pattern):
+            parts = p.name.split("-")
+            if (
+                p.name.startswith(".tmp-shard-")
+                and len(parts) >= 5
+                and parts[3].isdigit()
+                and _pid_alive(int(parts[3]))
+            ):
+                continue
+            try:
+                newest = max(
+                    [p.stat().st_mtime] + [q.stat().st_mtime for q in p.rglob("*")]
+                    if p.is_dir()
+                    else [p.stat().st_mtime]
+                )
+            except OSError:  # removed meanwhile
+                continue
+            if newest >= started - STALE_GRACE_S:
+                continue
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def run_shards(
@@ -150,22 +224,31 @@ def run_sharded_stage(
 ) -> datasets.Dataset | None:
     """The scaffolding of a sharded stage, from the resume check to the merged dataset.
 
-    The main process checks (or records) the run manifest and saves the resolved `cfg`; the other
-    processes check the manifest once it exists. `setup(device)` (load the model, build the worker)
-    runs only when this process has unfinished shards and returns ``work(i, bar)``; `shard_items(i)`
+    The main process removes stale temp folders of killed runs (`clean_stale_temp`), checks the run
+    manifest, runs its `setup`, and only then records the manifest and saves the resolved `cfg` (so a run
+    whose model does not load leaves no manifest to refuse the corrected command); the other processes
+    check the manifest once it exists. `setup(device)` (load the model, check the inputs against it, build
+    the worker) runs only when this process has unfinished shards and returns ``work(i, bar)``; `shard_items(i)`
     is shard i's size in progress-bar units, by which ``work(i, bar)`` advances the bar as it goes (a
     work that knows only a bound lowers ``bar.total`` by what it did not use). Returns the merged dataset on the main process (which
     then writes the stage's summary), None on the others.
     """
+    started = time.time()
     rank, world, state = dist_info()
+    todo = [i for i in range(num_shards) if i % world == rank and not shard_done(out, i)]
+    work = None
     if rank == 0:
+        if out.is_dir():
+            clean_stale_temp(out, started)
+        check_manifest(out, manifest, write=False)  # refuse a different run before loading anything
+        work = setup(state.device) if todo else None
         check_manifest(out, manifest)
         save_resolved_config(cfg, out)
     if world > 1:
         state.wait_for_everyone()
         check_manifest(out, manifest)
-    todo = [i for i in range(num_shards) if i % world == rank and not shard_done(out, i)]
-    work = setup(state.device) if todo else None
+        if rank != 0:
+            work = setup(state.device) if todo else None
     from tqdm.auto import tqdm
 
     bar = tqdm(total=sum(shard_items(i) for i in todo), unit=unit, desc=desc, disable=not progress or rank != 0)
@@ -182,6 +265,7 @@ def run_sharded_stage(
 __all__ = [
     "ShardWork",
     "check_manifest",
+    "clean_stale_temp",
     "dist_info",
     "merge_shards",
     "run_shards",

@@ -207,6 +207,40 @@ def encode_prompt(tokenizer: Any, text: str, fmt: PromptFormat | None = None) ->
     return (fmt or PromptFormat()).encode(tokenizer, text)
 
 
+#: a context length above this is a placeholder (tokenizers without a limit say 1e30), not a real limit
+_SANE_CONTEXT = 10_000_000
+
+
+def model_context(model: Any, tokenizer: Any) -> tuple[int | None, str]:
+    """``(positions, where it came from)``: the model's context length, from ``config.max_position_embeddings``
+    or else ``tokenizer.model_max_length``, whichever is known and sane; ``(None, "")`` when neither is."""
+    for value, where in (
+        (getattr(getattr(model, "config", None), "max_position_embeddings", None), "config.max_position_embeddings"),
+        (getattr(tokenizer, "model_max_length", None), "tokenizer.model_max_length"),
+    ):
+        if isinstance(value, int) and 0 < value < _SANE_CONTEXT:
+            return value, where
+    return None, ""
+
+
+def check_context(
+    prompts: Sequence[Prompt], prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, context: int | None, where: str
+) -> None:
+    """ConfigError, in one line naming the longest prompt, unless every prompt plus `max_new_tokens` fits in
+    `context` positions (None: unknown, not checked)."""
+    if context is None or not prompts:
+        return
+    lengths = [len(ids) for ids in prompt_ids]
+    worst = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[worst] + max_new_tokens > context:
+        over = sum(n + max_new_tokens > context for n in lengths)
+        raise ConfigError(
+            f"collect: prompt {prompts[worst].prompt_id!r} is {lengths[worst]} tokens; with max_new_tokens="
+            f"{max_new_tokens} it needs {lengths[worst] + max_new_tokens} positions but the model's context is "
+            f"{context} ({where}); {over} prompt(s) do not fit: shorten them or lower max_new_tokens"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``prefixvalue collect``; returns the exit status."""
     return run(parse_config(CollectConfig, argv, prog="prefixvalue collect"))
@@ -258,12 +292,15 @@ def run(cfg: CollectConfig) -> int:
     def setup(device: Any) -> ShardWork:
         """Load the policy and return the work of one shard (only when this process has shards to do)."""
         model, tokenizer = load_policy(model_name, cfg.dtype, cfg.device or device, load)
+        # every prompt is checked before any is generated (and before the run's manifest is written)
+        encoded = [encode_prompt(tokenizer, p.text, fmt) for p in prompts]
+        check_context(prompts, encoded, params.max_new_tokens, *model_context(model, tokenizer))
         sampler = HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows)
         t0 = time.perf_counter()
 
         def work(i: int, bar: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             chunk = chunk_of(i)
-            enc = [encode_prompt(tokenizer, p.text, fmt) for p in chunk]
+            enc = encoded[i * cfg.chunk_prompts : (i + 1) * cfg.chunk_prompts]
             rows_p = [p for p in chunk for _ in range(cfg.samples)]
             rows_ids = [e for e in enc for _ in range(cfg.samples)]
             tids = [f"{p.prompt_id}/s{j}" for p in chunk for j in range(cfg.samples)]
@@ -318,4 +355,13 @@ def run(cfg: CollectConfig) -> int:
     return 0
 
 
-__all__ = ["CollectConfig", "TRACE_FEATURES", "encode_prompt", "main", "run", "trace_rows"]
+__all__ = [
+    "CollectConfig",
+    "TRACE_FEATURES",
+    "check_context",
+    "encode_prompt",
+    "main",
+    "model_context",
+    "run",
+    "trace_rows",
+]

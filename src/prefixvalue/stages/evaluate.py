@@ -86,6 +86,9 @@ class EvaluateConfig(ModelLoadConfig):
     report_to: str = field("disk,stdout,wandb", help="loggers: any of disk, stdout, wandb (offline without key), none")
     run_name: str | None = field(None, help="wandb run name")
     progress: bool = field(True, help="show a progress bar over traces for the forward passes")
+    overwrite: bool = field(
+        False, help="replace the outputs of another evaluation in out (else a folder with another config is refused)"
+    )
 
     def __post_init__(self) -> None:
         if self.mellowmax_omega <= 0 or any(w <= 0 for w in self.omegas):
@@ -142,6 +145,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         if SplitRecord.load(cfg.split_record or cfg.checkpoint) is None:  # refuse before loading any model
             raise missing_split_error(cfg.split_record or cfg.checkpoint)
     out = Path(cfg.out)  # type: ignore[arg-type]
+    prepare_out(cfg, out)
     save_resolved_config(cfg, out)
     device = cfg.device or str(default_device())
     traces = load_traces(cfg.traces) if cfg.traces is not None else None
@@ -194,6 +198,55 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     finally:
         logger.finish()
     return metrics
+
+
+#: what an evaluation writes into out (besides config.yaml), removed before it writes again
+OUTPUTS = (
+    "metrics.json",
+    "metrics.jsonl",
+    "report.md",
+    "heatmap.html",
+    "predictions.parquet",
+    "eval_predictions.parquet",
+)
+#: keys that may differ when an evaluation is rerun into its own folder (they change no figure)
+RERUN_KEYS = frozenset({"report_to", "run_name", "progress", "overwrite", "out"})
+
+
+def prepare_out(cfg: EvaluateConfig, out: Path) -> None:
+    """Make `out` ready for this evaluation: a folder holding another evaluation's metrics.json (its
+    config.yaml differs beyond `RERUN_KEYS`, or is missing) is refused unless ``overwrite=true``; then
+    the previous outputs (`OUTPUTS`, plots) are removed, so none is appended to or left stale. The
+    same config rerun replaces its own outputs (evaluation is deterministic)."""
+    import yaml
+
+    if not (out / "metrics.json").exists():
+        return
+    saved_path = out / "config.yaml"
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) if saved_path.exists() else None
+    except yaml.YAMLError:
+        saved = None
+    if not cfg.overwrite:
+        if not isinstance(saved, dict):
+            raise ConfigError(
+                f"evaluate: out {out} holds another evaluation (no readable config.yaml); set overwrite=true"
+            )
+        new = config_to_dict(cfg)
+        differ = sorted(
+            k
+            for k in (new.keys() | saved.keys()) - {"prefixvalue_version", "config_class"}
+            if k not in RERUN_KEYS and saved.get(k) != new.get(k)
+        )
+        if differ:
+            raise ConfigError(
+                f"evaluate: out {out} holds an evaluation with another config ({', '.join(differ[:8])} differ); "
+                "set overwrite=true to replace it, or choose another out"
+            )
+    for name in OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    for plot in out.glob("*.png"):
+        plot.unlink()
 
 
 def oracle_estimators(cfg: EvaluateConfig, traces: Any) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import datasets
 
 from ..config import ConfigError, RawMapping, field, parse_config
-from ..data import DataFormatError, SplitRecord, load_traces, normalise_prompt, split_by_prompt
+from ..data import DataFormatError, SplitRecord, load_traces, normalise_prompt, split_by_prompt, traces_digest
 from ..data.shards import ShardWork, dist_info, run_sharded_stage, shard_extra
 from ..loading import ModelLoadConfig, check_vocabulary, traces_policy
 from ..policies import load_policy
@@ -45,7 +45,7 @@ from ..sampling.positions import (
     uses_step_fallback,
 )
 from ..sampling.sampler import HFSampler, SamplingParams
-from ..tasks import Prompt, Task, build_task, task_configs, task_options
+from ..tasks import Prompt, Task, build_task, task_class, task_configs, task_options
 from ..tasks.steps import single_step_warning, step_count_summary
 
 #: schema of a prefix-labels dataset written by label (contract fields first)
@@ -102,6 +102,11 @@ class LabelConfig(ModelLoadConfig):
         help="options of the task's config (default: the traces' `task_args` column; listed below per task)",
         configs=task_configs,
     )
+    allow_code_from_data: bool = field(
+        False,
+        help="run user code that the traces' recorded task_args name (a verifier 'module:function' or "
+        "'file.py:function'); off: such traces are refused unless task_args=... is given here",
+    )
     temperature: float | None = field(None, help="sampling temperature (default: as the traces were collected)")
     top_p: float | None = field(None, help="nucleus mass (default: as collected)")
     top_k: int | None = field(None, help="top-k (default: as collected)")
@@ -154,6 +159,8 @@ class LabelConfig(ModelLoadConfig):
             raise ConfigError("label: traces_per_prompt must be >= 1 (or None for all)")
         if self.max_traces is not None and self.max_traces < 1:
             raise ConfigError("label: max_traces must be >= 1 (or None for all)")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ConfigError(f"label: max_new_tokens must be >= 1 (or None: as collected), got {self.max_new_tokens}")
         try:
             self.adaptive_config()
         except ValueError as exc:
@@ -169,8 +176,12 @@ class LabelConfig(ModelLoadConfig):
         )
 
 
-def sampling_from_traces(ds: datasets.Dataset, cfg: LabelConfig) -> SamplingParams:
-    """The traces' sampling parameters (column `sampling`), overridden by any set in `cfg`."""
+def sampling_from_traces(ds: datasets.Dataset, cfg: LabelConfig, warn: bool = False) -> SamplingParams:
+    """The traces' sampling parameters (column `sampling`), overridden by any set in `cfg`.
+
+    ``max_new_tokens`` is raised to the longest trace's completion: the budget counts from the prompt, so a
+    continuation of a prefix needs room for the trace's own tokens. With `warn`, a given ``max_new_tokens``
+    that is raised is said in one line on stderr."""
     base: dict[str, Any] = {}
     if "sampling" in ds.column_names and len(ds) and ds[0]["sampling"]:
         base = json.loads(ds[0]["sampling"])
@@ -185,6 +196,12 @@ def sampling_from_traces(ds: datasets.Dataset, cfg: LabelConfig) -> SamplingPara
         if getattr(cfg, key) is not None:
             merged[key] = getattr(cfg, key)
     longest = max((len(c) for c in ds["completion_ids"]), default=0)
+    if warn and cfg.max_new_tokens is not None and cfg.max_new_tokens < longest:
+        print(
+            f"warning: label: max_new_tokens={cfg.max_new_tokens} raised to {longest}, the longest trace's completion "
+            "(the budget counts from the prompt, so continuing a prefix needs room for the trace's own tokens)",
+            file=sys.stderr,
+        )
     merged["max_new_tokens"] = max(int(merged["max_new_tokens"]), longest)
     try:
         return SamplingParams(seed=cfg.seed, **merged)
@@ -213,26 +230,49 @@ def trace_refs(ds: datasets.Dataset) -> list[TraceRef]:
     return refs
 
 
-def traces_task(ds: datasets.Dataset, task: str | None = None, task_args: dict | None = None) -> tuple[str, dict, Task]:
+def traces_task(
+    ds: datasets.Dataset, task: str | None = None, task_args: dict | None = None, allow_code_from_data: bool = False
+) -> tuple[str, dict, Task]:
     """The task that verifies continuations of traces `ds`: `task` / `task_args` when given, else the
-    traces' own `task` and `task_args` columns. Returns ``(name, typed task_args, task)``."""
+    traces' own `task` and `task_args` columns. Returns ``(name, typed task_args, task)``.
+
+    Either way the options go through the task's typed config (ConfigError naming a bad key, with a
+    suggestion). Options taken from the traces that name user code (`Task.code_references`, e.g. a
+    verifier ``file.py:function``) are refused unless `allow_code_from_data`: data must not choose code.
+    """
     name = task or (ds[0]["task"] if "task" in ds.column_names else None)
     if not name:
         raise ConfigError("label: the traces carry no `task` column; pass task=NAME")
-    if task_args is not None:
+    recorded = task_args is None
+    if recorded:
+        text = ds[0]["task_args"] if "task_args" in ds.column_names and ds[0]["task_args"] else "{}"
         try:
-            args = task_options(name, task_args)
-        except KeyError as exc:
-            raise ConfigError(f"label: {exc.args[0]}") from None
-    else:
-        args = json.loads(ds[0]["task_args"]) if "task_args" in ds.column_names and ds[0]["task_args"] else {}
+            task_args = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"label: the traces' task_args are not JSON ({exc}); pass task_args=...") from None
+        if not isinstance(task_args, dict):
+            raise ConfigError(f"label: the traces' task_args are not a mapping: {text[:80]!r}; pass task_args=...")
+    try:
+        args = task_options(name, task_args)
+        refs = task_class(name).code_references(args) if recorded and not allow_code_from_data else []
+    except KeyError as exc:
+        raise ConfigError(f"label: {exc.args[0]}") from None
+    except ConfigError as exc:
+        if recorded:
+            raise ConfigError(f"label: the traces' recorded task_args: {exc} (or pass task_args=...)") from None
+        raise
+    if refs:
+        raise ConfigError(
+            f"label: the traces' recorded task_args name the verifier function {refs[0]!r}: code named by "
+            "the data is not run unless you pass allow_code_from_data=true (or give task_args=... yourself)"
+        )
     return name, args, build_task(name, args)
 
 
 def labeller_for(ds: datasets.Dataset, cfg: LabelConfig, model: Any, tokenizer: Any) -> MCLabeller:
     """An `MCLabeller` on a loaded policy that continues traces `ds` as `cfg` says: the traces' task and
     sampling parameters unless `cfg` overrides them, seeded with ``cfg.seed``."""
-    _, _, task = traces_task(ds, cfg.task, cfg.task_args)
+    _, _, task = traces_task(ds, cfg.task, cfg.task_args, cfg.allow_code_from_data)
     return MCLabeller(
         HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows),
         tokenizer,
@@ -280,10 +320,10 @@ def run(cfg: LabelConfig) -> int:
     refs = trace_refs(ds)
     model_name, load = traces_policy(ds, cfg.model, cfg.load_options(), cfg.allow_other_policy, "label")
     fail_truncated = bool(ds[0]["fail_truncated"]) if "fail_truncated" in ds.column_names else False
-    task_name, task_args, task = traces_task(ds, cfg.task, cfg.task_args)
+    task_name, task_args, task = traces_task(ds, cfg.task, cfg.task_args, cfg.allow_code_from_data)
     if cfg.task_args is not None:
         cfg = dataclasses.replace(cfg, task_args=RawMapping(task_args))  # the resolved config records them typed
-    params = sampling_from_traces(ds, cfg)
+    params = sampling_from_traces(ds, cfg, warn=dist_info()[0] == 0)
     spec = parse_positions(cfg.positions)
     spans = ds["step_spans"]
     plan = [
@@ -300,6 +340,7 @@ def run(cfg: LabelConfig) -> int:
     manifest = {
         "traces": str(Path(str(cfg.traces)).resolve()),
         "trace_ids_sha": _ids_digest([r.trace_id for r in refs]),
+        "traces_sha256": traces_digest(ds),  # a traces folder re-collected in place is refused on resume
         "prompts": cfg.prompts,
         "heldout_fraction": cfg.heldout_fraction,
         "split_seed": cfg.split_seed,

@@ -10,23 +10,35 @@ value model → accelerator.prepare → [forward, loss, backward] × accumulatio
 step, schedule, log, evaluate, checkpoint. The final value checkpoint (a `save_pretrained` folder)
 is ``output_dir/final``; resumable states are ``output_dir/checkpoints/step_N``. A killed run
 restarted with the same command resumes from the last complete checkpoint and ends where an
-uninterrupted run would.
+uninterrupted run would; an unreadable checkpoint is named in a warning and the one before it is used.
+One run per output_dir: a run holds ``output_dir/.lock`` while it trains, and a config that differs
+from the folder's config.yaml (beyond `RESUMABLE_KEYS`) is refused. A non-finite loss or gradient
+norm stops the run (`NonFiniteError`) before it can reach a checkpoint or ``final/``, unless
+``skip_nonfinite=true`` skips such steps (at most `MAX_NONFINITE_IN_ROW` in a row).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import gc
 import json
+import math
 import shutil
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
 from accelerate.utils import set_seed
+from safetensors import safe_open
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -37,7 +49,7 @@ from ..data.collate import ResumableSampler, ValueCollator, attach_prefix_labels
 from ..loading import ModelLoadConfig, check_vocabulary, traces_policy
 from ..policies import load_causal_lm, load_tokenizer
 from ..prompting import PROMPT_FORMAT_FILE, traces_prompt_format
-from ..tracking import MultiLogger, build_logger
+from ..tracking import MultiLogger, build_logger, jsonable, truncate_metrics
 from ..value import ValueModelConfig, build_value_model, check_value_config, normalise_loss, value_model_class
 from ..value.heldout import evaluate_heldout
 from ..value.targets import SIGNALS, attach_sibling_targets, td_lambda_targets
@@ -103,6 +115,11 @@ class TrainConfig(ModelLoadConfig):
     report_to: str = field("disk,stdout", help="loggers: disk, stdout, wandb, none (comma separated)")
     run_name: str | None = field(None, help="wandb run name")
     threads: int = field(0, help="torch CPU threads per process (0: torch's default)")
+    skip_nonfinite: bool = field(
+        False,
+        help="skip optimizer steps whose loss or gradient norm is not finite (counted as train/skipped_nonfinite) "
+        "instead of stopping; the run stops anyway after MAX_NONFINITE_IN_ROW (10) such steps in a row",
+    )
 
     def __post_init__(self) -> None:
         if self.max_steps <= 0 or self.per_device_batch_size <= 0 or self.gradient_accumulation_steps <= 0:
@@ -129,10 +146,167 @@ class TrainConfig(ModelLoadConfig):
             raise ConfigError(f"value_model: {exc}") from None
 
 
+#: config keys a run may change when it resumes in the same output_dir: how long it runs, how often it
+#: evaluates, logs and checkpoints, where it reports, and speed-only settings. Any other difference
+#: (lr, traces, value_model, ...) makes it another run, which train refuses to mix into the folder.
+RESUMABLE_KEYS = frozenset(
+    {
+        "max_steps",
+        "eval_every",
+        "eval_batch_size",
+        "max_eval_traces",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "resume",
+        "report_to",
+        "run_name",
+        "threads",
+        "gradient_checkpointing",
+        "skip_nonfinite",
+        "output_dir",
+    }
+)
+#: config keys holding paths: compared as resolved paths when they exist
+_PATH_KEYS = ("traces", "labels", "policy")
+#: with skip_nonfinite, a run stops anyway after this many non-finite steps in a row (it has diverged)
+MAX_NONFINITE_IN_ROW = 10
+_STATE = "trainer_state.json"  # the trainer's own state (step, data position), written last: marks completion
+
+
+class NonFiniteError(ConfigError):
+    """The loss or the gradient norm of a step is not finite (NaN or inf): the run stops there; the
+    message names the step and the last good checkpoint."""
+
+
+def complete_checkpoints(folder: Path) -> list[tuple[Path, int]]:
+    """Complete checkpoints in `folder` (their trainer_state.json is written last), newest first."""
+    done = [(int(p.name.split("_")[1]), p) for p in folder.glob("step_*") if (p / _STATE).exists()]
+    return [(p, n) for n, p in sorted(done, reverse=True)]
+
+
 def latest_checkpoint(folder: Path) -> tuple[Path, int] | None:
     """Newest complete checkpoint (its trainer_state.json is written last) and its step."""
-    done = [(int(p.name.split("_")[1]), p) for p in folder.glob("step_*") if (p / "trainer_state.json").exists()]
-    return (max(done)[1], max(done)[0]) if done else None
+    done = complete_checkpoints(folder)
+    return done[0] if done else None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why the resumable state in `folder` cannot be restored (naming the file), or None. Reads each
+    file as accelerate's load_state will, before it does (a failure there would leave the model half
+    loaded): safetensors in full, the other states with ``torch.load(weights_only=True)``. The random
+    states are not checked here (`rng_state_problem`): without them a run can still resume."""
+    try:
+        state = json.loads((folder / _STATE).read_text())
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{folder / _STATE}: {exc}"
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    if not any(p.name.startswith(("model", "pytorch_model")) for p in files):
+        return f"{folder}: no model weights"
+    for p in files:
+        if p.name.startswith("random_states"):
+            continue
+        try:
+            if p.suffix == ".safetensors":
+                with safe_open(str(p), "pt") as f:
+                    for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                        f.get_tensor(key)
+            elif p.suffix in (".bin", ".pkl", ".pt"):
+                accelerate_load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # any reader's error: the file is named and the checkpoint skipped
+            return f"{p}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
+def rng_state_problem(folder: Path, process_index: int) -> str | None:
+    """Why this process's random states in `folder` cannot be restored with weights_only=True
+    (accelerate then silently keeps the current ones), or None."""
+    path = folder / f"random_states_{process_index}.pkl"
+    try:
+        accelerate_load(path, weights_only=True)
+    except Exception as exc:  # a missing, truncated or refused pickle: reported, not fatal
+        return f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and k != "task_args":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _comparable(key: str, value: Any) -> Any:
+    if key in _PATH_KEYS and isinstance(value, str) and value and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
+
+
+def check_run_folder(cfg: TrainConfig, out: Path) -> None:
+    """Refuse an output_dir that holds another run: ConfigError naming the keys whose values differ
+    from the folder's config.yaml (keys in `RESUMABLE_KEYS` may differ)."""
+    path = out / "config.yaml"
+    if not path.exists():
+        return
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        saved = None
+    if not isinstance(saved, dict) or saved.get("config_class") != type(cfg).__name__:
+        raise ConfigError(f"train: output_dir {out} holds something other than a training run; choose another")
+    old = _flat({k: v for k, v in saved.items() if k not in ("prefixvalue_version", "config_class")})
+    new = _flat(config_to_dict(cfg))
+    defaults = _flat(config_to_dict(TrainConfig()))  # keys an older version did not record
+    differ = [
+        k
+        for k in sorted(old.keys() | new.keys())
+        if k.split(".")[0] not in RESUMABLE_KEYS
+        and _comparable(k, old.get(k, defaults.get(k))) != _comparable(k, new.get(k, defaults.get(k)))
+    ]
+    if differ:
+        shown = "; ".join(f"{k}: {old.get(k, defaults.get(k))!r} there, {new.get(k)!r} now" for k in differ[:5])
+        more = f" (and {len(differ) - 5} more)" if len(differ) > 5 else ""
+        raise ConfigError(
+            f"train: output_dir {out} holds another run ({shown}{more}); use another output_dir, or remove it to start over"
+        )
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out/.lock`` (fcntl.flock) for the block, so no second training
+    writes into the same folder: it fails at once with a ConfigError. Released on exit (the kernel
+    releases it too when the process dies)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"train: output_dir {out} is in use by another training (it holds {out / '.lock'}); "
+                "wait for it to finish or choose another output_dir"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _rotate(folder: Path, keep: int, current: Path) -> None:
+    """Remove complete checkpoints beyond the newest `keep` and leftovers of interrupted saves."""
+    done = complete_checkpoints(folder)
+    complete = {p for p, _ in done}
+    for old, _ in done[max(keep, 1) :]:
+        shutil.rmtree(old, ignore_errors=True)
+    for p in folder.glob("step_*"):
+        if p not in complete and p != current:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(cfg: TrainConfig) -> dict:
     """Train with a config object (what `main` and the quickstart call). Returns the final metrics,
     with ``eval_history``: ``{"step", **held-out metrics}`` for every held-out evaluation, the final
-    one included (on the main process; empty on the others)."""
+    one included (on the main process; empty on the others). Raises ConfigError when output_dir holds
+    another run or is in use, and NonFiniteError when the loss or gradient norm stops being finite."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     # mixed precision comes from accelerate (config file / --mixed_precision / env), default none;
@@ -153,8 +328,15 @@ def run(cfg: TrainConfig) -> dict:
     # the accumulation steps, nor step the scheduler once per process
     # cpu=True without a GPU lets torchrun / accelerate launch on CPU processes use gloo (MULTI_CPU)
     accelerator = Accelerator(step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available())
-    is_main = accelerator.is_main_process
     out = Path(cfg.output_dir)
+    with output_lock(out) if accelerator.is_main_process else contextlib.nullcontext():
+        check_run_folder(cfg, out)
+        return _train(cfg, accelerator, out)
+
+
+def _train(cfg: TrainConfig, accelerator: Accelerator, out: Path) -> dict:
+    """The training run of `run`, top to bottom, in an output_dir this process may write."""
+    is_main = accelerator.is_main_process
     set_seed(cfg.seed)
 
     # ---- data: split by prompt text, so no prompt's traces straddle train and held-out -------------
@@ -212,19 +394,46 @@ def run(cfg: TrainConfig) -> dict:
     )
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    # ---- resume: model, optimiser, scheduler and RNG from the last complete checkpoint ------------
-    step = 0
-    found = latest_checkpoint(out / "checkpoints") if cfg.resume else None
-    if found:
-        accelerator.load_state(str(found[0]))
-        step = found[1]
+    # ---- resume: model, optimiser, scheduler and RNG from the last readable complete checkpoint ----
+    step, state, last_good = 0, {}, None
+    found = complete_checkpoints(out / "checkpoints")
+    if found and not cfg.resume:  # a fresh run: the old states must not be resumed later, nor rotated in
+        accelerator.wait_for_everyone()
         if is_main:
-            print(f"resumed from {found[0]} (step {step})")
+            print(f"resume=false: removing the {len(found)} checkpoint(s) in {out / 'checkpoints'}")
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        found = []
+    for ckpt, ckpt_step in found:
+        problem = checkpoint_problem(ckpt)
+        if problem:
+            if is_main:
+                _warn(f"cannot resume from {ckpt} ({problem}); trying the checkpoint before it")
+            continue
+        rng_problem = rng_state_problem(ckpt, accelerator.process_index)
+        if rng_problem:  # accelerate would skip it silently
+            _warn(f"random states not restored ({rng_problem}); resuming with the current ones")
+        accelerator.load_state(str(ckpt))
+        step, state, last_good = ckpt_step, json.loads((ckpt / _STATE).read_text()), ckpt
+        if is_main:
+            print(f"resumed from {ckpt} (step {step})")
+        break
+    else:
+        if found and is_main:
+            _warn(f"no checkpoint in {out / 'checkpoints'} can be restored: starting from step 0")
+    accelerator.wait_for_everyone()
+    if is_main:
+        for ckpt, ckpt_step in found:  # unreadable ones, newer than the resumed step: never chosen again
+            if ckpt_step > step:
+                (ckpt / _STATE).unlink(missing_ok=True)
+        truncate_metrics(out, step)  # what this run logs again (after the resumed step) is dropped
+    skipped = int(state.get("skipped_nonfinite", 0))
+    found_step = step  # samples_seen = start + (step - found_step) * samples_per_step
 
     # the sample stream restarts exactly where the checkpoint left it (see ResumableSampler)
     samples_per_step = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
+    start = int(state.get("samples_seen", step * samples_per_step))
     sampler = ResumableSampler(
-        len(train_ds), cfg.seed, start=step * samples_per_step, stop=max(cfg.max_steps, step) * samples_per_step
+        len(train_ds), cfg.seed, start=start, stop=start + max(cfg.max_steps - step, 0) * samples_per_step
     )
     loader = accelerator.prepare(
         DataLoader(
@@ -264,6 +473,20 @@ def run(cfg: TrainConfig) -> dict:
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not is_main, desc="train")
     loss_type, margin = vcfg.loss, vcfg.margin
     last_loss = float("nan")
+    in_row = 0  # non-finite steps in a row
+
+    def all_finite() -> bool:  # every trainable weight on every process
+        bad = sum(int(not torch.isfinite(p).all()) for p in params)
+        return float(accelerator.reduce(torch.tensor(float(bad), device=accelerator.device), "sum")) == 0
+
+    def stop(why: str) -> NonFiniteError:
+        logger.finish()
+        bar.close()
+        good = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written"
+        return NonFiniteError(
+            f"train: {why}; {good}, and final/ was not written (lower lr or max_grad_norm, or set skip_nonfinite=true)"
+        )
+
     while step < cfg.max_steps:
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(cfg.gradient_accumulation_steps)]
@@ -286,22 +509,38 @@ def run(cfg: TrainConfig) -> dict:
                 ls = kind.value_loss(logits, batch, loss_type, margin)
                 accelerator.backward(normalise_loss(ls.total, n_items, accelerator.num_processes))
             loss_sum += ls.total.detach().float()
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
-        optimizer.step()
-        scheduler.step()
+        last_loss = float(accelerator.reduce(loss_sum, "sum") / n_items.clamp_min(1))
+        # max_norm inf: no clipping, but the total norm (every backend) for the finiteness check
+        grad_norm = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf))
+        if math.isfinite(last_loss) and math.isfinite(grad_norm):  # the same on every process (reduced)
+            optimizer.step()
+            scheduler.step()
+            in_row = 0
+        else:  # never applied: the weights stay those of the last finite step
+            bad = [
+                f"{name} ({v})"
+                for name, v in (("loss", last_loss), ("gradient norm", grad_norm))
+                if not math.isfinite(v)
+            ]
+            what = f"non-finite {' and '.join(bad)} at step {step + 1}"
+            skipped, in_row = skipped + 1, in_row + 1
+            if not cfg.skip_nonfinite:
+                raise stop(what)
+            if in_row > MAX_NONFINITE_IN_ROW:
+                raise stop(f"{what}, {in_row} such steps in a row (skip_nonfinite allows {MAX_NONFINITE_IN_ROW})")
         optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
 
         tokens = accelerator.reduce(sum(b["attention_mask"].sum() for b in micro).float(), "sum")
-        last_loss = float(accelerator.reduce(loss_sum, "sum") / n_items.clamp_min(1))
         logger.log(
             {
                 "train/loss": last_loss,
                 "train/lr": scheduler.get_last_lr()[0],
-                "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                "train/grad_norm": grad_norm,
                 "train/tokens_per_s": float(tokens) / (time.perf_counter() - t0),
-                "train/samples_seen": step * samples_per_step,
+                "train/samples_seen": start + (step - found_step) * samples_per_step,
+                "train/skipped_nonfinite": skipped,
             },
             step,
         )
@@ -310,16 +549,28 @@ def run(cfg: TrainConfig) -> dict:
             evaluate()
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
             ckpt = out / "checkpoints" / f"step_{step}"
-            accelerator.save_state(str(ckpt))
-            if is_main:  # written last: marks the checkpoint complete
-                (ckpt / "trainer_state.json").write_text(json.dumps({"step": step}) + "\n")
-                done = sorted((int(p.name.split("_")[1]), p) for p in (out / "checkpoints").glob("step_*"))
-                for _, old in done[: max(0, len(done) - cfg.keep_checkpoints)]:
-                    shutil.rmtree(old, ignore_errors=True)
+            if not all_finite():  # never a checkpoint of broken weights in place of good ones
+                raise stop(f"non-finite weights after step {step}")
+            if is_main:  # incomplete until its state is written again
+                (ckpt / _STATE).unlink(missing_ok=True)
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(ckpt), safe_serialization=True)  # model weights as safetensors
+            if is_main:  # the trainer's own state, as JSON, written last: marks the checkpoint complete
+                trainer_state = {
+                    "step": step,
+                    "samples_seen": start + (step - found_step) * samples_per_step,
+                    "skipped_nonfinite": skipped,
+                }
+                (ckpt / (_STATE + ".tmp")).write_text(json.dumps(trainer_state) + "\n")
+                (ckpt / (_STATE + ".tmp")).replace(ckpt / _STATE)
+                _rotate(out / "checkpoints", cfg.keep_checkpoints, ckpt)
+            last_good = ckpt
             accelerator.wait_for_everyone()
     bar.close()
 
     # ---- final: held-out metrics and the value checkpoint (save_pretrained folder) ----------------
+    if not all_finite():
+        raise stop(f"non-finite weights after step {step}")
     metrics = evaluate()
     final = out / "final"
     if is_main:
@@ -332,6 +583,7 @@ def run(cfg: TrainConfig) -> dict:
             "step": step,
             "checkpoint": str(final),
             "train_loss": last_loss,
+            "skipped_nonfinite": skipped,
             "train_traces": len(train_ds),
             "heldout_traces": len(held_rows),
             "base_rate": base_rate,
@@ -339,7 +591,8 @@ def run(cfg: TrainConfig) -> dict:
             "split": split_record.to_dict(),
             **metrics,
         }
-        (out / "final_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        # jsonable: a non-finite figure is written as null, never as a bare NaN
+        (out / "final_metrics.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
     else:
         result = {"step": step, "checkpoint": str(final), **metrics}
     result["eval_history"] = eval_history  # not in final_metrics.json (metrics.jsonl has every evaluation)

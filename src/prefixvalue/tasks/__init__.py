@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import types
 import typing
 from typing import Any
 
-from ..config import build_config, coerce_fields, plain
+from ..config import ConfigError, build_config, coerce_fields, plain
 from .arith import ArithConfig, ArithTask
 from .base import (
     Prompt,
@@ -49,7 +51,7 @@ def task_options(name: str, args: dict[str, Any] | None) -> dict[str, Any]:
     given = dict(args or {})
     cls = task_class(name)
     if cls.config_class is None:
-        return plain(given)
+        return _check_kwargs(cls, plain(given))
     typed = coerce_fields(cls.config_class, given, prefix="task_args.")
     build_config(cls.config_class, typed, prefix="task_args.")  # the config's own rules
     hints = typing.get_type_hints(cls.config_class)
@@ -64,8 +66,35 @@ def build_task(name: str, args: dict[str, Any] | None = None) -> Task:
     """Instantiate the task registered as `name`, its config built from keyword `args`."""
     cls = task_class(name)
     if cls.config_class is None:
-        return cls(**plain(dict(args or {})))
+        return cls(**_check_kwargs(cls, plain(dict(args or {}))))
     return cls(build_config(cls.config_class, dict(args or {}), prefix="task_args."))
+
+
+def _check_kwargs(cls: type[Task], args: dict[str, Any]) -> dict[str, Any]:
+    """`args` when the constructor of a task without a typed config accepts them; else ConfigError naming
+    the unknown key, with a suggestion, as typed configs do."""
+    try:
+        sig = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return args
+    params = sig.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return args
+    valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    for key in args:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean 'task_args.{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"unknown config key 'task_args.{key}' in {cls.__name__}{hint} (valid keys: "
+                + ", ".join(f"task_args.{n}" for n in sorted(valid))
+                + ")"
+            )
+    try:
+        sig.bind(**args)
+    except TypeError as exc:
+        raise ConfigError(f"task_args: {exc}") from None
+    return args
 
 
 __all__ = [

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import abc
+import math
+import numbers
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, ClassVar
 
 
@@ -64,6 +67,18 @@ class Task(abc.ABC):
             spans.append((start, len(completion)))
         return spans
 
+    def verify_with_limit(self, prompt: Prompt, completion: str, timeout_s: float | None) -> VerifierResult | None:
+        """Score `completion` under a time limit this task enforces itself (e.g. in a worker process it can
+        kill), or None when it cannot: `safe_verify` then runs `verify` in a thread it abandons on time-out."""
+        return None
+
+    @classmethod
+    def code_references(cls, args: dict[str, Any]) -> list[str]:
+        """User code that task options `args` name and building the task would import and run (e.g. a
+        verifier ``module:function``); empty when the options name only built-in behaviour. Stages that
+        take options from a dataset refuse these unless the user opts in on the command line."""
+        return []
+
     def step_labels(self, prompt: Prompt, completion: str) -> list[bool] | None:
         """Exact correctness of each step of `split_steps(completion)`, or None if unknown (ValueError or
         LookupError when this completion cannot be labelled: collect then records no labels)."""
@@ -108,9 +123,18 @@ def token_end_offsets(tokenizer: Any, ids: list[int]) -> list[int]:
 def safe_verify(task: Task, prompt: Prompt, completion: str, timeout_s: float | None = 10.0) -> VerifierResult:
     """Run ``task.verify`` so that a crash or a time-out gives score 0 with the error recorded.
 
-    The run goes on either way. A timed-out verifier is abandoned in a daemon thread (Python cannot
-    kill a thread), so a user verifier that never returns costs one idle thread, not the run.
+    The run goes on either way. A task that enforces the limit itself (`Task.verify_with_limit`, e.g. the
+    jsonl task's user functions, which run in a worker process killed at the limit) is asked first.
+    Otherwise a timed-out verifier is abandoned in a daemon thread (Python cannot kill a thread): a
+    verifier that waits costs one idle thread, but one that keeps computing keeps the GIL busy and slows
+    the run down, so only trusted, fast verifiers (the built-in ones) should run this way.
     """
+    try:
+        limited = task.verify_with_limit(prompt, completion, timeout_s)
+    except Exception as exc:  # noqa: BLE001 - any verifier failure is recorded, not raised
+        return VerifierResult(0.0, error=f"{type(exc).__name__}: {exc}")
+    if limited is not None:
+        return _checked(limited)
     if timeout_s is None:
         try:
             res = task.verify(prompt, completion)
@@ -136,12 +160,35 @@ def safe_verify(task: Task, prompt: Prompt, completion: str, timeout_s: float | 
     return _checked(box["res"])
 
 
+def as_score(value: Any) -> float:
+    """`value` as a float score: any real number (int, float, bool as 1/0, Fraction, Decimal, numpy and
+    other scalars that define ``__float__``). Raises TypeError for anything else (text included) and
+    ValueError for NaN or a value outside [0, 1]."""
+    real = isinstance(value, (numbers.Real, Decimal)) or hasattr(type(value), "__float__")
+    if not real or isinstance(value, (str, bytes, numbers.Complex)) and not isinstance(value, numbers.Real):
+        raise TypeError(f"verifier returned {type(value).__name__}, not a score")
+    try:
+        score = float(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"verifier returned {type(value).__name__} {value!r}, not a score ({exc})") from None
+    if math.isnan(score) or not 0.0 <= score <= 1.0:
+        raise ValueError(f"verifier score {value!r} outside [0, 1]")
+    return score
+
+
 def _checked(res: Any) -> VerifierResult:
-    if isinstance(res, (int, float)):
-        res = VerifierResult(float(res))
+    """`res` (a VerifierResult or a bare score) as a VerifierResult with a float score in [0, 1]; a bad
+    score gives score 0 with the error recorded (details kept)."""
     if not isinstance(res, VerifierResult):
-        return VerifierResult(0.0, error=f"TypeError: verifier returned {type(res).__name__}, not a score")
-    if not 0.0 <= float(res.score) <= 1.0:
-        return VerifierResult(0.0, error=f"ValueError: verifier score {res.score} outside [0, 1]", details=res.details)
-    res.score = float(res.score)
+        try:
+            return VerifierResult(as_score(res))
+        except (TypeError, ValueError) as exc:
+            return VerifierResult(0.0, error=f"{type(exc).__name__}: {exc}")
+    if res.error is not None:
+        res.score = 0.0
+        return res
+    try:
+        res.score = as_score(res.score)
+    except (TypeError, ValueError) as exc:
+        return VerifierResult(0.0, error=f"{type(exc).__name__}: {exc}", details=res.details)
     return res

@@ -12,7 +12,10 @@ that scores `completion` against the reference `answer` in [0, 1]. Built-in ones
 - ``exact``: the whole completion equals the answer after light normalisation.
 
 `get_verifier` also resolves a user function named ``module:function`` or
-``path/to/file.py:function``. Numbers compare with a tolerance after removing ``$``, thousands
+``path/to/file.py:function``; the jsonl task runs such a function in a worker process that is killed at
+the time limit (`prefixvalue.tasks.isolated`), the built-in ones in process. A score may be any real
+number (bool, int, float, Fraction, Decimal, numpy scalars); NaN or a value outside [0, 1] is an error.
+Numbers compare with a tolerance after removing ``$``, thousands
 commas and a trailing full stop; fractions (``3/4``, ``\\frac{3}{4}``) and decimals are exact
 rationals before the comparison. The extraction helpers (`parse_number`, `extract_after_marker`,
 `extract_last_number`, `extract_boxed`, `extract_choice`) are public so user verifiers can reuse them.
@@ -38,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
-from .base import VerifierResult
+from .base import VerifierResult, as_score
 
 VerifierFn = Callable[..., "VerifierResult | float"]
 
@@ -364,23 +367,32 @@ _OPTION_CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {"regex": _check_r
 class Verifier:
     """A verifier function bound to its options: ``Verifier(...)(completion, answer) -> VerifierResult``.
 
-    Scores given as a bool, int or float are wrapped in a `VerifierResult`; anything else raises
-    TypeError. Exceptions of the function propagate: run it through `safe_verify` semantics
-    (`JsonlTask.verify` does) so that a crash scores 0 with the error recorded.
+    Scores given as any real number (bool, int, float, Fraction, Decimal, numpy scalars) are wrapped in
+    a `VerifierResult`; anything else raises TypeError, NaN or a value outside [0, 1] ValueError.
+    Exceptions of the function propagate: run it through `safe_verify` semantics (`JsonlTask.verify`
+    does) so that a crash scores 0 with the error recorded.
     """
 
     name: str
     fn: VerifierFn
     options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def builtin(self) -> bool:
+        """True for a registered verifier (run in process); False for a user function ``module:function``."""
+        return is_registered(self.name)
+
     def __call__(self, completion: str, answer: str) -> VerifierResult:
         """Score `completion` against `answer`; returns a VerifierResult (score in [0, 1] is checked later)."""
         res = self.fn(completion, answer, **self.options)
         if isinstance(res, VerifierResult):
             return res
-        if isinstance(res, (bool, int, float)):
-            return VerifierResult(float(res))
-        raise TypeError(f"verifier {self.name!r} returned {type(res).__name__}, not a score")
+        return VerifierResult(as_score(res))
+
+
+def is_registered(name: str) -> bool:
+    """True when `name` is a registered verifier (`VERIFIERS`), not a reference to user code."""
+    return name in VERIFIERS
 
 
 def load_function(spec: str) -> VerifierFn:
@@ -469,6 +481,7 @@ __all__ = [
     "extract_last_number",
     "find_numbers",
     "get_verifier",
+    "is_registered",
     "load_function",
     "normalize_answer",
     "numbers_equal",

@@ -202,7 +202,9 @@ def _words_match(key: list[str], name: list[str]) -> bool:
     return False
 
 
-def _unknown(key: str, valid: list[str], where: str) -> ConfigError:
+def unknown_key_error(key: str, valid: list[str], where: str) -> ConfigError:
+    """The ConfigError for an unknown config key `key` in `where`: the valid keys, and a suggestion only when
+    one is close."""
     # only a close suggestion (a far one, lerning_rate -> run_name, misleads more than none)
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.75)
     if not close:
@@ -222,7 +224,7 @@ def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in fields:
-            raise _unknown(prefix + key, [prefix + n for n in fields], cls.__name__)
+            raise unknown_key_error(prefix + key, [prefix + n for n in fields], cls.__name__)
         default_factory = fields[key].default_factory
         if _is_dataclass_type(hints[key]) and isinstance(value, dict) and default_factory is not dataclasses.MISSING:
             # a nested config given in part keeps the other values of its field's default, not of its class
@@ -245,7 +247,7 @@ def coerce_fields(cls: type, values: dict[str, Any], prefix: str = "") -> dict[s
     out: dict[str, Any] = {}
     for key, value in values.items():
         if key not in fields:
-            raise _unknown(prefix + key, [prefix + n for n in fields], cls.__name__)
+            raise unknown_key_error(prefix + key, [prefix + n for n in fields], cls.__name__)
         out[key] = _coerce(value, hints[key], prefix + key, bool(fields[key].metadata.get("escapes")))
     return out
 

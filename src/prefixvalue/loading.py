@@ -41,14 +41,8 @@ class ModelLoadConfig:
     )
 
     def load_options(self) -> LoadOptions:
-        """These options as a `LoadOptions`."""
-        return LoadOptions(
-            revision=self.revision,
-            trust_remote_code=self.trust_remote_code,
-            attn_implementation=self.attn_implementation,
-            device_map=self.device_map,
-            gguf_file=self.gguf_file,
-        )
+        """These options as a `LoadOptions` (the same fields)."""
+        return LoadOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LoadOptions)})
 
 
 @dataclass(frozen=True)

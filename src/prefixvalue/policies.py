@@ -100,10 +100,12 @@ def load_policy(
     dtype: str | torch.dtype | None = "auto",
     device: str | torch.device | None = None,
     options: LoadOptions | None = None,
+    tokenizer: Any = None,
 ) -> tuple[PreTrainedModel, Any]:
     """Load a causal LM and its tokenizer from a hub name, a local folder or a GGUF file, in eval mode.
 
-    Returns ``(model, tokenizer)``. `trust_remote_code` stays off unless `options` ask for it.
+    Returns ``(model, tokenizer)``. `trust_remote_code` stays off unless `options` ask for it. `tokenizer`:
+    the model's tokenizer when the caller has loaded it already (`load_tokenizer`), else it is loaded here.
     """
     device = torch.device(device) if device is not None else default_device()
     opts = options or LoadOptions()
@@ -111,7 +113,7 @@ def load_policy(
     if opts.device_map is None:
         model.to(device)
     model.eval()
-    tok = load_tokenizer(name_or_path, opts)
+    tok = tokenizer if tokenizer is not None else load_tokenizer(name_or_path, opts)
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok

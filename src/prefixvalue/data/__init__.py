@@ -162,6 +162,12 @@ def finish_summary(finish_reasons: Sequence[str | None], notes: Sequence[str | N
     }
 
 
+def traces_fail_truncated(ds: datasets.Dataset) -> bool:
+    """The grading rule recorded in traces `ds` (column ``fail_truncated``): whether a completion cut off at
+    the token budget scores 0. False for traces written before the rule was recorded."""
+    return bool(ds[0]["fail_truncated"]) if "fail_truncated" in ds.column_names and len(ds) else False
+
+
 def traces_finish_summary(ds: datasets.Dataset) -> dict[str, Any]:
     """`finish_summary` of a traces dataset (traces without finish reasons or notes count as unknown)."""
     n = len(ds)
@@ -211,6 +217,7 @@ __all__ = [
     "rows_to_dataset",
     "save_subset",
     "finish_summary",
+    "traces_fail_truncated",
     "traces_finish_summary",
     "split_by_prompt",
     "unit_hash",

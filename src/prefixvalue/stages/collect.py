@@ -259,7 +259,8 @@ def run(cfg: CollectConfig) -> int:
     params = cfg.params()
     model_name, load = resolve_model_path(cfg.model, cfg.load_options())
     # the prompt format is fixed before any shard runs, so a resumed run cannot change it
-    fmt = choose_prompt_format(load_tokenizer(model_name, load), cfg.chat_template, cfg.system_prompt)
+    tokenizer = load_tokenizer(model_name, load)  # loaded once (a GGUF tokenizer takes seconds), used by setup
+    fmt = choose_prompt_format(tokenizer, cfg.chat_template, cfg.system_prompt)
     manifest = {
         "task": cfg.task,
         "task_args": cfg.task_args,
@@ -291,7 +292,7 @@ def run(cfg: CollectConfig) -> int:
 
     def setup(device: Any) -> ShardWork:
         """Load the policy and return the work of one shard (only when this process has shards to do)."""
-        model, tokenizer = load_policy(model_name, cfg.dtype, cfg.device or device, load)
+        model, _ = load_policy(model_name, cfg.dtype, cfg.device or device, load, tokenizer=tokenizer)
         # every prompt is checked before any is generated (and before the run's manifest is written)
         encoded = [encode_prompt(tokenizer, p.text, fmt) for p in prompts]
         check_context(prompts, encoded, params.max_new_tokens, *model_context(model, tokenizer))

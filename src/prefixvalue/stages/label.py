@@ -32,7 +32,15 @@ from typing import Any, Literal
 import datasets
 
 from ..config import ConfigError, RawMapping, field, parse_config
-from ..data import DataFormatError, SplitRecord, load_traces, normalise_prompt, split_by_prompt, traces_digest
+from ..data import (
+    DataFormatError,
+    SplitRecord,
+    load_traces,
+    normalise_prompt,
+    split_by_prompt,
+    traces_digest,
+    traces_fail_truncated,
+)
 from ..data.shards import ShardWork, dist_info, run_sharded_stage, shard_extra
 from ..loading import ModelLoadConfig, check_vocabulary, traces_policy
 from ..policies import load_policy
@@ -279,7 +287,7 @@ def labeller_for(ds: datasets.Dataset, cfg: LabelConfig, model: Any, tokenizer: 
         task,
         sampling_from_traces(ds, cfg),
         cfg.verifier_timeout_s,
-        fail_truncated=bool(ds[0]["fail_truncated"]) if "fail_truncated" in ds.column_names else False,
+        fail_truncated=traces_fail_truncated(ds),
     )
 
 
@@ -319,7 +327,7 @@ def run(cfg: LabelConfig) -> int:
         )
     refs = trace_refs(ds)
     model_name, load = traces_policy(ds, cfg.model, cfg.load_options(), cfg.allow_other_policy, "label")
-    fail_truncated = bool(ds[0]["fail_truncated"]) if "fail_truncated" in ds.column_names else False
+    fail_truncated = traces_fail_truncated(ds)
     task_name, task_args, task = traces_task(ds, cfg.task, cfg.task_args, cfg.allow_code_from_data)
     if cfg.task_args is not None:
         cfg = dataclasses.replace(cfg, task_args=RawMapping(task_args))  # the resolved config records them typed
@@ -339,7 +347,6 @@ def run(cfg: LabelConfig) -> int:
             print(f"warning: {warning}; here: {how}", file=sys.stderr)
     manifest = {
         "traces": str(Path(str(cfg.traces)).resolve()),
-        "trace_ids_sha": _ids_digest([r.trace_id for r in refs]),
         "traces_sha256": traces_digest(ds),  # a traces folder re-collected in place is refused on resume
         "prompts": cfg.prompts,
         "heldout_fraction": cfg.heldout_fraction,
@@ -441,12 +448,6 @@ def run(cfg: LabelConfig) -> int:
             f"{total_cost.generated_tokens} generated tokens -> {out}"
         )
     return 0
-
-
-def _ids_digest(ids: list[str]) -> str:
-    import hashlib
-
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
 __all__ = ["LABEL_FEATURES", "LabelConfig", "main", "sampling_from_traces", "trace_refs"]

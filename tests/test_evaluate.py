@@ -445,6 +445,7 @@ def test_evaluate_scores_only_heldout_prompts(tmp_path, tiny_tokenizer, tiny_mod
     top = (tmp_path / "e2" / "report.md").read_text().split("## ")[0]
     assert f"include {len(train_texts)} training prompt(s)" in top and "not held-out figures" in top
     # a checkpoint without a record: refused in one line
+    (tmp_path / "bare").mkdir()
     with pytest.raises(ConfigError, match="records no split"):
         ev.main([*base[1:], f"checkpoint={tmp_path / 'bare'}", f"out={tmp_path / 'e3'}"])
 

@@ -289,10 +289,10 @@ def test_on_batch_counts_rollouts_per_batch(setup):
     pos = positions("stride:2", [len(t.completion_ids) for t in traces])
     params = SamplingParams(max_new_tokens=MAX_NEW, seed=3)
     calls: list[int] = []
-    lab = MCLabeller(HFSampler(model, tok, max_batch_rows=16), tok, EndsInA(), params)
+    lab = MCLabeller(HFSampler(model, tok, max_batch_rows=16, max_tree_rows=16), tok, EndsInA(), params)
     lab.on_batch = lambda rollouts, tokens: calls.append(rollouts)
     est = lab.uniform(traces, pos, 6)
     assert len(calls) > 1 and all(c > 0 for c in calls)
     assert sum(calls) == lab.cost.rollouts == 6 * distinct_prefixes(traces, pos) == 6 * lab.cost.prefixes_unique
-    plain = MCLabeller(HFSampler(model, tok, max_batch_rows=16), tok, EndsInA(), params).uniform(traces, pos, 6)
+    plain = MCLabeller(HFSampler(model, tok, tree_attention=False), tok, EndsInA(), params).uniform(traces, pos, 6)
     assert [e.as_row() for e in est] == [e.as_row() for e in plain]

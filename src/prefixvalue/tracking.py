@@ -2,6 +2,8 @@
 
 Metrics are keyed ``train/...`` and ``eval/...``. wandb is real but never required: with no API key
 it runs offline and writes its run folder locally; ``WANDB_MODE=disabled`` turns it off entirely.
+Where a run goes is `WandbConfig` (the ``wandb.*`` keys of every stage that tracks): project,
+entity and group default to ``WANDB_PROJECT``, ``WANDB_ENTITY`` and ``WANDB_RUN_GROUP``.
 """
 
 from __future__ import annotations
@@ -10,12 +12,45 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from .config import field
+
+#: wandb project when neither ``wandb.project`` nor ``WANDB_PROJECT`` names one
+DEFAULT_PROJECT = "prefixvalue"
+#: file in a run folder holding its wandb run id, so a resumed run continues the same wandb run
+WANDB_ID_FILE = "wandb_run_id"
+
+
+@dataclass
+class WandbConfig:
+    """Where a stage's wandb run goes (used when ``report_to`` includes wandb)."""
+
+    project: str | None = field(None, help=f"wandb project; default: $WANDB_PROJECT, else {DEFAULT_PROJECT!r}")
+    entity: str | None = field(None, help="wandb entity (user or team); default: $WANDB_ENTITY, else your own")
+    group: str | None = field(
+        None, help="wandb group; default: $WANDB_RUN_GROUP (the quickstart puts all its runs in one group)"
+    )
+    tags: list[str] = field(default_factory=list, help="wandb tags of the run")
+    job_type: str | None = field(None, help="wandb job type; default: the stage's name (train, evaluate)")
+
+    def init_kwargs(self, job_type: str | None = None) -> dict[str, Any]:
+        """Keyword arguments of ``wandb.init``: these settings, else the environment, else defaults."""
+        env = os.environ.get
+        return {
+            "project": self.project or env("WANDB_PROJECT") or DEFAULT_PROJECT,
+            "entity": self.entity or env("WANDB_ENTITY") or None,
+            "group": self.group or env("WANDB_RUN_GROUP") or None,
+            "tags": list(self.tags) or None,
+            "job_type": self.job_type or env("WANDB_JOB_TYPE") or job_type,
+        }
 
 
 class Logger(Protocol):
@@ -25,6 +60,9 @@ class Logger(Protocol):
     def log_image(self, key: str, path: str | Path, step: int | None = None) -> None: ...
     def log_html(self, key: str, html: str, step: int | None = None) -> None: ...
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None) -> None: ...
+    def log_artifact(
+        self, name: str, path: str | Path, kind: str = "model", aliases: list[str] | None = None
+    ) -> None: ...
     def finish(self) -> None: ...
 
 
@@ -74,6 +112,9 @@ class DiskLogger:
 
         table = pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})
         pq.write_table(table, self.dir / f"{key.replace('/', '_')}.parquet")
+
+    def log_artifact(self, name: str, path: str | Path, kind: str = "model", aliases: list[str] | None = None) -> None:
+        pass  # the folder is already on disk
 
     def finish(self) -> None:
         pass
@@ -125,20 +166,27 @@ class StdoutLogger:
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None) -> None:
         pass
 
+    def log_artifact(self, name: str, path: str | Path, kind: str = "model", aliases: list[str] | None = None) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
 
 class WandbLogger:
-    """wandb run; offline when no API key is configured (``WANDB_MODE`` wins when set)."""
+    """wandb run; offline when no API key is configured (``WANDB_MODE`` wins when set).
+
+    `settings` (a `WandbConfig`) says where the run goes; `resume_id` continues an earlier run
+    (``resume="allow"``: a run of that id is created when none exists yet)."""
 
     def __init__(
         self,
         out_dir: str | Path,
-        project: str = "prefixvalue",
         name: str | None = None,
         config: dict[str, Any] | None = None,
         resume_id: str | None = None,
+        settings: WandbConfig | None = None,
+        job_type: str | None = None,
     ) -> None:
         import wandb
 
@@ -146,8 +194,9 @@ class WandbLogger:
         if mode is None:
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
         self.wandb = wandb
+        self.mode = mode
         self.run = wandb.init(
-            project=project,
+            **(settings or WandbConfig()).init_kwargs(job_type),
             name=name,
             config=config,
             dir=str(out_dir),
@@ -156,6 +205,11 @@ class WandbLogger:
             resume="allow" if resume_id else None,
             reinit="finish_previous",
         )
+
+    @property
+    def run_id(self) -> str:
+        """The wandb run's id (what `resume_id` takes to continue it)."""
+        return str(self.run.id)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log({k: jsonable(v) for k, v in metrics.items()}, step=step)
@@ -169,8 +223,23 @@ class WandbLogger:
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None) -> None:
         self.run.log({key: self.wandb.Table(columns=columns, data=[[jsonable(x) for x in r] for r in rows])}, step=step)
 
+    def log_artifact(self, name: str, path: str | Path, kind: str = "model", aliases: list[str] | None = None) -> None:
+        """Log the folder (or file) at `path` as a wandb artifact `name` of type `kind`."""
+        artifact = self.wandb.Artifact(_artifact_name(name), type=kind)
+        if Path(path).is_dir():
+            artifact.add_dir(str(path))
+        else:
+            artifact.add_file(str(path))
+        self.run.log_artifact(artifact, aliases=aliases)
+
     def finish(self) -> None:
         self.run.finish()
+
+
+def _artifact_name(name: str) -> str:
+    """`name` with the characters wandb refuses in artifact names (anything but letters, digits,
+    ``-``, ``_`` and ``.``) replaced by ``-``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "artifact"
 
 
 class MultiLogger:
@@ -195,9 +264,18 @@ class MultiLogger:
         for lg in self.loggers:
             lg.log_table(key, columns, rows, step)
 
+    def log_artifact(self, name: str, path: str | Path, kind: str = "model", aliases: list[str] | None = None) -> None:
+        for lg in self.loggers:
+            lg.log_artifact(name, path, kind, aliases)
+
     def finish(self) -> None:
         for lg in self.loggers:
             lg.finish()
+
+    @property
+    def wandb_run_id(self) -> str | None:
+        """The id of the wandb run among these loggers, or None."""
+        return next((lg.run_id for lg in self.loggers if isinstance(lg, WandbLogger)), None)
 
 
 def build_logger(
@@ -205,9 +283,15 @@ def build_logger(
     out_dir: str | Path,
     config: dict[str, Any] | None = None,
     run_name: str | None = None,
-    project: str = "prefixvalue",
+    wandb: WandbConfig | None = None,
+    job_type: str | None = None,
+    resume: bool = False,
 ) -> MultiLogger:
-    """Build loggers from ``"disk,stdout,wandb"`` (or a list); ``none`` gives a logger that drops all."""
+    """Build loggers from ``"disk,stdout,wandb"`` (or a list); ``none`` gives a logger that drops all.
+
+    The wandb run goes where `wandb` says (its `job_type` defaults to `job_type`, the stage). Its id
+    is written to ``out_dir/wandb_run_id``; with `resume`, an id found there is continued (a training
+    run resumed from a checkpoint logs into the same wandb run)."""
     names = report_to.split(",") if isinstance(report_to, str) else list(report_to)
     names = [n.strip() for n in names if n.strip() and n.strip() != "none"]
     loggers: list[Logger] = []
@@ -217,7 +301,15 @@ def build_logger(
         elif n == "stdout":
             loggers.append(StdoutLogger())
         elif n == "wandb":
-            loggers.append(WandbLogger(out_dir, project=project, name=run_name, config=config))
+            id_file = Path(out_dir) / WANDB_ID_FILE
+            resume_id = id_file.read_text().strip() or None if resume and id_file.exists() else None
+            lg = WandbLogger(
+                out_dir, name=run_name, config=config, resume_id=resume_id, settings=wandb, job_type=job_type
+            )
+            if lg.mode != "disabled":  # a disabled run is never continued
+                Path(out_dir).mkdir(parents=True, exist_ok=True)
+                id_file.write_text(lg.run_id + "\n")
+            loggers.append(lg)
         else:
             raise ValueError(f"unknown logger {n!r}; choose from disk, stdout, wandb, none")
     return MultiLogger(loggers)

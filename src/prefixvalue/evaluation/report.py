@@ -2,8 +2,10 @@
 
 Plots use matplotlib's Agg backend (no display needed). ``heatmap.html`` is one self-contained page
 (inline CSS, no scripts, no external assets): each completion token is one ``<span class="tok">``
-coloured by the Monte Carlo success of the prefix that ends with that token, with the learned and
-soft values in its hover text; a trace's forking token can be outlined.
+coloured by the Monte Carlo success of the prefix that ends with that token, over a strip coloured by
+the learned value at the same prefix, with every estimator in its hover text; a trace's forking
+token can be outlined. Colours follow the colour-blind-safe cividis scale. ``report.html`` is
+report.md rendered for a browser.
 """
 
 from __future__ import annotations
@@ -68,14 +70,34 @@ def _corr_cell(c: dict[str, Any]) -> str:
     return f"{c['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{c['value']:.3f}"
 
 
+#: matplotlib's cividis colour map (colour-blind safe, readable in greyscale) sampled at 0, 0.1, ..., 1
+_CIVIDIS = (
+    (0, 34, 78),
+    (8, 51, 112),
+    (53, 69, 108),
+    (79, 87, 108),
+    (102, 105, 112),
+    (125, 124, 120),
+    (148, 142, 119),
+    (174, 163, 113),
+    (200, 184, 102),
+    (229, 207, 82),
+    (254, 232, 56),
+)
+
+
 def value_colour(v: float) -> str:
-    """Hex colour for a success probability: red (0) → yellow (0.5) → green (1)."""
-    v = float(np.clip(v, 0.0, 1.0))
-    if v < 0.5:
-        r, g, b = 230, int(80 + 2 * v * (215 - 80)), 80
-    else:
-        r, g, b = int(230 - 2 * (v - 0.5) * (230 - 90)), int(215 - 2 * (v - 0.5) * (215 - 190)), 80
-    return f"#{r:02x}{g:02x}{b:02x}"
+    """Hex colour of a success probability on the cividis scale: dark blue (0) → grey → yellow (1)."""
+    v = float(np.clip(v, 0.0, 1.0)) * (len(_CIVIDIS) - 1)
+    i = min(int(v), len(_CIVIDIS) - 2)
+    a, b, t = _CIVIDIS[i], _CIVIDIS[i + 1], v - i
+    r, g, bl = (round(x + (y - x) * t) for x, y in zip(a, b))
+    return f"#{r:02x}{g:02x}{bl:02x}"
+
+
+def text_colour(v: float) -> str:
+    """Black or white, whichever reads on `value_colour(v)`."""
+    return "#000" if float(np.clip(v, 0.0, 1.0)) >= 0.5 else "#fff"
 
 
 # ----------------------------------------------------------------------------------- report.md
@@ -124,10 +146,13 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Se
         "|---|---|---|---|---|---|---|---|",
     ]
     notes: list[str] = []
+    merged, labels = _rank_groups(metrics)
     for name, m in metrics["estimators"].items():
+        if name in merged:  # ranks like an estimator above: its row stands for both
+            continue
         frac = m["spearman"].get("fraction_of_ceiling")
         lines.append(
-            f"| {name} | {_corr_cell(m['spearman'])} | {_num(frac, 2)} | {_corr_cell(m['pearson'])} | "
+            f"| {labels.get(name, name)} | {_corr_cell(m['spearman'])} | {_num(frac, 2)} | {_corr_cell(m['pearson'])} | "
             f"{_corr_cell(m['kendall'])} | {_num(m['auroc_outcome'])} | {_num(m['brier'])} | "
             f"{_num(m['ece'])} |"
         )
@@ -136,16 +161,18 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Se
                 notes.append(f"- **{name}** {key}: {m[key]['note']}")
         if m.get("auroc_outcome_note") and m.get("auroc_outcome") is None:
             notes.append(f"- **{name}** AUROC: {m['auroc_outcome_note']}")
-        if m.get("note"):
+        if m.get("note") and name not in merged:
             notes.append(f"- **{name}**: {m['note']}")
         for key in ("brier", "ece"):
             if m.get(key) is None and m.get(f"{key}_note") and m.get("probability") is not False:
                 notes.append(f"- **{name}** {key}: {m[f'{key}_note']}")
     lines += [""]
+    for g in metrics.get("rank_equivalent") or []:
+        lines += [g["note"], ""]
     paired = [
         (n, m["spearman"])
         for n, m in metrics["estimators"].items()
-        if "paired_vs_mellowmax" in m["spearman"] or "fraction_of_ceiling_ci" in m["spearman"]
+        if n not in merged and ("paired_vs_mellowmax" in m["spearman"] or "fraction_of_ceiling_ci" in m["spearman"])
     ]
     if paired:
         lines += ["Paired comparisons (the same bootstrap replicates for every estimator):", ""]
@@ -168,23 +195,29 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Se
         lines += ["Why some cells are n/a:", "", *sorted(set(notes)), ""]
     groups = metrics.get("by_position_group", {})
     if groups:
-        names = list(metrics["estimators"])
+        # estimators as rows and the few groups as columns: a table that fits the page
+        names = [n for n in metrics["estimators"] if n not in merged]
         lines += [
             "## By position group (Spearman)",
             "",
             "Each group has its own noise ceiling (split-half on its own labels).",
             "",
-            "| group | prefixes | label mean | noise ceiling | " + " | ".join(names) + " |",
-            "|---|---|---|---|" + "---|" * len(names),
+            "| group | definition | prefixes | label mean | noise ceiling |",
+            "|---|---|---|---|---|",
         ]
         for g, e in groups.items():
-            cells = [_corr_cell(e["estimators"][n]["spearman"]) for n in names]
             gc = (e.get("noise_ceiling") or {}).get("spearman")
-            lines.append(
-                f"| {g} ({e['definition']}) | {e['n_prefixes']} | {_num(e.get('label_mean'))} | {_num(gc)} | "
-                + " | ".join(cells)
-                + " |"
-            )
+            lines.append(f"| {g} | {e['definition']} | {e['n_prefixes']} | {_num(e.get('label_mean'))} | {_num(gc)} |")
+        lines += [
+            "",
+            "| estimator | " + " | ".join(groups) + " |",
+            "|---|" + "---|" * len(groups),
+        ]
+        for n in names:
+            cells = [
+                _corr_cell(e["estimators"][n]["spearman"]) if n in e["estimators"] else "n/a" for e in groups.values()
+            ]
+            lines.append(f"| {labels.get(n, n)} | " + " | ".join(cells) + " |")
         lines += [""]
     sv = metrics.get("step_verification") or {}
     lines += ["## Step verification (ProcessBench protocol)", ""]
@@ -232,24 +265,122 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Se
     return "\n".join(lines)
 
 
+def _rank_groups(metrics: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
+    """From metrics.json's ``rank_equivalent`` groups: the estimators whose row is dropped (a group's
+    members after its first), and each first member's row label naming the others."""
+    merged: set[str] = set()
+    labels: dict[str, str] = {}
+    for g in metrics.get("rank_equivalent") or []:
+        first, *rest = g["estimators"]
+        merged.update(rest)
+        labels[first] = f"{first} (≡ {', '.join(rest)})"
+    return merged, labels
+
+
+#: estimators whose values rank the prefixes with at least this Spearman correlation between them
+#: share one row of the report's tables (metrics.json keeps each)
+RANK_EQUIVALENT_SPEARMAN = 0.9999
+
+
+def rank_equivalent_groups(result: EvalResult, threshold: float = RANK_EQUIVALENT_SPEARMAN) -> list[dict[str, Any]]:
+    """Groups of estimators (of one kind: probabilities or soft values) whose values rank the labelled
+    prefixes alike: Spearman between them ≥ `threshold`, measured on ``result.prefixes``. Each group
+    lists its estimators (the first in metrics order stands for the others), the smallest Spearman
+    between a member and the first, the largest difference in any correlation or AUROC of
+    metrics.json's estimator table, and a sentence for the report."""
+    from scipy.stats import spearmanr
+
+    ests = result.metrics.get("estimators", {})
+    names = [n for n in ests if n in result.prefixes]
+    cols = {n: np.asarray(result.prefixes[n], dtype=np.float64) for n in names}
+    groups: list[list[str]] = []
+    low: dict[str, float] = {}
+    for n in names:
+        v = cols[n]
+        if not np.isfinite(v).any() or np.nanstd(v) == 0:
+            continue
+        for g in groups:
+            head = g[0]
+            if bool(ests[head].get("probability")) != bool(ests[n].get("probability")):
+                continue
+            ok = np.isfinite(v) & np.isfinite(cols[head])
+            if ok.sum() <= 2 or np.ptp(v[ok]) == 0 or np.ptp(cols[head][ok]) == 0:
+                continue
+            rho = float(spearmanr(v[ok], cols[head][ok])[0])
+            if rho >= threshold:
+                g.append(n)
+                low[g[0]] = min(low.get(g[0], 1.0), rho)
+                break
+        else:
+            groups.append([n])
+    out = []
+    for g in (g for g in groups if len(g) > 1):
+        head = ests[g[0]]
+        diff = 0.0
+        for n in g[1:]:
+            for key in ("spearman", "pearson", "kendall"):
+                a, b = head[key].get("value"), ests[n][key].get("value")
+                if a is not None and b is not None:
+                    diff = max(diff, abs(a - b))
+            a, b = head.get("auroc_outcome"), ests[n].get("auroc_outcome")
+            if a is not None and b is not None:
+                diff = max(diff, abs(a - b))
+        why = ""
+        if all(n == "logsumexp" or n.startswith("mellowmax") for n in g):
+            why = (
+                " MellowMax with ω ≥ 1 of a peaked policy is log-sum-exp up to a shift (the top tokens hold almost "
+                "all the probability), so these rank the prefixes alike."
+            )
+        out.append(
+            {
+                "estimators": g,
+                "min_spearman_between": round(low[g[0]], 6),
+                "max_metric_difference": round(diff, 6),
+                "note": (
+                    f"{', '.join(g[:-1])} and {g[-1]} rank the prefixes alike (Spearman between their values "
+                    f"≥ {math.floor(low[g[0]] * 1e5) / 1e5:.5f}), so they share one row: the figures of {g[0]}; "
+                    f"the others differ by at most {diff:.3f} in any correlation or AUROC (metrics.json keeps "
+                    f"each).{why}"
+                ),
+            }
+        )
+    return out
+
+
 def _step_benchmark_lines(sb: dict[str, Any]) -> list[str]:
+    """The step benchmark section: how the threshold was set (the protocol), one row per split and score,
+    and the average over splits when there are several."""
+    protocol = sb.get("protocol", "calibration")
+    if protocol == "calibration":
+        how = (
+            f"threshold chosen on a calibration split of problems ({sb.get('n_calibration')}), "
+            f"reported on the test split ({sb.get('n_test')})"
+        )
+    elif protocol == "fixed":
+        how = f"every example scored at the fixed threshold {_num(sb.get('threshold'), 4)} (ProcessBench's protocol)"
+    else:
+        how = f"threshold tuned on `{sb.get('tuned_on')}`, every example scored at it"
     lines = [
         f"## Step benchmark: `{sb.get('source')}`",
         "",
-        f"{sb.get('n_examples')} examples; threshold chosen on a calibration split of problems "
-        f"({sb.get('n_calibration')}), reported on the test split ({sb.get('n_test')}).",
+        f"{sb.get('n_examples')} examples; {how}.",
         "",
-        "| score | F1 | acc erroneous | acc correct | threshold |",
-        "|---|---|---|---|---|",
+        "| split | score | F1 | acc erroneous | acc correct | threshold |",
+        "|---|---|---|---|---|---|",
     ]
-    for label, s in (("prefix-based", sb), ("process-level", sb.get("process_level"))):
-        if s:
-            lines.append(
-                f"| {label} | {_num(s.get('f1'))} | {_num(s.get('acc_erroneous'))} | "
-                f"{_num(s.get('acc_correct'))} | {_num(s.get('threshold'), 4)} |"
-            )
+    splits = sb.get("splits") or {"all": sb}
+    rows = list(splits.items()) + ([("average", sb.get("average", {}))] if len(splits) > 1 else [])
+    for name, split in rows:
+        for label, r in (("prefix-based", split), ("process-level", split.get("process_level"))):
+            if r:
+                lines.append(
+                    f"| {name} | {label} | {_num(r.get('f1'))} | {_num(r.get('acc_erroneous'))} | "
+                    f"{_num(r.get('acc_correct'))} | {_num(r.get('threshold'), 4)} |"
+                )
     if sb.get("note"):
         lines += ["", sb["note"]]
+    if sb.get("predictions"):
+        lines += ["", f"Per-example predictions: `{sb['predictions']}`"]
     return lines + [""]
 
 
@@ -278,27 +409,43 @@ def plot_calibration(calibration: dict[str, list[dict[str, float]]], path: Path)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_title("Calibration against MC labels")
-    ax.legend(fontsize=8)
+    # below the axes: a legend inside would cover the curves near the diagonal
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def plot_scatter(pred: np.ndarray, mc: np.ndarray, name: str, path: Path) -> Path:
-    """Estimator vs MC label per prefix, with the diagonal."""
+def plot_scatter(pred: np.ndarray, mc: np.ndarray, name: str, path: Path, n: np.ndarray | None = None) -> Path:
+    """Estimator vs MC label per prefix, with the diagonal and the Spearman and Pearson correlations.
+
+    MC labels are k/n fractions, so the points fall on vertical stripes; each point is jittered
+    horizontally by up to a third of the gap 1/n (`n`: MC samples per prefix) so the stripes show
+    their density. The correlations are of the unjittered values."""
+    from scipy.stats import pearsonr, spearmanr
+
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    pred, mc = np.asarray(pred, dtype=np.float64), np.asarray(mc, dtype=np.float64)
+    ok = np.isfinite(pred) & np.isfinite(mc)
+    gap = 1.0 / np.asarray(n, dtype=np.float64)[ok] if n is not None else np.full(int(ok.sum()), 1 / 32)
+    x = mc[ok] + np.random.default_rng(0).uniform(-1, 1, int(ok.sum())) * gap / 3
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="y = x")
-    ax.scatter(mc, pred, s=10, alpha=0.5)
-    ax.set_xlabel("MC success (k/n)")
-    ax.set_ylabel(f"{name} value")
-    ax.set_xlim(-0.02, 1.02)
+    ax.scatter(x, pred[ok], s=6, alpha=0.35, linewidths=0, label="prefix (MC jittered within its k/n stripe)")
+    if ok.sum() > 2 and np.ptp(pred[ok]) > 0 and np.ptp(mc[ok]) > 0:
+        rho, r = spearmanr(pred[ok], mc[ok])[0], pearsonr(pred[ok], mc[ok])[0]
+        corr = f"Spearman {rho:.3f} · Pearson {r:.3f}"
+    else:
+        corr = "correlation undefined (constant values)"
+    ax.set_xlabel("MC success k/n (jittered)")
+    ax.set_ylabel(f"{name} (success probability)")
+    ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{name} vs Monte Carlo ({len(mc)} prefixes)")
-    ax.legend(fontsize=8)
+    ax.set_title(f"{name} vs Monte Carlo, {int(ok.sum())} prefixes\n{corr}", fontsize=10)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -306,14 +453,25 @@ def plot_scatter(pred: np.ndarray, mc: np.ndarray, name: str, path: Path) -> Pat
 def plot_value_curves(
     result: EvalResult, indices: list[int], path: Path, forks: dict[int, int] | None = None
 ) -> Path | None:
-    """Per-trace curves along the tokens: MC mean with its Wilson band, learned P̂ (and any other
-    ``learned_*`` estimator), MellowMax (right axis). `forks` maps a trace index to the token index
-    of its forking token, drawn as a red band between the prefixes without and with it."""
+    """Per-trace curves along the tokens, two panels per trace: above, the success probabilities (MC
+    mean with its Wilson band, learned P̂ and any other ``learned_*`` estimator, the base rate); below,
+    the policy's soft values in logit units (MellowMax, log-sum-exp), never on the probability axis.
+    `forks` maps a trace index to the token index of its forking token, drawn as a red band between
+    the prefixes without and with it. Legends sit right of the panels, off the data."""
     if not indices:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(len(indices), 1, figsize=(9, 2.6 * len(indices)), squeeze=False)
-    for ax, i in zip(axes[:, 0], indices):
+    soft = [n for n in ("mellowmax", "logsumexp") if n in result.curves[indices[0]]]
+    rows = 2 if soft else 1
+    fig, axes = plt.subplots(
+        rows * len(indices),
+        1,
+        figsize=(10, (2.6 + 1.3 * (rows - 1)) * len(indices)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [3, 1.5] * len(indices) if soft else None},
+    )
+    for j, i in enumerate(indices):
+        ax = axes[rows * j, 0]
         t, mc, cur = result.traces[i], result.mc[i], result.curves[i]
         x = np.arange(t.length + 1)
         ax.fill_between(mc["position"], mc["ci_low"], mc["ci_high"], color="tab:green", alpha=0.2, label="MC 95% CI")
@@ -322,26 +480,31 @@ def plot_value_curves(
             ax.plot(x, cur["learned"], color="tab:blue", label="learned P̂")
         for name, style in zip(sorted(n for n in cur if n.startswith("learned_")), ("--", "-.", ":")):
             ax.plot(x, cur[name], style, color="tab:purple", label=name)
-        if forks and i in forks:
-            ax.axvspan(forks[i], forks[i] + 1, color="tab:red", alpha=0.25, label="forking token")
         if "constant" in cur:
             ax.plot(x, cur["constant"], ":", color="grey", label="base rate")
-        for _, e in t.step_spans:
-            ax.axvline(e, color="k", alpha=0.08)
+        panels = [ax]
+        if soft:
+            ax2 = axes[rows * j + 1, 0]
+            for name, colour in zip(soft, ("tab:orange", "tab:brown")):
+                style = "--" if name == "logsumexp" and "mellowmax" in soft else "-"
+                ax2.plot(x, cur[name], style, color=colour, lw=1.2, label=name)
+            ax2.set_ylabel("soft value\n(logit units)", fontsize=8)
+            ax2.sharex(ax)
+            panels.append(ax2)
+        for a in panels:
+            if forks and i in forks:
+                a.axvspan(forks[i], forks[i] + 1, color="tab:red", alpha=0.25, label="forking token")
+            for _, e in t.step_spans:
+                a.axvline(e, color="k", alpha=0.08)
+            a.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("P(success)")
         ax.set_title(f"trace {t.trace_id} (outcome {t.outcome:g})", fontsize=9)
-        handles, labels = ax.get_legend_handles_labels()
-        if "mellowmax" in cur:
-            ax2 = ax.twinx()
-            ax2.plot(x, cur["mellowmax"], color="tab:orange", alpha=0.8, label="MellowMax (right axis)")
-            ax2.set_ylabel("MellowMax (logit units)", fontsize=8)
-            h2, l2 = ax2.get_legend_handles_labels()
-            handles, labels = handles + h2, labels + l2
-        ax.legend(handles, labels, fontsize=7, loc="best")
+        if soft:  # the soft-value panel below carries the position axis
+            ax.tick_params(labelbottom=False)
     axes[-1, 0].set_xlabel("completion tokens in the prefix (position)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -358,14 +521,36 @@ def flatten_metrics(prefix: str, d: Any, out: dict[str, float]) -> None:
 
 
 # ------------------------------------------------------------------------------------- heatmap
-def _token_texts(ids: list[int], tokenizer: Any) -> list[str]:
+def token_texts(ids: Sequence[int], tokenizer: Any) -> list[str]:
+    """The text each token adds to the decoded completion (``"".join`` gives the decoded text).
+
+    Decoded as growing prefixes, not token by token: a byte-level BPE token is shown as its text
+    (never as ``Ġ`` or ``Ċ``), and the tokens of one multi-byte character give it, whole, to the token
+    that completes it (the others give ""; token-by-token decoding would show ``�``). Without a
+    tokenizer, ``[id]``."""
     if tokenizer is None:
         return [f"[{i}]" for i in ids]
-    out = []
-    for i in ids:
-        text = tokenizer.decode([i], skip_special_tokens=False)
-        out.append(text if text != "" else f"[{i}]")
+    ids = [int(i) for i in ids]
+    out: list[str] = []
+    prev = ""
+    decoded = tokenizer.batch_decode(
+        [ids[: k + 1] for k in range(len(ids))], skip_special_tokens=False, clean_up_tokenization_spaces=False
+    )
+    for k, text in enumerate(decoded):
+        if text.endswith("\ufffd") and k + 1 < len(ids):  # a character cut between tokens: wait for its end
+            out.append("")
+            continue
+        n = len(prev) if text.startswith(prev) else len(_common_prefix(prev, text))
+        out.append(text[n:])
+        prev = text
     return out
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
 
 
 def render_heatmap(
@@ -374,34 +559,51 @@ def render_heatmap(
     """Self-contained HTML: per trace, one ``<span class="tok">`` per completion token.
 
     Token i is coloured by the MC success of the prefix ending with it (position i + 1); tokens at
-    unlabelled positions are light grey. Hover text (``title``) gives position, MC k/n with its CI,
-    the learned value and the soft values at that position. `forks` maps a trace index to the
-    token index of its forking token, outlined in red and named above the trace.
+    unlabelled positions are light grey. Under each token a strip (``<span class="lv">``) is coloured
+    by the learned value at the same position, so the learned model's disagreement with MC shows at a
+    glance. Hover text (``title``) gives position, MC k/n with its CI and every estimator's value there
+    (value models as probabilities, soft values in logit units). `forks` maps a trace index to the
+    token index of its forking token, outlined and named above the trace.
     """
     forks = forks or {}
-    soft_names = [n for n in ("mellowmax", "logsumexp") if result.curves and n in result.curves[0]]
+    info = result.estimator_info
+    names = list(result.curves[0]) if result.curves else []
+    # value models first (learned, learned_*), then the other estimators in their own order
+    names = sorted(names, key=lambda n: (not n.startswith("learned"), names.index(n)))
+    strip = "learned" if "learned" in names else None
+    legend = "".join(
+        f"<span style='background:{value_colour(v)};color:{text_colour(v)}'>{v:.1f}</span>"
+        for v in np.linspace(0, 1, 6)
+    )
     parts = [
         "<!DOCTYPE html>",
         "<html><head><meta charset='utf-8'><title>prefixvalue token heatmap</title>",
-        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.9}"
+        "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto;line-height:1.4}"
         ".trace{border:1px solid #ccc;border-radius:6px;padding:.6em 1em;margin:1em 0}"
-        ".prompt{color:#555;font-family:monospace;white-space:pre-wrap}"
-        ".tok{font-family:monospace;white-space:pre;padding:1px 0;border-radius:2px}"
+        ".prompt{color:#555;font-family:monospace;white-space:pre-wrap;margin-bottom:.4em}"
+        ".cell{display:inline-block;vertical-align:top;margin:0 1px .5em 0;min-width:.5em}"
+        ".tok{display:block;font-family:monospace;font-size:1.15em;white-space:pre;padding:2px 1px;"
+        "border-radius:2px 2px 0 0}.tok:empty::before{content:'\\200b'}.lv{display:block;height:.6em;border-top:1px solid #fff;border-radius:0 0 2px 2px}"
         ".legend span{display:inline-block;width:3em;text-align:center;font-size:.8em}"
         ".meta{font-size:.85em;color:#444}.fork{outline:2px solid #d00;outline-offset:1px}</style></head><body>",
         "<h1>Token heatmap</h1>",
         "<p>Each token is coloured by the Monte Carlo success rate of the prefix that ends with that token "
-        "(resampling continuations from there); grey tokens have no MC label. Hover a token for its "
-        "position, MC k/n and 95% CI, learned value and soft values.</p>",
-        "<p class='legend'>"
-        + "".join(f"<span style='background:{value_colour(v)}'>{v:.1f}</span>" for v in np.linspace(0, 1, 6))
-        + f" <span style='background:{NO_LABEL_COLOUR}'>none</span></p>",
+        "(resampling continuations from there); grey tokens have no MC label. "
+        + (
+            "The strip under each token is coloured by the learned value P̂ at the same prefix, on the same "
+            "scale: where the strip and the token differ, the value model disagrees with MC. "
+            if strip
+            else ""
+        )
+        + "Hover a token for its position, MC k/n and 95% CI, and every estimator's value there "
+        "(probabilities; soft values in logit units). Colours: cividis, colour-blind safe.</p>",
+        f"<p class='legend'>success probability: {legend} <span style='background:{NO_LABEL_COLOUR}'>none</span></p>",
     ]
     pos_col = result.prefixes["position"]
     for i in indices:
         t, cur = result.traces[i], result.curves[i]
         rows = {p: j for j, (tid, p) in enumerate(zip(result.prefixes["trace_id"], pos_col)) if tid == t.trace_id}
-        texts = _token_texts(t.completion_ids, tokenizer)
+        texts = token_texts(t.completion_ids, tokenizer)
         head = f"trace {html.escape(t.trace_id)} · prompt {html.escape(t.prompt_id)} · outcome {t.outcome:g}"
         p0 = rows.get(0)
         if p0 is not None:
@@ -422,29 +624,81 @@ def render_heatmap(
             j = rows.get(p)
             tip = [f"position {p}"]
             if j is not None:
-                colour = value_colour(result.prefixes["mc_mean"][j])
+                mc = result.prefixes["mc_mean"][j]
+                colour, fg = value_colour(mc), text_colour(mc)
                 tip.append(
                     f"MC {_g(result.prefixes['successes'][j])}/{result.prefixes['n'][j]} = "
-                    f"{result.prefixes['mc_mean'][j]:.3f} [{result.prefixes['ci_low'][j]:.2f}, "
-                    f"{result.prefixes['ci_high'][j]:.2f}]"
+                    f"{mc:.3f} [{result.prefixes['ci_low'][j]:.2f}, {result.prefixes['ci_high'][j]:.2f}]"
                 )
-                mc_attr = f"{result.prefixes['mc_mean'][j]:.6g}"
+                mc_attr = f"{mc:.6g}"
             else:
-                colour, mc_attr = NO_LABEL_COLOUR, ""
+                colour, fg, mc_attr = NO_LABEL_COLOUR, "#000", ""
                 tip.append("MC: not labelled")
-            if "learned" in cur:
-                tip.append(f"learned {cur['learned'][p]:.3f}")
-            for s in soft_names:
-                tip.append(f"{s} {cur[s][p]:.3f}")
-            shown = text.replace("\n", "↵\n")
+            for n in names:
+                unit = "" if info.get(n, {}).get("probability", n.startswith("learned")) else " (logit units)"
+                tip.append(f"{n} {float(cur[n][p]):.3f}{unit}")
+            if text == "":
+                tip.append("part of a character that the next token completes")
+            shown = text.replace("\n", "↵")
             cls = "tok fork" if k == fork else "tok"
+            strip_html = ""
+            if strip:
+                lv = float(cur[strip][p])
+                strip_html = f"<span class='lv' style='background:{value_colour(lv)}' data-learned='{lv:.6g}'></span>"
             parts.append(
-                f"<span class='{cls}' style='background:{colour}' data-position='{p}' data-mc='{mc_attr}' "
-                f"title='{html.escape('; '.join(tip), quote=True)}'>{html.escape(shown)}</span>"
+                f"<span class='cell' title='{html.escape('; '.join(tip), quote=True)}'>"
+                f"<span class='{cls}' style='background:{colour};color:{fg}' data-position='{p}' data-mc='{mc_attr}'>"
+                f"{html.escape(shown)}</span>{strip_html}</span>" + ("<br>" if "\n" in text else "")
             )
         parts.append("</div></div>")
     parts.append("</body></html>")
     return "".join(parts)
+
+
+# ----------------------------------------------------------------------------------- report.html
+#: style of report.html: wide tables scroll sideways with their first column pinned, numbers align
+_REPORT_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:78em;margin:2em auto;padding:0 1em;line-height:1.45;"
+    "color:#1a1a1a}h1,h2,h3{line-height:1.2}code{background:#f3f3f3;padding:0 .2em;border-radius:3px}"
+    ".table{overflow-x:auto;margin:.6em 0 1.2em;border:1px solid #ddd;border-radius:4px}"
+    "table{border-collapse:collapse;font-size:.85em;font-variant-numeric:tabular-nums}"
+    "th,td{padding:.3em .6em;border-bottom:1px solid #eee;text-align:left;vertical-align:top}"
+    "td{white-space:nowrap}th{background:#f6f6f6;position:sticky;top:0}"
+    "td:first-child,th:first-child{position:sticky;left:0;background:#fafafa;white-space:normal;"
+    "min-width:9em;max-width:22em;border-right:1px solid #ddd}tr:hover td{background:#f0f6ff}"
+    "img{max-width:100%;height:auto;border:1px solid #eee}"
+)
+
+
+def render_html(markdown: str, title: str = "prefixvalue evaluation") -> str:
+    """report.md as one HTML page (markdown-it, tables enabled): every table wrapped in a box that
+    scrolls sideways with its first column pinned, images beside the page as in report.md."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    body = body.replace("<table>", "<div class='table'><table>").replace("</table>", "</table></div>")
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><style>{_REPORT_CSS}</style>"
+        f"</head><body>{body}</body></html>"
+    )
+
+
+def prefix_texts(result: EvalResult, tokenizer: Any = None) -> tuple[list[str], list[str]]:
+    """Per row of ``result.prefixes``: the prompt text and the completion text of the prefix (its first
+    `position` tokens, decoded with `tokenizer`; ids as ``[id]`` without one)."""
+    traces = {t.trace_id: t for t in result.traces}
+    prompts, prefixes = [], []
+    for tid, pos in zip(result.prefixes["trace_id"], result.prefixes["position"]):
+        t = traces[tid]
+        ids = [int(i) for i in t.completion_ids[: int(pos)]]
+        prompts.append(t.prompt or (tokenizer.decode(t.prompt_ids) if tokenizer is not None else ""))
+        prefixes.append(
+            tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if tokenizer is not None
+            else "".join(f"[{i}]" for i in ids)
+        )
+    return prompts, prefixes
 
 
 # ------------------------------------------------------------------------- quickstart section
@@ -503,18 +757,17 @@ def render_quickstart_section(q: dict[str, Any], metrics: dict[str, Any]) -> str
     lines += ["", *_recipes_lines(q, metrics)]
     if metrics["mc"].get("saturated"):
         lines.append(f"- **labels are saturated** ({SATURATION_DEFINITION}): {metrics['mc'].get('note', '')}")
+    merged, labels = _rank_groups(metrics)  # estimators ranking alike on all prefixes share a column
+    short_names = [n for n in q["short_estimators"] if n not in merged]
     lines += [
         "",
         "### Short-prefix study: soft values vs MC success",
         "",
-        "| prefixes | n | label variance | noise ceiling | " + " | ".join(q["short_estimators"]) + " |",
-        "|---|---|---|---|" + "---|" * len(q["short_estimators"]),
+        "| prefixes | n | label variance | noise ceiling | " + " | ".join(labels.get(n, n) for n in short_names) + " |",
+        "|---|---|---|---|" + "---|" * len(short_names),
     ]
     for key, s in q["short"].items():
-        cells = [
-            _corr_short(s["estimators"][n]["spearman"]) if n in s["estimators"] else "n/a"
-            for n in q["short_estimators"]
-        ]
+        cells = [_corr_short(s["estimators"][n]["spearman"]) if n in s["estimators"] else "n/a" for n in short_names]
         lines.append(
             f"| {key} (positions 0..{key.split(':')[1]}) | {s['n_prefixes']} | {_fixed(s['label_variance'], 4)} | "
             f"{_fixed(s['noise_ceiling_spearman'])} | " + " | ".join(cells) + " |"
@@ -729,7 +982,11 @@ def write_report(
     )
     if scatter_name is not None:
         paths["scatter"] = plot_scatter(
-            np.asarray(result.prefixes[scatter_name], dtype=np.float64), mc, scatter_name, out / "scatter.png"
+            np.asarray(result.prefixes[scatter_name], dtype=np.float64),
+            mc,
+            scatter_name,
+            out / "scatter.png",
+            np.asarray(result.prefixes["n"], dtype=np.float64),
         )
         plots[f"{scatter_name} vs MC"] = paths["scatter"].name
 
@@ -746,16 +1003,29 @@ def write_report(
     (out / "heatmap.html").write_text(page, encoding="utf-8")
     paths["heatmap"] = out / "heatmap.html"
 
-    table = pa.table({k: v for k, v in result.prefixes.items()})
+    # the prompt and prefix text beside the ids, so each row (here and in wandb's table) can be read
+    prompts, prefixes = prefix_texts(result, tokenizer)
+    columns = dict(result.prefixes)
+    head = list(columns)[: list(columns).index("position") + 1] if "position" in columns else []
+    columns = {**{k: columns[k] for k in head}, "prompt": prompts, "prefix": prefixes, **columns}
+    table = pa.table(columns)
     pq.write_table(table, out / "predictions.parquet")
     paths["predictions"] = out / "predictions.parquet"
 
     metrics = result.metrics
-    metrics["files"] = {k: p.name for k, p in paths.items()} | {"report": "report.md", "metrics": "metrics.json"}
+    metrics["rank_equivalent"] = rank_equivalent_groups(result)
+    metrics["files"] = {k: p.name for k, p in paths.items()} | {
+        "report": "report.md",
+        "report_html": "report.html",
+        "metrics": "metrics.json",
+    }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     paths["metrics"] = out / "metrics.json"
-    (out / "report.md").write_text(render_markdown(metrics, plots, sections))
+    markdown = render_markdown(metrics, plots, sections)
+    (out / "report.md").write_text(markdown)
     paths["report"] = out / "report.md"
+    (out / "report.html").write_text(render_html(markdown), encoding="utf-8")
+    paths["report_html"] = out / "report.html"
 
     if logger is not None:
         flat: dict[str, float] = {}
@@ -769,8 +1039,8 @@ def write_report(
             if key in paths:
                 logger.log_image(f"eval/{key}", paths[key], step=0)
         logger.log_html("eval/heatmap", page, step=0)
-        cols = list(result.prefixes)
-        rows = [[result.prefixes[c][i] for c in cols] for i in range(len(result.prefixes["position"]))]
+        cols = list(columns)
+        rows = [[columns[c][i] for c in cols] for i in range(len(result.prefixes["position"]))]
         logger.log_table("eval/predictions", cols, rows, step=0)
     return paths
 
@@ -783,6 +1053,7 @@ def write_step_benchmark_report(metrics: dict[str, Any], out_dir: str | Path, lo
     lines = ["# prefixvalue step benchmark", "", f"checkpoint: `{metrics.get('checkpoint')}`", ""]
     lines += _step_benchmark_lines(metrics["step_benchmark"])
     (out / "report.md").write_text("\n".join(lines))
+    (out / "report.html").write_text(render_html("\n".join(lines), "prefixvalue step benchmark"), encoding="utf-8")
     if logger is not None:
         flat: dict[str, float] = {}
         flatten_metrics("eval/step_benchmark", metrics["step_benchmark"], flat)

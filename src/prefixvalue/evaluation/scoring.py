@@ -41,9 +41,10 @@ from .metrics import (
 from .softvalues import SoftValueSpec
 from .stepscores import (
     load_step_data,
+    load_step_splits,
     prefix_step_scores,
     process_step_scores,
-    score_step_examples,
+    step_benchmark,
     step_verification,
     td_errors,
 )
@@ -608,13 +609,22 @@ def _trace_step_verification(
 def evaluate_step_data(
     value_model: Any, tokenizer: Any, path: str | Path, cfg: EvaluateConfig, prompt_format: Any = None
 ) -> dict[str, Any]:
-    """Score ProcessBench / TRL stepwise data at `path` with the value model (ProcessBench protocol); prompts
-    are formatted as the value model's training traces were (`prompt_format`, a `PromptFormat`)."""
-    examples = load_step_data(path, cfg.step_data_format)
-    out = score_step_examples(
+    """Score ProcessBench / TRL stepwise data at `path` (the splits ``cfg.step_data_split`` names) with the value
+    model under ``cfg.step_protocol`` (`prefixvalue.evaluation.stepscores.step_benchmark`); prompts are
+    formatted as the value model's training traces were (`prompt_format`, a `PromptFormat`). Writes one
+    prediction per example to ``OUT/step_predictions.jsonl`` when ``cfg.out`` is set. With one split its
+    figures are the top-level keys; with several, the unweighted means over splits are (``"average"``)."""
+    splits = load_step_splits(path, cfg.step_data_format, cfg.step_data_split)
+    tuning = None
+    if cfg.step_protocol == "tuned":
+        tuning = load_step_data(cfg.step_threshold_data, cfg.step_data_format, cfg.step_threshold_split)
+    metrics, rows = step_benchmark(
         value_model,
         tokenizer,
-        examples,
+        splits,
+        cfg.step_protocol,
+        cfg.step_threshold,
+        tuning,
         cfg.calibration_fraction,
         cfg.seed,
         cfg.batch_size,
@@ -622,5 +632,38 @@ def evaluate_step_data(
         cfg.step_separator,
         prompt_format,
     )
+    per = metrics["splits"]
+    if len(per) == 1:
+        out = {**next(iter(per.values())), **{k: v for k, v in metrics.items() if k != "average"}}
+    else:
+        avg = metrics["average"]
+        out = {
+            **metrics,
+            **{k: avg[k] for k in ("f1", "acc_erroneous", "acc_correct", "f1_weighted")},
+            "threshold_split": cfg.step_protocol,
+            "n_calibration": sum(s.get("n_calibration", 0) for s in per.values()),
+            "n_test": sum(s.get("n_test", 0) for s in per.values()),
+        }
+        if "process_level" in avg:
+            out["process_level"] = {**avg["process_level"], "threshold_split": cfg.step_protocol}
+        out.setdefault("threshold", None)
     out["source"] = str(path)
+    if cfg.step_protocol == "fixed":
+        out["note"] = (
+            f"ProcessBench protocol: every example scored at the fixed threshold {cfg.step_threshold:g} "
+            f"(no calibration split){'; F1 is the unweighted mean over splits' if len(per) > 1 else ''}"
+        )
+    elif cfg.step_protocol == "tuned":
+        out["note"] = (
+            f"ProcessBench protocol: threshold tuned on {cfg.step_threshold_data}, every example scored at it"
+            f"{'; F1 is the unweighted mean over splits' if len(per) > 1 else ''}"
+        )
+        out["tuned_on"] = str(cfg.step_threshold_data)
+    if cfg.out is not None:
+        pred_path = Path(cfg.out) / "step_predictions.jsonl"
+        pred_path.parent.mkdir(parents=True, exist_ok=True)
+        with pred_path.open("w") as fh:
+            for row in rows:
+                fh.write(json.dumps(jsonable(row)) + "\n")
+        out["predictions"] = str(pred_path)
     return jsonable(out)

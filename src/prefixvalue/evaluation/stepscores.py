@@ -10,9 +10,12 @@
   vs all-correct), and reported on the disjoint test split (never tuned on the reported data); when
   the calibration split lacks a class no threshold can be tuned and F1 is null with a note.
 
-Loaders turn ProcessBench JSON lines (``problem``, ``steps``, ``label``) and TRL stepwise-supervision
-data (``prompt``, ``completions``, ``labels``) into `StepExample`s, and `tokenize_step_example`
-gives the token ids and step spans a value model scores.
+Loaders read step data through `datasets` (`open_step_data`: a .json/.jsonl/.parquet file, a saved or data
+folder, a Hub id; named splits, never merged) and turn ProcessBench rows (``problem``, ``steps``, ``label``)
+and TRL stepwise-supervision rows (``prompt``, ``completions``, ``labels``) into `StepExample`s;
+`tokenize_step_example` gives the token ids and step spans a value model scores. `step_benchmark` scores
+splits under a protocol (``calibration``; ProcessBench's ``fixed`` threshold, or one ``tuned`` on separate
+data), with per-split results, their average and one prediction per example (docs/design.md, "Data bridges").
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import ConfigError
 from ..data.split import unit_hash
 from ..prompting import PromptFormat
 from ..tasks.base import first_error
@@ -229,38 +233,143 @@ class StepExample:
     meta: dict[str, Any]
 
 
-def _read_records(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if path.is_dir():
-        import datasets
+#: file suffixes read with a `datasets` builder: suffix -> builder name
+STEP_DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[next(iter(ds))] if len(ds) == 1 else datasets.concatenate_datasets(list(ds.values()))
-        return [dict(r) for r in ds]
-    text = path.read_text()
-    if path.suffix == ".json":
-        data = json.loads(text)
-        return list(data) if isinstance(data, list) else [data]
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+def _first_bad_json_line(path: Path) -> str | None:
+    """``"FILE, line N: ..."`` for the first line of a JSON-lines file that is not a JSON object; None if
+    every line is (the file may be one JSON document instead)."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = raw.decode("utf-8", errors="replace").strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                return f"{path}, line {lineno}: invalid JSON ({exc.msg} at column {exc.colno})"
+            if not isinstance(obj, dict) and not (lineno == 1 and isinstance(obj, list)):
+                return f"{path}, line {lineno}: expected a JSON object, got {type(obj).__name__}"
+    return None
+
+
+def _builder_error(source: str, path: Path | None, exc: Exception) -> ConfigError:
+    where = _first_bad_json_line(path) if path is not None and path.suffix == ".jsonl" else None
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConfigError(where or f"cannot read step data {source}: {type(exc).__name__}: {first[:300]}")
+
+
+def _looks_local(source: str) -> bool:
+    """Whether `source` is meant as a local path (it exists, starts like a path, or has a data-file suffix)
+    rather than a Hub dataset id (``owner/name``)."""
+    return (
+        Path(source).expanduser().exists()
+        or source.startswith((".", "/", "~"))
+        or Path(source).suffix.lower() in STEP_DATA_BUILDERS
+        or source.count("/") > 1
+    )
+
+
+def open_step_data(source: str | Path, splits: str | Sequence[str] | None = None) -> dict[str, Any]:
+    """The step data at `source` as ``{split name: datasets.Dataset}``, loaded through `datasets`.
+
+    `source`: a local ``.json`` / ``.jsonl`` / ``.parquet`` file (one dataset, named by its file stem), a
+    folder written by ``save_to_disk``, a local data folder (``datasets.load_dataset(folder)``: splits from
+    its README or file names), or a Hub dataset id such as ``Qwen/ProcessBench`` (needs the network).
+    `splits`: None (the only split; ConfigError listing the splits when there are several: splits are never
+    merged), a name, a comma-separated list, or ``all``. ConfigError (one line) when the source is missing,
+    unreadable, or lacks a requested split.
+    """
+    import datasets
+
+    text = str(source)
+    names = (
+        None
+        if splits is None
+        else [s.strip() for s in (splits.split(",") if isinstance(splits, str) else splits) if s.strip()]
+    )
+    path = Path(text).expanduser()
+    loaded: Any
+    if path.is_file():
+        builder = STEP_DATA_BUILDERS.get(path.suffix.lower())
+        if builder is None:
+            raise ConfigError(
+                f"step data {text}: unknown file type {path.suffix!r}; expected .json, .jsonl or .parquet"
+            )
+        try:
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train")  # one file: one split
+        except Exception as exc:  # noqa: BLE001 - a reader failure is the user's file
+            raise _builder_error(text, path, exc) from None
+        loaded = datasets.DatasetDict({path.stem: ds})
+        if names not in (None, ["all"], [path.stem]):
+            raise ConfigError(f"step data {text} is one file (split {path.stem!r}); it has no split(s) {names}")
+        return dict(loaded)
+    if path.is_dir():
+        try:
+            if any((path / f).exists() for f in ("dataset_dict.json", "state.json", "dataset_info.json")):
+                loaded = datasets.load_from_disk(str(path))
+            else:
+                loaded = datasets.load_dataset(str(path))
+        except Exception as exc:  # noqa: BLE001
+            raise _builder_error(text, None, exc) from None
+    elif _looks_local(text):
+        raise ConfigError(f"step data not found: {text} (no such file or folder)")
+    else:  # a Hub dataset id
+        try:
+            if names and names != ["all"]:
+                loaded = datasets.DatasetDict({n: datasets.load_dataset(text, split=n) for n in names})
+            else:
+                loaded = datasets.load_dataset(text)
+        except Exception as exc:  # noqa: BLE001 - offline, unknown id, unknown split: one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"cannot load step data {text!r} from the Hugging Face Hub ({type(exc).__name__}: {first[:300]}); "
+                "a local file needs a path that exists"
+            ) from None
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({path.name or "data": loaded})
+    have = list(loaded)
+    if names is None:
+        if len(have) > 1:
+            raise ConfigError(
+                f"step data {text} has splits {have}; choose with step_data_split=NAME (several: A,B, or all); "
+                "splits are never merged"
+            )
+        return dict(loaded)
+    if names == ["all"]:
+        return dict(loaded)
+    unknown = [n for n in names if n not in loaded]
+    if unknown:
+        raise ConfigError(f"step data {text} has no split(s) {unknown}; splits: {have}")
+    return {n: loaded[n] for n in names}
 
 
 def _group(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def load_processbench(path: str | Path) -> list[StepExample]:
-    """Read ProcessBench JSON lines (or a JSON list / saved dataset): ``problem``, ``steps``, ``label``."""
+def _records(ds: Any, fields: tuple[str, ...], where: str, what: str) -> list[dict[str, Any]]:
+    missing = [k for k in fields if k not in ds.column_names]
+    if missing:
+        raise ConfigError(f"{where}: lacks {what} field(s) {missing} (fields: {ds.column_names})")
+    return [dict(r) for r in ds]
+
+
+def processbench_examples(ds: Any, where: str = "step data") -> list[StepExample]:
+    """`StepExample`s of ProcessBench rows (``problem``, ``steps``, ``label``; ``id`` when present)."""
     out = []
-    for i, r in enumerate(_read_records(path)):
-        missing = [k for k in ("problem", "steps", "label") if k not in r]
-        if missing:
-            raise ValueError(f"{path}: record {i} lacks ProcessBench field(s) {missing}")
+    for i, r in enumerate(_records(ds, ("problem", "steps", "label"), where, "ProcessBench")):
+        steps = r["steps"]
+        if not isinstance(steps, list) or not isinstance(r["label"], int) or not -1 <= r["label"] < len(steps):
+            raise ConfigError(
+                f"{where}, row {i}: 'steps' must be a list and 'label' an integer in [-1, {len(steps or []) - 1}]"
+            )
         out.append(
             StepExample(
-                example_id=str(r.get("id", i)),
+                example_id=str(r["id"]) if r.get("id") is not None else str(i),
                 prompt=str(r["problem"]),
-                steps=[str(s) for s in r["steps"]],
+                steps=[str(s) for s in steps],
                 label=int(r["label"]),
                 group=_group(str(r["problem"])),
                 meta={k: v for k, v in r.items() if k not in ("problem", "steps", "label")},
@@ -269,24 +378,20 @@ def load_processbench(path: str | Path) -> list[StepExample]:
     return out
 
 
-def load_trl_stepwise(path: str | Path) -> list[StepExample]:
-    """Read TRL stepwise-supervision data: ``prompt``, ``completions`` (steps), ``labels`` (bool per step).
-
-    The ProcessBench label is the first step labelled False (−1 if none).
-    """
+def trl_examples(ds: Any, where: str = "step data") -> list[StepExample]:
+    """`StepExample`s of TRL stepwise-supervision rows (``prompt``, ``completions``, ``labels``); the
+    ProcessBench label is the first step labelled False (−1 if none)."""
     out = []
-    for i, r in enumerate(_read_records(path)):
-        missing = [k for k in ("prompt", "completions", "labels") if k not in r]
-        if missing:
-            raise ValueError(f"{path}: record {i} lacks TRL stepwise field(s) {missing}")
+    for i, r in enumerate(_records(ds, ("prompt", "completions", "labels"), where, "TRL stepwise")):
         steps = [str(s) for s in r["completions"]]
         labs = [bool(x) for x in r["labels"]]
         if len(steps) != len(labs):
-            raise ValueError(f"{path}: record {i} has {len(steps)} steps but {len(labs)} labels")
+            raise ConfigError(f"{where}, row {i}: {len(steps)} steps but {len(labs)} labels")
         fe = first_error(labs)
+        rid = r.get("id", r.get("trace_id"))
         out.append(
             StepExample(
-                example_id=str(r.get("id", i)),
+                example_id=str(rid) if rid is not None else str(i),
                 prompt=str(r["prompt"]),
                 steps=steps,
                 label=-1 if fe is None else fe,
@@ -297,21 +402,52 @@ def load_trl_stepwise(path: str | Path) -> list[StepExample]:
     return out
 
 
-def load_step_data(path: str | Path, fmt: str = "auto") -> list[StepExample]:
-    """Load ProcessBench or TRL stepwise data; ``fmt="auto"`` looks at the first record's fields."""
-    if fmt == "auto":
-        first = _read_records(path)[:1]
-        if not first:
-            return []
-        fmt = "processbench" if "problem" in first[0] else "trl" if "completions" in first[0] else "unknown"
-    if fmt == "processbench":
-        return load_processbench(path)
-    if fmt == "trl":
-        return load_trl_stepwise(path)
-    raise ValueError(
-        f"{path}: cannot tell the step-data format; expected ProcessBench (problem, steps, label) "
-        f"or TRL stepwise (prompt, completions, labels)"
-    )
+def step_format(ds: Any) -> str:
+    """``processbench`` or ``trl`` from a dataset's columns; ``unknown`` when neither fits."""
+    cols = set(ds.column_names)
+    return "processbench" if {"problem", "steps"} <= cols else "trl" if "completions" in cols else "unknown"
+
+
+def load_step_splits(
+    source: str | Path, fmt: str = "auto", splits: str | Sequence[str] | None = None
+) -> dict[str, list[StepExample]]:
+    """``{split: examples}`` of ProcessBench or TRL stepwise data at `source` (see `open_step_data`);
+    ``fmt="auto"`` tells the format from each split's columns. ConfigError (one line) on a bad source or rows."""
+    out: dict[str, list[StepExample]] = {}
+    for name, ds in open_step_data(source, splits).items():
+        where = f"step data {source}" + (f" [{name}]" if name != Path(str(source)).stem else "")
+        kind = step_format(ds) if fmt == "auto" else fmt
+        if kind == "processbench":
+            out[name] = processbench_examples(ds, where)
+        elif kind == "trl":
+            out[name] = trl_examples(ds, where)
+        else:
+            raise ConfigError(
+                f"{where}: cannot tell the step-data format from fields {ds.column_names}; expected ProcessBench "
+                "(problem, steps, label) or TRL stepwise (prompt, completions, labels)"
+            )
+    return out
+
+
+def load_processbench(path: str | Path, split: str | None = None) -> list[StepExample]:
+    """ProcessBench rows (``problem``, ``steps``, ``label``) of one split of the step data at `path`."""
+    return _one(load_step_splits(path, "processbench", split))
+
+
+def load_trl_stepwise(path: str | Path, split: str | None = None) -> list[StepExample]:
+    """TRL stepwise-supervision rows (``prompt``, ``completions``, ``labels``) of one split at `path`."""
+    return _one(load_step_splits(path, "trl", split))
+
+
+def load_step_data(path: str | Path, fmt: str = "auto", split: str | None = None) -> list[StepExample]:
+    """Examples of one split of ProcessBench or TRL stepwise data (`load_step_splits`)."""
+    return _one(load_step_splits(path, fmt, split))
+
+
+def _one(splits: dict[str, list[StepExample]]) -> list[StepExample]:
+    if len(splits) != 1:
+        raise ConfigError(f"expected one split of step data, got {list(splits)}")
+    return next(iter(splits.values()))
 
 
 def tokenize_step_example(
@@ -377,3 +513,159 @@ def score_step_examples(
         out["process_level"] = step_verification(pscores, labels, groups, calibration_fraction, seed)
         out["process_level"]["score"] = "sigmoid(beta * step log-ratio sum)"
     return out
+
+
+# ----------------------------------------------------------------------------- benchmark protocols
+#: how a step benchmark chooses its threshold (docs/design.md, "Step benchmarks")
+STEP_PROTOCOLS: tuple[str, ...] = ("calibration", "fixed", "tuned")
+
+
+@dataclass
+class StepScores:
+    """Step scores of some examples: `prefix` (value after each step) and, for models with token
+    log-ratios, `process` (σ(β · step log-ratio sum)); `forward_tokens` the tokens the value model read."""
+
+    prefix: list[np.ndarray]
+    process: list[np.ndarray] | None
+    forward_tokens: int
+
+
+def step_example_scores(
+    value_model: Any,
+    tokenizer: Any,
+    examples: Sequence[StepExample],
+    batch_size: int = 32,
+    prompt_template: str = "{prompt}\n",
+    step_separator: str = "\n",
+    prompt_format: PromptFormat | None = None,
+) -> StepScores:
+    """Score every step of `examples` with the value model (`StepScores`)."""
+    if not examples:
+        return StepScores([], None, 0)
+    enc = [tokenize_step_example(tokenizer, ex, prompt_template, step_separator, prompt_format) for ex in examples]
+    prompts = [e[0] for e in enc]
+    comps = [e[1] for e in enc]
+    values = value_model.predict(prompts, comps, batch_size=batch_size)
+    prefix = [prefix_step_scores(v, e[2]) for v, e in zip(values, enc)]
+    process = None
+    if getattr(value_model, "process_scores", False):
+        ratios = value_model.token_log_ratios(prompts, comps, batch_size=batch_size)
+        beta = float(value_model.config.beta)
+        process = [process_step_scores(r, e[2], beta) for r, e in zip(ratios, enc)]
+    return StepScores(prefix, process, int(sum(len(p) + len(c) for p, c in zip(prompts, comps))))
+
+
+def fixed_threshold_verification(
+    score_lists: Sequence[Sequence[float]], labels: Sequence[int], threshold: float, how: str
+) -> dict[str, Any]:
+    """ProcessBench scores of every example at a `threshold` chosen before seeing them (`how` says how:
+    ``fixed`` or ``tuned``): ``{"f1", "acc_erroneous", "acc_correct", "threshold", "threshold_split", "n_test"}``."""
+    preds = [predict_first_error(s, threshold) for s in score_lists]
+    out: dict[str, Any] = {"threshold": float(threshold), "threshold_split": how, "n_calibration": 0}
+    out.update(processbench_f1(preds, [int(x) for x in labels]))
+    out["n_test"] = len(preds)
+    return out
+
+
+def _average(per_split: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Unweighted mean over splits of F1 and the two accuracies (ProcessBench's average), and the F1 mean
+    weighted by examples; None when a split's F1 is None."""
+    out: dict[str, Any] = {"splits": list(per_split)}
+    for key in ("f1", "acc_erroneous", "acc_correct"):
+        vals = [s.get(key) for s in per_split.values()]
+        out[key] = None if any(v is None for v in vals) else float(np.mean(vals))
+    n = [s.get("n_test", 0) for s in per_split.values()]
+    f1s = [s.get("f1") for s in per_split.values()]
+    out["f1_weighted"] = None if any(v is None for v in f1s) or sum(n) == 0 else float(np.dot(f1s, n) / sum(n))
+    return out
+
+
+def step_benchmark(
+    value_model: Any,
+    tokenizer: Any,
+    splits: dict[str, list[StepExample]],
+    protocol: str = "calibration",
+    threshold: float = 0.5,
+    tuning: Sequence[StepExample] | None = None,
+    calibration_fraction: float = 0.5,
+    seed: int = 0,
+    batch_size: int = 32,
+    prompt_template: str = "{prompt}\n",
+    step_separator: str = "\n",
+    prompt_format: PromptFormat | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Step verification of each split under `protocol`, their average, and one prediction row per example.
+
+    ``calibration`` (the toolkit's default): per split, the threshold is tuned on a calibration split of
+    problems and F1 reported on the rest (`step_verification`). ``fixed``: every example is scored at
+    `threshold` (ProcessBench's protocol for a PRM with a set threshold; comparable with the leaderboard).
+    ``tuned``: the threshold maximising F1 on the separate `tuning` examples, then every example scored at
+    it. Returns ``(metrics, rows)``: metrics ``{"protocol", "splits": {name: verification}, "average"}``
+    (process-level results under each split's ``"process_level"`` when the model has them); rows
+    ``{"split", "id", "label", "predicted", "match", "step_scores", ...}`` for a JSON-lines file.
+    """
+    if protocol not in STEP_PROTOCOLS:
+        raise ValueError(f"protocol must be one of {STEP_PROTOCOLS}, got {protocol!r}")
+    kw = {"batch_size": batch_size, "prompt_template": prompt_template, "step_separator": step_separator}
+    tuned: dict[str, float | None] = {}
+    if protocol == "tuned":
+        if not tuning:
+            raise ValueError("protocol 'tuned' needs tuning examples")
+        ts = step_example_scores(value_model, tokenizer, tuning, prompt_format=prompt_format, **kw)
+        tl = [ex.label for ex in tuning]
+        tuned["prefix"], _ = choose_threshold(ts.prefix, tl)
+        tuned["process"] = choose_threshold(ts.process, tl)[0] if ts.process is not None else None
+    metrics: dict[str, Any] = {"protocol": protocol, "splits": {}}
+    rows: list[dict[str, Any]] = []
+    tokens = 0
+    for name, examples in splits.items():
+        sc = step_example_scores(value_model, tokenizer, examples, prompt_format=prompt_format, **kw)
+        tokens += sc.forward_tokens
+        labels = [ex.label for ex in examples]
+        groups = [ex.group for ex in examples]
+        result: dict[str, Any] = {}
+        sides: np.ndarray | None = None
+        for kind, scores in (("prefix", sc.prefix), ("process", sc.process)):
+            if scores is None:
+                continue
+            if protocol == "calibration":
+                res = step_verification(scores, labels, groups, calibration_fraction, seed)
+                if kind == "prefix" and examples:
+                    sides = calibration_split(groups, calibration_fraction, seed, labels)
+            else:
+                t = threshold if protocol == "fixed" else tuned[kind]
+                res = fixed_threshold_verification(scores, labels, float(t), protocol)  # type: ignore[arg-type]
+            res["score"] = "prefix_value_after_step" if kind == "prefix" else "sigmoid(beta * step log-ratio sum)"
+            if kind == "prefix":
+                result.update(res)
+            else:
+                result["process_level"] = res
+        result["n_examples"] = len(examples)
+        metrics["splits"][name] = result
+        for i, ex in enumerate(examples):
+            row: dict[str, Any] = {"split": name, "id": ex.example_id, "label": ex.label}
+            for kind, scores, res in (
+                ("", sc.prefix, result),
+                ("process_", sc.process, result.get("process_level")),
+            ):
+                if scores is None or res is None:
+                    continue
+                t = res.get("threshold")
+                pred = predict_first_error(scores[i], t) if t is not None else None
+                row[f"{kind}predicted"] = pred
+                row[f"{kind}match"] = None if pred is None else pred == ex.label
+                row[f"{kind}step_scores"] = [float(x) for x in scores[i]]
+            if sides is not None:
+                row["side"] = "calibration" if sides[i] else "test"
+            rows.append(row)
+    per = metrics["splits"]
+    metrics["average"] = _average(per)
+    if any("process_level" in s for s in per.values()):
+        metrics["average"]["process_level"] = _average(
+            {k: s["process_level"] for k, s in per.items() if "process_level" in s}
+        )
+    metrics["n_examples"] = sum(len(v) for v in splits.values())
+    metrics["value_forward_tokens"] = tokens
+    if protocol != "calibration":
+        metrics["threshold"] = threshold if protocol == "fixed" else tuned["prefix"]
+    return metrics, rows

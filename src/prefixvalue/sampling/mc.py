@@ -24,7 +24,7 @@ from typing import Any
 
 from ..evaluation.metrics import wilson_interval
 from ..tasks.base import Prompt, Task, VerifierResult, safe_verify
-from .sampler import BranchRequest, OnBatch, Sampler, SamplingParams
+from .sampler import BranchRequest, OnBatch, Sampler, SamplingParams, text_decoder
 
 
 def wilson_halfwidth(successes: float, n: int, z: float = 1.959963984540054) -> float:
@@ -90,6 +90,7 @@ class LabelCost:
     prefill_tokens: int = 0  # tokens run through prefill forwards (each trace once per batch)
     generated_tokens: int = 0  # tokens sampled in continuations
     decode_steps: int = 0  # batched decode forward calls
+    decode_tokens: int = 0  # rows (or, on the trie path, distinct token histories) run through decode forwards
     rollouts: int = 0  # continuations sampled (after deduplication)
     prefixes_requested: int = 0  # (trace, position) pairs labelled
     prefixes_unique: int = 0  # distinct prefixes actually sampled
@@ -178,6 +179,7 @@ class MCLabeller:
         self.fail_truncated = fail_truncated
         self.cost = LabelCost()
         self._verified: dict[tuple[str, str], VerifierResult] = {}
+        self._decode = text_decoder(tokenizer)
 
     # -- shared machinery -------------------------------------------------------------------
     def _units(
@@ -206,6 +208,7 @@ class MCLabeller:
             self.sampler.stats.prefill_tokens,
             self.sampler.stats.generated_tokens,
             self.sampler.stats.decode_steps,
+            self.sampler.stats.decode_tokens,
         )
         seq_index: dict[int, int] = {}
         sequences: list[list[int]] = []
@@ -231,14 +234,13 @@ class MCLabeller:
                 if self.fail_truncated:
                     unit.scores.append(0.0)
                     continue
-            text = self.tokenizer.decode(
-                list(tr.completion_ids[: unit.position]) + gen.token_ids, skip_special_tokens=True
-            )
+            text = self._decode(list(tr.completion_ids[: unit.position]) + gen.token_ids)
             unit.scores.append(self._verify(tr.prompt, text))
         st = self.sampler.stats
         self.cost.prefill_tokens += st.prefill_tokens - before[0]
         self.cost.generated_tokens += st.generated_tokens - before[1]
         self.cost.decode_steps += st.decode_steps - before[2]
+        self.cost.decode_tokens += st.decode_tokens - before[3]
         self.cost.rollouts += len(requests)
         self.cost.seconds += time.perf_counter() - t0
 

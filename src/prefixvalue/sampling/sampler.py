@@ -26,6 +26,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from .tree import TreeBatch, node_cache, supports_tree, use_tree_attention
+from .tree import register as register_tree
+
 _M32 = 0xFFFFFFFF
 
 #: progress callback of `Sampler.generate` / `Sampler.branch`: ``on_batch(rows, tokens)`` after each
@@ -91,11 +94,14 @@ class BranchRequest:
 @dataclass
 class SamplerStats:
     """Work done so far, in tokens: `prefill_tokens` run through prefill forwards (padding
-    excluded), `generated_tokens` sampled, `decode_steps` batched decode forwards."""
+    excluded), `generated_tokens` sampled, `decode_steps` batched decode forwards, `decode_tokens`
+    the rows (or trie nodes) those forwards ran: fewer than `generated_tokens` when continuations
+    share token histories (see `HFSampler.branch`)."""
 
     prefill_tokens: int = 0
     generated_tokens: int = 0
     decode_steps: int = 0
+    decode_tokens: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -347,10 +353,14 @@ class HFSampler:
         tokenizer: Any | None = None,
         max_batch_rows: int = 256,
         eos_token_ids: Sequence[int] | None = None,
+        tree_attention: bool = True,
+        max_tree_rows: int = 4096,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_rows = int(max_batch_rows)
+        #: rows of one `branch` batch on the trie path (a row there is a node id and a seed, not a KV copy)
+        self.max_tree_rows = int(max_tree_rows)
         if eos_token_ids is None:
             eos: Any = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
             if eos is None and tokenizer is not None:
@@ -358,6 +368,12 @@ class HFSampler:
             eos_token_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
         self.eos_token_ids = [int(e) for e in eos_token_ids]
         self.stats = SamplerStats()
+        #: shared-prefix attention for `branch` (see `prefixvalue.sampling.tree`): None until the first
+        #: branch call decides it (True when the model supports it and it matched the plain path there)
+        self.tree_attention: bool | None = None if tree_attention else False
+        #: why the plain path is used, when it is
+        self.tree_attention_reason: str | None = None if tree_attention else "turned off"
+        self._cache_kwarg = _cache_kwarg(model)
 
     @property
     def device(self) -> torch.device:
@@ -411,51 +427,111 @@ class HFSampler:
         """Continuations of prefixes ``sequences[r.seq][:r.cut]``, in request order; `on_batch(rows,
         tokens)` is called after each batch.
 
-        Each batch prefills every sequence it needs once, up to its longest cut, and builds each
-        branch row's cache by slicing that KV (RoPE keys are cached already rotated, and a prefix's
-        keys/values do not depend on later tokens, so the slice equals the prefix's own cache).
+        Two paths give the same continuations (each row samples with its own seed from the same
+        logits); `tree_attention` says which one runs:
+
+        - the trie path (`_branch_trie`, for models whose attention dispatches through transformers'
+          AttentionInterface): each batch of up to `max_tree_rows` rows, grouped by sequence, prefills
+          its sequences once and decodes only the distinct token histories its rows reach;
+        - the plain path: each batch of up to `max_batch_rows` rows prefills its sequences once, up to
+          the longest cut, and builds each row's cache by slicing that KV (RoPE keys are cached already
+          rotated, and a prefix's keys/values do not depend on later tokens, so the slice equals the
+          prefix's own cache); every row then decodes on its own.
         """
         for r in requests:
             if not 0 <= r.seq < len(sequences):
                 raise ValueError(f"branch request refers to sequence {r.seq}, only {len(sequences)} given")
             if not 1 <= r.cut <= len(sequences[r.seq]):
                 raise ValueError(f"cut {r.cut} outside [1, {len(sequences[r.seq])}] for sequence {r.seq}")
-        # rows whose continuations will be about as long decode together (a batch runs as long as
-        # its longest row): sort by the tokens left after the cut in the given sequence
-        order = sorted(
-            range(len(requests)),
-            key=lambda i: (len(sequences[requests[i].seq]) - requests[i].cut, requests[i].seq, requests[i].cut),
-        )
+            if r.max_new_tokens is not None and r.max_new_tokens < 1:
+                raise ValueError("branch max_new_tokens must be >= 1")
+        if not requests:
+            return []
+        tree = self._use_tree(sequences, requests, params)
+        if tree:
+            # rows of one sequence decode together (they share its cached prefix); within a sequence,
+            # rows with about as many tokens left after the cut sit next to each other
+            order = sorted(
+                range(len(requests)),
+                key=lambda i: (requests[i].seq, len(sequences[requests[i].seq]) - requests[i].cut, requests[i].cut),
+            )
+        else:
+            # rows whose continuations will be about as long decode together (a batch runs as long as
+            # its longest row): sort by the tokens left after the cut in the given sequence
+            order = sorted(
+                range(len(requests)),
+                key=lambda i: (len(sequences[requests[i].seq]) - requests[i].cut, requests[i].seq, requests[i].cut),
+            )
         out: list[Generation | None] = [None] * len(requests)
-        for b0 in range(0, len(order), self.max_batch_rows):
-            idx = order[b0 : b0 + self.max_batch_rows]
+        size = self.max_tree_rows if tree else self.max_batch_rows
+        for b0 in range(0, len(order), size):
+            idx = order[b0 : b0 + size]
             reqs = [requests[i] for i in idx]
             before = self.stats.generated_tokens
-            cache, state = self._branch_state(sequences, reqs, params)
-            for j, gen in enumerate(self._decode(cache, state, params)):
+            if tree:
+                gens = self._branch_trie(sequences, reqs, params)
+            else:
+                cache, state = self._branch_state(sequences, reqs, params)
+                gens = self._decode(cache, state, params)
+            for j, gen in enumerate(gens):
                 out[idx[j]] = gen
             if on_batch is not None:
                 on_batch(len(idx), self.stats.generated_tokens - before)
         return [g for g in out if g is not None]
 
+    def _use_tree(
+        self, sequences: Sequence[Sequence[int]], requests: Sequence[BranchRequest], params: SamplingParams
+    ) -> bool:
+        """Whether `branch` runs on shared-prefix attention; decided on the first call.
+
+        The model must dispatch attention through transformers' AttentionInterface (see
+        `tree.supports_tree`), and the first decode step of a few of this call's rows must give the
+        same logits on both paths (to 1e-4 relative), so that a model whose attention layers do
+        something the tree does not know about falls back to the plain path instead of sampling from
+        wrong numbers.
+        """
+        if self.tree_attention is not None:
+            return self.tree_attention
+        reason = supports_tree(self.model)
+        if reason is None:
+            register_tree()
+            probe = _probe_requests(sequences, requests)
+            check = SamplingParams(temperature=1.0, max_new_tokens=4, seed=params.seed)
+            saved = SamplerStats(**self.stats.as_dict())
+            cache, state = self._branch_state(sequences, probe, check)
+            plain = self._decode(cache, state, check)
+            trie = self._branch_trie(sequences, probe, check)
+            self.stats = saved
+            err = max(abs(a - b) for p, t in zip(plain, trie) for a, b in zip(p.logprobs, t.logprobs))
+            if [p.token_ids for p in plain] != [t.token_ids for t in trie] or not err <= 1e-3:
+                reason = f"its samples differ from the plain path's (log-prob difference {err:.1e})"
+        self.tree_attention = reason is None
+        self.tree_attention_reason = reason
+        return self.tree_attention
+
     # -- internals --------------------------------------------------------------------------
     def _forward(
-        self, input_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any | None, logits_to_keep: int = 0
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor | None,
+        pos: torch.Tensor,
+        cache: Any | None,
+        logits_to_keep: int | torch.Tensor = 0,
     ) -> tuple[torch.Tensor, Any]:
-        kwargs: dict[str, Any] = {}
-        if logits_to_keep:
+        kwargs: dict[str, Any] = {self._cache_kwarg: cache}
+        if not isinstance(logits_to_keep, int) or logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
-        out = self.model(
-            input_ids=input_ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, **kwargs
-        )
-        return out.logits, out.past_key_values
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True, **kwargs)
+        return out.logits, getattr(out, self._cache_kwarg, None) or out.past_key_values
 
     def _prefill(
-        self, rows: list[list[int]], keep_all_logits: bool = False
+        self, rows: list[list[int]], keep_all_logits: bool = False, columns: torch.Tensor | None = None
     ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded forward over `rows`; returns (cache, mask, next positions, logits).
 
-        Logits are (rows, vocab) at the last token, or (rows, len, vocab) with `keep_all_logits`.
+        Logits are (rows, vocab) at the last token, (rows, len, vocab) with `keep_all_logits`, or
+        (rows, len(columns), vocab) at the padded `columns` given (a large vocabulary times every
+        column of every row would not fit).
         Cache entries at padding columns are zeroed so that no NaN from an all-masked query can
         leak into later steps.
         """
@@ -468,14 +544,15 @@ class HFSampler:
             ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.int64, device=dev)
             mask[i, width - len(r) :] = 1
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, cache = self._forward(ids, mask, pos, None, logits_to_keep=0 if keep_all_logits else 1)
-        keep = mask.bool()[:, None, :, None]
+        keep: int | torch.Tensor = columns if columns is not None else (0 if keep_all_logits else 1)
+        logits, cache = self._forward(ids, mask, pos, None, logits_to_keep=keep)
+        valid = mask.bool()[:, None, :, None]
         for layer in _layers(cache):
-            layer.keys = torch.where(keep, layer.keys, torch.zeros((), dtype=layer.keys.dtype, device=dev))
-            layer.values = torch.where(keep, layer.values, torch.zeros((), dtype=layer.values.dtype, device=dev))
+            layer.keys = torch.where(valid, layer.keys, torch.zeros((), dtype=layer.keys.dtype, device=dev))
+            layer.values = torch.where(valid, layer.values, torch.zeros((), dtype=layer.values.dtype, device=dev))
         self.stats.prefill_tokens += int(mask.sum())
         next_pos = mask.sum(-1)
-        return cache, mask, next_pos, (logits if keep_all_logits else logits[:, -1])
+        return cache, mask, next_pos, (logits if keep_all_logits or columns is not None else logits[:, -1])
 
     def _branch_state(
         self, sequences: Sequence[Sequence[int]], reqs: Sequence[BranchRequest], params: SamplingParams
@@ -527,6 +604,155 @@ class HFSampler:
         )
         return branch_cache, state
 
+    def _branch_trie(
+        self, sequences: Sequence[Sequence[int]], reqs: Sequence[BranchRequest], params: SamplingParams
+    ) -> list[Generation]:
+        """Continue `reqs` on a trie of token histories (the tree path of `branch`).
+
+        Rows are not decoded one by one: a *node* is a distinct token history (a sequence's first c
+        tokens, then off-trace tokens), and each decode forward runs only the nodes that no row has
+        reached before. Every row still draws its own token from its node's logits with its own seed,
+        so a row's continuation is what the plain path samples for it; rows of one prefix that draw
+        the same tokens, and a row that re-draws the trace's own next token (it then stands where the
+        rows of the next position start), share every forward from there on. The sequences' cache is
+        the shared part of the attention (`tree_attention`); an off-trace node's own keys/values are one
+        column each, and a node attends to the chain of its off-trace ancestors.
+        """
+        dev = self.device
+        seq_ids = sorted({r.seq for r in reqs})
+        local = {s: i for i, s in enumerate(seq_ids)}
+        rows = [list(map(int, sequences[s])) for s in seq_ids]
+        width = max(len(r) for r in rows)
+        pads = [width - len(r) for r in rows]
+        vocab = _vocab_size(self.model)
+        # logits along the whole sequences when they fit (a row that re-draws the trace's next token then
+        # needs no forward), else only where rows start
+        if vocab is not None and len(rows) * width * vocab * 4 <= _TRACE_LOGITS_BYTES:
+            columns = torch.arange(width, device=dev)
+        else:
+            columns = torch.unique(torch.tensor([pads[local[r.seq]] + r.cut - 1 for r in reqs], device=dev))
+        cache, _, _, trace_logits = self._prefill(rows, columns=columns)
+        layers = _layers(cache)
+        trace_k, trace_v = [la.keys for la in layers], [la.values for la in layers]
+        vocab = trace_logits.shape[-1]
+        # node 0 is the zero column the chains are padded with; on-trace nodes hold no column of their own
+        node_seq, node_cut, node_len, node_chain = [0], [0], [0], [()]
+        node_token, logit_slot = [0], [-1]
+        on_trace: dict[tuple[int, int], int] = {}
+        table = TrieLogits(trace_logits.reshape(-1, vocab), self._logits_budget(vocab))
+        col_list = columns.tolist()
+        for si, r in enumerate(rows):
+            for j, col in enumerate(col_list):
+                c = col - pads[si] + 1  # tokens of the sequence seen at that column
+                if 1 <= c <= len(r):
+                    on_trace[(si, c)] = len(node_seq)
+                    node_seq.append(si)
+                    node_cut.append(c)
+                    node_len.append(c)
+                    node_chain.append(())
+                    node_token.append(r[c - 1])
+                    logit_slot.append(si * len(col_list) + j)
+        table.keep_first(len(rows) * len(col_list))
+        k0, v0 = trace_k[0], trace_v[0]
+        nodes_kv = node_cache(len(layers), k0.shape[1], k0.shape[3], v0.shape[3], 1024, k0)
+        children: dict[tuple[int, int], int] = {}
+
+        def forward(new: list[int]) -> None:
+            new.sort(key=lambda n: node_seq[n])
+            depth = max(len(node_chain[n]) for n in new)
+            chains = torch.tensor([list(node_chain[n]) + [0] * (depth - len(node_chain[n])) for n in new], device=dev)
+            seqs = torch.tensor([node_seq[n] for n in new], device=dev)
+            cuts = torch.tensor([node_cut[n] for n in new], device=dev)
+            pad_t = torch.tensor(pads, device=dev)[seqs]
+            col = torch.arange(trace_k[0].shape[2], device=dev)
+            prefix_mask = (col[None, :] >= pad_t[:, None]) & (col[None, :] < (pad_t + cuts)[:, None])
+            ids = torch.tensor(new, device=dev)
+            for la in _layers(nodes_kv):
+                la.reserve(len(node_seq))
+                la.node_ids, la.chains = ids, chains
+            shared = TreeBatch.build(trace_k, trace_v, seqs, prefix_mask, chains != 0)
+            tok = torch.tensor([[node_token[n]] for n in new], device=dev)
+            pos = torch.tensor([[node_len[n] - 1] for n in new], device=dev)
+            with use_tree_attention(self.model, shared):
+                # the mask is only for transformers' padding check: the tree attention masks by itself
+                logits, _ = self._forward(tok, torch.ones_like(tok), pos, nodes_kv)
+            for n, slot in zip(new, table.add(logits[:, -1])):
+                logit_slot[n] = slot
+            self.stats.decode_steps += 1
+            self.stats.decode_tokens += len(new)
+
+        n_rows = len(reqs)
+        row_node = [on_trace[(local[r.seq], r.cut)] for r in reqs]
+        seeds = _fold_seeds([row_seed(params.seed, r.key) for r in reqs], dev)
+        limits = [params.max_new_tokens if r.max_new_tokens is None else int(r.max_new_tokens) for r in reqs]
+        tokens: list[list[int]] = [[] for _ in range(n_rows)]
+        logps: list[list[float]] = [[] for _ in range(n_rows)]
+        reason = ["length"] * n_rows
+        eos = set(self.eos_token_ids)
+        live = list(range(n_rows))
+        step = 0
+        while live:
+            slots = torch.tensor([logit_slot[row_node[r]] for r in live], device=dev)
+            tok, lp = sample_tokens(table.rows(slots), params, seeds[torch.tensor(live, device=dev)], step)
+            step += 1
+            self.stats.generated_tokens += len(live)
+            new: list[int] = []
+            survivors = []
+            for r, t, p in zip(live, tok.tolist(), lp.tolist()):
+                tokens[r].append(t)
+                logps[r].append(p)
+                if t in eos:
+                    reason[r] = "eos"
+                    continue
+                if self._stopped(tokens[r], params.stop):
+                    reason[r] = "stop"
+                    continue
+                if len(tokens[r]) >= limits[r]:
+                    continue
+                parent = row_node[r]
+                child = children.get((parent, t))
+                if child is None:
+                    si, c = node_seq[parent], node_cut[parent]
+                    child = (
+                        on_trace.get((si, c + 1), -1) if not node_chain[parent] and rows[si][c : c + 1] == [t] else -1
+                    )
+                    if child < 0:
+                        child = len(node_seq)
+                        node_seq.append(si)
+                        node_cut.append(c)
+                        node_len.append(node_len[parent] + 1)
+                        node_chain.append((*node_chain[parent], child))
+                        node_token.append(t)
+                        logit_slot.append(-1)
+                        new.append(child)
+                    children[(parent, t)] = child
+                row_node[r] = child
+                survivors.append(r)
+            live = survivors
+            if new:
+                forward(new)
+            if live and table.full():
+                # logits of nodes no row stands on are dropped; a row that reaches one again recomputes it
+                occupied = {row_node[r] for r in live}
+                freed = {n for n, sl in enumerate(logit_slot) if sl >= 0 and n not in occupied and node_chain[n]}
+                table.free([logit_slot[n] for n in freed])
+                for n in freed:
+                    logit_slot[n] = -1
+                children = {k: v for k, v in children.items() if v not in freed}
+        return [Generation(tokens[i], logps[i], reason[i]) for i in range(n_rows)]
+
+    def _stopped(self, tokens: list[int], stop: tuple[str, ...]) -> bool:
+        """Whether the text of the last tokens contains one of the stop strings."""
+        if not stop or self.tokenizer is None:
+            return False
+        tail = max(len(x) for x in stop) + 1
+        text = self.tokenizer.decode(tokens[-tail:], skip_special_tokens=True)
+        return any(x in text for x in stop)
+
+    def _logits_budget(self, vocab: int) -> int:
+        """Rows of node logits a trie keeps (at least 4 * max_batch_rows)."""
+        return max(4 * self.max_tree_rows, _NODE_LOGITS_BYTES // (4 * vocab))
+
     def _decode(self, cache: Any, st: _Rows, params: SamplingParams) -> list[Generation]:
         """Run the decode loop until every row has finished; returns one Generation per initial row."""
         dev = self.device
@@ -536,7 +762,6 @@ class HFSampler:
         reason = ["length"] * n
         eos = torch.tensor(self.eos_token_ids or [-1], dtype=torch.int64, device=dev)
         stop = tuple(params.stop)
-        stop_chars = max((len(s) for s in stop), default=0)
         finished = torch.zeros(n, dtype=torch.bool, device=dev)  # per batch row (not per original row)
         steps_done = torch.zeros(n, dtype=torch.int64, device=dev)
         while True:
@@ -553,14 +778,7 @@ class HFSampler:
                 logps[i].append(p)
                 if eos_hit[r]:
                     reason[i] = "eos"
-                elif (
-                    stop
-                    and self.tokenizer is not None
-                    and any(
-                        x in self.tokenizer.decode(tokens[i][-(stop_chars + 1) :], skip_special_tokens=True)
-                        for x in stop
-                    )
-                ):
+                elif self._stopped(tokens[i], stop):
                     reason[i] = "stop"
                 elif not over[r]:
                     continue
@@ -585,10 +803,98 @@ class HFSampler:
                     layer.select(keep, lead)
             st.mask = torch.cat([st.mask, torch.ones_like(st.mask[:, :1])], dim=1)
             logits, cache = self._forward(tok[:, None], st.mask, st.pos[:, None], cache)
+            self.stats.decode_tokens += int(tok.shape[0])
             self.stats.decode_steps += 1
             st.pos = st.pos + 1
             st.logits = logits[:, -1]
         return [Generation(tokens[i], logps[i], reason[i]) for i in range(n)]
+
+
+#: the sequences' logits at every position are kept when they take at most this many bytes
+_TRACE_LOGITS_BYTES = 256 << 20
+#: node logits a branch trie keeps before it drops those no row stands on
+_NODE_LOGITS_BYTES = 1 << 30
+
+
+class TrieLogits:
+    """Next-token logits of trie nodes in one growing table with a free list."""
+
+    def __init__(self, first: torch.Tensor, capacity: int) -> None:  # noqa: D107
+        self.data = first
+        self.capacity = max(int(capacity), first.shape[0])
+        self.free_slots: list[int] = []
+        self.used = first.shape[0]
+
+    def keep_first(self, n: int) -> None:
+        self.used = n
+
+    def rows(self, slots: torch.Tensor) -> torch.Tensor:
+        return self.data[slots]
+
+    def add(self, logits: torch.Tensor) -> list[int]:
+        n = logits.shape[0]
+        slots = [self.free_slots.pop() for _ in range(min(n, len(self.free_slots)))]
+        fresh = n - len(slots)
+        if self.used + fresh > self.data.shape[0]:
+            grow = max(self.used + fresh, 2 * self.data.shape[0]) - self.data.shape[0]
+            self.data = torch.cat([self.data, self.data.new_empty((grow, self.data.shape[1]))])
+        slots += list(range(self.used, self.used + fresh))
+        self.used += fresh
+        self.data[torch.tensor(slots, device=self.data.device)] = logits.to(self.data.dtype)
+        return slots
+
+    def full(self) -> bool:
+        return self.used - len(self.free_slots) > self.capacity
+
+    def free(self, slots: list[int]) -> None:
+        self.free_slots.extend(slots)
+
+
+def _vocab_size(model: Any) -> int | None:
+    emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(emb, "weight", None)
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def _cache_kwarg(model: Any) -> str:
+    """The name under which `model.forward` takes its KV cache: ``cache`` (transformers >= 5.22) or
+    ``past_key_values`` (older releases, and models that kept the old name)."""
+    import inspect
+
+    try:
+        names = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins / C extensions
+        return "past_key_values"
+    return "cache" if "cache" in names else "past_key_values"
+
+
+def _probe_requests(sequences: Sequence[Sequence[int]], requests: Sequence[BranchRequest]) -> list[BranchRequest]:
+    """A few requests of a branch call that exercise the tree path's masking: two sequences when there
+    are two, each cut at its first requested cut and at its full length."""
+    seqs = sorted({r.seq for r in requests})[:2]
+    out = []
+    for s in seqs:
+        cuts = sorted({r.cut for r in requests if r.seq == s})
+        for c in {cuts[0], cuts[-1], len(sequences[s])}:
+            out.append(BranchRequest(s, c, f"probe/{s}/{c}"))
+    return out
+
+
+def text_decoder(tokenizer: Any) -> Callable[[list[int]], str]:
+    """``decode(ids, skip_special_tokens=True)`` of `tokenizer` as a function of a list of ints.
+
+    For a fast tokenizer that does not clean up spaces this calls the Rust tokenizer directly (what
+    ``tokenizer.decode`` ends in); transformers' own ``decode`` first checks every element of the list
+    in Python, which costs more than the decoding when Monte Carlo verifies thousands of continuations.
+    """
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if (
+        backend is not None
+        and type(backend).__name__ == "Tokenizer"
+        and not getattr(tokenizer, "clean_up_tokenization_spaces", False)
+    ):
+        return lambda ids: backend.decode(ids, skip_special_tokens=True)
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def decode_completion(tokenizer: Any, token_ids: Sequence[int]) -> str:
@@ -609,4 +915,5 @@ __all__ = [
     "filter_logits",
     "row_seed",
     "sample_tokens",
+    "text_decoder",
 ]

@@ -28,10 +28,11 @@ from .. import __version__
 from ..config import ConfigError, RawMapping, field, parse_config
 from ..data import finish_summary
 from ..data.shards import ShardWork, run_sharded_stage
-from ..loading import ModelLoadConfig, resolve_model_path
+from ..loading import resolve_model_path
 from ..policies import load_policy, load_tokenizer
 from ..prompting import PromptFormat, choose_prompt_format
-from ..sampling.sampler import HFSampler, SamplingParams, decode_completion
+from ..sampling.backend import SamplerBackendConfig, backend_record
+from ..sampling.sampler import HFSampler, Sampler, SamplingParams, decode_completion
 from ..tasks import (
     Prompt,
     Task,
@@ -68,6 +69,7 @@ TRACE_FEATURES = datasets.Features(
         "sampling": datasets.Value("string"),
         "prompt_format": datasets.Value("string"),
         "model_load": datasets.Value("string"),
+        "backend": datasets.Value("string"),
         "fail_truncated": datasets.Value("bool"),
         "seed": datasets.Value("int64"),
         "prefixvalue_version": datasets.Value("string"),
@@ -76,7 +78,7 @@ TRACE_FEATURES = datasets.Features(
 
 
 @dataclass
-class CollectConfig(ModelLoadConfig):
+class CollectConfig(SamplerBackendConfig):
     """Sample completions of a task's prompts from a policy and verify them (the traces dataset)."""
 
     out: str | None = field(None, help="output folder (the traces dataset; shards under OUT/shards)")
@@ -129,6 +131,7 @@ class CollectConfig(ModelLoadConfig):
             self.task_args = task_options(self.task, self.task_args)
         except KeyError as exc:
             raise ConfigError(f"collect: {exc.args[0]}") from None
+        self.check_backend("collect")
         for name in ("num_prompts", "samples", "chunk_prompts", "batch_rows", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"collect: {name} must be >= 1, got {getattr(self, name)}")
@@ -273,7 +276,10 @@ def run(cfg: CollectConfig) -> int:
         "prompt_format": json.loads(fmt.to_json()),
         "model_load": load.record(),
         "fail_truncated": cfg.fail_truncated,
+        # only when not the default, so runs made before the option resume as they were
+        **({"backend": cfg.backend} if cfg.backend != "hf" else {}),
     }
+    backend = backend_record(cfg.backend)
     meta = {
         "task": cfg.task,
         "task_args": json.dumps(cfg.task_args, sort_keys=True),
@@ -281,6 +287,7 @@ def run(cfg: CollectConfig) -> int:
         "sampling": params.to_json(),
         "prompt_format": fmt.to_json(),
         "model_load": json.dumps(load.record(), sort_keys=True),
+        "backend": json.dumps(backend, sort_keys=True),
         "fail_truncated": cfg.fail_truncated,
         "seed": cfg.seed,
         "prefixvalue_version": __version__,
@@ -292,11 +299,19 @@ def run(cfg: CollectConfig) -> int:
 
     def setup(device: Any) -> ShardWork:
         """Load the policy and return the work of one shard (only when this process has shards to do)."""
-        model, _ = load_policy(model_name, cfg.dtype, cfg.device or device, load, tokenizer=tokenizer)
+        sampler: Sampler
+        if cfg.backend == "vllm":
+            from ..sampling.vllm_sampler import vllm_sampler_for
+
+            sampler = vllm_sampler_for(cfg, model_name, load, tokenizer)
+            context: tuple[int | None, str] = (sampler.max_model_len, "the vLLM engine's max_model_len")
+        else:
+            model, _ = load_policy(model_name, cfg.dtype, cfg.device or device, load, tokenizer=tokenizer)
+            context = model_context(model, tokenizer)
+            sampler = HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows)
         # every prompt is checked before any is generated (and before the run's manifest is written)
         encoded = [encode_prompt(tokenizer, p.text, fmt) for p in prompts]
-        check_context(prompts, encoded, params.max_new_tokens, *model_context(model, tokenizer))
-        sampler = HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows)
+        check_context(prompts, encoded, params.max_new_tokens, *context)
         t0 = time.perf_counter()
 
         def work(i: int, bar: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -341,6 +356,7 @@ def run(cfg: CollectConfig) -> int:
             "verifier_errors": sum(e is not None for e in ds["verifier_error"]),
             "generated_tokens": int(sum(len(c) for c in ds["completion_ids"])),
             "prompt_format": json.loads(fmt.to_json()),
+            "backend": backend,
             **finish_summary(ds["finish_reason"], ds["outcome_note"]),
             "steps": step_count_summary(ds["step_spans"]),
         }

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
 from ..loading import ModelLoadConfig
+from ..tracking import WandbConfig
 
 
 # ------------------------------------------------------------------------------------- config
@@ -66,8 +67,26 @@ class EvaluateConfig(ModelLoadConfig):
     first_k: int = field(8, help="position group 'first_k': prefixes with at most this many completion tokens")
     ece_bins: int = field(15, help="equal-width bins of the expected calibration error")
     calibration_fraction: float = field(0.5, help="fraction of prompts used to choose the step threshold")
-    step_data: str | None = field(None, help="ProcessBench JSON lines or TRL stepwise data to score as well")
+    step_data: str | None = field(
+        None,
+        help="ProcessBench or TRL stepwise data to score as well: a .json/.jsonl/.parquet file, a saved or data "
+        "folder, or a Hub dataset id (Qwen/ProcessBench), read with datasets.load_dataset",
+    )
     step_data_format: str = field("auto", help="auto | processbench | trl")
+    step_data_split: str | None = field(
+        None,
+        help="split(s) of step_data: NAME, A,B,... or all, each scored and reported apart (ProcessBench: gsm8k, "
+        "math, olympiadbench, omnimath); required when the data has several, which are never merged",
+    )
+    step_protocol: str = field(
+        "calibration",
+        help="step threshold: calibration (tuned on a calibration split of problems, reported on the rest) | fixed "
+        "(step_threshold for every example: ProcessBench's protocol, comparable with its leaderboard) | tuned "
+        "(chosen on step_threshold_data, then every example scored)",
+    )
+    step_threshold: float = field(0.5, help="step_protocol=fixed: a step whose score is below this is an error")
+    step_threshold_data: str | None = field(None, help="step_protocol=tuned: step data the threshold is chosen on")
+    step_threshold_split: str | None = field(None, help="split of step_threshold_data (when it has several)")
     step_prompt_template: str = field(
         "{prompt}\n", help="how a step-data problem is written before its steps", escapes=True
     )
@@ -85,6 +104,9 @@ class EvaluateConfig(ModelLoadConfig):
     heatmap_traces: int = field(6, help="traces shown in heatmap.html")
     report_to: str = field("disk,stdout,wandb", help="loggers: any of disk, stdout, wandb (offline without key), none")
     run_name: str | None = field(None, help="wandb run name")
+    wandb: WandbConfig = field(
+        default_factory=WandbConfig, help="wandb project, entity, group, tags, job_type (wandb.project=NAME, ...)"
+    )
     progress: bool = field(True, help="show a progress bar over traces for the forward passes")
     overwrite: bool = field(
         False, help="replace the outputs of another evaluation in out (else a folder with another config is refused)"
@@ -101,6 +123,12 @@ class EvaluateConfig(ModelLoadConfig):
             raise ConfigError("evaluate: n_bootstrap >= 0, batch_size >= 1, first_k >= 0, ece_bins >= 1")
         if self.step_data_format not in ("auto", "processbench", "trl"):
             raise ConfigError("evaluate: step_data_format must be auto, processbench or trl")
+        if self.step_protocol not in ("calibration", "fixed", "tuned"):
+            raise ConfigError(
+                f"evaluate: step_protocol must be calibration, fixed or tuned, got {self.step_protocol!r}"
+            )
+        if (self.step_protocol == "tuned") != (self.step_threshold_data is not None):
+            raise ConfigError("evaluate: step_protocol=tuned goes with step_threshold_data=FILE (and only it)")
         if self.base_rate is not None and not 0 <= self.base_rate <= 1:
             raise ConfigError("evaluate: base_rate must be in [0, 1]")
         if self.bootstrap_unit not in ("prompt", "trace"):
@@ -119,6 +147,13 @@ class EvaluateConfig(ModelLoadConfig):
             raise ConfigError("evaluate: step_data is scored with a value model; give checkpoint=")
         if self.checkpoint is None and self.policy is None:
             raise ConfigError("evaluate: give checkpoint=, or policy= to evaluate soft values only")
+        from ..loading import looks_like_path
+
+        # local paths only: a name like owner/name may be a Hub checkpoint or dataset
+        for key in ("checkpoint", "traces", "labels", "step_data"):
+            value = getattr(self, key)
+            if value is not None and looks_like_path(value) and not Path(value).expanduser().exists():
+                raise ConfigError(f"evaluate: {key} {value} does not exist")
 
 
 # ------------------------------------------------------------------------------------- run
@@ -167,7 +202,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         vocab = policy.get_output_embeddings().weight.shape[0] if policy is not None else None
         check_vocabulary(tokenizer, traces, "evaluate", vocab)
     fmt = checkpoint_prompt_format(cfg.checkpoint) if cfg.checkpoint else None
-    logger = build_logger(cfg.report_to, out, config=config_to_dict(cfg), run_name=cfg.run_name)
+    logger = build_logger(cfg.report_to, out, config_to_dict(cfg), cfg.run_name, cfg.wandb, job_type="evaluate")
     try:
         if traces is not None:
             with torch.no_grad():
@@ -197,6 +232,10 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
             write_step_benchmark_report(metrics, out, logger=logger)
     finally:
         logger.finish()
+    if traces is not None and cfg.checkpoint is not None and Path(cfg.checkpoint).is_dir():
+        from ..value.card import write_evaluation_record  # the checkpoint's model card shows these figures
+
+        write_evaluation_record(cfg.checkpoint, metrics, str(out))
     return metrics
 
 
@@ -205,12 +244,14 @@ OUTPUTS = (
     "metrics.json",
     "metrics.jsonl",
     "report.md",
+    "report.html",
     "heatmap.html",
     "predictions.parquet",
     "eval_predictions.parquet",
+    "step_predictions.jsonl",
 )
 #: keys that may differ when an evaluation is rerun into its own folder (they change no figure)
-RERUN_KEYS = frozenset({"report_to", "run_name", "progress", "overwrite", "out"})
+RERUN_KEYS = frozenset({"report_to", "run_name", "wandb", "progress", "overwrite", "out"})
 
 
 def prepare_out(cfg: EvaluateConfig, out: Path) -> None:
@@ -272,6 +313,13 @@ def oracle_estimators(cfg: EvaluateConfig, traces: Any) -> dict[str, Any]:
 
 def _load_value_model(path: str, device: str | None, options: Any = None) -> Any:
     from ..value import load_value_model
+
+    folder = Path(path).expanduser()
+    if folder.is_dir() and not (folder / "value_config.json").is_file():
+        raise ConfigError(
+            f"evaluate: checkpoint {path} is not a value checkpoint (no value_config.json; "
+            "train writes one to output_dir/final)"
+        )
 
     return load_value_model(path, device=device, options=options)
 

@@ -42,8 +42,9 @@ from ..data import (
     traces_fail_truncated,
 )
 from ..data.shards import ShardWork, dist_info, run_sharded_stage, shard_extra
-from ..loading import ModelLoadConfig, check_vocabulary, traces_policy
-from ..policies import load_policy
+from ..loading import check_vocabulary, traces_policy
+from ..policies import load_policy, load_tokenizer
+from ..sampling.backend import SamplerBackendConfig, backend_record
 from ..sampling.mc import AdaptiveConfig, LabelCost, MCLabeller, TraceRef, distinct_prefixes
 from ..sampling.positions import (
     PositionSpecError,
@@ -52,7 +53,7 @@ from ..sampling.positions import (
     positions_for_trace,
     uses_step_fallback,
 )
-from ..sampling.sampler import HFSampler, SamplingParams
+from ..sampling.sampler import HFSampler, Sampler, SamplingParams
 from ..tasks import Prompt, Task, build_task, task_class, task_configs, task_options
 from ..tasks.steps import single_step_warning, step_count_summary
 
@@ -74,7 +75,7 @@ LABEL_FEATURES = datasets.Features(
 
 
 @dataclass
-class LabelConfig(ModelLoadConfig):
+class LabelConfig(SamplerBackendConfig):
     """Label trace prefixes with Monte Carlo success rates of the policy continuing from them."""
 
     traces: str | None = field(None, help="traces dataset folder (written by `prefixvalue collect`)")
@@ -122,7 +123,14 @@ class LabelConfig(ModelLoadConfig):
         None, help="completion budget in tokens, counted from the prompt (default: as collected)"
     )
     chunk_traces: int = field(16, help="traces per shard (fixes the shards; keep it when resuming)")
-    batch_rows: int = field(256, help="most continuations decoded together (CPU: 256; larger batches spill the cache)")
+    batch_rows: int = field(
+        256,
+        help="most continuations decoded together on the plain path (CPU: 256; each row holds a copy of its prefix's KV)",
+    )
+    tree_rows: int = field(
+        4096,
+        help="most continuations sampled together on the trie path (a row is a seed and a node id; nodes share forwards)",
+    )
     round_samples: int = field(8, help="adaptive: continuations added to a prefix per round")
     target_halfwidth: float = field(0.1, help="adaptive: stop sampling a prefix below this Wilson half-width")
     budget: int = field(256, help="adaptive: most continuations per trace")
@@ -148,6 +156,7 @@ class LabelConfig(ModelLoadConfig):
                 self.task_args = task_options(self.task, self.task_args)
             except KeyError as exc:
                 raise ConfigError(f"label: {exc.args[0]}") from None
+        self.check_backend("label")
         try:
             parse_positions(self.positions)
         except PositionSpecError as exc:
@@ -156,7 +165,7 @@ class LabelConfig(ModelLoadConfig):
             parse_step_fallback(self.step_fallback)
         except PositionSpecError as exc:
             raise ConfigError(f"label: step_fallback: {exc}") from None
-        for name in ("samples", "chunk_traces", "batch_rows", "round_samples", "budget", "init_stride"):
+        for name in ("samples", "chunk_traces", "batch_rows", "tree_rows", "round_samples", "budget", "init_stride"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"label: {name} must be >= 1, got {getattr(self, name)}")
         if self.prompts not in ("heldout", "train", "all"):
@@ -282,7 +291,7 @@ def labeller_for(ds: datasets.Dataset, cfg: LabelConfig, model: Any, tokenizer: 
     sampling parameters unless `cfg` overrides them, seeded with ``cfg.seed``."""
     _, _, task = traces_task(ds, cfg.task, cfg.task_args, cfg.allow_code_from_data)
     return MCLabeller(
-        HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows),
+        HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows, max_tree_rows=cfg.tree_rows),
         tokenizer,
         task,
         sampling_from_traces(ds, cfg),
@@ -362,6 +371,8 @@ def run(cfg: LabelConfig) -> int:
         "task_args": task_args,
         "sampling": json.loads(params.to_json()),
         "adaptive": cfg.adaptive_config().__dict__ if spec.kind == "adaptive" else None,
+        # only when not the default, so runs made before the option resume as they were
+        **({"backend": cfg.backend} if cfg.backend != "hf" else {}),
     }
     num_shards = (len(refs) + cfg.chunk_traces - 1) // cfg.chunk_traces
 
@@ -374,10 +385,20 @@ def run(cfg: LabelConfig) -> int:
 
     def setup(device: Any) -> ShardWork:
         """Load the policy and return the work of one shard (only when this process has shards to do)."""
-        model, tokenizer = load_policy(model_name, cfg.dtype, cfg.device or device, load)
-        check_vocabulary(tokenizer, ds, "label", model.get_output_embeddings().weight.shape[0])
+        sampler: Sampler
+        if cfg.backend == "vllm":
+            from ..sampling.vllm_sampler import vllm_sampler_for
+
+            tokenizer = load_tokenizer(model_name, load)
+            sampler = vllm_sampler_for(cfg, model_name, load, tokenizer)
+            vocab_size = sampler.vocab_size
+        else:
+            model, tokenizer = load_policy(model_name, cfg.dtype, cfg.device or device, load)
+            sampler = HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows, max_tree_rows=cfg.tree_rows)
+            vocab_size = model.get_output_embeddings().weight.shape[0]
+        check_vocabulary(tokenizer, ds, "label", vocab_size)
         labeller = MCLabeller(
-            HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows),
+            sampler,
             tokenizer,
             task,
             params,
@@ -439,6 +460,7 @@ def run(cfg: LabelConfig) -> int:
             "positions": str(spec),
             "samples": cfg.samples if spec.kind != "adaptive" else None,
             "shards": num_shards,
+            "backend": backend_record(cfg.backend),
             "note": "sums over shards; seconds is sampling+verification time summed over processes",
         }
         (out / "cost.json").write_text(json.dumps(cost, indent=1))

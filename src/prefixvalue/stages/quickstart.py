@@ -36,10 +36,18 @@ from ..config import ConfigError, RawMapping, config_to_dict, field, parse_confi
 from ..data import heldout_selection, load_labels, load_traces, save_subset, traces_finish_summary
 from ..evaluation.analysis import error_diagnosis, largest_jumps, quality_verdict, seed_spread, short_prefix_study
 from ..evaluation.estimators import ESTIMATORS, value_model_estimator
-from ..evaluation.report import render_frontier_section, render_quickstart_section, summary_table, write_report
+from ..evaluation.report import (
+    rank_equivalent_groups,
+    render_frontier_section,
+    render_quickstart_section,
+    summary_table,
+    write_report,
+)
 from ..evaluation.scoring import evaluate_prefixes, read_mc_cost
 from ..loading import ModelLoadConfig
 from ..value import VALUE_MODELS
+from . import actions as actions_stage
+from . import advantages as advantages_stage
 from . import collect, label
 from . import train as train_mod
 from .evaluate import EvaluateConfig, oracle_estimators
@@ -89,6 +97,19 @@ class QuickstartConfig(ModelLoadConfig):
         64, help="fresh MC continuations per prefix that re-test each chosen fork (label.seed + 2)"
     )
     threads: int = field(0, help="torch CPU threads (0: torch's default)")
+    alternatives: bool = field(
+        False,
+        help="also run `actions` and `advantages` (values of alternatives, docs/design.md) on the trained models "
+        "into OUT/actions and OUT/advantages, with report sections; off by default (adds minutes)",
+    )
+    actions: actions_stage.ActionsConfig = field(
+        default_factory=actions_stage.ActionsConfig,
+        help="alternatives=true: actions options (out, policy and checkpoints are set here)",
+    )
+    advantages: advantages_stage.AdvantagesConfig = field(
+        default_factory=advantages_stage.AdvantagesConfig,
+        help="alternatives=true: advantages options (out, traces, labels, policy and checkpoints are set here)",
+    )
 
     def __post_init__(self) -> None:
         if not self.policy:
@@ -124,6 +145,30 @@ class QuickstartConfig(ModelLoadConfig):
 
 
 # ------------------------------------------------------------------------------------- stages
+#: file in the quickstart folder holding the wandb group shared by all its runs (reused on a rerun)
+WANDB_GROUP_FILE = "wandb_group"
+
+
+def with_wandb_group(cfg: QuickstartConfig, out: Path) -> QuickstartConfig:
+    """`cfg` with one wandb group for its training and evaluation runs: ``evaluate.wandb.group`` or
+    ``train.wandb.group`` when set, else $WANDB_RUN_GROUP, else ``quickstart-<folder>-<id>`` made once
+    and kept in ``OUT/wandb_group``, so a resumed quickstart logs into the same group."""
+    import os
+    import secrets
+
+    group = cfg.evaluate.wandb.group or cfg.train.wandb.group or os.environ.get("WANDB_RUN_GROUP")
+    path = out / WANDB_GROUP_FILE
+    if not group:
+        group = path.read_text().strip() if path.exists() else ""
+        group = group or f"quickstart-{out.resolve().name}-{secrets.token_hex(3)}"
+        path.write_text(group + "\n")
+    return dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(cfg.train, wandb=dataclasses.replace(cfg.train.wandb, group=group)),
+        evaluate=dataclasses.replace(cfg.evaluate, wandb=dataclasses.replace(cfg.evaluate.wandb, group=group)),
+    )
+
+
 def _timed(seconds: dict[str, float], name: str, fn: Any, *args: Any) -> Any:
     """`fn(*args)` as stage `name`: its wall-clock seconds are printed and stored in `seconds`."""
     print(f"\n== quickstart: {name}", flush=True)
@@ -171,6 +216,7 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     fresh = not out.exists() or not any(out.iterdir())
     save_resolved_config(cfg, out)
+    cfg = with_wandb_group(cfg, out)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     traces_dir = out / "traces"
@@ -303,6 +349,22 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
         return result, q, tok
 
     result, q, tok = _timed(seconds, "evaluate", evaluate_all)
+    alt_metrics, alt_sections = {}, []
+    if cfg.alternatives:  # values of alternatives: stages/alternatives.py
+        from .alternatives import run_alternatives
+
+        ckpts = [train_results[n]["checkpoint"] for n in names]
+        alt_metrics, alt_sections = run_alternatives(
+            cfg.actions,
+            cfg.advantages,
+            str(cfg.policy),
+            ckpts,
+            held_dir,
+            out / "labels",
+            out,
+            cfg.load_fields(),
+            lambda name, fn, c: _timed(seconds, name, fn, c),
+        )
     q["seconds"] = {**seconds, "total": round(time.perf_counter() - t0, 1)}
     q["fresh_run"] = fresh
     metrics = result.metrics
@@ -310,7 +372,9 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     metrics["checkpoint"] = train_results[names[0]]["checkpoint"]
     metrics["traces_finish"] = traces_finish_summary(traces)
     metrics["quickstart"] = q
-    logger = build_logger(ecfg.report_to, out, config=config_to_dict(cfg), run_name=ecfg.run_name)
+    metrics.update(alt_metrics)  # alternatives=true: the ``actions`` and ``advantages`` sections
+    metrics["rank_equivalent"] = rank_equivalent_groups(result)  # the sections below merge these too
+    logger = build_logger(ecfg.report_to, out, config_to_dict(cfg), ecfg.run_name, ecfg.wandb, job_type="evaluate")
     try:
         write_report(
             result,
@@ -320,7 +384,11 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
             config=ecfg,
             traces=[r["trace_index"] for r in q["forks"]],
             forks={r["trace_index"]: r["token_index"] for r in q["forks"]},
-            sections=[render_quickstart_section(q, metrics), render_frontier_section(cfg.frontier_table, out)],
+            sections=[
+                render_quickstart_section(q, metrics),
+                render_frontier_section(cfg.frontier_table, out),
+                *alt_sections,
+            ],
         )
     finally:
         logger.finish()

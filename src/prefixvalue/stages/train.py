@@ -49,8 +49,9 @@ from ..data.collate import ResumableSampler, ValueCollator, attach_prefix_labels
 from ..loading import ModelLoadConfig, check_vocabulary, traces_policy
 from ..policies import load_causal_lm, load_tokenizer
 from ..prompting import PROMPT_FORMAT_FILE, traces_prompt_format
-from ..tracking import MultiLogger, build_logger, jsonable, truncate_metrics
+from ..tracking import MultiLogger, WandbConfig, build_logger, jsonable, truncate_metrics
 from ..value import ValueModelConfig, build_value_model, check_value_config, normalise_loss, value_model_class
+from ..value.card import write_training_record
 from ..value.heldout import evaluate_heldout
 from ..value.targets import SIGNALS, attach_sibling_targets, td_lambda_targets
 
@@ -114,6 +115,12 @@ class TrainConfig(ModelLoadConfig):
     seed: int = field(0, help="seed for initialisation and data order")
     report_to: str = field("disk,stdout", help="loggers: disk, stdout, wandb, none (comma separated)")
     run_name: str | None = field(None, help="wandb run name")
+    wandb: WandbConfig = field(
+        default_factory=WandbConfig, help="wandb project, entity, group, tags, job_type (wandb.project=NAME, ...)"
+    )
+    log_checkpoints: bool = field(
+        False, help="with wandb: log each checkpoint and final/ as a wandb model artifact (uploads the weights)"
+    )
     threads: int = field(0, help="torch CPU threads per process (0: torch's default)")
     skip_nonfinite: bool = field(
         False,
@@ -160,6 +167,8 @@ RESUMABLE_KEYS = frozenset(
         "resume",
         "report_to",
         "run_name",
+        "wandb",
+        "log_checkpoints",
         "threads",
         "gradient_checkpointing",
         "skip_nonfinite",
@@ -298,6 +307,11 @@ def output_lock(out: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _artifact_name(cfg: TrainConfig, out: Path, what: str) -> str:
+    """wandb artifact name of the run's checkpoints: ``<run name or folder>-<what>``."""
+    return f"{cfg.run_name or out.resolve().name}-{what}"
+
+
 def _rotate(folder: Path, keep: int, current: Path) -> None:
     """Remove complete checkpoints beyond the newest `keep` and leftovers of interrupted saves."""
     done = complete_checkpoints(folder)
@@ -331,7 +345,43 @@ def run(cfg: TrainConfig) -> dict:
     out = Path(cfg.output_dir)
     with output_lock(out) if accelerator.is_main_process else contextlib.nullcontext():
         check_run_folder(cfg, out)
+        done = finished_run(cfg, out)
+        if done is not None:
+            if accelerator.is_main_process:
+                print(
+                    f"train: {out} holds a finished run ({done['step']} of max_steps={cfg.max_steps} steps, "
+                    f"checkpoint {done['checkpoint']}); nothing to do (raise max_steps to train on, or resume=false "
+                    "to train again from scratch)"
+                )
+            return done
         return _train(cfg, accelerator, out)
+
+
+def finished_run(cfg: TrainConfig, out: Path) -> dict | None:
+    """The result of a finished run in `out` (final/ and final_metrics.json at ``step >= max_steps``)
+    as `run` returns it, its ``eval_history`` read back from metrics.jsonl; None when there is none
+    or ``resume=false`` asks for a fresh run."""
+    path = out / "final_metrics.json"
+    if not cfg.resume or not (out / "final").is_dir() or not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+        step = int(result["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if step < cfg.max_steps:
+        return None
+    history: list[dict] = []
+    log = out / "metrics.jsonl"
+    for line in log.read_text().splitlines() if log.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        evals = {k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")}
+        if evals and isinstance(row.get("step"), int):
+            history.append({"step": row["step"], **evals})
+    return {**result, "eval_history": history}
 
 
 def _train(cfg: TrainConfig, accelerator: Accelerator, out: Path) -> dict:
@@ -445,7 +495,11 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, out: Path) -> dict:
     )
 
     logger = (
-        build_logger(cfg.report_to, out, config_to_dict(cfg), run_name=cfg.run_name) if is_main else MultiLogger([])
+        build_logger(
+            cfg.report_to, out, config_to_dict(cfg), cfg.run_name, cfg.wandb, job_type="train", resume=step > 0
+        )
+        if is_main
+        else MultiLogger([])
     )
     if is_main:
         save_resolved_config(cfg, out)
@@ -565,6 +619,8 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, out: Path) -> dict:
                 (ckpt / (_STATE + ".tmp")).write_text(json.dumps(trainer_state) + "\n")
                 (ckpt / (_STATE + ".tmp")).replace(ckpt / _STATE)
                 _rotate(out / "checkpoints", cfg.keep_checkpoints, ckpt)
+                if cfg.log_checkpoints:
+                    logger.log_artifact(_artifact_name(cfg, out, "state"), ckpt, "checkpoint", [f"step_{step}"])
             last_good = ckpt
             accelerator.wait_for_everyone()
     bar.close()
@@ -594,9 +650,13 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, out: Path) -> dict:
         }
         # jsonable: a non-finite figure is written as null, never as a bare NaN
         (out / "final_metrics.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
+        # training.json and the model card, README.md (docs/design.md, "Checkpoints that travel")
+        write_training_record(final, result, metrics, bool(cfg.labels), held_ds[0] if len(held_ds) else None)
     else:
         result = {"step": step, "checkpoint": str(final), **metrics}
     result["eval_history"] = eval_history  # not in final_metrics.json (metrics.jsonl has every evaluation)
+    if is_main and cfg.log_checkpoints:
+        logger.log_artifact(_artifact_name(cfg, out, "value"), final, "model", ["final", f"step_{step}"])
     logger.finish()
     accelerator.wait_for_everyone()
     if accelerator.num_processes > 1:

@@ -77,11 +77,14 @@ def load_value_model(
     dtype: str | torch.dtype | None = None,
     base_model: str | PreTrainedModel | None = None,
     options: LoadOptions | None = None,
+    revision: str | None = None,
 ) -> ValueModel:
-    """Load a value checkpoint folder (written by ``save_pretrained``); the kind is read from its
-    config. In eval mode, on `device` (default CPU), float32 unless `dtype` says otherwise."""
-    model_cls = value_model_class(read_value_config(path).kind)
-    return model_cls.from_pretrained(path, base_model=base_model, device=device, dtype=dtype, options=options)
+    """Load a value checkpoint folder (written by ``save_pretrained``) or a Hub repo holding one; the kind
+    is read from its config (`ValueModel.from_pretrained`). In eval mode, on `device` (default CPU), float32
+    unless `dtype` says otherwise."""
+    return ValueModel.from_pretrained(
+        path, base_model=base_model, device=device, dtype=dtype, options=options, revision=revision
+    )
 
 
 __all__ = [

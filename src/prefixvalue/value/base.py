@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,12 +27,16 @@ from ..config import field
 from ..data.collate import ValueCollator
 from ..loading import LoadOptions
 from ..policies import load_causal_lm, resolve_dtype
+from ..prompting import PROMPT_FORMAT_FILE, PromptFormat, checkpoint_prompt_format
 from .losses import LOSS_TYPES, LossSum, margin_bce_with_logits, masked_sum
 
 CONFIG_NAME = "value_config.json"
 ADAPTER_DIR = "adapter"
 BACKBONE_DIR = "backbone"
 HEAD_WEIGHTS = "head.safetensors"
+#: small files that describe a checkpoint (split, training run, evaluation): `save_pretrained` with
+#: ``copy_records=True`` carries them over from the folder a model was loaded from (what pushing a loaded model does)
+CHECKPOINT_RECORDS: tuple[str, ...] = ("split.json", "training.json", "evaluation.json")
 
 #: how the implicit model turns V_φ(p) into P̂: the paper's length-normalised mean, or the unnormalised sum
 READOUTS: tuple[str, ...] = ("mean", "sum")
@@ -52,7 +57,16 @@ class ValueModelConfig:
         "implicit",
         help="value-model kind, a key of prefixvalue.value.VALUE_MODELS (implicit = IPVRM, head = explicit value head)",
     )
-    base_model: str = field("", help="reference policy name or path (train sets it from `policy` or the traces)")
+    base_model: str = field(
+        "",
+        help="reference policy: a Hub id, or a local path (saved as an absolute path; train sets it from `policy` "
+        "or the traces)",
+    )
+    base_model_relative: str = field(
+        "",
+        help="a local base_model's path relative to the checkpoint folder (save_pretrained writes it; a fallback "
+        "when the absolute path is gone, docs/design.md 'Checkpoints that travel')",
+    )
     base_load: dict = field(  # noqa: RUF009 - the project's `field` wraps dataclasses.field
         default_factory=dict,
         help="loading options of base_model: revision, gguf_file, attn_implementation (train records them)",
@@ -182,6 +196,12 @@ class ValueModel(nn.Module):
             _zero_dropout(backbone)
         self.num_virtual_tokens = config.soft_prompt_tokens
         self.lm: nn.Module = self._adapt(backbone, adapter_dir)
+        #: how prompt text becomes token ids for this model (the checkpoint's prompt_format.json when loaded)
+        self.prompt_format: PromptFormat = PromptFormat()
+        #: the checkpoint folder this model was loaded from (None when built in memory)
+        self.source: Path | None = None
+        self._tokenizer: Any = None
+        self._load_options = LoadOptions()
 
     # ----- what differs between kinds ------------------------------------------------------------
     @classmethod
@@ -337,20 +357,41 @@ class ValueModel(nn.Module):
         if tensors:
             raise ValueError(f"unexpected weights {sorted(tensors)} for a {self.kind} model")
 
-    def save_pretrained(self, save_directory: str | Path) -> Path:
+    def save_pretrained(self, save_directory: str | Path, copy_records: bool = False) -> Path:
         """Write config, adapter / soft prompt (peft, safetensors), head weights and, for a fully
-        trained backbone, the backbone itself into one folder; returns the folder."""
+        trained backbone, the backbone itself into one folder, with the prompt format, the tokenizer
+        (when loaded) and a model card (README.md); returns the folder. `copy_records`: also copy the
+        `CHECKPOINT_RECORDS` of the folder the model was loaded from (only right for an unchanged model)."""
+        from .card import write_model_card
+        from .hub import portable_base_model
+
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
-        cfg = dataclasses.replace(self.config, prefixvalue_version=__version__)
+        # a local base model is recorded as an absolute path and relative to the folder (docs/design.md,
+        # "Checkpoints that travel"); a Hub id as is
+        base, relative = portable_base_model(self.config.base_model, out)
+        cfg = dataclasses.replace(
+            self.config, base_model=base, base_model_relative=relative, prefixvalue_version=__version__
+        )
         (out / CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         if self.uses_peft:
             self.lm.save_pretrained(str(out / ADAPTER_DIR), safe_serialization=True)
+            (out / ADAPTER_DIR / "README.md").unlink(missing_ok=True)  # peft's empty template; README.md is the card
         if self.config.backbone == "full":
             self.lm.save_pretrained(str(out / BACKBONE_DIR), safe_serialization=True)
         extra = self._extra_state_tensors()
         if extra:
             save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(out / HEAD_WEIGHTS))
+        (out / PROMPT_FORMAT_FILE).write_text(self.prompt_format.to_json() + "\n")
+        if self._tokenizer is not None or (
+            self.source is not None and (self.source / "tokenizer_config.json").is_file()
+        ):
+            self.tokenizer.save_pretrained(str(out))
+        if copy_records and self.source is not None and self.source.resolve() != out.resolve():
+            for name in CHECKPOINT_RECORDS:
+                if (self.source / name).is_file():
+                    shutil.copyfile(self.source / name, out / name)
+        write_model_card(out)
         return out
 
     @classmethod
@@ -361,19 +402,28 @@ class ValueModel(nn.Module):
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         options: LoadOptions | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
     ) -> ValueModel:
-        """Load a folder written by `save_pretrained` into this kind, in eval mode (any kind:
-        `prefixvalue.value.load_value_model`).
+        """Load a folder written by `save_pretrained`, or a Hub repo holding one (by id, through
+        ``huggingface_hub.snapshot_download``; `revision` and `token` are the Hub's), in eval mode. On
+        ``ValueModel`` itself the kind is read from the checkpoint; on a subclass it must match.
 
         `base_model` overrides the saved reference policy (a name/path, or an already loaded model,
-        which is adapted in place); by default it is ``config.base_model``, loaded with the options
-        recorded in ``config.base_load`` under `options` (trust_remote_code is never read from the
-        checkpoint). `dtype` defaults to float32 (``"auto"``: bfloat16 on a capable GPU).
+        which is adapted in place); by default it is ``config.base_model``, found as
+        `prefixvalue.value.hub.find_base_model` says, loaded with the options recorded in
+        ``config.base_load`` under `options` (trust_remote_code is never read from the checkpoint).
+        `dtype` defaults to float32 (``"auto"``: bfloat16 on a capable GPU). The model keeps its
+        tokenizer (``model.tokenizer``, loaded on first use) and prompt format (``model.prompt_format``).
         """
-        path = Path(path)
+        from .hub import find_base_model, resolve_checkpoint
+
+        path = resolve_checkpoint(path, revision=revision, token=token)
         cfg = read_value_config(path)
-        if not cls.kind:
-            raise TypeError("ValueModel is abstract: load with prefixvalue.value.load_value_model")
+        if not cls.kind:  # ValueModel.from_pretrained: the checkpoint's own kind
+            from . import value_model_class
+
+            cls = value_model_class(cfg.kind)
         if cls.kind != cfg.kind:
             raise ValueError(f"{path} holds a {cfg.kind!r} value model, not {cls.kind!r}")
         device = torch.device(device) if device is not None else torch.device("cpu")
@@ -381,6 +431,8 @@ class ValueModel(nn.Module):
         opts = options or LoadOptions()
         if base_model is None:
             opts = opts.with_recorded(cfg.base_load)
+            if cfg.backbone != "full" or cfg.policy_features:  # a fully trained backbone is in the folder
+                cfg.base_model = find_base_model(cfg.base_model, cfg.base_model_relative, path)
 
         def load_base(name: str) -> PreTrainedModel:
             return load_causal_lm(name, torch_dtype, device, dataclasses.replace(opts, device_map=None))
@@ -403,7 +455,105 @@ class ValueModel(nn.Module):
             model._load_extra_state_tensors(load_file(str(path / HEAD_WEIGHTS)))
         elif model._extra_state_tensors():
             raise FileNotFoundError(f"{path / HEAD_WEIGHTS} is missing: the head's weights were not saved")
+        model.source = path
+        model.prompt_format = checkpoint_prompt_format(path)
+        model._load_options = opts
         return model.to(device).eval()
+
+    def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
+        """Save this model and upload it to the Hub repo `repo_id` (`prefixvalue.value.hub.push_to_hub`:
+        ``private``, ``token``, ``revision``, ``commit_message``). Returns a `PushResult`."""
+        from .hub import push_model_to_hub
+
+        return push_model_to_hub(self, repo_id, **kwargs)
+
+    # ----- the Python API: text in, values out -----------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        """The policy's tokenizer: the checkpoint's copy when it has one, else the base model's (loaded on
+        first use; set it to use another)."""
+        if self._tokenizer is None:
+            from ..policies import load_tokenizer
+
+            src = self.source
+            if src is not None and (src / "tokenizer_config.json").is_file():
+                trust = LoadOptions(trust_remote_code=self._load_options.trust_remote_code)
+                self._tokenizer = load_tokenizer(str(src), trust)
+            elif self.config.base_model:
+                self._tokenizer = load_tokenizer(self.config.base_model, self._load_options)
+            else:
+                raise ValueError("this value model has no tokenizer: set model.tokenizer = ...")
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def encode(self, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+        """Token ids of `prompt` (through `prompt_format`, as collect writes a trace's prompt) and of
+        `completion` (as written: no special tokens added, so no end-of-sequence token)."""
+        tok = self.tokenizer
+        return self.prompt_format.encode(tok, prompt), list(tok(completion, add_special_tokens=False)["input_ids"])
+
+    def score(self, prompt: str, completion: str) -> np.ndarray:
+        """P̂ at every prefix of `completion` after `prompt`: float64 [T + 1], entry p after the first p
+        completion tokens (p = 0: the bare prompt), T = number of completion tokens (`encode`)."""
+        prompt_ids, completion_ids = self.encode(prompt, completion)
+        return self.predict([prompt_ids], [completion_ids])[0]
+
+    def score_steps(
+        self, prompt: str, steps: list[str], prompt_template: str | None = None, step_separator: str | None = None
+    ) -> StepScores:
+        """Scores of each step of a solution, tokenised as evaluate scores step data
+        (`prefixvalue.evaluation.stepscores.tokenize_step_example`: the prompt written with
+        `prompt_template`, default ``"{prompt}\\n"``, through `prompt_format`; steps joined by
+        `step_separator`, default ``"\\n"``; ``prompt_template="{prompt}", step_separator=""`` for
+        steps that carry their own separators, as arith's do)."""
+        from ..evaluation.stepscores import (
+            StepExample,
+            prefix_step_scores,
+            process_step_scores,
+            td_errors,
+            tokenize_step_example,
+        )
+
+        kw = {
+            k: v for k, v in (("prompt_template", prompt_template), ("step_separator", step_separator)) if v is not None
+        }
+        example = StepExample("0", prompt, list(steps), -1, "", {})
+        prompt_ids, completion_ids, spans = tokenize_step_example(
+            self.tokenizer, example, prompt_format=self.prompt_format, **kw
+        )
+        values = self.predict([prompt_ids], [completion_ids])[0]
+        td = td_errors(values)
+        process = None
+        if self.process_scores:
+            ratios = self.token_log_ratios([prompt_ids], [completion_ids])[0]  # type: ignore[attr-defined]
+            process = process_step_scores(ratios, spans, float(self.config.beta))
+        return StepScores(
+            values=prefix_step_scores(values, spans),
+            td=np.array([td[s0:s1].sum() for s0, s1 in spans], dtype=np.float64),
+            process=process,
+            token_values=values,
+            step_spans=[(int(a), int(b)) for a, b in spans],
+        )
+
+
+@dataclass
+class StepScores:
+    """Per-step scores of one solution (`ValueModel.score_steps`), float64 arrays of one entry per step."""
+
+    #: P̂ right after each step: evaluate's prefix-based step score
+    values: np.ndarray
+    #: the step's TD score with γ = 1: P̂(after) − P̂(before), the sum of its token TD errors
+    #: (`prefixvalue.evaluation.stepscores.td_errors`); negative where the step lowered the value
+    td: np.ndarray
+    #: implicit models: the process-level score σ(β Σ_{t ∈ step} log-ratio_t); None for a head
+    process: np.ndarray | None
+    #: P̂ at every prefix, positions 0..T of the joined steps
+    token_values: np.ndarray
+    #: each step's token span [start, end) in the completion
+    step_spans: list[tuple[int, int]]
 
 
 def read_value_config(path: str | Path) -> ValueModelConfig:

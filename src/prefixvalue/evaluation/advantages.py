@@ -1,0 +1,439 @@
+"""Counterfactual token values and TD advantages, checked against Monte Carlo (docs/design.md, "Values of
+alternatives").
+
+At every prefix s_p of a trace (p = 0..T−1 completion tokens) the candidates are the policy's top-k next
+tokens plus the token the trace sampled. For each candidate y' and value model:
+
+- value V(s_p ⊕ y') and TD advantage A(s_p, y') = V(s_p ⊕ y') − V(s_p), both in probability units;
+- implicit model (`ImplicitValueModel.counterfactual_values`): one forward pass per trace gives every
+  candidate's value, V_φ(s ⊕ y') = V_φ(s) + β·[log π_φ(y'|s) − log π_ref(y'|s)], read out as trained;
+- any other model (the head): one sequence s_p ⊕ y' per candidate, batched, its value read at the last position.
+
+`mc_check` labels s_p and s_p ⊕ y' by Monte Carlo for a sample of prefixes (forking tokens first) and
+`score_check` compares: Spearman of the candidates' values within a prefix, sign agreement of advantages,
+each for the sampled tokens and the counterfactual (unsampled) ones apart.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.collate import ValueCollator
+from ..sampling.mc import MCLabeller, TraceRef
+from ..tasks.base import safe_verify
+from ..tracking import jsonable
+from .metrics import _spearman_raw, cluster_bootstrap, constant_note, correlation, wilson_interval
+
+#: columns of the advantages dataset (advantages.parquet), in order; per value model <m> four more columns
+COLUMNS: dict[str, str] = {
+    "prefix_id": "'<trace_id>@<position>': one prefix s_p",
+    "trace_id": "the trace the prefix comes from",
+    "prompt_id": "its prompt",
+    "position": "p, completion tokens in the prefix (the candidate is completion token p + 1)",
+    "token_id": "candidate next token y'",
+    "token": "its text (tokenizer.decode)",
+    "sampled": "y' is the token the trace wrote at this position",
+    "rank": "rank of y' under the policy at s_p (0 = most likely)",
+    "prob": "π(y' | s_p) under the policy (temperature 1)",
+    "logprob": "log π(y' | s_p), nats",
+}
+MODEL_COLUMNS: dict[str, str] = {
+    "value_{m}": "V(s_p ⊕ y') of value model m, P̂ in [0, 1]",
+    "prefix_value_{m}": "V(s_p) of model m",
+    "advantage_{m}": "TD advantage V(s_p ⊕ y') − V(s_p) of model m",
+    "log_ratio_{m}": "implicit models only: log π_φ(y'|s_p) − log π_ref(y'|s_p) (NaN for other kinds)",
+}
+
+
+@dataclass
+class TraceInput:
+    """What the advantages need of one trace."""
+
+    trace_id: str
+    prompt_id: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+
+
+# --------------------------------------------------------------------------------- candidates
+@torch.no_grad()
+def policy_candidates(
+    policy: Any, traces: Sequence[TraceInput], top_k: int, batch_size: int = 8
+) -> list[dict[str, np.ndarray]]:
+    """Per trace, per prefix p = 0..T−1: the policy's top-`top_k` tokens plus the sampled one.
+
+    Returns per trace a dict of flat arrays over (position, candidate): ``position``, ``token_id``,
+    ``sampled``, ``rank``, ``logprob``. Candidates of one prefix are the top-k in rank order, then the
+    sampled token when it is not among them."""
+    device = next(policy.parameters()).device
+    collate = ValueCollator(pad_token_id=0)
+    out: list[dict[str, np.ndarray]] = []
+    for b0 in range(0, len(traces), batch_size):
+        chunk = traces[b0 : b0 + batch_size]
+        batch = collate(
+            [{"prompt_ids": t.prompt_ids, "completion_ids": t.completion_ids, "outcome": 0.0} for t in chunk]
+        )
+        logits = policy(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        ).logits
+        for r, t in enumerate(chunk):
+            p0, n = len(t.prompt_ids), len(t.completion_ids)
+            lp = torch.log_softmax(logits[r, p0 - 1 : p0 - 1 + n].float(), dim=-1)
+            k = min(top_k, lp.shape[1])
+            top_lp, top = lp.topk(k, dim=-1)  # [T, k], most likely first
+            written = torch.tensor(t.completion_ids, device=lp.device)
+            # rank of the written token: how many tokens are strictly more likely (no full sort of the vocabulary)
+            own = lp.gather(1, written[:, None])
+            own_rank = (lp > own).sum(1).cpu()
+            top, top_lp, own = top.cpu(), top_lp.double().cpu(), own[:, 0].double().cpu()
+            pos, tok, samp, rank, logp = [], [], [], [], []
+            for p in range(n):
+                y = int(t.completion_ids[p])
+                cands = top[p].tolist()
+                if y not in cands:
+                    cands.append(y)
+                for j, c in enumerate(cands):
+                    pos.append(p)
+                    tok.append(c)
+                    samp.append(c == y)
+                    rank.append(int(own_rank[p]) if c == y else j)
+                    logp.append(float(own[p]) if c == y else float(top_lp[p, j]))
+            out.append(
+                {
+                    "position": np.array(pos, dtype=np.int64),
+                    "token_id": np.array(tok, dtype=np.int64),
+                    "sampled": np.array(samp, dtype=bool),
+                    "rank": np.array(rank, dtype=np.int64),
+                    "logprob": np.array(logp, dtype=np.float64),
+                }
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------- model values
+def implicit_candidate_values(
+    model: Any, traces: Sequence[TraceInput], cands: Sequence[dict[str, np.ndarray]], batch_size: int = 8
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(values, log-ratios) of every candidate of `cands` under an implicit model, from one forward pass
+    per trace (`counterfactual_values` with the trace's candidate tokens as the fixed candidate list)."""
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for b0 in range(0, len(traces), batch_size):
+        chunk = list(range(b0, min(b0 + batch_size, len(traces))))
+        vocab = sorted({int(x) for i in chunk for x in cands[i]["token_id"]})
+        col = {v: j for j, v in enumerate(vocab)}
+        cf = model.counterfactual_values(
+            [traces[i].prompt_ids for i in chunk],
+            [traces[i].completion_ids for i in chunk],
+            candidate_ids=vocab,
+            batch_size=batch_size,
+        )
+        for i, c in zip(chunk, cf):
+            j = np.array([col[int(x)] for x in cands[i]["token_id"]], dtype=np.int64)
+            p = cands[i]["position"]
+            out.append((c.values[p, j], c.log_ratios[p, j]))
+    return out
+
+
+def direct_candidate_values(
+    model: Any, traces: Sequence[TraceInput], cands: Sequence[dict[str, np.ndarray]], batch_size: int = 32
+) -> list[np.ndarray]:
+    """Value of every candidate from its own sequence s_p ⊕ y' (any value model), batched `batch_size`
+    sequences at a time; the value is read at the last position."""
+    seqs: list[tuple[int, list[int], list[int]]] = []
+    for i, (t, c) in enumerate(zip(traces, cands)):
+        for p, y in zip(c["position"].tolist(), c["token_id"].tolist()):
+            seqs.append((i, t.prompt_ids, list(t.completion_ids[:p]) + [int(y)]))
+    # sort by length so batches pad little; values are per row, whatever the batch (right padding)
+    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k][1]) + len(seqs[k][2]))
+    vals = np.zeros(len(seqs))
+    for b0 in range(0, len(order), batch_size):
+        idx = order[b0 : b0 + batch_size]
+        preds = model.predict([seqs[k][1] for k in idx], [seqs[k][2] for k in idx], batch_size=len(idx))
+        for k, pr in zip(idx, preds):
+            vals[k] = pr[-1]
+    out, start = [], 0
+    for c in cands:
+        out.append(vals[start : start + len(c["token_id"])])
+        start += len(c["token_id"])
+    return out
+
+
+def candidate_table(
+    traces: Sequence[TraceInput],
+    cands: Sequence[dict[str, np.ndarray]],
+    models: dict[str, Any],
+    tokenizer: Any = None,
+    batch_size: int = 8,
+) -> dict[str, np.ndarray]:
+    """The advantages dataset as columns (`COLUMNS`, then `MODEL_COLUMNS` per model of `models`)."""
+    cols: dict[str, list[Any]] = {k: [] for k in COLUMNS}
+    for t, c in zip(traces, cands):
+        n = len(c["token_id"])
+        cols["prefix_id"] += [f"{t.trace_id}@{p}" for p in c["position"].tolist()]
+        cols["trace_id"] += [t.trace_id] * n
+        cols["prompt_id"] += [t.prompt_id] * n
+        cols["position"] += c["position"].tolist()
+        cols["token_id"] += c["token_id"].tolist()
+        cols["token"] += [tokenizer.decode([y]) if tokenizer is not None else str(y) for y in c["token_id"].tolist()]
+        cols["sampled"] += c["sampled"].tolist()
+        cols["rank"] += c["rank"].tolist()
+        cols["prob"] += np.exp(c["logprob"]).tolist()
+        cols["logprob"] += c["logprob"].tolist()
+    table: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in cols.items()}
+    for name, model in models.items():
+        prefix_vals = model.predict([t.prompt_ids for t in traces], [t.completion_ids for t in traces], batch_size)
+        if getattr(model, "kind", None) == "implicit":
+            vr = implicit_candidate_values(model, traces, cands, batch_size)
+            vals = np.concatenate([v for v, _ in vr])
+            ratios = np.concatenate([r for _, r in vr])
+        else:
+            vals = np.concatenate(direct_candidate_values(model, traces, cands, batch_size * 4))
+            ratios = np.full(len(vals), np.nan)
+        before = np.concatenate([pv[c["position"]] for pv, c in zip(prefix_vals, cands)])
+        table[f"value_{name}"] = vals
+        table[f"prefix_value_{name}"] = before
+        table[f"advantage_{name}"] = vals - before
+        table[f"log_ratio_{name}"] = ratios
+    return table
+
+
+# ------------------------------------------------------------------------------------ MC check
+def choose_check_prefixes(
+    traces: Sequence[TraceInput],
+    n_prefixes: int,
+    forks: Sequence[tuple[str, int]] = (),
+    seed: int = 0,
+) -> list[tuple[int, int, bool]]:
+    """(trace index, position, is a fork) of the prefixes to check: the forks first (trace id, position of
+    the prefix before the forking token), then uniformly random (trace, position) pairs up to `n_prefixes`."""
+    index = {t.trace_id: i for i, t in enumerate(traces)}
+    chosen: list[tuple[int, int, bool]] = []
+    seen: set[tuple[int, int]] = set()
+    for tid, p in forks:
+        i = index.get(tid)
+        if i is not None and 0 <= p < len(traces[i].completion_ids) and (i, p) not in seen:
+            chosen.append((i, p, True))
+            seen.add((i, p))
+    rng = random.Random(seed)
+    pool = [(i, p) for i, t in enumerate(traces) for p in range(len(t.completion_ids)) if (i, p) not in seen]
+    rng.shuffle(pool)
+    for i, p in pool[: max(0, n_prefixes - len(chosen))]:
+        chosen.append((i, p, False))
+    return chosen
+
+
+def forks_from_labels(
+    labels: Any, count: int, min_jump: float = 0.25, trace_ids: set[str] | None = None
+) -> list[tuple[str, int]]:
+    """Known forking tokens from a prefix-labels dataset: per trace (of `trace_ids` when given), the
+    neighbouring labelled positions (p, p + 1) whose MC means differ most (at least `min_jump`); the `count`
+    largest, as (trace id, p). Only labels at neighbouring tokens count (positions=all or adaptive), so the
+    forking token is known exactly: completion token p + 1."""
+    by: dict[str, dict[int, float]] = {}
+    for tid, p, m in zip(labels["trace_id"], labels["position"], labels["mean"]):
+        if trace_ids is not None and tid not in trace_ids:
+            continue
+        by.setdefault(tid, {})[int(p)] = float(m)
+    best: list[tuple[float, str, int]] = []
+    for tid, d in by.items():
+        jumps = [(abs(d[p + 1] - d[p]), p) for p in d if p + 1 in d]
+        if jumps:
+            j, p = max(jumps)
+            if j >= min_jump:
+                best.append((j, tid, p))
+    best.sort(key=lambda x: (-x[0], x[1], x[2]))
+    return [(tid, p) for _, tid, p in best[:count]]
+
+
+def mc_check(
+    labeller: MCLabeller,
+    refs: dict[str, TraceRef],
+    traces: Sequence[TraceInput],
+    table: dict[str, np.ndarray],
+    chosen: Sequence[tuple[int, int, bool]],
+    samples: int,
+    eos_ids: Sequence[int],
+) -> dict[str, np.ndarray]:
+    """Monte Carlo Ẑ of every chosen prefix s_p and of each of its candidates s_p ⊕ y' (`samples`
+    continuations each; an EOS candidate ends the completion, so its value is the verifier's score of it).
+    Returns the rows of `table` for the chosen prefixes, with ``mc_mean``, ``mc_ci_low``, ``mc_ci_high``,
+    ``mc_n``, ``mc_successes``, ``mc_prefix`` (Ẑ(s_p)), ``mc_advantage`` and ``fork``."""
+    rows = {(traces[i].trace_id, p): f for i, p, f in chosen}
+    key = list(zip(table["trace_id"].tolist(), table["position"].tolist()))
+    sel = np.array([k in rows for k in key], dtype=bool)
+    idx = np.flatnonzero(sel)
+    eos = {int(e) for e in eos_ids}
+    mc_refs, mc_pos, owners = [], [], []
+    terminal: dict[int, float] = {}
+    for r in idx.tolist():
+        tid, p, y = table["trace_id"][r], int(table["position"][r]), int(table["token_id"][r])
+        ref = refs[tid]
+        if y in eos:
+            text = labeller.tokenizer.decode(list(ref.completion_ids[:p]) + [y], skip_special_tokens=True)
+            terminal[r] = float(safe_verify(labeller.task, ref.prompt, text, labeller.verifier_timeout_s).score)
+            continue
+        comp = tuple(ref.completion_ids[:p]) + (y, next(iter(eos)) if eos else y)
+        mc_refs.append(TraceRef(f"{tid}@{p}#{y}", ref.prompt, ref.prompt_ids, comp))
+        mc_pos.append([p + 1])
+        owners.append(r)
+    prefix_rows = sorted({(traces[i].trace_id, p) for i, p, _ in chosen})
+    for tid, p in prefix_rows:
+        mc_refs.append(refs[tid])
+        mc_pos.append([p])
+    est = labeller.uniform(mc_refs, mc_pos, samples, method="counterfactual") if mc_refs else []
+    cand_est, prefix_est = est[: len(owners)], est[len(owners) :]
+    prefix_mc = {k: e for k, e in zip(prefix_rows, prefix_est)}
+    out = {k: v[idx] for k, v in table.items()}
+    mean = np.zeros(len(idx))
+    lo, hi, n, succ = np.zeros(len(idx)), np.zeros(len(idx)), np.zeros(len(idx), dtype=np.int64), np.zeros(len(idx))
+    pos_of = {r: j for j, r in enumerate(idx.tolist())}
+    for r, e in zip(owners, cand_est):
+        j = pos_of[r]
+        mean[j], lo[j], hi[j], n[j], succ[j] = e.mean, e.ci_low, e.ci_high, e.n, e.successes
+    for r, s in terminal.items():
+        j = pos_of[r]
+        mean[j], lo[j], hi[j], n[j], succ[j] = s, s, s, 0, s
+    out["mc_mean"], out["mc_ci_low"], out["mc_ci_high"], out["mc_n"], out["mc_successes"] = mean, lo, hi, n, succ
+    out["mc_prefix"] = np.array([prefix_mc[(t, int(p))].mean for t, p in zip(out["trace_id"], out["position"])])
+    out["mc_advantage"] = out["mc_mean"] - out["mc_prefix"]
+    out["fork"] = np.array([rows[(t, int(p))] for t, p in zip(out["trace_id"], out["position"])], dtype=bool)
+    return out
+
+
+def _sign_agreement(model_adv: np.ndarray, mc_adv: np.ndarray, clear: np.ndarray) -> dict[str, Any]:
+    """Share of candidates whose advantage has the MC advantage's sign, over those where the MC sign is
+    clear (`clear`), with a Wilson CI."""
+    m = clear & np.isfinite(model_adv)
+    k = int(np.sum(np.sign(model_adv[m]) == np.sign(mc_adv[m])))
+    n = int(m.sum())
+    return {"value": k / n if n else None, "ci": list(wilson_interval(k, n)) if n else None, "n": n}
+
+
+def score_check(
+    check: dict[str, np.ndarray], models: Sequence[str], n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Per model: within-prefix Spearman of candidate values vs MC (averaged over prefixes with ≥ 3
+    candidates and non-constant values; bootstrap CI over prefixes), pooled Spearman of
+    values over counterfactual and over sampled candidates (cluster bootstrap by prefix), and sign agreement
+    of the advantage with the MC advantage over candidates whose MC value's Wilson CI excludes Ẑ(s_p)."""
+    pid = check["prefix_id"]
+    groups = [np.flatnonzero(pid == g) for g in np.unique(pid)]
+    sampled = check["sampled"].astype(bool)
+    mc = check["mc_mean"]
+    clear = (check["mc_ci_low"] > check["mc_prefix"]) | (check["mc_ci_high"] < check["mc_prefix"])
+    out: dict[str, Any] = {
+        "n_prefixes": len(groups),
+        "n_forks": int(len({p for p, f in zip(pid, check["fork"]) if f})),
+        "n_candidates": int(len(mc)),
+        "n_sampled": int(sampled.sum()),
+        "n_clear_sign": {"sampled": int((clear & sampled).sum()), "counterfactual": int((clear & ~sampled).sum())},
+        "policy_prob": {
+            "within_spearman": None,
+        },
+        "models": {},
+    }
+
+    def within(values: np.ndarray) -> dict[str, Any]:
+        rhos, skipped = [], 0
+        for g in groups:
+            if len(g) < 3 or constant_note(mc[g], "mc") or constant_note(values[g], "v"):
+                skipped += 1
+                continue
+            rhos.append(_spearman_raw(values[g], mc[g]))
+        r = np.array([x for x in rhos if math.isfinite(x)])
+        if not len(r):
+            return {"value": None, "ci": None, "n_prefixes": 0, "skipped": skipped}
+        ci, _ = cluster_bootstrap(lambda i: float(np.mean(r[i])), np.arange(len(r)), n_boot, seed, unit="prefix")
+        return {"value": float(r.mean()), "ci": ci, "n_prefixes": len(r), "skipped": skipped}
+
+    out["policy_prob"]["within_spearman"] = within(check["logprob"])
+    for m in models:
+        v, a = check[f"value_{m}"], check[f"advantage_{m}"]
+        out["models"][m] = {
+            "within_spearman": within(v),
+            "spearman_counterfactual": correlation(
+                v[~sampled], mc[~sampled], pid[~sampled], n_boot=n_boot, seed=seed, unit="prefix"
+            ),
+            "spearman_sampled": correlation(
+                v[sampled], mc[sampled], pid[sampled], n_boot=n_boot, seed=seed, unit="prefix"
+            ),
+            "sign_agreement_counterfactual": _sign_agreement(
+                a[~sampled], check["mc_advantage"][~sampled], clear[~sampled]
+            ),
+            "sign_agreement_sampled": _sign_agreement(a[sampled], check["mc_advantage"][sampled], clear[sampled]),
+        }
+    return jsonable(out)
+
+
+def _f(v: Any, d: int = 3) -> str:
+    return "–" if v is None else f"{v:.{d}f}"
+
+
+def _ci(ci: Any, d: int = 2) -> str:
+    return "" if not ci else f" [{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
+
+
+def render_advantages_section(metrics: dict[str, Any]) -> str:
+    """Markdown section: do counterfactual token values carry information, against MC?"""
+    sc = metrics["check"]
+    lines = [
+        "## Counterfactual token values and advantages vs Monte Carlo",
+        "",
+        f"Candidates at every prefix of {metrics['n_traces']} traces: the policy's top-{metrics['top_k']} tokens "
+        f"and the sampled one ({metrics['n_rows']} rows in `{metrics['dataset']}`). MC check: "
+        f"{sc['n_prefixes']} prefixes ({sc['n_forks']} at known forking tokens), {sc['n_candidates']} candidates, "
+        f"{metrics['samples']} continuations each. Sign agreement counts candidates whose MC value's Wilson CI "
+        f"excludes Ẑ(s) (clear sign: {sc['n_clear_sign']['sampled']} sampled, "
+        f"{sc['n_clear_sign']['counterfactual']} counterfactual).",
+        "",
+        "| value | within-prefix Spearman [CI] (prefixes) | Spearman, counterfactual tokens | Spearman, sampled "
+        "tokens | sign agreement, counterfactual | sign agreement, sampled |",
+        "|---|---|---|---|---|---|",
+    ]
+    pw = sc["policy_prob"]["within_spearman"]
+    lines.append(f"| policy π(y'|s) | {_f(pw['value'])}{_ci(pw['ci'])} ({pw['n_prefixes']}) | – | – | – | – |")
+    for m, e in sc["models"].items():
+        w = e["within_spearman"]
+        cf, sp = e["spearman_counterfactual"], e["spearman_sampled"]
+        sa, ss = e["sign_agreement_counterfactual"], e["sign_agreement_sampled"]
+        lines.append(
+            f"| {m} | {_f(w['value'])}{_ci(w['ci'])} ({w['n_prefixes']}) | {_f(cf.get('value'))}{_ci(cf.get('ci'))} | "
+            f"{_f(sp.get('value'))}{_ci(sp.get('ci'))} | {_f(sa['value'], 2)}{_ci(sa['ci'])} (n={sa['n']}) | "
+            f"{_f(ss['value'], 2)}{_ci(ss['ci'])} (n={ss['n']}) |"
+        )
+    if metrics.get("verdict"):
+        lines += [
+            "",
+            f"**Does the implicit model's free counterfactual value carry information?** {metrics['verdict']}",
+        ]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def implicit_verdict(check: dict[str, Any], name: str) -> str | None:
+    """One sentence from the measured figures on the implicit model `name` (None when not scored)."""
+    e = check["models"].get(name)
+    if e is None:
+        return None
+    w = e["within_spearman"]
+    sa = e["sign_agreement_counterfactual"]
+    if w["value"] is None or w["ci"] is None:
+        return f"undetermined: too few prefixes with varied MC values ({w['n_prefixes']} scored)."
+    lo = w["ci"][0]
+    sign = (
+        f"; its advantages have the MC sign for {_f(sa['value'], 2)} of {sa['n']} unsampled tokens" if sa["n"] else ""
+    )
+    base = check["policy_prob"]["within_spearman"]["value"]
+    rel = f" (the policy's own probability ranks them at {_f(base)})" if base is not None else ""
+    return (
+        ("Yes" if lo > 0 else "Not measurably")
+        + f": within a prefix, {name}'s values of the candidate tokens rank with MC at Spearman {_f(w['value'])} "
+        f"[{lo:.2f}, {w['ci'][1]:.2f}] over {w['n_prefixes']} prefixes{rel}{sign}."
+    )

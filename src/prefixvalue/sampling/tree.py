@@ -1,0 +1,262 @@
+"""Attention over a trie of token histories: Monte Carlo continuations that share a prefix share its work.
+
+Monte Carlo labelling continues every prefix ``seq[:cut]`` of a trace M times. Position p+1's prefix
+extends position p's, so all those continuations are branches of one trie rooted in the trace
+(`HFSampler._branch_trie` builds it): a node is a distinct token history, the trace's first c tokens
+followed by off-trace tokens. Rows of one prefix that draw the same tokens stand on the same nodes,
+and a row that re-draws the trace's next token stands where the next position's rows start. A decode
+forward runs each new node once, whatever the number of rows on it. A node attends in two parts,
+merged in one softmax:
+
+- the shared part: the trace's cached keys, first c columns -- the queries of all nodes of one trace
+  against its cache are one matrix product per KV head (nodes are grouped by trace);
+- the node's own part: the one-column keys/values of its off-trace ancestors and itself (a gather of
+  a short chain, no per-row copy of the prefix).
+
+The attention runs through transformers' ``AttentionInterface`` (a registered function, selected by
+setting ``config._attn_implementation`` for the decode forwards only), so it applies to every model
+whose attention layers dispatch through that interface (GPT-2, Llama, Qwen2, Mistral without sliding
+windows, ...). `HFSampler` checks the trie against its plain path on the first call and keeps the plain
+path when a model's samples differ (see `HFSampler.tree_attention`). docs/design.md ("Monte Carlo
+labelling at scale") has the cost model and the measurements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+ATTN_NAME = "prefixvalue_tree"
+
+
+@dataclass
+class TreeBatch:
+    """The shared part of one decode batch.
+
+    `keys[l]` / `values[l]` are layer l's cache of the batch's sequences, (sequences, kv_heads, width,
+    head_dim), left-padded. Rows are grouped by sequence: `blocks` lists ``(sequence, first_row,
+    end_row)``, and row r sees the cache columns where ``prefix_mask[r]`` is True (its prefix tokens).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    row_seq: torch.Tensor  # int64 (rows,), non-decreasing
+    prefix_mask: torch.Tensor  # bool (rows, width)
+    blocks: list[tuple[int, int, int]]
+    own_mask: torch.Tensor | None = None  # bool (rows, own): which of the own part's columns are real
+
+    @classmethod
+    def build(
+        cls,
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        row_seq: torch.Tensor,
+        prefix_mask: torch.Tensor,
+        own_mask: torch.Tensor | None = None,
+    ) -> TreeBatch:
+        if row_seq.numel() > 1 and bool((row_seq[1:] < row_seq[:-1]).any()):
+            raise ValueError("tree rows must be grouped by sequence (row_seq non-decreasing)")
+        return cls(keys, values, row_seq, prefix_mask, _blocks(row_seq), own_mask)
+
+
+def _blocks(row_seq: torch.Tensor) -> list[tuple[int, int, int]]:
+    seqs, counts = torch.unique_consecutive(row_seq, return_counts=True)
+    out, start = [], 0
+    for s, c in zip(seqs.tolist(), counts.tolist()):
+        out.append((s, start, start + c))
+        start += c
+    return out
+
+
+#: the batch the registered attention function reads (set by `HFSampler` around its decode forwards)
+_ACTIVE: TreeBatch | None = None
+
+
+def activate(batch: TreeBatch | None) -> None:
+    global _ACTIVE
+    _ACTIVE = batch
+
+
+def tree_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention of one decode token per trie node over (its trace's first c tokens) + (its own chain).
+
+    `query` is (nodes, heads, 1, head_dim); `key`/`value` are the nodes' chains as `_NodeLayer.update`
+    returns them, (depth, kv_heads, nodes, head_dim), padded where ``batch.own_mask`` is False.
+    Returns ``(nodes, 1, heads, head_dim)``, the layout of transformers' attention functions. Works
+    head-major: (kv_heads, nodes, groups, ...).
+    """
+    batch = _ACTIVE
+    if batch is None:
+        raise RuntimeError("prefixvalue tree attention called outside a branch decode")
+    layer = int(module.layer_idx)
+    pk, pv = batch.keys[layer], batch.values[layer]  # (seqs, kv_heads, width, dim)
+    rows, heads, q_len, dim = query.shape
+    if q_len != 1:
+        raise RuntimeError("tree attention decodes one token per row")
+    kv_heads, width = pk.shape[1], pk.shape[2]
+    groups = heads // kv_heads
+    scale = float(scaling) if scaling is not None else dim**-0.5
+    qh = query[:, :, 0].reshape(rows, kv_heads, groups, dim).permute(1, 0, 2, 3).contiguous()
+    # shared part: one (rows of the sequence x prefix columns) product per sequence and KV head
+    s_shared = torch.cat(
+        [
+            torch.matmul(qh[:, a:b].reshape(kv_heads, (b - a) * groups, dim), pk[s].transpose(-1, -2))
+            for s, a, b in batch.blocks
+        ],
+        dim=1,
+    ).view(kv_heads, rows, groups, width)
+    # own part: every row against its own few tokens (a reduction over head_dim; no per-row GEMMs)
+    s_own = (qh[None] * key[:, :, :, None, :]).sum(-1).permute(1, 2, 3, 0)  # (kv_heads, rows, groups, own)
+    scores = torch.cat([s_shared, s_own], dim=-1).float() * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores[..., :width].masked_fill_(~batch.prefix_mask[None, :, None, :], float("-inf"))
+    if batch.own_mask is not None:
+        scores[..., width:].masked_fill_(~batch.own_mask[None, :, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(value.dtype)
+    p_shared = probs[..., :width]
+    o_shared = torch.cat(
+        [torch.matmul(p_shared[:, a:b].reshape(kv_heads, (b - a) * groups, width), pv[s]) for s, a, b in batch.blocks],
+        dim=1,
+    ).view(kv_heads, rows, groups, dim)
+    p_own = probs[..., width:].permute(3, 0, 1, 2)  # (own, kv_heads, rows, groups)
+    o_own = (p_own[..., None] * value[:, :, :, None, :]).sum(0)
+    out = (o_shared + o_own).permute(1, 0, 2, 3)  # (rows, kv_heads, groups, dim)
+    return out.reshape(rows, 1, heads, dim), None
+
+
+class _NodeLayerImpl:
+    """One layer's keys/values of the off-trace nodes of a branch trie, one column per node:
+    (capacity, kv_heads, dim). A decode forward writes its nodes' columns (`node_ids`) and hands the
+    attention each node's chain of off-trace ancestors, itself included (`chains`, padded with node 0,
+    a zero column the attention masks out), as (depth, kv_heads, nodes, dim)."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, kv_heads: int, dim: int, vdim: int, capacity: int, like: torch.Tensor) -> None:  # noqa: D107
+        self._k = like.new_zeros((capacity, kv_heads, dim))
+        self._v = like.new_zeros((capacity, kv_heads, vdim))
+        self.node_ids: torch.Tensor | None = None
+        self.chains: torch.Tensor | None = None
+        self.is_initialized = True
+        self.dtype, self.device = like.dtype, like.device
+
+    def reserve(self, capacity: int) -> None:
+        if capacity > self._k.shape[0]:
+            grow = max(capacity, 2 * self._k.shape[0]) - self._k.shape[0]
+            self._k = torch.cat([self._k, self._k.new_zeros((grow, *self._k.shape[1:]))])
+            self._v = torch.cat([self._v, self._v.new_zeros((grow, *self._v.shape[1:]))])
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._k
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._v
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if key_states.shape[2] != 1 or self.node_ids is None or self.chains is None:
+            raise RuntimeError("tree attention decodes one token per node")
+        self._k[self.node_ids] = key_states[:, :, 0]
+        self._v[self.node_ids] = value_states[:, :, 0]
+        chains = self.chains.t()  # (depth, nodes)
+        return self._k[chains].transpose(1, 2), self._v[chains].transpose(1, 2)
+
+    def get_seq_length(self) -> int:
+        return 0 if self.chains is None else int(self.chains.shape[1])
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def offload(self) -> None:  # pragma: no cover - interface completeness
+        pass
+
+    def prefetch(self) -> None:  # pragma: no cover
+        pass
+
+
+_NODE_LAYER: type | None = None
+
+
+def node_cache(layers: int, kv_heads: int, dim: int, vdim: int, capacity: int, like: torch.Tensor) -> Any:
+    """A transformers `DynamicCache` of `layers` `_NodeLayer`s (see `_NodeLayerImpl`)."""
+    global _NODE_LAYER
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    if _NODE_LAYER is None:
+        _NODE_LAYER = type("_NodeLayer", (_NodeLayerImpl, DynamicLayer), {})
+    cache = DynamicCache()
+    cache.layers = [_NODE_LAYER(kv_heads, dim, vdim, capacity, like) for _ in range(layers)]  # type: ignore[misc]
+    cache.layer_class_to_replicate = None
+    return cache
+
+
+def register() -> None:
+    """Register `tree_attention` with transformers' AttentionInterface (idempotent). No mask function is
+    registered for it, so transformers builds no attention mask for the decode forwards."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_NAME, tree_attention)
+
+
+def supports_tree(model: Any) -> str | None:
+    """Why `model` cannot use tree attention, or None when it can (its attention dispatches through
+    transformers' AttentionInterface, and no layer has a sliding window, attention sinks or ALiBi)."""
+    if not getattr(model, "_supports_attention_backend", False):
+        return f"{type(model).__name__} does not dispatch attention through transformers' AttentionInterface"
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return "the model has no config"
+    if getattr(cfg, "sliding_window", None) or getattr(cfg, "attention_chunk_size", None):
+        return "sliding-window / chunked attention"
+    layer_types: Sequence[str] = getattr(cfg, "layer_types", None) or ()
+    if any(t != "full_attention" for t in layer_types):
+        return "layers other than full attention"
+    if getattr(cfg, "alibi", False) or getattr(cfg, "use_alibi", False):
+        return "ALiBi position biases"
+    for m in model.modules():
+        if getattr(m, "sinks", None) is not None:
+            return "attention sinks"
+    return None
+
+
+class use_tree_attention:
+    """Context manager: decode forwards of `model` run `tree_attention` over `batch`."""
+
+    def __init__(self, model: Any, batch: TreeBatch) -> None:
+        self.config = model.config
+        self.batch = batch
+
+    def __enter__(self) -> None:
+        self.saved = self.config._attn_implementation
+        self.config._attn_implementation = ATTN_NAME
+        activate(self.batch)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.config._attn_implementation = self.saved
+        activate(None)
+
+
+__all__ = ["ATTN_NAME", "TreeBatch", "node_cache", "register", "supports_tree", "tree_attention", "use_tree_attention"]

@@ -1,0 +1,189 @@
+"""``prefixvalue advantages``: counterfactual token values and TD advantages, checked against Monte Carlo.
+
+    prefixvalue advantages traces=runs/quickstart/heldout_traces labels=runs/quickstart/labels checkpoints=[runs/quickstart/train_implicit/final,runs/quickstart/train_head/final] out=runs/advantages
+
+For each prefix s_p of the traces (p = 0..T−1), the candidates are the policy's ``top_k`` next tokens and the
+token the trace sampled. Each value checkpoint gives V(s_p ⊕ y') and the TD advantage V(s_p ⊕ y') − V(s_p):
+an implicit model from one forward pass per trace (V_φ(s ⊕ y') = V_φ(s) + β·[log π_φ(y'|s) − log π_ref(y'|s)]),
+any other model from one sequence s_p ⊕ y' per candidate, batched. OUT/advantages.parquet holds one row per
+(prefix, candidate), its columns documented in OUT/columns.json and docs/design.md ("Values of alternatives").
+
+The check: ``mc_prefixes`` prefixes (the ``mc_forks`` largest MC jumps of ``labels`` first, then random ones)
+and each of their candidates are labelled by Monte Carlo (``samples`` continuations, the traces' sampling);
+OUT/mc_check.parquet holds them, metrics.json (``advantages``) and report.md the scores: within-prefix
+Spearman of candidate values, Spearman over counterfactual and over sampled tokens, sign agreement of
+advantages with the MC advantage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
+from ..loading import ModelLoadConfig
+
+
+@dataclass
+class AdvantagesConfig(ModelLoadConfig):
+    """Counterfactual token advantages of value checkpoints, as an RL dataset, checked against Monte Carlo."""
+
+    out: str | None = field(None, help="output folder (advantages.parquet, mc_check.parquet, metrics.json, report.md)")
+    traces: str | None = field(None, help="traces dataset folder (prefixvalue collect); every prefix gets candidates")
+    checkpoints: list[str] = field(default_factory=list, help="value checkpoints (at least one; implicit and/or head)")
+    policy: str | None = field(None, help="policy giving the top-k candidates and continuations (default: the traces')")
+    allow_other_policy: bool = field(False, help="let `policy` differ from the model that wrote the traces")
+    labels: str | None = field(
+        None,
+        help="prefix labels of the traces (prefixvalue label, positions=all or adaptive): their largest MC jumps "
+        "between neighbouring tokens are checked first",
+    )
+    top_k: int = field(4, help="the policy's most likely next tokens taken as candidates (plus the sampled one)")
+    max_traces: int | None = field(60, help="first K traces get candidates (None: all)")
+    mc_prefixes: int = field(24, help="prefixes whose candidates are labelled by Monte Carlo (forks included)")
+    mc_forks: int = field(8, help="of those, the largest MC jumps in `labels` (known forking tokens)")
+    samples: int = field(32, help="MC continuations per prefix and per candidate")
+    seed: int = field(0, help="sampling, prefix-choice and bootstrap seed")
+    batch_size: int = field(8, help="traces per forward pass (the head: 4x as many candidate sequences)")
+    batch_rows: int = field(256, help="most continuations decoded together")
+    n_bootstrap: int = field(1000, help="bootstrap replicates of the CIs (0: none)")
+    dtype: str = field("auto", help="policy dtype: auto | float32 | bfloat16 | float16")
+    device: str | None = field(None, help="torch device (default: cuda if present, else cpu)")
+    verifier_timeout_s: float | None = field(10.0, help="verifier time limit per continuation (None: none)")
+    threads: int = field(0, help="torch CPU threads (0: torch's default)")
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "samples", "batch_size", "batch_rows"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"advantages: {name} must be >= 1, got {getattr(self, name)}")
+        if self.mc_prefixes < 0 or self.mc_forks < 0:
+            raise ConfigError("advantages: mc_prefixes and mc_forks must be >= 0")
+        if self.max_traces is not None and self.max_traces < 1:
+            raise ConfigError("advantages: max_traces must be >= 1 (or None for all)")
+
+    def check_inputs(self) -> None:
+        """What a run needs (left unset in the quickstart's nested config, which fills them)."""
+        for name in ("out", "traces"):
+            if not getattr(self, name):
+                raise ConfigError(f"advantages: {name} is required ({name}=...)")
+        if not self.checkpoints:
+            raise ConfigError("advantages: checkpoints is required (checkpoints=[PATH,...], at least one)")
+
+
+def run(cfg: AdvantagesConfig) -> dict[str, Any]:
+    """Run the study; returns metrics.json's ``advantages`` section (also written to OUT)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from ..data import load_labels, load_traces
+    from ..evaluation.advantages import (
+        COLUMNS,
+        MODEL_COLUMNS,
+        TraceInput,
+        candidate_table,
+        choose_check_prefixes,
+        forks_from_labels,
+        implicit_verdict,
+        mc_check,
+        policy_candidates,
+        render_advantages_section,
+        score_check,
+    )
+    from ..loading import check_vocabulary, traces_policy
+    from ..policies import default_device, load_policy
+    from ..value import load_value_model
+    from . import label
+    from .actions import checkpoint_names, heldout_under
+
+    cfg.check_inputs()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    out = Path(str(cfg.out))
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(cfg, out)
+    ds = load_traces(str(cfg.traces))
+    if cfg.max_traces is not None and len(ds) > cfg.max_traces:
+        ds = ds.select(range(cfg.max_traces))
+    load = cfg.load_options()
+    policy_path, load = traces_policy(ds, cfg.policy, load, cfg.allow_other_policy, "advantages")
+    device = cfg.device or str(default_device())
+    policy, tok = load_policy(policy_path, cfg.dtype, device, load)
+    check_vocabulary(tok, ds, "advantages", getattr(policy.config, "vocab_size", None))
+    refs = {r.trace_id: r for r in label.trace_refs(ds)}
+    traces = [
+        TraceInput(r.trace_id, r.prompt.prompt_id, list(r.prompt_ids), list(r.completion_ids)) for r in refs.values()
+    ]
+    names = checkpoint_names(cfg.checkpoints)
+    models = {n: load_value_model(p, device=device, options=cfg.load_options()) for n, p in names.items()}
+    with torch.no_grad():
+        cands = policy_candidates(policy, traces, cfg.top_k, cfg.batch_size)
+        table = candidate_table(traces, cands, models, tok, cfg.batch_size)
+    t_table = time.perf_counter() - t0
+    pq.write_table(pa.table({k: v.tolist() for k, v in table.items()}), out / "advantages.parquet")
+    columns = dict(COLUMNS)
+    for n in models:
+        columns.update({k.format(m=n): v for k, v in MODEL_COLUMNS.items()})
+    (out / "columns.json").write_text(json.dumps(columns, indent=2, ensure_ascii=False))
+
+    # the MC check scores learned values: only traces whose prompt every checkpoint holds out
+    held = heldout_under(cfg.checkpoints, [refs[t.trace_id].prompt.text for t in traces], "advantages")
+    check_traces = [t for t, h in zip(traces, held) if h]
+    if not check_traces:
+        raise ConfigError("advantages: no trace whose prompt every checkpoint holds out, so no MC check")
+    forks = (
+        forks_from_labels(load_labels(cfg.labels), cfg.mc_forks, trace_ids={t.trace_id for t in check_traces})
+        if cfg.labels and cfg.mc_forks
+        else []
+    )
+    chosen = choose_check_prefixes(check_traces, cfg.mc_prefixes, forks, cfg.seed)
+    labeller = label.labeller_for(
+        ds,
+        label.LabelConfig(seed=cfg.seed, batch_rows=cfg.batch_rows, verifier_timeout_s=cfg.verifier_timeout_s),
+        policy,
+        tok,
+    )
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    t1 = time.perf_counter()
+    check = mc_check(labeller, refs, traces, table, chosen, cfg.samples, eos)
+    t_mc = time.perf_counter() - t1
+    pq.write_table(pa.table({k: np.asarray(v).tolist() for k, v in check.items()}), out / "mc_check.parquet")
+    scores = score_check(check, list(models), cfg.n_bootstrap, cfg.seed)
+    implicit = [n for n, m in models.items() if getattr(m, "kind", None) == "implicit"]
+    metrics: dict[str, Any] = {
+        "n_traces": len(traces),
+        "check_heldout_traces": len(check_traces),
+        "check_dropped_training_traces": len(traces) - len(check_traces),
+        "n_prefixes": int(len(set(table["prefix_id"].tolist()))),
+        "n_rows": int(len(table["prefix_id"])),
+        "top_k": cfg.top_k,
+        "samples": cfg.samples,
+        "models": {n: getattr(m, "kind", "?") for n, m in models.items()},
+        "dataset": "advantages.parquet",
+        "check": scores,
+        "verdict": implicit_verdict(scores, implicit[0]) if implicit else None,
+        "mc_cost": labeller.cost.as_dict(),
+        "seconds_dataset": round(t_table, 1),
+        "seconds_mc": round(t_mc, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "files": {"dataset": "advantages.parquet", "columns": "columns.json", "check": "mc_check.parquet"},
+    }
+    (out / "metrics.json").write_text(json.dumps({"advantages": metrics, "config": config_to_dict(cfg)}, indent=2))
+    (out / "report.md").write_text("# prefixvalue advantages\n\n" + render_advantages_section(metrics))
+    print(
+        f"advantages: {metrics['n_rows']} candidate rows over {metrics['n_prefixes']} prefixes, MC check of "
+        f"{scores['n_prefixes']} prefixes, {metrics['seconds']:.1f} s -> {out}/report.md"
+    )
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``prefixvalue advantages``; returns the exit status."""
+    run(parse_config(AdvantagesConfig, list(argv) if argv is not None else None, prog="prefixvalue advantages"))
+    return 0

@@ -1,0 +1,651 @@
+"""Soft prompts as a measuring instrument: the conditional distance of the value behaviour.
+
+    prefixvalue distance traces=runs/quickstart/traces labels=runs/quickstart/labels out=runs/distance
+    prefixvalue distance --config recipes/distance.yaml traces=runs/quickstart/traces labels=runs/quickstart/labels   # GPU scale
+
+How many trainable virtual tokens, in front of the frozen policy, does it take to make it predict its own
+success? For each value-model kind (implicit, head) and each n of `tokens`, `seeds` trainings of a soft
+prompt of n tokens on the frozen policy, all with the same data and the same fixed step budget, each an
+in-process call of the training loop (`prefixvalue.stages.train.run`). The head alone at n = 0 is the
+linear probe; the implicit model at n = 0 has nothing to train (π_φ = π_ref, V_φ ≡ 0) and is evaluated as
+it starts. Then, per kind, a LoRA run at the soft prompt's trainable-parameter count at n* (the rule and
+the outputs: docs/design.md, "Conditional distance"). Held-out loss comes from the training run's held-out
+prompts; Spearman with MC from labelled prefixes whose prompts each checkpoint's split record holds out.
+
+Every cell lives in ``OUT/cells/<kind>_n<n>_s<seed>`` (``OUT/cells/<kind>_lora_r<r>_s<seed>``); a finished
+cell (its cell.json) is skipped when the same command runs again. Results: ``OUT/distance.json``,
+``OUT/distance.png``, ``OUT/report.md`` (and wandb with report_to=wandb).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
+from ..evaluation.distance import (
+    flattening,
+    n_star_uncertainty,
+    plot_distance,
+    render_distance_section,
+    t_interval,
+)
+from ..value import VALUE_MODELS, ValueModelConfig
+from . import train as train_mod
+
+#: the soft-prompt grid of the paper: 0 and doubling from 1
+DEFAULT_TOKENS = [0, 1, 2, 4, 8, 16, 32, 64]
+CELL_FILE = "cell.json"  # a cell's measured figures, written last: marks the cell finished
+CURVE_FILE = "curve.json"  # the training run's held-out curve and wall time, written after training
+
+
+def _default_train() -> train_mod.TrainConfig:
+    # small defaults: the whole sweep runs in minutes on a CPU with the embedded policy
+    return train_mod.TrainConfig(
+        max_steps=200,
+        per_device_batch_size=8,
+        lr=1e-3,  # soft prompt and LoRA: embeddings are ~0.02 in scale; 1e-2 diverged the implicit model at n = 2
+        head_lr=1e-2,  # the value head's own weights (the linear probe)
+        warmup_steps=10,
+        max_eval_traces=256,  # the same 256 held-out traces for every cell: paired across n, and cheap
+        checkpoint_every=0,  # a cell is short; set it (e.g. 500) for long cells on a GPU
+        report_to="disk",
+        value_model=ValueModelConfig(margin=0.0),  # plain BCE: the held-out loss is a log-loss
+    )
+
+
+@dataclass
+class DistanceConfig:
+    """Sweep soft-prompt length n on the frozen policy and measure where the value behaviour saturates."""
+
+    traces: str = field("", help="traces dataset folder (written by `prefixvalue collect`); the split is train's")
+    labels: str | None = field(
+        None, help="MC labels of held-out prefixes (`prefixvalue label`) for Spearman(n); None: loss only"
+    )
+    out: str = field("runs/distance", help="sweep folder: cells/, distance.json, distance.png, report.md")
+    kinds: list[str] = field(
+        default_factory=lambda: ["implicit", "head"], help="value-model kinds swept (keys of VALUE_MODELS)"
+    )
+    tokens: list[int] = field(
+        default_factory=lambda: list(DEFAULT_TOKENS),
+        help="soft-prompt lengths n, increasing; the rule compares each n with the next (2n on a doubling grid)",
+    )
+    seeds: int = field(3, help="trainings per (kind, n), with train.seed, +1, ... (initialisation and data order)")
+    epsilon: float = field(
+        0.005, help="saturation tolerance ε: n* is the first n with L(n) − L(next n) ≤ ε (held-out loss, nats)"
+    )
+    flat_tolerance: float | None = field(
+        None,
+        help="a cell's loss has flattened when it fell by at most this over the last quarter of its steps (None: ε)",
+    )
+    curve_points: int = field(
+        4, help="held-out evaluations per cell (train.eval_every = max_steps / curve_points): the flattening check"
+    )
+    lora: bool = field(True, help="also train a LoRA at the soft prompt's trainable-parameter count (per kind)")
+    lora_match_tokens: int = field(
+        0, help="match LoRA to the soft prompt of this many tokens (0: the kind's measured n*, else the largest n)"
+    )
+    lora_target_modules: list[str] | None = field(
+        None, help="LoRA target modules of the matched run (None: peft's default for the model)"
+    )
+    n_bootstrap: int = field(1000, help="seed bootstrap replicates for the uncertainty of n* (0: off)")
+    workers: int = field(1, help="cells trained at once, in separate processes of one CPU thread each")
+    threads: int = field(0, help="torch CPU threads (0: torch's default)")
+    report_to: str = field("disk", help="loggers of the sweep's summary: disk, stdout, wandb, none")
+    run_name: str | None = field(None, help="wandb run name")
+    train: train_mod.TrainConfig = field(
+        default_factory=_default_train,
+        help="training options of every cell (traces, output_dir, seed, eval_every and value_model.kind / "
+        "backbone / soft_prompt_tokens are set per cell); policy and loading options go here",
+    )
+
+    def __post_init__(self) -> None:
+        if not self.kinds:
+            raise ConfigError("distance: kinds needs at least one value-model kind")
+        for k in self.kinds:
+            if k not in VALUE_MODELS:
+                raise ConfigError(f"distance: unknown kind {k!r}; choose from {sorted(VALUE_MODELS)}")
+        if len(self.tokens) < 2 or any(n < 0 for n in self.tokens) or list(self.tokens) != sorted(set(self.tokens)):
+            raise ConfigError(f"distance: tokens must be >= 2 distinct increasing lengths >= 0, got {self.tokens}")
+        if self.seeds < 1 or self.curve_points < 2 or self.workers < 1:
+            raise ConfigError("distance: seeds >= 1, curve_points >= 2 and workers >= 1")
+        if self.epsilon < 0 or (self.flat_tolerance is not None and self.flat_tolerance < 0):
+            raise ConfigError("distance: epsilon and flat_tolerance must be >= 0")
+        if self.lora_match_tokens < 0:
+            raise ConfigError("distance: lora_match_tokens must be >= 0")
+        if self.train.max_steps < self.curve_points:
+            raise ConfigError(f"distance: train.max_steps must be >= curve_points ({self.curve_points})")
+
+    # ---------------------------------------------------------------------------- cells
+    def cell_name(self, kind: str, n: int, seed: int, lora_r: int | None = None) -> str:
+        return f"{kind}_lora_r{lora_r}_s{seed}" if lora_r is not None else f"{kind}_n{n:03d}_s{seed}"
+
+    def cell_config(self, kind: str, n: int, seed: int, lora_r: int | None = None) -> train_mod.TrainConfig:
+        """The training config of one cell: a soft prompt of `n` tokens on the frozen policy (or, with
+        `lora_r`, a LoRA of that rank), seed ``train.seed + seed``. The implicit model at n = 0 has no
+        parameter to train: it is a fresh LoRA (B = 0, so π_φ = π_ref exactly) run for one step at lr 0,
+        which evaluates it as it starts through the same loop, split and held-out set."""
+        base = self.train
+        vm = dataclasses.replace(base.value_model, kind=kind, backbone="frozen", soft_prompt_tokens=n)
+        kw: dict[str, Any] = {}
+        if lora_r is not None:
+            vm = dataclasses.replace(
+                vm,
+                backbone="lora",
+                soft_prompt_tokens=0,
+                lora_r=lora_r,
+                lora_alpha=2.0 * lora_r,  # scale alpha / r = 2, the LoRA default of this project (16 / 8)
+                lora_target_modules=self.lora_target_modules,
+            )
+        elif kind == "implicit" and n == 0:
+            vm = dataclasses.replace(vm, backbone="lora", lora_r=1, lora_alpha=2.0)
+            kw = {"max_steps": 1, "lr": 0.0, "head_lr": None, "warmup_steps": 0, "eval_every": 1}
+        try:
+            return dataclasses.replace(
+                base,
+                **{
+                    "traces": self.traces or base.traces,
+                    "value_model": vm,
+                    "output_dir": str(Path(self.out) / "cells" / self.cell_name(kind, n, seed, lora_r)),
+                    "seed": base.seed + seed,
+                    "eval_every": max(1, base.max_steps // self.curve_points),
+                    "threads": self.threads or base.threads,
+                    **kw,
+                },
+            )
+        except ValueError as exc:  # a value-model rule of this kind (ConfigError is a ValueError)
+            raise ConfigError(f"distance: {kind} at n={n}: {str(exc).removeprefix('value_model: ')}") from None
+
+
+# -------------------------------------------------------------------------------- training
+def _train_cell(tcfg: train_mod.TrainConfig) -> dict[str, Any]:
+    """Train one cell in this process (or a worker's) and write its curve.json; returns it."""
+    t = time.perf_counter()
+    result = train_mod.run(tcfg)
+    curve = {
+        "eval_curve": [[h["step"], h.get("loss"), h.get("brier_all")] for h in result["eval_history"]],
+        "train_loss": result.get("train_loss"),
+        "train_traces": result.get("train_traces"),
+        "heldout_traces": result.get("heldout_traces"),
+        "heldout_loss": result.get("loss"),
+        "brier_all": result.get("brier_all"),
+        "auroc_last": result.get("auroc_last"),
+        "seconds": round(time.perf_counter() - t, 2),
+    }
+    path = Path(tcfg.output_dir) / CURVE_FILE
+    path.write_text(json.dumps(curve, indent=2) + "\n")
+    return curve
+
+
+def _trained(tcfg: train_mod.TrainConfig) -> bool:
+    out = Path(tcfg.output_dir)
+    if not (out / CURVE_FILE).exists() or not (out / "final").exists():
+        return False
+    train_mod.check_run_folder(tcfg, out)  # a finished cell of another config is refused, not reused
+    return True
+
+
+def train_cells(cfg: DistanceConfig, jobs: Sequence[train_mod.TrainConfig]) -> None:
+    """Train every cell of `jobs` not yet trained: one after another, or `workers` at a time in spawned
+    processes of one thread each."""
+    todo = [t for t in jobs if not _trained(t)]
+    if not todo:
+        return
+    print(f"distance: training {len(todo)} cell(s) ({len(jobs) - len(todo)} already trained)", flush=True)
+    if cfg.workers == 1 or len(todo) == 1:
+        for i, tcfg in enumerate(todo):
+            print(f"distance: cell {i + 1}/{len(todo)}: {Path(tcfg.output_dir).name}", flush=True)
+            _train_cell(tcfg)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx) as pool:
+        for f in [pool.submit(_train_cell, dataclasses.replace(t, threads=1)) for t in todo]:
+            f.result()
+
+
+# ------------------------------------------------------------------------------ evaluation
+@dataclass
+class LabelledSet:
+    """MC-labelled prefixes for Spearman: per trace, its prompt text and ids, and (position, MC mean)."""
+
+    traces: list[dict[str, Any]]  # trace_id, prompt, prompt_id, prompt_ids, completion_ids, positions, mc
+
+    @classmethod
+    def load(cls, traces_dir: str, labels_dir: str, max_length: int = 0) -> LabelledSet:
+        from ..data import load_labels, load_traces
+
+        labels = load_labels(labels_dir)
+        by_trace: dict[str, list[tuple[int, float]]] = {}
+        for tid, pos, mean in zip(labels["trace_id"], labels["position"], labels["mean"]):
+            by_trace.setdefault(tid, []).append((int(pos), float(mean)))
+        traces = load_traces(traces_dir)
+        rows = []
+        wanted = set(by_trace)
+        for i, tid in enumerate(traces["trace_id"]):
+            if tid in wanted:
+                r = traces[i]
+                pts = sorted(by_trace[tid])
+                rows.append(
+                    {
+                        "trace_id": tid,
+                        "prompt": r["prompt"],
+                        "prompt_id": r["prompt_id"],
+                        "prompt_ids": r["prompt_ids"],
+                        "completion_ids": r["completion_ids"],
+                        "positions": [p for p, _ in pts],
+                        "mc": [m for _, m in pts],
+                    }
+                )
+                wanted.discard(tid)
+        if wanted:
+            raise ConfigError(
+                f"distance: {len(wanted)} labelled trace(s) of {labels_dir} are not in {traces_dir} "
+                f"(e.g. {sorted(wanted)[0]}); label the traces the sweep trains on"
+            )
+        if max_length:  # as training drops them (train.max_length)
+            rows = [r for r in rows if len(r["prompt_ids"]) + len(r["completion_ids"]) <= max_length]
+        return cls(rows)
+
+
+def cell_spearman(
+    checkpoint: Path, labelled: LabelledSet | None, dtype: str = "float32", batch_size: int = 32
+) -> dict[str, Any]:
+    """Spearman of the checkpoint's P̂ with the MC labels, over labelled prefixes whose prompt the
+    checkpoint's split record (final/split.json) holds out; prefixes of training prompts are dropped
+    and counted. ConfigError when the checkpoint records no split or no labelled prompt is held out."""
+    from ..data import SplitRecord
+    from ..evaluation.metrics import correlation
+    from ..policies import default_device
+    from ..value import load_value_model
+
+    if labelled is None:
+        return {"spearman": None, "spearman_note": "no labels given"}
+    record = SplitRecord.load(checkpoint)
+    if record is None:
+        raise ConfigError(f"distance: {checkpoint} records no split (split.json); its held-out prompts are unknown")
+    rows = [r for r in labelled.traces if record.is_heldout(r["prompt"])]
+    dropped = len(labelled.traces) - len(rows)
+    if not rows:
+        raise ConfigError(
+            f"distance: none of the {len(labelled.traces)} labelled traces is held out under {checkpoint}/split.json"
+        )
+    model = load_value_model(checkpoint, device=default_device(), dtype=dtype)
+    preds = model.predict([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows], batch_size)
+    x = np.concatenate([p[r["positions"]] for p, r in zip(preds, rows)])
+    y = np.concatenate([np.asarray(r["mc"], dtype=np.float64) for r in rows])
+    groups = np.concatenate([[r["prompt_id"]] * len(r["positions"]) for r in rows])
+    c = correlation(x, y, groups, "spearman", n_boot=0)
+    return {
+        "spearman": c["value"],
+        "spearman_note": c.get("note") if c["value"] is None else None,
+        "spearman_prefixes": int(len(x)),
+        "spearman_traces": len(rows),
+        "dropped_training_traces": dropped,
+    }
+
+
+def adapter_parameters(checkpoint: Path) -> dict[str, int]:
+    """Trainable numbers in a value checkpoint, by part: ``prompt`` (soft-prompt embeddings), ``lora``
+    (LoRA A and B) and ``head`` (the value head's weights; the implicit model's frozen ``ref_prompt``
+    is not trainable and not counted), read from its safetensors files."""
+    from safetensors import safe_open
+
+    from ..value.base import ADAPTER_DIR, HEAD_WEIGHTS
+
+    counts = {"prompt": 0, "lora": 0, "head": 0}
+    for path, part in (
+        (checkpoint / ADAPTER_DIR / "adapter_model.safetensors", None),
+        (checkpoint / HEAD_WEIGHTS, "head"),
+    ):
+        if not path.exists():
+            continue
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if key == "ref_prompt":
+                    continue
+                numel = int(np.prod(f.get_slice(key).get_shape()))
+                counts[part or ("lora" if "lora_" in key else "prompt")] += numel
+    return counts
+
+
+def _lora_is_noop(checkpoint: Path) -> bool:
+    """Whether every LoRA B matrix in the checkpoint is exactly zero (the adapter changes nothing)."""
+    from safetensors.torch import load_file
+
+    from ..value.base import ADAPTER_DIR
+
+    tensors = load_file(str(checkpoint / ADAPTER_DIR / "adapter_model.safetensors"))
+    bs = [t for k, t in tensors.items() if "lora_B" in k]
+    return bool(bs) and all(bool((t == 0).all()) for t in bs)
+
+
+def evaluate_cell(
+    tcfg: train_mod.TrainConfig, kind: str, n: int, seed: int, labelled: LabelledSet | None, lora_r: int | None
+) -> dict[str, Any]:
+    """cell.json of a trained cell (computed once, then read back)."""
+    out = Path(tcfg.output_dir)
+    path = out / CELL_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    curve = json.loads((out / CURVE_FILE).read_text())
+    final = out / "final"
+    params = adapter_parameters(final)
+    zero_point = kind == "implicit" and n == 0 and lora_r is None
+    if zero_point:
+        if not _lora_is_noop(final):  # lr 0 must leave B = 0: otherwise it is not the n = 0 model
+            raise RuntimeError(f"distance: {final}: the n = 0 implicit model's adapter moved (LoRA B != 0)")
+        params = {"prompt": 0, "lora": 0, "head": 0}
+    cell = {
+        "kind": kind,
+        "tokens": n,
+        "seed": seed,
+        "variant": "lora" if lora_r is not None else "soft_prompt",
+        "lora_r": lora_r,
+        "params": params,
+        "trainable_params": sum(params.values()),
+        "max_steps": tcfg.max_steps,
+        **curve,
+        **cell_spearman(final, labelled, tcfg.model_dtype, tcfg.eval_batch_size),
+    }
+    tmp = out / (CELL_FILE + ".tmp")
+    tmp.write_text(json.dumps(cell, indent=2) + "\n")
+    tmp.replace(path)
+    return cell
+
+
+# ------------------------------------------------------------------------------------- LoRA
+def lora_rank_for(cfg: DistanceConfig, target_params: int) -> tuple[int, int, int]:
+    """(rank, parameters per rank, hidden size) of the LoRA closest to `target_params` trainable numbers
+    on the policy (`lora_target_modules`), counted on a weightless copy of the model (meta device)."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    mcfg, load = policy_config(cfg)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(mcfg, trust_remote_code=load.trust_remote_code)
+    hidden = model.get_input_embeddings().embedding_dim
+    targets: Any = cfg.lora_target_modules
+    if targets is not None and list(targets) == ["all-linear"]:
+        targets = "all-linear"
+    peft_model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=1, target_modules=targets))
+    per_rank = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    return max(1, round(target_params / per_rank)), per_rank, hidden
+
+
+def policy_config(cfg: DistanceConfig) -> tuple[Any, Any]:
+    """(transformers config, LoadOptions) of the policy the cells train on (the traces' model unless
+    ``train.policy``)."""
+    from transformers import AutoConfig
+
+    from ..data import load_traces
+    from ..loading import traces_policy
+
+    policy, load = traces_policy(
+        load_traces(cfg.traces), cfg.train.policy, cfg.train.load_options(), cfg.train.allow_other_policy, "distance"
+    )
+    kw = {k: v for k, v in load.model_kwargs().items() if k in ("revision", "trust_remote_code", "gguf_file")}
+    return AutoConfig.from_pretrained(policy, **kw), load
+
+
+def fit_context(cfg: DistanceConfig) -> DistanceConfig:
+    """`cfg` with ``train.max_length`` lowered so that the longest prompt + completion plus the largest soft
+    prompt fits the policy's positions (every cell drops the same long traces: same data at every n).
+    ConfigError when even an empty trace would not fit."""
+    mcfg, _ = policy_config(cfg)
+    limit = getattr(mcfg, "max_position_embeddings", None) or getattr(mcfg, "n_positions", None)
+    if not limit:
+        return cfg
+    cap = int(limit) - max(cfg.tokens)
+    if cap <= 1:
+        raise ConfigError(
+            f"distance: {max(cfg.tokens)} soft-prompt tokens leave no room in the policy's {limit} positions"
+        )
+    if cfg.train.max_length and cfg.train.max_length <= cap:
+        return cfg
+    print(
+        f"distance: train.max_length={cap}: traces longer than that are dropped in every cell "
+        f"({max(cfg.tokens)} virtual tokens + the trace must fit the policy's {limit} positions)"
+    )
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_length=cap))
+
+
+# --------------------------------------------------------------------------------- summary
+def summarise_kind(
+    cfg: DistanceConfig, kind: str, cells: list[dict[str, Any]], lora_cells: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """distance.json's section of one kind: the curve (per n: loss, Spearman, their spread and the
+    flattening count), n* with its uncertainty, and the matched LoRA beside it."""
+    tol = cfg.epsilon if cfg.flat_tolerance is None else cfg.flat_tolerance
+    ns = list(cfg.tokens)
+    by_n = {n: sorted((c for c in cells if c["tokens"] == n), key=lambda c: c["seed"]) for n in ns}
+
+    def flat_count(cs: list[dict[str, Any]]) -> dict[str, Any]:
+        fl = [flattening([p[:2] for p in c["eval_curve"]], c["max_steps"], tol) for c in cs]
+        return {"yes": sum(bool(f["flattened"]) for f in fl), "of": len(fl), "per_seed": fl}
+
+    curve: dict[str, Any] = {}
+    for n in ns:
+        cs = by_n[n]
+        losses = [c["heldout_loss"] for c in cs]
+        spear = [c["spearman"] for c in cs]
+        curve[str(n)] = {
+            "params": cs[0]["trainable_params"] if cs else None,
+            "loss": t_interval(losses),
+            "loss_per_seed": losses,
+            "spearman": t_interval(spear),
+            "spearman_per_seed": spear,
+            "brier_all": t_interval([c["brier_all"] for c in cs]),
+            "flattened": flat_count(cs) if not (kind == "implicit" and n == 0) else {"yes": 0, "of": 0, "per_seed": []},
+            "seconds": sum(c["seconds"] for c in cs),
+        }
+    for a, b in zip(ns, ns[1:]):
+        la, lb = curve[str(a)]["loss"]["mean"], curve[str(b)]["loss"]["mean"]
+        curve[str(a)]["gain"] = la - lb if la is not None and lb is not None else None
+    curve[str(ns[-1])]["gain"] = None
+    per_seed = [[by_n[n][s]["heldout_loss"] if s < len(by_n[n]) else None for n in ns] for s in range(cfg.seeds)]
+    n_star = n_star_uncertainty(ns, per_seed, cfg.epsilon, cfg.n_bootstrap, seed=0)
+    notes = []
+    unflat = [
+        n
+        for n in ns
+        if curve[str(n)]["flattened"]["of"] and curve[str(n)]["flattened"]["yes"] < curve[str(n)]["flattened"]["of"]
+    ]
+    if unflat:
+        notes.append(
+            f"early stopping: at n = {', '.join(map(str, unflat))} the held-out loss was still falling by more than "
+            f"{tol:g} over the last quarter of the {cfg.train.max_steps} steps in some seeds; a longer budget could "
+            "lower L(n) there and move n*"
+        )
+    else:
+        notes.append(f"every trained cell's held-out loss had flattened (≤ {tol:g} over the last quarter of its steps)")
+    unstable = [n for n in ns if (curve[str(n)]["loss"]["sd"] or 0.0) > cfg.epsilon]
+    if unstable:
+        notes.append(
+            f"instability across initialisations: the seeds' held-out losses spread by more than ε (sd > {cfg.epsilon:g}) "
+            f"at n = {', '.join(map(str, unstable))}"
+        )
+    if n_star["n_star"] is not None:
+        later = [b for a, b in zip(ns, ns[1:]) if a > n_star["n_star"] and (curve[str(a)]["gain"] or 0) > cfg.epsilon]
+        if later:
+            notes.append(f"after n* the loss still improves by more than ε from n = {', '.join(map(str, later))} on")
+    out: dict[str, Any] = {"tokens": ns, "curve": curve, "n_star": n_star, "notes": notes}
+    if lora_cells:
+        lc = sorted(lora_cells, key=lambda c: c["seed"])
+        out["lora"] = {
+            "lora_r": lc[0]["lora_r"],
+            "params": lc[0]["params"]["lora"],
+            "matched_tokens": lc[0]["matched_tokens"],
+            "loss": t_interval([c["heldout_loss"] for c in lc]),
+            "loss_per_seed": [c["heldout_loss"] for c in lc],
+            "spearman": t_interval([c["spearman"] for c in lc]),
+            "spearman_per_seed": [c["spearman"] for c in lc],
+            "flattened": flat_count(lc),
+        }
+    return out
+
+
+def lora_verdict(ks: dict[str, Any], hidden: int) -> str:
+    """One sentence: the matched LoRA against the soft prompt it is matched to (and the best soft prompt)."""
+    lora = ks["lora"]
+    m = lora["matched_tokens"]
+    sp = ks["curve"][str(m)]["loss"]
+    best_n = min(
+        (n for n in ks["tokens"] if ks["curve"][str(n)]["loss"]["mean"] is not None),
+        key=lambda n: ks["curve"][str(n)]["loss"]["mean"],
+    )
+    lo = lora["loss"]
+    if lo["mean"] is None or sp["mean"] is None:
+        return "The matched LoRA run has no held-out loss."
+    diff = lo["mean"] - sp["mean"]
+    overlap = bool(lo["ci"] and sp["ci"] and lo["ci"][0] <= sp["ci"][1] and sp["ci"][0] <= lo["ci"][1])
+    how = "within the seeds' intervals of" if overlap else ("below" if diff < 0 else "above")
+    return (
+        f"LoRA r={lora['lora_r']} ({lora['params']:,} trainable numbers, vs {m * hidden:,} for the soft prompt of n = {m}) "
+        f"reaches held-out loss {lo['mean']:.4f}, {how} the soft prompt's {sp['mean']:.4f} (difference {diff:+.4f}; best "
+        f"soft prompt: n = {best_n}, {ks['curve'][str(best_n)]['loss']['mean']:.4f}). "
+        + (
+            "At equal parameters the soft prompt is the bottleneck: the same budget spent inside the network does better."
+            if diff < 0 and not overlap
+            else "At equal parameters the soft prompt is not the bottleneck."
+        )
+    )
+
+
+# ------------------------------------------------------------------------------------- run
+def run(cfg: DistanceConfig) -> dict[str, Any]:
+    """Run the sweep (resuming finished cells); returns distance.json's dict."""
+    import torch
+
+    from ..tracking import build_logger, jsonable
+
+    if not cfg.traces:
+        raise ConfigError("distance: traces=DIR is required (a dataset written by `prefixvalue collect`)")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    save_resolved_config(cfg, out)
+    t0 = time.perf_counter()
+    cfg = fit_context(cfg)
+    soft = {
+        (kind, n, s): cfg.cell_config(kind, n, s) for kind in cfg.kinds for n in cfg.tokens for s in range(cfg.seeds)
+    }
+    train_cells(cfg, list(soft.values()))
+    labelled = LabelledSet.load(cfg.traces, cfg.labels, cfg.train.max_length) if cfg.labels else None
+    cells = {key: evaluate_cell(t, *key, labelled, None) for key, t in soft.items()}
+
+    kinds: dict[str, Any] = {}
+    hidden = 0
+    for kind in cfg.kinds:
+        kcells = [c for (k, _, _), c in cells.items() if k == kind]
+        ks = summarise_kind(cfg, kind, kcells, [])
+        lora_cells: list[dict[str, Any]] = []
+        if cfg.lora:
+            n_star = ks["n_star"]["n_star"]
+            positive = [n for n in cfg.tokens if n > 0]
+            match = cfg.lora_match_tokens or (n_star if n_star else None) or positive[-1]
+            if match not in cfg.tokens:
+                raise ConfigError(f"distance: lora_match_tokens={match} is not one of tokens {cfg.tokens}")
+            r, per_rank, hidden = lora_rank_for(cfg, match * _hidden_of(kcells))
+            jobs = {s: cfg.cell_config(kind, 0, s, lora_r=r) for s in range(cfg.seeds)}
+            train_cells(cfg, list(jobs.values()))
+            for s, t in jobs.items():
+                c = evaluate_cell(t, kind, 0, s, labelled, r)
+                lora_cells.append({**c, "matched_tokens": match, "params_per_rank": per_rank})
+            ks = summarise_kind(cfg, kind, kcells, lora_cells)
+            ks["lora"]["verdict"] = lora_verdict(ks, hidden)
+            ks["lora"]["params_per_rank"] = per_rank
+        ks["hidden"] = hidden or _hidden_of(kcells)
+        kinds[kind] = ks
+
+    any_cell = next(iter(cells.values()))
+    spear_cells = [c for c in cells.values() if c.get("spearman_prefixes")]
+    dropped = max((c.get("dropped_training_traces", 0) for c in spear_cells), default=0)
+    summary: dict[str, Any] = {
+        "policy": cfg.train.policy or _policy_of(cfg),
+        "epsilon": cfg.epsilon,
+        "flat_tolerance": cfg.epsilon if cfg.flat_tolerance is None else cfg.flat_tolerance,
+        "rule": "n* = first n of the grid with L(n) − L(next n) ≤ ε (held-out loss of the kind's training objective)",
+        "seeds": cfg.seeds,
+        "max_steps": cfg.train.max_steps,
+        "batch_size": cfg.train.per_device_batch_size * cfg.train.gradient_accumulation_steps,
+        "max_length": cfg.train.max_length,
+        "train_traces": any_cell.get("train_traces"),
+        "heldout_traces": any_cell.get("heldout_traces"),
+        "spearman_traces": spear_cells[0]["spearman_traces"] if spear_cells else 0,
+        "spearman_prefixes": spear_cells[0]["spearman_prefixes"] if spear_cells else 0,
+        "split_note": (
+            f"held out under each checkpoint's split.json; {dropped} labelled trace(s) of training prompts dropped"
+            if spear_cells
+            else "no MC labels: Spearman not measured"
+        ),
+        "kinds": kinds,
+        "cells_seconds": round(sum(c["seconds"] for c in cells.values()), 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "config": config_to_dict(cfg),
+    }
+    summary["plot"] = plot_distance(summary, out / "distance.png").name
+    (out / "distance.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
+    (out / "report.md").write_text("# prefixvalue distance\n\n" + render_distance_section(summary) + "\n")
+    logger = build_logger(
+        cfg.report_to,
+        out,
+        config=config_to_dict(cfg),
+        run_name=cfg.run_name,
+        wandb=cfg.train.wandb,
+        job_type="distance",
+    )
+    try:
+        for n in cfg.tokens:  # one call per n (wandb steps only go forward), every kind in it
+            metrics: dict[str, Any] = {}
+            for kind, ks in kinds.items():
+                row = ks["curve"][str(n)]
+                metrics[f"distance/{kind}/loss"] = row["loss"]["mean"]
+                metrics[f"distance/{kind}/loss_sd"] = row["loss"]["sd"]
+                metrics[f"distance/{kind}/spearman"] = row["spearman"]["mean"]
+            logger.log(metrics, step=int(n))
+        logger.log_image("distance/curve", out / "distance.png", step=max(cfg.tokens))
+        rows = [
+            [k, int(n), ks["curve"][str(n)]["loss"]["mean"], ks["curve"][str(n)]["spearman"]["mean"]]
+            for k, ks in kinds.items()
+            for n in ks["tokens"]
+        ]
+        logger.log_table("distance/table", ["kind", "tokens", "loss", "spearman"], rows, step=max(cfg.tokens))
+    finally:
+        logger.finish()
+    for kind, ks in kinds.items():
+        ns = ks["n_star"]["n_star"]
+        print(f"distance: {kind}: n* = {ns if ns is not None else f'> {max(cfg.tokens)}'} (ε = {cfg.epsilon:g})")
+    print(f"distance: results in {out}/distance.json, {out}/report.md, {out}/distance.png ({summary['seconds']:.0f} s)")
+    return summary
+
+
+def _hidden_of(cells: list[dict[str, Any]]) -> int:
+    """Numbers per soft-prompt token, read from a trained cell with n > 0 tokens."""
+    for c in cells:
+        if c["tokens"] > 0 and c["params"]["prompt"]:
+            return c["params"]["prompt"] // c["tokens"]
+    raise ConfigError("distance: no trained soft-prompt cell with n > 0 to read the embedding size from")
+
+
+def _policy_of(cfg: DistanceConfig) -> str:
+    from ..data import load_traces
+
+    traces = load_traces(cfg.traces)
+    return str(traces[0]["model"]) if "model" in traces.column_names and len(traces) else "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``prefixvalue distance``; returns the exit status."""
+    run(parse_config(DistanceConfig, argv, prog="prefixvalue distance"))
+    return 0

@@ -1,0 +1,81 @@
+"""``prefixvalue export-model``: a head value checkpoint as a plain ``AutoModelForTokenClassification``.
+
+    prefixvalue export-model checkpoint=runs/quickstart/train_head/final out=runs/export/head-tc
+
+The exported folder loads with ``transformers.AutoModelForTokenClassification.from_pretrained`` alone
+(``num_labels=1``; ``sigmoid(logits[..., i, 0])`` is P̂ of the prefix ending at token i), so tools that load
+token-classification reward models read it without prefixvalue (`prefixvalue.value.export`; docs/design.md,
+"Checkpoints that travel"). ``prefixvalue export`` is another command: it writes data formats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError, field, parse_config
+from ..loading import ModelLoadConfig
+
+
+@dataclass
+class ExportModelConfig(ModelLoadConfig):
+    """Export a head value checkpoint to AutoModelForTokenClassification (num_labels=1)."""
+
+    checkpoint: str = field("", help="value checkpoint folder or Hub id (a head model on the last layer)")
+    out: str = field("", help="output folder of the token-classification model")
+    base_model: str | None = field(None, help="base model path or Hub id (default: the checkpoint's, searched)")
+    dtype: str = field("float32", help="dtype of the exported weights: float32 | bfloat16 | float16")
+    overwrite: bool = field(False, help="write into an out folder that already holds files")
+    check: bool = field(True, help="reload the export with plain transformers and compare its values (max |Δ|)")
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"export-model: dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+def run(cfg: ExportModelConfig) -> dict:
+    """Export as `cfg` says; returns ``{"out", "max_abs_diff"}`` (the check's largest difference of P̂
+    on the checkpoint's example, or None without a check)."""
+    if not cfg.checkpoint or not cfg.out:
+        raise ConfigError("export-model: give checkpoint=DIR_OR_HUB_ID and out=DIR")
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise ConfigError(f"export-model: out {out} is not empty; set overwrite=true or choose another folder")
+    from ..value import load_value_model
+    from ..value.export import check_exportable, export_token_classification
+
+    vm = load_value_model(cfg.checkpoint, base_model=cfg.base_model, options=cfg.load_options())
+    check_exportable(vm)
+    export_token_classification(vm, out, cfg.dtype)
+    diff = compare_export(vm, out) if cfg.check else None
+    print(f"export-model: wrote {out}" + ("" if diff is None else f" (max |ΔP̂| vs prefixvalue: {diff:.2e})"))
+    return {"out": str(out), "max_abs_diff": diff}
+
+
+def compare_export(vm, out: Path, prompt: str = "", completion: str = "") -> float:
+    """Largest |P̂ (prefixvalue) − sigmoid(logit) (plain transformers)| over the prefixes of one example (the
+    checkpoint's, else a short text)."""
+    import json
+
+    import numpy as np
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    if not prompt and vm.source is not None and (vm.source / "training.json").is_file():
+        ex = json.loads((vm.source / "training.json").read_text()).get("example") or {}
+        prompt, completion = ex.get("prompt", ""), ex.get("completion", "")
+    prompt, completion = prompt or "Q:1+2=", completion or "1+2=3;A:3"
+    prompt_ids, completion_ids = vm.encode(prompt, completion)
+    ours = vm.predict([prompt_ids], [completion_ids])[0]
+    tc = AutoModelForTokenClassification.from_pretrained(str(out), dtype=torch.float32).eval()
+    with torch.no_grad():
+        logits = tc(input_ids=torch.tensor([prompt_ids + completion_ids])).logits[0, :, 0].double()
+    theirs = torch.sigmoid(logits[len(prompt_ids) - 1 :]).numpy()
+    return float(np.abs(ours - theirs).max())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``prefixvalue export-model``; returns the exit status."""
+    run(parse_config(ExportModelConfig, list(argv) if argv is not None else None, prog="prefixvalue export-model"))
+    return 0

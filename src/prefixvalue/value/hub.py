@@ -1,0 +1,188 @@
+"""Checkpoints that travel: where a checkpoint's base model is, loading by Hub id, pushing to the Hub
+(docs/design.md, "Checkpoints that travel").
+
+A value checkpoint names its base (reference) policy in ``value_config.json``. A Hub id is stored as is;
+a local base model is stored as an absolute path, with its path relative to the checkpoint folder
+(``base_model_relative``) beside it. Loading looks for a local base in this order (`find_base_model`):
+
+1. the recorded path as written (absolute; or, for checkpoints written before this rule, relative to the
+   working directory);
+2. ``base_model_relative`` joined to the checkpoint folder (the checkpoint moved together with its base);
+3. the recorded relative path joined to every folder above the checkpoint (an old checkpoint read from
+   another working directory of the same repository);
+4. the folder named by the environment variable ``PREFIXVALUE_BASE_MODEL``.
+
+An explicit ``base_model=`` of `load_value_model` / ``from_pretrained`` bypasses the search. When nothing
+is found, one line names the recorded base, the places searched and how to point at the model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+from ..loading import looks_like_path
+
+#: environment variable naming the base model of a checkpoint whose recorded base cannot be found
+BASE_MODEL_ENV = "PREFIXVALUE_BASE_MODEL"
+
+
+def portable_base_model(name: str, checkpoint: str | Path) -> tuple[str, str]:
+    """``(base_model, base_model_relative)`` to record in a checkpoint written to `checkpoint`: an
+    existing local path becomes absolute, with its path relative to the checkpoint folder; a Hub id (or a
+    path that does not exist here) is kept as is, with no relative path."""
+    if not name:
+        return name, ""
+    path = Path(name).expanduser()
+    if not path.exists():
+        return name, ""
+    absolute = os.path.abspath(path)  # symbolic links kept: the path the user gave, made absolute
+    try:
+        relative = os.path.relpath(absolute, os.path.abspath(Path(checkpoint).expanduser()))
+    except ValueError:  # another drive (Windows): no relative path
+        relative = ""
+    return absolute, relative
+
+
+def is_local_reference(name: str) -> bool:
+    """Whether a recorded base model is meant as a local path rather than a Hub id."""
+    return looks_like_path(name) or Path(name).expanduser().exists()
+
+
+def base_model_candidates(recorded: str, relative: str, checkpoint: str | Path) -> list[Path]:
+    """The places `find_base_model` looks for a local base model, in order (duplicates removed)."""
+    ckpt = Path(checkpoint).expanduser().absolute()
+    rec = Path(recorded).expanduser()
+    out: list[Path] = [rec]
+    if relative:
+        out.append(ckpt / relative)
+    if not rec.is_absolute():
+        out += [parent / rec for parent in [ckpt, *ckpt.parents]]
+    env = os.environ.get(BASE_MODEL_ENV)
+    if env:
+        out.append(Path(env).expanduser())
+    seen: set[str] = set()
+    unique = []
+    for p in out:
+        key = os.path.normpath(str(p))
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
+
+
+def find_base_model(recorded: str, relative: str, checkpoint: str | Path) -> str:
+    """The base model to load for a checkpoint: a Hub id as recorded, or the first existing local
+    candidate (`base_model_candidates`). ConfigError, in one line, when a local base is nowhere."""
+    env = os.environ.get(BASE_MODEL_ENV)
+    if not recorded:
+        if env:
+            return env
+        raise ConfigError(
+            f"checkpoint {checkpoint} records no base model; pass base_model=NAME_OR_PATH or set {BASE_MODEL_ENV}"
+        )
+    if not is_local_reference(recorded) and not relative:
+        return recorded  # a Hub id: transformers finds it (or says why not)
+    candidates = base_model_candidates(recorded, relative, checkpoint)
+    for cand in candidates:
+        if cand.exists():
+            return str(cand)
+    looked = ", ".join(str(c) for c in candidates[:4]) + (", ..." if len(candidates) > 4 else "")
+    raise ConfigError(
+        f"base model {recorded} of checkpoint {checkpoint} not found (looked in {looked}); pass "
+        f"base_model=PATH (load_value_model(..., base_model=PATH)) or set {BASE_MODEL_ENV}=PATH"
+    )
+
+
+# ------------------------------------------------------------------------------------------ Hub
+def resolve_checkpoint(path_or_id: str | Path, revision: str | None = None, token: str | bool | None = None) -> Path:
+    """A local checkpoint folder for `path_or_id`: the folder itself when it exists here, else the Hub
+    repo's snapshot (``huggingface_hub.snapshot_download``; offline, HF_HUB_OFFLINE=1, it is read from the
+    cache). ConfigError, in one line, for a local-looking path that does not exist."""
+    text = str(path_or_id)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if looks_like_path(text) or path.exists():
+        raise ConfigError(f"value checkpoint {text} not found (no such folder; a Hub repo is named 'owner/name')")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=text, revision=revision, token=token))
+    except Exception as exc:  # noqa: BLE001 - the Hub's errors are many; one line says which
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot download value checkpoint {text!r} from the Hub: {first}") from None
+
+
+@dataclass
+class PushResult:
+    """What `push_to_hub` uploaded: the repo, its URL as the Hub returned it, and the files sent."""
+
+    repo_id: str
+    url: str
+    files: list[str]
+
+
+def push_to_hub(
+    checkpoint: str | Path,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload prefixvalue value checkpoint",
+    api: Any = None,
+) -> PushResult:
+    """Upload a value checkpoint folder to the Hub repo `repo_id` (created when missing) in one commit.
+
+    The model card (README.md) is rendered for the repo (its usage snippet names `repo_id`); the local
+    folder is not changed. `api`: an ``huggingface_hub.HfApi`` (default: a new one; tests pass a stand-in).
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from .card import CARD_FILE, render_model_card
+
+    folder = Path(checkpoint)
+    if not (folder / "value_config.json").is_file():
+        raise ConfigError(f"{folder} is not a value checkpoint (no value_config.json)")
+    api = api or HfApi(token=token)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    ops = [
+        CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
+        for p in files
+        if p.relative_to(folder).as_posix() != CARD_FILE
+    ]
+    card = render_model_card(folder, name=repo_id)
+    ops.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card.encode()))
+    api.create_commit(repo_id=repo_id, operations=ops, commit_message=commit_message, revision=revision, token=token)
+    return PushResult(repo_id=repo_id, url=str(repo), files=sorted(op.path_in_repo for op in ops))
+
+
+def push_model_to_hub(model: Any, repo_id: str, **kwargs: Any) -> PushResult:
+    """Save a `ValueModel` to a temporary folder (with the split, training and evaluation records of the
+    folder it was loaded from) and `push_to_hub` it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, copy_records=True)
+        return push_to_hub(tmp, repo_id, **kwargs)
+
+
+__all__ = [
+    "BASE_MODEL_ENV",
+    "PushResult",
+    "base_model_candidates",
+    "find_base_model",
+    "is_local_reference",
+    "portable_base_model",
+    "push_model_to_hub",
+    "push_to_hub",
+    "resolve_checkpoint",
+]

@@ -284,6 +284,16 @@ def test_models_the_trie_cannot_serve_take_the_plain_path(tiny_gpt2, tiny_tokeni
     s = HFSampler(tiny_gpt2, tiny_tokenizer)
     assert [g.token_ids for g in s.branch(seqs, reqs, params)] == expected
     assert s.tree_attention is False and "differ" in s.tree_attention_reason
+    # a model on which the trie fails outright (e.g. an attention layer that rejects the custom function)
+
+    def broken(*a, **k):
+        raise TypeError("unexpected keyword")
+
+    monkeypatch.setattr(tree, "tree_attention", broken)
+    s = HFSampler(tiny_gpt2, tiny_tokenizer)
+    assert [g.token_ids for g in s.branch(seqs, reqs, params)] == expected
+    assert s.tree_attention is False and "probe failed (TypeError" in s.tree_attention_reason
+    assert s.stats.generated_tokens == sum(len(t) for t in expected)  # the probe's work is not counted
     monkeypatch.undo()
     tree.register()  # the right function again for later tests
 

@@ -482,13 +482,14 @@ class HFSampler:
     def _use_tree(
         self, sequences: Sequence[Sequence[int]], requests: Sequence[BranchRequest], params: SamplingParams
     ) -> bool:
-        """Whether `branch` runs on shared-prefix attention; decided on the first call.
+        """Whether `branch` runs on the trie path (`_branch_trie`); decided on the first call.
 
         The model must dispatch attention through transformers' AttentionInterface (see
-        `tree.supports_tree`), and the first decode step of a few of this call's rows must give the
-        same logits on both paths (to 1e-4 relative), so that a model whose attention layers do
-        something the tree does not know about falls back to the plain path instead of sampling from
-        wrong numbers.
+        `tree.supports_tree`), and a probe of this call's first sequences (a few cuts, 4 sampled tokens
+        each) must give the plain path's tokens, with log-probs within 1e-3, so that a model whose
+        attention layers do something the trie does not know about keeps the plain path instead of
+        sampling from wrong numbers. A probe that fails with an error also keeps the plain path (the
+        reason is in `tree_attention_reason`).
         """
         if self.tree_attention is not None:
             return self.tree_attention
@@ -497,14 +498,20 @@ class HFSampler:
             register_tree()
             probe = _probe_requests(sequences, requests)
             check = SamplingParams(temperature=1.0, max_new_tokens=4, seed=params.seed)
-            saved = SamplerStats(**self.stats.as_dict())
-            cache, state = self._branch_state(sequences, probe, check)
-            plain = self._decode(cache, state, check)
-            trie = self._branch_trie(sequences, probe, check)
-            self.stats = saved
-            err = max(abs(a - b) for p, t in zip(plain, trie) for a, b in zip(p.logprobs, t.logprobs))
-            if [p.token_ids for p in plain] != [t.token_ids for t in trie] or not err <= 1e-3:
-                reason = f"its samples differ from the plain path's (log-prob difference {err:.1e})"
+            saved = self.stats.as_dict()
+            try:
+                cache, state = self._branch_state(sequences, probe, check)
+                plain = self._decode(cache, state, check)
+                trie = self._branch_trie(sequences, probe, check)
+            except Exception as exc:  # noqa: BLE001 - any failure of the probe means: use the plain path
+                reason = f"the trie probe failed ({type(exc).__name__}: {exc})"
+            else:
+                err = max(abs(a - b) for p, t in zip(plain, trie) for a, b in zip(p.logprobs, t.logprobs))
+                if [p.token_ids for p in plain] != [t.token_ids for t in trie] or not err <= 1e-3:
+                    reason = f"its samples differ from the plain path's (log-prob difference {err:.1e})"
+            finally:
+                for k, v in saved.items():  # the probe is not work done for the caller
+                    setattr(self.stats, k, v)
         self.tree_attention = reason is None
         self.tree_attention_reason = reason
         return self.tree_attention

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..tasks.base import first_error
+from ..tasks.jsonl import jsonl_records
 from . import DataFormatError
 
 #: the step tag of Math-Shepherd's ``input`` text (Cyrillic "ки"), written after every step
@@ -297,24 +298,8 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
             raise DataFormatError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
         yield f"{path}, item 0", data
         return
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""), start=1):
-            where = f"{path}, line {lineno}"
-            if len(raw) > MAX_LINE_BYTES:
-                raise DataFormatError(f"{where}: longer than {MAX_LINE_BYTES} bytes; one record per line")
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataFormatError(f"{where}: not UTF-8 (byte {raw[exc.start]:#04x}); re-save it as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(
-                    f"{where}: invalid JSON ({exc.msg} at column {exc.colno}): {_short(line.strip())}"
-                ) from None
-            yield where, rec
+    for _, where, rec in jsonl_records(path, DataFormatError, MAX_LINE_BYTES):
+        yield where, rec
 
 
 @dataclass

@@ -10,7 +10,7 @@ from the dataset to the loss: nothing here rounds a soft label to a class.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +90,22 @@ class ValueCollator:
             "target_mask": target_mask,
             "label_mask": label_mask,
         }
+
+
+def collated_batches(
+    prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], batch_size: int, device: Any
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """``(first row, batch)`` for consecutive chunks of `batch_size` (prompt, completion) rows, collated by
+    `ValueCollator` (right padding with id 0, which the attention mask hides) and moved to `device`."""
+    if len(prompt_ids) != len(completion_ids):
+        raise ValueError("prompt_ids and completion_ids must have the same length")
+    collate = ValueCollator(pad_token_id=0)
+    for start in range(0, len(prompt_ids), batch_size):
+        rows = [
+            {"prompt_ids": list(p), "completion_ids": list(c), "outcome": 0.0}
+            for p, c in zip(prompt_ids[start : start + batch_size], completion_ids[start : start + batch_size])
+        ]
+        yield start, {k: v.to(device) for k, v in collate(rows).items()}
 
 
 def attach_prefix_labels(traces: datasets.Dataset, labels: datasets.Dataset) -> datasets.Dataset:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
-from ..data.collate import ValueCollator
+from ..data.collate import collated_batches
 from ..sampling.mc import MCLabeller, PrefixEstimate, TraceRef
 from ..tasks.arith import ArithTask
 from ..tasks.base import Prompt
@@ -242,17 +242,12 @@ def action_items(states: Sequence[ActionState], tokenizer: Any, encode_prompt: A
 def action_log_probs(policy: Any, items: Sequence[ActionItem], batch_size: int = 16) -> np.ndarray:
     """log π(a | x) summed over each action's tokens (nats), float64 [N]."""
     device = next(policy.parameters()).device
-    collate = ValueCollator(pad_token_id=0)
     out = np.zeros(len(items))
-    for b0 in range(0, len(items), batch_size):
+    prompts, comps = [it.prompt_ids for it in items], [it.completion_ids for it in items]
+    for b0, batch in collated_batches(prompts, comps, batch_size, device):
         chunk = items[b0 : b0 + batch_size]
-        batch = collate(
-            [{"prompt_ids": it.prompt_ids, "completion_ids": it.completion_ids, "outcome": 0.0} for it in chunk]
-        )
-        logits = policy(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits
-        ids = batch["input_ids"].to(device)
+        ids = batch["input_ids"]
+        logits = policy(input_ids=ids, attention_mask=batch["attention_mask"]).logits
         for r, it in enumerate(chunk):
             start = len(it.prompt_ids) + len(it.prefix_ids)  # index of the action's first token
             rows = logits[r, start - 1 : start - 1 + len(it.action_ids)].float()

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.collate import ValueCollator
+from ..data.collate import collated_batches
 from ..sampling.mc import MCLabeller, TraceRef
 from ..tasks.base import safe_verify
 from ..tracking import jsonable
@@ -73,16 +73,11 @@ def policy_candidates(
     ``sampled``, ``rank``, ``logprob``. Candidates of one prefix are the top-k in rank order, then the
     sampled token when it is not among them."""
     device = next(policy.parameters()).device
-    collate = ValueCollator(pad_token_id=0)
     out: list[dict[str, np.ndarray]] = []
-    for b0 in range(0, len(traces), batch_size):
+    prompts, comps = [t.prompt_ids for t in traces], [t.completion_ids for t in traces]
+    for b0, batch in collated_batches(prompts, comps, batch_size, device):
         chunk = traces[b0 : b0 + batch_size]
-        batch = collate(
-            [{"prompt_ids": t.prompt_ids, "completion_ids": t.completion_ids, "outcome": 0.0} for t in chunk]
-        )
-        logits = policy(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits
+        logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         for r, t in enumerate(chunk):
             p0, n = len(t.prompt_ids), len(t.completion_ids)
             lp = torch.log_softmax(logits[r, p0 - 1 : p0 - 1 + n].float(), dim=-1)

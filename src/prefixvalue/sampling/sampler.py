@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from .cache import CacheLayer, dynamic_cache
 from .tree import TreeBatch, node_cache, supports_tree, use_tree_attention
 from .tree import register as register_tree
 
@@ -90,6 +91,10 @@ class BranchRequest:
     key: str
     max_new_tokens: int | None = None
 
+    def budget(self, params: SamplingParams) -> int:
+        """Most tokens this row may generate: its own `max_new_tokens`, else ``params.max_new_tokens``."""
+        return params.max_new_tokens if self.max_new_tokens is None else int(self.max_new_tokens)
+
 
 @dataclass
 class SamplerStats:
@@ -134,6 +139,26 @@ class Sampler(Protocol):
         """One continuation of ``sequences[r.seq][:r.cut]`` per request, in request order; `on_batch`
         as in `generate`."""
         ...
+
+
+def check_generate(prompts: Sequence[Sequence[int]], keys: Sequence[str]) -> None:
+    """ValueError unless every prompt has a key and at least one token (what `Sampler.generate` takes)."""
+    if len(prompts) != len(keys):
+        raise ValueError(f"{len(prompts)} prompts but {len(keys)} keys")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt: every prompt needs at least one token")
+
+
+def check_branch(sequences: Sequence[Sequence[int]], requests: Sequence[BranchRequest]) -> None:
+    """ValueError unless every request names a sequence, a cut in [1, its length] and a budget >= 1
+    (what `Sampler.branch` takes)."""
+    for r in requests:
+        if not 0 <= r.seq < len(sequences):
+            raise ValueError(f"branch request refers to sequence {r.seq}, only {len(sequences)} given")
+        if not 1 <= r.cut <= len(sequences[r.seq]):
+            raise ValueError(f"cut {r.cut} outside [1, {len(sequences[r.seq])}] for sequence {r.seq}")
+        if r.max_new_tokens is not None and r.max_new_tokens < 1:
+            raise ValueError("branch max_new_tokens must be >= 1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,28 +261,11 @@ class _Rows:
     logits: torch.Tensor  # next-token logits (rows, vocab)
 
 
-def _grow_layer_class() -> type:
-    """`_GrowLayer` subclasses transformers' DynamicLayer (imported lazily, the cache checks its type)."""
-    global _GROW_LAYER
-    if _GROW_LAYER is None:
-        from transformers.cache_utils import DynamicLayer
-
-        _GROW_LAYER = type("_GrowLayer", (_GrowLayerImpl, DynamicLayer), {})
-    return _GROW_LAYER
-
-
-_GROW_LAYER: type | None = None
-
-
-class _GrowLayerImpl:
+class _GrowLayerImpl(CacheLayer):
     """A KV-cache layer with preallocated room to grow: `update` writes new keys/values in place
     (``DynamicLayer`` concatenates, copying the whole cache every decode step). Capacity doubles
     when full. Tensors are (rows, heads, length, head_dim); `keys`/`values` are views of the used part.
     """
-
-    is_sliding = False
-    is_compileable = False
-    is_croppable = False
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, room: int, used: int | None = None) -> None:  # noqa: D107
         # no super().__init__: it would assign `keys`/`values`, which are read-only views here.
@@ -307,29 +315,11 @@ class _GrowLayerImpl:
     def get_seq_length(self) -> int:
         return self.n
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.n + query_length, 0
-
-    def get_max_length(self) -> int:
-        return -1
-
-    def offload(self) -> None:  # pragma: no cover - interface completeness
-        pass
-
-    def prefetch(self) -> None:  # pragma: no cover
-        pass
-
 
 def _grow_cache(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], room: int, used: int | None = None) -> Any:
     """A transformers `DynamicCache` whose layers are `_GrowLayer`s holding `pairs` (keys, values);
     with `used`, the pairs are buffers adopted without a copy (see `_GrowLayerImpl`)."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    cls = _grow_layer_class()
-    cache.layers = [cls(k, v, room, used) for k, v in pairs]  # type: ignore[misc]
-    cache.layer_class_to_replicate = None
-    return cache
+    return dynamic_cache(_GrowLayerImpl, [(k, v, room, used) for k, v in pairs])
 
 
 def _layers(cache: Any) -> list[Any]:
@@ -390,10 +380,7 @@ class HFSampler:
     ) -> list[Generation]:
         """One continuation per prompt; see `Sampler.generate`. Batches rows of similar length;
         `on_batch(rows, tokens)` is called after each batch."""
-        if len(prompts) != len(keys):
-            raise ValueError(f"{len(prompts)} prompts but {len(keys)} keys")
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("empty prompt: every prompt needs at least one token")
+        check_generate(prompts, keys)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[Generation | None] = [None] * len(prompts)
         for b0 in range(0, len(order), self.max_batch_rows):
@@ -438,13 +425,7 @@ class HFSampler:
           rotated, and a prefix's keys/values do not depend on later tokens, so the slice equals the
           prefix's own cache); every row then decodes on its own.
         """
-        for r in requests:
-            if not 0 <= r.seq < len(sequences):
-                raise ValueError(f"branch request refers to sequence {r.seq}, only {len(sequences)} given")
-            if not 1 <= r.cut <= len(sequences[r.seq]):
-                raise ValueError(f"cut {r.cut} outside [1, {len(sequences[r.seq])}] for sequence {r.seq}")
-            if r.max_new_tokens is not None and r.max_new_tokens < 1:
-                raise ValueError("branch max_new_tokens must be >= 1")
+        check_branch(sequences, requests)
         if not requests:
             return []
         tree = self._use_tree(sequences, requests, params)
@@ -586,7 +567,7 @@ class HFSampler:
         col = pad[src][:, None] + cuts[:, None] - new_w + j[None, :] + 1
         valid = j[None, :] >= (new_w - cuts)[:, None]
         col = torch.where(valid, col, torch.zeros_like(col))
-        limits = [params.max_new_tokens if r.max_new_tokens is None else int(r.max_new_tokens) for r in reqs]
+        limits = [r.budget(params) for r in reqs]
         cap = new_w + max(1, min(max(limits), 64))
         buffers = []
         for layer in _layers(cache):
@@ -599,8 +580,6 @@ class HFSampler:
             buffers.append((pair[0], pair[1]))
         branch_cache = _grow_cache(buffers, 0, used=new_w)
         first = logits[src, pad[src] + cuts - 1]
-        if min(limits) < 1:
-            raise ValueError("branch max_new_tokens must be >= 1")
         state = _Rows(
             index=torch.arange(len(reqs), device=dev),
             mask=valid.to(torch.int64),
@@ -691,7 +670,7 @@ class HFSampler:
         n_rows = len(reqs)
         row_node = [on_trace[(local[r.seq], r.cut)] for r in reqs]
         seeds = _fold_seeds([row_seed(params.seed, r.key) for r in reqs], dev)
-        limits = [params.max_new_tokens if r.max_new_tokens is None else int(r.max_new_tokens) for r in reqs]
+        limits = [r.budget(params) for r in reqs]
         tokens: list[list[int]] = [[] for _ in range(n_rows)]
         logps: list[list[float]] = [[] for _ in range(n_rows)]
         reason = ["length"] * n_rows
@@ -917,6 +896,8 @@ __all__ = [
     "Sampler",
     "SamplerStats",
     "SamplingParams",
+    "check_branch",
+    "check_generate",
     "counter_uniform",
     "decode_completion",
     "filter_logits",

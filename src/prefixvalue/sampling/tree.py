@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from .cache import CacheLayer, dynamic_cache
+
 ATTN_NAME = "prefixvalue_tree"
 
 
@@ -138,15 +140,11 @@ def tree_attention(
     return out.reshape(rows, 1, heads, dim), None
 
 
-class _NodeLayerImpl:
+class _NodeLayerImpl(CacheLayer):
     """One layer's keys/values of the off-trace nodes of a branch trie, one column per node:
     (capacity, kv_heads, dim). A decode forward writes its nodes' columns (`node_ids`) and hands the
     attention each node's chain of off-trace ancestors, itself included (`chains`, padded with node 0,
     a zero column the attention masks out), as (depth, kv_heads, nodes, dim)."""
-
-    is_sliding = False
-    is_compileable = False
-    is_croppable = False
 
     def __init__(self, kv_heads: int, dim: int, vdim: int, capacity: int, like: torch.Tensor) -> None:  # noqa: D107
         self._k = like.new_zeros((capacity, kv_heads, dim))
@@ -183,34 +181,10 @@ class _NodeLayerImpl:
     def get_seq_length(self) -> int:
         return 0 if self.chains is None else int(self.chains.shape[1])
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.get_seq_length() + query_length, 0
-
-    def get_max_length(self) -> int:
-        return -1
-
-    def offload(self) -> None:  # pragma: no cover - interface completeness
-        pass
-
-    def prefetch(self) -> None:  # pragma: no cover
-        pass
-
-
-_NODE_LAYER: type | None = None
-
 
 def node_cache(layers: int, kv_heads: int, dim: int, vdim: int, capacity: int, like: torch.Tensor) -> Any:
     """A transformers `DynamicCache` of `layers` `_NodeLayer`s (see `_NodeLayerImpl`)."""
-    global _NODE_LAYER
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    if _NODE_LAYER is None:
-        _NODE_LAYER = type("_NodeLayer", (_NodeLayerImpl, DynamicLayer), {})
-    cache = DynamicCache()
-    cache.layers = [_NODE_LAYER(kv_heads, dim, vdim, capacity, like) for _ in range(layers)]  # type: ignore[misc]
-    cache.layer_class_to_replicate = None
-    return cache
+    return dynamic_cache(_NodeLayerImpl, [(kv_heads, dim, vdim, capacity, like)] * layers)
 
 
 def register() -> None:

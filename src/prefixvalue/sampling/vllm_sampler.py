@@ -44,7 +44,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .sampler import BranchRequest, Generation, OnBatch, SamplerStats, SamplingParams, row_seed
+from .sampler import (
+    BranchRequest,
+    Generation,
+    OnBatch,
+    SamplerStats,
+    SamplingParams,
+    check_branch,
+    check_generate,
+    row_seed,
+)
 
 #: ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache on CPU) set when unset; enough for the tiny policy and
 #: small models; raise it for long contexts or many concurrent rows
@@ -257,10 +266,7 @@ class VLLMSampler:
     ) -> list[Generation]:
         """One continuation per prompt; see `Sampler.generate`. Row `i` is seeded by
         ``(params.seed, keys[i])``; `on_batch(rows, tokens)` runs after each chunk of requests."""
-        if len(prompts) != len(keys):
-            raise ValueError(f"{len(prompts)} prompts but {len(keys)} keys")
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("empty prompt: every prompt needs at least one token")
+        check_generate(prompts, keys)
         rows = [(list(map(int, p)), k, params.max_new_tokens) for p, k in zip(prompts, keys)]
         return self._run(rows, params, list(range(len(rows))), on_batch)
 
@@ -272,21 +278,8 @@ class VLLMSampler:
         on_batch: OnBatch | None = None,
     ) -> list[Generation]:
         """Continuations of prefixes ``sequences[r.seq][:r.cut]``, in request order (see `Sampler.branch`)."""
-        for r in requests:
-            if not 0 <= r.seq < len(sequences):
-                raise ValueError(f"branch request refers to sequence {r.seq}, only {len(sequences)} given")
-            if not 1 <= r.cut <= len(sequences[r.seq]):
-                raise ValueError(f"cut {r.cut} outside [1, {len(sequences[r.seq])}] for sequence {r.seq}")
-            if r.max_new_tokens is not None and r.max_new_tokens < 1:
-                raise ValueError("branch max_new_tokens must be >= 1")
-        rows = [
-            (
-                list(map(int, sequences[r.seq][: r.cut])),
-                r.key,
-                params.max_new_tokens if r.max_new_tokens is None else int(r.max_new_tokens),
-            )
-            for r in requests
-        ]
+        check_branch(sequences, requests)
+        rows = [(list(map(int, sequences[r.seq][: r.cut])), r.key, r.budget(params)) for r in requests]
         # prefixes of one sequence next to each other, shortest first: their KV blocks are cached for the next
         order = sorted(range(len(requests)), key=lambda i: (requests[i].seq, requests[i].cut, i))
         return self._run(rows, params, order, on_batch)

@@ -45,6 +45,42 @@ class JsonlFormatError(ConfigError):
     A `ConfigError` (so a ValueError): the command line reports it in one line with exit status 2."""
 
 
+def jsonl_records(
+    path: Path, error: type[ConfigError] = JsonlFormatError, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, str, Any]]:
+    """``(line number, "FILE, line N", parsed JSON)`` for every non-blank line of the JSON-lines file at
+    `path`, read lazily. A line that is not one UTF-8 JSON value raises `error` naming the file and the line:
+    a UTF-16 file, a line over `max_line_bytes`, NUL bytes, bytes that are not UTF-8, invalid JSON."""
+    resave = "re-save it as UTF-8 (e.g. iconv -t UTF-8)"
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(iter(lambda: fh.readline(max_line_bytes + 1), b""), start=1):
+            where = f"{path}, line {lineno}"
+            if lineno == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+                raise error(f"{path}: the file is UTF-16 (it starts with a UTF-16 byte-order mark); {resave}")
+            if len(raw) > max_line_bytes:
+                raise error(
+                    f"{where}: longer than {max_line_bytes} bytes; one record per line, and a record this long "
+                    "would not fit a model's context"
+                )
+            if b"\x00" in raw:
+                raise error(f"{where}: NUL bytes in the line: the file looks UTF-16 or binary; {resave}")
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise error(
+                    f"{where}: not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}); {resave}"
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise error(
+                    f"{where}: invalid JSON ({exc.msg} at column {exc.colno}): {_short(line.strip())}"
+                ) from None
+            yield lineno, where, record
+
+
 @dataclass
 class JsonlConfig:
     """Where the user's data lives, which fields to read, and how completions are verified."""
@@ -221,43 +257,13 @@ class JsonlTask(Task):
         prompts: list[Prompt] = []
         wheres: list[str] = []
         limit = self.config.limit
-        resave = "re-save it as UTF-8 (e.g. iconv -t UTF-8)"
-        with path.open("rb") as fh:
-            for lineno, raw in enumerate(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""), start=1):
-                if limit is not None and len(prompts) >= limit:
-                    break
-                where = f"{path}, line {lineno}"
-                if lineno == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-                    raise JsonlFormatError(
-                        f"{path}: the file is UTF-16 (it starts with a UTF-16 byte-order mark); {resave}"
-                    )
-                if len(raw) > MAX_LINE_BYTES:
-                    raise JsonlFormatError(
-                        f"{where}: longer than {MAX_LINE_BYTES} bytes (prefixvalue.tasks.jsonl.MAX_LINE_BYTES); "
-                        "one record per line, and a prompt this long would not fit a model's context"
-                    )
-                if b"\x00" in raw:
-                    raise JsonlFormatError(f"{where}: NUL bytes in the line: the file looks UTF-16 or binary; {resave}")
-                try:
-                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-                except UnicodeDecodeError as exc:
-                    raise JsonlFormatError(
-                        f"{where}: not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}); {resave}"
-                    ) from None
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise JsonlFormatError(
-                        f"{where}: invalid JSON ({exc.msg} at column {exc.colno}): {_short(line.strip())}"
-                    ) from None
-                prompts.append(
-                    self._record_to_prompt(
-                        record, where, f"{path.stem}-{lineno}", {"source": str(path), "line": lineno}
-                    )
-                )
-                wheres.append(where)
+        for lineno, where, record in jsonl_records(path):
+            prompts.append(
+                self._record_to_prompt(record, where, f"{path.stem}-{lineno}", {"source": str(path), "line": lineno})
+            )
+            wheres.append(where)
+            if limit is not None and len(prompts) >= limit:
+                break
         if not prompts:
             raise JsonlFormatError(f"{path}: no records (the file is empty)")
         self._check_ids(prompts, wheres)

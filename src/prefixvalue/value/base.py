@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from .. import __version__
 from ..config import field
-from ..data.collate import ValueCollator
+from ..data.collate import collated_batches
 from ..loading import LoadOptions
 from ..policies import load_causal_lm, resolve_dtype
 from ..prompting import PROMPT_FORMAT_FILE, PromptFormat, checkpoint_prompt_format
@@ -311,17 +311,8 @@ class ValueModel(nn.Module):
         return next(self.parameters()).device
 
     def _batches(self, prompt_ids: list[list[int]], completion_ids: list[list[int]], batch_size: int):
-        if len(prompt_ids) != len(completion_ids):
-            raise ValueError("prompt_ids and completion_ids must have the same length")
-        collate = ValueCollator(pad_token_id=0)  # right padding: the pad id is never attended to
-        dev = self._device()
-        for start in range(0, len(prompt_ids), batch_size):
-            rows = [
-                {"prompt_ids": p, "completion_ids": c, "outcome": 0.0}
-                for p, c in zip(prompt_ids[start : start + batch_size], completion_ids[start : start + batch_size])
-            ]
-            batch = collate(rows)
-            yield {k: v.to(dev) for k, v in batch.items()}
+        for _, batch in collated_batches(prompt_ids, completion_ids, batch_size, self._device()):
+            yield batch
 
     @torch.no_grad()
     def predict(

@@ -228,8 +228,8 @@ def test_forks_from_labels_picks_the_largest_jumps():
 
 def test_stage_configs_reject_bad_values():
     from prefixvalue.config import parse_config
-    from prefixvalue.stages.actions import ActionsConfig, checkpoint_names
-    from prefixvalue.stages.advantages import AdvantagesConfig
+    from prefixvalue.studies.actions import ActionsConfig, checkpoint_names
+    from prefixvalue.studies.advantages import AdvantagesConfig
 
     with pytest.raises(ConfigError, match="samples must be >= 1"):
         parse_config(ActionsConfig, ["samples=0"])

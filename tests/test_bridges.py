@@ -52,7 +52,7 @@ def test_import_gives_traces_that_train_and_label_accept(tmp_path):
     from prefixvalue.loading import LoadOptions, check_vocabulary, traces_policy
     from prefixvalue.policies import load_tokenizer
     from prefixvalue.prompting import traces_prompt_format
-    from prefixvalue.stages.collect import TRACE_FEATURES
+    from prefixvalue.data.schema import TRACE_FEATURES
     from prefixvalue.stages.label import traces_task
 
     rows = _rollouts()
@@ -131,7 +131,7 @@ def test_export_task_labels_and_round_trip_through_import(tmp_path):
 def test_export_mc_labels_at_step_ends(tmp_path):
     """MC labels (written as label writes them) -> the value after each step; a trace whose labels miss a
     step end is skipped and counted; the step that ends the completion takes the trace's outcome."""
-    from prefixvalue.stages.label import LABEL_FEATURES
+    from prefixvalue.data.schema import LABEL_FEATURES
 
     traces = _import(tmp_path, _rollouts(2))
     src = load_traces(traces)

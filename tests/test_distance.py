@@ -15,7 +15,7 @@ import torch
 from prefixvalue import cli
 from prefixvalue.config import ConfigError, parse_config
 from prefixvalue.evaluation.distance import flattening, n_star_uncertainty, saturation_point, t_interval
-from prefixvalue.stages import distance
+from prefixvalue.studies import distance
 from prefixvalue.stages import train as train_mod
 from prefixvalue.value import ValueModelConfig, build_value_model
 from prefixvalue.value.head import HeadValueModel

@@ -27,13 +27,13 @@ COMMANDS: dict[str, str] = {
     "train": "prefixvalue.stages.train",
     "evaluate": "prefixvalue.stages.evaluate",
     "quickstart": "prefixvalue.stages.quickstart",
-    "distance": "prefixvalue.stages.distance",
-    "actions": "prefixvalue.stages.actions",
-    "advantages": "prefixvalue.stages.advantages",
-    "export": "prefixvalue.stages.export",
-    "import": "prefixvalue.stages.import_rollouts",
-    "export-model": "prefixvalue.stages.export_model",
-    "push-model": "prefixvalue.stages.push_model",
+    "distance": "prefixvalue.studies.distance",
+    "actions": "prefixvalue.studies.actions",
+    "advantages": "prefixvalue.studies.advantages",
+    "export": "prefixvalue.tools.export",
+    "import": "prefixvalue.tools.import_rollouts",
+    "export-model": "prefixvalue.tools.export_model",
+    "push-model": "prefixvalue.tools.push_model",
 }
 
 

@@ -1,7 +1,7 @@
 """Conditional distance: how many soft-prompt tokens the frozen policy needs to become its own value
 model (docs/design.md, "Conditional distance").
 
-The numerics of `prefixvalue distance` (the stage in `prefixvalue.stages.distance` runs the sweep):
+The numerics of `prefixvalue distance` (the stage in `prefixvalue.studies.distance` runs the sweep):
 the saturation rule n* = the first n of the grid with L(n) − L(next n) ≤ ε, its uncertainty over seeds,
 summaries across seeds (mean, 95% t-interval, spread), whether a training curve had flattened by the
 end of its step budget, the L(n) / Spearman(n) plot and the markdown section of the report.

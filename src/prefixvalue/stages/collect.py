@@ -27,6 +27,7 @@ import datasets
 from .. import __version__
 from ..config import ConfigError, RawMapping, field, parse_config
 from ..data import finish_summary
+from ..data.schema import TRACE_FEATURES
 from ..data.shards import ShardWork, run_sharded_stage
 from ..loading import resolve_model_path
 from ..policies import load_policy, load_tokenizer
@@ -45,36 +46,6 @@ from ..tasks import (
 )
 from ..tasks.steps import single_step_warning, step_count_summary
 
-#: schema of a traces dataset written by collect (contract fields first, then run metadata)
-TRACE_FEATURES = datasets.Features(
-    {
-        "trace_id": datasets.Value("string"),
-        "prompt_id": datasets.Value("string"),
-        "prompt": datasets.Value("string"),
-        "completion": datasets.Value("string"),
-        "prompt_ids": datasets.List(datasets.Value("int32")),
-        "completion_ids": datasets.List(datasets.Value("int32")),
-        "outcome": datasets.Value("float64"),
-        "verifier_error": datasets.Value("string"),
-        "step_spans": datasets.List(datasets.List(datasets.Value("int32"))),
-        "step_labels": datasets.List(datasets.Value("bool")),
-        "logprobs": datasets.List(datasets.Value("float32")),
-        "finish_reason": datasets.Value("string"),
-        "outcome_note": datasets.Value("string"),
-        "answer": datasets.Value("string"),
-        "prompt_meta": datasets.Value("string"),
-        "task": datasets.Value("string"),
-        "task_args": datasets.Value("string"),
-        "model": datasets.Value("string"),
-        "sampling": datasets.Value("string"),
-        "prompt_format": datasets.Value("string"),
-        "model_load": datasets.Value("string"),
-        "backend": datasets.Value("string"),
-        "fail_truncated": datasets.Value("bool"),
-        "seed": datasets.Value("int64"),
-        "prefixvalue_version": datasets.Value("string"),
-    }
-)
 
 
 @dataclass
@@ -374,7 +345,6 @@ def run(cfg: CollectConfig) -> int:
 
 __all__ = [
     "CollectConfig",
-    "TRACE_FEATURES",
     "check_context",
     "encode_prompt",
     "main",

@@ -41,6 +41,7 @@ from ..data import (
     traces_digest,
     traces_fail_truncated,
 )
+from ..data.schema import LABEL_FEATURES
 from ..data.shards import ShardWork, dist_info, run_sharded_stage, shard_extra
 from ..loading import check_vocabulary, traces_policy
 from ..policies import load_policy, load_tokenizer
@@ -57,21 +58,6 @@ from ..sampling.sampler import HFSampler, Sampler, SamplingParams
 from ..tasks import Prompt, Task, build_task, task_class, task_configs, task_options
 from ..tasks.steps import single_step_warning, step_count_summary
 
-#: schema of a prefix-labels dataset written by label (contract fields first)
-LABEL_FEATURES = datasets.Features(
-    {
-        "trace_id": datasets.Value("string"),
-        "position": datasets.Value("int32"),
-        "n": datasets.Value("int32"),
-        "successes": datasets.Value("float64"),
-        "mean": datasets.Value("float64"),
-        "ci_low": datasets.Value("float64"),
-        "ci_high": datasets.Value("float64"),
-        "prefix_tokens": datasets.Value("int32"),
-        "method": datasets.Value("string"),
-        "prompt_id": datasets.Value("string"),
-    }
-)
 
 
 @dataclass
@@ -472,4 +458,4 @@ def run(cfg: LabelConfig) -> int:
     return 0
 
 
-__all__ = ["LABEL_FEATURES", "LabelConfig", "main", "sampling_from_traces", "trace_refs"]
+__all__ = ["LabelConfig", "main", "sampling_from_traces", "trace_refs"]

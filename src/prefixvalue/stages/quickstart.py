@@ -46,8 +46,8 @@ from ..evaluation.report import (
 from ..evaluation.scoring import evaluate_prefixes, read_mc_cost
 from ..loading import ModelLoadConfig
 from ..value import VALUE_MODELS
-from . import actions as actions_stage
-from . import advantages as advantages_stage
+from ..studies import actions as actions_stage
+from ..studies import advantages as advantages_stage
 from . import collect, label
 from . import train as train_mod
 from .evaluate import EvaluateConfig, oracle_estimators
@@ -350,8 +350,8 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
 
     result, q, tok = _timed(seconds, "evaluate", evaluate_all)
     alt_metrics, alt_sections = {}, []
-    if cfg.alternatives:  # values of alternatives: stages/alternatives.py
-        from .alternatives import run_alternatives
+    if cfg.alternatives:  # values of alternatives: studies/alternatives.py
+        from ..studies.alternatives import run_alternatives
 
         ckpts = [train_results[n]["checkpoint"] for n in names]
         alt_metrics, alt_sections = run_alternatives(

@@ -98,7 +98,7 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
     from ..loading import check_vocabulary, traces_policy
     from ..policies import default_device, load_policy
     from ..value import load_value_model
-    from . import label
+    from ..stages import label
     from .actions import checkpoint_names, heldout_under
 
     cfg.check_inputs()

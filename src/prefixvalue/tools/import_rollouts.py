@@ -34,7 +34,7 @@ from ..prompting import choose_prompt_format
 from ..sampling.sampler import SamplingParams
 from ..tasks import Prompt, build_task, char_to_token_spans, task_configs, task_options, token_end_offsets
 from ..tasks.steps import StepSplitterError, parse_splitter, single_step_warning, step_count_summary
-from .collect import TRACE_FEATURES
+from ..data.schema import TRACE_FEATURES
 
 
 @dataclass

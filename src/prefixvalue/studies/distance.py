@@ -38,7 +38,7 @@ from ..evaluation.distance import (
     t_interval,
 )
 from ..value import VALUE_MODELS, ValueModelConfig
-from . import train as train_mod
+from ..stages import train as train_mod
 
 #: the soft-prompt grid of the paper: 0 and doubling from 1
 DEFAULT_TOKENS = [0, 1, 2, 4, 8, 16, 32, 64]

@@ -60,7 +60,7 @@ bench: install
 # seeds scored on the quickstart's held-out MC labels (about an hour on 2 CPU cores; an interrupted sweep resumes)
 frontier: install
 	$(VENV)/bin/prefixvalue collect model=data/policies/arith-tiny task=arith split=test \
-		num_prompts=8000 samples=8 max_new_tokens=64 temperature=1.0 seed=0 out=$(FRONTIER_TRACES)
+		num_prompts=8000 traces_per_prompt=8 max_new_tokens=64 temperature=1.0 seed=0 out=$(FRONTIER_TRACES)
 	$(PY) benchmarks/frontier.py $(QUICKSTART_OUT) traces=$(FRONTIER_TRACES)
 	$(PY) benchmarks/ipvrm_diagnosis.py $(QUICKSTART_OUT) traces=$(FRONTIER_TRACES)
 
@@ -73,11 +73,11 @@ $(SMOLLM2_STAMP): $(STAMP)
 
 install-smollm2: $(SMOLLM2_STAMP)
 
-# the whole loop on a real model, about 15 minutes on 2 CPU cores: 64 word problems x 8 samples through the chat
+# the whole loop on a real model, about 15 minutes on 2 CPU cores: 64 word problems x 8 traces through the chat
 # template, MC labels at sentence boundaries of 24 held-out traces, a value head trained 60 steps, the evaluation
 smollm2: install-smollm2
 	$(VENV)/bin/prefixvalue collect $(WORD_PROBLEMS) model=$(SMOLLM2_GGUF) system_prompt="Answer in one short sentence." \
-		num_prompts=64 samples=8 max_new_tokens=48 temperature=1.0 seed=0 out=$(SMOLLM2_OUT)/traces
+		num_prompts=64 traces_per_prompt=8 max_new_tokens=48 temperature=1.0 seed=0 out=$(SMOLLM2_OUT)/traces
 	$(VENV)/bin/prefixvalue label traces=$(SMOLLM2_OUT)/traces positions=steps step_fallback=stride:8 samples=8 \
 		traces_per_prompt=2 max_traces=24 seed=1 out=$(SMOLLM2_OUT)/labels
 	$(VENV)/bin/prefixvalue train --config recipes/configs/smollm2-135m.yaml traces=$(SMOLLM2_OUT)/traces \

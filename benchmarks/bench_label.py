@@ -28,9 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefixvalue.policies import load_policy  # noqa: E402
+from prefixvalue.sampling.hf import HFSampler  # noqa: E402
 from prefixvalue.sampling.mc import AdaptiveConfig, MCLabeller, TraceRef, first_jump  # noqa: E402
 from prefixvalue.sampling.positions import positions  # noqa: E402
-from prefixvalue.sampling.sampler import HFSampler, SamplingParams  # noqa: E402
+from prefixvalue.sampling.sampler import SamplingParams  # noqa: E402
 from prefixvalue.tasks import ArithTask, safe_verify  # noqa: E402
 
 from benchmarks.common import SHIPPED_POLICY, record  # noqa: E402

@@ -30,9 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefixvalue.policies import load_policy  # noqa: E402
+from prefixvalue.sampling.hf import HFSampler  # noqa: E402
 from prefixvalue.sampling.mc import MCLabeller, TraceRef  # noqa: E402
 from prefixvalue.sampling.positions import positions  # noqa: E402
-from prefixvalue.sampling.sampler import HFSampler, SamplingParams  # noqa: E402
+from prefixvalue.sampling.sampler import SamplingParams  # noqa: E402
 from prefixvalue.sampling.vllm_sampler import VLLMSampler  # noqa: E402
 from prefixvalue.tasks import ArithTask  # noqa: E402
 

@@ -179,8 +179,8 @@ def train_job(job: dict[str, Any], reuse: bool = False) -> tuple[str, float | No
     (seconds None)."""
     import torch
 
+    from prefixvalue import training as train
     from prefixvalue.config import parse_config
-    from prefixvalue.stages import train
 
     torch.set_num_threads(1)
     final = Path(job["out"]) / "final"

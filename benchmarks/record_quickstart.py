@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
         target="<= 900",
         stages=q["seconds"],
         num_prompts=q["config"]["collect"]["num_prompts"],
-        samples=q["config"]["collect"]["samples"],
+        samples=q["config"]["collect"]["traces_per_prompt"],  # traces per prompt (results.json key as before)
         labelled_prefixes=metrics["n_prefixes"],
         config=str(q["config"]["out"]),
     )

@@ -4,7 +4,7 @@
     python recipes/train.py --config recipes/configs/arith-tiny.yaml value_model.kind=head max_steps=100 report_to=disk,wandb
 
 One script for 1..N processes (accelerate); options: ``python recipes/train.py --help``. The loop
-itself is `prefixvalue.stages.train.run` (read it top to bottom), also run by ``prefixvalue train``
+itself is `prefixvalue.training.run` (read it top to bottom), also run by ``prefixvalue train``
 and the quickstart, so all of them train the same way. Mixed precision is accelerate's setting
 (``mixed_precision`` in the accelerate config, or ``accelerate launch --mixed_precision bf16``).
 The final value checkpoint is ``output_dir/final``; a killed run restarted with the same command resumes from the last complete checkpoint in ``output_dir/checkpoints``.
@@ -13,7 +13,8 @@ The final value checkpoint is ``output_dir/final``; a killed run restarted with 
 import sys
 
 from prefixvalue import cli
-from prefixvalue.stages.train import TrainConfig, latest_checkpoint, main, run
+from prefixvalue.stages.train import main
+from prefixvalue.training import TrainConfig, latest_checkpoint, run
 
 __all__ = ["TrainConfig", "latest_checkpoint", "main", "run"]
 

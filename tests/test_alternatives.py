@@ -40,8 +40,9 @@ from prefixvalue.evaluation.advantages import (
     policy_candidates,
     score_check,
 )
+from prefixvalue.sampling.hf import HFSampler
 from prefixvalue.sampling.mc import MCLabeller, TraceRef
-from prefixvalue.sampling.sampler import HFSampler, SamplingParams
+from prefixvalue.sampling.sampler import SamplingParams
 from prefixvalue.tasks import ArithTask, Prompt
 from prefixvalue.tokenizer import build_char_tokenizer
 from prefixvalue.value import ValueModelConfig, build_value_model
@@ -206,13 +207,13 @@ def test_read_action_states_names_the_bad_line(tmp_path):
     path = tmp_path / "a.jsonl"
     good = {"prompt": "Q:1+2=", "actions": ["1+2=3;", "1+2=4;"], "state_id": "s"}
     path.write_text(json.dumps(good) + "\n\n" + json.dumps({"prompt": "Q:1=", "actions": ["x"]}) + "\n")
-    with pytest.raises(ConfigError, match=r"a\.jsonl:3: 'actions' must be a list of at least 2"):
+    with pytest.raises(ConfigError, match=r"a\.jsonl, line 3: 'actions' must be a list of at least 2"):
         read_action_states(path)
     path.write_text(json.dumps(good) + "\n")
     (st,) = read_action_states(path)
     assert st.prefix == "" and st.actions == good["actions"] and st.prompt.prompt_id == "s"
     path.write_text("{not json\n")
-    with pytest.raises(ConfigError, match=r"a\.jsonl:1: not JSON"):
+    with pytest.raises(ConfigError, match=r"a\.jsonl, line 1: invalid JSON"):
         read_action_states(path)
 
 
@@ -253,7 +254,7 @@ def test_quickstart_alternatives_flag_writes_both_studies(tmp_path, monkeypatch)
         f"out={out}",
         f"policy={SHIPPED_POLICY}",
         "collect.num_prompts=16",
-        "collect.samples=4",
+        "collect.traces_per_prompt=4",
         "label.samples=4",
         "label_max_traces=4",
         "short_samples=4",

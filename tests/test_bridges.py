@@ -49,11 +49,11 @@ def _import(tmp_path: Path, rows: list[dict], name: str = "traces", *extra: str)
 
 
 def test_import_gives_traces_that_train_and_label_accept(tmp_path):
-    from prefixvalue.loading import LoadOptions, check_vocabulary, traces_policy
-    from prefixvalue.policies import load_tokenizer
-    from prefixvalue.prompting import traces_prompt_format
     from prefixvalue.data.schema import TRACE_FEATURES
-    from prefixvalue.stages.label import traces_task
+    from prefixvalue.loading import LoadOptions, traces_policy
+    from prefixvalue.policies import check_vocabulary, load_tokenizer
+    from prefixvalue.prompting import traces_prompt_format
+    from prefixvalue.sampling.labelling import traces_task
 
     rows = _rollouts()
     ds = load_traces(_import(tmp_path, rows))
@@ -118,10 +118,12 @@ def test_export_task_labels_and_round_trip_through_import(tmp_path):
     again = load_traces(back)
     for name in ("trace_id", "prompt", "completion", "outcome", "completion_ids", "step_spans", "step_labels"):
         assert again[name] == src[name], name
-    # parquet, loaded with datasets; a ProcessBench export is step data for evaluate
+    # parquet, loaded with datasets; a ProcessBench export is step data for evaluate (other options: other folders)
+    out = tmp_path / "export_pb"
     assert cli.main(["export", f"traces={traces}", f"out={out}", "file_format=parquet", "formats=[processbench]"]) == 0
     assert len(datasets.load_dataset("parquet", data_files=str(out / "processbench.parquet"), split="train")) == 6
     assert [e.label for e in S.load_step_data(out / "processbench.parquet")] == [-1, 1] * 3
+    out = tmp_path / "export_trl"
     assert cli.main(["export", f"traces={traces}", f"out={out}", "file_format=parquet", "formats=[trl]"]) == 0
     back = tmp_path / "back_parquet"
     assert cli.main(["import", f"rollouts={out / 'trl.parquet'}", f"model={POLICY}", "task=arith", f"out={back}"]) == 0
@@ -314,14 +316,14 @@ def test_step_benchmark_fixed_and_tuned_protocols(tiny_tokenizer):
 def test_evaluate_processbench_mode_writes_predictions(tmp_path, tiny_model_dir, monkeypatch):
     from prefixvalue.stages import evaluate as ev
 
-    from test_evaluate import FakeValueModel
+    from test_evaluate import FakeValueModel, run_evaluate
 
     monkeypatch.setattr(ev, "_load_value_model", lambda path, device, options=None: FakeValueModel(str(tiny_model_dir)))
     rows = {s: _pb_rows(6, s) for s in ("gsm8k", "math")}
     datasets.DatasetDict({s: datasets.Dataset.from_list(r) for s, r in rows.items()}).save_to_disk(str(tmp_path / "pb"))
     out = tmp_path / "eval"
     argv = ["checkpoint=ckpt", f"step_data={tmp_path / 'pb'}", f"out={out}", "report_to=disk"]
-    sb = ev.main([*argv, "step_data_split=all", "step_protocol=fixed", "step_threshold=0.5"])["step_benchmark"]
+    sb = run_evaluate([*argv, "step_data_split=all", "step_protocol=fixed", "step_threshold=0.5"])["step_benchmark"]
     assert list(sb["splits"]) == ["gsm8k", "math"] and sb["threshold_split"] == "fixed"
     per = [sb["splits"][s]["f1"] for s in ("gsm8k", "math")]
     assert sb["f1"] == pytest.approx(np.mean(per)) and sb["n_test"] == 12

@@ -14,8 +14,8 @@ import torch
 
 import prefixvalue
 from prefixvalue import cli
+from prefixvalue import training as train
 from prefixvalue.config import ConfigError, parse_config
-from prefixvalue.stages import train
 from prefixvalue.value import ValueModel, ValueModelConfig, build_value_model, load_value_model
 from prefixvalue.value.hub import BASE_MODEL_ENV, push_to_hub
 
@@ -156,15 +156,13 @@ def test_model_card_written_by_train(demo, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_evaluate_writes_its_metrics_with_cis_into_the_card(demo, tmp_path, tiny_tokenizer):
-    from prefixvalue.stages import evaluate as ev
-
-    from test_evaluate import _write, make_tiny_eval
+    from test_evaluate import _write, make_tiny_eval, run_evaluate
 
     ckpt = tmp_path / "final"
     shutil.copytree(demo / "runs" / "demo" / "train" / "final", ckpt)
     traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=4)
     tdir, ldir = _write(tmp_path, traces, labels)
-    metrics = ev.main(
+    metrics = run_evaluate(
         [
             f"checkpoint={ckpt}",
             f"traces={tdir}",

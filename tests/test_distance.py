@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from prefixvalue import cli
+from prefixvalue import training as train_mod
 from prefixvalue.config import ConfigError, parse_config
 from prefixvalue.evaluation.distance import flattening, n_star_uncertainty, saturation_point, t_interval
 from prefixvalue.studies import distance
-from prefixvalue.stages import train as train_mod
 from prefixvalue.value import ValueModelConfig, build_value_model
 from prefixvalue.value.head import HeadValueModel
 
@@ -216,6 +216,42 @@ def _labels(traces: Path, out: Path) -> Path:
             )
     datasets.Dataset.from_list(rows).save_to_disk(str(out))
     return out
+
+
+def test_cell_spearman_is_the_one_evaluators_learned_spearman(tiny_setup, tmp_path):
+    """Issue 27 item 1: a cell's Spearman comes from the one evaluator (`prefixvalue.evaluate`, no soft values,
+    no bootstrap) and equals Spearman of the checkpoint's P̂ with the MC labels on the labelled prefixes its
+    split record holds out (what the sweep's own mini evaluator computed before); training prompts are counted."""
+    from prefixvalue.data import SplitRecord, load_traces
+    from prefixvalue.stats import spearman
+    from prefixvalue.value import load_value_model
+
+    policy, traces = tiny_setup
+    labels = _labels(traces, tmp_path / "labels")
+    cfg = distance.DistanceConfig(
+        traces=str(traces),
+        out=str(tmp_path),
+        tokens=[0, 2],
+        curve_points=2,
+        train=train_mod.TrainConfig(
+            policy=str(policy), max_steps=2, per_device_batch_size=4, heldout_fraction=0.5, report_to="none", threads=1
+        ),
+    )
+    tcfg = cfg.cell_config("head", 2, 0)
+    train_mod.run(tcfg)
+    final = Path(tcfg.output_dir) / "final"
+    labelled = distance.LabelledSet.load(str(traces), str(labels))
+    got = distance.cell_spearman(final, labelled, batch_size=4)
+    record, rows = SplitRecord.load(final), load_traces(traces)
+    held = [r for r in rows if record.is_heldout(r["prompt"])]
+    model = load_value_model(final)
+    preds = model.predict([r["prompt_ids"] for r in held], [r["completion_ids"] for r in held], 4)
+    by = {(r["trace_id"], r["position"]): r["mean"] for r in datasets.load_from_disk(str(labels))}
+    x = [float(p[i]) for p, r in zip(preds, held) for i in range(len(r["completion_ids"]) + 1)]
+    y = [by[r["trace_id"], i] for r in held for i in range(len(r["completion_ids"]) + 1)]
+    assert got["spearman"] == pytest.approx(spearman(x, y)[0], abs=1e-12)
+    assert got["spearman_prefixes"] == len(x) and got["spearman_traces"] == len(held)
+    assert got["dropped_training_traces"] == len(rows) - len(held) > 0
 
 
 @pytest.mark.slow

@@ -25,6 +25,12 @@ from prefixvalue.tasks import ArithTask
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_evaluate(argv: list[str]) -> dict:
+    """`prefixvalue evaluate` with `argv`, as its command line parses it; returns the metrics (`ev.main`
+    returns the exit status, `ev.run` the metrics)."""
+    return ev.run(ev.parse_config(ev.EvaluateConfig, argv))
+
+
 @dataclass
 class _FakeConfig:
     base_model: str
@@ -158,7 +164,7 @@ def test_main_on_tiny_data(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch
 
     assert all(SplitRecord.load(ckpt).is_heldout(t["prompt"]) for t in traces)  # every prompt held out
     out = tmp_path / "eval"
-    metrics = ev.main(
+    metrics = run_evaluate(
         [
             f"checkpoint={ckpt}",
             f"traces={tdir}",
@@ -167,7 +173,7 @@ def test_main_on_tiny_data(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch
             "n_bootstrap=40",
             "noise_ceiling_repeats=10",
             "report_to=disk",
-            "top_k=[5]",
+            "mellowmax_top_k=[5]",
         ]
     )
 
@@ -248,7 +254,7 @@ def test_saturated_labels_are_explained(tmp_path, tiny_tokenizer):
     traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=3, saturate=True)
     cfg = ev.EvaluateConfig(n_bootstrap=20, noise_ceiling_repeats=5)
     res = evaluate_prefixes(
-        rows_to_dataset(traces), rows_to_dataset(labels), value_model=FakeValueModel("x"), config=cfg
+        rows_to_dataset(traces), rows_to_dataset(labels), value_model=FakeValueModel("x"), options=cfg
     )
     m = res.metrics
     assert m["mc"]["saturated"] is True
@@ -271,7 +277,7 @@ def test_user_registered_estimator(tmp_path, tiny_tokenizer, monkeypatch):
         ESTIMATORS, "length_fraction", Estimator(length_fraction, probability=True, description="p / T")
     )
     cfg = ev.EvaluateConfig(n_bootstrap=20, noise_ceiling_repeats=5, base_rate=0.4)
-    res = evaluate_prefixes(traces, labels, config=cfg)
+    res = evaluate_prefixes(traces, labels, options=cfg)
     est = res.metrics["estimators"]
     assert set(est) == {"constant", "length_fraction"}  # no value model, no policy given
     assert est["constant"]["base_rate"] == 0.4
@@ -294,13 +300,15 @@ def test_config_validation():
         ev.parse_config(ev.EvaluateConfig, ["out=x", "checkpoint=c", "step_data=f", "omegaz=1"])
 
 
+@pytest.mark.slow  # the whole loop; each stage has fast tests of its own
 def test_end_to_end_collect_label_train_evaluate(tmp_path):
     """collect -> label -> train (few steps) -> evaluate on the shipped policy, with the real value model."""
     from prefixvalue.cli import main as cli
 
     policy = REPO / "data" / "policies" / "arith-tiny"
     traces, labels, ckpt, out = (tmp_path / d for d in ("traces", "labels", "ckpt", "eval"))
-    assert cli(["collect", "task=arith", f"model={policy}", "num_prompts=6", "samples=3", f"out={traces}"]) == 0
+    collect_argv = ["collect", "task=arith", f"model={policy}", "num_prompts=6", "traces_per_prompt=3", f"out={traces}"]
+    assert cli(collect_argv) == 0
     assert cli(["label", f"traces={traces}", f"model={policy}", "positions=steps", "samples=4", f"out={labels}"]) == 0
     spec = importlib.util.spec_from_file_location("pv_train_recipe", REPO / "recipes" / "train.py")
     train = importlib.util.module_from_spec(spec)
@@ -318,7 +326,7 @@ def test_end_to_end_collect_label_train_evaluate(tmp_path):
         ]
     )
     # training wrote its split record; label labelled held-out traces only, so evaluate drops nothing
-    metrics = ev.main(
+    metrics = run_evaluate(
         [
             f"checkpoint={ckpt / 'final'}",
             f"traces={traces}",
@@ -347,7 +355,7 @@ def test_main_with_real_value_model(tmp_path, tiny_tokenizer, tiny_model_dir, ki
     traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=4)
     tdir, ldir = _write(tmp_path, traces, labels)
     out = tmp_path / "eval"
-    metrics = ev.main(
+    metrics = run_evaluate(
         [
             f"checkpoint={tmp_path / 'ckpt'}",
             f"traces={tdir}",
@@ -391,7 +399,7 @@ def test_main_scores_processbench_file(tmp_path, tiny_model_dir, monkeypatch):
     pb = tmp_path / "pb.jsonl"
     pb.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "pb_eval"
-    metrics = ev.main(["checkpoint=ckpt", f"step_data={pb}", f"out={out}", "report_to=disk"])
+    metrics = run_evaluate(["checkpoint=ckpt", f"step_data={pb}", f"out={out}", "report_to=disk"])
     sb = metrics["step_benchmark"]
     assert sb["n_examples"] == 20 and sb["threshold_split"] == "calibration"
     assert sb["n_calibration"] + sb["n_test"] == 20 and sb["n_calibration"] > 0 and sb["n_test"] > 0
@@ -425,7 +433,7 @@ def test_evaluate_scores_only_heldout_prompts(tmp_path, tiny_tokenizer, tiny_mod
         "report_to=disk",
         "soft_values=false",
     ]
-    m = ev.main([*base, f"out={tmp_path / 'e1'}"])
+    m = run_evaluate([*base, f"out={tmp_path / 'e1'}"])
     sp = m["split"]
     assert sp["includes_training_prompts"] is False
     assert sp["dropped_training_prompts"] == len(train_texts) and sp["dropped_prefixes"] == n_drop_prefixes
@@ -439,7 +447,7 @@ def test_evaluate_scores_only_heldout_prompts(tmp_path, tiny_tokenizer, tiny_mod
 
     assert not drop_ids & set(pq.read_table(tmp_path / "e1" / "predictions.parquet")["trace_id"].to_pylist())
     # include_training_prompts: nothing dropped, and the report says so in words at the top
-    m = ev.main([*base, f"out={tmp_path / 'e2'}", "include_training_prompts=true"])
+    m = run_evaluate([*base, f"out={tmp_path / 'e2'}", "include_training_prompts=true"])
     assert m["n_prefixes"] == len(labels) and m["split"]["includes_training_prompts"] is True
     assert m["split"]["dropped_prefixes"] == 0 and m["split"]["training_prompts_scored"] == len(train_texts)
     top = (tmp_path / "e2" / "report.md").read_text().split("## ")[0]
@@ -457,13 +465,13 @@ def test_bootstrap_resamples_prompts_by_default(tiny_tokenizer):
         traces,
         labels,
         value_model=FakeValueModel("x"),
-        config=ev.EvaluateConfig(n_bootstrap=200, noise_ceiling_repeats=5),
+        options=ev.EvaluateConfig(n_bootstrap=200, noise_ceiling_repeats=5),
     ).metrics
     m_trace = evaluate_prefixes(
         traces,
         labels,
         value_model=FakeValueModel("x"),
-        config=ev.EvaluateConfig(n_bootstrap=200, noise_ceiling_repeats=5, bootstrap_unit="trace"),
+        options=ev.EvaluateConfig(n_bootstrap=200, noise_ceiling_repeats=5, bootstrap_unit="trace"),
     ).metrics
     assert m_prompt["bootstrap_unit"] == "prompt" and m_trace["bootstrap_unit"] == "trace"
     assert "resample whole prompts (4 of them)" in m_prompt["bootstrap_note"]
@@ -478,7 +486,7 @@ def test_bootstrap_resamples_prompts_by_default(tiny_tokenizer):
         traces,
         labels,
         value_model=FakeValueModel("x"),
-        config=ev.EvaluateConfig(n_bootstrap=200, noise_ceiling_repeats=5),
+        options=ev.EvaluateConfig(n_bootstrap=200, noise_ceiling_repeats=5),
     )
     x, y = np.asarray(res.prefixes["learned"]), np.asarray(res.prefixes["mc_mean"])
     ci, _ = cluster_bootstrap(
@@ -504,7 +512,7 @@ def test_nan_labels_are_dropped_and_fractional_successes_kept(tiny_tokenizer):
         traces,
         labels,
         value_model=FakeValueModel("x"),
-        config=ev.EvaluateConfig(n_bootstrap=10, noise_ceiling_repeats=5),
+        options=ev.EvaluateConfig(n_bootstrap=10, noise_ceiling_repeats=5),
     )
     m = res.metrics
     assert m["n_prefixes"] == len(labels) - 1 and m["dropped_labels_without_samples"] == 1
@@ -557,3 +565,48 @@ def test_forward_passes_show_a_progress_bar_over_traces(tiny_gpt2, tiny_tokenize
     for a, b in zip(shown.curves, hidden.curves):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert ev.EvaluateConfig().progress is True and ev.EvaluateConfig(progress=False).progress is False
+
+
+def test_one_evaluator_takes_checkpoint_folders_or_loaded_models(tmp_path, tiny_tokenizer, tiny_model_dir):
+    """Issue 27 item 1: `prefixvalue.evaluate` (the evaluator the evaluate stage, the quickstart and distance
+    call) scores a checkpoint given as a folder or as a loaded model alike: the first is ``learned``, the
+    others ``learned_<name>``; a folder's split record holds out its training prompts, its labels folder
+    gives the MC cost, and only `ScoringOptions` (no stage config) say how."""
+    import torch
+
+    from prefixvalue import ScoringOptions, evaluate
+
+    torch.manual_seed(0)
+    vcfg = value.ValueModelConfig(kind="head", base_model=str(tiny_model_dir), base_rate=0.4, backbone="lora")
+    value.build_value_model(vcfg).save_pretrained(tmp_path / "ckpt")
+    traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=4)
+    ckpt = write_split(tmp_path / "ckpt", [t["prompt"] for t in traces])
+    tdir, ldir = _write(tmp_path, traces, labels, cost={"generated_tokens": 5000, "prefill_tokens": 700})
+    options = ScoringOptions(n_bootstrap=10, noise_ceiling_repeats=5)
+    by_path = evaluate({"head": ckpt, "again": str(ckpt)}, tdir, ldir, options).metrics
+    vm = value.load_value_model(ckpt)
+    loaded = evaluate({"head": vm, "again": vm}, rows_to_dataset(traces), labels, options).metrics
+    assert {"learned", "learned_again", "constant"} == set(by_path["estimators"]) == set(loaded["estimators"])
+    assert by_path["estimators"] == loaded["estimators"]
+    assert by_path["split"]["source"] == str(ckpt / "split.json") and by_path["split"]["dropped_prefixes"] == 0
+    assert loaded["split"]["source"] is None and "cannot be checked" in loaded["split"]["note"]  # no folder given
+    assert by_path["cost"]["mc_generated_tokens"] == 5000 and loaded["cost"]["mc_generated_tokens"] is None
+    # arith traces carry exact step labels: with a split record the oracle is fit on the training prompts
+    texts = sorted({t["prompt"] for t in traces})
+    from prefixvalue.data import is_heldout
+
+    seed = next(s for s in range(100) if 0 < sum(not is_heldout(t, 0.5, s) for t in texts) < len(texts))
+    write_split(tmp_path / "half", texts, 0.5, seed)
+    half = evaluate({"head": vm}, tdir, ldir, dataclasses.replace(options, split_record=str(tmp_path / "half")))
+    assert "step_oracle" in half.metrics["estimators"] and half.metrics["split"]["dropped_training_prompts"] > 0
+
+
+def test_components_import_no_stage():
+    """Issue 27 item 2: the components know nothing of the stages (scoring once typed its options as the
+    evaluate stage's config, a cycle); the evaluation package, the one evaluator with it, imports no stage."""
+    import ast
+
+    for path in sorted((REPO / "src" / "prefixvalue" / "evaluation").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert "stages" not in (node.module or "").split("."), f"{path} imports {node.module}"

@@ -20,10 +20,11 @@ from prefixvalue import cli
 from prefixvalue.config import ConfigError
 from prefixvalue.data import DataFormatError, load_labels, load_traces, shards
 from prefixvalue.data.collate import attach_prefix_labels
-from prefixvalue.loading import check_vocabulary, resolve_model_path
+from prefixvalue.jsonlines import MAX_LINE_BYTES
+from prefixvalue.loading import resolve_model_path
+from prefixvalue.policies import check_vocabulary
 from prefixvalue.sampling.sampler import SamplingParams
 from prefixvalue.tasks import JsonlFormatError, JsonlTask
-from prefixvalue.tasks.jsonl import MAX_LINE_BYTES
 
 
 def cli_fails(args: list[str], capsys) -> str:

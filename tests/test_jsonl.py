@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -211,10 +210,9 @@ def test_crashing_user_verifier_scores_zero_records_error_and_run_goes_on(simple
 def test_sleeping_user_verifier_times_out_and_next_item_is_verified(simple: Path) -> None:
     task = JsonlTask(path=str(simple), verifier=f"{USER}:sleep_on_slow", verifier_timeout_s=0.1)
     p1, p2 = list(task.prompts(2))
-    t0 = time.perf_counter()
     slow = task.verify(p1, "slow")
-    assert time.perf_counter() - t0 < 0.8  # abandoned, not waited for (the verifier sleeps 1 s)
     assert slow.score == 0.0 and slow.error is not None and slow.error.startswith("TimeoutError")
+    assert task.pool is not None and task.pool.restarts == 1  # abandoned, not waited for: its worker was killed
     nxt = task.verify(p2, "4")
     assert nxt.score == 1.0 and nxt.error is None
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from prefixvalue.sampling.hf import HFSampler
 from prefixvalue.sampling.mc import (
     AdaptiveConfig,
     MCLabeller,
@@ -28,7 +29,7 @@ from prefixvalue.sampling.mc import (
     wilson_interval,
 )
 from prefixvalue.sampling.positions import PositionSpecError, parse_positions, positions, positions_for_trace
-from prefixvalue.sampling.sampler import HFSampler, SamplingParams
+from prefixvalue.sampling.sampler import SamplingParams
 from prefixvalue.tasks.base import Prompt, Task, VerifierResult
 from prefixvalue.tokenizer import build_char_tokenizer
 

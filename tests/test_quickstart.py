@@ -4,6 +4,7 @@ tiny sizes on the shipped policy (every file it promises, resuming a finished fo
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from test_report import TokenSpans
 def _result(tokenizer):
     traces, labels = make_tiny_eval(tokenizer, n_prompts=3)
     cfg = ev.EvaluateConfig(n_bootstrap=10, noise_ceiling_repeats=5)
-    return evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"), config=cfg)
+    return evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"), options=cfg)
 
 
 def test_largest_jumps_names_the_token_between_the_two_prefixes(tiny_tokenizer):
@@ -124,7 +125,7 @@ def test_paired_cis_in_metrics_and_report(tiny_tokenizer):
         labels,
         value_model=FakeValueModel("x"),
         estimators=mm,
-        config=ev.EvaluateConfig(n_bootstrap=100, noise_ceiling_repeats=5),
+        options=ev.EvaluateConfig(n_bootstrap=100, noise_ceiling_repeats=5),
     )
     sp = res.metrics["estimators"]["learned"]["spearman"]
     d = sp["paired_vs_mellowmax"]
@@ -271,6 +272,7 @@ def test_config_validation():
     assert cfg.train.max_steps == 7 and cfg.evaluate.n_bootstrap == 3 and list(cfg.value_models) == kinds
 
 
+@pytest.mark.slow  # the whole loop twice; the stages and the quickstart's sections have fast tests of their own
 @pytest.mark.skipif(not SHIPPED_POLICY.exists(), reason="the shipped policy data/policies/arith-tiny is absent")
 def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")
@@ -279,7 +281,7 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
         f"out={out}",
         f"policy={SHIPPED_POLICY}",
         "collect.num_prompts=20",
-        "collect.samples=4",
+        "collect.traces_per_prompt=4",
         "label.samples=4",
         "label_max_traces=6",
         "short_samples=4",
@@ -391,3 +393,38 @@ def test_saturation_wording_has_one_definition_and_step_scores_are_named():
         assert "prefix value after each step" in text
         if expect:
             assert ">= 95% of the prefixes at MC success 0 or at 1" in " ".join(q["quality"]["limits"])
+
+
+def test_keys_the_quickstart_sets_are_refused_in_one_line(capsys):
+    """Issue 27 item 6: a nested key the quickstart sets itself is refused with what sets it, never replaced
+    without a word (before: ``collect.out=/elsewhere`` was accepted and ignored); its default value is harmless."""
+    from prefixvalue import cli
+
+    for arg, expect in [
+        ("collect.out=/elsewhere", "collect.out is set by the quickstart (OUT/traces); remove it"),
+        ("collect.model=other", "collect.model is set by the quickstart (policy)"),
+        ("label.traces=t", "label.traces is set"),
+        ("label.temperature=0.5", "label.temperature is set by the quickstart (collect.temperature)"),
+        ("label.split_seed=3", "label.split_seed is set by the quickstart (train.split_seed)"),
+        ("train.output_dir=o", "train.output_dir is set"),
+        ("evaluate.out=o", "evaluate.out is set by the quickstart (OUT)"),
+        ("evaluate.split_record=s", "evaluate.split_record is set"),
+        ("train.revision=main", "train.revision is set by the quickstart (the top-level revision)"),
+        ("evaluate.trust_remote_code=true", "evaluate.trust_remote_code is set"),
+        ("actions.checkpoints=[a]", "actions.checkpoints is set"),
+        ("advantages.labels=l", "advantages.labels is set"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(f"quickstart: {expect}")):
+            parse_config(qs.QuickstartConfig, ["policy=p", arg])
+    with pytest.raises(ConfigError, match="value_models.x.output_dir is set by the quickstart; remove it"):
+        parse_config(qs.QuickstartConfig, ["policy=p", "value_models={x: {output_dir: o}}"])
+    # a key given at its default value changes nothing; the loading options are given once, at the top
+    cfg = parse_config(qs.QuickstartConfig, ["policy=p", "label.heldout_fraction=0.2", "revision=main"])
+    assert cfg.label_config().revision == cfg.train_config("implicit", Path("o"), 0).revision == "main"
+    assert cfg.label_config().heldout_fraction == cfg.train.heldout_fraction
+    assert cli.main(["quickstart", "policy=p", "collect.out=/elsewhere"]) == 2  # one line, exit 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "collect.out is set by the quickstart" in err[0]
+    from prefixvalue.config import format_help
+
+    assert "collect.*  collection options (out, model are set here)" in format_help(qs.QuickstartConfig)

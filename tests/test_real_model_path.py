@@ -123,7 +123,7 @@ def _cfg(args):
 
 
 def test_a_vocabulary_mismatch_is_one_clear_line(tmp_path, chat_dir):
-    from prefixvalue.loading import check_vocabulary
+    from prefixvalue.policies import check_vocabulary
     from prefixvalue.tokenizer import build_char_tokenizer
 
     ds = _collect(chat_dir, tmp_path / "t")

@@ -64,7 +64,7 @@ class TokenSpans(HTMLParser):
 def _result(tokenizer, **kw):
     traces, labels = make_tiny_eval(tokenizer, n_prompts=3)
     cfg = ev.EvaluateConfig(n_bootstrap=20, noise_ceiling_repeats=5, **kw)
-    return traces, evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"), config=cfg)
+    return traces, evaluate_prefixes(traces, labels, value_model=FakeValueModel("x"), options=cfg)
 
 
 def test_heatmap_one_coloured_element_per_token(tiny_tokenizer):

@@ -10,15 +10,9 @@ import math
 import pytest
 import torch
 
-from prefixvalue.sampling.sampler import (
-    BranchRequest,
-    HFSampler,
-    SamplingParams,
-    counter_uniform,
-    filter_logits,
-    row_seed,
-    sample_tokens,
-)
+from prefixvalue.sampling.hf import HFSampler
+from prefixvalue.sampling.noise import counter_uniform, filter_logits, row_seed, sample_tokens
+from prefixvalue.sampling.sampler import BranchRequest, SamplingParams
 
 PROMPTS = ["Q:1+2=", "Q:3+5*2-7=", "Q:9=", "Q:4*4-1+2+3="]
 
@@ -56,7 +50,7 @@ def test_branch_cache_equals_forward_of_reencoded_prefix(tiny_model, tiny_tokeni
         assert torch.allclose(state.logits, ref1, atol=1e-5)
         nxt = torch.full((len(reqs), 1), 7)
         mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
-        step2, _ = sampler._forward(nxt, mask, state.pos[:, None], cache)
+        step2, _ = sampler.lm.forward(nxt, mask, state.pos[:, None], cache)
         ref2 = torch.stack([tiny_model(torch.tensor([seqs[r.seq][: r.cut] + [7]])).logits[0, -1] for r in reqs])
     assert torch.allclose(step2[:, -1], ref2, atol=1e-5)
 
@@ -246,7 +240,7 @@ def test_trie_shares_forwards_and_survives_dropping_node_logits(tiny_tokenizer, 
     far fewer decode tokens than it samples. Dropping node logits when the table is full (forced
     here) recomputes them and changes no sample."""
     from prefixvalue.policies import load_policy
-    from prefixvalue.sampling import sampler as sampler_mod
+    from prefixvalue.sampling import trie as sampler_mod
 
     model, tok = load_policy("data/policies/arith-tiny", "float32", "cpu")
     seq = tok("Q:3+5*2-7=3+5=8;8*2=16;16-7=9;A:9", add_special_tokens=False)["input_ids"] + [1]
@@ -263,7 +257,7 @@ def test_trie_shares_forwards_and_survives_dropping_node_logits(tiny_tokenizer, 
 
 
 def test_models_the_trie_cannot_serve_take_the_plain_path(tiny_gpt2, tiny_tokenizer, monkeypatch):
-    from prefixvalue.sampling import sampler as sampler_mod
+    from prefixvalue.sampling import hf as sampler_mod
     from prefixvalue.sampling import tree
 
     seqs = enc(tiny_tokenizer, ["Q:1+2=1+2=3;A:3"])

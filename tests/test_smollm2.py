@@ -51,7 +51,7 @@ def run_dir(tmp_path_factory) -> Path:
     ]
     assert (
         cli.main(
-            ["collect", *task, f"model={gguf}", f"system_prompt={SYSTEM}", "num_prompts=10", "samples=2"]
+            ["collect", *task, f"model={gguf}", f"system_prompt={SYSTEM}", "num_prompts=10", "traces_per_prompt=2"]
             + ["max_new_tokens=24", "seed=0", f"out={out / 'traces'}", "progress=false"]
         )
         == 0

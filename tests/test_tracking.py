@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from prefixvalue import training as train
 from prefixvalue.config import parse_config
-from prefixvalue.stages import train
 from prefixvalue.tracking import WANDB_ID_FILE, WandbConfig, build_logger
 
 from conftest import make_tiny_gpt2

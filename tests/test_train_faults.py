@@ -19,9 +19,10 @@ from safetensors.torch import load_file
 from test_train_recipe import RECIPE, _args
 
 from prefixvalue import cli
+from prefixvalue import training as train_stage
 from prefixvalue.config import ConfigError, parse_config, save_resolved_config
 from prefixvalue.stages import evaluate as evaluate_stage
-from prefixvalue.stages import train as train_stage
+from prefixvalue.stages import train as train_command
 
 tiny_setup = test_train_recipe.tiny_setup  # the recipe tests' fixture: a tiny GPT-2 policy and 24 traces
 
@@ -133,7 +134,7 @@ def test_two_trainings_cannot_share_a_folder(tiny_setup, tmp_path, capsys):
         rc, err = _cli_train(_args(policy, traces, out, max_steps=1), capsys)
     assert rc == 2
     (line,) = _error_lines(err)
-    assert "in use by another training" in line and not (out / "metrics.jsonl").exists()
+    assert "in use by another run" in line and not (out / "metrics.jsonl").exists()
     rc, err = _cli_train(_args(policy, traces, out, max_steps=1), capsys)  # released: the folder is free
     assert rc == 0, err
 
@@ -142,7 +143,7 @@ def test_two_trainings_cannot_share_a_folder(tiny_setup, tmp_path, capsys):
 def test_checkpoint_holds_json_state_and_safetensors(tiny_setup, tmp_path):
     policy, traces = tiny_setup
     out = tmp_path / "run"
-    assert train_stage.main(_args(policy, traces, out, max_steps=3, checkpoint_every=1)) == 0
+    assert train_command.main(_args(policy, traces, out, max_steps=3, checkpoint_every=1)) == 0
     ckpt = out / "checkpoints" / "step_2"
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state == {"step": 2, "samples_seen": 8, "skipped_nonfinite": 0}
@@ -206,10 +207,10 @@ def test_evaluate_refuses_another_evaluations_folder_unless_overwrite(tmp_path):
     assert (out / "metrics.json").exists()
     evaluate_stage.prepare_out(_eval_cfg(out, seed=2, overwrite=True), out)
     assert not any((out / n).exists() for n in ("metrics.json", "metrics.jsonl", "report.md", "scatter.png"))
-    # the same config rerun replaces its own outputs (none appended to)
+    # the same config rerun (the folder now holds seed=2's run) replaces its own outputs (none appended to)
     (out / "metrics.json").write_text("{}\n")
     (out / "metrics.jsonl").write_text("{}\n")
-    evaluate_stage.prepare_out(_eval_cfg(out, seed=1, report_to="none"), out)
+    evaluate_stage.prepare_out(_eval_cfg(out, seed=2, report_to="none"), out)
     assert not (out / "metrics.jsonl").exists()
     # through the CLI: one line, exit 2, before any model is loaded
     (out / "metrics.json").write_text("{}\n")

@@ -18,15 +18,17 @@ import pytest
 import torch
 from test_mc import TABLE, markov_gpt2
 
-from prefixvalue.config import parse_config
+from prefixvalue import training as train_stage
+from prefixvalue.config import ConfigError, parse_config
 from prefixvalue.data import rows_to_dataset
+from prefixvalue.sampling.hf import HFSampler
 from prefixvalue.sampling.mc import MCLabeller, TraceRef
 from prefixvalue.sampling.positions import positions
-from prefixvalue.sampling.sampler import HFSampler, SamplingParams
-from prefixvalue.stages import train as train_stage
+from prefixvalue.sampling.sampler import SamplingParams
 from prefixvalue.tasks.base import Prompt, Task, VerifierResult
 from prefixvalue.tokenizer import build_char_tokenizer
 from prefixvalue.value import load_value_model
+from prefixvalue.value.signals import SIGNALS, build_signal
 from prefixvalue.value.targets import sibling_targets, td_lambda_targets
 
 from test_value_fixtures import _rows
@@ -186,6 +188,30 @@ def test_td_targets_are_lambda_returns():
     assert gl.tolist()[0][:4] == pytest.approx([0.5 * 0.2 + 0.5 * g1_, g1_, 1.0, 1.0])
 
 
+def test_signals_are_a_registry():
+    """`signal` names a class of SIGNALS: the config takes its keys only, and each signal's per-step targets
+    (TD keeps MC labels where given), record and words on the model card come from its class."""
+    assert list(SIGNALS) == ["outcome", "siblings", "td"]
+    with pytest.raises(ConfigError, match="outcome, siblings, td"):
+        train_stage.TrainConfig(traces="x", signal="nope")
+    with pytest.raises(ConfigError, match="labels_only"):
+        train_stage.TrainConfig(traces="x", labels="y", labels_only=True, signal="siblings")
+    td, outcome = build_signal("td", td_lambda=0.0), build_signal("outcome", td_lambda=0.0)
+    assert td.per_step and not outcome.per_step and not build_signal("siblings").per_step
+    batch = {
+        "targets": torch.tensor([[0.3, 0.3, 0.3, 0.3]]),
+        "label_mask": torch.tensor([[False, True, False, False]]),
+        "outcome": torch.tensor([1.0]),
+        "completion_lengths": torch.tensor([3]),
+    }
+    values = torch.tensor([[0.5, 0.2, 0.9, 0.7]])
+    assert td.step_targets(batch, values).tolist()[0] == pytest.approx([0.2, 0.3, 1.0, 1.0])
+    assert outcome.step_targets(batch, values) is batch["targets"]
+    assert td.attach(None)[1] == {"signal": "td", "td_lambda": 0.0}
+    assert SIGNALS["td"].describe({"signal": "td", "td_lambda": 0.5}) == "td (λ = 0.5)"
+    assert SIGNALS["siblings"].describe({"signal": "siblings"}) == "siblings"
+
+
 def test_td_targets_of_exact_values_are_unbiased(toy):
     """Fed the exact values, TD(0) targets average to the exact value of the prefix they belong to
     (Bellman consistency); a bootstrap from the wrong position would not."""
@@ -210,8 +236,13 @@ def test_training_converges_to_exact_values(toy, tmp_path, signal):
     assert _max_error(toy, result["checkpoint"]) < 0.05
 
 
-def test_training_on_mc_labels_converges_to_exact_values(toy, tmp_path):
-    """MC labels (k/n floats from the labeller) of 200 training traces as the only targets."""
+@pytest.mark.parametrize(
+    "n_traces, samples, steps",
+    [pytest.param(200, 32, 600, marks=pytest.mark.slow, id="converges"), pytest.param(20, 4, 3, id="wiring")],
+)
+def test_training_on_mc_labels_converges_to_exact_values(toy, tmp_path, n_traces, samples, steps):
+    """MC labels (k/n floats from the labeller) of 200 training traces as the only targets. The fast `wiring`
+    case (20 traces, 3 steps) checks that only the labelled traces train, not the convergence."""
     tok, policy, traces, rows = toy
     model = markov_gpt2(tok)
     labeller = MCLabeller(
@@ -222,9 +253,9 @@ def test_training_on_mc_labels_converges_to_exact_values(toy, tmp_path):
     )
     refs = [
         TraceRef(r["trace_id"], Prompt(r["prompt_id"], r["prompt"]), tuple(r["prompt_ids"]), tuple(r["completion_ids"]))
-        for r in rows[:200]
+        for r in rows[:n_traces]
     ]
-    est = labeller.uniform(refs, positions("all", [len(t.completion_ids) for t in refs]), samples=32)
+    est = labeller.uniform(refs, positions("all", [len(t.completion_ids) for t in refs]), samples=samples)
     labels = tmp_path / "labels"
     rows_to_dataset(
         [
@@ -241,9 +272,10 @@ def test_training_on_mc_labels_converges_to_exact_values(toy, tmp_path):
         ]
     ).save_to_disk(str(labels))
     assert any(0.0 < e.mean < 1.0 for e in est)  # soft labels, kept as floats
-    result = _train(toy, tmp_path / "mc", labels=labels, labels_only="true")
-    assert result["train_traces"] == 200  # only labelled traces are drawn
-    assert _max_error(toy, result["checkpoint"]) < 0.05
+    result = _train(toy, tmp_path / "mc", labels=labels, labels_only="true", max_steps=steps)
+    assert result["train_traces"] == n_traces  # only labelled traces are drawn
+    if steps == 600:  # the wiring case trains 3 steps: nothing to converge
+        assert _max_error(toy, result["checkpoint"]) < 0.05
 
 
 def test_step_oracle_facts_and_group_means():

@@ -251,6 +251,22 @@ def test_config_rules():
         check_value_config(ValueModelConfig(kind="critic"))
 
 
+def test_what_differs_between_kinds_is_on_the_classes():
+    """Card rows, the token-classification export and the studies' questions are answered by the kind's class."""
+    head, implicit = VALUE_MODELS["head"], VALUE_MODELS["implicit"]
+    assert implicit.uses_beta and implicit.needs_adapter and implicit.counterfactuals
+    assert not (head.uses_beta or head.needs_adapter or head.counterfactuals)
+    assert head.description and implicit.description
+    cfg = ValueModelConfig(kind="implicit")
+    assert implicit.card_rows(cfg) == [("readout, loss", "mean, prefix (margin 5.0)")]
+    assert "adapter" in implicit.export_problem(cfg, 2)
+    assert head.card_rows(ValueModelConfig(kind="head")) == []
+    assert head.export_problem(ValueModelConfig(kind="head")) is None
+    assert head.export_problem(ValueModelConfig(kind="head", head_layer=2), 2) is None  # the last of 2 layers
+    assert "layer 1" in head.export_problem(ValueModelConfig(kind="head", head_layer=1), 2)
+    assert "policy_features" in head.export_problem(ValueModelConfig(kind="head", policy_features=True))
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("backbone, soft", [("lora", 0), ("frozen", 4)], ids=["lora", "soft-prompt"])
 def test_fresh_implicit_model_predicts_one_half(backbone, soft, arch, rows, tiny_tokenizer, tmp_path):

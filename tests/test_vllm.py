@@ -25,7 +25,8 @@ from prefixvalue import cli
 from prefixvalue.config import ConfigError
 from prefixvalue.data import load_labels, load_traces, shards
 from prefixvalue.sampling import backend as backend_mod
-from prefixvalue.sampling.sampler import BranchRequest, SamplingParams, filter_logits
+from prefixvalue.sampling.noise import filter_logits
+from prefixvalue.sampling.sampler import BranchRequest, SamplingParams
 from prefixvalue.stages import collect, label
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def collect_args(out: Path, **kw) -> list[str]:
         "split": "test",
         "model": str(POLICY),
         "num_prompts": 12,
-        "samples": 2,
+        "traces_per_prompt": 2,
         "seed": 0,
         "max_new_tokens": 64,
         "chunk_prompts": 6,
@@ -169,7 +170,7 @@ def test_logprobs_are_the_models_own_under_the_sampling_distribution(vllm_sample
         assert not any(t in vllm_sampler.eos_token_ids for t in g.token_ids[:-1])
         assert (g.finish_reason == "length") == (len(g.token_ids) == 40 and g.finish_reason != "eos")
     if params.temperature == 0:  # greedy: the HF sampler gives the same tokens
-        from prefixvalue.sampling.sampler import HFSampler
+        from prefixvalue.sampling.hf import HFSampler
 
         hf = HFSampler(model, tok).generate(ids, keys, params)
         assert [g.token_ids for g in gens] == [h.token_ids for h in hf]

@@ -33,6 +33,8 @@ _EXPORTS: dict[str, str] = {
     "PromptFormat": "prefixvalue.prompting",
     "LoadOptions": "prefixvalue.loading",
     "load_policy": "prefixvalue.policies",
+    "evaluate": "prefixvalue.evaluation.evaluator",
+    "ScoringOptions": "prefixvalue.evaluation.options",
     "ConfigError": "prefixvalue.config",
 }
 

@@ -1,6 +1,6 @@
 """The ``prefixvalue`` command: one sub-command per pipeline stage.
 
-    prefixvalue collect  task=arith model=data/policies/arith-tiny num_prompts=64 samples=8 out=runs/traces
+    prefixvalue collect  task=arith model=data/policies/arith-tiny num_prompts=64 traces_per_prompt=8 out=runs/traces
     prefixvalue label    traces=runs/traces model=data/policies/arith-tiny positions=steps samples=16 out=runs/labels
     prefixvalue train    --config recipes/configs/arith-tiny.yaml traces=runs/traces output_dir=runs/train
     prefixvalue evaluate checkpoint=runs/train/final traces=runs/traces labels=runs/labels out=runs/eval
@@ -17,6 +17,7 @@ Each sub-command takes ``--config FILE.yaml`` and ``key=value`` overrides; ``--h
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -36,8 +37,14 @@ COMMANDS: dict[str, str] = {
     "push-model": "prefixvalue.tools.push_model",
 }
 
+#: file-system errors a command reports in one line, exit 2 (no traceback): a full or read-only disk, a
+#: folder it may not write
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT})
+
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``prefixvalue COMMAND ...``; returns the exit status: 0, or 2 for a refused configuration or
+    folder (one line on stderr, `prefixvalue.config.ConfigError`) and for a full, read-only or forbidden disk."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -60,13 +67,17 @@ def main(argv: list[str] | None = None) -> int:
 
     module = importlib.import_module(COMMANDS[cmd])
     try:
-        rc = module.main(rest)
+        return int(module.main(rest))  # every command's main returns its exit status
     except ConfigError as exc:
         msg = str(exc).removeprefix(f"{cmd}: ")  # stages name themselves in their messages
         print(f"prefixvalue {cmd}: {msg}", file=sys.stderr)
         return 2
-    # a stage main returns its exit status (or, for Python callers, its summary dict)
-    return rc if isinstance(rc, int) else 0
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"prefixvalue {cmd}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ A config is a typed dataclass whose fields carry ``metadata={"help": ...}``. `pa
 from an optional YAML file (``--config FILE``) and then from ``key=value`` (or ``--key=value``)
 overrides; nested dataclass fields are reached with dotted keys (``value_model.beta=5``). Unknown
 keys are rejected with the closest valid name suggested; validation lives in each dataclass's
-``__post_init__``. ``--help`` is generated from the field help texts.
+``__post_init__``. ``--help`` is generated from the field help texts. A renamed option keeps its old
+name for one release as a refused alias (``field(..., renamed_from="samples")``): the old key, on the
+command line or in YAML, is an error that names the new key.
 
 A command-line value is read by the type of the field it sets: a text field takes the text as
 written (``'{prompt}'`` and ``yes`` stay those characters), numbers and booleans are parsed, a list
@@ -81,6 +83,7 @@ def field(
     default_factory: Any = dataclasses.MISSING,
     escapes: bool = False,
     configs: Callable[[], dict[str, type]] | None = None,
+    renamed_from: str | None = None,
 ) -> Any:
     """`dataclasses.field` with a required help text (shown by ``--help``).
 
@@ -88,12 +91,16 @@ def field(
     `unescape` (templates, separators, stop strings; never paths). `configs`: for a `RawMapping`
     field typed later by a component, a function returning ``{name: config dataclass}`` of the
     choices (``task_args``: each registered task's config); ``--help`` lists their options.
+    `renamed_from`: the option's name before a rename, kept for one release as a refused alias: giving
+    it is a ConfigError naming this field (`renamed_key_error`), never a silent synonym.
     """
     metadata: dict[str, Any] = {"help": help}
     if escapes:
         metadata["escapes"] = True
     if configs is not None:
         metadata["configs"] = configs
+    if renamed_from is not None:
+        metadata["renamed_from"] = renamed_from
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -216,6 +223,29 @@ def unknown_key_error(key: str, valid: list[str], where: str) -> ConfigError:
     )
 
 
+def renamed_key_error(
+    key: str, value: Any, fields: dict[str, dataclasses.Field[Any]], prefix: str = ""
+) -> ConfigError | None:
+    """The ConfigError for `key`, the old name of a renamed field among `fields` (a field declared with
+    ``renamed_from=key``), given `value`; None when `key` is no old name. One line: the new key, what it
+    means (its help text up to the first parenthesis or semicolon) and how to write it (``new=VALUE`` for a
+    command-line value, the key to rename otherwise: YAML, or a caller's mapping)."""
+    for name, f in fields.items():
+        if f.metadata.get("renamed_from") != key:
+            continue
+        meaning = re.split(r" \(|; ", str(f.metadata.get("help", "")), maxsplit=1)[0].strip()
+        what = f" ({meaning})" if meaning else ""
+        use = f"use {prefix}{name}={value}" if isinstance(value, _Text) else f"rename the key to {name}"
+        return ConfigError(f"{prefix}{key} is now {prefix}{name}{what}; {use}")
+    return None
+
+
+def _key_error(key: str, value: Any, fields: dict[str, dataclasses.Field[Any]], prefix: str, where: str) -> ConfigError:
+    """The ConfigError for a key that is no field: a renamed option's old name, else an unknown key."""
+    renamed = renamed_key_error(key, value, fields, prefix)
+    return renamed or unknown_key_error(prefix + key, [prefix + n for n in fields], where)
+
+
 def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a mapping (YAML or command-line values, dotted-key `prefix` for
     messages): values read by the field types, unknown keys rejected, ConfigError on any problem."""
@@ -224,7 +254,7 @@ def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in fields:
-            raise unknown_key_error(prefix + key, [prefix + n for n in fields], cls.__name__)
+            raise _key_error(key, value, fields, prefix, cls.__name__)
         default_factory = fields[key].default_factory
         if _is_dataclass_type(hints[key]) and isinstance(value, dict) and default_factory is not dataclasses.MISSING:
             # a nested config given in part keeps the other values of its field's default, not of its class
@@ -247,7 +277,7 @@ def coerce_fields(cls: type, values: dict[str, Any], prefix: str = "") -> dict[s
     out: dict[str, Any] = {}
     for key, value in values.items():
         if key not in fields:
-            raise unknown_key_error(prefix + key, [prefix + n for n in fields], cls.__name__)
+            raise _key_error(key, value, fields, prefix, cls.__name__)
         out[key] = _coerce(value, hints[key], prefix + key, bool(fields[key].metadata.get("escapes")))
     return out
 
@@ -301,6 +331,8 @@ def format_help(cls: type, prog: str | None = None, prefix: str = "") -> str:
         tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
         lines.append(f"  {prefix}{f.name} ({tname}, default: {default!r})")
         note = f" ({_ESCAPES_NOTE})" if f.metadata.get("escapes") else ""
+        if f.metadata.get("renamed_from"):
+            note += f" (formerly {prefix}{f.metadata['renamed_from']}, now refused)"
         lines.append(f"      {f.metadata.get('help', '')}{note}")
     if not prefix:
         lines += _configs_help(cls)

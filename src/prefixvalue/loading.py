@@ -1,7 +1,8 @@
 """Model loading options shared by every stage, and which policy a stage uses for a traces dataset.
 
-Light on purpose (no torch import), so stage configs can inherit `ModelLoadConfig` and still parse
-``--help`` quickly; the loaders themselves are in `prefixvalue.policies`.
+Light on purpose (no torch or datasets import), so stage configs can inherit `ModelLoadConfig` and still
+parse ``--help`` quickly; the loaders themselves, and `check_vocabulary` (a tokenizer against traces), are
+in `prefixvalue.policies`.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def looks_like_path(name: str) -> bool:
     return len(parts) > 2 or (len(parts) > 1 and Path(parts[0]).exists())
 
 
-def _same_model(a: str, b: str) -> bool:
+def same_model(a: str, b: str) -> bool:
     """Whether two model names denote the same model: equal text, or local paths to the same place."""
     if a == b:
         return True
@@ -131,7 +132,7 @@ def traces_policy(
         if not recorded:
             raise ConfigError(f"{stage}: the traces record no model; pass the policy that wrote them")
         return str(recorded), options.with_recorded(load)
-    if recorded and not _same_model(str(given), str(recorded)):
+    if recorded and not same_model(str(given), str(recorded)):
         if not allow_other:
             raise ConfigError(
                 f"{stage}: policy {given!r} is not the model that wrote the traces ({recorded!r}); leave the "
@@ -141,41 +142,12 @@ def traces_policy(
     return str(given), options.with_recorded(load)
 
 
-def check_vocabulary(tokenizer: Any, traces: Any, stage: str, vocab_size: int | None = None, probe: int = 8) -> None:
-    """ConfigError, in one line, unless `tokenizer` (and a model of `vocab_size` logits) can read the traces'
-    token ids: every id in ``[0, vocabulary size)`` (the message names the trace and field), and the first
-    `probe` completions decode to their recorded text. The id check is vectorised (16k traces: ms)."""
-    from .data import token_id_range  # heavy (datasets); only stages with a model loaded get here
-
-    limit = min(len(tokenizer), vocab_size) if vocab_size else len(tokenizer)
-    for col in ("prompt_ids", "completion_ids"):
-        low, low_row, top, top_row = token_id_range(traces, col)
-        if low < 0:
-            raise ConfigError(
-                f"{stage}: trace {traces[low_row]['trace_id']!r} (row {low_row}) holds token id {low} in {col}: "
-                "token ids cannot be negative (are the traces corrupt?)"
-            )
-        if top >= limit:
-            raise ConfigError(
-                f"{stage}: trace {traces[top_row]['trace_id']!r} (row {top_row}) holds token id {top} in {col} but "
-                f"the policy's vocabulary has {limit} tokens: the vocabularies disagree (were the traces written by "
-                "another model?)"
-            )
-    for row in traces.select(range(min(probe, len(traces)))):
-        text = tokenizer.decode(list(row["completion_ids"]), skip_special_tokens=True)
-        if text != row["completion"]:
-            raise ConfigError(
-                f"{stage}: trace {row['trace_id']!r} decodes to {text[:40]!r}, not its recorded completion "
-                f"{row['completion'][:40]!r}: the policy's tokenizer is not the one that wrote the traces"
-            )
-
-
 __all__ = [
     "RECORDED_LOAD_OPTIONS",
     "LoadOptions",
     "ModelLoadConfig",
-    "check_vocabulary",
     "looks_like_path",
     "resolve_model_path",
+    "same_model",
     "traces_policy",
 ]

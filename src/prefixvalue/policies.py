@@ -3,7 +3,8 @@
 Every stage that loads a model takes the same loading options (`prefixvalue.loading.ModelLoadConfig`:
 revision, trust_remote_code, attn_implementation, device_map, gguf_file) and records the portable ones
 in what it writes, so the next stage loads the same weights. `trust_remote_code` is never recorded as a
-default: each stage must be asked for it on its own command line.
+default: each stage must be asked for it on its own command line. `check_vocabulary` says, in one line,
+when a loaded tokenizer cannot read a traces dataset's token ids.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .config import ConfigError
+from .data import token_id_range
 from .loading import (
     RECORDED_LOAD_OPTIONS,
     LoadOptions,
     ModelLoadConfig,
-    check_vocabulary,
     resolve_model_path,
     traces_policy,
 )
@@ -117,6 +118,33 @@ def load_policy(
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
     return model, tok
+
+
+def check_vocabulary(tokenizer: Any, traces: Any, stage: str, vocab_size: int | None = None, probe: int = 8) -> None:
+    """ConfigError, in one line, unless `tokenizer` (and a model of `vocab_size` logits) can read the traces'
+    token ids: every id in ``[0, vocabulary size)`` (the message names the trace and field), and the first
+    `probe` completions decode to their recorded text. The id check is vectorised (16k traces: ms)."""
+    limit = min(len(tokenizer), vocab_size) if vocab_size else len(tokenizer)
+    for col in ("prompt_ids", "completion_ids"):
+        low, low_row, top, top_row = token_id_range(traces, col)
+        if low < 0:
+            raise ConfigError(
+                f"{stage}: trace {traces[low_row]['trace_id']!r} (row {low_row}) holds token id {low} in {col}: "
+                "token ids cannot be negative (are the traces corrupt?)"
+            )
+        if top >= limit:
+            raise ConfigError(
+                f"{stage}: trace {traces[top_row]['trace_id']!r} (row {top_row}) holds token id {top} in {col} but "
+                f"the policy's vocabulary has {limit} tokens: the vocabularies disagree (were the traces written by "
+                "another model?)"
+            )
+    for row in traces.select(range(min(probe, len(traces)))):
+        text = tokenizer.decode(list(row["completion_ids"]), skip_special_tokens=True)
+        if text != row["completion"]:
+            raise ConfigError(
+                f"{stage}: trace {row['trace_id']!r} decodes to {text[:40]!r}, not its recorded completion "
+                f"{row['completion'][:40]!r}: the policy's tokenizer is not the one that wrote the traces"
+            )
 
 
 __all__ = [

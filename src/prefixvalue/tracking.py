@@ -8,6 +8,8 @@ entity and group default to ``WANDB_PROJECT``, ``WANDB_ENTITY`` and ``WANDB_RUN_
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -15,13 +17,16 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from .config import field
+
+T = TypeVar("T")
 
 #: wandb project when neither ``wandb.project`` nor ``WANDB_PROJECT`` names one
 DEFAULT_PROJECT = "prefixvalue"
@@ -120,6 +125,24 @@ class DiskLogger:
         pass
 
 
+def logged_rows(path: str | Path) -> list[tuple[str, dict[str, Any] | None]]:
+    """``(line, row)`` for every line of a JSON-lines log this package appends (`DiskLogger`'s
+    ``metrics.jsonl``): `row` is the line's JSON object, None for a line that is not one (a line a kill cut
+    off); [] when the file is absent. A log is read leniently; a JSON-lines file the user gives is read by
+    `prefixvalue.jsonlines.jsonl_records`, which refuses a bad line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows: list[tuple[str, dict[str, Any] | None]] = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        rows.append((line, row if isinstance(row, dict) else None))
+    return rows
+
+
 def truncate_metrics(out_dir: str | Path, step: int, name: str = "metrics.jsonl") -> int:
     """Keep only the rows of ``out_dir/name`` logged at ``step`` or before (what a run resumed from
     the checkpoint at `step` logs again is dropped, and a line cut off by a kill with it); rewritten
@@ -128,12 +151,8 @@ def truncate_metrics(out_dir: str | Path, step: int, name: str = "metrics.jsonl"
     if not path.exists():
         return 0
     kept, dropped = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+    for line, row in logged_rows(path):
+        if row is not None and isinstance(row.get("step"), int) and row["step"] <= step:
             kept.append(line)
         else:
             dropped += 1
@@ -243,10 +262,17 @@ def _artifact_name(name: str) -> str:
 
 
 class MultiLogger:
-    """Fans every call out to several loggers."""
+    """Fans every call out to several loggers; as a context manager (``with build_logger(...) as logger:``)
+    it finishes them when the block ends, also on an error."""
 
     def __init__(self, loggers: list[Logger]) -> None:
         self.loggers = loggers
+
+    def __enter__(self) -> MultiLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         for lg in self.loggers:
@@ -316,6 +342,42 @@ def build_logger(
 
 
 # ------------------------------------------------------------------------- benchmark results file
+@contextlib.contextmanager
+def timed(seconds: dict[str, float], name: str, command: str = "quickstart") -> Iterator[None]:
+    """Run the block as stage `name` of `command`: its start and its wall-clock seconds are printed, and the
+    seconds (rounded to 0.1) stored in ``seconds[name]``; a block that raises stores nothing."""
+    print(f"\n== {command}: {name}", flush=True)
+    t = time.perf_counter()
+    yield
+    seconds[name] = round(time.perf_counter() - t, 1)
+    print(f"== {name}: {seconds[name]:.1f} s", flush=True)
+
+
+#: file in a run folder holding the wandb group shared by the runs a command starts (kept for a rerun)
+WANDB_GROUP_FILE = "wandb_group"
+
+
+def with_wandb_group(cfg: T, out: Path, sections: Sequence[str] = ("evaluate", "train"), name: str = "quickstart") -> T:
+    """`cfg` with one wandb group for the runs of its nested configs `sections` (each with a ``wandb``
+    `WandbConfig`): the first of their ``wandb.group`` that is set, else $WANDB_RUN_GROUP, else
+    ``<name>-<folder>-<id>``, made once and kept in ``out/wandb_group`` so that a resumed command logs
+    into the same group. Returns a copy; `cfg` is left as it is."""
+    import secrets
+
+    group = next((getattr(cfg, s).wandb.group for s in sections if getattr(cfg, s).wandb.group), None)
+    group = group or os.environ.get("WANDB_RUN_GROUP")
+    path = Path(out) / WANDB_GROUP_FILE
+    if not group:
+        group = path.read_text().strip() if path.exists() else ""
+        group = group or f"{name}-{Path(out).resolve().name}-{secrets.token_hex(3)}"
+        path.write_text(group + "\n")
+    grouped = {
+        s: dataclasses.replace(getattr(cfg, s), wandb=dataclasses.replace(getattr(cfg, s).wandb, group=group))
+        for s in sections
+    }
+    return dataclasses.replace(cfg, **grouped)
+
+
 def machine_info() -> dict[str, Any]:
     """What a figure was measured on (platform, Python, torch, cores, threads, GPU)."""
     import torch

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from ..config import ConfigError
+from ..jsonlines import jsonl_records
 from ..tasks.base import first_error
-from ..tasks.jsonl import jsonl_records
 from . import DataFormatError
 
 #: the step tag of Math-Shepherd's ``input`` text (Cyrillic "ки"), written after every step

@@ -3,8 +3,10 @@
 A stage cuts its work into fixed shards. Process r of W takes shards r, r+W, ..; each finished shard
 is written atomically under ``OUT/shards/`` (temp folder, then rename), so a rerun with the same
 arguments skips it. ``OUT/run.json`` records the arguments that fix the shards, and a rerun with
-different ones is refused. Once every shard exists the main process merges them, in order, into
-the dataset at OUT. `run_sharded_stage` is the whole scaffolding; the rest are its parts.
+different ones is refused; OUT itself is claimed through the run-folder contract (`prefixvalue.runfolder`:
+another command's run or a file no run of the stage wrote is refused, one run at a time). Once every
+shard exists the main process merges them, in order, into the dataset at OUT. `run_sharded_stage` is the
+whole scaffolding; the rest are its parts.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 
 import datasets
 
+from .. import runfolder
 from ..config import ConfigError, save_resolved_config
-from ..loading import _same_model
+from ..loading import same_model
 
 #: manifest keys whose change has a cause worth naming in the refusal (a stage's manifest may hold them)
 MANIFEST_NOTES: dict[str, str] = {
@@ -32,6 +35,18 @@ MANIFEST_NOTES: dict[str, str] = {
 STALE_PATTERNS: tuple[str, ...] = ("shards/.tmp-shard-*", ".merge-*", ".run-*.json")
 #: a temp folder touched within this many seconds before a run started may belong to a concurrent writer
 STALE_GRACE_S = 60.0
+#: the top-level names a sharded stage writes into OUT (a stage adds its own, e.g. collect's summary.json):
+#: the run-folder contract's outputs (`prefixvalue.runfolder`), what a rerun may find there
+SHARDED_OUTPUTS: tuple[str, ...] = (
+    runfolder.CONFIG_FILE,
+    "run.json",
+    "shards",
+    "data-*.arrow",
+    "dataset_info.json",
+    "state.json",
+    ".merge-*",
+    ".run-*.json",
+)
 
 #: a shard's work: ``work(index, progress_bar) -> (rows, extra)``; `extra` goes to the shard's done.json.
 #: The work advances the bar as it goes (per decoded batch), by the shard's size in bar units in all
@@ -105,7 +120,7 @@ def _same_value(key: str, a: Any, b: Any) -> bool:
     """Whether manifest entries agree; model paths compare after resolving (``./m`` and ``m`` are one model)."""
     if a == b:
         return True
-    return key == "model" and isinstance(a, str) and isinstance(b, str) and _same_model(a, b)
+    return key == "model" and isinstance(a, str) and isinstance(b, str) and same_model(a, b)
 
 
 def check_manifest(out: Path, manifest: dict[str, Any], write: bool = True) -> None:
@@ -113,12 +128,14 @@ def check_manifest(out: Path, manifest: dict[str, Any], write: bool = True) -> N
     match a previous run.
 
     Raises ConfigError when OUT holds shards of a different run (resuming it would mix two runs); the
-    message names the differing keys and, for those in `MANIFEST_NOTES`, why they differ.
+    message names the differing keys (dotted inside a mapping: ``sampling.seed``) and, for those in
+    `MANIFEST_NOTES`, why they differ.
     """
     path = out / "run.json"
     if path.exists():
         old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(manifest) if not _same_value(k, old.get(k), manifest.get(k)))
+        # dotted keys inside mappings (``sampling.seed``), so the message names the option that changed
+        diff = [k for k, _, _ in runfolder.config_differences(old, manifest, rerun_keys=(), equal=_same_value)]
         if diff:
             why = "; ".join(MANIFEST_NOTES[k] for k in diff if k in MANIFEST_NOTES)
             raise ConfigError(
@@ -218,29 +235,43 @@ def run_sharded_stage(
     setup: Callable[[Any], ShardWork],
     features: datasets.Features,
     *,
+    command: str,
+    outputs: tuple[str, ...] = (),
     desc: str,
     unit: str,
     progress: bool,
 ) -> datasets.Dataset | None:
     """The scaffolding of a sharded stage, from the resume check to the merged dataset.
 
-    The main process removes stale temp folders of killed runs (`clean_stale_temp`), checks the run
-    manifest, runs its `setup`, and only then records the manifest and saves the resolved `cfg` (so a run
-    whose model does not load leaves no manifest to refuse the corrected command); the other processes
-    check the manifest once it exists. `setup(device)` (load the model, check the inputs against it, build
-    the worker) runs only when this process has unfinished shards and returns ``work(i, bar)``; `shard_items(i)`
-    is shard i's size in progress-bar units, by which ``work(i, bar)`` advances the bar as it goes (a
-    work that knows only a bound lowers ``bar.total`` by what it did not use). Returns the merged dataset on the main process (which
-    then writes the stage's summary), None on the others.
+    The main process checks the run manifest (``run.json``: a different run is refused, naming the keys),
+    claims OUT for `command` (`prefixvalue.runfolder.claim`: another command's run or a file no run of
+    `command` wrote is refused; `outputs` are the stage's own files beside `SHARDED_OUTPUTS`; the stage
+    releases the claim with ``runfolder.finish(out)`` once it has written its summary), removes stale temp
+    folders of killed runs (`clean_stale_temp`), runs its `setup`, and only then records the manifest and
+    saves the resolved `cfg` (so a run whose model does not load leaves no manifest to refuse the corrected
+    command); the other processes check the manifest once it exists. `setup(device)` (load the model, check
+    the inputs against it, build the worker) runs only when this process has unfinished shards and returns
+    ``work(i, bar)``; `shard_items(i)` is shard i's size in progress-bar units, by which ``work(i, bar)``
+    advances the bar as it goes (a work that knows only a bound lowers ``bar.total`` by what it did not
+    use). Returns the merged dataset on the main process (which then writes the stage's summary), None on
+    the others.
     """
     started = time.time()
     rank, world, state = dist_info()
     todo = [i for i in range(num_shards) if i % world == rank and not shard_done(out, i)]
     work = None
     if rank == 0:
-        if out.is_dir():
-            clean_stale_temp(out, started)
         check_manifest(out, manifest, write=False)  # refuse a different run before loading anything
+        runfolder.claim(
+            out,
+            command,
+            manifest,
+            outputs=(*SHARDED_OUTPUTS, *outputs),
+            equal=_same_value,
+            config_file="run.json",
+            notes=MANIFEST_NOTES,
+        )
+        clean_stale_temp(out, started)
         work = setup(state.device) if todo else None
         check_manifest(out, manifest)
         save_resolved_config(cfg, out)
@@ -263,6 +294,7 @@ def run_sharded_stage(
 
 
 __all__ = [
+    "SHARDED_OUTPUTS",
     "ShardWork",
     "check_manifest",
     "clean_stale_temp",

@@ -19,7 +19,6 @@ Actions come from a JSON-lines file (`read_action_states`) or from the task: for
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Sequence
@@ -32,6 +31,8 @@ import torch
 
 from ..config import ConfigError
 from ..data.collate import collated_batches
+from ..formatting import fixed, interval
+from ..jsonlines import jsonl_records
 from ..sampling.mc import MCLabeller, PrefixEstimate, TraceRef
 from ..tasks.arith import ArithTask
 from ..tasks.base import Prompt
@@ -66,48 +67,41 @@ class ActionState:
 def read_action_states(path: str | Path) -> list[ActionState]:
     """States from a JSON-lines file, one object per line:
     ``{"prompt": str, "actions": [str, ...], "prefix"?: str, "state_id"?: str, "prompt_id"?: str,
-    "answer"?: str, "kind"?: str}``. ConfigError naming file:line for a malformed line."""
+    "answer"?: str, "kind"?: str}``, read by `prefixvalue.jsonlines.jsonl_records`. ConfigError naming the file
+    and line (``FILE, line N``) for a malformed line."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"actions: file not found: {p}")
     states: list[ActionState] = []
     seen: set[str] = set()
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{p}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{where}: not JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise ConfigError(f"{where}: expected a JSON object")
-            prompt, actions = obj.get("prompt"), obj.get("actions")
-            if not isinstance(prompt, str) or not prompt:
-                raise ConfigError(f"{where}: 'prompt' must be a non-empty string")
-            if not isinstance(actions, list) or len(actions) < 2 or not all(isinstance(a, str) and a for a in actions):
-                raise ConfigError(f"{where}: 'actions' must be a list of at least 2 non-empty strings")
-            if len(set(actions)) != len(actions):
-                raise ConfigError(f"{where}: 'actions' holds the same string twice")
-            prefix = obj.get("prefix", "")
-            if not isinstance(prefix, str):
-                raise ConfigError(f"{where}: 'prefix' must be a string")
-            sid = str(obj.get("state_id", f"{p.stem}-{lineno}"))
-            if sid in seen:
-                raise ConfigError(f"{where}: duplicate state_id {sid!r}")
-            seen.add(sid)
-            answer = obj.get("answer")
-            pid = str(obj.get("prompt_id", sid))
-            states.append(
-                ActionState(
-                    sid,
-                    Prompt(pid, prompt, None if answer is None else str(answer)),
-                    prefix,
-                    list(actions),
-                    str(obj.get("kind", "user")),
-                )
+    for lineno, where, obj in jsonl_records(p, ConfigError):
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{where}: expected a JSON object")
+        prompt, actions = obj.get("prompt"), obj.get("actions")
+        if not isinstance(prompt, str) or not prompt:
+            raise ConfigError(f"{where}: 'prompt' must be a non-empty string")
+        if not isinstance(actions, list) or len(actions) < 2 or not all(isinstance(a, str) and a for a in actions):
+            raise ConfigError(f"{where}: 'actions' must be a list of at least 2 non-empty strings")
+        if len(set(actions)) != len(actions):
+            raise ConfigError(f"{where}: 'actions' holds the same string twice")
+        prefix = obj.get("prefix", "")
+        if not isinstance(prefix, str):
+            raise ConfigError(f"{where}: 'prefix' must be a string")
+        sid = str(obj.get("state_id", f"{p.stem}-{lineno}"))
+        if sid in seen:
+            raise ConfigError(f"{where}: duplicate state_id {sid!r}")
+        seen.add(sid)
+        answer = obj.get("answer")
+        pid = str(obj.get("prompt_id", sid))
+        states.append(
+            ActionState(
+                sid,
+                Prompt(pid, prompt, None if answer is None else str(answer)),
+                prefix,
+                list(actions),
+                str(obj.get("kind", "user")),
             )
+        )
     if not states:
         raise ConfigError(f"actions: {p} holds no states")
     return states
@@ -414,11 +408,11 @@ def plot_action_states(
 
 
 def _f(v: Any, d: int = 3) -> str:
-    return "–" if v is None else f"{v:.{d}f}"
+    return fixed(v, d, none="–")  # a missing number in this section: an en dash
 
 
 def _ci(ci: Any, d: int = 2) -> str:
-    return "" if not ci else f" [{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
+    return interval(ci, d, missing="", sep=" ")
 
 
 def render_actions_section(metrics: dict[str, Any], plot: str | None) -> str:

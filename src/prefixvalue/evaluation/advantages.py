@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..data.collate import collated_batches
+from ..formatting import fixed, interval
 from ..sampling.mc import MCLabeller, TraceRef
 from ..tasks.base import safe_verify
 from ..tracking import jsonable
@@ -184,7 +185,7 @@ def candidate_table(
     table: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in cols.items()}
     for name, model in models.items():
         prefix_vals = model.predict([t.prompt_ids for t in traces], [t.completion_ids for t in traces], batch_size)
-        if getattr(model, "kind", None) == "implicit":
+        if getattr(model, "counterfactuals", False):  # the implicit model: every candidate in one forward pass
             vr = implicit_candidate_values(model, traces, cands, batch_size)
             vals = np.concatenate([v for v, _ in vr])
             ratios = np.concatenate([r for _, r in vr])
@@ -368,11 +369,11 @@ def score_check(
 
 
 def _f(v: Any, d: int = 3) -> str:
-    return "–" if v is None else f"{v:.{d}f}"
+    return fixed(v, d, none="–")  # a missing number in this section: an en dash
 
 
 def _ci(ci: Any, d: int = 2) -> str:
-    return "" if not ci else f" [{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
+    return interval(ci, d, missing="", sep=" ")
 
 
 def render_advantages_section(metrics: dict[str, Any]) -> str:

@@ -1,27 +1,26 @@
 """Analyses of an evaluation: the traces with the largest Monte Carlo value jumps and their forking
-tokens, the short-prefix study (soft and learned values on the first K tokens), and the quality goal.
+tokens, the short-prefix study (soft and learned values on the first K tokens), the seed spread, the
+error-detection diagnosis and the quality goal (`prefixvalue.evaluation.loop` gathers them).
 
-The quickstart reports all three (`prefixvalue.stages.quickstart`); `prefixvalue.evaluation.report`
-renders them.
+The quickstart reports them all (`prefixvalue.stages.quickstart`); `prefixvalue.evaluation.report`
+renders them. Nothing here loads a model or reads a config: the caller passes what was evaluated.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from .estimators import Estimator
+from ..stats import spearman
 from .metrics import SATURATION_SHARE
-from .scoring import EvalResult, evaluate_prefixes
+from .scoring import EvalResult
 
 #: share of the noise ceiling the learned value should reach (the quality goal)
 CEILING_GOAL = 0.8
 #: the one definition of saturated MC labels (`prefixvalue.evaluation.metrics.saturation`), in words
 SATURATION_DEFINITION = f">= {SATURATION_SHARE:.0%} of the prefixes at MC success 0 or at 1"
-
-if TYPE_CHECKING:  # the stage's config; the stage imports this module, not the reverse
-    from ..stages.evaluate import EvaluateConfig
 
 
 #: samples per position when a chosen fork is re-labelled with fresh continuations
@@ -159,29 +158,19 @@ def _corr_summary(m: dict[str, Any]) -> dict[str, Any]:
     return {c: {"value": m[c].get("value"), "ci": m[c].get("ci")} for c in ("spearman", "pearson")}
 
 
-def short_prefix_study(
-    traces: Any,
-    labels: Any,
-    k_max: int,
-    value_model: Any,
-    policy: Any,
-    tokenizer: Any,
-    ecfg: EvaluateConfig,
-    extra: dict[str, Estimator],
-) -> dict[str, Any]:
+def short_prefix_study(labels: Any, k_max: int, score: Callable[[list[dict[str, Any]]], EvalResult]) -> dict[str, Any]:
     """The short-prefix study: for K = 1..k_max, soft and learned values vs MC success on prefixes of
     at most K completion tokens (positions 0..K, one trace per prompt), with bootstrap CIs.
 
-    `ecfg` is the `EvaluateConfig` and `extra` the estimators beside the built-in ones. Returns
-    ``{"short:K": {"n_prefixes", "n_traces", "samples_per_prefix", "label_mean", "label_variance",
-    "saturated", "noise_ceiling_spearman", "estimators": {name: {spearman, pearson}}}}``."""
+    `labels` are the MC labels of the short prefixes (a dataset or rows); `score(rows)` scores every
+    estimator on a subset of them (`prefixvalue.evaluation.evaluator.evaluate` on the study's traces,
+    with the models and options of the main evaluation). Returns ``{"short:K": {"n_prefixes", "n_traces",
+    "samples_per_prefix", "label_mean", "label_variance", "saturated", "noise_ceiling_spearman",
+    "estimators": {name: {spearman, pearson}}}}``."""
     rows = [dict(r) for r in labels]
     out: dict[str, Any] = {}
     for k in range(1, k_max + 1):
-        sub = [r for r in rows if int(r["position"]) <= k]
-        res = evaluate_prefixes(
-            traces, sub, value_model=value_model, policy=policy, tokenizer=tokenizer, config=ecfg, estimators=extra
-        )
+        res = score([r for r in rows if int(r["position"]) <= k])
         mc = res.metrics["mc"]
         out[f"short:{k}"] = {
             "n_prefixes": res.metrics["n_prefixes"],
@@ -203,13 +192,14 @@ def seed_spread(result: EvalResult, models: dict[int, Any], ceiling: float | Non
     its value model, predicted here. Returns per-seed Spearman, their mean, sd and 95% t-interval, and the
     same as a share of the noise ceiling `ceiling`.
     """
-    from scipy.stats import spearmanr
     from scipy.stats import t as student_t
 
     cols = result.prefixes
     y = np.asarray(cols["mc_mean"], dtype=np.float64)
     where = {(t, int(p)): i for i, (t, p) in enumerate(zip(cols["trace_id"], cols["position"]))}
-    per_seed: dict[int, float] = {0: float(spearmanr(np.asarray(cols["learned"], dtype=np.float64), y).statistic)}
+    per_seed: dict[int, float | None] = {}
+    undefined: dict[int, str | None] = {}
+    per_seed[0], undefined[0] = spearman(np.asarray(cols["learned"], dtype=np.float64), y)
     for seed, model in models.items():
         curves = model.predict([t.prompt_ids for t in result.traces], [t.completion_ids for t in result.traces])
         x = np.empty(len(y))
@@ -218,20 +208,21 @@ def seed_spread(result: EvalResult, models: dict[int, Any], ceiling: float | Non
                 i = where.get((t.trace_id, p))
                 if i is not None:
                     x[i] = v
-        per_seed[seed] = float(spearmanr(x, y).statistic)
-    rho = np.array(list(per_seed.values()))
-    out: dict[str, Any] = {"spearman_per_seed": per_seed, "seeds": len(rho), "spearman_mean": float(rho.mean())}
+        per_seed[seed], undefined[seed] = spearman(x, y)
+    rho = np.array([v for v in per_seed.values() if v is not None])  # a seed whose Spearman is undefined: null
+    mean = float(rho.mean()) if len(rho) else None
+    out: dict[str, Any] = {"spearman_per_seed": per_seed, "seeds": len(per_seed), "spearman_mean": mean}
     if len(rho) > 1:
         sd = float(rho.std(ddof=1))
         half = float(student_t.ppf(0.975, len(rho) - 1) * sd / np.sqrt(len(rho)))
         out.update(spearman_sd=sd, spearman_ci=[float(rho.mean() - half), float(rho.mean() + half)])
     if ceiling:
-        out["share_mean"] = out["spearman_mean"] / ceiling
+        out["share_mean"] = mean / ceiling if mean is not None else None
         if "spearman_ci" in out:
             out["share_ci"] = [v / ceiling for v in out["spearman_ci"]]
     out["note"] = (
         "95% t-interval across training seeds (same data, same held-out prefixes); the spread is training noise"
-    )
+    ) + "".join(f"; seed {k}: Spearman undefined, {why}" for k, why in undefined.items() if why)
     return out
 
 
@@ -246,7 +237,7 @@ def error_diagnosis(result: EvalResult, name: str = "learned") -> dict[str, Any]
 
     None when the traces have no step labels or the estimator is missing.
     """
-    from scipy.stats import rankdata, spearmanr
+    from scipy.stats import rankdata
 
     from .metrics import auroc
     from .oracle import step_facts
@@ -262,18 +253,24 @@ def error_diagnosis(result: EvalResult, name: str = "learned") -> dict[str, Any]
         return None
     flagged = rankdata(x) / len(x) + np.where(err, 0.0, 1.0)  # no-error group above, own order within
 
-    def rho(mask: np.ndarray) -> float:
-        return float(spearmanr(x[mask], y[mask]).statistic)
+    notes: dict[str, str] = {}
 
-    return {
+    def rho(key: str, a: np.ndarray, b: np.ndarray) -> float | None:  # null with a "<key>_note", never NaN
+        value, note = spearman(a, b)
+        if note:
+            notes[f"{key}_note"] = note
+        return value
+
+    out = {
         "estimator": name,
         "error_written_share": float(err.mean()),
         "auroc_error_written": auroc(x, (~err).astype(np.float64))[0],
-        "spearman_no_error": rho(~err),
-        "spearman_error": rho(err),
-        "spearman_with_exact_error_flag": float(spearmanr(flagged, y).statistic),
-        "mc_spearman_with_error_flag": float(spearmanr((~err).astype(np.float64), y).statistic),
+        "spearman_no_error": rho("spearman_no_error", x[~err], y[~err]),
+        "spearman_error": rho("spearman_error", x[err], y[err]),
+        "spearman_with_exact_error_flag": rho("spearman_with_exact_error_flag", flagged, y),
+        "mc_spearman_with_error_flag": rho("mc_spearman_with_error_flag", (~err).astype(np.float64), y),
     }
+    return {**out, **notes}
 
 
 def quality_verdict(

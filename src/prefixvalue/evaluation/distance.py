@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..formatting import fixed, with_ci
+
 
 # ------------------------------------------------------------------------------- saturation rule
 def saturation_point(ns: Sequence[int], losses: Sequence[float | None], epsilon: float) -> int | None:
@@ -213,14 +215,11 @@ def plot_distance(summary: dict[str, Any], path: Path) -> Path:
 
 # -------------------------------------------------------------------------------------- report
 def _f(v: Any, d: int = 3) -> str:
-    return "—" if v is None else f"{v:.{d}f}"
+    return fixed(v, d, none="—")  # a missing number in this section: an em dash
 
 
 def _ci(s: dict[str, Any], d: int = 3) -> str:
-    if s["mean"] is None:
-        return "—"
-    ci = f" [{s['ci'][0]:.{d}f}, {s['ci'][1]:.{d}f}]" if s["ci"] else ""
-    return f"{s['mean']:.{d}f}{ci}"
+    return with_ci(s["mean"], s["ci"], d, none="—")
 
 
 def saturation_words(ks: dict[str, Any], epsilon: float, max_n: int) -> str:

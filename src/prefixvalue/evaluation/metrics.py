@@ -10,117 +10,35 @@ Scoring passes prompt ids (the default ``bootstrap_unit: "prompt"``): the traces
 their position-0 label and are not independent, so neither prefixes nor traces are. Every
 estimator is resampled with the same seed and units, so the replicates are paired across
 estimators (`paired_difference`).
+
+The statistics underneath (the raw correlations, the null-with-note `prefixvalue.stats.spearman`, the
+cluster bootstrap, AUROC, Brier, the Wilson interval) are `prefixvalue.stats`'s, shared with sampling
+and the value models; they are importable from here too.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
+from ..formatting import significant
+from ..stats import (
+    CORRELATION_FUNCS,
+    CORRELATIONS,
+    ArrayLike,
+    _spearman_raw,
+    auroc,
+    brier,
+    cluster_bootstrap,
+    constant_note,
+    spearman_brown,
+    undefined_note,
+    wilson_interval,
+)
 from ..tracking import jsonable
-
-ArrayLike = Sequence[float] | np.ndarray
-CORRELATIONS = ("pearson", "spearman", "kendall")
-
-
-# --------------------------------------------------------------------------------------- basics
-def _pearson_raw(x: np.ndarray, y: np.ndarray) -> float:
-    xm = x - x.mean()
-    ym = y - y.mean()
-    den = math.sqrt(float(np.dot(xm, xm)) * float(np.dot(ym, ym)))
-    if den == 0.0:
-        return float("nan")
-    return float(np.clip(np.dot(xm, ym) / den, -1.0, 1.0))
-
-
-def _spearman_raw(x: np.ndarray, y: np.ndarray) -> float:
-    return _pearson_raw(stats.rankdata(x), stats.rankdata(y))
-
-
-def _kendall_raw(x: np.ndarray, y: np.ndarray) -> float:
-    # Kendall tau-b; scipy's O(n log n) implementation (tests check it against brute-force pair counts)
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return float(stats.kendalltau(x, y, variant="b").statistic)
-
-
-CORRELATION_FUNCS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "pearson": _pearson_raw,
-    "spearman": _spearman_raw,
-    "kendall": _kendall_raw,
-}
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
-
-
-def constant_note(values: np.ndarray, what: str) -> str | None:
-    """Words for "`values` have zero variance", with counts; None when they vary."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return f"no {what} values (0 prefixes)"
-    if np.ptp(values) == 0:
-        return (
-            f"{what} has zero variance: all {len(values)} prefixes have the value {_fmt(float(values[0]))}, "
-            f"so a correlation is undefined"
-        )
-    return None
-
-
-# ------------------------------------------------------------------------------------ bootstrap
-def _group_index(groups: Sequence[Any] | np.ndarray) -> list[np.ndarray]:
-    groups = np.asarray(groups)
-    _, inverse = np.unique(groups, return_inverse=True)
-    order = np.argsort(inverse, kind="mergesort")
-    counts = np.bincount(inverse)
-    return np.split(order, np.cumsum(counts)[:-1])
-
-
-def cluster_bootstrap(
-    stat: Callable[[np.ndarray], float],
-    groups: Sequence[Any] | np.ndarray,
-    n_boot: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-    unit: str = "group",
-) -> tuple[list[float] | None, str | None]:
-    """Percentile CI of ``stat(indices)`` under resampling of groups with replacement.
-
-    `groups` names each element's resampling unit (`unit` names it in notes: "prompt", "trace").
-    The draws depend only on (`seed`, number of groups), so two statistics bootstrapped with the
-    same seed and groups see the same replicates (paired). Returns ``([lo, hi], note)``; replicates
-    where the statistic is undefined (e.g. a resample whose labels are all equal) are dropped and
-    counted in the note. The CI is None (with a note) when there is only one group, `n_boot` is 0,
-    or fewer than half the replicates are defined.
-    """
-    members = _group_index(groups)
-    if n_boot <= 0:
-        return None, "bootstrap disabled (n_bootstrap = 0)"
-    if len(members) < 2:
-        return None, f"no bootstrap interval: only {len(members)} {unit}(s), resampling over {unit}s needs >= 2"
-    rng = np.random.default_rng(seed)
-    vals: list[float] = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(members), size=len(members))
-        v = stat(np.concatenate([members[j] for j in pick]))
-        if math.isfinite(v):
-            vals.append(v)
-    dropped = n_boot - len(vals)
-    if len(vals) < n_boot / 2:
-        return None, (
-            f"no bootstrap interval: the statistic was undefined in {dropped} of {n_boot} "
-            f"{unit} resamples (zero variance in the resample)"
-        )
-    lo, hi = np.quantile(np.asarray(vals), [alpha / 2, 1 - alpha / 2])
-    note = None
-    if dropped:
-        note = f"{dropped} of {n_boot} {unit} resamples had an undefined statistic and were dropped from the CI"
-    return [float(lo), float(hi)], note
 
 
 # ---------------------------------------------------------------------------------- correlations
@@ -143,21 +61,11 @@ def correlation(
         raise ValueError(f"unknown correlation {method!r}; choose from {list(CORRELATION_FUNCS)}")
     x = np.asarray(pred, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
-    if x.shape != y.shape:
-        raise ValueError(f"pred and labels differ in shape: {x.shape} vs {y.shape}")
+    undefined = undefined_note(x, y)
     out: dict[str, Any] = {"value": None, "ci": None, "n": len(x)}
-    finite = np.isfinite(x) & np.isfinite(y)
-    if not finite.all():
-        out["note"] = f"{int((~finite).sum())} of {len(x)} prefixes have a non-finite value"
+    if undefined:
+        out["note"] = undefined
         return out
-    if len(x) < 3:
-        out["note"] = f"only {len(x)} prefixes; a correlation needs at least 3"
-        return out
-    for vals, what in ((y, "the MC labels"), (x, "the estimator")):
-        note = constant_note(vals, what)
-        if note:
-            out["note"] = note
-            return out
     fn = CORRELATION_FUNCS[method]
     out["value"] = jsonable(fn(x, y))
     g = np.arange(len(x)) if groups is None else np.asarray(groups)
@@ -219,35 +127,7 @@ def paired_difference(
     return out
 
 
-# ------------------------------------------------------------------------------ classification
-def auroc(scores: ArrayLike, outcomes: ArrayLike) -> tuple[float | None, str | None]:
-    """Area under the ROC curve of `scores` for binary `outcomes` (>= 0.5 is positive).
-
-    Equals the Mann–Whitney U of the positives divided by n_pos·n_neg (ties count half).
-    Returns ``(value, None)`` or ``(None, note)`` when one class is absent.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    o = np.asarray(outcomes, dtype=np.float64) >= 0.5
-    n_pos, n_neg = int(o.sum()), int((~o).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None, (
-            f"AUROC undefined: all {len(o)} prefixes belong to traces with the same final outcome "
-            f"({n_pos} successful, {n_neg} failed)"
-        )
-    if not np.isfinite(s).all():
-        return None, f"AUROC undefined: {int((~np.isfinite(s)).sum())} non-finite scores"
-    ranks = stats.rankdata(s)
-    u = ranks[o].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg)), None
-
-
-def brier(prob: ArrayLike, target: ArrayLike) -> float:
-    """Mean squared error between probabilities and targets in [0, 1] (MC means or outcomes)."""
-    p = np.asarray(prob, dtype=np.float64)
-    t = np.asarray(target, dtype=np.float64)
-    return float(np.mean((p - t) ** 2))
-
-
+# ------------------------------------------------------------------------------ calibration
 def calibration_bins(prob: ArrayLike, target: ArrayLike, n_bins: int = 15) -> list[dict[str, float]]:
     """Equal-width bins on [0, 1] (the last bin includes 1.0): count, mean prediction, mean target.
 
@@ -290,26 +170,6 @@ def is_probability(values: ArrayLike) -> bool:
 
 
 # ------------------------------------------------------------------------------- MC diagnostics
-def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for a success rate: ``(low, high)`` in [0, 1]; ``(0, 1)`` when n = 0.
-
-    `successes` may be fractional (a sum of scores in [0, 1]).
-    """
-    if n <= 0:
-        return 0.0, 1.0
-    p = min(max(successes / n, 0.0), 1.0)
-    z2 = z * z
-    den = 1 + z2 / n
-    centre = (p + z2 / (2 * n)) / den
-    half = z * math.sqrt(max(p * (1 - p) / n + z2 / (4 * n * n), 0.0)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def spearman_brown(r: float, factor: float = 2.0) -> float:
-    """Spearman–Brown prophecy: reliability of a test `factor` times longer than one with reliability r."""
-    return factor * r / (1 + (factor - 1) * r)
-
-
 def split_half_noise_ceiling(
     n: ArrayLike,
     successes: ArrayLike,
@@ -452,7 +312,7 @@ def _saturation(y: np.ndarray, n: ArrayLike | None, threshold: float) -> dict[st
         return {"saturated": True, "n_at_one": 0, "n_at_zero": 0, "note": "no labelled prefixes"}
     if np.ptp(y) == 0:
         note = (
-            f"saturated: all {total} prefixes have MC success {_fmt(float(y[0]))}{samples}. The labels have "
+            f"saturated: all {total} prefixes have MC success {significant(float(y[0]))}{samples}. The labels have "
             f"zero variance, so every correlation with them is undefined (reported as null). The task is "
             f"too easy or too hard for this policy, or the prefixes come too late, after the outcome is "
             f"decided; label earlier prefixes or use a harder task."
@@ -535,3 +395,27 @@ def estimator_metrics(
         if bnote:
             out["auroc_outcome_note"] = bnote
     return out
+
+
+__all__ = [
+    "CORRELATIONS",
+    "CORRELATION_FUNCS",
+    "SATURATION_SHARE",
+    "ArrayLike",
+    "_spearman_raw",
+    "auroc",
+    "brier",
+    "calibration_bins",
+    "cluster_bootstrap",
+    "constant_note",
+    "correlation",
+    "correlations",
+    "ece",
+    "estimator_metrics",
+    "is_probability",
+    "paired_difference",
+    "saturation",
+    "spearman_brown",
+    "split_half_noise_ceiling",
+    "wilson_interval",
+]

@@ -94,7 +94,26 @@ class StepOracle:
 
 
 def has_step_labels(ds: Any) -> bool:
-    """Whether a traces dataset carries exact step labels for every row."""
+    """Whether a traces dataset (or a list of trace rows) carries exact step labels for every row."""
+    if isinstance(ds, list):
+        return bool(ds) and all(r.get("step_labels") is not None for r in ds)
     if "step_labels" not in ds.column_names or len(ds) == 0:
         return False
     return all(x is not None for x in ds["step_labels"])
+
+
+def training_oracle(traces: Any, record: Any) -> StepOracle | None:
+    """The step-label oracle fit on the traces (a traces dataset or a list of trace rows) whose prompts are on
+    the training side of `record` (a `prefixvalue.data.SplitRecord`); None when there is no record, the
+    traces lack exact step labels, or no prompt is a training prompt (the oracle never sees held-out outcomes)."""
+    if record is None or not has_step_labels(traces):
+        return None
+    prompts = [r["prompt"] for r in traces] if isinstance(traces, list) else traces["prompt"]
+    keep = [i for i, p in enumerate(prompts) if not record.is_heldout(p)]
+    if not keep:
+        return None
+    if isinstance(traces, list):
+        return StepOracle.fit([traces[i] for i in keep])
+    return StepOracle.fit(
+        traces.select(keep).select_columns(["completion_ids", "outcome", "step_spans", "step_labels"])
+    )

@@ -8,9 +8,10 @@ the outcome, Brier, ECE, the split-half noise ceiling), by position group, with 
 prediction under the ProcessBench protocol (`prefixvalue.evaluation.stepscores`) and the cost of MC
 labels against one value-model forward. `prefixvalue.evaluation.report` writes the result.
 
-Library use (what the quickstart calls)::
+Library use: `prefixvalue.evaluation.evaluator.evaluate` loads the models, fits the step-label oracle and
+calls `evaluate_prefixes` (what the evaluate stage, the quickstart and ``distance`` call)::
 
-    result = evaluate_prefixes(traces, labels, value_model=vm, policy=model, config=EvaluateConfig(out="runs/eval"))
+    result = evaluate_prefixes(traces, labels, value_model=vm, policy=model, options=ScoringOptions())
     write_report(result, "runs/eval", tokenizer=tok)
 """
 
@@ -20,10 +21,11 @@ import json
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from ..config import ConfigError
 from ..data.split import SplitRecord
 from ..tasks.base import first_error
 from ..tracking import jsonable
@@ -38,6 +40,7 @@ from .metrics import (
     saturation,
     split_half_noise_ceiling,
 )
+from .options import ScoringOptions
 from .softvalues import SoftValueSpec
 from .stepscores import (
     load_step_data,
@@ -48,9 +51,6 @@ from .stepscores import (
     step_verification,
     td_errors,
 )
-
-if TYPE_CHECKING:  # the stage's config; the stage imports this module, not the reverse
-    from ..stages.evaluate import EvaluateConfig
 
 POSITION_GROUPS = ("first_k", "step_boundary", "middle")
 CORR_SPEARMAN = CORRELATION_FUNCS["spearman"]
@@ -110,21 +110,22 @@ def evaluate_prefixes(
     traces: Any,
     labels: Any,
     *,
-    config: EvaluateConfig,
+    options: ScoringOptions,
     value_model: Any = None,
     policy: Any = None,
     tokenizer: Any = None,
     estimators: dict[str, Estimator] | None = None,
     mc_cost: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> EvalResult:
     """Score every estimator on every labelled prefix and build the metrics.json dict.
 
     `traces` and `labels` are datasets (or lists of row dicts) in the docs/design.md contracts;
     traces without labels are ignored. `value_model` and `policy` are as in `estimate_values`;
     `estimators` defaults to the `ESTIMATORS` registry. `mc_cost` is `read_mc_cost` of the labels
-    folder. Returns an `EvalResult`.
+    folder; `progress` shows a bar over traces for each forward pass. Returns an `EvalResult`.
     """
-    cfg = config
+    cfg = options
     label_rows = _rows(labels)
     notes: list[str] = []
     # a label with no samples (n = 0) has no value (its mean is NaN): dropped and counted, so every
@@ -155,7 +156,7 @@ def evaluate_prefixes(
             f"{len(orphan)} labelled trace id(s) are missing from the traces and were skipped (e.g. {orphan[0]!r})"
         )
     spec = (
-        SoftValueSpec(omegas=tuple(cfg.omegas), default_omega=cfg.mellowmax_omega, top_k=tuple(cfg.top_k))
+        SoftValueSpec(omegas=tuple(cfg.omegas), default_omega=cfg.mellowmax_omega, top_k=tuple(cfg.mellowmax_top_k))
         if cfg.soft_values
         else None
     )
@@ -168,7 +169,7 @@ def evaluate_prefixes(
         soft_values=spec,
         base_rate=cfg.base_rate,
         estimators=dict(ESTIMATORS if estimators is None else estimators),
-        progress=cfg.progress,
+        progress=progress,
     )
     notes += est.notes
     cols, mc = _prefix_table(records, by_trace, est, cfg.first_k)
@@ -292,18 +293,18 @@ def _mc_section(y: np.ndarray, n_arr: np.ndarray, ceiling: dict[str, Any]) -> di
     }
 
 
-def _unit(cfg: EvaluateConfig) -> str:
+def _unit(cfg: ScoringOptions) -> str:
     return str(cfg.bootstrap_unit)
 
 
-def bootstrap_groups(cols: dict[str, list[Any]], cfg: EvaluateConfig) -> np.ndarray:
+def bootstrap_groups(cols: dict[str, list[Any]], cfg: ScoringOptions) -> np.ndarray:
     """Each prefix's resampling unit for the cluster bootstrap: its prompt id (default, ``bootstrap_unit:
     prompt``; traces of one prompt share their position-0 label, so they are not independent) or its
     trace id (``bootstrap_unit: trace``)."""
     return np.asarray(cols["prompt_id" if _unit(cfg) == "prompt" else "trace_id"])
 
 
-def _bootstrap_note(cfg: EvaluateConfig, groups: np.ndarray) -> str:
+def _bootstrap_note(cfg: ScoringOptions, groups: np.ndarray) -> str:
     n_units = len(np.unique(groups)) if len(groups) else 0
     return (
         f"95% CIs are percentile cluster-bootstrap intervals ({cfg.n_bootstrap} replicates) that resample "
@@ -322,7 +323,7 @@ def _add_ceiling(spearman: dict[str, Any], ceiling: dict[str, Any]) -> None:
 
 
 def _share_of_ceiling(
-    x: np.ndarray, y: np.ndarray, groups: np.ndarray, ceiling: dict[str, Any], cfg: EvaluateConfig
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, ceiling: dict[str, Any], cfg: ScoringOptions
 ) -> dict[str, Any]:
     """``fraction_of_ceiling_ci``: the bootstrap CI of Spearman / ceiling, with the ceiling held fixed at
     its point estimate (the replicates resample the estimator's Spearman only)."""
@@ -347,20 +348,21 @@ def _share_of_ceiling(
 
 
 def split_filter(
-    records: list[TraceRecord], by_trace: dict[str, list[dict[str, Any]]], cfg: EvaluateConfig, has_value_model: bool
+    records: list[TraceRecord], by_trace: dict[str, list[dict[str, Any]]], cfg: ScoringOptions, has_value_model: bool
 ) -> tuple[list[TraceRecord], dict[str, Any]]:
     """Keep the traces whose prompt text is held out under the checkpoint's split record.
 
-    The record is ``SplitRecord.load(cfg.split_record or cfg.checkpoint)`` (`prefixvalue.data.split`,
-    ``split.json`` written by training). Without a record at a given checkpoint the run is refused
-    (ConfigError) unless ``cfg.include_training_prompts``; with that flag nothing is dropped and the
-    section says how many training prompts are scored. A library call with a value model in memory
-    and no checkpoint path cannot tell, and says so. Returns the kept records and metrics.json's
+    The record is ``SplitRecord.load(cfg.split_record)`` (`prefixvalue.data.split`, ``split.json``
+    written by training; `prefixvalue.evaluation.evaluator.evaluate` sets it to the checkpoint's folder).
+    Without a record in a given folder the run is refused (ConfigError) unless
+    ``cfg.include_training_prompts``; with that flag nothing is dropped and the section says how many
+    training prompts are scored. A library call with a value model in memory and no split record cannot
+    tell, and says so. Returns the kept records and metrics.json's
     ``split`` section (``kept_prefixes`` and ``heldout_traces`` are filled in by the caller).
     """
 
     include = cfg.include_training_prompts
-    folder = cfg.split_record or cfg.checkpoint
+    folder = cfg.split_record
     record = SplitRecord.load(folder) if folder else None
     sec: dict[str, Any] = {
         "heldout_prompts": None,
@@ -434,8 +436,6 @@ def split_filter(
 
 def missing_split_error(folder: str | Path) -> Exception:
     """The one-line refusal for a checkpoint folder that records no split."""
-    from ..config import ConfigError
-
     return ConfigError(
         f"evaluate: the checkpoint {folder} records no split (split.json), so its training prompts cannot be "
         f"left out; pass include_training_prompts=true to score every prompt anyway"
@@ -447,7 +447,7 @@ def _estimator_section(
     names: list[str],
     info: dict[str, dict[str, Any]],
     ceiling: dict[str, Any],
-    cfg: EvaluateConfig,
+    cfg: ScoringOptions,
 ) -> dict[str, Any]:
     y = np.asarray(cols["mc_mean"], dtype=np.float64)
     outcome = np.asarray(cols["outcome"], dtype=np.float64)
@@ -496,7 +496,7 @@ def _group_section(
     y: np.ndarray,
     n_arr: np.ndarray,
     groups: np.ndarray,
-    cfg: EvaluateConfig,
+    cfg: ScoringOptions,
 ) -> dict[str, Any]:
     definitions = {
         "first_k": f"position <= {cfg.first_k}",
@@ -574,7 +574,7 @@ def _cost_section(cost: dict[str, Any], mc_cost: dict[str, Any] | None, n_pref: 
 
 
 def _trace_step_verification(
-    records: list[TraceRecord], est: Estimates, value_model: Any, cfg: EvaluateConfig
+    records: list[TraceRecord], est: Estimates, value_model: Any, cfg: ScoringOptions
 ) -> dict[str, Any]:
     """ProcessBench step verification of the learned values on traces with exact step labels."""
     base = {"f1": None, "acc_erroneous": None, "acc_correct": None, "threshold": None, "threshold_split": "calibration"}
@@ -607,12 +607,17 @@ def _trace_step_verification(
 
 
 def evaluate_step_data(
-    value_model: Any, tokenizer: Any, path: str | Path, cfg: EvaluateConfig, prompt_format: Any = None
+    value_model: Any,
+    tokenizer: Any,
+    path: str | Path,
+    cfg: ScoringOptions,
+    prompt_format: Any = None,
+    out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score ProcessBench / TRL stepwise data at `path` (the splits ``cfg.step_data_split`` names) with the value
     model under ``cfg.step_protocol`` (`prefixvalue.evaluation.stepscores.step_benchmark`); prompts are
     formatted as the value model's training traces were (`prompt_format`, a `PromptFormat`). Writes one
-    prediction per example to ``OUT/step_predictions.jsonl`` when ``cfg.out`` is set. With one split its
+    prediction per example to ``out_dir/step_predictions.jsonl`` when `out_dir` is given. With one split its
     figures are the top-level keys; with several, the unweighted means over splits are (``"average"``)."""
     splits = load_step_splits(path, cfg.step_data_format, cfg.step_data_split)
     tuning = None
@@ -659,8 +664,8 @@ def evaluate_step_data(
             f"{'; F1 is the unweighted mean over splits' if len(per) > 1 else ''}"
         )
         out["tuned_on"] = str(cfg.step_threshold_data)
-    if cfg.out is not None:
-        pred_path = Path(cfg.out) / "step_predictions.jsonl"
+    if out_dir is not None:
+        pred_path = Path(out_dir) / "step_predictions.jsonl"
         pred_path.parent.mkdir(parents=True, exist_ok=True)
         with pred_path.open("w") as fh:
             for row in rows:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..data.collate import ValueCollator
+from ..formatting import general
 
 
 def _as_float64(logits: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -105,7 +106,7 @@ class SoftValueSpec:
 
 
 def _fmt(x: float) -> str:
-    return f"{float(x):g}"
+    return general(float(x))
 
 
 def soft_values_from_logits(logits: torch.Tensor | np.ndarray, spec: SoftValueSpec) -> dict[str, np.ndarray]:

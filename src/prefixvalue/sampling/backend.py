@@ -3,7 +3,7 @@
     prefixvalue collect ... backend=vllm                        # vLLM's offline engine (make install-vllm)
     prefixvalue label ... backend=vllm vllm_tensor_parallel_size=2
 
-``hf`` is `prefixvalue.sampling.sampler.HFSampler` (any transformers causal LM, the default);
+``hf`` is `prefixvalue.sampling.hf.HFSampler` (any transformers causal LM, the default);
 ``vllm`` is `prefixvalue.sampling.vllm_sampler.VLLMSampler` (needs the optional vLLM environment,
 see docs/design.md, "Sampling backends"). Light on purpose (no torch, no vllm import) so configs
 parse and ``--help`` prints without either.

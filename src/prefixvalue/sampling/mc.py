@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..evaluation.metrics import wilson_interval
+from ..stats import wilson_interval
 from ..tasks.base import Prompt, Task, VerifierResult, safe_verify
 from .sampler import BranchRequest, OnBatch, Sampler, SamplingParams, text_decoder
 

@@ -2,7 +2,7 @@
 
 Monte Carlo labelling continues every prefix ``seq[:cut]`` of a trace M times. Position p+1's prefix
 extends position p's, so all those continuations are branches of one trie rooted in the trace
-(`HFSampler._branch_trie` builds it): a node is a distinct token history, the trace's first c tokens
+(`prefixvalue.sampling.trie` builds it): a node is a distinct token history, the trace's first c tokens
 followed by off-trace tokens. Rows of one prefix that draw the same tokens stand on the same nodes,
 and a row that re-draws the trace's next token stands where the next position's rows start. A decode
 forward runs each new node once, whatever the number of rows on it. A node attends in two parts,
@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from .cache import CacheLayer, dynamic_cache
 
 ATTN_NAME = "prefixvalue_tree"
 
@@ -73,7 +71,7 @@ def _blocks(row_seq: torch.Tensor) -> list[tuple[int, int, int]]:
     return out
 
 
-#: the batch the registered attention function reads (set by `HFSampler` around its decode forwards)
+#: the batch the registered attention function reads (set by the trie path around its decode forwards)
 _ACTIVE: TreeBatch | None = None
 
 
@@ -95,8 +93,9 @@ def tree_attention(
 ) -> tuple[torch.Tensor, None]:
     """Attention of one decode token per trie node over (its trace's first c tokens) + (its own chain).
 
-    `query` is (nodes, heads, 1, head_dim); `key`/`value` are the nodes' chains as `_NodeLayer.update`
-    returns them, (depth, kv_heads, nodes, head_dim), padded where ``batch.own_mask`` is False.
+    `query` is (nodes, heads, 1, head_dim); `key`/`value` are the nodes' chains as the layers of
+    `prefixvalue.sampling.cache.node_cache` return them, (depth, kv_heads, nodes, head_dim), padded where
+    ``batch.own_mask`` is False.
     Returns ``(nodes, 1, heads, head_dim)``, the layout of transformers' attention functions. Works
     head-major: (kv_heads, nodes, groups, ...).
     """
@@ -138,53 +137,6 @@ def tree_attention(
     o_own = (p_own[..., None] * value[:, :, :, None, :]).sum(0)
     out = (o_shared + o_own).permute(1, 0, 2, 3)  # (rows, kv_heads, groups, dim)
     return out.reshape(rows, 1, heads, dim), None
-
-
-class _NodeLayerImpl(CacheLayer):
-    """One layer's keys/values of the off-trace nodes of a branch trie, one column per node:
-    (capacity, kv_heads, dim). A decode forward writes its nodes' columns (`node_ids`) and hands the
-    attention each node's chain of off-trace ancestors, itself included (`chains`, padded with node 0,
-    a zero column the attention masks out), as (depth, kv_heads, nodes, dim)."""
-
-    def __init__(self, kv_heads: int, dim: int, vdim: int, capacity: int, like: torch.Tensor) -> None:  # noqa: D107
-        self._k = like.new_zeros((capacity, kv_heads, dim))
-        self._v = like.new_zeros((capacity, kv_heads, vdim))
-        self.node_ids: torch.Tensor | None = None
-        self.chains: torch.Tensor | None = None
-        self.is_initialized = True
-        self.dtype, self.device = like.dtype, like.device
-
-    def reserve(self, capacity: int) -> None:
-        if capacity > self._k.shape[0]:
-            grow = max(capacity, 2 * self._k.shape[0]) - self._k.shape[0]
-            self._k = torch.cat([self._k, self._k.new_zeros((grow, *self._k.shape[1:]))])
-            self._v = torch.cat([self._v, self._v.new_zeros((grow, *self._v.shape[1:]))])
-
-    @property
-    def keys(self) -> torch.Tensor:
-        return self._k
-
-    @property
-    def values(self) -> torch.Tensor:
-        return self._v
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if key_states.shape[2] != 1 or self.node_ids is None or self.chains is None:
-            raise RuntimeError("tree attention decodes one token per node")
-        self._k[self.node_ids] = key_states[:, :, 0]
-        self._v[self.node_ids] = value_states[:, :, 0]
-        chains = self.chains.t()  # (depth, nodes)
-        return self._k[chains].transpose(1, 2), self._v[chains].transpose(1, 2)
-
-    def get_seq_length(self) -> int:
-        return 0 if self.chains is None else int(self.chains.shape[1])
-
-
-def node_cache(layers: int, kv_heads: int, dim: int, vdim: int, capacity: int, like: torch.Tensor) -> Any:
-    """A transformers `DynamicCache` of `layers` `_NodeLayer`s (see `_NodeLayerImpl`)."""
-    return dynamic_cache(_NodeLayerImpl, [(kv_heads, dim, vdim, capacity, like)] * layers)
 
 
 def register() -> None:
@@ -233,4 +185,4 @@ class use_tree_attention:
         activate(None)
 
 
-__all__ = ["ATTN_NAME", "TreeBatch", "node_cache", "register", "supports_tree", "tree_attention", "use_tree_attention"]
+__all__ = ["ATTN_NAME", "TreeBatch", "register", "supports_tree", "tree_attention", "use_tree_attention"]

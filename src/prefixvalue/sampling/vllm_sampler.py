@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .noise import row_seed
 from .sampler import (
     BranchRequest,
     Generation,
@@ -52,7 +53,6 @@ from .sampler import (
     SamplingParams,
     check_branch,
     check_generate,
-    row_seed,
 )
 
 #: ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache on CPU) set when unset; enough for the tiny policy and

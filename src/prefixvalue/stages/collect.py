@@ -1,6 +1,6 @@
 """``prefixvalue collect``: sample outcome-labelled traces from a policy.
 
-    prefixvalue collect task=arith model=data/policies/arith-tiny num_prompts=64 samples=8 seed=0 out=runs/traces
+    prefixvalue collect task=arith model=data/policies/arith-tiny num_prompts=64 traces_per_prompt=8 seed=0 out=runs/traces
     prefixvalue collect --config my_collect.yaml out=runs/traces
     accelerate launch -m prefixvalue.cli collect ...        # several processes: chunks split by process
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import datasets
 
-from .. import __version__
+from .. import __version__, runfolder
 from ..config import ConfigError, RawMapping, field, parse_config
 from ..data import finish_summary
 from ..data.schema import TRACE_FEATURES
@@ -33,7 +33,8 @@ from ..loading import resolve_model_path
 from ..policies import load_policy, load_tokenizer
 from ..prompting import PromptFormat, choose_prompt_format
 from ..sampling.backend import SamplerBackendConfig, backend_record
-from ..sampling.sampler import HFSampler, Sampler, SamplingParams, decode_completion
+from ..sampling.hf import HFSampler
+from ..sampling.sampler import Sampler, SamplingParams, decode_completion
 from ..tasks import (
     Prompt,
     Task,
@@ -46,6 +47,8 @@ from ..tasks import (
 )
 from ..tasks.steps import single_step_warning, step_count_summary
 
+#: what collect writes into OUT beside the shards and the merged dataset (`prefixvalue.data.shards.SHARDED_OUTPUTS`)
+OUTPUTS = ("summary.json",)
 
 
 @dataclass
@@ -79,7 +82,7 @@ class CollectConfig(SamplerBackendConfig):
     )
     split: str = field("train", help="task split to draw prompts from")
     num_prompts: int = field(64, help="number of prompts (the first N of the split)")
-    samples: int = field(8, help="completions sampled per prompt")
+    traces_per_prompt: int = field(8, help="completions sampled per prompt (the traces)", renamed_from="samples")
     seed: int = field(0, help="sampling seed; the same command gives the same traces")
     temperature: float = field(1.0, help="sampling temperature (0 = greedy)")
     top_p: float = field(1.0, help="nucleus sampling mass (1 = off)")
@@ -103,7 +106,7 @@ class CollectConfig(SamplerBackendConfig):
         except KeyError as exc:
             raise ConfigError(f"collect: {exc.args[0]}") from None
         self.check_backend("collect")
-        for name in ("num_prompts", "samples", "chunk_prompts", "batch_rows", "max_new_tokens"):
+        for name in ("num_prompts", "traces_per_prompt", "chunk_prompts", "batch_rows", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"collect: {name} must be >= 1, got {getattr(self, name)}")
         try:
@@ -240,7 +243,7 @@ def run(cfg: CollectConfig) -> int:
         "task_args": cfg.task_args,
         "split": cfg.split,
         "num_prompts": len(prompts),
-        "samples": cfg.samples,
+        "samples": cfg.traces_per_prompt,  # the manifest key of runs made before the rename, so they resume
         "chunk_prompts": cfg.chunk_prompts,
         "model": cfg.model,
         "sampling": json.loads(params.to_json()),
@@ -288,9 +291,9 @@ def run(cfg: CollectConfig) -> int:
         def work(i: int, bar: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             chunk = chunk_of(i)
             enc = encoded[i * cfg.chunk_prompts : (i + 1) * cfg.chunk_prompts]
-            rows_p = [p for p in chunk for _ in range(cfg.samples)]
-            rows_ids = [e for e in enc for _ in range(cfg.samples)]
-            tids = [f"{p.prompt_id}/s{j}" for p in chunk for j in range(cfg.samples)]
+            rows_p = [p for p in chunk for _ in range(cfg.traces_per_prompt)]
+            rows_ids = [e for e in enc for _ in range(cfg.traces_per_prompt)]
+            tids = [f"{p.prompt_id}/s{j}" for p in chunk for j in range(cfg.traces_per_prompt)]
             before = sampler.stats.generated_tokens
             ts = time.perf_counter()
 
@@ -312,9 +315,11 @@ def run(cfg: CollectConfig) -> int:
         out,
         manifest,
         num_shards,
-        lambda i: len(chunk_of(i)) * cfg.samples,
+        lambda i: len(chunk_of(i)) * cfg.traces_per_prompt,
         setup,
         TRACE_FEATURES,
+        command="collect",
+        outputs=OUTPUTS,
         desc="collect",
         unit="trace",
         progress=cfg.progress,
@@ -331,7 +336,8 @@ def run(cfg: CollectConfig) -> int:
             **finish_summary(ds["finish_reason"], ds["outcome_note"]),
             "steps": step_count_summary(ds["step_spans"]),
         }
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        runfolder.write_text(out / "summary.json", json.dumps(summary, indent=1))
+        runfolder.finish(out)
         reasons = ", ".join(f"{k} {v}" for k, v in summary["finish_reasons"].items())
         print(
             f"collect: {summary['traces']} traces, accuracy {summary['accuracy']:.3f} (finish reasons: {reasons}; "

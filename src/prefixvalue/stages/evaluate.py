@@ -9,26 +9,31 @@ dropped; ``include_training_prompts=true`` scores every prompt and the report sa
 estimators (`prefixvalue.evaluation.estimators`: the checkpoint's ``learned`` P̂, the policy's
 ``logsumexp`` and ``mellowmax`` soft values, the ``constant`` base rate, and any estimator in
 ``ESTIMATORS``) are scored against the MC labels and by first-error prediction with the ProcessBench
-protocol (`prefixvalue.evaluation.scoring`); metrics.json, report.md, plots, heatmap.html and
-predictions.parquet are written by `prefixvalue.evaluation.report`, and logged to wandb.
+protocol by the one evaluator (`prefixvalue.evaluation.evaluator.evaluate`, which the quickstart and
+``distance`` call too); metrics.json, report.md, plots, heatmap.html and predictions.parquet are written
+by `prefixvalue.evaluation.report`, and logged to wandb. The scoring options are
+`prefixvalue.evaluation.options.ScoringOptions`, which `EvaluateConfig` extends.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import runfolder
 from ..config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
+from ..evaluation.options import ScoringOptions
 from ..loading import ModelLoadConfig
 from ..tracking import WandbConfig
 
 
 # ------------------------------------------------------------------------------------- config
 @dataclass
-class EvaluateConfig(ModelLoadConfig):
-    """Evaluate a value checkpoint and the policy's soft values against Monte Carlo prefix labels."""
+class EvaluateInputs(ModelLoadConfig):
+    """What the command reads and where it writes (the first options of `EvaluateConfig`)."""
 
     out: str | None = field(None, help="output folder (metrics.json, report.md, plots, heatmap.html)")
     checkpoint: str | None = field(None, help="value-model checkpoint folder; None evaluates soft values only")
@@ -44,62 +49,13 @@ class EvaluateConfig(ModelLoadConfig):
     )
     dtype: str = field("auto", help="policy dtype: auto | float32 | bfloat16 | float16 (soft values are float64)")
     device: str | None = field(None, help="torch device; default cuda if present else cpu")
-    batch_size: int = field(8, help="traces per forward pass (value model and policy)")
-    soft_values: bool = field(True, help="compute logsumexp / mellowmax soft values of the policy")
-    omegas: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0], help="MellowMax ω grid")
-    mellowmax_omega: float = field(1.0, help="ω of the headline 'mellowmax' estimator (full vocabulary)")
-    top_k: list[int] = field(default_factory=lambda: [10], help="top-k sizes for top-k MellowMax ([] for none)")
-    base_rate: float | None = field(None, help="constant estimator's rate; default: the checkpoint's base rate")
-    n_bootstrap: int = field(1000, help="bootstrap replicates for 95% CIs; 0 disables")
-    bootstrap_unit: str = field(
-        "prompt", help="what the cluster bootstrap resamples: prompt (traces of a prompt are not independent) | trace"
-    )
-    include_training_prompts: bool = field(
-        False,
-        help="score prompts the checkpoint trained on too (the report then "
-        "says the figures are not held out); default: only held-out prompts",
-    )
-    split_record: str | None = field(
-        None, help="folder whose split.json names the training prompts; default: the checkpoint"
-    )
-    noise_ceiling_repeats: int = field(50, help="random split-halves averaged for the MC noise ceiling")
-    seed: int = field(0, help="seed of bootstraps, split-halves and the calibration split")
-    first_k: int = field(8, help="position group 'first_k': prefixes with at most this many completion tokens")
-    ece_bins: int = field(15, help="equal-width bins of the expected calibration error")
-    calibration_fraction: float = field(0.5, help="fraction of prompts used to choose the step threshold")
-    step_data: str | None = field(
-        None,
-        help="ProcessBench or TRL stepwise data to score as well: a .json/.jsonl/.parquet file, a saved or data "
-        "folder, or a Hub dataset id (Qwen/ProcessBench), read with datasets.load_dataset",
-    )
-    step_data_format: str = field("auto", help="auto | processbench | trl")
-    step_data_split: str | None = field(
-        None,
-        help="split(s) of step_data: NAME, A,B,... or all, each scored and reported apart (ProcessBench: gsm8k, "
-        "math, olympiadbench, omnimath); required when the data has several, which are never merged",
-    )
-    step_protocol: str = field(
-        "calibration",
-        help="step threshold: calibration (tuned on a calibration split of problems, reported on the rest) | fixed "
-        "(step_threshold for every example: ProcessBench's protocol, comparable with its leaderboard) | tuned "
-        "(chosen on step_threshold_data, then every example scored)",
-    )
-    step_threshold: float = field(0.5, help="step_protocol=fixed: a step whose score is below this is an error")
-    step_threshold_data: str | None = field(None, help="step_protocol=tuned: step data the threshold is chosen on")
-    step_threshold_split: str | None = field(None, help="split of step_threshold_data (when it has several)")
-    step_prompt_template: str = field(
-        "{prompt}\n", help="how a step-data problem is written before its steps", escapes=True
-    )
-    step_separator: str = field("\n", help="text joining the steps of step data", escapes=True)
-    step_oracle: bool = field(
-        True,
-        help="score the step-label oracle (wrong step written × steps left, fit on training prompts) when the "
-        "traces carry exact step labels",
-    )
-    oracle_traces: str | None = field(
-        None, help="traces whose training prompts (under the split record) fit the step-label oracle; default: traces"
-    )
-    max_traces: int | None = field(None, help="evaluate at most this many labelled traces (first in order)")
+
+
+@dataclass
+class EvaluateConfig(ScoringOptions, EvaluateInputs):
+    """Evaluate a value checkpoint and the policy's soft values against Monte Carlo prefix labels."""
+
+    # the scoring options (`prefixvalue.evaluation.options.ScoringOptions`) come between the inputs and these
     plot_traces: int = field(4, help="traces drawn in value_curves.png")
     heatmap_traces: int = field(6, help="traces shown in heatmap.html")
     report_to: str = field("disk,stdout,wandb", help="loggers: any of disk, stdout, wandb (offline without key), none")
@@ -111,28 +67,6 @@ class EvaluateConfig(ModelLoadConfig):
     overwrite: bool = field(
         False, help="replace the outputs of another evaluation in out (else a folder with another config is refused)"
     )
-
-    def __post_init__(self) -> None:
-        if self.mellowmax_omega <= 0 or any(w <= 0 for w in self.omegas):
-            raise ConfigError("evaluate: MellowMax ω must be > 0")
-        if any(k < 1 for k in self.top_k):
-            raise ConfigError("evaluate: top_k sizes must be >= 1")
-        if not 0 < self.calibration_fraction < 1:
-            raise ConfigError("evaluate: calibration_fraction must be in (0, 1)")
-        if self.n_bootstrap < 0 or self.batch_size < 1 or self.first_k < 0 or self.ece_bins < 1:
-            raise ConfigError("evaluate: n_bootstrap >= 0, batch_size >= 1, first_k >= 0, ece_bins >= 1")
-        if self.step_data_format not in ("auto", "processbench", "trl"):
-            raise ConfigError("evaluate: step_data_format must be auto, processbench or trl")
-        if self.step_protocol not in ("calibration", "fixed", "tuned"):
-            raise ConfigError(
-                f"evaluate: step_protocol must be calibration, fixed or tuned, got {self.step_protocol!r}"
-            )
-        if (self.step_protocol == "tuned") != (self.step_threshold_data is not None):
-            raise ConfigError("evaluate: step_protocol=tuned goes with step_threshold_data=FILE (and only it)")
-        if self.base_rate is not None and not 0 <= self.base_rate <= 1:
-            raise ConfigError("evaluate: base_rate must be in [0, 1]")
-        if self.bootstrap_unit not in ("prompt", "trace"):
-            raise ConfigError(f"evaluate: bootstrap_unit must be prompt or trace, got {self.bootstrap_unit!r}")
 
     def check_inputs(self) -> None:
         """Checks of the command line (which inputs go together); library calls pass data in memory."""
@@ -159,26 +93,24 @@ class EvaluateConfig(ModelLoadConfig):
 # ------------------------------------------------------------------------------------- run
 def run(cfg: EvaluateConfig) -> dict[str, Any]:
     """Evaluate as `cfg` says; returns the metrics dict (also written to ``OUT/metrics.json``)."""
-    # imported here, not at the top: parsing the config (``--help``) needs no torch, and the
-    # components take this module's EvaluateConfig
-    import torch
-
-    from ..data import load_labels, load_traces, traces_finish_summary
-    from ..evaluation.estimators import ESTIMATORS
+    # imported here, not at the top: parsing the config (``--help``) needs no torch
+    from ..data import load_traces, traces_finish_summary
+    from ..evaluation.evaluator import evaluate
     from ..evaluation.report import write_report, write_step_benchmark_report
-    from ..evaluation.scoring import evaluate_prefixes, evaluate_step_data, read_mc_cost
-    from ..loading import check_vocabulary, traces_policy
-    from ..policies import default_device, load_policy, load_tokenizer
+    from ..evaluation.scoring import evaluate_step_data
+    from ..loading import traces_policy
+    from ..policies import check_vocabulary, default_device, load_policy, load_tokenizer
     from ..prompting import checkpoint_prompt_format
     from ..tracking import build_logger
 
     cfg.check_inputs()
+    split_record = cfg.split_record or cfg.checkpoint  # the checkpoint's training prompts are left out
     if cfg.traces is not None and cfg.checkpoint is not None and not cfg.include_training_prompts:
         from ..data.split import SplitRecord
         from ..evaluation.scoring import missing_split_error
 
-        if SplitRecord.load(cfg.split_record or cfg.checkpoint) is None:  # refuse before loading any model
-            raise missing_split_error(cfg.split_record or cfg.checkpoint)
+        if SplitRecord.load(split_record) is None:  # refuse before loading any model
+            raise missing_split_error(split_record)
     out = Path(cfg.out)  # type: ignore[arg-type]
     prepare_out(cfg, out)
     save_resolved_config(cfg, out)
@@ -205,29 +137,27 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     logger = build_logger(cfg.report_to, out, config_to_dict(cfg), cfg.run_name, cfg.wandb, job_type="evaluate")
     try:
         if traces is not None:
-            with torch.no_grad():
-                result = evaluate_prefixes(
-                    traces,
-                    load_labels(cfg.labels),
-                    value_model=vm,
-                    policy=policy,
-                    tokenizer=tokenizer,
-                    config=cfg,
-                    estimators={**ESTIMATORS, **oracle_estimators(cfg, traces)},
-                    mc_cost=read_mc_cost(cfg.labels),
-                )
+            result = evaluate(
+                {"learned": vm} if vm is not None else None,
+                traces,
+                cfg.labels,
+                dataclasses.replace(cfg, split_record=split_record),
+                policy=policy,
+                tokenizer=tokenizer,
+                progress=cfg.progress,
+            )
             result.metrics["policy"] = policy_path
             result.metrics["traces_finish"] = traces_finish_summary(traces)
             result.metrics["checkpoint"] = cfg.checkpoint
             if cfg.step_data is not None:
-                result.metrics["step_benchmark"] = evaluate_step_data(vm, tokenizer, cfg.step_data, cfg, fmt)
+                result.metrics["step_benchmark"] = evaluate_step_data(vm, tokenizer, cfg.step_data, cfg, fmt, cfg.out)
             write_report(result, out, tokenizer=tokenizer, logger=logger, config=cfg)
             metrics = result.metrics
         else:
             metrics = {
                 "checkpoint": cfg.checkpoint,
                 "policy": policy_path,
-                "step_benchmark": evaluate_step_data(vm, tokenizer, cfg.step_data, cfg, fmt),
+                "step_benchmark": evaluate_step_data(vm, tokenizer, cfg.step_data, cfg, fmt, cfg.out),
             }
             write_step_benchmark_report(metrics, out, logger=logger)
     finally:
@@ -250,65 +180,31 @@ OUTPUTS = (
     "eval_predictions.parquet",
     "step_predictions.jsonl",
 )
+#: every top-level name an evaluation writes into out: a folder holding anything else is not an evaluation's
+FOLDER_OUTPUTS = (*OUTPUTS, "*.png", runfolder.CONFIG_FILE, *runfolder.LOGGER_OUTPUTS)
 #: keys that may differ when an evaluation is rerun into its own folder (they change no figure)
 RERUN_KEYS = frozenset({"report_to", "run_name", "wandb", "progress", "overwrite", "out"})
+#: keys naming files or folders: the same place written two ways (``./ckpt``, ``ckpt``) is one config
+PATH_KEYS = ("checkpoint", "traces", "labels", "policy", "split_record", "oracle_traces", "step_data")
 
 
 def prepare_out(cfg: EvaluateConfig, out: Path) -> None:
-    """Make `out` ready for this evaluation: a folder holding another evaluation's metrics.json (its
-    config.yaml differs beyond `RERUN_KEYS`, or is missing) is refused unless ``overwrite=true``; then
-    the previous outputs (`OUTPUTS`, plots) are removed, so none is appended to or left stale. The
-    same config rerun replaces its own outputs (evaluation is deterministic)."""
-    import yaml
-
-    if not (out / "metrics.json").exists():
-        return
-    saved_path = out / "config.yaml"
-    try:
-        saved = yaml.safe_load(saved_path.read_text()) if saved_path.exists() else None
-    except yaml.YAMLError:
-        saved = None
-    if not cfg.overwrite:
-        if not isinstance(saved, dict):
-            raise ConfigError(
-                f"evaluate: out {out} holds another evaluation (no readable config.yaml); set overwrite=true"
-            )
-        new = config_to_dict(cfg)
-        differ = sorted(
-            k
-            for k in (new.keys() | saved.keys()) - {"prefixvalue_version", "config_class"}
-            if k not in RERUN_KEYS and saved.get(k) != new.get(k)
-        )
-        if differ:
-            raise ConfigError(
-                f"evaluate: out {out} holds an evaluation with another config ({', '.join(differ[:8])} differ); "
-                "set overwrite=true to replace it, or choose another out"
-            )
-    for name in OUTPUTS:
-        (out / name).unlink(missing_ok=True)
-    for plot in out.glob("*.png"):
-        plot.unlink()
-
-
-def oracle_estimators(cfg: EvaluateConfig, traces: Any) -> dict[str, Any]:
-    """``{"step_oracle": ...}`` fit on the training prompts of ``cfg.oracle_traces`` (default: `traces`)
-    under the split record, when the traces carry exact step labels and a split record exists; else {}."""
-    from ..data import SplitRecord, load_traces
-    from ..evaluation.oracle import StepOracle, has_step_labels
-
-    if not cfg.step_oracle or not has_step_labels(traces):
-        return {}
-    record = SplitRecord.load(cfg.split_record or cfg.checkpoint) if (cfg.split_record or cfg.checkpoint) else None
-    if record is None:  # without a split there is no training side to fit on
-        return {}
-    source = load_traces(cfg.oracle_traces) if cfg.oracle_traces else traces
-    if not has_step_labels(source):
-        return {}
-    keep = [i for i, p in enumerate(source["prompt"]) if not record.is_heldout(p)]
-    if not keep:
-        return {}
-    rows = source.select(keep).select_columns(["completion_ids", "outcome", "step_spans", "step_labels"])
-    return {"step_oracle": StepOracle.fit(rows).estimator()}
+    """Claim `out` for this evaluation (`prefixvalue.runfolder.claim`, docs/design.md "Run folders"): a
+    folder holding another command's run or a file no evaluation wrote is refused, and one holding an
+    evaluation with another config (beyond `RERUN_KEYS`) unless ``overwrite=true``, which removes that
+    evaluation's files only. Then the previous outputs (`OUTPUTS`, plots) are removed, so none is appended
+    to or left stale: the same config rerun replaces its own outputs (evaluation is deterministic). The
+    claim holds the folder until this process ends or claims it again."""
+    folder = runfolder.claim(
+        out,
+        "evaluate",
+        cfg,
+        outputs=FOLDER_OUTPUTS,
+        rerun_keys=RERUN_KEYS,
+        path_keys=PATH_KEYS,
+        overwrite=cfg.overwrite,
+    )
+    folder.remove(*OUTPUTS, "*.png")
 
 
 def _load_value_model(path: str, device: str | None, options: Any = None) -> Any:
@@ -324,6 +220,8 @@ def _load_value_model(path: str, device: str | None, options: Any = None) -> Any
     return load_value_model(path, device=device, options=options)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run ``prefixvalue evaluate``; returns the metrics dict (also written to ``OUT/metrics.json``)."""
-    return run(parse_config(EvaluateConfig, list(argv) if argv is not None else None, prog="prefixvalue evaluate"))
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``prefixvalue evaluate``; returns the exit status (`run` returns the metrics, also written to
+    ``OUT/metrics.json``)."""
+    run(parse_config(EvaluateConfig, list(argv) if argv is not None else None, prog="prefixvalue evaluate"))
+    return 0

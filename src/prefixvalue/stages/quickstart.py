@@ -3,22 +3,9 @@
     prefixvalue quickstart --config recipes/quickstart.yaml           # what `make quickstart` runs
     prefixvalue quickstart --config recipes/quickstart.yaml collect.num_prompts=8000 train.max_steps=4000
 
-1. collect ``collect.samples`` traces for each of ``collect.num_prompts`` prompts (``OUT/traces``);
-2. split by prompt as training does and label held-out traces by Monte Carlo at ``label.positions``
-   (``OUT/labels``), plus one trace per held-out prompt at ``short:K`` (``OUT/labels_short``);
-3. train each value model of ``value_models`` (name → overrides of ``train``) on the training prompts
-   (``OUT/train_<name>``), the first also with ``seeds`` − 1 further seeds (``OUT/train_<name>_seed<k>``),
-   ``train_workers`` at a time in processes of one thread each;
-4. evaluate on the held-out prefixes (the first model is ``learned``, the others ``learned_<name>``),
-   beside the step-label oracle (exact step facts, fit on the training prompts), then the short-prefix
-   study, the forking tokens (each re-tested on ``fork_samples`` fresh MC samples), the seed spread of
-   ``learned``, its error-detection diagnosis and the quality goal (`prefixvalue.evaluation.analysis`).
-   Evaluation reads the primary checkpoint's split record: its traces are held out by construction, so
-   nothing is dropped, and metrics.json's ``split`` section says so.
-
-Everything lands in ``OUT``: metrics.json (with a ``quickstart`` section), report.md, plots,
-heatmap.html. Every stage resumes: run the same command again after an interruption. Record a fresh
-run's wall clock with ``python benchmarks/record_quickstart.py OUT``.
+Each stage's ``run`` in turn into the run folder ``OUT``: collect, label held-out traces by MC (and ``short:K``
+prefixes), train ``value_models`` (the first with ``seeds`` seeds), the one evaluator (`evaluation.evaluator`) and
+`evaluation.analysis`. Nested keys the quickstart sets are refused (`SETS`). Every stage resumes: run it again.
 """
 
 from __future__ import annotations
@@ -30,86 +17,72 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from .. import runfolder
 from ..config import ConfigError, RawMapping, config_to_dict, field, parse_config, save_resolved_config, with_overrides
 from ..data import heldout_selection, load_labels, load_traces, save_subset, traces_finish_summary
-from ..evaluation.analysis import error_diagnosis, largest_jumps, quality_verdict, seed_spread, short_prefix_study
-from ..evaluation.estimators import ESTIMATORS, value_model_estimator
-from ..evaluation.report import (
-    rank_equivalent_groups,
-    render_frontier_section,
-    render_quickstart_section,
-    summary_table,
-    write_report,
-)
-from ..evaluation.scoring import evaluate_prefixes, read_mc_cost
+from ..evaluation import analysis
+from ..evaluation.estimators import ESTIMATORS
+from ..evaluation.evaluator import evaluate, load_value_models
+from ..evaluation.loop import loop_summary, write_loop_report
+from ..evaluation.report import summary_table
 from ..loading import ModelLoadConfig
+from ..nesting import check_nested, nested
+from ..processes import run_jobs
+from ..studies import actions, advantages
+from ..studies.alternatives import SET_BY_ALTERNATIVES, run_alternatives
+from ..tracking import WANDB_GROUP_FILE, build_logger, timed, with_wandb_group
 from ..value import VALUE_MODELS
-from ..studies import actions as actions_stage
-from ..studies import advantages as advantages_stage
-from . import collect, label
-from . import train as train_mod
-from .evaluate import EvaluateConfig, oracle_estimators
+from . import collect, label, train
+from .evaluate import FOLDER_OUTPUTS, EvaluateConfig
+
+#: the loading options: set once at the top and passed to every stage (refused in a nested config)
+LOADING = {f.name: f"the top-level {f.name}" for f in dataclasses.fields(ModelLoadConfig)}
+#: the keys of the nested stage configs that the quickstart sets (key → to what): given, they are refused
+SETS: dict[str, dict[str, str]] = {
+    "collect": {"out": "OUT/traces", "model": "policy"},
+    "label": {"traces": "OUT/heldout_traces", "out": "OUT/labels", "model": "policy", "split_seed": "train.split_seed"}
+    | {"temperature": "collect.temperature", "heldout_fraction": "train.heldout_fraction"},
+    "train": {"traces": "OUT/traces", "policy": "policy", "output_dir": "OUT/train_<name>"},
+    "evaluate": {"out": "OUT", "split_record": "the first model's checkpoint", "checkpoint": "the trained models"}
+    | {"traces": "OUT/heldout_traces", "labels": "OUT/labels", "policy": "policy"},
+    **SET_BY_ALTERNATIVES,
+}
+#: what a quickstart writes into OUT (its run folder, `prefixvalue.runfolder`): each stage's folder and the report
+OUTPUTS = (*FOLDER_OUTPUTS, WANDB_GROUP_FILE, "*traces", "labels*", "train_*", "actions", "advantages")
 
 
 @dataclass
 class QuickstartConfig(ModelLoadConfig):
-    """The whole loop on the embedded default: collect → label → train → evaluate into one folder.
-
-    The loading options (revision, trust_remote_code, attn_implementation, device_map, gguf_file) are set
-    here once and go to every stage (train takes all but device_map)."""
+    """The whole loop into one folder; the loading options set here go to every stage (train: all but device_map)."""
 
     out: str = field("runs/quickstart", help="run folder (traces, labels, train_<kind>, report)")
     policy: str | None = field(None, help="policy: local folder, hub name or .gguf file (required)")
-    collect: collect.CollectConfig = field(
-        default_factory=lambda: collect.CollectConfig(split="test", num_prompts=2000),
-        help="collection options (out and model are set here)",
+    collect: collect.CollectConfig = nested(
+        collect.CollectConfig, "collection options", SETS["collect"], split="test", num_prompts=2000
     )
-    label: label.LabelConfig = field(
-        default_factory=lambda: label.LabelConfig(positions="all", samples=32, seed=1),
-        help="MC labelling of held-out traces (traces, out, model and temperature are set here; the short-prefix "
-        "study uses label.seed + 1)",
+    label: label.LabelConfig = nested(
+        label.LabelConfig, "MC labelling of held-out traces", SETS["label"], positions="all", samples=32, seed=1
     )
     label_traces_per_prompt: int = field(1, help="held-out traces labelled per held-out prompt")
     label_max_traces: int = field(200, help="most held-out traces labelled")
     short_k: int = field(2, help="short-prefix study: positions short:1 .. short:K, one trace per held-out prompt")
-    short_samples: int = field(64, help="MC continuations per short prefix")
+    short_samples: int = field(64, help="MC continuations per short prefix (sampled with label.seed + 1)")
     value_models: dict[str, RawMapping] = field(
         default_factory=lambda: {k: RawMapping({"value_model.kind": k}) for k in VALUE_MODELS},
-        help="value models trained: name → overrides of `train` (dotted keys, e.g. {value_model.kind: head}); "
-        "the first is `learned` in the report, the others `learned_<name>`",
+        help="value models trained: name → overrides of `train` (dotted keys, e.g. {value_model.kind: head}); the "
+        "first is `learned`, the others `learned_<name>`",
     )
     seeds: int = field(3, help="training seeds of `learned` (train.seed, +1, ...); the report gives their spread")
-    train_workers: int = field(
-        2, help="value models trained at once, in separate processes of one CPU thread each (1: one after another)"
-    )
-    frontier_table: str | None = field(
-        None, help="a `make frontier` table (frontier.md) to show in the report beside its plot (None: none)"
-    )
-    train: train_mod.TrainConfig = field(
-        default_factory=train_mod.TrainConfig,
-        help="training options (traces, policy, output_dir, value_model are set here)",
-    )
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, help="evaluation options (out is set here)")
+    train_workers: int = field(2, help="value models trained at once, in processes of one CPU thread each (1: in turn)")
+    frontier_table: str | None = field(None, help="a `make frontier` table (frontier.md) for the report (None: none)")
+    train: train.TrainConfig = nested(train.TrainConfig, "training options", SETS["train"])
+    evaluate: EvaluateConfig = nested(EvaluateConfig, "evaluation options", SETS["evaluate"])
     forks: int = field(3, help="traces with the largest MC value jumps shown with their forking tokens")
-    fork_samples: int = field(
-        64, help="fresh MC continuations per prefix that re-test each chosen fork (label.seed + 2)"
-    )
+    fork_samples: int = field(64, help="fresh MC continuations per prefix re-testing each fork (label.seed + 2)")
     threads: int = field(0, help="torch CPU threads (0: torch's default)")
-    alternatives: bool = field(
-        False,
-        help="also run `actions` and `advantages` (values of alternatives, docs/design.md) on the trained models "
-        "into OUT/actions and OUT/advantages, with report sections; off by default (adds minutes)",
-    )
-    actions: actions_stage.ActionsConfig = field(
-        default_factory=actions_stage.ActionsConfig,
-        help="alternatives=true: actions options (out, policy and checkpoints are set here)",
-    )
-    advantages: advantages_stage.AdvantagesConfig = field(
-        default_factory=advantages_stage.AdvantagesConfig,
-        help="alternatives=true: advantages options (out, traces, labels, policy and checkpoints are set here)",
-    )
+    alternatives: bool = field(False, help="also run `actions` and `advantages` on the trained models (adds minutes)")
+    actions: actions.ActionsConfig = nested(actions.ActionsConfig, "alternatives=true: actions", SETS["actions"])
+    advantages: advantages.AdvantagesConfig = nested(advantages.AdvantagesConfig, "advantages", SETS["advantages"])
 
     def __post_init__(self) -> None:
         if not self.policy:
@@ -123,275 +96,99 @@ class QuickstartConfig(ModelLoadConfig):
             raise ConfigError("quickstart: label.positions must be all, stride:K or steps (short runs separately)")
         if not self.value_models:
             raise ConfigError("quickstart: value_models needs at least one entry (name: overrides of train)")
-        for name in self.value_models:  # each entry must make a valid training config
+        check_nested(self, "quickstart", LOADING)
+        for name, overrides in self.value_models.items():  # each entry must make a valid training config
+            for key in sorted({*overrides} & {*SETS["train"], *LOADING}):
+                raise ConfigError(f"quickstart: value_models.{name}.{key} is set by the quickstart; remove it")
             self.train_config(name, Path(self.out), 0)
 
     def load_fields(self) -> dict[str, Any]:
         """The loading options as keyword arguments of every stage's config."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ModelLoadConfig)}
+        return {key: getattr(self, key) for key in LOADING}
 
-    def train_config(self, name: str, out: Path, seed_offset: int, traces: Path | None = None) -> train_mod.TrainConfig:
+    def label_config(self, **kw: Any) -> label.LabelConfig:
+        """``label`` with what the quickstart sets (the policy, collect's temperature, train's split) and `kw`."""
+        split = {"heldout_fraction": self.train.heldout_fraction, "split_seed": self.train.split_seed}
+        sets = {"model": self.policy, "temperature": self.collect.temperature, **split, **self.load_fields()}
+        return dataclasses.replace(self.label, **sets, **kw)
+
+    def train_config(self, name: str, out: Path, seed_offset: int, traces: Path | None = None) -> train.TrainConfig:
         """The training config of value model `name` (``train`` with its overrides) for one seed."""
         tcfg = with_overrides(self.train, dict(self.value_models[name]), f"quickstart: value_models.{name}")
-        suffix = f"_seed{seed_offset}" if seed_offset else ""
-        return dataclasses.replace(
-            tcfg,
-            **{**self.load_fields(), "device_map": None},
-            traces=str(traces) if traces is not None else tcfg.traces,
-            policy=self.policy,
-            output_dir=str(out / f"train_{name}{suffix}"),
-            seed=tcfg.seed + seed_offset,
-        )
+        sets = {**self.load_fields(), "device_map": None, "policy": self.policy, "seed": tcfg.seed + seed_offset}
+        folder = out / f"train_{name}{f'_seed{seed_offset}' if seed_offset else ''}"
+        return dataclasses.replace(tcfg, **sets, traces=str(traces) if traces else tcfg.traces, output_dir=str(folder))
 
 
-# ------------------------------------------------------------------------------------- stages
-#: file in the quickstart folder holding the wandb group shared by all its runs (reused on a rerun)
-WANDB_GROUP_FILE = "wandb_group"
-
-
-def with_wandb_group(cfg: QuickstartConfig, out: Path) -> QuickstartConfig:
-    """`cfg` with one wandb group for its training and evaluation runs: ``evaluate.wandb.group`` or
-    ``train.wandb.group`` when set, else $WANDB_RUN_GROUP, else ``quickstart-<folder>-<id>`` made once
-    and kept in ``OUT/wandb_group``, so a resumed quickstart logs into the same group."""
-    import os
-    import secrets
-
-    group = cfg.evaluate.wandb.group or cfg.train.wandb.group or os.environ.get("WANDB_RUN_GROUP")
-    path = out / WANDB_GROUP_FILE
-    if not group:
-        group = path.read_text().strip() if path.exists() else ""
-        group = group or f"quickstart-{out.resolve().name}-{secrets.token_hex(3)}"
-        path.write_text(group + "\n")
-    return dataclasses.replace(
-        cfg,
-        train=dataclasses.replace(cfg.train, wandb=dataclasses.replace(cfg.train.wandb, group=group)),
-        evaluate=dataclasses.replace(cfg.evaluate, wandb=dataclasses.replace(cfg.evaluate.wandb, group=group)),
-    )
-
-
-def _timed(seconds: dict[str, float], name: str, fn: Any, *args: Any) -> Any:
-    """`fn(*args)` as stage `name`: its wall-clock seconds are printed and stored in `seconds`."""
-    print(f"\n== quickstart: {name}", flush=True)
-    t = time.perf_counter()
-    out = fn(*args)
-    seconds[name] = round(time.perf_counter() - t, 1)
-    print(f"== {name}: {seconds[name]:.1f} s", flush=True)
-    return out
-
-
-def _train_one(tcfg: train_mod.TrainConfig) -> tuple[dict[str, Any], float]:
-    """One training run (in this process or a worker's); returns its result and wall-clock seconds."""
-    t = time.perf_counter()
-    r = train_mod.run(tcfg)
-    r["eval_curve"] = [[h["step"], h.get("brier_all")] for h in r.pop("eval_history")]
-    return r, round(time.perf_counter() - t, 1)
-
-
-def _train_all(cfg: QuickstartConfig, jobs: dict[str, train_mod.TrainConfig]) -> dict[str, tuple[dict, float]]:
-    """Every training run of the quickstart: one after another, or `train_workers` at a time in spawned
-    processes of one thread each (small models train faster two at a time than with two threads each)."""
-    if cfg.train_workers == 1 or len(jobs) == 1:
-        return {key: _train_one(tcfg) for key, tcfg in jobs.items()}
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    one_thread = {k: dataclasses.replace(t, threads=1) for k, t in jobs.items()}
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(cfg.train_workers, len(jobs)), mp_context=ctx) as pool:
-        futures = {key: pool.submit(_train_one, tcfg) for key, tcfg in one_thread.items()}
-        return {key: f.result() for key, f in futures.items()}
-
-
-# ------------------------------------------------------------------------------------------ run
 def run(cfg: QuickstartConfig) -> dict[str, Any]:
     """Run the loop; returns metrics.json's dict (with its ``quickstart`` section)."""
     import torch
 
     from ..policies import default_device, load_policy
-    from ..tracking import build_logger
-    from ..value import load_value_model
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    fresh = not out.exists() or not any(out.iterdir())
+    out, rerun_keys = Path(cfg.out), runfolder.RERUN_KEYS | {"threads", "train_workers", "frontier_table"}
+    folder = runfolder.claim(out, "quickstart", cfg, outputs=OUTPUTS, rerun_keys=rerun_keys, path_keys=("policy",))
+    fresh = folder.state == "fresh"
     save_resolved_config(cfg, out)
-    cfg = with_wandb_group(cfg, out)
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    traces_dir = out / "traces"
-
-    # 1. collect
-    _timed(
-        seconds,
-        "collect",
-        collect.run,
-        dataclasses.replace(cfg.collect, **cfg.load_fields(), out=str(traces_dir), model=cfg.policy),
-    )
+    cfg, seconds, t0, names = with_wandb_group(cfg, out), {}, time.perf_counter(), list(cfg.value_models)
+    traces_dir, labels_dir, short_labels_dir = out / "traces", out / "labels", out / "labels_short"
+    held_dir, short_dir = out / "heldout_traces", out / "short_traces"
+    with timed(seconds, "collect"):
+        collect.run(dataclasses.replace(cfg.collect, **cfg.load_fields(), out=str(traces_dir), model=cfg.policy))
     traces = load_traces(traces_dir)
-
-    # 2. held-out prefixes, labelled by MC (the split is the one training uses)
-    full, short, n_train_prompts, n_held_prompts = heldout_selection(
+    # held-out traces by the split training uses (label keeps exactly these), labelled by MC
+    held_rows, short_rows, *prompts = heldout_selection(
         traces, cfg.train.heldout_fraction, cfg.train.split_seed, cfg.label_traces_per_prompt, cfg.label_max_traces
     )
-    if not full:
+    if not held_rows:
         raise ConfigError("quickstart: no held-out prompts; raise num_prompts or train.heldout_fraction")
-    held_dir = save_subset(traces, full, out / "heldout_traces")
-    short_dir = save_subset(traces, short, out / "short_traces")
-    # the labels record the split training uses, so label keeps exactly the held-out traces chosen here
-    lcfg = dataclasses.replace(
-        cfg.label,
-        **cfg.load_fields(),
-        model=cfg.policy,
-        temperature=cfg.collect.temperature,
-        heldout_fraction=cfg.train.heldout_fraction,
-        split_seed=cfg.train.split_seed,
-    )
-    _timed(seconds, "label", label.run, dataclasses.replace(lcfg, traces=str(held_dir), out=str(out / "labels")))
-    _timed(
-        seconds,
-        "label short",
-        label.run,
-        dataclasses.replace(
-            lcfg,
-            traces=str(short_dir),
-            out=str(out / "labels_short"),
-            positions=f"short:{cfg.short_k}",
-            samples=cfg.short_samples,
-            seed=cfg.label.seed + 1,
-        ),
-    )
-
-    # 3. train every value model on the training prompts (and `learned` with further seeds)
-    names = list(cfg.value_models)
+    save_subset(traces, held_rows, held_dir)
+    save_subset(traces, short_rows, short_dir)
+    with timed(seconds, "label"):
+        label.run(cfg.label_config(traces=str(held_dir), out=str(labels_dir)))
+    with timed(seconds, "label short"):
+        prefixes = {"positions": f"short:{cfg.short_k}", "samples": cfg.short_samples, "seed": cfg.label.seed + 1}
+        label.run(cfg.label_config(traces=str(short_dir), out=str(short_labels_dir), **prefixes))
+    # every value model on the training prompts, `learned` with further seeds, `train_workers` at a time
     jobs = {(name, 0): cfg.train_config(name, out, 0, traces_dir) for name in names}
     jobs.update({(names[0], s): cfg.train_config(names[0], out, s, traces_dir) for s in range(1, cfg.seeds)})
-    trained = _timed(seconds, "train", _train_all, cfg, jobs)
-    # (step, held-out Brier) of every held-out evaluation is in each result's eval_curve (quality verdict)
-    train_results = {name: trained[(name, 0)][0] for name in names}
-    for (name, s), (_, sec) in trained.items():
-        seconds[f"train {name}" + (f" seed {s}" if s else "")] = sec
-
-    # 4. evaluate on the held-out prefixes, then the short-prefix study and the forking tokens
-    ecfg = dataclasses.replace(cfg.evaluate, **cfg.load_fields(), out=str(out))
-
-    def evaluate_all() -> tuple[Any, dict[str, Any], Any]:
-        device = ecfg.device or str(default_device())
-        load = ecfg.load_options()
+    with timed(seconds, "train"):
+        trained = run_jobs(train.run, jobs, cfg.train_workers, lambda t: dataclasses.replace(t, threads=1))
+    seconds.update({f"train {n}" + (f" seed {s}" if s else ""): sec for (n, s), (_, sec) in trained.items()})
+    ckpts = {key: str(r["checkpoint"]) for key, (r, _) in trained.items()}
+    # the one evaluator on the held-out prefixes (the first model's split record), then the analyses
+    ecfg = dataclasses.replace(cfg.evaluate, **cfg.load_fields(), out=str(out), split_record=ckpts[names[0], 0])
+    with timed(seconds, "evaluate"):
+        device, load = ecfg.device or str(default_device()), ecfg.load_options()
         policy, tok = load_policy(cfg.policy, ecfg.dtype, device, load)
-        models = {k: load_value_model(train_results[k]["checkpoint"], device=device, options=load) for k in names}
-        primary = models[names[0]]
-        extra = {**ESTIMATORS, **{f"learned_{k}": value_model_estimator(models[k]) for k in names[1:]}}
-        # the primary checkpoint's split record decides which prompts are held out
-        run_cfg = dataclasses.replace(ecfg, split_record=str(train_results[names[0]]["checkpoint"]))
-        held = load_traces(held_dir)
-        extra.update(oracle_estimators(run_cfg, traces))  # the step-label oracle, fit on the training prompts
-        with torch.no_grad():
-            result = evaluate_prefixes(
-                held,
-                load_labels(out / "labels"),
-                value_model=primary,
-                policy=policy,
-                tokenizer=tok,
-                config=run_cfg,
-                estimators=extra,
-                mc_cost=read_mc_cost(out / "labels"),
-            )
-            short_res = short_prefix_study(
-                load_traces(short_dir),
-                load_labels(out / "labels_short"),
-                cfg.short_k,
-                primary,
-                policy,
-                tok,
-                run_cfg,
-                extra,
-            )
-        # forks are re-tested on fresh samples: the labels' sampling with seed label.seed + 2 (the short study used + 1)
-        fork_labeller = label.labeller_for(held, dataclasses.replace(lcfg, seed=cfg.label.seed + 2), policy, tok)
-        forks = largest_jumps(
-            result,
-            cfg.forks,
-            tok,
-            labeller=fork_labeller,
-            refs={r.trace_id: r for r in label.trace_refs(held)},
-            samples=cfg.fork_samples,
+        models = load_value_models({name: ckpts[name, 0] for name in names}, device, load)
+        kw = {"policy": policy, "tokenizer": tok, "oracle_traces": traces, "progress": ecfg.progress}
+        held, short_traces, short_labels = load_traces(held_dir), load_traces(short_dir), load_labels(short_labels_dir)
+        result = evaluate(models, held, labels_dir, ecfg, **kw)
+        short = analysis.short_prefix_study(
+            short_labels, cfg.short_k, lambda r: evaluate(models, short_traces, r, ecfg, **kw)
         )
-        # seed 0 is `primary`, already in `result`; the further seeds are loaded and predicted here
-        seed_models = {
-            s: load_value_model(trained[(names[0], s)][0]["checkpoint"], device=device, options=load)
-            for s in range(1, cfg.seeds)
-        }
-        with torch.no_grad():
-            seeds = seed_spread(result, seed_models, result.metrics["mc"]["noise_ceiling"].get("spearman"))
-        diagnosis = error_diagnosis(result)
-        q = {
-            "config": config_to_dict(cfg),
-            "collected_traces": len(traces),
-            "policy_accuracy": float(np.asarray(traces["outcome"], dtype=np.float64).mean()),
-            "train_prompts": n_train_prompts,
-            "heldout_prompts": n_held_prompts,
-            "labelled_heldout_traces": len(full),
-            "short": short_res,
-            "short_samples": cfg.short_samples,
-            "short_estimators": [
-                n for n in ("learned", *extra, "mellowmax", "logsumexp") if n in result.estimator_info
-            ],
-            "forks": forks,
-            "train": train_results,
-            "recipes": {k: dict(v) for k, v in cfg.value_models.items()},
-            "seeds": seeds,
-            "diagnosis": diagnosis,
-            "quality": quality_verdict(
-                result.metrics, train_results, int(train_results[names[0]].get("train_traces", 0)), diagnosis
-            ),
-        }
-        return result, q, tok
-
-    result, q, tok = _timed(seconds, "evaluate", evaluate_all)
-    alt_metrics, alt_sections = {}, []
-    if cfg.alternatives:  # values of alternatives: studies/alternatives.py
-        from ..studies.alternatives import run_alternatives
-
-        ckpts = [train_results[n]["checkpoint"] for n in names]
-        alt_metrics, alt_sections = run_alternatives(
-            cfg.actions,
-            cfg.advantages,
-            str(cfg.policy),
-            ckpts,
-            held_dir,
-            out / "labels",
-            out,
-            cfg.load_fields(),
-            lambda name, fn, c: _timed(seconds, name, fn, c),
-        )
-    q["seconds"] = {**seconds, "total": round(time.perf_counter() - t0, 1)}
-    q["fresh_run"] = fresh
-    metrics = result.metrics
-    metrics["policy"] = cfg.policy
-    metrics["checkpoint"] = train_results[names[0]]["checkpoint"]
-    metrics["traces_finish"] = traces_finish_summary(traces)
-    metrics["quickstart"] = q
-    metrics.update(alt_metrics)  # alternatives=true: the ``actions`` and ``advantages`` sections
-    metrics["rank_equivalent"] = rank_equivalent_groups(result)  # the sections below merge these too
-    logger = build_logger(ecfg.report_to, out, config_to_dict(cfg), ecfg.run_name, ecfg.wandb, job_type="evaluate")
-    try:
-        write_report(
-            result,
-            out,
-            tokenizer=tok,
-            logger=logger,
-            config=ecfg,
-            traces=[r["trace_index"] for r in q["forks"]],
-            forks={r["trace_index"]: r["token_index"] for r in q["forks"]},
-            sections=[
-                render_quickstart_section(q, metrics),
-                render_frontier_section(cfg.frontier_table, out),
-                *alt_sections,
-            ],
-        )
-    finally:
-        logger.finish()
+        # forks are re-tested on fresh samples: the labels' sampling, seed label.seed + 2 (short used + 1)
+        labeller = label.labeller_for(held, cfg.label_config(seed=cfg.label.seed + 2), policy, tok)
+        refs = {r.trace_id: r for r in label.trace_refs(held)}
+        forks = analysis.largest_jumps(result, cfg.forks, tok, labeller=labeller, refs=refs, samples=cfg.fork_samples)
+        seed_models = load_value_models({s: ckpts[names[0], s] for s in range(1, cfg.seeds)}, device, load)
+        with torch.no_grad():  # seed 0 is `learned`, already in `result`
+            seeds = analysis.seed_spread(result, seed_models, result.metrics["mc"]["noise_ceiling"].get("spearman"))
+        extra = [*ESTIMATORS, *(f"learned_{name}" for name in names[1:]), "step_oracle"]
+        more = {"short": short, "short_samples": cfg.short_samples, "forks": forks, "seeds": seeds, "extra": extra}
+        firsts = {name: trained[name, 0][0] for name in names}
+        q = loop_summary(result, traces, config_to_dict(cfg), prompts, len(held_rows), firsts, cfg.value_models, **more)
+    alt = (cfg.actions, cfg.advantages, str(cfg.policy), [ckpts[n, 0] for n in names], held_dir, labels_dir, out)
+    alt_metrics, alt_sections = run_alternatives(*alt, cfg.load_fields(), seconds) if cfg.alternatives else ({}, [])
+    q.update(seconds={**seconds, "total": round(time.perf_counter() - t0, 1)}, fresh_run=fresh)
+    add = {"policy": cfg.policy, "checkpoint": ckpts[names[0], 0], "traces_finish": traces_finish_summary(traces)}
+    with build_logger(ecfg.report_to, out, config_to_dict(cfg), ecfg.run_name, ecfg.wandb, job_type="evaluate") as log:
+        how = {"tokenizer": tok, "options": ecfg, "logger": log, "frontier_table": cfg.frontier_table}
+        metrics = write_loop_report(result, out, {**add, "quickstart": q, **alt_metrics}, **how, more=alt_sections)
+    folder.finish()
     print("\n" + summary_table(q, metrics))
     print(f"\nresults: {out}/report.md, metrics.json, heatmap.html, value_curves.png")
     return metrics

@@ -25,8 +25,16 @@ from typing import Any
 
 import numpy as np
 
+from .. import runfolder
 from ..config import ConfigError, RawMapping, config_to_dict, field, parse_config, save_resolved_config
 from ..loading import ModelLoadConfig
+
+#: the top-level names the study writes into OUT (the run-folder contract, `prefixvalue.runfolder`)
+OUTPUTS = (runfolder.CONFIG_FILE, "actions.parquet", "actions.png", "metrics.json", "report.md")
+#: keys that may differ when the same study runs again into OUT
+RERUN_KEYS = runfolder.RERUN_KEYS | {"threads"}
+#: keys naming files or folders, compared as resolved paths
+PATH_KEYS = ("policy", "actions")
 
 
 @dataclass
@@ -151,8 +159,9 @@ def run(cfg: ActionsConfig) -> dict[str, Any]:
     )
     from ..policies import default_device, load_policy
     from ..prompting import choose_prompt_format
+    from ..sampling.hf import HFSampler
     from ..sampling.mc import MCLabeller
-    from ..sampling.sampler import HFSampler, SamplingParams
+    from ..sampling.sampler import SamplingParams
     from ..tasks import build_task, task_options
     from ..value import load_value_model
 
@@ -161,7 +170,7 @@ def run(cfg: ActionsConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     out = Path(str(cfg.out))
-    out.mkdir(parents=True, exist_ok=True)
+    folder = runfolder.claim(out, "actions", cfg, outputs=OUTPUTS, rerun_keys=RERUN_KEYS, path_keys=PATH_KEYS)
     save_resolved_config(cfg, out)
     try:
         task = build_task(cfg.task, task_options(cfg.task, dict(cfg.task_args or {})))
@@ -240,7 +249,9 @@ def run(cfg: ActionsConfig) -> dict[str, Any]:
         )
     chosen = plot_choice(table, cfg.plot_states)
     plot = plot_action_states(table, states, names, chosen, out / "actions.png")
-    pq.write_table(pa.table({k: v.tolist() for k, v in table.items()}), out / "actions.parquet")
+    folder.write_with(
+        "actions.parquet", lambda path: pq.write_table(pa.table({k: v.tolist() for k, v in table.items()}), path)
+    )
     metrics: dict[str, Any] = {
         "n_states": len(states),
         "dropped_training_states": dropped,
@@ -253,10 +264,11 @@ def run(cfg: ActionsConfig) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 1),
         "files": {"table": "actions.parquet", "plot": plot.name if plot else None},
     }
-    (out / "metrics.json").write_text(json.dumps({"actions": metrics, "config": config_to_dict(cfg)}, indent=2))
-    (out / "report.md").write_text(
-        "# prefixvalue actions\n\n" + render_actions_section(metrics, plot.name if plot else None)
+    folder.write_text("metrics.json", json.dumps({"actions": metrics, "config": config_to_dict(cfg)}, indent=2))
+    folder.write_text(
+        "report.md", "# prefixvalue actions\n\n" + render_actions_section(metrics, plot.name if plot else None)
     )
+    folder.finish()
     print(f"actions: {len(states)} states, {len(items)} pairs, {metrics['seconds']:.1f} s -> {out}/report.md")
     return metrics
 

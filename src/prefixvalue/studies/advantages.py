@@ -2,7 +2,7 @@
 
     prefixvalue advantages traces=runs/quickstart/heldout_traces labels=runs/quickstart/labels checkpoints=[runs/quickstart/train_implicit/final,runs/quickstart/train_head/final] out=runs/advantages
 
-For each prefix s_p of the traces (p = 0..T−1), the candidates are the policy's ``top_k`` next tokens and the
+For each prefix s_p of the traces (p = 0..T−1), the candidates are the policy's ``top_candidates`` next tokens and the
 token the trace sampled. Each value checkpoint gives V(s_p ⊕ y') and the TD advantage V(s_p ⊕ y') − V(s_p):
 an implicit model from one forward pass per trace (V_φ(s ⊕ y') = V_φ(s) + β·[log π_φ(y'|s) − log π_ref(y'|s)]),
 any other model from one sequence s_p ⊕ y' per candidate, batched. OUT/advantages.parquet holds one row per
@@ -24,8 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import runfolder
 from ..config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
 from ..loading import ModelLoadConfig
+
+#: the top-level names the study writes into OUT (the run-folder contract, `prefixvalue.runfolder`)
+OUTPUTS = (runfolder.CONFIG_FILE, "advantages.parquet", "columns.json", "mc_check.parquet", "metrics.json", "report.md")
+#: keys that may differ when the same study runs again into OUT
+RERUN_KEYS = runfolder.RERUN_KEYS | {"threads"}
+#: keys naming files or folders, compared as resolved paths
+PATH_KEYS = ("traces", "labels", "policy")
 
 
 @dataclass
@@ -42,7 +50,11 @@ class AdvantagesConfig(ModelLoadConfig):
         help="prefix labels of the traces (prefixvalue label, positions=all or adaptive): their largest MC jumps "
         "between neighbouring tokens are checked first",
     )
-    top_k: int = field(4, help="the policy's most likely next tokens taken as candidates (plus the sampled one)")
+    top_candidates: int = field(
+        4,
+        help="the policy's most likely next tokens taken as candidates (plus the sampled one)",
+        renamed_from="top_k",
+    )
     max_traces: int | None = field(60, help="first K traces get candidates (None: all)")
     mc_prefixes: int = field(24, help="prefixes whose candidates are labelled by Monte Carlo (forks included)")
     mc_forks: int = field(8, help="of those, the largest MC jumps in `labels` (known forking tokens)")
@@ -57,7 +69,7 @@ class AdvantagesConfig(ModelLoadConfig):
     threads: int = field(0, help="torch CPU threads (0: torch's default)")
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "samples", "batch_size", "batch_rows"):
+        for name in ("top_candidates", "samples", "batch_size", "batch_rows"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"advantages: {name} must be >= 1, got {getattr(self, name)}")
         if self.mc_prefixes < 0 or self.mc_forks < 0:
@@ -95,10 +107,10 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
         render_advantages_section,
         score_check,
     )
-    from ..loading import check_vocabulary, traces_policy
-    from ..policies import default_device, load_policy
+    from ..loading import traces_policy
+    from ..policies import check_vocabulary, default_device, load_policy
+    from ..sampling.labelling import LabellerOptions, labeller_for, trace_refs
     from ..value import load_value_model
-    from ..stages import label
     from .actions import checkpoint_names, heldout_under
 
     cfg.check_inputs()
@@ -106,7 +118,7 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     out = Path(str(cfg.out))
-    out.mkdir(parents=True, exist_ok=True)
+    folder = runfolder.claim(out, "advantages", cfg, outputs=OUTPUTS, rerun_keys=RERUN_KEYS, path_keys=PATH_KEYS)
     save_resolved_config(cfg, out)
     ds = load_traces(str(cfg.traces))
     if cfg.max_traces is not None and len(ds) > cfg.max_traces:
@@ -116,21 +128,23 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
     device = cfg.device or str(default_device())
     policy, tok = load_policy(policy_path, cfg.dtype, device, load)
     check_vocabulary(tok, ds, "advantages", getattr(policy.config, "vocab_size", None))
-    refs = {r.trace_id: r for r in label.trace_refs(ds)}
+    refs = {r.trace_id: r for r in trace_refs(ds)}
     traces = [
         TraceInput(r.trace_id, r.prompt.prompt_id, list(r.prompt_ids), list(r.completion_ids)) for r in refs.values()
     ]
     names = checkpoint_names(cfg.checkpoints)
     models = {n: load_value_model(p, device=device, options=cfg.load_options()) for n, p in names.items()}
     with torch.no_grad():
-        cands = policy_candidates(policy, traces, cfg.top_k, cfg.batch_size)
+        cands = policy_candidates(policy, traces, cfg.top_candidates, cfg.batch_size)
         table = candidate_table(traces, cands, models, tok, cfg.batch_size)
     t_table = time.perf_counter() - t0
-    pq.write_table(pa.table({k: v.tolist() for k, v in table.items()}), out / "advantages.parquet")
+    folder.write_with(
+        "advantages.parquet", lambda path: pq.write_table(pa.table({k: v.tolist() for k, v in table.items()}), path)
+    )
     columns = dict(COLUMNS)
     for n in models:
         columns.update({k.format(m=n): v for k, v in MODEL_COLUMNS.items()})
-    (out / "columns.json").write_text(json.dumps(columns, indent=2, ensure_ascii=False))
+    folder.write_text("columns.json", json.dumps(columns, indent=2, ensure_ascii=False))
 
     # the MC check scores learned values: only traces whose prompt every checkpoint holds out
     held = heldout_under(cfg.checkpoints, [refs[t.trace_id].prompt.text for t in traces], "advantages")
@@ -143,26 +157,25 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
         else []
     )
     chosen = choose_check_prefixes(check_traces, cfg.mc_prefixes, forks, cfg.seed)
-    labeller = label.labeller_for(
-        ds,
-        label.LabelConfig(seed=cfg.seed, batch_rows=cfg.batch_rows, verifier_timeout_s=cfg.verifier_timeout_s),
-        policy,
-        tok,
-    )
+    options = LabellerOptions(seed=cfg.seed, batch_rows=cfg.batch_rows, verifier_timeout_s=cfg.verifier_timeout_s)
+    labeller = labeller_for(ds, options, policy, tok)
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     t1 = time.perf_counter()
     check = mc_check(labeller, refs, traces, table, chosen, cfg.samples, eos)
     t_mc = time.perf_counter() - t1
-    pq.write_table(pa.table({k: np.asarray(v).tolist() for k, v in check.items()}), out / "mc_check.parquet")
+    folder.write_with(
+        "mc_check.parquet",
+        lambda path: pq.write_table(pa.table({k: np.asarray(v).tolist() for k, v in check.items()}), path),
+    )
     scores = score_check(check, list(models), cfg.n_bootstrap, cfg.seed)
-    implicit = [n for n, m in models.items() if getattr(m, "kind", None) == "implicit"]
+    implicit = [n for n, m in models.items() if getattr(m, "counterfactuals", False)]  # valued by counterfactuals
     metrics: dict[str, Any] = {
         "n_traces": len(traces),
         "check_heldout_traces": len(check_traces),
         "check_dropped_training_traces": len(traces) - len(check_traces),
         "n_prefixes": int(len(set(table["prefix_id"].tolist()))),
         "n_rows": int(len(table["prefix_id"])),
-        "top_k": cfg.top_k,
+        "top_k": cfg.top_candidates,  # metrics key as before the option's rename
         "samples": cfg.samples,
         "models": {n: getattr(m, "kind", "?") for n, m in models.items()},
         "dataset": "advantages.parquet",
@@ -174,8 +187,9 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 1),
         "files": {"dataset": "advantages.parquet", "columns": "columns.json", "check": "mc_check.parquet"},
     }
-    (out / "metrics.json").write_text(json.dumps({"advantages": metrics, "config": config_to_dict(cfg)}, indent=2))
-    (out / "report.md").write_text("# prefixvalue advantages\n\n" + render_advantages_section(metrics))
+    folder.write_text("metrics.json", json.dumps({"advantages": metrics, "config": config_to_dict(cfg)}, indent=2))
+    folder.write_text("report.md", "# prefixvalue advantages\n\n" + render_advantages_section(metrics))
+    folder.finish()
     print(
         f"advantages: {metrics['n_rows']} candidate rows over {metrics['n_prefixes']} prefixes, MC check of "
         f"{scores['n_prefixes']} prefixes, {metrics['seconds']:.1f} s -> {out}/report.md"

@@ -12,8 +12,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..evaluation.actions import render_actions_section
+from ..evaluation.advantages import render_advantages_section
+from ..tracking import timed
 from . import actions as actions_stage
 from . import advantages as advantages_stage
+
+#: the keys of ``actions`` and ``advantages`` that `run_alternatives` sets (key → what to); the quickstart
+#: refuses them when given, with the loading options it sets too
+SET_BY_ALTERNATIVES: dict[str, dict[str, str]] = {
+    "actions": {"out": "OUT/actions", "policy": "policy", "checkpoints": "the trained checkpoints"},
+    "advantages": {"out": "OUT/advantages", "traces": "OUT/heldout_traces", "labels": "OUT/labels"}
+    | {"policy": "policy", "checkpoints": "the trained checkpoints"},
+}
 
 
 def run_alternatives(
@@ -25,13 +36,11 @@ def run_alternatives(
     labels: Path,
     out: Path,
     load_fields: dict[str, Any],
-    timed: Any,
+    seconds: dict[str, float],
 ) -> tuple[dict[str, Any], list[str]]:
-    """Run both studies into ``out/actions`` and ``out/advantages``; `timed(name, fn, cfg)` runs and times a
-    stage. Returns metrics.json's ``actions`` and ``advantages`` sections and the report sections (their
-    plot paths relative to `out`)."""
-    from ..evaluation.actions import render_actions_section
-    from ..evaluation.advantages import render_advantages_section
+    """Run both studies into ``out/actions`` and ``out/advantages``, each timed into `seconds`
+    (`prefixvalue.tracking.timed`). Returns metrics.json's ``actions`` and ``advantages`` sections and the
+    report sections (their plot paths relative to `out`)."""
 
     acfg = dataclasses.replace(
         actions_cfg, **load_fields, out=str(out / "actions"), policy=policy, checkpoints=list(checkpoints)
@@ -45,8 +54,10 @@ def run_alternatives(
         policy=policy,
         checkpoints=list(checkpoints),
     )
-    am = timed("actions", actions_stage.run, acfg)
-    vm = timed("advantages", advantages_stage.run, vcfg)
+    with timed(seconds, "actions"):
+        am = actions_stage.run(acfg)
+    with timed(seconds, "advantages"):
+        vm = advantages_stage.run(vcfg)
     plot = am["files"].get("plot")
     sections = [
         render_actions_section(am, f"actions/{plot}" if plot else None),

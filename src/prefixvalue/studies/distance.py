@@ -6,7 +6,7 @@
 How many trainable virtual tokens, in front of the frozen policy, does it take to make it predict its own
 success? For each value-model kind (implicit, head) and each n of `tokens`, `seeds` trainings of a soft
 prompt of n tokens on the frozen policy, all with the same data and the same fixed step budget, each an
-in-process call of the training loop (`prefixvalue.stages.train.run`). The head alone at n = 0 is the
+in-process call of the training loop (`prefixvalue.training.run`). The head alone at n = 0 is the
 linear probe; the implicit model at n = 0 has nothing to train (π_φ = π_ref, V_φ ≡ 0) and is evaluated as
 it starts. Then, per kind, a LoRA run at the soft prompt's trainable-parameter count at n* (the rule and
 the outputs: docs/design.md, "Conditional distance"). Held-out loss comes from the training run's held-out
@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import runfolder
+from .. import training as train_mod
 from ..config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
 from ..evaluation.distance import (
     flattening,
@@ -37,13 +39,31 @@ from ..evaluation.distance import (
     render_distance_section,
     t_interval,
 )
+from ..evaluation.evaluator import evaluate
+from ..evaluation.options import ScoringOptions
+from ..processes import run_jobs
 from ..value import VALUE_MODELS, ValueModelConfig
-from ..stages import train as train_mod
 
 #: the soft-prompt grid of the paper: 0 and doubling from 1
 DEFAULT_TOKENS = [0, 1, 2, 4, 8, 16, 32, 64]
 CELL_FILE = "cell.json"  # a cell's measured figures, written last: marks the cell finished
 CURVE_FILE = "curve.json"  # the training run's held-out curve and wall time, written after training
+#: what the sweep writes into a cell's training folder beside the training (`train_mod.check_run_folder`)
+CELL_OUTPUTS = (CURVE_FILE, CELL_FILE, CELL_FILE + ".tmp")
+#: the top-level names the sweep writes into OUT (the run-folder contract, `prefixvalue.runfolder`)
+OUTPUTS = (
+    runfolder.CONFIG_FILE,
+    *runfolder.LOGGER_OUTPUTS,
+    "cells",
+    "distance.json",
+    "distance.png",
+    "report.md",
+    "distance_*.parquet",
+)
+#: keys that may differ when the same sweep runs again into OUT (how it runs, where it reports)
+RERUN_KEYS = runfolder.RERUN_KEYS | {"workers", "threads", "log_checkpoints"}
+#: keys naming files or folders, compared as resolved paths
+PATH_KEYS = ("traces", "labels", "train.traces", "train.labels", "train.policy")
 
 
 def _default_train() -> train_mod.TrainConfig:
@@ -144,7 +164,7 @@ class DistanceConfig:
                 lora_alpha=2.0 * lora_r,  # scale alpha / r = 2, the LoRA default of this project (16 / 8)
                 lora_target_modules=self.lora_target_modules,
             )
-        elif kind == "implicit" and n == 0:
+        elif VALUE_MODELS[kind].needs_adapter and n == 0:  # nothing to train: the fresh model itself
             vm = dataclasses.replace(vm, backbone="lora", lora_r=1, lora_alpha=2.0)
             kw = {"max_steps": 1, "lr": 0.0, "head_lr": None, "warmup_steps": 0, "eval_every": 1}
         try:
@@ -179,8 +199,7 @@ def _train_cell(tcfg: train_mod.TrainConfig) -> dict[str, Any]:
         "auroc_last": result.get("auroc_last"),
         "seconds": round(time.perf_counter() - t, 2),
     }
-    path = Path(tcfg.output_dir) / CURVE_FILE
-    path.write_text(json.dumps(curve, indent=2) + "\n")
+    runfolder.write_text(Path(tcfg.output_dir) / CURVE_FILE, json.dumps(curve, indent=2) + "\n")  # atomic
     return curve
 
 
@@ -188,7 +207,8 @@ def _trained(tcfg: train_mod.TrainConfig) -> bool:
     out = Path(tcfg.output_dir)
     if not (out / CURVE_FILE).exists() or not (out / "final").exists():
         return False
-    train_mod.check_run_folder(tcfg, out)  # a finished cell of another config is refused, not reused
+    # a finished cell of another config is refused, not reused
+    train_mod.check_run_folder(tcfg, out, extra_outputs=CELL_OUTPUTS)
     return True
 
 
@@ -204,93 +224,68 @@ def train_cells(cfg: DistanceConfig, jobs: Sequence[train_mod.TrainConfig]) -> N
             print(f"distance: cell {i + 1}/{len(todo)}: {Path(tcfg.output_dir).name}", flush=True)
             _train_cell(tcfg)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx) as pool:
-        for f in [pool.submit(_train_cell, dataclasses.replace(t, threads=1)) for t in todo]:
-            f.result()
+    run_jobs(_train_cell, dict(enumerate(todo)), cfg.workers, lambda t: dataclasses.replace(t, threads=1))
 
 
 # ------------------------------------------------------------------------------ evaluation
 @dataclass
 class LabelledSet:
-    """MC-labelled prefixes for Spearman: per trace, its prompt text and ids, and (position, MC mean)."""
+    """The MC-labelled traces every cell is scored on (those that fit ``train.max_length``) and their labels."""
 
-    traces: list[dict[str, Any]]  # trace_id, prompt, prompt_id, prompt_ids, completion_ids, positions, mc
+    traces: Any  # a traces dataset: the labelled traces, in the order of the traces folder
+    labels: Any  # the prefix-labels dataset
 
     @classmethod
     def load(cls, traces_dir: str, labels_dir: str, max_length: int = 0) -> LabelledSet:
         from ..data import load_labels, load_traces
 
         labels = load_labels(labels_dir)
-        by_trace: dict[str, list[tuple[int, float]]] = {}
-        for tid, pos, mean in zip(labels["trace_id"], labels["position"], labels["mean"]):
-            by_trace.setdefault(tid, []).append((int(pos), float(mean)))
         traces = load_traces(traces_dir)
-        rows = []
-        wanted = set(by_trace)
-        for i, tid in enumerate(traces["trace_id"]):
-            if tid in wanted:
-                r = traces[i]
-                pts = sorted(by_trace[tid])
-                rows.append(
-                    {
-                        "trace_id": tid,
-                        "prompt": r["prompt"],
-                        "prompt_id": r["prompt_id"],
-                        "prompt_ids": r["prompt_ids"],
-                        "completion_ids": r["completion_ids"],
-                        "positions": [p for p, _ in pts],
-                        "mc": [m for _, m in pts],
-                    }
-                )
-                wanted.discard(tid)
-        if wanted:
+        wanted, ids = set(labels["trace_id"]), traces["trace_id"]
+        keep = [i for i, tid in enumerate(ids) if tid in wanted]
+        missing = wanted - {ids[i] for i in keep}
+        if missing:
             raise ConfigError(
-                f"distance: {len(wanted)} labelled trace(s) of {labels_dir} are not in {traces_dir} "
-                f"(e.g. {sorted(wanted)[0]}); label the traces the sweep trains on"
+                f"distance: {len(missing)} labelled trace(s) of {labels_dir} are not in {traces_dir} "
+                f"(e.g. {sorted(missing)[0]}); label the traces the sweep trains on"
             )
         if max_length:  # as training drops them (train.max_length)
-            rows = [r for r in rows if len(r["prompt_ids"]) + len(r["completion_ids"]) <= max_length]
-        return cls(rows)
+            lengths = [len(p) + len(c) for p, c in zip(traces["prompt_ids"], traces["completion_ids"])]
+            keep = [i for i in keep if lengths[i] <= max_length]
+        return cls(traces.select(keep), labels)
 
 
 def cell_spearman(
     checkpoint: Path, labelled: LabelledSet | None, dtype: str = "float32", batch_size: int = 32
 ) -> dict[str, Any]:
     """Spearman of the checkpoint's P̂ with the MC labels, over labelled prefixes whose prompt the
-    checkpoint's split record (final/split.json) holds out; prefixes of training prompts are dropped
-    and counted. ConfigError when the checkpoint records no split or no labelled prompt is held out."""
+    checkpoint's split record (final/split.json) holds out, scored by the one evaluator
+    (`prefixvalue.evaluation.evaluator.evaluate`; no soft values, no bootstrap); prefixes of training
+    prompts are dropped and counted. ConfigError when the checkpoint records no split or no labelled
+    prompt is held out."""
     from ..data import SplitRecord
-    from ..evaluation.metrics import correlation
     from ..policies import default_device
-    from ..value import load_value_model
 
     if labelled is None:
         return {"spearman": None, "spearman_note": "no labels given"}
     record = SplitRecord.load(checkpoint)
     if record is None:
         raise ConfigError(f"distance: {checkpoint} records no split (split.json); its held-out prompts are unknown")
-    rows = [r for r in labelled.traces if record.is_heldout(r["prompt"])]
-    dropped = len(labelled.traces) - len(rows)
-    if not rows:
+    if not any(record.is_heldout(p) for p in labelled.traces["prompt"]):  # refused before loading the model
         raise ConfigError(
             f"distance: none of the {len(labelled.traces)} labelled traces is held out under {checkpoint}/split.json"
         )
-    model = load_value_model(checkpoint, device=default_device(), dtype=dtype)
-    preds = model.predict([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows], batch_size)
-    x = np.concatenate([p[r["positions"]] for p, r in zip(preds, rows)])
-    y = np.concatenate([np.asarray(r["mc"], dtype=np.float64) for r in rows])
-    groups = np.concatenate([[r["prompt_id"]] * len(r["positions"]) for r in rows])
-    c = correlation(x, y, groups, "spearman", n_boot=0)
+    options = ScoringOptions(batch_size=batch_size, soft_values=False, n_bootstrap=0, step_oracle=False)
+    result = evaluate(
+        {"learned": str(checkpoint)}, labelled.traces, labelled.labels, options, device=default_device(), dtype=dtype
+    )
+    sp = result.metrics["estimators"]["learned"]["spearman"]
     return {
-        "spearman": c["value"],
-        "spearman_note": c.get("note") if c["value"] is None else None,
-        "spearman_prefixes": int(len(x)),
-        "spearman_traces": len(rows),
-        "dropped_training_traces": dropped,
+        "spearman": sp["value"],
+        "spearman_note": sp.get("note") if sp["value"] is None else None,
+        "spearman_prefixes": result.metrics["n_prefixes"],
+        "spearman_traces": result.metrics["n_traces"],
+        "dropped_training_traces": len(labelled.traces) - result.metrics["n_traces"],
     }
 
 
@@ -340,7 +335,7 @@ def evaluate_cell(
     curve = json.loads((out / CURVE_FILE).read_text())
     final = out / "final"
     params = adapter_parameters(final)
-    zero_point = kind == "implicit" and n == 0 and lora_r is None
+    zero_point = VALUE_MODELS[kind].needs_adapter and n == 0 and lora_r is None
     if zero_point:
         if not _lora_is_noop(final):  # lr 0 must leave B = 0: otherwise it is not the n = 0 model
             raise RuntimeError(f"distance: {final}: the n = 0 implicit model's adapter moved (LoRA B != 0)")
@@ -446,7 +441,9 @@ def summarise_kind(
             "spearman": t_interval(spear),
             "spearman_per_seed": spear,
             "brier_all": t_interval([c["brier_all"] for c in cs]),
-            "flattened": flat_count(cs) if not (kind == "implicit" and n == 0) else {"yes": 0, "of": 0, "per_seed": []},
+            "flattened": flat_count(cs)
+            if not (VALUE_MODELS[kind].needs_adapter and n == 0)
+            else {"yes": 0, "of": 0, "per_seed": []},
             "seconds": sum(c["seconds"] for c in cs),
         }
     for a, b in zip(ns, ns[1:]):
@@ -534,6 +531,7 @@ def run(cfg: DistanceConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
+    runfolder.claim(out, "distance", cfg, outputs=OUTPUTS, rerun_keys=RERUN_KEYS, path_keys=PATH_KEYS)
     save_resolved_config(cfg, out)
     t0 = time.perf_counter()
     cfg = fit_context(cfg)
@@ -627,6 +625,7 @@ def run(cfg: DistanceConfig) -> dict[str, Any]:
         ns = ks["n_star"]["n_star"]
         print(f"distance: {kind}: n* = {ns if ns is not None else f'> {max(cfg.tokens)}'} (ε = {cfg.epsilon:g})")
     print(f"distance: results in {out}/distance.json, {out}/report.md, {out}/distance.png ({summary['seconds']:.0f} s)")
+    runfolder.finish(out)  # the sweep's record: complete; the folder is released
     return summary
 
 

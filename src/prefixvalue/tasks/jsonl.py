@@ -30,55 +30,17 @@ from typing import Any
 import yaml
 
 from ..config import ConfigError, build_config, field
+from ..jsonlines import jsonl_records, short_text
 from . import verifiers as verifier_registry
 from .base import Prompt, Task, VerifierResult, safe_verify
 from .isolated import VerifierPool
 from .steps import StepSplitter, StepSplitterError, parse_splitter, separator_splitter
-
-#: longest line read from a JSON-lines file, in bytes; a longer one is refused before it is held in memory
-MAX_LINE_BYTES = 1_000_000
 
 
 class JsonlFormatError(ConfigError):
     """A record of the user's data is malformed; the message names the file, the line and the problem.
 
     A `ConfigError` (so a ValueError): the command line reports it in one line with exit status 2."""
-
-
-def jsonl_records(
-    path: Path, error: type[ConfigError] = JsonlFormatError, max_line_bytes: int = MAX_LINE_BYTES
-) -> Iterator[tuple[int, str, Any]]:
-    """``(line number, "FILE, line N", parsed JSON)`` for every non-blank line of the JSON-lines file at
-    `path`, read lazily. A line that is not one UTF-8 JSON value raises `error` naming the file and the line:
-    a UTF-16 file, a line over `max_line_bytes`, NUL bytes, bytes that are not UTF-8, invalid JSON."""
-    resave = "re-save it as UTF-8 (e.g. iconv -t UTF-8)"
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(iter(lambda: fh.readline(max_line_bytes + 1), b""), start=1):
-            where = f"{path}, line {lineno}"
-            if lineno == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-                raise error(f"{path}: the file is UTF-16 (it starts with a UTF-16 byte-order mark); {resave}")
-            if len(raw) > max_line_bytes:
-                raise error(
-                    f"{where}: longer than {max_line_bytes} bytes; one record per line, and a record this long "
-                    "would not fit a model's context"
-                )
-            if b"\x00" in raw:
-                raise error(f"{where}: NUL bytes in the line: the file looks UTF-16 or binary; {resave}")
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise error(
-                    f"{where}: not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1}); {resave}"
-                ) from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise error(
-                    f"{where}: invalid JSON ({exc.msg} at column {exc.colno}): {_short(line.strip())}"
-                ) from None
-            yield lineno, where, record
 
 
 @dataclass
@@ -222,7 +184,7 @@ class JsonlTask(Task):
         """Check one record and build its Prompt; `where` names the file and line in errors."""
         c = self.config
         if not isinstance(record, dict):
-            raise JsonlFormatError(f"{where}: expected a JSON object, got {type(record).__name__} {_short(record)}")
+            raise JsonlFormatError(f"{where}: expected a JSON object, got {type(record).__name__} {short_text(record)}")
         values: dict[str, str] = {}
         needed = [c.prompt_field, c.answer_field] + ([c.id_field] if c.id_field else [])
         needed += [f for f in self._fields if f != "prompt"]
@@ -231,7 +193,7 @@ class JsonlTask(Task):
                 raise JsonlFormatError(f"{where}: missing field {key!r} (fields present: {sorted(record)})")
             value = record[key]
             if isinstance(value, (dict, list)) or value is None or isinstance(value, bool):
-                raise JsonlFormatError(f"{where}: field {key!r} must be a string or a number, got {_short(value)}")
+                raise JsonlFormatError(f"{where}: field {key!r} must be a string or a number, got {short_text(value)}")
             text = value if isinstance(value, str) else json.dumps(value)
             if not text.strip():
                 raise JsonlFormatError(f"{where}: field {key!r} is empty")
@@ -257,7 +219,7 @@ class JsonlTask(Task):
         prompts: list[Prompt] = []
         wheres: list[str] = []
         limit = self.config.limit
-        for lineno, where, record in jsonl_records(path):
+        for lineno, where, record in jsonl_records(path, JsonlFormatError):
             prompts.append(
                 self._record_to_prompt(record, where, f"{path.stem}-{lineno}", {"source": str(path), "line": lineno})
             )
@@ -369,8 +331,3 @@ class _Unsafe(Task):
 
     def verify(self, prompt: Prompt, completion: str) -> VerifierResult:
         return self.task.verify_unsafe(prompt, completion)
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return repr(text if len(text) <= limit else text[:limit] + "...")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, runfolder
 from ..config import ConfigError, field, parse_config, save_resolved_config
 from ..data import load_labels, load_traces
 from ..data.bridges import (
@@ -56,6 +56,17 @@ SOURCES = {
     "a step that ends the completion takes the trace's verified outcome",
     "task": "the task's exact step labels (the traces' step_labels column)",
     "outcome": "OUTCOME ONLY (fallback): every step carries the trace's outcome; no step is located",
+}
+
+#: how the out folder is claimed (`prefixvalue.runfolder`): the files export writes (with the ``.tmp`` an
+#: earlier version's killed run could leave), paths compared resolved
+FOLDER_RULES: dict[str, Any] = {
+    "outputs": (
+        runfolder.CONFIG_FILE,
+        "export.json",
+        *(f"{f}.{x}{tmp}" for f in EXPORT_FORMATS for x in ("jsonl", "parquet") for tmp in ("", ".tmp")),
+    ),
+    "path_keys": ("traces", "labels", "model"),
 }
 
 
@@ -103,6 +114,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
 
     if not cfg.traces or not cfg.out:
         raise ConfigError("export: traces=DIR and out=DIR are required")
+    runfolder.check(cfg.out, "export", cfg, **FOLDER_RULES)  # refuse another run's folder before reading anything
     traces = load_traces(cfg.traces)
     if cfg.max_traces is not None:
         traces = traces.select(range(min(cfg.max_traces, len(traces))))
@@ -152,12 +164,13 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
             f"export: no trace could be exported with label_source={source} (skipped: {dict(skipped) or 'none'})"
         )
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = runfolder.claim(out, "export", cfg, **FOLDER_RULES)
     save_resolved_config(cfg, out)
     files = {}
     for fmt in cfg.formats:
         rows = [ROW_BUILDERS[fmt](t) for t in exported]
-        files[fmt] = str(write_rows(rows, out / f"{fmt}.{cfg.file_format}"))
+        folder.write_with(f"{fmt}.{cfg.file_format}", lambda path, rows=rows: write_rows(rows, path))
+        files[fmt] = str(out / f"{fmt}.{cfg.file_format}")
     sep = separators.most_common(1)[0][0] if separators else "\n"
     n_err = sum(t.first_error() >= 0 for t in exported)
     summary = {
@@ -177,7 +190,8 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
         # the policy wrote prompt and steps joined like this; evaluate tokenises step data the same way with
         "evaluate_options": {"step_prompt_template": "{prompt}", "step_separator": sep},
     }
-    (out / "export.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    folder.write_text("export.json", json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    folder.finish()
     print(
         f"export: {len(exported)} traces ({n_err} with a wrong step), labels from {source}"
         + (f"; skipped {dict(skipped)}" if skipped else "")

@@ -14,8 +14,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import runfolder
 from ..config import ConfigError, field, parse_config
 from ..loading import ModelLoadConfig
+
+#: what export-model writes into out (transformers' model and tokenizer files, README.md, prompt_format.json):
+#: the names a folder without a run record may hold (`prefixvalue.runfolder`)
+OUTPUTS = (
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab*",
+    "merges.txt",
+    "chat_template*",
+    "*.model",
+    "README.md",
+    "prompt_format.json",
+)
+#: keys that may differ when the same export runs again into out (the check writes nothing)
+RERUN_KEYS = runfolder.RERUN_KEYS | {"check"}
+#: keys naming files or folders, compared as resolved paths
+PATH_KEYS = ("checkpoint", "base_model")
 
 
 @dataclass
@@ -26,7 +49,9 @@ class ExportModelConfig(ModelLoadConfig):
     out: str = field("", help="output folder of the token-classification model")
     base_model: str | None = field(None, help="base model path or Hub id (default: the checkpoint's, searched)")
     dtype: str = field("float32", help="dtype of the exported weights: float32 | bfloat16 | float16")
-    overwrite: bool = field(False, help="write into an out folder that already holds files")
+    overwrite: bool = field(
+        False, help="replace an export with other options in out (the files it wrote, never any other file)"
+    )
     check: bool = field(True, help="reload the export with plain transformers and compare its values (max |Δ|)")
 
     def __post_init__(self) -> None:
@@ -40,15 +65,20 @@ def run(cfg: ExportModelConfig) -> dict:
     if not cfg.checkpoint or not cfg.out:
         raise ConfigError("export-model: give checkpoint=DIR_OR_HUB_ID and out=DIR")
     out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise ConfigError(f"export-model: out {out} is not empty; set overwrite=true or choose another folder")
+    rules = {"outputs": OUTPUTS, "rerun_keys": RERUN_KEYS, "path_keys": PATH_KEYS, "overwrite": cfg.overwrite}
+    runfolder.check(out, "export-model", cfg, **rules)  # refuse another run's folder before loading anything
     from ..value import load_value_model
     from ..value.export import check_exportable, export_token_classification
 
     vm = load_value_model(cfg.checkpoint, base_model=cfg.base_model, options=cfg.load_options())
     check_exportable(vm)
-    export_token_classification(vm, out, cfg.dtype)
+    folder = runfolder.claim(out, "export-model", cfg, **rules)
+    # built in a temp folder, then moved in: a killed export leaves no half-written model; files of an
+    # earlier export that this one does not write again (another tokenizer's) are removed
+    name = str(out.resolve())  # the README's usage snippet names the folder, not the temp one
+    folder.install(lambda tmp: export_token_classification(vm, tmp, cfg.dtype, name=name), stale=("*",))
     diff = compare_export(vm, out) if cfg.check else None
+    folder.finish()
     print(f"export-model: wrote {out}" + ("" if diff is None else f" (max |ΔP̂| vs prefixvalue: {diff:.2e})"))
     return {"out": str(out), "max_abs_diff": diff}
 

@@ -19,22 +19,28 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, runfolder
 from ..config import ConfigError, RawMapping, field, parse_config, save_resolved_config
 from ..data.bridges import Rollout, parse_rollout, prompt_hash_id, read_records, steps_in_completion
+from ..data.schema import TRACE_FEATURES
 from ..loading import ModelLoadConfig, resolve_model_path
 from ..prompting import choose_prompt_format
 from ..sampling.sampler import SamplingParams
 from ..tasks import Prompt, build_task, char_to_token_spans, task_configs, task_options, token_end_offsets
 from ..tasks.steps import StepSplitterError, parse_splitter, single_step_warning, step_count_summary
-from ..data.schema import TRACE_FEATURES
+
+#: how the out folder is claimed (`prefixvalue.runfolder`): the traces dataset (``save_to_disk``) and the
+#: import's own files; paths compared resolved
+FOLDER_RULES: dict[str, Any] = {
+    "outputs": (runfolder.CONFIG_FILE, "summary.json", "data-*.arrow", "dataset_info.json", "state.json"),
+    "path_keys": ("rollouts", "model"),
+}
 
 
 @dataclass
@@ -115,6 +121,7 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
 
     if not cfg.rollouts or not cfg.model or not cfg.out:
         raise ConfigError("import: rollouts=FILE, model=POLICY and out=DIR are required")
+    runfolder.check(cfg.out, "import", cfg, **FOLDER_RULES)  # refuse another run's folder before reading anything
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     records = list(read_records(cfg.rollouts))
     if not records:
@@ -179,11 +186,10 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
         for name in TRACE_FEATURES:  # any other run column collect writes that an import has no value for
             row.setdefault(name, None)
     out = Path(cfg.out)
-    tmp = out.with_name(out.name + ".tmp")  # written whole, then renamed: no half-written traces
-    shutil.rmtree(tmp, ignore_errors=True)
-    datasets.Dataset.from_list(rows, features=TRACE_FEATURES).save_to_disk(str(tmp))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.replace(out)
+    folder = runfolder.claim(out, "import", cfg, **FOLDER_RULES)  # never removes a file no import wrote
+    # the dataset is saved whole into a temp folder, then moved in (state.json last): no half-written traces
+    traces = datasets.Dataset.from_list(rows, features=TRACE_FEATURES)
+    folder.install(lambda tmp: traces.save_to_disk(str(tmp)), last=("state.json",), stale=("data-*.arrow",))
     save_resolved_config(cfg, out)
     summary = {
         "traces": len(rows),
@@ -195,7 +201,8 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
         "steps": step_count_summary([r["step_spans"] for r in rows]),
         "step_labels": sum(r["step_labels"] is not None for r in rows),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    folder.write_text("summary.json", json.dumps(summary, indent=1))
+    folder.finish()
     print(
         f"import: {len(rows)} traces of {summary['prompts']} prompts, accuracy {summary['accuracy']:.3f}, steps "
         f"from {dict(counts)} -> {out}"

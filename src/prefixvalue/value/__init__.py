@@ -16,24 +16,21 @@ from transformers import PreTrainedModel
 
 from ..loading import LoadOptions
 from ..policies import load_causal_lm
-from .base import ValueModel, ValueModelConfig, read_value_config
+from .base import VALUE_MODELS, ValueModel, ValueModelConfig, read_value_config, value_model_class
 from .head import HeadValueModel
 from .implicit import Counterfactuals, ImplicitValueModel
 from .losses import LossSum, margin_bce_with_logits, normalise_loss
 
-#: value-model kinds: the only list of them (a plain dict, filled by the imports above); what differs
-#: between kinds (validation, trained positions, loss readout, P̂ at p = 0) lives on the classes
-VALUE_MODELS: dict[str, type[ValueModel]] = {
-    "implicit": ImplicitValueModel,
-    "head": HeadValueModel,
-}
-
-
-def value_model_class(kind: str) -> type[ValueModel]:
-    """The class of value-model `kind`; ValueError naming the known kinds otherwise."""
-    if kind not in VALUE_MODELS:
-        raise ValueError(f"unknown value model {kind!r}; choose from {sorted(VALUE_MODELS)}")
-    return VALUE_MODELS[kind]
+#: value-model kinds: `VALUE_MODELS` (defined in `checkpoint`, so that `ValueModel.from_pretrained` and the
+#: model card can read it) is the only list of them, a plain dict filled here from the imports above; what
+#: differs between kinds (validation, trained positions, loss readout, P̂ at p = 0, card rows, export) lives
+#: on the classes
+VALUE_MODELS.update(
+    {
+        "implicit": ImplicitValueModel,
+        "head": HeadValueModel,
+    }
+)
 
 
 def check_value_config(config: ValueModelConfig) -> None:

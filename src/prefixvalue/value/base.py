@@ -1,5 +1,6 @@
-"""What every value model shares: its config, how the backbone is adapted (LoRA, soft prompt, frozen,
-full), batched prediction, and saving to / loading from one folder (safetensors only, never pickle).
+"""What every value model shares: its config (`prefixvalue.value.checkpoint`), how the backbone is adapted
+(LoRA, soft prompt, frozen, full), batched prediction, and saving to / loading from one folder (safetensors
+only, never pickle).
 
 Prefix position convention: p = number of completion tokens in the prefix, 0..T; p = 0 is the bare
 prompt. A value model maps a right-padded batch of prompt ⊕ completion tokens to a predicted success
@@ -23,121 +24,31 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from .. import __version__
-from ..config import field
 from ..data.collate import collated_batches
+from ..data.steps import StepExample, prefix_step_scores, process_step_scores, td_errors, tokenize_step_example
 from ..loading import LoadOptions
-from ..policies import load_causal_lm, resolve_dtype
+from ..policies import load_causal_lm, load_tokenizer, resolve_dtype
 from ..prompting import PROMPT_FORMAT_FILE, PromptFormat, checkpoint_prompt_format
+from .card import write_model_card
+from .checkpoint import (
+    ADAPTER_DIR,
+    BACKBONE_DIR,
+    CHECKPOINT_RECORDS,
+    CONFIG_NAME,
+    HEAD_WEIGHTS,
+    VALUE_MODELS,
+    ValueModelConfig,
+    read_value_config,
+)
+from .hub import find_base_model, portable_base_model, push_model_to_hub, resolve_checkpoint
 from .losses import LOSS_TYPES, LossSum, margin_bce_with_logits, masked_sum
 
-CONFIG_NAME = "value_config.json"
-ADAPTER_DIR = "adapter"
-BACKBONE_DIR = "backbone"
-HEAD_WEIGHTS = "head.safetensors"
-#: small files that describe a checkpoint (split, training run, evaluation): `save_pretrained` with
-#: ``copy_records=True`` carries them over from the folder a model was loaded from (what pushing a loaded model does)
-CHECKPOINT_RECORDS: tuple[str, ...] = ("split.json", "training.json", "evaluation.json")
 
-#: how the implicit model turns V_φ(p) into P̂: the paper's length-normalised mean, or the unnormalised sum
-READOUTS: tuple[str, ...] = ("mean", "sum")
-
-#: how the backbone is trained: LoRA adapters (peft), frozen, or all weights
-BACKBONES: tuple[str, ...] = ("lora", "frozen", "full")
-
-
-@dataclass
-class ValueModelConfig:
-    """Everything needed to rebuild a value model around its base policy (saved as value_config.json).
-
-    Kind-specific rules (e.g. the implicit model needs π_ref inside its weights) are each model
-    class's `check_config`; `prefixvalue.value.check_value_config` runs both.
-    """
-
-    kind: str = field(
-        "implicit",
-        help="value-model kind, a key of prefixvalue.value.VALUE_MODELS (implicit = IPVRM, head = explicit value head)",
-    )
-    base_model: str = field(
-        "",
-        help="reference policy: a Hub id, or a local path (saved as an absolute path; train sets it from `policy` "
-        "or the traces)",
-    )
-    base_model_relative: str = field(
-        "",
-        help="a local base_model's path relative to the checkpoint folder (save_pretrained writes it; a fallback "
-        "when the absolute path is gone, docs/design.md 'Checkpoints that travel')",
-    )
-    base_load: dict = field(  # noqa: RUF009 - the project's `field` wraps dataclasses.field
-        default_factory=dict,
-        help="loading options of base_model: revision, gguf_file, attn_implementation (train records them)",
-    )
-    beta: float = field(10.0, help="implicit: β in V = β Σ log π_φ/π_ref (paper default 10)")
-    margin: float = field(5.0, help="implicit: margin m of the margin BCE (paper default 5)")
-    base_rate: float = field(0.5, help="training base rate of outcomes (train sets it from the training traces)")
-    loss: str = field(
-        "prefix", help="implicit: prefix = IPVRM margin BCE at every prefix; sequence = Implicit PRM baseline"
-    )
-    readout: str = field(
-        "mean",
-        help="implicit: mean = the paper's length-normalised P̂ = σ(V_φ/p); sum = the variant P̂ = σ(logit(base rate) + V_φ), "
-        "no length normalisation (docs/design.md, 'Implicit prefix value')",
-    )
-    prior_tokens: float = field(
-        0.0,
-        help="implicit, mean readout: k pseudo-tokens of logit(base rate) in the mean, v̄(p) = (V_φ(p) + k "
-        "logit(b)) / (p + k); shrinks the first tokens toward the base rate (0 = the paper)",
-    )
-    backbone: str = field("lora", help="how the backbone trains: lora, frozen (with a soft prompt for implicit), full")
-    lora_r: int = field(8, help="LoRA rank")
-    lora_alpha: float = field(16.0, help="LoRA alpha (scale = alpha / r)")
-    lora_dropout: float = field(0.0, help="LoRA dropout")
-    lora_target_modules: list[str] | None = field(
-        None, help="LoRA target modules (None: peft's default; 'all-linear' for every linear)"
-    )
-    head_layer: int = field(
-        -1, help="head: which hidden layer feeds the head (-1 = last, 0 = embeddings; python indexing)"
-    )
-    policy_features: bool = field(
-        False,
-        help="head: also feed the head the reference policy's log-probabilities of the written tokens (sum, minimum "
-        "and last, up to the prefix): the policy's own surprise at what it wrote",
-    )
-    soft_prompt_tokens: int = field(
-        0, help="trainable virtual tokens (peft prompt tuning; needs backbone=frozen); 0 = none"
-    )
-    disable_dropout: bool = field(True, help="zero the backbone's dropout (π_φ and π_ref must see the same net)")
-    prefixvalue_version: str = field(__version__, help="package version that wrote the checkpoint")
-
-    def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.soft_prompt_tokens < 0:
-            raise ValueError("soft_prompt_tokens must be >= 0")
-        if self.soft_prompt_tokens and self.backbone != "frozen":
-            raise ValueError(
-                "a soft prompt trains on a frozen backbone: set backbone=frozen with soft_prompt_tokens > 0"
-            )
-        if self.loss not in LOSS_TYPES:
-            raise ValueError(f"loss must be one of {LOSS_TYPES}, got {self.loss!r}")
-        if not 0.0 < self.base_rate < 1.0:
-            raise ValueError(f"base_rate must be in (0, 1), got {self.base_rate}")
-        if self.beta <= 0:
-            raise ValueError("beta must be positive")
-        if self.prior_tokens < 0:
-            raise ValueError(f"prior_tokens must be >= 0, got {self.prior_tokens}")
-        if self.readout not in READOUTS:
-            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ValueModelConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"{CONFIG_NAME}: unknown keys {sorted(unknown)}")
-        return cls(**data)
+def value_model_class(kind: str) -> type[ValueModel]:
+    """The class of value-model `kind`; ValueError naming the known kinds otherwise."""
+    if kind not in VALUE_MODELS:
+        raise ValueError(f"unknown value model {kind!r}; choose from {sorted(VALUE_MODELS)}")
+    return VALUE_MODELS[kind]
 
 
 def _zero_dropout(module: nn.Module) -> None:
@@ -183,6 +94,15 @@ class ValueModel(nn.Module):
     position0_note: ClassVar[str | None] = None
     #: whether the model scores steps at the process level (it has ``token_log_ratios``)
     process_scores: ClassVar[bool] = False
+    #: the kind in one line (the model card's "kind" row)
+    description: ClassVar[str] = ""
+    #: whether ``config.beta`` enters the values (the model card shows β, else "n/a")
+    uses_beta: ClassVar[bool] = False
+    #: whether P̂ comes from the backbone's adaptation alone (LoRA or a soft prompt): on a frozen backbone
+    #: without a soft prompt such a model has nothing to train
+    needs_adapter: ClassVar[bool] = False
+    #: whether the model values candidate next tokens in one forward pass (``counterfactual_values``)
+    counterfactuals: ClassVar[bool] = False
 
     def __init__(
         self, config: ValueModelConfig, backbone: PreTrainedModel, adapter_dir: str | Path | None = None
@@ -229,6 +149,18 @@ class ValueModel(nn.Module):
     def values_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """P̂ [B, Tmax+1] from ``forward``'s logits (default: σ(logits), in float32 or wider)."""
         return torch.sigmoid(logits.float())
+
+    @classmethod
+    def card_rows(cls, config: ValueModelConfig) -> list[tuple[str, str]]:
+        """Rows (name, value) of the model card's table about this kind's own options (default: none)."""
+        return []
+
+    @classmethod
+    def export_problem(cls, config: ValueModelConfig, num_layers: int | None = None) -> str | None:
+        """Why ``prefixvalue export-model`` cannot write a model of `config` as an
+        ``AutoModelForTokenClassification`` (`num_layers`: the backbone's hidden layers, when known), in one
+        line; None when it can. Default: it cannot."""
+        return f"export-model writes head models; it cannot express a {config.kind!r} model"
 
     # ----- backbone adaptation -------------------------------------------------------------------
     def _adapt(self, backbone: PreTrainedModel, adapter_dir: str | Path | None) -> nn.Module:
@@ -353,9 +285,6 @@ class ValueModel(nn.Module):
         trained backbone, the backbone itself into one folder, with the prompt format, the tokenizer
         (when loaded) and a model card (README.md); returns the folder. `copy_records`: also copy the
         `CHECKPOINT_RECORDS` of the folder the model was loaded from (only right for an unchanged model)."""
-        from .card import write_model_card
-        from .hub import portable_base_model
-
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         # a local base model is recorded as an absolute path and relative to the folder (docs/design.md,
@@ -407,13 +336,9 @@ class ValueModel(nn.Module):
         `dtype` defaults to float32 (``"auto"``: bfloat16 on a capable GPU). The model keeps its
         tokenizer (``model.tokenizer``, loaded on first use) and prompt format (``model.prompt_format``).
         """
-        from .hub import find_base_model, resolve_checkpoint
-
         path = resolve_checkpoint(path, revision=revision, token=token)
         cfg = read_value_config(path)
         if not cls.kind:  # ValueModel.from_pretrained: the checkpoint's own kind
-            from . import value_model_class
-
             cls = value_model_class(cfg.kind)
         if cls.kind != cfg.kind:
             raise ValueError(f"{path} holds a {cfg.kind!r} value model, not {cls.kind!r}")
@@ -454,8 +379,6 @@ class ValueModel(nn.Module):
     def push_to_hub(self, repo_id: str, **kwargs: Any) -> Any:
         """Save this model and upload it to the Hub repo `repo_id` (`prefixvalue.value.hub.push_to_hub`:
         ``private``, ``token``, ``revision``, ``commit_message``). Returns a `PushResult`."""
-        from .hub import push_model_to_hub
-
         return push_model_to_hub(self, repo_id, **kwargs)
 
     # ----- the Python API: text in, values out -----------------------------------------------------
@@ -464,8 +387,6 @@ class ValueModel(nn.Module):
         """The policy's tokenizer: the checkpoint's copy when it has one, else the base model's (loaded on
         first use; set it to use another)."""
         if self._tokenizer is None:
-            from ..policies import load_tokenizer
-
             src = self.source
             if src is not None and (src / "tokenizer_config.json").is_file():
                 trust = LoadOptions(trust_remote_code=self._load_options.trust_remote_code)
@@ -496,18 +417,10 @@ class ValueModel(nn.Module):
         self, prompt: str, steps: list[str], prompt_template: str | None = None, step_separator: str | None = None
     ) -> StepScores:
         """Scores of each step of a solution, tokenised as evaluate scores step data
-        (`prefixvalue.evaluation.stepscores.tokenize_step_example`: the prompt written with
+        (`prefixvalue.data.steps.tokenize_step_example`: the prompt written with
         `prompt_template`, default ``"{prompt}\\n"``, through `prompt_format`; steps joined by
         `step_separator`, default ``"\\n"``; ``prompt_template="{prompt}", step_separator=""`` for
         steps that carry their own separators, as arith's do)."""
-        from ..evaluation.stepscores import (
-            StepExample,
-            prefix_step_scores,
-            process_step_scores,
-            td_errors,
-            tokenize_step_example,
-        )
-
         kw = {
             k: v for k, v in (("prompt_template", prompt_template), ("step_separator", step_separator)) if v is not None
         }
@@ -537,7 +450,7 @@ class StepScores:
     #: P̂ right after each step: evaluate's prefix-based step score
     values: np.ndarray
     #: the step's TD score with γ = 1: P̂(after) − P̂(before), the sum of its token TD errors
-    #: (`prefixvalue.evaluation.stepscores.td_errors`); negative where the step lowered the value
+    #: (`prefixvalue.data.steps.td_errors`); negative where the step lowered the value
     td: np.ndarray
     #: implicit models: the process-level score σ(β Σ_{t ∈ step} log-ratio_t); None for a head
     process: np.ndarray | None
@@ -545,11 +458,6 @@ class StepScores:
     token_values: np.ndarray
     #: each step's token span [start, end) in the completion
     step_spans: list[tuple[int, int]]
-
-
-def read_value_config(path: str | Path) -> ValueModelConfig:
-    """The `ValueModelConfig` saved in a value checkpoint folder."""
-    return ValueModelConfig.from_dict(json.loads((Path(path) / CONFIG_NAME).read_text()))
 
 
 def logit(p: float) -> float:

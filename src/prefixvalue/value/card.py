@@ -17,16 +17,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..formatting import num, with_ci
 from ..loading import looks_like_path
+from ..tracking import jsonable
+from .checkpoint import CONFIG_NAME, VALUE_MODELS, read_value_config
+from .signals import SIGNALS
 
 CARD_FILE = "README.md"
 TRAINING_FILE = "training.json"
 EVALUATION_FILE = "evaluation.json"
-
-_KINDS = {
-    "implicit": "implicit prefix value (IPVRM): P̂ from β-scaled log-ratios of a tuned policy against the policy",
-    "head": "explicit value head: P̂ = σ(w·h + b) on the policy's hidden state at the prefix's last token",
-}
 
 
 def _read(folder: Path, name: str) -> dict[str, Any]:
@@ -36,18 +35,6 @@ def _read(folder: Path, name: str) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _num(x: Any, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
-
-
-def _with_ci(value: Any, ci: Any) -> str:
-    if value is None:
-        return "n/a"
-    if ci and len(ci) == 2 and None not in ci:
-        return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-    return f"{value:.3f}"
 
 
 def evaluation_summary(metrics: dict[str, Any], out: str | None = None) -> dict[str, Any]:
@@ -90,9 +77,9 @@ def _metrics_section(training: dict[str, Any], evaluation: dict[str, Any]) -> li
     if evaluation:
         where = "prompts held out of training" if evaluation.get("heldout_only") else "the evaluated prompts"
         lines += [
-            f"From `prefixvalue evaluate` on {_num(evaluation.get('n_traces'))} traces "
-            f"({_num(evaluation.get('n_prefixes'))} prefixes) of {where}, against Monte Carlo labels "
-            f"({_num(evaluation.get('mc_samples_per_prefix'))} continuations per prefix); 95% bootstrap CIs in "
+            f"From `prefixvalue evaluate` on {num(evaluation.get('n_traces'))} traces "
+            f"({num(evaluation.get('n_prefixes'))} prefixes) of {where}, against Monte Carlo labels "
+            f"({num(evaluation.get('mc_samples_per_prefix'))} continuations per prefix); 95% bootstrap CIs in "
             "brackets.",
             "",
             "| metric | value |",
@@ -101,24 +88,24 @@ def _metrics_section(training: dict[str, Any], evaluation: dict[str, Any]) -> li
         for name, label in (("spearman", "Spearman ρ vs MC"), ("pearson", "Pearson r vs MC")):
             c = evaluation.get(name)
             if c:
-                lines.append(f"| {label} | {_with_ci(c.get('value'), c.get('ci'))} |")
+                lines.append(f"| {label} | {with_ci(c.get('value'), c.get('ci'))} |")
         if evaluation.get("noise_ceiling_spearman") is not None:
-            lines.append(f"| MC noise ceiling (Spearman) | {_num(evaluation['noise_ceiling_spearman'])} |")
+            lines.append(f"| MC noise ceiling (Spearman) | {num(evaluation['noise_ceiling_spearman'])} |")
         lines.append(
-            f"| Brier vs MC (constant base rate) | {_num(evaluation.get('brier'))} "
-            f"({_num(evaluation.get('brier_constant'))}) |"
+            f"| Brier vs MC (constant base rate) | {num(evaluation.get('brier'))} "
+            f"({num(evaluation.get('brier_constant'))}) |"
         )
-        lines.append(f"| ECE | {_num(evaluation.get('ece'))} |")
+        lines.append(f"| ECE | {num(evaluation.get('ece'))} |")
         auc = evaluation.get("auroc_outcome")
         if auc:
-            lines.append(f"| AUROC of the final outcome | {_with_ci(auc.get('value'), auc.get('ci'))} |")
+            lines.append(f"| AUROC of the final outcome | {with_ci(auc.get('value'), auc.get('ci'))} |")
         for key, label in (
             ("step_f1", "first-error F1 (ProcessBench protocol, value after step)"),
             ("step_f1_process", "first-error F1 (process-level step score)"),
             ("step_benchmark_f1", "step data first-error F1"),
         ):
             if evaluation.get(key) is not None:
-                lines.append(f"| {label} | {_num(evaluation[key])} |")
+                lines.append(f"| {label} | {num(evaluation[key])} |")
         if evaluation.get("split_note"):
             lines += ["", f"Split: {evaluation['split_note']}"]
         return lines
@@ -134,7 +121,7 @@ def _metrics_section(training: dict[str, Any], evaluation: dict[str, Any]) -> li
         ]
         for key in ("brier_all", "brier_base_rate_all", "brier_last", "auroc_first", "auroc_last"):
             if key in heldout:
-                lines.append(f"| {key} | {_num(heldout[key])} |")
+                lines.append(f"| {key} | {num(heldout[key])} |")
         return lines
     return [*lines, "Not evaluated yet: run `prefixvalue evaluate checkpoint=THIS_FOLDER ...` (it writes them here)."]
 
@@ -142,8 +129,6 @@ def _metrics_section(training: dict[str, Any], evaluation: dict[str, Any]) -> li
 def render_model_card(folder: str | Path, name: str | None = None) -> str:
     """The model card of the checkpoint in `folder`; `name` is how the usage snippet loads it (default:
     the folder's absolute path; ``push_to_hub`` passes the repo id)."""
-    from .base import read_value_config
-
     folder = Path(folder)
     cfg = read_value_config(folder)
     training = _read(folder, TRAINING_FILE)
@@ -155,33 +140,30 @@ def render_model_card(folder: str | Path, name: str | None = None) -> str:
         meta.append(f"base_model: {cfg.base_model}")
     meta += ["tags:", "- prefixvalue", "- value-model", "- process-reward-model", "---", ""]
     signal = training.get("training_signal") or {}
-    signal_text = str(signal.get("signal", "n/a"))
-    if signal.get("signal") == "td":
-        signal_text += f" (λ = {signal.get('td_lambda')})"
+    signal_cls = SIGNALS.get(signal.get("signal"))
+    signal_text = signal_cls.describe(signal) if signal_cls else str(signal.get("signal", "n/a"))
     if training.get("labels"):
         signal_text += " and Monte Carlo prefix labels"
     backbone = cfg.backbone + (f" (r = {cfg.lora_r}, α = {cfg.lora_alpha})" if cfg.backbone == "lora" else "")
     if cfg.soft_prompt_tokens:
         backbone += f", soft prompt of {cfg.soft_prompt_tokens} tokens"
+    kind = VALUE_MODELS.get(cfg.kind)  # its class; None for a kind this version does not know
     rows = [
         ("base model (the policy)", f"`{cfg.base_model}`" + ("" if hub_base else " (local path)")),
-        ("kind", f"`{cfg.kind}`: {_KINDS.get(cfg.kind, '')}"),
+        ("kind", f"`{cfg.kind}`: {kind.description if kind else ''}"),
         ("backbone", backbone),
         ("training signal", signal_text),
-        ("β", _num(cfg.beta, 3) if cfg.kind == "implicit" else "n/a (head)"),
-        ("base rate (training traces that succeed)", _num(cfg.base_rate, 4)),
+        ("β", num(cfg.beta, 3) if kind and kind.uses_beta else f"n/a ({cfg.kind})"),
+        ("base rate (training traces that succeed)", num(cfg.base_rate, 4)),
+        *(kind.card_rows(cfg) if kind else []),
     ]
-    if cfg.kind == "implicit":
-        rows.append(("readout, loss", f"{cfg.readout}, {cfg.loss} (margin {cfg.margin})"))
-    if cfg.kind == "head" and cfg.policy_features:
-        rows.append(("policy features", "log π_ref sum, minimum and last of the written tokens"))
     rows.append(("prompt format", "chat template" if fmt.get("chat_template") else "raw text"))
     if training:
         rows.append(
             (
                 "training",
-                f"{_num(training.get('step'))} steps on {_num(training.get('train_traces'))} traces; "
-                f"{_num(training.get('heldout_traces'))} held-out traces",
+                f"{num(training.get('step'))} steps on {num(training.get('train_traces'))} traces; "
+                f"{num(training.get('heldout_traces'))} held-out traces",
             )
         )
     rows.append(("written by", f"prefixvalue {cfg.prefixvalue_version}"))
@@ -218,7 +200,7 @@ def render_model_card(folder: str | Path, name: str | None = None) -> str:
         "from `value_config.json`'s `base_model`; when it is a local path that is missing here, pass "
         "`base_model=PATH` to `from_pretrained` or set `PREFIXVALUE_BASE_MODEL`.",
     ]
-    if cfg.kind == "head" and cfg.head_layer == -1 and not cfg.policy_features and not cfg.soft_prompt_tokens:
+    if kind and kind.export_problem(cfg) is None:
         body += [
             "",
             "`prefixvalue export-model checkpoint=THIS out=DIR` writes it as a plain "
@@ -248,8 +230,6 @@ def write_training_record(
     """Write ``training.json`` into a checkpoint and rewrite its card: the `TRAINING_KEYS` of train's
     `result`, its `heldout` monitors, whether MC `labels` were used and one held-out trace's prompt and
     completion text (`example`, a traces row) for the card's usage snippet."""
-    from ..tracking import jsonable
-
     record = {k: result.get(k) for k in TRAINING_KEYS}
     record.update(heldout=heldout, labels=labels)
     if example is not None:
@@ -261,10 +241,8 @@ def write_training_record(
 def write_evaluation_record(folder: str | Path, metrics: dict[str, Any], out: str | None = None) -> bool:
     """Write ``evaluation.json`` (`evaluation_summary` of evaluate's metrics) into a local checkpoint
     folder and rewrite its card. Returns False, changing nothing, when the folder cannot be written."""
-    from ..tracking import jsonable
-
     folder = Path(folder)
-    if not (folder / "value_config.json").is_file():
+    if not (folder / CONFIG_NAME).is_file():
         return False
     try:
         (folder / EVALUATION_FILE).write_text(json.dumps(jsonable(evaluation_summary(metrics, out)), indent=2) + "\n")

@@ -77,23 +77,12 @@ def classifier_layer(model: nn.Module) -> nn.Linear:
 
 
 def check_exportable(model: ValueModel) -> None:
-    """ConfigError, in one line, unless `model` is a head that a token-classification model can express."""
-    cfg = model.config
-    if cfg.kind != "head":
-        raise ConfigError(
-            f"export-model writes head models; a {cfg.kind!r} model's values need the policy's logits with and "
-            "without its adapter (docs/design.md, 'The implicit model with plain transformers and peft')"
-        )
-    layers = getattr(model.config, "head_layer", -1)
+    """ConfigError, in one line, unless a token-classification model can express `model` (its kind's
+    `ValueModel.export_problem`: a head on the last hidden layer, without policy features or a soft prompt)."""
     n_layers = getattr(_causal_lm(model, merge=False).config, "num_hidden_layers", None)
-    if layers not in (-1, n_layers):
-        raise ConfigError(
-            f"export-model needs a head on the last hidden layer; this head reads layer {layers} (head_layer)"
-        )
-    if cfg.policy_features:
-        raise ConfigError("export-model cannot express policy_features (the reference policy's log-probabilities)")
-    if cfg.soft_prompt_tokens:
-        raise ConfigError("export-model cannot express a soft prompt (virtual tokens before the prompt)")
+    problem = type(model).export_problem(model.config, n_layers)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _causal_lm(model: ValueModel, merge: bool) -> Any:

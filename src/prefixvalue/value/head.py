@@ -35,6 +35,7 @@ class HeadValueModel(ValueModel):
     """Linear value head on the hidden states; ``forward`` returns logits z(p) [B, Tmax+1]."""
 
     kind = "head"
+    description = "explicit value head: P̂ = σ(w·h + b) on the policy's hidden state at the prefix's last token"
 
     @classmethod
     def check_config(cls, config: ValueModelConfig) -> None:
@@ -42,6 +43,28 @@ class HeadValueModel(ValueModel):
             raise ValueError("the sequence-level loss is an implicit-model baseline; the head uses loss=prefix")
         if config.prior_tokens:
             raise ValueError("prior_tokens shrinks the implicit model's mean readout; the head has no such readout")
+
+    @classmethod
+    def card_rows(cls, config: ValueModelConfig) -> list[tuple[str, str]]:
+        """The policy features, when the head reads them."""
+        if config.policy_features:
+            return [("policy features", "log π_ref sum, minimum and last of the written tokens")]
+        return []
+
+    @classmethod
+    def export_problem(cls, config: ValueModelConfig, num_layers: int | None = None) -> str | None:
+        """A token classifier expresses a head on the last hidden layer (``head_layer`` -1, or `num_layers`)
+        of a LoRA-merged or plain backbone, without policy features or a soft prompt."""
+        if config.head_layer not in (-1, num_layers):
+            return (
+                "export-model needs a head on the last hidden layer; "
+                f"this head reads layer {config.head_layer} (head_layer)"
+            )
+        if config.policy_features:
+            return "export-model cannot express policy_features (the reference policy's log-probabilities)"
+        if config.soft_prompt_tokens:
+            return "export-model cannot express a soft prompt (virtual tokens before the prompt)"
+        return None
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..data.collate import ValueCollator
-from ..evaluation.metrics import auroc, brier
+from ..stats import auroc, brier
 from .base import ValueModel
 
 

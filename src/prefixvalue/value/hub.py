@@ -26,6 +26,8 @@ from typing import Any
 
 from ..config import ConfigError
 from ..loading import looks_like_path
+from .card import CARD_FILE, render_model_card
+from .checkpoint import CONFIG_NAME
 
 #: environment variable naming the base model of a checkpoint whose recorded base cannot be found
 BASE_MODEL_ENV = "PREFIXVALUE_BASE_MODEL"
@@ -144,10 +146,8 @@ def push_to_hub(
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from .card import CARD_FILE, render_model_card
-
     folder = Path(checkpoint)
-    if not (folder / "value_config.json").is_file():
+    if not (folder / CONFIG_NAME).is_file():
         raise ConfigError(f"{folder} is not a value checkpoint (no value_config.json)")
     api = api or HfApi(token=token)
     repo = api.create_repo(repo_id, private=private, exist_ok=True, token=token)

@@ -77,6 +77,10 @@ class ImplicitValueModel(ValueModel):
         "implicit model: at position 0 (bare prompt) V_φ = 0 carries no information; P̂ there is the training base rate"
     )
     process_scores = True
+    description = "implicit prefix value (IPVRM): P̂ from β-scaled log-ratios of a tuned policy against the policy"
+    uses_beta = True
+    needs_adapter = True
+    counterfactuals = True
 
     def __init__(
         self, config: ValueModelConfig, backbone: PreTrainedModel, adapter_dir: str | Path | None = None
@@ -132,6 +136,19 @@ class ImplicitValueModel(ValueModel):
         else:
             terms = margin_bce_with_logits(logits, batch["targets"], margin)
         return masked_sum(terms, mask)
+
+    @classmethod
+    def card_rows(cls, config: ValueModelConfig) -> list[tuple[str, str]]:
+        """The readout and the loss (with its margin)."""
+        return [("readout, loss", f"{config.readout}, {config.loss} (margin {config.margin})")]
+
+    @classmethod
+    def export_problem(cls, config: ValueModelConfig, num_layers: int | None = None) -> str | None:
+        """Never: the values need the policy's logits with and without the adapter."""
+        return (
+            f"export-model writes head models; a {config.kind!r} model's values need the policy's logits with and "
+            "without its adapter (docs/design.md, 'The implicit model with plain transformers and peft')"
+        )
 
     def values_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """P̂ at p ≥ 1 read out as the model was trained: σ(v̄(p)) for ``loss=prefix``, σ(V_φ(p)) =

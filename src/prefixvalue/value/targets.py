@@ -1,4 +1,5 @@
-"""Training targets for value models beyond the trace's own outcome (docs/design.md, "Training signals").
+"""Training targets for value models beyond the trace's own outcome (docs/design.md, "Training signals"):
+the formulas; which signal uses which, and when, is `prefixvalue.value.signals` (its registry, `SIGNALS`).
 
 - ``outcome``: every prefix of a trace is trained towards the trace's 0/1 outcome (the default).
 - ``siblings``: every prefix is trained towards the mean outcome of the traces of the same prompt that pass
@@ -19,9 +20,6 @@ import numpy as np
 import torch
 
 from ..data.collate import PREFIX_TARGETS
-
-#: what a prefix is trained towards where no Monte Carlo label exists
-SIGNALS: tuple[str, ...] = ("outcome", "siblings", "td")
 
 
 def sibling_targets(

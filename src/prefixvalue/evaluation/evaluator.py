@@ -1,0 +1,121 @@
+"""The one evaluator: value models, traces and Monte Carlo prefix labels in, an `EvalResult` out.
+
+    from prefixvalue import ScoringOptions, evaluate
+
+    result = evaluate({"head": "runs/qs/train_head/final"}, "runs/qs/heldout_traces", "runs/qs/labels")
+    result.metrics["estimators"]["learned"]["spearman"]      # {"value", "ci", "noise_ceiling", ...}
+    evaluate({"head": vm, "implicit": "runs/qs/train_implicit/final"}, traces, labels, ScoringOptions(seed=1))
+
+Modelled on lm-eval's ``simple_evaluate``: the models are checkpoint folders (or Hub ids) or models already
+in memory, the data are folders or loaded datasets. It loads what it is given as a path, fits the
+step-label oracle on the training prompts (docs/design.md, "The step-label oracle" and "Held-out
+discipline"), reads the MC cost and scores every estimator (`prefixvalue.evaluation.scoring`). The
+evaluate stage, the quickstart and ``prefixvalue distance`` all call it;
+`prefixvalue.evaluation.report.write_report` writes what it returns.
+
+It is the one module of this package that loads value models (`prefixvalue.value`); the value models
+import nothing of this package, so the two do not import each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..data import SplitRecord, load_labels, load_traces
+from ..loading import LoadOptions
+from ..value import load_value_model
+from .estimators import ESTIMATORS, Estimator, value_model_estimator
+from .options import ScoringOptions
+from .oracle import has_step_labels, training_oracle
+from .scoring import EvalResult, evaluate_prefixes, read_mc_cost
+
+K = TypeVar("K")
+
+
+def load_value_models(
+    models: Mapping[K, Any], device: Any = None, load: LoadOptions | None = None, dtype: str | None = None
+) -> dict[K, Any]:
+    """`models` in order, each checkpoint given as a path (a folder or a Hub id, as text or `Path`) loaded as
+    a value model (`prefixvalue.value.load_value_model`: eval mode, on `device`, float32 unless `dtype`,
+    with the loading options `load`); a model already loaded is kept as it is."""
+    return {
+        k: load_value_model(m, device=device, dtype=dtype, options=load) if isinstance(m, (str, Path)) else m
+        for k, m in models.items()
+    }
+
+
+def step_oracle_estimators(options: ScoringOptions, traces: Any, oracle_traces: Any = None) -> dict[str, Estimator]:
+    """``{"step_oracle": ...}``: the step-label oracle fit on the training prompts, under the split record
+    ``options.split_record``, of ``options.oracle_traces``, else `oracle_traces`, else `traces` (each a
+    folder or loaded traces); {} when ``options.step_oracle`` is off, there is no split record, or the
+    traces carry no exact step labels."""
+    if not options.step_oracle or not has_step_labels(traces):
+        return {}
+    record = SplitRecord.load(options.split_record) if options.split_record else None
+    if record is None:  # without a split there is no training side to fit on
+        return {}
+    source = options.oracle_traces or oracle_traces
+    source = traces if source is None else load_traces(source) if isinstance(source, (str, Path)) else source
+    oracle = training_oracle(source, record)
+    return {"step_oracle": oracle.estimator()} if oracle is not None else {}
+
+
+def evaluate(
+    models: Mapping[str, Any] | None,
+    traces: Any,
+    labels: Any,
+    options: ScoringOptions | None = None,
+    *,
+    policy: Any = None,
+    tokenizer: Any = None,
+    device: Any = None,
+    dtype: str | None = None,
+    load: LoadOptions | None = None,
+    oracle_traces: Any = None,
+    progress: bool = False,
+) -> EvalResult:
+    """Score value models, the policy's soft values and the registered estimators on MC-labelled prefixes.
+
+    `models` maps names to value checkpoints (paths, loaded by `load_value_models` with `device`, `dtype`
+    and `load`) or to loaded value models: the first is ``learned`` (paired with the references, its step
+    scores verified), every other one ``learned_<name>``; None or {} scores the policy and the estimators
+    of ``ESTIMATORS`` only. `traces` and `labels` are folders (``prefixvalue collect``, ``prefixvalue
+    label``; the labels' ``cost.json`` gives the MC cost) or loaded datasets or lists of rows. `policy` and
+    `tokenizer` give the soft values (none without them). `options` defaults to `ScoringOptions()`.
+
+    Only prompts held out of the first model's training are scored, under ``options.split_record``,
+    default the first model's folder when it is given as a path (`prefixvalue.evaluation.scoring.split_filter`);
+    the step-label oracle is `step_oracle_estimators`. `progress` shows a bar over traces for each forward
+    pass. Runs under ``torch.no_grad``; returns the `EvalResult`.
+    """
+    import torch
+
+    options = options if options is not None else ScoringOptions()
+    given = dict(models or {})
+    first = next(iter(given.values()), None)
+    if options.split_record is None and isinstance(first, (str, Path)):
+        options = dataclasses.replace(options, split_record=str(first))
+    loaded = load_value_models(given, device, load, dtype)
+    names = list(loaded)
+    if isinstance(traces, (str, Path)):
+        traces = load_traces(traces)
+    mc_cost = read_mc_cost(labels) if isinstance(labels, (str, Path)) else None
+    if isinstance(labels, (str, Path)):
+        labels = load_labels(labels)
+    estimators = {**ESTIMATORS, **{f"learned_{k}": value_model_estimator(loaded[k]) for k in names[1:]}}
+    estimators.update(step_oracle_estimators(options, traces, oracle_traces))
+    with torch.no_grad():
+        return evaluate_prefixes(
+            traces,
+            labels,
+            options=options,
+            value_model=loaded[names[0]] if names else None,
+            policy=policy,
+            tokenizer=tokenizer,
+            estimators=estimators,
+            mc_cost=mc_cost,
+            progress=progress,
+        )

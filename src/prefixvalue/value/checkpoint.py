@@ -1,0 +1,154 @@
+"""What a value checkpoint folder holds: its file names and its config, ``value_config.json``
+(docs/design.md, "Checkpoints that travel").
+
+The bottom of the checkpoint code: `card` renders the model card from these files, `hub` finds the
+base model and moves folders to and from the Hub, and `base` (the model classes) writes and reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import field
+from .losses import LOSS_TYPES
+
+CONFIG_NAME = "value_config.json"
+ADAPTER_DIR = "adapter"
+BACKBONE_DIR = "backbone"
+HEAD_WEIGHTS = "head.safetensors"
+#: small files that describe a checkpoint (split, training run, evaluation): `save_pretrained` with
+#: ``copy_records=True`` carries them over from the folder a model was loaded from (what pushing a loaded model does)
+CHECKPOINT_RECORDS: tuple[str, ...] = ("split.json", "training.json", "evaluation.json")
+
+#: how the implicit model turns V_φ(p) into P̂: the paper's length-normalised mean, or the unnormalised sum
+READOUTS: tuple[str, ...] = ("mean", "sum")
+
+#: how the backbone is trained: LoRA adapters (peft), frozen, or all weights
+BACKBONES: tuple[str, ...] = ("lora", "frozen", "full")
+
+
+@dataclass
+class ValueModelConfig:
+    """Everything needed to rebuild a value model around its base policy (saved as value_config.json).
+
+    Kind-specific rules (e.g. the implicit model needs π_ref inside its weights) are each model
+    class's `check_config`; `prefixvalue.value.check_value_config` runs both.
+    """
+
+    kind: str = field(
+        "implicit",
+        help="value-model kind, a key of prefixvalue.value.VALUE_MODELS (implicit = IPVRM, head = explicit value head)",
+    )
+    base_model: str = field(
+        "",
+        help="reference policy: a Hub id, or a local path (saved as an absolute path; train sets it from `policy` "
+        "or the traces)",
+    )
+    base_model_relative: str = field(
+        "",
+        help="a local base_model's path relative to the checkpoint folder (save_pretrained writes it; a fallback "
+        "when the absolute path is gone, docs/design.md 'Checkpoints that travel')",
+    )
+    base_load: dict = field(  # noqa: RUF009 - the project's `field` wraps dataclasses.field
+        default_factory=dict,
+        help="loading options of base_model: revision, gguf_file, attn_implementation (train records them)",
+    )
+    beta: float = field(10.0, help="implicit: β in V = β Σ log π_φ/π_ref (paper default 10)")
+    margin: float = field(5.0, help="implicit: margin m of the margin BCE (paper default 5)")
+    base_rate: float = field(0.5, help="training base rate of outcomes (train sets it from the training traces)")
+    loss: str = field(
+        "prefix", help="implicit: prefix = IPVRM margin BCE at every prefix; sequence = Implicit PRM baseline"
+    )
+    readout: str = field(
+        "mean",
+        help="implicit: mean = the paper's length-normalised P̂ = σ(V_φ/p); sum = the variant P̂ = σ(logit(base rate) + V_φ), "
+        "no length normalisation (docs/design.md, 'Implicit prefix value')",
+    )
+    prior_tokens: float = field(
+        0.0,
+        help="implicit, mean readout: k pseudo-tokens of logit(base rate) in the mean, v̄(p) = (V_φ(p) + k "
+        "logit(b)) / (p + k); shrinks the first tokens toward the base rate (0 = the paper)",
+    )
+    backbone: str = field("lora", help="how the backbone trains: lora, frozen (with a soft prompt for implicit), full")
+    lora_r: int = field(8, help="LoRA rank")
+    lora_alpha: float = field(16.0, help="LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = field(0.0, help="LoRA dropout")
+    lora_target_modules: list[str] | None = field(
+        None, help="LoRA target modules (None: peft's default; 'all-linear' for every linear)"
+    )
+    head_layer: int = field(
+        -1, help="head: which hidden layer feeds the head (-1 = last, 0 = embeddings; python indexing)"
+    )
+    policy_features: bool = field(
+        False,
+        help="head: also feed the head the reference policy's log-probabilities of the written tokens (sum, minimum "
+        "and last, up to the prefix): the policy's own surprise at what it wrote",
+    )
+    soft_prompt_tokens: int = field(
+        0, help="trainable virtual tokens (peft prompt tuning; needs backbone=frozen); 0 = none"
+    )
+    disable_dropout: bool = field(True, help="zero the backbone's dropout (π_φ and π_ref must see the same net)")
+    prefixvalue_version: str = field(__version__, help="package version that wrote the checkpoint")
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.soft_prompt_tokens < 0:
+            raise ValueError("soft_prompt_tokens must be >= 0")
+        if self.soft_prompt_tokens and self.backbone != "frozen":
+            raise ValueError(
+                "a soft prompt trains on a frozen backbone: set backbone=frozen with soft_prompt_tokens > 0"
+            )
+        if self.loss not in LOSS_TYPES:
+            raise ValueError(f"loss must be one of {LOSS_TYPES}, got {self.loss!r}")
+        if not 0.0 < self.base_rate < 1.0:
+            raise ValueError(f"base_rate must be in (0, 1), got {self.base_rate}")
+        if self.beta <= 0:
+            raise ValueError("beta must be positive")
+        if self.prior_tokens < 0:
+            raise ValueError(f"prior_tokens must be >= 0, got {self.prior_tokens}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ValueModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"{CONFIG_NAME}: unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+
+#: value-model kinds: kind -> its class (a `prefixvalue.value.base.ValueModel` subclass), the only list of them.
+#: Defined here, at the bottom of the checkpoint code, so that loading a checkpoint (`ValueModel.from_pretrained`)
+#: and rendering its card (`prefixvalue.value.card`) both find the class its ``kind`` names; filled by
+#: `prefixvalue.value` (the package imports every kind's module and registers its class), so it is complete
+#: once the package is imported.
+VALUE_MODELS: dict[str, Any] = {}
+
+
+def read_value_config(path: str | Path) -> ValueModelConfig:
+    """The `ValueModelConfig` saved in a value checkpoint folder."""
+    return ValueModelConfig.from_dict(json.loads((Path(path) / CONFIG_NAME).read_text()))
+
+
+__all__ = [
+    "ADAPTER_DIR",
+    "BACKBONES",
+    "BACKBONE_DIR",
+    "CHECKPOINT_RECORDS",
+    "CONFIG_NAME",
+    "HEAD_WEIGHTS",
+    "READOUTS",
+    "VALUE_MODELS",
+    "ValueModelConfig",
+    "read_value_config",
+]

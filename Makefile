@@ -33,10 +33,12 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch first and pinned, so that resolving the package's dependencies never pulls CUDA wheels
+# --no-compile: byte-compiling every installed module (torch, transformers, ...) took about half of the set-up;
+# Python compiles the modules a run imports on first use instead
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install --no-compile $(TORCH_SPEC)
+	$(PY) -m pip install --no-compile -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -228,6 +228,7 @@ def test_td_targets_of_exact_values_are_unbiased(toy):
         assert abs(np.mean(gs) - want) < 4 * np.std(gs) / np.sqrt(len(gs))
 
 
+@pytest.mark.slow  # 600 steps each (about 40 s for the three); each signal's targets are checked fast above
 @pytest.mark.parametrize("signal", ["outcome", "siblings", "td"])
 def test_training_converges_to_exact_values(toy, tmp_path, signal):
     extra = {"signal": signal, "td_lambda": 0.5} if signal == "td" else {"signal": signal}

@@ -29,22 +29,21 @@ def test_is_heldout_hashes_seed_and_normalised_text():
 
 def test_duplicated_text_never_straddles_the_split():
     """Two prompts with different ids and the same text (`Q:7-9*0-4=`) always land on the same side."""
+    rows = [
+        ("arith-test-000001", "Q:7-9*0-4="),
+        ("arith-test-000777", "Q:7-9*0-4= "),
+        *[(f"other-{i}", f"Q:{i}+1=") for i in range(30)],
+    ]
+    traces = _traces(rows)  # the same rows under every seed: built once
     for seed in range(40):
-        rows = [
-            ("arith-test-000001", "Q:7-9*0-4="),
-            ("arith-test-000777", "Q:7-9*0-4= "),
-            *[(f"other-{i}", f"Q:{i}+1=") for i in range(30)],
-        ]
-        train, held = split_by_prompt(_traces(rows), 0.5, seed)
+        train, held = split_by_prompt(traces, 0.5, seed)
         dup_train = [p for p in train["prompt_id"] if p in ("arith-test-000001", "arith-test-000777")]
         dup_held = [p for p in held["prompt_id"] if p in ("arith-test-000001", "arith-test-000777")]
         assert (len(dup_train), len(dup_held)) in ((4, 0), (0, 4)), seed
-        chosen, first, n_train, n_held = heldout_selection(
-            _traces(rows), 0.5, seed, traces_per_prompt=8, max_traces=100
-        )
+        chosen, first, n_train, n_held = heldout_selection(traces, 0.5, seed, traces_per_prompt=8, max_traces=100)
         assert n_train + n_held == 31  # the duplicated text counts once
         if dup_held:  # both ids' traces are selected, under one prompt
-            assert sum(_traces(rows)[i]["prompt"].strip() == "Q:7-9*0-4=" for i in chosen) == 4
+            assert sum(traces[i]["prompt"].strip() == "Q:7-9*0-4=" for i in chosen) == 4
 
 
 def test_split_record_round_trip(tmp_path):

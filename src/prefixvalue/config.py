@@ -34,6 +34,7 @@ from typing import Any, TypeVar, Union
 import yaml
 
 from . import __version__
+from .atomic import write_atomic
 
 T = TypeVar("T")
 
@@ -451,10 +452,8 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_resolved_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Path:
-    """Write the resolved config and the package version to ``out_dir/name``; return the path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write the resolved config and the package version to ``out_dir/name`` atomically (`prefixvalue.atomic`:
+    a kill leaves the old file or the new one); return the path."""
     data = {"prefixvalue_version": __version__, "config_class": type(cfg).__name__, **config_to_dict(cfg)}
-    path = out / name
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    text = yaml.safe_dump(data, sort_keys=False)
+    return write_atomic(Path(out_dir) / name, lambda p: p.write_text(text))

@@ -41,7 +41,6 @@ import fnmatch
 import json
 import math
 import os
-import shutil
 import typing
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -51,11 +50,11 @@ from typing import Any
 import yaml
 
 from . import __version__
+from .atomic import TEMP_PREFIX, remove_entry, replace_entry, write_atomic
 from .config import ConfigError, config_to_dict
 
 RECORD_FILE = ".prefixvalue-run.json"  #: the run's record: command, config, files written, complete
 LOCK_FILE = ".prefixvalue-run.lock"  #: held (flock) by the process that claimed the folder
-TEMP_PREFIX = ".prefixvalue-tmp-"  #: temp names of the atomic writes: ``TEMP_PREFIX<pid>-<hex>-<name>``
 CONFIG_FILE = "config.yaml"  #: the resolved config (`prefixvalue.config.save_resolved_config`)
 #: keys that change no figure: they may differ when a command resumes its own run (matched against every
 #: part of a dotted key, so ``train.report_to`` and ``evaluate.wandb.group`` are covered too)
@@ -395,14 +394,14 @@ class RunFolder:
             names = sorted(p.name for p in tmp.iterdir())
             first = [n for n in names if n not in last]
             for name in first:
-                _replace_entry(tmp / name, self.path / name)
+                replace_entry(tmp / name, self.path / name)
             self.record_files(*first)
             self.remove(*stale, keep=names)
             for name in [n for n in names if n in last]:
-                _replace_entry(tmp / name, self.path / name)
+                replace_entry(tmp / name, self.path / name)
             self.record_files(*names)
         finally:
-            _remove_entry(tmp)
+            remove_entry(tmp)
         return names
 
     # -- the record
@@ -420,7 +419,7 @@ class RunFolder:
         files = self.record.get("files", [])
         gone = [n for n in files if _matches(n, patterns) and n not in keep and n != CONFIG_FILE]
         for name in gone:
-            _remove_entry(self.path / name)
+            remove_entry(self.path / name)
         if gone:
             self.record["files"] = [n for n in files if n not in gone]
             self._save()
@@ -436,7 +435,7 @@ class RunFolder:
         self.release()
 
     def _save(self) -> None:
-        _write_atomic(self.path / RECORD_FILE, lambda p: p.write_text(json.dumps(self.record, indent=1) + "\n"))
+        write_atomic(self.path / RECORD_FILE, lambda p: p.write_text(json.dumps(self.record, indent=1) + "\n"))
 
     # -- the lock
     def release(self) -> None:
@@ -539,7 +538,7 @@ def claim(
         if verdict.state == "replace":
             for name in dict.fromkeys(files):
                 if name != CONFIG_FILE:
-                    _remove_entry(out / name)
+                    remove_entry(out / name)
             files = []
         config_data = _config_view(config)[0]
         record = {
@@ -575,37 +574,6 @@ def finish(out: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------------- atomic writes
-def _remove_entry(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _replace_entry(src: Path, dst: Path) -> None:
-    """Move `src` to `dst` in one rename; a folder at `dst` is renamed aside first and then removed."""
-    if dst.is_dir() and not dst.is_symlink():
-        aside = dst.with_name(f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{dst.name}")
-        os.replace(dst, aside)
-        os.replace(src, dst)
-        _remove_entry(aside)
-    else:
-        os.replace(src, dst)
-
-
-def _write_atomic(path: Path, write: Callable[[Path], Any]) -> Path:
-    """``write(temp)`` beside `path`, then rename the temp to `path`; the temp goes on any error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
-    try:
-        write(tmp)
-        _replace_entry(tmp, path)
-    except BaseException:
-        _remove_entry(tmp)
-        raise
-    return path
-
-
 def _record_in_parent(path: Path) -> None:
     """List `path` in the run record of its folder, when the folder has one."""
     folder = held(path.parent)
@@ -621,14 +589,14 @@ def _record_in_parent(path: Path) -> None:
         return
     if record is not None and path.name not in record.setdefault("files", []):
         record["files"].append(path.name)
-        _write_atomic(record_path, lambda p: p.write_text(json.dumps(record, indent=1) + "\n"))
+        write_atomic(record_path, lambda p: p.write_text(json.dumps(record, indent=1) + "\n"))
 
 
 def write_with(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Write `path` with ``write(temp_path)`` (the temp name ends with the file's name, so writers that go
     by the suffix work), rename it into place and record it in its folder's run record; returns `path`."""
     path = Path(path)
-    _write_atomic(path, write)
+    write_atomic(path, write)
     _record_in_parent(path)
     return path
 
@@ -661,7 +629,7 @@ def clean_temp(out: str | Path) -> list[Path]:
         pid = p.name[len(TEMP_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and _pid_alive(int(pid)):
             continue
-        _remove_entry(p)
+        remove_entry(p)
         removed.append(p)
     return removed
 

@@ -4,17 +4,25 @@
     python benchmarks/frontier.py runs/quickstart seeds=3 steps=500 budgets=400,1600,6400 workers=2 recipes=implicit,head-full
     python benchmarks/frontier.py runs/quickstart traces=runs/frontier/traces train=false    # the table of the runs so far
 
-For each budget (the number of training prompts whose collected traces a recipe may use; 0 = all) and
-each recipe, trains `seeds` value models with `prefixvalue train` on the traces of `traces=` (default
-RUN/traces; `make frontier` collects 8000 prompts like the quickstart's 2000, so budgets can pass the
-quickstart's) and scores them on the quickstart's held-out MC labels (Spearman with MC, as a share of the noise ceiling in
-RUN/metrics.json). The budget is counted in *sampled tokens*: the completion tokens of the traces a recipe
+For each budget (the number of training prompts whose collected traces a recipe may use; 0 = all; `quickstart` =
+the quickstart's own number of training prompts) and each recipe, trains `seeds` value models with `prefixvalue
+train` on the traces of `traces=` (default RUN/traces; `make frontier` collects 8000 prompts like the quickstart's
+2000, so budgets can pass the quickstart's) and scores them with the one evaluator on the quickstart's validation MC
+labels (RUN/labels_validation, where the recipe is chosen) and on its held-out test MC labels (RUN/labels, the
+figures reported: Spearman with MC as a share of the noise ceiling in RUN/metrics.json). The split is the labels'
+own (their split.json, checked to be one split on both sides), and training prompts come from its train side only.
+
+The choice (docs/design.md, "Choose on validation, report on test"): at the quickstart's budget the recipe with
+the best mean validation Spearman is chosen (`prefixvalue.evaluation.selection.choose`); the table reports its
+test figure, how far the validation ranking and the test ranking of the recipes agree (Spearman over recipes, with
+a bootstrap CI over prompts of both splits), the selection effect (the test share of the validation choice vs
+the best test share, which choosing on test would have reported) and paired bootstrap CIs over test prompts of
+every recipe minus the chosen one. The budget is counted in *sampled tokens*: the completion tokens of the traces a recipe
 trains on, plus, for the MC-supervised recipe, the tokens its labelling generated. The MC recipe spends
 half its budget on traces (half the prompts) and labels one trace per prompt with what is left.
 
-Every figure is the mean over seeds with a 95% t-interval across seeds and the spread (sd); the held-out
-prompts are those of the quickstart's split (train holds them out the same way, and `label` labelled
-only them). Writes benchmarks/frontier/frontier.{json,md,png} and ``value_frontier`` in results.json.
+Every figure is the mean over seeds with a 95% t-interval across seeds and the spread (sd). Writes
+benchmarks/frontier/frontier.{json,md,png} and ``value_frontier`` in results.json.
 """
 
 from __future__ import annotations
@@ -84,7 +92,7 @@ def _args(argv: list[str]) -> dict[str, str]:
     opts = {
         "seeds": "3",
         "steps": "500",
-        "budgets": "400,1600,6400",
+        "budgets": "400,quickstart,6400",
         "workers": "2",
         "recipes": ",".join(RECIPES),
         "traces": "",
@@ -98,19 +106,43 @@ def _args(argv: list[str]) -> dict[str, str]:
     return opts
 
 
-def _subset(source: Path, n_prompts: int, work: Path) -> tuple[Path, int, list[str]]:
+def run_split(run: Path) -> Any:
+    """The split of RUN's labels (their split.json): the test labels (RUN/labels, prompts=heldout) and the
+    validation labels (RUN/labels_validation, prompts=validation) must record one split, or the frontier stops."""
+    from prefixvalue.data import SplitRecord, labels_side
+
+    test, val = run / "labels", run / "labels_validation"
+    for folder, side in ((test, "test"), (val, "validation")):
+        if labels_side(folder) != side:
+            raise SystemExit(f"frontier: {folder} must hold MC labels of {side} prompts (run the quickstart first)")
+    record, other = SplitRecord.load(test), SplitRecord.load(val)
+    if not record.same_split(other) or not record.validation_fraction:
+        raise SystemExit(f"frontier: {test} and {val} record different splits (or no validation side)")
+    return record
+
+
+def split_args(record: Any) -> dict[str, Any]:
+    """The split options of `prefixvalue train` and `label` that reproduce `record`."""
+    return {
+        "heldout_fraction": record.heldout_fraction,
+        "validation_fraction": record.validation_fraction,
+        "split_seed": record.split_seed,
+    }
+
+
+def _subset(source: Path, n_prompts: int, work: Path, record: Any) -> tuple[Path, int, list[str]]:
     """Traces of the first `n_prompts` training prompts of `source` (0: all); returns folder, sampled tokens,
-    prompts. Held-out prompts (the quickstart's split: 20%, seed 0) are never chosen."""
+    prompts. Only prompts on the train side of `record` (the labels' split) are chosen: never a validation
+    or a test prompt."""
     from prefixvalue.data import load_traces, save_subset
-    from prefixvalue.data.split import heldout_flags, normalise_prompt
+    from prefixvalue.data.split import normalise_prompt
 
     traces = load_traces(source)
-    flags = heldout_flags(traces, 0.2, 0)
     chosen: list[int] = []
     prompts: list[str] = []
     seen: set[str] = set()
-    for i, (text, held) in enumerate(zip(traces["prompt"], flags)):
-        if held:
+    for i, text in enumerate(traces["prompt"]):
+        if record.side(text) != "train":
             continue
         key = normalise_prompt(text)
         if key not in seen:
@@ -124,7 +156,7 @@ def _subset(source: Path, n_prompts: int, work: Path) -> tuple[Path, int, list[s
     return folder, tokens, prompts
 
 
-def _label_budget(run: Path, traces_dir: Path, token_budget: int, work: Path) -> tuple[Path, int]:
+def _label_budget(run: Path, traces_dir: Path, token_budget: int, work: Path, record: Any) -> tuple[Path, int]:
     """MC labels (8 samples, every position) on one trace per training prompt, as many traces as
     `token_budget` generated tokens allow (estimated from the mean completion length: 8 continuations of
     about half a completion at each position); returns the labels folder and the tokens it generated."""
@@ -147,26 +179,25 @@ def _label_budget(run: Path, traces_dir: Path, token_budget: int, work: Path) ->
             max_traces=n,
             seed=11,
             progress=False,
+            **split_args(record),
         )
     )
     cost = json.loads((out / "cost.json").read_text())
     return out, int(cost["generated_tokens"])
 
 
-def _oracle_spearman(run: Path, source: Path) -> float | None:
-    """Spearman with MC of the step-label oracle fit on every training prompt of `source` (None when
-    the traces carry no exact step labels)."""
-    from prefixvalue.data import load_traces, split_by_prompt
+def _oracle_spearman(run: Path, source: Path, record: Any) -> float | None:
+    """Test Spearman with MC of the step-label oracle fit on every training prompt of `source` (None when
+    the traces carry no exact step labels): the one evaluator's ``step_oracle`` on RUN's test labels."""
+    from prefixvalue.data import load_traces
     from prefixvalue.evaluation.estimators import TraceRecord
-    from prefixvalue.evaluation.oracle import StepOracle, has_step_labels
+    from prefixvalue.evaluation.oracle import training_oracle
 
-    traces = load_traces(source)
-    if not has_step_labels(traces):
+    oracle = training_oracle(load_traces(source), record)
+    if oracle is None:
         return None
-    train_side, _ = split_by_prompt(traces, 0.2, 0)
-    oracle = StepOracle.fit(train_side.select_columns(["completion_ids", "outcome", "step_spans", "step_labels"]))
     held = {r["trace_id"]: oracle.predict(TraceRecord.from_row(r)) for r in load_traces(run / "heldout_traces")}
-    return heldout_spearman(run, held)
+    return _spearman_on(run / "labels", held)
 
 
 def run_policy(run: Path) -> str:
@@ -174,9 +205,9 @@ def run_policy(run: Path) -> str:
 
 
 def train_job(job: dict[str, Any], reuse: bool = False) -> tuple[str, float | None]:
-    """Train one job's value model (one process, one thread) with the settings every sweep shares; returns
-    its checkpoint and training seconds. With `reuse`, a run whose checkpoint is complete is not retrained
-    (seconds None)."""
+    """Train one job's value model (one process, one thread) with the settings every sweep shares and the
+    labels' split (``job["split"]``); returns its checkpoint and training seconds. With `reuse`, a run whose
+    checkpoint is complete is not retrained (seconds None)."""
     import torch
 
     from prefixvalue import training as train
@@ -199,6 +230,7 @@ def train_job(job: dict[str, Any], reuse: bool = False) -> tuple[str, float | No
         "seed": job["seed"],
         "value_model.margin": 0.0,
         "value_model.lora_target_modules": "[all-linear]",
+        **job["split"],
         **job["overrides"],
     }
     if job.get("labels"):
@@ -208,33 +240,59 @@ def train_job(job: dict[str, Any], reuse: bool = False) -> tuple[str, float | No
     return result["checkpoint"], round(time.perf_counter() - t0, 1)
 
 
-def heldout_spearman(run: Path, curves: dict[str, Any]) -> float:
-    """Spearman with MC of value curves (trace id → values at positions 0..T) on RUN's held-out labels."""
+#: the labels each run is scored on: side → (traces folder, labels folder) inside the quickstart's run folder
+SIDES = {"validation": ("validation_traces", "labels_validation"), "test": ("heldout_traces", "labels")}
+
+
+def _options(side: str, split_record: str) -> Any:
+    """The one evaluator's options for a frontier score: one side of the split, no soft values, no bootstrap."""
+    from prefixvalue.evaluation.options import ScoringOptions
+
+    return ScoringOptions(
+        batch_size=64, soft_values=False, n_bootstrap=0, step_oracle=False, split=side, split_record=split_record
+    )
+
+
+def score_sides(run: Path, checkpoint: str) -> dict[str, dict[str, Any]]:
+    """A checkpoint scored by the one evaluator on RUN's validation and test labels: per side, its Spearman
+    with MC and the per-prefix predictions (``trace_id``, ``position``, ``value``) the bootstraps read."""
+    from prefixvalue.evaluation.evaluator import evaluate
+
+    out = {}
+    for side, (traces, labels) in SIDES.items():
+        result = evaluate({"m": checkpoint}, run / traces, run / labels, _options(side, checkpoint))
+        p = result.prefixes
+        out[side] = {
+            "spearman": result.metrics["estimators"]["learned"]["spearman"]["value"],
+            "pred": {k: list(p[k]) for k in ("trace_id", "prompt_id", "position", "mc_mean", "learned")},
+        }
+    return out
+
+
+def _spearman_on(labels_dir: Path, curves: dict[str, Any]) -> float:
+    """Spearman with MC of value curves (trace id → values at positions 0..T) on the labels of `labels_dir`."""
     from scipy.stats import spearmanr
 
     from prefixvalue.data import load_labels
 
-    labels = load_labels(run / "labels")
+    labels = load_labels(labels_dir)
     x = [curves[t][p] for t, p in zip(labels["trace_id"], labels["position"])]
     return float(spearmanr(x, labels["mean"]).statistic)
 
 
-def heldout_curves(run: Path, checkpoint: str) -> dict[str, Any]:
-    """A checkpoint's value curves on RUN's held-out traces, by trace id."""
-    from prefixvalue.data import load_traces
-    from prefixvalue.value import load_value_model
-
-    held = load_traces(run / "heldout_traces")
-    preds = load_value_model(checkpoint).predict(held["prompt_ids"], held["completion_ids"], 64)
-    return dict(zip(held["trace_id"], preds))
-
-
 def _score(job: dict[str, Any]) -> dict[str, Any]:
-    """Train one (recipe, budget, seed) and score it on the held-out MC labels."""
-    checkpoint, seconds = train_job(job)
-    rho = heldout_spearman(Path(job["run"]), heldout_curves(Path(job["run"]), checkpoint))
+    """Train one (recipe, budget, seed) and score it on the validation and the test MC labels; its per-prefix
+    predictions go to ``job["preds"]`` (JSON) for the bootstraps over prompts."""
+    checkpoint, seconds = train_job(job, reuse=True)
+    scored = score_sides(Path(job["run"]), checkpoint)
+    Path(job["preds"]).write_text(json.dumps({side: v["pred"] for side, v in scored.items()}))
     keep = ("recipe", "budget", "seed", "tokens", "steps")
-    return {**{k: job[k] for k in keep}, "spearman": rho, "train_seconds": seconds}
+    return {
+        **{k: job[k] for k in keep},
+        "spearman_validation": scored["validation"]["spearman"],
+        "spearman": scored["test"]["spearman"],
+        "train_seconds": seconds,
+    }
 
 
 def _summarise(rows: list[dict[str, Any]], ceiling: float) -> list[dict[str, Any]]:
@@ -245,6 +303,7 @@ def _summarise(rows: list[dict[str, Any]], ceiling: float) -> list[dict[str, Any
         for budget in sorted({r["budget"] for r in rows if r["recipe"] == recipe}):
             got = [r for r in rows if r["recipe"] == recipe and r["budget"] == budget]
             rho = np.array([r["spearman"] for r in got])
+            val = np.array([r["spearman_validation"] for r in got])
             sd = float(rho.std(ddof=1)) if len(rho) > 1 else float("nan")
             half = (
                 float(student_t.ppf(0.975, len(rho) - 1) * sd / math.sqrt(len(rho))) if len(rho) > 1 else float("nan")
@@ -255,15 +314,104 @@ def _summarise(rows: list[dict[str, Any]], ceiling: float) -> list[dict[str, Any
                     "budget_prompts": budget,
                     "sampled_tokens": got[0]["tokens"],
                     "seeds": len(rho),
+                    "validation_spearman_mean": float(val.mean()),
                     "spearman_mean": float(rho.mean()),
                     "spearman_sd": sd,
                     "spearman_ci": [float(rho.mean() - half), float(rho.mean() + half)],
                     "share_mean": float(rho.mean() / ceiling),
                     "share_ci": [float((rho.mean() - half) / ceiling), float((rho.mean() + half) / ceiling)],
                     "spearman_per_seed": rho.tolist(),
+                    "validation_spearman_per_seed": val.tolist(),
                 }
             )
     return out
+
+
+def _rho(x: np.ndarray, y: np.ndarray) -> float:
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x), rankdata(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _load_preds(rows: list[dict[str, Any]], work: Path, budget: int) -> dict[str, dict[str, list[np.ndarray]]]:
+    """Per side, per recipe, the per-prefix predictions of each seed at `budget` (every run's prefixes are the
+    labels' in one order: checked), plus ``"_mc"`` and ``"_groups"`` (the MC means and prompt ids)."""
+    out: dict[str, dict[str, Any]] = {side: {} for side in SIDES}
+    for r in rows:
+        if r["budget"] != budget:
+            continue
+        pred = json.loads(_preds_path(work, r["recipe"], budget, r["seed"]).read_text())
+        for side in SIDES:
+            p = pred[side]
+            key = list(zip(p["trace_id"], p["position"]))
+            if out[side].setdefault("_key", key) != key:
+                raise SystemExit(f"frontier: {r['recipe']} seed {r['seed']} scored other {side} prefixes than the rest")
+            out[side]["_mc"] = np.asarray(p["mc_mean"], dtype=np.float64)
+            out[side]["_groups"] = np.asarray([f"{side}:{g}" for g in p["prompt_id"]])
+            out[side].setdefault(r["recipe"], []).append(np.asarray(p["learned"], dtype=np.float64))
+    return out
+
+
+def protocol(
+    rows: list[dict[str, Any]], summary: list[dict[str, Any]], work: Path, budget: int, ceiling: float
+) -> dict:
+    """The choice at `budget` on validation and what it cost: the chosen recipe (`selection.choose` on the mean
+    validation Spearman over seeds), its test figure, the best test figure (what choosing on test would report),
+    the agreement of the two rankings over recipes (Spearman, 95% bootstrap CI over the prompts of both splits)
+    and the paired difference of every recipe minus the chosen one on test (95% bootstrap CI over test prompts)."""
+    from prefixvalue.evaluation.selection import choose
+    from prefixvalue.stats import cluster_bootstrap
+
+    at = {s["recipe"]: s for s in summary if s["budget_prompts"] == budget}
+    what = f"the quickstart's recipe: the best mean validation Spearman at its budget ({budget} training prompts)"
+    val_scores = {r: s["validation_spearman_mean"] for r, s in at.items()}
+    pick = choose(what, val_scores, split="validation", metric="Spearman with MC, mean over seeds")
+    test = {r: s["spearman_mean"] for r, s in at.items()}
+    best_test = max(test, key=lambda r: test[r])
+    preds = _load_preds(rows, work, budget)
+    recipes = list(at)
+    n_val = len(preds["validation"]["_mc"])
+    y = np.concatenate([preds["validation"]["_mc"], preds["test"]["_mc"]])
+    groups = np.concatenate([preds["validation"]["_groups"], preds["test"]["_groups"]])
+    x = {r: [np.concatenate([a, b]) for a, b in zip(preds["validation"][r], preds["test"][r])] for r in recipes}
+
+    def agreement(idx: np.ndarray) -> float:
+        v, t = idx[idx < n_val], idx[idx >= n_val]
+        val = [np.mean([_rho(s[v], y[v]) for s in x[r]]) for r in recipes]
+        tst = [np.mean([_rho(s[t], y[t]) for s in x[r]]) for r in recipes]
+        return _rho(np.asarray(val), np.asarray(tst))
+
+    everything = np.arange(len(y))
+    agree = agreement(everything)
+    agree_ci, agree_note = cluster_bootstrap(agreement, groups, n_boot=1000, seed=0, unit="prompt")
+    yt, gt = preds["test"]["_mc"], preds["test"]["_groups"]
+    paired = {}
+    for r in recipes:
+        if r == pick.chosen:
+            continue
+
+        def diff(idx: np.ndarray, r: str = r) -> float:
+            mean = lambda name: np.mean([_rho(s[idx], yt[idx]) for s in preds["test"][name]])  # noqa: E731
+            return float(mean(r) - mean(pick.chosen))
+
+        ci, note = cluster_bootstrap(diff, gt, n_boot=1000, seed=0, unit="prompt")
+        paired[r] = {"value": diff(np.arange(len(yt))), "ci": ci, **({"note": note} if note else {})}
+    chosen_share, best_share = test[pick.chosen] / ceiling, test[best_test] / ceiling
+    return {
+        **pick.to_dict(),
+        "budget_prompts": budget,
+        "chosen_test_spearman": test[pick.chosen],
+        "chosen_test_share": chosen_share,
+        "best_on_test": best_test,
+        "best_on_test_share": best_share,
+        "selection_effect_share": best_share - chosen_share,
+        "rank_agreement": {"spearman_over_recipes": agree, "ci": agree_ci, "n_recipes": len(recipes)}
+        | ({"note": agree_note} if agree_note else {}),
+        "paired_vs_chosen_test": paired,
+    }
 
 
 def _plot(summary: list[dict[str, Any]], oracle: float | None, path: Path) -> None:
@@ -293,30 +441,60 @@ def _plot(summary: list[dict[str, Any]], oracle: float | None, path: Path) -> No
     plt.close(fig)
 
 
-def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def markdown(summary: list[dict[str, Any]], meta: dict[str, Any], selection: dict[str, Any] | None) -> str:
     """The frontier table (what the quickstart report embeds)."""
     lines = [
-        f"Held-out Spearman with MC as a share of the noise ceiling ({meta['noise_ceiling']:.3f}), mean over "
+        f"Spearman with MC as a share of the test noise ceiling ({meta['noise_ceiling']:.3f}), mean over "
         f"{meta['seeds']} training seeds with a 95% t-interval across seeds; {meta['steps']} optimizer steps of 32 "
-        f"traces per run; budget = sampled tokens (collect + label). Measured {meta['measured_at']} by "
+        f"traces per run; budget = sampled tokens (collect + label). Validation: the mean Spearman on the validation "
+        f"labels ({meta['validation_prefixes']} prefixes of validation prompts, labelled like the test ones), where "
+        f"the recipe is chosen; test: the held-out labels, read for the figures. Measured {meta['measured_at']} by "
         "`make frontier`.",
         "",
-        "| recipe | training prompts | sampled tokens | share of ceiling | 95% CI | sd (Spearman) |",
-        "|---|---|---|---|---|---|",
+        "| recipe | training prompts | sampled tokens | validation Spearman | test share of ceiling | 95% CI | sd |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         lines.append(
-            f"| {s['recipe']} | {s['budget_prompts'] or 'all'} | {s['sampled_tokens']:,} | {s['share_mean']:.3f} | "
+            f"| {s['recipe']} | {s['budget_prompts'] or 'all'} | {s['sampled_tokens']:,} | "
+            f"{s['validation_spearman_mean']:.3f} | {s['share_mean']:.3f} | "
             f"[{s['share_ci'][0]:.3f}, {s['share_ci'][1]:.3f}] | {s['spearman_sd']:.3f} |"
         )
+    if selection:
+        ra = selection["rank_agreement"]
+        ci = ra.get("ci")
+        ci_text = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a"
+        lines += [
+            "",
+            f"**Chosen on validation** ({selection['budget_prompts']} training prompts, the quickstart's budget, among "
+            f"{selection['n_candidates']} recipes): `{selection['chosen']}`, test share "
+            f"{selection['chosen_test_share']:.3f} (Spearman {selection['chosen_test_spearman']:.3f}). The best on "
+            f"test would have been `{selection['best_on_test']}` at {selection['best_on_test_share']:.3f}: choosing "
+            f"on the test labels would have reported {selection['selection_effect_share']:+.3f} more. The validation "
+            f"and test rankings of the recipes agree at Spearman {ra['spearman_over_recipes']:.2f}, 95% CI {ci_text} "
+            "(bootstrap over the prompts of both splits).",
+            "",
+            "Paired difference on test, each recipe minus the chosen one (Spearman, mean over seeds; 95% bootstrap CI "
+            "over test prompts):",
+            "",
+            "| recipe | difference | 95% CI |",
+            "|---|---|---|",
+        ]
+        for r, d in selection["paired_vs_chosen_test"].items():
+            c = d.get("ci")
+            lines.append(f"| {r} | {d['value']:+.3f} | " + (f"[{c[0]:+.3f}, {c[1]:+.3f}]" if c else "n/a") + " |")
     if meta.get("oracle_share") is not None:
         lines += [
             "",
             f"Step-label oracle (exact facts: wrong step written × steps left, fit on every training prompt of the "
-            f"largest budget): Spearman {meta['oracle_spearman']:.3f}, share {meta['oracle_share']:.3f}.",
+            f"largest budget): test Spearman {meta['oracle_spearman']:.3f}, share {meta['oracle_share']:.3f}.",
         ]
     lines += ["", "Recipes:", ""] + [f"- `{k}`: {RECIPES[k][0]}" for k in meta["recipes"]]
     return "\n".join(lines) + "\n"
+
+
+def _preds_path(work: Path, recipe: str, budget: int, seed: int) -> Path:
+    return work / f"{recipe}_b{budget}_s{seed}" / "predictions.json"
 
 
 def main(argv: list[str]) -> int:
@@ -331,19 +509,23 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"frontier: unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
     metrics = json.loads((run / "metrics.json").read_text())
     ceiling = float(metrics["mc"]["noise_ceiling"]["spearman"])
+    record_ = run_split(run)
+    quickstart_budget = int(metrics["quickstart"]["train_prompts"])
     work = run / "frontier"
     work.mkdir(parents=True, exist_ok=True)
     source = Path(opts["traces"]) if opts["traces"] else run / "traces"
-    oracle = _oracle_spearman(run, source)
+    oracle = _oracle_spearman(run, source, record_)
+    budgets = [quickstart_budget if b == "quickstart" else int(b) for b in opts["budgets"].split(",")]
+    budgets.sort(key=lambda b: b != quickstart_budget)  # the budget the choice is made at runs first
     jobs = []
-    for b in (int(x) for x in opts["budgets"].split(",")):
-        traces_dir, tokens, prompts = _subset(source, b, work)
+    for b in budgets:
+        traces_dir, tokens, prompts = _subset(source, b, work, record_)
         for recipe in recipes:
             _, overrides, uses_labels = RECIPES[recipe]
             job_traces, job_tokens, labels = traces_dir, tokens, None
             if uses_labels:  # half the prompts' traces, the other half of the tokens on MC labels
-                half, half_tokens, _ = _subset(source, max(1, len(prompts) // 2), work)
-                labels, label_tokens = _label_budget(run, half, tokens - half_tokens, work)
+                half, half_tokens, _ = _subset(source, max(1, len(prompts) // 2), work, record_)
+                labels, label_tokens = _label_budget(run, half, tokens - half_tokens, work, record_)
                 job_traces, job_tokens = half, half_tokens + label_tokens
             for seed in range(int(opts["seeds"])):
                 jobs.append(
@@ -357,7 +539,9 @@ def main(argv: list[str]) -> int:
                         "labels": str(labels) if labels else None,
                         "steps": int(opts["steps"]),
                         "overrides": overrides,
+                        "split": split_args(record_),
                         "out": str(work / f"{recipe}_b{b}_s{seed}"),
+                        "preds": str(_preds_path(work, recipe, b, seed)),
                     }
                 )
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -366,6 +550,7 @@ def main(argv: list[str]) -> int:
     log = work / "runs.jsonl"
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     key = lambda r: (r["recipe"], r["budget"], r["seed"], r["tokens"], r["steps"])  # noqa: E731
+    done = [r for r in done if "spearman_validation" in r]  # runs scored before the validation split are redone
     have = {key(r) for r in done}
     # train=false: no training, the table of what runs.jsonl holds (a recipe lacking a budget shows fewer points)
     todo = [j for j in jobs if key(j) not in have] if opts["train"] != "false" else []
@@ -378,9 +563,14 @@ def main(argv: list[str]) -> int:
                 f.write(json.dumps(r) + "\n")
             rows.append(r)
     summary = _summarise(rows, ceiling)
+    complete = {s["recipe"] for s in summary if s["budget_prompts"] == quickstart_budget}
+    selection = protocol(rows, summary, work, quickstart_budget, ceiling) if len(complete) >= 2 else None
+    val_metrics = json.loads(_preds_path(work, rows[0]["recipe"], rows[0]["budget"], rows[0]["seed"]).read_text())
     meta = {
         "run": str(run),
         "noise_ceiling": ceiling,
+        "validation_prefixes": len(val_metrics["validation"]["mc_mean"]),
+        "split": record_.to_dict(),
         "oracle_spearman": oracle,
         "oracle_share": oracle / ceiling if oracle is not None else None,
         "seeds": int(opts["seeds"]),
@@ -389,20 +579,25 @@ def main(argv: list[str]) -> int:
         "measured_at": time.strftime("%Y-%m-%d"),
     }
     OUT.mkdir(exist_ok=True)
-    (OUT / "frontier.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=2) + "\n")
-    (OUT / "frontier.md").write_text(markdown(summary, meta))
+    payload = {"meta": meta, "selection": selection, "summary": summary, "runs": rows}
+    (OUT / "frontier.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (OUT / "frontier.md").write_text(markdown(summary, meta, selection))
     _plot(summary, meta["oracle_share"], OUT / "frontier.png")
-    best = max(summary, key=lambda s: s["share_mean"])
-    record(
-        "value_frontier",
-        best["share_mean"],
-        unit="share of the MC noise ceiling of the best recipe at any budget (mean over seeds)",
-        best_recipe=best["recipe"],
-        best_budget_prompts=best["budget_prompts"],
-        table=summary,
-        meta=meta,
-        files=str(OUT.relative_to(RESULTS.parent.parent)),
-    )
+    if selection is not None:
+        record(
+            "value_frontier",
+            selection["chosen_test_share"],
+            unit="test share of the MC noise ceiling of the recipe chosen on validation at the quickstart's budget "
+            "(mean over seeds)",
+            chosen_recipe=selection["chosen"],
+            budget_prompts=quickstart_budget,
+            best_on_test_share=selection["best_on_test_share"],
+            selection_effect_share=selection["selection_effect_share"],
+            rank_agreement=selection["rank_agreement"],
+            table=summary,
+            meta=meta,
+            files=str(OUT.relative_to(RESULTS.parent.parent)),
+        )
     print(f"frontier: {OUT}/frontier.md, frontier.png")
     return 0
 

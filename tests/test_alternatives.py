@@ -158,13 +158,19 @@ def test_scores_on_known_cases():
     mc = np.array([0.9, 0.5, 0.1, 0.2, 0.8, 0.4, 0.3, 0.6, 0.0, 1.0, 0.5, 0.25])
     n = np.full(12, 40)
     succ = mc * 40
-    s = score_actions(state, mc, n, succ, {"truth": mc, "reversed": -mc}, n_boot=50, seed=0)
+    # each state its own prompt (the bootstrap unit); the first-listed action is the best in states 0 and 3
+    s = score_actions(state, state, mc, n, succ, {"truth": mc, "reversed": -mc}, np.tile([True, False, False], 4), 50)
     t, r = s["estimators"]["truth"], s["estimators"]["reversed"]
     assert t["within_spearman"]["value"] == pytest.approx(1.0) and r["within_spearman"]["value"] == pytest.approx(-1.0)
     assert t["selection"]["accuracy"] == 1.0 and t["selection"]["regret"] == 0.0
     worst = np.mean([mc[state == k].max() - mc[state == k].min() for k in range(4)])
     assert r["selection"]["accuracy"] == 0.0 and r["selection"]["regret"] == pytest.approx(worst)
     assert s["random_choice"]["accuracy"] == pytest.approx(1 / 3)
+    # no information scores a random choice; listing first is right in 2 of 4 states
+    assert s["baselines"]["constant"]["selection"]["accuracy"] == pytest.approx(1 / 3)
+    assert s["baselines"]["constant"]["selection"]["n_tied_states"] == 4
+    assert s["baselines"]["first_listed"]["selection"]["accuracy"] == 0.5
+    assert s["n_prompts"] == 4 and s["bootstrap"]["unit"] == "prompt"
     # the advantage check: a model whose values are the MC values agrees in sign wherever MC is clear
     check = {
         "prefix_id": np.repeat(np.array(["a", "b"]), 3),
@@ -190,6 +196,7 @@ def test_arith_action_sets():
     task = ArithTask()
     prompts = list(task.prompts(3, split="test"))
     states = arith_step_states(task, prompts, wrong=3, seed=0)
+    # the generators list the correct step first (the study shuffles: tests/test_actions_baselines.py)
     for st in states:
         full = [st.prefix + a for a in st.actions]
         labels = [task.step_labels(st.prompt, f) for f in full]
@@ -201,6 +208,7 @@ def test_arith_action_sets():
     strat = arith_strategy_states(task, prompts, max_fold=3)
     nums, ops = task.parse_prompt(prompts[0].text)
     assert strat[0].actions[0] == f"{nums[0]}{ops[0]}{nums[1]}=" and strat[0].actions[-1] == "A:"
+    assert strat[0].labels[strat[0].first_listed] == "fold 1" and states[0].first_listed == 0
 
 
 def test_read_action_states_names_the_bad_line(tmp_path):
@@ -269,6 +277,7 @@ def test_quickstart_alternatives_flag_writes_both_studies(tmp_path, monkeypatch)
         "train.eval_every=2",
         "train.checkpoint_every=2",
         "train.heldout_fraction=0.3",
+        "train.validation_fraction=0.4",
         "train.report_to=disk",
         "evaluate.n_bootstrap=10",
         "evaluate.noise_ceiling_repeats=5",
@@ -288,6 +297,7 @@ def test_quickstart_alternatives_flag_writes_both_studies(tmp_path, monkeypatch)
     a, v = m["actions"], m["advantages"]
     assert set(a["kinds"]) == {"step", "strategy", "all"} and "learned_implicit" in a["estimators"]
     assert a["kinds"]["step"]["estimators"]["learned_head"]["selection"]["n_states"] > 0
+    assert a["kinds"]["step"]["baselines"]["first_listed"]["labels"] == ["correct"]
     assert set(v["models"]) == {"implicit", "head"} and v["check"]["n_prefixes"] == 3
     assert {"actions", "advantages"} <= set(m["quickstart"]["seconds"])
     md = (out / "report.md").read_text()

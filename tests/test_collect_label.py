@@ -222,10 +222,11 @@ def test_label_writes_labels_and_cost(tmp_path, model_dir, traces_dir):
 def test_collect_then_label_by_default_labels_only_heldout_prompts(tmp_path, model_dir, traces_dir):
     """Issue 14, item 1: `label` as README step 2 runs it (no `prompts=`) labels only held-out traces, by the
     split train uses (heldout_fraction=0.2, split_seed=0), and max_traces counts after that choice."""
-    from prefixvalue.data import SplitRecord, is_heldout, split_by_prompt
+    from prefixvalue.data import SplitRecord, is_heldout, split_three
 
     traces = load_traces(traces_dir)
-    train_side, held_side = split_by_prompt(traces, 0.2, 0)
+    sides = split_three(traces, 0.2, 0.1, 0)  # label's defaults, as train's
+    train_side, held_side = sides["train"], sides["test"]
     assert len(held_side) >= 2 and len(train_side) > 0  # the fixture's 6 prompts hold some out
     out = tmp_path / "labels"
     args = [a for a in label_args(traces_dir, model_dir, out, max_traces=2) if not a.startswith("prompts=")]
@@ -236,7 +237,7 @@ def test_collect_then_label_by_default_labels_only_heldout_prompts(tmp_path, mod
     train_texts = set(train_side["prompt"])
     assert all(text[t] not in train_texts and is_heldout(text[t], 0.2, 0) for t in labelled)
     record = SplitRecord.load(out)
-    assert record == SplitRecord.from_prompts(train_side["prompt"], 0.2, 0)
+    assert record == SplitRecord.from_prompts(train_side["prompt"], 0.2, 0, sides["validation"]["prompt"], 0.1)
     written = json.loads((out / "split.json").read_text())
     assert written["prompts"] == "heldout" and written["n_traces_labelled"] == 2
     assert json.loads((out / "run.json").read_text())["prompts"] == "heldout"
@@ -254,6 +255,16 @@ def test_collect_then_label_by_default_labels_only_heldout_prompts(tmp_path, mod
     firsts = list(dict.fromkeys(train_side["prompt"]))[:3]
     want = [train_side["trace_id"][train_side["prompt"].index(p)] for p in firsts]
     assert set(load_labels(out_spread)["trace_id"]) == set(want)
+    # issue 28: prompts=validation labels the validation side only, recorded as such; never a train or test prompt
+    val = split_three(traces, 0.2, 0.5, 0)["validation"]
+    assert len(val) > 0
+    out_val = tmp_path / "labels_val"
+    args = label_args(traces_dir, model_dir, out_val, prompts="validation", validation_fraction=0.5, max_traces=2)
+    assert label.main(args) == 0
+    assert set(load_labels(out_val)["trace_id"]) == set(val["trace_id"][:2])
+    written = json.loads((out_val / "split.json").read_text())
+    assert written["prompts"] == "validation" and written["validation_fraction"] == 0.5
+    assert {SplitRecord.load(out_val).side(text[t]) for t in load_labels(out_val)["trace_id"]} == {"validation"}
 
 
 def test_label_reproducible_sharded_and_resumable(tmp_path, model_dir, traces_dir, monkeypatch):

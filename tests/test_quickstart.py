@@ -294,6 +294,7 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
         "train.eval_every=2",
         "train.checkpoint_every=2",
         "train.heldout_fraction=0.3",
+        "train.validation_fraction=0.4",
         "train.report_to=disk",
         "evaluate.n_bootstrap=10",
         "evaluate.noise_ceiling_repeats=5",
@@ -310,11 +311,22 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
         "train_head/final",
         "labels",
         "labels_short",
+        "labels_validation",
+        "validation_traces",
     ):
         assert (out / name).exists(), name
     m = json.loads((out / "metrics.json").read_text())
     q = m["quickstart"]
-    assert {"learned", "learned_head", "mellowmax", "logsumexp", "constant"} <= set(m["estimators"])
+    # issue 28: `learned` is chosen on the validation labels, among both value models, before the test labels
+    pick = m["selection"][0]
+    assert pick["split"] == "validation" and pick["n_candidates"] == 2 and set(pick["candidates"]) == {"implicit", "head"}
+    chosen, other = pick["chosen"], ({"implicit", "head"} - {pick["chosen"]}).pop()
+    assert pick["candidates"][chosen] >= pick["candidates"][other]
+    assert list(q["value_models"]) == [chosen, other]
+    assert {"learned", f"learned_{other}", "mellowmax", "logsumexp", "constant"} <= set(m["estimators"])
+    sv = m["step_verification"]  # the step threshold is chosen on the validation traces, every test trace scored
+    assert sv["threshold_split"] == "validation" and sv["n_calibration"] > 0
+    assert any(c["what"].startswith("step-verification") and c["split"] == "validation" for c in m["selection"])
     assert set(q["short"]) == {"short:1", "short:2"}
     assert q["short"]["short:1"]["n_prefixes"] < q["short"]["short:2"]["n_prefixes"]
     assert len(q["forks"]) == 2 and q["fresh_run"] is True
@@ -329,7 +341,8 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     assert "step_oracle" in m["estimators"] and "paired_vs_step_oracle" in m["estimators"]["learned"]["spearman"]
     assert "beats_step_oracle" in q["quality"] and q["diagnosis"]["estimator"] == "learned"
     assert q["seeds"]["seeds"] == 2 and len(q["seeds"]["spearman_per_seed"]) == 2
-    assert (out / "train_implicit_seed1" / "final").exists()  # the second seed of `learned`
+    assert (out / f"train_{chosen}_seed1" / "final").exists()  # the second seed of `learned`, the chosen one
+    assert not (out / f"train_{other}_seed1").exists()
     assert q["seeds"]["spearman_per_seed"]["0"] == pytest.approx(m["estimators"]["learned"]["spearman"]["value"])
     assert m["cost"]["ratio_mc_to_value"] > 1
     assert q["collected_traces"] == 80 and q["labelled_heldout_traces"] <= 6
@@ -337,7 +350,13 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     from prefixvalue.data import is_heldout, load_traces
 
     assert all(is_heldout(p, 0.3, 0) for p in load_traces(out / "heldout_traces")["prompt"])
+    from prefixvalue.data import SplitRecord
+
+    record = SplitRecord.load(out / f"train_{chosen}" / "final")
+    assert {record.side(p) for p in load_traces(out / "validation_traces")["prompt"]} == {"validation"}
+    assert q["labelled_validation_traces"] > 0 and q["validation_prompts"] > 0
     md = (out / "report.md").read_text()
+    assert "What was chosen where" in md and "validation Spearman" in md
     assert "## Quickstart" in md and "Short-prefix study" in md and "forking token" in md
     assert "Value models: recipes, seeds and the oracle" in md and "| step_oracle |" in md
     assert md.index("## Quickstart") < md.index("## Data") < md.index("## Estimators vs MC")

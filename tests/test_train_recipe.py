@@ -145,15 +145,22 @@ def test_main_runs_two_steps_and_writes_a_loadable_checkpoint(tiny_setup, tmp_pa
     vals = model.predict([[40, 41]], [[42, 43, 1]])
     assert vals[0].shape == (4,)
     # issue 14, item 1: the split travels with the checkpoint, computed from the actual training prompts
-    from prefixvalue.data import SplitRecord, load_traces, split_by_prompt
+    # issue 28: and the validation side it was monitored on (train's default validation_fraction 0.1)
+    from prefixvalue.data import SplitRecord, load_traces, split_three
 
     record = SplitRecord.load(out / "final")
-    train_side, held_side = split_by_prompt(load_traces(traces), 0.25, 0)
-    assert record == SplitRecord.from_prompts(train_side["prompt"], 0.25, 0)
+    sides = split_three(load_traces(traces), 0.25, 0.1, 0)
+    train_side, val_side, held_side = sides["train"], sides["validation"], sides["test"]
+    assert len(val_side) > 0 and len(train_side) > 0
+    assert record == SplitRecord.from_prompts(train_side["prompt"], 0.25, 0, val_side["prompt"], 0.1)
     assert record.n_train_prompts == len(set(train_side["prompt"])) and len(held_side) == result["heldout_traces"]
+    assert record.n_validation_prompts == len(set(val_side["prompt"])) and record.validation_prompts_sha256
     assert result["split"] == record.to_dict()
+    assert result["monitor_split"] == "validation" and result["monitor_traces"] == len(val_side)
     assert not any(record.is_heldout(t) for t in train_side["prompt"])
     assert all(record.is_heldout(t) for t in held_side["prompt"])
+    assert {record.side(t) for t in val_side["prompt"]} == {"validation"}
+    assert {record.side(t) for t in train_side["prompt"]} == {"train"}
 
 
 @pytest.mark.slow  # two subprocesses; in process: test_train_faults (resume, fallback), the sampler stream

@@ -284,18 +284,19 @@ def test_step_oracle_facts_and_group_means():
     from prefixvalue.evaluation.oracle import StepOracle, step_facts
 
     # steps [0, 3), [3, 6), [6, 8); the second is wrong: written once p >= 6
-    wrong, left = step_facts([[0, 3], [3, 6], [6, 8]], [True, False, True], 8)
+    wrong, written = step_facts([[0, 3], [3, 6], [6, 8]], [True, False, True], 8)
     assert wrong.tolist() == [False] * 6 + [True] * 3
-    assert left.tolist() == [3, 3, 3, 2, 2, 2, 1, 1, 0]
+    assert written.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 3]
     rows = [
         {"completion_ids": [1, 2], "outcome": 1.0, "step_spans": [[0, 2]], "step_labels": [True]},
         {"completion_ids": [1, 3], "outcome": 0.0, "step_spans": [[0, 2]], "step_labels": [False]},
         {"completion_ids": [4, 3], "outcome": 0.0, "step_spans": [[0, 2]], "step_labels": [True]},
     ]
-    oracle = StepOracle.fit(rows)
-    # (no wrong step, 1 left) holds positions 0, 1 of all three traces: 2 of 6 succeed
-    assert oracle.means[(False, 1)] == pytest.approx(1 / 3)
-    assert oracle.means[(False, 0)] == pytest.approx(0.5) and oracle.means[(True, 0)] == 0.0
+    oracle = StepOracle.fit(rows)  # no task or prompt: grouped by steps written, never by the trace's own count
+    assert oracle.steps == "written"
+    # (no wrong step, 0 written) holds positions 0, 1 of all three traces: 2 of 6 succeed
+    assert oracle.means[(False, 0)] == pytest.approx(1 / 3)
+    assert oracle.means[(False, 1)] == pytest.approx(0.5) and oracle.means[(True, 1)] == 0.0
     rec = TraceRecord("t", "p", [9], [1, 2], 1.0, [(0, 2)], [False])
     assert oracle.predict(rec).tolist() == pytest.approx([1 / 3, 1 / 3, 0.0])
     with pytest.raises(ValueError, match="step_labels"):

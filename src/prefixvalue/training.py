@@ -49,7 +49,7 @@ from transformers import get_scheduler
 
 from . import runfolder
 from .config import ConfigError, config_to_dict, field, save_resolved_config
-from .data import SplitRecord, load_labels, load_traces, split_by_prompt
+from .data import SplitRecord, load_labels, load_traces, split_three
 from .data.collate import ResumableSampler, ValueCollator, attach_prefix_labels
 from .loading import LoadOptions, ModelLoadConfig, traces_policy
 from .policies import check_vocabulary, load_causal_lm, load_tokenizer
@@ -105,6 +105,11 @@ class TrainConfig(ModelLoadConfig):
         0.2, help="fraction of prompts held out (split by normalised prompt text, prefixvalue.data.is_heldout)"
     )
     split_seed: int = field(0, help="seed of the prompt split (recorded in final/split.json, which evaluate reads)")
+    validation_fraction: float = field(
+        0.1,
+        help="fraction of the non-held-out prompts kept for validation (never trained on; the training monitor and "
+        "every choice use them: docs/design.md, 'Choose on validation, report on test'); 0: none",
+    )
     max_length: int = field(0, help="drop traces with more prompt+completion tokens than this (0: keep all)")
     max_steps: int = field(200, help="optimizer steps")
     per_device_batch_size: int = field(16, help="traces per micro-batch per process")
@@ -119,9 +124,11 @@ class TrainConfig(ModelLoadConfig):
     max_grad_norm: float = field(1.0, help="gradient clipping norm (0: off)")
     model_dtype: str = field("float32", help="backbone weights dtype: float32, bfloat16, auto (bf16 on a capable GPU)")
     gradient_checkpointing: bool = field(False, help="True saves activation memory, costs ~30% speed")
-    eval_every: int = field(50, help="evaluate on held-out traces every this many steps (and at the end)")
+    eval_every: int = field(
+        50, help="evaluate on validation traces (held-out ones when validation_fraction=0) every this many steps"
+    )
     eval_batch_size: int = field(32, help="traces per evaluation batch")
-    max_eval_traces: int = field(0, help="cap on held-out traces per evaluation (0: all)")
+    max_eval_traces: int = field(0, help="cap on validation (or held-out) traces per evaluation (0: all)")
     checkpoint_every: int = field(100, help="save_state every this many steps (0: only at the end)")
     keep_checkpoints: int = field(2, help="how many recent checkpoints to keep")
     resume: bool = field(True, help="resume from the last complete checkpoint in output_dir/checkpoints")
@@ -146,6 +153,8 @@ class TrainConfig(ModelLoadConfig):
             raise ConfigError("max_steps, per_device_batch_size and gradient_accumulation_steps must be positive")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ConfigError("heldout_fraction must be in [0, 1)")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError("validation_fraction must be in [0, 1)")
         if self.eval_every <= 0:
             raise ConfigError("eval_every must be positive")
         if self.device_map is not None:
@@ -404,8 +413,9 @@ class _Data:
     tokenizer: Any
     prompt_format: PromptFormat  #: how the traces' prompts were tokenised (copied into final/)
     train_ds: datasets.Dataset  #: training traces: the model's columns, the signal's targets attached
-    held_ds: datasets.Dataset  #: held-out traces, every column (one goes on the model card)
-    held_rows: list[dict[str, Any]]  #: the held-out rows evaluated (at most max_eval_traces)
+    held_ds: datasets.Dataset  #: held-out (test) traces, every column (one goes on the model card)
+    held_rows: list[dict[str, Any]]  #: the rows the monitor evaluates (at most max_eval_traces): validation ones
+    monitor_side: str  #: which side they are: validation, or test when there is no validation side
     split_record: SplitRecord  #: the split, saved as final/split.json (evaluate reads it back)
     signal: TrainingSignal  #: what a prefix without an MC label trains towards
     signal_info: dict[str, Any]  #: the signal's record (``training_signal`` of the result)
@@ -432,8 +442,13 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
     tokenizer = load_tokenizer(policy, load)
     prompt_format = traces_prompt_format(traces)
     cols = [c for c in ("prompt_ids", "completion_ids", "outcome", "prefix_targets") if c in traces.column_names]
-    train_ds, held_ds = split_by_prompt(traces, cfg.heldout_fraction, cfg.split_seed)
-    split_record = SplitRecord.from_prompts(train_ds["prompt"], cfg.heldout_fraction, cfg.split_seed)
+    sides = split_three(traces, cfg.heldout_fraction, cfg.validation_fraction, cfg.split_seed)
+    train_ds, val_ds, held_ds = sides["train"], sides["validation"], sides["test"]
+    split_record = SplitRecord.from_prompts(
+        train_ds["prompt"], cfg.heldout_fraction, cfg.split_seed, val_ds["prompt"], cfg.validation_fraction
+    )
+    # the monitor reads validation traces; only a split without a validation side falls back to held-out ones
+    monitor_side, monitor_ds = ("validation", val_ds) if cfg.validation_fraction > 0 else ("test", held_ds)
     if cfg.labels_only:  # only labelled traces carry a loss term: keep the batches full of them
         train_ds = train_ds.filter(lambda r: any(v is not None and v == v for v in r["prefix_targets"] or []))
         if len(train_ds) == 0:
@@ -442,7 +457,7 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
     train_ds, signal_info = signal.attach(train_ds)  # held-out outcomes never enter a target
     train_ds = train_ds.select_columns([c for c in (*cols, "prefix_targets") if c in train_ds.column_names])
     train_ds = train_ds.with_format(None)
-    held_rows = held_ds.select_columns(cols).to_list()[: cfg.max_eval_traces or None]
+    held_rows = monitor_ds.select_columns(cols).to_list()[: cfg.max_eval_traces or None]
     if len(train_ds) == 0:
         raise ConfigError(f"no training traces left after holding out {cfg.heldout_fraction:.0%} of prompts")
     # P̂ at the bare prompt for the implicit model; clipped so its logit stays finite
@@ -456,6 +471,7 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
         train_ds=train_ds,
         held_ds=held_ds,
         held_rows=held_rows,
+        monitor_side=monitor_side,
         split_record=split_record,
         signal=signal,
         signal_info=signal_info,
@@ -761,7 +777,9 @@ def _final_record(run: _Run, data: _Data) -> dict:
             "train_loss": run.last_loss,
             "skipped_nonfinite": run.skipped,
             "train_traces": len(data.train_ds),
-            "heldout_traces": len(data.held_rows),
+            "heldout_traces": len(data.held_ds),
+            "monitor_traces": len(data.held_rows),
+            "monitor_split": data.monitor_side,
             "base_rate": data.base_rate,
             "training_signal": data.signal_info,
             "split": data.split_record.to_dict(),

@@ -20,7 +20,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config import ConfigError
-from .split import SplitRecord, heldout_selection, is_heldout, normalise_prompt, split_by_prompt, unit_hash
+from .split import (
+    SIDES,
+    SplitRecord,
+    heldout_selection,
+    is_heldout,
+    labels_side,
+    normalise_prompt,
+    split_by_prompt,
+    split_side,
+    split_three,
+    unit_hash,
+)
 
 #: fields every traces row carries (see docs/design.md, "traces")
 TRACE_FIELDS: tuple[str, ...] = (
@@ -208,8 +219,10 @@ __all__ = [
     "check_unit_interval",
     "token_id_range",
     "traces_digest",
+    "SIDES",
     "SplitRecord",
     "heldout_selection",
+    "labels_side",
     "is_heldout",
     "load_labels",
     "load_traces",
@@ -220,5 +233,7 @@ __all__ = [
     "traces_fail_truncated",
     "traces_finish_summary",
     "split_by_prompt",
+    "split_side",
+    "split_three",
     "unit_hash",
 ]

@@ -1,9 +1,16 @@
-"""Splits by a hash: which prompts are held out, and any other split that must not depend on order.
+"""Splits by a hash: which prompts are train, validation and test, and any other split that must not depend
+on order.
 
-The held-out split goes by the *normalised prompt text* (`normalise_prompt`), never by prompt id or
-trace: two prompts with the same text land on the same side, whatever their ids (docs/design.md,
-"Held-out discipline"). `SplitRecord` is the record of a split that travels with every value checkpoint
-and every labels folder (``split.json``).
+Three sides, by the *normalised prompt text* (`normalise_prompt`), never by prompt id or trace: two prompts
+with the same text land on the same side, whatever their ids (docs/design.md, "Held-out discipline"):
+
+- **test** (held out): ``unit_hash(f"{seed}|{text}") < heldout_fraction``, the figures a report prints;
+- **validation**: of the other prompts, ``unit_hash(f"{seed}|validation|{text}") < validation_fraction``,
+  where every choice (a recipe, a checkpoint, a threshold, a step count) is made;
+- **train**: the rest.
+
+`SplitRecord` is the record of a split that travels with every value checkpoint and every labels folder
+(``split.json``), with a digest of its training and of its validation prompts.
 """
 
 from __future__ import annotations
@@ -18,8 +25,12 @@ from pathlib import Path
 
 import datasets
 
+from ..atomic import write_atomic
+
 #: file name of a `SplitRecord` inside a checkpoint or labels folder
 SPLIT_FILE = "split.json"
+#: the sides of a split, in order: trained on, chosen on, reported on
+SIDES = ("train", "validation", "test")
 
 _WS = re.compile(r"\s+")
 
@@ -50,6 +61,43 @@ def is_heldout(prompt_text: str, heldout_fraction: float, seed: int = 0) -> bool
     return unit_hash(f"{seed}|{normalise_prompt(prompt_text)}") < heldout_fraction
 
 
+def split_side(prompt_text: str, heldout_fraction: float, validation_fraction: float = 0.0, seed: int = 0) -> str:
+    """The side of `prompt_text`: ``"test"`` when `is_heldout`, else ``"validation"`` when the hash of
+    ``f"{seed}|validation|{normalise_prompt(text)}"`` is below `validation_fraction` (a fraction of the
+    non-held-out prompts), else ``"train"``. With `validation_fraction` 0 the train side is today's
+    non-held-out side, so splits recorded before validation existed read the same."""
+    if is_heldout(prompt_text, heldout_fraction, seed):
+        return "test"
+    if (
+        validation_fraction > 0
+        and unit_hash(f"{seed}|validation|{normalise_prompt(prompt_text)}") < validation_fraction
+    ):
+        return "validation"
+    return "train"
+
+
+def split_sides(
+    ds: datasets.Dataset, heldout_fraction: float, validation_fraction: float = 0.0, seed: int = 0
+) -> list[str]:
+    """`split_side` of every row's ``prompt`` column, each distinct text hashed once."""
+    cache: dict[str, str] = {}
+    sides = []
+    for text in ds["prompt"]:
+        if text not in cache:
+            cache[text] = split_side(text, heldout_fraction, validation_fraction, seed)
+        sides.append(cache[text])
+    return sides
+
+
+def split_three(
+    ds: datasets.Dataset, heldout_fraction: float, validation_fraction: float = 0.0, seed: int = 0
+) -> dict[str, datasets.Dataset]:
+    """Rows by side (``{"train", "validation", "test"}``, `split_side` of the ``prompt`` column), in dataset
+    order; traces of one normalised text stay on one side."""
+    sides = split_sides(ds, heldout_fraction, validation_fraction, seed)
+    return {side: ds.select([i for i, s in enumerate(sides) if s == side]) for side in SIDES}
+
+
 def heldout_flags(ds: datasets.Dataset, heldout_fraction: float, seed: int = 0) -> list[bool]:
     """`is_heldout` of every row's ``prompt`` column (the text), each distinct text hashed once."""
     cache: dict[str, bool] = {}
@@ -73,20 +121,30 @@ def split_by_prompt(
 
 
 def heldout_selection(
-    traces: datasets.Dataset, heldout_fraction: float, seed: int, traces_per_prompt: int, max_traces: int
+    traces: datasets.Dataset,
+    heldout_fraction: float,
+    seed: int,
+    traces_per_prompt: int,
+    max_traces: int,
+    validation_fraction: float = 0.0,
+    side: str = "test",
 ) -> tuple[list[int], list[int], int, int]:
-    """Which held-out traces to label: indices of up to `traces_per_prompt` traces per held-out prompt (at
-    most `max_traces` in all, in dataset order), indices of the first trace of every held-out prompt, and
-    the numbers of training and held-out prompts (distinct normalised texts). The split is
-    `split_by_prompt`'s (by prompt text); traces of one text count as one prompt."""
-    flags = heldout_flags(traces, heldout_fraction, seed)
+    """Which traces of one side to label (`side`: ``test``, the held-out prompts, or ``validation``): indices
+    of up to `traces_per_prompt` traces per prompt of that side (at most `max_traces` in all, in dataset
+    order), indices of the first trace of every prompt of that side, and the numbers of training prompts
+    and of prompts on that side (distinct normalised texts). The split is `split_side`'s (by prompt text);
+    traces of one text count as one prompt."""
+    if side not in ("test", "validation"):
+        raise ValueError(f"heldout_selection: side must be test or validation, got {side!r}")
+    sides = split_sides(traces, heldout_fraction, validation_fraction, seed)
     per_prompt: dict[str, int] = {}
     train_texts: set[str] = set()
     chosen, first = [], []
-    for i, (text, held) in enumerate(zip(traces["prompt"], flags)):
+    for i, (text, got) in enumerate(zip(traces["prompt"], sides)):
         key = normalise_prompt(text)
-        if not held:
+        if got == "train":
             train_texts.add(key)
+        if got != side:
             continue
         seen = per_prompt.get(key, 0)
         if seen == 0:
@@ -106,12 +164,14 @@ def prompts_digest(texts: Iterable[str]) -> tuple[int, str]:
 
 @dataclass
 class SplitRecord:
-    """The train/held-out split a value checkpoint was trained with, or a labels folder was drawn from,
+    """The train/validation/test split a value checkpoint was trained with, or a labels folder was drawn from,
     saved as ``split.json`` beside it (contracts in docs/design.md).
 
     `n_train_prompts` and `train_prompts_sha256` describe the training side: the number of distinct
     normalised training prompt texts and the SHA-256 of those texts, sorted and newline-joined
-    (`prompts_digest`). `is_heldout` answers for any prompt text with the recorded fraction and seed.
+    (`prompts_digest`); `n_validation_prompts` and `validation_prompts_sha256` the validation side the same
+    way. `side` answers for any prompt text with the recorded fractions and seed. A record written before
+    validation existed reads with `validation_fraction` 0 (no validation side).
     """
 
     heldout_fraction: float
@@ -119,31 +179,69 @@ class SplitRecord:
     n_train_prompts: int
     train_prompts_sha256: str
     key: str = "normalised prompt text"
+    validation_fraction: float = 0.0
+    n_validation_prompts: int = 0
+    validation_prompts_sha256: str | None = None
 
     @classmethod
-    def from_prompts(cls, train_texts: Iterable[str], heldout_fraction: float, split_seed: int) -> SplitRecord:
-        """The record of a split whose training side holds the prompts `train_texts`."""
+    def from_prompts(
+        cls,
+        train_texts: Iterable[str],
+        heldout_fraction: float,
+        split_seed: int,
+        validation_texts: Iterable[str] = (),
+        validation_fraction: float = 0.0,
+    ) -> SplitRecord:
+        """The record of a split whose training side holds the prompts `train_texts` and whose validation
+        side holds `validation_texts`."""
         n, digest = prompts_digest(train_texts)
+        n_val, val_digest = prompts_digest(validation_texts)
         return cls(
             heldout_fraction=float(heldout_fraction),
             split_seed=int(split_seed),
             n_train_prompts=n,
             train_prompts_sha256=digest,
+            validation_fraction=float(validation_fraction),
+            n_validation_prompts=n_val,
+            validation_prompts_sha256=val_digest if validation_fraction > 0 else None,
         )
 
+    @classmethod
+    def of(
+        cls, ds: datasets.Dataset, heldout_fraction: float, validation_fraction: float, split_seed: int
+    ) -> SplitRecord:
+        """The record of splitting the rows `ds` (their ``prompt`` column) with these fractions and seed."""
+        parts = split_three(ds, heldout_fraction, validation_fraction, split_seed)
+        return cls.from_prompts(
+            parts["train"]["prompt"], heldout_fraction, split_seed, parts["validation"]["prompt"], validation_fraction
+        )
+
+    def side(self, prompt_text: str) -> str:
+        """``train``, ``validation`` or ``test``: the side of `prompt_text` under this split (`split_side`)."""
+        return split_side(prompt_text, self.heldout_fraction, self.validation_fraction, self.split_seed)
+
     def is_heldout(self, prompt_text: str) -> bool:
-        """Whether `prompt_text` is on the held-out side of this split (`prefixvalue.data.split.is_heldout`)."""
+        """Whether `prompt_text` is on the held-out (test) side of this split (`prefixvalue.data.split.is_heldout`)."""
         return is_heldout(prompt_text, self.heldout_fraction, self.split_seed)
+
+    def same_split(self, other: SplitRecord) -> bool:
+        """Whether `other` assigns every prompt text the same side (the same fractions and seed)."""
+        return (self.heldout_fraction, self.validation_fraction, self.split_seed) == (
+            other.heldout_fraction,
+            other.validation_fraction,
+            other.split_seed,
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def save(self, folder: str | Path, **extra: object) -> Path:
-        """Write ``folder/split.json`` (the record, plus any `extra` keys such as labels' ``prompts``);
-        returns its path."""
+        """Write ``folder/split.json`` (the record, plus any `extra` keys such as labels' ``prompts``)
+        atomically; returns its path."""
         path = Path(folder) / SPLIT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**self.to_dict(), **extra}, indent=2) + "\n")
+        text = json.dumps({**self.to_dict(), **extra}, indent=2) + "\n"
+        write_atomic(path, lambda tmp: tmp.write_text(text))
         return path
 
     @classmethod
@@ -156,3 +254,13 @@ class SplitRecord:
         data = json.loads(path.read_text())
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def labels_side(folder: str | Path) -> str | None:
+    """The side of the split a labels folder was drawn from (``prompts`` in its ``split.json``: ``test`` for
+    ``heldout``, ``validation``, ``train``, ``all``), or None when it records none."""
+    path = Path(folder) / SPLIT_FILE
+    if not path.exists():
+        return None
+    prompts = json.loads(path.read_text()).get("prompts")
+    return {"heldout": "test"}.get(prompts, prompts)

@@ -14,11 +14,18 @@ tokens), and handed to the labeller as a trace prefix, so identical x ⊕ a are 
 
 Actions come from a JSON-lines file (`read_action_states`) or from the task: for ``arith``,
 `arith_step_states` (correct next step + wrong variants at every step boundary of the correct solution) and
-`arith_strategy_states` (how much of the chain the first step folds, or the bare final answer).
+`arith_strategy_states` (how much of the chain the first step folds, or the bare final answer). Both list the
+correct step (or ``fold 1``) first; `shuffle_actions` puts each state's actions in a seeded random order and
+records where each was listed, so no score can profit from a fixed index.
+
+`score_actions` breaks ties among an estimator's highest values uniformly at random (scored exactly, as the
+expectation over that choice), scores a constant estimator and the first-listed action beside a random choice,
+and bootstraps every CI over prompts (the states of one prompt are resampled together).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Sequence
@@ -43,7 +50,6 @@ from .metrics import (
     constant_note,
     correlation,
     split_half_noise_ceiling,
-    wilson_interval,
 )
 from .softvalues import SoftValueSpec, policy_soft_values
 
@@ -61,6 +67,13 @@ class ActionState:
     kind: str = "user"
     correct: list[bool] | None = None
     labels: list[str] = field(default_factory=list)  #: short names of the actions (e.g. "wrong result")
+    #: where each action stood in the list the task or file gave (empty: `actions` is that list's order)
+    listed: list[int] = field(default_factory=list)
+
+    @property
+    def first_listed(self) -> int:
+        """Index in `actions` of the action the task or file listed first (the correct step, ``fold 1``)."""
+        return self.listed.index(0) if self.listed else 0
 
 
 # ------------------------------------------------------------------------------------------- input
@@ -195,6 +208,28 @@ def arith_strategy_states(task: ArithTask, prompts: Sequence[Prompt], max_fold: 
     return states
 
 
+def shuffle_actions(states: Sequence[ActionState], seed: int = 0) -> list[ActionState]:
+    """Copies of `states` whose actions (with their `correct` flags and labels) are in a random order drawn
+    from (`seed`, state id), so the same state is shuffled the same way whatever else is scored; `listed`
+    keeps where each action stood in the order given (`ActionState.first_listed`). The generators list the
+    correct step or ``fold 1`` first: shuffled, no index carries the answer."""
+    out = []
+    for st in states:
+        order = list(range(len(st.actions)))
+        random.Random(f"{seed}|order|{st.state_id}").shuffle(order)
+        given = st.listed or list(range(len(st.actions)))
+        out.append(
+            dataclasses.replace(
+                st,
+                actions=[st.actions[i] for i in order],
+                correct=None if st.correct is None else [st.correct[i] for i in order],
+                labels=[st.labels[i] for i in order] if st.labels else [],
+                listed=[given[i] for i in order],
+            )
+        )
+    return out
+
+
 # ------------------------------------------------------------------------------------ tokenising
 @dataclass
 class ActionItem:
@@ -290,80 +325,165 @@ def mc_action_values(
 
 
 # ------------------------------------------------------------------------------------------ scores
-def _mean_ci(values: np.ndarray, n_boot: int, seed: int) -> tuple[float | None, list[float] | None]:
+#: MC values this close to a state's best count as best (MC ties count as right)
+MC_TIE = 1e-12
+
+
+def _top_actions(values: np.ndarray) -> np.ndarray:
+    """Mask of the actions holding an estimator's highest value in one state: all of them when several tie
+    (to 1e-12 relative), all when no value is finite. A choice among them is uniform."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.ones(len(values), bool)
+    top = float(values[finite].max())
+    return finite & (values >= top - 1e-12 * max(1.0, abs(top)))
+
+
+def selection_outcome(values: np.ndarray, mc: np.ndarray) -> tuple[float, float, bool]:
+    """One state's ``(hit, regret, tied)`` when the action with the highest value is chosen, ties broken
+    uniformly at random and scored as the expectation over that choice: hit = share of the tied top actions
+    whose MC value is the state's best (MC ties count as right), regret = mean of max Ẑ − Ẑ over them. An
+    estimator constant within the state therefore scores a random choice exactly, whatever the action order."""
+    top = _top_actions(np.asarray(values, dtype=np.float64))
+    best = float(mc.max())
+    return float(np.mean(mc[top] >= best - MC_TIE)), float(np.mean(best - mc[top])), bool(top.sum() > 1)
+
+
+def _prompt_mean(
+    values: np.ndarray, prompts: np.ndarray, n_boot: int, seed: int, empty: str = "no states"
+) -> dict[str, Any]:
+    """``{"value", "ci", "note"?}``: the mean of per-state `values` with a 95% percentile bootstrap CI that
+    resamples prompts with replacement, all states of a prompt together (`cluster_bootstrap`); value None
+    for no states, CI None (with the note) for one prompt or ``n_boot = 0``."""
     if len(values) == 0:
-        return None, None
-    ci, _ = cluster_bootstrap(
-        lambda idx: float(np.mean(values[idx])), np.arange(len(values)), n_boot, seed, unit="state"
+        return {"value": None, "ci": None, "note": empty}
+    ci, note = cluster_bootstrap(lambda idx: float(np.mean(values[idx])), prompts, n_boot, seed, unit="prompt")
+    out: dict[str, Any] = {"value": float(np.mean(values)), "ci": ci}
+    if note:
+        out["note"] = note
+    return out
+
+
+def _score_estimator(
+    est: np.ndarray,
+    groups: list[np.ndarray],
+    state_prompt: np.ndarray,
+    mc: np.ndarray,
+    prompt_index: np.ndarray,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    rhos, rho_prompts = [], []
+    skipped = {"fewer_than_3_actions": 0, "constant_mc": 0, "constant_estimator": 0}
+    hits, regrets, tied = [], [], 0
+    for g, prompt in zip(groups, state_prompt):
+        hit, regret, t = selection_outcome(est[g], mc[g])
+        hits.append(hit)
+        regrets.append(regret)
+        tied += t
+        if len(g) < 3:
+            skipped["fewer_than_3_actions"] += 1
+        elif constant_note(mc[g], "mc"):
+            skipped["constant_mc"] += 1
+        elif constant_note(est[g], "est"):
+            skipped["constant_estimator"] += 1
+        else:
+            rho = _spearman_raw(est[g], mc[g])
+            if math.isfinite(rho):
+                rhos.append(rho)
+                rho_prompts.append(prompt)
+    within = _prompt_mean(
+        np.array(rhos), np.array(rho_prompts), n_boot, seed, "no state has a defined within-state Spearman (skipped)"
     )
-    return float(np.mean(values)), ci
+    acc = _prompt_mean(np.array(hits), state_prompt, n_boot, seed)
+    reg = _prompt_mean(np.array(regrets), state_prompt, n_boot, seed)
+    selection = {
+        "accuracy": acc["value"],
+        "accuracy_ci": acc["ci"],
+        "regret": reg["value"],
+        "regret_ci": reg["ci"],
+        "n_states": len(hits),
+        "n_tied_states": tied,
+    }
+    if "note" in acc:
+        selection["note"] = acc["note"]
+    return {
+        "within_spearman": {**within, "n_states": len(rhos), "skipped": skipped},
+        "selection": selection,
+        "pooled_spearman": correlation(est, mc, groups=prompt_index, n_boot=n_boot, seed=seed, unit="prompt"),
+    }
 
 
 def score_actions(
     state_index: np.ndarray,
+    prompt_index: np.ndarray,
     mc: np.ndarray,
     n: np.ndarray,
     successes: np.ndarray,
     estimates: dict[str, np.ndarray],
+    first_listed: np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     ceiling_repeats: int = 50,
 ) -> dict[str, Any]:
-    """Scores of each estimator against MC over (state, action) pairs grouped by `state_index`:
+    """Scores of each estimator against MC over (state, action) pairs grouped by `state_index`, the states
+    grouped by `prompt_index` (each pair's prompt; every CI is a 95% percentile bootstrap that resamples
+    prompts with replacement and keeps all their states, since the states of one prompt share its problem):
 
-    - ``within_spearman``: Spearman over one state's actions, averaged over states (bootstrap CI over
-      states); states with fewer than 3 actions, or constant MC or estimator values, are left out and counted;
-    - ``selection``: share of states where the estimator's argmax action has the best MC value (ties in MC
-      count as right; Wilson CI) and the mean regret max_a Ẑ − Ẑ(argmax) (bootstrap CI over states);
-    - ``pooled_spearman``: Spearman over all pairs (cluster bootstrap by state), beside ``noise_ceiling``
-      (split-half, `split_half_noise_ceiling`) and ``random_choice`` (the expected accuracy and regret of a
-      uniformly random action)."""
+    - ``within_spearman``: Spearman over one state's actions, averaged over states; states with fewer than 3
+      actions, or constant MC or estimator values, are left out and counted;
+    - ``selection``: share of states where the estimator's highest-valued action has the best MC value (MC
+      ties count as right) and the mean regret max_a Ẑ − Ẑ(chosen); ties among the highest values are broken
+      uniformly at random, scored as the expectation (`selection_outcome`); ``n_tied_states`` counts them;
+    - ``pooled_spearman``: Spearman over all pairs, beside ``noise_ceiling`` (split-half,
+      `split_half_noise_ceiling`);
+    - ``random_choice``: expected accuracy and regret of a uniformly random action;
+    - ``baselines``: ``constant`` (the same value for every action: under the tie rule it must equal
+      ``random_choice``) and, given `first_listed` (True for the action the task or file listed first),
+      ``first_listed``, each scored like an estimator.
+
+    ValueError when the pairs of one state name different prompts."""
+    state_index, prompt_index, mc = np.asarray(state_index), np.asarray(prompt_index), np.asarray(mc, np.float64)
     groups = [np.flatnonzero(state_index == s) for s in np.unique(state_index)]
+    for g in groups:
+        if len(set(prompt_index[g].tolist())) != 1:
+            raise ValueError(f"score_actions: state {state_index[g[0]]} has pairs of several prompts")
+    state_prompt = np.array([prompt_index[g[0]] for g in groups])
     out: dict[str, Any] = {
         "n_states": len(groups),
         "n_pairs": int(len(mc)),
+        "n_prompts": len(np.unique(state_prompt)),
+        "bootstrap": {
+            "unit": "prompt",
+            "replicates": n_boot,
+            "method": "95% percentile interval; each replicate draws prompts with replacement and keeps all "
+            "their states and pairs",
+        },
+        "ties": "an estimator's highest value shared by several actions of a state: each is chosen with equal "
+        "probability, accuracy and regret are the expectation over that choice",
         "noise_ceiling": split_half_noise_ceiling(n, successes, repeats=ceiling_repeats, seed=seed),
     }
     best = [float(mc[g].max()) for g in groups]
-    rand_acc = np.array([np.mean(mc[g] >= mc[g].max() - 1e-12) for g in groups])
+    rand_acc = np.array([np.mean(mc[g] >= mc[g].max() - MC_TIE) for g in groups])
     rand_regret = np.array([mc[g].max() - mc[g].mean() for g in groups])
-    out["random_choice"] = {"accuracy": float(rand_acc.mean()), "regret": float(rand_regret.mean())}
+    acc = _prompt_mean(rand_acc, state_prompt, n_boot, seed)
+    reg = _prompt_mean(rand_regret, state_prompt, n_boot, seed)
+    out["random_choice"] = {
+        "accuracy": acc["value"],
+        "accuracy_ci": acc["ci"],
+        "regret": reg["value"],
+        "regret_ci": reg["ci"],
+        "n_states": len(groups),
+    }
     out["mc_spread"] = {
         "mean_best_minus_worst": float(np.mean([mc[g].max() - mc[g].min() for g in groups])),
         "mean_best": float(np.mean(best)),
     }
-    ests: dict[str, Any] = {}
-    for name, est in estimates.items():
-        rhos, skipped = [], {"fewer_than_3_actions": 0, "constant_mc": 0, "constant_estimator": 0}
-        hits, regrets = [], []
-        for g, b in zip(groups, best):
-            chosen = g[int(np.argmax(est[g]))]
-            hits.append(float(mc[chosen] >= b - 1e-12))
-            regrets.append(b - float(mc[chosen]))
-            if len(g) < 3:
-                skipped["fewer_than_3_actions"] += 1
-            elif constant_note(mc[g], "mc"):
-                skipped["constant_mc"] += 1
-            elif constant_note(est[g], "est"):
-                skipped["constant_estimator"] += 1
-            else:
-                rhos.append(_spearman_raw(est[g], mc[g]))
-        r = np.array([x for x in rhos if math.isfinite(x)])
-        w_mean, w_ci = _mean_ci(r, n_boot, seed)
-        acc = float(np.mean(hits))
-        reg_mean, reg_ci = _mean_ci(np.array(regrets), n_boot, seed)
-        ests[name] = {
-            "within_spearman": {"value": w_mean, "ci": w_ci, "n_states": len(r), "skipped": skipped},
-            "selection": {
-                "accuracy": acc,
-                "accuracy_ci": list(wilson_interval(sum(hits), len(hits))),
-                "regret": reg_mean,
-                "regret_ci": reg_ci,
-                "n_states": len(hits),
-            },
-            "pooled_spearman": correlation(est, mc, groups=state_index, n_boot=n_boot, seed=seed, unit="state"),
-        }
-    out["estimators"] = ests
+    args = (groups, state_prompt, mc, prompt_index, n_boot, seed)
+    out["estimators"] = {name: _score_estimator(np.asarray(est, np.float64), *args) for name, est in estimates.items()}
+    out["baselines"] = {"constant": _score_estimator(np.zeros(len(mc)), *args)}
+    if first_listed is not None:
+        out["baselines"]["first_listed"] = _score_estimator(np.asarray(first_listed, np.float64), *args)
     return jsonable(out)
 
 
@@ -415,36 +535,51 @@ def _ci(ci: Any, d: int = 2) -> str:
     return interval(ci, d, missing="", sep=" ")
 
 
+def _row(name: str, e: dict[str, Any]) -> str:
+    w, s, p = e["within_spearman"], e["selection"], e["pooled_spearman"]
+    return (
+        f"| {name} | {_f(w['value'])}{_ci(w['ci'])} ({w['n_states']}) | {_f(s['accuracy'], 2)}"
+        f"{_ci(s['accuracy_ci'])} | {_f(s['regret'])}{_ci(s['regret_ci'])} | {_f(p.get('value'))}{_ci(p.get('ci'))} |"
+    )
+
+
 def render_actions_section(metrics: dict[str, Any], plot: str | None) -> str:
-    """Markdown section of the actions study: one table per kind of state, the noise ceiling, the plot."""
+    """Markdown section of the actions study: one table per kind of state (estimators, then the baselines:
+    a random action, a constant estimator, the first-listed action), the noise ceiling, the plot."""
     lines = [
         "## Values of actions: Q̂(x, a) vs Monte Carlo Ẑ(x ⊕ a)",
         "",
         f"{metrics['n_states']} states, {metrics['n_pairs']} (state, action) pairs, "
         f"{metrics['samples']} MC continuations after each action ({metrics['seconds']:.1f} s). "
         "Within-state Spearman: ranking of one state's actions, averaged over states; selection: does the "
-        "estimator's best action have the best MC value, and the MC value lost when it does not (regret).",
+        "estimator's best action have the best MC value, and the MC value lost when it does not (regret). "
+        "Each state's actions are in a seeded random order; when several actions share an estimator's highest "
+        "value, each is chosen with equal probability (the figures are the expectation), so a constant "
+        "estimator scores a random action. 95% CIs: bootstrap over prompts (a replicate resamples prompts and "
+        "keeps all their states), not over states.",
         "",
     ]
     for kind, sc in metrics["kinds"].items():
         nc = sc["noise_ceiling"]
         rc = sc["random_choice"]
         lines += [
-            f"### {kind} states ({sc['n_states']} states, {sc['n_pairs']} pairs; mean MC best − worst "
-            f"{sc['mc_spread']['mean_best_minus_worst']:.2f})",
+            f"### {kind} states ({sc['n_states']} states of {sc['n_prompts']} prompts, {sc['n_pairs']} pairs; "
+            f"mean MC best − worst {sc['mc_spread']['mean_best_minus_worst']:.2f})",
             "",
             "| estimator | within-state Spearman [95% CI] (states) | selection accuracy [CI] | regret [CI] | "
             "Spearman over all pairs [CI] |",
             "|---|---|---|---|---|",
         ]
-        for name, e in sc["estimators"].items():
-            w, s, p = e["within_spearman"], e["selection"], e["pooled_spearman"]
-            lines.append(
-                f"| {name} | {_f(w['value'])}{_ci(w['ci'])} ({w['n_states']}) | {_f(s['accuracy'], 2)}"
-                f"{_ci(s['accuracy_ci'])} | {_f(s['regret'])}{_ci(s['regret_ci'])} | {_f(p.get('value'))}"
-                f"{_ci(p.get('ci'))} |"
-            )
-        lines.append(f"| random action | – | {_f(rc['accuracy'], 2)} | {_f(rc['regret'])} | – |")
+        lines += [_row(name, e) for name, e in sc["estimators"].items()]
+        lines.append(
+            f"| *baseline:* random action | – | {_f(rc['accuracy'], 2)}{_ci(rc['accuracy_ci'])} | "
+            f"{_f(rc['regret'])}{_ci(rc['regret_ci'])} | – |"
+        )
+        base = sc["baselines"]
+        lines.append(_row("*baseline:* constant estimator (all actions tied)", base["constant"]))
+        if "first_listed" in base:
+            named = ", ".join(base["first_listed"].get("labels", []))
+            lines.append(_row(f"*baseline:* first-listed action{f' ({named})' if named else ''}", base["first_listed"]))
         lines += ["", f"Noise ceiling of the pooled Spearman: {_f(nc.get('spearman'))} ({nc.get('note', '')})", ""]
     if plot:
         lines += [f"![actions: estimators vs MC]({plot})", ""]

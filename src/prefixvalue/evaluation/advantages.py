@@ -10,8 +10,13 @@ tokens plus the token the trace sampled. For each candidate y' and value model:
 - any other model (the head): one sequence s_p ⊕ y' per candidate, batched, its value read at the last position.
 
 `mc_check` labels s_p and s_p ⊕ y' by Monte Carlo for a sample of prefixes (forking tokens first) and
-`score_check` compares: Spearman of the candidates' values within a prefix, sign agreement of advantages,
-each for the sampled tokens and the counterfactual (unsampled) ones apart.
+`score_check` compares: Spearman of the candidates' values within a prefix, and the sign of the advantages
+against the MC sign (`sign_scores`), each for the sampled tokens and the counterfactual (unsampled) ones apart.
+Sign agreement alone flatters: most unsampled tokens are worse than their prefix, so the constant guess
+"always negative" agrees with MC for most of them. Every agreement therefore comes with that majority-sign base
+rate, the agreement's excess over it, balanced accuracy (mean per-sign recall) and the AUROC of A for the MC
+sign, the last two 0.5 for any constant guess, with bootstrap CIs over prompts. Each model's entry names the
+checkpoint it was read from.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from ..formatting import fixed, interval
 from ..sampling.mc import MCLabeller, TraceRef
 from ..tasks.base import safe_verify
 from ..tracking import jsonable
-from .metrics import _spearman_raw, cluster_bootstrap, constant_note, correlation, wilson_interval
+from .metrics import _spearman_raw, auroc, cluster_bootstrap, constant_note, correlation, wilson_interval
 
 #: columns of the advantages dataset (advantages.parquet), in order; per value model <m> four more columns
 COLUMNS: dict[str, str] = {
@@ -303,27 +308,119 @@ def mc_check(
     return out
 
 
-def _sign_agreement(model_adv: np.ndarray, mc_adv: np.ndarray, clear: np.ndarray) -> dict[str, Any]:
-    """Share of candidates whose advantage has the MC advantage's sign, over those where the MC sign is
-    clear (`clear`), with a Wilson CI."""
+def sign_scores(
+    model_adv: np.ndarray,
+    mc_adv: np.ndarray,
+    clear: np.ndarray,
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    unit: str = "prompt",
+) -> dict[str, Any]:
+    """How well the sign of a model's advantage matches the MC sign, over the candidates where the MC sign is
+    clear (`clear`) and the model's advantage is finite. Returns a dict:
+
+    - ``value``, ``ci``, ``n``: sign agreement (share with the MC sign; an advantage of exactly 0 agrees with
+      neither) and its Wilson CI, as before;
+    - ``n_positive``, ``n_negative``: candidates whose MC advantage is > 0 and < 0;
+    - ``base_rate``: ``{"value", "ci", "sign"}``, the agreement of the constant majority-sign guess ("always
+      negative" when most are worse than their prefix), Wilson CI;
+    - ``excess_over_base_rate``: ``{"value", "ci"}``, agreement minus that base rate, paired bootstrap CI;
+    - ``balanced_accuracy``: ``{"value", "ci", "recall_positive", "recall_negative"}``, the mean of the share of
+      MC-positive candidates with A > 0 and of MC-negative ones with A < 0 (0.5 for any constant sign);
+    - ``auroc``: ``{"value", "ci"}``, AUROC of A for the MC sign being positive (0.5 for a constant A);
+    - ``unit``: the bootstrap's resampling unit (`groups`, one per candidate: prompts in `score_check`; each
+      candidate its own group when None).
+
+    Values are None (with ``note``) when there is no candidate or a measure needs both MC signs and one is
+    absent; a CI is None when the bootstrap cannot give one (one group, ``n_boot`` = 0)."""
     m = clear & np.isfinite(model_adv)
-    k = int(np.sum(np.sign(model_adv[m]) == np.sign(mc_adv[m])))
-    n = int(m.sum())
-    return {"value": k / n if n else None, "ci": list(wilson_interval(k, n)) if n else None, "n": n}
+    x = model_adv[m]
+    a, s = np.sign(x), np.sign(mc_adv[m])
+    g = (np.arange(len(model_adv)) if groups is None else np.asarray(groups))[m]
+    n, n_pos, n_neg = int(m.sum()), int((s > 0).sum()), int((s < 0).sum())
+    k = int(np.sum(a == s))
+    none = {"value": None, "ci": None}
+    out: dict[str, Any] = {
+        "value": k / n if n else None,
+        "ci": list(wilson_interval(k, n)) if n else None,
+        "n": n,
+        "n_positive": n_pos,
+        "n_negative": n_neg,
+        "base_rate": {**none, "sign": None},
+        "excess_over_base_rate": dict(none),
+        "balanced_accuracy": {**none, "recall_positive": None, "recall_negative": None},
+        "auroc": dict(none),
+        "unit": unit if groups is not None else "candidate",
+    }
+    if not n:
+        out["note"] = "no candidate with a clear MC sign"
+        return out
+    major = -1.0 if n_neg >= n_pos else 1.0  # the constant guess; ties: "worse than the prefix"
+    k_major = n_neg if major < 0 else n_pos
+    out["base_rate"] = {
+        "value": k_major / n,
+        "ci": list(wilson_interval(k_major, n)),
+        "sign": "negative" if major < 0 else "positive",
+    }
+
+    def excess(i: np.ndarray) -> float:
+        return float(np.mean(a[i] == s[i]) - np.mean(s[i] == major))
+
+    def balanced(i: np.ndarray) -> float:
+        pos, neg = s[i] > 0, s[i] < 0
+        if not pos.any() or not neg.any():
+            return math.nan
+        return float((np.mean(a[i][pos] > 0) + np.mean(a[i][neg] < 0)) / 2)
+
+    def area(i: np.ndarray) -> float:
+        v, _ = auroc(x[i], (s[i] > 0).astype(float))
+        return math.nan if v is None else float(v)
+
+    def boot(fn: Any) -> list[float] | None:
+        ci, _ = cluster_bootstrap(fn, g, n_boot, seed, unit=out["unit"])
+        return ci
+
+    idx = np.arange(n)
+    out["excess_over_base_rate"] = {"value": excess(idx), "ci": boot(excess)}
+    if n_pos and n_neg:
+        out["balanced_accuracy"] = {
+            "value": balanced(idx),
+            "ci": boot(balanced),
+            "recall_positive": float(np.mean(a[s > 0] > 0)),
+            "recall_negative": float(np.mean(a[s < 0] < 0)),
+        }
+        out["auroc"] = {"value": area(idx), "ci": boot(area)}
+    else:
+        out["note"] = (
+            f"balanced accuracy and AUROC undefined: every one of the {n} clear-sign candidates has MC sign "
+            f"{out['base_rate']['sign']}"
+        )
+    return out
 
 
 def score_check(
-    check: dict[str, np.ndarray], models: Sequence[str], n_boot: int = 1000, seed: int = 0
+    check: dict[str, np.ndarray],
+    models: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+    checkpoints: dict[str, str] | None = None,
+    kinds: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Per model: within-prefix Spearman of candidate values vs MC (averaged over prefixes with ≥ 3
     candidates and non-constant values; bootstrap CI over prefixes), pooled Spearman of
-    values over counterfactual and over sampled candidates (cluster bootstrap by prefix), and sign agreement
-    of the advantage with the MC advantage over candidates whose MC value's Wilson CI excludes Ẑ(s_p)."""
+    values over counterfactual and over sampled candidates (cluster bootstrap by prefix), and the sign of the
+    advantage against the MC advantage over candidates whose MC value's Wilson CI excludes Ẑ(s_p)
+    (`sign_scores`: agreement beside the majority-sign base rate, balanced accuracy and AUROC; bootstrap over
+    prompts, over prefixes when `check` has no ``prompt_id``). Each model's entry names its ``checkpoint``
+    and ``kind`` (from `checkpoints` and `kinds`, None when not given)."""
     pid = check["prefix_id"]
     groups = [np.flatnonzero(pid == g) for g in np.unique(pid)]
     sampled = check["sampled"].astype(bool)
     mc = check["mc_mean"]
     clear = (check["mc_ci_low"] > check["mc_prefix"]) | (check["mc_ci_high"] < check["mc_prefix"])
+    sign_unit = "prompt" if "prompt_id" in check else "prefix"
+    sign_groups = np.asarray(check["prompt_id"] if "prompt_id" in check else pid)
     out: dict[str, Any] = {
         "n_prefixes": len(groups),
         "n_forks": int(len({p for p, f in zip(pid, check["fork"]) if f})),
@@ -349,10 +446,17 @@ def score_check(
         ci, _ = cluster_bootstrap(lambda i: float(np.mean(r[i])), np.arange(len(r)), n_boot, seed, unit="prefix")
         return {"value": float(r.mean()), "ci": ci, "n_prefixes": len(r), "skipped": skipped}
 
+    def signs(a: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
+        return sign_scores(
+            a[rows], check["mc_advantage"][rows], clear[rows], sign_groups[rows], n_boot, seed, unit=sign_unit
+        )
+
     out["policy_prob"]["within_spearman"] = within(check["logprob"])
     for m in models:
         v, a = check[f"value_{m}"], check[f"advantage_{m}"]
         out["models"][m] = {
+            "checkpoint": (checkpoints or {}).get(m),
+            "kind": (kinds or {}).get(m),
             "within_spearman": within(v),
             "spearman_counterfactual": correlation(
                 v[~sampled], mc[~sampled], pid[~sampled], n_boot=n_boot, seed=seed, unit="prefix"
@@ -360,10 +464,8 @@ def score_check(
             "spearman_sampled": correlation(
                 v[sampled], mc[sampled], pid[sampled], n_boot=n_boot, seed=seed, unit="prefix"
             ),
-            "sign_agreement_counterfactual": _sign_agreement(
-                a[~sampled], check["mc_advantage"][~sampled], clear[~sampled]
-            ),
-            "sign_agreement_sampled": _sign_agreement(a[sampled], check["mc_advantage"][sampled], clear[sampled]),
+            "sign_agreement_counterfactual": signs(a, ~sampled),
+            "sign_agreement_sampled": signs(a, sampled),
         }
     return jsonable(out)
 
@@ -376,34 +478,66 @@ def _ci(ci: Any, d: int = 2) -> str:
     return interval(ci, d, missing="", sep=" ")
 
 
+def _model_label(m: str, e: dict[str, Any]) -> str:
+    """A model's row label: its name, with its value-model kind when known and not the name itself."""
+    return f"{m} ({e['kind']})" if e.get("kind") and e["kind"] != m else m
+
+
+def _sign_cells(sa: dict[str, Any]) -> str:
+    """The cells of one sign row: n (MC +/−), base rate (sign), agreement, excess, balanced accuracy, AUROC."""
+    br, ex, ba, au = sa["base_rate"], sa["excess_over_base_rate"], sa["balanced_accuracy"], sa["auroc"]
+    base = f"{_f(br['value'], 2)}{_ci(br['ci'])} ({br['sign']})" if br["value"] is not None else "–"
+    return (
+        f"{sa['n']} ({sa['n_positive']}/{sa['n_negative']}) | {base} | {_f(sa['value'], 2)}{_ci(sa['ci'])} | "
+        f"{_f(ex['value'], 2)}{_ci(ex['ci'])} | {_f(ba['value'], 2)}{_ci(ba['ci'])} | {_f(au['value'], 2)}{_ci(au['ci'])}"
+    )
+
+
 def render_advantages_section(metrics: dict[str, Any]) -> str:
-    """Markdown section: do counterfactual token values carry information, against MC?"""
+    """Markdown section: do counterfactual token values carry information, against MC? Two tables: the
+    Spearman correlations of the candidates' values, then the sign of each model's advantage beside the
+    majority-sign base rate, balanced accuracy and AUROC; each model named with its checkpoint."""
     sc = metrics["check"]
+    unit = next((e["sign_agreement_counterfactual"].get("unit", "prompt") for e in sc["models"].values()), "prompt")
     lines = [
         "## Counterfactual token values and advantages vs Monte Carlo",
         "",
         f"Candidates at every prefix of {metrics['n_traces']} traces: the policy's top-{metrics['top_k']} tokens "
         f"and the sampled one ({metrics['n_rows']} rows in `{metrics['dataset']}`). MC check: "
         f"{sc['n_prefixes']} prefixes ({sc['n_forks']} at known forking tokens), {sc['n_candidates']} candidates, "
-        f"{metrics['samples']} continuations each. Sign agreement counts candidates whose MC value's Wilson CI "
-        f"excludes Ẑ(s) (clear sign: {sc['n_clear_sign']['sampled']} sampled, "
-        f"{sc['n_clear_sign']['counterfactual']} counterfactual).",
+        f"{metrics['samples']} continuations each.",
         "",
-        "| value | within-prefix Spearman [CI] (prefixes) | Spearman, counterfactual tokens | Spearman, sampled "
-        "tokens | sign agreement, counterfactual | sign agreement, sampled |",
-        "|---|---|---|---|---|---|",
+        "| value | checkpoint | within-prefix Spearman [CI] (prefixes) | Spearman, counterfactual tokens | "
+        "Spearman, sampled tokens |",
+        "|---|---|---|---|---|",
     ]
     pw = sc["policy_prob"]["within_spearman"]
-    lines.append(f"| policy π(y'|s) | {_f(pw['value'])}{_ci(pw['ci'])} ({pw['n_prefixes']}) | – | – | – | – |")
+    lines.append(f"| policy π(y'|s) | – | {_f(pw['value'])}{_ci(pw['ci'])} ({pw['n_prefixes']}) | – | – |")
     for m, e in sc["models"].items():
         w = e["within_spearman"]
         cf, sp = e["spearman_counterfactual"], e["spearman_sampled"]
-        sa, ss = e["sign_agreement_counterfactual"], e["sign_agreement_sampled"]
+        ckpt = f"`{e['checkpoint']}`" if e.get("checkpoint") else "–"
         lines.append(
-            f"| {m} | {_f(w['value'])}{_ci(w['ci'])} ({w['n_prefixes']}) | {_f(cf.get('value'))}{_ci(cf.get('ci'))} | "
-            f"{_f(sp.get('value'))}{_ci(sp.get('ci'))} | {_f(sa['value'], 2)}{_ci(sa['ci'])} (n={sa['n']}) | "
-            f"{_f(ss['value'], 2)}{_ci(ss['ci'])} (n={ss['n']}) |"
+            f"| {_model_label(m, e)} | {ckpt} | {_f(w['value'])}{_ci(w['ci'])} ({w['n_prefixes']}) | "
+            f"{_f(cf.get('value'))}{_ci(cf.get('ci'))} | {_f(sp.get('value'))}{_ci(sp.get('ci'))} |"
         )
+    lines += [
+        "",
+        "Sign of the advantage A against the MC advantage, over candidates whose MC value's Wilson CI excludes "
+        f"Ẑ(s) (clear sign: {sc['n_clear_sign']['sampled']} sampled, {sc['n_clear_sign']['counterfactual']} "
+        "counterfactual). The base rate is the agreement of a constant guess of the majority MC sign ('always "
+        "negative' when most candidates are worse than their prefix): sign agreement is only informative above "
+        "it. Balanced accuracy (the mean of the shares of MC-positive candidates with A > 0 and of MC-negative ones "
+        "with A < 0) and the AUROC of A for a positive MC sign are 0.5 for any constant guess. CIs: Wilson for "
+        f"agreement and base rate; bootstrap over {unit}s for the others.",
+        "",
+        "| value | tokens | n (MC +/−) | base rate (sign) | sign agreement | agreement − base rate | "
+        "balanced accuracy | AUROC of A |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m, e in sc["models"].items():
+        for kind, key in (("counterfactual", "sign_agreement_counterfactual"), ("sampled", "sign_agreement_sampled")):
+            lines.append(f"| {_model_label(m, e)} | {kind} | {_sign_cells(e[key])} |")
     if metrics.get("verdict"):
         lines += [
             "",
@@ -414,7 +548,9 @@ def render_advantages_section(metrics: dict[str, Any]) -> str:
 
 
 def implicit_verdict(check: dict[str, Any], name: str) -> str | None:
-    """One sentence from the measured figures on the implicit model `name` (None when not scored)."""
+    """One sentence from the measured figures on the implicit model `name` (None when not scored): its
+    within-prefix Spearman against the policy's probability, and the sign of its advantages on unsampled
+    tokens against the majority-sign base rate, with balanced accuracy."""
     e = check["models"].get(name)
     if e is None:
         return None
@@ -423,13 +559,20 @@ def implicit_verdict(check: dict[str, Any], name: str) -> str | None:
     if w["value"] is None or w["ci"] is None:
         return f"undetermined: too few prefixes with varied MC values ({w['n_prefixes']} scored)."
     lo = w["ci"][0]
-    sign = (
-        f"; its advantages have the MC sign for {_f(sa['value'], 2)} of {sa['n']} unsampled tokens" if sa["n"] else ""
-    )
+    sign = ""
+    if sa["n"]:
+        br, ba = sa["base_rate"], sa["balanced_accuracy"]
+        sign = (
+            f"; its advantages have the MC sign for {_f(sa['value'], 2)} of {sa['n']} unsampled tokens with a clear "
+            f"sign, against {_f(br['value'], 2)} for always guessing {br['sign']}"
+        )
+        if ba["value"] is not None:
+            sign += f" (balanced accuracy {_f(ba['value'], 2)}{_ci(ba['ci'])}; 0.5 is chance)"
+    ckpt = f" (`{e['checkpoint']}`)" if e.get("checkpoint") else ""
     base = check["policy_prob"]["within_spearman"]["value"]
     rel = f" (the policy's own probability ranks them at {_f(base)})" if base is not None else ""
     return (
         ("Yes" if lo > 0 else "Not measurably")
-        + f": within a prefix, {name}'s values of the candidate tokens rank with MC at Spearman {_f(w['value'])} "
-        f"[{lo:.2f}, {w['ci'][1]:.2f}] over {w['n_prefixes']} prefixes{rel}{sign}."
+        + f": within a prefix, the values of {name}{ckpt} rank the candidate tokens with MC at Spearman "
+        f"{_f(w['value'])} [{lo:.2f}, {w['ci'][1]:.2f}] over {w['n_prefixes']} prefixes{rel}{sign}."
     )

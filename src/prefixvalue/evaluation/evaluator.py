@@ -24,13 +24,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..data import SplitRecord, load_labels, load_traces
+from ..config import ConfigError
+from ..data import SplitRecord, labels_side, load_labels, load_traces
 from ..loading import LoadOptions
 from ..value import load_value_model
-from .estimators import ESTIMATORS, Estimator, value_model_estimator
+from .estimators import ESTIMATORS, Estimator, TraceRecord, value_model_estimator
 from .options import ScoringOptions
 from .oracle import has_step_labels, training_oracle
-from .scoring import EvalResult, evaluate_prefixes, read_mc_cost
+from .scoring import EvalResult, evaluate_prefixes, read_mc_cost, validation_step_thresholds
 
 K = TypeVar("K")
 
@@ -63,6 +64,37 @@ def step_oracle_estimators(options: ScoringOptions, traces: Any, oracle_traces: 
     return {"step_oracle": oracle.estimator()} if oracle is not None else {}
 
 
+def check_labels_side(labels: str | Path, options: ScoringOptions) -> None:
+    """Refuse, in one line, labels drawn from the other side of the split than ``options.split`` scores
+    (validation labels scored as test figures, or test labels read for a choice)."""
+    side = labels_side(labels)
+    if side in ("test", "validation") and side != options.split and not options.include_training_prompts:
+        raise ConfigError(
+            f"evaluate: the labels {labels} were drawn from the {side} prompts (their split.json), but split="
+            f"{options.split} is scored; pass split={side}"
+        )
+
+
+def step_thresholds_on_validation(model: Any, options: ScoringOptions) -> dict[str, Any] | None:
+    """The step thresholds chosen on ``options.validation_traces`` (`validation_step_thresholds`): only the
+    traces of prompts on the validation side of the split record are read; None without validation traces.
+    Raises ConfigError when the record has no validation side or none of the traces is a validation prompt's."""
+    if not options.validation_traces or model is None:
+        return None
+    record = SplitRecord.load(options.split_record) if options.split_record else None
+    if record is None or not record.validation_fraction:
+        raise ConfigError(
+            f"evaluate: validation_traces={options.validation_traces} needs a split record with a validation side "
+            f"(train with validation_fraction > 0)"
+        )
+    rows = [TraceRecord.from_row(r) for r in load_traces(options.validation_traces)]
+    rows = [t for t in rows if record.side(t.prompt) == "validation"]
+    if not rows:
+        raise ConfigError(f"evaluate: no trace of {options.validation_traces} is a validation prompt of the split")
+    chosen = validation_step_thresholds(model, rows, options.batch_size)
+    return chosen if "prefix" in chosen else None
+
+
 def evaluate(
     models: Mapping[str, Any] | None,
     traces: Any,
@@ -86,8 +118,10 @@ def evaluate(
     label``; the labels' ``cost.json`` gives the MC cost) or loaded datasets or lists of rows. `policy` and
     `tokenizer` give the soft values (none without them). `options` defaults to `ScoringOptions()`.
 
-    Only prompts held out of the first model's training are scored, under ``options.split_record``,
-    default the first model's folder when it is given as a path (`prefixvalue.evaluation.scoring.split_filter`);
+    Only prompts on the side ``options.split`` (``test``: held out of the first model's training; ``validation``)
+    are scored, under ``options.split_record``, default the first model's folder when it is given as a path
+    (`prefixvalue.evaluation.scoring.split_filter`); labels drawn from the other side are refused. With
+    ``options.validation_traces`` the step threshold is chosen on those validation traces;
     the step-label oracle is `step_oracle_estimators`. `progress` shows a bar over traces for each forward
     pass. Runs under ``torch.no_grad``; returns the `EvalResult`.
     """
@@ -104,10 +138,12 @@ def evaluate(
         traces = load_traces(traces)
     mc_cost = read_mc_cost(labels) if isinstance(labels, (str, Path)) else None
     if isinstance(labels, (str, Path)):
+        check_labels_side(labels, options)
         labels = load_labels(labels)
     estimators = {**ESTIMATORS, **{f"learned_{k}": value_model_estimator(loaded[k]) for k in names[1:]}}
     estimators.update(step_oracle_estimators(options, traces, oracle_traces))
     with torch.no_grad():
+        thresholds = step_thresholds_on_validation(loaded[names[0]] if names else None, options)
         return evaluate_prefixes(
             traces,
             labels,
@@ -118,4 +154,5 @@ def evaluate(
             estimators=estimators,
             mc_cost=mc_cost,
             progress=progress,
+            step_thresholds=thresholds,
         )

@@ -40,6 +40,16 @@ class ScoringOptions:
     split_record: str | None = field(
         None, help="folder whose split.json names the training prompts; default: the checkpoint"
     )
+    split: str = field(
+        "test",
+        help="which side of the checkpoint's split is scored: test (held out: the figures a report prints) | "
+        "validation (where choices are made: prefixvalue.evaluation.selection)",
+    )
+    validation_traces: str | None = field(
+        None,
+        help="traces of the checkpoint's validation prompts: the step-verification threshold is chosen on them and "
+        "every scored trace reports F1 (None: on a calibration split of the scored prompts)",
+    )
     noise_ceiling_repeats: int = field(50, help="random split-halves averaged for the MC noise ceiling")
     seed: int = field(0, help="seed of bootstraps, split-halves and the calibration split")
     first_k: int = field(8, help="position group 'first_k': prefixes with at most this many completion tokens")
@@ -98,5 +108,7 @@ class ScoringOptions:
             raise ConfigError("evaluate: step_protocol=tuned goes with step_threshold_data=FILE (and only it)")
         if self.base_rate is not None and not 0 <= self.base_rate <= 1:
             raise ConfigError("evaluate: base_rate must be in [0, 1]")
+        if self.split not in ("test", "validation"):
+            raise ConfigError(f"evaluate: split must be test or validation, got {self.split!r}")
         if self.bootstrap_unit not in ("prompt", "trace"):
             raise ConfigError(f"evaluate: bootstrap_unit must be prompt or trace, got {self.bootstrap_unit!r}")

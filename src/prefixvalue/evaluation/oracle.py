@@ -7,57 +7,144 @@ left. The oracle predicts, for each (wrong step written, steps left) group, the 
 can beat it; it is the reference a learned value should pass.
 
 A step counts as written at position p once all its tokens are in the prefix (p ≥ its span's end).
+
+Both facts are read from the prefix and the prompt only, never from the rest of the completion. "Steps
+left" is the task's known number of steps for the prompt minus the steps written so far (at least 0), not
+the number of steps the trace ends up writing (that would look ahead: a trace that stops early, or skips or
+adds a step, would tell the oracle so at its first token). The known number comes from the prompt through
+`KNOWN_STEPS`, keyed by the traces' ``task`` column:
+
+- ``arith``: the prompt ``Q:a<op>b<op>c...=`` asks for one step per operator and then the final ``A:x``
+  step, so len(operators) + 1 (`prefixvalue.tasks.arith.ArithTask.parse_prompt`; the traces' ``prompt`` is
+  the task's prompt text).
+
+When the count is not known for every training trace (a task outside `KNOWN_STEPS`, no ``task`` or
+``prompt`` column, a prompt the rule cannot read), the oracle groups by (wrong step written, steps written
+so far) instead, still without look-ahead. `StepOracle.steps` says which rule was used (``"known"`` or
+``"written"``) and ``note`` why; the estimator's description (the evaluation's ``estimator_info``) says it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..tasks.arith import ArithTask
 from .estimators import Estimator, EstimatorInputs, TraceRecord
+
+
+def _arith_steps(prompt: str) -> int:
+    """Steps a correct arith completion of `prompt` writes: one per operator, then ``A:x``."""
+    _, ops = ArithTask.parse_prompt(prompt)
+    return len(ops) + 1
+
+
+#: tasks whose number of steps is fixed by the prompt: task name -> (prompt text -> number of steps), reading
+#: the prompt only (a ValueError when the prompt is not the task's)
+KNOWN_STEPS: dict[str, Callable[[str], int]] = {"arith": _arith_steps}
+
+#: the oracle's "steps" rules: what the second fact of a group is
+STEPS_RULES: dict[str, str] = {
+    "known": "steps left = the task's known step count for the prompt − steps written",
+    "written": "steps written so far (the task's step count is not known)",
+}
+
+
+def known_steps(task: str | None, prompt: str | None) -> int | None:
+    """The number of steps `task` asks for in `prompt` (`KNOWN_STEPS`), from the prompt text alone; None when
+    the task has no such rule or the prompt cannot be read by it."""
+    rule = KNOWN_STEPS.get(task or "")
+    if rule is None or not prompt:
+        return None
+    try:
+        return int(rule(prompt))
+    except ValueError:
+        return None
 
 
 def step_facts(
     step_spans: Sequence[Sequence[int]], step_labels: Sequence[bool], length: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per position p = 0..T: (a wrong step has been written, number of steps not yet written)."""
+    """Per position p = 0..T: (a wrong step has been written, number of steps written), both read from the
+    prefix alone: a step counts once p ≥ its span's end."""
     if len(step_spans) != len(step_labels):
         raise ValueError(f"{len(step_spans)} step spans but {len(step_labels)} step labels")
     p = np.arange(length + 1)
     wrong = np.zeros(length + 1, dtype=bool)
-    left = np.zeros(length + 1, dtype=np.int64)
+    written = np.zeros(length + 1, dtype=np.int64)
     for (_, end), ok in zip(step_spans, step_labels):
-        written = p >= int(end)
-        left += ~written
+        done = p >= int(end)
+        written += done
         if not ok:
-            wrong |= written
-    return wrong, left
+            wrong |= done
+    return wrong, written
+
+
+def group_keys(written: np.ndarray, n_steps: int | None) -> np.ndarray:
+    """The second fact of each position's group: steps left, max(`n_steps` − written, 0), when the task's
+    step count `n_steps` is known; else the steps written."""
+    return written if n_steps is None else np.maximum(int(n_steps) - written, 0)
 
 
 class StepOracle:
-    """Group means of training outcomes by (wrong step written, steps left), fit once."""
+    """Group means of training outcomes by (wrong step written, steps left), fit once; by (wrong step written,
+    steps written) when the task's step count is not known (`steps`)."""
 
-    def __init__(self, means: dict[tuple[bool, int], float], fallback: dict[bool, float], overall: float, n: int):
+    def __init__(
+        self,
+        means: dict[tuple[bool, int], float],
+        fallback: dict[bool, float],
+        overall: float,
+        n: int,
+        steps: str = "written",
+        task: str | None = None,
+        note: str | None = None,
+    ):
+        if steps not in STEPS_RULES:
+            raise ValueError(f"unknown steps rule {steps!r}; choose from {list(STEPS_RULES)}")
+        if steps == "known" and task not in KNOWN_STEPS:
+            raise ValueError(f"steps='known' needs a task with a known step count ({list(KNOWN_STEPS)}), got {task!r}")
         self.means, self.fallback, self.overall, self.n_prefixes = means, fallback, overall, n
+        self.steps, self.task, self.note = steps, task, note
 
     @classmethod
-    def fit(cls, rows: Iterable[dict[str, Any]]) -> StepOracle:
-        """Fit on training trace rows (``completion_ids``, ``outcome``, ``step_spans``, ``step_labels``):
-        every prefix of every trace is one observation of its trace's outcome."""
-        sums: dict[tuple[bool, int], list[float]] = {}
+    def fit(cls, rows: Iterable[dict[str, Any]], task: str | None = None) -> StepOracle:
+        """Fit on training trace rows (``completion_ids``, ``outcome``, ``step_spans``, ``step_labels``, and
+        ``prompt`` with ``task`` for the known step count; `task` names the task when the rows carry no
+        ``task``): every prefix of every trace is one observation of its trace's outcome. Groups by steps
+        left when every row's prompt gives its task's step count (`known_steps`), else by steps written."""
+        rows = list(rows)
+        if not rows:
+            raise ValueError("the step-label oracle has no training prefixes to fit on")
         for r in rows:
             if r.get("step_labels") is None:
                 raise ValueError("the step-label oracle needs traces with step_labels (exact step verdicts)")
-            wrong, left = step_facts(r["step_spans"] or [], r["step_labels"], len(r["completion_ids"]))
+        tasks = {r.get("task") or task for r in rows}
+        name = next(iter(tasks)) if len(tasks) == 1 else None
+        counts = [known_steps(name, r.get("prompt")) for r in rows]
+        missing = sum(c is None for c in counts)
+        if len(tasks) > 1:
+            note = f"the traces name {len(tasks)} tasks ({sorted(map(str, tasks))}), not one"
+        elif name is None:
+            note = "the traces name no task (no `task` column, none given)"
+        elif name not in KNOWN_STEPS:
+            note = f"task {name!r} has no known step count (tasks with one: {sorted(KNOWN_STEPS)})"
+        elif missing:
+            note = f"{missing} of {len(rows)} training traces have no prompt the {name} step count can be read from"
+        else:
+            note = None
+        steps = "known" if note is None else "written"
+        sums: dict[tuple[bool, int], list[float]] = {}
+        for r, c in zip(rows, counts):
+            wrong, written = step_facts(r["step_spans"] or [], r["step_labels"], len(r["completion_ids"]))
+            keys = group_keys(written, c if steps == "known" else None)
             y = float(r["outcome"])
-            for w, k in zip(wrong.tolist(), left.tolist()):
+            for w, k in zip(wrong.tolist(), keys.tolist()):
                 acc = sums.setdefault((w, k), [0.0, 0.0])
                 acc[0] += y
                 acc[1] += 1.0
-        if not sums:
-            raise ValueError("the step-label oracle has no training prefixes to fit on")
         means = {key: s / n for key, (s, n) in sums.items()}
         fallback = {}
         for w in (False, True):
@@ -65,32 +152,50 @@ class StepOracle:
             if tot:
                 fallback[w] = sum(s for s, _ in tot) / sum(n for _, n in tot)
         n = int(sum(n for _, n in sums.values()))
-        return cls(means, fallback, sum(s for s, _ in sums.values()) / n, n)
+        return cls(means, fallback, sum(s for s, _ in sums.values()) / n, n, steps, name, note)
 
     def predict(self, record: TraceRecord) -> np.ndarray:
-        """The oracle's value at positions 0..T of one trace (its group's training mean)."""
+        """The oracle's value at positions 0..T of one trace (its group's training mean). Reads the trace's
+        prefix and prompt only: the value at p does not change with the completion's tokens after p."""
         if record.step_labels is None:
             raise ValueError(f"trace {record.trace_id} has no step_labels: the oracle cannot score it")
-        wrong, left = step_facts(record.step_spans, record.step_labels, record.length)
+        n_steps = None
+        if self.steps == "known":
+            n_steps = known_steps(self.task, record.prompt)
+            if n_steps is None:
+                raise ValueError(
+                    f"trace {record.trace_id}: its prompt {record.prompt[:60]!r} gives no {self.task} step count, "
+                    "and this oracle was fit on steps left by the known count"
+                )
+        wrong, written = step_facts(record.step_spans, record.step_labels, record.length)
+        keys = group_keys(written, n_steps)
         return np.array(
-            [self.means.get((w, k), self.fallback.get(w, self.overall)) for w, k in zip(wrong.tolist(), left.tolist())],
+            [self.means.get((w, k), self.fallback.get(w, self.overall)) for w, k in zip(wrong.tolist(), keys.tolist())],
             dtype=np.float64,
         )
 
+    def describe(self) -> str:
+        """One line: what the oracle groups by, on how many training prefixes, and why when not by the known
+        step count."""
+        second = "steps left by the task's known step count" if self.steps == "known" else "steps written so far"
+        why = f" ({self.note}; steps left would read the trace's own step count, a look-ahead)" if self.note else ""
+        return (
+            f"step-label oracle: mean training outcome by (wrong step written, {second}){why}, fit on "
+            f"{self.n_prefixes} training prefixes; exact facts of the prefix and prompt, no learned difficulty"
+        )
+
     def estimator(self) -> Estimator:
-        """This oracle as an evaluation estimator (probabilities: Brier and ECE are reported)."""
+        """This oracle as an evaluation estimator (probabilities: Brier and ECE are reported); its description
+        (`describe`) names the steps rule."""
 
         def fn(inputs: EstimatorInputs) -> list[np.ndarray]:
             return [self.predict(t) for t in inputs.traces]
 
-        return Estimator(
-            fn,
-            probability=True,
-            description=(
-                f"step-label oracle: mean training outcome by (wrong step written, steps left), fit on "
-                f"{self.n_prefixes} training prefixes; exact facts, no learned difficulty"
-            ),
-        )
+        return Estimator(fn, probability=True, description=self.describe())
+
+
+#: the columns of a traces dataset the oracle reads (``prompt`` and ``task`` when present: the known step count)
+ORACLE_COLUMNS: tuple[str, ...] = ("completion_ids", "outcome", "step_spans", "step_labels", "prompt", "task")
 
 
 def has_step_labels(ds: Any) -> bool:
@@ -104,16 +209,15 @@ def has_step_labels(ds: Any) -> bool:
 
 def training_oracle(traces: Any, record: Any) -> StepOracle | None:
     """The step-label oracle fit on the traces (a traces dataset or a list of trace rows) whose prompts are on
-    the training side of `record` (a `prefixvalue.data.SplitRecord`); None when there is no record, the
-    traces lack exact step labels, or no prompt is a training prompt (the oracle never sees held-out outcomes)."""
+    the training side of `record` (a `prefixvalue.data.SplitRecord`: neither test nor validation); None when
+    there is no record, the traces lack exact step labels, or no prompt is a training prompt (the oracle never
+    sees held-out or validation outcomes)."""
     if record is None or not has_step_labels(traces):
         return None
     prompts = [r["prompt"] for r in traces] if isinstance(traces, list) else traces["prompt"]
-    keep = [i for i, p in enumerate(prompts) if not record.is_heldout(p)]
+    keep = [i for i, p in enumerate(prompts) if record.side(p) == "train"]
     if not keep:
         return None
     if isinstance(traces, list):
         return StepOracle.fit([traces[i] for i in keep])
-    return StepOracle.fit(
-        traces.select(keep).select_columns(["completion_ids", "outcome", "step_spans", "step_labels"])
-    )
+    return StepOracle.fit(traces.select(keep).select_columns([c for c in ORACLE_COLUMNS if c in traces.column_names]))

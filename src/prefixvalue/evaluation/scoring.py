@@ -50,6 +50,8 @@ from .stepscores import (
     step_benchmark,
     step_verification,
     td_errors,
+    validation_threshold,
+    verification_at,
 )
 
 POSITION_GROUPS = ("first_k", "step_boundary", "middle")
@@ -117,13 +119,17 @@ def evaluate_prefixes(
     estimators: dict[str, Estimator] | None = None,
     mc_cost: dict[str, Any] | None = None,
     progress: bool = False,
+    step_thresholds: dict[str, dict[str, Any]] | None = None,
 ) -> EvalResult:
     """Score every estimator on every labelled prefix and build the metrics.json dict.
 
     `traces` and `labels` are datasets (or lists of row dicts) in the docs/design.md contracts;
     traces without labels are ignored. `value_model` and `policy` are as in `estimate_values`;
     `estimators` defaults to the `ESTIMATORS` registry. `mc_cost` is `read_mc_cost` of the labels
-    folder; `progress` shows a bar over traces for each forward pass. Returns an `EvalResult`.
+    folder; `progress` shows a bar over traces for each forward pass. `step_thresholds` are the step
+    thresholds chosen on validation traces (``{"prefix": ..., "process": ...}``, `validation_step_thresholds`):
+    given, every scored trace is a test example; else a calibration split of the scored prompts chooses them.
+    Returns an `EvalResult`.
     """
     cfg = options
     label_rows = _rows(labels)
@@ -148,8 +154,8 @@ def evaluate_prefixes(
         raise ValueError(
             "evaluate: no trace has prefix labels (check that --labels matches --traces)"
             if not split.get("dropped_training_prompts")
-            else "evaluate: every labelled trace comes from a training prompt of the checkpoint; label "
-            "held-out traces (or pass include_training_prompts=true)"
+            else f"evaluate: no labelled trace comes from a {cfg.split} prompt of the checkpoint's split; label "
+            f"{'held-out' if cfg.split == 'test' else 'validation'} traces (or pass include_training_prompts=true)"
         )
     if orphan:
         notes.append(
@@ -205,7 +211,7 @@ def evaluate_prefixes(
         "mellowmax_default": ({"omega": cfg.mellowmax_omega, "vocab": "full"} if "mellowmax" in est.info else None),
         "by_position_group": _group_section(cols, names, y, n_arr, groups, cfg),
         "dropped_labels_without_samples": len(empty),
-        "step_verification": _trace_step_verification(records, est, value_model, cfg),
+        "step_verification": _trace_step_verification(records, est, value_model, cfg, step_thresholds),
         "cost": _cost_section(est.cost, mc_cost, n_pref, len(label_rows)),
         "notes": notes,
     }
@@ -350,27 +356,31 @@ def _share_of_ceiling(
 def split_filter(
     records: list[TraceRecord], by_trace: dict[str, list[dict[str, Any]]], cfg: ScoringOptions, has_value_model: bool
 ) -> tuple[list[TraceRecord], dict[str, Any]]:
-    """Keep the traces whose prompt text is held out under the checkpoint's split record.
+    """Keep the traces whose prompt text is on the side ``cfg.split`` (``test``: held out; ``validation``)
+    of the checkpoint's split record.
 
     The record is ``SplitRecord.load(cfg.split_record)`` (`prefixvalue.data.split`, ``split.json``
     written by training; `prefixvalue.evaluation.evaluator.evaluate` sets it to the checkpoint's folder).
     Without a record in a given folder the run is refused (ConfigError) unless
     ``cfg.include_training_prompts``; with that flag nothing is dropped and the section says how many
     training prompts are scored. A library call with a value model in memory and no split record cannot
-    tell, and says so. Returns the kept records and metrics.json's
-    ``split`` section (``kept_prefixes`` and ``heldout_traces`` are filled in by the caller).
+    tell, and says so. Returns the kept records and metrics.json's ``split`` section (``side``: the side
+    scored, None when no record says; ``kept_prefixes`` and ``heldout_traces`` are filled in by the caller).
     """
 
     include = cfg.include_training_prompts
     folder = cfg.split_record
     record = SplitRecord.load(folder) if folder else None
+    want = cfg.split
     sec: dict[str, Any] = {
+        "side": None,
         "heldout_prompts": None,
         "heldout_traces": None,
         "kept_prefixes": None,
         "dropped_training_prompts": 0,
         "dropped_prefixes": 0,
         "heldout_fraction": None,
+        "validation_fraction": None,
         "split_seed": None,
         "source": None,
         "includes_training_prompts": None,
@@ -396,13 +406,20 @@ def split_filter(
             sec["heldout_prompts"] = n_prompts
             sec["note"] = "no value model is evaluated, so no prompt was trained on by a value model"
         return records, sec
+    if want == "validation" and not record.validation_fraction:
+        raise ConfigError(
+            f"evaluate: split=validation, but the split record {Path(str(folder)) / 'split.json'} has no validation "
+            f"side (validation_fraction 0); train with validation_fraction > 0"
+        )
     sec.update(
-        heldout_fraction=getattr(record, "heldout_fraction", None),
-        split_seed=getattr(record, "split_seed", None),
+        heldout_fraction=record.heldout_fraction,
+        validation_fraction=record.validation_fraction,
+        split_seed=record.split_seed,
         source=str(Path(str(folder)) / "split.json"),
     )
-    held = {t.prompt_id: bool(record.is_heldout(t.prompt)) for t in records}
-    training = sorted(p for p, h in held.items() if not h)
+    side = {t.prompt_id: record.side(t.prompt) for t in records}
+    training = sorted(p for p, s in side.items() if s == "train")
+    other = sorted(p for p, s in side.items() if s not in ("train", want))  # the side not scored
     if include:
         sec.update(
             includes_training_prompts=bool(training),
@@ -418,19 +435,24 @@ def split_filter(
             else (f"include_training_prompts=true, but all {n_prompts} prompts are held out under the record")
         )
         return records, sec
-    kept = [t for t in records if held[t.prompt_id]]
-    dropped = [t for t in records if not held[t.prompt_id]]
+    kept = [t for t in records if side[t.prompt_id] == want]
+    dropped = [t for t in records if side[t.prompt_id] == "train"]
     sec.update(
+        side=want,
         includes_training_prompts=False,
         dropped_training_prompts=len(training),
         dropped_prefixes=int(sum(len(by_trace[t.trace_id]) for t in dropped)),
+        dropped_other_side_prompts=len(other),
     )
+    name = "held out of the checkpoint's training (test)" if want == "test" else "of the checkpoint's validation side"
     sec["note"] = (
-        f"only prompts held out of the checkpoint's training are scored: {len(dropped)} trace(s) of "
-        f"{len(training)} training prompt(s) were dropped ({sec['dropped_prefixes']} prefixes)"
+        f"only prompts {name} are scored: {len(dropped)} trace(s) of {len(training)} training prompt(s) were "
+        f"dropped ({sec['dropped_prefixes']} prefixes)"
         if dropped
-        else "every labelled prompt is held out under the checkpoint's split record; none dropped"
+        else f"every labelled prompt of the {want} side is scored; no training prompt among them"
     )
+    if other:
+        sec["note"] += f"; {len(other)} prompt(s) of the other non-training side were left out"
     return kept, sec
 
 
@@ -574,12 +596,45 @@ def _cost_section(cost: dict[str, Any], mc_cost: dict[str, Any] | None, n_pref: 
 
 
 def _trace_step_verification(
-    records: list[TraceRecord], est: Estimates, value_model: Any, cfg: ScoringOptions
+    records: list[TraceRecord],
+    est: Estimates,
+    value_model: Any,
+    cfg: ScoringOptions,
+    thresholds: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """ProcessBench step verification of the learned values on traces with exact step labels."""
-    base = {"f1": None, "acc_erroneous": None, "acc_correct": None, "threshold": None, "threshold_split": "calibration"}
+    """ProcessBench step verification of the learned values on traces with exact step labels: at the
+    `thresholds` chosen on validation traces when given, else on a calibration split of these prompts."""
+    split = "validation" if thresholds else "calibration"
+    base = {"f1": None, "acc_erroneous": None, "acc_correct": None, "threshold": None, "threshold_split": split}
     if value_model is None:
         return {**base, "note": "no value model: step verification scores the learned values"}
+    keep, labels, mismatched = step_labelled(records)
+    if not keep:
+        return {**base, "note": "no evaluated trace has exact step labels (the task gives none)"}
+    groups = [records[i].prompt_id for i in keep]
+
+    def verify(scores: list[np.ndarray], which: str) -> dict[str, Any]:
+        if thresholds:
+            return verification_at(scores, labels, thresholds[which])
+        return step_verification(scores, labels, groups, cfg.calibration_fraction, cfg.seed)
+
+    out = verify([prefix_step_scores(est.curves[i]["learned"], records[i].step_spans) for i in keep], "prefix")
+    out["score"] = "learned value after each step (prefix-based)"
+    out["n_traces_with_step_labels"] = len(keep)
+    if mismatched:
+        out["skipped_note"] = f"{mismatched} trace(s) skipped: step_labels and step_spans differ in length"
+    if est.log_ratios is not None and (not thresholds or "process" in thresholds):
+        beta = float(value_model.config.beta)
+        out["process_level"] = verify(
+            [process_step_scores(est.log_ratios[i], records[i].step_spans, beta) for i in keep], "process"
+        )
+        out["process_level"]["score"] = f"sigmoid(beta * sum of step log-ratios), beta = {beta:g}"
+    return out
+
+
+def step_labelled(records: list[TraceRecord]) -> tuple[list[int], list[int], int]:
+    """Indices of the records with exact step labels (as many as their steps), their ProcessBench labels
+    (first wrong step, -1 when all are right) and how many were skipped for a length mismatch."""
     keep, mismatched = [], 0
     for i, t in enumerate(records):
         if t.step_labels is None:
@@ -588,21 +643,34 @@ def _trace_step_verification(
             mismatched += 1
             continue
         keep.append(i)
+    return keep, [first_error(records[i].step_labels) for i in keep], mismatched
+
+
+def validation_step_thresholds(value_model: Any, records: list[TraceRecord], batch_size: int) -> dict[str, Any]:
+    """The step-verification thresholds chosen on validation traces `records` (each must be a validation
+    prompt's: the caller checks): ``{"prefix": ..., "process": ...}`` (`validation_threshold`; ``process``
+    only for a model with per-token log-ratios), or ``{"note": ...}`` when none has exact step labels."""
+    keep, labels, _ = step_labelled(records)
     if not keep:
-        return {**base, "note": "no evaluated trace has exact step labels (the task gives none)"}
-    labels = [first_error(records[i].step_labels) for i in keep]
-    groups = [records[i].prompt_id for i in keep]
-    scores = [prefix_step_scores(est.curves[i]["learned"], records[i].step_spans) for i in keep]
-    out = step_verification(scores, labels, groups, cfg.calibration_fraction, cfg.seed)
-    out["score"] = "learned value after each step (prefix-based)"
-    out["n_traces_with_step_labels"] = len(keep)
-    if mismatched:
-        out["skipped_note"] = f"{mismatched} trace(s) skipped: step_labels and step_spans differ in length"
-    if est.log_ratios is not None:
+        return {
+            "note": "no validation trace has exact step labels: the step threshold is chosen on a calibration split"
+        }
+    rows = [records[i] for i in keep]
+    groups = [t.prompt_id for t in rows]
+    prompts, comps = [t.prompt_ids for t in rows], [t.completion_ids for t in rows]
+    curves = value_model.predict(prompts, comps, batch_size=batch_size)
+    out = {
+        "prefix": validation_threshold(
+            [prefix_step_scores(c, t.step_spans) for c, t in zip(curves, rows)], labels, groups
+        )
+    }
+    if getattr(value_model, "token_log_ratios", None) is not None:
         beta = float(value_model.config.beta)
-        pscores = [process_step_scores(est.log_ratios[i], records[i].step_spans, beta) for i in keep]
-        out["process_level"] = step_verification(pscores, labels, groups, cfg.calibration_fraction, cfg.seed)
-        out["process_level"]["score"] = f"sigmoid(beta * sum of step log-ratios), beta = {beta:g}"
+        ratios = value_model.token_log_ratios(prompts, comps)
+        scores = [
+            process_step_scores(np.asarray(r, dtype=np.float64), t.step_spans, beta) for r, t in zip(ratios, rows)
+        ]
+        out["process"] = validation_threshold(scores, labels, groups)
     return out
 
 

@@ -202,6 +202,49 @@ def step_verification(
     return out
 
 
+def validation_threshold(
+    score_lists: Sequence[Sequence[float]], labels: Sequence[int], group_ids: Sequence[str]
+) -> dict:
+    """The step threshold chosen on validation traces (a choice: docs/design.md, "Choose on validation, report
+    on test"): ``{"threshold", "calibration_f1", "threshold_split": "validation", "n_calibration",
+    "n_prompts_calibration"}``, the threshold None with a ``note`` when the validation traces lack a class."""
+    labels = [int(x) for x in labels]
+    n_err = sum(1 for x in labels if x >= 0)
+    out: dict[str, Any] = {
+        "threshold": None,
+        "calibration_f1": None,
+        "threshold_split": "validation",
+        "n_calibration": len(labels),
+        "n_prompts_calibration": len({str(g) for g in group_ids}),
+    }
+    if n_err == 0 or n_err == len(labels):
+        out["note"] = (
+            f"F1 not reported: the validation traces hold {n_err} erroneous and {len(labels) - n_err} all-correct "
+            f"traces, so no threshold can be chosen (ProcessBench F1 needs both classes)"
+        )
+        return out
+    out["threshold"], out["calibration_f1"] = choose_threshold(score_lists, labels)
+    return out
+
+
+def verification_at(score_lists: Sequence[Sequence[float]], labels: Sequence[int], chosen: dict[str, Any]) -> dict:
+    """ProcessBench scores of every example at the threshold `chosen` on validation (`validation_threshold`),
+    with its record; F1 None with the choice's note when no threshold could be chosen."""
+    if chosen.get("threshold") is None:
+        res = processbench_f1([-1] * len(labels), [int(x) for x in labels])
+        return {
+            **chosen,
+            "f1": None,
+            "acc_erroneous": None,
+            "acc_correct": None,
+            "n_test": len(labels),
+            "n_erroneous": res["n_erroneous"],
+            "n_correct": res["n_correct"],
+        }
+    out = fixed_threshold_verification(score_lists, labels, chosen["threshold"], "validation")
+    return {**out, **{k: v for k, v in chosen.items() if k != "threshold"}}
+
+
 def score_step_examples(
     value_model: Any,
     tokenizer: Any,

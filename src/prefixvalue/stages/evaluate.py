@@ -185,7 +185,16 @@ FOLDER_OUTPUTS = (*OUTPUTS, "*.png", runfolder.CONFIG_FILE, *runfolder.LOGGER_OU
 #: keys that may differ when an evaluation is rerun into its own folder (they change no figure)
 RERUN_KEYS = frozenset({"report_to", "run_name", "wandb", "progress", "overwrite", "out"})
 #: keys naming files or folders: the same place written two ways (``./ckpt``, ``ckpt``) is one config
-PATH_KEYS = ("checkpoint", "traces", "labels", "policy", "split_record", "oracle_traces", "step_data")
+PATH_KEYS = (
+    "checkpoint",
+    "traces",
+    "labels",
+    "policy",
+    "split_record",
+    "oracle_traces",
+    "step_data",
+    "validation_traces",
+)
 
 
 def prepare_out(cfg: EvaluateConfig, out: Path) -> None:

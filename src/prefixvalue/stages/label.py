@@ -7,9 +7,10 @@
 
 Positions: ``all`` | ``stride:K`` | ``steps`` | ``short:K`` | ``adaptive`` (see `prefixvalue.sampling.positions`).
 Which traces: by default only those of held-out prompts (``prompts=heldout``), by the same split of
-prompt texts that training uses (``heldout_fraction``, ``split_seed``, the defaults of `train`), so labels
-meant for evaluation never come from a training prompt; ``prompts=train`` labels the training side (soft
-MC targets for training), ``prompts=all`` every trace. ``max_traces`` counts after this choice. The split
+prompt texts that training uses (``heldout_fraction``, ``validation_fraction``, ``split_seed``, the defaults of
+`train`), so labels meant for evaluation never come from a training prompt; ``prompts=validation`` labels the
+validation side (where choices are made: docs/design.md, "Choose on validation, report on test"),
+``prompts=train`` the training side (soft MC targets for training), ``prompts=all`` every trace. ``max_traces`` counts after this choice. The split
 is recorded in ``OUT/split.json`` (`prefixvalue.data.SplitRecord`, plus ``prompts``).
 Each prefix is continued `samples` times (adaptive: in rounds of `round_samples`, within `budget`
 rollouts per trace) with the sampling parameters the traces were collected with unless overridden.
@@ -38,7 +39,7 @@ from ..data import (
     SplitRecord,
     load_traces,
     normalise_prompt,
-    split_by_prompt,
+    split_three,
     traces_digest,
     traces_fail_truncated,
 )
@@ -85,12 +86,16 @@ class LabelConfig(SamplerBackendConfig):
         "(all | stride:K | short:K; none: at its step boundaries, often the bare prompt alone)",
     )
     samples: int = field(16, help="MC continuations per prefix (uniform specs)")
-    prompts: Literal["heldout", "train", "all"] = field(
+    prompts: Literal["heldout", "validation", "train", "all"] = field(
         "heldout",
-        help="which traces: heldout (prompts train holds out; for evaluation), train (MC targets for training), all",
+        help="which traces: heldout (the test prompts train holds out; for the figures reported), validation (the "
+        "prompts choices are made on), train (MC targets for training), all",
     )
     heldout_fraction: float = field(0.2, help="fraction of prompts held out (as train's heldout_fraction)")
     split_seed: int = field(0, help="seed of the prompt split (as train's split_seed)")
+    validation_fraction: float = field(
+        0.1, help="fraction of the non-held-out prompts on the validation side (as train's validation_fraction)"
+    )
     traces_per_prompt: int | None = field(
         None, help="label at most K traces of each prompt, the first in order (None: all); before max_traces"
     )
@@ -159,10 +164,14 @@ class LabelConfig(SamplerBackendConfig):
         for name in ("samples", "chunk_traces", "batch_rows", "tree_rows", "round_samples", "budget", "init_stride"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"label: {name} must be >= 1, got {getattr(self, name)}")
-        if self.prompts not in ("heldout", "train", "all"):
-            raise ConfigError(f"label: prompts must be heldout, train or all, got {self.prompts!r}")
+        if self.prompts not in ("heldout", "validation", "train", "all"):
+            raise ConfigError(f"label: prompts must be heldout, validation, train or all, got {self.prompts!r}")
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise ConfigError("label: heldout_fraction must be in [0, 1)")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError("label: validation_fraction must be in [0, 1)")
+        if self.prompts == "validation" and self.validation_fraction == 0:
+            raise ConfigError("label: prompts=validation needs validation_fraction > 0 (as train's)")
         if self.traces_per_prompt is not None and self.traces_per_prompt < 1:
             raise ConfigError("label: traces_per_prompt must be >= 1 (or None for all)")
         if self.max_traces is not None and self.max_traces < 1:
@@ -196,12 +205,18 @@ def run(cfg: LabelConfig) -> int:
     datasets.disable_progress_bars()
     out = Path(str(cfg.out))
     ds = load_traces(str(cfg.traces))
-    # the split train uses (by prompt text); labels for evaluation come from held-out prompts only
-    train_side, held_side = split_by_prompt(ds, cfg.heldout_fraction, cfg.split_seed)
-    split_record = SplitRecord.from_prompts(train_side["prompt"], cfg.heldout_fraction, cfg.split_seed)
+    # the split train uses (by prompt text); labels for evaluation come from held-out (or validation) prompts only
+    sides = split_three(ds, cfg.heldout_fraction, cfg.validation_fraction, cfg.split_seed)
+    split_record = SplitRecord.from_prompts(
+        sides["train"]["prompt"],
+        cfg.heldout_fraction,
+        cfg.split_seed,
+        sides["validation"]["prompt"],
+        cfg.validation_fraction,
+    )
     n_given = len(ds)
     if cfg.prompts != "all":
-        ds = held_side if cfg.prompts == "heldout" else train_side
+        ds = sides[{"heldout": "test"}.get(cfg.prompts, cfg.prompts)]
     if cfg.traces_per_prompt is not None:  # spread the labels over prompts (first traces of each, in order)
         seen: dict[str, int] = {}
         keep = []
@@ -216,7 +231,8 @@ def run(cfg: LabelConfig) -> int:
     if len(ds) == 0:
         raise DataFormatError(
             f"{cfg.traces}: no traces to label (prompts={cfg.prompts}: {len(ds)} of {n_given} traces; "
-            f"heldout_fraction={cfg.heldout_fraction}, split_seed={cfg.split_seed})"
+            f"heldout_fraction={cfg.heldout_fraction}, validation_fraction={cfg.validation_fraction}, "
+            f"split_seed={cfg.split_seed})"
         )
     refs = trace_refs(ds)
     model_name, load = traces_policy(ds, cfg.model, cfg.load_options(), cfg.allow_other_policy, "label")
@@ -244,6 +260,8 @@ def run(cfg: LabelConfig) -> int:
         "prompts": cfg.prompts,
         "heldout_fraction": cfg.heldout_fraction,
         "split_seed": cfg.split_seed,
+        # the held-out (test) side does not depend on it: recorded where it moves the traces chosen
+        **({"validation_fraction": cfg.validation_fraction} if cfg.prompts in ("train", "validation") else {}),
         "model": model_name,
         "model_load": load.record(),
         "fail_truncated": fail_truncated,

@@ -3,14 +3,17 @@
     prefixvalue quickstart --config recipes/quickstart.yaml           # what `make quickstart` runs
     prefixvalue quickstart --config recipes/quickstart.yaml collect.num_prompts=8000 train.max_steps=4000
 
-Each stage's ``run`` in turn into the run folder ``OUT``: collect, label held-out traces by MC (and ``short:K``
-prefixes), train ``value_models`` (the first with ``seeds`` seeds), the one evaluator (`evaluation.evaluator`) and
-`evaluation.analysis`. Nested keys the quickstart sets are refused (`SETS`). Every stage resumes: run it again.
+Each stage's ``run`` in turn into the run folder ``OUT``: collect, label held-out (test) and validation traces by
+MC (and ``short:K`` test prefixes), train ``value_models``, choose ``learned`` among them on the validation labels
+(`evaluation.selection`) and train it with ``seeds`` seeds, then the one evaluator (`evaluation.evaluator`) on the
+test labels, read once, and `evaluation.analysis` (docs/design.md, "Choose on validation, report on test"). Nested
+keys the quickstart sets are refused (`SETS`). Every stage resumes: run it again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from ..evaluation.estimators import ESTIMATORS
 from ..evaluation.evaluator import evaluate, load_value_models
 from ..evaluation.loop import loop_summary, write_loop_report
 from ..evaluation.report import summary_table
+from ..evaluation.selection import Choice, choose_estimator, selection_section
 from ..loading import ModelLoadConfig
 from ..nesting import check_nested, nested
 from ..processes import run_jobs
@@ -41,12 +45,16 @@ LOADING = {f.name: f"the top-level {f.name}" for f in dataclasses.fields(ModelLo
 SETS: dict[str, dict[str, str]] = {
     "collect": {"out": "OUT/traces", "model": "policy"},
     "label": {"traces": "OUT/heldout_traces", "out": "OUT/labels", "model": "policy", "split_seed": "train.split_seed"}
-    | {"temperature": "collect.temperature", "heldout_fraction": "train.heldout_fraction"},
+    | {"temperature": "collect.temperature", "heldout_fraction": "train.heldout_fraction"}
+    | {"validation_fraction": "train.validation_fraction", "prompts": "heldout, then validation"},
     "train": {"traces": "OUT/traces", "policy": "policy", "output_dir": "OUT/train_<name>"},
-    "evaluate": {"out": "OUT", "split_record": "the first model's checkpoint", "checkpoint": "the trained models"}
-    | {"traces": "OUT/heldout_traces", "labels": "OUT/labels", "policy": "policy"},
+    "evaluate": {"out": "OUT", "split_record": "the chosen model's checkpoint", "checkpoint": "the trained models"}
+    | {"traces": "OUT/heldout_traces", "labels": "OUT/labels", "policy": "policy", "split": "validation, then test"}
+    | {"validation_traces": "OUT/validation_traces"},
     **SET_BY_ALTERNATIVES,
 }
+#: the folders of held-out (test), short-prefix and validation traces, and the validation labels
+SUBFOLDERS = ("heldout_traces", "short_traces", "validation_traces", "labels_validation")
 #: what a quickstart writes into OUT (its run folder, `prefixvalue.runfolder`): each stage's folder and the report
 OUTPUTS = (*FOLDER_OUTPUTS, WANDB_GROUP_FILE, "*traces", "labels*", "train_*", "actions", "advantages")
 
@@ -70,9 +78,10 @@ class QuickstartConfig(ModelLoadConfig):
     value_models: dict[str, RawMapping] = field(
         default_factory=lambda: {k: RawMapping({"value_model.kind": k}) for k in VALUE_MODELS},
         help="value models trained: name → overrides of `train` (dotted keys, e.g. {value_model.kind: head}); the "
-        "first is `learned`, the others `learned_<name>`",
+        "one with the best Spearman on the validation labels is `learned`, the others `learned_<name>`",
     )
     seeds: int = field(3, help="training seeds of `learned` (train.seed, +1, ...); the report gives their spread")
+    validation_seed: int = field(3, help="MC labels of validation traces sample with label.seed + this")
     train_workers: int = field(2, help="value models trained at once, in processes of one CPU thread each (1: in turn)")
     frontier_table: str | None = field(None, help="a `make frontier` table (frontier.md) for the report (None: none)")
     train: train.TrainConfig = nested(train.TrainConfig, "training options", SETS["train"])
@@ -90,6 +99,10 @@ class QuickstartConfig(ModelLoadConfig):
         for name in ("label_traces_per_prompt", "label_max_traces", "short_samples", "fork_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"quickstart: {name} must be >= 1, got {getattr(self, name)}")
+        if self.train.validation_fraction <= 0:
+            raise ConfigError(
+                "quickstart: train.validation_fraction must be > 0 (learned is chosen on validation labels)"
+            )
         if self.short_k < 1 or self.forks < 0 or self.seeds < 1 or self.train_workers < 1:
             raise ConfigError("quickstart: short_k >= 1, forks >= 0, seeds >= 1 and train_workers >= 1")
         if self.label.positions.split(":")[0] in ("short", "adaptive"):
@@ -108,7 +121,11 @@ class QuickstartConfig(ModelLoadConfig):
 
     def label_config(self, **kw: Any) -> label.LabelConfig:
         """``label`` with what the quickstart sets (the policy, collect's temperature, train's split) and `kw`."""
-        split = {"heldout_fraction": self.train.heldout_fraction, "split_seed": self.train.split_seed}
+        split = {
+            "heldout_fraction": self.train.heldout_fraction,
+            "validation_fraction": self.train.validation_fraction,
+            "split_seed": self.train.split_seed,
+        }
         sets = {"model": self.policy, "temperature": self.collect.temperature, **split, **self.load_fields()}
         return dataclasses.replace(self.label, **sets, **kw)
 
@@ -118,6 +135,58 @@ class QuickstartConfig(ModelLoadConfig):
         sets = {**self.load_fields(), "device_map": None, "policy": self.policy, "seed": tcfg.seed + seed_offset}
         folder = out / f"train_{name}{f'_seed{seed_offset}' if seed_offset else ''}"
         return dataclasses.replace(tcfg, **sets, traces=str(traces) if traces else tcfg.traces, output_dir=str(folder))
+
+
+def choose_learned(
+    checkpoints: dict[str, str], traces: Path, labels: Path, options: EvaluateConfig, device: Any, load: Any
+) -> Choice:
+    """``learned``: the value model with the best Spearman with MC on the validation labels (the one evaluator
+    with ``split=validation``; no soft values or bootstrap, which no choice reads)."""
+    names = list(checkpoints)
+    cheap = {"soft_values": False, "n_bootstrap": 0, "step_oracle": False, "validation_traces": None}
+    vcfg = dataclasses.replace(options, split="validation", split_record=checkpoints[names[0]], **cheap)
+    models = load_value_models(checkpoints, device, load)
+    result = evaluate(models, traces, labels, vcfg)
+    cands = {n: "learned" if i == 0 else f"learned_{n}" for i, n in enumerate(names)}
+    what = "learned: the value model the quality goal and every `learned` figure report"
+    pick = choose_estimator(what, result, cands, "spearman")
+    pick.extra.update(n_prefixes=result.metrics["n_prefixes"], n_traces=result.metrics["n_traces"])
+    return pick
+
+
+def loop_choices(metrics: dict[str, Any], frontier_table: str | None, n_forks: int) -> list[dict[str, Any]]:
+    """The other choices behind the report's figures, as `selection_section` records: the step-verification
+    threshold (chosen on the validation traces), the candidates ``value_models`` (chosen by ``make frontier``
+    on its validation labels, when its table records the choice), and the forking tokens (chosen on the test
+    labels' largest jumps, so each is re-tested on fresh samples and only that test is reported)."""
+    sv = metrics.get("step_verification") or {}
+    out: list[dict[str, Any]] = [
+        {
+            "what": "step-verification threshold (ProcessBench F1 of learned)",
+            "chosen": sv.get("threshold"),
+            "split": sv.get("threshold_split"),
+            "metric": "ProcessBench F1",
+            "n_candidates": None,
+            "n_traces": sv.get("n_calibration"),
+            **({"note": sv["note"]} if sv.get("note") else {}),
+        }
+    ]
+    made = Path(frontier_table).with_suffix(".json") if frontier_table else None
+    if made is not None and made.exists():
+        chosen = json.loads(made.read_text()).get("selection")
+        if chosen:
+            out.append({**chosen, "what": "value_models candidates: " + str(chosen.get("what", ""))})
+    out.append(
+        {
+            "what": "forking tokens shown",
+            "chosen": n_forks,
+            "split": "test (selected on the labels' largest jumps)",
+            "metric": "largest MC jump per trace",
+            "n_candidates": None,
+            "note": "each is re-tested on fresh MC samples; only the fresh test (p, confirmed) is a finding",
+        }
+    )
+    return out
 
 
 def run(cfg: QuickstartConfig) -> dict[str, Any]:
@@ -134,34 +203,45 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     save_resolved_config(cfg, out)
     cfg, seconds, t0, names = with_wandb_group(cfg, out), {}, time.perf_counter(), list(cfg.value_models)
     traces_dir, labels_dir, short_labels_dir = out / "traces", out / "labels", out / "labels_short"
-    held_dir, short_dir = out / "heldout_traces", out / "short_traces"
+    held_dir, short_dir, val_dir, val_labels_dir = (out / n for n in SUBFOLDERS)
     with timed(seconds, "collect"):
         collect.run(dataclasses.replace(cfg.collect, **cfg.load_fields(), out=str(traces_dir), model=cfg.policy))
     traces = load_traces(traces_dir)
-    # held-out traces by the split training uses (label keeps exactly these), labelled by MC
-    held_rows, short_rows, *prompts = heldout_selection(
-        traces, cfg.train.heldout_fraction, cfg.train.split_seed, cfg.label_traces_per_prompt, cfg.label_max_traces
-    )
-    if not held_rows:
-        raise ConfigError("quickstart: no held-out prompts; raise num_prompts or train.heldout_fraction")
-    save_subset(traces, held_rows, held_dir)
-    save_subset(traces, short_rows, short_dir)
+    # held-out (test) and validation traces by the split training uses (label keeps exactly these), labelled alike
+    split = (cfg.train.heldout_fraction, cfg.train.split_seed, cfg.label_traces_per_prompt, cfg.label_max_traces)
+    held_rows, short_rows, *prompts = heldout_selection(traces, *split, cfg.train.validation_fraction, "test")
+    val_rows, _, _, n_val_prompts = heldout_selection(traces, *split, cfg.train.validation_fraction, "validation")
+    if not held_rows or not val_rows:
+        raise ConfigError("quickstart: no held-out or no validation prompts; raise num_prompts or the fractions")
+    for rows, folder in ((held_rows, held_dir), (short_rows, short_dir), (val_rows, val_dir)):
+        save_subset(traces, rows, folder)
     with timed(seconds, "label"):
         label.run(cfg.label_config(traces=str(held_dir), out=str(labels_dir)))
+    with timed(seconds, "label validation"):
+        how = {"prompts": "validation", "seed": cfg.label.seed + cfg.validation_seed}
+        label.run(cfg.label_config(traces=str(val_dir), out=str(val_labels_dir), **how))
     with timed(seconds, "label short"):
         prefixes = {"positions": f"short:{cfg.short_k}", "samples": cfg.short_samples, "seed": cfg.label.seed + 1}
         label.run(cfg.label_config(traces=str(short_dir), out=str(short_labels_dir), **prefixes))
-    # every value model on the training prompts, `learned` with further seeds, `train_workers` at a time
+    # every value model on the training prompts, `train_workers` at a time; `learned` is chosen on the validation
+    # labels and trained with its further seeds
     jobs = {(name, 0): cfg.train_config(name, out, 0, traces_dir) for name in names}
-    jobs.update({(names[0], s): cfg.train_config(names[0], out, s, traces_dir) for s in range(1, cfg.seeds)})
     with timed(seconds, "train"):
         trained = run_jobs(train.run, jobs, cfg.train_workers, lambda t: dataclasses.replace(t, threads=1))
+    ckpts = {key: str(r["checkpoint"]) for key, (r, _) in trained.items()}
+    ecfg = dataclasses.replace(cfg.evaluate, **cfg.load_fields(), out=str(out))
+    device, load = ecfg.device or str(default_device()), ecfg.load_options()
+    with timed(seconds, "choose on validation"):
+        pick = choose_learned({n: ckpts[n, 0] for n in names}, val_dir, val_labels_dir, ecfg, device, load)
+    names = [pick.chosen, *(n for n in names if n != pick.chosen)]
+    more_seeds = {(names[0], s): cfg.train_config(names[0], out, s, traces_dir) for s in range(1, cfg.seeds)}
+    with timed(seconds, "train seeds"):
+        trained.update(run_jobs(train.run, more_seeds, cfg.train_workers, lambda t: dataclasses.replace(t, threads=1)))
     seconds.update({f"train {n}" + (f" seed {s}" if s else ""): sec for (n, s), (_, sec) in trained.items()})
     ckpts = {key: str(r["checkpoint"]) for key, (r, _) in trained.items()}
-    # the one evaluator on the held-out prefixes (the first model's split record), then the analyses
-    ecfg = dataclasses.replace(cfg.evaluate, **cfg.load_fields(), out=str(out), split_record=ckpts[names[0], 0])
+    # the one evaluator on the held-out prefixes (the chosen model's split record), read once; then the analyses
+    ecfg = dataclasses.replace(ecfg, split_record=ckpts[names[0], 0], split="test", validation_traces=str(val_dir))
     with timed(seconds, "evaluate"):
-        device, load = ecfg.device or str(default_device()), ecfg.load_options()
         policy, tok = load_policy(cfg.policy, ecfg.dtype, device, load)
         models = load_value_models({name: ckpts[name, 0] for name in names}, device, load)
         kw = {"policy": policy, "tokenizer": tok, "oracle_traces": traces, "progress": ecfg.progress}
@@ -180,11 +260,15 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
         extra = [*ESTIMATORS, *(f"learned_{name}" for name in names[1:]), "step_oracle"]
         more = {"short": short, "short_samples": cfg.short_samples, "forks": forks, "seeds": seeds, "extra": extra}
         firsts = {name: trained[name, 0][0] for name in names}
-        q = loop_summary(result, traces, config_to_dict(cfg), prompts, len(held_rows), firsts, cfg.value_models, **more)
+        value_models = {name: cfg.value_models[name] for name in names}
+        q = loop_summary(result, traces, config_to_dict(cfg), prompts, len(held_rows), firsts, value_models, **more)
+        q.update(validation_prompts=n_val_prompts, labelled_validation_traces=len(val_rows))
+        selection = selection_section([pick, *loop_choices(result.metrics, cfg.frontier_table, len(forks))])
     alt = (cfg.actions, cfg.advantages, str(cfg.policy), [ckpts[n, 0] for n in names], held_dir, labels_dir, out)
     alt_metrics, alt_sections = run_alternatives(*alt, cfg.load_fields(), seconds) if cfg.alternatives else ({}, [])
     q.update(seconds={**seconds, "total": round(time.perf_counter() - t0, 1)}, fresh_run=fresh)
     add = {"policy": cfg.policy, "checkpoint": ckpts[names[0], 0], "traces_finish": traces_finish_summary(traces)}
+    add["selection"] = selection
     with build_logger(ecfg.report_to, out, config_to_dict(cfg), ecfg.run_name, ecfg.wandb, job_type="evaluate") as log:
         how = {"tokenizer": tok, "options": ecfg, "logger": log, "frontier_table": cfg.frontier_table}
         metrics = write_loop_report(result, out, {**add, "quickstart": q, **alt_metrics}, **how, more=alt_sections)

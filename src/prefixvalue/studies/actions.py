@@ -6,10 +6,12 @@
 States and their candidate actions come from ``actions`` (JSON lines, `prefixvalue.evaluation.actions.
 read_action_states`) or, for ``arith``, from the task: at every step boundary of ``num_prompts`` prompts'
 correct solutions the correct next step and ``wrong`` wrong variants (``step`` states), and at the prompt the
-strategy variant (``strategy`` states: how much of the chain the first step folds, or the bare answer). Per
-(x, a): the policy's log-probability of a (total and per token), MellowMax and log-sum-exp at x ⊕ a, P̂(x ⊕ a)
-of every checkpoint, and Ẑ(x ⊕ a) from ``samples`` continuations (Wilson CIs). Scores per kind of state:
-within-state Spearman, action-selection accuracy and regret, Spearman over all pairs beside the noise ceiling.
+strategy variant (``strategy`` states: how much of the chain the first step folds, or the bare answer). Each
+state's actions are put in a seeded random order (`shuffle_actions`). Per (x, a): the policy's log-probability
+of a (total and per token), MellowMax and log-sum-exp at x ⊕ a, P̂(x ⊕ a) of every checkpoint, and Ẑ(x ⊕ a)
+from ``samples`` continuations (Wilson CIs). Scores per kind of state: within-state Spearman, action-selection
+accuracy and regret (ties broken uniformly at random), Spearman over all pairs beside the noise ceiling, and
+the baselines a random action, a constant estimator and the first-listed action; CIs bootstrap over prompts.
 Output in OUT: actions.parquet (one row per pair), metrics.json (``actions``), report.md, actions.png.
 See docs/design.md, "Values of alternatives".
 """
@@ -56,7 +58,7 @@ class ActionsConfig(ModelLoadConfig):
     max_fold: int = field(3, help="strategy states: most operations the first step may fold")
     checkpoints: list[str] = field(default_factory=list, help="value checkpoints whose P̂(x ⊕ a) is scored")
     samples: int = field(32, help="MC continuations after each action")
-    seed: int = field(0, help="sampling, bootstrap and variant seed")
+    seed: int = field(0, help="sampling, bootstrap, variant and action-order seed")
     temperature: float = field(1.0, help="sampling temperature of the continuations")
     top_p: float = field(1.0, help="nucleus mass of the continuations")
     top_k: int = field(0, help="top-k of the continuations (0: off)")
@@ -156,6 +158,7 @@ def run(cfg: ActionsConfig) -> dict[str, Any]:
         read_action_states,
         render_actions_section,
         score_actions,
+        shuffle_actions,
     )
     from ..policies import default_device, load_policy
     from ..prompting import choose_prompt_format
@@ -193,6 +196,8 @@ def run(cfg: ActionsConfig) -> dict[str, Any]:
         )
     if not states:
         raise ConfigError(f"actions: no state whose prompt every checkpoint holds out ({dropped} dropped)")
+    # the generators list the correct step (fold 1) first, and a file may list its favourite first
+    states = shuffle_actions(states, cfg.seed)
     device = cfg.device or str(default_device())
     load = cfg.load_options()
     policy, tok = load_policy(str(cfg.policy), cfg.dtype, device, load)
@@ -223,6 +228,7 @@ def run(cfg: ActionsConfig) -> dict[str, Any]:
         "action_label": np.array(
             [states[it.state].labels[it.action] if states[it.state].labels else "" for it in items]
         ),
+        "listed": np.array([states[it.state].listed[it.action] for it in items]),  # 0: listed first
         "action_tokens": np.array([len(it.action_ids) for it in items]),
         "mc_mean": np.array([e.mean for e in mc]),
         "mc_ci_low": np.array([e.ci_low for e in mc]),
@@ -239,14 +245,18 @@ def run(cfg: ActionsConfig) -> dict[str, Any]:
             continue
         kinds[kind] = score_actions(
             table["state"][m],
+            table["prompt"][m],  # the bootstrap's unit: states of the same prompt text resample together
             table["mc_mean"][m],
             table["mc_n"][m],
             table["mc_successes"][m],
             {k: table[k][m] for k in names},
+            table["listed"][m] == 0,
             cfg.n_bootstrap,
             cfg.seed,
             cfg.noise_ceiling_repeats,
         )
+        first = m & (table["listed"] == 0)
+        kinds[kind]["baselines"]["first_listed"]["labels"] = sorted(set(table["action_label"][first].tolist()) - {""})
     chosen = plot_choice(table, cfg.plot_states)
     plot = plot_action_states(table, states, names, chosen, out / "actions.png")
     folder.write_with(

@@ -11,8 +11,12 @@ any other model from one sequence s_p ⊕ y' per candidate, batched. OUT/advanta
 The check: ``mc_prefixes`` prefixes (the ``mc_forks`` largest MC jumps of ``labels`` first, then random ones)
 and each of their candidates are labelled by Monte Carlo (``samples`` continuations, the traces' sampling);
 OUT/mc_check.parquet holds them, metrics.json (``advantages``) and report.md the scores: within-prefix
-Spearman of candidate values, Spearman over counterfactual and over sampled tokens, sign agreement of
-advantages with the MC advantage.
+Spearman of candidate values, Spearman over counterfactual and over sampled tokens, and the sign of the
+advantages against the MC advantage (agreement beside the majority-sign base rate: most unsampled tokens are
+worse than their prefix, so "always negative" agrees often; balanced accuracy and AUROC, which a constant guess
+holds at 0.5; `prefixvalue.evaluation.advantages.sign_scores`). Every figure is named by its model: the short
+name of the checkpoint folder (runs/quickstart/train_head-pf-siblings/final → head-pf-siblings), with the folder
+itself in ``checkpoints`` and in each entry of ``check.models``.
 """
 
 from __future__ import annotations
@@ -167,7 +171,8 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
         "mc_check.parquet",
         lambda path: pq.write_table(pa.table({k: np.asarray(v).tolist() for k, v in check.items()}), path),
     )
-    scores = score_check(check, list(models), cfg.n_bootstrap, cfg.seed)
+    kinds = {n: str(getattr(m, "kind", "?")) for n, m in models.items()}
+    scores = score_check(check, list(models), cfg.n_bootstrap, cfg.seed, checkpoints=names, kinds=kinds)
     implicit = [n for n, m in models.items() if getattr(m, "counterfactuals", False)]  # valued by counterfactuals
     metrics: dict[str, Any] = {
         "n_traces": len(traces),
@@ -177,7 +182,8 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
         "n_rows": int(len(table["prefix_id"])),
         "top_k": cfg.top_candidates,  # metrics key as before the option's rename
         "samples": cfg.samples,
-        "models": {n: getattr(m, "kind", "?") for n, m in models.items()},
+        "models": kinds,
+        "checkpoints": names,  # each model's name -> the checkpoint folder the command received
         "dataset": "advantages.parquet",
         "check": scores,
         "verdict": implicit_verdict(scores, implicit[0]) if implicit else None,

@@ -8,9 +8,13 @@ success? For each value-model kind (implicit, head) and each n of `tokens`, `see
 prompt of n tokens on the frozen policy, all with the same data and the same fixed step budget, each an
 in-process call of the training loop (`prefixvalue.training.run`). The head alone at n = 0 is the
 linear probe; the implicit model at n = 0 has nothing to train (π_φ = π_ref, V_φ ≡ 0) and is evaluated as
-it starts. Then, per kind, a LoRA run at the soft prompt's trainable-parameter count at n* (the rule and
-the outputs: docs/design.md, "Conditional distance"). Held-out loss comes from the training run's held-out
-prompts; Spearman with MC from labelled prefixes whose prompts each checkpoint's split record holds out.
+it starts. n* is a choice, so it is made on the validation side of each checkpoint's split (the loss on
+traces whose prompts `SplitRecord.side` puts there, `prefixvalue.evaluation.distance.choose_n_star`, recorded
+in distance.json's ``selection``); the figures reported at n* are the test side's: the loss on the prompts the
+checkpoint holds out and Spearman with MC on held-out labelled prefixes. Without validation traces n* is not
+chosen. Then, per kind, a LoRA run at the soft prompt's trainable-parameter count at n*, compared with the soft
+prompt by the paired difference over seeds and an equivalence test (the rule and the outputs: docs/design.md,
+"Conditional distance").
 
 Every cell lives in ``OUT/cells/<kind>_n<n>_s<seed>`` (``OUT/cells/<kind>_lora_r<r>_s<seed>``); a finished
 cell (its cell.json) is skipped when the same command runs again. Results: ``OUT/distance.json``,
@@ -33,14 +37,19 @@ from .. import runfolder
 from .. import training as train_mod
 from ..config import ConfigError, config_to_dict, field, parse_config, save_resolved_config
 from ..evaluation.distance import (
+    RULE,
+    choose_n_star,
     flattening,
-    n_star_uncertainty,
+    n_star_without_validation,
+    paired_seed_difference,
     plot_distance,
     render_distance_section,
     t_interval,
 )
 from ..evaluation.evaluator import evaluate
 from ..evaluation.options import ScoringOptions
+from ..evaluation.selection import Choice, selection_section
+from ..formatting import with_ci
 from ..processes import run_jobs
 from ..value import VALUE_MODELS, ValueModelConfig
 
@@ -63,7 +72,17 @@ OUTPUTS = (
 #: keys that may differ when the same sweep runs again into OUT (how it runs, where it reports)
 RERUN_KEYS = runfolder.RERUN_KEYS | {"workers", "threads", "log_checkpoints"}
 #: keys naming files or folders, compared as resolved paths
-PATH_KEYS = ("traces", "labels", "train.traces", "train.labels", "train.policy")
+PATH_KEYS = (
+    "traces",
+    "labels",
+    "validation_traces",
+    "validation_labels",
+    "train.traces",
+    "train.labels",
+    "train.policy",
+)
+#: what a cell.json written by this version holds beyond the training curve (older ones are recomputed)
+CELL_KEYS = ("test_loss", "validation_loss", "validation_spearman")
 
 
 def _default_train() -> train_mod.TrainConfig:
@@ -87,7 +106,17 @@ class DistanceConfig:
 
     traces: str = field("", help="traces dataset folder (written by `prefixvalue collect`); the split is train's")
     labels: str | None = field(
-        None, help="MC labels of held-out prefixes (`prefixvalue label`) for Spearman(n); None: loss only"
+        None, help="MC labels of held-out (test) prefixes (`prefixvalue label`) for Spearman(n); None: loss only"
+    )
+    validation_traces: str | None = field(
+        None,
+        help="traces of the checkpoints' validation prompts: n* is chosen on the loss of those on each cell's "
+        "validation side (None: traces; the cells must train with a validation side)",
+    )
+    validation_labels: str | None = field(
+        None,
+        help="MC labels of validation prefixes (`prefixvalue label prompts=validation`) of validation_traces: "
+        "Spearman(n) on the validation side, beside the loss n* is chosen on; None: not measured",
     )
     out: str = field("runs/distance", help="sweep folder: cells/, distance.json, distance.png, report.md")
     kinds: list[str] = field(
@@ -99,7 +128,14 @@ class DistanceConfig:
     )
     seeds: int = field(3, help="trainings per (kind, n), with train.seed, +1, ... (initialisation and data order)")
     epsilon: float = field(
-        0.005, help="saturation tolerance ε: n* is the first n with L(n) − L(next n) ≤ ε (held-out loss, nats)"
+        0.005,
+        help="saturation tolerance ε: n* is the first n whose validation loss is within ε of the best at any n' ≥ n "
+        "(nats); undetermined while the last two n differ by more than ε",
+    )
+    equivalence_margin: float | None = field(
+        None,
+        help="margin ±m (nats) within which the paired LoRA − soft-prompt test-loss difference is called equivalent "
+        "(TOST: its 90% interval inside ±m); None: ε",
     )
     flat_tolerance: float | None = field(
         None,
@@ -110,7 +146,9 @@ class DistanceConfig:
     )
     lora: bool = field(True, help="also train a LoRA at the soft prompt's trainable-parameter count (per kind)")
     lora_match_tokens: int = field(
-        0, help="match LoRA to the soft prompt of this many tokens (0: the kind's measured n*, else the largest n)"
+        0,
+        help="match LoRA to the soft prompt of this many tokens (0: the kind's n* chosen on validation, else the "
+        "largest n)",
     )
     lora_target_modules: list[str] | None = field(
         None, help="LoRA target modules of the matched run (None: peft's default for the model)"
@@ -136,8 +174,8 @@ class DistanceConfig:
             raise ConfigError(f"distance: tokens must be >= 2 distinct increasing lengths >= 0, got {self.tokens}")
         if self.seeds < 1 or self.curve_points < 2 or self.workers < 1:
             raise ConfigError("distance: seeds >= 1, curve_points >= 2 and workers >= 1")
-        if self.epsilon < 0 or (self.flat_tolerance is not None and self.flat_tolerance < 0):
-            raise ConfigError("distance: epsilon and flat_tolerance must be >= 0")
+        if self.epsilon < 0 or any(v is not None and v < 0 for v in (self.flat_tolerance, self.equivalence_margin)):
+            raise ConfigError("distance: epsilon, flat_tolerance and equivalence_margin must be >= 0")
         if self.lora_match_tokens < 0:
             raise ConfigError("distance: lora_match_tokens must be >= 0")
         if self.train.max_steps < self.curve_points:
@@ -194,7 +232,10 @@ def _train_cell(tcfg: train_mod.TrainConfig) -> dict[str, Any]:
         "train_loss": result.get("train_loss"),
         "train_traces": result.get("train_traces"),
         "heldout_traces": result.get("heldout_traces"),
-        "heldout_loss": result.get("loss"),
+        # the training monitor: its validation traces (held-out ones when the split has no validation side)
+        "monitor_loss": result.get("loss"),
+        "monitor_split": result.get("monitor_split"),
+        "monitor_traces": result.get("monitor_traces"),
         "brier_all": result.get("brier_all"),
         "auroc_last": result.get("auroc_last"),
         "seconds": round(time.perf_counter() - t, 2),
@@ -256,13 +297,19 @@ class LabelledSet:
 
 
 def cell_spearman(
-    checkpoint: Path, labelled: LabelledSet | None, dtype: str = "float32", batch_size: int = 32
+    checkpoint: Path,
+    labelled: LabelledSet | None,
+    dtype: str = "float32",
+    batch_size: int = 32,
+    split: str = "test",
+    model: Any = None,
 ) -> dict[str, Any]:
-    """Spearman of the checkpoint's P̂ with the MC labels, over labelled prefixes whose prompt the
-    checkpoint's split record (final/split.json) holds out, scored by the one evaluator
-    (`prefixvalue.evaluation.evaluator.evaluate`; no soft values, no bootstrap); prefixes of training
-    prompts are dropped and counted. ConfigError when the checkpoint records no split or no labelled
-    prompt is held out."""
+    """Spearman of the checkpoint's P̂ with the MC labels, over labelled prefixes whose prompt is on the side
+    `split` of the checkpoint's split record (final/split.json: ``test``, the prompts it holds out, or
+    ``validation``), scored by the one evaluator (`prefixvalue.evaluation.evaluator.evaluate` with that
+    ``ScoringOptions.split``; no soft values, no bootstrap); prefixes of training prompts are dropped and
+    counted. `model` is the checkpoint already loaded (None: loaded from `checkpoint`). ConfigError when the
+    checkpoint records no split or no labelled prompt is on that side."""
     from ..data import SplitRecord
     from ..policies import default_device
 
@@ -271,22 +318,118 @@ def cell_spearman(
     record = SplitRecord.load(checkpoint)
     if record is None:
         raise ConfigError(f"distance: {checkpoint} records no split (split.json); its held-out prompts are unknown")
-    if not any(record.is_heldout(p) for p in labelled.traces["prompt"]):  # refused before loading the model
+    if not any(record.side(p) == split for p in labelled.traces["prompt"]):  # refused before loading the model
+        what = "held out" if split == "test" else "on the validation side"
+        extra = "" if split == "test" else f" (its validation_fraction is {record.validation_fraction:g})"
         raise ConfigError(
-            f"distance: none of the {len(labelled.traces)} labelled traces is held out under {checkpoint}/split.json"
+            f"distance: none of the {len(labelled.traces)} labelled traces is {what} under {checkpoint}/split.json"
+            + extra
         )
-    options = ScoringOptions(batch_size=batch_size, soft_values=False, n_bootstrap=0, step_oracle=False)
-    result = evaluate(
-        {"learned": str(checkpoint)}, labelled.traces, labelled.labels, options, device=default_device(), dtype=dtype
+    options = ScoringOptions(
+        batch_size=batch_size,
+        soft_values=False,
+        n_bootstrap=0,
+        step_oracle=False,
+        split=split,
+        split_record=str(checkpoint),
     )
+    result = evaluate(
+        {"learned": model if model is not None else str(checkpoint)},
+        labelled.traces,
+        labelled.labels,
+        options,
+        device=default_device(),
+        dtype=dtype,
+    )
+    if result.metrics["split"].get("side") != split:  # the evaluator says which side it scored
+        raise RuntimeError(f"distance: asked for the {split} side, the evaluator scored {result.metrics['split']}")
     sp = result.metrics["estimators"]["learned"]["spearman"]
     return {
         "spearman": sp["value"],
         "spearman_note": sp.get("note") if sp["value"] is None else None,
         "spearman_prefixes": result.metrics["n_prefixes"],
         "spearman_traces": result.metrics["n_traces"],
-        "dropped_training_traces": len(labelled.traces) - result.metrics["n_traces"],
+        "dropped_traces": len(labelled.traces) - result.metrics["n_traces"],  # of the other sides of the split
     }
+
+
+def loss_rows(traces_dir: str, labels_dir: str | None = None, max_length: int = 0) -> list[dict[str, Any]]:
+    """The trace rows a cell's loss is computed on, as training reads them (`prefixvalue.training`): the
+    traces of `traces_dir` with the MC targets of `labels_dir` attached (training's ``train.labels``), those
+    longer than `max_length` tokens dropped; each row the model's columns plus ``prompt`` (the text the split
+    keys on), in dataset order."""
+    from ..data import load_labels, load_traces
+    from ..data.collate import attach_prefix_labels
+
+    traces = load_traces(traces_dir)
+    if labels_dir:
+        traces = attach_prefix_labels(traces, load_labels(labels_dir))
+    if max_length:
+        traces = traces.filter(lambda r: len(r["prompt_ids"]) + len(r["completion_ids"]) <= max_length)
+    cols = ("prompt", "prompt_ids", "completion_ids", "outcome", "prefix_targets")
+    return traces.select_columns([c for c in cols if c in traces.column_names]).to_list()
+
+
+def side_loss(
+    model: Any, record: Any, rows: Sequence[dict[str, Any]], side: str, max_traces: int = 0, batch_size: int = 32
+) -> dict[str, Any]:
+    """The kind's training loss (`prefixvalue.value.heldout.evaluate_heldout`, mean per term) of `model` on
+    the first `max_traces` (0: all) of `rows` whose prompt is on `side` of the split `record`
+    (`SplitRecord.side`): ``{"loss": float | None, "traces": int}`` (None when no row is on that side). On
+    the validation side this is the training run's own monitor loss (on the test side, when its split has no
+    validation side)."""
+    from ..value.heldout import evaluate_heldout
+
+    sides: dict[str, str] = {}
+    chosen = []
+    for r in rows:
+        if r["prompt"] not in sides:
+            sides[r["prompt"]] = record.side(r["prompt"])
+        if sides[r["prompt"]] == side:
+            chosen.append({k: v for k, v in r.items() if k != "prompt"})
+            if max_traces and len(chosen) >= max_traces:
+                break
+    if not chosen:
+        return {"loss": None, "traces": 0}
+    return {"loss": evaluate_heldout(model, chosen, batch_size)["loss"], "traces": len(chosen)}
+
+
+@dataclass
+class SweepData:
+    """What every cell is scored on: loss rows for the test and the validation side, and MC-labelled sets."""
+
+    test_rows: list[dict[str, Any]]  #: `loss_rows` of ``traces``: the test loss
+    #: `loss_rows` of ``validation_traces`` (default: traces): the loss n* is chosen on
+    validation_rows: list[dict[str, Any]]
+    labelled: LabelledSet | None = None  #: ``traces`` + ``labels``: Spearman on the test side
+    validation_labelled: LabelledSet | None = None  #: ``validation_traces`` + ``validation_labels``: on validation
+
+    @classmethod
+    def load(cls, cfg: DistanceConfig) -> SweepData:
+        """The sweep's data under `cfg` (``train.max_length`` already fitted). ConfigError when a labels
+        folder records the other side of the split than the one it is given for (`labels_side`)."""
+        from ..data import labels_side
+
+        for key, want in (("labels", "test"), ("validation_labels", "validation")):
+            folder = getattr(cfg, key)
+            got = labels_side(folder) if folder else None
+            if got is not None and got not in (want, "all"):
+                raise ConfigError(
+                    f"distance: {key}={folder} holds {got}-side labels (its split.json); {key} must be {want}"
+                )
+        mlen = cfg.train.max_length
+        val_traces = cfg.validation_traces or cfg.traces
+        test_rows = loss_rows(cfg.traces, cfg.train.labels, mlen)
+        # training's MC targets belong to its own traces: attached to validation traces only when they are those
+        same = Path(val_traces).resolve() == Path(cfg.traces).resolve()
+        return cls(
+            test_rows=test_rows,
+            validation_rows=test_rows if same else loss_rows(val_traces, None, mlen),
+            labelled=LabelledSet.load(cfg.traces, cfg.labels, mlen) if cfg.labels else None,
+            validation_labelled=LabelledSet.load(val_traces, cfg.validation_labels, mlen)
+            if cfg.validation_labels
+            else None,
+        )
 
 
 def adapter_parameters(checkpoint: Path) -> dict[str, int]:
@@ -325,13 +468,21 @@ def _lora_is_noop(checkpoint: Path) -> bool:
 
 
 def evaluate_cell(
-    tcfg: train_mod.TrainConfig, kind: str, n: int, seed: int, labelled: LabelledSet | None, lora_r: int | None
+    tcfg: train_mod.TrainConfig, kind: str, n: int, seed: int, data: SweepData, lora_r: int | None
 ) -> dict[str, Any]:
-    """cell.json of a trained cell (computed once, then read back)."""
+    """cell.json of a trained cell (computed once, then read back; one written before `CELL_KEYS` existed is
+    computed again): its parameters, training curve, test and validation loss (`side_loss`, at most
+    ``train.max_eval_traces`` traces each) and Spearman with MC on each side (`cell_spearman`)."""
+    from ..data import SplitRecord
+    from ..policies import default_device
+    from ..value import load_value_model
+
     out = Path(tcfg.output_dir)
     path = out / CELL_FILE
     if path.exists():
-        return json.loads(path.read_text())
+        cell = json.loads(path.read_text())
+        if all(k in cell for k in CELL_KEYS):
+            return cell
     curve = json.loads((out / CURVE_FILE).read_text())
     final = out / "final"
     params = adapter_parameters(final)
@@ -340,6 +491,19 @@ def evaluate_cell(
         if not _lora_is_noop(final):  # lr 0 must leave B = 0: otherwise it is not the n = 0 model
             raise RuntimeError(f"distance: {final}: the n = 0 implicit model's adapter moved (LoRA B != 0)")
         params = {"prompt": 0, "lora": 0, "head": 0}
+    record = SplitRecord.load(final)
+    if record is None:
+        raise ConfigError(f"distance: {final} records no split (split.json); its held-out prompts are unknown")
+    model = load_value_model(final, device=default_device(), dtype=tcfg.model_dtype)
+    test = side_loss(model, record, data.test_rows, "test", tcfg.max_eval_traces, tcfg.eval_batch_size)
+    val = side_loss(model, record, data.validation_rows, "validation", tcfg.max_eval_traces, tcfg.eval_batch_size)
+    spear = cell_spearman(final, data.labelled, tcfg.model_dtype, tcfg.eval_batch_size, model=model)
+    vspear = (
+        cell_spearman(final, data.validation_labelled, tcfg.model_dtype, tcfg.eval_batch_size, "validation", model)
+        if data.validation_labelled is not None
+        else {"spearman": None, "spearman_note": "no validation labels given"}
+    )
+    del model
     cell = {
         "kind": kind,
         "tokens": n,
@@ -350,7 +514,13 @@ def evaluate_cell(
         "trainable_params": sum(params.values()),
         "max_steps": tcfg.max_steps,
         **curve,
-        **cell_spearman(final, labelled, tcfg.model_dtype, tcfg.eval_batch_size),
+        "split_validation_fraction": record.validation_fraction,
+        "test_loss": test["loss"],
+        "test_traces": test["traces"],
+        "validation_loss": val["loss"],
+        "validation_traces": val["traces"],
+        **spear,
+        **{f"validation_{k}": v for k, v in vspear.items()},
     }
     tmp = out / (CELL_FILE + ".tmp")
     tmp.write_text(json.dumps(cell, indent=2) + "\n")
@@ -418,40 +588,60 @@ def fit_context(cfg: DistanceConfig) -> DistanceConfig:
 # --------------------------------------------------------------------------------- summary
 def summarise_kind(
     cfg: DistanceConfig, kind: str, cells: list[dict[str, Any]], lora_cells: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """distance.json's section of one kind: the curve (per n: loss, Spearman, their spread and the
-    flattening count), n* with its uncertainty, and the matched LoRA beside it."""
+) -> tuple[dict[str, Any], Choice | None]:
+    """distance.json's section of one kind and the choice of n* (None when undetermined or not chosen).
+
+    The section: the curve (per n: test loss, validation loss, Spearman on each side, their spread and the
+    flattening count), n* chosen on the validation losses (`choose_n_star`; without any, `n_star_without_validation`),
+    the test figures at n*, and the matched LoRA beside it."""
     tol = cfg.epsilon if cfg.flat_tolerance is None else cfg.flat_tolerance
     ns = list(cfg.tokens)
     by_n = {n: sorted((c for c in cells if c["tokens"] == n), key=lambda c: c["seed"]) for n in ns}
 
     def flat_count(cs: list[dict[str, Any]]) -> dict[str, Any]:
         fl = [flattening([p[:2] for p in c["eval_curve"]], c["max_steps"], tol) for c in cs]
-        return {"yes": sum(bool(f["flattened"]) for f in fl), "of": len(fl), "per_seed": fl}
+        drops = [f["drop"] for f in fl if f["drop"] is not None]
+        return {
+            "yes": sum(bool(f["flattened"]) for f in fl),
+            "of": len(fl),
+            "mean_drop": float(np.mean(drops)) if drops else None,
+            "per_seed": fl,
+        }
 
     curve: dict[str, Any] = {}
     for n in ns:
         cs = by_n[n]
-        losses = [c["heldout_loss"] for c in cs]
-        spear = [c["spearman"] for c in cs]
-        curve[str(n)] = {
-            "params": cs[0]["trainable_params"] if cs else None,
-            "loss": t_interval(losses),
-            "loss_per_seed": losses,
-            "spearman": t_interval(spear),
-            "spearman_per_seed": spear,
-            "brier_all": t_interval([c["brier_all"] for c in cs]),
-            "flattened": flat_count(cs)
+        row: dict[str, Any] = {"params": cs[0]["trainable_params"] if cs else None}
+        for key in ("loss", "validation_loss", "spearman", "validation_spearman"):
+            vals = [c.get("test_loss" if key == "loss" else key) for c in cs]
+            row[key], row[f"{key}_per_seed"] = t_interval(vals), vals
+        row["brier_all"] = t_interval([c["brier_all"] for c in cs])
+        row["flattened"] = (
+            flat_count(cs)
             if not (VALUE_MODELS[kind].needs_adapter and n == 0)
-            else {"yes": 0, "of": 0, "per_seed": []},
-            "seconds": sum(c["seconds"] for c in cs),
-        }
-    for a, b in zip(ns, ns[1:]):
-        la, lb = curve[str(a)]["loss"]["mean"], curve[str(b)]["loss"]["mean"]
-        curve[str(a)]["gain"] = la - lb if la is not None and lb is not None else None
-    curve[str(ns[-1])]["gain"] = None
-    per_seed = [[by_n[n][s]["heldout_loss"] if s < len(by_n[n]) else None for n in ns] for s in range(cfg.seeds)]
-    n_star = n_star_uncertainty(ns, per_seed, cfg.epsilon, cfg.n_bootstrap, seed=0)
+            else {"yes": 0, "of": 0, "mean_drop": None, "per_seed": []}
+        )
+        row["seconds"] = sum(c["seconds"] for c in cs)
+        curve[str(n)] = row
+    # n whose cells' mean held-out curve still fell by more than the tolerance over its last quarter
+    unsettled = [n for n in ns if (curve[str(n)]["flattened"]["mean_drop"] or 0.0) > tol]
+    val_per_seed = [
+        [by_n[n][s].get("validation_loss") if s < len(by_n[n]) else None for n in ns] for s in range(cfg.seeds)
+    ]
+    choice: Choice | None = None
+    if any(v is not None for row in val_per_seed for v in row):
+        n_star, choice = choose_n_star(
+            ns, val_per_seed, cfg.epsilon, split="validation", n_boot=cfg.n_bootstrap, seed=0, unsettled=unsettled
+        )
+    else:
+        vfs = sorted({c.get("split_validation_fraction") or 0.0 for c in cells})
+        source = cfg.validation_traces or cfg.traces
+        why = f"no trace of {source} is on the validation side of the cells' split: their split.json records " + (
+            "validation_fraction 0, so train the cells with a validation side"
+            if vfs == [0.0]
+            else f"validation_fraction {', '.join(f'{v:g}' for v in vfs)}"
+        )
+        n_star = n_star_without_validation(ns, cfg.epsilon, why)
     notes = []
     unflat = [
         n
@@ -460,63 +650,115 @@ def summarise_kind(
     ]
     if unflat:
         notes.append(
-            f"early stopping: at n = {', '.join(map(str, unflat))} the held-out loss was still falling by more than "
-            f"{tol:g} over the last quarter of the {cfg.train.max_steps} steps in some seeds; a longer budget could "
+            f"early stopping: at n = {', '.join(map(str, unflat))} the training monitor's loss was still falling by "
+            f"more than {tol:g} over the last quarter of the {cfg.train.max_steps} steps in some seeds; a longer budget could "
             "lower L(n) there and move n*"
+            + (f" (on average over seeds at n = {', '.join(map(str, unsettled))})" if unsettled else "")
         )
     else:
-        notes.append(f"every trained cell's held-out loss had flattened (≤ {tol:g} over the last quarter of its steps)")
+        notes.append(f"every trained cell's monitor loss had flattened (≤ {tol:g} over the last quarter of its steps)")
     unstable = [n for n in ns if (curve[str(n)]["loss"]["sd"] or 0.0) > cfg.epsilon]
     if unstable:
         notes.append(
-            f"instability across initialisations: the seeds' held-out losses spread by more than ε (sd > {cfg.epsilon:g}) "
+            f"instability across initialisations: the seeds' test losses spread by more than ε (sd > {cfg.epsilon:g}) "
             f"at n = {', '.join(map(str, unstable))}"
         )
+    out: dict[str, Any] = {"tokens": ns, "curve": curve, "n_star": n_star, "notes": notes, "at_n_star": None}
     if n_star["n_star"] is not None:
-        later = [b for a, b in zip(ns, ns[1:]) if a > n_star["n_star"] and (curve[str(a)]["gain"] or 0) > cfg.epsilon]
-        if later:
-            notes.append(f"after n* the loss still improves by more than ε from n = {', '.join(map(str, later))} on")
-    out: dict[str, Any] = {"tokens": ns, "curve": curve, "n_star": n_star, "notes": notes}
+        row = curve[str(n_star["n_star"])]
+        out["at_n_star"] = {"n": n_star["n_star"], "side": "test", "loss": row["loss"], "spearman": row["spearman"]}
     if lora_cells:
         lc = sorted(lora_cells, key=lambda c: c["seed"])
+        m = lc[0]["matched_tokens"]
+        soft = {c["seed"]: c.get("test_loss") for c in by_n.get(m, [])}
+        margin = cfg.epsilon if cfg.equivalence_margin is None else cfg.equivalence_margin
         out["lora"] = {
             "lora_r": lc[0]["lora_r"],
             "params": lc[0]["params"]["lora"],
-            "matched_tokens": lc[0]["matched_tokens"],
-            "loss": t_interval([c["heldout_loss"] for c in lc]),
-            "loss_per_seed": [c["heldout_loss"] for c in lc],
+            "matched_tokens": m,
+            "matched_by": lc[0].get("matched_by"),
+            "loss": t_interval([c.get("test_loss") for c in lc]),
+            "loss_per_seed": [c.get("test_loss") for c in lc],
+            "validation_loss": t_interval([c.get("validation_loss") for c in lc]),
             "spearman": t_interval([c["spearman"] for c in lc]),
             "spearman_per_seed": [c["spearman"] for c in lc],
             "flattened": flat_count(lc),
+            # paired by seed: the same train.seed + s (initialisation, data order) and the same test prompts
+            "comparison": {
+                "what": f"test loss, LoRA − soft prompt at n = {m}, paired by seed",
+                "seeds": [c["seed"] for c in lc if c["seed"] in soft],
+                **paired_seed_difference(
+                    [c.get("test_loss") for c in lc if c["seed"] in soft],
+                    [soft[c["seed"]] for c in lc if c["seed"] in soft],
+                    margin,
+                ),
+            },
         }
-    return out
+    return out, choice
 
 
 def lora_verdict(ks: dict[str, Any], hidden: int) -> str:
-    """One sentence: the matched LoRA against the soft prompt it is matched to (and the best soft prompt)."""
+    """Sentences on the matched LoRA against the soft prompt it is matched to: both test losses, their paired
+    difference over seeds with its interval, and what it shows (`paired_seed_difference`'s verdict)."""
     lora = ks["lora"]
     m = lora["matched_tokens"]
     sp = ks["curve"][str(m)]["loss"]
-    best_n = min(
-        (n for n in ks["tokens"] if ks["curve"][str(n)]["loss"]["mean"] is not None),
-        key=lambda n: ks["curve"][str(n)]["loss"]["mean"],
-    )
     lo = lora["loss"]
     if lo["mean"] is None or sp["mean"] is None:
-        return "The matched LoRA run has no held-out loss."
-    diff = lo["mean"] - sp["mean"]
-    overlap = bool(lo["ci"] and sp["ci"] and lo["ci"][0] <= sp["ci"][1] and sp["ci"][0] <= lo["ci"][1])
-    how = "within the seeds' intervals of" if overlap else ("below" if diff < 0 else "above")
-    return (
-        f"LoRA r={lora['lora_r']} ({lora['params']:,} trainable numbers, vs {m * hidden:,} for the soft prompt of n = {m}) "
-        f"reaches held-out loss {lo['mean']:.4f}, {how} the soft prompt's {sp['mean']:.4f} (difference {diff:+.4f}; best "
-        f"soft prompt: n = {best_n}, {ks['curve'][str(best_n)]['loss']['mean']:.4f}). "
-        + (
-            "At equal parameters the soft prompt is the bottleneck: the same budget spent inside the network does better."
-            if diff < 0 and not overlap
-            else "At equal parameters the soft prompt is not the bottleneck."
-        )
+        return "The matched LoRA run (or its soft prompt) has no test loss: no comparison."
+    cmp_ = lora["comparison"]
+    mu = cmp_["margin"]
+    ns = ks["n_star"]
+    why_largest = (
+        "n* = 0 leaves no soft prompt to match"
+        if ns["n_star"] == 0
+        else "n* is undetermined"
+        if ns.get("status") == "undetermined"
+        else "n* was not chosen"
     )
+    by = {"n_star": "n* chosen on validation", "given": "lora_match_tokens", "largest": f"the largest n: {why_largest}"}
+    head = (
+        f"LoRA r={lora['lora_r']} ({lora['params']:,} trainable numbers, vs {m * hidden:,} for the soft prompt of "
+        f"n = {m}"
+        + (f", {by[lora['matched_by']]}" if lora.get("matched_by") in by else "")
+        + f") reaches test loss {_mean_ci(lo)} against the soft prompt's {_mean_ci(sp)}. "
+    )
+    if cmp_["ci"] is None:
+        return head + (
+            f"Paired over {cmp_['n']} seed(s), LoRA − soft prompt = "
+            + (f"{cmp_['mean']:+.4f}" if cmp_["mean"] is not None else "—")
+            + ": too few paired seeds for an interval, so equivalence is not shown and no difference is shown."
+        )
+    lo95, hi95 = cmp_["ci"]
+    t0, t1 = cmp_["tost_ci"]
+    head += (
+        f"Paired over {cmp_['n']} seeds (same seeds, same test prompts), LoRA − soft prompt = {cmp_['mean']:+.4f} "
+        f"[{lo95:+.4f}, {hi95:+.4f}] (95%); equivalence margin ±{mu:g}, TOST {1 - 2 * cmp_['tost_alpha']:.0%} "
+        f"interval [{t0:+.4f}, {t1:+.4f}]. "
+    )
+    verdict = cmp_["verdict"]
+    if verdict == "equivalent":
+        return head + (
+            f"Equivalent within ±{mu:g} nats: at equal parameters the soft prompt is not the bottleneck, to within the "
+            "margin"
+            + (" (the 95% interval excludes 0: a difference smaller than the margin)." if cmp_["differs"] else ".")
+        )
+    if verdict == "lower":
+        return head + (
+            "The LoRA is lower and not shown equivalent: at equal parameters the soft prompt is the bottleneck "
+            "(the same budget spent inside the network does better)."
+        )
+    if verdict == "higher":
+        return head + "The LoRA is higher and not shown equivalent: at equal parameters the soft prompt does better."
+    return head + (
+        f"Not shown equivalent: the interval reaches beyond ±{mu:g} and includes 0, so this comparison cannot say "
+        "whether the soft prompt is the bottleneck."
+    )
+
+
+def _mean_ci(s: dict[str, Any]) -> str:
+    """A seeds summary (`t_interval`) as ``mean [lo, hi]`` to 4 decimals (the mean alone without an interval)."""
+    return with_ci(s["mean"], s["ci"], 4, none="—")
 
 
 # ------------------------------------------------------------------------------------- run
@@ -539,28 +781,37 @@ def run(cfg: DistanceConfig) -> dict[str, Any]:
         (kind, n, s): cfg.cell_config(kind, n, s) for kind in cfg.kinds for n in cfg.tokens for s in range(cfg.seeds)
     }
     train_cells(cfg, list(soft.values()))
-    labelled = LabelledSet.load(cfg.traces, cfg.labels, cfg.train.max_length) if cfg.labels else None
-    cells = {key: evaluate_cell(t, *key, labelled, None) for key, t in soft.items()}
+    data = SweepData.load(cfg)
+    cells = {key: evaluate_cell(t, *key, data, None) for key, t in soft.items()}
 
     kinds: dict[str, Any] = {}
+    choices: list[Choice] = []
     hidden = 0
     for kind in cfg.kinds:
         kcells = [c for (k, _, _), c in cells.items() if k == kind]
-        ks = summarise_kind(cfg, kind, kcells, [])
-        lora_cells: list[dict[str, Any]] = []
+        ks, choice = summarise_kind(cfg, kind, kcells, [])
+        if choice is not None:
+            choice.extra["kind"] = kind
+            choices.append(choice)
         if cfg.lora:
             n_star = ks["n_star"]["n_star"]
             positive = [n for n in cfg.tokens if n > 0]
-            match = cfg.lora_match_tokens or (n_star if n_star else None) or positive[-1]
+            if cfg.lora_match_tokens:
+                match, matched_by = cfg.lora_match_tokens, "given"
+            elif n_star:
+                match, matched_by = n_star, "n_star"
+            else:
+                match, matched_by = positive[-1], "largest"
             if match not in cfg.tokens:
                 raise ConfigError(f"distance: lora_match_tokens={match} is not one of tokens {cfg.tokens}")
             r, per_rank, hidden = lora_rank_for(cfg, match * _hidden_of(kcells))
             jobs = {s: cfg.cell_config(kind, 0, s, lora_r=r) for s in range(cfg.seeds)}
             train_cells(cfg, list(jobs.values()))
-            for s, t in jobs.items():
-                c = evaluate_cell(t, kind, 0, s, labelled, r)
-                lora_cells.append({**c, "matched_tokens": match, "params_per_rank": per_rank})
-            ks = summarise_kind(cfg, kind, kcells, lora_cells)
+            lora_cells = [
+                {**evaluate_cell(t, kind, 0, s, data, r), "matched_tokens": match, "matched_by": matched_by}
+                for s, t in jobs.items()
+            ]
+            ks, _ = summarise_kind(cfg, kind, kcells, lora_cells)
             ks["lora"]["verdict"] = lora_verdict(ks, hidden)
             ks["lora"]["params_per_rank"] = per_rank
         ks["hidden"] = hidden or _hidden_of(kcells)
@@ -568,26 +819,30 @@ def run(cfg: DistanceConfig) -> dict[str, Any]:
 
     any_cell = next(iter(cells.values()))
     spear_cells = [c for c in cells.values() if c.get("spearman_prefixes")]
-    dropped = max((c.get("dropped_training_traces", 0) for c in spear_cells), default=0)
+    dropped = max((c.get("dropped_traces", 0) for c in spear_cells), default=0)
     summary: dict[str, Any] = {
         "policy": cfg.train.policy or _policy_of(cfg),
         "epsilon": cfg.epsilon,
         "flat_tolerance": cfg.epsilon if cfg.flat_tolerance is None else cfg.flat_tolerance,
-        "rule": "n* = first n of the grid with L(n) − L(next n) ≤ ε (held-out loss of the kind's training objective)",
+        "rule": RULE,
+        "equivalence_margin": cfg.epsilon if cfg.equivalence_margin is None else cfg.equivalence_margin,
         "seeds": cfg.seeds,
         "max_steps": cfg.train.max_steps,
         "batch_size": cfg.train.per_device_batch_size * cfg.train.gradient_accumulation_steps,
         "max_length": cfg.train.max_length,
         "train_traces": any_cell.get("train_traces"),
-        "heldout_traces": any_cell.get("heldout_traces"),
+        "heldout_traces": any_cell.get("test_traces"),
+        "validation_traces": any_cell.get("validation_traces"),
         "spearman_traces": spear_cells[0]["spearman_traces"] if spear_cells else 0,
         "spearman_prefixes": spear_cells[0]["spearman_prefixes"] if spear_cells else 0,
         "split_note": (
-            f"held out under each checkpoint's split.json; {dropped} labelled trace(s) of training prompts dropped"
+            f"held out (test) under each checkpoint's split.json; {dropped} labelled trace(s) of training or "
+            "validation prompts dropped"
             if spear_cells
             else "no MC labels: Spearman not measured"
         ),
         "kinds": kinds,
+        "selection": selection_section(choices),
         "cells_seconds": round(sum(c["seconds"] for c in cells.values()), 1),
         "seconds": round(time.perf_counter() - t0, 1),
         "config": config_to_dict(cfg),
@@ -609,6 +864,7 @@ def run(cfg: DistanceConfig) -> dict[str, Any]:
             for kind, ks in kinds.items():
                 row = ks["curve"][str(n)]
                 metrics[f"distance/{kind}/loss"] = row["loss"]["mean"]
+                metrics[f"distance/{kind}/validation_loss"] = row["validation_loss"]["mean"]
                 metrics[f"distance/{kind}/loss_sd"] = row["loss"]["sd"]
                 metrics[f"distance/{kind}/spearman"] = row["spearman"]["mean"]
             logger.log(metrics, step=int(n))
@@ -622,8 +878,11 @@ def run(cfg: DistanceConfig) -> dict[str, Any]:
     finally:
         logger.finish()
     for kind, ks in kinds.items():
-        ns = ks["n_star"]["n_star"]
-        print(f"distance: {kind}: n* = {ns if ns is not None else f'> {max(cfg.tokens)}'} (ε = {cfg.epsilon:g})")
+        ns = ks["n_star"]
+        what = (
+            ns["n_star"] if ns["n_star"] is not None else f"{ns['status']} ({ns.get('undetermined') or ns.get('note')})"
+        )
+        print(f"distance: {kind}: n* = {what} (ε = {cfg.epsilon:g}, chosen on validation)")
     print(f"distance: results in {out}/distance.json, {out}/report.md, {out}/distance.png ({summary['seconds']:.0f} s)")
     runfolder.finish(out)  # the sweep's record: complete; the folder is released
     return summary

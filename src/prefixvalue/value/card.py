@@ -111,8 +111,9 @@ def _metrics_section(training: dict[str, Any], evaluation: dict[str, Any]) -> li
         return lines
     heldout = training.get("heldout") or {}
     if heldout:
+        side = {"test": "the held-out prompts"}.get(training.get("monitor_split"), "the validation prompts")
         lines += [
-            "Training-time monitors on the held-out prompts (no confidence intervals; run `prefixvalue "
+            f"Training-time monitors on {side} (no confidence intervals; run `prefixvalue "
             "evaluate` on this checkpoint for metrics against Monte Carlo labels with 95% CIs, which it writes "
             "here):",
             "",

@@ -56,7 +56,7 @@ def render_quickstart_section(q: dict[str, Any], metrics: dict[str, Any]) -> str
         )
     if v["limits"]:
         lines += ["- what limits it:", *[f"  - {x}" for x in v["limits"]]]
-    lines += ["", *_recipes_lines(q, metrics)]
+    lines += ["", *_recipes_lines(q, metrics), "", *selection_lines(metrics.get("selection") or [])]
     if metrics["mc"].get("saturated"):
         lines.append(f"- **labels are saturated** ({SATURATION_DEFINITION}): {metrics['mc'].get('note', '')}")
     merged, labels = shared_rows(metrics)  # estimators ranking alike on all prefixes share a column
@@ -125,6 +125,30 @@ def render_quickstart_section(q: dict[str, Any], metrics: dict[str, Any]) -> str
     return "\n".join(lines)
 
 
+def selection_lines(selection: list[dict[str, Any]]) -> list[str]:
+    """The report's "What was chosen where" table from metrics.json's ``selection`` section: each choice, the
+    split it was made on, among how many candidates, by which metric."""
+    if not selection:
+        return []
+    lines = [
+        "### What was chosen where",
+        "",
+        "Every choice is made on the validation split (prompts neither trained on nor reported); the test labels "
+        "are read once, for the figures above.",
+        "",
+        "| choice | chosen | on | among | by |",
+        "|---|---|---|---|---|",
+    ]
+    for c in selection:
+        chosen = c.get("chosen")
+        chosen = fixed(chosen) if isinstance(chosen, float) else ("n/a" if chosen is None else str(chosen))
+        among = c.get("n_candidates")
+        among = f"{among} candidates" if among else (f"{c['n_traces']} traces" if c.get("n_traces") else "n/a")
+        lines.append(f"| {c.get('what')} | {chosen} | {c.get('split')} | {among} | {c.get('metric')} |")
+    notes = [f"- {c['what']}: {c['note']}" for c in selection if c.get("note")]
+    return [*lines, *([""] + notes if notes else [])]
+
+
 def _recipes_lines(q: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
     """The value models trained (their overrides of `train`), the seed spread of `learned`, and the
     error-detection diagnosis."""
@@ -133,22 +157,26 @@ def _recipes_lines(q: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
     lines = [
         "### Value models: recipes, seeds and the oracle",
         "",
-        "| estimator | recipe (overrides of `train`) | Spearman [95% CI] | share of ceiling |",
-        "|---|---|---|---|",
+        "`learned` is the recipe with the best validation Spearman (chosen before the test labels are read); the "
+        "test figures are of that choice.",
+        "",
+        "| estimator | recipe (overrides of `train`) | validation Spearman | test Spearman [95% CI] | share of ceiling |",
+        "|---|---|---|---|---|",
     ]
     recipes = q.get("value_models") or {}
+    chose = next((c for c in metrics.get("selection") or [] if str(c.get("what", "")).startswith("learned")), {})
     for i, (name, over) in enumerate(recipes.items()):
         key = "learned" if i == 0 else f"learned_{name}"
         sp = ests.get(key, {}).get("spearman", {})
         recipe = ", ".join(f"{k}={v}" for k, v in over.items()) or "train as configured"
         share = sp.get("value") / ceiling if (sp.get("value") is not None and ceiling) else None
-        lines.append(f"| {key} ({name}) | {recipe} | {correlation_cell(sp, 2)} | {fixed(share, 3)} |")
+        val = fixed((chose.get("candidates") or {}).get(name))
+        lines.append(f"| {key} ({name}) | {recipe} | {val} | {correlation_cell(sp, 2)} | {fixed(share, 3)} |")
     if "step_oracle" in ests:
         sp = ests["step_oracle"]["spearman"]
         share = sp.get("value") / ceiling if (sp.get("value") is not None and ceiling) else None
-        lines.append(
-            f"| step_oracle | exact facts: wrong step written × steps left | {correlation_cell(sp, 2)} | {fixed(share, 3)} |"
-        )
+        what = ests["step_oracle"].get("description") or "exact facts: wrong step written × steps left"
+        lines.append(f"| step_oracle | {what} | n/a | {correlation_cell(sp, 2)} | {fixed(share, 3)} |")
     seeds = q.get("seeds") or {}
     if seeds:
         per = ", ".join(f"{fixed(v)}" for v in seeds["spearman_per_seed"].values())

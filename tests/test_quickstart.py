@@ -319,7 +319,9 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     q = m["quickstart"]
     # issue 28: `learned` is chosen on the validation labels, among both value models, before the test labels
     pick = m["selection"][0]
-    assert pick["split"] == "validation" and pick["n_candidates"] == 2 and set(pick["candidates"]) == {"implicit", "head"}
+    assert (
+        pick["split"] == "validation" and pick["n_candidates"] == 2 and set(pick["candidates"]) == {"implicit", "head"}
+    )
     chosen, other = pick["chosen"], ({"implicit", "head"} - {pick["chosen"]}).pop()
     assert pick["candidates"][chosen] >= pick["candidates"][other]
     assert list(q["value_models"]) == [chosen, other]

@@ -201,7 +201,16 @@ def _oracle_spearman(run: Path, source: Path, record: Any) -> float | None:
 
 
 def run_policy(run: Path) -> str:
-    return json.loads((run / "metrics.json").read_text())["policy"]
+    """The policy that wrote and labelled RUN's traces (its test labels' run record)."""
+    return json.loads((run / "labels" / "run.json").read_text())["model"]
+
+
+def train_prompts(source: Path, record: Any) -> int:
+    """How many distinct prompts of `source` lie on the train side of `record` (the quickstart's budget)."""
+    from prefixvalue.data import load_traces
+    from prefixvalue.data.split import normalise_prompt
+
+    return len({normalise_prompt(t) for t in load_traces(source)["prompt"] if record.side(t) == "train"})
 
 
 def train_job(job: dict[str, Any], reuse: bool = False) -> tuple[str, float | None]:
@@ -434,7 +443,7 @@ def _plot(summary: list[dict[str, Any]], oracle: float | None, path: Path) -> No
     ax.set_xscale("log")
     ax.set_xlabel("sampled tokens (collect + label)")
     ax.set_ylabel("share of the MC noise ceiling (Spearman, held-out)")
-    ax.set_title("Value-learning frontier (mean over seeds, 95% CI across seeds)")
+    ax.set_title("Value-learning frontier (test; mean over seeds, 95% CI across seeds)")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -458,7 +467,11 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any], selection: dic
         lines.append(
             f"| {s['recipe']} | {s['budget_prompts'] or 'all'} | {s['sampled_tokens']:,} | "
             f"{s['validation_spearman_mean']:.3f} | {s['share_mean']:.3f} | "
-            f"[{s['share_ci'][0]:.3f}, {s['share_ci'][1]:.3f}] | {s['spearman_sd']:.3f} |"
+            + (
+                f"[{s['share_ci'][0]:.3f}, {s['share_ci'][1]:.3f}] | {s['spearman_sd']:.3f} |"
+                if s["seeds"] > 1
+                else "n/a (one seed) | n/a |"
+            )
         )
     if selection:
         ra = selection["rank_agreement"]
@@ -507,10 +520,8 @@ def main(argv: list[str]) -> int:
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         raise SystemExit(f"frontier: unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
-    metrics = json.loads((run / "metrics.json").read_text())
-    ceiling = float(metrics["mc"]["noise_ceiling"]["spearman"])
     record_ = run_split(run)
-    quickstart_budget = int(metrics["quickstart"]["train_prompts"])
+    quickstart_budget = train_prompts(run / "traces", record_)
     work = run / "frontier"
     work.mkdir(parents=True, exist_ok=True)
     source = Path(opts["traces"]) if opts["traces"] else run / "traces"
@@ -562,6 +573,8 @@ def main(argv: list[str]) -> int:
             with log.open("a") as f:
                 f.write(json.dumps(r) + "\n")
             rows.append(r)
+    # the test noise ceiling of the quickstart's report (read after training: the sweep may start before it ends)
+    ceiling = float(json.loads((run / "metrics.json").read_text())["mc"]["noise_ceiling"]["spearman"])
     summary = _summarise(rows, ceiling)
     complete = {s["recipe"] for s in summary if s["budget_prompts"] == quickstart_budget}
     selection = protocol(rows, summary, work, quickstart_budget, ceiling) if len(complete) >= 2 else None

@@ -213,8 +213,8 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     val_rows, _, _, n_val_prompts = heldout_selection(traces, *split, cfg.train.validation_fraction, "validation")
     if not held_rows or not val_rows:
         raise ConfigError("quickstart: no held-out or no validation prompts; raise num_prompts or the fractions")
-    for rows, folder in ((held_rows, held_dir), (short_rows, short_dir), (val_rows, val_dir)):
-        save_subset(traces, rows, folder)
+    for rows, subset in ((held_rows, held_dir), (short_rows, short_dir), (val_rows, val_dir)):
+        save_subset(traces, rows, subset)
     with timed(seconds, "label"):
         label.run(cfg.label_config(traces=str(held_dir), out=str(labels_dir)))
     with timed(seconds, "label validation"):

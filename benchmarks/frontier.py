@@ -46,7 +46,8 @@ OUT = Path(__file__).resolve().parent / "frontier"
 #: settings of `_score` (LoRA on all linear layers, margin 0, batch 32, `steps` steps)
 RECIPES: dict[str, tuple[str, dict[str, Any], bool]] = {
     "implicit": (
-        "IPVRM as in the paper (LoRA r8, β 10, length-normalised v̄ = V/p), outcomes",
+        "IPVRM as the quickstart trains it: the paper's formulation (LoRA r8, β 10, length-normalised v̄ = V/p) with "
+        "margin 0, not the paper's default 5; outcomes",
         {"value_model.kind": "implicit", "lr": 1e-2},
         False,
     ),
@@ -454,7 +455,7 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any], selection: dic
     """The frontier table (what the quickstart report embeds)."""
     lines = [
         f"Spearman with MC as a share of the test noise ceiling ({meta['noise_ceiling']:.3f}), mean over "
-        f"{meta['seeds']} training seeds with a 95% t-interval across seeds; {meta['steps']} optimizer steps of 32 "
+        f"{meta['seeds']} training seed(s) with a 95% t-interval across seeds; {meta['steps']} optimizer steps of 32 "
         f"traces per run; budget = sampled tokens (collect + label). Validation: the mean Spearman on the validation "
         f"labels ({meta['validation_prefixes']} prefixes of validation prompts, labelled like the test ones), where "
         f"the recipe is chosen; test: the held-out labels, read for the figures. Measured {meta['measured_at']} by "
@@ -499,8 +500,8 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any], selection: dic
     if meta.get("oracle_share") is not None:
         lines += [
             "",
-            f"Step-label oracle (exact facts: wrong step written × steps left, fit on every training prompt of the "
-            f"largest budget): test Spearman {meta['oracle_spearman']:.3f}, share {meta['oracle_share']:.3f}.",
+            f"Step-label oracle (exact facts: wrong step written × steps the prompt still asks for, fit on the train "
+            f"side of the traces): test Spearman {meta['oracle_spearman']:.3f}, share {meta['oracle_share']:.3f}.",
         ]
     lines += ["", "Recipes:", ""] + [f"- `{k}`: {RECIPES[k][0]}" for k in meta["recipes"]]
     return "\n".join(lines) + "\n"

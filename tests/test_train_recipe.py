@@ -229,8 +229,10 @@ def test_learns_on_the_shipped_policy_traces(tmp_path):
             "checkpoint_every=0",
             "threads=1",
             "value_model.kind=head",
+            "validation_fraction=0.25",  # the monitor reads validation prompts: about 100, as many as held out
         ]
     )
+    assert result["monitor_split"] == "validation" and result["monitor_traces"] > 600, result
     assert result["brier_all"] < result["brier_base_rate_all"], result
     # it ranks prompts by how hard they are for the policy (the value before any token). The value after the
     # last token needs the arithmetic checked, and at 150 steps its AUROC depends on which traces were sampled

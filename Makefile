@@ -59,7 +59,8 @@ bench: install
 	@echo "figures in benchmarks/results.json"
 
 # 8000 prompts collected like the quickstart's 2000 (same policy, split, sampling), then 8 recipes x 3 budgets x 3
-# seeds scored on the quickstart's held-out MC labels (about an hour on 2 CPU cores; an interrupted sweep resumes)
+# seeds scored on the quickstart's validation MC labels (where the recipe is chosen) and its held-out test labels (the
+# figures); about 2 hours on 2 CPU cores, an interrupted sweep resumes. `budgets=quickstart` alone is the choice.
 frontier: install
 	$(VENV)/bin/prefixvalue collect model=data/policies/arith-tiny task=arith split=test \
 		num_prompts=8000 traces_per_prompt=8 max_new_tokens=64 temperature=1.0 seed=0 out=$(FRONTIER_TRACES)

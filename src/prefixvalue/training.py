@@ -447,8 +447,10 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
     split_record = SplitRecord.from_prompts(
         train_ds["prompt"], cfg.heldout_fraction, cfg.split_seed, val_ds["prompt"], cfg.validation_fraction
     )
-    # the monitor reads validation traces; only a split without a validation side falls back to held-out ones
-    monitor_side, monitor_ds = ("validation", val_ds) if cfg.validation_fraction > 0 else ("test", held_ds)
+    # the monitor reads validation traces; only a split without validation prompts falls back to held-out ones
+    monitor_side, monitor_ds = ("validation", val_ds) if len(val_ds) else ("test", held_ds)
+    if is_main and cfg.validation_fraction > 0 and not len(val_ds):
+        print(f"no validation prompt at validation_fraction={cfg.validation_fraction}: the monitor reads held-out ones")
     if cfg.labels_only:  # only labelled traces carry a loss term: keep the batches full of them
         train_ds = train_ds.filter(lambda r: any(v is not None and v == v for v in r["prefix_targets"] or []))
         if len(train_ds) == 0:

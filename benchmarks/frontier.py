@@ -107,6 +107,12 @@ def _args(argv: list[str]) -> dict[str, str]:
     return opts
 
 
+def work_folder(run: Path) -> Path:
+    """Where the sweep trains and logs (RUN_frontier beside the quickstart's run folder, never inside it: that
+    folder is the quickstart's own, and a rerun of the quickstart refuses what it did not write)."""
+    return run.with_name(f"{run.name}_frontier")
+
+
 def run_split(run: Path) -> Any:
     """The split of RUN's labels (their split.json): the test labels (RUN/labels, prompts=heldout) and the
     validation labels (RUN/labels_validation, prompts=validation) must record one split, or the frontier stops."""
@@ -523,7 +529,7 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"frontier: unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
     record_ = run_split(run)
     quickstart_budget = train_prompts(run / "traces", record_)
-    work = run / "frontier"
+    work = work_folder(run)
     work.mkdir(parents=True, exist_ok=True)
     source = Path(opts["traces"]) if opts["traces"] else run / "traces"
     oracle = _oracle_spearman(run, source, record_)
@@ -558,7 +564,7 @@ def main(argv: list[str]) -> int:
                 )
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     print(f"frontier: {len(jobs)} training runs on {opts['workers']} workers", flush=True)
-    # finished runs are kept in RUN/frontier/runs.jsonl: an interrupted sweep resumes where it stopped
+    # finished runs are kept in RUN_frontier/runs.jsonl: an interrupted sweep resumes where it stopped
     log = work / "runs.jsonl"
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     key = lambda r: (r["recipe"], r["budget"], r["seed"], r["tokens"], r["steps"])  # noqa: E731

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from frontier import OUT, _subset, run_split, score_sides, split_args, train_job
+from frontier import OUT, _subset, run_split, score_sides, split_args, train_job, work_folder
 
 from prefixvalue.evaluation.selection import choose
 
@@ -112,7 +112,7 @@ def main(argv: list[str]) -> int:
     budget, steps = int(opts["budget"]), int(opts["steps"])
     metrics = json.loads((run / "metrics.json").read_text())
     ceiling = float(metrics["mc"]["noise_ceiling"]["spearman"])
-    work = run / "frontier"
+    work = work_folder(run)
     record_ = run_split(run)
     source = Path(opts["traces"]) if opts["traces"] else run / "traces"
     jobs = []
@@ -138,7 +138,7 @@ def main(argv: list[str]) -> int:
                 }
             )
     print(f"ipvrm_diagnosis: {len(jobs)} runs", flush=True)
-    # every scored run is kept in RUN/frontier/ipvrm_runs.jsonl; the table covers all rows run so far
+    # every scored run is kept in RUN_frontier/ipvrm_runs.jsonl; the table covers all rows run so far
     log = work / "ipvrm_runs.jsonl"
     with ProcessPoolExecutor(max_workers=int(opts["workers"])) as pool:
         for r in pool.map(_run, jobs):

@@ -109,6 +109,7 @@ def _train(toy, out, **kw) -> dict:
         "value_model.kind": "head",
         "value_model.backbone": "frozen",
         "heldout_fraction": 0.0,  # two prompts only: every trace trains
+        "validation_fraction": 0.0,
         "per_device_batch_size": 64,
         "max_steps": 600,
         "lr": 0.1,

@@ -433,7 +433,9 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
         traces = attach_prefix_labels(traces, load_labels(cfg.labels))
     if cfg.max_length:
         n_before = len(traces)
-        traces = traces.filter(lambda r: len(r["prompt_ids"]) + len(r["completion_ids"]) <= cfg.max_length)
+        traces = traces.filter(
+            lambda r: len(r["prompt_ids"]) + len(r["completion_ids"]) <= cfg.max_length, keep_in_memory=True
+        )
         if is_main and len(traces) < n_before:
             print(f"dropped {n_before - len(traces)} traces longer than max_length={cfg.max_length}")
     policy, load = traces_policy(
@@ -452,7 +454,9 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
     if is_main and cfg.validation_fraction > 0 and not len(val_ds):
         print(f"no validation prompt at validation_fraction={cfg.validation_fraction}: the monitor reads held-out ones")
     if cfg.labels_only:  # only labelled traces carry a loss term: keep the batches full of them
-        train_ds = train_ds.filter(lambda r: any(v is not None and v == v for v in r["prefix_targets"] or []))
+        train_ds = train_ds.filter(
+            lambda r: any(v is not None and v == v for v in r["prefix_targets"] or []), keep_in_memory=True
+        )
         if len(train_ds) == 0:
             raise ConfigError("labels_only=true but no training trace has an MC label (label with prompts=train)")
     signal = build_signal(cfg.signal, td_lambda=cfg.td_lambda)

@@ -136,7 +136,7 @@ def attach_prefix_labels(traces: datasets.Dataset, labels: datasets.Dataset) -> 
 
     features = traces.features.copy()
     features[PREFIX_TARGETS] = datasets.List(datasets.Value("float32"))
-    return traces.map(add, features=features)
+    return traces.map(add, features=features, keep_in_memory=True)  # never a cache file in the traces folder
 
 
 class ResumableSampler(torch.utils.data.Sampler[int]):

@@ -77,6 +77,9 @@ def attach_sibling_targets(ds: datasets.Dataset) -> tuple[datasets.Dataset, dict
     ]
     if PREFIX_TARGETS in ds.column_names:
         ds = ds.remove_columns(PREFIX_TARGETS)
+    # in memory: a selection of a traces folder would otherwise write its flattened copy into that folder (a cache
+    # file the folder's run did not write, which a rerun of the collect refuses)
+    ds = ds.flatten_indices(keep_in_memory=True)
     ds = ds.add_column(PREFIX_TARGETS, merged, feature=datasets.List(datasets.Value("float32")))
     return ds, counts_summary(counts)
 

@@ -372,7 +372,12 @@ def _load_preds(rows: list[dict[str, Any]], work: Path, budget: int) -> dict[str
 
 
 def protocol(
-    rows: list[dict[str, Any]], summary: list[dict[str, Any]], work: Path, budget: int, ceiling: float
+    rows: list[dict[str, Any]],
+    summary: list[dict[str, Any]],
+    work: Path,
+    budget: int,
+    ceiling: float,
+    n_boot: int = 1000,
 ) -> dict:
     """The choice at `budget` on validation and what it cost: the chosen recipe (`selection.choose` on the mean
     validation Spearman over seeds), its test figure, the best test figure (what choosing on test would report),
@@ -402,7 +407,7 @@ def protocol(
 
     everything = np.arange(len(y))
     agree = agreement(everything)
-    agree_ci, agree_note = cluster_bootstrap(agreement, groups, n_boot=1000, seed=0, unit="prompt")
+    agree_ci, agree_note = cluster_bootstrap(agreement, groups, n_boot=n_boot, seed=0, unit="prompt")
     yt, gt = preds["test"]["_mc"], preds["test"]["_groups"]
     paired = {}
     for r in recipes:
@@ -413,7 +418,7 @@ def protocol(
             mean = lambda name: np.mean([_rho(s[idx], yt[idx]) for s in preds["test"][name]])  # noqa: E731
             return float(mean(r) - mean(pick.chosen))
 
-        ci, note = cluster_bootstrap(diff, gt, n_boot=1000, seed=0, unit="prompt")
+        ci, note = cluster_bootstrap(diff, gt, n_boot=n_boot, seed=0, unit="prompt")
         paired[r] = {"value": diff(np.arange(len(yt))), "ci": ci, **({"note": note} if note else {})}
     chosen_share, best_share = test[pick.chosen] / ceiling, test[best_test] / ceiling
     return {

@@ -136,7 +136,7 @@ def test_frontier_chooses_on_validation_and_measures_the_selection_effect(tmp_pa
                 | {"spearman": rho["test"], "spearman_validation": rho["validation"]}
             )
     summary = frontier._summarise(rows, 0.9)
-    sel = frontier.protocol(rows, summary, tmp_path, 100, 0.9)
+    sel = frontier.protocol(rows, summary, tmp_path, 100, 0.9, n_boot=100)
     assert sel["split"] == "validation" and sel["chosen"] == "a" and sel["best_on_test"] == "b"
     assert sel["selection_effect_share"] > 0 and sel["n_candidates"] == 3
     assert sel["paired_vs_chosen_test"]["b"]["value"] > 0 and set(sel["paired_vs_chosen_test"]) == {"b", "c"}

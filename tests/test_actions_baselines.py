@@ -121,6 +121,7 @@ def test_bootstrap_resamples_prompts_not_states():
         score_actions(state, np.arange(len(mc)), mc, n, k, {"e": est}, n_boot=0)
 
 
+@pytest.mark.slow  # the study end to end (about 5 s); the scoring, shuffle and bootstrap have fast tests above
 def test_study_writes_the_baselines(tmp_path, tiny_model_dir):
     """The command end to end on a tiny random policy: shuffled actions in the table, the baselines and the
     prompt bootstrap in metrics.json and report.md."""

@@ -133,8 +133,9 @@ def selection_lines(selection: list[dict[str, Any]]) -> list[str]:
     lines = [
         "### What was chosen where",
         "",
-        "Every choice is made on the validation split (prompts neither trained on nor reported); the test labels "
-        "are read once, for the figures above.",
+        "Every choice a reported figure rests on is made on the validation split (prompts neither trained on nor "
+        "reported); the test labels are read once, for the figures above. The forking tokens are the one selection "
+        "made on test labels, which is why only their re-test on fresh samples is reported as a finding.",
         "",
         "| choice | chosen | on | among | by |",
         "|---|---|---|---|---|",

@@ -99,14 +99,8 @@ def split_three(
 
 
 def heldout_flags(ds: datasets.Dataset, heldout_fraction: float, seed: int = 0) -> list[bool]:
-    """`is_heldout` of every row's ``prompt`` column (the text), each distinct text hashed once."""
-    cache: dict[str, bool] = {}
-    flags = []
-    for text in ds["prompt"]:
-        if text not in cache:
-            cache[text] = is_heldout(text, heldout_fraction, seed)
-        flags.append(cache[text])
-    return flags
+    """`is_heldout` of every row's ``prompt`` column (the test side of `split_sides`)."""
+    return [side == "test" for side in split_sides(ds, heldout_fraction, 0.0, seed)]
 
 
 def split_by_prompt(

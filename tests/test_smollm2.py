@@ -25,6 +25,14 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM = "Answer in one short sentence."
+TASK = [
+    "task=jsonl",
+    f"task_args.path={REPO / 'data' / 'word_problems' / 'word_problems.jsonl'}",
+    "task_args.prompt_field=question",
+    "task_args.id_field=id",
+    "task_args.verifier=last_number",
+    "task_args.steps=sentence",
+]
 
 
 def smollm2_gguf() -> Path:
@@ -40,15 +48,7 @@ def smollm2_gguf() -> Path:
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smollm2")
     gguf = smollm2_gguf()
-    problems = REPO / "data" / "word_problems" / "word_problems.jsonl"
-    task = [
-        "task=jsonl",
-        f"task_args.path={problems}",
-        "task_args.prompt_field=question",
-        "task_args.id_field=id",
-        "task_args.verifier=last_number",
-        "task_args.steps=sentence",
-    ]
+    task = TASK
     assert (
         cli.main(
             ["collect", *task, f"model={gguf}", f"system_prompt={SYSTEM}", "num_prompts=10", "traces_per_prompt=2"]
@@ -151,3 +151,29 @@ def test_heldout_split_respected(run_dir):
     assert pred and all(record.is_heldout(prompts[p["prompt_id"]]) for p in pred)
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert metrics["split"]["includes_training_prompts"] is False
+
+
+def test_steer_with_its_own_value_checkpoint(run_dir):
+    """The real model steered by its own value head (`prefixvalue steer`, as `make smollm2` runs it): the held-out
+    word problems of the checkpoint's split only, SMC grown sentence by sentence, every method scored."""
+    out = run_dir / "steer"
+    argv = ["steer", *TASK, f"policy={smollm2_gguf()}", f"system_prompt={SYSTEM}", "prompt_split=train"]
+    argv += [f"checkpoints=[{run_dir / 'train' / 'final'}]", "num_prompts=10", "max_new_tokens=24", "budgets=[1,2]"]
+    argv += ["replicates=1", "mc_samples=1", "n_bootstrap=10", "report_to=none", f"out={out}"]
+    assert cli.main(argv) == 0
+    steer = json.loads((out / "steer.json").read_text())
+    record = SplitRecord.load(run_dir / "train" / "final")
+    assert steer["prompts"]["used"] >= 1 and steer["chunking"]["stops"][0] == ". "
+    texts = {
+        json.loads(line)["id"]: json.loads(line)["question"]
+        for line in (REPO / "data" / "word_problems" / "word_problems.jsonl").read_text().splitlines()
+    }
+    used = {
+        json.loads(line)["prompt_id"]
+        for line in (out / "records.jsonl").read_text().splitlines()
+        if "prompt_id" in line
+    }
+    assert used and all(record.side(texts[p]) == "test" for p in used)
+    for method in ("sample", "majority", "best_of_n/train", "smc/train", "smc/mellowmax", "smc/mc", "beam/train"):
+        assert method in steer["accuracy"], method
+    assert steer["accuracy"]["smc/train"]["2"]["tokens_per_prompt"] > 0

@@ -10,6 +10,7 @@
     prefixvalue distance traces=runs/quickstart/traces labels=runs/quickstart/labels out=runs/distance
     prefixvalue actions  policy=data/policies/arith-tiny checkpoints=[runs/quickstart/train_head/final] out=runs/actions
     prefixvalue advantages traces=runs/quickstart/heldout_traces checkpoints=[runs/quickstart/train_implicit/final] out=runs/advantages
+    prefixvalue steer    policy=data/policies/arith-tiny checkpoints=[runs/quickstart/train_head-pf-siblings/final] out=runs/steer
     accelerate launch -m prefixvalue.cli COMMAND ...      # several processes
 
 Each sub-command takes ``--config FILE.yaml`` and ``key=value`` overrides; ``--help`` lists options.
@@ -31,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "distance": "prefixvalue.studies.distance",
     "actions": "prefixvalue.studies.actions",
     "advantages": "prefixvalue.studies.advantages",
+    "steer": "prefixvalue.studies.steer",
     "export": "prefixvalue.tools.export",
     "import": "prefixvalue.tools.import_rollouts",
     "export-model": "prefixvalue.tools.export_model",

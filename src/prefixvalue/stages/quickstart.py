@@ -33,6 +33,7 @@ from ..loading import ModelLoadConfig
 from ..nesting import check_nested, nested
 from ..processes import run_jobs
 from ..studies import actions, advantages
+from ..studies import steer as steer_study
 from ..studies.alternatives import SET_BY_ALTERNATIVES, run_alternatives
 from ..tracking import WANDB_GROUP_FILE, build_logger, timed, with_wandb_group
 from ..value import VALUE_MODELS
@@ -52,11 +53,12 @@ SETS: dict[str, dict[str, str]] = {
     | {"traces": "OUT/heldout_traces", "labels": "OUT/labels", "policy": "policy", "split": "validation, then test"}
     | {"validation_traces": "OUT/validation_traces"},
     **SET_BY_ALTERNATIVES,
+    "steering": steer_study.SET_BY_QUICKSTART,
 }
 #: the folders of held-out (test), short-prefix and validation traces, and the validation labels
 SUBFOLDERS = ("heldout_traces", "short_traces", "validation_traces", "labels_validation")
 #: what a quickstart writes into OUT (its run folder, `prefixvalue.runfolder`): each stage's folder and the report
-OUTPUTS = (*FOLDER_OUTPUTS, WANDB_GROUP_FILE, "*traces", "labels*", "train_*", "actions", "advantages")
+OUTPUTS = (*FOLDER_OUTPUTS, WANDB_GROUP_FILE, "*traces", "labels*", "train_*", "actions", "advantages", "steer")
 
 
 @dataclass
@@ -92,6 +94,12 @@ class QuickstartConfig(ModelLoadConfig):
     alternatives: bool = field(False, help="also run `actions` and `advantages` on the trained models (adds minutes)")
     actions: actions.ActionsConfig = nested(actions.ActionsConfig, "alternatives=true: actions", SETS["actions"])
     advantages: advantages.AdvantagesConfig = nested(advantages.AdvantagesConfig, "advantages", SETS["advantages"])
+    steer: bool = field(
+        False, help="also run `prefixvalue steer` (value-guided sampling) with the trained models (about 11 minutes)"
+    )
+    steering: steer_study.SteerConfig = nested(
+        steer_study.SteerConfig, "steer=true: value-guided sampling", SETS["steering"], max_prompts=100, replicates=1
+    )
 
     def __post_init__(self) -> None:
         if not self.policy:
@@ -266,6 +274,12 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
         selection = selection_section([pick, *loop_choices(result.metrics, cfg.frontier_table, len(forks))])
     alt = (cfg.actions, cfg.advantages, str(cfg.policy), [ckpts[n, 0] for n in names], held_dir, labels_dir, out)
     alt_metrics, alt_sections = run_alternatives(*alt, cfg.load_fields(), seconds) if cfg.alternatives else ({}, [])
+    if cfg.steer:
+        with timed(seconds, "steer"):
+            steered, section = steer_study.quickstart_steer(
+                cfg.steering, str(cfg.policy), [ckpts[n, 0] for n in names], cfg.collect, out, cfg.load_fields()
+            )
+        alt_metrics, alt_sections = {**alt_metrics, "steer": steered}, [*alt_sections, section]
     q.update(seconds={**seconds, "total": round(time.perf_counter() - t0, 1)}, fresh_run=fresh)
     add = {"policy": cfg.policy, "checkpoint": ckpts[names[0], 0], "traces_finish": traces_finish_summary(traces)}
     add["selection"] = selection

@@ -201,6 +201,9 @@ class ArithTask(Task):
             spans.append((start, len(completion)))
         return spans
 
+    def step_stops(self) -> tuple[str, ...]:
+        return (";",)
+
     def step_labels(self, prompt: Prompt, completion: str) -> list[bool]:
         nums, ops = self.parse_prompt(prompt.text)
         labels: list[bool] = []

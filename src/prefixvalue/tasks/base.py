@@ -67,6 +67,11 @@ class Task(abc.ABC):
             spans.append((start, len(completion)))
         return spans
 
+    def step_stops(self) -> tuple[str, ...] | None:
+        """Strings that end a step of `split_steps` (generation stops there to steer step by step); None when
+        steps have no such string. Default: a newline, as the default one-step-per-line split."""
+        return ("\n",)
+
     def verify_with_limit(self, prompt: Prompt, completion: str, timeout_s: float | None) -> VerifierResult | None:
         """Score `completion` under a time limit this task enforces itself (e.g. in a worker process it can
         kill), or None when it cannot: `safe_verify` then runs `verify` in a thread it abandons on time-out."""

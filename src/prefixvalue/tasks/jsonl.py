@@ -34,7 +34,7 @@ from ..jsonlines import jsonl_records, short_text
 from . import verifiers as verifier_registry
 from .base import Prompt, Task, VerifierResult, safe_verify
 from .isolated import VerifierPool
-from .steps import StepSplitter, StepSplitterError, parse_splitter, separator_splitter
+from .steps import StepSplitter, StepSplitterError, parse_splitter, separator_splitter, splitter_stops
 
 
 class JsonlFormatError(ConfigError):
@@ -318,6 +318,10 @@ class JsonlTask(Task):
     def split_steps(self, completion: str) -> list[tuple[int, int]]:
         """Character spans [start, end) of the steps of `completion`, by the config's `steps` splitter."""
         return self.splitter(completion)
+
+    def step_stops(self) -> tuple[str, ...] | None:
+        """The stop strings of the `steps` splitter (`prefixvalue.tasks.steps.splitter_stops`)."""
+        return splitter_stops(self.splitter)
 
 
 class _Unsafe(Task):

@@ -256,6 +256,25 @@ def parse_splitter(spec: str | StepSplitter) -> StepSplitter:
     return StepSplitter(name, SPLITTERS[name](None))
 
 
+#: strings that end a step of each splitter, for generation that stops at step boundaries (value-guided
+#: sampling); ``regex`` has none (a pattern is not a stop string)
+_STOPS: dict[str, tuple[str, ...]] = {
+    "newline": ("\n",),
+    "blank_line": ("\n\n",),
+    "sentence": (". ", "! ", "? ", ".\n", "!\n", "?\n", "\n"),
+    "markers": ("\n",),
+}
+
+
+def splitter_stops(spec: str | StepSplitter) -> tuple[str, ...] | None:
+    """Stop strings at which a step of splitter `spec` ends (``separator:TEXT``: TEXT); None for ``regex``."""
+    text = spec.spec if isinstance(spec, StepSplitter) else str(spec)
+    name, _, arg = text.partition(":")
+    if name == "separator":
+        return (unescape(arg),) if arg else None
+    return _STOPS.get(name.strip().lower())
+
+
 # -- how many steps the completions have -------------------------------------------------------------------
 def step_count_summary(step_spans: Sequence[Sequence[Any] | None]) -> dict[str, Any]:
     """Step counts over completions, from each completion's step spans (None: no steps).
@@ -309,5 +328,6 @@ __all__ = [
     "split_markers",
     "split_paragraphs",
     "split_sentences",
+    "splitter_stops",
     "step_count_summary",
 ]

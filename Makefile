@@ -85,7 +85,8 @@ install-smollm2: $(SMOLLM2_STAMP)
 
 # the whole loop on a real model, about 15 minutes on 2 CPU cores: 64 word problems x 8 traces through the chat
 # template, MC labels at sentence boundaries of 24 held-out traces, a value head trained 60 steps, the evaluation,
-# then value-guided sampling on the held-out problems with that head as the twist (runs/smollm2/steer)
+# then value-guided sampling on the 16 held-out problems with that head as the twist, particles grown 8 tokens at
+# a time (most answers are one sentence, one step) (runs/smollm2/steer)
 smollm2: install-smollm2
 	$(VENV)/bin/prefixvalue collect $(WORD_PROBLEMS) model=$(SMOLLM2_GGUF) system_prompt="Answer in one short sentence." \
 		num_prompts=64 traces_per_prompt=8 max_new_tokens=48 temperature=1.0 seed=0 out=$(SMOLLM2_OUT)/traces
@@ -96,8 +97,8 @@ smollm2: install-smollm2
 	$(VENV)/bin/prefixvalue evaluate checkpoint=$(SMOLLM2_OUT)/train/final traces=$(SMOLLM2_OUT)/traces \
 		labels=$(SMOLLM2_OUT)/labels out=$(SMOLLM2_OUT)/eval
 	$(VENV)/bin/prefixvalue steer $(WORD_PROBLEMS) policy=$(SMOLLM2_GGUF) system_prompt="Answer in one short sentence." \
-		checkpoints=[$(SMOLLM2_OUT)/train/final] prompt_split=train num_prompts=64 max_new_tokens=48 \
-		budgets=[1,2,4] replicates=2 mc_samples=2 chunk_prompts=8 out=$(SMOLLM2_OUT)/steer
+		checkpoints=[$(SMOLLM2_OUT)/train/final] prompt_split=train num_prompts=64 max_new_tokens=48 every=8 \
+		budgets=[1,2,4] replicates=1 mc_samples=1 chunk_prompts=8 out=$(SMOLLM2_OUT)/steer
 
 # genlm-control (its SMC with a value checkpoint as the critic, prefixvalue.steering.genlm) in its own environment:
 # it brings numba, pandas, nltk, ... that the package does not need

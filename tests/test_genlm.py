@@ -121,3 +121,24 @@ def test_a_tokenizer_that_is_not_char_level_is_refused():
 
     with pytest.raises(ValueError, match="byte encoding of the tokens of 'words' is unknown"):
         adapter._char_decode_vocab(WordTokenizer())
+
+
+def test_steer_swaps_in_genlm_as_the_smc_engine(tmp_path, head_checkpoint):
+    """``prefixvalue steer methods=[smc,smc-genlm]``: genlm-control's SMC with the checkpoint as the critic runs on
+    the same prompts and budget as the toolkit's own, its drawn tokens counted, and a rerun repeats it exactly."""
+    import json
+
+    from prefixvalue.cli import main
+
+    args = [f"policy={POLICY}", f"checkpoints=[{head_checkpoint}]", "max_prompts=2", "budgets=[1,2]"]
+    args += ["replicates=1", "mc_samples=0", "soft_value=false", "methods=[smc,smc-genlm]", "report_to=none"]
+    args += ["n_bootstrap=10", "threads=1"]
+    runs = []
+    for name in ("a", "b"):
+        assert main(["steer", *args, f"out={tmp_path / name}"]) == 0
+        runs.append(json.loads((tmp_path / name / "steer.json").read_text()))
+    table = runs[0]["accuracy"]
+    genlm_row = table["smc-genlm/head"]["2"]
+    assert genlm_row["tokens_per_prompt"] > 0 and genlm_row["prompts"] == 2
+    assert any(p["a"] == "smc-genlm/head" and p["b"] == "smc/head" for p in runs[0]["paired"])
+    assert runs[1]["accuracy"] == table

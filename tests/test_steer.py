@@ -278,3 +278,15 @@ def test_step_stops_end_each_task_step():
     arith = build_task("arith")
     ends = [e for _, e in arith.split_steps(text)]
     assert all(text[e - 1] == ";" for e in ends[:-1])  # each step but the last ends in the stop string
+
+
+def test_steer_refuses_the_genlm_engine_without_genlm(tmp_path, head_checkpoint, capsys):
+    import importlib.util
+
+    from prefixvalue.cli import main
+
+    if importlib.util.find_spec("genlm") is not None:
+        pytest.skip("genlm-control is installed here (tests/test_genlm.py runs the engine)")
+    assert main(["steer", *_steer_args(tmp_path / "out", head_checkpoint, methods="[smc-genlm]")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "make install-genlm" in err[0]

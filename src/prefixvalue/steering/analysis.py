@@ -138,6 +138,7 @@ def comparisons(
                 (f"smc/{t}", f"weighted_vote/{t}"),
                 (f"smc/{t}", PLAIN),
                 (f"beam/{t}", "majority"),
+                (f"smc-genlm/{t}", f"smc/{t}"),
             ):
                 p = paired(cells, a, b, n, n_boot, seed)
                 if p is not None:
@@ -218,6 +219,9 @@ def plot(table: dict[str, dict[str, dict[str, Any]]], path: Path, reference: str
         if method == PLAIN:
             ax.scatter(xs, ys, color="black", zorder=5, label="one sample")
             continue
+        if method == "pass@n":  # the verifier's ceiling of any reranker of the N samples, not a method
+            ax.plot(xs, ys, ":", color="grey", label="pass@N (verifier ceiling)")
+            continue
         style = "--" if reference and method == f"smc/{reference}" else "-"
         ax.plot(xs, ys, style, marker="o", ms=3, label=method)
     ax.set_xscale("log", base=2)
@@ -257,7 +261,9 @@ def render_report(steer: dict[str, Any]) -> str:
     lines += [
         "",
         "Each cell: accuracy [CI] · generated tokens per prompt as a multiple of one sample's. "
-        "The Monte Carlo twist's own continuations are not in that multiple; they are below.",
+        "The Monte Carlo twist's own continuations are not in that multiple; they are below. `pass@n`: one of the N "
+        "samples is correct (it reads the verifier: the ceiling of majority, best-of-N and the weighted votes, not "
+        "a method).",
         "",
     ]
     mc = [(m, n, r) for m, rows in table.items() for n, r in rows.items() if r["twist_tokens_per_prompt"]]

@@ -19,6 +19,7 @@ particles target π(y)·P̂(y).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +31,9 @@ from genlm.backend.llm import base as _genlm_lm_base
 from genlm.backend.tokenization.bytes import ByteVocabError
 from genlm.backend.tokenization.token import Token
 from genlm.control import Potential, PromptedLLM
+from genlm.control.sampler.token import DirectTokenSampler
 
+from ..sampling.noise import row_seed
 from ..value import ValueModel, load_value_model
 from .twists import PSI_FLOOR
 
@@ -141,4 +144,48 @@ def prompted_llm(name_or_path: str | Path, device: str = "cpu", **kwargs: Any) -
         return PromptedLLM.from_name(str(name_or_path), **kwargs)
 
 
-__all__ = ["ValuePotential", "prompted_llm"]
+class CountingSampler(DirectTokenSampler):
+    """genlm's direct token sampler (tokens drawn from the policy, as `direct_token_sampler` gives), counting the
+    tokens it draws: one per `sample` call, so resampled copies are not counted again."""
+
+    def __init__(self, potential: Potential) -> None:  # noqa: D107
+        super().__init__(potential)
+        self.tokens = 0
+
+    async def sample(self, context: Any, draw: Any = None) -> Any:
+        self.tokens += 1
+        return await super().sample(context, draw)
+
+
+def genlm_smc(
+    llm: PromptedLLM,
+    model: ValueModel,
+    prompt_ids: Sequence[int],
+    n_particles: int,
+    ess_threshold: float,
+    max_tokens: int,
+    seed: int,
+    key: str,
+) -> tuple[list[list[int]], list[str], np.ndarray, int]:
+    """genlm-control's SMC for one prompt with `model` as the critic: ``(completion ids, finish reasons, normalised
+    weights, tokens drawn)`` of the final particles. A finished particle's ids end with the EOS id (reason ``eos``),
+    one cut at `max_tokens` does not (``length``). genlm draws from numpy's and torch's global generators; both are
+    seeded from (`seed`, `key`) first (`prefixvalue.sampling.noise.row_seed`), so a run repeats."""
+    r = row_seed(seed, key)
+    np.random.seed(r % 2**32)
+    torch.manual_seed(r % 2**63)
+    critic = ValuePotential(llm, model, list(prompt_ids))
+    llm.prompt_ids = list(prompt_ids)
+    sampler = CountingSampler(llm)
+    seqs = asyncio.run(
+        sampler.smc(n_particles=n_particles, ess_threshold=ess_threshold, max_tokens=max_tokens, critic=critic)
+    )
+    ids, reasons = [], []
+    for context in seqs.contexts:
+        done = bool(context) and context[-1] == llm.eos
+        ids.append([t.token_id for t in (context[:-1] if done else context)] + ([critic.eos_id] if done else []))
+        reasons.append("eos" if done else "length")
+    return ids, reasons, np.asarray(seqs.normalized_weights, dtype=np.float64), sampler.tokens
+
+
+__all__ = ["CountingSampler", "ValuePotential", "genlm_smc", "prompted_llm"]

@@ -24,6 +24,7 @@ OUT/steer.json and report.md hold the scores (`prefixvalue.steering.analysis`), 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import time
@@ -64,6 +65,9 @@ RERUN_KEYS = runfolder.RERUN_KEYS | {"threads", "report_to", "run_name", "wandb"
 #: keys naming files or folders, compared as resolved paths
 PATH_KEYS = ("policy",)
 RECORDS = "records.jsonl"
+#: the methods beyond one sample (``smc-genlm``: genlm-control's SMC with each checkpoint as the critic, needs
+#: genlm-control, `make install-genlm`)
+METHODS = ("majority", "best_of_n", "weighted_vote", "beam", "smc", "smc-genlm")
 
 
 @dataclass
@@ -95,7 +99,8 @@ class SteerConfig(ModelLoadConfig):
     mc_budgets: list[int] = field(default_factory=list, help="budgets where the MC twist runs (empty: all)")
     methods: list[str] = field(
         default_factory=lambda: ["majority", "best_of_n", "weighted_vote", "beam", "smc"],
-        help="methods beyond one sample: majority, best_of_n, weighted_vote, beam, smc",
+        help="methods beyond one sample: majority, best_of_n, weighted_vote, beam, smc, smc-genlm (genlm-control's "
+        "SMC with each checkpoint as the critic, token by token; needs genlm-control)",
     )
     beam_expand: int = field(2, help="beam search: continuations of each beam per step")
     ess_threshold: float = field(0.5, help="SMC resamples when ESS < ess_threshold × N")
@@ -144,11 +149,9 @@ class SteerConfig(ModelLoadConfig):
         self.budgets = sorted({int(n) for n in self.budgets} | {1})
         if self.split not in ("test", "validation"):
             raise ConfigError(f"steer: split must be test or validation, got {self.split!r}")
-        unknown = set(self.methods) - {"majority", "best_of_n", "weighted_vote", "beam", "smc"}
+        unknown = set(self.methods) - set(METHODS)
         if unknown:
-            raise ConfigError(
-                f"steer: unknown methods {sorted(unknown)}; choose from majority, best_of_n, weighted_vote, beam, smc"
-            )
+            raise ConfigError(f"steer: unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
         if not 0 <= self.ess_threshold <= 1:
             raise ConfigError(f"steer: ess_threshold must be in [0, 1], got {self.ess_threshold}")
         if self.mc_samples < 0:
@@ -164,6 +167,12 @@ class SteerConfig(ModelLoadConfig):
         for name in ("out", "policy"):
             if not getattr(self, name):
                 raise ConfigError(f"steer: {name} is required ({name}=...)")
+        if "smc-genlm" in self.methods and importlib.util.find_spec("genlm") is None:
+            raise ConfigError(
+                "steer: method smc-genlm needs genlm-control (make install-genlm, then run .venv-genlm/bin/prefixvalue)"
+            )
+        if "smc-genlm" in self.methods and not self.checkpoints:
+            raise ConfigError("steer: method smc-genlm needs checkpoints (its critics)")
 
     def params(self, replicate: int) -> SamplingParams:
         return SamplingParams(self.temperature, self.top_p, self.top_k, self.max_new_tokens, (), self.seed + replicate)
@@ -271,6 +280,9 @@ class Study:
             )
         #: twists that value a finished completion without the verifier (best-of-N, weighted vote, beam)
         self.value_twists = list(self.twists)
+        #: the value checkpoints among them (genlm-control's SMC takes these as critics)
+        self.checkpoint_twists = list(value_models)
+        self.genlm_llm: Any = None
         self.mc: MCTwist | None = None
         if cfg.mc_samples:
             self.mc = MCTwist("mc", self.sampler, cfg.params(0), cfg.mc_samples, self.judge.score)
@@ -286,7 +298,45 @@ class Study:
                 out.append("smc/mc")
         if n > 1 and "beam" in methods:
             out += [f"beam/{t}" for t in self.value_twists]
+        if n > 1 and "smc-genlm" in methods:
+            out += [f"smc-genlm/{t}" for t in self.checkpoint_twists]
         return out
+
+    def genlm_rows(
+        self, name: str, n: int, replicate: int, batch: list[tuple[Prompt, list[int]]]
+    ) -> list[dict[str, Any]]:
+        """``smc-genlm/T``: genlm-control's token-level SMC with checkpoint T as the critic, one prompt at a time
+        (`prefixvalue.steering.genlm.genlm_smc`; the answer is the one with the most final weight)."""
+        from ..steering import genlm as genlm_engine  # optional: genlm-control is installed for this method only
+
+        if self.genlm_llm is None:
+            self.genlm_llm = genlm_engine.prompted_llm(str(self.cfg.policy), device=str(self.sampler.device))
+        rows = []
+        for prompt, ids in batch:
+            unit = f"smc-genlm/{name}"
+            key = f"{prompt.prompt_id}/{unit}/N{n}"
+            model = self.twists[name].model
+            cfg = self.cfg
+            completions, reasons, weights, tokens = genlm_engine.genlm_smc(
+                self.genlm_llm, model, ids, n, cfg.ess_threshold, cfg.max_new_tokens, cfg.seed + replicate, key
+            )
+            judged = [self.judge.judge(prompt, c, r) for c, r in zip(completions, reasons)]
+            i = vote([a for _, a in judged], weights.tolist())
+            rows.append(
+                {
+                    "budget": n,
+                    "replicate": replicate,
+                    "unit": unit,
+                    "prompt_id": prompt.prompt_id,
+                    "method": unit,
+                    "answer": judged[i][1],
+                    "correct": judged[i][0],
+                    "tokens": tokens,
+                    "twist_tokens": 0,
+                    "details": {"engine": "genlm-control"},
+                }
+            )
+        return rows
 
     def select(self, group: list[State], values: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """The answers the selection methods take from one prompt's `group` of N samples, with the twists' log
@@ -331,6 +381,8 @@ class Study:
                 rows += [{**common, **r} for r in self.select(group, group_values)]
             return rows
         family, name = unit.split("/", 1)
+        if family == "smc-genlm":
+            return self.genlm_rows(name, n, replicate, batch)
         twist = self.mc if name == "mc" else self.twists[name]
         before = dict(getattr(twist, "tokens_by_prompt", {}))
         tag = f"{unit}/N{n}/r{replicate}"

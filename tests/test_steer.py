@@ -199,6 +199,7 @@ def _steer_args(out, ckpt, **kw):
         "budgets": "[1,2]",
         "replicates": 1,
         "mc_samples": 1,
+        "soft_value": False,
         "report_to": "none",
         "n_bootstrap": 20,
         "threads": 1,
@@ -230,11 +231,11 @@ def test_steer_command_scores_held_out_prompts_and_resumes(tmp_path, head_checkp
         "best_of_n/head",
         "weighted_vote/head",
         "smc/head",
-        "smc/mellowmax",
         "smc/mc",
         "beam/head",
     ):
         assert method in steer["accuracy"], method
+    assert "smc/mellowmax" not in steer["accuracy"]  # soft_value=false
     assert steer["accuracy"]["smc/mc"]["2"]["twist_tokens_per_prompt"] > 0
     assert (out / "report.md").read_text().startswith("# prefixvalue steer")
     assert (out / "accuracy_vs_tokens.png").stat().st_size > 0

@@ -206,30 +206,42 @@ def _ci(row: dict[str, Any]) -> str:
     return f"{row['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+#: line style and marker of each method family in the plot (the colour is the twist's)
+_FAMILY_STYLE = {"smc": ("-", "o"), "beam": ("-.", "s"), "best_of_n": (":", "^"), "weighted_vote": ("--", "v")}
+_FAMILY_STYLE["smc-genlm"] = ("-", "x")
+
+
 def plot(table: dict[str, dict[str, dict[str, Any]]], path: Path, reference: str | None) -> Path:
-    """Accuracy against generated tokens per prompt (× one sample), one line per method; the Monte Carlo twist's
-    SMC dashed (its own continuation tokens are not on the x-axis)."""
+    """Accuracy against generated tokens per prompt (× one sample), one line per method: the colour says the
+    twist, the line and marker the method; the Monte Carlo twist's SMC is red and dashed (its own continuation
+    tokens are not on the x-axis), pass@N (the verifier's ceiling of the N samples) grey and dotted."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(9.5, 5))
+    twists = sorted({m.split("/", 1)[1] for m in table if "/" in m} - {reference or ""})
+    colours = {t: plt.get_cmap("tab10")(i % 10) for i, t in enumerate(twists)}
     for method, rows in sorted(table.items()):
         pts = sorted((r["token_ratio"], r["accuracy"]) for r in rows.values() if r["token_ratio"] is not None)
         if not pts:
             continue
         xs, ys = zip(*pts)
+        family, _, twist = method.partition("/")
         if method == PLAIN:
             ax.scatter(xs, ys, color="black", zorder=5, label="one sample")
-            continue
-        if method == "pass@n":  # the verifier's ceiling of any reranker of the N samples, not a method
+        elif method == "pass@n":
             ax.plot(xs, ys, ":", color="grey", label="pass@N (verifier ceiling)")
-            continue
-        style = "--" if reference and method == f"smc/{reference}" else "-"
-        ax.plot(xs, ys, style, marker="o", ms=3, label=method)
+        elif method == "majority":
+            ax.plot(xs, ys, "-", color="black", marker="D", ms=3, label=method)
+        elif reference and twist == reference:
+            ax.plot(xs, ys, "--", color="red", marker="o", ms=3, label=f"{method} (reference)")
+        else:
+            line, marker = _FAMILY_STYLE.get(family, ("-", "o"))
+            ax.plot(xs, ys, line, color=colours.get(twist, "grey"), marker=marker, ms=4, label=method)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("generated tokens per prompt (× one sample)")
     ax.set_ylabel("accuracy (verified)")
     ax.set_title("Value-guided sampling on held-out prompts")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

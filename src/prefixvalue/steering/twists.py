@@ -4,7 +4,8 @@ A twist ψ(s) ≥ 0 scores a partial (or finished) completion s of a prompt: an 
 the policy, continuing from s, ends in a verified-correct answer. Every twist returns log ψ for a batch of
 `State` s, one number per state, and counts what it cost:
 
-- `ValueTwist`: a value checkpoint's P̂(s) (head or implicit; `prefixvalue.value.ValueModel.predict`);
+- `ValueTwist`: a value checkpoint's P̂(s)^β (head or implicit; `prefixvalue.value.ValueModel.predict`; β = 1 by
+  default);
 - `SoftValueTwist`: the policy's own MellowMax soft value β·mm_ω(q(s, ·)) of its next-token logits (nats, the
   seed's intensive operator; log ψ directly);
 - `MCTwist`: the Monte Carlo value (k + ½)/(M + 1) from M continuations of s by the policy, verified (the
@@ -85,11 +86,14 @@ def _log_probability(p: np.ndarray) -> np.ndarray:
 
 
 class ValueTwist:
-    """P̂(s) of a value checkpoint (`prefixvalue.value.ValueModel`), read after the state's last token."""
+    """ψ(s) = P̂(s)^β of a value checkpoint (`prefixvalue.value.ValueModel`), read after the state's last token; the
+    inverse temperature `beta` (1: P̂ itself) sharpens (> 1) or flattens (< 1) the twist, and with it the target
+    π(τ)·P̂(τ)^β."""
 
-    def __init__(self, name: str, model: Any, batch_size: int = 64) -> None:  # noqa: D107
+    def __init__(self, name: str, model: Any, batch_size: int = 64, beta: float = 1.0) -> None:  # noqa: D107
         self.name = name
         self.model = model
+        self.beta = float(beta)
         self.batch_size = int(batch_size)
         self.cost = TwistCost()
 
@@ -102,7 +106,7 @@ class ValueTwist:
         )
         self.cost.states += len(states)
         self.cost.forward_tokens += sum(len(s.prompt_ids) + len(s.completion_ids) for s in states)
-        return _log_probability(np.array([float(p[-1]) for p in preds]))
+        return self.beta * _log_probability(np.array([float(p[-1]) for p in preds]))
 
 
 class SoftValueTwist:

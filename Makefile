@@ -70,7 +70,7 @@ frontier: install
 	$(PY) benchmarks/ipvrm_diagnosis.py $(QUICKSTART_OUT) traces=$(FRONTIER_TRACES)
 
 # after `make quickstart`: value-guided sampling with its checkpoints (twisted SMC, beam, best-of-N, majority vote)
-# on 150 test prompts x 3 seeds, about 50 minutes here -> runs/quickstart_steer, value_guided_sampling in results.json
+# on 150 test prompts x 3 seeds, about an hour here -> runs/quickstart_steer, value_guided_sampling in results.json
 steer: install
 	$(PY) benchmarks/value_guided_sampling.py $(QUICKSTART_OUT)
 

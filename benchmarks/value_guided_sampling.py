@@ -1,6 +1,6 @@
 """Value-guided sampling on the quickstart's checkpoints: ``value_guided_sampling`` in results.json.
 
-    python benchmarks/value_guided_sampling.py runs/quickstart             # what `make steer` runs (about 50 min here)
+    python benchmarks/value_guided_sampling.py runs/quickstart             # what `make steer` runs (about an hour here)
     python benchmarks/value_guided_sampling.py runs/quickstart max_prompts=50 replicates=1
     python benchmarks/value_guided_sampling.py --record runs/quickstart_steer [note=TEXT]   # a finished steer folder
 

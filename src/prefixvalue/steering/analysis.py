@@ -20,11 +20,6 @@ from ..stats import cluster_bootstrap, wilson_interval
 PLAIN = "sample"
 
 
-def method_family(method: str) -> str:
-    """``smc/head`` → ``smc``; ``majority`` → ``majority``."""
-    return method.split("/", 1)[0]
-
-
 def per_prompt(records: Sequence[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
     """(method, budget) → prompt ids (sorted), the mean correctness per prompt over replicates, the trials'
     sum and count, tokens and twist tokens per prompt (means over replicates), and the SMC details."""
@@ -399,7 +394,6 @@ __all__ = [
     "goals",
     "limits",
     "mc_gain_share",
-    "method_family",
     "paired",
     "per_prompt",
     "plot",

@@ -11,16 +11,15 @@ whole completion, so the final particles target π(τ)·ψ(τ) (π(τ | correct)
 is the one with the most final weight. With ψ ≡ 1 every weight stays equal and no resampling happens: N plain
 samples.
 
-Every generated token is counted per prompt (`Outcome.tokens`), so methods compare at the same budget; the
-tokens a Monte Carlo twist spends on its continuations count apart (`Outcome.twist_tokens`).
+Every generated token is counted per prompt (`Generator.tokens`), so methods compare at the same budget; the
+tokens a Monte Carlo twist spends on its continuations count apart (`MCTwist.tokens_by_prompt`).
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -161,18 +160,6 @@ def uniform(seed: int, key: str) -> float:
     return row_seed(seed, key) / 2.0**64
 
 
-@dataclass
-class Outcome:
-    """One method's answer to one prompt: its answer key and score, the generated tokens it cost (and those a
-    Monte Carlo twist spent apart), and method details (SMC: ESS per round, resamples)."""
-
-    answer: str
-    correct: float
-    tokens: int
-    twist_tokens: int = 0
-    details: dict[str, Any] = field(default_factory=dict)
-
-
 def vote(answers: Sequence[str], weights: Sequence[float]) -> int:
     """Index of the first completion giving the answer with the most total weight (ties: the earliest
     answer). Completions with no answer ("") vote only when no other does."""
@@ -303,19 +290,11 @@ def beam_search(
     return [BeamRun(b, v, rounds) for b, v in zip(beams, values)]
 
 
-def timed_call(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """(fn(), seconds it took)."""
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
 __all__ = [
     "BeamRun",
     "Chunking",
     "Generator",
     "Judge",
-    "Outcome",
     "SMCRun",
     "beam_search",
     "ess",
@@ -323,7 +302,6 @@ __all__ = [
     "normalised",
     "start_states",
     "systematic_resample",
-    "timed_call",
     "twisted_smc",
     "uniform",
     "vote",

@@ -58,15 +58,6 @@ class TwistCost:
     states: int = 0
     forward_tokens: int = 0
     tokens: int = 0
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "states": self.states,
-            "forward_tokens": self.forward_tokens,
-            "tokens": self.tokens,
-            "seconds": round(self.seconds, 3),
-        }
 
 
 class Twist(Protocol):

@@ -31,12 +31,13 @@ from prefixvalue.evaluation.actions import (
 )
 from prefixvalue.evaluation.advantages import (
     TraceInput,
+    candidate_cost,
     candidate_table,
     choose_check_prefixes,
-    direct_candidate_values,
     forks_from_labels,
     implicit_candidate_values,
     mc_check,
+    model_candidate_values,
     policy_candidates,
     score_check,
 )
@@ -121,19 +122,31 @@ def test_counterfactual_token_values_match_exact_values(toy):
     assert table["prob"][row][0] == pytest.approx(0.15, abs=1e-5)  # 'x' after 'a'
 
 
-def test_implicit_one_pass_values_equal_their_own_sequences(tiny_tokenizer):
-    """The implicit model's one-pass counterfactual values are V(s ⊕ y') of s ⊕ y' itself, and the head's
-    value of the sampled token is its value at the next prefix of the trace."""
+def _sequences(model, traces, cands, batch_size):
+    """Every candidate's value from its own sequence s_p ⊕ y' (the head's way), for any kind."""
+    return model._sequence_candidate_values(
+        [t.prompt_ids for t in traces],
+        [t.completion_ids for t in traces],
+        [c["position"] for c in cands],
+        [c["token_id"] for c in cands],
+        batch_size,
+    )
+
+
+def test_one_pass_values_equal_their_own_sequences(tiny_tokenizer):
+    """The one-pass candidate values (implicit, Q-head) are V(s ⊕ y') of s ⊕ y' itself, and the head's value of
+    the sampled token is its value at the next prefix of the trace; `candidate_cost` counts what each ran."""
     from conftest import make_tiny_gpt2
 
     tok = tiny_tokenizer
     implicit = build_value_model(ValueModelConfig(kind="implicit", base_rate=0.3), make_tiny_gpt2(len(tok)))
     head = build_value_model(ValueModelConfig(kind="head", backbone="frozen", base_rate=0.3), make_tiny_gpt2(len(tok)))
+    qhead = build_value_model(ValueModelConfig(kind="qhead", base_rate=0.3, q_top_k=3), make_tiny_gpt2(len(tok)))
     with torch.no_grad():
-        for n, p in implicit.named_parameters():
+        for n, p in [*implicit.named_parameters(), *qhead.named_parameters()]:
             if "lora_B" in n:
                 p.normal_(0, 0.5)  # an adapted model: non-zero log-ratios
-        for p in head.head_parameters():
+        for p in [*head.head_parameters(), *qhead.head_parameters()]:
             p.normal_(0, 0.5)
     traces = [
         TraceInput("t0", "p0", tok.encode("Q:1+2="), tok.encode("1+2=3;A:3")),
@@ -142,15 +155,35 @@ def test_implicit_one_pass_values_equal_their_own_sequences(tiny_tokenizer):
     with torch.no_grad():
         cands = policy_candidates(implicit.lm.get_base_model(), traces, top_k=2)
         one_pass = implicit_candidate_values(implicit, traces, cands)
-        direct = direct_candidate_values(implicit, traces, cands, batch_size=7)
-        head_vals = direct_candidate_values(head, traces, cands, batch_size=5)
+        api = model_candidate_values(implicit, traces, cands, batch_size=1)
+        direct = _sequences(implicit, traces, cands, batch_size=7)
+        head_vals = model_candidate_values(head, traces, cands, batch_size=5)
         head_next = head.predict([t.prompt_ids for t in traces], [t.completion_ids for t in traces])
-    for (v, r), d in zip(one_pass, direct):
+        q_one = model_candidate_values(qhead, traces, cands, batch_size=2)
+        q_seq = _sequences(qhead, traces, cands, batch_size=3)
+        q_next = qhead.predict([t.prompt_ids for t in traces], [t.completion_ids for t in traces])
+    for (v, r), a, d in zip(one_pass, api, direct):
         np.testing.assert_allclose(v, d, atol=1e-5)
+        np.testing.assert_allclose(a, d, atol=1e-5)
         assert np.abs(r).max() > 1e-3  # the adapters moved π_φ away from π_ref
     for c, hv, nxt in zip(cands, head_vals, head_next):
         s = c["sampled"]
         np.testing.assert_allclose(hv[s], nxt[c["position"][s] + 1], atol=1e-5)
+    # the Q-head: one pass equals its own sequences (whose last position reads Q of the last token); its value
+    # of a sampled token is Q(s, y), not the aggregate V(s ⊕ y) at the next prefix
+    gaps = []
+    for c, q1, qs, nxt in zip(cands, q_one, q_seq, q_next):
+        np.testing.assert_allclose(q1, qs, atol=1e-5)
+        s = c["sampled"] & (c["position"] + 1 < len(nxt) - 1)
+        gaps.append(np.abs(q1[s] - nxt[c["position"][s] + 1]))
+    assert np.concatenate(gaps).max() > 1e-3
+    n_cands = sum(len(c["token_id"]) for c in cands)
+    assert candidate_cost(traces, cands, one_pass=True)["sequences"] == 2
+    seq_cost = candidate_cost(traces, cands, one_pass=False)
+    assert seq_cost["sequences"] == n_cands
+    assert seq_cost["tokens"] == sum(
+        len(t.prompt_ids) + p + 1 for t, c in zip(traces, cands) for p in c["position"].tolist()
+    )
 
 
 def test_scores_on_known_cases():

@@ -36,6 +36,8 @@ VARIANTS = [
     ("head", "lora", 0, "prefix"),
     ("head", "full", 0, "prefix"),
     ("head", "frozen", 4, "prefix"),
+    ("qhead", "lora", 0, "prefix"),
+    ("qhead", "frozen", 0, "prefix"),
 ]
 BUILDERS = {"gpt2": make_tiny_gpt2, "llama": make_tiny_llama}
 
@@ -383,3 +385,36 @@ def test_head_layer_chooses_the_hidden_state(rows, tiny_tokenizer):
     np.testing.assert_allclose(float(z[0, 0]), float(model.head(h[0, plen - 1])), rtol=1e-5)
     with pytest.raises(ValueError, match="head_layer"):
         build_value_model(ValueModelConfig(kind="head", head_layer=9), make_tiny_gpt2(len(tiny_tokenizer)))
+
+
+def test_qhead_values_follow_the_formula(rows, tiny_tokenizer):
+    """V(s_p) is the π_ref-weighted mean of Q(s_p, ·) over the top q_top_k tokens for p < T and Q(s_{T−1}, y_T) at
+    p = T; a Q-head's candidate values are one pass (`candidate_values`: one sequence) and equal the
+    token-level API's."""
+    cfg = ValueModelConfig(kind="qhead", backbone="lora", base_rate=0.4, q_top_k=3)
+    model = build_value_model(cfg, make_tiny_gpt2(len(tiny_tokenizer)))
+    model.tokenizer = tiny_tokenizer
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn_like(p))
+    prompts, completions = _ids(rows[:2])
+    vals = model.predict(prompts, completions)
+    for i, (pr, comp) in enumerate(zip(prompts, completions)):
+        ids = torch.tensor([pr + comp])
+        logp = torch.log_softmax(model.reference_logits(ids, torch.ones_like(ids))[0].double(), -1)
+        for p in range(len(comp) + 1):
+            lp = logp[len(pr) - 1 + p]
+            top_lp, top = lp.topk(3)
+            q = model.token_candidate_values([pr], [comp + [0]], [np.full(3, p)], [top.numpy()])[0]
+            want = float((torch.softmax(top_lp, 0).numpy() * q).sum())
+            if p == len(comp):  # the last prefix: Q of the token that ended the trace
+                want = model.token_candidate_values([pr], [comp], [np.array([p - 1])], [np.array([comp[-1]])])[0][0]
+            assert vals[i][p] == pytest.approx(want, abs=1e-6), (i, p)
+    cv = model.candidate_values(tiny_tokenizer.decode(prompts[0]), tiny_tokenizer.decode(completions[0][:3]), k=4)
+    assert cv.sequences == 1 and len(cv.values) == 4 and np.all(np.diff(cv.logprobs) <= 0)
+    np.testing.assert_allclose(cv.advantages, cv.values - cv.prefix_value)
+    with pytest.raises(ValueError, match="policy_features"):
+        build_value_model(ValueModelConfig(kind="qhead", policy_features=True), make_tiny_gpt2(len(tiny_tokenizer)))
+    with pytest.raises(ValueError, match="positions must be in"):
+        model.token_candidate_values(prompts[:1], completions[:1], [np.array([len(completions[0])])], [np.array([1])])

@@ -25,6 +25,8 @@ _EXPORTS: dict[str, str] = {
     "StepScores": "prefixvalue.value.base",
     "HeadValueModel": "prefixvalue.value.head",
     "ImplicitValueModel": "prefixvalue.value.implicit",
+    "QHeadValueModel": "prefixvalue.value.qhead",
+    "CandidateValues": "prefixvalue.value.base",
     "load_value_model": "prefixvalue.value",
     "build_value_model": "prefixvalue.value",
     "VALUE_MODELS": "prefixvalue.value",

@@ -5,9 +5,11 @@ At every prefix s_p of a trace (p = 0..T−1 completion tokens) the candidates a
 tokens plus the token the trace sampled. For each candidate y' and value model:
 
 - value V(s_p ⊕ y') and TD advantage A(s_p, y') = V(s_p ⊕ y') − V(s_p), both in probability units;
-- implicit model (`ImplicitValueModel.counterfactual_values`): one forward pass per trace gives every
-  candidate's value, V_φ(s ⊕ y') = V_φ(s) + β·[log π_φ(y'|s) − log π_ref(y'|s)], read out as trained;
-- any other model (the head): one sequence s_p ⊕ y' per candidate, batched, its value read at the last position.
+- every model through `ValueModel.token_candidate_values`, with what it cost (`candidate_cost`): one forward pass
+  per trace for the kinds with one-pass values (the implicit model, V_φ(s ⊕ y') = V_φ(s) + β·[log π_φ(y'|s) −
+  log π_ref(y'|s)], read out as trained; the Q-head, Q(s, y')), one sequence s_p ⊕ y' per candidate for the head,
+  its value read at the last position;
+- `consistency`: the model's value of the sampled candidate against its own value of the next prefix.
 
 `mc_check` labels s_p and s_p ⊕ y' by Monte Carlo for a sample of prefixes (forking tokens first) and
 `score_check` compares: Spearman of the candidates' values within a prefix, and the sign of the advantages
@@ -35,7 +37,7 @@ from ..formatting import fixed, interval
 from ..sampling.mc import MCLabeller, TraceRef
 from ..tasks.base import safe_verify
 from ..tracking import jsonable
-from .metrics import _spearman_raw, auroc, cluster_bootstrap, constant_note, correlation, wilson_interval
+from .metrics import _spearman_raw, auroc, cluster_bootstrap, constant_note, correlation, ece, wilson_interval
 
 #: columns of the advantages dataset (advantages.parquet), in order; per value model <m> four more columns
 COLUMNS: dict[str, str] = {
@@ -142,28 +144,52 @@ def implicit_candidate_values(
     return out
 
 
-def direct_candidate_values(
+def model_candidate_values(
     model: Any, traces: Sequence[TraceInput], cands: Sequence[dict[str, np.ndarray]], batch_size: int = 32
 ) -> list[np.ndarray]:
-    """Value of every candidate from its own sequence s_p ⊕ y' (any value model), batched `batch_size`
-    sequences at a time; the value is read at the last position."""
-    seqs: list[tuple[int, list[int], list[int]]] = []
-    for i, (t, c) in enumerate(zip(traces, cands)):
-        for p, y in zip(c["position"].tolist(), c["token_id"].tolist()):
-            seqs.append((i, t.prompt_ids, list(t.completion_ids[:p]) + [int(y)]))
-    # sort by length so batches pad little; values are per row, whatever the batch (right padding)
-    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k][1]) + len(seqs[k][2]))
-    vals = np.zeros(len(seqs))
-    for b0 in range(0, len(order), batch_size):
-        idx = order[b0 : b0 + batch_size]
-        preds = model.predict([seqs[k][1] for k in idx], [seqs[k][2] for k in idx], batch_size=len(idx))
-        for k, pr in zip(idx, preds):
-            vals[k] = pr[-1]
-    out, start = [], 0
-    for c in cands:
-        out.append(vals[start : start + len(c["token_id"])])
-        start += len(c["token_id"])
-    return out
+    """Value of every candidate through the model's own API (`ValueModel.token_candidate_values`): one forward
+    pass per trace for kinds with one-pass values, one sequence s_p ⊕ y' per candidate otherwise."""
+    return model.token_candidate_values(
+        [t.prompt_ids for t in traces],
+        [t.completion_ids for t in traces],
+        [c["position"] for c in cands],
+        [c["token_id"] for c in cands],
+        batch_size=batch_size,
+    )
+
+
+def candidate_cost(
+    traces: Sequence[TraceInput], cands: Sequence[dict[str, np.ndarray]], one_pass: bool
+) -> dict[str, Any]:
+    """What valuing every candidate costs a value model: sequences run and tokens in them. One pass: the trace
+    itself, once (prompt ⊕ completion); otherwise one sequence prompt ⊕ s_p ⊕ y' per candidate."""
+    if one_pass:
+        tokens = sum(len(t.prompt_ids) + len(t.completion_ids) for t in traces)
+        return {"one_pass": True, "sequences": len(traces), "tokens": int(tokens)}
+    tokens = sum(int(np.sum(len(t.prompt_ids) + c["position"] + 1)) for t, c in zip(traces, cands))
+    return {"one_pass": False, "sequences": int(sum(len(c["token_id"]) for c in cands)), "tokens": int(tokens)}
+
+
+def consistency(table: dict[str, np.ndarray], name: str) -> dict[str, Any]:
+    """How far model `name`'s value of the sampled candidate, V(s_p ⊕ y_{p+1}) (for a Q-head: Q(s_p, y_{p+1})),
+    agrees with its value of the next prefix, V(s_{p+1}), over every prefix whose next one is not the last:
+    mean |difference| and Pearson r. A head and the implicit model agree by construction; a Q-head's aggregate
+    V(s) = Σ π Q(s, ·) does only as far as training made it."""
+    nxt = {
+        (t, int(p)): v
+        for t, p, v, s in zip(table["trace_id"], table["position"], table[f"prefix_value_{name}"], table["sampled"])
+        if s
+    }
+    q, v = [], []
+    for t, p, val, s in zip(table["trace_id"], table["position"], table[f"value_{name}"], table["sampled"]):
+        if s and (t, int(p) + 1) in nxt:
+            q.append(float(val))
+            v.append(float(nxt[(t, int(p) + 1)]))
+    if len(q) < 2:
+        return {"n": len(q), "mean_abs_difference": None, "pearson": None}
+    qa, va = np.array(q), np.array(v)
+    r = float(np.corrcoef(qa, va)[0, 1]) if qa.std() > 0 and va.std() > 0 else None
+    return {"n": len(q), "mean_abs_difference": float(np.mean(np.abs(qa - va))), "pearson": r}
 
 
 def candidate_table(
@@ -190,12 +216,13 @@ def candidate_table(
     table: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in cols.items()}
     for name, model in models.items():
         prefix_vals = model.predict([t.prompt_ids for t in traces], [t.completion_ids for t in traces], batch_size)
-        if getattr(model, "counterfactuals", False):  # the implicit model: every candidate in one forward pass
+        if hasattr(model, "counterfactual_values"):  # the implicit model: values and log-ratios, one pass
             vr = implicit_candidate_values(model, traces, cands, batch_size)
             vals = np.concatenate([v for v, _ in vr])
             ratios = np.concatenate([r for _, r in vr])
-        else:
-            vals = np.concatenate(direct_candidate_values(model, traces, cands, batch_size * 4))
+        else:  # one pass (a Q-head) or one sequence per candidate (a head), batched 4x as many sequences
+            per_batch = batch_size if getattr(model, "counterfactuals", False) else batch_size * 4
+            vals = np.concatenate(model_candidate_values(model, traces, cands, per_batch))
             ratios = np.full(len(vals), np.nan)
         before = np.concatenate([pv[c["position"]] for pv, c in zip(prefix_vals, cands)])
         table[f"value_{name}"] = vals
@@ -408,7 +435,8 @@ def score_check(
     kinds: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Per model: within-prefix Spearman of candidate values vs MC (averaged over prefixes with ≥ 3
-    candidates and non-constant values; bootstrap CI over prefixes), pooled Spearman of
+    candidates and non-constant values; bootstrap CI over prefixes), calibration of the counterfactual
+    candidates' values against their MC means (Brier against the MC mean, ECE), pooled Spearman of
     values over counterfactual and over sampled candidates (cluster bootstrap by prefix), and the sign of the
     advantage against the MC advantage over candidates whose MC value's Wilson CI excludes Ẑ(s_p)
     (`sign_scores`: agreement beside the majority-sign base rate, balanced accuracy and AUROC; bootstrap over
@@ -451,6 +479,18 @@ def score_check(
             a[rows], check["mc_advantage"][rows], clear[rows], sign_groups[rows], n_boot, seed, unit=sign_unit
         )
 
+    def calibration(v: np.ndarray, target: np.ndarray) -> dict[str, Any]:
+        ok = np.isfinite(v)
+        if not ok.any():
+            return {"brier": None, "ece": None, "mean_value": None, "mean_mc": None}
+        v, target = v[ok], target[ok]
+        return {
+            "brier": float(np.mean((v - target) ** 2)),
+            "ece": ece(v, target),
+            "mean_value": float(v.mean()),
+            "mean_mc": float(target.mean()),
+        }
+
     out["policy_prob"]["within_spearman"] = within(check["logprob"])
     for m in models:
         v, a = check[f"value_{m}"], check[f"advantage_{m}"]
@@ -466,6 +506,7 @@ def score_check(
             ),
             "sign_agreement_counterfactual": signs(a, ~sampled),
             "sign_agreement_sampled": signs(a, sampled),
+            "calibration_counterfactual": calibration(v[~sampled], mc[~sampled]),
         }
     return jsonable(out)
 
@@ -538,17 +579,46 @@ def render_advantages_section(metrics: dict[str, Any]) -> str:
     for m, e in sc["models"].items():
         for kind, key in (("counterfactual", "sign_agreement_counterfactual"), ("sampled", "sign_agreement_sampled")):
             lines.append(f"| {_model_label(m, e)} | {kind} | {_sign_cells(e[key])} |")
+    cost, cons = metrics.get("cost", {}), metrics.get("consistency", {})
+    if cost:
+        lines += [
+            "",
+            "What valuing every candidate cost each model (sequences run, tokens in them: one pass per trace, or one "
+            "sequence per candidate), how calibrated its counterfactual values are against their MC means, and how "
+            "far its value of the sampled token, Q(s, y), agrees with its own value of the next prefix, V(s ⊕ y) "
+            "(by construction for a head and the implicit model).",
+            "",
+            "| value | one pass | sequences | tokens | Brier, counterfactual | ECE | mean value / MC | "
+            "consistency: mean abs Q − V (r) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for m, e in sc["models"].items():
+            c, k, cal = cost.get(m, {}), cons.get(m, {}), e.get("calibration_counterfactual", {})
+            lines.append(
+                f"| {_model_label(m, e)} | {'yes' if c.get('one_pass') else 'no'} | {c.get('sequences', '–')} | "
+                f"{c.get('tokens', '–')} | {_f(cal.get('brier'))} | {_f(cal.get('ece'))} | "
+                f"{_f(cal.get('mean_value'), 2)} / {_f(cal.get('mean_mc'), 2)} | "
+                f"{_f(k.get('mean_abs_difference'))} ({_f(k.get('pearson'), 2)}) |"
+            )
     if metrics.get("verdict"):
         lines += [
             "",
-            f"**Does the implicit model's free counterfactual value carry information?** {metrics['verdict']}",
+            f"**Do one-pass counterfactual values carry information?** {metrics['verdict']}",
         ]
     lines.append("")
     return "\n".join(lines)
 
 
-def implicit_verdict(check: dict[str, Any], name: str) -> str | None:
-    """One sentence from the measured figures on the implicit model `name` (None when not scored): its
+def best_one_pass(check: dict[str, Any], names: Sequence[str]) -> str | None:
+    """Of the one-pass models `names`, the one whose candidate values rank best within a prefix (None when none
+    was scored)."""
+    scored = [(check["models"][n]["within_spearman"]["value"], n) for n in names if n in check["models"]]
+    scored = [(v, n) for v, n in scored if v is not None]
+    return max(scored)[1] if scored else (names[0] if names else None)
+
+
+def one_pass_verdict(check: dict[str, Any], name: str) -> str | None:
+    """One sentence from the measured figures on the one-pass model `name` (None when not scored): its
     within-prefix Spearman against the policy's probability, and the sign of its advantages on unsampled
     tokens against the majority-sign base rate, with balanced accuracy."""
     e = check["models"].get(name)

@@ -3,9 +3,10 @@
     prefixvalue advantages traces=runs/quickstart/heldout_traces labels=runs/quickstart/labels checkpoints=[runs/quickstart/train_implicit/final,runs/quickstart/train_head/final] out=runs/advantages
 
 For each prefix s_p of the traces (p = 0..T−1), the candidates are the policy's ``top_candidates`` next tokens and the
-token the trace sampled. Each value checkpoint gives V(s_p ⊕ y') and the TD advantage V(s_p ⊕ y') − V(s_p):
-an implicit model from one forward pass per trace (V_φ(s ⊕ y') = V_φ(s) + β·[log π_φ(y'|s) − log π_ref(y'|s)]),
-any other model from one sequence s_p ⊕ y' per candidate, batched. OUT/advantages.parquet holds one row per
+token the trace sampled. Each value checkpoint gives V(s_p ⊕ y') and the TD advantage V(s_p ⊕ y') − V(s_p)
+through `ValueModel.token_candidate_values`: an implicit model and a Q-head from one forward pass per trace
+(V_φ(s ⊕ y') = V_φ(s) + β·[log π_φ(y'|s) − log π_ref(y'|s)]; Q(s, y')), a head from one sequence s_p ⊕ y' per
+candidate, batched; metrics.json's ``cost`` counts the sequences and tokens each needed. OUT/advantages.parquet holds one row per
 (prefix, candidate), its columns documented in OUT/columns.json and docs/design.md ("Values of alternatives").
 
 The check: ``mc_prefixes`` prefixes (the ``mc_forks`` largest MC jumps of ``labels`` first, then random ones)
@@ -46,7 +47,7 @@ class AdvantagesConfig(ModelLoadConfig):
 
     out: str | None = field(None, help="output folder (advantages.parquet, mc_check.parquet, metrics.json, report.md)")
     traces: str | None = field(None, help="traces dataset folder (prefixvalue collect); every prefix gets candidates")
-    checkpoints: list[str] = field(default_factory=list, help="value checkpoints (at least one; implicit and/or head)")
+    checkpoints: list[str] = field(default_factory=list, help="value checkpoints (at least one: implicit, head, qhead)")
     policy: str | None = field(None, help="policy giving the top-k candidates and continuations (default: the traces')")
     allow_other_policy: bool = field(False, help="let `policy` differ from the model that wrote the traces")
     labels: str | None = field(
@@ -55,7 +56,7 @@ class AdvantagesConfig(ModelLoadConfig):
         "between neighbouring tokens are checked first",
     )
     top_candidates: int = field(
-        4,
+        5,
         help="the policy's most likely next tokens taken as candidates (plus the sampled one)",
         renamed_from="top_k",
     )
@@ -102,11 +103,14 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
         COLUMNS,
         MODEL_COLUMNS,
         TraceInput,
+        best_one_pass,
+        candidate_cost,
         candidate_table,
         choose_check_prefixes,
+        consistency,
         forks_from_labels,
-        implicit_verdict,
         mc_check,
+        one_pass_verdict,
         policy_candidates,
         render_advantages_section,
         score_check,
@@ -173,7 +177,8 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
     )
     kinds = {n: str(getattr(m, "kind", "?")) for n, m in models.items()}
     scores = score_check(check, list(models), cfg.n_bootstrap, cfg.seed, checkpoints=names, kinds=kinds)
-    implicit = [n for n, m in models.items() if getattr(m, "counterfactuals", False)]  # valued by counterfactuals
+    one_pass = [n for n, m in models.items() if getattr(m, "counterfactuals", False)]  # every candidate in one pass
+    best = best_one_pass(scores, one_pass)
     metrics: dict[str, Any] = {
         "n_traces": len(traces),
         "check_heldout_traces": len(check_traces),
@@ -186,7 +191,10 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
         "checkpoints": names,  # each model's name -> the checkpoint folder the command received
         "dataset": "advantages.parquet",
         "check": scores,
-        "verdict": implicit_verdict(scores, implicit[0]) if implicit else None,
+        "cost": {n: candidate_cost(traces, cands, n in one_pass) for n in models},
+        "consistency": {n: consistency(table, n) for n in models},
+        "best_one_pass": best,
+        "verdict": one_pass_verdict(scores, best) if best else None,
         "mc_cost": labeller.cost.as_dict(),
         "seconds_dataset": round(t_table, 1),
         "seconds_mc": round(t_mc, 1),

@@ -3,6 +3,7 @@ success, at every prefix position p = 0..T (p = number of completion tokens in t
 
 - ``implicit``: IPVRM implicit prefix value (LoRA or soft prompt on the policy, reference = adapters off)
 - ``head``: explicit linear value head on a frozen / LoRA / fully trained backbone
+- ``qhead``: explicit Q-head, a value for every candidate next token in one pass; V(s) its policy-weighted mean
 
 Build one with `build_value_model`, load a saved one with `load_value_model`.
 """
@@ -16,10 +17,11 @@ from transformers import PreTrainedModel
 
 from ..loading import LoadOptions
 from ..policies import load_causal_lm
-from .base import VALUE_MODELS, ValueModel, ValueModelConfig, read_value_config, value_model_class
+from .base import VALUE_MODELS, CandidateValues, ValueModel, ValueModelConfig, read_value_config, value_model_class
 from .head import HeadValueModel
 from .implicit import Counterfactuals, ImplicitValueModel
 from .losses import LossSum, margin_bce_with_logits, normalise_loss
+from .qhead import QHeadValueModel
 
 #: value-model kinds: `VALUE_MODELS` (defined in `checkpoint`, so that `ValueModel.from_pretrained` and the
 #: model card can read it) is the only list of them, a plain dict filled here from the imports above; what
@@ -29,6 +31,7 @@ VALUE_MODELS.update(
     {
         "implicit": ImplicitValueModel,
         "head": HeadValueModel,
+        "qhead": QHeadValueModel,
     }
 )
 
@@ -90,6 +93,8 @@ __all__ = [
     "ValueModelConfig",
     "ImplicitValueModel",
     "HeadValueModel",
+    "QHeadValueModel",
+    "CandidateValues",
     "Counterfactuals",
     "build_value_model",
     "check_value_config",

@@ -129,6 +129,12 @@ class ValueModel(nn.Module):
         """Raise ValueError when `config` breaks a rule of this kind (the shared rules are the config's)."""
 
     @classmethod
+    def reads_reference(cls, config: ValueModelConfig) -> bool:
+        """Whether a model of `config` reads the reference policy beside its backbone (then a fully trained
+        backbone needs a frozen copy of the starting policy, loaded from ``base_model``)."""
+        return False
+
+    @classmethod
     def loss_mask(cls, batch: dict[str, torch.Tensor], loss: str = "prefix") -> torch.Tensor:
         """Bool mask [B, Tmax+1] of the positions this kind trains on (default: every target position)."""
         return batch["target_mask"].clone()
@@ -264,6 +270,131 @@ class ValueModel(nn.Module):
             self.train(was_training)
         return out
 
+    # ----- values of candidate next tokens -------------------------------------------------------------
+    def one_pass_candidate_values(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor, cand: torch.Tensor
+    ) -> torch.Tensor:
+        """P̂(s_p ⊕ y) [B, P, K] of candidate ids `cand` [B, P, K] at prefixes p = 0..P−1 of a right-padded batch,
+        from one forward pass; only kinds with ``counterfactuals`` implement it."""
+        raise NotImplementedError(f"a {self.kind!r} model values each candidate from its own sequence")
+
+    @torch.no_grad()
+    def token_candidate_values(
+        self,
+        prompt_ids: list[list[int]],
+        completion_ids: list[list[int]],
+        positions: list[np.ndarray],
+        token_ids: list[np.ndarray],
+        batch_size: int = 32,
+    ) -> list[np.ndarray]:
+        """P̂(s_p ⊕ y) for every candidate (``positions[i][j]``, ``token_ids[i][j]``) of row i: the value of the
+        prefix with p completion tokens (0 <= p < T_i) followed by y in place of completion token p + 1.
+
+        Kinds with ``counterfactuals`` (implicit, qhead) read every candidate of a row from one forward pass over
+        the row (`candidate_cost` counts the tokens); any other kind runs one sequence s_p ⊕ y per candidate,
+        `batch_size` sequences at a time, its value read at the last position. Float64 arrays, one per row."""
+        for i, (pos, comp) in enumerate(zip(positions, completion_ids)):
+            if len(pos) and (int(np.min(pos)) < 0 or int(np.max(pos)) >= len(comp)):
+                raise ValueError(f"row {i}: candidate positions must be in 0..{len(comp) - 1} (completion tokens)")
+        if not self.counterfactuals:
+            return self._sequence_candidate_values(prompt_ids, completion_ids, positions, token_ids, batch_size)
+        was_training = self.training
+        self.eval()
+        out: list[np.ndarray] = []
+        try:
+            for b0, batch in collated_batches(prompt_ids, completion_ids, batch_size, self._device()):
+                rows = range(b0, b0 + batch["input_ids"].shape[0])
+                tmax = int(batch["completion_lengths"].max())
+                # per prefix, its candidates padded to the batch's widest prefix (padding repeats token 0)
+                slots = [_candidate_slots(positions[i], tmax) for i in rows]
+                width = max([1] + [int(s.max()) + 1 for _, s in slots if len(s)])
+                cand = torch.zeros(len(rows), max(tmax, 1), width, dtype=torch.long)
+                for r, i in enumerate(rows):
+                    pos, slot = slots[r]
+                    cand[r, pos, slot] = torch.as_tensor(np.asarray(token_ids[i], dtype=np.int64))
+                vals = self.one_pass_candidate_values(
+                    batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"], cand.to(self._device())
+                )
+                vals = vals.double().cpu().numpy()
+                for r, (pos, slot) in enumerate(slots):
+                    out.append(vals[r, pos, slot].copy())
+        finally:
+            self.train(was_training)
+        return out
+
+    def _sequence_candidate_values(
+        self,
+        prompt_ids: list[list[int]],
+        completion_ids: list[list[int]],
+        positions: list[np.ndarray],
+        token_ids: list[np.ndarray],
+        batch_size: int,
+    ) -> list[np.ndarray]:
+        """`token_candidate_values` of a kind without one-pass values: one sequence s_p ⊕ y per candidate."""
+        seqs: list[tuple[list[int], list[int]]] = []
+        for prompt, comp, pos, toks in zip(prompt_ids, completion_ids, positions, token_ids):
+            seqs += [(prompt, list(comp[: int(p)]) + [int(y)]) for p, y in zip(pos, toks)]
+        # sorted by length so batches pad little; values are per row, whatever the batch (right padding)
+        order = sorted(range(len(seqs)), key=lambda k: len(seqs[k][0]) + len(seqs[k][1]))
+        vals = np.zeros(len(seqs))
+        for b0 in range(0, len(order), batch_size):
+            idx = order[b0 : b0 + batch_size]
+            preds = self.predict([seqs[k][0] for k in idx], [seqs[k][1] for k in idx], batch_size=len(idx))
+            for k, pr in zip(idx, preds):
+                vals[k] = pr[-1]
+        out, start = [], 0
+        for pos in positions:
+            out.append(vals[start : start + len(pos)])
+            start += len(pos)
+        return out
+
+    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The reference policy's logits [B, L, V] (the policy the model values): the backbone with its adapter
+        disabled, or the frozen backbone. A fully trained backbone keeps no copy of the policy unless the kind
+        reads it (`reads_reference`)."""
+        if getattr(self, "ref_lm", None) is not None:
+            return self.ref_lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        if self.config.backbone == "full":
+            raise ValueError(
+                "this model trained its whole backbone and keeps no copy of the policy: give the candidates "
+                "(token_candidate_values) from the policy itself"
+            )
+        return self._lm_forward(input_ids, attention_mask, reference=self.uses_peft).logits
+
+    @torch.no_grad()
+    def candidate_values(self, prompt: str, prefix: str = "", k: int = 5) -> CandidateValues:
+        """Values of the policy's `k` most likely next tokens after `prompt` ⊕ `prefix` (`encode`): P̂(s ⊕ y'),
+        the prefix's own P̂(s) and the TD advantages P̂(s ⊕ y') − P̂(s), with the policy's log-probabilities.
+
+        One forward pass for kinds with ``counterfactuals`` (implicit, qhead), one sequence per candidate
+        otherwise (``sequences`` says how many the model ran)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        was_training = self.training
+        self.eval()
+        try:
+            prompt_ids, comp = self.encode(prompt, prefix)
+            ids = torch.tensor([prompt_ids + comp], device=self._device())
+            logp = torch.log_softmax(self.reference_logits(ids, torch.ones_like(ids))[0, -1].float(), dim=-1)
+            top_lp, top = logp.topk(min(k, logp.shape[-1]))
+            top_ids = top.cpu().numpy().astype(np.int64)
+            # a placeholder token after the prefix: candidates replace completion token T + 1
+            padded = comp + [int(top_ids[0])]
+            values = self.token_candidate_values([prompt_ids], [padded], [np.full(len(top_ids), len(comp))], [top_ids])[
+                0
+            ]
+            prefix_value = float(self.predict([prompt_ids], [comp])[0][-1])
+        finally:
+            self.train(was_training)
+        return CandidateValues(
+            token_ids=top_ids,
+            tokens=[self.tokenizer.decode([int(t)]) for t in top_ids],
+            logprobs=top_lp.double().cpu().numpy(),
+            values=values,
+            prefix_value=prefix_value,
+            sequences=1 if self.counterfactuals else len(top_ids),
+        )
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -347,7 +478,7 @@ class ValueModel(nn.Module):
         opts = options or LoadOptions()
         if base_model is None:
             opts = opts.with_recorded(cfg.base_load)
-            if cfg.backbone != "full" or cfg.policy_features:  # a fully trained backbone is in the folder
+            if cfg.backbone != "full" or cls.reads_reference(cfg):  # a fully trained backbone is in the folder
                 cfg.base_model = find_base_model(cfg.base_model, cfg.base_model_relative, path)
 
         def load_base(name: str) -> PreTrainedModel:
@@ -363,7 +494,7 @@ class ValueModel(nn.Module):
             cfg.base_model = base_model
         adapter = path / ADAPTER_DIR if (cfg.backbone == "lora" or cfg.soft_prompt_tokens) else None
         extra: dict[str, Any] = {}
-        if cfg.backbone == "full" and cfg.policy_features:  # the head's features come from the starting policy
+        if cfg.backbone == "full" and cls.reads_reference(cfg):  # the head reads the starting policy
             ref = base_model if base_model is not None else cfg.base_model
             extra["reference"] = ref.to(torch_dtype) if isinstance(ref, PreTrainedModel) else load_base(ref)
         model = cls(cfg, backbone, adapter_dir=adapter, **extra)
@@ -441,6 +572,34 @@ class ValueModel(nn.Module):
             token_values=values,
             step_spans=[(int(a), int(b)) for a, b in spans],
         )
+
+
+def _candidate_slots(positions: np.ndarray, tmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """For a row's flat candidate positions: (positions, the index of each candidate among its prefix's)."""
+    pos = np.asarray(positions, dtype=np.int64)
+    seen = np.zeros(max(tmax, 1), dtype=np.int64)
+    slot = np.zeros(len(pos), dtype=np.int64)
+    for j, p in enumerate(pos.tolist()):
+        slot[j] = seen[p]
+        seen[p] += 1
+    return pos, slot
+
+
+@dataclass
+class CandidateValues:
+    """Values of a prefix's candidate next tokens (`ValueModel.candidate_values`), most likely first."""
+
+    token_ids: np.ndarray  #: [k] int64, the policy's k most likely next tokens
+    tokens: list[str]  #: their text
+    logprobs: np.ndarray  #: [k] log π_ref(y' | s)
+    values: np.ndarray  #: [k] P̂(s ⊕ y')
+    prefix_value: float  #: P̂(s)
+    sequences: int  #: sequences the value model ran for the candidates (1: one pass)
+
+    @property
+    def advantages(self) -> np.ndarray:
+        """TD advantages P̂(s ⊕ y') − P̂(s), probability units."""
+        return self.values - self.prefix_value
 
 
 @dataclass

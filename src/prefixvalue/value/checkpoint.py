@@ -89,6 +89,11 @@ class ValueModelConfig:
         help="head: also feed the head the reference policy's log-probabilities of the written tokens (sum, minimum "
         "and last, up to the prefix): the policy's own surprise at what it wrote",
     )
+    q_top_k: int = field(
+        8,
+        help="qhead: V(s) = Σ π̃(y|s) Q(s, y) over the policy's q_top_k most likely next tokens (π̃: π_ref renormalised "
+        "over them); 0 = the whole vocabulary",
+    )
     soft_prompt_tokens: int = field(
         0, help="trainable virtual tokens (peft prompt tuning; needs backbone=frozen); 0 = none"
     )

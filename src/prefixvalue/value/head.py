@@ -76,7 +76,7 @@ class HeadValueModel(ValueModel):
         """`reference`: the starting policy, needed with ``policy_features`` and a fully trained backbone (by
         default a frozen copy of `backbone` as given, which must then be the untrained policy)."""
         hidden = backbone.get_input_embeddings().embedding_dim
-        if config.policy_features and config.backbone == "full" and reference is None:
+        if self.reads_reference(config) and config.backbone == "full" and reference is None:
             reference = copy.deepcopy(backbone)
         layers = getattr(backbone.config, "num_hidden_layers", None)
         if layers is not None and not -(layers + 1) <= config.head_layer <= layers:
@@ -95,10 +95,15 @@ class HeadValueModel(ValueModel):
         if config.policy_features:
             self.feature_head = nn.Linear(NUM_POLICY_FEATURES, 1, bias=False, dtype=torch.float32)
             nn.init.zeros_(self.feature_head.weight)
-            if config.backbone == "full":
-                self.ref_lm = reference.eval()
-                for p in self.ref_lm.parameters():
-                    p.requires_grad_(False)
+        if self.reads_reference(config) and config.backbone == "full":
+            self.ref_lm = reference.eval()
+            for p in self.ref_lm.parameters():
+                p.requires_grad_(False)
+
+    @classmethod
+    def reads_reference(cls, config: ValueModelConfig) -> bool:
+        """With policy features the head reads the reference policy (a frozen copy when the backbone trains fully)."""
+        return config.policy_features
 
     @property
     def _backbone_trains(self) -> bool:
@@ -160,14 +165,17 @@ class HeadValueModel(ValueModel):
     def head_parameters(self) -> list[nn.Parameter]:
         return [*self.head.parameters(), *(self.feature_head.parameters() if self.feature_head is not None else ())]
 
-    def _extra_state_tensors(self) -> dict[str, torch.Tensor]:
+    def _head_tensors(self) -> dict[str, torch.Tensor]:
         out = {"head.weight": self.head.weight, "head.bias": self.head.bias}
         if self.feature_head is not None:
             out["feature_head.weight"] = self.feature_head.weight
         return out
 
+    def _extra_state_tensors(self) -> dict[str, torch.Tensor]:
+        return self._head_tensors()
+
     def _load_extra_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        missing = set(self._extra_state_tensors()) - set(tensors)
+        missing = set(self._head_tensors()) - set(tensors)
         if missing:
             raise ValueError(f"head weights missing from checkpoint: {sorted(missing)}")
         with torch.no_grad():

@@ -289,38 +289,18 @@ class ImplicitValueModel(ValueModel):
         """
         was_training = self.training
         self.eval()
-        beta = self.config.beta
         results: list[Counterfactuals] = []
         try:
             for batch in self._batches(prompt_ids, completion_ids, batch_size):
-                ids, mask, plens = batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"]
-                tmax = max_completion_length(mask, plens)
-                phi_logits, targets = self._completion_logits(ids, mask, plens, tmax, reference=False)
-                ref_logits, _ = self._completion_logits(ids, mask, plens, tmax, reference=True)
-                logp_phi = torch.log_softmax(phi_logits.float(), dim=-1)
-                logp_ref = torch.log_softmax(ref_logits.float(), dim=-1)
-                taken = (logp_phi.gather(-1, targets[..., None]) - logp_ref.gather(-1, targets[..., None])).squeeze(-1)
-                clens = batch["completion_lengths"]
-                cmask = torch.arange(tmax, device=ids.device)[None, :] < clens[:, None]
-                taken = torch.where(cmask, taken, torch.zeros_like(taken))
-                # V_φ(p) for p = 0..Tmax-1 (value of the prefix before the candidate)
-                v_prefix = beta * torch.cumsum(taken, dim=1) - beta * taken
+                ids = batch["input_ids"]
+                fixed = None
                 if candidate_ids is not None:
-                    cand = torch.tensor(candidate_ids, device=ids.device).expand(ids.shape[0], tmax, -1)
-                else:
-                    cand = logp_ref.topk(min(top_k, logp_ref.shape[-1]), dim=-1).indices
-                ref_c = logp_ref.gather(-1, cand)
-                ratio_c = logp_phi.gather(-1, cand) - ref_c
-                if self.config.loss == "sequence":  # read out as trained: σ(V_φ)
-                    vals = torch.sigmoid(v_prefix[..., None] + beta * ratio_c)
-                elif self.config.readout == "sum":
-                    vals = torch.sigmoid(logit(self.config.base_rate) + v_prefix[..., None] + beta * ratio_c)
-                else:
-                    k = float(self.config.prior_tokens)
-                    steps = torch.arange(1, tmax + 1, device=ids.device, dtype=ratio_c.dtype)[None, :, None]
-                    prior = k * logit(self.config.base_rate)
-                    vals = torch.sigmoid((v_prefix[..., None] + beta * ratio_c + prior) / (steps + k))
-                for i, t in enumerate(clens.tolist()):
+                    tmax = max_completion_length(batch["attention_mask"], batch["prompt_lengths"])
+                    fixed = torch.tensor(candidate_ids, device=ids.device).expand(ids.shape[0], tmax, -1)
+                cand, ref_c, ratio_c, vals = self._candidates(
+                    ids, batch["attention_mask"], batch["prompt_lengths"], fixed, top_k
+                )
+                for i, t in enumerate(batch["completion_lengths"].tolist()):
                     results.append(
                         Counterfactuals(
                             token_ids=cand[i, :t].cpu().numpy().astype(np.int64),
@@ -332,3 +312,48 @@ class ImplicitValueModel(ValueModel):
         finally:
             self.train(was_training)
         return results
+
+    def one_pass_candidate_values(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor, cand: torch.Tensor
+    ) -> torch.Tensor:
+        """P̂(s_p ⊕ y) [B, P, K] of candidate ids `cand` [B, P, K] (`counterfactual_values`' readout)."""
+        return self._candidates(input_ids, attention_mask, prompt_lengths, cand, 0)[3]
+
+    def _candidates(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        plens: torch.Tensor,
+        cand: torch.Tensor | None,
+        top_k: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(candidates, log π_ref, log-ratios, P̂) [B, P, K] of one right-padded batch: the candidates `cand`
+        [B, P, K] at prefixes 0..P−1 (P <= Tmax), or the `top_k` of π_ref at every prefix when None."""
+        beta = self.config.beta
+        tmax = max_completion_length(mask, plens)
+        phi_logits, targets = self._completion_logits(ids, mask, plens, tmax, reference=False)
+        ref_logits, _ = self._completion_logits(ids, mask, plens, tmax, reference=True)
+        logp_phi = torch.log_softmax(phi_logits.float(), dim=-1)
+        logp_ref = torch.log_softmax(ref_logits.float(), dim=-1)
+        taken = (logp_phi.gather(-1, targets[..., None]) - logp_ref.gather(-1, targets[..., None])).squeeze(-1)
+        clens = mask.sum(1) - plens
+        cmask = torch.arange(tmax, device=ids.device)[None, :] < clens[:, None]
+        taken = torch.where(cmask, taken, torch.zeros_like(taken))
+        # V_φ(p) for p = 0..Tmax-1 (value of the prefix before the candidate)
+        v_prefix = beta * torch.cumsum(taken, dim=1) - beta * taken
+        if cand is None:
+            cand = logp_ref.topk(min(top_k, logp_ref.shape[-1]), dim=-1).indices
+        p = cand.shape[1]
+        logp_phi, logp_ref, v_prefix = logp_phi[:, :p], logp_ref[:, :p], v_prefix[:, :p]
+        ref_c = logp_ref.gather(-1, cand)
+        ratio_c = logp_phi.gather(-1, cand) - ref_c
+        if self.config.loss == "sequence":  # read out as trained: σ(V_φ)
+            vals = torch.sigmoid(v_prefix[..., None] + beta * ratio_c)
+        elif self.config.readout == "sum":
+            vals = torch.sigmoid(logit(self.config.base_rate) + v_prefix[..., None] + beta * ratio_c)
+        else:
+            k = float(self.config.prior_tokens)
+            steps = torch.arange(1, p + 1, device=ids.device, dtype=ratio_c.dtype)[None, :, None]
+            prior = k * logit(self.config.base_rate)
+            vals = torch.sigmoid((v_prefix[..., None] + beta * ratio_c + prior) / (steps + k))
+        return cand, ref_c, ratio_c, vals

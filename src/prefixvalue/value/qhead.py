@@ -1,0 +1,211 @@
+"""Explicit Q-head: a value for every candidate next token from one forward pass (docs/design.md, "Q-head").
+
+At a prefix s_p (hidden state h_p at its last token, as the head reads it) the value of appending candidate y is
+
+    Q(s_p, y) = σ(w·h_p + b + u·f(s_p ⊕ y) + (W h_p)·ê_y / H)
+
+- f(s_p ⊕ y): the head's three policy features of the *extended* prefix, exact from the reference policy's
+  log-probabilities at s_p: the sum, the minimum and the last of log π_ref over the written tokens and y
+  (floored at −30). The policy's own surprise at a token is shared by every candidate, sampled or not.
+- ê_y: the reference policy's output embedding of y (frozen, each row scaled to unit RMS). (W h_p)·ê_y / H (H the hidden
+  size, so that an optimiser step moves it as much as the other terms) is a second, trained "LM head" that reads
+  which token the state makes right; W starts at 0.
+
+Every parameter is shared across tokens, so a Q trained on the sampled tokens alone generalises to the unsampled
+ones. The prefix value is the policy-weighted aggregate V(s_p) = Σ_y π̃(y|s_p) Q(s_p, y) over the reference
+policy's `q_top_k` most likely tokens (π̃: π_ref renormalised over them; 0 = the whole vocabulary), which is
+Bellman's identity for the exact values at temperature 1. At the last position p = T (nothing follows a
+finished trace) V(s_T) = Q(s_{T−1}, y_T), the value of the action that ended it.
+
+Training: ``forward`` returns two channels [B, Tmax+1, 2]: channel 0 the "incoming" Q(s_{p−1}, y_p) of the written
+token (at p = 0, V(s_0)), channel 1 the readout V(s_p). The loss is the mean of the two BCEs against the target
+of s_p, so Q(s, y_t) learns the target of s ⊕ y_t and V(s) the target of s. How far V(s ⊕ y) and Q(s, y) agree
+is measured (`prefixvalue advantages`, "consistency"), not assumed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from .base import ValueModelConfig, max_completion_length, prefix_indices
+from .head import LOGPROB_FLOOR, NUM_POLICY_FEATURES, HeadValueModel
+from .losses import LOSS_TYPES, LossSum, margin_bce_with_logits, masked_sum
+
+#: P̂ is kept this far from 0 and 1 before its log-odds are taken (the aggregate is a probability, not a logit)
+PROB_EPS = 1e-6
+
+
+def _log_odds(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(PROB_EPS, 1.0 - PROB_EPS)
+    return torch.log(p) - torch.log1p(-p)
+
+
+class QHeadValueModel(HeadValueModel):
+    """Q-head (module docstring); ``forward`` returns logits [B, Tmax+1, 2] (incoming Q, readout V)."""
+
+    kind = "qhead"
+    description = (
+        "explicit Q-head: Q(s, y) = σ(w·h + b + u·f(s⊕y) + (W h)·e_y) for every candidate y in one pass; "
+        "V(s) = Σ π(y|s) Q(s, y)"
+    )
+    counterfactuals = True
+
+    @classmethod
+    def check_config(cls, config: ValueModelConfig) -> None:
+        super().check_config(config)
+        if config.policy_features:
+            raise ValueError(
+                "the Q-head always reads the policy's log-probabilities of each candidate; policy_features is the "
+                "head's option (leave it false)"
+            )
+        if config.q_top_k < 0:
+            raise ValueError(f"q_top_k must be >= 0 (0: the whole vocabulary), got {config.q_top_k}")
+
+    @classmethod
+    def reads_reference(cls, config: ValueModelConfig) -> bool:
+        return True
+
+    @classmethod
+    def card_rows(cls, config: ValueModelConfig) -> list[tuple[str, str]]:
+        k = config.q_top_k or "all"
+        return [("V(s) aggregates", f"Q(s, ·) over the policy's top {k} tokens, weighted by π_ref")]
+
+    @classmethod
+    def export_problem(cls, config: ValueModelConfig, num_layers: int | None = None) -> str | None:
+        return "export-model cannot express a Q-head (its values need the reference policy's log-probabilities)"
+
+    def __init__(
+        self,
+        config: ValueModelConfig,
+        backbone: PreTrainedModel,
+        adapter_dir: str | Path | None = None,
+        reference: PreTrainedModel | None = None,
+    ) -> None:
+        super().__init__(config, backbone, adapter_dir, reference)
+        hidden = self.head.in_features
+        self.q_features = nn.Linear(NUM_POLICY_FEATURES, 1, bias=False, dtype=torch.float32)
+        self.q_token = nn.Linear(hidden, hidden, bias=False, dtype=torch.float32)
+        nn.init.zeros_(self.q_features.weight)
+        nn.init.zeros_(self.q_token.weight)
+
+    # ----- the pieces of one forward pass ----------------------------------------------------------------
+    def _token_embeddings(self) -> torch.Tensor:
+        """ê [V, H]: the reference policy's output embeddings, frozen, each row scaled to unit RMS (rows of tokens the
+        policy never writes can be far longer than the rest; one global scale would shrink every other row)."""
+        src = self.ref_lm if self.ref_lm is not None else (self.lm.get_base_model() if self.uses_peft else self.lm)
+        e = src.get_output_embeddings().weight.detach().float()
+        return e / e.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
+
+    def _state(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """What Q needs at every prefix p = 0..Tmax: hidden states ``h`` [B, P, H], the reference log-probabilities
+        ``logp`` [B, P, V] of the next token, the running sum ``S`` and minimum ``M`` [B, P] of log π_ref over the
+        written tokens (0 at p = 0), the completion lengths ``clens`` [B]."""
+        tmax = max_completion_length(attention_mask, prompt_lengths)
+        frozen = not self._backbone_trains
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self._backbone_trains):
+            out = self._lm_forward(
+                input_ids, attention_mask, output_hidden_states=True, **({} if frozen else {"logits_to_keep": 1})
+            )
+            hidden = out.hidden_states[self.config.head_layer]
+        idx = prefix_indices(prompt_lengths, tmax + 1, input_ids.shape[1])
+        h = hidden.gather(1, idx[..., None].expand(-1, -1, hidden.shape[-1])).float()
+        with torch.no_grad():
+            if frozen:
+                ref_logits = out.logits
+            elif self.ref_lm is not None:
+                ref_logits = self.ref_lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            else:
+                ref_logits = self._lm_forward(input_ids, attention_mask, reference=True).logits
+            sel = ref_logits.gather(1, idx[..., None].expand(-1, -1, ref_logits.shape[-1]))
+            logp = torch.log_softmax(sel.float(), dim=-1)  # [B, Tmax+1, V]: row p predicts completion token p + 1
+            clens = attention_mask.sum(1) - prompt_lengths
+            written = input_ids.gather(1, (idx[:, :tmax] + 1).clamp(max=input_ids.shape[1] - 1))
+            lw = logp[:, :tmax].gather(-1, written[..., None]).squeeze(-1).clamp_min(LOGPROB_FLOOR)
+            lw = torch.where(torch.arange(tmax, device=lw.device)[None, :] < clens[:, None], lw, torch.zeros_like(lw))
+            zero = torch.zeros(lw.shape[0], 1, device=lw.device)
+            running_sum = torch.cat([zero, lw.cumsum(1)], dim=1)
+            running_min = torch.cat([zero, torch.cummin(lw, dim=1).values], dim=1) if tmax else zero
+        return {"h": h, "logp": logp, "S": running_sum, "M": running_min, "clens": clens}
+
+    def _q_logits(self, st: dict[str, torch.Tensor], cand: torch.Tensor) -> torch.Tensor:
+        """Q's logits [B, P, K] of candidate tokens `cand` [B, P, K] at prefixes 0..P−1."""
+        p = cand.shape[1]
+        h = st["h"][:, :p]
+        ell = st["logp"][:, :p].gather(-1, cand).clamp_min(LOGPROB_FLOOR)
+        s, m = st["S"][:, :p, None], st["M"][:, :p, None]
+        # min over the written tokens and y: the running minimum is 0 at p = 0 and every log-probability is <= 0
+        feats = torch.stack([s + ell, torch.minimum(m, ell), ell], dim=-1)
+        state = self.head(h)  # [B, P, 1]
+        # scaled by 1/H: each of W's H² weights moves by ~lr per Adam step, so unscaled the term would jump by ~lr·H²
+        token = (self.q_token(h)[:, :, None, :] * self._token_embeddings()[cand]).sum(-1) / h.shape[-1]
+        return state + self.q_features(feats).squeeze(-1) + token
+
+    def _aggregate(self, st: dict[str, torch.Tensor]) -> torch.Tensor:
+        """V(s_p) = Σ π̃(y|s_p) σ(Q(s_p, y)) over the top `q_top_k` tokens of π_ref, [B, Tmax+1] probabilities."""
+        logp = st["logp"]
+        k = self.config.q_top_k
+        if k and k < logp.shape[-1]:
+            top_lp, cand = logp.topk(k, dim=-1)
+        else:
+            cand = torch.arange(logp.shape[-1], device=logp.device).expand(*logp.shape[:2], -1)
+            top_lp = logp
+        weights = torch.softmax(top_lp, dim=-1)
+        return (weights * torch.sigmoid(self._q_logits(st, cand))).sum(-1)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """[B, Tmax+1, 2] logits: channel 0 the incoming Q(s_{p−1}, y_p) (p = 0: V(s_0)); channel 1 the readout,
+        V(s_p) for p < T and Q(s_{T−1}, y_T) at p = T."""
+        st = self._state(input_ids, attention_mask, prompt_lengths)
+        tmax = st["h"].shape[1] - 1
+        agg = _log_odds(self._aggregate(st))  # [B, Tmax+1]
+        idx = prefix_indices(prompt_lengths, tmax, input_ids.shape[1])
+        written = input_ids.gather(1, (idx + 1).clamp(max=input_ids.shape[1] - 1))  # [B, Tmax]: token p + 1
+        incoming = self._q_logits(st, written[..., None])[..., 0] if tmax else agg[:, :0]
+        channel0 = torch.cat([agg[:, :1], incoming], dim=1)
+        at_end = torch.arange(tmax + 1, device=agg.device)[None, :] >= st["clens"][:, None]
+        readout = torch.where(at_end, channel0, agg)
+        return torch.stack([channel0, readout], dim=-1)
+
+    @classmethod
+    def value_loss(
+        cls, logits: torch.Tensor, batch: dict[str, torch.Tensor], loss: str = "prefix", margin: float = 0.0
+    ) -> LossSum:
+        """The mean of the BCEs of the incoming Q and of the readout V against the target of s_p."""
+        if loss not in LOSS_TYPES:
+            raise ValueError(f"unknown loss type {loss!r}; choose from {LOSS_TYPES}")
+        terms = margin_bce_with_logits(logits, batch["targets"][..., None].expand_as(logits), 0.0).mean(-1)
+        return masked_sum(terms, cls.loss_mask(batch, loss))
+
+    def values_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """P̂ [B, Tmax+1]: the readout channel."""
+        return torch.sigmoid(logits[..., 1].float())
+
+    def one_pass_candidate_values(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor, cand: torch.Tensor
+    ) -> torch.Tensor:
+        """Q(s_p, y) [B, P, K] of candidate ids `cand` [B, P, K] at prefixes p = 0..P−1, from one forward pass."""
+        return torch.sigmoid(self._q_logits(self._state(input_ids, attention_mask, prompt_lengths), cand))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [*super().head_parameters(), *self.q_features.parameters(), *self.q_token.parameters()]
+
+    def _extra_state_tensors(self) -> dict[str, torch.Tensor]:
+        q = {"q_features.weight": self.q_features.weight, "q_token.weight": self.q_token.weight}
+        return {**self._head_tensors(), **q}
+
+    def _load_extra_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        missing = {"q_features.weight", "q_token.weight"} - set(tensors)
+        if missing:
+            raise ValueError(f"Q-head weights missing from checkpoint: {sorted(missing)}")
+        super()._load_extra_state_tensors(tensors)
+        with torch.no_grad():
+            self.q_features.weight.copy_(tensors["q_features.weight"])
+            self.q_token.weight.copy_(tensors["q_token.weight"])

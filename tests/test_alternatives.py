@@ -214,6 +214,7 @@ def test_scores_on_known_cases():
         "mc_prefix": np.array([0.5] * 3 + [0.4] * 3),
         "fork": np.zeros(6, bool),
         "logprob": np.log([0.8, 0.1, 0.1, 0.6, 0.3, 0.1]),
+        "mc_n": np.zeros(6, dtype=np.int64),
     }
     check["mc_advantage"] = check["mc_mean"] - check["mc_prefix"]
     check["value_m"] = check["mc_mean"].copy()
@@ -223,6 +224,11 @@ def test_scores_on_known_cases():
     assert m["within_spearman"]["value"] == pytest.approx(1.0)
     assert m["sign_agreement_counterfactual"]["value"] == 1.0 and m["sign_agreement_counterfactual"]["n"] == 3
     assert m["sign_agreement_sampled"]["n"] == 2
+    assert m["calibration_counterfactual"]["brier"] == 0.0 and m["calibration_counterfactual"]["ece"] == 0.0
+    # exact candidate values (n = 0, a terminal score) redraw to themselves: the ceiling is 1; 2 samples each lose rank
+    assert sc["within_noise_ceiling"]["value"] == pytest.approx(1.0) and sc["within_noise_ceiling"]["n_prefixes"] == 2
+    check["mc_n"] = np.full(6, 2)
+    assert score_check(check, ["m"], n_boot=20)["within_noise_ceiling"]["value"] < 0.9
 
 
 def test_arith_action_sets():

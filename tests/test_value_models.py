@@ -414,6 +414,10 @@ def test_qhead_values_follow_the_formula(rows, tiny_tokenizer):
     cv = model.candidate_values(tiny_tokenizer.decode(prompts[0]), tiny_tokenizer.decode(completions[0][:3]), k=4)
     assert cv.sequences == 1 and len(cv.values) == 4 and np.all(np.diff(cv.logprobs) <= 0)
     np.testing.assert_allclose(cv.advantages, cv.values - cv.prefix_value)
+    # P̂(s) of a prefix that goes on is the aggregate: the π-weighted mean of its candidates' Q over the top 3
+    cv3 = model.candidate_values(tiny_tokenizer.decode(prompts[0]), tiny_tokenizer.decode(completions[0][:3]), k=3)
+    weights = np.exp(cv3.logprobs) / np.exp(cv3.logprobs).sum()
+    assert cv3.prefix_value == pytest.approx(float(weights @ cv3.values), abs=1e-6)
     with pytest.raises(ValueError, match="policy_features"):
         build_value_model(ValueModelConfig(kind="qhead", policy_features=True), make_tiny_gpt2(len(tiny_tokenizer)))
     with pytest.raises(ValueError, match="positions must be in"):

@@ -426,6 +426,33 @@ def sign_scores(
     return out
 
 
+def within_noise_ceiling(
+    check: dict[str, np.ndarray], groups: Sequence[np.ndarray], replicates: int = 50, seed: int = 0
+) -> dict[str, Any]:
+    """The within-prefix Spearman that MC labels of this size allow: per prefix (≥ 3 candidates, MC values not all
+    equal), the mean Spearman between two independent binomial redraws of its candidates' MC values (n = each
+    candidate's ``mc_n``, p = its MC mean; terminal candidates, n = 0, keep their exact score), averaged over
+    prefixes; a plug-in ceiling, the same rule as the prefix-level one."""
+    if "mc_n" not in check:  # a check without sample counts (hand-made): no ceiling to draw
+        return {"value": None, "n_prefixes": 0, "replicates": replicates}
+    rng = np.random.default_rng(seed)
+    mc, n = check["mc_mean"], np.asarray(check["mc_n"]).astype(np.int64)
+    per_prefix = []
+    for g in groups:
+        if len(g) < 3 or constant_note(mc[g], "mc"):
+            continue
+        reps = []
+        for _ in range(replicates):
+            a, b = (np.where(n[g] > 0, rng.binomial(n[g], mc[g]) / np.maximum(n[g], 1), mc[g]) for _ in range(2))
+            if not constant_note(a, "a") and not constant_note(b, "b"):
+                reps.append(_spearman_raw(a, b))
+        reps = [r for r in reps if math.isfinite(r)]
+        if reps:
+            per_prefix.append(float(np.mean(reps)))
+    value = float(np.mean(per_prefix)) if per_prefix else None
+    return {"value": value, "n_prefixes": len(per_prefix), "replicates": replicates}
+
+
 def score_check(
     check: dict[str, np.ndarray],
     models: Sequence[str],
@@ -492,6 +519,7 @@ def score_check(
         }
 
     out["policy_prob"]["within_spearman"] = within(check["logprob"])
+    out["within_noise_ceiling"] = within_noise_ceiling(check, groups, seed=seed)
     for m in models:
         v, a = check[f"value_{m}"], check[f"advantage_{m}"]
         out["models"][m] = {
@@ -553,6 +581,11 @@ def render_advantages_section(metrics: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     pw = sc["policy_prob"]["within_spearman"]
+    nc = sc.get("within_noise_ceiling") or {}
+    if nc.get("value") is not None:
+        lines.append(
+            f"| noise ceiling: MC against a redraw of MC | – | {_f(nc['value'])} ({nc['n_prefixes']}) | – | – |"
+        )
     lines.append(f"| policy π(y'|s) | – | {_f(pw['value'])}{_ci(pw['ci'])} ({pw['n_prefixes']}) | – | – |")
     for m, e in sc["models"].items():
         w = e["within_spearman"]
@@ -609,12 +642,11 @@ def render_advantages_section(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def best_one_pass(check: dict[str, Any], names: Sequence[str]) -> str | None:
-    """Of the one-pass models `names`, the one whose candidate values rank best within a prefix (None when none
-    was scored)."""
-    scored = [(check["models"][n]["within_spearman"]["value"], n) for n in names if n in check["models"]]
-    scored = [(v, n) for v, n in scored if v is not None]
-    return max(scored)[1] if scored else (names[0] if names else None)
+def verdict_model(names: Sequence[str]) -> str | None:
+    """The one-pass model the verdict is about: the first of `names` (the checkpoints in the order given; the
+    quickstart passes its validation choice first, then the others best first on validation). Never chosen by the
+    MC check's own labels, which are what the verdict reports."""
+    return names[0] if names else None
 
 
 def one_pass_verdict(check: dict[str, Any], name: str) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -241,7 +242,10 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     device, load = ecfg.device or str(default_device()), ecfg.load_options()
     with timed(seconds, "choose on validation"):
         pick = choose_learned({n: ckpts[n, 0] for n in names}, val_dir, val_labels_dir, ecfg, device, load)
-    names = [pick.chosen, *(n for n in names if n != pick.chosen)]
+    # the chosen first, then the others best first on validation: the studies read the first of a kind as its best
+    # (alternatives: the first checkpoint with one-pass candidate values is the one its verdict names)
+    ranked = sorted((n for n in names if n != pick.chosen), key=lambda n: -(pick.candidates.get(n) or -math.inf))
+    names = [pick.chosen, *ranked]
     more_seeds = {(names[0], s): cfg.train_config(names[0], out, s, traces_dir) for s in range(1, cfg.seeds)}
     with timed(seconds, "train seeds"):
         trained.update(run_jobs(train.run, more_seeds, cfg.train_workers, lambda t: dataclasses.replace(t, threads=1)))

@@ -61,8 +61,8 @@ class AdvantagesConfig(ModelLoadConfig):
         renamed_from="top_k",
     )
     max_traces: int | None = field(60, help="first K traces get candidates (None: all)")
-    mc_prefixes: int = field(24, help="prefixes whose candidates are labelled by Monte Carlo (forks included)")
-    mc_forks: int = field(8, help="of those, the largest MC jumps in `labels` (known forking tokens)")
+    mc_prefixes: int = field(120, help="prefixes whose candidates are labelled by Monte Carlo (forks included)")
+    mc_forks: int = field(40, help="of those, the largest MC jumps in `labels` (known forking tokens)")
     samples: int = field(32, help="MC continuations per prefix and per candidate")
     seed: int = field(0, help="sampling, prefix-choice and bootstrap seed")
     batch_size: int = field(8, help="traces per forward pass (the head: 4x as many candidate sequences)")
@@ -103,7 +103,6 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
         COLUMNS,
         MODEL_COLUMNS,
         TraceInput,
-        best_one_pass,
         candidate_cost,
         candidate_table,
         choose_check_prefixes,
@@ -114,6 +113,7 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
         policy_candidates,
         render_advantages_section,
         score_check,
+        verdict_model,
     )
     from ..loading import traces_policy
     from ..policies import check_vocabulary, default_device, load_policy
@@ -178,7 +178,7 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
     kinds = {n: str(getattr(m, "kind", "?")) for n, m in models.items()}
     scores = score_check(check, list(models), cfg.n_bootstrap, cfg.seed, checkpoints=names, kinds=kinds)
     one_pass = [n for n, m in models.items() if getattr(m, "counterfactuals", False)]  # every candidate in one pass
-    best = best_one_pass(scores, one_pass)
+    best = verdict_model(one_pass)
     metrics: dict[str, Any] = {
         "n_traces": len(traces),
         "check_heldout_traces": len(check_traces),
@@ -193,7 +193,7 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
         "check": scores,
         "cost": {n: candidate_cost(traces, cands, n in one_pass) for n in models},
         "consistency": {n: consistency(table, n) for n in models},
-        "best_one_pass": best,
+        "verdict_model": best,
         "verdict": one_pass_verdict(scores, best) if best else None,
         "mc_cost": labeller.cost.as_dict(),
         "seconds_dataset": round(t_table, 1),

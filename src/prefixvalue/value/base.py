@@ -378,12 +378,12 @@ class ValueModel(nn.Module):
             logp = torch.log_softmax(self.reference_logits(ids, torch.ones_like(ids))[0, -1].float(), dim=-1)
             top_lp, top = logp.topk(min(k, logp.shape[-1]))
             top_ids = top.cpu().numpy().astype(np.int64)
-            # a placeholder token after the prefix: candidates replace completion token T + 1
+            # a placeholder token after the prefix: candidates replace completion token T + 1, and P̂(s) is read at T
+            # as at any prefix that goes on (a Q-head reads the last position of a sequence as a finished one)
             padded = comp + [int(top_ids[0])]
-            values = self.token_candidate_values([prompt_ids], [padded], [np.full(len(top_ids), len(comp))], [top_ids])[
-                0
-            ]
-            prefix_value = float(self.predict([prompt_ids], [comp])[0][-1])
+            at_end = np.full(len(top_ids), len(comp))
+            values = self.token_candidate_values([prompt_ids], [padded], [at_end], [top_ids])[0]
+            prefix_value = float(self.predict([prompt_ids], [padded])[0][len(comp)])
         finally:
             self.train(was_training)
         return CandidateValues(

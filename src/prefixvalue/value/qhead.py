@@ -2,14 +2,14 @@
 
 At a prefix s_p (hidden state h_p at its last token, as the head reads it) the value of appending candidate y is
 
-    Q(s_p, y) = σ(w·h_p + b + u·f(s_p ⊕ y) + (W h_p)·ê_y / H)
+    Q(s_p, y) = σ(w·h_p + b + u·[f(s_p), ℓ_y, min(f_min(s_p), ℓ_y)] + (W h_p)·ê_y / √H)
 
-- f(s_p ⊕ y): the head's three policy features of the *extended* prefix, exact from the reference policy's
-  log-probabilities at s_p: the sum, the minimum and the last of log π_ref over the written tokens and y
-  (floored at −30). The policy's own surprise at a token is shared by every candidate, sampled or not.
-- ê_y: the reference policy's output embedding of y (frozen, each row scaled to unit RMS). (W h_p)·ê_y / H (H the hidden
-  size, so that an optimiser step moves it as much as the other terms) is a second, trained "LM head" that reads
-  which token the state makes right; W starts at 0.
+- f(s_p): the head's three policy features of s_p (the sum, the minimum and the last of log π_ref over the
+  written tokens), one value for every candidate; ℓ_y = log π_ref(y|s_p), the candidate's own (floored at −30),
+  and the minimum over s_p ⊕ y: the policy's surprise at an unlikely candidate, as the head reads it once written.
+- ê_y: the reference policy's output embedding of y, frozen, centred and whitened over the vocabulary.
+  (W h_p)·ê_y / √H (H the hidden size) is a second, trained "LM head" that reads which token the state makes
+  right; W starts at 0.
 
 Every parameter is shared across tokens, so a Q trained on the sampled tokens alone generalises to the unsampled
 ones. The prefix value is the policy-weighted aggregate V(s_p) = Σ_y π̃(y|s_p) Q(s_p, y) over the reference
@@ -87,18 +87,30 @@ class QHeadValueModel(HeadValueModel):
     ) -> None:
         super().__init__(config, backbone, adapter_dir, reference)
         hidden = self.head.in_features
-        self.q_features = nn.Linear(NUM_POLICY_FEATURES, 1, bias=False, dtype=torch.float32)
+        self.q_features = nn.Linear(NUM_POLICY_FEATURES + 2, 1, bias=False, dtype=torch.float32)
         self.q_token = nn.Linear(hidden, hidden, bias=False, dtype=torch.float32)
         nn.init.zeros_(self.q_features.weight)
         nn.init.zeros_(self.q_token.weight)
 
     # ----- the pieces of one forward pass ----------------------------------------------------------------
     def _token_embeddings(self) -> torch.Tensor:
-        """ê [V, H]: the reference policy's output embeddings, frozen, each row scaled to unit RMS (rows of tokens the
-        policy never writes can be far longer than the rest; one global scale would shrink every other row)."""
+        """ê [V, H]: the reference policy's output embeddings, frozen, centred and whitened over the vocabulary (ZCA;
+        directions of variance below 1e-6 of the largest dropped). Raw output embeddings share a large common
+        component and differ in small directions, which an optimiser moves along H² times slower; whitened, every
+        direction has unit variance. Computed once per device and kept (not saved: it follows from the policy)."""
         src = self.ref_lm if self.ref_lm is not None else (self.lm.get_base_model() if self.uses_peft else self.lm)
-        e = src.get_output_embeddings().weight.detach().float()
-        return e / e.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
+        weight = src.get_output_embeddings().weight
+        cached = getattr(self, "_whitened", None)
+        if cached is not None and cached.device == weight.device:
+            return cached
+        with torch.no_grad():
+            e = weight.detach().double()
+            c = e - e.mean(0, keepdim=True)
+            vals, vecs = torch.linalg.eigh(c.T @ c / len(c))
+            keep = vals > vals.max().clamp_min(1e-30) * 1e-6
+            white = (c @ vecs[:, keep] / vals[keep].sqrt() @ vecs[:, keep].T).float()  # ZCA: back in the H axes
+        self._whitened = white
+        return white
 
     def _state(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
@@ -131,19 +143,21 @@ class QHeadValueModel(HeadValueModel):
             zero = torch.zeros(lw.shape[0], 1, device=lw.device)
             running_sum = torch.cat([zero, lw.cumsum(1)], dim=1)
             running_min = torch.cat([zero, torch.cummin(lw, dim=1).values], dim=1) if tmax else zero
-        return {"h": h, "logp": logp, "S": running_sum, "M": running_min, "clens": clens}
+            state = torch.stack([running_sum, running_min, torch.cat([zero, lw], dim=1)], dim=-1)  # the head's f(s_p)
+        return {"h": h, "logp": logp, "f": state, "clens": clens}
 
     def _q_logits(self, st: dict[str, torch.Tensor], cand: torch.Tensor) -> torch.Tensor:
         """Q's logits [B, P, K] of candidate tokens `cand` [B, P, K] at prefixes 0..P−1."""
         p = cand.shape[1]
         h = st["h"][:, :p]
         ell = st["logp"][:, :p].gather(-1, cand).clamp_min(LOGPROB_FLOOR)
-        s, m = st["S"][:, :p, None], st["M"][:, :p, None]
-        # min over the written tokens and y: the running minimum is 0 at p = 0 and every log-probability is <= 0
-        feats = torch.stack([s + ell, torch.minimum(m, ell), ell], dim=-1)
+        # the head's features of s (one value for every candidate of s), the candidate's own log π_ref(y|s) and the
+        # minimum of s ⊕ y (the running minimum is 0 at p = 0 and every log-probability is <= 0)
+        f = st["f"][:, :p, None, :].expand(-1, -1, cand.shape[2], -1)
+        feats = torch.cat([f, ell[..., None], torch.minimum(f[..., 1], ell)[..., None]], dim=-1)
         state = self.head(h)  # [B, P, 1]
-        # scaled by 1/H: each of W's H² weights moves by ~lr per Adam step, so unscaled the term would jump by ~lr·H²
-        token = (self.q_token(h)[:, :, None, :] * self._token_embeddings()[cand]).sum(-1) / h.shape[-1]
+        # scaled by 1/√H, as attention scores are: the sum runs over H products of unit-variance terms
+        token = (self.q_token(h)[:, :, None, :] * self._token_embeddings()[cand]).sum(-1) / h.shape[-1] ** 0.5
         return state + self.q_features(feats).squeeze(-1) + token
 
     def _aggregate(self, st: dict[str, torch.Tensor]) -> torch.Tensor:

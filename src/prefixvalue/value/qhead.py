@@ -96,8 +96,9 @@ class QHeadValueModel(HeadValueModel):
     def _token_embeddings(self) -> torch.Tensor:
         """ê [V, H]: the reference policy's output embeddings, frozen, centred and whitened over the vocabulary (ZCA;
         directions of variance below 1e-6 of the largest dropped). Raw output embeddings share a large common
-        component and differ in small directions, which an optimiser moves along H² times slower; whitened, every
-        direction has unit variance. Computed once per device and kept (not saved: it follows from the policy)."""
+        component and differ along small directions, which the bilinear term then learns slowly (measured on the
+        Markov toy of tests/test_training_signals.py); whitened, every direction has unit variance. Computed once
+        per device and kept, [V, H] float32 (not saved: it follows from the policy)."""
         src = self.ref_lm if self.ref_lm is not None else (self.lm.get_base_model() if self.uses_peft else self.lm)
         weight = src.get_output_embeddings().weight
         cached = getattr(self, "_whitened", None)
@@ -116,8 +117,8 @@ class QHeadValueModel(HeadValueModel):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """What Q needs at every prefix p = 0..Tmax: hidden states ``h`` [B, P, H], the reference log-probabilities
-        ``logp`` [B, P, V] of the next token, the running sum ``S`` and minimum ``M`` [B, P] of log π_ref over the
-        written tokens (0 at p = 0), the completion lengths ``clens`` [B]."""
+        ``logp`` [B, P, V] of the next token, the head's policy features ``f`` [B, P, 3] of each prefix (sum, minimum
+        and last of log π_ref over the written tokens; 0 at p = 0), the completion lengths ``clens`` [B]."""
         tmax = max_completion_length(attention_mask, prompt_lengths)
         frozen = not self._backbone_trains
         with torch.set_grad_enabled(torch.is_grad_enabled() and self._backbone_trains):

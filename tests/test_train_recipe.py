@@ -215,8 +215,10 @@ def test_two_cpu_processes_match_one_on_the_same_global_batch(tiny_setup, tmp_pa
 def test_learns_on_the_shipped_policy_traces(tmp_path):
     """A check of learning, not a timed test: held-out Brier beats the constant base-rate predictor.
 
-    The explicit head learns reliably at this size; the implicit model's held-out Brier sits within a few
-    thousandths of the base rate's at 150 steps on 500 prompts, so it cannot carry a learning check."""
+    The quickstart's head recipe (policy features, sibling labels) learns reliably at this size: Brier 0.218
+    against the base rate's 0.250 here. The plain head on outcomes sat within 0.001 of the base rate even at 400
+    steps, and its prompt-level AUROC moved between 0.56 and 0.65 with the installed packages' sampling; the
+    implicit model's held-out Brier sits within a few thousandths of the base rate's, so neither carries it."""
     torch.manual_seed(0)
     traces = save_traces(policy_traces(SHIPPED_POLICY, n_prompts=500, samples=8, seed=0), tmp_path / "traces")
     result = _run(
@@ -230,11 +232,13 @@ def test_learns_on_the_shipped_policy_traces(tmp_path):
             "threads=1",
             "value_model.kind=head",
             "validation_fraction=0.25",  # the monitor reads validation prompts: about 100, as many as held out
+            "value_model.policy_features=true",
+            "signal=siblings",
+            "lr=3e-3",
         ]
     )
     assert result["monitor_split"] == "validation" and result["monitor_traces"] > 600, result
     assert result["brier_all"] < result["brier_base_rate_all"], result
-    # it ranks prompts by how hard they are for the policy (the value before any token). The value after the
-    # last token needs the arithmetic checked, and at 150 steps its AUROC depends on which traces were sampled
-    # (0.53 on the traces transformers 5.24's `generate` draws here, where auroc_first is 0.65): not asserted
-    assert result["auroc_first"] > 0.6, result
+    # it ranks prompts by how hard they are for the policy (the value before any token: 0.64 here), and the value
+    # after the last token separates right from wrong answers through the policy's surprise at what it wrote (0.77)
+    assert result["auroc_first"] > 0.6 and result["auroc_last"] > 0.7, result

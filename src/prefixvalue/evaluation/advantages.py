@@ -642,13 +642,6 @@ def render_advantages_section(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def verdict_model(names: Sequence[str]) -> str | None:
-    """The one-pass model the verdict is about: the first of `names` (the checkpoints in the order given; the
-    quickstart passes its validation choice first, then the others best first on validation). Never chosen by the
-    MC check's own labels, which are what the verdict reports."""
-    return names[0] if names else None
-
-
 def one_pass_verdict(check: dict[str, Any], name: str) -> str | None:
     """One sentence from the measured figures on the one-pass model `name` (None when not scored): its
     within-prefix Spearman against the policy's probability, and the sign of its advantages on unsampled

@@ -113,7 +113,6 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
         policy_candidates,
         render_advantages_section,
         score_check,
-        verdict_model,
     )
     from ..loading import traces_policy
     from ..policies import check_vocabulary, default_device, load_policy
@@ -178,7 +177,9 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
     kinds = {n: str(getattr(m, "kind", "?")) for n, m in models.items()}
     scores = score_check(check, list(models), cfg.n_bootstrap, cfg.seed, checkpoints=names, kinds=kinds)
     one_pass = [n for n, m in models.items() if getattr(m, "counterfactuals", False)]  # every candidate in one pass
-    best = verdict_model(one_pass)
+    # the verdict is about the first one-pass checkpoint given (the quickstart gives its validation choice first, then
+    # the others best first on validation), never one chosen by the check's own labels, which the verdict reports
+    best = one_pass[0] if one_pass else None
     metrics: dict[str, Any] = {
         "n_traces": len(traces),
         "check_heldout_traces": len(check_traces),

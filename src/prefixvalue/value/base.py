@@ -351,9 +351,7 @@ class ValueModel(nn.Module):
     def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The reference policy's logits [B, L, V] (the policy the model values): the backbone with its adapter
         disabled, or the frozen backbone. A fully trained backbone keeps no copy of the policy unless the kind
-        reads it (`reads_reference`)."""
-        if getattr(self, "ref_lm", None) is not None:
-            return self.ref_lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        reads it (`reads_reference`; the head's override uses that copy)."""
         if self.config.backbone == "full":
             raise ValueError(
                 "this model trained its whole backbone and keeps no copy of the policy: give the candidates "

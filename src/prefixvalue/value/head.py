@@ -31,6 +31,22 @@ NUM_POLICY_FEATURES = 3
 LOGPROB_FLOOR = -30.0
 
 
+def written_logprob_features(lp: torch.Tensor, clens: torch.Tensor) -> torch.Tensor:
+    """The policy features [B, T+1, 3] float32 from log π_ref of the written tokens `lp` [B, T] and the completion
+    lengths `clens` [B]: the sum, the minimum and the last of log π_ref(y_t | s_t) over t ≤ p, each floored at
+    `LOGPROB_FLOOR` (0 at p = 0 and past a row's end)."""
+    b, tmax = lp.shape
+    zero = torch.zeros(b, 1, device=lp.device)
+    if tmax == 0:
+        return torch.zeros(b, 1, NUM_POLICY_FEATURES, device=lp.device)
+    written = torch.arange(tmax, device=lp.device)[None, :] < clens[:, None]
+    lp = torch.where(written, lp.clamp_min(LOGPROB_FLOOR), torch.zeros_like(lp))
+    total = torch.cat([zero, lp.cumsum(1)], dim=1)
+    low = torch.cat([zero, torch.cummin(lp, dim=1).values], dim=1)
+    last = torch.cat([zero, lp], dim=1)
+    return torch.stack([total, low, last], dim=-1).float()
+
+
 class HeadValueModel(ValueModel):
     """Linear value head on the hidden states; ``forward`` returns logits z(p) [B, Tmax+1]."""
 
@@ -143,24 +159,19 @@ class HeadValueModel(ValueModel):
         """[B, Tmax+1, 3] float32: sum, minimum and last of log π_ref(y_t | s_t) over written tokens t ≤ p
         (0 at p = 0 and past a row's end), each floored at `LOGPROB_FLOOR`."""
         tmax = max_completion_length(attention_mask, prompt_lengths)
-        b = input_ids.shape[0]
         if tmax == 0:
-            return torch.zeros(b, 1, NUM_POLICY_FEATURES, device=input_ids.device)
+            return torch.zeros(input_ids.shape[0], 1, NUM_POLICY_FEATURES, device=input_ids.device)
         if ref_logits is None:
-            if self.ref_lm is not None:  # fully trained backbone: the frozen copy of the starting policy
-                ref_logits = self.ref_lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            else:  # frozen: the backbone itself; LoRA / soft prompt: the backbone with them disabled
-                ref_logits = self._lm_forward(input_ids, attention_mask, reference=self.uses_peft).logits
+            ref_logits = self.reference_logits(input_ids, attention_mask)
         sel, tokens = completion_logits(ref_logits, input_ids, prompt_lengths, tmax)
-        lp = selected_log_probs(sel, tokens).clamp_min(LOGPROB_FLOOR)
-        clens = attention_mask.sum(1) - prompt_lengths
-        written = torch.arange(tmax, device=lp.device)[None, :] < clens[:, None]
-        lp = torch.where(written, lp, torch.zeros_like(lp))
-        zero = torch.zeros(b, 1, device=lp.device)
-        total = torch.cat([zero, lp.cumsum(1)], dim=1)
-        low = torch.cat([zero, torch.cummin(lp, dim=1).values], dim=1)
-        last = torch.cat([zero, lp], dim=1)
-        return torch.stack([total, low, last], dim=-1).float()
+        return written_logprob_features(selected_log_probs(sel, tokens), attention_mask.sum(1) - prompt_lengths)
+
+    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """π_ref's logits: the frozen copy of the starting policy when the backbone trains fully, else the base's
+        rule (the frozen backbone itself; LoRA or a soft prompt: the backbone with them disabled)."""
+        if self.ref_lm is not None:
+            return self.ref_lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return super().reference_logits(input_ids, attention_mask)
 
     def head_parameters(self) -> list[nn.Parameter]:
         return [*self.head.parameters(), *(self.feature_head.parameters() if self.feature_head is not None else ())]

@@ -32,16 +32,11 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .base import ValueModelConfig, max_completion_length, prefix_indices
-from .head import LOGPROB_FLOOR, NUM_POLICY_FEATURES, HeadValueModel
+from .head import LOGPROB_FLOOR, NUM_POLICY_FEATURES, HeadValueModel, written_logprob_features
 from .losses import LOSS_TYPES, LossSum, margin_bce_with_logits, masked_sum
 
 #: P̂ is kept this far from 0 and 1 before its log-odds are taken (the aggregate is a probability, not a logit)
 PROB_EPS = 1e-6
-
-
-def _log_odds(p: torch.Tensor) -> torch.Tensor:
-    p = p.clamp(PROB_EPS, 1.0 - PROB_EPS)
-    return torch.log(p) - torch.log1p(-p)
 
 
 class QHeadValueModel(HeadValueModel):
@@ -129,22 +124,12 @@ class QHeadValueModel(HeadValueModel):
         idx = prefix_indices(prompt_lengths, tmax + 1, input_ids.shape[1])
         h = hidden.gather(1, idx[..., None].expand(-1, -1, hidden.shape[-1])).float()
         with torch.no_grad():
-            if frozen:
-                ref_logits = out.logits
-            elif self.ref_lm is not None:
-                ref_logits = self.ref_lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-            else:
-                ref_logits = self._lm_forward(input_ids, attention_mask, reference=True).logits
+            ref_logits = out.logits if frozen else self.reference_logits(input_ids, attention_mask)
             sel = ref_logits.gather(1, idx[..., None].expand(-1, -1, ref_logits.shape[-1]))
             logp = torch.log_softmax(sel.float(), dim=-1)  # [B, Tmax+1, V]: row p predicts completion token p + 1
             clens = attention_mask.sum(1) - prompt_lengths
             written = input_ids.gather(1, (idx[:, :tmax] + 1).clamp(max=input_ids.shape[1] - 1))
-            lw = logp[:, :tmax].gather(-1, written[..., None]).squeeze(-1).clamp_min(LOGPROB_FLOOR)
-            lw = torch.where(torch.arange(tmax, device=lw.device)[None, :] < clens[:, None], lw, torch.zeros_like(lw))
-            zero = torch.zeros(lw.shape[0], 1, device=lw.device)
-            running_sum = torch.cat([zero, lw.cumsum(1)], dim=1)
-            running_min = torch.cat([zero, torch.cummin(lw, dim=1).values], dim=1) if tmax else zero
-            state = torch.stack([running_sum, running_min, torch.cat([zero, lw], dim=1)], dim=-1)  # the head's f(s_p)
+            state = written_logprob_features(logp[:, :tmax].gather(-1, written[..., None]).squeeze(-1), clens)
         return {"h": h, "logp": logp, "f": state, "clens": clens}
 
     def _q_logits(self, st: dict[str, torch.Tensor], cand: torch.Tensor) -> torch.Tensor:
@@ -180,7 +165,7 @@ class QHeadValueModel(HeadValueModel):
         V(s_p) for p < T and Q(s_{T−1}, y_T) at p = T."""
         st = self._state(input_ids, attention_mask, prompt_lengths)
         tmax = st["h"].shape[1] - 1
-        agg = _log_odds(self._aggregate(st))  # [B, Tmax+1]
+        agg = torch.logit(self._aggregate(st), eps=PROB_EPS)  # [B, Tmax+1]
         idx = prefix_indices(prompt_lengths, tmax, input_ids.shape[1])
         written = input_ids.gather(1, (idx + 1).clamp(max=input_ids.shape[1] - 1))  # [B, Tmax]: token p + 1
         incoming = self._q_logits(st, written[..., None])[..., 0] if tmax else agg[:, :0]

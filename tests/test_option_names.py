@@ -21,6 +21,8 @@ from prefixvalue.stages.collect import CollectConfig
 from prefixvalue.stages.evaluate import EvaluateConfig
 from prefixvalue.stages.label import LabelConfig
 from prefixvalue.stages.quickstart import QuickstartConfig
+from prefixvalue.rl.anchor import AnchorConfig
+from prefixvalue.rl.loop import DistRLConfig
 from prefixvalue.studies.actions import ActionsConfig
 from prefixvalue.studies.advantages import AdvantagesConfig
 from prefixvalue.studies.distance import DistanceConfig
@@ -28,6 +30,7 @@ from prefixvalue.tools.export import ExportConfig
 from prefixvalue.tools.export_model import ExportModelConfig
 from prefixvalue.tools.import_rollouts import ImportConfig
 from prefixvalue.tools.push_model import PushModelConfig
+from prefixvalue.tools.serve import ServeConfig
 from prefixvalue.training import TrainConfig
 
 #: the config of every command whose options are checked here (nested configs are walked)
@@ -44,6 +47,9 @@ CONFIGS = {
     "export": ExportConfig,
     "export-model": ExportModelConfig,
     "push-model": PushModelConfig,
+    "serve": ServeConfig,
+    "distrl": DistRLConfig,
+    "distrl-trl": AnchorConfig,
 }
 
 

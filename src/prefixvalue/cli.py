@@ -11,6 +11,9 @@
     prefixvalue actions  policy=data/policies/arith-tiny checkpoints=[runs/quickstart/train_head/final] out=runs/actions
     prefixvalue advantages traces=runs/quickstart/heldout_traces checkpoints=[runs/quickstart/train_implicit/final] out=runs/advantages
     prefixvalue steer    policy=data/policies/arith-tiny checkpoints=[runs/quickstart/train_head-pf-siblings/final] out=runs/steer
+    prefixvalue distrl   advantage=distrl value_checkpoint=runs/quickstart/train_qhead-siblings/final out=runs/distrl
+    prefixvalue distrl-trl split_from=runs/quickstart/train_qhead-siblings/final out=runs/distrl_trl   # TRL's GRPO anchor
+    prefixvalue serve    checkpoint=runs/quickstart/train_head/final port=8000      # HTTP rewards (OpenRLHF /get_reward)
     accelerate launch -m prefixvalue.cli COMMAND ...      # several processes
 
 Each sub-command takes ``--config FILE.yaml`` and ``key=value`` overrides; ``--help`` lists options.
@@ -37,6 +40,9 @@ COMMANDS: dict[str, str] = {
     "import": "prefixvalue.tools.import_rollouts",
     "export-model": "prefixvalue.tools.export_model",
     "push-model": "prefixvalue.tools.push_model",
+    "serve": "prefixvalue.tools.serve",
+    "distrl": "prefixvalue.rl.loop",
+    "distrl-trl": "prefixvalue.rl.anchor",
 }
 
 #: file-system errors a command reports in one line, exit 2 (no traceback): a full or read-only disk, a

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,6 +43,7 @@ from .checkpoint import (
 )
 from .hub import find_base_model, portable_base_model, push_model_to_hub, resolve_checkpoint
 from .losses import LOSS_TYPES, LossSum, margin_bce_with_logits, masked_sum
+from .rewards import make_reward_func
 
 
 def value_model_class(kind: str) -> type[ValueModel]:
@@ -570,6 +572,28 @@ class ValueModel(nn.Module):
             token_values=values,
             step_spans=[(int(a), int(b)) for a, b in spans],
         )
+
+    def reward_func(
+        self, score: str = "final", step_separator: str = "\n", batch_size: int = 32, name: str | None = None
+    ) -> Callable[..., list[float]]:
+        """A reward function for RL trainers with TRL's GRPO signature, ``reward(prompts, completions, **kwargs)
+        -> list[float]`` (`prefixvalue.value.rewards`; docs/design.md, "Reward interfaces")::
+
+            GRPOTrainer(model=policy, reward_funcs=[value_model.reward_func()], ...)
+
+        Prompts and completions are strings, or TRL's conversational form (lists of ``{"role", "content"}``
+        messages: the prompt's last ``user`` content, the completion's last message content). Each pair is
+        encoded as `encode` does (the prompt through this checkpoint's prompt format) and the whole call is
+        scored by `predict`, `batch_size` sequences at a time. Other keyword arguments (TRL's
+        ``completion_ids``, ``trainer_state``, dataset columns) are ignored.
+
+        `score`, in probability units: ``"final"``, P̂ at the end of the completion; ``"min_step"``, the smallest
+        P̂ right after a step; ``"td_sum"``, the sum of the steps' TD scores P̂(after) − P̂(before), that is
+        P̂(end) − P̂(prompt). Steps end after each `step_separator` (default a newline, as evaluate's step data;
+        ``";"`` for arith, whose steps end with one; ``""``: the whole completion is one step). The function's
+        ``__name__`` (TRL logs rewards under it) is `name`, default ``prefixvalue_<score>``. ValueError for an
+        unknown score."""
+        return make_reward_func(self, score=score, step_separator=step_separator, batch_size=batch_size, name=name)
 
 
 def _candidate_slots(positions: np.ndarray, tmax: int) -> tuple[np.ndarray, np.ndarray]:

@@ -121,7 +121,8 @@ def test_implicit_values_follow_the_formula(rows, tiny_tokenizer):
     top = model.counterfactual_values(prompts, completions, top_k=3)
     for c, t, v, comp in zip(cf, top, values, completions):
         assert c.values.shape == (len(comp), len(tiny_tokenizer)) and t.token_ids.shape == (len(comp), 3)
-        np.testing.assert_allclose(c.values[np.arange(len(comp)), comp], v[1:], rtol=1e-5, atol=1e-6)
+        # two float32 paths (all candidates at once vs the written tokens): agreement to float32 accumulation
+        np.testing.assert_allclose(c.values[np.arange(len(comp)), comp], v[1:], rtol=1e-4, atol=1e-5)
         assert np.all(np.diff(t.ref_logprobs, axis=1) <= 1e-6)  # top-k sorted by π_ref
 
 
@@ -312,7 +313,8 @@ def test_sequence_loss_model_reads_out_what_it_trained(rows, tiny_tokenizer):
         assert v[0] == np.float32(0.4)
     cf = model.counterfactual_values(prompts, completions, candidate_ids=list(range(len(tiny_tokenizer))))
     for c, v, comp in zip(cf, values, completions):
-        np.testing.assert_allclose(c.values[np.arange(len(comp)), comp], v[1:], rtol=1e-5, atol=1e-6)
+        # two float32 paths (all candidates at once vs the written tokens): agreement to float32 accumulation
+        np.testing.assert_allclose(c.values[np.arange(len(comp)), comp], v[1:], rtol=1e-4, atol=1e-5)
     # the held-out monitor reads the same values: its Brier at p = T is that of predict's last values
     y = np.array([r["outcome"] for r in rows])
     m = evaluate_heldout(model, rows, batch_size=3)
@@ -358,6 +360,7 @@ def test_implicit_sum_readout_follows_its_formula(rows, tiny_tokenizer):
     model = build_value_model(cfg, make_tiny_gpt2(len(tiny_tokenizer)))
     prompts, completions = _ids(rows)
     assert all(np.allclose(v, 0.3) for v in model.predict(prompts, completions))  # fresh: the base rate
+    torch.manual_seed(0)
     with torch.no_grad():
         for p in model.trainable_parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -367,7 +370,8 @@ def test_implicit_sum_readout_follows_its_formula(rows, tiny_tokenizer):
     for r, v, c, comp in zip(ratios, values, cf, completions):
         expected = 1 / (1 + np.exp(-(math.log(0.3 / 0.7) + model.config.beta * np.cumsum(r))))
         np.testing.assert_allclose(v[1:], expected, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(c.values[np.arange(len(comp)), comp], v[1:], rtol=1e-5, atol=1e-6)
+        # two float32 paths (all candidates at once vs the written tokens): agreement to float32 accumulation
+        np.testing.assert_allclose(c.values[np.arange(len(comp)), comp], v[1:], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="readout=sum"):
         check_value_config(ValueModelConfig(kind="implicit", readout="sum", loss="sequence"))
 

@@ -41,7 +41,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install --no-compile $(TORCH_SPEC)
-	$(PY) -m pip install --no-compile -e ".[dev]"
+	$(PY) -m pip install --no-compile -e ".[dev,rl]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -105,3 +105,17 @@ def shipped_head_checkpoint(tmp_path_factory) -> Path:
     value.build_value_model(cfg).save_pretrained(folder)
     SplitRecord.from_prompts(["Q:1+1="], 0.5, 0).save(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def random_head_checkpoint(tmp_path_factory) -> Path:
+    """A head on the shipped policy with random head weights, so that values differ between prefixes (the reward
+    function and reward server tests)."""
+    from prefixvalue import value
+
+    torch.manual_seed(0)
+    cfg = value.ValueModelConfig(kind="head", base_model=str(SHIPPED_POLICY), base_rate=0.5, backbone="frozen")
+    vm = value.build_value_model(cfg)
+    with torch.no_grad():
+        vm.head.weight.normal_(0.0, 0.5)
+    return vm.save_pretrained(tmp_path_factory.mktemp("reward") / "head")

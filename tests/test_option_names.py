@@ -17,12 +17,12 @@ import pytest
 
 from prefixvalue import cli
 from prefixvalue.config import ConfigError, field, format_help, parse_config, with_overrides
+from prefixvalue.rl.anchor import AnchorConfig
+from prefixvalue.rl.loop import DistRLConfig
 from prefixvalue.stages.collect import CollectConfig
 from prefixvalue.stages.evaluate import EvaluateConfig
 from prefixvalue.stages.label import LabelConfig
 from prefixvalue.stages.quickstart import QuickstartConfig
-from prefixvalue.rl.anchor import AnchorConfig
-from prefixvalue.rl.loop import DistRLConfig
 from prefixvalue.studies.actions import ActionsConfig
 from prefixvalue.studies.advantages import AdvantagesConfig
 from prefixvalue.studies.distance import DistanceConfig

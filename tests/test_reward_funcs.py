@@ -11,7 +11,6 @@ import inspect
 
 import numpy as np
 import pytest
-import torch
 
 from prefixvalue import value
 from prefixvalue.value.rewards import SCORES, step_char_ends, value_rewards
@@ -27,14 +26,8 @@ PAIRS = [(PROMPT, COMPLETION), ("Q:1+2=", "1+2=3\nA:3"), ("Q:4-1*3=", "4-1=3\n3*
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A head on the shipped policy with random head weights, so that values differ between prefixes."""
-    torch.manual_seed(0)
-    cfg = value.ValueModelConfig(kind="head", base_model=str(SHIPPED_POLICY), base_rate=0.5, backbone="frozen")
-    vm = value.build_value_model(cfg)
-    with torch.no_grad():
-        vm.head.weight.normal_(0.0, 0.5)
-    return vm.save_pretrained(tmp_path_factory.mktemp("reward") / "head")
+def checkpoint(random_head_checkpoint):
+    return random_head_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -15,25 +15,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
 from prefixvalue import cli, value
 from prefixvalue.serving import RewardServer, ServeOptions
-
-from conftest import SHIPPED_POLICY
 
 PAIRS = [("Q:3+5*2=", "3+5=8\n8*2=6\n"), ("Q:1+2=", "1+2=3\nA:3"), ("Q:4-1*3=", "4-1=3\n3*3=9\nA:9"), ("Q:2+2=", "")]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A head on the shipped policy with random head weights, so that values differ between prefixes."""
-    torch.manual_seed(1)
-    cfg = value.ValueModelConfig(kind="head", base_model=str(SHIPPED_POLICY), base_rate=0.5, backbone="frozen")
-    vm = value.build_value_model(cfg)
-    with torch.no_grad():
-        vm.head.weight.normal_(0.0, 0.5)
-    return vm.save_pretrained(tmp_path_factory.mktemp("serve") / "head")
+def checkpoint(random_head_checkpoint):
+    return random_head_checkpoint
 
 
 @pytest.fixture(scope="module")

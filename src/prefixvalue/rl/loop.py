@@ -296,7 +296,6 @@ def _params(cfg: DistRLConfig, seed: int) -> SamplingParams:
 
 
 def _train(cfg: DistRLConfig, accelerator: Accelerator, out: Path) -> dict[str, Any]:
-    t_start = time.perf_counter()
     r, train, held, info = _build(cfg, accelerator, out)
     state = _resume(r)
     evals: list[dict[str, Any]] = state.get("evals", [])
@@ -324,8 +323,7 @@ def _train(cfg: DistRLConfig, accelerator: Accelerator, out: Path) -> dict[str, 
             _save(r, evals)
         elif cfg.checkpoint_every and r.step % cfg.checkpoint_every == 0:
             _save(r, evals)
-    result = _finish(r, evals, info, time.perf_counter() - t_start)
-    return result
+    return _finish(r, evals, info)
 
 
 def _step(r: _Run, prompts: list[Prompt]) -> dict[str, float]:
@@ -551,7 +549,7 @@ def _resume(r: _Run) -> dict[str, Any]:
     return {}
 
 
-def _finish(r: _Run, evals: list[dict[str, Any]], info: dict[str, Any], wall: float) -> dict[str, Any]:
+def _finish(r: _Run, evals: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:
     """distrl.json (the curve without per-prompt scores, the totals), evals.jsonl and the final policy."""
     cfg, acc, out = r.cfg, r.accelerator, r.out
     result: dict[str, Any] = {}

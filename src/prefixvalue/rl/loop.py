@@ -510,7 +510,7 @@ def _save(r: _Run, evals: list[dict[str, Any]]) -> None:
             "evals": evals,
         }
         if isinstance(r.source, MCValues):
-            state["mc_round"] = r.source._round
+            state["mc_round"] = r.source.rounds
         runfolder.write_text(ckpt / STATE_FILE, json.dumps(state) + "\n")
         for old, _ in complete_checkpoints(out / "checkpoints")[max(r.cfg.keep_checkpoints, 1) :]:
             shutil.rmtree(old, ignore_errors=True)
@@ -541,7 +541,7 @@ def _resume(r: _Run) -> dict[str, Any]:
         r.step, r.sampled_tokens = int(state["step"]), int(state["sampled_tokens"])
         r.value_tokens, r.seconds = int(state["value_tokens"]), float(state["seconds"])
         if isinstance(r.source, MCValues):
-            r.source._round = int(state.get("mc_round", 0))
+            r.source.rounds = int(state.get("mc_round", 0))
         if r.is_main:
             print(f"resumed from {ckpt} (step {r.step})", flush=True)
             truncate_metrics(out, r.step)

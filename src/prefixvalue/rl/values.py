@@ -119,7 +119,8 @@ class MCValues:
         self.eos_ids = set(int(t) for t in getattr(sampler, "eos_token_ids", ()))
         self._starts: list[list[int]] = []
         self._values: list[np.ndarray] = []
-        self._round = 0
+        #: batches labelled so far (part of every continuation's key; a resumed run restores it)
+        self.rounds = 0
 
     @property
     def sampled_tokens(self) -> int:
@@ -135,13 +136,13 @@ class MCValues:
 
     def _refs(self, batch: Rollouts, tag: str, completions: Sequence[Sequence[int]]) -> list[TraceRef]:
         return [
-            TraceRef(f"{p.prompt_id}/{tag}/{self._round}/{i}", p, tuple(pi), tuple(c))
+            TraceRef(f"{p.prompt_id}/{tag}/{self.rounds}/{i}", p, tuple(pi), tuple(c))
             for i, (p, pi, c) in enumerate(zip(batch.prompts, batch.prompt_ids, completions))
         ]
 
     def sampled_advantages(self, batch: Rollouts) -> list[torch.Tensor]:
         """Per token, its step's advantage MC(s_{k+1}) − MC(s_k) (the verified reward at the end)."""
-        self._round += 1
+        self.rounds += 1
         self._starts = [self.step_starts(c) for c in batch.completion_ids]
         est = self.labeller.uniform(self._refs(batch, "v", batch.completion_ids), self._starts, self.rollouts)
         out, self._values, k = [], [], 0
@@ -171,7 +172,7 @@ class MCValues:
                     comp = (*batch.completion_ids[i][: int(p)], int(y), 0)
                     refs.append(
                         TraceRef(
-                            f"{batch.prompts[i].prompt_id}/c/{self._round}/{i}/{j}",
+                            f"{batch.prompts[i].prompt_id}/c/{self.rounds}/{i}/{j}",
                             batch.prompts[i],
                             tuple(batch.prompt_ids[i]),
                             comp,

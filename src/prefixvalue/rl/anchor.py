@@ -23,7 +23,6 @@ environment by ``make install``).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -37,10 +36,9 @@ from .. import runfolder
 from ..config import ConfigError, field, parse_config, save_resolved_config
 from ..policies import load_policy
 from ..prompting import choose_prompt_format
-from ..sampling.sampler import decode_completion
+from ..steering.engine import Judge
 from ..tasks import build_task
-from ..tasks.base import safe_verify
-from .evaluation import evaluate_policy
+from .evaluation import eval_line, evaluate_policy, write_result
 from .loop import DistRLConfig, split_prompts
 
 #: what a run writes into OUT
@@ -127,21 +125,19 @@ def run_trl(cfg: AnchorConfig) -> dict[str, Any]:
             raise ConfigError("distrl-trl: the anchor feeds raw prompts (a chat-template policy is not supported yet)")
         by_id = {p.prompt_id: p for p in train}
         held_enc = [(p, fmt.encode(tok, p.text)) for p in held]
-        counter = {"tokens": 0, "errors": 0}
+        counter = {"tokens": 0}
+        judge = Judge(task, tok, cfg.fail_truncated)  # the loop's verdicts: a completion without EOS was cut off
         eos = set(int(t) for t in ([tok.eos_token_id] if tok.eos_token_id is not None else []))
 
         def arith_reward(
             prompts: list[str], completions: list[str], completion_ids: list[list[int]], prompt_id: list[str], **_: Any
         ) -> list[float]:
-            """The task's verifier; 0 for a completion cut off at the length limit (no EOS)."""
-            scores = []
-            for pid, ids in zip(prompt_id, completion_ids):
-                counter["tokens"] += len(ids)
-                if not ids or int(ids[-1]) not in eos:
-                    scores.append(0.0 if cfg.fail_truncated else _verify(task, by_id[pid], tok, ids, counter))
-                    continue
-                scores.append(_verify(task, by_id[pid], tok, ids, counter))
-            return scores
+            """The task's verifier; 0 for a completion cut off at the length limit (no EOS) when fail_truncated."""
+            counter["tokens"] += sum(len(ids) for ids in completion_ids)
+            return [
+                judge.score(by_id[pid], ids, "eos" if ids and int(ids[-1]) in eos else "length")
+                for pid, ids in zip(prompt_id, completion_ids)
+            ]
 
         evals: list[dict[str, Any]] = []
         t_train = {"seconds": 0.0, "t0": time.perf_counter()}
@@ -161,18 +157,7 @@ def run_trl(cfg: AnchorConfig) -> dict[str, Any]:
                 cfg.fail_truncated,
                 reference=reference,
             )
-            evals.append(
-                {
-                    "step": step,
-                    "sampled_tokens": counter["tokens"],
-                    "value_tokens": 0,
-                    "budget_tokens": counter["tokens"],
-                    "train_seconds": round(t_train["seconds"], 3),
-                    "eval_seconds": round(time.perf_counter() - t0, 3),
-                    **score.as_dict(),
-                    "per_prompt": score.per_prompt,
-                }
-            )
+            evals.append(eval_line(score, step, counter["tokens"], 0, t_train["seconds"], time.perf_counter() - t0))
             print(
                 f"trl step {step}: {cfg.eval_split} accuracy {score.accuracy:.3f}, {counter['tokens']:,} sampled tokens",
                 flush=True,
@@ -210,38 +195,29 @@ def run_trl(cfg: AnchorConfig) -> dict[str, Any]:
         runfolder.replace_dir(
             out / "final", lambda tmp: (policy.save_pretrained(str(tmp)), tok.save_pretrained(str(tmp)))
         )
-        result = {
-            "advantage": "outcome",
-            "value": "none",
-            "value_checkpoint": None,
-            "implementation": "trl.GRPOTrainer",
-            "mask_position_ids": cfg.mask_position_ids,
-            "trl_version": _trl_version(),
-            "seed": cfg.seed,
-            "steps": int(trainer.state.global_step),
-            "sampled_tokens": counter["tokens"],
-            "value_tokens": 0,
-            "budget_tokens": counter["tokens"],
-            "train_seconds": round(t_train["seconds"], 3),
-            "eval_seconds": round(sum(float(e.get("eval_seconds", 0.0)) for e in evals), 3),
-            "wall_seconds": round(wall, 3),
-            "verifier_errors": counter["errors"],
-            "prompts": info,
-            "curve": [{k: v for k, v in e.items() if k != "per_prompt"} for e in evals],
-            "final": {k: v for k, v in evals[-1].items() if k != "per_prompt"},
-        }
-        runfolder.write_text(out / "evals.jsonl", "".join(json.dumps(e) + "\n" for e in evals))
-        runfolder.write_json(out / "distrl.json", result)
-        return result
+        return write_result(
+            out,
+            evals,
+            {
+                "advantage": "outcome",
+                "value": "none",
+                "value_checkpoint": None,
+                "implementation": "trl.GRPOTrainer",
+                "mask_position_ids": cfg.mask_position_ids,
+                "trl_version": _trl_version(),
+                "seed": cfg.seed,
+                "steps": int(trainer.state.global_step),
+                "sampled_tokens": counter["tokens"],
+                "value_tokens": 0,
+                "budget_tokens": counter["tokens"],
+                "train_seconds": round(t_train["seconds"], 3),
+                "wall_seconds": round(wall, 3),
+                "verifier_errors": judge.errors,
+                "prompts": info,
+            },
+        )
     finally:
         folder.release()
-
-
-def _verify(task: Any, prompt: Any, tok: Any, ids: Sequence[int], counter: dict[str, int]) -> float:
-    res = safe_verify(task, prompt, decode_completion(tok, list(ids)), 10.0)
-    if res.error is not None:
-        counter["errors"] += 1
-    return float(res.score)
 
 
 def _trl_version() -> str:

@@ -7,13 +7,16 @@ differences are tighter than the CIs of each).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .. import runfolder
 from ..sampling.hf import HFSampler
 from ..sampling.sampler import SamplingParams
 from ..stats import wilson_interval
@@ -115,3 +118,38 @@ def evaluate_policy(
         )
     finally:
         policy.train(was_training)
+
+
+def eval_line(
+    score: PolicyScore, step: int, sampled_tokens: int, value_tokens: int, train_seconds: float, eval_seconds: float
+) -> dict[str, Any]:
+    """One line of evals.jsonl: where the run stood (step, tokens, seconds) and the score, per-prompt means included."""
+    return {
+        "step": step,
+        "sampled_tokens": sampled_tokens,
+        "value_tokens": value_tokens,
+        "budget_tokens": sampled_tokens + value_tokens,
+        "train_seconds": round(train_seconds, 3),
+        "eval_seconds": round(eval_seconds, 3),
+        **score.as_dict(),
+        "per_prompt": score.per_prompt,
+    }
+
+
+def write_evals(out: Path, evals: Sequence[dict[str, Any]]) -> None:
+    """OUT/evals.jsonl, one line per evaluation so far (rewritten whole, atomically)."""
+    runfolder.write_text(out / "evals.jsonl", "".join(json.dumps(e) + "\n" for e in evals))
+
+
+def write_result(out: Path, evals: Sequence[dict[str, Any]], fields: dict[str, Any]) -> dict[str, Any]:
+    """The run's distrl.json: `fields` (what ran, its totals), the evaluations' seconds, the curve and the final
+    evaluation without per-prompt scores (those stay in evals.jsonl, also written). Returns it."""
+    result = {
+        **fields,
+        "eval_seconds": round(sum(float(e.get("eval_seconds", 0.0)) for e in evals), 3),
+        "curve": [{k: v for k, v in e.items() if k != "per_prompt"} for e in evals],
+        "final": {k: v for k, v in evals[-1].items() if k != "per_prompt"},
+    }
+    write_evals(out, evals)
+    runfolder.write_json(out / "distrl.json", result)
+    return result

@@ -38,6 +38,7 @@ from accelerate import Accelerator
 from .. import runfolder
 from ..config import ConfigError, RawMapping, config_to_dict, field, parse_config, save_resolved_config
 from ..data import SplitRecord
+from ..data.collate import collated_batches
 from ..loading import ModelLoadConfig
 from ..policies import load_policy
 from ..prompting import choose_prompt_format
@@ -50,7 +51,7 @@ from ..tracking import WandbConfig, build_logger, truncate_metrics
 from ..training import checkpoint_problem, complete_checkpoints, rng_state_problem
 from ..value import load_value_model
 from ..value.base import completion_logits
-from .evaluation import evaluate_policy
+from .evaluation import eval_line, evaluate_policy, write_evals, write_result
 from .objective import ARMS, group_advantages, policy_loss, reward_scale
 from .values import CheckpointValues, MCValues, Rollouts
 
@@ -406,19 +407,12 @@ def _step(r: _Run, prompts: list[Prompt]) -> dict[str, float]:
 def completion_logprobs(model: Any, batch: Rollouts, device: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward of `model` over the batch (right-padded prompt ⊕ completion, with grad when enabled):
     log π(·|s_t) at every completion position [B, T, V], the completion ids [B, T] (0 on padding) and their mask."""
-    seqs = [list(p) + list(c) for p, c in zip(batch.prompt_ids, batch.completion_ids)]
-    ids = torch.zeros(len(seqs), max(len(s) for s in seqs), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    starts = torch.tensor([len(p) for p in batch.prompt_ids], device=device)
-    lengths = torch.tensor([len(c) for c in batch.completion_ids])
-    ids, mask = ids.to(device), mask.to(device)
+    _, b = next(collated_batches(batch.prompt_ids, batch.completion_ids, len(batch), device))
+    ids, mask, lengths = b["input_ids"], b["attention_mask"], b["completion_lengths"]
     tmax = int(lengths.max())
     logits = model(input_ids=ids, attention_mask=mask).logits.float()
-    step_logits, comp = completion_logits(logits, ids, starts, tmax)  # [B, T, V], [B, T]
-    cmask = (torch.arange(tmax)[None, :] < lengths[:, None]).float().to(device)
+    step_logits, comp = completion_logits(logits, ids, b["prompt_lengths"], tmax)  # [B, T, V], [B, T]
+    cmask = (torch.arange(tmax, device=lengths.device)[None, :] < lengths[:, None]).float()
     return torch.log_softmax(step_logits, -1), comp * cmask.long(), cmask
 
 
@@ -470,16 +464,7 @@ def _evaluate(r: _Run, held: list[tuple[Prompt, list[int]]]) -> dict[str, Any]:
             cfg.fail_truncated,
             reference=r.reference,
         )
-        row = {
-            "step": r.step,
-            "sampled_tokens": r.sampled_tokens,
-            "value_tokens": r.value_tokens,
-            "budget_tokens": r.budget_tokens,
-            "train_seconds": round(r.seconds, 3),
-            "eval_seconds": round(time.perf_counter() - t0, 3),
-            **score.as_dict(),
-            "per_prompt": score.per_prompt,
-        }
+        row = eval_line(score, r.step, r.sampled_tokens, r.value_tokens, r.seconds, time.perf_counter() - t0)
         if r.logger is not None:
             r.logger.log({f"eval/{k}": v for k, v in score.as_dict().items()}, r.step)
         print(
@@ -514,7 +499,7 @@ def _save(r: _Run, evals: list[dict[str, Any]]) -> None:
         runfolder.write_text(ckpt / STATE_FILE, json.dumps(state) + "\n")
         for old, _ in complete_checkpoints(out / "checkpoints")[max(r.cfg.keep_checkpoints, 1) :]:
             shutil.rmtree(old, ignore_errors=True)
-        runfolder.write_text(out / "evals.jsonl", "".join(json.dumps(e) + "\n" for e in evals))
+        write_evals(out, evals)
     acc.wait_for_everyone()
 
 
@@ -561,23 +546,22 @@ def _finish(r: _Run, evals: list[dict[str, Any]], info: dict[str, Any]) -> dict[
             r.tokenizer.save_pretrained(str(tmp))
 
         runfolder.replace_dir(final, save)
-        result = {
-            "advantage": cfg.advantage,
-            "value": cfg.value if cfg.uses_value else "none",
-            "value_checkpoint": cfg.value_checkpoint if cfg.uses_value and cfg.value == "checkpoint" else None,
-            "seed": cfg.seed,
-            "steps": r.step,
-            "sampled_tokens": r.sampled_tokens,
-            "value_tokens": r.value_tokens,
-            "budget_tokens": r.budget_tokens,
-            "train_seconds": round(r.seconds, 3),
-            "eval_seconds": round(sum(float(e.get("eval_seconds", 0.0)) for e in evals), 3),
-            "prompts": info,
-            "curve": [{k: v for k, v in e.items() if k != "per_prompt"} for e in evals],
-            "final": {k: v for k, v in evals[-1].items() if k != "per_prompt"},
-        }
-        runfolder.write_text(out / "evals.jsonl", "".join(json.dumps(e) + "\n" for e in evals))
-        runfolder.write_json(out / "distrl.json", result)
+        result = write_result(
+            out,
+            evals,
+            {
+                "advantage": cfg.advantage,
+                "value": cfg.value if cfg.uses_value else "none",
+                "value_checkpoint": cfg.value_checkpoint if cfg.uses_value and cfg.value == "checkpoint" else None,
+                "seed": cfg.seed,
+                "steps": r.step,
+                "sampled_tokens": r.sampled_tokens,
+                "value_tokens": r.value_tokens,
+                "budget_tokens": r.budget_tokens,
+                "train_seconds": round(r.seconds, 3),
+                "prompts": info,
+            },
+        )
         r.logger.__exit__(None, None, None)
     acc.wait_for_everyone()
     return result

@@ -109,6 +109,11 @@ def _matches(name: str, patterns: Collection[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
 
 
+def _write_record(out: Path, record: Mapping[str, Any]) -> None:
+    """Write `record` as folder `out`'s run record, atomically."""
+    write_atomic(out / RECORD_FILE, lambda p: p.write_text(json.dumps(record, indent=1) + "\n"))
+
+
 def read_record(out: str | Path) -> dict[str, Any] | None:
     """The run record of folder `out` (a dict with ``command``, ``config``, ``files``, ``complete``), None
     when there is none; ConfigError naming the file when it cannot be read."""
@@ -435,7 +440,7 @@ class RunFolder:
         self.release()
 
     def _save(self) -> None:
-        write_atomic(self.path / RECORD_FILE, lambda p: p.write_text(json.dumps(self.record, indent=1) + "\n"))
+        _write_record(self.path, self.record)
 
     # -- the lock
     def release(self) -> None:
@@ -536,6 +541,8 @@ def claim(
         old = read_record(out) or {}
         files = [n for n in old.get("files", []) if (out / n).exists()] + list(verdict.ours)
         if verdict.state == "replace":
+            if old.get("complete"):  # a kill while its files go must not leave them listed as a finished run
+                _write_record(out, {**old, "complete": False})
             for name in dict.fromkeys(files):
                 if name != CONFIG_FILE:
                     remove_entry(out / name)
@@ -589,7 +596,7 @@ def _record_in_parent(path: Path) -> None:
         return
     if record is not None and path.name not in record.setdefault("files", []):
         record["files"].append(path.name)
-        write_atomic(record_path, lambda p: p.write_text(json.dumps(record, indent=1) + "\n"))
+        _write_record(path.parent, record)
 
 
 def write_with(path: str | Path, write: Callable[[Path], Any]) -> Path:

@@ -499,7 +499,7 @@ def plot_action_states(
     standardised within the state (y: z-score, so estimators of different units share an axis)."""
     if not chosen:
         return None
-    from .report import _plt
+    from .report import _plt, save_figure
 
     plt = _plt()
     cols = min(len(chosen), 4)
@@ -522,9 +522,7 @@ def plot_action_states(
     axes[0][0].set_ylabel("estimator, z-score within the state")
     axes[0][-1].legend(fontsize=6, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def _f(v: Any, d: int = 3) -> str:

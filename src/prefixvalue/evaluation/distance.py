@@ -325,7 +325,7 @@ def plot_distance(summary: dict[str, Any], path: Path) -> Path:
     mean over seeds with its 95% interval, every seed as a faint dot, the validation curve n* is chosen on
     as a dotted line, n* as a dashed line, and the LoRA run at matched trainable parameters as a diamond at
     its parameter-equivalent number of tokens. Returns `path`."""
-    from .report import _plt
+    from .report import _plt, save_figure
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -391,9 +391,7 @@ def plot_distance(summary: dict[str, Any], path: Path) -> Path:
     axes[1].set_title("Spearman(n)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 # -------------------------------------------------------------------------------------- report

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import runfolder
 from ..config import ConfigError
 from ..data.split import SplitRecord
 from ..tasks.base import first_error
@@ -733,10 +734,8 @@ def evaluate_step_data(
         )
         out["tuned_on"] = str(cfg.step_threshold_data)
     if out_dir is not None:
-        pred_path = Path(out_dir) / "step_predictions.jsonl"
-        pred_path.parent.mkdir(parents=True, exist_ok=True)
-        with pred_path.open("w") as fh:
-            for row in rows:
-                fh.write(json.dumps(jsonable(row)) + "\n")
+        pred_path = runfolder.write_text(
+            Path(out_dir) / "step_predictions.jsonl", "".join(json.dumps(jsonable(row)) + "\n" for row in rows)
+        )
         out["predictions"] = str(pred_path)
     return jsonable(out)

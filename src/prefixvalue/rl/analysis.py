@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..evaluation.distance import paired_seed_difference, t_interval
-from ..evaluation.report import _plt
+from ..evaluation.report import _plt, save_figure
 from ..formatting import fixed
 from ..stats import cluster_bootstrap, wilson_interval
 
@@ -122,9 +122,7 @@ def plot(curve_sets: dict[str, list[dict[str, float]]], path: Path, x: str = "bu
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def diff_interval(ci: Sequence[float] | None) -> str:

@@ -112,7 +112,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         if SplitRecord.load(split_record) is None:  # refuse before loading any model
             raise missing_split_error(split_record)
     out = Path(cfg.out)  # type: ignore[arg-type]
-    prepare_out(cfg, out)
+    folder = prepare_out(cfg, out)
     save_resolved_config(cfg, out)
     device = cfg.device or str(default_device())
     traces = load_traces(cfg.traces) if cfg.traces is not None else None
@@ -166,6 +166,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         from ..value.card import write_evaluation_record  # the checkpoint's model card shows these figures
 
         write_evaluation_record(cfg.checkpoint, metrics, str(out))
+    folder.finish()  # last: the record says complete only once every output is in place
     return metrics
 
 
@@ -197,13 +198,13 @@ PATH_KEYS = (
 )
 
 
-def prepare_out(cfg: EvaluateConfig, out: Path) -> None:
+def prepare_out(cfg: EvaluateConfig, out: Path) -> runfolder.RunFolder:
     """Claim `out` for this evaluation (`prefixvalue.runfolder.claim`, docs/design.md "Run folders"): a
     folder holding another command's run or a file no evaluation wrote is refused, and one holding an
     evaluation with another config (beyond `RERUN_KEYS`) unless ``overwrite=true``, which removes that
     evaluation's files only. Then the previous outputs (`OUTPUTS`, plots) are removed, so none is appended
     to or left stale: the same config rerun replaces its own outputs (evaluation is deterministic). The
-    claim holds the folder until this process ends or claims it again."""
+    claim holds the folder until this process ends, claims it again or finishes the run; returns it."""
     folder = runfolder.claim(
         out,
         "evaluate",
@@ -214,6 +215,7 @@ def prepare_out(cfg: EvaluateConfig, out: Path) -> None:
         overwrite=cfg.overwrite,
     )
     folder.remove(*OUTPUTS, "*.png")
+    return folder
 
 
 def _load_value_model(path: str, device: str | None, options: Any = None) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation.report import _plt
+from ..evaluation.report import _plt, save_figure
 from ..formatting import general
 from ..stats import cluster_bootstrap, wilson_interval
 
@@ -238,9 +238,7 @@ def plot(table: dict[str, dict[str, dict[str, Any]]], path: Path, reference: str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def render_report(steer: dict[str, Any]) -> str:

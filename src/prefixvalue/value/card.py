@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .. import runfolder
 from ..formatting import num, with_ci
 from ..loading import looks_like_path
 from ..tracking import jsonable
@@ -213,8 +214,7 @@ def render_model_card(folder: str | Path, name: str | None = None) -> str:
 def write_model_card(folder: str | Path) -> Path:
     """(Re)write README.md in a checkpoint folder; returns its path."""
     path = Path(folder) / CARD_FILE
-    path.write_text(render_model_card(folder))
-    return path
+    return runfolder.write_text(path, render_model_card(folder))
 
 
 #: keys of train's final result that go into training.json
@@ -235,7 +235,7 @@ def write_training_record(
     record.update(heldout=heldout, labels=labels)
     if example is not None:
         record["example"] = {"prompt": example["prompt"], "completion": example["completion"]}
-    (Path(folder) / TRAINING_FILE).write_text(json.dumps(jsonable(record), indent=2) + "\n")
+    runfolder.write_text(Path(folder) / TRAINING_FILE, json.dumps(jsonable(record), indent=2) + "\n")
     write_model_card(folder)
 
 
@@ -246,7 +246,9 @@ def write_evaluation_record(folder: str | Path, metrics: dict[str, Any], out: st
     if not (folder / CONFIG_NAME).is_file():
         return False
     try:
-        (folder / EVALUATION_FILE).write_text(json.dumps(jsonable(evaluation_summary(metrics, out)), indent=2) + "\n")
+        runfolder.write_text(
+            folder / EVALUATION_FILE, json.dumps(jsonable(evaluation_summary(metrics, out)), indent=2) + "\n"
+        )
         write_model_card(folder)
     except (OSError, ValueError):
         return False

@@ -15,7 +15,7 @@ from ..equivalence import RANK_EQUIVALENT_SPEARMAN, rank_equivalent_groups
 from .heatmap import NO_LABEL_COLOUR, render_heatmap, text_colour, token_texts, value_colour
 from .markdown import render_html, render_markdown
 from .plots import _plt as _plt  # matplotlib with the Agg backend, for the studies' plots
-from .plots import plot_calibration, plot_scatter, plot_value_curves
+from .plots import plot_calibration, plot_scatter, plot_value_curves, save_figure
 from .prefix_metrics import split_lines
 from .quickstart import render_frontier_section, render_quickstart_section, summary_table
 from .write import flatten_metrics, prefix_texts, write_report, write_step_benchmark_report
@@ -29,6 +29,7 @@ __all__ = [
     "plot_value_curves",
     "prefix_texts",
     "rank_equivalent_groups",
+    "save_figure",
     "render_frontier_section",
     "render_heatmap",
     "render_html",

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ... import runfolder
 from ...stats import pearson, spearman
 from ..scoring import EvalResult
 
@@ -20,6 +21,15 @@ def _plt() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: Path, **savefig: Any) -> Path:
+    """Save `fig` to `path` atomically (`prefixvalue.runfolder.write_with`: a killed run or a full disk leaves
+    the old picture or none) with ``fig.savefig(..., **savefig)``, and close it; returns `path`."""
+    try:
+        return runfolder.write_with(path, lambda p: fig.savefig(p, **savefig))
+    finally:
+        _plt().close(fig)
 
 
 def plot_calibration(calibration: dict[str, list[dict[str, float]]], path: Path) -> Path | None:
@@ -40,9 +50,7 @@ def plot_calibration(calibration: dict[str, list[dict[str, float]]], path: Path)
     # below the axes: a legend inside would cover the curves near the diagonal
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def plot_scatter(pred: np.ndarray, mc: np.ndarray, name: str, path: Path, n: np.ndarray | None = None) -> Path:
@@ -71,9 +79,7 @@ def plot_scatter(pred: np.ndarray, mc: np.ndarray, name: str, path: Path, n: np.
     ax.set_title(f"{name} vs Monte Carlo, {int(ok.sum())} prefixes\n{corr}", fontsize=10)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def plot_value_curves(
@@ -130,9 +136,7 @@ def plot_value_curves(
             ax.tick_params(labelbottom=False)
     axes[-1, 0].set_xlabel("completion tokens in the prefix (position)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
-__all__ = ["plot_calibration", "plot_scatter", "plot_value_curves"]
+__all__ = ["plot_calibration", "plot_scatter", "plot_value_curves", "save_figure"]

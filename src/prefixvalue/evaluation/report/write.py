@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ... import runfolder
 from ..equivalence import rank_equivalent_groups
 from ..scoring import EvalResult
 from .heatmap import render_heatmap
@@ -120,8 +121,7 @@ def write_report(
         plots["value curves along tokens"] = curves.name
 
     page = render_heatmap(result, chosen(n_heat), tokenizer, forks)
-    (out / "heatmap.html").write_text(page, encoding="utf-8")
-    paths["heatmap"] = out / "heatmap.html"
+    paths["heatmap"] = runfolder.write_text(out / "heatmap.html", page)
 
     # the prompt and prefix text beside the ids, so each row (here and in wandb's table) can be read
     prompts, prefixes = prefix_texts(result, tokenizer)
@@ -129,8 +129,7 @@ def write_report(
     head = list(columns)[: list(columns).index("position") + 1] if "position" in columns else []
     columns = {**{k: columns[k] for k in head}, "prompt": prompts, "prefix": prefixes, **columns}
     table = pa.table(columns)
-    pq.write_table(table, out / "predictions.parquet")
-    paths["predictions"] = out / "predictions.parquet"
+    paths["predictions"] = runfolder.write_with(out / "predictions.parquet", lambda p: pq.write_table(table, p))
 
     metrics = result.metrics
     metrics["rank_equivalent"] = rank_equivalent_groups(result)
@@ -139,13 +138,11 @@ def write_report(
         "report_html": "report.html",
         "metrics": "metrics.json",
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
-    paths["metrics"] = out / "metrics.json"
     markdown = render_markdown(metrics, plots, sections)
-    (out / "report.md").write_text(markdown)
-    paths["report"] = out / "report.md"
-    (out / "report.html").write_text(render_html(markdown), encoding="utf-8")
-    paths["report_html"] = out / "report.html"
+    paths["report"] = runfolder.write_text(out / "report.md", markdown)
+    paths["report_html"] = runfolder.write_text(out / "report.html", render_html(markdown))
+    # last: a run stopped before it (a kill, a full disk) leaves no metrics.json, never a truncated one
+    paths["metrics"] = runfolder.write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))
 
     if logger is not None:
         flat: dict[str, float] = {}
@@ -169,11 +166,11 @@ def write_step_benchmark_report(metrics: dict[str, Any], out_dir: str | Path, lo
     """metrics.json and report.md for a run that only scores ProcessBench / TRL step data."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False))
     lines = ["# prefixvalue step benchmark", "", f"checkpoint: `{metrics.get('checkpoint')}`", ""]
     lines += step_benchmark_lines(metrics["step_benchmark"])
-    (out / "report.md").write_text("\n".join(lines))
-    (out / "report.html").write_text(render_html("\n".join(lines), "prefixvalue step benchmark"), encoding="utf-8")
+    runfolder.write_text(out / "report.md", "\n".join(lines))
+    runfolder.write_text(out / "report.html", render_html("\n".join(lines), "prefixvalue step benchmark"))
+    runfolder.write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False))  # atomic, last
     if logger is not None:
         flat: dict[str, float] = {}
         flatten_metrics("eval/step_benchmark", metrics["step_benchmark"], flat)

@@ -250,7 +250,30 @@ def _trained(tcfg: train_mod.TrainConfig) -> bool:
         return False
     # a finished cell of another config is refused, not reused
     train_mod.check_run_folder(tcfg, out, extra_outputs=CELL_OUTPUTS)
+    read_curve(out)  # one an older version left empty or half written is refused here, before any cell trains
     return True
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`; None when it cannot be read or is not one (empty, half written)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_curve(cell: Path) -> dict[str, Any]:
+    """A trained cell's curve.json; ConfigError naming it when it is empty or not a JSON object (a run of
+    an older version killed while writing it): its training's wall time is gone with it, so the cell must
+    be trained again."""
+    curve = _read_json(cell / CURVE_FILE)
+    if curve is None:
+        raise ConfigError(
+            f"distance: {cell / CURVE_FILE} is empty or not JSON (a killed run of an older version wrote it); "
+            f"remove the cell's folder {cell} to train that cell again"
+        )
+    return curve
 
 
 def train_cells(cfg: DistanceConfig, jobs: Sequence[train_mod.TrainConfig]) -> None:
@@ -479,11 +502,10 @@ def evaluate_cell(
 
     out = Path(tcfg.output_dir)
     path = out / CELL_FILE
-    if path.exists():
-        cell = json.loads(path.read_text())
-        if all(k in cell for k in CELL_KEYS):
-            return cell
-    curve = json.loads((out / CURVE_FILE).read_text())
+    cell = _read_json(path)  # one empty or half written (by an older version) is computed again
+    if cell is not None and all(k in cell for k in CELL_KEYS):
+        return cell
+    curve = read_curve(out)
     final = out / "final"
     params = adapter_parameters(final)
     zero_point = VALUE_MODELS[kind].needs_adapter and n == 0 and lora_r is None
@@ -522,9 +544,7 @@ def evaluate_cell(
         **spear,
         **{f"validation_{k}": v for k, v in vspear.items()},
     }
-    tmp = out / (CELL_FILE + ".tmp")
-    tmp.write_text(json.dumps(cell, indent=2) + "\n")
-    tmp.replace(path)
+    runfolder.write_text(path, json.dumps(cell, indent=2) + "\n")  # atomic
     return cell
 
 
@@ -848,8 +868,8 @@ def run(cfg: DistanceConfig) -> dict[str, Any]:
         "config": config_to_dict(cfg),
     }
     summary["plot"] = plot_distance(summary, out / "distance.png").name
-    (out / "distance.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
-    (out / "report.md").write_text("# prefixvalue distance\n\n" + render_distance_section(summary) + "\n")
+    runfolder.write_text(out / "distance.json", json.dumps(jsonable(summary), indent=2) + "\n")
+    runfolder.write_text(out / "report.md", "# prefixvalue distance\n\n" + render_distance_section(summary) + "\n")
     logger = build_logger(
         cfg.report_to,
         out,

@@ -195,7 +195,7 @@ def run_trl(cfg: AnchorConfig) -> dict[str, Any]:
         runfolder.replace_dir(
             out / "final", lambda tmp: (policy.save_pretrained(str(tmp)), tok.save_pretrained(str(tmp)))
         )
-        return write_result(
+        result = write_result(
             out,
             evals,
             {
@@ -216,6 +216,8 @@ def run_trl(cfg: AnchorConfig) -> dict[str, Any]:
                 "prompts": info,
             },
         )
+        folder.finish()  # last: the record says complete once final/, evals.jsonl and distrl.json are in place
+        return result
     finally:
         folder.release()
 

@@ -254,6 +254,8 @@ def run(cfg: DistRLConfig) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     try:
         result = _train(cfg, accelerator, out)
+        if folder is not None:
+            folder.finish()  # last: the record says complete once final/, evals.jsonl and distrl.json are in place
     finally:
         if folder is not None:
             folder.release()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from test_bridges import POLICY, _import, _rollouts
+from test_distrl import _cfg
 from test_run_folders import OUTS, _export_cfg, listing, refused
 
 from prefixvalue import cli, runfolder
@@ -176,3 +177,15 @@ def test_evaluate_on_a_full_disk_leaves_no_truncated_metrics_json(
     assert not list(out.glob(runfolder.TEMP_PREFIX + "*"))
     assert runfolder.read_record(out)["complete"] is False  # a resumable incomplete run: the rerun redoes it
     assert cli.main(argv) == 0 and json.loads(metrics.read_text()) == json.loads(old)
+
+
+# ----------------------------------------------------------------- the general rule: committed last
+def test_distrl_marks_its_record_complete_once_its_outputs_are_in_place(tmp_path, shipped_head_checkpoint):
+    from prefixvalue.rl.loop import run
+
+    out = tmp_path / "out"
+    res = run(_cfg(out, advantage="outcome", split_from=str(shipped_head_checkpoint), max_steps=1, eval_every=1))
+    record = runfolder.read_record(out)
+    # before: the record stayed "complete": false after a finished run, like a killed one's
+    assert res["steps"] == 1 and record["complete"] is True
+    assert {"final", "evals.jsonl", "distrl.json"} <= set(record["files"])

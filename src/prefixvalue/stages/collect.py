@@ -29,7 +29,7 @@ from ..config import ConfigError, RawMapping, field, parse_config
 from ..data import finish_summary
 from ..data.schema import TRACE_FEATURES
 from ..data.shards import ShardWork, run_sharded_stage
-from ..loading import resolve_model_path
+from ..loading import recorded_model, resolve_model_path
 from ..policies import check_context, load_policy, load_tokenizer, model_context
 from ..prompting import PromptFormat, choose_prompt_format
 from ..sampling.backend import SamplerBackendConfig, backend_record
@@ -204,6 +204,7 @@ def run(cfg: CollectConfig) -> int:
     # the prompt format is fixed before any shard runs, so a resumed run cannot change it
     tokenizer = load_tokenizer(model_name, load)  # loaded once (a GGUF tokenizer takes seconds), used by setup
     fmt = choose_prompt_format(tokenizer, cfg.chat_template, cfg.system_prompt)
+    model_record = recorded_model(cfg.model)  # a local path absolute: later stages find it from any folder
     manifest = {
         "task": cfg.task,
         "task_args": cfg.task_args,
@@ -211,7 +212,7 @@ def run(cfg: CollectConfig) -> int:
         "num_prompts": len(prompts),
         "samples": cfg.traces_per_prompt,  # the manifest key of runs made before the rename, so they resume
         "chunk_prompts": cfg.chunk_prompts,
-        "model": cfg.model,
+        "model": model_record,
         "sampling": json.loads(params.to_json()),
         "prompt_format": json.loads(fmt.to_json()),
         "model_load": load.record(),
@@ -223,7 +224,7 @@ def run(cfg: CollectConfig) -> int:
     meta = {
         "task": cfg.task,
         "task_args": json.dumps(cfg.task_args, sort_keys=True),
-        "model": cfg.model,
+        "model": model_record,
         "sampling": params.to_json(),
         "prompt_format": fmt.to_json(),
         "model_load": json.dumps(load.record(), sort_keys=True),

@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prefixvalue: unknown command {cmd!r}{hint}", file=sys.stderr)
         return 2
     from .config import ConfigError
+    from .processes import exit_with_launcher
 
+    exit_with_launcher()  # a worker of a launcher ends with it, never left running on its own
     module = importlib.import_module(COMMANDS[cmd])
     try:
         return int(module.main(rest))  # every command's main returns its exit status

@@ -109,6 +109,16 @@ def looks_like_path(name: str) -> bool:
     return len(parts) > 2 or (len(parts) > 1 and Path(parts[0]).exists())
 
 
+def recorded_model(name: str) -> str:
+    """`name` as a run records it (the traces' ``model``): a local path (`looks_like_path`, or one that exists
+    here) made absolute, symbolic links kept (as a checkpoint records its base model), so a later stage run from
+    another folder finds it and compares it (`same_model`); a Hub name as given."""
+    path = Path(name).expanduser()
+    if looks_like_path(name) or path.exists():
+        return os.path.abspath(path)
+    return name
+
+
 def same_model(a: str, b: str) -> bool:
     """Whether two model names denote the same model: equal text, or local paths to the same place."""
     if a == b:
@@ -134,8 +144,11 @@ def traces_policy(
         return str(recorded), options.with_recorded(load)
     if recorded and not same_model(str(given), str(recorded)):
         if not allow_other:
+            rec = Path(str(recorded)).expanduser()
+            elsewhere = looks_like_path(str(recorded)) and not rec.is_absolute() and not rec.exists()
+            hint = ", a relative path not found from here: run from the folder that wrote them" if elsewhere else ""
             raise ConfigError(
-                f"{stage}: policy {given!r} is not the model that wrote the traces ({recorded!r}); leave the "
+                f"{stage}: policy {given!r} is not the model that wrote the traces ({recorded!r}{hint}); leave the "
                 "policy unset to use the traces' model, or pass allow_other_policy=true for another policy's values"
             )
         return str(given), options
@@ -147,6 +160,7 @@ __all__ = [
     "LoadOptions",
     "ModelLoadConfig",
     "looks_like_path",
+    "recorded_model",
     "resolve_model_path",
     "same_model",
     "traces_policy",

@@ -10,7 +10,7 @@ when a loaded tokenizer cannot read a traces dataset's token ids.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +147,42 @@ def check_vocabulary(tokenizer: Any, traces: Any, stage: str, vocab_size: int | 
             )
 
 
+#: a context length above this is a placeholder (tokenizers without a limit say 1e30), not a real limit
+_SANE_CONTEXT = 10_000_000
+
+
+def model_context(model: Any, tokenizer: Any) -> tuple[int | None, str]:
+    """``(positions, where it came from)``: the model's context length, from ``config.max_position_embeddings``
+    or else ``tokenizer.model_max_length``, whichever is known and sane; ``(None, "")`` when neither is."""
+    for value, where in (
+        (getattr(getattr(model, "config", None), "max_position_embeddings", None), "config.max_position_embeddings"),
+        (getattr(tokenizer, "model_max_length", None), "tokenizer.model_max_length"),
+    ):
+        if isinstance(value, int) and 0 < value < _SANE_CONTEXT:
+            return value, where
+    return None, ""
+
+
+def check_context(
+    stage: str, needs: Sequence[int], context: int | None, where: str, describe: Callable[[int], str], fix: str
+) -> None:
+    """ConfigError, in one line, unless every item's `needs` (positions: its prompt, and what is generated after
+    it) fits in `context` (None: unknown, not checked); the line describes the item that needs most
+    (``describe(index)``), says how many do not fit, and how to fix it (`fix`)."""
+    if context is None or not needs:
+        return
+    worst = max(range(len(needs)), key=needs.__getitem__)
+    if needs[worst] > context:
+        over = sum(n > context for n in needs)
+        raise ConfigError(
+            f"{stage}: {describe(worst)} needs {needs[worst]} positions but the model's context is {context} "
+            f"({where}); {over} of {len(needs)} do not fit: {fix}"
+        )
+
+
 __all__ = [
     "RECORDED_LOAD_OPTIONS",
+    "check_context",
     "check_vocabulary",
     "traces_policy",
     "LoadOptions",
@@ -157,6 +191,7 @@ __all__ = [
     "load_causal_lm",
     "load_policy",
     "load_tokenizer",
+    "model_context",
     "resolve_dtype",
     "resolve_model_path",
 ]

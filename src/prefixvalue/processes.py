@@ -1,11 +1,16 @@
-"""Jobs run side by side in spawned processes: how the quickstart trains its value models and the distance
-sweep its cells, `workers` at a time, each process with one CPU thread (small models train faster two at a
-time than with two threads each).
+"""Processes: jobs run side by side in spawned processes (how the quickstart trains its value models and the
+distance sweep its cells, `workers` at a time, each process with one CPU thread: small models train faster two
+at a time than with two threads each), and a launched worker's tie to its launcher (`exit_with_launcher`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -35,3 +40,43 @@ def run_jobs(
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {key: pool.submit(timed_call, fn, in_worker(job)) for key, job in jobs.items()}
         return {key: f.result() for key, f in futures.items()}
+
+
+#: set by a launcher in the environment of each process it starts: ``LOCAL_RANK`` by torchrun (so by
+#: ``accelerate launch`` with several processes) and DeepSpeed's launcher, ``ACCELERATE_USE_CPU`` by
+#: ``accelerate launch``'s one-process launcher
+LAUNCHER_ENV: tuple[str, ...] = ("LOCAL_RANK", "ACCELERATE_USE_CPU")
+_PR_SET_PDEATHSIG = 1  #: prctl option (linux/prctl.h): the signal this process gets when its parent exits
+
+
+def launched() -> bool:
+    """Whether a launcher (torchrun, ``accelerate launch``) started this process (`LAUNCHER_ENV`)."""
+    return any(name in os.environ for name in LAUNCHER_ENV)
+
+
+def exit_with_launcher() -> None:
+    """Under a launcher (`launched`), end this process when the launcher is gone: torchrun starts each worker in a
+    session of its own, so a launcher killed with SIGKILL (or dead by any means that skips its own shutdown of
+    the workers) would leave them training, holding their run folder's lock. On Linux the kernel sends SIGKILL
+    when the parent exits (``prctl(PR_SET_PDEATHSIG)``); elsewhere a daemon thread polls the parent's pid every
+    second. A killed run resumes from its run folder as after any kill (docs/design.md, "Run folders"). A
+    process no launcher started is left alone (a ``nohup`` run outlives its shell)."""
+    if not launched():
+        return
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent:  # it died before the request: no signal will come
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="exit-with-launcher", daemon=True).start()

@@ -29,8 +29,8 @@ from ..config import ConfigError, RawMapping, field, parse_config
 from ..data import finish_summary
 from ..data.schema import TRACE_FEATURES
 from ..data.shards import ShardWork, run_sharded_stage
-from ..loading import resolve_model_path
-from ..policies import load_policy, load_tokenizer
+from ..loading import recorded_model, resolve_model_path
+from ..policies import check_context, load_policy, load_tokenizer, model_context
 from ..prompting import PromptFormat, choose_prompt_format
 from ..sampling.backend import SamplerBackendConfig, backend_record
 from ..sampling.hf import HFSampler
@@ -184,40 +184,6 @@ def encode_prompt(tokenizer: Any, text: str, fmt: PromptFormat | None = None) ->
     return (fmt or PromptFormat()).encode(tokenizer, text)
 
 
-#: a context length above this is a placeholder (tokenizers without a limit say 1e30), not a real limit
-_SANE_CONTEXT = 10_000_000
-
-
-def model_context(model: Any, tokenizer: Any) -> tuple[int | None, str]:
-    """``(positions, where it came from)``: the model's context length, from ``config.max_position_embeddings``
-    or else ``tokenizer.model_max_length``, whichever is known and sane; ``(None, "")`` when neither is."""
-    for value, where in (
-        (getattr(getattr(model, "config", None), "max_position_embeddings", None), "config.max_position_embeddings"),
-        (getattr(tokenizer, "model_max_length", None), "tokenizer.model_max_length"),
-    ):
-        if isinstance(value, int) and 0 < value < _SANE_CONTEXT:
-            return value, where
-    return None, ""
-
-
-def check_context(
-    prompts: Sequence[Prompt], prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, context: int | None, where: str
-) -> None:
-    """ConfigError, in one line naming the longest prompt, unless every prompt plus `max_new_tokens` fits in
-    `context` positions (None: unknown, not checked)."""
-    if context is None or not prompts:
-        return
-    lengths = [len(ids) for ids in prompt_ids]
-    worst = max(range(len(lengths)), key=lengths.__getitem__)
-    if lengths[worst] + max_new_tokens > context:
-        over = sum(n + max_new_tokens > context for n in lengths)
-        raise ConfigError(
-            f"collect: prompt {prompts[worst].prompt_id!r} is {lengths[worst]} tokens; with max_new_tokens="
-            f"{max_new_tokens} it needs {lengths[worst] + max_new_tokens} positions but the model's context is "
-            f"{context} ({where}); {over} prompt(s) do not fit: shorten them or lower max_new_tokens"
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``prefixvalue collect``; returns the exit status."""
     return run(parse_config(CollectConfig, argv, prog="prefixvalue collect"))
@@ -238,6 +204,7 @@ def run(cfg: CollectConfig) -> int:
     # the prompt format is fixed before any shard runs, so a resumed run cannot change it
     tokenizer = load_tokenizer(model_name, load)  # loaded once (a GGUF tokenizer takes seconds), used by setup
     fmt = choose_prompt_format(tokenizer, cfg.chat_template, cfg.system_prompt)
+    model_record = recorded_model(cfg.model)  # a local path absolute: later stages find it from any folder
     manifest = {
         "task": cfg.task,
         "task_args": cfg.task_args,
@@ -245,7 +212,7 @@ def run(cfg: CollectConfig) -> int:
         "num_prompts": len(prompts),
         "samples": cfg.traces_per_prompt,  # the manifest key of runs made before the rename, so they resume
         "chunk_prompts": cfg.chunk_prompts,
-        "model": cfg.model,
+        "model": model_record,
         "sampling": json.loads(params.to_json()),
         "prompt_format": json.loads(fmt.to_json()),
         "model_load": load.record(),
@@ -257,7 +224,7 @@ def run(cfg: CollectConfig) -> int:
     meta = {
         "task": cfg.task,
         "task_args": json.dumps(cfg.task_args, sort_keys=True),
-        "model": cfg.model,
+        "model": model_record,
         "sampling": params.to_json(),
         "prompt_format": fmt.to_json(),
         "model_load": json.dumps(load.record(), sort_keys=True),
@@ -285,7 +252,14 @@ def run(cfg: CollectConfig) -> int:
             sampler = HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows)
         # every prompt is checked before any is generated (and before the run's manifest is written)
         encoded = [encode_prompt(tokenizer, p.text, fmt) for p in prompts]
-        check_context(prompts, encoded, params.max_new_tokens, *context)
+        m = params.max_new_tokens
+        check_context(
+            "collect",
+            [len(ids) + m for ids in encoded],
+            *context,
+            lambda i: f"prompt {prompts[i].prompt_id!r} ({len(encoded[i])} tokens) with max_new_tokens={m}",
+            "shorten the prompts or lower max_new_tokens",
+        )
         t0 = time.perf_counter()
 
         def work(i: int, bar: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -351,10 +325,8 @@ def run(cfg: CollectConfig) -> int:
 
 __all__ = [
     "CollectConfig",
-    "check_context",
     "encode_prompt",
     "main",
-    "model_context",
     "run",
     "trace_rows",
 ]

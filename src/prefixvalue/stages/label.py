@@ -46,7 +46,7 @@ from ..data import (
 from ..data.schema import LABEL_FEATURES
 from ..data.shards import ShardWork, dist_info, run_sharded_stage, shard_extra
 from ..loading import traces_policy
-from ..policies import check_vocabulary, load_policy, load_tokenizer
+from ..policies import check_context, check_vocabulary, load_policy, load_tokenizer, model_context
 from ..sampling.backend import SamplerBackendConfig, backend_record
 from ..sampling.hf import HFSampler
 from ..sampling.labelling import labeller_for, sampling_from_traces, trace_refs, traces_task
@@ -294,11 +294,27 @@ def run(cfg: LabelConfig) -> int:
             tokenizer = load_tokenizer(model_name, load)
             sampler = vllm_sampler_for(cfg, model_name, load, tokenizer)
             vocab_size = sampler.vocab_size
+            context: tuple[int | None, str] = (sampler.max_model_len, "the vLLM engine's max_model_len")
         else:
             model, tokenizer = load_policy(model_name, cfg.dtype, cfg.device or device, load)
             sampler = HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows, max_tree_rows=cfg.tree_rows)
             vocab_size = model.get_output_embeddings().weight.shape[0]
+            context = model_context(model, tokenizer)
         check_vocabulary(tokenizer, ds, "label", vocab_size)
+        # every continuation is checked before any is sampled (and before the run's manifest is written): one from
+        # prefix p runs to max_new_tokens completion tokens (at least p + 1), after the prompt
+        m = params.max_new_tokens
+        longest = [(r, max(p)) for r, p in zip(refs, plan) if p]
+        check_context(
+            "label",
+            [len(r.prompt_ids) + max(m, top + 1) for r, top in longest],
+            *context,
+            lambda i: (
+                f"trace {longest[i][0].trace_id!r} (prompt {len(longest[i][0].prompt_ids)} tokens, longest "
+                f"labelled prefix {longest[i][1]} tokens) continued to max_new_tokens={m}"
+            ),
+            "lower max_new_tokens (it counts from the prompt)",
+        )
         labeller = MCLabeller(
             sampler,
             tokenizer,

@@ -29,7 +29,7 @@ from .. import __version__, runfolder
 from ..config import ConfigError, RawMapping, field, parse_config, save_resolved_config
 from ..data.bridges import Rollout, parse_rollout, prompt_hash_id, read_records, steps_in_completion
 from ..data.schema import TRACE_FEATURES
-from ..loading import ModelLoadConfig, resolve_model_path
+from ..loading import ModelLoadConfig, recorded_model, resolve_model_path
 from ..prompting import choose_prompt_format
 from ..sampling.sampler import SamplingParams
 from ..tasks import Prompt, build_task, char_to_token_spans, task_configs, task_options, token_end_offsets
@@ -172,7 +172,7 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
     meta = {
         "task": cfg.task,
         "task_args": json.dumps(dict(cfg.task_args), sort_keys=True),
-        "model": cfg.model,
+        "model": recorded_model(cfg.model),  # a local path absolute: later stages find it from any folder
         "sampling": params.to_json(),
         "prompt_format": fmt.to_json(),
         "model_load": json.dumps(load.record(), sort_keys=True),

@@ -268,20 +268,23 @@ class SplitRecord:
                 return False
             drawn_over = True
         sides = {t: self.side(t) for t in distinct}
-        train = prompts_digest(t for t, s in sides.items() if s == "train")
-        ok = train == (self.n_train_prompts, self.train_prompts_sha256)
-        if ok and self.validation_prompts_sha256 is not None:
-            val = prompts_digest(t for t, s in sides.items() if s == "validation")
-            ok = val == (self.n_validation_prompts, self.validation_prompts_sha256)
-        if ok or not drawn_over:
-            return ok
-        raise ConfigError(
-            f"{where}: its split (heldout_fraction={self.heldout_fraction}, validation_fraction="
-            f"{self.validation_fraction}, split_seed={self.split_seed}) does not give the {self.n_train_prompts} "
-            f"training prompts it records (train_prompts_sha256) over {source} ({train[0]} under it): the file was "
-            "edited or belongs to another run, so its held-out side cannot be trusted; restore the split it was "
-            "written with"
-        )
+        checks = [("training", "train", self.n_train_prompts, self.train_prompts_sha256)]
+        if self.validation_prompts_sha256 is not None:
+            checks.append(("validation", "validation", self.n_validation_prompts, self.validation_prompts_sha256))
+        for what, side, n, digest in checks:
+            got = prompts_digest(t for t, s in sides.items() if s == side)
+            if got == (n, digest):
+                continue
+            if not drawn_over:
+                return False
+            raise ConfigError(
+                f"{where}: its split (heldout_fraction={self.heldout_fraction}, validation_fraction="
+                f"{self.validation_fraction}, split_seed={self.split_seed}) does not give the {n} {what} prompts it "
+                f"records ({side}_prompts_sha256) over {source} (it gives "
+                f"{got[0]}): the file was edited or belongs to another run, so its held-out side cannot be trusted; "
+                "restore the split it was written with"
+            )
+        return True
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

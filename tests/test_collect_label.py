@@ -237,7 +237,7 @@ def test_collect_then_label_by_default_labels_only_heldout_prompts(tmp_path, mod
     train_texts = set(train_side["prompt"])
     assert all(text[t] not in train_texts and is_heldout(text[t], 0.2, 0) for t in labelled)
     record = SplitRecord.load(out)
-    assert record == SplitRecord.from_prompts(train_side["prompt"], 0.2, 0, sides["validation"]["prompt"], 0.1)
+    assert record == SplitRecord.of(traces, 0.2, 0.1, 0)  # and the digest of every prompt it was drawn over
     written = json.loads((out / "split.json").read_text())
     assert written["prompts"] == "heldout" and written["n_traces_labelled"] == 2
     assert json.loads((out / "run.json").read_text())["prompts"] == "heldout"

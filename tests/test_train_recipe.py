@@ -152,7 +152,9 @@ def test_main_runs_two_steps_and_writes_a_loadable_checkpoint(tiny_setup, tmp_pa
     sides = split_three(load_traces(traces), 0.25, 0.1, 0)
     train_side, val_side, held_side = sides["train"], sides["validation"], sides["test"]
     assert len(val_side) > 0 and len(train_side) > 0
-    assert record == SplitRecord.from_prompts(train_side["prompt"], 0.25, 0, val_side["prompt"], 0.1)
+    assert record == SplitRecord.from_prompts(
+        train_side["prompt"], 0.25, 0, val_side["prompt"], 0.1, load_traces(traces)["prompt"]
+    )
     assert record.n_train_prompts == len(set(train_side["prompt"])) and len(held_side) == result["heldout_traces"]
     assert record.n_validation_prompts == len(set(val_side["prompt"])) and record.validation_prompts_sha256
     assert result["split"] == record.to_dict()

@@ -27,7 +27,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -268,6 +268,35 @@ def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
         raise
     except (TypeError, ValueError) as exc:  # a missing argument, or a rule of the dataclass's __post_init__
         raise ConfigError(f"{prefix[:-1] if prefix else cls.__name__}: {exc}") from None
+
+
+def record_from_mapping(
+    cls: type[T],
+    data: Mapping[str, Any],
+    where: str | Path,
+    required: Collection[str] = (),
+    ignore_unknown: bool = False,
+) -> T:
+    """Dataclass `cls` from a mapping read from the record file `where` (a file a command wrote, e.g. a
+    checkpoint's ``split.json``): each field read by its type (`build_config`), fields without a default and the
+    `required` ones must be present, unknown keys are refused unless `ignore_unknown`. Any problem is a
+    ConfigError in one line naming the file and the field."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    needed = [
+        n
+        for n, f in fields.items()
+        if n in required or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    ]
+    missing = [n for n in needed if n not in data]
+    if missing:
+        raise ConfigError(f"{where}: missing field(s) {', '.join(missing)}")
+    unknown = sorted(k for k in data if k not in fields)
+    if unknown and not ignore_unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    try:
+        return build_config(cls, {k: v for k, v in data.items() if k in fields})
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def coerce_fields(cls: type, values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

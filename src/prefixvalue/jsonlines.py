@@ -1,5 +1,7 @@
 """The one reader of the JSON-lines files a user gives (a task's prompts, rollouts to import, action states,
-step data): records read lazily, a malformed line refused with the file and the line in one message.
+step data): records read lazily, a malformed line refused with the file and the line in one message; and the
+one reader of a JSON record file a folder carries (`read_json_object`: a checkpoint's ``split.json``,
+``value_config.json``, ``prompt_format.json``), refused the same way, naming the file.
 
 A neutral low module (it depends on `prefixvalue.config` only), so tasks, data and evaluation read user files
 the same way without importing each other.
@@ -57,6 +59,26 @@ def jsonl_records(
                     f"{where}: invalid JSON ({exc.msg} at column {exc.colno}): {short_text(line.strip())}"
                 ) from None
             yield lineno, where, record
+
+
+def read_json_object(path: str | Path, error: type[ConfigError] = ConfigError) -> dict[str, Any]:
+    """The JSON object in the file at `path`. A missing or unreadable file, text that is not UTF-8 JSON, or JSON
+    that is not an object raises `error`, in one line naming the file; what the object must hold is the
+    caller's check (`prefixvalue.config.record_from_mapping` reads it into a dataclass, naming the field)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: missing (no such file)")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, found {short_text(data)}")
+    return data
 
 
 def short_text(value: Any, limit: int = 60) -> str:

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from .config import ConfigError, record_from_mapping
+from .jsonlines import read_json_object
 
 #: the file beside a value checkpoint that records how its training prompts were formatted
 PROMPT_FORMAT_FILE = "prompt_format.json"
@@ -81,9 +82,11 @@ def choose_prompt_format(tokenizer: Any, chat_template: bool | None, system_prom
 
 
 def checkpoint_prompt_format(path: str | Path) -> PromptFormat:
-    """The prompt format a value checkpoint's traces used (`PROMPT_FORMAT_FILE`; raw text when absent)."""
+    """The prompt format a value checkpoint's traces used (`PROMPT_FORMAT_FILE`; raw text when absent, as in
+    checkpoints written before it was recorded). ConfigError in one line naming the file (and the field) when it
+    is not a JSON object or a field has the wrong type."""
     file = Path(path) / PROMPT_FORMAT_FILE
-    return PromptFormat.from_json(file.read_text()) if file.exists() else PromptFormat()
+    return record_from_mapping(PromptFormat, read_json_object(file), file) if file.exists() else PromptFormat()
 
 
 def traces_prompt_format(traces: Any) -> PromptFormat:

@@ -447,7 +447,12 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
     sides = split_three(traces, cfg.heldout_fraction, cfg.validation_fraction, cfg.split_seed)
     train_ds, val_ds, held_ds = sides["train"], sides["validation"], sides["test"]
     split_record = SplitRecord.from_prompts(
-        train_ds["prompt"], cfg.heldout_fraction, cfg.split_seed, val_ds["prompt"], cfg.validation_fraction
+        train_ds["prompt"],
+        cfg.heldout_fraction,
+        cfg.split_seed,
+        val_ds["prompt"],
+        cfg.validation_fraction,
+        traces["prompt"],
     )
     # the monitor reads validation traces; only a split without validation prompts falls back to held-out ones
     monitor_side, monitor_ds = ("validation", val_ds) if len(val_ds) else ("test", held_ds)

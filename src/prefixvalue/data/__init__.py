@@ -19,9 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .. import runfolder
 from ..config import ConfigError
 from .split import (
     SIDES,
+    SPLIT_FILE,
     SplitRecord,
     heldout_selection,
     is_heldout,
@@ -187,6 +189,72 @@ def traces_finish_summary(ds: datasets.Dataset) -> dict[str, Any]:
     return finish_summary(reasons, notes)
 
 
+#: verdicts of `_run_traces_verify`, by the split file's path and state and the traces' path (one load per run)
+_VERIFIED: dict[tuple[str, int, int, str], bool] = {}
+
+
+def _run_traces(folder: Path) -> tuple[str, int] | None:
+    """``(traces, max_length)``: the traces the split in `folder` was drawn over, as its run recorded them (a
+    checkpoint ``RUN/final``: RUN's train record; a labels folder: its ``run.json``); None when none says."""
+    try:
+        record = runfolder.read_record(folder.parent) if folder.name == "final" else None
+    except ConfigError:  # a stranger's record: nothing to go by
+        record = None
+    if record is not None and record.get("command") == "train" and isinstance(record.get("config"), dict):
+        config = record["config"]
+        traces, max_length = config.get("traces"), config.get("max_length") or 0
+        return (traces, int(max_length)) if isinstance(traces, str) and isinstance(max_length, int) else None
+    run_json = folder / "run.json"
+    if run_json.is_file():
+        try:
+            traces = json.loads(run_json.read_text()).get("traces")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return (traces, 0) if isinstance(traces, str) else None
+    return None
+
+
+def _run_traces_verify(record: SplitRecord, folder: Path) -> bool:
+    """`SplitRecord.verify` of `folder`'s record against the traces its run recorded (`_run_traces`), when they
+    are still there; a record without the digest of all its prompts counts them as the prompts it was drawn over
+    only when the run recorded an absolute path. False when there is nothing to check against."""
+    found = _run_traces(folder)
+    if found is None or not Path(found[0]).is_dir():
+        return False
+    traces, max_length = found
+    path = folder / SPLIT_FILE
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, traces)
+    if key not in _VERIFIED:
+        try:
+            ds = load_traces(traces)
+        except ConfigError:  # unreadable now: nothing to check against
+            return False
+        if max_length:  # the split was drawn over the traces train kept (docs/design.md, "Held-out discipline")
+            lengths = np.asarray(pc.list_value_length(_column(ds, "prompt_ids")).to_numpy(zero_copy_only=False))
+            lengths = lengths + np.asarray(pc.list_value_length(_column(ds, "completion_ids")).to_numpy(False))
+            ds = ds.select(np.flatnonzero(lengths <= max_length))
+        source = f"the traces {traces} its run recorded"
+        _VERIFIED[key] = record.verify(ds["prompt"], path, source, drawn_over=Path(traces).is_absolute())
+    return _VERIFIED[key]
+
+
+def load_split(folder: str | Path, prompts: Iterable[str] | None = None, source: str = "") -> SplitRecord | None:
+    """The split record of a value checkpoint or labels folder (`SplitRecord.load`: None when it has none; a
+    malformed ``split.json`` is a ConfigError naming the file and field), its digests checked
+    (`SplitRecord.verify`) against the traces its run recorded (`_run_traces`) and against `prompts`, the
+    prompts of the traces a stage is about to split by it (`source`, for the message). A record whose split does
+    not give the training prompts it records over the prompts it was drawn over is refused in one line: every
+    path that reads a split to hold prompts out (evaluate, distance, actions, steer, distrl) loads it here."""
+    folder = Path(folder)
+    record = SplitRecord.load(folder)
+    if record is None:
+        return None
+    if not _run_traces_verify(record, folder) and prompts is not None:
+        record.verify(prompts, folder / SPLIT_FILE, source or "the traces given")
+    return record
+
+
 def rows_to_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
     """Build a dataset from row dicts (fields as in the contracts)."""
     return datasets.Dataset.from_list(rows)
@@ -223,6 +291,7 @@ __all__ = [
     "SplitRecord",
     "heldout_selection",
     "labels_side",
+    "load_split",
     "is_heldout",
     "load_labels",
     "load_traces",

@@ -10,7 +10,8 @@ with the same text land on the same side, whatever their ids (docs/design.md, "H
 - **train**: the rest.
 
 `SplitRecord` is the record of a split that travels with every value checkpoint and every labels folder
-(``split.json``), with a digest of its training and of its validation prompts.
+(``split.json``), with a digest of its training and of its validation prompts, and of every prompt it was drawn
+over; `SplitRecord.verify` checks the recorded split against those digests.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ from pathlib import Path
 import datasets
 
 from ..atomic import write_atomic
+from ..config import ConfigError, record_from_mapping
+from ..jsonlines import read_json_object
 
 #: file name of a `SplitRecord` inside a checkpoint or labels folder
 SPLIT_FILE = "split.json"
@@ -164,8 +168,9 @@ class SplitRecord:
     `n_train_prompts` and `train_prompts_sha256` describe the training side: the number of distinct
     normalised training prompt texts and the SHA-256 of those texts, sorted and newline-joined
     (`prompts_digest`); `n_validation_prompts` and `validation_prompts_sha256` the validation side the same
-    way. `side` answers for any prompt text with the recorded fractions and seed. A record written before
-    validation existed reads with `validation_fraction` 0 (no validation side).
+    way; `n_prompts` and `prompts_sha256` every prompt the split was drawn over (None in records written before
+    they were kept). `side` answers for any prompt text with the recorded fractions and seed. A record written
+    before validation existed reads with `validation_fraction` 0 (no validation side).
     """
 
     heldout_fraction: float
@@ -176,6 +181,22 @@ class SplitRecord:
     validation_fraction: float = 0.0
     n_validation_prompts: int = 0
     validation_prompts_sha256: str | None = None
+    n_prompts: int | None = None
+    prompts_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("heldout_fraction", "validation_fraction"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+        for name in ("n_train_prompts", "n_validation_prompts", "n_prompts"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        for name in ("train_prompts_sha256", "validation_prompts_sha256", "prompts_sha256"):
+            value = getattr(self, name)
+            if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+                raise ValueError(f"{name} must be a SHA-256 (64 hex digits), got {value!r}")
 
     @classmethod
     def from_prompts(
@@ -185,11 +206,13 @@ class SplitRecord:
         split_seed: int,
         validation_texts: Iterable[str] = (),
         validation_fraction: float = 0.0,
+        all_texts: Iterable[str] | None = None,
     ) -> SplitRecord:
         """The record of a split whose training side holds the prompts `train_texts` and whose validation
-        side holds `validation_texts`."""
+        side holds `validation_texts`, drawn over the prompts `all_texts` (None: not recorded)."""
         n, digest = prompts_digest(train_texts)
         n_val, val_digest = prompts_digest(validation_texts)
+        n_all, all_digest = prompts_digest(all_texts) if all_texts is not None else (None, None)
         return cls(
             heldout_fraction=float(heldout_fraction),
             split_seed=int(split_seed),
@@ -198,6 +221,8 @@ class SplitRecord:
             validation_fraction=float(validation_fraction),
             n_validation_prompts=n_val,
             validation_prompts_sha256=val_digest if validation_fraction > 0 else None,
+            n_prompts=n_all,
+            prompts_sha256=all_digest,
         )
 
     @classmethod
@@ -207,7 +232,12 @@ class SplitRecord:
         """The record of splitting the rows `ds` (their ``prompt`` column) with these fractions and seed."""
         parts = split_three(ds, heldout_fraction, validation_fraction, split_seed)
         return cls.from_prompts(
-            parts["train"]["prompt"], heldout_fraction, split_seed, parts["validation"]["prompt"], validation_fraction
+            parts["train"]["prompt"],
+            heldout_fraction,
+            split_seed,
+            parts["validation"]["prompt"],
+            validation_fraction,
+            ds["prompt"],
         )
 
     def side(self, prompt_text: str) -> str:
@@ -226,6 +256,36 @@ class SplitRecord:
             other.split_seed,
         )
 
+    def verify(self, texts: Iterable[str], where: str | Path, source: str, drawn_over: bool = False) -> bool:
+        """Whether the prompts `texts` (of `source`, for the message) reproduce this record's training and
+        validation digests under its fractions and seed. When they are the prompts the split was drawn over
+        (their digest is ``prompts_sha256``; for a record without it, when the caller says so with `drawn_over`)
+        a mismatch means the record's split is not the one its digests were drawn with (an edited
+        ``split.json``): ConfigError in one line naming `where`. Otherwise False: these prompts cannot tell."""
+        distinct = {normalise_prompt(t) for t in texts}
+        if self.prompts_sha256 is not None:
+            if prompts_digest(distinct) != (self.n_prompts, self.prompts_sha256):
+                return False
+            drawn_over = True
+        sides = {t: self.side(t) for t in distinct}
+        checks = [("training", "train", self.n_train_prompts, self.train_prompts_sha256)]
+        if self.validation_prompts_sha256 is not None:
+            checks.append(("validation", "validation", self.n_validation_prompts, self.validation_prompts_sha256))
+        for what, side, n, digest in checks:
+            got = prompts_digest(t for t, s in sides.items() if s == side)
+            if got == (n, digest):
+                continue
+            if not drawn_over:
+                return False
+            raise ConfigError(
+                f"{where}: its split (heldout_fraction={self.heldout_fraction}, validation_fraction="
+                f"{self.validation_fraction}, split_seed={self.split_seed}) does not give the {n} {what} prompts it "
+                f"records ({side}_prompts_sha256) over {source} (it gives "
+                f"{got[0]}): the file was edited or belongs to another run, so its held-out side cannot be trusted; "
+                "restore the split it was written with"
+            )
+        return True
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -241,20 +301,27 @@ class SplitRecord:
     @classmethod
     def load(cls, folder: str | Path) -> SplitRecord | None:
         """The record in ``folder/split.json``, or None when the folder has none (keys beyond the record's
-        fields, e.g. labels' ``prompts``, are ignored)."""
+        fields, e.g. labels' ``prompts``, are ignored). A file that is not JSON, or lacks a field, or holds one
+        of the wrong type or range: ConfigError in one line naming the file and the field. Its digests are
+        checked by `verify` (`prefixvalue.data.load_split` runs both)."""
         path = Path(folder) / SPLIT_FILE
         if not path.exists():
             return None
-        data = json.loads(path.read_text())
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return record_from_mapping(cls, read_json_object(path), path, ignore_unknown=True)
+
+
+#: the sides a labels folder's ``prompts`` may name
+LABEL_PROMPTS = ("heldout", "validation", "train", "all")
 
 
 def labels_side(folder: str | Path) -> str | None:
     """The side of the split a labels folder was drawn from (``prompts`` in its ``split.json``: ``test`` for
-    ``heldout``, ``validation``, ``train``, ``all``), or None when it records none."""
+    ``heldout``, ``validation``, ``train``, ``all``), or None when it records none; ConfigError naming the
+    file when it is not a JSON object or ``prompts`` is none of those."""
     path = Path(folder) / SPLIT_FILE
     if not path.exists():
         return None
-    prompts = json.loads(path.read_text()).get("prompts")
+    prompts = read_json_object(path).get("prompts")
+    if prompts is not None and prompts not in LABEL_PROMPTS:
+        raise ConfigError(f"{path}: field prompts must be one of {list(LABEL_PROMPTS)}, got {prompts!r}")
     return {"heldout": "test"}.get(prompts, prompts)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config import ConfigError
-from ..data import SplitRecord, labels_side, load_labels, load_traces
+from ..data import labels_side, load_labels, load_split, load_traces
 from ..loading import LoadOptions
 from ..value import load_value_model
 from .estimators import ESTIMATORS, Estimator, TraceRecord, value_model_estimator
@@ -55,13 +55,18 @@ def step_oracle_estimators(options: ScoringOptions, traces: Any, oracle_traces: 
     traces carry no exact step labels."""
     if not options.step_oracle or not has_step_labels(traces):
         return {}
-    record = SplitRecord.load(options.split_record) if options.split_record else None
+    record = load_split(options.split_record) if options.split_record else None
     if record is None:  # without a split there is no training side to fit on
         return {}
     source = options.oracle_traces or oracle_traces
     source = traces if source is None else load_traces(source) if isinstance(source, (str, Path)) else source
     oracle = training_oracle(source, record)
     return {"step_oracle": oracle.estimator()} if oracle is not None else {}
+
+
+def _prompts(traces: Any) -> list[str]:
+    """The ``prompt`` of every trace of `traces` (a dataset or a list of rows)."""
+    return list(traces["prompt"]) if hasattr(traces, "column_names") else [r["prompt"] for r in traces]
 
 
 def check_labels_side(labels: str | Path, options: ScoringOptions) -> None:
@@ -81,7 +86,7 @@ def step_thresholds_on_validation(model: Any, options: ScoringOptions) -> dict[s
     Raises ConfigError when the record has no validation side or none of the traces is a validation prompt's."""
     if not options.validation_traces or model is None:
         return None
-    record = SplitRecord.load(options.split_record) if options.split_record else None
+    record = load_split(options.split_record) if options.split_record else None
     if record is None or not record.validation_fraction:
         raise ConfigError(
             f"evaluate: validation_traces={options.validation_traces} needs a split record with a validation side "
@@ -136,6 +141,8 @@ def evaluate(
     names = list(loaded)
     if isinstance(traces, (str, Path)):
         traces = load_traces(traces)
+    if options.split_record is not None:  # its digests checked against the traces scored (an edited split.json)
+        load_split(options.split_record, _prompts(traces), "the traces scored")
     mc_cost = read_mc_cost(labels) if isinstance(labels, (str, Path)) else None
     if isinstance(labels, (str, Path)):
         check_labels_side(labels, options)

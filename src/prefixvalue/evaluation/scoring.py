@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import runfolder
 from ..config import ConfigError
-from ..data.split import SplitRecord
+from ..data import load_split
 from ..tasks.base import first_error
 from ..tracking import jsonable
 from .estimators import ESTIMATORS, Estimates, Estimator, TraceRecord, estimate_values
@@ -360,7 +360,7 @@ def split_filter(
     """Keep the traces whose prompt text is on the side ``cfg.split`` (``test``: held out; ``validation``)
     of the checkpoint's split record.
 
-    The record is ``SplitRecord.load(cfg.split_record)`` (`prefixvalue.data.split`, ``split.json``
+    The record is ``load_split(cfg.split_record)`` (`prefixvalue.data.split`, ``split.json``
     written by training; `prefixvalue.evaluation.evaluator.evaluate` sets it to the checkpoint's folder).
     Without a record in a given folder the run is refused (ConfigError) unless
     ``cfg.include_training_prompts``; with that flag nothing is dropped and the section says how many
@@ -371,7 +371,7 @@ def split_filter(
 
     include = cfg.include_training_prompts
     folder = cfg.split_record
-    record = SplitRecord.load(folder) if folder else None
+    record = load_split(folder) if folder else None
     want = cfg.split
     sec: dict[str, Any] = {
         "side": None,

@@ -37,7 +37,7 @@ from accelerate import Accelerator
 
 from .. import runfolder
 from ..config import ConfigError, RawMapping, config_to_dict, field, parse_config, save_resolved_config
-from ..data import SplitRecord
+from ..data import load_split
 from ..data.collate import collated_batches
 from ..loading import ModelLoadConfig
 from ..policies import load_policy
@@ -178,11 +178,11 @@ def split_prompts(cfg: DistRLConfig, task: Any) -> tuple[list[Prompt], list[Prom
     path = cfg.split_path
     if path is None:
         raise ConfigError("distrl: give split_from=PATH (a value checkpoint or labels folder with split.json)")
-    rec = SplitRecord.load(Path(path))
+    rec = load_split(Path(path))
     if rec is None:
         raise ConfigError(f"distrl: {path} records no split (split.json); its held-out prompts are unknown")
     if cfg.value == "checkpoint" and cfg.value_checkpoint and cfg.split_from:
-        other = SplitRecord.load(Path(cfg.value_checkpoint))
+        other = load_split(Path(cfg.value_checkpoint))
         if other is None or not other.same_split(rec):
             raise ConfigError(f"distrl: {cfg.value_checkpoint} was not trained on the split of {cfg.split_from}")
     prompts = list(task.prompts(cfg.num_prompts, cfg.prompt_split))

@@ -94,7 +94,7 @@ class EvaluateConfig(ScoringOptions, EvaluateInputs):
 def run(cfg: EvaluateConfig) -> dict[str, Any]:
     """Evaluate as `cfg` says; returns the metrics dict (also written to ``OUT/metrics.json``)."""
     # imported here, not at the top: parsing the config (``--help``) needs no torch
-    from ..data import load_traces, traces_finish_summary
+    from ..data import load_split, load_traces, traces_finish_summary
     from ..evaluation.evaluator import evaluate
     from ..evaluation.report import write_report, write_step_benchmark_report
     from ..evaluation.scoring import evaluate_step_data
@@ -106,16 +106,17 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     cfg.check_inputs()
     split_record = cfg.split_record or cfg.checkpoint  # the checkpoint's training prompts are left out
     if cfg.traces is not None and cfg.checkpoint is not None and not cfg.include_training_prompts:
-        from ..data.split import SplitRecord
         from ..evaluation.scoring import missing_split_error
 
-        if SplitRecord.load(split_record) is None:  # refuse before loading any model
+        if load_split(split_record) is None:  # refuse before loading any model
             raise missing_split_error(split_record)
     out = Path(cfg.out)  # type: ignore[arg-type]
     folder = prepare_out(cfg, out)
     save_resolved_config(cfg, out)
     device = cfg.device or str(default_device())
     traces = load_traces(cfg.traces) if cfg.traces is not None else None
+    if traces is not None and cfg.checkpoint is not None:  # an edited split.json, refused before loading the model
+        load_split(split_record, traces["prompt"], f"the traces {cfg.traces}")
     load = cfg.load_options()
     vm = _load_value_model(cfg.checkpoint, device, load) if cfg.checkpoint else None
     if vm is not None and traces is not None:  # the checkpoint's reference model must be the traces' model

@@ -213,6 +213,7 @@ def run(cfg: LabelConfig) -> int:
         cfg.split_seed,
         sides["validation"]["prompt"],
         cfg.validation_fraction,
+        ds["prompt"],
     )
     n_given = len(ds)
     if cfg.prompts != "all":

@@ -99,11 +99,11 @@ class ActionsConfig(ModelLoadConfig):
 def heldout_under(checkpoints: Sequence[str], prompt_texts: Sequence[str], stage: str) -> list[bool]:
     """Which prompts every checkpoint's split record (``split.json``) holds out: figures about learned values
     come from those only. ConfigError when a checkpoint records no split (its held-out prompts are unknown)."""
-    from ..data import SplitRecord
+    from ..data import load_split
 
     records = []
     for path in checkpoints:
-        record = SplitRecord.load(Path(path))
+        record = load_split(Path(path))
         if record is None:
             raise ConfigError(f"{stage}: {path} records no split (split.json); its held-out prompts are unknown")
         records.append(record)

@@ -333,12 +333,12 @@ def cell_spearman(
     ``ScoringOptions.split``; no soft values, no bootstrap); prefixes of training prompts are dropped and
     counted. `model` is the checkpoint already loaded (None: loaded from `checkpoint`). ConfigError when the
     checkpoint records no split or no labelled prompt is on that side."""
-    from ..data import SplitRecord
+    from ..data import load_split
     from ..policies import default_device
 
     if labelled is None:
         return {"spearman": None, "spearman_note": "no labels given"}
-    record = SplitRecord.load(checkpoint)
+    record = load_split(checkpoint, labelled.traces["prompt"], "the labelled traces")
     if record is None:
         raise ConfigError(f"distance: {checkpoint} records no split (split.json); its held-out prompts are unknown")
     if not any(record.side(p) == split for p in labelled.traces["prompt"]):  # refused before loading the model
@@ -496,7 +496,7 @@ def evaluate_cell(
     """cell.json of a trained cell (computed once, then read back; one written before `CELL_KEYS` existed is
     computed again): its parameters, training curve, test and validation loss (`side_loss`, at most
     ``train.max_eval_traces`` traces each) and Spearman with MC on each side (`cell_spearman`)."""
-    from ..data import SplitRecord
+    from ..data import load_split
     from ..policies import default_device
     from ..value import load_value_model
 
@@ -513,7 +513,7 @@ def evaluate_cell(
         if not _lora_is_noop(final):  # lr 0 must leave B = 0: otherwise it is not the n = 0 model
             raise RuntimeError(f"distance: {final}: the n = 0 implicit model's adapter moved (LoRA B != 0)")
         params = {"prompt": 0, "lora": 0, "head": 0}
-    record = SplitRecord.load(final)
+    record = load_split(final)
     if record is None:
         raise ConfigError(f"distance: {final} records no split (split.json); its held-out prompts are unknown")
     model = load_value_model(final, device=default_device(), dtype=tcfg.model_dtype)

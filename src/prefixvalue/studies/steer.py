@@ -37,7 +37,7 @@ import numpy as np
 
 from .. import runfolder
 from ..config import ConfigError, RawMapping, config_to_dict, field, parse_config, save_resolved_config
-from ..data import SplitRecord
+from ..data import load_split
 from ..loading import ModelLoadConfig
 from ..policies import default_device, load_policy
 from ..prompting import choose_prompt_format
@@ -190,7 +190,7 @@ def held_out_prompts(cfg: SteerConfig, task: Any) -> tuple[list[Prompt], dict[st
     prompts = list(task.prompts(cfg.num_prompts, cfg.prompt_split))
     records = []
     for path in cfg.checkpoints:
-        rec = SplitRecord.load(Path(path))
+        rec = load_split(Path(path))
         if rec is None:
             raise ConfigError(f"steer: {path} records no split (split.json); its held-out prompts are unknown")
         if records and not records[0].same_split(rec):

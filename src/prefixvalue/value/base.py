@@ -20,11 +20,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from .. import __version__
+from ..config import ConfigError
 from ..data.collate import collated_batches
 from ..data.steps import StepExample, prefix_step_scores, process_step_scores, td_errors, tokenize_step_example
 from ..loading import LoadOptions
@@ -39,6 +40,9 @@ from .checkpoint import (
     HEAD_WEIGHTS,
     VALUE_MODELS,
     ValueModelConfig,
+    check_adapter,
+    check_backbone,
+    load_weights,
     read_value_config,
 )
 from .hub import find_base_model, portable_base_model, push_model_to_hub, resolve_checkpoint
@@ -468,7 +472,8 @@ class ValueModel(nn.Module):
         tokenizer (``model.tokenizer``, loaded on first use) and prompt format (``model.prompt_format``).
         """
         path = resolve_checkpoint(path, revision=revision, token=token)
-        cfg = read_value_config(path)
+        cfg = read_value_config(path)  # every file below is checked before a library reads it: one line naming it
+        prompt_format = checkpoint_prompt_format(path)
         if not cls.kind:  # ValueModel.from_pretrained: the checkpoint's own kind
             cls = value_model_class(cfg.kind)
         if cls.kind != cfg.kind:
@@ -484,7 +489,12 @@ class ValueModel(nn.Module):
         def load_base(name: str) -> PreTrainedModel:
             return load_causal_lm(name, torch_dtype, device, dataclasses.replace(opts, device_map=None))
 
+        adapter = path / ADAPTER_DIR if (cfg.backbone == "lora" or cfg.soft_prompt_tokens) else None
+        if adapter is not None:
+            check_adapter(adapter)
+        head = load_weights(path / HEAD_WEIGHTS) if (path / HEAD_WEIGHTS).exists() else None
         if cfg.backbone == "full":
+            check_backbone(path / BACKBONE_DIR)
             backbone = AutoModelForCausalLM.from_pretrained(str(path / BACKBONE_DIR), dtype=torch_dtype)
         elif isinstance(base_model, PreTrainedModel):
             backbone = base_model.to(torch_dtype)
@@ -492,18 +502,21 @@ class ValueModel(nn.Module):
             backbone = load_base(base_model or cfg.base_model)
         if isinstance(base_model, str):
             cfg.base_model = base_model
-        adapter = path / ADAPTER_DIR if (cfg.backbone == "lora" or cfg.soft_prompt_tokens) else None
         extra: dict[str, Any] = {}
         if cfg.backbone == "full" and cls.reads_reference(cfg):  # the head reads the starting policy
             ref = base_model if base_model is not None else cfg.base_model
             extra["reference"] = ref.to(torch_dtype) if isinstance(ref, PreTrainedModel) else load_base(ref)
         model = cls(cfg, backbone, adapter_dir=adapter, **extra)
-        if (path / HEAD_WEIGHTS).exists():
-            model._load_extra_state_tensors(load_file(str(path / HEAD_WEIGHTS)))
+        if head is not None:
+            try:
+                model._load_extra_state_tensors(head)
+            except (KeyError, RuntimeError, ValueError) as exc:  # other names or shapes than this model's
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ConfigError(f"{path / HEAD_WEIGHTS}: does not fit this {cfg.kind} model ({first})") from None
         elif model._extra_state_tensors():
-            raise FileNotFoundError(f"{path / HEAD_WEIGHTS} is missing: the head's weights were not saved")
+            raise ConfigError(f"{path / HEAD_WEIGHTS}: missing (no such file); the head's weights were not saved")
         model.source = path
-        model.prompt_format = checkpoint_prompt_format(path)
+        model.prompt_format = prompt_format
         model._load_options = opts
         return model.to(device).eval()
 

@@ -1,26 +1,36 @@
 """What a value checkpoint folder holds: its file names and its config, ``value_config.json``
-(docs/design.md, "Checkpoints that travel").
+(docs/design.md, "Checkpoints that travel"), and the checked readers of its files.
 
 The bottom of the checkpoint code: `card` renders the model card from these files, `hub` finds the
 base model and moves folders to and from the Hub, and `base` (the model classes) writes and reads them.
+Every file of a checkpoint is read through one checked reader here (`read_value_config`, `load_weights`,
+`check_adapter`, `check_backbone`; the split is `prefixvalue.data.load_split`, the prompt format
+`prefixvalue.prompting.checkpoint_prompt_format`): a missing, truncated or malformed file is a ConfigError in
+one line naming the file (and the field), never a traceback or a download attempt.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
 from .. import __version__
-from ..config import field
+from ..config import ConfigError, field, record_from_mapping
+from ..jsonlines import read_json_object
 from .losses import LOSS_TYPES
 
 CONFIG_NAME = "value_config.json"
 ADAPTER_DIR = "adapter"
 BACKBONE_DIR = "backbone"
 HEAD_WEIGHTS = "head.safetensors"
+#: the files peft writes into ``adapter/`` (safetensors only)
+ADAPTER_FILES: tuple[str, ...] = ("adapter_config.json", "adapter_model.safetensors")
 #: small files that describe a checkpoint (split, training run, evaluation): `save_pretrained` with
 #: ``copy_records=True`` carries them over from the folder a model was loaded from (what pushing a loaded model does)
 CHECKPOINT_RECORDS: tuple[str, ...] = ("split.json", "training.json", "evaluation.json")
@@ -141,12 +151,79 @@ VALUE_MODELS: dict[str, Any] = {}
 
 
 def read_value_config(path: str | Path) -> ValueModelConfig:
-    """The `ValueModelConfig` saved in a value checkpoint folder."""
-    return ValueModelConfig.from_dict(json.loads((Path(path) / CONFIG_NAME).read_text()))
+    """The `ValueModelConfig` saved in a value checkpoint folder. ConfigError in one line naming the file (and
+    the field) when it is missing, not a JSON object, lacks ``kind``, names an unknown kind, or holds a field of
+    the wrong type or one that breaks a rule of the config or of its kind (`check_config`)."""
+    file = Path(path) / CONFIG_NAME
+    if not file.is_file():
+        raise ConfigError(f"{path} is not a value checkpoint (no {CONFIG_NAME}; train writes one to output_dir/final)")
+    cfg = record_from_mapping(ValueModelConfig, read_json_object(file), file, required=("kind",))
+    if cfg.kind not in VALUE_MODELS:
+        raise ConfigError(f"{file}: field kind: unknown value model {cfg.kind!r}; choose from {sorted(VALUE_MODELS)}")
+    try:
+        VALUE_MODELS[cfg.kind].check_config(cfg)
+    except ValueError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
+    return cfg
+
+
+def check_weights(path: str | Path) -> None:
+    """ConfigError in one line naming `path` unless it is a whole safetensors file (its header read and its
+    tensors' extent checked against the file's size; nothing is loaded): missing, truncated or not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing (no such file); the checkpoint is incomplete")
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"{path}: not a whole safetensors file ({first}); the checkpoint is truncated or damaged"
+        ) from None
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file `path` (`check_weights` first: a bad file is one line naming it)."""
+    check_weights(path)
+    return load_file(str(path))
+
+
+def check_adapter(folder: str | Path) -> None:
+    """ConfigError in one line naming the file unless `folder` holds a peft adapter as `save_pretrained` writes
+    it (`ADAPTER_FILES`: a JSON object and a whole safetensors file); peft would take a folder without them for
+    a Hub id and try to download it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: missing (no such folder); the checkpoint's adapter was not saved")
+    config, weights = (folder / name for name in ADAPTER_FILES)
+    read_json_object(config)
+    check_weights(weights)
+
+
+def check_backbone(folder: str | Path) -> None:
+    """ConfigError in one line naming the file unless `folder` holds a fully trained backbone as transformers
+    writes it: ``config.json``, a JSON object with a ``model_type``, and whole safetensors weights
+    (``model.safetensors``, or every shard ``model.safetensors.index.json`` names)."""
+    folder = Path(folder)
+    config = read_json_object(folder / "config.json")
+    if not isinstance(config.get("model_type"), str):
+        raise ConfigError(f"{folder / 'config.json'}: missing field model_type (a transformers model config)")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ConfigError(f"{index}: field weight_map must name the weight shards")
+        shards = sorted({str(v) for v in weight_map.values()})
+    else:
+        shards = ["model.safetensors"]
+    for name in shards:
+        check_weights(folder / name)
 
 
 __all__ = [
     "ADAPTER_DIR",
+    "ADAPTER_FILES",
     "BACKBONES",
     "BACKBONE_DIR",
     "CHECKPOINT_RECORDS",
@@ -155,5 +232,9 @@ __all__ = [
     "READOUTS",
     "VALUE_MODELS",
     "ValueModelConfig",
+    "check_adapter",
+    "check_backbone",
+    "check_weights",
+    "load_weights",
     "read_value_config",
 ]

@@ -190,9 +190,11 @@ _SANE_CONTEXT = 10_000_000
 
 def model_context(model: Any, tokenizer: Any) -> tuple[int | None, str]:
     """``(positions, where it came from)``: the model's context length, from ``config.max_position_embeddings``
-    or else ``tokenizer.model_max_length``, whichever is known and sane; ``(None, "")`` when neither is."""
+    of `model` (a model, or its config alone) or else ``tokenizer.model_max_length``, whichever is known and
+    sane; ``(None, "")`` when neither is."""
+    config = getattr(model, "config", model)
     for value, where in (
-        (getattr(getattr(model, "config", None), "max_position_embeddings", None), "config.max_position_embeddings"),
+        (getattr(config, "max_position_embeddings", None), "config.max_position_embeddings"),
         (getattr(tokenizer, "model_max_length", None), "tokenizer.model_max_length"),
     ):
         if isinstance(value, int) and 0 < value < _SANE_CONTEXT:
@@ -201,18 +203,27 @@ def model_context(model: Any, tokenizer: Any) -> tuple[int | None, str]:
 
 
 def check_context(
-    prompts: Sequence[Prompt], prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, context: int | None, where: str
+    prompts: Sequence[Prompt],
+    prompt_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    context: int | None,
+    where: str,
+    *,
+    stage: str = "collect",
+    names: Sequence[str] | None = None,
 ) -> None:
-    """ConfigError, in one line naming the longest prompt, unless every prompt plus `max_new_tokens` fits in
-    `context` positions (None: unknown, not checked)."""
+    """ConfigError, in one line naming the longest prompt (``prompt ID``, or its entry of `names`: where it
+    was read), unless every prompt plus `max_new_tokens` fits in `context` positions (None: unknown, not
+    checked). `stage` begins the message (collect; import checks the rollouts it reads the same way)."""
     if context is None or not prompts:
         return
     lengths = [len(ids) for ids in prompt_ids]
     worst = max(range(len(lengths)), key=lengths.__getitem__)
     if lengths[worst] + max_new_tokens > context:
         over = sum(n + max_new_tokens > context for n in lengths)
+        name = names[worst] if names is not None else f"prompt {prompts[worst].prompt_id!r}"
         raise ConfigError(
-            f"collect: prompt {prompts[worst].prompt_id!r} is {lengths[worst]} tokens; with max_new_tokens="
+            f"{stage}: {name} is {lengths[worst]} tokens; with max_new_tokens="
             f"{max_new_tokens} it needs {lengths[worst] + max_new_tokens} positions but the model's context is "
             f"{context} ({where}); {over} prompt(s) do not fit: shorten them or lower max_new_tokens"
         )

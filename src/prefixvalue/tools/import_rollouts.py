@@ -29,9 +29,11 @@ from .. import __version__, runfolder
 from ..config import ConfigError, RawMapping, field, parse_config, save_resolved_config
 from ..data.bridges import Rollout, parse_rollout, prompt_hash_id, read_records, steps_in_completion
 from ..data.schema import TRACE_FEATURES
+from ..jsonlines import short_text
 from ..loading import ModelLoadConfig, resolve_model_path
 from ..prompting import choose_prompt_format
 from ..sampling.sampler import SamplingParams
+from ..stages.collect import check_context, model_context
 from ..tasks import Prompt, build_task, char_to_token_spans, task_configs, task_options, token_end_offsets
 from ..tasks.steps import StepSplitterError, parse_splitter, single_step_warning, step_count_summary
 
@@ -98,6 +100,12 @@ class ImportConfig(ModelLoadConfig):
                 parse_splitter(self.steps)
             except StepSplitterError as exc:
                 raise ConfigError(f"import: {exc}") from None
+        try:  # the sampling parameters recorded for label: a NaN temperature would sample nothing
+            SamplingParams(
+                self.temperature, self.top_p, self.top_k, 1 if self.max_new_tokens is None else self.max_new_tokens
+            )
+        except ValueError as exc:
+            raise ConfigError(f"import: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +124,7 @@ def _pick(cfg_value: str | None, auto: tuple[str, ...], first: dict[str, Any] | 
 def run(cfg: ImportConfig) -> dict[str, Any]:
     """Import as `cfg` says; returns the summary (also ``OUT/summary.json``)."""
     import datasets
+    from transformers import AutoConfig
 
     from ..policies import load_tokenizer
 
@@ -149,6 +158,10 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
 
     model_name, load = resolve_model_path(cfg.model, cfg.load_options())
     tokenizer = load_tokenizer(model_name, load)
+    try:  # the context label and train will need: collect's check (`model_context`, `check_context`)
+        context = model_context(AutoConfig.from_pretrained(model_name, **load.tokenizer_kwargs()), tokenizer)
+    except (OSError, ValueError):  # a tokenizer without a model config: the tokenizer's limit, if it has one
+        context = model_context(None, tokenizer)
     fmt = choose_prompt_format(tokenizer, cfg.chat_template, cfg.system_prompt)
     task = build_task(cfg.task, cfg.task_args) if cfg.task is not None else None
     splitter = parse_splitter(cfg.steps) if cfg.steps is not None else None
@@ -159,16 +172,33 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
     counts: Counter[str] = Counter()  # how each trace's steps were found
     per_prompt: Counter[str] = Counter()  # rollouts so far of each prompt (default trace ids)
     seen: dict[str, str] = {}
+    prompt_of: dict[str, tuple[str, str]] = {}  # prompt id -> (its prompt text, where first given)
     prompt_cache: dict[str, list[int]] = {}
     rows = []
     for r in rollouts:
-        rows.append(_trace_row(r, tokenizer, fmt, task, splitter, cfg, prompt_cache, counts, per_prompt, eos))
-        tid = rows[-1]["trace_id"]
+        rows.append(_trace_row(r, tokenizer, fmt, task, splitter, cfg, prompt_cache, counts, per_prompt, eos, context))
+        tid, pid = rows[-1]["trace_id"], rows[-1]["prompt_id"]
         if tid in seen:
             raise ConfigError(f"import: {r.where}: duplicate trace id {tid!r} (first at {seen[tid]})")
         seen[tid] = r.where
+        text, first = prompt_of.setdefault(pid, (r.prompt, r.where))
+        if text != r.prompt:  # the split, the labels' prompts and the summary count prompts by id and text
+            raise ConfigError(
+                f"import: {r.where}: prompt_id {pid!r} names another prompt text than at {first} "
+                f"({short_text(r.prompt, 40)} vs {short_text(text, 40)}); give each prompt text its own id, "
+                "or leave the ids out (prompt_id_field=None: a hash of the text)"
+            )
     longest = max(len(r["completion_ids"]) for r in rows)
     params = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens or max(longest, 1))
+    # label continues every prefix up to this budget, counted from the prompt
+    check_context(
+        [Prompt(row["prompt_id"], row["prompt"], row["answer"], {}) for row in rows],
+        [row["prompt_ids"] for row in rows],
+        params.max_new_tokens,
+        *context,
+        stage="import",
+        names=[f"{r.where}: the prompt" for r in rollouts],
+    )
     meta = {
         "task": cfg.task,
         "task_args": json.dumps(dict(cfg.task_args), sort_keys=True),
@@ -224,8 +254,11 @@ def _trace_row(
     counts: Counter[str],
     per_prompt: Counter[str],
     eos: int | None,
+    context: tuple[int | None, str] = (None, ""),
 ) -> dict[str, Any]:
-    """One traces row (contract fields; the run columns are added by the caller)."""
+    """One traces row (contract fields; the run columns are added by the caller). ConfigError naming the
+    rollout when its prompt and completion do not fit in `context` (``(positions, where it came from)``,
+    `prefixvalue.stages.collect.model_context`; None: unknown)."""
     if r.prompt not in prompt_cache:
         try:
             prompt_cache[r.prompt] = fmt.encode(tokenizer, r.prompt)
@@ -240,6 +273,14 @@ def _trace_row(
         )
     if cfg.append_eos:
         ids.append(int(eos))  # type: ignore[arg-type]
+    positions, source = context
+    need = len(prompt_cache[r.prompt]) + len(ids)
+    if positions is not None and need > positions:  # checked before the steps are found (that decodes each prefix)
+        raise ConfigError(
+            f"import: {r.where}: the prompt ({len(prompt_cache[r.prompt])} tokens) and the completion ({len(ids)} "
+            f"tokens) need {need} positions but the model's context is {positions} ({source}); {cfg.model} cannot "
+            "have written this rollout: leave it out or shorten it"
+        )
     prompt_id = r.prompt_id or prompt_hash_id(r.prompt)
     trace_id = r.trace_id or f"{prompt_id}/s{per_prompt[prompt_id]}"
     per_prompt[prompt_id] += 1

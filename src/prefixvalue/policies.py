@@ -10,7 +10,7 @@ when a loaded tokenizer cannot read a traces dataset's token ids.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +147,51 @@ def check_vocabulary(tokenizer: Any, traces: Any, stage: str, vocab_size: int | 
             )
 
 
+#: a context length above this is a placeholder (tokenizers without a limit say 1e30), not a real limit
+_SANE_CONTEXT = 10_000_000
+
+
+def model_context(model: Any, tokenizer: Any) -> tuple[int | None, str]:
+    """``(positions, where it came from)``: the model's context length, from ``config.max_position_embeddings``
+    of `model` (a model, or its config alone) or else ``tokenizer.model_max_length``, whichever is known and
+    sane; ``(None, "")`` when neither is."""
+    config = getattr(model, "config", model)
+    for value, where in (
+        (getattr(config, "max_position_embeddings", None), "config.max_position_embeddings"),
+        (getattr(tokenizer, "model_max_length", None), "tokenizer.model_max_length"),
+    ):
+        if isinstance(value, int) and 0 < value < _SANE_CONTEXT:
+            return value, where
+    return None, ""
+
+
+def check_context(
+    names: Sequence[str],
+    prompt_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    context: int | None,
+    where: str,
+    stage: str = "collect",
+) -> None:
+    """ConfigError, in one line beginning with `stage` and naming the longest prompt (its entry of `names`:
+    ``prompt ID`` in collect, the file and line in import), unless every prompt plus `max_new_tokens` fits
+    in `context` positions (`model_context`, found at `where`; None: unknown, not checked)."""
+    if context is None or not names:
+        return
+    lengths = [len(ids) for ids in prompt_ids]
+    worst = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[worst] + max_new_tokens > context:
+        over = sum(n + max_new_tokens > context for n in lengths)
+        raise ConfigError(
+            f"{stage}: {names[worst]} is {lengths[worst]} tokens; with max_new_tokens="
+            f"{max_new_tokens} it needs {lengths[worst] + max_new_tokens} positions but the model's context is "
+            f"{context} ({where}); {over} prompt(s) do not fit: shorten them or lower max_new_tokens"
+        )
+
+
 __all__ = [
     "RECORDED_LOAD_OPTIONS",
+    "check_context",
     "check_vocabulary",
     "traces_policy",
     "LoadOptions",
@@ -157,6 +200,7 @@ __all__ = [
     "load_causal_lm",
     "load_policy",
     "load_tokenizer",
+    "model_context",
     "resolve_dtype",
     "resolve_model_path",
 ]

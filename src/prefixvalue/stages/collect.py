@@ -30,7 +30,7 @@ from ..data import finish_summary
 from ..data.schema import TRACE_FEATURES
 from ..data.shards import ShardWork, run_sharded_stage
 from ..loading import resolve_model_path
-from ..policies import load_policy, load_tokenizer
+from ..policies import check_context, load_policy, load_tokenizer, model_context
 from ..prompting import PromptFormat, choose_prompt_format
 from ..sampling.backend import SamplerBackendConfig, backend_record
 from ..sampling.hf import HFSampler
@@ -184,51 +184,6 @@ def encode_prompt(tokenizer: Any, text: str, fmt: PromptFormat | None = None) ->
     return (fmt or PromptFormat()).encode(tokenizer, text)
 
 
-#: a context length above this is a placeholder (tokenizers without a limit say 1e30), not a real limit
-_SANE_CONTEXT = 10_000_000
-
-
-def model_context(model: Any, tokenizer: Any) -> tuple[int | None, str]:
-    """``(positions, where it came from)``: the model's context length, from ``config.max_position_embeddings``
-    of `model` (a model, or its config alone) or else ``tokenizer.model_max_length``, whichever is known and
-    sane; ``(None, "")`` when neither is."""
-    config = getattr(model, "config", model)
-    for value, where in (
-        (getattr(config, "max_position_embeddings", None), "config.max_position_embeddings"),
-        (getattr(tokenizer, "model_max_length", None), "tokenizer.model_max_length"),
-    ):
-        if isinstance(value, int) and 0 < value < _SANE_CONTEXT:
-            return value, where
-    return None, ""
-
-
-def check_context(
-    prompts: Sequence[Prompt],
-    prompt_ids: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    context: int | None,
-    where: str,
-    *,
-    stage: str = "collect",
-    names: Sequence[str] | None = None,
-) -> None:
-    """ConfigError, in one line naming the longest prompt (``prompt ID``, or its entry of `names`: where it
-    was read), unless every prompt plus `max_new_tokens` fits in `context` positions (None: unknown, not
-    checked). `stage` begins the message (collect; import checks the rollouts it reads the same way)."""
-    if context is None or not prompts:
-        return
-    lengths = [len(ids) for ids in prompt_ids]
-    worst = max(range(len(lengths)), key=lengths.__getitem__)
-    if lengths[worst] + max_new_tokens > context:
-        over = sum(n + max_new_tokens > context for n in lengths)
-        name = names[worst] if names is not None else f"prompt {prompts[worst].prompt_id!r}"
-        raise ConfigError(
-            f"{stage}: {name} is {lengths[worst]} tokens; with max_new_tokens="
-            f"{max_new_tokens} it needs {lengths[worst] + max_new_tokens} positions but the model's context is "
-            f"{context} ({where}); {over} prompt(s) do not fit: shorten them or lower max_new_tokens"
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run ``prefixvalue collect``; returns the exit status."""
     return run(parse_config(CollectConfig, argv, prog="prefixvalue collect"))
@@ -296,7 +251,7 @@ def run(cfg: CollectConfig) -> int:
             sampler = HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows)
         # every prompt is checked before any is generated (and before the run's manifest is written)
         encoded = [encode_prompt(tokenizer, p.text, fmt) for p in prompts]
-        check_context(prompts, encoded, params.max_new_tokens, *context)
+        check_context([f"prompt {p.prompt_id!r}" for p in prompts], encoded, params.max_new_tokens, *context)
         t0 = time.perf_counter()
 
         def work(i: int, bar: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -33,7 +33,6 @@ from ..jsonlines import short_text
 from ..loading import ModelLoadConfig, resolve_model_path
 from ..prompting import choose_prompt_format
 from ..sampling.sampler import SamplingParams
-from ..stages.collect import check_context, model_context
 from ..tasks import Prompt, build_task, char_to_token_spans, task_configs, task_options, token_end_offsets
 from ..tasks.steps import StepSplitterError, parse_splitter, single_step_warning, step_count_summary
 
@@ -126,7 +125,7 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
     import datasets
     from transformers import AutoConfig
 
-    from ..policies import load_tokenizer
+    from ..policies import check_context, load_tokenizer, model_context
 
     if not cfg.rollouts or not cfg.model or not cfg.out:
         raise ConfigError("import: rollouts=FILE, model=POLICY and out=DIR are required")
@@ -158,7 +157,7 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
 
     model_name, load = resolve_model_path(cfg.model, cfg.load_options())
     tokenizer = load_tokenizer(model_name, load)
-    try:  # the context label and train will need: collect's check (`model_context`, `check_context`)
+    try:  # the context label and train will need, as collect checks it
         context = model_context(AutoConfig.from_pretrained(model_name, **load.tokenizer_kwargs()), tokenizer)
     except (OSError, ValueError):  # a tokenizer without a model config: the tokenizer's limit, if it has one
         context = model_context(None, tokenizer)
@@ -192,12 +191,11 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
     params = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens or max(longest, 1))
     # label continues every prefix up to this budget, counted from the prompt
     check_context(
-        [Prompt(row["prompt_id"], row["prompt"], row["answer"], {}) for row in rows],
+        [f"{r.where}: the prompt" for r in rollouts],
         [row["prompt_ids"] for row in rows],
         params.max_new_tokens,
         *context,
-        stage="import",
-        names=[f"{r.where}: the prompt" for r in rollouts],
+        "import",
     )
     meta = {
         "task": cfg.task,
@@ -258,7 +256,7 @@ def _trace_row(
 ) -> dict[str, Any]:
     """One traces row (contract fields; the run columns are added by the caller). ConfigError naming the
     rollout when its prompt and completion do not fit in `context` (``(positions, where it came from)``,
-    `prefixvalue.stages.collect.model_context`; None: unknown)."""
+    `prefixvalue.policies.model_context`; None: unknown)."""
     if r.prompt not in prompt_cache:
         try:
             prompt_cache[r.prompt] = fmt.encode(tokenizer, r.prompt)

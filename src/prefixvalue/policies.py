@@ -10,7 +10,7 @@ when a loaded tokenizer cannot read a traces dataset's token ids.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,11 +153,9 @@ _SANE_CONTEXT = 10_000_000
 
 def model_context(model: Any, tokenizer: Any) -> tuple[int | None, str]:
     """``(positions, where it came from)``: the model's context length, from ``config.max_position_embeddings``
-    of `model` (a model, or its config alone) or else ``tokenizer.model_max_length``, whichever is known and
-    sane; ``(None, "")`` when neither is."""
-    config = getattr(model, "config", model)
+    or else ``tokenizer.model_max_length``, whichever is known and sane; ``(None, "")`` when neither is."""
     for value, where in (
-        (getattr(config, "max_position_embeddings", None), "config.max_position_embeddings"),
+        (getattr(getattr(model, "config", None), "max_position_embeddings", None), "config.max_position_embeddings"),
         (getattr(tokenizer, "model_max_length", None), "tokenizer.model_max_length"),
     ):
         if isinstance(value, int) and 0 < value < _SANE_CONTEXT:
@@ -166,26 +164,19 @@ def model_context(model: Any, tokenizer: Any) -> tuple[int | None, str]:
 
 
 def check_context(
-    names: Sequence[str],
-    prompt_ids: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    context: int | None,
-    where: str,
-    stage: str = "collect",
+    stage: str, needs: Sequence[int], context: int | None, where: str, describe: Callable[[int], str], fix: str
 ) -> None:
-    """ConfigError, in one line beginning with `stage` and naming the longest prompt (its entry of `names`:
-    ``prompt ID`` in collect, the file and line in import), unless every prompt plus `max_new_tokens` fits
-    in `context` positions (`model_context`, found at `where`; None: unknown, not checked)."""
-    if context is None or not names:
+    """ConfigError, in one line, unless every item's `needs` (positions: its prompt, and what is generated after
+    it) fits in `context` (None: unknown, not checked); the line describes the item that needs most
+    (``describe(index)``), says how many do not fit, and how to fix it (`fix`)."""
+    if context is None or not needs:
         return
-    lengths = [len(ids) for ids in prompt_ids]
-    worst = max(range(len(lengths)), key=lengths.__getitem__)
-    if lengths[worst] + max_new_tokens > context:
-        over = sum(n + max_new_tokens > context for n in lengths)
+    worst = max(range(len(needs)), key=needs.__getitem__)
+    if needs[worst] > context:
+        over = sum(n > context for n in needs)
         raise ConfigError(
-            f"{stage}: {names[worst]} is {lengths[worst]} tokens; with max_new_tokens="
-            f"{max_new_tokens} it needs {lengths[worst] + max_new_tokens} positions but the model's context is "
-            f"{context} ({where}); {over} prompt(s) do not fit: shorten them or lower max_new_tokens"
+            f"{stage}: {describe(worst)} needs {needs[worst]} positions but the model's context is {context} "
+            f"({where}); {over} of {len(needs)} do not fit: {fix}"
         )
 
 

@@ -24,8 +24,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-import datasets
-
 from ..config import ConfigError
 from ..data import SplitRecord, labels_side, load_labels, load_traces
 from ..loading import LoadOptions
@@ -141,7 +139,7 @@ def evaluate(
     mc_cost = read_mc_cost(labels) if isinstance(labels, (str, Path)) else None
     if isinstance(labels, (str, Path)):
         check_labels_side(labels, options)
-        labels = load_labels(labels, traces if isinstance(traces, datasets.Dataset) else None)
+        labels = load_labels(labels, traces if hasattr(traces, "column_names") else None)  # positions checked
     estimators = {**ESTIMATORS, **{f"learned_{k}": value_model_estimator(loaded[k]) for k in names[1:]}}
     estimators.update(step_oracle_estimators(options, traces, oracle_traces))
     with torch.no_grad():

@@ -251,7 +251,14 @@ def run(cfg: CollectConfig) -> int:
             sampler = HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows)
         # every prompt is checked before any is generated (and before the run's manifest is written)
         encoded = [encode_prompt(tokenizer, p.text, fmt) for p in prompts]
-        check_context([f"prompt {p.prompt_id!r}" for p in prompts], encoded, params.max_new_tokens, *context)
+        m = params.max_new_tokens
+        check_context(
+            "collect",
+            [len(ids) + m for ids in encoded],
+            *context,
+            lambda i: f"prompt {prompts[i].prompt_id!r} ({len(encoded[i])} tokens) with max_new_tokens={m}",
+            "shorten the prompts or lower max_new_tokens",
+        )
         t0 = time.perf_counter()
 
         def work(i: int, bar: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -317,10 +324,8 @@ def run(cfg: CollectConfig) -> int:
 
 __all__ = [
     "CollectConfig",
-    "check_context",
     "encode_prompt",
     "main",
-    "model_context",
     "run",
     "trace_rows",
 ]

@@ -23,13 +23,13 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from .. import __version__, runfolder
 from ..config import ConfigError, RawMapping, field, parse_config, save_resolved_config
 from ..data.bridges import Rollout, parse_rollout, prompt_hash_id, read_records, steps_in_completion
 from ..data.schema import TRACE_FEATURES
-from ..jsonlines import short_text
 from ..loading import ModelLoadConfig, resolve_model_path
 from ..prompting import choose_prompt_format
 from ..sampling.sampler import SamplingParams
@@ -157,10 +157,11 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
 
     model_name, load = resolve_model_path(cfg.model, cfg.load_options())
     tokenizer = load_tokenizer(model_name, load)
-    try:  # the context label and train will need, as collect checks it
-        context = model_context(AutoConfig.from_pretrained(model_name, **load.tokenizer_kwargs()), tokenizer)
+    try:  # the context label and train will need, found as collect finds it (its config, not its weights)
+        config = AutoConfig.from_pretrained(model_name, **load.tokenizer_kwargs())
     except (OSError, ValueError):  # a tokenizer without a model config: the tokenizer's limit, if it has one
-        context = model_context(None, tokenizer)
+        config = None
+    context = model_context(SimpleNamespace(config=config), tokenizer)
     fmt = choose_prompt_format(tokenizer, cfg.chat_template, cfg.system_prompt)
     task = build_task(cfg.task, cfg.task_args) if cfg.task is not None else None
     splitter = parse_splitter(cfg.steps) if cfg.steps is not None else None
@@ -184,19 +185,20 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
         if text != r.prompt:  # the split, the labels' prompts and the summary count prompts by id and text
             raise ConfigError(
                 f"import: {r.where}: prompt_id {pid!r} names another prompt text than at {first} "
-                f"({short_text(r.prompt, 40)} vs {short_text(text, 40)}); give each prompt text its own id, "
+                f"({r.prompt[:40]!r} vs {text[:40]!r}); give each prompt text its own id, "
                 "or leave the ids out (prompt_id_field=None: a hash of the text)"
             )
     longest = max(len(r["completion_ids"]) for r in rows)
     params = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens or max(longest, 1))
-    # label continues every prefix up to this budget, counted from the prompt
-    check_context(
-        [f"{r.where}: the prompt" for r in rollouts],
-        [row["prompt_ids"] for row in rows],
-        params.max_new_tokens,
-        *context,
-        "import",
-    )
+    m = params.max_new_tokens
+    if cfg.max_new_tokens is not None:  # a budget given for label, which continues every prefix up to it
+        check_context(
+            "import",
+            [len(row["prompt_ids"]) + m for row in rows],
+            *context,
+            lambda i: f"{rollouts[i].where}: the prompt ({len(rows[i]['prompt_ids'])} tokens) with max_new_tokens={m}",
+            "lower max_new_tokens",
+        )
     meta = {
         "task": cfg.task,
         "task_args": json.dumps(dict(cfg.task_args), sort_keys=True),

@@ -331,9 +331,9 @@ def test_label_rejects_malformed_input(tmp_path, model_dir, traces_dir):
         label.main(label_args(bad, model_dir, tmp_path / "z"))
     empty = tmp_path / "empty"
     ds = load_traces(traces_dir)
-    ds.map(lambda r, i: {"completion_ids": [] if i == 2 else r["completion_ids"]}, with_indices=True).save_to_disk(
-        str(empty)
-    )
+    ds.map(  # no completion, so no steps (a step span past the completion is refused by load_traces)
+        lambda r, i: {k: [] if i == 2 else r[k] for k in ("completion_ids", "step_spans")}, with_indices=True
+    ).save_to_disk(str(empty))
     with pytest.raises(DataFormatError, match="empty completion_ids"):
         label.main(label_args(empty, model_dir, tmp_path / "w"))
     dup = tmp_path / "dup"

@@ -430,7 +430,7 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
         raise ConfigError("traces=DIR is required (a dataset written by `prefixvalue collect`)")
     traces = load_traces(cfg.traces)
     if cfg.labels:
-        traces = attach_prefix_labels(traces, load_labels(cfg.labels))
+        traces = attach_prefix_labels(traces, load_labels(cfg.labels, traces))
     if cfg.max_length:
         n_before = len(traces)
         traces = traces.filter(

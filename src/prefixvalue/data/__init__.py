@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,43 +94,190 @@ def _column(ds: datasets.Dataset, name: str) -> pa.Array:
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
-def check_unit_interval(ds: datasets.Dataset, field: str, where: str) -> None:
-    """DataFormatError, naming `where`, the first bad row, its trace_id and `field`, unless every value of
-    column `field` is a finite number in [0, 1]. Vectorised: a few ms for 100k rows."""
+def _numbers(ds: datasets.Dataset, field: str, where: str) -> np.ndarray:
+    """Column `field` of `ds` as float64 numbers; DataFormatError naming `where` and `field` when it is not a
+    numeric column."""
     col = _column(ds, field)
     if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)):
         first = col[0].as_py() if len(col) else None
         raise DataFormatError(f"{where}: field {field!r} must be a number, found type {col.type} (row 0: {first!r})")
-    values = np.asarray(col.cast(pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-    bad = ~(np.isfinite(values) & (values >= 0.0) & (values <= 1.0))
+    return np.asarray(pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def _refuse_rows(ds: datasets.Dataset, bad: np.ndarray, where: str, what: Callable[[int], str]) -> None:
+    """DataFormatError naming `where`, the first row flagged in `bad`, its trace_id, ``what(row)`` (the field
+    and what it must be) and how many rows are flagged; nothing when no row is."""
     if bad.any():
         row = int(np.argmax(bad))
         tid = ds[row]["trace_id"] if "trace_id" in ds.column_names else None
+        raise DataFormatError(f"{where}: row {row} (trace_id {tid!r}): {what(row)} ({int(bad.sum())} such row(s))")
+
+
+def check_unit_interval(ds: datasets.Dataset, field: str, where: str) -> None:
+    """DataFormatError, naming `where`, the first bad row, its trace_id and `field`, unless every value of
+    column `field` is a finite number in [0, 1]. Vectorised: a few ms for 100k rows."""
+    values = _numbers(ds, field, where)
+    bad = ~(np.isfinite(values) & (values >= 0.0) & (values <= 1.0))
+    _refuse_rows(
+        ds, bad, where, lambda r: f"field {field!r} is {float(values[r])!r}, must be a finite number in [0, 1]"
+    )
+
+
+def _trace_id_codes(ds: datasets.Dataset, where: str) -> np.ndarray:
+    """One integer per row, equal for rows of equal ``trace_id``; DataFormatError naming `where` and the row of
+    a missing trace id."""
+    col = _column(ds, "trace_id")
+    _refuse_rows(ds, col.is_null().to_numpy(zero_copy_only=False), where, lambda r: "field 'trace_id' is missing")
+    codes = pc.dictionary_encode(col).indices
+    return np.asarray(codes.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _first_repeat(keys: np.ndarray) -> tuple[int, int] | None:
+    """``(row, earlier row)`` of the first row whose key an earlier row already has; None when all differ."""
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    earlier = first[inverse.reshape(-1)]
+    repeats = np.nonzero(earlier != np.arange(len(keys)))[0]
+    return (int(repeats[0]), int(earlier[repeats[0]])) if repeats.size else None
+
+
+def check_trace_ids(ds: datasets.Dataset, where: str) -> None:
+    """DataFormatError naming `where`, the row and the trace id unless every row of traces `ds` has a trace id
+    of its own: labels, targets and predictions are joined to traces by it (docs/design.md, "traces")."""
+    repeat = _first_repeat(_trace_id_codes(ds, where))
+    if repeat is not None:
+        row, first = repeat
         raise DataFormatError(
-            f"{where}: row {row} (trace_id {tid!r}): field {field!r} is {float(values[row])!r}, must be a finite number "
-            f"in [0, 1] ({int(bad.sum())} such row(s))"
+            f"{where}: row {row}: duplicate trace_id {ds[row]['trace_id']!r} (first at row {first}); every trace "
+            "needs an id of its own"
         )
 
 
-def load_traces(path: str | Path) -> datasets.Dataset:
-    """Load a traces dataset written by `prefixvalue collect` (or by the user, same fields).
+def check_step_spans(ds: datasets.Dataset, where: str) -> None:
+    """DataFormatError naming `where`, the row, its trace_id and the step unless every step span of traces `ds`
+    is a token range ``[start, end)`` of its completion: ``0 <= start < end <= len(completion_ids)``. Rows
+    without step spans pass. Vectorised over the flattened spans."""
+    col = _column(ds, "step_spans")
+    if pa.types.is_null(col.type) or col.null_count == len(col):
+        return
+    if not (pa.types.is_list(col.type) and pa.types.is_list(col.type.value_type)):
+        raise DataFormatError(f"{where}: field 'step_spans' must hold lists of [start, end] pairs, found {col.type}")
+    spans = pc.list_flatten(col)
+    flat = pc.list_flatten(spans)
+    if not (pa.types.is_integer(flat.type) or pa.types.is_null(flat.type)):
+        raise DataFormatError(f"{where}: field 'step_spans' must hold integer token positions, found {col.type}")
+    row_of = np.asarray(pc.list_parent_indices(col).to_numpy(zero_copy_only=False), dtype=np.int64)
+    length = np.asarray(
+        pc.fill_null(pc.list_value_length(_column(ds, "completion_ids")), 0).to_numpy(zero_copy_only=False)
+    )[row_of]
 
-    DataFormatError (one line naming the folder, row, trace_id and field) when it has no rows or an
-    ``outcome`` that is not a finite number in [0, 1]."""
+    def refuse(bad: np.ndarray, must: str) -> None:
+        if bad.any():
+            k = int(np.argmax(bad))
+            row = int(row_of[k])
+            step = k - int(np.searchsorted(row_of, row))
+            raise DataFormatError(
+                f"{where}: row {row} (trace_id {ds[row]['trace_id']!r}): field 'step_spans' holds step {step} as "
+                f"{spans[k].as_py()!r}, {must.format(t=int(length[k]))} ({len(np.unique(row_of[bad]))} such row(s))"
+            )
+
+    arity = np.asarray(pc.fill_null(pc.list_value_length(spans), 0).to_numpy(zero_copy_only=False))
+    refuse(arity != 2, "not a [start, end] pair")
+    ends = np.asarray(pc.fill_null(flat, -1).to_numpy(zero_copy_only=False), dtype=np.int64).reshape(-1, 2)
+    refuse(
+        (ends[:, 0] < 0) | (ends[:, 0] >= ends[:, 1]) | (ends[:, 1] > length),
+        "must be [start, end) with 0 <= start < end <= {t} (the completion's tokens)",
+    )
+
+
+def check_labels(ds: datasets.Dataset, where: str) -> None:
+    """DataFormatError naming `where`, the row, its trace_id and the field unless prefix labels `ds` keep the
+    contract (docs/design.md, "prefix labels"): ``mean`` a finite number in [0, 1], ``n`` a whole number >= 0,
+    ``successes`` a finite number in [0, n], ``position`` a whole number >= 0, and one label per (trace_id,
+    position): a second label of one prefix would be scored (and trained on) twice. Vectorised."""
+    check_unit_interval(ds, "mean", where)
+    whole = lambda v: np.isfinite(v) & (v >= 0) & (v == np.round(v))  # noqa: E731
+    n = _numbers(ds, "n", where)
+    _refuse_rows(ds, ~whole(n), where, lambda r: f"field 'n' is {float(n[r])!r}, must be a whole number >= 0")
+    k = _numbers(ds, "successes", where)
+    bad_k = ~(np.isfinite(k) & (k >= 0) & (k <= n))
+    _refuse_rows(
+        ds,
+        bad_k,
+        where,
+        lambda r: (
+            f"field 'successes' is {float(k[r])!r}, must be a finite number in [0, n] with n = {int(n[r])} "
+            "(the successes among its n continuations)"
+        ),
+    )
+    pos = _numbers(ds, "position", where)
+    _refuse_rows(
+        ds, ~whole(pos), where, lambda r: f"field 'position' is {float(pos[r])!r}, must be a whole number >= 0"
+    )
+    codes = _trace_id_codes(ds, where)
+    _, pos_codes = np.unique(pos, return_inverse=True)
+    repeat = _first_repeat(codes * (int(pos_codes.max()) + 1 if len(pos) else 1) + pos_codes.reshape(-1))
+    if repeat is not None:
+        row, first = repeat
+        mean = _column(ds, "mean")
+        raise DataFormatError(
+            f"{where}: row {row} (trace_id {ds[row]['trace_id']!r}): field 'position' {int(pos[row])} repeats the "
+            f"label of row {first} (means {mean[first].as_py()!r} and {mean[row].as_py()!r}); one label per prefix"
+        )
+
+
+def check_label_positions(labels: datasets.Dataset, traces: datasets.Dataset, where: str) -> None:
+    """DataFormatError naming `where`, the row, its trace_id and ``position`` unless every label of a trace in
+    `traces` sits at a prefix of that trace: ``position <= len(completion_ids)``. Labels of traces not in
+    `traces` are the caller's to count or refuse. Vectorised."""
+    found = pc.index_in(
+        _column(labels, "trace_id").cast(pa.string()), value_set=_column(traces, "trace_id").cast(pa.string())
+    )
+    idx = np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+    lengths = np.asarray(
+        pc.fill_null(pc.list_value_length(_column(traces, "completion_ids")), 0).to_numpy(zero_copy_only=False)
+    )
+    limit = np.where(idx >= 0, lengths[np.maximum(idx, 0)], np.iinfo(np.int64).max)
+    pos = _numbers(labels, "position", where)
+    _refuse_rows(
+        labels,
+        pos > limit,
+        where,
+        lambda r: (
+            f"field 'position' is {int(pos[r])}, past the end of its trace ({int(limit[r])} completion tokens: "
+            f"positions 0..{int(limit[r])}); were the labels made from other traces?"
+        ),
+    )
+
+
+def load_traces(path: str | Path) -> datasets.Dataset:
+    """Load a traces dataset written by `prefixvalue collect` (or by the user, same fields): the one reader of
+    traces, for every stage.
+
+    DataFormatError (one line naming the folder, row, trace_id and field) when it has no rows, an
+    ``outcome`` that is not a finite number in [0, 1], a missing or repeated ``trace_id``
+    (`check_trace_ids`) or a step span outside its completion (`check_step_spans`)."""
     ds = _load(path, TRACE_FIELDS, "traces")
     if len(ds) == 0:
         raise DataFormatError(f"{path}: the traces dataset has no rows")
-    check_unit_interval(ds, "outcome", f"traces {path}")
+    where = f"traces {path}"
+    check_unit_interval(ds, "outcome", where)
+    check_trace_ids(ds, where)
+    check_step_spans(ds, where)
     return ds
 
 
-def load_labels(path: str | Path) -> datasets.Dataset:
-    """Load a prefix-labels dataset written by `prefixvalue label`.
+def load_labels(path: str | Path, traces: datasets.Dataset | None = None) -> datasets.Dataset:
+    """Load a prefix-labels dataset written by `prefixvalue label`: the one reader of labels, for every stage.
 
-    DataFormatError (naming the folder, row and field) when a label ``mean`` is not a finite number in
-    [0, 1]: it is used as a training target and as the truth values are scored against."""
+    DataFormatError (one line naming the folder, row, trace_id and field) when a label breaks the contract
+    (`check_labels`: a ``mean`` outside [0, 1], ``successes`` outside [0, n], a negative ``n`` or
+    ``position``, two labels of one prefix) or, given the `traces` it is read with, sits past the end of
+    its trace (`check_label_positions`): labels are training targets and the truth values are scored
+    against."""
     ds = _load(path, LABEL_FIELDS, "prefix labels")
-    check_unit_interval(ds, "mean", f"prefix labels {path}")
+    check_labels(ds, f"prefix labels {path}")
+    if traces is not None:
+        check_label_positions(ds, traces, f"prefix labels {path}")
     return ds
 
 
@@ -284,6 +431,10 @@ __all__ = [
     "TRACE_FIELDS",
     "DataFormatError",
     "DataNotFoundError",
+    "check_label_positions",
+    "check_labels",
+    "check_step_spans",
+    "check_trace_ids",
     "check_unit_interval",
     "token_id_range",
     "traces_digest",

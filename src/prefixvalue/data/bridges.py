@@ -322,7 +322,17 @@ def prompt_hash_id(prompt: str) -> str:
 
 
 def _text(value: Any, key: str, where: str, allow_number: bool = False) -> str:
+    """`value` of field `key` as text; DataFormatError naming `where` unless it is a string (or, with
+    `allow_number`, a number) that is text: a lone UTF-16 surrogate (JSON ``"\\ud800"`` without its pair)
+    cannot be tokenised or saved."""
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DataFormatError(
+                f"{where}: field {key!r} holds {value[exc.start]!r} at character {exc.start + 1}, a lone UTF-16 "
+                "surrogate (an escape like \\ud800 without its pair), which is not text"
+            ) from None
         return value
     if allow_number and isinstance(value, (int, float)) and not isinstance(value, bool):
         return json.dumps(value)
@@ -351,7 +361,7 @@ def parse_rollout(
         raw = rec[steps_field]
         if not isinstance(raw, list) or not all(isinstance(s, str) for s in raw):
             raise DataFormatError(f"{where}: field {steps_field!r} must be a list of step texts, got {_short(raw)}")
-        steps = list(raw)
+        steps = [_text(s, f"{steps_field}[{j}]", where) for j, s in enumerate(raw)]
     if cf in rec and rec[cf] is not None:
         completion = _text(rec[cf], str(cf), where)
     elif steps is not None:

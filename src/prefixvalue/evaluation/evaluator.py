@@ -146,7 +146,7 @@ def evaluate(
     mc_cost = read_mc_cost(labels) if isinstance(labels, (str, Path)) else None
     if isinstance(labels, (str, Path)):
         check_labels_side(labels, options)
-        labels = load_labels(labels)
+        labels = load_labels(labels, traces if hasattr(traces, "column_names") else None)  # positions checked
     estimators = {**ESTIMATORS, **{f"learned_{k}": value_model_estimator(loaded[k]) for k in names[1:]}}
     estimators.update(step_oracle_estimators(options, traces, oracle_traces))
     with torch.no_grad():

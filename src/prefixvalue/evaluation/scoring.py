@@ -152,7 +152,7 @@ def evaluate_prefixes(
     if cfg.max_traces is not None:
         records = records[: cfg.max_traces]
     if not records:
-        raise ValueError(
+        raise ConfigError(
             "evaluate: no trace has prefix labels (check that --labels matches --traces)"
             if not split.get("dropped_training_prompts")
             else f"evaluate: no labelled trace comes from a {cfg.split} prompt of the checkpoint's split; label "

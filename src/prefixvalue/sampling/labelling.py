@@ -12,7 +12,7 @@ from typing import Any
 import datasets
 
 from ..config import ConfigError
-from ..data import DataFormatError, traces_fail_truncated
+from ..data import DataFormatError, check_trace_ids, traces_fail_truncated
 from ..tasks import Prompt, Task, build_task, task_class, task_options
 from .hf import HFSampler
 from .mc import MCLabeller, TraceRef
@@ -76,12 +76,9 @@ def trace_refs(ds: datasets.Dataset) -> list[TraceRef]:
     refs = []
     has_answer = "answer" in ds.column_names
     has_meta = "prompt_meta" in ds.column_names
-    seen: set[str] = set()
-    for i, row in enumerate(ds):
+    check_trace_ids(ds, "traces")
+    for row in ds:
         tid = row["trace_id"]
-        if tid in seen:
-            raise DataFormatError(f"traces: duplicate trace_id {tid!r} (row {i})")
-        seen.add(tid)
         if not row["prompt_ids"]:
             raise DataFormatError(f"traces: trace {tid!r} has empty prompt_ids")
         if not row["completion_ids"]:

@@ -257,7 +257,8 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
         policy, tok = load_policy(cfg.policy, ecfg.dtype, device, load)
         models = load_value_models({name: ckpts[name, 0] for name in names}, device, load)
         kw = {"policy": policy, "tokenizer": tok, "oracle_traces": traces, "progress": ecfg.progress}
-        held, short_traces, short_labels = load_traces(held_dir), load_traces(short_dir), load_labels(short_labels_dir)
+        held, short_traces = load_traces(held_dir), load_traces(short_dir)
+        short_labels = load_labels(short_labels_dir, short_traces)
         result = evaluate(models, held, labels_dir, ecfg, **kw)
         short = analysis.short_prefix_study(
             short_labels, cfg.short_k, lambda r: evaluate(models, short_traces, r, ecfg, **kw)

@@ -159,7 +159,7 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
     if not check_traces:
         raise ConfigError("advantages: no trace whose prompt every checkpoint holds out, so no MC check")
     forks = (
-        forks_from_labels(load_labels(cfg.labels), cfg.mc_forks, trace_ids={t.trace_id for t in check_traces})
+        forks_from_labels(load_labels(cfg.labels, ds), cfg.mc_forks, trace_ids={t.trace_id for t in check_traces})
         if cfg.labels and cfg.mc_forks
         else []
     )

@@ -303,8 +303,8 @@ class LabelledSet:
     def load(cls, traces_dir: str, labels_dir: str, max_length: int = 0) -> LabelledSet:
         from ..data import load_labels, load_traces
 
-        labels = load_labels(labels_dir)
         traces = load_traces(traces_dir)
+        labels = load_labels(labels_dir, traces)
         wanted, ids = set(labels["trace_id"]), traces["trace_id"]
         keep = [i for i, tid in enumerate(ids) if tid in wanted]
         missing = wanted - {ids[i] for i in keep}
@@ -386,7 +386,7 @@ def loss_rows(traces_dir: str, labels_dir: str | None = None, max_length: int = 
 
     traces = load_traces(traces_dir)
     if labels_dir:
-        traces = attach_prefix_labels(traces, load_labels(labels_dir))
+        traces = attach_prefix_labels(traces, load_labels(labels_dir, traces))
     if max_length:
         traces = traces.filter(lambda r: len(r["prompt_ids"]) + len(r["completion_ids"]) <= max_length)
     cols = ("prompt", "prompt_ids", "completion_ids", "outcome", "prefix_targets")

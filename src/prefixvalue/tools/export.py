@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(cfg: ExportConfig) -> dict[str, Any]:
     """Export as `cfg` says; returns the summary (also ``OUT/export.json``)."""
-    from ..policies import load_tokenizer
+    from ..policies import check_vocabulary, load_tokenizer
 
     if not cfg.traces or not cfg.out:
         raise ConfigError("export: traces=DIR and out=DIR are required")
@@ -118,7 +118,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     traces = load_traces(cfg.traces)
     if cfg.max_traces is not None:
         traces = traces.select(range(min(cfg.max_traces, len(traces))))
-    labels = load_labels(cfg.labels) if cfg.labels else None
+    labels = load_labels(cfg.labels, traces) if cfg.labels else None
     has_task = "step_labels" in traces.column_names and any(x is not None for x in traces["step_labels"])
     source = step_label_source(cfg.label_source, labels is not None, has_task)
     if source == "outcome" and "processbench" in cfg.formats:
@@ -133,6 +133,7 @@ def run(cfg: ExportConfig) -> dict[str, Any]:
     if "model_load" in traces.column_names and cfg.model is None:
         load = load.with_recorded(json.loads(traces[0]["model_load"] or "{}"))
     tokenizer = load_tokenizer(model, load)
+    check_vocabulary(tokenizer, traces, "export")  # an id outside the vocabulary would decode to nothing
     mc = labels_by_trace(labels) if labels is not None else {}
     exported = []
     skipped: Counter[str] = Counter()

@@ -23,6 +23,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from .. import __version__, runfolder
@@ -98,6 +99,12 @@ class ImportConfig(ModelLoadConfig):
                 parse_splitter(self.steps)
             except StepSplitterError as exc:
                 raise ConfigError(f"import: {exc}") from None
+        try:  # the sampling parameters recorded for label: a NaN temperature would sample nothing
+            SamplingParams(
+                self.temperature, self.top_p, self.top_k, 1 if self.max_new_tokens is None else self.max_new_tokens
+            )
+        except ValueError as exc:
+            raise ConfigError(f"import: {exc}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,8 +123,9 @@ def _pick(cfg_value: str | None, auto: tuple[str, ...], first: dict[str, Any] | 
 def run(cfg: ImportConfig) -> dict[str, Any]:
     """Import as `cfg` says; returns the summary (also ``OUT/summary.json``)."""
     import datasets
+    from transformers import AutoConfig
 
-    from ..policies import load_tokenizer
+    from ..policies import check_context, load_tokenizer, model_context
 
     if not cfg.rollouts or not cfg.model or not cfg.out:
         raise ConfigError("import: rollouts=FILE, model=POLICY and out=DIR are required")
@@ -149,6 +157,11 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
 
     model_name, load = resolve_model_path(cfg.model, cfg.load_options())
     tokenizer = load_tokenizer(model_name, load)
+    try:  # the context label and train will need, found as collect finds it (its config, not its weights)
+        config = AutoConfig.from_pretrained(model_name, **load.tokenizer_kwargs())
+    except (OSError, ValueError):  # a tokenizer without a model config: the tokenizer's limit, if it has one
+        config = None
+    context = model_context(SimpleNamespace(config=config), tokenizer)
     fmt = choose_prompt_format(tokenizer, cfg.chat_template, cfg.system_prompt)
     task = build_task(cfg.task, cfg.task_args) if cfg.task is not None else None
     splitter = parse_splitter(cfg.steps) if cfg.steps is not None else None
@@ -159,16 +172,33 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
     counts: Counter[str] = Counter()  # how each trace's steps were found
     per_prompt: Counter[str] = Counter()  # rollouts so far of each prompt (default trace ids)
     seen: dict[str, str] = {}
+    prompt_of: dict[str, tuple[str, str]] = {}  # prompt id -> (its prompt text, where first given)
     prompt_cache: dict[str, list[int]] = {}
     rows = []
     for r in rollouts:
-        rows.append(_trace_row(r, tokenizer, fmt, task, splitter, cfg, prompt_cache, counts, per_prompt, eos))
-        tid = rows[-1]["trace_id"]
+        rows.append(_trace_row(r, tokenizer, fmt, task, splitter, cfg, prompt_cache, counts, per_prompt, eos, context))
+        tid, pid = rows[-1]["trace_id"], rows[-1]["prompt_id"]
         if tid in seen:
             raise ConfigError(f"import: {r.where}: duplicate trace id {tid!r} (first at {seen[tid]})")
         seen[tid] = r.where
+        text, first = prompt_of.setdefault(pid, (r.prompt, r.where))
+        if text != r.prompt:  # the split, the labels' prompts and the summary count prompts by id and text
+            raise ConfigError(
+                f"import: {r.where}: prompt_id {pid!r} names another prompt text than at {first} "
+                f"({r.prompt[:40]!r} vs {text[:40]!r}); give each prompt text its own id, "
+                "or leave the ids out (prompt_id_field=None: a hash of the text)"
+            )
     longest = max(len(r["completion_ids"]) for r in rows)
     params = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_new_tokens or max(longest, 1))
+    m = params.max_new_tokens
+    if cfg.max_new_tokens is not None:  # a budget given for label, which continues every prefix up to it
+        check_context(
+            "import",
+            [len(row["prompt_ids"]) + m for row in rows],
+            *context,
+            lambda i: f"{rollouts[i].where}: the prompt ({len(rows[i]['prompt_ids'])} tokens) with max_new_tokens={m}",
+            "lower max_new_tokens",
+        )
     meta = {
         "task": cfg.task,
         "task_args": json.dumps(dict(cfg.task_args), sort_keys=True),
@@ -224,8 +254,11 @@ def _trace_row(
     counts: Counter[str],
     per_prompt: Counter[str],
     eos: int | None,
+    context: tuple[int | None, str] = (None, ""),
 ) -> dict[str, Any]:
-    """One traces row (contract fields; the run columns are added by the caller)."""
+    """One traces row (contract fields; the run columns are added by the caller). ConfigError naming the
+    rollout when its prompt and completion do not fit in `context` (``(positions, where it came from)``,
+    `prefixvalue.policies.model_context`; None: unknown)."""
     if r.prompt not in prompt_cache:
         try:
             prompt_cache[r.prompt] = fmt.encode(tokenizer, r.prompt)
@@ -240,6 +273,14 @@ def _trace_row(
         )
     if cfg.append_eos:
         ids.append(int(eos))  # type: ignore[arg-type]
+    positions, source = context
+    need = len(prompt_cache[r.prompt]) + len(ids)
+    if positions is not None and need > positions:  # checked before the steps are found (that decodes each prefix)
+        raise ConfigError(
+            f"import: {r.where}: the prompt ({len(prompt_cache[r.prompt])} tokens) and the completion ({len(ids)} "
+            f"tokens) need {need} positions but the model's context is {positions} ({source}); {cfg.model} cannot "
+            "have written this rollout: leave it out or shorten it"
+        )
     prompt_id = r.prompt_id or prompt_hash_id(r.prompt)
     trace_id = r.trace_id or f"{prompt_id}/s{per_prompt[prompt_id]}"
     per_prompt[prompt_id] += 1

@@ -156,13 +156,6 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _hub_offline() -> bool:
-    """Whether downloads are switched off (``HF_HUB_OFFLINE``, or transformers' ``TRANSFORMERS_OFFLINE``)."""
-    return any(
-        os.environ.get(k, "").upper() in ("1", "ON", "YES", "TRUE") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
 def hub_error(exc: BaseException, name: str, what: str, push: bool = False) -> ConfigError | None:
     """The one-line ConfigError for `exc`, raised while loading the `what` (model, tokenizer, value
     checkpoint) `name` from a local folder or the Hugging Face Hub, or, with `push`, while uploading to the
@@ -170,7 +163,7 @@ def hub_error(exc: BaseException, name: str, what: str, push: bool = False) -> C
     that is missing, downloads switched off (``HF_HUB_OFFLINE``) or a Hub that cannot be reached (the errors
     of huggingface_hub, of its HTTP client, and transformers' OSError around them, the whole chain read).
     None for anything else (a full or read-only disk, which the command line reports itself; a bug)."""
-    from huggingface_hub import errors  # here, not at the top: only a failed load pays for the import
+    from huggingface_hub import constants, errors  # here, not at the top: only a failed load pays for the import
 
     if disk_error(exc) is not None:
         return None
@@ -199,7 +192,8 @@ def hub_error(exc: BaseException, name: str, what: str, push: bool = False) -> C
     if e := found(errors.HFValidationError, errors.HfUriError):
         local = "" if push else "not a local folder, and "
         return ConfigError(f"{target}: {local}not a valid Hub repo id (owner/name): {_first_line(e)}")
-    if _hub_offline() and (push or found(errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError)):
+    offline = bool(constants.HF_HUB_OFFLINE)  # HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as huggingface_hub read it
+    if offline and (push or found(errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError)):
         if push:
             return ConfigError(f"cannot push to {target}: HF_HUB_OFFLINE is set (no network use)")
         return ConfigError(

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
+import re
 import sys
 
 #: sub-command -> module whose ``main(argv)`` runs it (a plain dict, filled here)
@@ -49,10 +51,33 @@ COMMANDS: dict[str, str] = {
 #: folder it may not write
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT})
 
+#: the error number a library quotes in its own error's message: safetensors' Rust I/O errors ("... (os error 28)"),
+#: Arrow's ("[errno 28] ...")
+_QUOTED_ERRNO = re.compile(r"\(os error (\d+)\)|\[errno (\d+)\]", re.IGNORECASE)
+
+
+def disk_error(exc: BaseException) -> str | None:
+    """One line for a full, read-only or forbidden disk (`DISK_ERRNOS`): an OSError with such an errno, found
+    in `exc` or in the errors it was raised from (a library's wrapper), or an errno a library's own error
+    quotes in its message; None for any other error."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in DISK_ERRNOS:
+            where = f": {cur.filename}" if cur.filename else ""
+            return f"{cur.strerror or cur}{where}"
+        quoted = _QUOTED_ERRNO.search(str(cur))
+        if quoted and int(quoted.group(1) or quoted.group(2)) in DISK_ERRNOS:
+            return os.strerror(int(quoted.group(1) or quoted.group(2)))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``prefixvalue COMMAND ...``; returns the exit status: 0, or 2 for a refused configuration or
-    folder (one line on stderr, `prefixvalue.config.ConfigError`) and for a full, read-only or forbidden disk."""
+    folder (one line on stderr, `prefixvalue.config.ConfigError`) and for a full, read-only or forbidden disk
+    (`disk_error`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -82,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc).removeprefix(f"{cmd}: ")  # stages name themselves in their messages
         print(f"prefixvalue {cmd}: {msg}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        if exc.errno not in DISK_ERRNOS:
+    except Exception as exc:  # a full, read-only or forbidden disk, however a library wrapped it: one line
+        line = disk_error(exc)
+        if line is None:
             raise
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"prefixvalue {cmd}: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"prefixvalue {cmd}: {line}", file=sys.stderr)
         return 2
 
 

@@ -10,7 +10,8 @@ command line or in YAML, is an error that names the new key.
 
 A command-line value is read by the type of the field it sets: a text field takes the text as
 written (``'{prompt}'`` and ``yes`` stay those characters), numbers and booleans are parsed, a list
-is ``a,b,c`` or YAML ``[a, b]``, and a mapping is YAML. Values of a `RawMapping` (a task's
+is ``a,b,c`` or YAML ``[a, b]``, and a mapping is YAML. A number must be finite (NaN and infinities are
+refused) unless its field is declared ``field(..., allow_inf=True)``. Values of a `RawMapping` (a task's
 ``task_args``) stay text until the task's own config types them. One rule for escapes: a text field
 marked ``field(..., escapes=True)`` (templates, separators, stop strings) reads ``\n``, ``\t``,
 ``\r`` and ``\\`` in a command-line value (see `unescape`); every other field takes the text as
@@ -23,6 +24,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import math
 import re
 import sys
 import types
@@ -85,6 +87,7 @@ def field(
     escapes: bool = False,
     configs: Callable[[], dict[str, type]] | None = None,
     renamed_from: str | None = None,
+    allow_inf: bool = False,
 ) -> Any:
     """`dataclasses.field` with a required help text (shown by ``--help``).
 
@@ -93,7 +96,9 @@ def field(
     field typed later by a component, a function returning ``{name: config dataclass}`` of the
     choices (``task_args``: each registered task's config); ``--help`` lists their options.
     `renamed_from`: the option's name before a rename, kept for one release as a refused alias: giving
-    it is a ConfigError naming this field (`renamed_key_error`), never a silent synonym.
+    it is a ConfigError naming this field (`renamed_key_error`), never a silent synonym. `allow_inf`: a
+    number field (or list of numbers) that takes ``inf`` (MellowMax ω = ∞ is the max); every other number
+    must be finite, and NaN never passes.
     """
     metadata: dict[str, Any] = {"help": help}
     if escapes:
@@ -102,6 +107,8 @@ def field(
         metadata["configs"] = configs
     if renamed_from is not None:
         metadata["renamed_from"] = renamed_from
+    if allow_inf:
+        metadata["allow_inf"] = True
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -115,9 +122,10 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-def _coerce(value: Any, tp: Any, key: str, escapes: bool = False) -> Any:
+def _coerce(value: Any, tp: Any, key: str, escapes: bool = False, allow_inf: bool = False) -> Any:
     """Convert `value` (from YAML or the command line) to type `tp`, or raise ConfigError; with
-    `escapes`, command-line text read as text has its escapes read (`unescape`)."""
+    `escapes`, command-line text read as text has its escapes read (`unescape`); a number must be finite
+    (``inf`` passes with `allow_inf`, NaN never)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     cli = isinstance(value, _Text)
@@ -133,7 +141,7 @@ def _coerce(value: Any, tp: Any, key: str, escapes: bool = False) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key, escapes)
+                return _coerce(value, arg, key, escapes, allow_inf)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(f"{key}: cannot read {value!r} as {tp}: " + "; ".join(errors))
@@ -152,7 +160,7 @@ def _coerce(value: Any, tp: Any, key: str, escapes: bool = False) -> Any:
     if origin in (list, tuple) or tp in (list, tuple):
         if isinstance(value, str):
             if value.strip().startswith("["):
-                value = yaml.safe_load(value)
+                value = read_yaml(value, key)
                 if cli and escapes and isinstance(value, list):  # still command-line text, item by item
                     value = [_Text(v) if isinstance(v, str) else v for v in value]
             else:
@@ -160,11 +168,11 @@ def _coerce(value: Any, tp: Any, key: str, escapes: bool = False) -> Any:
         if not isinstance(value, (list, tuple)):
             value = [value]
         inner = args[0] if args else Any
-        out = [_coerce(v, inner, f"{key}[{i}]", escapes) for i, v in enumerate(value)]
+        out = [_coerce(v, inner, f"{key}[{i}]", escapes, allow_inf) for i, v in enumerate(value)]
         return tuple(out) if (origin is tuple or tp is tuple) else out
     if origin is dict or tp is dict or tp is RawMapping:
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip() else {}
+            value = read_yaml(value, key) if value.strip() else {}
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return RawMapping(value) if tp is RawMapping else plain(dict(value))
@@ -183,18 +191,27 @@ def _coerce(value: Any, tp: Any, key: str, escapes: bool = False) -> Any:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
     if tp is float:
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if math.isnan(number) or (math.isinf(number) and not allow_inf):
+            allowed = "a number or inf" if allow_inf else "a finite number"
+            raise ConfigError(f"{key}: expected {allowed}, got {value if cli else repr(value)}")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}: expected text, got {value!r}")
         return unescape(str(value)) if cli and escapes else str(value)
     return plain(value)
+
+
+def _coerce_field(value: Any, tp: Any, key: str, f: dataclasses.Field[Any]) -> Any:
+    """`_coerce` for the dataclass field `f` (its ``escapes`` and ``allow_inf`` metadata)."""
+    return _coerce(value, tp, key, bool(f.metadata.get("escapes")), bool(f.metadata.get("allow_inf")))
 
 
 def _words_match(key: list[str], name: list[str]) -> bool:
@@ -261,7 +278,7 @@ def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
             # a nested config given in part keeps the other values of its field's default, not of its class
             default = default_factory()
             value = {**{f.name: getattr(default, f.name) for f in dataclasses.fields(default) if f.init}, **value}
-        kwargs[key] = _coerce(value, hints[key], prefix + key, bool(fields[key].metadata.get("escapes")))
+        kwargs[key] = _coerce_field(value, hints[key], prefix + key, fields[key])
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -308,7 +325,7 @@ def coerce_fields(cls: type, values: dict[str, Any], prefix: str = "") -> dict[s
     for key, value in values.items():
         if key not in fields:
             raise _key_error(key, value, fields, prefix, cls.__name__)
-        out[key] = _coerce(value, hints[key], prefix + key, bool(fields[key].metadata.get("escapes")))
+        out[key] = _coerce_field(value, hints[key], prefix + key, fields[key])
     return out
 
 
@@ -327,8 +344,8 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 def _parse_scalar(text: str) -> Any:
     """Read a command-line value with YAML rules (numbers, booleans, lists) but keep plain text."""
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader (see _ConfigLoader)
+    except (yaml.YAMLError, RecursionError):
         return text
     return text if value is None and text.lower() not in ("null", "none", "~") else value
 
@@ -461,15 +478,99 @@ def yaml_error_line(exc: yaml.YAMLError) -> str:
     return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else what
 
 
+#: how many values a YAML text's aliases (``*name``) may add by repeating what they name: a config is small,
+#: and aliases of aliases (a "billion laughs") would otherwise grow without bound once the values are copied
+MAX_ALIAS_VALUES = 100_000
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """Raise a YAML error when the document `root`, its aliases expanded, holds more than
+    `MAX_ALIAS_VALUES` values beyond its written nodes, or when an alias holds itself."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:  # depth first, without recursion: a node's size once its children's are known
+        node, done = stack.pop()
+        if done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in _children(node))
+            if sizes[id(node)] > MAX_ALIAS_VALUES + len(sizes):
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"its aliases (*name) expand to more than {MAX_ALIAS_VALUES} values (nested aliases?)",
+                    node.start_mark,
+                )
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_nodes:
+            raise yaml.constructor.ConstructorError(
+                None, None, "an alias (*name) inside the value it names", node.start_mark
+            )
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader for configs: a key given twice in one mapping is an error (not last-wins), and
+    so are aliases that expand past `MAX_ALIAS_VALUES` values or hold themselves (`_check_aliases`)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_aliases(node)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                continue  # merged keys (<<) may be overridden; a non-scalar key is the parent's to refuse
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (a key may be given once)", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str, where: str) -> Any:
+    """`text` read as YAML by the config loader (safe; no duplicate keys, bounded aliases); a one-line
+    ConfigError starting with `where` (a file or a key) when it is not valid YAML."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader (see _ConfigLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {yaml_error_line(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid YAML: nested too deeply") from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping from `path`; a clear ConfigError if it is missing or not a mapping."""
+    """Read a YAML mapping from `path` (UTF-8 text); a one-line ConfigError naming the file if it is missing,
+    unreadable, not UTF-8, not valid YAML (`read_yaml`) or not a mapping."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {yaml_error_line(exc)}") from None
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start} cannot be read: {exc.reason}); save the config as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
+    data = read_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     return data

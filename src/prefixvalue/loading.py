@@ -2,18 +2,22 @@
 
 Light on purpose (no torch or datasets import), so stage configs can inherit `ModelLoadConfig` and still
 parse ``--help`` quickly; the loaders themselves, and `check_vocabulary` (a tokenizer against traces), are
-in `prefixvalue.policies`.
+in `prefixvalue.policies`. `hub_errors` is the one place where a loader's (or an upload's) failure to find a
+model, on disk or on the Hugging Face Hub, becomes one line naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cli import disk_error
 from .config import ConfigError, field
 
 #: the loading options recorded with a run's outputs (revision and the GGUF file pick the weights;
@@ -155,10 +159,104 @@ def traces_policy(
     return str(given), options.with_recorded(load)
 
 
+#: top-level packages of the HTTP clients under huggingface_hub and transformers: their errors mean the Hub
+#: could not be reached
+_HTTP_PACKAGES = frozenset({"httpx", "httpx2", "requests", "urllib3"})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def hub_error(exc: BaseException, name: str, what: str, push: bool = False) -> ConfigError | None:
+    """The one-line ConfigError for `exc`, raised while loading the `what` (model, tokenizer, value
+    checkpoint) `name` from a local folder or the Hugging Face Hub, or, with `push`, while uploading to the
+    Hub repo `name`: a folder transformers cannot load, a repo that is missing, gated or misspelt, a revision
+    that is missing, downloads switched off (``HF_HUB_OFFLINE``) or a Hub that cannot be reached (the errors
+    of huggingface_hub, of its HTTP client, and transformers' OSError around them, the whole chain read).
+    None for anything else (a full or read-only disk, which the command line reports itself; a bug)."""
+    from huggingface_hub import constants, errors  # here, not at the top: only a failed load pays for the import
+
+    if disk_error(exc) is not None:
+        return None
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and all(cur is not e for e in chain):
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+
+    def found(*types: type) -> BaseException | None:
+        return next((e for e in chain if isinstance(e, types)), None)
+
+    target = f"Hub repo {name!r}" if push else f"{what} {name!r}"
+    if not push and Path(name).expanduser().is_dir():
+        if not isinstance(exc, OSError):
+            return None
+        return ConfigError(f"cannot load the {what} from the local folder {name}: {_first_line(exc)}")
+    login = "log in with `hf auth login` or set HF_TOKEN"
+    if found(errors.GatedRepoError):
+        return ConfigError(f"{target} is gated on the Hugging Face Hub: accept its terms on its page and {login}")
+    if found(errors.RepositoryNotFoundError):
+        where = "" if push else "no such local folder and "
+        return ConfigError(f"{target} not found: {where}no such Hugging Face Hub repo (a private one: {login})")
+    if e := found(errors.RevisionNotFoundError):
+        return ConfigError(f"{target}: revision not found on the Hugging Face Hub ({_first_line(e)})")
+    if e := found(errors.HFValidationError, errors.HfUriError):
+        local = "" if push else "not a local folder, and "
+        return ConfigError(f"{target}: {local}not a valid Hub repo id (owner/name): {_first_line(e)}")
+    offline = bool(constants.HF_HUB_OFFLINE)  # HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as huggingface_hub read it
+    if offline and (push or found(errors.OfflineModeIsEnabled, errors.LocalEntryNotFoundError)):
+        if push:
+            return ConfigError(f"cannot push to {target}: HF_HUB_OFFLINE is set (no network use)")
+        return ConfigError(
+            f"{target} is not a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE is set (no "
+            "downloads): give a local folder, or download it while online"
+        )
+    transport = next(
+        (
+            e
+            for e in chain
+            if not isinstance(e, errors.HfHubHTTPError)
+            and (isinstance(e, (ConnectionError, TimeoutError)) or type(e).__module__.split(".")[0] in _HTTP_PACKAGES)
+        ),
+        None,
+    )
+    if transport is not None or (not push and found(errors.LocalEntryNotFoundError)):
+        why = f" ({type(transport).__name__}: {_first_line(transport)})" if transport is not None else ""
+        cached = "" if push else " and it is not in the local Hugging Face cache"
+        return ConfigError(
+            f"{target}: the Hugging Face Hub cannot be reached{why}{cached}; check the connection"
+            + ("" if push else ", give a local folder, or set HF_HUB_OFFLINE=1 to use the cache only")
+        )
+    if e := found(errors.HfHubHTTPError):
+        return ConfigError(f"{target}: the Hugging Face Hub refused the request: {_first_line(e)}")
+    if not push and isinstance(exc, OSError):  # transformers: no such file in the repo, not a model ...
+        return ConfigError(f"cannot load the {what} {name!r}: {_first_line(exc)}")
+    return None
+
+
+@contextlib.contextmanager
+def hub_errors(name: str, what: str, push: bool = False) -> Iterator[None]:
+    """Run a load of the `what` `name` (a local folder or a Hub id), or with `push` an upload to the Hub
+    repo `name`; its failures `hub_error` knows become that one-line ConfigError, others pass unchanged."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hub_error picks the ones it knows; the rest are re-raised
+        error = hub_error(exc, name, what, push)
+        if error is None:
+            raise
+        raise error from None
+
+
 __all__ = [
     "RECORDED_LOAD_OPTIONS",
     "LoadOptions",
     "ModelLoadConfig",
+    "hub_error",
+    "hub_errors",
     "looks_like_path",
     "recorded_model",
     "resolve_model_path",

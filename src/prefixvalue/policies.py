@@ -9,9 +9,7 @@ when a loaded tokenizer cannot read a traces dataset's token ids.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -23,6 +21,7 @@ from .loading import (
     RECORDED_LOAD_OPTIONS,
     LoadOptions,
     ModelLoadConfig,
+    hub_errors,
     resolve_model_path,
     traces_policy,
 )
@@ -58,23 +57,10 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-@contextlib.contextmanager
-def _local_load_errors(name: str, what: str) -> Iterator[None]:
-    """Turn transformers' OSError for a local folder it cannot load (no weights, no tokenizer files) into a
-    one-line ConfigError naming the folder; hub errors (network, access) pass through unchanged."""
-    try:
-        yield
-    except OSError as exc:
-        if not Path(name).expanduser().is_dir():
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load the {what} from the local folder {name}: {first}") from None
-
-
 def load_tokenizer(name_or_path: str, options: LoadOptions | None = None, **kwargs: Any) -> Any:
     """Load a tokenizer and make sure it can pad (pad = eos when the model has no pad token)."""
     name, opts = resolve_model_path(name_or_path, options)
-    with _local_load_errors(name, "tokenizer"):
+    with hub_errors(name, "tokenizer"):
         tok = AutoTokenizer.from_pretrained(name, **opts.tokenizer_kwargs(), **kwargs)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -92,7 +78,7 @@ def load_causal_lm(
     With a ``device_map`` the model is placed by transformers; otherwise the caller moves it.
     """
     name, opts = resolve_model_path(name_or_path, options)
-    with _local_load_errors(name, "model"):
+    with hub_errors(name, "model"):
         return AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, device), **opts.model_kwargs())
 
 

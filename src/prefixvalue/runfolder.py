@@ -47,11 +47,9 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import __version__
 from .atomic import TEMP_PREFIX, remove_entry, replace_entry, write_atomic
-from .config import ConfigError, config_to_dict
+from .config import ConfigError, config_to_dict, read_yaml
 
 RECORD_FILE = ".prefixvalue-run.json"  #: the run's record: command, config, files written, complete
 LOCK_FILE = ".prefixvalue-run.lock"  #: held (flock) by the process that claimed the folder
@@ -137,8 +135,8 @@ def _saved_config(out: Path, name: str, where: str) -> dict[str, Any] | None:
         return None
     try:
         text = path.read_text()
-        data = json.loads(text) if name.endswith(".json") else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError):
+        data = json.loads(text) if name.endswith(".json") else read_yaml(text, str(path))
+    except (OSError, ValueError):  # a ConfigError (not valid YAML) is a ValueError
         data = None
     if not isinstance(data, dict):
         raise ConfigError(f"{where} holds a {name} no prefixvalue run wrote; move it away or choose another folder")

@@ -54,10 +54,15 @@ ShardWork = Callable[[int, Any], tuple[list[dict[str, Any]], dict[str, Any]]]
 
 
 def dist_info() -> tuple[int, int, Any]:
-    """``(process index, number of processes, PartialState)`` from accelerate (1 process without a launcher)."""
+    """``(process index, number of processes, PartialState)`` from accelerate (1 process without a launcher).
+
+    Without a GPU the processes are CPU ones (gloo), as in training: accelerate's state counts processes
+    started by torchrun or ``accelerate launch`` on the CPU only when asked for the CPU
+    (recipes/accelerate/multi_cpu.yaml)."""
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())
     return state.process_index, state.num_processes, state
 
 

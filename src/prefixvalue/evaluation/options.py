@@ -22,8 +22,12 @@ class ScoringOptions:
 
     batch_size: int = field(8, help="traces per forward pass (value model and policy)")
     soft_values: bool = field(True, help="compute logsumexp / mellowmax soft values of the policy")
-    omegas: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0], help="MellowMax ω grid")
-    mellowmax_omega: float = field(1.0, help="ω of the headline 'mellowmax' estimator (full vocabulary)")
+    omegas: list[float] = field(
+        default_factory=lambda: [0.1, 1.0, 10.0], help="MellowMax ω grid (inf: the max)", allow_inf=True
+    )
+    mellowmax_omega: float = field(
+        1.0, help="ω of the headline 'mellowmax' estimator (full vocabulary; inf: the max)", allow_inf=True
+    )
     mellowmax_top_k: list[int] = field(
         default_factory=lambda: [10], help="top-k sizes for top-k MellowMax ([] for none)", renamed_from="top_k"
     )

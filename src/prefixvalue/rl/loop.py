@@ -241,7 +241,8 @@ class _Run:
 
 def run(cfg: DistRLConfig) -> dict[str, Any]:
     """Train with a config object (what the CLI, recipes/distrl.py and the benchmark call); returns distrl.json."""
-    accelerator = Accelerator(cpu=cfg.device == "cpu")
+    # without a GPU, CPU processes (gloo) under torchrun / accelerate launch, as in training
+    accelerator = Accelerator(cpu=cfg.device == "cpu" or (cfg.device is None and not torch.cuda.is_available()))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.out is None:

@@ -63,7 +63,7 @@ class ActionsConfig(ModelLoadConfig):
     top_p: float = field(1.0, help="nucleus mass of the continuations")
     top_k: int = field(0, help="top-k of the continuations (0: off)")
     max_new_tokens: int = field(64, help="completion budget counted from the prompt (prefix and action included)")
-    omega: float = field(1.0, help="ω of the MellowMax estimator (full vocabulary)")
+    omega: float = field(1.0, help="ω of the MellowMax estimator (full vocabulary; inf: the max)", allow_inf=True)
     batch_size: int = field(16, help="(state, action) pairs per forward pass")
     batch_rows: int = field(256, help="most continuations decoded together")
     n_bootstrap: int = field(1000, help="bootstrap replicates of the CIs (0: none)")

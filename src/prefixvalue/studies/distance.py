@@ -574,13 +574,14 @@ def policy_config(cfg: DistanceConfig) -> tuple[Any, Any]:
     from transformers import AutoConfig
 
     from ..data import load_traces
-    from ..loading import traces_policy
+    from ..loading import hub_errors, traces_policy
 
     policy, load = traces_policy(
         load_traces(cfg.traces), cfg.train.policy, cfg.train.load_options(), cfg.train.allow_other_policy, "distance"
     )
     kw = {k: v for k, v in load.model_kwargs().items() if k in ("revision", "trust_remote_code", "gguf_file")}
-    return AutoConfig.from_pretrained(policy, **kw), load
+    with hub_errors(policy, "model"):
+        return AutoConfig.from_pretrained(policy, **kw), load
 
 
 def fit_context(cfg: DistanceConfig) -> DistanceConfig:

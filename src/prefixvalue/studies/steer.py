@@ -93,7 +93,7 @@ class SteerConfig(ModelLoadConfig):
     replicates: int = field(3, help="sampling seeds (seed, seed + 1, ...); figures are means over them")
     seed: int = field(0, help="first sampling seed (resampling, beams and Monte Carlo twists are seeded from it too)")
     soft_value: bool = field(True, help="also steer with the policy's MellowMax soft value (twist `mellowmax`)")
-    mellowmax_omega: float = field(1.0, help="ω of the soft-value twist")
+    mellowmax_omega: float = field(1.0, help="ω of the soft-value twist (inf: the max)", allow_inf=True)
     twist_beta: float = field(
         1.0, help="inverse temperature of the value twists: log ψ = β·log P̂ (checkpoints), β·mm_ω (soft value)"
     )

@@ -27,9 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..config import ConfigError, build_config, field
+from ..config import ConfigError, build_config, field, read_yaml
 from ..jsonlines import jsonl_records, short_text
 from . import verifiers as verifier_registry
 from .base import Prompt, Task, VerifierResult, safe_verify
@@ -102,7 +100,7 @@ class JsonlConfig:
         if not self.prompt_field or not self.answer_field:
             raise ConfigError("jsonl: prompt_field and answer_field must be non-empty")
         if isinstance(self.verifier_options, str):  # from a command line, as YAML text
-            self.verifier_options = yaml.safe_load(self.verifier_options) or {}
+            self.verifier_options = read_yaml(self.verifier_options, "jsonl: verifier_options") or {}
         if not isinstance(self.verifier_options, dict):
             raise ConfigError(f"jsonl: verifier_options must be a mapping, got {self.verifier_options!r}")
         if self.verifier_timeout_s is not None:

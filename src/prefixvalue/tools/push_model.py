@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..config import ConfigError, field, parse_config
+from ..loading import hub_errors
 
 
 @dataclass
@@ -32,9 +33,10 @@ def run(cfg: PushModelConfig) -> dict:
         raise ConfigError("push-model: give checkpoint=DIR and repo_id=owner/name")
     from ..value.hub import push_to_hub
 
-    res = push_to_hub(
-        cfg.checkpoint, cfg.repo_id, private=cfg.private, revision=cfg.revision, commit_message=cfg.commit_message
-    )
+    with hub_errors(cfg.repo_id, "Hub repo", push=True):  # offline, unreachable, a malformed id: one line
+        res = push_to_hub(
+            cfg.checkpoint, cfg.repo_id, private=cfg.private, revision=cfg.revision, commit_message=cfg.commit_message
+        )
     print(f"push-model: uploaded {len(res.files)} files to {res.url}")
     return {"repo_id": res.repo_id, "url": res.url, "files": res.files}
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
-from ..loading import looks_like_path
+from ..loading import hub_errors, looks_like_path
 from .card import CARD_FILE, render_model_card
 from .checkpoint import CONFIG_NAME
 
@@ -113,11 +113,8 @@ def resolve_checkpoint(path_or_id: str | Path, revision: str | None = None, toke
         raise ConfigError(f"value checkpoint {text} not found (no such folder; a Hub repo is named 'owner/name')")
     from huggingface_hub import snapshot_download
 
-    try:
+    with hub_errors(text, "value checkpoint"):
         return Path(snapshot_download(repo_id=text, revision=revision, token=token))
-    except Exception as exc:  # noqa: BLE001 - the Hub's errors are many; one line says which
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot download value checkpoint {text!r} from the Hub: {first}") from None
 
 
 @dataclass

@@ -21,11 +21,10 @@ Each sub-command takes ``--config FILE.yaml`` and ``key=value`` overrides; ``--h
 
 from __future__ import annotations
 
-import errno
 import importlib
-import os
-import re
 import sys
+
+from .atomic import disk_error
 
 #: sub-command -> module whose ``main(argv)`` runs it (a plain dict, filled here)
 COMMANDS: dict[str, str] = {
@@ -46,32 +45,6 @@ COMMANDS: dict[str, str] = {
     "distrl": "prefixvalue.rl.loop",
     "distrl-trl": "prefixvalue.rl.anchor",
 }
-
-#: file-system errors a command reports in one line, exit 2 (no traceback): a full or read-only disk, a
-#: folder it may not write
-DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT})
-
-#: the error number a library quotes in its own error's message: safetensors' Rust I/O errors ("... (os error 28)"),
-#: Arrow's ("[errno 28] ...")
-_QUOTED_ERRNO = re.compile(r"\(os error (\d+)\)|\[errno (\d+)\]", re.IGNORECASE)
-
-
-def disk_error(exc: BaseException) -> str | None:
-    """One line for a full, read-only or forbidden disk (`DISK_ERRNOS`): an OSError with such an errno, found
-    in `exc` or in the errors it was raised from (a library's wrapper), or an errno a library's own error
-    quotes in its message; None for any other error."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, OSError) and cur.errno in DISK_ERRNOS:
-            where = f": {cur.filename}" if cur.filename else ""
-            return f"{cur.strerror or cur}{where}"
-        quoted = _QUOTED_ERRNO.search(str(cur))
-        if quoted and int(quoted.group(1) or quoted.group(2)) in DISK_ERRNOS:
-            return os.strerror(int(quoted.group(1) or quoted.group(2)))
-        cur = cur.__cause__ or cur.__context__
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cli import disk_error
+from .atomic import disk_error
 from .config import ConfigError, field
 
 #: the loading options recorded with a run's outputs (revision and the GGUF file pick the weights;

@@ -779,7 +779,7 @@ def _final_record(run: _Run, data: _Data) -> dict:
     if run.is_main:
         run.accelerator.unwrap_model(run.model).save_pretrained(final)
         data.split_record.save(final)
-        (final / PROMPT_FORMAT_FILE).write_text(data.prompt_format.to_json() + "\n")  # how its prompts were tokenised
+        runfolder.write_text(final / PROMPT_FORMAT_FILE, data.prompt_format.to_json() + "\n")  # how its prompts were tokenised
         with contextlib.suppress(OSError, ValueError):  # a tokenizer beside the checkpoint, when the policy has one
             data.tokenizer.save_pretrained(final)
         result = {
@@ -797,7 +797,7 @@ def _final_record(run: _Run, data: _Data) -> dict:
             **metrics,
         }
         # jsonable: a non-finite figure is written as null, never as a bare NaN
-        (out / "final_metrics.json").write_text(json.dumps(jsonable(result), indent=2) + "\n")
+        runfolder.write_text(out / "final_metrics.json", json.dumps(jsonable(result), indent=2) + "\n")
         # training.json and the model card, README.md (docs/design.md, "Checkpoints that travel")
         example = data.held_ds[0] if len(data.held_ds) else None
         write_training_record(final, result, metrics, bool(cfg.labels), example)

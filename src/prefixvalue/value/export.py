@@ -17,7 +17,6 @@ a head on an inner layer (``head_layer``), policy features and soft prompts.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..jsonlines import read_json_object
 from ..policies import resolve_dtype
 from ..prompting import PROMPT_FORMAT_FILE
 from .base import ValueModel
@@ -132,7 +132,7 @@ def export_token_classification(
     fmt = "the chat template (one user message, generation prompt)" if model.prompt_format.chat_template else "raw text"
     example = {}
     if model.source is not None and (model.source / "training.json").is_file():
-        example = json.loads((model.source / "training.json").read_text()).get("example") or {}
+        example = read_json_object(model.source / "training.json").get("example") or {}
     (out / "README.md").write_text(
         EXPORT_README.format(
             source=model.source or "(in memory)",

@@ -779,7 +779,9 @@ def _final_record(run: _Run, data: _Data) -> dict:
     if run.is_main:
         run.accelerator.unwrap_model(run.model).save_pretrained(final)
         data.split_record.save(final)
-        runfolder.write_text(final / PROMPT_FORMAT_FILE, data.prompt_format.to_json() + "\n")  # how its prompts were tokenised
+        runfolder.write_text(
+            final / PROMPT_FORMAT_FILE, data.prompt_format.to_json() + "\n"
+        )  # how its prompts were tokenised
         with contextlib.suppress(OSError, ValueError):  # a tokenizer beside the checkpoint, when the policy has one
             data.tokenizer.save_pretrained(final)
         result = {

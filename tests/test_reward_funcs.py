@@ -211,3 +211,17 @@ def test_trl_grpo_trainer_calls_the_reward_function(checkpoint, tmp_path):
     assert calls == [4]
     logged = trainer.state.log_history[0]
     assert f"rewards/{reward.__name__}/mean" in logged
+
+
+def test_score_takes_batches_of_completions_of_different_lengths(model):
+    # issue 34: vm.score(list_of_prompts, list_of_completions) failed on rows of different lengths
+    prompts, completions = [p for p, _ in PAIRS], [c for _, c in PAIRS]
+    assert len({len(c) for c in completions}) > 1  # rows of different lengths: padding is exercised
+    got = model.score(prompts, completions, batch_size=2)
+    assert len(got) == len(PAIRS)
+    for values, (p, c) in zip(got, PAIRS):
+        np.testing.assert_allclose(values, model.score(p, c), atol=1e-6)
+    with pytest.raises(ValueError, match="prompt"):
+        model.score(prompts, completions[:-1])
+    with pytest.raises(ValueError, match="list"):
+        model.score(prompts[0], completions)

@@ -13,10 +13,10 @@ import dataclasses
 import json
 import math
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 import numpy as np
 import torch
@@ -551,11 +551,35 @@ class ValueModel(nn.Module):
         tok = self.tokenizer
         return self.prompt_format.encode(tok, prompt), list(tok(completion, add_special_tokens=False)["input_ids"])
 
-    def score(self, prompt: str, completion: str) -> np.ndarray:
+    @overload
+    def score(self, prompt: str, completion: str, batch_size: int = 32) -> np.ndarray: ...
+
+    @overload
+    def score(self, prompt: Sequence[str], completion: Sequence[str], batch_size: int = 32) -> list[np.ndarray]: ...
+
+    def score(
+        self, prompt: str | Sequence[str], completion: str | Sequence[str], batch_size: int = 32
+    ) -> np.ndarray | list[np.ndarray]:
         """P̂ at every prefix of `completion` after `prompt`: float64 [T + 1], entry p after the first p
-        completion tokens (p = 0: the bare prompt), T = number of completion tokens (`encode`)."""
-        prompt_ids, completion_ids = self.encode(prompt, completion)
-        return self.predict([prompt_ids], [completion_ids])[0]
+        completion tokens (p = 0: the bare prompt), T = number of completion tokens (`encode`). Given lists of
+        prompts and completions (one prompt per completion), a list of those arrays, scored `batch_size`
+        sequences at a time (padded per batch: each equals its own `score`). ValueError when one is a list
+        and the other is not, or the lengths differ."""
+        if isinstance(prompt, str) and isinstance(completion, str):
+            prompt_ids, completion_ids = self.encode(prompt, completion)
+            return self.predict([prompt_ids], [completion_ids])[0]
+        if isinstance(prompt, str) or isinstance(completion, str):
+            raise ValueError(
+                "score: give one prompt and one completion (text), or a list of each of equal length; got "
+                f"{type(prompt).__name__} and {type(completion).__name__}"
+            )
+        prompts, completions = list(prompt), list(completion)
+        if len(prompts) != len(completions):
+            raise ValueError(f"score: {len(prompts)} prompt(s) for {len(completions)} completion(s); give one each")
+        if not all(isinstance(t, str) for t in prompts + completions):
+            raise ValueError("score: every prompt and completion must be text")
+        encoded = [self.encode(p, c) for p, c in zip(prompts, completions)]
+        return self.predict([e[0] for e in encoded], [e[1] for e in encoded], batch_size=batch_size)
 
     def score_steps(
         self, prompt: str, steps: list[str], prompt_template: str | None = None, step_separator: str | None = None

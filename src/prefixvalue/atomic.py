@@ -59,19 +59,26 @@ DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, e
 _QUOTED_ERRNO = re.compile(r"\(os error (\d+)\)|\[errno (\d+)\]", re.IGNORECASE)
 
 
+def error_chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the errors it was raised from or during (``__cause__``, else ``__context__``), outermost first,
+    each once."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and all(cur is not e for e in chain):
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return chain
+
+
 def disk_error(exc: BaseException) -> str | None:
     """One line for a full, read-only or forbidden disk (`DISK_ERRNOS`): an OSError with such an errno, found
     in `exc` or in the errors it was raised from (a library's wrapper), or an errno a library's own error
     quotes in its message; None for any other error."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
+    for cur in error_chain(exc):
         if isinstance(cur, OSError) and cur.errno in DISK_ERRNOS:
             where = f": {cur.filename}" if cur.filename else ""
             return f"{cur.strerror or cur}{where}"
         quoted = _QUOTED_ERRNO.search(str(cur))
         if quoted and int(quoted.group(1) or quoted.group(2)) in DISK_ERRNOS:
             return os.strerror(int(quoted.group(1) or quoted.group(2)))
-        cur = cur.__cause__ or cur.__context__
     return None

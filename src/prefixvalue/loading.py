@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .atomic import disk_error
+from .atomic import disk_error, error_chain
 from .config import ConfigError, field
 
 #: the loading options recorded with a run's outputs (revision and the GGUF file pick the weights;
@@ -113,14 +113,17 @@ def looks_like_path(name: str) -> bool:
     return len(parts) > 2 or (len(parts) > 1 and Path(parts[0]).exists())
 
 
+def is_local_reference(name: str) -> bool:
+    """Whether a model name (given or recorded) is meant as a local path rather than a Hub id: it looks like one
+    (`looks_like_path`) or exists here."""
+    return looks_like_path(name) or Path(name).expanduser().exists()
+
+
 def recorded_model(name: str) -> str:
-    """`name` as a run records it (the traces' ``model``): a local path (`looks_like_path`, or one that exists
-    here) made absolute, symbolic links kept (as a checkpoint records its base model), so a later stage run from
-    another folder finds it and compares it (`same_model`); a Hub name as given."""
-    path = Path(name).expanduser()
-    if looks_like_path(name) or path.exists():
-        return os.path.abspath(path)
-    return name
+    """`name` as a run records it (the traces' ``model``): a local path (`is_local_reference`) made absolute,
+    symbolic links kept (as a checkpoint records its base model), so a later stage run from another folder
+    finds it and compares it (`same_model`); a Hub name as given."""
+    return os.path.abspath(Path(name).expanduser()) if is_local_reference(name) else name
 
 
 def same_model(a: str, b: str) -> bool:
@@ -180,11 +183,7 @@ def hub_error(exc: BaseException, name: str, what: str, push: bool = False) -> C
 
     if disk_error(exc) is not None:
         return None
-    chain: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and all(cur is not e for e in chain):
-        chain.append(cur)
-        cur = cur.__cause__ or cur.__context__
+    chain = error_chain(exc)
 
     def found(*types: type) -> BaseException | None:
         return next((e for e in chain if isinstance(e, types)), None)

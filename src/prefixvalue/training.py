@@ -49,7 +49,7 @@ from transformers import get_scheduler
 
 from . import runfolder
 from .config import ConfigError, config_to_dict, field, save_resolved_config
-from .data import SplitRecord, load_labels, load_traces, split_three
+from .data import SplitRecord, load_labels, load_traces, split_three, within_max_length
 from .data.collate import ResumableSampler, ValueCollator, attach_prefix_labels
 from .loading import LoadOptions, ModelLoadConfig, traces_policy
 from .policies import check_vocabulary, load_causal_lm, load_tokenizer
@@ -431,13 +431,10 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
     traces = load_traces(cfg.traces)
     if cfg.labels:
         traces = attach_prefix_labels(traces, load_labels(cfg.labels, traces))
-    if cfg.max_length:
-        n_before = len(traces)
-        traces = traces.filter(
-            lambda r: len(r["prompt_ids"]) + len(r["completion_ids"]) <= cfg.max_length, keep_in_memory=True
-        )
-        if is_main and len(traces) < n_before:
-            print(f"dropped {n_before - len(traces)} traces longer than max_length={cfg.max_length}")
+    n_before = len(traces)
+    traces = within_max_length(traces, cfg.max_length)
+    if is_main and len(traces) < n_before:
+        print(f"dropped {n_before - len(traces)} traces longer than max_length={cfg.max_length}")
     policy, load = traces_policy(
         traces, cfg.policy or cfg.value_model.base_model or None, cfg.load_options(), cfg.allow_other_policy, "train"
     )

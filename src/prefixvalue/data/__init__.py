@@ -94,6 +94,21 @@ def _column(ds: datasets.Dataset, name: str) -> pa.Array:
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
+def _list_lengths(ds: datasets.Dataset, field: str) -> np.ndarray:
+    """Lengths (int64) of the lists in column `field` of `ds`, a missing list counted as 0."""
+    col = _column(ds, field)
+    return np.asarray(pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def within_max_length(ds: datasets.Dataset, max_length: int) -> datasets.Dataset:
+    """The rows of traces `ds` with at most `max_length` prompt + completion tokens (train's ``max_length``;
+    0 keeps all), in order. Vectorised."""
+    if not max_length:
+        return ds
+    lengths = _list_lengths(ds, "prompt_ids") + _list_lengths(ds, "completion_ids")
+    return ds.select(np.flatnonzero(lengths <= max_length))
+
+
 def _numbers(ds: datasets.Dataset, field: str, where: str) -> np.ndarray:
     """Column `field` of `ds` as float64 numbers; DataFormatError naming `where` and `field` when it is not a
     numeric column."""
@@ -166,9 +181,7 @@ def check_step_spans(ds: datasets.Dataset, where: str) -> None:
     if not (pa.types.is_integer(flat.type) or pa.types.is_null(flat.type)):
         raise DataFormatError(f"{where}: field 'step_spans' must hold integer token positions, found {col.type}")
     row_of = np.asarray(pc.list_parent_indices(col).to_numpy(zero_copy_only=False), dtype=np.int64)
-    length = np.asarray(
-        pc.fill_null(pc.list_value_length(_column(ds, "completion_ids")), 0).to_numpy(zero_copy_only=False)
-    )[row_of]
+    length = _list_lengths(ds, "completion_ids")[row_of]
 
     def refuse(bad: np.ndarray, must: str) -> None:
         if bad.any():
@@ -233,9 +246,7 @@ def check_label_positions(labels: datasets.Dataset, traces: datasets.Dataset, wh
         _column(labels, "trace_id").cast(pa.string()), value_set=_column(traces, "trace_id").cast(pa.string())
     )
     idx = np.asarray(pc.fill_null(found, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
-    lengths = np.asarray(
-        pc.fill_null(pc.list_value_length(_column(traces, "completion_ids")), 0).to_numpy(zero_copy_only=False)
-    )
+    lengths = _list_lengths(traces, "completion_ids")
     limit = np.where(idx >= 0, lengths[np.maximum(idx, 0)], np.iinfo(np.int64).max)
     pos = _numbers(labels, "position", where)
     _refuse_rows(
@@ -284,11 +295,10 @@ def load_labels(path: str | Path, traces: datasets.Dataset | None = None) -> dat
 def token_id_range(ds: datasets.Dataset, field: str) -> tuple[int, int, int, int]:
     """``(lowest id, its row, highest id, its row)`` over the token-id lists of column `field` (rows with
     no ids skipped; ``(0, -1, -1, -1)`` when there are none). Vectorised over the flattened ids."""
-    col = _column(ds, field)
-    flat = np.asarray(pc.list_flatten(col).to_numpy(zero_copy_only=False), dtype=np.int64)
+    flat = np.asarray(pc.list_flatten(_column(ds, field)).to_numpy(zero_copy_only=False), dtype=np.int64)
     if flat.size == 0:
         return 0, -1, -1, -1
-    lengths = np.asarray(pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+    lengths = _list_lengths(ds, field)
     starts = np.cumsum(lengths) - lengths
     lo, hi = int(np.argmin(flat)), int(np.argmax(flat))
     row_of = lambda k: int(np.searchsorted(starts, k, side="right") - 1)  # noqa: E731
@@ -377,10 +387,7 @@ def _run_traces_verify(record: SplitRecord, folder: Path) -> bool:
             ds = load_traces(traces)
         except ConfigError:  # unreadable now: nothing to check against
             return False
-        if max_length:  # the split was drawn over the traces train kept (docs/design.md, "Held-out discipline")
-            lengths = np.asarray(pc.list_value_length(_column(ds, "prompt_ids")).to_numpy(zero_copy_only=False))
-            lengths = lengths + np.asarray(pc.list_value_length(_column(ds, "completion_ids")).to_numpy(False))
-            ds = ds.select(np.flatnonzero(lengths <= max_length))
+        ds = within_max_length(ds, max_length)  # the split was drawn over the traces train kept
         source = f"the traces {traces} its run recorded"
         _VERIFIED[key] = record.verify(ds["prompt"], path, source, drawn_over=Path(traces).is_absolute())
     return _VERIFIED[key]
@@ -437,6 +444,7 @@ __all__ = [
     "check_trace_ids",
     "check_unit_interval",
     "token_id_range",
+    "within_max_length",
     "traces_digest",
     "SIDES",
     "SplitRecord",

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
-from ..loading import hub_errors, looks_like_path
+from ..loading import hub_errors, is_local_reference
 from .card import CARD_FILE, render_model_card
 from .checkpoint import CONFIG_NAME
 
@@ -48,11 +48,6 @@ def portable_base_model(name: str, checkpoint: str | Path) -> tuple[str, str]:
     except ValueError:  # another drive (Windows): no relative path
         relative = ""
     return absolute, relative
-
-
-def is_local_reference(name: str) -> bool:
-    """Whether a recorded base model is meant as a local path rather than a Hub id."""
-    return looks_like_path(name) or Path(name).expanduser().exists()
 
 
 def base_model_candidates(recorded: str, relative: str, checkpoint: str | Path) -> list[Path]:
@@ -109,7 +104,7 @@ def resolve_checkpoint(path_or_id: str | Path, revision: str | None = None, toke
     path = Path(text).expanduser()
     if path.is_dir():
         return path
-    if looks_like_path(text) or path.exists():
+    if is_local_reference(text):
         raise ConfigError(f"value checkpoint {text} not found (no such folder; a Hub repo is named 'owner/name')")
     from huggingface_hub import snapshot_download
 

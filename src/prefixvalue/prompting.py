@@ -5,6 +5,10 @@ template; ``system_prompt``) and records it in every trace (the ``prompt_format`
 never re-tokenise trace prompts, they read ``prompt_ids``; whatever tokenises new prompt text for a
 checkpoint (evaluate's step data) reads the recorded format, so every stage sees the same ids. The
 ``prompt`` column keeps the user-facing text, which reports and heatmaps show.
+
+Train also records how the traces' steps are written (`StepFormat`, ``step_format.json`` beside the
+checkpoint): what `ValueModel.score_steps`, its reward function and ``prefixvalue serve`` use unless told
+otherwise (docs/design.md, "Checkpoints that travel").
 """
 
 from __future__ import annotations
@@ -58,6 +62,33 @@ class PromptFormat:
         return cls(bool(data.get("chat_template", False)), data.get("system_prompt"))
 
 
+#: the file beside a value checkpoint that records how its training traces wrote their steps
+STEP_FORMAT_FILE = "step_format.json"
+
+
+@dataclass(frozen=True)
+class StepFormat:
+    """How a checkpoint's training traces wrote a prompt and its steps (docs/design.md, "Checkpoints that
+    travel"). `prompt_template`: the prompt text before the steps (``{prompt}``: the prompt as collect wrote
+    it); `step_separator`: the text joining step texts (empty when each step carries its own end, as arith's
+    ``;``); `step_end`: the text after which a step of a completion ends (rewards and ``serve`` split on it:
+    the task's step stop, ``;`` for arith). The defaults are the ones used before checkpoints recorded it."""
+
+    prompt_template: str = "{prompt}\n"
+    step_separator: str = "\n"
+    step_end: str = "\n"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def checkpoint_step_format(path: str | Path) -> StepFormat | None:
+    """The step format recorded beside a value checkpoint (`STEP_FORMAT_FILE`); None when absent (checkpoints
+    trained before it was recorded). ConfigError in one line naming the file (and the field) when malformed."""
+    file = Path(path) / STEP_FORMAT_FILE
+    return record_from_mapping(StepFormat, read_json_object(file), file) if file.exists() else None
+
+
 def has_chat_template(tokenizer: Any) -> bool:
     """Whether the tokenizer carries a chat template."""
     return bool(getattr(tokenizer, "chat_template", None))
@@ -102,8 +133,11 @@ def traces_prompt_format(traces: Any) -> PromptFormat:
 
 __all__ = [
     "PROMPT_FORMAT_FILE",
+    "STEP_FORMAT_FILE",
     "PromptFormat",
+    "StepFormat",
     "checkpoint_prompt_format",
+    "checkpoint_step_format",
     "choose_prompt_format",
     "has_chat_template",
     "traces_prompt_format",

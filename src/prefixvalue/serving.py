@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from .config import ConfigError, field
 from .value.base import ValueModel
-from .value.rewards import SCORES, EncodedItem, encode_item, item_scores
+from .value.rewards import SCORES, EncodedItem, encode_item, item_scores, model_step_end
 
 #: the routes and the method each answers
 ROUTES = {"/get_reward": "POST", "/score": "POST", "/health": "GET"}
@@ -46,7 +46,12 @@ class ServeOptions:
     host: str = field("127.0.0.1", help="address to listen on (0.0.0.0: every interface; the server has no auth)")
     port: int = field(8000, help="TCP port (0: any free port, printed at start)")
     score: str = field("final", help="reward of /get_reward: final | min_step | td_sum (probability units)")
-    step_separator: str = field("\n", escapes=True, help="steps end after this text (min_step, td_sum, /score)")
+    step_separator: str | None = field(
+        None,
+        escapes=True,
+        help="steps end after this text (min_step, td_sum, /score); default the checkpoint's step end "
+        "(step_format.json: ';' for arith), a newline for a checkpoint that records none",
+    )
     rendered_prompts: bool = field(
         False,
         help="prompts arrive already formatted for the model (OpenRLHF with --apply_chat_template): tokenise them as "
@@ -124,6 +129,10 @@ class RewardServer:
     def __init__(self, model: ValueModel, options: ServeOptions | None = None) -> None:
         self.model = model
         self.options = options or ServeOptions()
+        #: where steps end: the option, else the checkpoint's step end (`model_step_end`)
+        self.step_separator = (
+            self.options.step_separator if self.options.step_separator is not None else model_step_end(model)
+        )
         self.max_positions = _max_positions(model)
         tok = model.tokenizer
         self._tails = tuple(t for t in (tok.eos_token, tok.pad_token) if isinstance(t, str) and t)
@@ -260,7 +269,7 @@ class RewardServer:
 
     def _encode(self, job: _Job) -> list[EncodedItem]:
         opts = self.options
-        sep = opts.step_separator if job.details or opts.score != "final" else None
+        sep = self.step_separator if job.details or opts.score != "final" else None
         encoded = []
         for i, (prompt, completion) in enumerate(job.items):
             try:

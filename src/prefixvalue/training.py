@@ -32,6 +32,7 @@ import math
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +51,12 @@ from transformers import get_scheduler
 from . import runfolder
 from .config import ConfigError, config_to_dict, field, save_resolved_config
 from .data import SplitRecord, load_labels, load_traces, split_three, within_max_length
+from .data.bridges import step_separator
 from .data.collate import ResumableSampler, ValueCollator, attach_prefix_labels
 from .loading import LoadOptions, ModelLoadConfig, traces_policy
 from .policies import check_vocabulary, load_causal_lm, load_tokenizer
-from .prompting import PROMPT_FORMAT_FILE, PromptFormat, traces_prompt_format
+from .prompting import PROMPT_FORMAT_FILE, STEP_FORMAT_FILE, PromptFormat, StepFormat, traces_prompt_format
+from .tasks import build_task, task_class, task_options
 from .tracking import MultiLogger, WandbConfig, build_logger, jsonable, logged_rows, truncate_metrics
 from .value import (
     ValueModel,
@@ -765,6 +768,45 @@ def _save_checkpoint(run: _Run) -> None:
     accelerator.wait_for_everyone()
 
 
+def _task_step_end(traces: datasets.Dataset) -> str | None:
+    """The one text after which a step of the traces' task ends (`Task.step_stops`, built from the traces' own
+    `task` and `task_args`); None when the task has none or several, or cannot be built here (unknown, or its
+    options name user code, which data does not choose)."""
+    if "task" not in traces.column_names or not len(traces) or not traces[0]["task"]:
+        return None
+    try:
+        name = traces[0]["task"]
+        text = traces[0]["task_args"] if "task_args" in traces.column_names else None
+        args = task_options(name, json.loads(text) if text else {})
+        if task_class(name).code_references(args):
+            return None
+        stops = build_task(name, args).step_stops()
+    except (ConfigError, KeyError, OSError, ValueError, TypeError):
+        return None
+    return stops[0] if stops and len(stops) == 1 else None
+
+
+def traces_step_format(traces: datasets.Dataset, tokenizer: Any, sample: int = 256) -> StepFormat:
+    """How `traces` wrote a prompt and its steps (recorded as the checkpoint's ``step_format.json``; docs/design.md,
+    "Checkpoints that travel"): the prompt as collect wrote it (``{prompt}``), the text most often found between
+    steps (in the first `sample` traces with several steps, as export measures it), and the task's step end
+    (`_task_step_end`; else that separator, else a newline)."""
+    joins: Counter[str] = Counter()
+    if "step_spans" in traces.column_names:
+        for row in traces.select_columns(["completion_ids", "step_spans"]):
+            spans = row["step_spans"] or []
+            if len(spans) > 1:
+                joins.update(step_separator(tokenizer, row["completion_ids"], spans))
+                sample -= 1
+            if sample <= 0:
+                break
+    join = joins.most_common(1)[0][0] if joins else "\n"
+    end = _task_step_end(traces)
+    return StepFormat(
+        prompt_template="{prompt}", step_separator=join, step_end=end if end is not None else join or "\n"
+    )
+
+
 def _final_record(run: _Run, data: _Data) -> dict:
     """Phase 7: the final held-out evaluation, the value checkpoint ``final/`` (save_pretrained, split,
     prompt format, tokenizer), final_metrics.json, training.json and the model card. Returns `run`'s result."""
@@ -779,6 +821,8 @@ def _final_record(run: _Run, data: _Data) -> dict:
         runfolder.write_text(
             final / PROMPT_FORMAT_FILE, data.prompt_format.to_json() + "\n"
         )  # how its prompts were tokenised
+        step_format = traces_step_format(data.traces, data.tokenizer)  # how its steps were written
+        runfolder.write_text(final / STEP_FORMAT_FILE, step_format.to_json() + "\n")
         with contextlib.suppress(OSError, ValueError):  # a tokenizer beside the checkpoint, when the policy has one
             data.tokenizer.save_pretrained(final)
         result = {

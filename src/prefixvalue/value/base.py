@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,14 @@ from ..data.collate import collated_batches
 from ..data.steps import StepExample, prefix_step_scores, process_step_scores, td_errors, tokenize_step_example
 from ..loading import LoadOptions
 from ..policies import load_causal_lm, load_tokenizer, resolve_dtype
-from ..prompting import PROMPT_FORMAT_FILE, PromptFormat, checkpoint_prompt_format
+from ..prompting import (
+    PROMPT_FORMAT_FILE,
+    STEP_FORMAT_FILE,
+    PromptFormat,
+    StepFormat,
+    checkpoint_prompt_format,
+    checkpoint_step_format,
+)
 from .card import write_model_card
 from .checkpoint import (
     ADAPTER_DIR,
@@ -124,6 +132,9 @@ class ValueModel(nn.Module):
         self.lm: nn.Module = self._adapt(backbone, adapter_dir)
         #: how prompt text becomes token ids for this model (the checkpoint's prompt_format.json when loaded)
         self.prompt_format: PromptFormat = PromptFormat()
+        #: how the training traces wrote their steps (the checkpoint's step_format.json; None when it has none)
+        self.step_format: StepFormat | None = None
+        self._warned_step_format = False
         #: the checkpoint folder this model was loaded from (None when built in memory)
         self.source: Path | None = None
         self._tokenizer: Any = None
@@ -438,6 +449,8 @@ class ValueModel(nn.Module):
         if extra:
             save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()}, str(out / HEAD_WEIGHTS))
         (out / PROMPT_FORMAT_FILE).write_text(self.prompt_format.to_json() + "\n")
+        if self.step_format is not None:
+            (out / STEP_FORMAT_FILE).write_text(self.step_format.to_json() + "\n")
         if self._tokenizer is not None or (
             self.source is not None and (self.source / "tokenizer_config.json").is_file()
         ):
@@ -474,6 +487,7 @@ class ValueModel(nn.Module):
         path = resolve_checkpoint(path, revision=revision, token=token)
         cfg = read_value_config(path)  # every file below is checked before a library reads it: one line naming it
         prompt_format = checkpoint_prompt_format(path)
+        step_format = checkpoint_step_format(path)
         if not cls.kind:  # ValueModel.from_pretrained: the checkpoint's own kind
             cls = value_model_class(cfg.kind)
         if cls.kind != cfg.kind:
@@ -517,6 +531,7 @@ class ValueModel(nn.Module):
             raise ConfigError(f"{path / HEAD_WEIGHTS}: missing (no such file); the head's weights were not saved")
         model.source = path
         model.prompt_format = prompt_format
+        model.step_format = step_format
         model._load_options = opts
         return model.to(device).eval()
 
@@ -581,20 +596,39 @@ class ValueModel(nn.Module):
         encoded = [self.encode(p, c) for p, c in zip(prompts, completions)]
         return self.predict([e[0] for e in encoded], [e[1] for e in encoded], batch_size=batch_size)
 
+    def steps_format(self) -> StepFormat:
+        """How this checkpoint's training traces wrote their steps (`step_format`, train records it): the
+        defaults of `score_steps`, `reward_func` and ``prefixvalue serve``. A checkpoint trained before it was
+        recorded gets the old defaults (``"{prompt}\\n"``, ``"\\n"``) and one warning saying so
+        (docs/design.md, "Checkpoints that travel")."""
+        if self.step_format is not None:
+            return self.step_format
+        if self.source is not None and not self._warned_step_format:
+            self._warned_step_format = True
+            warnings.warn(
+                f"{self.source} records no step format ({STEP_FORMAT_FILE}; trained before it was recorded): "
+                "steps are written with prompt_template '{prompt}\\n', joined and ended by '\\n'; pass "
+                "prompt_template / step_separator when the traces wrote steps otherwise (arith: '{prompt}', '' "
+                "and ';')",
+                stacklevel=3,
+            )
+        return StepFormat()
+
     def score_steps(
         self, prompt: str, steps: list[str], prompt_template: str | None = None, step_separator: str | None = None
     ) -> StepScores:
         """Scores of each step of a solution, tokenised as evaluate scores step data
-        (`prefixvalue.data.steps.tokenize_step_example`: the prompt written with
-        `prompt_template`, default ``"{prompt}\\n"``, through `prompt_format`; steps joined by
-        `step_separator`, default ``"\\n"``; ``prompt_template="{prompt}", step_separator=""`` for
-        steps that carry their own separators, as arith's do)."""
-        kw = {
-            k: v for k, v in (("prompt_template", prompt_template), ("step_separator", step_separator)) if v is not None
-        }
+        (`prefixvalue.data.steps.tokenize_step_example`: the prompt written with `prompt_template` through
+        `prompt_format`, the steps joined by `step_separator`). Both default to the checkpoint's own
+        (`steps_format`: as its training traces wrote them, arith ``"{prompt}"`` and ``""`` since its steps
+        carry their ``;``), so a trace's steps score exactly as `predict` scores the trace's tokens."""
+        if prompt_template is None or step_separator is None:
+            fmt = self.steps_format()
+            prompt_template = fmt.prompt_template if prompt_template is None else prompt_template
+            step_separator = fmt.step_separator if step_separator is None else step_separator
         example = StepExample("0", prompt, list(steps), -1, "", {})
         prompt_ids, completion_ids, spans = tokenize_step_example(
-            self.tokenizer, example, prompt_format=self.prompt_format, **kw
+            self.tokenizer, example, prompt_template, step_separator, self.prompt_format
         )
         values = self.predict([prompt_ids], [completion_ids])[0]
         td = td_errors(values)
@@ -611,7 +645,7 @@ class ValueModel(nn.Module):
         )
 
     def reward_func(
-        self, score: str = "final", step_separator: str = "\n", batch_size: int = 32, name: str | None = None
+        self, score: str = "final", step_separator: str | None = None, batch_size: int = 32, name: str | None = None
     ) -> Callable[..., list[float]]:
         """A reward function for RL trainers with TRL's GRPO signature, ``reward(prompts, completions, **kwargs)
         -> list[float]`` (`prefixvalue.value.rewards`; docs/design.md, "Reward interfaces")::
@@ -626,8 +660,9 @@ class ValueModel(nn.Module):
 
         `score`, in probability units: ``"final"``, P̂ at the end of the completion; ``"min_step"``, the smallest
         P̂ right after a step; ``"td_sum"``, the sum of the steps' TD scores P̂(after) − P̂(before), that is
-        P̂(end) − P̂(prompt). Steps end after each `step_separator` (default a newline, as evaluate's step data;
-        ``";"`` for arith, whose steps end with one; ``""``: the whole completion is one step). The function's
+        P̂(end) − P̂(prompt). Steps end after each `step_separator` (default the checkpoint's step end,
+        `steps_format`: ``";"`` for arith, whose steps end with one; a newline for line steps; ``""``: the whole
+        completion is one step). The function's
         ``__name__`` (TRL logs rewards under it) is `name`, default ``prefixvalue_<score>``. ValueError for an
         unknown score."""
         return make_reward_func(self, score=score, step_separator=step_separator, batch_size=batch_size, name=name)

@@ -19,11 +19,12 @@ Scores (``score=``), in probability units:
 - ``td_sum``: the sum of the steps' TD scores P̂(after) − P̂(before) (`prefixvalue.data.steps.td_errors`, γ = 1),
   which telescopes to P̂(end) − P̂(prompt): the completion's gain over what the prompt alone promised.
 
-Steps are the pieces of the completion that end with `step_separator` (default a newline, as evaluate's step
-data; ``";"`` for arith; the last piece needs none); ``step_separator=""`` makes the whole completion one step. A
+Steps are the pieces of the completion that end with `step_separator` (default the checkpoint's step end,
+`model_step_end`: ``";"`` for arith, a newline for line steps; the last piece needs none); ``step_separator=""``
+makes the whole completion one step. A
 step ends at the completion token holding its last character (the tokenizer's offsets; a tokenizer without them
 counts the tokens of the text up to the step's end). This module knows value models only by what it calls on them (`encode`,
-`tokenizer`, `predict`), so that `prefixvalue.value.base` can import it.
+`tokenizer`, `predict`, `steps_format`), so that `prefixvalue.value.base` can import it.
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ def completion_text(completion: Text) -> str:
 
 
 # ------------------------------------------------------------------------------------------- steps
+def model_step_end(model: Any) -> str:
+    """The text after which a step ends for `model`: its checkpoint's recorded step end (`ValueModel.steps_format`,
+    which warns once for a checkpoint that records none), a newline for a model without one."""
+    steps_format = getattr(model, "steps_format", None)
+    return str(steps_format().step_end) if callable(steps_format) else "\n"
+
+
 def step_char_ends(completion: str, step_separator: str = "\n") -> list[int]:
     """Character offset where each step of `completion` ends (exclusive): after each `step_separator`, and at the
     end for a last piece without one. An empty `step_separator` gives one step; an empty completion none."""
@@ -175,14 +183,15 @@ def value_rewards(
     prompts: Sequence[str],
     completions: Sequence[str],
     score: str = "final",
-    step_separator: str = "\n",
+    step_separator: str | None = None,
     batch_size: int = 32,
 ) -> list[float]:
-    """The `score` of each (prompt, completion) text pair, from one batched `predict` over all of them."""
+    """The `score` of each (prompt, completion) text pair, from one batched `predict` over all of them; steps end
+    after `step_separator` (None: `model_step_end`)."""
     check_score(score)
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-    sep = step_separator if score != "final" else None
+    sep = None if score == "final" else step_separator if step_separator is not None else model_step_end(model)
     items = [encode_item(model, p, c, sep) for p, c in zip(prompts, completions)]
     values = model.predict([i.prompt_ids for i in items], [i.completion_ids for i in items], batch_size=batch_size)
     if score == "final":
@@ -191,13 +200,16 @@ def value_rewards(
 
 
 def make_reward_func(
-    model: Any, score: str = "final", step_separator: str = "\n", batch_size: int = 32, name: str | None = None
+    model: Any, score: str = "final", step_separator: str | None = None, batch_size: int = 32, name: str | None = None
 ) -> Callable[..., list[float]]:
     """A reward function with TRL's GRPO signature ``reward(prompts, completions, **kwargs) -> list[float]``
-    (`ValueModel.reward_func` documents it); its ``__name__`` is `name`, default ``prefixvalue_<score>``."""
+    (`ValueModel.reward_func` documents it); its ``__name__`` is `name`, default ``prefixvalue_<score>``. Steps
+    end after `step_separator` (None: `model_step_end`, read once here)."""
     check_score(score)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if step_separator is None and score != "final":
+        step_separator = model_step_end(model)
 
     def reward(prompts: Sequence[Text], completions: Sequence[Text], **kwargs: Any) -> list[float]:
         # TRL also passes completion_ids, trainer_state and the dataset's other columns: unused, since the
@@ -223,6 +235,7 @@ __all__ = [
     "encode_item",
     "item_scores",
     "make_reward_func",
+    "model_step_end",
     "prompt_text",
     "step_char_ends",
     "step_token_ends",

@@ -80,7 +80,7 @@ def compute_score_batch(
     extra_infos: Sequence[Any] | None = None,
     checkpoint: str | None = None,
     score: str | None = None,
-    step_separator: str = "\n",
+    step_separator: str | None = None,
     prompt_key: str = "prompt",
     device: str | None = None,
     batch_size: int = 32,
@@ -88,7 +88,8 @@ def compute_score_batch(
 ) -> list[float]:
     """Rewards of a batch (verl's ``batch`` reward manager): the value checkpoint's `score` (``final``, the
     default or ``$PREFIXVALUE_REWARD_SCORE``; ``min_step``; ``td_sum``: `prefixvalue.value.rewards`) of each
-    response after the prompt in its ``extra_info``, from one batched forward pass. Probability units."""
+    response after the prompt in its ``extra_info``, from one batched forward pass. Probability units. Steps end
+    after `step_separator`, default the checkpoint's step end (`prefixvalue.value.rewards.model_step_end`)."""
     score = score or os.environ.get(ENV_SCORE) or "final"
     check_score(score)
     infos = list(extra_infos) if extra_infos is not None else [None] * len(solution_strs)
@@ -105,7 +106,7 @@ def compute_score(
     extra_info: Any = None,
     checkpoint: str | None = None,
     score: str | None = None,
-    step_separator: str = "\n",
+    step_separator: str | None = None,
     prompt_key: str = "prompt",
     device: str | None = None,
     **kwargs: Any,

@@ -1,0 +1,136 @@
+"""Fit the ecosystem, second pass (issue 34, items 2 and 8): `score_steps` and the rewards default to the
+checkpoint's own step format; one spelling of `out` / `policy` everywhere; small held-out samples flagged.
+
+pytest tests/test_ecosystem_cli.py
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from prefixvalue import training as train
+from prefixvalue.config import parse_config
+from prefixvalue.data import load_traces
+from prefixvalue.data.bridges import trace_steps
+from prefixvalue.serving import RewardServer, ServeOptions
+from prefixvalue.tasks import ArithTask
+from prefixvalue.value import load_value_model
+
+from conftest import SHIPPED_POLICY
+from test_value_fixtures import _rows, save_traces
+
+
+# ------------------------------------------------------------------- item 2: score_steps defaults
+def arith_traces(n_prompts: int = 8) -> list[dict]:
+    """Arith traces as collect writes them (its row builder; the task recorded), without sampling: each prompt's
+    right solution and one with a wrong final answer."""
+    tok = AutoTokenizer.from_pretrained(str(SHIPPED_POLICY))
+    prompts, prompt_ids, completions, tids = [], [], [], []
+    for p in ArithTask().prompts(n_prompts, split="train"):
+        right = p.meta["solution"]
+        for k, text in enumerate((right, right[:-1] + str((int(right[-1]) + 1) % 10))):
+            prompts.append(p)
+            prompt_ids.append(tok(p.text)["input_ids"])
+            completions.append(tok(text)["input_ids"] + [tok.eos_token_id])
+            tids.append(f"{p.prompt_id}/s{k}")
+    rows = _rows(ArithTask(), tok, prompts, prompt_ids, completions, tids, {"model": str(SHIPPED_POLICY)})
+    return [{**r, "task": "arith", "task_args": "{}"} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def arith_run(tmp_path_factory):
+    """Arith traces of the shipped policy and a head trained on them for one step: (traces dir, checkpoint)."""
+    root = tmp_path_factory.mktemp("eco")
+    traces = save_traces(arith_traces(), root / "traces")
+    args = {
+        "traces": str(traces),
+        "policy": str(SHIPPED_POLICY),
+        "output_dir": str(root / "train"),
+        "max_steps": 1,
+        "per_device_batch_size": 4,
+        "warmup_steps": 0,
+        "report_to": "none",
+        "heldout_fraction": 0.25,
+        "threads": 1,
+        "value_model.kind": "head",
+        "value_model.backbone": "frozen",
+    }
+    train.run(parse_config(train.TrainConfig, [f"{k}={v}" for k, v in args.items()]))
+    return traces, root / "train" / "final"
+
+
+def _multi_step_trace(traces):
+    ds = load_traces(str(traces))
+    return next(r for r in ds if len(r["step_spans"]) > 2 and r["finish_reason"] == "eos")
+
+
+def test_train_records_the_traces_step_format(arith_run):
+    _, ckpt = arith_run
+    record = json.loads((ckpt / "step_format.json").read_text())
+    # arith: the prompt as collect wrote it, steps carry their own ';', and a step ends after ';'
+    assert record == {"prompt_template": "{prompt}", "step_separator": "", "step_end": ";"}
+
+
+def test_score_steps_defaults_score_a_trace_as_predict_does(arith_run):
+    traces, ckpt = arith_run
+    model = load_value_model(ckpt)
+    row = _multi_step_trace(traces)
+    steps = trace_steps(model.tokenizer, row["completion_ids"], row["step_spans"])
+    completion_ids = row["completion_ids"][:-1]  # the steps' text holds no <eos>
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a checkpoint that records its format: no warning
+        got = model.score_steps(row["prompt"], steps)
+    want = model.predict([row["prompt_ids"]], [completion_ids])[0]
+    np.testing.assert_array_equal(got.token_values, want)
+    ends = [min(e, len(completion_ids)) for _, e in row["step_spans"]]
+    assert [e for _, e in got.step_spans] == ends
+    np.testing.assert_array_equal(got.values, want[ends])
+    # explicit overrides still win: today's old defaults write a newline after the prompt and between steps
+    old = model.score_steps(row["prompt"], steps, prompt_template="{prompt}\n", step_separator="\n")
+    assert len(old.token_values) == len(want) + len(steps) - 1
+    assert not np.array_equal(old.values, got.values)
+
+
+def test_rewards_and_serve_split_steps_where_the_checkpoint_says(arith_run):
+    traces, ckpt = arith_run
+    model = load_value_model(ckpt)
+    row = _multi_step_trace(traces)
+    steps = model.score_steps(row["prompt"], trace_steps(model.tokenizer, row["completion_ids"], row["step_spans"]))
+    completion = row["completion"]
+    (min_step,) = model.reward_func("min_step")([row["prompt"]], [completion])
+    assert min_step == pytest.approx(steps.values.min(), abs=1e-6)
+    (one_step,) = model.reward_func("min_step", step_separator="\n")([row["prompt"]], [completion])
+    assert one_step == pytest.approx(steps.token_values[-1], abs=1e-6)  # no newline: one step, the override wins
+    server = RewardServer(model, ServeOptions(port=0))
+    try:
+        assert server.step_separator == ";"
+    finally:
+        server.httpd.server_close()
+    assert RewardServer(model, ServeOptions(port=0, step_separator="\n")).step_separator == "\n"
+
+
+def test_a_checkpoint_without_a_step_format_keeps_the_old_default_and_says_so(arith_run, tmp_path):
+    _, ckpt = arith_run
+    old = shutil.copytree(ckpt, tmp_path / "old")
+    (old / "step_format.json").unlink()
+    model = load_value_model(old)
+    with pytest.warns(UserWarning, match="records no step format"):
+        first = model.score_steps("Q:1+2=", ["1+2=3;", "A:3"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once
+        again = model.score_steps("Q:1+2=", ["1+2=3;", "A:3"])
+    legacy = model.score_steps("Q:1+2=", ["1+2=3;", "A:3"], prompt_template="{prompt}\n", step_separator="\n")
+    np.testing.assert_array_equal(first.token_values, legacy.token_values)
+    np.testing.assert_array_equal(again.token_values, legacy.token_values)
+    # a copy saved from the loaded model records what it has: nothing, so the copy warns too
+    model.save_pretrained(tmp_path / "copy")
+    assert not (tmp_path / "copy" / "step_format.json").exists()
+    recorded = load_value_model(ckpt)
+    recorded.save_pretrained(tmp_path / "copy2")
+    assert (tmp_path / "copy2" / "step_format.json").read_text() == (ckpt / "step_format.json").read_text()

@@ -134,3 +134,42 @@ def test_a_checkpoint_without_a_step_format_keeps_the_old_default_and_says_so(ar
     recorded = load_value_model(ckpt)
     recorded.save_pretrained(tmp_path / "copy2")
     assert (tmp_path / "copy2" / "step_format.json").read_text() == (ckpt / "step_format.json").read_text()
+
+
+# ------------------------------------------------------------------- item 8: one spelling everywhere
+def test_out_and_output_dir_name_one_train_option(tmp_path):
+    from prefixvalue.config import ConfigError, config_to_dict, format_help
+    from prefixvalue.stages.collect import CollectConfig
+
+    assert parse_config(train.TrainConfig, ["out=a"]).out == "a"
+    assert parse_config(train.TrainConfig, ["output_dir=a"]).out == "a"  # old recipes keep working
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("output_dir: from_yaml\n")
+    assert parse_config(train.TrainConfig, ["--config", str(yaml_file), "out=cli"]).out == "cli"  # the CLI wins
+    with pytest.raises(ConfigError, match="two names of one option"):
+        parse_config(train.TrainConfig, ["out=a", "output_dir=b"])
+    yaml_file.write_text("out: a\noutput_dir: b\n")
+    with pytest.raises(ConfigError, match="two names of one option"):
+        parse_config(train.TrainConfig, ["--config", str(yaml_file)])
+    cfg = parse_config(train.TrainConfig, ["output_dir=a"])
+    assert "out" in config_to_dict(cfg) and "output_dir" not in config_to_dict(cfg)  # the canonical name is saved
+    assert "(also output_dir)" in format_help(train.TrainConfig)
+    # policy / model: either spelling in every command that names the policy
+    assert parse_config(train.TrainConfig, ["model=p"]).policy == "p"
+    assert parse_config(CollectConfig, ["policy=p"]).model == "p"
+
+
+def test_a_train_folder_saved_with_output_dir_resumes_as_out(tmp_path):
+    from prefixvalue import runfolder
+
+    cfg = parse_config(train.TrainConfig, [f"out={tmp_path / 'run'}", "traces=t", "policy=p"])
+    old = {**{k: v for k, v in runfolder._config_view(cfg)[0].items() if k != "out"}, "output_dir": cfg.out}
+    view, defaults, renames = runfolder._config_view(cfg)
+    assert runfolder.config_differences(old, view, defaults=defaults, renames=renames) == []
+
+
+def test_train_says_when_the_use_cpu_launcher_runs_one_process(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    assert "multi_cpu.yaml" in train._cpu_launcher_note(1)
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    assert train._cpu_launcher_note(1) == ""

@@ -6,7 +6,9 @@ overrides; nested dataclass fields are reached with dotted keys (``value_model.b
 keys are rejected with the closest valid name suggested; validation lives in each dataclass's
 ``__post_init__``. ``--help`` is generated from the field help texts. A renamed option keeps its old
 name for one release as a refused alias (``field(..., renamed_from="samples")``): the old key, on the
-command line or in YAML, is an error that names the new key.
+command line or in YAML, is an error that names the new key. A synonym (``field(..., synonyms=("output_dir",))``)
+is another spelling of the same option, accepted for good: either name may be given (both is an error), and the
+field's own name is what is saved and compared (docs/design.md, "Reading inputs and configs").
 
 A command-line value is read by the type of the field it sets: a text field takes the text as
 written (``'{prompt}'`` and ``yes`` stay those characters), numbers and booleans are parsed, a list
@@ -88,6 +90,7 @@ def field(
     configs: Callable[[], dict[str, type]] | None = None,
     renamed_from: str | None = None,
     allow_inf: bool = False,
+    synonyms: tuple[str, ...] = (),
 ) -> Any:
     """`dataclasses.field` with a required help text (shown by ``--help``).
 
@@ -98,7 +101,8 @@ def field(
     `renamed_from`: the option's name before a rename, kept for one release as a refused alias: giving
     it is a ConfigError naming this field (`renamed_key_error`), never a silent synonym. `allow_inf`: a
     number field (or list of numbers) that takes ``inf`` (MellowMax ω = ∞ is the max); every other number
-    must be finite, and NaN never passes.
+    must be finite, and NaN never passes. `synonyms`: other names of this option, accepted on the command line
+    and in YAML as this field (giving two names of one option is a ConfigError; `resolve_synonyms`).
     """
     metadata: dict[str, Any] = {"help": help}
     if escapes:
@@ -109,6 +113,8 @@ def field(
         metadata["renamed_from"] = renamed_from
     if allow_inf:
         metadata["allow_inf"] = True
+    if synonyms:
+        metadata["synonyms"] = tuple(synonyms)
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -264,13 +270,62 @@ def _key_error(key: str, value: Any, fields: dict[str, dataclasses.Field[Any]], 
     return renamed or unknown_key_error(prefix + key, [prefix + n for n in fields], where)
 
 
+def synonym_names(fields: Mapping[str, dataclasses.Field[Any]]) -> dict[str, str]:
+    """``{synonym: field name}`` of the fields declared with ``synonyms``."""
+    return {syn: name for name, f in fields.items() for syn in f.metadata.get("synonyms", ())}
+
+
+def resolve_synonyms(
+    values: Mapping[str, Any], fields: Mapping[str, dataclasses.Field[Any]], prefix: str = ""
+) -> dict[str, Any]:
+    """`values` with each synonym key replaced by its field's name; ConfigError when one option is given
+    under two of its names (``out`` and ``output_dir``)."""
+    names = synonym_names(fields)
+    out: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for key, value in values.items():
+        name = names.get(key, key)
+        if name in given:
+            raise ConfigError(
+                f"{prefix}{given[name]} and {prefix}{key} are two names of one option ({prefix}{name}); give one"
+            )
+        given[name] = key
+        out[name] = value
+    return out
+
+
+def canonical_key(cls: type, key: str) -> str:
+    """Dotted `key` of config class `cls` with each synonym replaced by its field's name (a key that names no
+    field is returned as far as it resolves, for the unknown-key message to name)."""
+    parts = key.split(".")
+    tp: Any = cls
+    for i, part in enumerate(parts):
+        if not _is_dataclass_type(tp):
+            break
+        fields = {f.name: f for f in dataclasses.fields(tp) if f.init}
+        parts[i] = synonym_names(fields).get(part, part)
+        tp = _hints(tp).get(parts[i]) if parts[i] in fields else None
+    return ".".join(parts)
+
+
+def _canonical_tree(cls: Any, tree: Any, prefix: str = "") -> Any:
+    """A mapping of `cls`'s options (a YAML file's) with synonyms replaced by field names, nested configs
+    included; ConfigError when one option is given under two names (`resolve_synonyms`)."""
+    if not _is_dataclass_type(cls) or not isinstance(tree, dict):
+        return tree
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = _hints(cls)
+    resolved = resolve_synonyms(tree, fields, prefix)
+    return {k: _canonical_tree(hints[k], v, f"{prefix}{k}.") if k in fields else v for k, v in resolved.items()}
+
+
 def build_config(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a mapping (YAML or command-line values, dotted-key `prefix` for
     messages): values read by the field types, unknown keys rejected, ConfigError on any problem."""
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
-    for key, value in values.items():
+    for key, value in resolve_synonyms(values, fields, prefix).items():
         if key not in fields:
             raise _key_error(key, value, fields, prefix, cls.__name__)
         default_factory = fields[key].default_factory
@@ -299,6 +354,7 @@ def record_from_mapping(
     `required` ones must be present, unknown keys are refused unless `ignore_unknown`. Any problem is a
     ConfigError in one line naming the file and the field."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = resolve_synonyms(data, fields)
     needed = [
         n
         for n, f in fields.items()
@@ -322,7 +378,7 @@ def coerce_fields(cls: type, values: dict[str, Any], prefix: str = "") -> dict[s
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     out: dict[str, Any] = {}
-    for key, value in values.items():
+    for key, value in resolve_synonyms(values, fields, prefix).items():
         if key not in fields:
             raise _key_error(key, value, fields, prefix, cls.__name__)
         out[key] = _coerce_field(value, hints[key], prefix + key, fields[key])
@@ -378,6 +434,8 @@ def format_help(cls: type, prog: str | None = None, prefix: str = "") -> str:
         tname = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
         lines.append(f"  {prefix}{f.name} ({tname}, default: {default!r})")
         note = f" ({_ESCAPES_NOTE})" if f.metadata.get("escapes") else ""
+        if f.metadata.get("synonyms"):
+            note += f" (also {', '.join(prefix + n for n in f.metadata['synonyms'])})"
         if f.metadata.get("renamed_from"):
             note += f" (formerly {prefix}{f.metadata['renamed_from']}, now refused)"
         lines.append(f"      {f.metadata.get('help', '')}{note}")
@@ -454,8 +512,15 @@ def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None =
             raise ConfigError(f"cannot read argument {arg!r}: expected key=value")
         i += 1
         overrides.append((key.replace("-", "_"), _Text(value)))
+    # either name of an option with synonyms sets it; the command line wins over the YAML file under any name
+    tree = _canonical_tree(cls, tree)
+    given: dict[str, str] = {}
     for key, value in overrides:
-        _set_dotted(tree, key, value)
+        name = canonical_key(cls, key)
+        if given.get(name, key) != key:
+            raise ConfigError(f"{given[name]} and {key} are two names of one option ({name}); give one")
+        given[name] = key
+        _set_dotted(tree, name, value)
     return build_config(cls, tree)
 
 
@@ -464,7 +529,8 @@ def with_overrides(cfg: T, overrides: dict[str, Any], where: str = "") -> T:
     mappings, read by the field types as on the command line; ConfigError (naming `where`) on a bad key."""
     tree = dataclasses.asdict(cfg)
     for key, value in overrides.items():
-        _set_dotted(tree, str(key).replace("-", "_"), _Text(value) if isinstance(value, str) else value)
+        name = canonical_key(type(cfg), str(key).replace("-", "_"))
+        _set_dotted(tree, name, _Text(value) if isinstance(value, str) else value)
     try:
         return build_config(type(cfg), tree)
     except ConfigError as exc:

@@ -330,7 +330,8 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 
 def _renames(cls: type, prefix: str = "") -> dict[str, str]:
-    """``{old dotted name: new dotted name}`` of the fields of `cls` declared with ``renamed_from``."""
+    """``{old dotted name: new dotted name}`` of the fields of `cls` declared with ``renamed_from``, and of each
+    ``synonyms`` name to its field's (a folder's config saved under a synonym compares as the field)."""
     try:
         hints = typing.get_type_hints(cls)
     except (NameError, TypeError):  # an annotation that does not resolve: no nested renames read
@@ -340,6 +341,8 @@ def _renames(cls: type, prefix: str = "") -> dict[str, str]:
         old = f.metadata.get("renamed_from")
         if old:
             out[prefix + old] = prefix + f.name
+        for synonym in f.metadata.get("synonyms", ()):
+            out[prefix + synonym] = prefix + f.name
         tp = hints.get(f.name)
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             out.update(_renames(tp, f"{prefix}{f.name}."))

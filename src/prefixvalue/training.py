@@ -1,6 +1,6 @@
 """The training loop: train a value model (implicit IPVRM or explicit head) on outcome-labelled traces.
 
-    prefixvalue train --config recipes/configs/arith-tiny.yaml traces=runs/quickstart/traces output_dir=runs/quickstart/train
+    prefixvalue train --config recipes/configs/arith-tiny.yaml traces=runs/quickstart/traces out=runs/quickstart/train
     accelerate launch -m prefixvalue.cli train --config recipes/configs/arith-tiny.yaml ...
     accelerate launch recipes/train.py --config recipes/configs/arith-tiny.yaml ...   # the same loop
 
@@ -12,10 +12,10 @@ schedule, accelerator.prepare) → `_resume` → `_prepare_loader` → `_start_l
 loss, backward] × accumulation, clip, step, schedule, log, evaluate, checkpoint) → `_final_record` →
 `_shutdown`. The training signal (outcome, siblings, td) is an object of `prefixvalue.value.signals`;
 what differs between value-model kinds is on their classes. The final value checkpoint (a
-`save_pretrained` folder) is ``output_dir/final``; resumable states are ``output_dir/checkpoints/step_N``. A killed run
+`save_pretrained` folder) is ``out/final``; resumable states are ``out/checkpoints/step_N``. A killed run
 restarted with the same command resumes from the last complete checkpoint and ends where an
 uninterrupted run would; an unreadable checkpoint is named in a warning and the one before it is used.
-One run per output_dir (`prefixvalue.runfolder`): a run holds the folder's lock while it trains, and a
+One run per run folder ``out`` (`prefixvalue.runfolder`): a run holds the folder's lock while it trains, and a
 config that differs from the run there (beyond `RESUMABLE_KEYS`), another command's run or a file no
 training wrote is refused. A non-finite loss or gradient
 norm stops the run (`NonFiniteError`) before it can reach a checkpoint or ``final/``, unless
@@ -29,6 +29,7 @@ import dataclasses
 import gc
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -95,11 +96,14 @@ class TrainConfig(ModelLoadConfig):
         None,
         help="reference policy name or path (default: value_model.base_model, else the traces' `model` column "
         "with its recorded loading options); must be the traces' model unless allow_other_policy=true",
+        synonyms=("model",),
     )
     allow_other_policy: bool = field(
         False, help="let the policy differ from the model that wrote the traces (another policy's values)"
     )
-    output_dir: str = field("runs/train", help="run folder: config, metrics.jsonl, checkpoints/, final/")
+    out: str = field(
+        "runs/train", help="run folder: config, metrics.jsonl, checkpoints/, final/", synonyms=("output_dir",)
+    )
     value_model: ValueModelConfig = field(
         default_factory=ValueModelConfig,
         help="the value model: value_model.kind=implicit|head, value_model.beta=10, ...",
@@ -134,7 +138,7 @@ class TrainConfig(ModelLoadConfig):
     max_eval_traces: int = field(0, help="cap on validation (or held-out) traces per evaluation (0: all)")
     checkpoint_every: int = field(100, help="save_state every this many steps (0: only at the end)")
     keep_checkpoints: int = field(2, help="how many recent checkpoints to keep")
-    resume: bool = field(True, help="resume from the last complete checkpoint in output_dir/checkpoints")
+    resume: bool = field(True, help="resume from the last complete checkpoint in out/checkpoints")
     seed: int = field(0, help="seed for initialisation and data order")
     report_to: str = field("disk,stdout", help="loggers: disk, stdout, wandb, none (comma separated)")
     run_name: str | None = field(None, help="wandb run name")
@@ -150,6 +154,11 @@ class TrainConfig(ModelLoadConfig):
         help="skip optimizer steps whose loss or gradient norm is not finite (counted as train/skipped_nonfinite) "
         "instead of stopping; the run stops anyway after MAX_NONFINITE_IN_ROW (10) such steps in a row",
     )
+
+    @property
+    def output_dir(self) -> str:
+        """`out`, under its other name (``output_dir=`` is a synonym; docs/design.md, "Reading inputs and configs")."""
+        return self.out
 
     def __post_init__(self) -> None:
         if self.max_steps <= 0 or self.per_device_batch_size <= 0 or self.gradient_accumulation_steps <= 0:
@@ -197,7 +206,7 @@ RESUMABLE_KEYS = frozenset(
         "threads",
         "gradient_checkpointing",
         "skip_nonfinite",
-        "output_dir",
+        "out",
     }
 )
 #: config keys holding paths: compared as resolved paths when they exist
@@ -285,7 +294,7 @@ def _folder_rules(extra_outputs: tuple[str, ...] = ()) -> dict[str, Any]:
         "outputs": (*OUTPUTS, *extra_outputs),
         "rerun_keys": RESUMABLE_KEYS,
         "path_keys": _PATH_KEYS,
-        "out_key": "output_dir",
+        "out_key": "out",
         "adopt_unrecorded": True,  # a run killed before its config.yaml: its checkpoints decide how it resumes
     }
 
@@ -309,7 +318,7 @@ def output_lock(out: Path) -> Iterator[None]:
     """Hold output_dir's lock for the block (``fcntl.flock``, `prefixvalue.runfolder.lock`), so no second
     training writes into the same folder: it fails at once with a ConfigError. Released on exit (the
     kernel releases it too when the process dies)."""
-    with runfolder.lock(out, "train", "output_dir"):
+    with runfolder.lock(out, "train", "out"):
         yield
 
 
@@ -341,7 +350,7 @@ def run(cfg: TrainConfig) -> dict:
     # the accumulation steps, nor step the scheduler once per process
     # cpu=True without a GPU lets torchrun / accelerate launch on CPU processes use gloo (MULTI_CPU)
     accelerator = Accelerator(step_scheduler_with_optimizer=False, cpu=not torch.cuda.is_available())
-    out = Path(cfg.output_dir)
+    out = Path(cfg.out)
     # one run per output_dir: the main process claims it (locked while it trains), the others check it
     folder = claim_output_dir(cfg, out) if accelerator.is_main_process else None
     if folder is None:
@@ -621,8 +630,24 @@ def _start_logging(run: _Run, data: _Data) -> None:
         print(
             f"{len(data.train_ds)} train / {len(data.held_ds)} held-out traces; base rate {data.base_rate:.3f}; "
             f"{sum(p.numel() for p in run.params):,} trainable parameters; "
-            f"{run.accelerator.num_processes} process(es)"
+            f"{run.accelerator.num_processes} process(es)" + _cpu_launcher_note(run.accelerator.num_processes)
         )
+
+
+#: what accelerate's use_cpu launcher exports (accelerate 1.x); it runs one process and exports no process count
+_ACCELERATE_USE_CPU = "ACCELERATE_USE_CPU"
+
+
+def _cpu_launcher_note(num_processes: int) -> str:
+    """The note train's start line adds when ``accelerate launch`` ran it with ``use_cpu`` (recipes/accelerate/cpu.yaml,
+    ``--cpu``): that launcher starts one process whatever ``num_processes`` says, and tells the script nothing of
+    the count asked for, so the note says it always (docs/design.md, "Scale")."""
+    if num_processes != 1 or os.environ.get(_ACCELERATE_USE_CPU, "").lower() not in ("true", "1", "yes"):
+        return ""
+    return (
+        " (accelerate's use_cpu launcher runs one process whatever num_processes says; "
+        "for N CPU processes: recipes/accelerate/multi_cpu.yaml)"
+    )
 
 
 def _loop(run: _Run, data: _Data) -> None:

@@ -84,7 +84,9 @@ class DistRLConfig(ModelLoadConfig):
     """Online RL of a policy with outcome (GRPO), TD or DistRL advantages from a value model."""
 
     out: str | None = field(None, help="output folder (metrics.jsonl, evals.jsonl, distrl.json, final/)")
-    policy: str = field("data/policies/arith-tiny", help="the policy to improve (hub name, local folder)")
+    policy: str = field(
+        "data/policies/arith-tiny", help="the policy to improve (hub name, local folder)", synonyms=("model",)
+    )
     advantage: str = field(
         "distrl",
         help="outcome (GRPO) | td (dense TD on sampled tokens) | distrl (td + candidates) | outcome-distrl (GRPO + "

@@ -57,7 +57,9 @@ class CollectConfig(SamplerBackendConfig):
 
     out: str | None = field(None, help="output folder (the traces dataset; shards under OUT/shards)")
     model: str | None = field(
-        None, help="policy: hub name, local folder loadable by AutoModelForCausalLM, or a .gguf file"
+        None,
+        help="policy: hub name, local folder loadable by AutoModelForCausalLM, or a .gguf file",
+        synonyms=("policy",),
     )
     chat_template: bool | None = field(
         None,

@@ -43,6 +43,7 @@ class EvaluateInputs(ModelLoadConfig):
         None,
         help="policy for soft values; default: the traces' model (which must be the checkpoint's reference model), "
         "else the checkpoint's",
+        synonyms=("model",),
     )
     allow_other_policy: bool = field(
         False, help="let the policy or the checkpoint's reference model differ from the model that wrote the traces"

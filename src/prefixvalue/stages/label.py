@@ -74,6 +74,7 @@ class LabelConfig(SamplerBackendConfig):
     model: str | None = field(
         None,
         help="policy that continues the prefixes (default: the traces' model, with its recorded loading options)",
+        synonyms=("policy",),
     )
     allow_other_policy: bool = field(
         False, help="let `model` differ from the model that wrote the traces (another policy's values)"

@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from .. import runfolder
-from ..config import ConfigError, RawMapping, config_to_dict, field, parse_config, save_resolved_config, with_overrides
+from ..config import (
+    ConfigError,
+    RawMapping,
+    canonical_key,
+    config_to_dict,
+    field,
+    parse_config,
+    save_resolved_config,
+    with_overrides,
+)
 from ..data import heldout_selection, load_labels, load_traces, save_subset, traces_finish_summary
 from ..evaluation import analysis
 from ..evaluation.estimators import ESTIMATORS
@@ -67,7 +76,9 @@ class QuickstartConfig(ModelLoadConfig):
     """The whole loop into one folder; the loading options set here go to every stage (train: all but device_map)."""
 
     out: str = field("runs/quickstart", help="run folder (traces, labels, train_<kind>, report)")
-    policy: str | None = field(None, help="policy: local folder, hub name or .gguf file (required)")
+    policy: str | None = field(
+        None, help="policy: local folder, hub name or .gguf file (required)", synonyms=("model",)
+    )
     collect: collect.CollectConfig = nested(
         collect.CollectConfig, "collection options", SETS["collect"], split="test", num_prompts=2000
     )
@@ -120,7 +131,8 @@ class QuickstartConfig(ModelLoadConfig):
             raise ConfigError("quickstart: value_models needs at least one entry (name: overrides of train)")
         check_nested(self, "quickstart", LOADING)
         for name, overrides in self.value_models.items():  # each entry must make a valid training config
-            for key in sorted({*overrides} & {*SETS["train"], *LOADING}):
+            sets = {canonical_key(train.TrainConfig, k) for k in (*SETS["train"], *LOADING)}
+            for key in sorted(k for k in overrides if canonical_key(train.TrainConfig, k) in sets):
                 raise ConfigError(f"quickstart: value_models.{name}.{key} is set by the quickstart; remove it")
             self.train_config(name, Path(self.out), 0)
 
@@ -143,7 +155,7 @@ class QuickstartConfig(ModelLoadConfig):
         tcfg = with_overrides(self.train, dict(self.value_models[name]), f"quickstart: value_models.{name}")
         sets = {**self.load_fields(), "device_map": None, "policy": self.policy, "seed": tcfg.seed + seed_offset}
         folder = out / f"train_{name}{f'_seed{seed_offset}' if seed_offset else ''}"
-        return dataclasses.replace(tcfg, **sets, traces=str(traces) if traces else tcfg.traces, output_dir=str(folder))
+        return dataclasses.replace(tcfg, **sets, traces=str(traces) if traces else tcfg.traces, out=str(folder))
 
 
 def choose_learned(

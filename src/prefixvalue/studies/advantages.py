@@ -48,7 +48,9 @@ class AdvantagesConfig(ModelLoadConfig):
     out: str | None = field(None, help="output folder (advantages.parquet, mc_check.parquet, metrics.json, report.md)")
     traces: str | None = field(None, help="traces dataset folder (prefixvalue collect); every prefix gets candidates")
     checkpoints: list[str] = field(default_factory=list, help="value checkpoints (at least one: implicit, head, qhead)")
-    policy: str | None = field(None, help="policy giving the top-k candidates and continuations (default: the traces')")
+    policy: str | None = field(
+        None, help="policy giving the top-k candidates and continuations (default: the traces')", synonyms=("model",)
+    )
     allow_other_policy: bool = field(False, help="let `policy` differ from the model that wrote the traces")
     labels: str | None = field(
         None,

@@ -75,7 +75,9 @@ class SteerConfig(ModelLoadConfig):
     """Value-guided sampling (twisted SMC, step beam search, best-of-N, majority vote) on held-out prompts."""
 
     out: str | None = field(None, help="output folder (records.jsonl, steer.json, report.md, accuracy_vs_tokens.png)")
-    policy: str | None = field(None, help="the policy that samples (hub name, local folder or .gguf file)")
+    policy: str | None = field(
+        None, help="the policy that samples (hub name, local folder or .gguf file)", synonyms=("model",)
+    )
     checkpoints: list[str] = field(
         default_factory=list, help="value checkpoints used as twists (their split decides the prompts)"
     )

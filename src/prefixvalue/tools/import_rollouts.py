@@ -49,7 +49,9 @@ class ImportConfig(ModelLoadConfig):
     """Turn the user's rollouts (prompt, completion, outcome; optional steps) into a traces dataset."""
 
     rollouts: str | None = field(None, help="JSON-lines, JSON (a list of objects) or parquet file of rollouts")
-    model: str | None = field(None, help="the policy that wrote the rollouts (its tokenizer and prompt format)")
+    model: str | None = field(
+        None, help="the policy that wrote the rollouts (its tokenizer and prompt format)", synonyms=("policy",)
+    )
     out: str | None = field(None, help="output folder (the traces dataset)")
     task: str | None = field(
         None, help="task that verifies continuations when labelling (recorded; None: label needs task=)"

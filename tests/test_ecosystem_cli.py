@@ -173,3 +173,49 @@ def test_train_says_when_the_use_cpu_launcher_runs_one_process(monkeypatch):
     assert "multi_cpu.yaml" in train._cpu_launcher_note(1)
     monkeypatch.delenv("ACCELERATE_USE_CPU")
     assert train._cpu_launcher_note(1) == ""
+
+
+def test_sample_warnings_flag_samples_too_small_to_read():
+    """Item 8: 4 held-out prompts, a Spearman CI spanning most of [-1, 1] and an F1 from 3 traces are flagged;
+    the quickstart's sizes (200 prompts, CI width 0.14, 122/78 traces) are not."""
+    from prefixvalue.evaluation.scoring import sample_warnings
+
+    small = {
+        "estimators": {"learned": {"spearman": {"ci": [-0.3, 0.5]}}, "mellowmax": {"spearman": {"ci": [-1, 1]}}},
+        "step_verification": {"f1": 0.0, "n_erroneous": 2, "n_correct": 1},
+    }
+    warnings = sample_warnings(small, 4)
+    assert len(warnings) == 3
+    assert warnings[0].startswith("4 prompt(s) scored: too few to read")
+    assert "learned: Spearman CI [-0.30, 0.50]" in warnings[1] and "F1 from 2 test trace(s)" in warnings[2]
+    large = {
+        "estimators": {"learned": {"spearman": {"ci": [0.51, 0.64]}}},
+        "step_verification": {"f1": 0.44, "n_erroneous": 122, "n_correct": 78},
+    }
+    assert sample_warnings(large, 200) == []
+
+
+def test_evaluate_warns_when_the_sample_is_too_small(tmp_path, tiny_tokenizer, tiny_model_dir, capsys):
+    """Item 8: the README's demo-sized evaluation says on stderr, in metrics.json and at the top of report.md that
+    its figures are too few to read."""
+    import torch
+
+    from prefixvalue import value
+    from prefixvalue.stages import evaluate as ev
+
+    from test_evaluate import _write, make_tiny_eval
+
+    torch.manual_seed(0)
+    cfg = value.ValueModelConfig(kind="head", base_model=str(tiny_model_dir), base_rate=0.4)
+    value.build_value_model(cfg).save_pretrained(tmp_path / "ckpt")
+    tdir, ldir = _write(tmp_path, *make_tiny_eval(tiny_tokenizer, n_prompts=4))
+    out = tmp_path / "eval"
+    argv = [f"checkpoint={tmp_path / 'ckpt'}", f"traces={tdir}", f"labels={ldir}", f"out={out}", "n_bootstrap=20"]
+    argv += ["noise_ceiling_repeats=5", "report_to=disk", "device=cpu", "include_training_prompts=true"]
+    metrics = ev.run(ev.parse_config(ev.EvaluateConfig, argv))
+    assert metrics["warnings"][0].startswith("4 prompt(s) scored: too few to read")
+    assert json.loads((out / "metrics.json").read_text())["warnings"] == metrics["warnings"]
+    report = (out / "report.md").read_text()
+    assert report.index("## Warnings") < report.index("## ", report.index("## Warnings") + 1)
+    err = capsys.readouterr().err
+    assert all(f"prefixvalue evaluate: warning: {w}" in err for w in metrics["warnings"])

@@ -216,6 +216,7 @@ def evaluate_prefixes(
         "cost": _cost_section(est.cost, mc_cost, n_pref, len(label_rows)),
         "notes": notes,
     }
+    metrics["warnings"] = sample_warnings(metrics, len({t.prompt_id for t in records}))
     calib = {name: calibration_bins(cols[name], y, cfg.ece_bins) for name in names if est_metrics[name]["probability"]}
     return EvalResult(
         metrics=jsonable(metrics),
@@ -226,6 +227,47 @@ def evaluate_prefixes(
         estimator_info=est.info,
         calibration=calib,
     )
+
+
+#: fewer prompts than this make every CI of the report too wide to read (docs/design.md, "Small samples")
+MIN_READABLE_PROMPTS = 20
+#: fewer test traces than this on either side (with an error / without) make a step F1 unreadable
+MIN_READABLE_STEP_CLASS = 10
+#: a Spearman CI wider than this says nothing about the ranking
+MAX_READABLE_CI_WIDTH = 0.5
+
+
+def sample_warnings(metrics: dict[str, Any], n_prompts: int) -> list[str]:
+    """Warnings that the sample scored is too small to read (docs/design.md, "Small samples"): fewer than
+    `MIN_READABLE_PROMPTS` prompts (`n_prompts`, the prompts scored), a learned Spearman CI wider than `MAX_READABLE_CI_WIDTH`, or a step F1
+    from fewer than `MIN_READABLE_STEP_CLASS` test traces with an error or without one. The figures stay;
+    `evaluate` prints the warnings, and metrics.json and report.md carry them."""
+    out: list[str] = []
+    if n_prompts < MIN_READABLE_PROMPTS:
+        out.append(
+            f"{n_prompts} prompt(s) scored: too few to read (every CI spans most of its range below "
+            f"{MIN_READABLE_PROMPTS}); label more prompts (label max_traces=, collect num_prompts=)"
+        )
+    for name, m in (metrics.get("estimators") or {}).items():
+        ci = (m.get("spearman") or {}).get("ci")
+        if (name == "learned" or name.startswith("learned_")) and ci and ci[1] - ci[0] > MAX_READABLE_CI_WIDTH:
+            out.append(
+                f"{name}: Spearman CI [{ci[0]:.2f}, {ci[1]:.2f}] is wider than {MAX_READABLE_CI_WIDTH}: "
+                "it does not tell a good ranking from chance"
+            )
+    sv = metrics.get("step_verification") or {}
+    wrong, right = sv.get("n_erroneous"), sv.get("n_correct")
+    if (
+        sv.get("f1") is not None
+        and wrong is not None
+        and right is not None
+        and min(wrong, right) < MIN_READABLE_STEP_CLASS
+    ):
+        out.append(
+            f"step verification F1 from {wrong} test trace(s) with an error and {right} without: too few to "
+            f"read (fewer than {MIN_READABLE_STEP_CLASS} on a side)"
+        )
+    return out
 
 
 def _prefix_table(

@@ -18,6 +18,7 @@ by `prefixvalue.evaluation.report`, and logged to wandb. The scoring options are
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,8 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
                 result.metrics["step_benchmark"] = evaluate_step_data(vm, tokenizer, cfg.step_data, cfg, fmt, cfg.out)
             write_report(result, out, tokenizer=tokenizer, logger=logger, config=cfg)
             metrics = result.metrics
+            for warning in metrics["warnings"]:
+                print(f"prefixvalue evaluate: warning: {warning}", file=sys.stderr)
         else:
             metrics = {
                 "checkpoint": cfg.checkpoint,

@@ -19,6 +19,8 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Se
     if metrics.get("checkpoint") or metrics.get("policy"):
         lines += [f"checkpoint: `{metrics.get('checkpoint')}` · policy: `{metrics.get('policy')}`", ""]
     lines += [*split_lines(metrics.get("split")), ""]
+    if metrics.get("warnings"):
+        lines += ["## Warnings", "", *[f"- **{w}**" for w in metrics["warnings"]], ""]
     for section in (s for s in sections if s):
         lines += [section.rstrip("\n"), ""]
     lines += data_lines(metrics)

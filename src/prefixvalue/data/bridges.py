@@ -386,11 +386,12 @@ class Rollout:
     where: str
     prompt: str
     completion: str
-    outcome: float
+    outcome: float | None  # None: to be verified by the task (outcome_from=verify)
     steps: list[str] | None
     trace_id: str | None
     prompt_id: str | None
     answer: str | None
+    labels: list[bool] | None = None  # one per step text (TRL stepwise ``labels``), when the record gives them
 
 
 def prompt_hash_id(prompt: str) -> str:
@@ -422,14 +423,19 @@ def parse_rollout(
     fields: dict[str, str | None],
     steps_field: str | None,
     step_separator: str,
+    outcome_from: str = "field",
+    labels_field: str | None = None,
 ) -> Rollout:
     """Check one record against the field names in `fields` (keys prompt, completion, outcome, id,
-    prompt_id, answer; None: not read). A record needs the prompt, the outcome and the completion or the
-    steps (joined with `step_separator` when the completion is absent). DataFormatError naming `where`."""
+    prompt_id, answer; None: not read). A record needs the prompt, the completion or the steps (joined with
+    `step_separator` when the completion is absent) and, as `outcome_from` says, the outcome field
+    (``field``), step labels (``labels``: `outcome_from_labels`) or nothing (``verify``: the caller's task
+    verifies it). Step labels (`labels_field`, one bool per step text) are read when present.
+    DataFormatError naming `where`."""
     if not isinstance(rec, dict):
         raise DataFormatError(f"{where}: expected a JSON object, got {_short(rec)}")
     pf, cf, of = fields["prompt"], fields["completion"], fields["outcome"]
-    for key in (pf, of):
+    for key in (pf, of) if outcome_from == "field" else (pf,):
         if key not in rec:
             raise DataFormatError(f"{where}: missing field {key!r} (fields present: {sorted(rec)})")
     prompt = _text(rec[pf], str(pf), where)
@@ -446,18 +452,40 @@ def parse_rollout(
     else:
         need = f"{cf!r}" + (f" or {steps_field!r}" if steps_field else "")
         raise DataFormatError(f"{where}: missing field {need} (fields present: {sorted(rec)})")
-    value = rec[of]
-    if isinstance(value, bool):
-        outcome = float(value)
-    elif isinstance(value, (int, float)) and np.isfinite(value) and 0 <= value <= 1:
-        outcome = float(value)
-    else:
-        raise DataFormatError(f"{where}: field {of!r} must be a number in [0, 1] or a boolean, got {_short(value)}")
+    labels: list[bool] | None = None
+    if labels_field is not None and rec.get(labels_field) is not None:
+        raw = rec[labels_field]
+        if not isinstance(raw, list) or not all(isinstance(x, bool) for x in raw):
+            raise DataFormatError(f"{where}: field {labels_field!r} must be a list of booleans, got {_short(raw)}")
+        if steps is not None and len(raw) != len(steps):
+            raise DataFormatError(f"{where}: {len(steps)} steps in {steps_field!r} but {len(raw)} {labels_field!r}")
+        labels = list(raw)
+    outcome: float | None = None
+    if outcome_from == "labels":
+        if labels is None:
+            raise DataFormatError(
+                f"{where}: outcome_from=labels but the record has no step labels {labels_field!r} "
+                f"(fields present: {sorted(rec)})"
+            )
+        outcome = outcome_from_labels(labels)
+    elif outcome_from == "field":
+        value = rec[of]
+        if isinstance(value, bool):
+            outcome = float(value)
+        elif isinstance(value, (int, float)) and np.isfinite(value) and 0 <= value <= 1:
+            outcome = float(value)
+        else:
+            raise DataFormatError(f"{where}: field {of!r} must be a number in [0, 1] or a boolean, got {_short(value)}")
     opt = {}
     for key in ("id", "prompt_id", "answer"):
         name = fields.get(key)
         opt[key] = None if name is None or rec.get(name) is None else _text(rec[name], name, where, True).strip()
-    return Rollout(where, prompt, completion, outcome, steps, opt["id"], opt["prompt_id"], opt["answer"])
+    if outcome_from == "verify" and opt["answer"] is None:
+        raise DataFormatError(
+            f"{where}: outcome_from=verify needs the record's answer {fields.get('answer')!r} to verify the completion "
+            f"(fields present: {sorted(rec)})"
+        )
+    return Rollout(where, prompt, completion, outcome, steps, opt["id"], opt["prompt_id"], opt["answer"], labels)
 
 
 def outcome_from_labels(labels: Sequence[bool]) -> float:

@@ -174,8 +174,12 @@ def _check_mc_export(out: Path, traces, labels, n: int) -> None:
                 assert r["soft_labels"][j] == t["outcome"] and r["n_rollouts"][j] == 0
         assert r["label_source"] == "mc"
     pb = [json.loads(x) for x in (out / "processbench.jsonl").read_text().splitlines()]
-    for p, m in zip(pb, ms):  # the first step no continuation recovered from
-        assert p["label"] == next((j for j, h in enumerate(m["hard_labels"]) if not h), -1)
+    for p, m in zip(pb, ms):  # the task's exact first error when the traces carry step labels (issue 34)
+        if p["label_source"] == "task":
+            labels = src[p["trace_id"]]["step_labels"]
+            assert p["label"] == next((j for j, ok in enumerate(labels) if not ok), -1)
+        else:  # the first step no continuation recovered from
+            assert p["label"] == next((j for j, h in enumerate(m["hard_labels"]) if not h), -1)
 
 
 @pytest.mark.slow

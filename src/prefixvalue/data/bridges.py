@@ -7,12 +7,17 @@ Export formats (conventions in docs/design.md, "Data bridges"):
 
 - ``trl``: TRL stepwise supervision, what TRL's PRM trainer reads: ``prompt`` (str), ``completions``
   (list of step texts), ``labels`` (one bool per step).
-- ``math_shepherd``: Math-Shepherd style: ``input`` (the problem, then each step followed by the tag
-  `STEP_TAG` " ки"), ``label`` (the same text with each tag replaced by ``+`` or ``-``, the hard label),
-  plus ``steps``, ``hard_labels`` (any continuation of the step correct) and ``soft_labels`` (the
-  fraction of continuations correct).
+- ``math_shepherd``: the Math-Shepherd dataset's format, as TRL's converter reads it: ``input`` (the problem,
+  then ``Step k: `` and each step followed by the tag `STEP_TAG` " ки"), ``label`` (the same text with each tag
+  replaced by ``+`` or ``-``, the hard label), ``task`` (the traces' task), plus ``steps``, ``hard_labels``
+  (any continuation of the step correct) and ``soft_labels`` (the fraction of continuations correct).
 - ``processbench``: ProcessBench records: ``id``, ``generator``, ``problem``, ``steps``, ``label`` (index of
-  the first wrong step, -1 when every step is right), ``final_answer_correct``.
+  the first wrong step, -1 when every step is right), ``final_answer_correct``; by default from the task's
+  exact step labels when the traces carry them (`processbench_label_source`).
+
+`stepwise_token_classification_features` tokenises a TRL stepwise row for a token-classification PRM (what
+TRL's PRMTrainer did; recipes/train_prm.py trains one), and `outcome_from_labels` gives an import the outcome
+of a stepwise row that has none.
 
 Every exported row also carries ``trace_id``, ``prompt_id``, ``completion``, ``outcome``, ``answer`` and
 ``label_source`` (``mc``, ``task`` or ``outcome``), so an export can be imported back.
@@ -40,6 +45,10 @@ STEP_TAG = "ки"
 EXPORT_FORMATS: tuple[str, ...] = ("trl", "math_shepherd", "processbench")
 #: where step labels come from (see `step_label_source`)
 LABEL_SOURCES: tuple[str, ...] = ("auto", "mc", "task", "outcome")
+#: where ProcessBench's first-error labels come from (see `processbench_label_source`)
+PROCESSBENCH_LABELS: tuple[str, ...] = ("auto", "exact", "mc")
+#: how an import finds the outcome of a record (see `prefixvalue.tools.import_rollouts`)
+OUTCOME_FROM: tuple[str, ...] = ("auto", "field", "verify", "labels")
 #: longest line read from a rollouts JSON-lines file, in bytes
 MAX_LINE_BYTES = 4_000_000
 
@@ -134,6 +143,22 @@ def step_label_source(requested: str, has_mc: bool, has_task_labels: bool) -> st
     return requested
 
 
+def processbench_label_source(requested: str, source: str, has_mc: bool, has_task_labels: bool) -> str:
+    """The label source of the ProcessBench file (docs/design.md, "Data bridges"): ``exact`` is the task's
+    step labels (``task``), the true first error where the task has one; ``mc`` the MC labels; ``auto``:
+    ``task`` when the traces carry step labels, else `source` (the other formats' source). ConfigError when
+    the requested source is unavailable."""
+    if requested not in PROCESSBENCH_LABELS:
+        raise ConfigError(
+            f"export: processbench_labels must be one of {', '.join(PROCESSBENCH_LABELS)}, got {requested!r}"
+        )
+    if requested == "exact" or (requested == "auto" and has_task_labels):
+        return step_label_source("task", has_mc, has_task_labels)
+    if requested == "mc":
+        return step_label_source("mc", has_mc, has_task_labels)
+    return source
+
+
 @dataclass
 class ExportedTrace:
     """One trace ready for every export format: step texts and their labels from one source."""
@@ -150,6 +175,7 @@ class ExportedTrace:
     soft: list[float] | None  # per step: MC value after the step (mc), the outcome (outcome); None (task)
     n_rollouts: list[int] | None  # per step: MC continuations (0: the finished trace's own outcome)
     source: str
+    task: str | None = None  # the task that verified the trace (Math-Shepherd's ``task`` column)
 
     def first_error(self) -> int:
         """ProcessBench label: index of the first step labelled wrong, -1 if none."""
@@ -194,7 +220,22 @@ def exported_trace(
         soft=pick(soft),
         n_rollouts=pick(n_rollouts),
         source=source,
+        task=row.get("task"),
     )
+
+
+def first_error_disagreements(mc: Sequence[ExportedTrace], exact: Sequence[ExportedTrace]) -> dict[str, Any]:
+    """How many traces' first error (ProcessBench's label) differs between MC-derived labels (`mc`) and the
+    task's exact step labels (`exact`, the same traces in the same order), with up to 5 examples."""
+    differ = [(a, b) for a, b in zip(mc, exact) if a.first_error() != b.first_error()]
+    return {
+        "compared": min(len(mc), len(exact)),
+        "differ": len(differ),
+        "examples": [
+            {"trace_id": a.trace_id, "mc_first_error": a.first_error(), "exact_first_error": b.first_error()}
+            for a, b in differ[:5]
+        ],
+    }
 
 
 def _common(t: ExportedTrace) -> dict[str, Any]:
@@ -214,13 +255,17 @@ def trl_row(t: ExportedTrace) -> dict[str, Any]:
 
 
 def math_shepherd_row(t: ExportedTrace) -> dict[str, Any]:
-    """Math-Shepherd style: ``input`` with `STEP_TAG` after each step, ``label`` with ``+``/``-`` there, and the
-    hard and soft labels as lists. Soft labels are null for task labels (there is no fraction to give)."""
-    tagged = "\n".join(f"{s} {STEP_TAG}" for s in t.steps)
-    marked = "\n".join(f"{s} {'+' if h else '-'}" for s, h in zip(t.steps, t.hard))
+    """The Math-Shepherd dataset's format (docs/design.md, "Data bridges"): ``input`` is the problem, then
+    ``Step k: `` and each step followed by `STEP_TAG`, one step a line; ``label`` the same text with ``+``/``-``
+    where each tag is (TRL's converter reads the label at the tag's place and takes the first step from the
+    text after ``Step 1:``); ``task`` the traces' task; and the hard and soft labels as lists. Soft labels
+    are null for task labels (there is no fraction to give)."""
+    tagged = "\n".join(f"Step {k}: {s} {STEP_TAG}" for k, s in enumerate(t.steps, 1))
+    marked = "\n".join(f"Step {k}: {s} {'+' if h else '-'}" for k, (s, h) in enumerate(zip(t.steps, t.hard), 1))
     return {
         "input": f"{t.prompt} {tagged}",
         "label": f"{t.prompt} {marked}",
+        "task": t.task or "unknown",
         "prompt": t.prompt,
         "steps": t.steps,
         "hard_labels": t.hard,
@@ -244,6 +289,38 @@ def processbench_row(t: ExportedTrace) -> dict[str, Any]:
 
 
 ROW_BUILDERS = {"trl": trl_row, "math_shepherd": math_shepherd_row, "processbench": processbench_row}
+
+
+def stepwise_token_classification_features(
+    row: dict[str, Any],
+    tokenizer: Any,
+    step_separator: str = "\n",
+    max_length: int | None = None,
+    add_bos: bool = True,
+) -> dict[str, list[int]]:
+    """``input_ids`` and ``labels`` of one TRL stepwise row (``prompt``, ``completions``, ``labels``) for a
+    token-classification PRM (``AutoModelForTokenClassification``, two classes), tokenised as TRL's
+    PRMTrainer did (docs/design.md, "Data bridges"): the prompt (after the tokenizer's bos token, when it has
+    one and `add_bos`), then each step followed by `step_separator`, each tokenised on its own; the label (1:
+    good, 0: bad) sits on the last token of each step with its separator, -100 (ignored) everywhere else.
+    `max_length` truncates the whole sequence. ValueError when the steps and labels differ in number."""
+    steps, labels = list(row["completions"]), [int(bool(x)) for x in row["labels"]]
+    if len(steps) != len(labels):
+        raise ValueError(f"{len(steps)} steps but {len(labels)} labels")
+    ids = list(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
+    if add_bos and tokenizer.bos_token_id is not None:
+        ids = [int(tokenizer.bos_token_id), *ids]
+    targets = [-100] * len(ids)
+    sep = list(tokenizer(step_separator, add_special_tokens=False)["input_ids"]) if step_separator else []
+    for step, label in zip(steps, labels):
+        piece = list(tokenizer(step, add_special_tokens=False)["input_ids"]) + sep
+        if not piece:  # an empty step without a separator has no token to carry its label
+            continue
+        ids += piece
+        targets += [-100] * (len(piece) - 1) + [label]
+    if max_length is not None:
+        ids, targets = ids[:max_length], targets[:max_length]
+    return {"input_ids": ids, "labels": targets}
 
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -309,11 +386,12 @@ class Rollout:
     where: str
     prompt: str
     completion: str
-    outcome: float
+    outcome: float | None  # None: to be verified by the task (outcome_from=verify)
     steps: list[str] | None
     trace_id: str | None
     prompt_id: str | None
     answer: str | None
+    labels: list[bool] | None = None  # one per step text (TRL stepwise ``labels``), when the record gives them
 
 
 def prompt_hash_id(prompt: str) -> str:
@@ -345,14 +423,19 @@ def parse_rollout(
     fields: dict[str, str | None],
     steps_field: str | None,
     step_separator: str,
+    outcome_from: str = "field",
+    labels_field: str | None = None,
 ) -> Rollout:
     """Check one record against the field names in `fields` (keys prompt, completion, outcome, id,
-    prompt_id, answer; None: not read). A record needs the prompt, the outcome and the completion or the
-    steps (joined with `step_separator` when the completion is absent). DataFormatError naming `where`."""
+    prompt_id, answer; None: not read). A record needs the prompt, the completion or the steps (joined with
+    `step_separator` when the completion is absent) and, as `outcome_from` says, the outcome field
+    (``field``), step labels (``labels``: `outcome_from_labels`) or nothing (``verify``: the caller's task
+    verifies it). Step labels (`labels_field`, one bool per step text) are read when present.
+    DataFormatError naming `where`."""
     if not isinstance(rec, dict):
         raise DataFormatError(f"{where}: expected a JSON object, got {_short(rec)}")
     pf, cf, of = fields["prompt"], fields["completion"], fields["outcome"]
-    for key in (pf, of):
+    for key in (pf, of) if outcome_from == "field" else (pf,):
         if key not in rec:
             raise DataFormatError(f"{where}: missing field {key!r} (fields present: {sorted(rec)})")
     prompt = _text(rec[pf], str(pf), where)
@@ -369,18 +452,47 @@ def parse_rollout(
     else:
         need = f"{cf!r}" + (f" or {steps_field!r}" if steps_field else "")
         raise DataFormatError(f"{where}: missing field {need} (fields present: {sorted(rec)})")
-    value = rec[of]
-    if isinstance(value, bool):
-        outcome = float(value)
-    elif isinstance(value, (int, float)) and np.isfinite(value) and 0 <= value <= 1:
-        outcome = float(value)
-    else:
-        raise DataFormatError(f"{where}: field {of!r} must be a number in [0, 1] or a boolean, got {_short(value)}")
+    labels: list[bool] | None = None
+    if labels_field is not None and rec.get(labels_field) is not None:
+        raw = rec[labels_field]
+        if not isinstance(raw, list) or not all(isinstance(x, bool) for x in raw):
+            raise DataFormatError(f"{where}: field {labels_field!r} must be a list of booleans, got {_short(raw)}")
+        if steps is not None and len(raw) != len(steps):
+            raise DataFormatError(f"{where}: {len(steps)} steps in {steps_field!r} but {len(raw)} {labels_field!r}")
+        labels = list(raw)
+    outcome: float | None = None
+    if outcome_from == "labels":
+        if labels is None:
+            raise DataFormatError(
+                f"{where}: outcome_from=labels but the record has no step labels {labels_field!r} "
+                f"(fields present: {sorted(rec)})"
+            )
+        outcome = outcome_from_labels(labels)
+    elif outcome_from == "field":
+        value = rec[of]
+        if isinstance(value, bool):
+            outcome = float(value)
+        elif isinstance(value, (int, float)) and np.isfinite(value) and 0 <= value <= 1:
+            outcome = float(value)
+        else:
+            raise DataFormatError(f"{where}: field {of!r} must be a number in [0, 1] or a boolean, got {_short(value)}")
     opt = {}
     for key in ("id", "prompt_id", "answer"):
         name = fields.get(key)
         opt[key] = None if name is None or rec.get(name) is None else _text(rec[name], name, where, True).strip()
-    return Rollout(where, prompt, completion, outcome, steps, opt["id"], opt["prompt_id"], opt["answer"])
+    if outcome_from == "verify" and opt["answer"] is None:
+        raise DataFormatError(
+            f"{where}: outcome_from=verify needs the record's answer {fields.get('answer')!r} to verify the completion "
+            f"(fields present: {sorted(rec)})"
+        )
+    return Rollout(where, prompt, completion, outcome, steps, opt["id"], opt["prompt_id"], opt["answer"], labels)
+
+
+def outcome_from_labels(labels: Sequence[bool]) -> float:
+    """The outcome of a stepwise record that gives none, from its step labels: 1.0 when every step is
+    labelled good, else 0.0. An approximation (docs/design.md, "Data bridges"): a right answer reached
+    through a wrong step counts as 0, and labels from MC estimates are themselves estimates."""
+    return float(all(bool(x) for x in labels))
 
 
 def steps_in_completion(completion: str, steps: Sequence[str], where: str) -> list[tuple[int, int]]:
@@ -406,16 +518,21 @@ def steps_in_completion(completion: str, steps: Sequence[str], where: str) -> li
 __all__ = [
     "EXPORT_FORMATS",
     "LABEL_SOURCES",
+    "OUTCOME_FROM",
+    "PROCESSBENCH_LABELS",
     "ROW_BUILDERS",
     "STEP_TAG",
     "ExportedTrace",
     "Rollout",
     "StepValue",
     "exported_trace",
+    "first_error_disagreements",
     "labels_by_trace",
     "math_shepherd_row",
     "mc_step_values",
+    "outcome_from_labels",
     "parse_rollout",
+    "processbench_label_source",
     "processbench_row",
     "prompt_hash_id",
     "read_records",
@@ -423,6 +540,7 @@ __all__ = [
     "step_label_source",
     "step_separator",
     "steps_in_completion",
+    "stepwise_token_classification_features",
     "trace_steps",
     "trl_row",
     "write_rows",

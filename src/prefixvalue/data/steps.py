@@ -4,7 +4,9 @@
 Loaders read step data through `datasets` (`open_step_data`: a .json/.jsonl/.parquet file, a saved or data
 folder, a Hub id; named splits, never merged) and turn ProcessBench rows (``problem``, ``steps``, ``label``)
 and TRL stepwise-supervision rows (``prompt``, ``completions``, ``labels``) into `StepExample`s;
-`tokenize_step_example` gives the token ids and step spans a value model scores. A value curve (P̂ at
+`tokenize_step_example` gives the token ids and step spans a value model scores, joined as
+`resolve_step_options` says (the user's options, else those a project export's ``export.json`` records, else
+the problem and each step on a line of its own). A value curve (P̂ at
 positions 0..T) is read per step by `prefix_step_scores` (the value right after the step), `td_errors`
 (token TD errors, γ = 1) and `process_step_scores` (σ(β · the step's log-ratio sum), for models with
 token log-ratios). `prefixvalue.evaluation.stepscores` scores them under the ProcessBench protocol;
@@ -14,8 +16,9 @@ token log-ratios). `prefixvalue.evaluation.stepscores` scores them under the Pro
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,101 @@ def process_step_scores(
     # moves a chosen threshold by one ulp; this form keeps metrics.json bit-identical across versions
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+# ------------------------------------------------------------------------------------- options
+#: the record `prefixvalue export` writes beside its files; its ``evaluate_options`` say how the steps were joined
+EXPORT_RECORD = "export.json"
+#: how step data is tokenised when neither the user nor an export record says: problem and steps one a line
+DEFAULT_STEP_OPTIONS: dict[str, str] = {"step_prompt_template": "{prompt}\n", "step_separator": "\n"}
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How step data is tokenised (`tokenize_step_example`) and where each option came from."""
+
+    step_prompt_template: str
+    step_separator: str
+    origin: dict[str, str]  # option -> given | export.json's path | default
+    recorded: dict[str, str] | None = None  # what the export record holds, when the data is an export's
+    messages: list[str] = field(default_factory=list)  # one line each: what was read from the record
+    warnings: list[str] = field(default_factory=list)  # one line each: given options unlike the record
+
+    def record(self) -> dict[str, Any]:
+        """The options, their origin and the recorded ones, as metrics.json's ``step_options``."""
+        return {
+            "step_prompt_template": self.step_prompt_template,
+            "step_separator": self.step_separator,
+            "origin": dict(self.origin),
+            "recorded": self.recorded,
+            "warnings": list(self.warnings),
+        }
+
+
+def recorded_step_options(source: str | Path) -> tuple[Path, dict[str, str]] | None:
+    """``(export.json, its evaluate_options)`` when `source` is a file that a project export wrote (an
+    ``export.json`` beside it lists it among its files), else None. ConfigError (one line, naming the record)
+    when that record is unreadable or its ``evaluate_options`` are not two texts."""
+    path = Path(str(source)).expanduser()
+    record = path.parent / EXPORT_RECORD
+    if not path.is_file() or not record.is_file():
+        return None
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{record}: not a readable export record ({type(exc).__name__}: {exc})") from None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict) or path.name not in {Path(str(f)).name for f in files.values()}:
+        return None  # another file in the export's folder
+    options = data.get("evaluate_options")
+    if not isinstance(options, dict) or not all(isinstance(options.get(k), str) for k in DEFAULT_STEP_OPTIONS):
+        raise ConfigError(
+            f"{record}: field 'evaluate_options' must hold the texts {', '.join(DEFAULT_STEP_OPTIONS)}, got {options!r}"
+        )
+    return record, {k: options[k] for k in DEFAULT_STEP_OPTIONS}
+
+
+def resolve_step_options(
+    source: str | Path, step_prompt_template: str | None = None, step_separator: str | None = None
+) -> StepOptions:
+    """How the step data at `source` is tokenised (docs/design.md, "Data bridges"): each option as given;
+    one left None takes what the export record beside `source` holds (`recorded_step_options`), else
+    `DEFAULT_STEP_OPTIONS`. `messages` say which options came from a record; `warnings` name every given
+    option that differs from the record's (the steps are then not joined as the policy wrote them)."""
+    found = recorded_step_options(source)
+    given = {"step_prompt_template": step_prompt_template, "step_separator": step_separator}
+    values: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    for key, value in given.items():
+        if value is not None:
+            values[key], origin[key] = value, "given"
+        elif found is not None:
+            values[key], origin[key] = found[1][key], str(found[0])
+        else:
+            values[key], origin[key] = DEFAULT_STEP_OPTIONS[key], "default"
+    messages, warnings = [], []
+    if found is not None:
+        record, rec = found
+        used = [f"{k}={rec[k]!r}" for k in rec if origin[k] != "given"]
+        if used:
+            messages.append(
+                f"step data {source} is a prefixvalue export: its steps are joined as {record} records "
+                f"({', '.join(used)})"
+            )
+        differ = [f"{k}={values[k]!r} (recorded: {rec[k]!r})" for k in rec if values[k] != rec[k]]
+        if differ:
+            warnings.append(
+                f"warning: {', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'} from what {record} records for {source}: its steps are "
+                "not tokenised as the policy wrote them; leave the option out to use the recorded one"
+            )
+    return StepOptions(
+        values["step_prompt_template"],
+        values["step_separator"],
+        origin,
+        None if found is None else dict(found[1]),
+        messages,
+        warnings,
+    )
 
 
 # ------------------------------------------------------------------------------------- loaders
@@ -283,16 +381,20 @@ def _one(splits: dict[str, list[StepExample]]) -> list[StepExample]:
 def tokenize_step_example(
     tokenizer: Any,
     ex: StepExample,
-    prompt_template: str = "{prompt}\n",
-    step_separator: str = "\n",
+    prompt_template: str | None = "{prompt}\n",
+    step_separator: str | None = "\n",
     prompt_format: PromptFormat | None = None,
 ) -> tuple[list[int], list[int], list[tuple[int, int]]]:
     """Token ids of the prompt and of the steps joined by `step_separator`, and each step's token span.
 
     The prompt goes through `prompt_format` (the chat template the value model's traces used; default:
     the raw text). Each step (with its separator, except the last) is tokenised on its own and
-    concatenated, so the step spans are exact for any tokenizer.
+    concatenated, so the step spans are exact for any tokenizer. None: `DEFAULT_STEP_OPTIONS`.
     """
+    if prompt_template is None:
+        prompt_template = DEFAULT_STEP_OPTIONS["step_prompt_template"]
+    if step_separator is None:
+        step_separator = DEFAULT_STEP_OPTIONS["step_separator"]
     prompt_ids = (prompt_format or PromptFormat()).encode(tokenizer, prompt_template.format(prompt=ex.prompt))
     completion_ids: list[int] = []
     spans: list[tuple[int, int]] = []
@@ -307,8 +409,11 @@ def tokenize_step_example(
 
 
 __all__ = [
+    "DEFAULT_STEP_OPTIONS",
+    "EXPORT_RECORD",
     "STEP_DATA_BUILDERS",
     "StepExample",
+    "StepOptions",
     "load_processbench",
     "load_step_data",
     "load_step_splits",
@@ -317,6 +422,8 @@ __all__ = [
     "prefix_step_scores",
     "process_step_scores",
     "processbench_examples",
+    "recorded_step_options",
+    "resolve_step_options",
     "step_format",
     "td_errors",
     "tokenize_step_example",

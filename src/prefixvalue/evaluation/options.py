@@ -79,10 +79,18 @@ class ScoringOptions:
     step_threshold: float = field(0.5, help="step_protocol=fixed: a step whose score is below this is an error")
     step_threshold_data: str | None = field(None, help="step_protocol=tuned: step data the threshold is chosen on")
     step_threshold_split: str | None = field(None, help="split of step_threshold_data (when it has several)")
-    step_prompt_template: str = field(
-        "{prompt}\n", help="how a step-data problem is written before its steps", escapes=True
+    step_prompt_template: str | None = field(
+        None,
+        help="how a step-data problem is written before its steps (None: what the export.json beside a prefixvalue "
+        "export records, else '{prompt}\\n')",
+        escapes=True,
     )
-    step_separator: str = field("\n", help="text joining the steps of step data", escapes=True)
+    step_separator: str | None = field(
+        None,
+        help="text joining the steps of step data (None: what the export.json beside a prefixvalue export "
+        "records, else a newline)",
+        escapes=True,
+    )
     step_oracle: bool = field(
         True,
         help="score the step-label oracle (wrong step written × steps left, fit on training prompts) when the "

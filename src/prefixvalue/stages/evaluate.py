@@ -12,7 +12,10 @@ estimators (`prefixvalue.evaluation.estimators`: the checkpoint's ``learned`` PÌ
 protocol by the one evaluator (`prefixvalue.evaluation.evaluator.evaluate`, which the quickstart and
 ``distance`` call too); metrics.json, report.md, plots, heatmap.html and predictions.parquet are written
 by `prefixvalue.evaluation.report`, and logged to wandb. The scoring options are
-`prefixvalue.evaluation.options.ScoringOptions`, which `EvaluateConfig` extends.
+`prefixvalue.evaluation.options.ScoringOptions`, which `EvaluateConfig` extends. Step data that a
+``prefixvalue export`` wrote is tokenised as its ``export.json`` records unless the command line says
+otherwise (`prefixvalue.data.steps.resolve_step_options`, docs/design.md "Data bridges"): a line says so, a
+given option unlike the record is warned about, and metrics.json's ``step_benchmark.step_options`` records it.
 """
 
 from __future__ import annotations
@@ -106,6 +109,20 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     from ..tracking import build_logger
 
     cfg.check_inputs()
+    step_options = None
+    if cfg.step_data is not None:  # an export's recorded tokenisation, read before any model loads
+        from ..data.steps import resolve_step_options
+
+        step_options = resolve_step_options(cfg.step_data, cfg.step_prompt_template, cfg.step_separator)
+        for line in step_options.messages:
+            print(f"evaluate: {line}")
+        for line in step_options.warnings:
+            print(f"evaluate: {line}", file=sys.stderr)
+        step_cfg = dataclasses.replace(
+            cfg,
+            step_prompt_template=step_options.step_prompt_template,
+            step_separator=step_options.step_separator,
+        )
     split_record = cfg.split_record or cfg.checkpoint  # the checkpoint's training prompts are left out
     if cfg.traces is not None and cfg.checkpoint is not None and not cfg.include_training_prompts:
         from ..evaluation.scoring import missing_split_error
@@ -152,17 +169,24 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
             result.metrics["policy"] = policy_path
             result.metrics["traces_finish"] = traces_finish_summary(traces)
             result.metrics["checkpoint"] = cfg.checkpoint
-            if cfg.step_data is not None:
-                result.metrics["step_benchmark"] = evaluate_step_data(vm, tokenizer, cfg.step_data, cfg, fmt, cfg.out)
+            if step_options is not None:
+                result.metrics["step_benchmark"] = evaluate_step_data(
+                    vm, tokenizer, cfg.step_data, step_cfg, fmt, cfg.out
+                )
+                result.metrics["step_benchmark"]["step_options"] = step_options.record()
             write_report(result, out, tokenizer=tokenizer, logger=logger, config=cfg)
             metrics = result.metrics
             for warning in metrics["warnings"]:
                 print(f"prefixvalue evaluate: warning: {warning}", file=sys.stderr)
         else:
+            assert step_options is not None  # check_inputs: step_data without traces
             metrics = {
                 "checkpoint": cfg.checkpoint,
                 "policy": policy_path,
-                "step_benchmark": evaluate_step_data(vm, tokenizer, cfg.step_data, cfg, fmt, cfg.out),
+                "step_benchmark": {
+                    **evaluate_step_data(vm, tokenizer, cfg.step_data, step_cfg, fmt, cfg.out),
+                    "step_options": step_options.record(),
+                },
             }
             write_step_benchmark_report(metrics, out, logger=logger)
     finally:

@@ -4,6 +4,7 @@
     prefixvalue import rollouts=runs/export/trl.jsonl model=data/policies/arith-tiny task=arith out=runs/traces_back
     prefixvalue import rollouts=gen.parquet model=Qwen/Qwen2.5-0.5B-Instruct task=jsonl \
         task_args.path=problems.jsonl steps=blank_line out=runs/traces_qwen
+    prefixvalue import rollouts=trl_stepwise.jsonl model=data/policies/arith-tiny outcome_from=labels out=runs/t
 
 Each record (a JSON-lines, JSON or parquet file) gives a prompt, a completion and its outcome (a number in
 [0, 1] or a boolean); optionally the steps (a list of step texts: pieces of the completion, or the completion
@@ -13,6 +14,13 @@ the completion on its own, with ``<eos>`` after it (``append_eos``). Step spans 
 else from ``steps=SPEC`` (see `prefixvalue.tasks.steps`), else from the task's splitter. ``task`` and
 ``task_args`` are recorded, as collect records them, so ``prefixvalue label`` can verify continuations; the
 task's exact step labels are computed when it has them. The result is what label, train and evaluate read.
+
+TRL-native stepwise data (``prompt``, ``completions``, ``labels``, no outcome) imports too: the outcome is
+the record's field when present, else the task's verdict on the completion given the record's answer
+(``outcome_from=verify``; the default when task= is given and the records carry answers), else, asked for
+with ``outcome_from=labels``, 1 when every step is labelled good (an approximation); each trace's
+``outcome_note`` says which. The records' step labels become the traces' ``step_labels`` when the task gives
+none, so an export writes them back (docs/design.md, "Data bridges").
 """
 
 from __future__ import annotations
@@ -28,12 +36,20 @@ from typing import Any
 
 from .. import __version__, runfolder
 from ..config import ConfigError, RawMapping, field, parse_config, save_resolved_config
-from ..data.bridges import Rollout, parse_rollout, prompt_hash_id, read_records, steps_in_completion
+from ..data.bridges import (
+    OUTCOME_FROM,
+    Rollout,
+    parse_rollout,
+    prompt_hash_id,
+    read_records,
+    steps_in_completion,
+)
 from ..data.schema import TRACE_FEATURES
 from ..loading import ModelLoadConfig, recorded_model, resolve_model_path
 from ..prompting import choose_prompt_format
 from ..sampling.sampler import SamplingParams
 from ..tasks import Prompt, build_task, char_to_token_spans, task_configs, task_options, token_end_offsets
+from ..tasks.base import safe_verify
 from ..tasks.steps import StepSplitterError, parse_splitter, single_step_warning, step_count_summary
 
 #: how the out folder is claimed (`prefixvalue.runfolder`): the traces dataset (``save_to_disk``) and the
@@ -62,6 +78,17 @@ class ImportConfig(ModelLoadConfig):
     prompt_field: str = field("prompt", help="field holding the prompt text")
     completion_field: str = field("completion", help="field holding the completion text")
     outcome_field: str = field("outcome", help="field holding the outcome: a number in [0, 1] or a boolean")
+    outcome_from: str = field(
+        "auto",
+        help="where the outcome comes from: auto (outcome_field when the records have it, else verify when task= "
+        "is given and they have answers) | field | verify (the task's verifier on the completion and the record's "
+        "answer) | labels (1 when every step label is true: an approximation, for TRL stepwise data)",
+    )
+    labels_field: str | None = field(
+        "auto",
+        help="field holding one boolean label per step text (TRL stepwise 'labels'; auto: 'labels' when present; "
+        "None: none); kept as the traces' step_labels when the task gives none",
+    )
     steps_field: str | None = field(
         "auto", help="field holding the step texts (auto: 'completions' or 'steps' when present; None: none)"
     )
@@ -96,6 +123,14 @@ class ImportConfig(ModelLoadConfig):
                 raise ConfigError(f"import: {exc.args[0]}") from None
         elif self.task_args:
             raise ConfigError("import: task_args given without task=")
+        if self.outcome_from not in OUTCOME_FROM:
+            raise ConfigError(
+                f"import: outcome_from must be one of {', '.join(OUTCOME_FROM)}, got {self.outcome_from!r}"
+            )
+        if self.outcome_from == "verify" and self.task is None:
+            raise ConfigError(
+                "import: outcome_from=verify needs task= (the task whose verifier scores each completion)"
+            )
         if self.steps is not None:
             try:
                 parse_splitter(self.steps)
@@ -147,7 +182,10 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
     }
     recs = [rec for _, rec in records if isinstance(rec, dict)]
     steps_field = _pick(cfg.steps_field, tuple(f for f in ("completions", "steps") if any(f in r for r in recs)))
-    missing = [f for f in (cfg.prompt_field, cfg.outcome_field) if f not in first]
+    labels_field = _pick(cfg.labels_field, ("labels",), first)
+    outcome_from = _outcome_from(cfg, first, records[0][0], labels_field)
+    need = [cfg.prompt_field] + ([cfg.outcome_field] if outcome_from == "field" else [])
+    missing = [f for f in need if f not in first]
     if cfg.completion_field not in first and (steps_field is None or steps_field not in first):
         missing.append(cfg.completion_field)
     if missing:
@@ -155,7 +193,10 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
             f"import: {records[0][0]}: the rollouts lack field(s) {missing} (fields present: {sorted(first)}); "
             "name them with prompt_field=, completion_field=, outcome_field="
         )
-    rollouts = [parse_rollout(rec, where, fields, steps_field, cfg.step_separator) for where, rec in records]
+    rollouts = [
+        parse_rollout(rec, where, fields, steps_field, cfg.step_separator, outcome_from, labels_field)
+        for where, rec in records
+    ]
 
     model_name, load = resolve_model_path(cfg.model, cfg.load_options())
     tokenizer = load_tokenizer(model_name, load)
@@ -172,13 +213,18 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
         raise ConfigError(f"import: the tokenizer of {cfg.model} has no eos token; set append_eos=false")
 
     counts: Counter[str] = Counter()  # how each trace's steps were found
+    label_counts: Counter[str] = Counter()  # where each trace's step labels came from
     per_prompt: Counter[str] = Counter()  # rollouts so far of each prompt (default trace ids)
     seen: dict[str, str] = {}
     prompt_of: dict[str, tuple[str, str]] = {}  # prompt id -> (its prompt text, where first given)
     prompt_cache: dict[str, list[int]] = {}
     rows = []
     for r in rollouts:
-        rows.append(_trace_row(r, tokenizer, fmt, task, splitter, cfg, prompt_cache, counts, per_prompt, eos, context))
+        rows.append(
+            _trace_row(
+                r, tokenizer, fmt, task, splitter, cfg, prompt_cache, counts, per_prompt, eos, context, label_counts
+            )
+        )
         tid, pid = rows[-1]["trace_id"], rows[-1]["prompt_id"]
         if tid in seen:
             raise ConfigError(f"import: {r.where}: duplicate trace id {tid!r} (first at {seen[tid]})")
@@ -232,17 +278,46 @@ def run(cfg: ImportConfig) -> dict[str, Any]:
         "steps_from": dict(counts),
         "steps": step_count_summary([r["step_spans"] for r in rows]),
         "step_labels": sum(r["step_labels"] is not None for r in rows),
+        "step_labels_from": dict(label_counts),
+        "outcome_from": outcome_from,
+        "outcome_means": OUTCOME_NOTES[outcome_from].format(field=cfg.outcome_field, task=cfg.task),
     }
     folder.write_text("summary.json", json.dumps(summary, indent=1))
     folder.finish()
     print(
         f"import: {len(rows)} traces of {summary['prompts']} prompts, accuracy {summary['accuracy']:.3f}, steps "
-        f"from {dict(counts)} -> {out}"
+        f"from {dict(counts)}, outcomes from {summary['outcome_means']} -> {out}"
     )
     warning = single_step_warning(summary["steps"], "import")
     if warning:
         print(warning, file=sys.stderr)
     return summary
+
+
+#: what each outcome source means, in each trace's outcome_note and the summary
+OUTCOME_NOTES = {
+    "field": "the record's field {field!r}",
+    "verify": "task {task}'s verifier (the completion against the record's answer)",
+    "labels": "the step labels (1 when every step is labelled good: an APPROXIMATION)",
+}
+
+
+def _outcome_from(cfg: ImportConfig, first: dict[str, Any], where: str, labels_field: str | None) -> str:
+    """The outcome source: `cfg.outcome_from`, or for ``auto`` the records' outcome field when the first has
+    it, else ``verify`` when a task is given and the first record has an answer. ConfigError (one line)
+    naming both routes when neither is possible."""
+    if cfg.outcome_from != "auto":
+        return cfg.outcome_from
+    if cfg.outcome_field in first:
+        return "field"
+    if cfg.task is not None and cfg.answer_field is not None and first.get(cfg.answer_field) is not None:
+        return "verify"
+    labels = f"; they have step labels {labels_field!r}" if labels_field is not None else ""
+    raise ConfigError(
+        f"import: {where}: the rollouts have no outcome field {cfg.outcome_field!r} (fields present: {sorted(first)})"
+        f"{labels}: name it with outcome_field=, give task= with answers (answer_field=) to verify each completion, "
+        "or outcome_from=labels to count a rollout right when every step is labelled good (an approximation)"
+    )
 
 
 def _trace_row(
@@ -257,6 +332,7 @@ def _trace_row(
     per_prompt: Counter[str],
     eos: int | None,
     context: tuple[int | None, str] = (None, ""),
+    label_counts: Counter[str] | None = None,
 ) -> dict[str, Any]:
     """One traces row (contract fields; the run columns are added by the caller). ConfigError naming the
     rollout when its prompt and completion do not fit in `context` (``(positions, where it came from)``,
@@ -298,13 +374,31 @@ def _trace_row(
         char_spans, how = parse_splitter("newline")(r.completion), "steps=newline"
     counts[how] += 1
     spans = char_to_token_spans(list(char_spans), token_end_offsets(tokenizer, ids))
-    labels = None
+    labels, labels_from = None, None
     if task is not None:
         try:
             got = task.step_labels(prompt, r.completion)
             labels = None if got is None or len(got) != len(spans) else [bool(x) for x in got]
         except (ValueError, LookupError):
             labels = None
+        labels_from = None if labels is None else f"task {cfg.task}"
+    if labels is None and r.labels is not None:  # the record's own labels, one per step with text
+        given = r.labels if r.steps is None else [x for x, s in zip(r.labels, r.steps) if s.strip()]
+        if len(given) != len(spans):
+            raise ConfigError(
+                f"import: {r.where}: {len(given)} step labels but {len(spans)} steps found in the completion "
+                f"({how}); give the step texts with the labels"
+            )
+        labels, labels_from = list(given), "the record's labels"
+    if label_counts is not None:
+        label_counts[labels_from or "none"] += 1
+    outcome, verifier_error = r.outcome, None
+    if outcome is None:  # outcome_from=verify: the task's verdict, as collect records it
+        result = safe_verify(task, prompt, r.completion)
+        outcome, verifier_error = float(result.score), result.error
+        how_outcome = "verify"
+    else:
+        how_outcome = "labels" if cfg.outcome_from == "labels" else "field"
     row = {
         "trace_id": trace_id,
         "prompt_id": prompt_id,
@@ -312,15 +406,16 @@ def _trace_row(
         "completion": r.completion,
         "prompt_ids": prompt_cache[r.prompt],
         "completion_ids": ids,
-        "outcome": r.outcome,
-        "verifier_error": None,
+        "outcome": outcome,
+        "verifier_error": verifier_error,
         "step_spans": [list(s) for s in spans],
         "step_labels": labels,
         "logprobs": [],
         "finish_reason": "eos" if cfg.append_eos else "stop",
-        "outcome_note": f"imported from {r.where}",
+        "outcome_note": f"imported from {r.where}; outcome from "
+        + OUTCOME_NOTES[how_outcome].format(field=cfg.outcome_field, task=cfg.task),
         "answer": r.answer,
-        "prompt_meta": json.dumps({"source": r.where}),
+        "prompt_meta": json.dumps({"source": r.where, "step_labels_from": labels_from}),
     }
     return row
 

@@ -187,3 +187,17 @@ def test_samples_and_top_k_have_one_meaning_across_commands():
     assert "label samples" in seen["samples"] and "collect samples" not in seen["samples"]
     assert "collect top_k" in seen["top_k"] and "evaluate top_k" not in seen["top_k"]
     assert "advantages top_k" not in seen["top_k"]
+
+
+@pytest.mark.parametrize("command", sorted(CONFIGS))
+def test_one_spelling_for_the_policy_and_the_output_folder(command):
+    """Issue 34, item 8: every top-level option naming the policy takes both ``policy`` and ``model``, and the
+    output folder both ``out`` and (train's old name) ``output_dir``; never two options for one thing."""
+    top = {f.name: f for f in dataclasses.fields(CONFIGS[command]) if f.init}
+    for name, other in (("policy", "model"), ("model", "policy")):
+        if name in top:
+            assert other not in top, (command, name, other)
+            assert other in top[name].metadata.get("synonyms", ()), (command, name)
+    assert "output_dir" not in top, command
+    if command == "train":
+        assert "output_dir" in top["out"].metadata.get("synonyms", ())

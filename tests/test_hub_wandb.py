@@ -6,8 +6,10 @@ the network); the README's value-model snippets run as written against a tiny ch
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+from test_checkpoints_travel import LocalHub
 from test_tracking import _of, offline_runs
 
 from prefixvalue import training as train
@@ -95,3 +97,72 @@ def test_wandb_disabled_writes_no_run_record(monkeypatch, tmp_path, tiny_tokeniz
     args = [f"traces={tdir}", f"policy={tiny_model_dir}", f"output_dir={out}", "max_steps=1", "threads=1"]
     train.run(parse_config(train.TrainConfig, [*args, "per_device_batch_size=4", "value_model.kind=head"]))
     assert not (out / "final" / WANDB_RUN_FILE).exists() and not (out / WANDB_ID_FILE).exists()
+
+
+# --------------------------------------------------------------------------- item 9: labels to the Hub
+class DatasetHub(LocalHub):
+    """The push-model tests' Hub stand-in (repos are folders), remembering the repo type of each call."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.repo_types: list = []
+
+    def create_repo(self, repo_id, repo_type=None, **kw):
+        self.repo_types.append(repo_type)
+        return super().create_repo(repo_id, repo_type=repo_type, **kw)
+
+
+def _by_id(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (r["trace_id"], r.get("position", 0)))
+
+
+def test_push_data_uploads_a_datasets_dataset_with_a_card(tmp_path, tiny_tokenizer, monkeypatch, capsys):
+    import datasets
+    import huggingface_hub
+
+    from prefixvalue import cli
+    from prefixvalue.data import SplitRecord, load_labels, load_traces
+
+    traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=8)
+    tdir, ldir = _write(tmp_path, traces, labels)
+    SplitRecord.from_prompts([], 0.5, 0).save(ldir, prompts="heldout")  # the labels' split record
+    (ldir / "config.yaml").write_text("samples: 8\npositions: steps\nmodel: data/policies/arith-tiny\n")
+    hub = DatasetHub(tmp_path / "hub")
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: hub)
+    argv = ["push-data", f"traces={tdir}", f"labels={ldir}", "repo_id=someone/arith-data", "license=mit"]
+    assert cli.main(argv) == 0
+    assert hub.repo_types == ["dataset"]
+    repo = tmp_path / "hub" / "someone" / "arith-data"
+    assert (repo / "split.json").read_text() == (ldir / "split.json").read_text()
+
+    # the pushed files load back with datasets.load_dataset to the same rows, split as the record says
+    got = datasets.load_dataset(str(repo), "traces")
+    want = load_traces(tdir)
+    assert set(got) == {"train", "test"} and sum(len(d) for d in got.values()) == len(want)
+    record = SplitRecord.load(ldir)
+    assert all(record.side(r["prompt"]) == side for side, d in got.items() for r in d)
+    assert _by_id([r for d in got.values() for r in d.to_list()]) == _by_id(want.to_list())
+    got_labels = datasets.load_dataset(str(repo), "labels")
+    assert list(got_labels) == ["test"]  # drawn from held-out prompts
+    assert _by_id(got_labels["test"].to_list()) == _by_id(load_labels(ldir).to_list())
+
+    card = (repo / "README.md").read_text()
+    assert card.startswith("---\nconfigs:\n- config_name: traces\n") and "license: mit" in card
+    assert 'load_dataset("someone/arith-data", "labels")["test"]' in card
+    assert "samples: `8`" in card and "positions: `steps`" in card and "held-out (test) fraction 0.5" in card
+
+    # traces alone: one split, no labels config
+    assert cli.main(["push-data", f"traces={tdir}", "repo_id=someone/traces-only"]) == 0
+    assert list(datasets.load_dataset(str(tmp_path / "hub" / "someone" / "traces-only"))) == ["train"]
+
+    # a bad repo id, a missing folder, no network: one line each, exit 2
+    capsys.readouterr()
+    assert cli.main(["push-data", f"traces={tdir}", "repo_id=bad id!!"]) == 2
+    assert cli.main(["push-data", f"traces={tmp_path / 'nope'}", "repo_id=someone/x"]) == 2
+    assert cli.main(["push-data", "repo_id=someone/x"]) == 2
+    monkeypatch.undo()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert cli.main(["push-data", f"traces={tdir}", "repo_id=someone/x"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4 and all(line.startswith("prefixvalue push-data: ") for line in err), err
+    assert "not a valid Hub repo id" in err[0] and "HF_HUB_OFFLINE" in err[3]

@@ -6,7 +6,7 @@ Where a run goes is `WandbConfig` (the ``wandb.*`` keys of every stage that trac
 entity and group default to ``WANDB_PROJECT``, ``WANDB_ENTITY`` and ``WANDB_RUN_GROUP``. A value
 checkpoint names the wandb run that trained it (``final/wandb_run.json``, `WANDB_RUN_FILE`); a run that
 reads the checkpoint joins that run's group, records it as ``training_run`` in its wandb config and, online,
-uses the checkpoint's artifact (docs/design.md, "Where results land: wandb").
+uses the checkpoint's artifact (docs/design.md, "Checkpoints that travel").
 """
 
 from __future__ import annotations

@@ -824,7 +824,7 @@ def _final_record(run: _Run, data: _Data) -> dict:
 def _write_wandb_run(run: _Run, final: Path) -> None:
     """``final/wandb_run.json``: the wandb run that trained the checkpoint and, with log_checkpoints, its
     artifact, so that evaluate, steer and distrl runs of it link to it (`prefixvalue.tracking.training_run`;
-    docs/design.md, "Where results land: wandb"). Nothing without a wandb run."""
+    docs/design.md, "Checkpoints that travel"). Nothing without a wandb run."""
     record = run.logger.wandb_record
     if record is None:
         return

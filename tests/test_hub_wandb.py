@@ -166,3 +166,71 @@ def test_push_data_uploads_a_datasets_dataset_with_a_card(tmp_path, tiny_tokeniz
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 4 and all(line.startswith("prefixvalue push-data: ") for line in err), err
     assert "not a valid Hub repo id" in err[0] and "HF_HUB_OFFLINE" in err[3]
+
+
+# ------------------------------------------------------------------- the README's examples, verbatim
+#: README path → what stands for it in the test's folder (laid out like the repository after the quickstart):
+#: a tiny value head on the shipped policy (conftest's `random_head_checkpoint`) for every checkpoint the
+#: examples name, the shipped policy for itself. These and `README_TEXT` are the only changes to the lines.
+README_PATHS = {
+    "runs/demo/train/final": "checkpoint",
+    "runs/quickstart/train_head/final": "checkpoint",
+    "data/policies/arith-tiny": "policy",
+}
+#: text substitutions besides the paths, by section: the tests run on CPU (and log nowhere)
+README_TEXT = {
+    "Rewards for RL frameworks (TRL, OpenRLHF, verl)": {
+        'device="cuda"': 'device="cpu"',
+        'GRPOConfig(output_dir="runs/grpo")': 'GRPOConfig(output_dir="runs/grpo", use_cpu=True, bf16=False, report_to="none")',
+    }
+}
+#: the README sections whose ```python blocks run here, and the names a block may use without defining them
+README_SECTIONS = {"Python API": {}, "Rewards for RL frameworks (TRL, OpenRLHF, verl)": {"dataset"}}
+
+
+def _readme_blocks(title: str) -> list[str]:
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"\n## {title}\n" in text, f"README has no section {title!r}"
+    body = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
+
+
+@pytest.mark.parametrize("title", list(README_SECTIONS))
+def test_readme_value_examples_run_as_written(title, tmp_path, monkeypatch, capsys, random_head_checkpoint):
+    import re
+    import shutil
+
+    import datasets
+    import numpy as np
+
+    from conftest import SHIPPED_POLICY
+
+    blocks = _readme_blocks(title)
+    assert blocks, f"README section {title!r} has no python example"
+    sources = {"checkpoint": random_head_checkpoint, "policy": SHIPPED_POLICY}
+    for readme_path, what in README_PATHS.items():
+        (tmp_path / readme_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(sources[what], tmp_path / readme_path)
+    monkeypatch.chdir(tmp_path)
+    given = {"dataset": datasets.Dataset.from_dict({"prompt": ["Q:1+2=", "Q:3*3="]})}
+    for old in README_TEXT.get(title, {}):
+        assert any(old in b for b in blocks), f"README section {title!r} no longer holds {old!r}: update README_TEXT"
+    for block in blocks:
+        for path in re.findall(r"[\"']((?:runs|data)/[^\"']+)[\"']", block):  # every path the block reads
+            assert path in README_PATHS or not path.endswith("final"), (
+                f"README checkpoint {path}: add it to README_PATHS"
+            )
+        for old, new in README_TEXT.get(title, {}).items():
+            block = block.replace(old, new)
+        scope: dict = {k: v for k, v in given.items() if k in README_SECTIONS[title]}
+        exec(compile(block, "README.md", "exec"), scope)  # the README's lines
+        for name in ("values", "batch"):  # P̂ arrays (one, or one per completion) are probabilities
+            for arr in np.atleast_2d(scope[name]) if name in scope and name == "values" else scope.get(name, []):
+                assert np.all((np.asarray(arr) >= 0) & (np.asarray(arr) <= 1))
+        if "trainer" in scope:  # the reward function TRL was given scores completions, in [0, 1]
+            reward = scope["trainer"].reward_funcs[0]
+            got = reward(prompts=["Q:1+2="], completions=["1+2=3;A:3"])
+            assert len(got) == 1 and 0.0 <= got[0] <= 1.0
+    capsys.readouterr()

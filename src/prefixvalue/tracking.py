@@ -368,7 +368,8 @@ def build_logger(
     run resumed from a checkpoint logs into the same wandb run). `checkpoints`: the value checkpoints the
     run reads; the wandb runs that trained them (`training_run`) link it to them: it joins the first one's
     group unless ``wandb.group`` or ``$WANDB_RUN_GROUP`` names one, its config gets ``training_run`` (one
-    record, or a list for several checkpoints), and online it uses their checkpoint artifacts."""
+    record, or a list for several checkpoints), and online it uses their checkpoint artifacts. With
+    ``WANDB_MODE=disabled`` no wandb logger is made (nor wandb imported)."""
     names = report_to.split(",") if isinstance(report_to, str) else list(report_to)
     names = [n.strip() for n in names if n.strip() and n.strip() != "none"]
     loggers: list[Logger] = []
@@ -377,6 +378,8 @@ def build_logger(
             loggers.append(DiskLogger(out_dir))
         elif n == "stdout":
             loggers.append(StdoutLogger())
+        elif n == "wandb" and os.environ.get("WANDB_MODE") == "disabled":
+            continue  # off: no run, and no second spent importing wandb (the tests run this way)
         elif n == "wandb":
             id_file = Path(out_dir) / WANDB_ID_FILE
             resume_id = id_file.read_text().strip() or None if resume and id_file.exists() else None

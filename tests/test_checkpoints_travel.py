@@ -194,12 +194,12 @@ class LocalHub:
         self.root = root
         self.calls: list[tuple] = []
 
-    def create_repo(self, repo_id, private=None, exist_ok=False, token=None):
+    def create_repo(self, repo_id, repo_type=None, private=None, exist_ok=False, token=None):
         self.calls.append(("create_repo", repo_id, private, exist_ok))
         (self.root / repo_id).mkdir(parents=True, exist_ok=exist_ok)
         return f"https://huggingface.co/{repo_id}"
 
-    def create_commit(self, repo_id, operations, commit_message, revision=None, token=None):
+    def create_commit(self, repo_id, operations, commit_message, revision=None, token=None, repo_type=None):
         self.calls.append(("create_commit", repo_id, len(operations), commit_message))
         for op in operations:
             dest = self.root / repo_id / op.path_in_repo

@@ -13,6 +13,7 @@
     prefixvalue steer    policy=data/policies/arith-tiny checkpoints=[runs/quickstart/train_head-pf-siblings/final] out=runs/steer
     prefixvalue distrl   advantage=distrl value_checkpoint=runs/quickstart/train_qhead-siblings/final out=runs/distrl
     prefixvalue distrl-trl split_from=runs/quickstart/train_qhead-siblings/final out=runs/distrl_trl   # TRL's GRPO anchor
+    prefixvalue push-data traces=runs/quickstart/traces labels=runs/quickstart/labels repo_id=you/arith-values  # the Hub
     prefixvalue serve    checkpoint=runs/quickstart/train_head/final port=8000      # HTTP rewards (OpenRLHF /get_reward)
     accelerate launch -m prefixvalue.cli COMMAND ...      # several processes
 
@@ -41,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "import": "prefixvalue.tools.import_rollouts",
     "export-model": "prefixvalue.tools.export_model",
     "push-model": "prefixvalue.tools.push_model",
+    "push-data": "prefixvalue.tools.push_data",
     "serve": "prefixvalue.tools.serve",
     "distrl": "prefixvalue.rl.loop",
     "distrl-trl": "prefixvalue.rl.anchor",

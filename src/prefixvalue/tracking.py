@@ -3,7 +3,10 @@
 Metrics are keyed ``train/...`` and ``eval/...``. wandb is real but never required: with no API key
 it runs offline and writes its run folder locally; ``WANDB_MODE=disabled`` turns it off entirely.
 Where a run goes is `WandbConfig` (the ``wandb.*`` keys of every stage that tracks): project,
-entity and group default to ``WANDB_PROJECT``, ``WANDB_ENTITY`` and ``WANDB_RUN_GROUP``.
+entity and group default to ``WANDB_PROJECT``, ``WANDB_ENTITY`` and ``WANDB_RUN_GROUP``. A value
+checkpoint names the wandb run that trained it (``final/wandb_run.json``, `WANDB_RUN_FILE`); a run that
+reads the checkpoint joins that run's group, records it as ``training_run`` in its wandb config and, online,
+uses the checkpoint's artifact (docs/design.md, "Checkpoints that travel").
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ T = TypeVar("T")
 DEFAULT_PROJECT = "prefixvalue"
 #: file in a run folder holding its wandb run id, so a resumed run continues the same wandb run
 WANDB_ID_FILE = "wandb_run_id"
+#: file in a value checkpoint (train's ``final/``) naming the wandb run that trained it (`training_run`)
+WANDB_RUN_FILE = "wandb_run.json"
 
 
 @dataclass
@@ -206,6 +211,7 @@ class WandbLogger:
         resume_id: str | None = None,
         settings: WandbConfig | None = None,
         job_type: str | None = None,
+        uses: Sequence[str] = (),
     ) -> None:
         import wandb
 
@@ -224,11 +230,23 @@ class WandbLogger:
             resume="allow" if resume_id else None,
             reinit="finish_previous",
         )
+        for ref in uses if mode == "online" else ():  # wandb has no artifacts offline: the config names the run
+            try:
+                self.run.use_artifact(ref)
+            except Exception as exc:  # noqa: BLE001 - lineage is a courtesy: an unsynced artifact stops nothing
+                print(f"wandb: not linked to artifact {ref}: {str(exc).splitlines()[0]}", file=sys.stderr)
 
     @property
     def run_id(self) -> str:
         """The wandb run's id (what `resume_id` takes to continue it)."""
         return str(self.run.id)
+
+    def record(self) -> dict[str, Any]:
+        """Where this run is: id, project, entity, group, name, job type and mode (`WANDB_RUN_FILE`'s fields)."""
+        run = self.run
+        fields = {"id": run.id, "project": run.project, "entity": run.entity, "group": run.group, "name": run.name}
+        out = {k: (str(v) if v else None) for k, v in fields.items()}
+        return {**out, "job_type": getattr(run, "job_type", None) or None, "mode": self.mode}
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log({k: jsonable(v) for k, v in metrics.items()}, step=step)
@@ -244,7 +262,7 @@ class WandbLogger:
 
     def log_artifact(self, name: str, path: str | Path, kind: str = "model", aliases: list[str] | None = None) -> None:
         """Log the folder (or file) at `path` as a wandb artifact `name` of type `kind`."""
-        artifact = self.wandb.Artifact(_artifact_name(name), type=kind)
+        artifact = self.wandb.Artifact(wandb_artifact_name(name), type=kind)
         if Path(path).is_dir():
             artifact.add_dir(str(path))
         else:
@@ -255,7 +273,7 @@ class WandbLogger:
         self.run.finish()
 
 
-def _artifact_name(name: str) -> str:
+def wandb_artifact_name(name: str) -> str:
     """`name` with the characters wandb refuses in artifact names (anything but letters, digits,
     ``-``, ``_`` and ``.``) replaced by ``-``."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "artifact"
@@ -303,6 +321,35 @@ class MultiLogger:
         """The id of the wandb run among these loggers, or None."""
         return next((lg.run_id for lg in self.loggers if isinstance(lg, WandbLogger)), None)
 
+    @property
+    def wandb_record(self) -> dict[str, Any] | None:
+        """`WandbLogger.record` of the wandb run among these loggers; None without one or when it is disabled."""
+        return next((lg.record() for lg in self.loggers if isinstance(lg, WandbLogger) and lg.mode != "disabled"), None)
+
+
+def training_run(checkpoint: str | Path | None) -> dict[str, Any] | None:
+    """The wandb run that trained the value checkpoint folder `checkpoint` (its `WANDB_RUN_FILE`, which
+    train writes into ``final/`` when it logs to wandb); None when there is none (no wandb, a Hub id, a
+    file that is not a JSON object)."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint).expanduser() / WANDB_RUN_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("id") else None
+
+
+def artifact_ref(record: dict[str, Any]) -> str | None:
+    """The full name (``entity/project/name:alias``) of the checkpoint artifact a `training_run` record
+    names, None when the training logged none (``log_checkpoints=false``)."""
+    name = record.get("artifact")
+    if not name:
+        return None
+    where = "/".join(str(p) for p in (record.get("entity"), record.get("project")) if p)
+    return f"{where}/{name}" if where else str(name)
+
 
 def build_logger(
     report_to: str | list[str],
@@ -312,12 +359,17 @@ def build_logger(
     wandb: WandbConfig | None = None,
     job_type: str | None = None,
     resume: bool = False,
+    checkpoints: Sequence[str | Path | None] = (),
 ) -> MultiLogger:
     """Build loggers from ``"disk,stdout,wandb"`` (or a list); ``none`` gives a logger that drops all.
 
     The wandb run goes where `wandb` says (its `job_type` defaults to `job_type`, the stage). Its id
     is written to ``out_dir/wandb_run_id``; with `resume`, an id found there is continued (a training
-    run resumed from a checkpoint logs into the same wandb run)."""
+    run resumed from a checkpoint logs into the same wandb run). `checkpoints`: the value checkpoints the
+    run reads; the wandb runs that trained them (`training_run`) link it to them: it joins the first one's
+    group unless ``wandb.group`` or ``$WANDB_RUN_GROUP`` names one, its config gets ``training_run`` (one
+    record, or a list for several checkpoints), and online it uses their checkpoint artifacts. With
+    ``WANDB_MODE=disabled`` no wandb logger is made (nor wandb imported)."""
     names = report_to.split(",") if isinstance(report_to, str) else list(report_to)
     names = [n.strip() for n in names if n.strip() and n.strip() != "none"]
     loggers: list[Logger] = []
@@ -326,11 +378,14 @@ def build_logger(
             loggers.append(DiskLogger(out_dir))
         elif n == "stdout":
             loggers.append(StdoutLogger())
+        elif n == "wandb" and os.environ.get("WANDB_MODE") == "disabled":
+            continue  # off: no run, and no second spent importing wandb (the tests run this way)
         elif n == "wandb":
             id_file = Path(out_dir) / WANDB_ID_FILE
             resume_id = id_file.read_text().strip() or None if resume and id_file.exists() else None
+            settings, config, uses = _linked(wandb or WandbConfig(), config, checkpoints)
             lg = WandbLogger(
-                out_dir, name=run_name, config=config, resume_id=resume_id, settings=wandb, job_type=job_type
+                out_dir, run_name, config, resume_id=resume_id, settings=settings, job_type=job_type, uses=uses
             )
             if lg.mode != "disabled":  # a disabled run is never continued
                 Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -339,6 +394,20 @@ def build_logger(
         else:
             raise ValueError(f"unknown logger {n!r}; choose from disk, stdout, wandb, none")
     return MultiLogger(loggers)
+
+
+def _linked(
+    settings: WandbConfig, config: dict[str, Any] | None, checkpoints: Sequence[str | Path | None]
+) -> tuple[WandbConfig, dict[str, Any] | None, list[str]]:
+    """`build_logger`'s link to the training runs of `checkpoints`: the settings with their group, the
+    config with ``training_run``, and the artifacts to use."""
+    runs = [r for r in (training_run(c) for c in checkpoints) if r is not None]
+    if not runs:
+        return settings, config, []
+    if not (settings.group or os.environ.get("WANDB_RUN_GROUP")) and runs[0].get("group"):
+        settings = dataclasses.replace(settings, group=runs[0]["group"])
+    config = {**(config or {}), "training_run": runs[0] if len(runs) == 1 else runs}
+    return settings, config, [ref for ref in map(artifact_ref, runs) if ref]
 
 
 # ------------------------------------------------------------------------- benchmark results file

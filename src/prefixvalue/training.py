@@ -58,7 +58,16 @@ from .loading import LoadOptions, ModelLoadConfig, traces_policy
 from .policies import check_vocabulary, load_causal_lm, load_tokenizer
 from .prompting import PROMPT_FORMAT_FILE, STEP_FORMAT_FILE, PromptFormat, StepFormat, traces_prompt_format
 from .tasks import build_task, task_class, task_options
-from .tracking import MultiLogger, WandbConfig, build_logger, jsonable, logged_rows, truncate_metrics
+from .tracking import (
+    WANDB_RUN_FILE,
+    MultiLogger,
+    WandbConfig,
+    build_logger,
+    jsonable,
+    logged_rows,
+    truncate_metrics,
+    wandb_artifact_name,
+)
 from .value import (
     ValueModel,
     ValueModelConfig,
@@ -140,7 +149,9 @@ class TrainConfig(ModelLoadConfig):
     keep_checkpoints: int = field(2, help="how many recent checkpoints to keep")
     resume: bool = field(True, help="resume from the last complete checkpoint in out/checkpoints")
     seed: int = field(0, help="seed for initialisation and data order")
-    report_to: str = field("disk,stdout", help="loggers: disk, stdout, wandb, none (comma separated)")
+    report_to: str = field(
+        "disk,stdout,wandb", help="loggers: any of disk, stdout, wandb (offline without key), none (comma separated)"
+    )
     run_name: str | None = field(None, help="wandb run name")
     wandb: WandbConfig = field(
         default_factory=WandbConfig, help="wandb project, entity, group, tags, job_type (wandb.project=NAME, ...)"
@@ -869,6 +880,7 @@ def _final_record(run: _Run, data: _Data) -> dict:
         # training.json and the model card, README.md (docs/design.md, "Checkpoints that travel")
         example = data.held_ds[0] if len(data.held_ds) else None
         write_training_record(final, result, metrics, bool(cfg.labels), example)
+        _write_wandb_run(run, final)
     else:
         result = {"step": step, "checkpoint": str(final), **metrics}
     result["eval_history"] = run.eval_history  # not in final_metrics.json (metrics.jsonl has every evaluation)
@@ -876,6 +888,19 @@ def _final_record(run: _Run, data: _Data) -> dict:
         run.logger.log_artifact(_artifact_name(cfg, out, "value"), final, "model", ["final", f"step_{step}"])
     run.logger.finish()
     return result
+
+
+def _write_wandb_run(run: _Run, final: Path) -> None:
+    """``final/wandb_run.json``: the wandb run that trained the checkpoint and, with log_checkpoints, its
+    artifact, so that evaluate, steer and distrl runs of it link to it (`prefixvalue.tracking.training_run`;
+    docs/design.md, "Checkpoints that travel"). Nothing without a wandb run."""
+    record = run.logger.wandb_record
+    if record is None:
+        return
+    if run.cfg.log_checkpoints:
+        name = wandb_artifact_name(_artifact_name(run.cfg, run.out, "value"))
+        record["artifact"] = f"{name}:step_{run.step}"
+    runfolder.write_json(final / WANDB_RUN_FILE, record)
 
 
 def _shutdown(run: _Run) -> None:

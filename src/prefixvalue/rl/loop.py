@@ -306,7 +306,10 @@ def _train(cfg: DistRLConfig, accelerator: Accelerator, out: Path) -> dict[str, 
     state = _resume(r)
     evals: list[dict[str, Any]] = state.get("evals", [])
     if r.is_main:
-        r.logger = build_logger(cfg.report_to, out, config_to_dict(cfg), cfg.run_name, cfg.wandb, "distrl", r.step > 0)
+        ckpts = [cfg.value_checkpoint] if cfg.uses_value and cfg.value == "checkpoint" else []  # linked to its training
+        r.logger = build_logger(
+            cfg.report_to, out, config_to_dict(cfg), cfg.run_name, cfg.wandb, "distrl", r.step > 0, checkpoints=ckpts
+        )
         print(
             f"distrl: advantage={cfg.advantage} value={cfg.value if cfg.uses_value else 'none'}; {info['train']} "
             f"training / {info['eval']} {cfg.eval_split} prompts; from step {r.step}",

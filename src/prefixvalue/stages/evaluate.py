@@ -154,7 +154,9 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         vocab = policy.get_output_embeddings().weight.shape[0] if policy is not None else None
         check_vocabulary(tokenizer, traces, "evaluate", vocab)
     fmt = checkpoint_prompt_format(cfg.checkpoint) if cfg.checkpoint else None
-    logger = build_logger(cfg.report_to, out, config_to_dict(cfg), cfg.run_name, cfg.wandb, job_type="evaluate")
+    logger = build_logger(
+        cfg.report_to, out, config_to_dict(cfg), cfg.run_name, cfg.wandb, "evaluate", checkpoints=[cfg.checkpoint]
+    )
     try:
         if traces is not None:
             result = evaluate(

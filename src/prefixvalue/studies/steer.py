@@ -545,7 +545,9 @@ def run(cfg: SteerConfig) -> dict[str, Any]:
     folder.write_text("report.md", analysis.render_report(steer))
     analysis.plot(steer["accuracy"], out / "accuracy_vs_tokens.png", steer["mc_reference"])
     folder.record_files("accuracy_vs_tokens.png")
-    logger = build_logger(cfg.report_to, out, config_to_dict(cfg), cfg.run_name, cfg.wandb, job_type="steer")
+    logger = build_logger(
+        cfg.report_to, out, config_to_dict(cfg), cfg.run_name, cfg.wandb, "steer", checkpoints=cfg.checkpoints
+    )
     summary = {
         f"steer/{m}/N{n}/accuracy": row["accuracy"] for m, rows in steer["accuracy"].items() for n, row in rows.items()
     }

@@ -121,6 +121,42 @@ class PushResult:
     files: list[str]
 
 
+def upload_files(
+    files: dict[str, str | Path | bytes],
+    repo_id: str,
+    *,
+    repo_type: str = "model",
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload",
+    api: Any = None,
+) -> PushResult:
+    """Upload `files` (path in the repo → a local file or the bytes) to the Hub repo `repo_id` of
+    `repo_type` (model, dataset), created when missing, in one commit: what push-model and push-data
+    send. `api`: an ``huggingface_hub.HfApi`` (default: a new one; tests pass a stand-in). Failures are
+    huggingface_hub's; the commands make them one line with `prefixvalue.loading.hub_errors`."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.utils import validate_repo_id
+
+    validate_repo_id(repo_id)  # a malformed id is refused before anything is sent
+    api = api or HfApi(token=token)
+    repo = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, token=token)
+    ops = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=src if isinstance(src, bytes) else str(src))
+        for name, src in sorted(files.items())
+    ]
+    api.create_commit(
+        repo_id=repo_id,
+        repo_type=repo_type,
+        operations=ops,
+        commit_message=commit_message,
+        revision=revision,
+        token=token,
+    )
+    return PushResult(repo_id=repo_id, url=str(repo), files=sorted(files))
+
+
 def push_to_hub(
     checkpoint: str | Path,
     repo_id: str,
@@ -131,32 +167,24 @@ def push_to_hub(
     commit_message: str = "Upload prefixvalue value checkpoint",
     api: Any = None,
 ) -> PushResult:
-    """Upload a value checkpoint folder to the Hub repo `repo_id` (created when missing) in one commit.
+    """Upload a value checkpoint folder to the Hub repo `repo_id` (created when missing) in one commit
+    (`upload_files`).
 
     The model card (README.md) is rendered for the repo (its usage snippet names `repo_id`); the local
     folder is not changed. `api`: an ``huggingface_hub.HfApi`` (default: a new one; tests pass a stand-in).
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
-
     folder = Path(checkpoint)
     if not (folder / CONFIG_NAME).is_file():
         raise ConfigError(f"{folder} is not a value checkpoint (no value_config.json)")
-    api = api or HfApi(token=token)
-    repo = api.create_repo(repo_id, private=private, exist_ok=True, token=token)
-    files = sorted(
-        p
+    files: dict[str, str | Path | bytes] = {
+        p.relative_to(folder).as_posix(): p
         for p in folder.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    }
+    files[CARD_FILE] = render_model_card(folder, name=repo_id).encode()
+    return upload_files(
+        files, repo_id, private=private, token=token, revision=revision, commit_message=commit_message, api=api
     )
-    ops = [
-        CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
-        for p in files
-        if p.relative_to(folder).as_posix() != CARD_FILE
-    ]
-    card = render_model_card(folder, name=repo_id)
-    ops.append(CommitOperationAdd(path_in_repo=CARD_FILE, path_or_fileobj=card.encode()))
-    api.create_commit(repo_id=repo_id, operations=ops, commit_message=commit_message, revision=revision, token=token)
-    return PushResult(repo_id=repo_id, url=str(repo), files=sorted(op.path_in_repo for op in ops))
 
 
 def push_model_to_hub(model: Any, repo_id: str, **kwargs: Any) -> PushResult:
@@ -177,4 +205,5 @@ __all__ = [
     "push_model_to_hub",
     "push_to_hub",
     "resolve_checkpoint",
+    "upload_files",
 ]

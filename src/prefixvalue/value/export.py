@@ -95,10 +95,13 @@ tokenises the whole text, so the prompt's tokens may differ from the snippet's).
 REMOTE_LOADING = """
 This kind is not a standard transformers class: the folder carries its architecture, `modeling_prefixvalue.py`
 (torch and transformers only), which `from_pretrained` runs only with `trust_remote_code=True`; read it first.
-It holds the value backbone{reference}. Its values sum over the completion's tokens, so `forward` needs
-`prompt_lengths` (a LongTensor, the number of prompt tokens of each row; batches right-padded with an
-`attention_mask`); transformers' `pipeline`, which cannot pass it, is refused with that message.
+It holds the value backbone{reference}. {lengths}
 """
+#: what REMOTE_LOADING says about ``prompt_lengths``: a kind whose values sum over the completion's tokens needs it
+NEEDS_LENGTHS = """Its values sum over the completion's tokens, so `forward` needs `prompt_lengths` (a
+LongTensor, the number of prompt tokens of each row; batches right-padded with an `attention_mask`); transformers'
+`pipeline`, which cannot pass it, is refused with that message."""
+NO_LENGTHS = """Its value at a token does not depend on where the prompt ends (`prompt_lengths` is optional)."""
 
 
 def export_readme(
@@ -111,9 +114,11 @@ def export_readme(
     completion: str,
     chat: bool = False,
     reference: bool = False,
+    needs_lengths: bool = True,
 ) -> str:
     """The README.md of an export: what the labels mean and a usage snippet loading `name` (standard class or
-    remote code, `standard`) that scores `prompt` ⊕ `completion`."""
+    remote code, `standard`; `reference`: it carries the reference policy; `needs_lengths`: its forward needs
+    ``prompt_lengths``) that scores `prompt` ⊕ `completion`."""
     held = " and the reference policy (twice the base model's weights)" if reference else ""
     return EXPORT_README.format(
         kind=kind,
@@ -123,7 +128,9 @@ def export_readme(
         prompt=prompt,
         completion=completion,
         fmt="the chat template (one user message, generation prompt)" if chat else "raw text",
-        loading=STANDARD_LOADING if standard else REMOTE_LOADING.format(reference=held),
+        loading=STANDARD_LOADING
+        if standard
+        else REMOTE_LOADING.format(reference=held, lengths=NEEDS_LENGTHS if needs_lengths else NO_LENGTHS),
         remote="" if standard else ", trust_remote_code=True",
         lengths="" if standard else ", prompt_lengths=torch.tensor([len(prompt_ids)])",
         pipeline=STANDARD_PIPELINE.format(name=name) if standard else "",
@@ -265,6 +272,7 @@ def export_token_classification(
             completion=example.get("completion", "COMPLETION TEXT"),
             chat=bool(model.prompt_format.chat_template),
             reference=getattr(tc, "reference", None) is not None,
+            needs_lengths=standard or tc.config.needs_prompt_lengths,
         ),
     )
     return out

@@ -281,12 +281,12 @@ def test_export_matches_prefixvalue_with_plain_transformers(demo, tmp_path, tiny
     exported["llama-full"] = (tmp_path / "tc-llama", vm)
     for name, (folder, model) in exported.items():
         tc = AutoModelForTokenClassification.from_pretrained(str(folder))  # plain transformers, nothing else
-        assert tc.config.num_labels == 1
+        assert tc.config.id2label == {0: "wrong", 1: "correct"}
         ours = model.predict(prompts, completions)
         for p, c, v in zip(prompts, completions, ours):
             with torch.no_grad():
-                logits = tc(input_ids=torch.tensor([p + c])).logits[0, :, 0].double()
-            theirs = torch.sigmoid(logits[len(p) - 1 :]).numpy()
+                logits = tc(input_ids=torch.tensor([p + c])).logits[0].double()
+            theirs = logits.softmax(-1)[len(p) - 1 :, 1].numpy()
             assert np.abs(theirs - v).max() < 2e-6, name
     # the exported README's snippet runs as written and gives the same values
     snippet = code_blocks((out / "README.md").read_text())[0]
@@ -296,9 +296,10 @@ def test_export_matches_prefixvalue_with_plain_transformers(demo, tmp_path, tiny
     np.testing.assert_allclose(
         scope["values"].numpy(), load_value_model(ckpt).score(ex["prompt"], ex["completion"]), atol=2e-6
     )
-    # what a token-classification model cannot express is refused in one line
-    implicit = build_value_model(ValueModelConfig(kind="implicit", base_rate=0.3), make_tiny_gpt2(len(tiny_tokenizer)))
-    with pytest.raises(ConfigError, match="implicit"):
+    # what a token classifier cannot express (a soft prompt) is refused in one line
+    soft = ValueModelConfig(kind="implicit", base_rate=0.3, backbone="frozen", soft_prompt_tokens=2)
+    implicit = build_value_model(soft, make_tiny_gpt2(len(tiny_tokenizer)))
+    with pytest.raises(ConfigError, match="soft prompt"):
         prefixvalue.export_token_classification(implicit, tmp_path / "no")
 
 

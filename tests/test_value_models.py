@@ -262,12 +262,16 @@ def test_what_differs_between_kinds_is_on_the_classes():
     assert head.description and implicit.description
     cfg = ValueModelConfig(kind="implicit")
     assert implicit.card_rows(cfg) == [("readout, loss", "mean, prefix (margin 5.0)")]
-    assert "adapter" in implicit.export_problem(cfg, 2)
+    assert implicit.export_problem(cfg, 2) is None and not implicit.standard_export(cfg, 2)
+    assert "soft prompt" in implicit.export_problem(
+        ValueModelConfig(kind="implicit", backbone="frozen", soft_prompt_tokens=2)
+    )
     assert head.card_rows(ValueModelConfig(kind="head")) == []
     assert head.export_problem(ValueModelConfig(kind="head")) is None
-    assert head.export_problem(ValueModelConfig(kind="head", head_layer=2), 2) is None  # the last of 2 layers
-    assert "layer 1" in head.export_problem(ValueModelConfig(kind="head", head_layer=1), 2)
-    assert "policy_features" in head.export_problem(ValueModelConfig(kind="head", policy_features=True))
+    assert head.standard_export(ValueModelConfig(kind="head", head_layer=2), 2)  # the last of 2 layers
+    assert not head.standard_export(ValueModelConfig(kind="head", head_layer=1), 2)  # an inner layer: remote code
+    assert not head.standard_export(ValueModelConfig(kind="head", policy_features=True))
+    assert head.export_problem(ValueModelConfig(kind="head", policy_features=True)) is None
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

@@ -1,11 +1,13 @@
-"""``prefixvalue export-model``: a head value checkpoint as a plain ``AutoModelForTokenClassification``.
+"""``prefixvalue export-model``: a value checkpoint of any kind as a two-label token classifier.
 
     prefixvalue export-model checkpoint=runs/quickstart/train_head/final out=runs/export/head-tc
 
-The exported folder loads with ``transformers.AutoModelForTokenClassification.from_pretrained`` alone
-(``num_labels=1``; ``sigmoid(logits[..., i, 0])`` is P̂ of the prefix ending at token i), so tools that load
-token-classification reward models read it without prefixvalue (`prefixvalue.value.export`; docs/design.md,
-"Checkpoints that travel"). ``prefixvalue export`` is another command: it writes data formats.
+The exported folder loads with ``transformers.AutoModelForTokenClassification.from_pretrained`` without
+prefixvalue (labels 0 "wrong", 1 "correct"; ``softmax(logits, -1)[..., i, 1]`` is P̂ of the prefix ending at
+token i), so tools that load token-classification reward models read it: a plain head as a standard class,
+every other kind with ``trust_remote_code=True`` through the ``modeling_prefixvalue.py`` it carries
+(`prefixvalue.value.export`; docs/design.md, "Checkpoints that travel"). ``prefixvalue export`` is another
+command: it writes data formats.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ OUTPUTS = (
     "*.model",
     "README.md",
     "prompt_format.json",
+    "modeling_prefixvalue.py",
 )
 #: keys that may differ when the same export runs again into out (the check writes nothing)
 RERUN_KEYS = runfolder.RERUN_KEYS | {"check"}
@@ -43,9 +46,9 @@ PATH_KEYS = ("checkpoint", "base_model")
 
 @dataclass
 class ExportModelConfig(ModelLoadConfig):
-    """Export a head value checkpoint to AutoModelForTokenClassification (num_labels=1)."""
+    """Export a value checkpoint to a two-label token classifier (P̂ = softmax(logits)[..., 1])."""
 
-    checkpoint: str = field("", help="value checkpoint folder or Hub id (a head model on the last layer)")
+    checkpoint: str = field("", help="value checkpoint folder or Hub id (any kind, without a soft prompt)")
     out: str = field("", help="output folder of the token-classification model")
     base_model: str | None = field(None, help="base model path or Hub id (default: the checkpoint's, searched)")
     dtype: str = field("float32", help="dtype of the exported weights: float32 | bfloat16 | float16")
@@ -68,7 +71,7 @@ def run(cfg: ExportModelConfig) -> dict:
     rules = {"outputs": OUTPUTS, "rerun_keys": RERUN_KEYS, "path_keys": PATH_KEYS, "overwrite": cfg.overwrite}
     runfolder.check(out, "export-model", cfg, **rules)  # refuse another run's folder before loading anything
     from ..value import load_value_model
-    from ..value.export import check_exportable, export_token_classification
+    from ..value.export import check_exportable, export_token_classification, is_standard
 
     vm = load_value_model(cfg.checkpoint, base_model=cfg.base_model, options=cfg.load_options())
     check_exportable(vm)
@@ -79,18 +82,28 @@ def run(cfg: ExportModelConfig) -> dict:
     folder.install(lambda tmp: export_token_classification(vm, tmp, cfg.dtype, name=name), stale=("*",))
     diff = compare_export(vm, out) if cfg.check else None
     folder.finish()
-    print(f"export-model: wrote {out}" + ("" if diff is None else f" (max |ΔP̂| vs prefixvalue: {diff:.2e})"))
-    return {"out": str(out), "max_abs_diff": diff}
+    standard = is_standard(vm)
+    note = (
+        ""
+        if standard
+        else f"; this {vm.config.kind} export loads only with trust_remote_code=True (it carries modeling_prefixvalue.py)"
+    )
+    print(f"export-model: wrote {out}" + ("" if diff is None else f" (max |ΔP̂| vs prefixvalue: {diff:.2e})") + note)
+    return {"out": str(out), "max_abs_diff": diff, "trust_remote_code": not standard}
 
 
 def compare_export(vm, out: Path, prompt: str = "", completion: str = "") -> float:
-    """Largest |P̂ (prefixvalue) − sigmoid(logit) (plain transformers)| over the prefixes of one example (the
-    checkpoint's, else a short text)."""
+    """Largest |P̂ (prefixvalue) − softmax(logits)[..., 1] (the export)| over the prefixes of one example (the
+    checkpoint's, else a short text). A standard export is loaded with plain transformers; one that carries
+    ``modeling_prefixvalue.py`` with prefixvalue's copy of that file (the command runs no code from out)."""
     import json
 
     import numpy as np
     import torch
     from transformers import AutoModelForTokenClassification
+
+    from ..value.export import REMOTE_CODE_FILE
+    from ..value.modeling_prefixvalue import PrefixValueForTokenClassification
 
     if not prompt and vm.source is not None and (vm.source / "training.json").is_file():
         ex = json.loads((vm.source / "training.json").read_text()).get("example") or {}
@@ -98,10 +111,13 @@ def compare_export(vm, out: Path, prompt: str = "", completion: str = "") -> flo
     prompt, completion = prompt or "Q:1+2=", completion or "1+2=3;A:3"
     prompt_ids, completion_ids = vm.encode(prompt, completion)
     ours = vm.predict([prompt_ids], [completion_ids])[0]
-    tc = AutoModelForTokenClassification.from_pretrained(str(out), dtype=torch.float32).eval()
+    remote = (out / REMOTE_CODE_FILE).is_file()
+    loader = PrefixValueForTokenClassification if remote else AutoModelForTokenClassification
+    tc = loader.from_pretrained(str(out), dtype=torch.float32).eval()
+    kwargs = {"prompt_lengths": torch.tensor([len(prompt_ids)])} if remote else {}
     with torch.no_grad():
-        logits = tc(input_ids=torch.tensor([prompt_ids + completion_ids])).logits[0, :, 0].double()
-    theirs = torch.sigmoid(logits[len(prompt_ids) - 1 :]).numpy()
+        logits = tc(input_ids=torch.tensor([prompt_ids + completion_ids]), **kwargs).logits[0].double()
+    theirs = logits.softmax(-1)[len(prompt_ids) - 1 :, 1].numpy()
     return float(np.abs(ours - theirs).max())
 
 

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from .. import __version__
+from .. import __version__, runfolder
 from ..config import ConfigError
 from ..data.collate import collated_batches
 from ..data.steps import StepExample, prefix_step_scores, process_step_scores, td_errors, tokenize_step_example
@@ -42,6 +42,7 @@ from ..prompting import (
 from .card import write_model_card
 from .checkpoint import (
     ADAPTER_DIR,
+    ADAPTER_FILES,
     BACKBONE_DIR,
     CHECKPOINT_RECORDS,
     CONFIG_NAME,
@@ -180,10 +181,22 @@ class ValueModel(nn.Module):
 
     @classmethod
     def export_problem(cls, config: ValueModelConfig, num_layers: int | None = None) -> str | None:
-        """Why ``prefixvalue export-model`` cannot write a model of `config` as an
-        ``AutoModelForTokenClassification`` (`num_layers`: the backbone's hidden layers, when known), in one
-        line; None when it can. Default: it cannot."""
-        return f"export-model writes head models; it cannot express a {config.kind!r} model"
+        """Why ``prefixvalue export-model`` cannot write a model of `config` as a token classifier
+        (`num_layers`: the backbone's hidden layers, when known), in one line; None when it can. Default: it
+        cannot (docs/design.md, "Checkpoints that travel")."""
+        return f"export-model cannot express a {config.kind!r} model"
+
+    @classmethod
+    def standard_export(cls, config: ValueModelConfig, num_layers: int | None = None) -> bool:
+        """Whether the export is a standard ``AutoModelForTokenClassification`` (a linear layer on the last hidden
+        state); otherwise it is the self-contained ``modeling_prefixvalue.py`` (trust_remote_code). Default: no."""
+        return False
+
+    @classmethod
+    def export_reads_reference(cls, config: ValueModelConfig) -> bool:
+        """Whether an export carries the reference policy beside the value backbone (default: when the kind
+        `reads_reference` and its backbone is not the frozen policy itself)."""
+        return cls.reads_reference(config) and config.backbone != "frozen"
 
     # ----- backbone adaptation -------------------------------------------------------------------
     def _adapt(self, backbone: PreTrainedModel, adapter_dir: str | Path | None) -> nn.Module:
@@ -443,6 +456,11 @@ class ValueModel(nn.Module):
         if self.uses_peft:
             self.lm.save_pretrained(str(out / ADAPTER_DIR), safe_serialization=True)
             (out / ADAPTER_DIR / "README.md").unlink(missing_ok=True)  # peft's empty template; README.md is the card
+            if base:  # peft records the path the base was loaded from: the portable one, so AutoPeftModel finds it
+                adapter_config = out / ADAPTER_DIR / ADAPTER_FILES[0]
+                peft_cfg = json.loads(adapter_config.read_text())
+                peft_cfg["base_model_name_or_path"] = base
+                runfolder.write_text(adapter_config, json.dumps(peft_cfg, indent=2, sort_keys=True) + "\n")
         if self.config.backbone == "full":
             self.lm.save_pretrained(str(out / BACKBONE_DIR), safe_serialization=True)
         extra = self._extra_state_tensors()

@@ -203,12 +203,37 @@ def render_model_card(folder: str | Path, name: str | None = None) -> str:
         "`base_model=PATH` to `from_pretrained` or set `PREFIXVALUE_BASE_MODEL`.",
     ]
     if kind and kind.export_problem(cfg) is None:
-        body += [
-            "",
-            "`prefixvalue export-model checkpoint=THIS out=DIR` writes it as a plain "
-            "`AutoModelForTokenClassification` (`num_labels=1`; σ(logit at a token) = P̂ of the prefix ending there).",
-        ]
+        body += ["", *_export_usage(kind.standard_export(cfg))]
     return "\n".join(meta + body) + "\n"
+
+
+def _export_usage(standard: bool) -> list[str]:
+    """The card's lines on ``prefixvalue export-model``: how the export loads and reads (docs/design.md,
+    "Checkpoints that travel")."""
+    if standard:
+        lines = [
+            "`prefixvalue export-model checkpoint=THIS out=DIR` writes it as a standard "
+            "`AutoModelForTokenClassification` with two labels, `wrong` and `correct`; P̂ of the prefix ending at a "
+            'token is the probability of `correct` there (`pipeline("token-classification", model=DIR)`: `score` '
+            "where `entity` is `correct`, else `1 - score`):",
+        ]
+        load, extra = "", ""
+    else:
+        lines = [
+            "`prefixvalue export-model checkpoint=THIS out=DIR` writes it as a two-label token classifier (`wrong`, "
+            "`correct`) that plain transformers loads with `trust_remote_code=True`: the folder carries its "
+            "architecture, `modeling_prefixvalue.py` (torch and transformers only), and `forward` needs "
+            "`prompt_lengths`, the number of prompt tokens of each row:",
+        ]
+        load, extra = ", trust_remote_code=True", ", prompt_lengths=torch.tensor([len(prompt_ids)])"
+    return [
+        *lines,
+        "",
+        "```python",
+        f'tc = AutoModelForTokenClassification.from_pretrained("DIR"{load})',
+        f"p_hat = tc(input_ids=torch.tensor([prompt_ids + completion_ids]){extra}).logits.softmax(-1)[0, :, 1]",
+        "```",
+    ]
 
 
 def write_model_card(folder: str | Path) -> Path:

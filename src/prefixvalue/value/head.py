@@ -69,18 +69,15 @@ class HeadValueModel(ValueModel):
 
     @classmethod
     def export_problem(cls, config: ValueModelConfig, num_layers: int | None = None) -> str | None:
-        """A token classifier expresses a head on the last hidden layer (``head_layer`` -1, or `num_layers`)
-        of a LoRA-merged or plain backbone, without policy features or a soft prompt."""
-        if config.head_layer not in (-1, num_layers):
-            return (
-                "export-model needs a head on the last hidden layer; "
-                f"this head reads layer {config.head_layer} (head_layer)"
-            )
-        if config.policy_features:
-            return "export-model cannot express policy_features (the reference policy's log-probabilities)"
+        """A token classifier expresses any head but one behind a soft prompt (virtual tokens before the prompt)."""
         if config.soft_prompt_tokens:
             return "export-model cannot express a soft prompt (virtual tokens before the prompt)"
         return None
+
+    @classmethod
+    def standard_export(cls, config: ValueModelConfig, num_layers: int | None = None) -> bool:
+        """A head on the last hidden layer (``head_layer`` -1, or `num_layers`) without policy features."""
+        return config.head_layer in (-1, num_layers) and not config.policy_features and not config.soft_prompt_tokens
 
     def __init__(
         self,

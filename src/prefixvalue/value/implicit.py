@@ -144,11 +144,15 @@ class ImplicitValueModel(ValueModel):
 
     @classmethod
     def export_problem(cls, config: ValueModelConfig, num_layers: int | None = None) -> str | None:
-        """Never: the values need the policy's logits with and without the adapter."""
-        return (
-            f"export-model writes head models; a {config.kind!r} model's values need the policy's logits with and "
-            "without its adapter (docs/design.md, 'The implicit model with plain transformers and peft')"
-        )
+        """A LoRA model exports (the tuned policy and the policy); a soft prompt does not."""
+        if config.soft_prompt_tokens:
+            return "export-model cannot express a soft prompt (virtual tokens before the prompt)"
+        return None
+
+    @classmethod
+    def export_reads_reference(cls, config: ValueModelConfig) -> bool:
+        """Always: the values compare the tuned policy with the policy."""
+        return True
 
     def values_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """P̂ at p ≥ 1 read out as the model was trained: σ(v̄(p)) for ``loss=prefix``, σ(V_φ(p)) =

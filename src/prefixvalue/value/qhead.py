@@ -70,8 +70,9 @@ class QHeadValueModel(HeadValueModel):
         return [("V(s) aggregates", f"Q(s, ·) over the policy's top {k} tokens, weighted by π_ref")]
 
     @classmethod
-    def export_problem(cls, config: ValueModelConfig, num_layers: int | None = None) -> str | None:
-        return "export-model cannot express a Q-head (its values need the reference policy's log-probabilities)"
+    def standard_export(cls, config: ValueModelConfig, num_layers: int | None = None) -> bool:
+        """Never: Q reads the reference policy's log-probabilities."""
+        return False
 
     def __init__(
         self,

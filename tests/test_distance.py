@@ -339,11 +339,11 @@ def test_only_the_soft_prompt_trains(tiny_setup, tmp_path, monkeypatch, kind):
     assert after.keys() == before.keys()
     for name, w in before.items():
         assert torch.equal(after[name], w), f"{name} changed in training"
-    parts = distance.adapter_parameters(Path(tcfg.output_dir) / "final")
+    parts = distance.adapter_parameters(Path(tcfg.out) / "final")
     assert parts["prompt"] == 2 * 32 and parts["lora"] == 0 and parts["head"] == (33 if kind == "head" else 0)
     from prefixvalue.value import load_value_model
 
-    model = load_value_model(Path(tcfg.output_dir) / "final")
+    model = load_value_model(Path(tcfg.out) / "final")
     prompt = model.lm.get_prompt(batch_size=1)[0]
     start = model.ref_prompt if kind == "implicit" else fresh.get_input_embeddings().weight
     if kind == "implicit":
@@ -455,7 +455,7 @@ def test_cell_spearman_is_the_one_evaluators_learned_spearman(tiny_setup, tmp_pa
     )
     tcfg = cfg.cell_config("head", 2, 0)
     train_mod.run(tcfg)
-    final = Path(tcfg.output_dir) / "final"
+    final = Path(tcfg.out) / "final"
     labelled = distance.LabelledSet.load(str(traces), str(labels))
     got = distance.cell_spearman(final, labelled, batch_size=4)
     record, rows = SplitRecord.load(final), load_traces(traces)
@@ -499,7 +499,7 @@ def test_losses_and_spearman_follow_the_checkpoints_split_sides(tiny_setup, tmp_
     )
     tcfg = cfg.cell_config("head", 2, 0)
     result = train_mod.run(tcfg)
-    final = Path(tcfg.output_dir) / "final"
+    final = Path(tcfg.out) / "final"
     model, record = load_value_model(final), SplitRecord.load(final)
     rows = distance.loss_rows(str(traces))
     sides = [record.side(r["prompt"]) for r in rows]
@@ -582,7 +582,7 @@ def test_sweep_end_to_end_and_resumes(tiny_setup, tmp_path, monkeypatch):
 
     # a second run trains nothing and reads every finished cell back
     def refuse(tcfg):
-        raise AssertionError(f"{tcfg.output_dir} trained again")
+        raise AssertionError(f"{tcfg.out} trained again")
 
     monkeypatch.setattr(distance, "_train_cell", refuse)
     again = distance.run(parse_config(distance.DistanceConfig, args))

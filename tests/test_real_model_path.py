@@ -107,7 +107,7 @@ def test_train_takes_the_policy_from_the_traces_and_refuses_another(tmp_path, ch
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "not the model that wrote the traces" in err[0]
 
-    result = train.run(train.TrainConfig(**_cfg(common), output_dir=str(tmp_path / "ok")))  # default: the traces'
+    result = train.run(train.TrainConfig(**_cfg(common), out=str(tmp_path / "ok")))  # default: the traces'
     saved = ValueModelConfig.from_dict(json.loads((tmp_path / "ok" / "final" / "value_config.json").read_text()))
     assert saved.base_model == str(chat_dir) and result["step"] == 2
     fmt = json.loads((tmp_path / "ok" / "final" / "prompt_format.json").read_text())

@@ -96,7 +96,7 @@ def test_distance_resume_refuses_an_empty_curve_json_in_one_line(tmp_path, monke
     argv, out = _distance_argv(tmp_path)
 
     def older_version_killed(tcfg):  # trained final/, then died writing curve.json in place
-        cell = Path(tcfg.output_dir)
+        cell = Path(tcfg.out)
         (cell / "final").mkdir(parents=True)
         (cell / distance_study.CURVE_FILE).write_text("")
         raise KeyboardInterrupt
@@ -125,7 +125,7 @@ def test_distance_computes_a_half_written_cell_json_again(tmp_path, monkeypatch)
         raise Recomputed(final)
 
     monkeypatch.setattr(distance_study, "adapter_parameters", measured)
-    tcfg = types.SimpleNamespace(output_dir=str(cell))
+    tcfg = types.SimpleNamespace(out=str(cell))
     with pytest.raises(Recomputed):  # before: JSONDecodeError from json.loads of the half-written cell.json
         distance_study.evaluate_cell(tcfg, "head", 1, 0, None, None)
 

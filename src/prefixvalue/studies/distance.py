@@ -160,7 +160,7 @@ class DistanceConfig:
     run_name: str | None = field(None, help="wandb run name")
     train: train_mod.TrainConfig = field(
         default_factory=_default_train,
-        help="training options of every cell (traces, output_dir, seed, eval_every and value_model.kind / "
+        help="training options of every cell (traces, out, seed, eval_every and value_model.kind / "
         "backbone / soft_prompt_tokens are set per cell); policy and loading options go here",
     )
 
@@ -211,7 +211,7 @@ class DistanceConfig:
                 **{
                     "traces": self.traces or base.traces,
                     "value_model": vm,
-                    "output_dir": str(Path(self.out) / "cells" / self.cell_name(kind, n, seed, lora_r)),
+                    "out": str(Path(self.out) / "cells" / self.cell_name(kind, n, seed, lora_r)),
                     "seed": base.seed + seed,
                     "eval_every": max(1, base.max_steps // self.curve_points),
                     "threads": self.threads or base.threads,
@@ -240,12 +240,12 @@ def _train_cell(tcfg: train_mod.TrainConfig) -> dict[str, Any]:
         "auroc_last": result.get("auroc_last"),
         "seconds": round(time.perf_counter() - t, 2),
     }
-    runfolder.write_text(Path(tcfg.output_dir) / CURVE_FILE, json.dumps(curve, indent=2) + "\n")  # atomic
+    runfolder.write_text(Path(tcfg.out) / CURVE_FILE, json.dumps(curve, indent=2) + "\n")  # atomic
     return curve
 
 
 def _trained(tcfg: train_mod.TrainConfig) -> bool:
-    out = Path(tcfg.output_dir)
+    out = Path(tcfg.out)
     if not (out / CURVE_FILE).exists() or not (out / "final").exists():
         return False
     # a finished cell of another config is refused, not reused
@@ -285,7 +285,7 @@ def train_cells(cfg: DistanceConfig, jobs: Sequence[train_mod.TrainConfig]) -> N
     print(f"distance: training {len(todo)} cell(s) ({len(jobs) - len(todo)} already trained)", flush=True)
     if cfg.workers == 1 or len(todo) == 1:
         for i, tcfg in enumerate(todo):
-            print(f"distance: cell {i + 1}/{len(todo)}: {Path(tcfg.output_dir).name}", flush=True)
+            print(f"distance: cell {i + 1}/{len(todo)}: {Path(tcfg.out).name}", flush=True)
             _train_cell(tcfg)
         return
     run_jobs(_train_cell, dict(enumerate(todo)), cfg.workers, lambda t: dataclasses.replace(t, threads=1))
@@ -500,7 +500,7 @@ def evaluate_cell(
     from ..policies import default_device
     from ..value import load_value_model
 
-    out = Path(tcfg.output_dir)
+    out = Path(tcfg.out)
     path = out / CELL_FILE
     cell = _read_json(path)  # one empty or half written (by an older version) is computed again
     if cell is not None and all(k in cell for k in CELL_KEYS):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from test_checkpoints_travel import LocalHub
-from test_tracking import _of, offline_runs
+from test_tracking import _of, offline, offline_runs  # noqa: F401 - the offline fixture is re-used
 
 from prefixvalue import training as train
 from prefixvalue.config import parse_config
@@ -18,15 +18,6 @@ from prefixvalue.stages import evaluate as ev
 from prefixvalue.tracking import WANDB_ID_FILE, WANDB_RUN_FILE, training_run
 
 from test_evaluate import _write, make_tiny_eval
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
-    for name in ("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_GROUP", "WANDB_JOB_TYPE", "WANDB_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
 
 
 def _config(records: list) -> dict:
@@ -38,9 +29,8 @@ def _config(records: list) -> dict:
 
 
 # ------------------------------------------------------------------------------- item 7: wandb
-def test_train_logs_to_wandb_by_default_and_evaluate_links_to_its_run(
-    offline, tmp_path, tiny_tokenizer, tiny_model_dir
-):
+@pytest.mark.usefixtures("offline")
+def test_train_logs_to_wandb_by_default_and_evaluate_links_to_its_run(tmp_path, tiny_tokenizer, tiny_model_dir):
     assert "wandb" in train.TrainConfig(traces="x").report_to.split(",")  # as evaluate's default
     assert train.TrainConfig(traces="x").report_to == ev.EvaluateConfig().report_to
     traces, labels = make_tiny_eval(tiny_tokenizer, n_prompts=6)

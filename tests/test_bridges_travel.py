@@ -272,3 +272,66 @@ def test_import_trl_native_stepwise_rows(tmp_path, capsys):
     ds = load_traces(tmp_path / "c")
     assert ds["outcome"] == [1.0, 0.0] and all("verifier" in n for n in ds["outcome_note"])
     assert json.loads((tmp_path / "c" / "summary.json").read_text())["outcome_from"] == "verify"
+
+
+#: README lines of "To and from TRL, Math-Shepherd and ProcessBench" that need the network (a Hub dataset id)
+NETWORK_ONLY = ("Qwen/ProcessBench",)
+
+
+def _readme_commands(title: str) -> list[str]:
+    """The shell commands of the README section `title`'s bash blocks, continuation lines joined, comments dropped."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    body = readme.split(f"\n### {title}\n", 1)[1].split("\n## ", 1)[0]
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", body, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                commands.append(line.split(" # ")[0].strip())
+    return commands
+
+
+@pytest.mark.slow
+def test_readme_trl_section_runs_as_written(tmp_path, monkeypatch, random_head_checkpoint):
+    """Issue 34: every command of the README's "To and from TRL ..." section runs as written (but the Hub one), in a
+    folder laid out as after the quickstart: arith traces and MC step labels, a value head, the shipped policy,
+    and a TRL-native stepwise file."""
+    import shlex
+    import shutil
+
+    root = tmp_path / "repo"
+    quick = root / "runs" / "quickstart"
+    quick.mkdir(parents=True)
+    shutil.copytree(_import(tmp_path, _rollouts(4)), quick / "traces")
+    shutil.copytree(_mc_labels(tmp_path, quick / "traces"), quick / "labels")
+    shutil.copytree(random_head_checkpoint, quick / "train_head" / "final")
+    shutil.copytree(POLICY, root / "data" / "policies" / "arith-tiny")
+    task = build_task("arith", {"min_steps": 2, "max_steps": 3})
+    stepwise = [
+        {
+            "prompt": p.text,
+            "completions": [s + ";" for s in p.meta["solution"].split(";")[:-1]] + [p.meta["solution"].split(";")[-1]],
+            "labels": [True] * len(p.meta["solution"].split(";")),
+        }
+        for p in task.prompts(3, "validation")
+    ]
+    _jsonl(root / "stepwise.jsonl", stepwise)
+    monkeypatch.chdir(root)
+    commands = _readme_commands("To and from TRL, Math-Shepherd and ProcessBench")
+    ran = []
+    for command in commands:
+        if any(hub in command for hub in NETWORK_ONLY):
+            continue
+        program, *args = shlex.split(command)
+        if program == ".venv/bin/prefixvalue":
+            assert cli.main(args) == 0, command
+        elif program == ".venv/bin/python" and args[0] == "recipes/train_prm.py":
+            assert _recipe().main(args[1:]) == 0, command
+        else:
+            raise AssertionError(f"README command this test cannot run: {command}")
+        ran.append(args[0])
+    assert ran == ["export", "recipes/train_prm.py", "evaluate", "import", "import"], ran
+    assert (root / "runs" / "prm" / "final" / "config.json").is_file()
+    assert json.loads((root / "runs" / "pb" / "metrics.json").read_text())["step_benchmark"]
+    assert (root / "runs" / "t").is_dir() and (root / "runs" / "imported").is_dir()

@@ -219,3 +219,16 @@ def test_evaluate_warns_when_the_sample_is_too_small(tmp_path, tiny_tokenizer, t
     assert report.index("## Warnings") < report.index("## ", report.index("## Warnings") + 1)
     err = capsys.readouterr().err
     assert all(f"prefixvalue evaluate: warning: {w}" in err for w in metrics["warnings"])
+
+
+def test_a_runs_saved_config_is_a_config_file_again(tmp_path):
+    """A run's own config.yaml (with the version and class save_resolved_config adds) reads back through
+    ``--config`` to the same config; another command's saved config is refused in one line."""
+    from prefixvalue.config import ConfigError, save_resolved_config
+    from prefixvalue.stages.evaluate import EvaluateConfig
+
+    cfg = parse_config(train.TrainConfig, ["traces=t", "out=o", "max_steps=7", "value_model.kind=head"])
+    saved = save_resolved_config(cfg, tmp_path)
+    assert parse_config(train.TrainConfig, ["--config", str(saved)]) == cfg
+    with pytest.raises(ConfigError, match="saved by TrainConfig, not EvaluateConfig"):
+        parse_config(EvaluateConfig, ["--config", str(saved)])

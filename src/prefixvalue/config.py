@@ -490,11 +490,11 @@ def parse_config(cls: type[T], argv: list[str] | None = None, prog: str | None =
         if arg in ("--config", "-c"):
             if i + 1 >= len(argv):
                 raise ConfigError("--config needs a YAML file")
-            tree = load_yaml(argv[i + 1])
+            tree = _without_saved_meta(cls, load_yaml(argv[i + 1]), argv[i + 1])
             i += 2
             continue
         if arg.startswith("--config="):
-            tree = load_yaml(arg.split("=", 1)[1])
+            tree = _without_saved_meta(cls, load_yaml(arg.split("=", 1)[1]), arg.split("=", 1)[1])
             i += 1
             continue
         if arg.startswith("--") and "=" in arg:
@@ -640,6 +640,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
     return data
+
+
+#: what `save_resolved_config` writes beside the options: a saved config.yaml is read back as a config file
+SAVED_META_KEYS = ("prefixvalue_version", "config_class")
+
+
+def _without_saved_meta(cls: type, tree: Any, path: str) -> Any:
+    """A config file's mapping without the keys `save_resolved_config` adds, so a run's own config.yaml is a
+    ``--config`` file again; ConfigError when it was saved by another command's config class."""
+    if not isinstance(tree, dict) or not any(k in tree for k in SAVED_META_KEYS):
+        return tree
+    saved = tree.get("config_class")
+    if saved is not None and saved != cls.__name__:
+        raise ConfigError(f"{path}: saved by {saved}, not {cls.__name__}: it is another command's config")
+    return {k: v for k, v in tree.items() if k not in SAVED_META_KEYS}
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

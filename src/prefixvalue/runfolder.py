@@ -49,7 +49,7 @@ from typing import Any
 
 from . import __version__
 from .atomic import TEMP_PREFIX, remove_entry, replace_entry, write_atomic
-from .config import ConfigError, config_to_dict, read_yaml
+from .config import SAVED_META_KEYS, ConfigError, config_to_dict, read_yaml
 
 RECORD_FILE = ".prefixvalue-run.json"  #: the run's record: command, config, files written, complete
 LOCK_FILE = ".prefixvalue-run.lock"  #: held (flock) by the process that claimed the folder
@@ -60,7 +60,6 @@ RERUN_KEYS = frozenset({"out", "output_dir", "overwrite", "progress", "report_to
 #: what the loggers (`prefixvalue.tracking`) write into a run folder besides a command's own files
 LOGGER_OUTPUTS = ("metrics.jsonl", "wandb", "wandb_run_id")
 MAX_NAMED = 8  #: most differing keys or strangers' files a refusal names
-_META_KEYS = ("prefixvalue_version", "config_class")  #: what save_resolved_config adds to a config
 
 #: the command whose config.yaml names each config class (what a folder written before the record holds)
 CONFIG_CLASSES: dict[str, str] = {
@@ -187,8 +186,8 @@ def config_differences(
     `defaults` (a config written by an older version); `renames` maps old dotted names to new ones;
     `path_keys` compare as resolved paths when they exist."""
     same = _default_equal(path_keys)
-    flat_old = {(renames or {}).get(k, k): v for k, v in _flat(old).items() if k not in _META_KEYS}
-    flat_new = {k: v for k, v in _flat(new).items() if k not in _META_KEYS}
+    flat_old = {(renames or {}).get(k, k): v for k, v in _flat(old).items() if k not in SAVED_META_KEYS}
+    flat_new = {k: v for k, v in _flat(new).items() if k not in SAVED_META_KEYS}
     flat_defaults = _flat(defaults or {})
     diffs = []
     for key in sorted(flat_old.keys() | flat_new.keys()):

@@ -8,6 +8,8 @@
 # make test-vllm    the vLLM backend's tests in their own environment (.venv-vllm, made by make install-vllm)
 # make test-genlm   the genlm-control adapter's tests in their own environment (.venv-genlm, make install-genlm)
 # make bench-vllm   vLLM vs the HF sampler for collect and label (figures in benchmarks/results.json)
+# make test-ray     executor=ray on a local Ray cluster (ray start on 127.0.0.1; make install-ray adds ray to .venv)
+# make bench-ray    labelling on 1 process, 1 and 2 Ray workers, scheduling overhead per shard (benchmarks/results.json)
 #
 # On a GPU machine, choose the torch build:  make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 
@@ -30,7 +32,7 @@ SMOLLM2_GGUF = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/llm_smo
 WORD_PROBLEMS := task=jsonl task_args.path=data/word_problems/word_problems.jsonl task_args.prompt_field=question \
 	task_args.id_field=id task_args.verifier=last_number task_args.steps=sentence
 
-.PHONY: install install-smollm2 install-vllm install-genlm quickstart test test-vllm test-genlm bench bench-vllm frontier steer distrl smollm2 lint clean
+.PHONY: install install-smollm2 install-vllm install-genlm install-ray quickstart test test-vllm test-genlm test-ray bench bench-vllm bench-ray frontier steer distrl smollm2 lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -153,6 +155,23 @@ test-vllm: install-vllm
 
 bench-vllm: install-vllm
 	$(VLLM_PY) benchmarks/bench_vllm.py
+
+# executor=ray (the `ray` extra) in the main environment: plain ray pins nothing the package uses (`ray start`
+# runs without ray[default], whose dashboard the tests do not start)
+RAY_STAMP := $(VENV)/.prefixvalue-ray-installed
+
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install --no-compile -e ".[dev,rl,ray]"
+	touch $(RAY_STAMP)
+
+install-ray: $(RAY_STAMP)
+
+# a head and three 1-CPU worker nodes started with `ray start` on 127.0.0.1 (about 5 minutes on 2 CPU cores)
+test-ray: install-ray
+	$(PY) -m pytest -p no:xdist -m ray tests/test_ray_cluster.py
+
+bench-ray: install-ray
+	$(PY) benchmarks/bench_ray.py
 
 lint: install
 	$(VENV)/bin/ruff check src recipes tests benchmarks

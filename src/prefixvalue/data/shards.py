@@ -18,13 +18,16 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 
 from .. import runfolder
 from ..config import ConfigError, save_resolved_config
 from ..loading import same_model
+
+if TYPE_CHECKING:  # ray is an optional dependency: its module is imported only for executor=ray
+    from .ray_shards import RayOptions
 
 #: manifest keys whose change has a cause worth naming in the refusal (a stage's manifest may hold them)
 MANIFEST_NOTES: dict[str, str] = {
@@ -245,6 +248,7 @@ def run_sharded_stage(
     desc: str,
     unit: str,
     progress: bool,
+    ray_options: RayOptions | None = None,
 ) -> datasets.Dataset | None:
     """The scaffolding of a sharded stage, from the resume check to the merged dataset.
 
@@ -259,10 +263,21 @@ def run_sharded_stage(
     ``work(i, bar)``; `shard_items(i)` is shard i's size in progress-bar units, by which ``work(i, bar)``
     advances the bar as it goes (a work that knows only a bound lowers ``bar.total`` by what it did not
     use). Returns the merged dataset on the main process (which then writes the stage's summary), None on
-    the others.
+    the others. With `ray_options` (``executor=ray``) this one process is the driver: `setup` and the works
+    run on the workers of a Ray cluster, the driver writes and merges the shards (`run_ray_stage`).
     """
     started = time.time()
     rank, world, state = dist_info()
+    if ray_options is not None:
+        if world > 1:
+            raise ConfigError(
+                f"{command}: executor=ray runs from one driver process, not under a launcher ({world} processes); "
+                "start it as a plain command"
+            )
+        return run_ray_stage(
+            cfg, out, manifest, num_shards, shard_items, setup, features, ray_options, started,
+            command=command, outputs=outputs, desc=desc, unit=unit, progress=progress,
+        )  # fmt: skip
     todo = [i for i in range(num_shards) if i % world == rank and not shard_done(out, i)]
     work = None
     if rank == 0:
@@ -298,6 +313,72 @@ def run_sharded_stage(
     return merged
 
 
+def run_ray_stage(
+    cfg: Any,
+    out: Path,
+    manifest: dict[str, Any],
+    num_shards: int,
+    shard_items: Callable[[int], int],
+    setup: Callable[[Any], ShardWork],
+    features: datasets.Features,
+    opts: RayOptions,
+    started: float,
+    *,
+    command: str,
+    outputs: tuple[str, ...],
+    desc: str,
+    unit: str,
+    progress: bool,
+) -> datasets.Dataset:
+    """`run_sharded_stage` with the shards' work on a Ray cluster (docs/design.md, "Scale: Ray").
+
+    The same checks, claim and manifest as the main process's; `setup` runs on every worker before the
+    manifest is written (a worker whose node lacks the model fails in one line and leaves no manifest); each
+    finished shard comes back as rows and is written here, atomically, so a worker killed mid-shard leaves
+    nothing, and a rerun skips the shards written. Returns the merged dataset.
+    """
+    from . import ray_shards  # ray is optional: imported only for executor=ray
+
+    check_manifest(out, manifest, write=False)
+    runfolder.claim(
+        out,
+        command,
+        manifest,
+        outputs=(*SHARDED_OUTPUTS, *outputs),
+        equal=_same_value,
+        config_file="run.json",
+        notes=MANIFEST_NOTES,
+    )
+    clean_stale_temp(out, started)
+    todo = [i for i in range(num_shards) if not shard_done(out, i)]
+    connected = ray_shards.connect(opts, command)
+    pool = None
+    try:
+        if todo:
+            pool = ray_shards.ShardPool(setup, opts, command, len(todo), opts.gpus())
+            pool.start()
+        check_manifest(out, manifest)
+        save_resolved_config(cfg, out)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(shard_items(i) for i in todo), unit=unit, desc=desc, disable=not progress)
+        if pool is not None:
+            for i, rows, extra, done, total, times in pool.run(todo):
+                write_shard(out, i, rows, features, {**extra, "ray": times})
+                bar.total += total
+                bar.update(done)
+        bar.close()
+    finally:
+        if pool is not None:
+            pool.close()
+        if connected:
+            ray_shards.disconnect()
+    missing = [i for i in range(num_shards) if not shard_done(out, i)]
+    if missing:
+        raise RuntimeError(f"{out}: shards {missing[:10]} are missing after the run")
+    return merge_shards(out, num_shards)
+
+
 __all__ = [
     "SHARDED_OUTPUTS",
     "ShardWork",
@@ -305,6 +386,7 @@ __all__ = [
     "clean_stale_temp",
     "dist_info",
     "merge_shards",
+    "run_ray_stage",
     "run_shards",
     "run_sharded_stage",
     "shard_done",

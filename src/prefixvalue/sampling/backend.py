@@ -14,10 +14,13 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..config import ConfigError, field
 from ..loading import ModelLoadConfig
+
+if TYPE_CHECKING:  # ray is optional: its module is imported only for executor=ray
+    from ..data.ray_shards import RayOptions
 
 #: the backends a stage can sample with
 BACKENDS: tuple[str, ...] = ("hf", "vllm")
@@ -26,6 +29,17 @@ BACKENDS: tuple[str, ...] = ("hf", "vllm")
 VLLM_MISSING = (
     "backend=vllm needs the vllm package, which is not installed here: run `make install-vllm` and use .venv-vllm"
 )
+
+
+#: the one line a user gets when asking for Ray in an environment without it
+RAY_MISSING = (
+    "executor=ray needs the ray package, which is not installed here: pip install 'prefixvalue[ray]' (make install-ray)"
+)
+
+
+def ray_available() -> bool:
+    """Whether the ``ray`` package can be imported here (checked without importing it)."""
+    return importlib.util.find_spec("ray") is not None
 
 
 def vllm_available() -> bool:
@@ -68,6 +82,39 @@ class SamplerBackendConfig(ModelLoadConfig):
     vllm_max_model_len: int | None = field(
         None, help="backend=vllm: context length the engine reserves (None: the model's own)"
     )
+    executor: Literal["local", "ray"] = field(
+        "local",
+        help="where the shards run: local (this process, or each process of accelerate launch) | ray (each worker of "
+        "a Ray cluster holds one sampler and runs shards; this process writes and merges them; make install-ray)",
+    )
+    ray_address: str | None = field(
+        None,
+        help="executor=ray: the cluster (host:port, ray://host:port; None: RAY_ADDRESS, else a local cluster "
+        "started in this process)",
+    )
+    ray_workers: int | None = field(
+        None, help="executor=ray: workers (samplers) to start (None: as many as the cluster's CPUs or GPUs hold)"
+    )
+    ray_worker_cpus: float = field(1.0, help="executor=ray: CPUs one worker asks for (its torch threads)")
+    ray_worker_gpus: float | None = field(
+        None,
+        help="executor=ray: GPUs one worker asks for (None: on a cluster with GPUs 1, backend=vllm its "
+        "vllm_tensor_parallel_size; else 0)",
+    )
+
+    def ray_options(self) -> RayOptions | None:
+        """The Ray options of ``executor=ray`` (None for the local executor)."""
+        if self.executor != "ray":
+            return None
+        from ..data.ray_shards import RayOptions  # ray is optional: imported only for executor=ray
+
+        return RayOptions(
+            address=self.ray_address,
+            workers=self.ray_workers,
+            worker_cpus=self.ray_worker_cpus,
+            worker_gpus=self.ray_worker_gpus,
+            default_gpus=float(self.vllm_tensor_parallel_size) if self.backend == "vllm" else 1.0,
+        )
 
     def check_backend(self, stage: str) -> None:
         """ConfigError (one line, prefixed with `stage`) for a bad backend option, or vllm asked for but not
@@ -82,6 +129,15 @@ class SamplerBackendConfig(ModelLoadConfig):
             raise ConfigError(f"{stage}: vllm_tensor_parallel_size must be >= 1, got {self.vllm_tensor_parallel_size}")
         if self.vllm_max_model_len is not None and self.vllm_max_model_len < 1:
             raise ConfigError(f"{stage}: vllm_max_model_len must be >= 1 (or None), got {self.vllm_max_model_len}")
+        if self.executor not in ("local", "ray"):
+            raise ConfigError(f"{stage}: executor must be local or ray, got {self.executor!r}")
+        if self.executor == "ray":
+            if not ray_available():
+                raise ConfigError(f"{stage}: {RAY_MISSING}")
+            if self.ray_workers is not None and self.ray_workers < 1:
+                raise ConfigError(f"{stage}: ray_workers must be >= 1 (or None), got {self.ray_workers}")
+            if self.ray_worker_cpus <= 0 or (self.ray_worker_gpus is not None and self.ray_worker_gpus < 0):
+                raise ConfigError(f"{stage}: ray_worker_cpus must be > 0 and ray_worker_gpus >= 0")
         if self.backend == "vllm":
             if not vllm_available():
                 raise ConfigError(f"{stage}: {VLLM_MISSING}")
@@ -91,9 +147,11 @@ class SamplerBackendConfig(ModelLoadConfig):
 
 __all__ = [
     "BACKENDS",
+    "RAY_MISSING",
     "SamplerBackendConfig",
     "VLLM_MISSING",
     "backend_record",
     "backend_version",
+    "ray_available",
     "vllm_available",
 ]

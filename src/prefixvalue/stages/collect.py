@@ -299,6 +299,7 @@ def run(cfg: CollectConfig) -> int:
         desc="collect",
         unit="trace",
         progress=cfg.progress,
+        ray_options=cfg.ray_options(),
     )
     if ds is not None:
         summary = {

@@ -370,6 +370,7 @@ def run(cfg: LabelConfig) -> int:
         desc=f"label {spec}",
         unit="rollout",
         progress=cfg.progress,
+        ray_options=cfg.ray_options(),
     )
     if merged is not None:
         total_cost = LabelCost()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+from test_bridges import POLICY, _import, _rollouts, _write_jsonl
 
 from prefixvalue import cli
 from prefixvalue.data import load_traces
@@ -22,32 +23,6 @@ from prefixvalue.tasks import build_task
 from prefixvalue.tasks.base import first_error
 
 REPO = Path(__file__).resolve().parents[1]
-POLICY = str(REPO / "data" / "policies" / "arith-tiny")
-
-
-def _rollouts(n_prompts: int = 3) -> list[dict]:
-    """Arith rollouts: each prompt's right solution and one whose second step is wrong."""
-    task = build_task("arith", {"min_steps": 2, "max_steps": 3})
-    rows = []
-    for p in task.prompts(n_prompts, "train"):
-        steps = p.meta["solution"].split(";")
-        a, _, rest = steps[1].partition("=")
-        wrong = ";".join([steps[0], f"{a}={(int(rest) + 1) % 10}", *steps[2:-1], f"A:{(int(p.answer) + 1) % 10}"])
-        rows.append({"prompt": p.text, "completion": p.meta["solution"], "outcome": 1.0, "answer": p.answer})
-        rows.append({"prompt": p.text, "completion": wrong, "outcome": task.verify(p, wrong).score, "answer": p.answer})
-    return rows
-
-
-def _jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def _import(tmp_path: Path, rows: list[dict], *extra: str) -> Path:
-    out = tmp_path / "traces"
-    argv = ["import", f"rollouts={_jsonl(tmp_path / 'rollouts.jsonl', rows)}", f"model={POLICY}", "task=arith"]
-    assert cli.main([*argv, f"out={out}", *extra]) == 0
-    return out
 
 
 def _mc_labels(tmp_path: Path, traces: Path) -> Path:
@@ -251,7 +226,7 @@ def test_import_trl_native_stepwise_rows(tmp_path, capsys):
         {"prompt": "Q:1+2+3=", "completions": ["1+2=3;", "3+3=6;", "A:6"], "labels": [True, True, True]},
         {"prompt": "Q:1+2+3=", "completions": ["1+2=4;", "4+3=7;", "A:7"], "labels": [False, True, False]},
     ]
-    src = _jsonl(tmp_path / "trl.jsonl", rows)
+    src = _write_jsonl(tmp_path / "trl.jsonl", rows)
     base = ["import", f"rollouts={src}", f"model={POLICY}", "step_separator="]
     # no outcome, no task: one line naming both routes, exit 2
     assert cli.main([*base, f"out={tmp_path / 'a'}"]) == 2
@@ -267,7 +242,7 @@ def test_import_trl_native_stepwise_rows(tmp_path, capsys):
     assert cli.main(["export", f"traces={tmp_path / 'b'}", f"out={tmp_path / 'x'}", "formats=[trl]"]) == 0
     assert [r["labels"] for r in _read(tmp_path / "x" / "trl.jsonl")] == [r["labels"] for r in rows]
     # with task= and answers: the task verifies each completion (by default)
-    _jsonl(src, [{**r, "answer": "6"} for r in rows])
+    _write_jsonl(src, [{**r, "answer": "6"} for r in rows])
     assert cli.main([*base, f"out={tmp_path / 'c'}", "task=arith"]) == 0
     ds = load_traces(tmp_path / "c")
     assert ds["outcome"] == [1.0, 0.0] and all("verifier" in n for n in ds["outcome_note"])
@@ -316,7 +291,7 @@ def test_readme_trl_section_runs_as_written(tmp_path, monkeypatch, random_head_c
         }
         for p in task.prompts(3, "validation")
     ]
-    _jsonl(root / "stepwise.jsonl", stepwise)
+    _write_jsonl(root / "stepwise.jsonl", stepwise)
     monkeypatch.chdir(root)
     commands = _readme_commands("To and from TRL, Math-Shepherd and ProcessBench")
     ran = []

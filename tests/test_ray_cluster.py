@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_collect_label import model_dir  # noqa: F401 - the tiny policy fixture, re-used
 
 pytest.importorskip("ray")
 
@@ -154,19 +155,6 @@ def cluster(tmp_path_factory):
         c.stop()
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from prefixvalue.tokenizer import build_char_tokenizer
-
-    from conftest import make_tiny_gpt2
-
-    tok = build_char_tokenizer()
-    path = tmp_path_factory.mktemp("m") / "tiny"
-    make_tiny_gpt2(len(tok), seed=3).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def cli(args: list[str], env: dict[str, str], **kw) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "prefixvalue.cli", *args],
@@ -202,7 +190,7 @@ def same_files(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory, model_dir, cluster):
+def one_process(tmp_path_factory, model_dir, cluster):  # noqa: F811
     """collect and label in one plain process (1 torch thread, as each 1-CPU Ray worker): the reference."""
     root = tmp_path_factory.mktemp("one")
     env = {**cluster.env}
@@ -214,7 +202,10 @@ def one_process(tmp_path_factory, model_dir, cluster):
 
 
 def test_collect_and_label_on_the_cluster_match_one_process_with_a_worker_killed(
-    cluster, model_dir, one_process, tmp_path
+    cluster,
+    model_dir,  # noqa: F811
+    one_process,
+    tmp_path,
 ):
     env = cluster.driver_env()
     res = run_cli(["collect", *collect_args(model_dir, tmp_path / "traces"), "executor=ray"], env)
@@ -241,7 +232,7 @@ def test_collect_and_label_on_the_cluster_match_one_process_with_a_worker_killed
     assert len(list((out / "shards").glob("shard-*"))) == 36 and len(pids) > WORKER_NODES  # a worker was replaced
 
 
-def test_a_killed_driver_resumes_from_the_finished_shards(cluster, model_dir, one_process, tmp_path):
+def test_a_killed_driver_resumes_from_the_finished_shards(cluster, model_dir, one_process, tmp_path):  # noqa: F811
     env = cluster.driver_env()
     out = tmp_path / "labels"
     proc = cli(["label", *label_args(one_process / "traces", model_dir, out), "executor=ray"], env)
@@ -261,7 +252,7 @@ def test_a_killed_driver_resumes_from_the_finished_shards(cluster, model_dir, on
         assert (out / "shards" / name / "done.json").read_text() == text
 
 
-def test_a_worker_without_the_model_fails_in_one_line(cluster, model_dir, one_process, tmp_path):
+def test_a_worker_without_the_model_fails_in_one_line(cluster, model_dir, one_process, tmp_path):  # noqa: F811
     if not cluster.hide:
         pytest.skip("mount namespaces (unshare -m) are not allowed here: no node can lack a path")
     model = cluster.hidden / "tiny"  # on the driver's disk; the nodes see an empty folder there

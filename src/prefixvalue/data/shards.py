@@ -234,6 +234,23 @@ def run_shards(
     return merge_shards(out, num_shards)
 
 
+def claim_stage(out: Path, manifest: dict[str, Any], command: str, outputs: tuple[str, ...], started: float) -> None:
+    """What the writing process does before any work: refuse a run with another manifest (writing nothing),
+    claim OUT for `command` (`prefixvalue.runfolder.claim`, with the stage's `outputs` beside
+    `SHARDED_OUTPUTS`) and remove temp folders a killed run left (`clean_stale_temp`)."""
+    check_manifest(out, manifest, write=False)
+    runfolder.claim(
+        out,
+        command,
+        manifest,
+        outputs=(*SHARDED_OUTPUTS, *outputs),
+        equal=_same_value,
+        config_file="run.json",
+        notes=MANIFEST_NOTES,
+    )
+    clean_stale_temp(out, started)
+
+
 def run_sharded_stage(
     cfg: Any,
     out: Path,
@@ -281,17 +298,7 @@ def run_sharded_stage(
     todo = [i for i in range(num_shards) if i % world == rank and not shard_done(out, i)]
     work = None
     if rank == 0:
-        check_manifest(out, manifest, write=False)  # refuse a different run before loading anything
-        runfolder.claim(
-            out,
-            command,
-            manifest,
-            outputs=(*SHARDED_OUTPUTS, *outputs),
-            equal=_same_value,
-            config_file="run.json",
-            notes=MANIFEST_NOTES,
-        )
-        clean_stale_temp(out, started)
+        claim_stage(out, manifest, command, outputs, started)  # refuse a different run before loading anything
         work = setup(state.device) if todo else None
         check_manifest(out, manifest)
         save_resolved_config(cfg, out)
@@ -339,17 +346,7 @@ def run_ray_stage(
     """
     from . import ray_shards  # ray is optional: imported only for executor=ray
 
-    check_manifest(out, manifest, write=False)
-    runfolder.claim(
-        out,
-        command,
-        manifest,
-        outputs=(*SHARDED_OUTPUTS, *outputs),
-        equal=_same_value,
-        config_file="run.json",
-        notes=MANIFEST_NOTES,
-    )
-    clean_stale_temp(out, started)
+    claim_stage(out, manifest, command, outputs, started)
     todo = [i for i in range(num_shards) if not shard_done(out, i)]
     connected = ray_shards.connect(opts, command)
     pool = None
@@ -383,6 +380,7 @@ __all__ = [
     "SHARDED_OUTPUTS",
     "ShardWork",
     "check_manifest",
+    "claim_stage",
     "clean_stale_temp",
     "dist_info",
     "merge_shards",

@@ -28,6 +28,7 @@ import numpy as np
 from .. import runfolder
 from ..config import ConfigError
 from ..data import load_split
+from ..data.bridges import StepValue, mc_step_values
 from ..tasks.base import first_error
 from ..tracking import jsonable
 from .estimators import ESTIMATORS, Estimates, Estimator, TraceRecord, estimate_values
@@ -212,7 +213,7 @@ def evaluate_prefixes(
         "mellowmax_default": ({"omega": cfg.mellowmax_omega, "vocab": "full"} if "mellowmax" in est.info else None),
         "by_position_group": _group_section(cols, names, y, n_arr, groups, cfg),
         "dropped_labels_without_samples": len(empty),
-        "step_verification": _trace_step_verification(records, est, value_model, cfg, step_thresholds),
+        "step_verification": _trace_step_verification(records, est, value_model, cfg, step_thresholds, by_trace),
         "cost": _cost_section(est.cost, mc_cost, n_pref, len(label_rows)),
         "notes": notes,
     }
@@ -644,16 +645,27 @@ def _trace_step_verification(
     value_model: Any,
     cfg: ScoringOptions,
     thresholds: dict[str, dict[str, Any]] | None = None,
+    by_trace: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """ProcessBench step verification of the learned values on traces with exact step labels: at the
+    """ProcessBench step verification of the learned values: on traces with exact step labels, else (a task
+    that gives none) on MC-derived labels (`mc_step_labelled`, docs/design.md "Step verification"); at the
     `thresholds` chosen on validation traces when given, else on a calibration split of these prompts."""
     split = "validation" if thresholds else "calibration"
     base = {"f1": None, "acc_erroneous": None, "acc_correct": None, "threshold": None, "threshold_split": split}
     if value_model is None:
         return {**base, "note": "no value model: step verification scores the learned values"}
     keep, labels, mismatched = step_labelled(records)
+    source = "exact"
+    if not keep and by_trace is not None:
+        keep, labels, mismatched = mc_step_labelled(records, by_trace)
+        source, thresholds = MC_STEP_LABELS, None  # validation thresholds are chosen on exact labels only
+        base["threshold_split"] = "calibration"
     if not keep:
-        return {**base, "note": "no evaluated trace has exact step labels (the task gives none)"}
+        return {
+            **base,
+            "note": "no evaluated trace has exact step labels (the task gives none), nor MC labels at every step end "
+            "(label positions=steps gives them)",
+        }
     groups = [records[i].prompt_id for i in keep]
 
     def verify(scores: list[np.ndarray], which: str) -> dict[str, Any]:
@@ -663,9 +675,12 @@ def _trace_step_verification(
 
     out = verify([prefix_step_scores(est.curves[i]["learned"], records[i].step_spans) for i in keep], "prefix")
     out["score"] = "learned value after each step (prefix-based)"
+    out["label_source"] = source
     out["n_traces_with_step_labels"] = len(keep)
     if mismatched:
-        out["skipped_note"] = f"{mismatched} trace(s) skipped: step_labels and step_spans differ in length"
+        out["skipped_note"] = f"{mismatched} trace(s) skipped: " + (
+            "step_labels and step_spans differ in length" if source == "exact" else "a step end has no MC label"
+        )
     if est.log_ratios is not None and (not thresholds or "process" in thresholds):
         beta = float(value_model.config.beta)
         out["process_level"] = verify(
@@ -687,6 +702,33 @@ def step_labelled(records: list[TraceRecord]) -> tuple[list[int], list[int], int
             continue
         keep.append(i)
     return keep, [first_error(records[i].step_labels) for i in keep], mismatched
+
+
+#: `label_source` of step verification on MC-derived labels (Math-Shepherd's hard estimation)
+MC_STEP_LABELS = (
+    "mc: a step is wrong when none of the MC continuations of the prefix that ends it was correct "
+    "(Math-Shepherd hard labels); the last step takes the trace's verified outcome"
+)
+
+
+def mc_step_labelled(
+    records: list[TraceRecord], by_trace: dict[str, list[dict[str, Any]]]
+) -> tuple[list[int], list[int], int]:
+    """As `step_labelled`, with each step's label derived from the MC label at the position where the step
+    ends (`MC_STEP_LABELS`); a trace with a step end that carries no MC label is skipped and counted."""
+    keep, labels, missing = [], [], 0
+    for i, t in enumerate(records):
+        by_position = {
+            int(r["position"]): StepValue(float(r["mean"]), int(r["n"]), float(r["successes"]))
+            for r in by_trace.get(t.trace_id, [])
+        }
+        values = mc_step_values(by_position, t.step_spans, t.length, t.outcome) if t.step_spans else None
+        if values is None:
+            missing += 1
+            continue
+        keep.append(i)
+        labels.append(first_error([v.hard for v in values]))
+    return keep, labels, missing
 
 
 def validation_step_thresholds(value_model: Any, records: list[TraceRecord], batch_size: int) -> dict[str, Any]:

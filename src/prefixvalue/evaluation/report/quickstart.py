@@ -113,7 +113,8 @@ def render_quickstart_section(q: dict[str, Any], metrics: dict[str, Any]) -> str
         "",
         f"- step verification F1 (learned prefix value after each step, threshold on a calibration split): "
         f"**{fixed(sv.get('f1'))}**"
-        + (f"; process-level {fixed(sv['process_level'].get('f1'))}" if sv.get("process_level") else ""),
+        + (f"; process-level {fixed(sv['process_level'].get('f1'))}" if sv.get("process_level") else "")
+        + ("; on MC-derived step labels (the task gives none)" if sv.get("label_source", "exact") != "exact" else ""),
         f"- MC is **{fixed(cost.get('ratio_mc_to_value'), 1)}x** the value model's tokens for the same prefixes "
         f"({fixed(cost.get('mc_generated_tokens'), 0)} generated vs {fixed(cost.get('value_forward_tokens'), 0)} "
         "forward tokens)",

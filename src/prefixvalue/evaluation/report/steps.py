@@ -16,6 +16,7 @@ def step_verification_lines(sv: dict[str, Any]) -> list[str]:
         lines += [
             "Threshold chosen on a calibration split of prompts, scores on the disjoint test split.",
             "",
+            *([f"Step labels: {sv['label_source']}.", ""] if sv.get("label_source", "exact") != "exact" else []),
             "| score | F1 | acc erroneous | acc correct | threshold | calibration / test traces |",
             "|---|---|---|---|---|---|",
         ]

@@ -233,7 +233,10 @@ def error_diagnosis(result: EvalResult, name: str = "learned") -> dict[str, Any]
       (AUROC, higher value = no error yet);
     - ``spearman_no_error`` / ``spearman_error``: its Spearman with MC within each of the two groups;
     - ``spearman_with_exact_error_flag``: the Spearman of its values after a perfect error detector: every
-      prefix without a written error ranked above every prefix with one, its own values ordering each group.
+      prefix without a written error ranked above every prefix with one, its own values ordering each group;
+    - ``auroc_error_written_policy``: the same AUROC for features of the policy alone, read from the traces'
+      sampled log-probabilities of the written tokens (their sum, their minimum): what a value model that
+      reads the policy could at least reach (null with a note when the traces carry no log-probabilities).
 
     None when the traces have no step labels or the estimator is missing.
     """
@@ -270,7 +273,31 @@ def error_diagnosis(result: EvalResult, name: str = "learned") -> dict[str, Any]
         "spearman_with_exact_error_flag": rho("spearman_with_exact_error_flag", flagged, y),
         "mc_spearman_with_error_flag": rho("mc_spearman_with_error_flag", (~err).astype(np.float64), y),
     }
+    feats = written_logprob_features(result.traces, cols)
+    if feats is None:
+        out["auroc_error_written_policy"] = None
+        notes["auroc_error_written_policy_note"] = "the traces carry no per-token log-probabilities"
+    else:
+        out["auroc_error_written_policy"] = {k: auroc(v, (~err).astype(np.float64))[0] for k, v in feats.items()}
     return {**out, **notes}
+
+
+def written_logprob_features(traces: list[Any], cols: dict[str, list[Any]]) -> dict[str, np.ndarray] | None:
+    """Per labelled prefix of `cols` (the evaluation's prefix table): the sum and the minimum of the sampled
+    log-probabilities of the tokens written so far (0 at the empty prefix), from each trace's ``logprobs``;
+    None when a trace has none."""
+    if any(t.logprobs is None for t in traces):
+        return None
+    sums, mins = {}, {}
+    for t in traces:
+        lp = np.asarray(t.logprobs, dtype=np.float64)
+        sums[t.trace_id] = np.concatenate([[0.0], np.cumsum(lp)])
+        mins[t.trace_id] = np.concatenate([[0.0], np.minimum.accumulate(lp)]) if len(lp) else np.zeros(1)
+    at = list(zip(cols["trace_id"], (int(p) for p in cols["position"])))
+    return {
+        "logprob_sum": np.array([sums[tid][min(p, len(sums[tid]) - 1)] for tid, p in at]),
+        "logprob_min": np.array([mins[tid][min(p, len(mins[tid]) - 1)] for tid, p in at]),
+    }
 
 
 def quality_verdict(
@@ -322,6 +349,11 @@ def quality_verdict(
         verdict["paired_vs_step_oracle"] = {"value": oracle.get("value"), "ci": oracle.get("ci")}
         verdict["beats_step_oracle"] = beats_oracle
         verdict["met"] = bool(verdict["met"] and beats_oracle)
+    operators = sp.get("paired_vs_operator_oracle")  # reported beside the goal, not part of it
+    if operators is not None:
+        verdict["operator_oracle_spearman"] = ests.get("operator_oracle", {}).get("spearman", {}).get("value")
+        verdict["paired_vs_operator_oracle"] = {"value": operators.get("value"), "ci": operators.get("ci")}
+        verdict["beats_operator_oracle"] = bool(operators.get("ci") is not None and operators["ci"][0] > 0)
     notes = []
     if frac_ci is None:
         notes.append(

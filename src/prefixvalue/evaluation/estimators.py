@@ -30,6 +30,9 @@ class TraceRecord:
     step_labels: list[bool] | None
     prompt: str = ""
     completion: str = ""
+    #: log-probability of each completion token under the distribution it was sampled from (the traces'
+    #: ``logprobs``; log π at temperature 1), None when the row has none
+    logprobs: list[float] | None = None
 
     @property
     def length(self) -> int:
@@ -51,6 +54,7 @@ class TraceRecord:
             step_labels=None if labels is None else [bool(x) for x in labels],
             prompt=str(r.get("prompt") or ""),
             completion=str(r.get("completion") or ""),
+            logprobs=None if r.get("logprobs") is None else [float(x) for x in r["logprobs"]],
         )
 
 

@@ -30,7 +30,7 @@ from ..loading import LoadOptions
 from ..value import load_value_model
 from .estimators import ESTIMATORS, Estimator, TraceRecord, value_model_estimator
 from .options import ScoringOptions
-from .oracle import has_step_labels, training_oracle
+from .oracle import has_step_labels, training_oracles
 from .scoring import EvalResult, evaluate_prefixes, read_mc_cost, validation_step_thresholds
 
 K = TypeVar("K")
@@ -49,7 +49,8 @@ def load_value_models(
 
 
 def step_oracle_estimators(options: ScoringOptions, traces: Any, oracle_traces: Any = None) -> dict[str, Estimator]:
-    """``{"step_oracle": ...}``: the step-label oracle fit on the training prompts, under the split record
+    """``{"step_oracle": ..., "operator_oracle": ...}``: the oracles (`training_oracles`) fit on the training
+    prompts, under the split record
     ``options.split_record``, of ``options.oracle_traces``, else `oracle_traces`, else `traces` (each a
     folder or loaded traces); {} when ``options.step_oracle`` is off, there is no split record, or the
     traces carry no exact step labels."""
@@ -60,8 +61,7 @@ def step_oracle_estimators(options: ScoringOptions, traces: Any, oracle_traces: 
         return {}
     source = options.oracle_traces or oracle_traces
     source = traces if source is None else load_traces(source) if isinstance(source, (str, Path)) else source
-    oracle = training_oracle(source, record)
-    return {"step_oracle": oracle.estimator()} if oracle is not None else {}
+    return {name: oracle.estimator() for name, oracle in training_oracles(source, record).items()}
 
 
 def _prompts(traces: Any) -> list[str]:

@@ -41,14 +41,25 @@ def _arith_steps(prompt: str) -> int:
     return len(ops) + 1
 
 
+def _arith_step_kinds(prompt: str) -> list[str]:
+    """The kind of each step a correct arith completion of `prompt` writes: its operator, then ``A``."""
+    _, ops = ArithTask.parse_prompt(prompt)
+    return [*ops, "A"]
+
+
 #: tasks whose number of steps is fixed by the prompt: task name -> (prompt text -> number of steps), reading
 #: the prompt only (a ValueError when the prompt is not the task's)
 KNOWN_STEPS: dict[str, Callable[[str], int]] = {"arith": _arith_steps}
+
+#: tasks whose steps' kinds are fixed by the prompt: task name -> (prompt text -> the kind of each step, in
+#: order), reading the prompt only; the operator oracle groups by the kinds still to write
+STEP_KINDS: dict[str, Callable[[str], list[str]]] = {"arith": _arith_step_kinds}
 
 #: the oracle's "steps" rules: what the second fact of a group is
 STEPS_RULES: dict[str, str] = {
     "known": "steps left = the task's known step count for the prompt − steps written",
     "written": "steps written so far (the task's step count is not known)",
+    "operators": "the steps left, by kind: the prompt's operators not yet written, in order, then the answer",
 }
 
 
@@ -88,13 +99,31 @@ def group_keys(written: np.ndarray, n_steps: int | None) -> np.ndarray:
     return written if n_steps is None else np.maximum(int(n_steps) - written, 0)
 
 
+def step_kinds(task: str | None, prompt: str | None) -> list[str] | None:
+    """The kind of each step `task` asks for in `prompt` (`STEP_KINDS`), from the prompt text alone; None when
+    the task has no such rule or the prompt cannot be read by it."""
+    rule = STEP_KINDS.get(task or "")
+    if rule is None or not prompt:
+        return None
+    try:
+        return list(rule(prompt))
+    except ValueError:
+        return None
+
+
+def kind_keys(written: np.ndarray, kinds: Sequence[str]) -> list[str]:
+    """The operator oracle's second fact at each position: the kinds of the steps still to write, joined."""
+    return ["".join(kinds[min(int(w), len(kinds)) :]) for w in written.tolist()]
+
+
 class StepOracle:
     """Group means of training outcomes by (wrong step written, steps left), fit once; by (wrong step written,
-    steps written) when the task's step count is not known (`steps`)."""
+    steps written) when the task's step count is not known (`steps`). `fit_operators` gives the operator
+    oracle: by (wrong step written, the kinds of the steps left)."""
 
     def __init__(
         self,
-        means: dict[tuple[bool, int], float],
+        means: dict[tuple[bool, Any], float],
         fallback: dict[bool, float],
         overall: float,
         n: int,
@@ -106,6 +135,8 @@ class StepOracle:
             raise ValueError(f"unknown steps rule {steps!r}; choose from {list(STEPS_RULES)}")
         if steps == "known" and task not in KNOWN_STEPS:
             raise ValueError(f"steps='known' needs a task with a known step count ({list(KNOWN_STEPS)}), got {task!r}")
+        if steps == "operators" and task not in STEP_KINDS:
+            raise ValueError(f"steps='operators' needs a task with known step kinds ({list(STEP_KINDS)}), got {task!r}")
         self.means, self.fallback, self.overall, self.n_prefixes = means, fallback, overall, n
         self.steps, self.task, self.note = steps, task, note
 
@@ -154,12 +185,55 @@ class StepOracle:
         n = int(sum(n for _, n in sums.values()))
         return cls(means, fallback, sum(s for s, _ in sums.values()) / n, n, steps, name, note)
 
+    @classmethod
+    def fit_operators(cls, rows: Iterable[dict[str, Any]], task: str | None = None) -> StepOracle | None:
+        """The operator oracle: group means by (wrong step written, the kinds of the steps left, e.g. ``*-A``),
+        on the same rows as `fit`; None when the rows' task has no known step kinds (`STEP_KINDS`) or a prompt
+        cannot be read by it. It knows which operations are still to come, so it sees more of what makes the
+        rest of a chain hard than the step count alone."""
+        rows = list(rows)
+        tasks = {r.get("task") or task for r in rows}
+        name = next(iter(tasks)) if len(tasks) == 1 else None
+        kinds = [step_kinds(name, r.get("prompt")) for r in rows]
+        if not rows or name not in STEP_KINDS or any(k is None for k in kinds):
+            return None
+        sums: dict[tuple[bool, Any], list[float]] = {}
+        fall: dict[bool, list[float]] = {}
+        for r, k in zip(rows, kinds):
+            if r.get("step_labels") is None:
+                raise ValueError("the operator oracle needs traces with step_labels (exact step verdicts)")
+            wrong, written = step_facts(r["step_spans"] or [], r["step_labels"], len(r["completion_ids"]))
+            y = float(r["outcome"])
+            for w, key in zip(wrong.tolist(), kind_keys(written, k or [])):
+                for acc in (sums.setdefault((w, key), [0.0, 0.0]), fall.setdefault(w, [0.0, 0.0])):
+                    acc[0] += y
+                    acc[1] += 1.0
+        n = int(sum(c for _, c in sums.values()))
+        overall = sum(t for t, _ in sums.values()) / n
+        means = {key: t / c for key, (t, c) in sums.items()}
+        return cls(means, {w: t / c for w, (t, c) in fall.items()}, overall, n, "operators", name)
+
     def predict(self, record: TraceRecord) -> np.ndarray:
         """The oracle's value at positions 0..T of one trace (its group's training mean). Reads the trace's
         prefix and prompt only: the value at p does not change with the completion's tokens after p."""
         if record.step_labels is None:
             raise ValueError(f"trace {record.trace_id} has no step_labels: the oracle cannot score it")
         n_steps = None
+        if self.steps == "operators":
+            kinds = step_kinds(self.task, record.prompt)
+            if kinds is None:
+                raise ValueError(
+                    f"trace {record.trace_id}: its prompt {record.prompt[:60]!r} gives no {self.task} step kinds, "
+                    "and this oracle was fit on the kinds of the steps left"
+                )
+            wrong, written = step_facts(record.step_spans, record.step_labels, record.length)
+            return np.array(
+                [
+                    self.means.get((w, k), self.fallback.get(w, self.overall))
+                    for w, k in zip(wrong.tolist(), kind_keys(written, kinds))
+                ],
+                dtype=np.float64,
+            )
         if self.steps == "known":
             n_steps = known_steps(self.task, record.prompt)
             if n_steps is None:
@@ -177,10 +251,15 @@ class StepOracle:
     def describe(self) -> str:
         """One line: what the oracle groups by, on how many training prefixes, and why when not by the known
         step count."""
-        second = "steps left by the task's known step count" if self.steps == "known" else "steps written so far"
+        second = {
+            "known": "steps left by the task's known step count",
+            "written": "steps written so far",
+            "operators": "the kinds of the steps left: operators still to apply, from the prompt",
+        }[self.steps]
         why = f" ({self.note}; steps left would read the trace's own step count, a look-ahead)" if self.note else ""
+        what = "operator oracle" if self.steps == "operators" else "step-label oracle"
         return (
-            f"step-label oracle: mean training outcome by (wrong step written, {second}){why}, fit on "
+            f"{what}: mean training outcome by (wrong step written, {second}){why}, fit on "
             f"{self.n_prefixes} training prefixes; exact facts of the prefix and prompt, no learned difficulty"
         )
 
@@ -207,17 +286,29 @@ def has_step_labels(ds: Any) -> bool:
     return all(x is not None for x in ds["step_labels"])
 
 
-def training_oracle(traces: Any, record: Any) -> StepOracle | None:
-    """The step-label oracle fit on the traces (a traces dataset or a list of trace rows) whose prompts are on
-    the training side of `record` (a `prefixvalue.data.SplitRecord`: neither test nor validation); None when
-    there is no record, the traces lack exact step labels, or no prompt is a training prompt (the oracle never
-    sees held-out or validation outcomes)."""
+def training_oracles(traces: Any, record: Any) -> dict[str, StepOracle]:
+    """The oracles fit on the traces (a traces dataset or a list of trace rows) whose prompts are on the
+    training side of `record` (a `prefixvalue.data.SplitRecord`: neither test nor validation):
+    ``step_oracle`` (`StepOracle.fit`) and, for a task with known step kinds, ``operator_oracle``
+    (`StepOracle.fit_operators`); {} when there is no record, the traces lack exact step labels, or no prompt
+    is a training prompt (an oracle never sees held-out or validation outcomes)."""
     if record is None or not has_step_labels(traces):
-        return None
+        return {}
     prompts = [r["prompt"] for r in traces] if isinstance(traces, list) else traces["prompt"]
     keep = [i for i, p in enumerate(prompts) if record.side(p) == "train"]
     if not keep:
-        return None
+        return {}
     if isinstance(traces, list):
-        return StepOracle.fit([traces[i] for i in keep])
-    return StepOracle.fit(traces.select(keep).select_columns([c for c in ORACLE_COLUMNS if c in traces.column_names]))
+        rows: Any = [traces[i] for i in keep]
+    else:
+        rows = list(traces.select(keep).select_columns([c for c in ORACLE_COLUMNS if c in traces.column_names]))
+    out = {"step_oracle": StepOracle.fit(rows)}
+    operators = StepOracle.fit_operators(rows)
+    if operators is not None:
+        out["operator_oracle"] = operators
+    return out
+
+
+def training_oracle(traces: Any, record: Any) -> StepOracle | None:
+    """The step-label oracle of `training_oracles`, None when there is none."""
+    return training_oracles(traces, record).get("step_oracle")

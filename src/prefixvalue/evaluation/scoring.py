@@ -79,8 +79,8 @@ class EvalResult:
 
 
 #: estimators every learned value is compared with, paired (``spearman.paired_vs_<name>``): the policy's
-#: headline soft value, and the step-label oracle where the task has exact step labels
-PAIRED_REFERENCES: tuple[str, ...] = ("mellowmax", "step_oracle")
+#: headline soft value, and the two oracles where the task has exact step labels
+PAIRED_REFERENCES: tuple[str, ...] = ("mellowmax", "step_oracle", "operator_oracle")
 
 
 def read_mc_cost(labels_dir: str | Path | None) -> dict[str, Any] | None:

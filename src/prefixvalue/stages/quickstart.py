@@ -282,7 +282,7 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
         seed_models = load_value_models({s: ckpts[names[0], s] for s in range(1, cfg.seeds)}, device, load)
         with torch.no_grad():  # seed 0 is `learned`, already in `result`
             seeds = analysis.seed_spread(result, seed_models, result.metrics["mc"]["noise_ceiling"].get("spearman"))
-        extra = [*ESTIMATORS, *(f"learned_{name}" for name in names[1:]), "step_oracle"]
+        extra = [*ESTIMATORS, *(f"learned_{name}" for name in names[1:]), "step_oracle", "operator_oracle"]
         more = {"short": short, "short_samples": cfg.short_samples, "forks": forks, "seeds": seeds, "extra": extra}
         firsts = {name: trained[name, 0][0] for name in names}
         value_models = {name: cfg.value_models[name] for name in names}

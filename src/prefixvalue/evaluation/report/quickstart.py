@@ -48,12 +48,13 @@ def render_quickstart_section(q: dict[str, Any], metrics: dict[str, Any]) -> str
                 f"- {key.replace('_fraction_of_ceiling', '')}: {fixed(val, 2)} of the ceiling "
                 f"{interval(v.get(key + '_ci'))}"
             )
-    if "paired_vs_step_oracle" in v:
-        po = v["paired_vs_step_oracle"]
-        lines.append(
-            f"- learned − step-label oracle (Spearman {fixed(v.get('step_oracle_spearman'))}, paired bootstrap): "
-            f"{fixed(po.get('value'))}, 95% CI {interval(po.get('ci'))}; beats it: {v['beats_step_oracle']}"
-        )
+    for ref, what in (("step_oracle", "step-label oracle"), ("operator_oracle", "operator oracle")):
+        if f"paired_vs_{ref}" in v:
+            po = v[f"paired_vs_{ref}"]
+            lines.append(
+                f"- learned − {what} (Spearman {fixed(v.get(f'{ref}_spearman'))}, paired bootstrap): "
+                f"{fixed(po.get('value'))}, 95% CI {interval(po.get('ci'))}; beats it: {v[f'beats_{ref}']}"
+            )
     if v["limits"]:
         lines += ["- what limits it:", *[f"  - {x}" for x in v["limits"]]]
     lines += ["", *_recipes_lines(q, metrics), "", *selection_lines(metrics.get("selection") or [])]
@@ -174,11 +175,12 @@ def _recipes_lines(q: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
         share = sp.get("value") / ceiling if (sp.get("value") is not None and ceiling) else None
         val = fixed((chose.get("candidates") or {}).get(name))
         lines.append(f"| {key} ({name}) | {recipe} | {val} | {correlation_cell(sp, 2)} | {fixed(share, 3)} |")
-    if "step_oracle" in ests:
-        sp = ests["step_oracle"]["spearman"]
-        share = sp.get("value") / ceiling if (sp.get("value") is not None and ceiling) else None
-        what = ests["step_oracle"].get("description") or "exact facts: wrong step written × steps left"
-        lines.append(f"| step_oracle | {what} | n/a | {correlation_cell(sp, 2)} | {fixed(share, 3)} |")
+    for ref in ("step_oracle", "operator_oracle"):
+        if ref in ests:
+            sp = ests[ref]["spearman"]
+            share = sp.get("value") / ceiling if (sp.get("value") is not None and ceiling) else None
+            what = ests[ref].get("description") or ref
+            lines.append(f"| {ref} | {what} | n/a | {correlation_cell(sp, 2)} | {fixed(share, 3)} |")
     seeds = q.get("seeds") or {}
     if seeds:
         per = ", ".join(f"{fixed(v)}" for v in seeds["spearman_per_seed"].values())
@@ -201,6 +203,12 @@ def _recipes_lines(q: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
             f"flag above the same values {fixed(d['spearman_with_exact_error_flag'])} (the flag alone: "
             f"{fixed(d['mc_spearman_with_error_flag'])})",
         ]
+        pol = d.get("auroc_error_written_policy")
+        if pol:
+            lines.append(
+                "- the policy's own log-probabilities of the written tokens, alone, detect it with AUROC "
+                f"{fixed(pol.get('logprob_sum'))} (their sum) and {fixed(pol.get('logprob_min'))} (their minimum)"
+            )
     return lines + [""]
 
 

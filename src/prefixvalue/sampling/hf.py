@@ -125,6 +125,33 @@ class HFSampler:
         return [g for g in out if g is not None]
 
     @torch.no_grad()
+    def generate_shared(
+        self,
+        prompts: Sequence[Sequence[int]],
+        keys: Sequence[str],
+        params: SamplingParams,
+        on_batch: OnBatch | None = None,
+    ) -> list[Generation]:
+        """`generate` (same arguments, same continuations) with the rows of one prompt sharing it: equal
+        prompts become one sequence, each row a `branch` request cut at the sequence's full length with its
+        own key, so that on the trie path each prompt is prefilled once and rows that draw the same tokens
+        share their forwards. Where the trie path cannot serve the model (`tree_attention` is False, decided
+        on the first call as for `branch`), the rows run through `generate`. docs/design.md ("Collect on
+        the trie path")."""
+        check_generate(prompts, keys)
+        if not prompts:
+            return []
+        index: dict[tuple[int, ...], int] = {}
+        requests = []
+        for p, key in zip(prompts, keys):
+            ids = tuple(map(int, p))
+            requests.append(BranchRequest(index.setdefault(ids, len(index)), len(ids), key))
+        sequences = [list(ids) for ids in index]
+        if not self._use_tree(sequences, requests, params):
+            return self.generate(prompts, keys, params, on_batch)
+        return self.branch(sequences, requests, params, on_batch)
+
+    @torch.no_grad()
     def branch(
         self,
         sequences: Sequence[Sequence[int]],

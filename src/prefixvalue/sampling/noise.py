@@ -40,6 +40,20 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _mix32_(x: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """`_mix32` in place on `x`, with `tmp` (same shape) as scratch: the same values without allocating a
+    tensor per operation (the (rows, vocab) hash of every sampled token is a large share of sampling)."""
+    torch.bitwise_right_shift(x, 16, out=tmp)
+    x ^= tmp
+    x.mul_(0x85EBCA6B).bitwise_and_(_M32)
+    torch.bitwise_right_shift(x, 13, out=tmp)
+    x ^= tmp
+    x.mul_(0xC2B2AE35).bitwise_and_(_M32)
+    torch.bitwise_right_shift(x, 16, out=tmp)
+    x ^= tmp
+    return x
+
+
 def counter_uniform(seeds: torch.Tensor, step: torch.Tensor | int, vocab: int) -> torch.Tensor:
     """Uniforms in (0, 1) of shape (rows, vocab), a pure function of (row seed, step, token).
 
@@ -53,8 +67,30 @@ def counter_uniform(seeds: torch.Tensor, step: torch.Tensor | int, vocab: int) -
     r2 = _mix32(step_t ^ _mix32(r1 ^ 0x7F4A7C15))
     r3 = _mix32(r2 ^ r1)
     v = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
-    h = _mix32(_mix32(v[None, :] ^ r2[:, None]) ^ r3[:, None])
-    return (h.to(torch.float64) + 0.5) / 4294967296.0
+    h = v[None, :] ^ r2[:, None]
+    tmp = torch.empty_like(h)
+    _mix32_(h, tmp)
+    h ^= r3[:, None]
+    _mix32_(h, tmp)
+    return h.to(torch.float64).add_(0.5).div_(4294967296.0)
+
+
+#: elements of the CPU noise computed at a time: a few rows of a large vocabulary, so that the hash's passes
+#: stay in a core's cache (about 3x faster than the whole (rows, vocab) block at once)
+_NOISE_CHUNK = 1 << 17
+
+
+def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor | int, vocab: int, dtype: torch.dtype) -> torch.Tensor:
+    """Gumbel noise ``-log(-log(u))`` of `counter_uniform`'s uniforms, as `dtype` (rows, vocab); on CPU a few
+    rows at a time (`_NOISE_CHUNK`), with the same values."""
+    rows = seeds.shape[0]
+    step_t = torch.as_tensor(steps, dtype=torch.int64, device=seeds.device).expand_as(seeds)
+    per = max(1, _NOISE_CHUNK // max(vocab, 1)) if seeds.device.type == "cpu" else max(rows, 1)
+    out = torch.empty((rows, vocab), dtype=dtype, device=seeds.device)
+    for a in range(0, rows, per):
+        u = counter_uniform(seeds[a : a + per], step_t[a : a + per], vocab)
+        out[a : a + per] = u.log_().neg_().log_().neg_()
+    return out
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -94,10 +130,9 @@ def sample_tokens(
         return tok, logp.gather(-1, tok[:, None])[:, 0]
     scaled = filter_logits(logits / params.temperature, params.top_k, params.top_p)
     logp = torch.log_softmax(scaled, dim=-1)
-    u = counter_uniform(seeds, steps, logits.shape[-1])
-    gumbel = -torch.log(-torch.log(u)).to(logp.dtype)
+    gumbel = gumbel_noise(seeds, steps, logits.shape[-1], logp.dtype)
     tok = torch.argmax(logp + gumbel, dim=-1)
     return tok, logp.gather(-1, tok[:, None])[:, 0]
 
 
-__all__ = ["counter_uniform", "filter_logits", "fold_seeds", "row_seed", "sample_tokens"]
+__all__ = ["counter_uniform", "filter_logits", "fold_seeds", "gumbel_noise", "row_seed", "sample_tokens"]

@@ -47,6 +47,10 @@ class TreeBatch:
     prefix_mask: torch.Tensor  # bool (rows, width)
     blocks: list[tuple[int, int, int]]
     own_mask: torch.Tensor | None = None  # bool (rows, own): which of the own part's columns are real
+    #: with many short blocks (e.g. collect's prompts), the blocks padded to one size: (block sequences,
+    #: or None when they are all the cache's sequences in order; each row's slot in the padded layout;
+    #: slots per block), so that the shared part is one batched product instead of one per block
+    padded: tuple[torch.Tensor | None, torch.Tensor, int] | None = None
 
     @classmethod
     def build(
@@ -59,7 +63,45 @@ class TreeBatch:
     ) -> TreeBatch:
         if row_seq.numel() > 1 and bool((row_seq[1:] < row_seq[:-1]).any()):
             raise ValueError("tree rows must be grouped by sequence (row_seq non-decreasing)")
-        return cls(keys, values, row_seq, prefix_mask, _blocks(row_seq), own_mask)
+        blocks = _blocks(row_seq)
+        return cls(keys, values, row_seq, prefix_mask, blocks, own_mask, _padded(blocks, keys[0].shape[0], row_seq))
+
+
+def _padded(
+    blocks: list[tuple[int, int, int]], sequences: int, row_seq: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor, int] | None:
+    """`TreeBatch.padded` for `blocks` when padding them to one size at most doubles the rows and there are
+    more than 2 blocks (fewer: a product per block costs nothing extra), else None."""
+    size = max((b - a for _, a, b in blocks), default=0)
+    rows = blocks[-1][2] if blocks else 0
+    if len(blocks) <= 2 or len(blocks) * size > 2 * rows:
+        return None
+    slot = [k * size + r - a for k, (_, a, b) in enumerate(blocks) for r in range(a, b)]
+    seqs = [s for s, _, _ in blocks]
+    dev = row_seq.device
+    which = None if seqs == list(range(sequences)) else torch.tensor(seqs, dtype=torch.int64, device=dev)
+    return which, torch.tensor(slot, dtype=torch.int64, device=dev), size
+
+
+def _shared_product(batch: TreeBatch, x: torch.Tensor, cache: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """Per KV head, each row's `x` (kv_heads, rows, groups, n) times its sequence's `cache` (sequences, kv_heads,
+    width, dim), transposed (scores, n = dim) or not (outputs, n = width): (kv_heads, rows, groups, m)."""
+    kv_heads, rows, groups, n = x.shape
+    if batch.padded is None:
+        parts = []
+        for s, a, b in batch.blocks:
+            c = cache[s].transpose(-1, -2) if transpose else cache[s]
+            parts.append(torch.matmul(x[:, a:b].reshape(kv_heads, (b - a) * groups, n), c))
+        return torch.cat(parts, dim=1).view(kv_heads, rows, groups, -1)
+    which, slot, size = batch.padded
+    blocks = len(batch.blocks)
+    c = cache if which is None else cache[which]
+    c = c.transpose(-1, -2) if transpose else c  # (blocks, kv_heads, ., .)
+    xp = x.new_zeros((kv_heads, blocks * size, groups, n))
+    xp[:, slot] = x
+    xp = xp.view(kv_heads, blocks, size * groups, n).transpose(0, 1)  # (blocks, kv_heads, size * groups, n)
+    out = torch.matmul(xp, c).transpose(0, 1)  # (kv_heads, blocks, size * groups, m)
+    return out.reshape(kv_heads, blocks * size, groups, -1)[:, slot]
 
 
 def _blocks(row_seq: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -94,7 +136,7 @@ def tree_attention(
     """Attention of one decode token per trie node over (its trace's first c tokens) + (its own chain).
 
     `query` is (nodes, heads, 1, head_dim); `key`/`value` are the nodes' chains as the layers of
-    `prefixvalue.sampling.cache.node_cache` return them, (depth, kv_heads, nodes, head_dim), padded where
+    `prefixvalue.sampling.cache.node_cache` return them, (kv_heads, nodes, depth, head_dim), padded where
     ``batch.own_mask`` is False.
     Returns ``(nodes, 1, heads, head_dim)``, the layout of transformers' attention functions. Works
     head-major: (kv_heads, nodes, groups, ...).
@@ -112,15 +154,9 @@ def tree_attention(
     scale = float(scaling) if scaling is not None else dim**-0.5
     qh = query[:, :, 0].reshape(rows, kv_heads, groups, dim).permute(1, 0, 2, 3).contiguous()
     # shared part: one (rows of the sequence x prefix columns) product per sequence and KV head
-    s_shared = torch.cat(
-        [
-            torch.matmul(qh[:, a:b].reshape(kv_heads, (b - a) * groups, dim), pk[s].transpose(-1, -2))
-            for s, a, b in batch.blocks
-        ],
-        dim=1,
-    ).view(kv_heads, rows, groups, width)
-    # own part: every row against its own few tokens (a reduction over head_dim; no per-row GEMMs)
-    s_own = (qh[None] * key[:, :, :, None, :]).sum(-1).permute(1, 2, 3, 0)  # (kv_heads, rows, groups, own)
+    s_shared = _shared_product(batch, qh, pk, transpose=True)  # (kv_heads, rows, groups, width)
+    # own part: every row against its own few tokens, one batched product over (KV head, row)
+    s_own = torch.matmul(qh, key.transpose(-1, -2))  # (kv_heads, rows, groups, own)
     scores = torch.cat([s_shared, s_own], dim=-1).float() * scale
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
@@ -129,12 +165,8 @@ def tree_attention(
         scores[..., width:].masked_fill_(~batch.own_mask[None, :, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(value.dtype)
     p_shared = probs[..., :width]
-    o_shared = torch.cat(
-        [torch.matmul(p_shared[:, a:b].reshape(kv_heads, (b - a) * groups, width), pv[s]) for s, a, b in batch.blocks],
-        dim=1,
-    ).view(kv_heads, rows, groups, dim)
-    p_own = probs[..., width:].permute(3, 0, 1, 2)  # (own, kv_heads, rows, groups)
-    o_own = (p_own[..., None] * value[:, :, :, None, :]).sum(0)
+    o_shared = _shared_product(batch, p_shared, pv, transpose=False)  # (kv_heads, rows, groups, dim)
+    o_own = torch.matmul(probs[..., width:], value)  # (kv_heads, rows, groups, dim)
     out = (o_shared + o_own).permute(1, 0, 2, 3)  # (rows, kv_heads, groups, dim)
     return out.reshape(rows, 1, heads, dim), None
 

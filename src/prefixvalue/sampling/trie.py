@@ -65,6 +65,8 @@ def branch_trie(
             survivors.append(r)
         live = survivors
         if new:
+            if trie.table.spare() < len(new):  # before the table grows: free what no row can reach again
+                trie.drop_unreachable([row_node[r] for r in live])
             trie.forward(new)
         if live and trie.table.full():
             trie.drop_logits(keep={row_node[r] for r in live})
@@ -97,6 +99,10 @@ class TrieLogits:
         self.used += fresh
         self.data[torch.tensor(slots, device=self.data.device)] = logits.to(self.data.dtype)
         return slots
+
+    def spare(self) -> int:
+        """Rows the table can take before it grows."""
+        return self.data.shape[0] - self.used + len(self.free_slots)
 
     def full(self) -> bool:
         return self.used - len(self.free_slots) > self.capacity
@@ -146,12 +152,14 @@ class _Trie:
         self.nodes_kv = node_cache(len(layers), k0.shape[1], k0.shape[3], v0.shape[3], 1024, k0)
 
     def _logit_columns(self, reqs: Sequence[BranchRequest], width: int) -> torch.Tensor:
-        """The padded columns whose logits the prefill keeps: every column when the sequences' logits fit
-        (a row that re-draws the trace's next token then needs no forward), else only where rows start."""
+        """The padded columns whose logits the prefill keeps: every column from the first where a row
+        starts when the sequences' logits fit (a row that re-draws the trace's next token then needs no
+        forward; no row reaches a column before the first start), else only where rows start."""
         vocab = self.lm.vocab_size()
-        if vocab is not None and len(self.rows) * width * vocab * 4 <= _TRACE_LOGITS_BYTES:
-            return torch.arange(width, device=self.device)
         starts = [self.pads[self.local[r.seq]] + r.cut - 1 for r in reqs]
+        first = min(starts)
+        if vocab is not None and len(self.rows) * (width - first) * vocab * 4 <= _TRACE_LOGITS_BYTES:
+            return torch.arange(first, width, device=self.device)
         return torch.unique(torch.tensor(starts, device=self.device))
 
     def _add_trace_nodes(self, columns: list[int]) -> None:
@@ -226,6 +234,17 @@ class _Trie:
             self.slot[n] = slot
         self.lm.stats.decode_steps += 1
         self.lm.stats.decode_tokens += len(new)
+
+    def drop_unreachable(self, standing: list[int]) -> None:
+        """Free the table rows of off-trace nodes no live row can reach again: rows move one token deeper per
+        step, so a node shallower than every live row of its sequence (those on `standing`) is never reached
+        (in collect, where a sequence's rows start together, that is every node of the past steps)."""
+        floor: dict[int, int] = {}
+        for n in standing:
+            floor[self.seq[n]] = min(floor.get(self.seq[n], self.length[n]), self.length[n])
+        self.drop_logits(
+            {n for n, sl in enumerate(self.slot) if sl >= 0 and self.length[n] >= floor.get(self.seq[n], 1 << 62)}
+        )
 
     def drop_logits(self, keep: set[int]) -> None:
         """Free the table rows of off-trace nodes not in `keep` (no row stands on them); a row that

@@ -28,7 +28,7 @@ from .. import __version__, runfolder
 from ..config import ConfigError, RawMapping, field, parse_config
 from ..data import finish_summary
 from ..data.schema import TRACE_FEATURES
-from ..data.shards import ShardWork, run_sharded_stage
+from ..data.shards import ShardWork, run_sharded_stage, shard_extra
 from ..loading import recorded_model, resolve_model_path
 from ..policies import check_context, load_policy, load_tokenizer, model_context
 from ..prompting import PromptFormat, choose_prompt_format
@@ -97,6 +97,11 @@ class CollectConfig(SamplerBackendConfig):
     )
     chunk_prompts: int = field(16, help="prompts per shard (fixes the shards; keep it when resuming)")
     batch_rows: int = field(256, help="most sequences decoded together")
+    share_prompts: bool = field(
+        True,
+        help="backend=hf: the samples of one prompt share its prefill and, where their tokens coincide, their "
+        "forwards (the trie path of label; the same traces). false: every sample decodes alone (the baseline)",
+    )
     dtype: str = field("auto", help="model dtype: auto, float32, bfloat16, float16")
     device: str | None = field(None, help="device (default: this process's accelerate device)")
     verifier_timeout_s: float | None = field(10.0, help="verifier time limit per completion (None: no limit)")
@@ -180,6 +185,26 @@ def trace_rows(
     return rows
 
 
+def sampling_summary(extras: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How the shards were sampled (``summary.json`` ``sampling``), from their ``done.json`` records: shards per
+    path (``shared``: the samples of a prompt shared its prefill and their common forwards; ``generate``: each
+    sample decoded alone, with the reason in `reasons`; ``unrecorded``: a shard written by an older version),
+    the sampler's token counts and the sampling seconds summed over shards. docs/design.md ("Collect on the
+    trie path")."""
+    paths: dict[str, int] = {}
+    for e in extras:
+        paths[e.get("path", "unrecorded")] = paths.get(e.get("path", "unrecorded"), 0) + 1
+    counts = ("generated_tokens", "prefill_tokens", "decode_tokens", "decode_steps")
+    out: dict[str, Any] = {
+        "paths": paths,
+        "reasons": sorted({e["path_reason"] for e in extras if e.get("path_reason")}),
+        **{k: int(sum(e.get(k, 0) for e in extras)) for k in counts},
+        "seconds": round(float(sum(e.get("seconds", 0.0) for e in extras)), 3),
+    }
+    out["generated_tokens_per_s"] = round(out["generated_tokens"] / out["seconds"], 1) if out["seconds"] else None
+    return out
+
+
 def encode_prompt(tokenizer: Any, text: str, fmt: PromptFormat | None = None) -> list[int]:
     """Token ids of a prompt in format `fmt` (default: the raw text), without special tokens added by the
     tokenizer itself."""
@@ -251,7 +276,7 @@ def run(cfg: CollectConfig) -> int:
         else:
             model, _ = load_policy(model_name, cfg.dtype, cfg.device or device, load, tokenizer=tokenizer)
             context = model_context(model, tokenizer)
-            sampler = HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows)
+            sampler = HFSampler(model, tokenizer, max_batch_rows=cfg.batch_rows, max_tree_rows=cfg.batch_rows)
         # every prompt is checked before any is generated (and before the run's manifest is written)
         encoded = [encode_prompt(tokenizer, p.text, fmt) for p in prompts]
         m = params.max_new_tokens
@@ -270,19 +295,32 @@ def run(cfg: CollectConfig) -> int:
             rows_p = [p for p in chunk for _ in range(cfg.traces_per_prompt)]
             rows_ids = [e for e in enc for _ in range(cfg.traces_per_prompt)]
             tids = [f"{p.prompt_id}/s{j}" for p in chunk for j in range(cfg.traces_per_prompt)]
-            before = sampler.stats.generated_tokens
             ts = time.perf_counter()
 
             def advance(n_rows: int, _tokens: int) -> None:  # per decoded batch: the bar ends at the shard's traces
                 bar.update(n_rows)
                 bar.set_postfix(tok_s=f"{sampler.stats.generated_tokens / max(time.perf_counter() - t0, 1e-9):.0f}")
 
-            gens = sampler.generate(rows_ids, tids, params, on_batch=advance)
+            stats = sampler.stats.as_dict()
+            if isinstance(sampler, HFSampler) and cfg.share_prompts:
+                gens = sampler.generate_shared(rows_ids, tids, params, on_batch=advance)
+                path = "shared" if sampler.tree_attention else "generate"
+            else:
+                gens = sampler.generate(rows_ids, tids, params, on_batch=advance)
+                path = "generate" if isinstance(sampler, HFSampler) else cfg.backend
             rows = trace_rows(
                 task, tokenizer, rows_p, rows_ids, gens, tids, meta, cfg.verifier_timeout_s, cfg.fail_truncated
             )
-            gen_tokens = sampler.stats.generated_tokens - before
-            return rows, {"generated_tokens": gen_tokens, "seconds": time.perf_counter() - ts}
+            extra = {k: v - stats[k] for k, v in sampler.stats.as_dict().items()}
+            reason = None
+            if path == "generate":
+                reason = sampler.tree_attention_reason if cfg.share_prompts else "share_prompts=false"
+            return rows, {
+                **extra,
+                "seconds": time.perf_counter() - ts,
+                "path": path,
+                **({"path_reason": reason} if reason else {}),
+            }
 
         return work
 
@@ -310,6 +348,7 @@ def run(cfg: CollectConfig) -> int:
             "generated_tokens": int(sum(len(c) for c in ds["completion_ids"])),
             "prompt_format": json.loads(fmt.to_json()),
             "backend": backend,
+            "sampling": sampling_summary([shard_extra(out, i) for i in range(num_shards)]),
             **finish_summary(ds["finish_reason"], ds["outcome_note"]),
             "steps": step_count_summary(ds["step_spans"]),
         }
@@ -331,5 +370,6 @@ __all__ = [
     "encode_prompt",
     "main",
     "run",
+    "sampling_summary",
     "trace_rows",
 ]

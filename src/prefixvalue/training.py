@@ -50,6 +50,14 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from . import runfolder
+from .candidate_labels import (
+    TRAIN_COLUMNS,
+    CandidateCollator,
+    attach_candidate_labels,
+    candidate_loss,
+    has_candidate_labels,
+    load_candidate_labels,
+)
 from .config import ConfigError, config_to_dict, field, save_resolved_config
 from .data import SplitRecord, load_labels, load_traces, split_three, within_max_length
 from .data.bridges import step_separator
@@ -93,6 +101,11 @@ class TrainConfig(ModelLoadConfig):
     labels: str | None = field(None, help="optional prefix-labels folder: soft MC labels used as float targets")
     labels_only: bool = field(
         False, help="with labels: train only on labelled positions (else `signal` fills the rest)"
+    )
+    candidate_weight: float = field(
+        1.0,
+        help="with labels holding candidate labels (label candidates=K): weight of the BCE of Q(s, y') against the "
+        "MC value of s ⊕ y' beside the trace's own terms (kinds that train on them: qhead; others ignore them)",
     )
     signal: str = field(
         "outcome",
@@ -186,6 +199,8 @@ class TrainConfig(ModelLoadConfig):
             raise ConfigError(f"signal must be one of {', '.join(SIGNALS)}, got {self.signal!r}")
         if not 0.0 <= self.td_lambda <= 1.0:
             raise ConfigError(f"td_lambda must be in [0, 1], got {self.td_lambda}")
+        if not math.isfinite(self.candidate_weight) or self.candidate_weight < 0:
+            raise ConfigError(f"candidate_weight must be a finite number >= 0, got {self.candidate_weight}")
         if self.labels_only and not self.labels:
             raise ConfigError("labels_only=true needs labels=DIR (MC labels of training prefixes)")
         if SIGNALS[self.signal].replaces_outcome and self.labels_only:
@@ -443,6 +458,31 @@ class _Data:
     signal: TrainingSignal  #: what a prefix without an MC label trains towards
     signal_info: dict[str, Any]  #: the signal's record (``training_signal`` of the result)
     base_rate: float  #: share of training traces that succeed, clipped to [1e-3, 1 - 1e-3]
+    candidates: bool = False  #: the training rows carry candidate labels the kind trains on (`_attach_candidates`)
+
+
+def _attach_candidates(
+    cfg: TrainConfig, traces: datasets.Dataset, is_main: bool
+) -> tuple[datasets.Dataset, dict[str, Any] | None]:
+    """The candidate labels of ``cfg.labels`` (docs/design.md, "Candidate labels") attached to `traces` when the kind
+    trains on them (`ValueModel.candidate_training`) and ``candidate_weight`` > 0; otherwise the traces as they
+    are and, for a kind that does not train on them, a one-line note. Returns (traces, the record of what was
+    done for ``training_signal``; None when the folder has no candidate labels)."""
+    if not cfg.labels or not has_candidate_labels(cfg.labels):
+        return traces, None
+    labels = load_candidate_labels(cfg.labels)
+    record: dict[str, Any] = {"labels": len(labels), "weight": cfg.candidate_weight}
+    if not value_model_class(cfg.value_model.kind).candidate_training:
+        note = (
+            f"{cfg.labels} holds {len(labels)} candidate labels; a {cfg.value_model.kind} model does not train on "
+            "them (the Q-head does): ignored"
+        )
+        if is_main:
+            print(f"note: {note}", file=sys.stderr)
+        return traces, {**record, "weight": 0.0, "note": note}
+    if not cfg.candidate_weight:
+        return traces, record
+    return attach_candidate_labels(traces, labels, f"candidate labels of {cfg.labels}"), record
 
 
 def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
@@ -452,8 +492,10 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
     if not cfg.traces:
         raise ConfigError("traces=DIR is required (a dataset written by `prefixvalue collect`)")
     traces = load_traces(cfg.traces)
+    candidates: dict[str, Any] | None = None
     if cfg.labels:
         traces = attach_prefix_labels(traces, load_labels(cfg.labels, traces))
+        traces, candidates = _attach_candidates(cfg, traces, is_main)
     n_before = len(traces)
     traces = within_max_length(traces, cfg.max_length)
     if is_main and len(traces) < n_before:
@@ -464,6 +506,7 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
     tokenizer = load_tokenizer(policy, load)
     prompt_format = traces_prompt_format(traces)
     cols = [c for c in ("prompt_ids", "completion_ids", "outcome", "prefix_targets") if c in traces.column_names]
+    cand_cols = [c for c in TRAIN_COLUMNS if c in traces.column_names]
     sides = split_three(traces, cfg.heldout_fraction, cfg.validation_fraction, cfg.split_seed)
     train_ds, val_ds, held_ds = sides["train"], sides["validation"], sides["test"]
     split_record = SplitRecord.from_prompts(
@@ -486,7 +529,13 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
             raise ConfigError("labels_only=true but no training trace has an MC label (label with prompts=train)")
     signal = build_signal(cfg.signal, td_lambda=cfg.td_lambda)
     train_ds, signal_info = signal.attach(train_ds)  # held-out outcomes never enter a target
-    train_ds = train_ds.select_columns([c for c in (*cols, "prefix_targets") if c in train_ds.column_names])
+    train_ds = train_ds.select_columns([c for c in (*cols, "prefix_targets", *cand_cols) if c in train_ds.column_names])
+    if candidates is not None and candidates.get("weight"):  # what of them trains: the training side's
+        counts = [len(x) for x in train_ds[TRAIN_COLUMNS[0]]]
+        candidates.update(train_labels=sum(counts), train_traces=sum(1 for n in counts if n))
+        signal_info = {**signal_info, "candidate_labels": candidates}
+    elif candidates is not None:
+        signal_info = {**signal_info, "candidate_labels": candidates}
     train_ds = train_ds.with_format(None)
     held_rows = monitor_ds.select_columns(cols).to_list()[: cfg.max_eval_traces or None]
     if len(train_ds) == 0:
@@ -507,6 +556,7 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
         signal=signal,
         signal_info=signal_info,
         base_rate=base_rate,
+        candidates=bool(cand_cols),
     )
 
 
@@ -620,7 +670,7 @@ def _prepare_loader(run: _Run, data: _Data) -> None:
         data.train_ds,
         batch_size=cfg.per_device_batch_size,
         sampler=sampler,
-        collate_fn=ValueCollator(0, labels_only=cfg.labels_only),
+        collate_fn=(CandidateCollator if data.candidates else ValueCollator)(0, labels_only=cfg.labels_only),
     )
     run.loader = run.accelerator.prepare(loader)
 
@@ -692,16 +742,27 @@ def _forward_backward(
     accelerator, kind, vcfg = run.accelerator, run.kind, run.vcfg
     # number of loss terms in the whole step (all micro-batches, all processes): the normaliser
     n_items = accelerator.reduce(sum(kind.loss_mask(b, vcfg.loss).sum() for b in micro).float(), "sum")
+    # candidate labels (docs/design.md, "Candidate labels"): their own mean over the step, weighted, beside the loss
+    with_candidates = "candidate_ids" in micro[0]
+    n_cand = accelerator.reduce(sum(b["candidate_mask"].sum() for b in micro).float(), "sum") if with_candidates else 0
     loss_sum = torch.zeros((), device=accelerator.device)
     for j, batch in enumerate(micro):
         # gradients are all-reduced once, on the last micro-batch of the step
         sync = contextlib.nullcontext() if j == len(micro) - 1 else accelerator.no_sync(run.model)
         with sync, accelerator.autocast():
-            logits = run.model(batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
+            ids, mask, plens = batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"]
+            if with_candidates:  # one forward pass: the trace's logits and its candidates' Q logits
+                logits, cand_logits = run.model(ids, mask, plens, candidate_ids=batch["candidate_ids"])
+            else:
+                logits = run.model(ids, mask, plens)
             if signal.per_step:  # e.g. TD: λ-returns of the model's own predictions
                 batch["targets"] = signal.step_targets(batch, raw_model.values_from_logits(logits))
             ls = kind.value_loss(logits, batch, vcfg.loss, vcfg.margin)
-            accelerator.backward(normalise_loss(ls.total, n_items, accelerator.num_processes))
+            total = normalise_loss(ls.total, n_items, accelerator.num_processes)
+            if with_candidates:
+                cand_sum, _ = candidate_loss(cand_logits, batch)
+                total = total + run.cfg.candidate_weight * normalise_loss(cand_sum, n_cand, accelerator.num_processes)
+            accelerator.backward(total)
         loss_sum += ls.total.detach().float()
     loss = float(accelerator.reduce(loss_sum, "sum") / n_items.clamp_min(1))
     # max_norm inf: no clipping, but the total norm (every backend) for the finiteness check

@@ -35,7 +35,6 @@ import torch
 from ..data.collate import collated_batches
 from ..formatting import fixed, interval
 from ..sampling.mc import MCLabeller, TraceRef
-from ..tasks.base import safe_verify
 from ..tracking import jsonable
 from .metrics import _spearman_raw, auroc, cluster_bootstrap, constant_note, correlation, ece, wilson_interval
 
@@ -297,26 +296,21 @@ def mc_check(
     key = list(zip(table["trace_id"].tolist(), table["position"].tolist()))
     sel = np.array([k in rows for k in key], dtype=bool)
     idx = np.flatnonzero(sel)
-    eos = {int(e) for e in eos_ids}
-    mc_refs, mc_pos, owners = [], [], []
-    terminal: dict[int, float] = {}
+    by_trace: dict[str, list[int]] = {}
     for r in idx.tolist():
-        tid, p, y = table["trace_id"][r], int(table["position"][r]), int(table["token_id"][r])
-        ref = refs[tid]
-        if y in eos:
-            text = labeller.tokenizer.decode(list(ref.completion_ids[:p]) + [y], skip_special_tokens=True)
-            terminal[r] = float(safe_verify(labeller.task, ref.prompt, text, labeller.verifier_timeout_s).score)
-            continue
-        comp = tuple(ref.completion_ids[:p]) + (y, next(iter(eos)) if eos else y)
-        mc_refs.append(TraceRef(f"{tid}@{p}#{y}", ref.prompt, ref.prompt_ids, comp))
-        mc_pos.append([p + 1])
-        owners.append(r)
+        by_trace.setdefault(str(table["trace_id"][r]), []).append(r)
+    cand_refs = [refs[tid] for tid in by_trace]
+    cand_est = labeller.candidates(
+        cand_refs,
+        [[int(table["position"][r]) for r in rs] for rs in by_trace.values()],
+        [[int(table["token_id"][r]) for r in rs] for rs in by_trace.values()],
+        samples,
+        eos_ids,
+        method="counterfactual",
+    )
+    owners = [r for rs in by_trace.values() for r in rs]
     prefix_rows = sorted({(traces[i].trace_id, p) for i, p, _ in chosen})
-    for tid, p in prefix_rows:
-        mc_refs.append(refs[tid])
-        mc_pos.append([p])
-    est = labeller.uniform(mc_refs, mc_pos, samples, method="counterfactual") if mc_refs else []
-    cand_est, prefix_est = est[: len(owners)], est[len(owners) :]
+    prefix_est = labeller.uniform([refs[tid] for tid, _ in prefix_rows], [[p] for _, p in prefix_rows], samples)
     prefix_mc = {k: e for k, e in zip(prefix_rows, prefix_est)}
     out = {k: v[idx] for k, v in table.items()}
     mean = np.zeros(len(idx))
@@ -325,9 +319,6 @@ def mc_check(
     for r, e in zip(owners, cand_est):
         j = pos_of[r]
         mean[j], lo[j], hi[j], n[j], succ[j] = e.mean, e.ci_low, e.ci_high, e.n, e.successes
-    for r, s in terminal.items():
-        j = pos_of[r]
-        mean[j], lo[j], hi[j], n[j], succ[j] = s, s, s, 0, s
     out["mc_mean"], out["mc_ci_low"], out["mc_ci_high"], out["mc_n"], out["mc_successes"] = mean, lo, hi, n, succ
     out["mc_prefix"] = np.array([prefix_mc[(t, int(p))].mean for t, p in zip(out["trace_id"], out["position"])])
     out["mc_advantage"] = out["mc_mean"] - out["mc_prefix"]

@@ -63,6 +63,16 @@ class PrefixEstimate:
 
 
 @dataclass
+class CandidateEstimate(PrefixEstimate):
+    """Monte Carlo label of a counterfactual prefix s_p ⊕ y': `position` is p (the prefix the candidate follows),
+    `token_id` is y', `prefix_tokens` counts s_p ⊕ y'. A `terminal` candidate (an EOS token) ends the completion:
+    its value is the verifier's score of s_p ⊕ y', exact, with n = 0 (docs/design.md, "Candidate labels")."""
+
+    token_id: int = -1
+    terminal: bool = False
+
+
+@dataclass
 class AdaptiveConfig:
     """Knobs of adaptive labelling (per trace)."""
 
@@ -286,6 +296,57 @@ class MCLabeller:
         self._sample(traces, [(u, samples) for u in units.values()])
         return [self._estimate(traces[t], units[k], method) for t, row in enumerate(keys) for k in row]
 
+    # -- counterfactual candidates ----------------------------------------------------------
+    def candidates(
+        self,
+        traces: Sequence[TraceRef],
+        positions: Sequence[Sequence[int]],
+        tokens: Sequence[Sequence[int]],
+        samples: int,
+        eos_ids: Sequence[int],
+        method: str = "candidate",
+    ) -> list[CandidateEstimate]:
+        """MC labels of counterfactual prefixes s_p ⊕ y': for trace t, ``positions[t][j]`` is p and ``tokens[t][j]``
+        is y'. Each is labelled as position p + 1 of a trace whose completion is ``completion[:p] + [y']`` (one more
+        token after it that is never read), through `uniform`, so a candidate gets the samples (keyed by its
+        content) it gets wherever it is labelled: here, in `prefixvalue advantages`' MC check, or as the next
+        on-trace prefix when y' is the token the trace wrote. An `eos_ids` candidate is terminal: the verifier's
+        score of s_p ⊕ y', n = 0. One estimate per (trace, candidate), in input order."""
+        if len(positions) != len(traces) or len(tokens) != len(traces):
+            raise ValueError(f"{len(traces)} traces but {len(positions)} position and {len(tokens)} token lists")
+        eos = [int(e) for e in eos_ids]
+        refs: list[TraceRef] = []
+        owners: list[tuple[TraceRef, int, int]] = []
+        out: list[CandidateEstimate | None] = []
+        for tr, pos, toks in zip(traces, positions, tokens):
+            if len(pos) != len(toks):
+                raise ValueError(f"{tr.trace_id}: {len(pos)} candidate positions but {len(toks)} tokens")
+            for p, y in zip(pos, toks):
+                p, y = int(p), int(y)
+                if not 0 <= p < len(tr.completion_ids):
+                    raise ValueError(f"{tr.trace_id}: position {p} outside [0, {len(tr.completion_ids) - 1}]")
+                if y in eos:
+                    text = self._decode(list(tr.completion_ids[:p]) + [y])
+                    s = self._verify(tr.prompt, text)
+                    est = CandidateEstimate(tr.trace_id, p, 0, s, s, s, s, len(tr.prompt_ids) + p + 1, method, y, True)
+                    out.append(est)
+                    continue
+                comp = (*tr.completion_ids[:p], y, eos[0] if eos else y)
+                refs.append(TraceRef(f"{tr.trace_id}@{p}#{y}", tr.prompt, tr.prompt_ids, comp))
+                owners.append((tr, p, y))
+                out.append(None)
+        est = self.uniform(refs, [[p + 1] for _, p, _ in owners], samples, method=method) if refs else []
+        sampled = iter(zip(owners, est))
+        done: list[CandidateEstimate] = []
+        for e in out:
+            if e is None:
+                (tr, p, y), m = next(sampled)
+                e = CandidateEstimate(
+                    tr.trace_id, p, m.n, m.successes, m.mean, m.ci_low, m.ci_high, m.prefix_tokens, method, y
+                )
+            done.append(e)
+        return done
+
     # -- adaptive ---------------------------------------------------------------------------
     def adaptive(
         self,
@@ -397,6 +458,7 @@ def first_jump(points: Sequence[tuple[int, float]], threshold: float) -> int | N
 
 __all__ = [
     "AdaptiveConfig",
+    "CandidateEstimate",
     "LabelCost",
     "MCLabeller",
     "PrefixEstimate",

@@ -17,6 +17,12 @@ rollouts per trace) with the sampling parameters the traces were collected with 
 Each trace is prefilled once and continuations branch off its KV cache; identical prefixes are
 sampled once. Output: the labels dataset at OUT (shards under OUT/shards, resumable like collect)
 and ``OUT/cost.json`` (prefill tokens, generated tokens, rollouts, verifier calls, seconds).
+
+``candidates=K`` also labels, at each labelled position p, the counterfactual prefixes s_p ⊕ y' for the policy's
+K most likely next tokens y' other than the one the trace wrote (whose value is the label at p + 1), `samples`
+continuations each through the same sampler path, into ``OUT/candidates.parquet``
+(`prefixvalue.candidate_labels`; docs/design.md, "Candidate labels"); cost.json's ``candidates`` says what they
+cost, a part of its totals.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any, Literal
 import datasets
 
 from .. import runfolder
+from ..candidate_labels import CANDIDATE_FILE, write_candidate_labels
 from ..config import ConfigError, RawMapping, field, parse_config
 from ..data import (
     DataFormatError,
@@ -45,12 +52,13 @@ from ..data import (
 )
 from ..data.schema import LABEL_FEATURES
 from ..data.shards import ShardWork, dist_info, run_sharded_stage, shard_extra
+from ..evaluation.advantages import TraceInput, policy_candidates
 from ..loading import traces_policy
 from ..policies import check_context, check_vocabulary, load_policy, load_tokenizer, model_context
 from ..sampling.backend import SamplerBackendConfig, backend_record
 from ..sampling.hf import HFSampler
 from ..sampling.labelling import labeller_for, sampling_from_traces, trace_refs, traces_task
-from ..sampling.mc import AdaptiveConfig, LabelCost, MCLabeller, distinct_prefixes
+from ..sampling.mc import AdaptiveConfig, LabelCost, MCLabeller, TraceRef, distinct_prefixes
 from ..sampling.positions import (
     PositionSpecError,
     parse_positions,
@@ -63,7 +71,7 @@ from ..tasks import task_configs, task_options
 from ..tasks.steps import single_step_warning, step_count_summary
 
 #: what label writes into OUT beside the shards and the merged dataset (`prefixvalue.data.shards.SHARDED_OUTPUTS`)
-OUTPUTS = ("cost.json", "split.json")
+OUTPUTS = ("cost.json", "split.json", CANDIDATE_FILE)
 
 
 @dataclass
@@ -87,6 +95,11 @@ class LabelConfig(SamplerBackendConfig):
         "(all | stride:K | short:K; none: at its step boundaries, often the bare prompt alone)",
     )
     samples: int = field(16, help="MC continuations per prefix (uniform specs)")
+    candidates: int = field(
+        0,
+        help="also label s_p ⊕ y' at each labelled prefix for the policy's top-K next tokens y' other than the "
+        "written one, `samples` continuations each (OUT/candidates.parquet: training targets of a Q-head); 0: none",
+    )
     prompts: Literal["heldout", "validation", "train", "all"] = field(
         "heldout",
         help="which traces: heldout (the test prompts train holds out; for the figures reported), validation (the "
@@ -153,6 +166,14 @@ class LabelConfig(SamplerBackendConfig):
                 self.task_args = task_options(self.task, self.task_args)
             except KeyError as exc:
                 raise ConfigError(f"label: {exc.args[0]}") from None
+        if self.candidates < 0:
+            raise ConfigError(f"label: candidates must be >= 0 (0: none), got {self.candidates}")
+        if self.candidates and self.positions.strip() == "adaptive":
+            raise ConfigError("label: candidates=K needs fixed positions (all, steps, stride:K, short:K), not adaptive")
+        if self.candidates and self.backend != "hf":
+            raise ConfigError(
+                f"label: candidates=K reads the policy's next-token ranking: backend=hf, not {self.backend}"
+            )
         self.check_backend("label")
         try:
             parse_positions(self.positions)
@@ -270,6 +291,7 @@ def run(cfg: LabelConfig) -> int:
         "positions": str(spec),
         **({"step_fallback": str(parse_step_fallback(cfg.step_fallback) or "none")} if spec.kind == "steps" else {}),
         "samples": cfg.samples,
+        **({"candidates": cfg.candidates} if cfg.candidates else {}),  # only when asked: older runs resume
         "chunk_traces": cfg.chunk_traces,
         "task": task_name,
         "task_args": task_args,
@@ -285,11 +307,14 @@ def run(cfg: LabelConfig) -> int:
         lo, hi = i * cfg.chunk_traces, (i + 1) * cfg.chunk_traces
         if spec.kind == "adaptive":
             return cfg.budget * len(refs[lo:hi])
-        return cfg.samples * distinct_prefixes(refs[lo:hi], plan[lo:hi])
+        # candidates: at most K per labelled prefix (fewer when an EOS candidate needs no continuation)
+        most = cfg.samples * cfg.candidates * sum(len(p) for p in plan[lo:hi])
+        return cfg.samples * distinct_prefixes(refs[lo:hi], plan[lo:hi]) + most
 
     def setup(device: Any) -> ShardWork:
         """Load the policy and return the work of one shard (only when this process has shards to do)."""
         sampler: Sampler
+        model: Any = None  # the policy, on the hf backend (candidates rank its next tokens)
         if cfg.backend == "vllm":
             from ..sampling.vllm_sampler import vllm_sampler_for
 
@@ -347,13 +372,16 @@ def run(cfg: LabelConfig) -> int:
                 est = labeller.adaptive(chunk, pos, cfg.adaptive_config())
             else:
                 est = labeller.uniform(chunk, pos, cfg.samples, method=str(spec))
+            extra: dict[str, Any] = {}
+            if cfg.candidates:
+                extra = label_candidates(labeller, model, chunk, pos, cfg.candidates, cfg.samples)
             cost = {k: v - getattr(before, k) for k, v in labeller.cost.as_dict().items()}
             pid = {r.trace_id: r.prompt.prompt_id for r in chunk}
             rows = [{**e.as_row(), "prompt_id": pid[e.trace_id]} for e in est]
-            if spec.kind == "adaptive":  # the bar counted the shard's budget: what it left unspent leaves the total
+            if spec.kind == "adaptive" or cfg.candidates:  # the bar counted a bound: what was not spent leaves it
                 bar.total -= shard_rollouts(i) - cost["rollouts"]
                 bar.refresh()
-            return rows, {"cost": cost}
+            return rows, {"cost": cost, **extra}
 
         return work
 
@@ -386,6 +414,19 @@ def run(cfg: LabelConfig) -> int:
             "backend": backend_record(cfg.backend),
             "note": "sums over shards; seconds is sampling+verification time summed over processes",
         }
+        if cfg.candidates:
+            cand_rows = [r for i in range(num_shards) for r in shard_extra(out, i)["candidates"]]
+            cand_cost = LabelCost()
+            for i in range(num_shards):
+                cand_cost.add(LabelCost(**shard_extra(out, i)["candidate_cost"]))
+            write_candidate_labels(out, cand_rows)
+            cost["candidates"] = {
+                "k": cfg.candidates,
+                "labels": len(cand_rows),
+                "terminal": sum(bool(r["terminal"]) for r in cand_rows),
+                **cand_cost.as_dict(),
+                "note": "candidate labels (candidates.parquet): already counted in the totals above",
+            }
         runfolder.write_text(out / "cost.json", json.dumps(cost, indent=1))
         split_record.save(out, prompts=cfg.prompts, n_traces_given=n_given, n_traces_labelled=len(refs))
         runfolder.finish(out)
@@ -396,4 +437,31 @@ def run(cfg: LabelConfig) -> int:
     return 0
 
 
-__all__ = ["LabelConfig", "labeller_for", "main", "trace_refs"]
+def label_candidates(
+    labeller: MCLabeller, policy: Any, traces: list[TraceRef], positions: list[list[int]], k: int, samples: int
+) -> dict[str, Any]:
+    """Candidate labels of one shard (docs/design.md, "Candidate labels"): at each position p of ``positions[t]``,
+    the policy's top-`k` next tokens at s_p (`policy_candidates`, temperature 1) less the token trace t wrote,
+    labelled by `MCLabeller.candidates` with `samples` continuations each. Returns the shard's extra record:
+    ``candidates`` (rows of `prefixvalue.candidate_labels.CANDIDATE_COLUMNS`) and ``candidate_cost``."""
+    before = LabelCost(**labeller.cost.as_dict())
+    inputs = [TraceInput(r.trace_id, r.prompt.prompt_id, list(r.prompt_ids), list(r.completion_ids)) for r in traces]
+    cands = policy_candidates(policy, inputs, k)
+    where, toks, meta = [], [], []
+    for c, pos in zip(cands, positions):
+        want = set(int(p) for p in pos)
+        keep = [j for j, (p, s) in enumerate(zip(c["position"], c["sampled"])) if int(p) in want and not s]
+        where.append([int(c["position"][j]) for j in keep])
+        toks.append([int(c["token_id"][j]) for j in keep])
+        meta += [(int(c["rank"][j]), float(c["logprob"][j])) for j in keep]
+    eos = labeller.tokenizer.eos_token_id
+    est = labeller.candidates(traces, where, toks, samples, [eos] if eos is not None else [])
+    pid = {r.trace_id: r.prompt.prompt_id for r in traces}
+    rows = [
+        {**e.as_row(), "prompt_id": pid[e.trace_id], "rank": rank, "logprob": lp} for e, (rank, lp) in zip(est, meta)
+    ]
+    cost = {key: v - getattr(before, key) for key, v in labeller.cost.as_dict().items()}
+    return {"candidates": rows, "candidate_cost": cost}
+
+
+__all__ = ["LabelConfig", "label_candidates", "labeller_for", "main", "trace_refs"]

@@ -118,6 +118,9 @@ class ValueModel(nn.Module):
     needs_adapter: ClassVar[bool] = False
     #: whether the model values candidate next tokens in one forward pass (``counterfactual_values``)
     counterfactuals: ClassVar[bool] = False
+    #: whether training reads candidate labels (docs/design.md, "Candidate labels"): ``forward`` then takes
+    #: ``candidate_ids`` [B, P, K] and returns (its logits, the candidates' logits [B, P, K]) from one pass
+    candidate_training: ClassVar[bool] = False
 
     def __init__(
         self, config: ValueModelConfig, backbone: PreTrainedModel, adapter_dir: str | Path | None = None

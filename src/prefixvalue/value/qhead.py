@@ -48,6 +48,7 @@ class QHeadValueModel(HeadValueModel):
         "V(s) = Σ π(y|s) Q(s, y)"
     )
     counterfactuals = True
+    candidate_training = True
 
     @classmethod
     def check_config(cls, config: ValueModelConfig) -> None:
@@ -160,11 +161,25 @@ class QHeadValueModel(HeadValueModel):
         return (weights * torch.sigmoid(self._q_logits(st, cand))).sum(-1)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
-    ) -> torch.Tensor:
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_lengths: torch.Tensor,
+        candidate_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """[B, Tmax+1, 2] logits: channel 0 the incoming Q(s_{p−1}, y_p) (p = 0: V(s_0)); channel 1 the readout,
-        V(s_p) for p < T and Q(s_{T−1}, y_T) at p = T."""
+        V(s_p) for p < T and Q(s_{T−1}, y_T) at p = T. With `candidate_ids` [B, P, K] (P <= Tmax+1: candidate
+        labels, docs/design.md "Candidate labels") also Q's logits [B, P, K] of those tokens, from the same pass."""
         st = self._state(input_ids, attention_mask, prompt_lengths)
+        logits = self._channels(st, input_ids, prompt_lengths)
+        if candidate_ids is None:
+            return logits
+        return logits, self._q_logits(st, candidate_ids)
+
+    def _channels(
+        self, st: dict[str, torch.Tensor], input_ids: torch.Tensor, prompt_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """`forward`'s [B, Tmax+1, 2] logits from the state `st` (`_state`)."""
         tmax = st["h"].shape[1] - 1
         agg = torch.logit(self._aggregate(st), eps=PROB_EPS)  # [B, Tmax+1]
         idx = prefix_indices(prompt_lengths, tmax, input_ids.shape[1])

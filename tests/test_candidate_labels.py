@@ -17,15 +17,15 @@ from safetensors.torch import load_file
 from test_collect_label import collect_args, label_args  # the tiny policy and traces of the label tests
 
 from prefixvalue import cli
-from prefixvalue.candidate_labels import (
+from prefixvalue.config import parse_config
+from prefixvalue.data import load_labels, load_traces
+from prefixvalue.data.candidates import (
     CANDIDATE_COLUMNS,
     CANDIDATE_FILE,
     CandidateCollator,
     attach_candidate_labels,
     candidate_loss,
 )
-from prefixvalue.config import parse_config
-from prefixvalue.data import load_labels, load_traces
 from prefixvalue.policies import load_policy
 from prefixvalue.sampling.hf import HFSampler
 from prefixvalue.sampling.labelling import sampling_from_traces, trace_refs
@@ -160,7 +160,7 @@ def test_training_reads_candidate_labels_and_zero_weight_is_without(labels_dir, 
 def test_collator_and_one_pass_candidate_logits(labels_dir, traces_dir, model_dir):
     """The collator's dense candidate tensors hold each label at its prefix; the Q-head's forward with them gives
     the Q values `token_candidate_values` reads, and the loss is the BCE over the labelled slots."""
-    from prefixvalue.candidate_labels import load_candidate_labels
+    from prefixvalue.data.candidates import load_candidate_labels
 
     traces = attach_candidate_labels(load_traces(traces_dir), load_candidate_labels(labels_dir), "test")
     rows = [r for r in traces if r["candidate_positions"]][:2]

@@ -50,7 +50,10 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from . import runfolder
-from .candidate_labels import (
+from .config import ConfigError, config_to_dict, field, save_resolved_config
+from .data import SplitRecord, load_labels, load_traces, split_three, within_max_length
+from .data.bridges import step_separator
+from .data.candidates import (
     TRAIN_COLUMNS,
     CandidateCollator,
     attach_candidate_labels,
@@ -58,9 +61,6 @@ from .candidate_labels import (
     has_candidate_labels,
     load_candidate_labels,
 )
-from .config import ConfigError, config_to_dict, field, save_resolved_config
-from .data import SplitRecord, load_labels, load_traces, split_three, within_max_length
-from .data.bridges import step_separator
 from .data.collate import ResumableSampler, ValueCollator, attach_prefix_labels
 from .loading import LoadOptions, ModelLoadConfig, traces_policy
 from .policies import check_vocabulary, load_causal_lm, load_tokenizer

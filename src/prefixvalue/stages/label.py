@@ -21,7 +21,7 @@ and ``OUT/cost.json`` (prefill tokens, generated tokens, rollouts, verifier call
 ``candidates=K`` also labels, at each labelled position p, the counterfactual prefixes s_p ⊕ y' for the policy's
 K most likely next tokens y' other than the one the trace wrote (whose value is the label at p + 1), `samples`
 continuations each through the same sampler path, into ``OUT/candidates.parquet``
-(`prefixvalue.candidate_labels`; docs/design.md, "Candidate labels"); cost.json's ``candidates`` says what they
+(`prefixvalue.data.candidates`; docs/design.md, "Candidate labels"); cost.json's ``candidates`` says what they
 cost, a part of its totals.
 """
 
@@ -39,7 +39,6 @@ from typing import Any, Literal
 import datasets
 
 from .. import runfolder
-from ..candidate_labels import CANDIDATE_FILE, write_candidate_labels
 from ..config import ConfigError, RawMapping, field, parse_config
 from ..data import (
     DataFormatError,
@@ -50,6 +49,7 @@ from ..data import (
     traces_digest,
     traces_fail_truncated,
 )
+from ..data.candidates import CANDIDATE_FILE, write_candidate_labels
 from ..data.schema import LABEL_FEATURES
 from ..data.shards import ShardWork, dist_info, run_sharded_stage, shard_extra
 from ..evaluation.advantages import TraceInput, policy_candidates
@@ -443,7 +443,7 @@ def label_candidates(
     """Candidate labels of one shard (docs/design.md, "Candidate labels"): at each position p of ``positions[t]``,
     the policy's top-`k` next tokens at s_p (`policy_candidates`, temperature 1) less the token trace t wrote,
     labelled by `MCLabeller.candidates` with `samples` continuations each. Returns the shard's extra record:
-    ``candidates`` (rows of `prefixvalue.candidate_labels.CANDIDATE_COLUMNS`) and ``candidate_cost``."""
+    ``candidates`` (rows of `prefixvalue.data.candidates.CANDIDATE_COLUMNS`) and ``candidate_cost``."""
     before = LabelCost(**labeller.cost.as_dict())
     inputs = [TraceInput(r.trace_id, r.prompt.prompt_id, list(r.prompt_ids), list(r.completion_ids)) for r in traces]
     cands = policy_candidates(policy, inputs, k)

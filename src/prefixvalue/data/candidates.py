@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from . import runfolder
-from .data import DataFormatError, check_unit_interval
-from .data.collate import ValueCollator
+from .. import runfolder
+from . import DataFormatError, check_unit_interval
+from .collate import ValueCollator
 
 #: the candidate labels' file in a labels folder
 CANDIDATE_FILE = "candidates.parquet"

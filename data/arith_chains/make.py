@@ -6,9 +6,9 @@ Each line: {"id", "question", "answer", "ops"}; the answer is an integer. The se
 (no public benchmark text), fixed by the seed below, so the committed file and this script agree (a test
 checks it). The committed file is `sums()`: three one-digit numbers added, 727 distinct questions in a
 shuffled order. `make smollm2` shows SmolLM2-135M-Instruct two worked examples as chat turns
-(`EXAMPLES`), so an answer takes several sentences ("4 + 7 = 11. 11 + 2 = 13. The answer is 13."): one
+(`EXAMPLES`), so an answer takes several sentences ("8 + 6 = 14. 14 + 5 = 19. The answer is 19."): one
 step per operation, then the answer. The other generators are the candidates measured against it
-(benchmarks/smollm2_tasks.py; the table is in the README, section "A real pretrained model").
+(benchmarks/smollm2_tasks.py; the table: README, "A real model on this CPU").
 """
 
 from __future__ import annotations

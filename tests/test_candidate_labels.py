@@ -12,9 +12,10 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import test_collect_label
 import torch
 from safetensors.torch import load_file
-from test_collect_label import collect_args, label_args  # the tiny policy and traces of the label tests
+from test_collect_label import collect_args, label_args
 
 from prefixvalue import cli
 from prefixvalue.config import parse_config
@@ -35,21 +36,9 @@ from prefixvalue.stages import label
 from prefixvalue.tasks import ArithTask
 from prefixvalue.value import ValueModelConfig, build_value_model
 
+model_dir = test_collect_label.model_dir  # the tiny policy of the label tests (a module fixture)
 K = 2  # candidates per prefix
 SAMPLES = 4
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from prefixvalue.tokenizer import build_char_tokenizer
-
-    from conftest import make_tiny_gpt2
-
-    tok = build_char_tokenizer()
-    path = tmp_path_factory.mktemp("m") / "tiny"
-    make_tiny_gpt2(len(tok), seed=3).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

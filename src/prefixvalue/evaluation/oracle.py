@@ -63,16 +63,23 @@ STEPS_RULES: dict[str, str] = {
 }
 
 
-def known_steps(task: str | None, prompt: str | None) -> int | None:
-    """The number of steps `task` asks for in `prompt` (`KNOWN_STEPS`), from the prompt text alone; None when
-    the task has no such rule or the prompt cannot be read by it."""
-    rule = KNOWN_STEPS.get(task or "")
+def _from_prompt(rules: dict[str, Callable[[str], Any]], task: str | None, prompt: str | None) -> Any:
+    """What `task`'s rule of `rules` reads from `prompt` alone; None when the task has no rule or the prompt
+    cannot be read by it."""
+    rule = rules.get(task or "")
     if rule is None or not prompt:
         return None
     try:
-        return int(rule(prompt))
+        return rule(prompt)
     except ValueError:
         return None
+
+
+def known_steps(task: str | None, prompt: str | None) -> int | None:
+    """The number of steps `task` asks for in `prompt` (`KNOWN_STEPS`), from the prompt text alone; None when
+    the task has no such rule or the prompt cannot be read by it."""
+    n = _from_prompt(KNOWN_STEPS, task, prompt)
+    return None if n is None else int(n)
 
 
 def step_facts(
@@ -102,13 +109,8 @@ def group_keys(written: np.ndarray, n_steps: int | None) -> np.ndarray:
 def step_kinds(task: str | None, prompt: str | None) -> list[str] | None:
     """The kind of each step `task` asks for in `prompt` (`STEP_KINDS`), from the prompt text alone; None when
     the task has no such rule or the prompt cannot be read by it."""
-    rule = STEP_KINDS.get(task or "")
-    if rule is None or not prompt:
-        return None
-    try:
-        return list(rule(prompt))
-    except ValueError:
-        return None
+    kinds = _from_prompt(STEP_KINDS, task, prompt)
+    return None if kinds is None else list(kinds)
 
 
 def kind_keys(written: np.ndarray, kinds: Sequence[str]) -> list[str]:

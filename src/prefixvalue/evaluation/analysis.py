@@ -273,7 +273,7 @@ def error_diagnosis(result: EvalResult, name: str = "learned") -> dict[str, Any]
         "spearman_with_exact_error_flag": rho("spearman_with_exact_error_flag", flagged, y),
         "mc_spearman_with_error_flag": rho("mc_spearman_with_error_flag", (~err).astype(np.float64), y),
     }
-    feats = written_logprob_features(result.traces, cols)
+    feats = sampled_logprob_features(result.traces, cols)
     if feats is None:
         out["auroc_error_written_policy"] = None
         notes["auroc_error_written_policy_note"] = "the traces carry no per-token log-probabilities"
@@ -282,7 +282,7 @@ def error_diagnosis(result: EvalResult, name: str = "learned") -> dict[str, Any]
     return {**out, **notes}
 
 
-def written_logprob_features(traces: list[Any], cols: dict[str, list[Any]]) -> dict[str, np.ndarray] | None:
+def sampled_logprob_features(traces: list[Any], cols: dict[str, list[Any]]) -> dict[str, np.ndarray] | None:
     """Per labelled prefix of `cols` (the evaluation's prefix table): the sum and the minimum of the sampled
     log-probabilities of the tokens written so far (0 at the empty prefix), from each trace's ``logprobs``;
     None when a trace has none."""

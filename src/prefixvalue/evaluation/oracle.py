@@ -118,6 +118,19 @@ def kind_keys(written: np.ndarray, kinds: Sequence[str]) -> list[str]:
     return ["".join(kinds[min(int(w), len(kinds)) :]) for w in written.tolist()]
 
 
+def second_facts(steps: str, task: str | None, prompt: str | None, written: np.ndarray) -> list[Any] | None:
+    """The second fact of each position's group under the oracle's rule `steps` (`STEPS_RULES`): steps written,
+    steps left by `task`'s known count (`group_keys`), or the kinds of the steps left (`kind_keys`); None when
+    the rule needs the prompt and `task` cannot read it."""
+    if steps == "written":
+        return written.tolist()
+    if steps == "operators":
+        kinds = step_kinds(task, prompt)
+        return None if kinds is None else kind_keys(written, kinds)
+    n_steps = known_steps(task, prompt)
+    return None if n_steps is None else group_keys(written, n_steps).tolist()
+
+
 class StepOracle:
     """Group means of training outcomes by (wrong step written, steps left), fit once; by (wrong step written,
     steps written) when the task's step count is not known (`steps`). `fit_operators` gives the operator
@@ -169,23 +182,29 @@ class StepOracle:
         else:
             note = None
         steps = "known" if note is None else "written"
-        sums: dict[tuple[bool, int], list[float]] = {}
-        for r, c in zip(rows, counts):
+        return cls._fit_groups(rows, steps, name, note)
+
+    @classmethod
+    def _fit_groups(cls, rows: list[dict[str, Any]], steps: str, task: str | None, note: str | None) -> StepOracle:
+        """The oracle of rule `steps`: the mean outcome of the training prefixes of each (wrong step written,
+        second fact) group (`second_facts`), and of each side of the first fact alone (the fallback of a group
+        no training prefix fell in)."""
+        sums: dict[tuple[bool, Any], list[float]] = {}
+        for r in rows:
             wrong, written = step_facts(r["step_spans"] or [], r["step_labels"], len(r["completion_ids"]))
-            keys = group_keys(written, c if steps == "known" else None)
             y = float(r["outcome"])
-            for w, k in zip(wrong.tolist(), keys.tolist()):
+            for w, k in zip(wrong.tolist(), second_facts(steps, task, r.get("prompt"), written) or []):
                 acc = sums.setdefault((w, k), [0.0, 0.0])
                 acc[0] += y
                 acc[1] += 1.0
-        means = {key: s / n for key, (s, n) in sums.items()}
+        means = {key: t / c for key, (t, c) in sums.items()}
         fallback = {}
         for w in (False, True):
             tot = [v for key, v in sums.items() if key[0] == w]
             if tot:
-                fallback[w] = sum(s for s, _ in tot) / sum(n for _, n in tot)
-        n = int(sum(n for _, n in sums.values()))
-        return cls(means, fallback, sum(s for s, _ in sums.values()) / n, n, steps, name, note)
+                fallback[w] = sum(t for t, _ in tot) / sum(c for _, c in tot)
+        n = int(sum(c for _, c in sums.values()))
+        return cls(means, fallback, sum(t for t, _ in sums.values()) / n, n, steps, task, note)
 
     @classmethod
     def fit_operators(cls, rows: Iterable[dict[str, Any]], task: str | None = None) -> StepOracle | None:
@@ -199,54 +218,29 @@ class StepOracle:
         kinds = [step_kinds(name, r.get("prompt")) for r in rows]
         if not rows or name not in STEP_KINDS or any(k is None for k in kinds):
             return None
-        sums: dict[tuple[bool, Any], list[float]] = {}
-        fall: dict[bool, list[float]] = {}
-        for r, k in zip(rows, kinds):
-            if r.get("step_labels") is None:
-                raise ValueError("the operator oracle needs traces with step_labels (exact step verdicts)")
-            wrong, written = step_facts(r["step_spans"] or [], r["step_labels"], len(r["completion_ids"]))
-            y = float(r["outcome"])
-            for w, key in zip(wrong.tolist(), kind_keys(written, k or [])):
-                for acc in (sums.setdefault((w, key), [0.0, 0.0]), fall.setdefault(w, [0.0, 0.0])):
-                    acc[0] += y
-                    acc[1] += 1.0
-        n = int(sum(c for _, c in sums.values()))
-        overall = sum(t for t, _ in sums.values()) / n
-        means = {key: t / c for key, (t, c) in sums.items()}
-        return cls(means, {w: t / c for w, (t, c) in fall.items()}, overall, n, "operators", name)
+        if any(r.get("step_labels") is None for r in rows):
+            raise ValueError("the operator oracle needs traces with step_labels (exact step verdicts)")
+        return cls._fit_groups(rows, "operators", name, None)
 
     def predict(self, record: TraceRecord) -> np.ndarray:
         """The oracle's value at positions 0..T of one trace (its group's training mean). Reads the trace's
         prefix and prompt only: the value at p does not change with the completion's tokens after p."""
         if record.step_labels is None:
             raise ValueError(f"trace {record.trace_id} has no step_labels: the oracle cannot score it")
-        n_steps = None
-        if self.steps == "operators":
-            kinds = step_kinds(self.task, record.prompt)
-            if kinds is None:
-                raise ValueError(
-                    f"trace {record.trace_id}: its prompt {record.prompt[:60]!r} gives no {self.task} step kinds, "
-                    "and this oracle was fit on the kinds of the steps left"
-                )
-            wrong, written = step_facts(record.step_spans, record.step_labels, record.length)
-            return np.array(
-                [
-                    self.means.get((w, k), self.fallback.get(w, self.overall))
-                    for w, k in zip(wrong.tolist(), kind_keys(written, kinds))
-                ],
-                dtype=np.float64,
-            )
-        if self.steps == "known":
-            n_steps = known_steps(self.task, record.prompt)
-            if n_steps is None:
-                raise ValueError(
-                    f"trace {record.trace_id}: its prompt {record.prompt[:60]!r} gives no {self.task} step count, "
-                    "and this oracle was fit on steps left by the known count"
-                )
         wrong, written = step_facts(record.step_spans, record.step_labels, record.length)
-        keys = group_keys(written, n_steps)
+        keys = second_facts(self.steps, self.task, record.prompt, written)
+        if keys is None:
+            what, fit_on = (
+                ("step kinds", "the kinds of the steps left")
+                if self.steps == "operators"
+                else ("step count", "steps left by the known count")
+            )
+            raise ValueError(
+                f"trace {record.trace_id}: its prompt {record.prompt[:60]!r} gives no {self.task} {what}, "
+                f"and this oracle was fit on {fit_on}"
+            )
         return np.array(
-            [self.means.get((w, k), self.fallback.get(w, self.overall)) for w, k in zip(wrong.tolist(), keys.tolist())],
+            [self.means.get((w, k), self.fallback.get(w, self.overall)) for w, k in zip(wrong.tolist(), keys)],
             dtype=np.float64,
         )
 

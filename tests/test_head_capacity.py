@@ -184,3 +184,18 @@ def test_bad_values_are_one_line(options, words, tmp_path, tiny_tokenizer, capsy
 def test_a_layer_outside_the_backbone_is_refused(tiny_tokenizer):
     with pytest.raises(ValueError, match="head_layers: layer 5"):
         build_value_model(ValueModelConfig(kind="head", head_layers=[1, 5]), make_tiny_gpt2(len(tiny_tokenizer)))
+
+
+def test_train_refuses_a_layer_the_policy_lacks_in_one_line(tmp_path, tiny_tokenizer, capsys):
+    """The layer rule needs the backbone (loaded inside train): still one line, exit 2 (it was a traceback)."""
+    policy = tmp_path / "policy"
+    make_tiny_gpt2(len(tiny_tokenizer)).save_pretrained(policy)
+    tiny_tokenizer.save_pretrained(policy)
+    traces = save_traces(random_traces(tiny_tokenizer, n_prompts=2, per_prompt=2), tmp_path / "traces")
+    argv = ["train", f"traces={traces}", f"policy={policy}", f"output_dir={tmp_path / 'out'}", "max_steps=1"]
+    argv += ["value_model.kind=head", "value_model.head_layers=[1,5]", "heldout_fraction=0.0", "report_to=none"]
+    argv += ["validation_fraction=0.0", "allow_other_policy=true"]
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert err[-1].startswith("prefixvalue train: value_model: head_layers: layer 5 is outside"), err

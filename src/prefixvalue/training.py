@@ -604,7 +604,10 @@ def _build_model(cfg: TrainConfig, data: _Data, accelerator: Accelerator, out: P
     vcfg = dataclasses.replace(
         cfg.value_model, base_model=data.policy, base_load=data.load.record(), base_rate=data.base_rate
     )
-    model = build_value_model(vcfg, backbone)
+    try:  # a rule that needs the backbone (a head layer it does not have): one line
+        model = build_value_model(vcfg, backbone)
+    except ValueError as exc:
+        raise ConfigError(f"value_model: {exc}") from None
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     params = model.trainable_parameters()

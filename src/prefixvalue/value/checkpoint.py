@@ -41,6 +41,10 @@ READOUTS: tuple[str, ...] = ("mean", "sum")
 #: how the backbone is trained: LoRA adapters (peft), frozen, or all weights
 BACKBONES: tuple[str, ...] = ("lora", "frozen", "full")
 
+#: how the head combines its policy features with w·h (docs/design.md, "Explicit value head"): a linear term u·f on
+#: the raw features, or a small MLP over the head's logit and the normalised features
+FEATURE_HEADS: tuple[str, ...] = ("linear", "mlp")
+
 
 @dataclass
 class ValueModelConfig:
@@ -99,6 +103,16 @@ class ValueModelConfig:
         help="head: also feed the head the reference policy's log-probabilities of the written tokens (sum, minimum "
         "and last, up to the prefix): the policy's own surprise at what it wrote",
     )
+    feature_head: str = field(
+        "linear",
+        help="head with policy_features: linear = w·h + b + u·f on the raw features; mlp = w·h + b + a one-hidden-layer "
+        "MLP over (w·h + b, the normalised features), started at zero (docs/design.md, 'Explicit value head')",
+    )
+    head_layers: list[int] | None = field(
+        None,
+        help="head: several hidden layers feed the head, their states concatenated (e.g. [2, 4]; python indexing); "
+        "None = head_layer alone",
+    )
     q_top_k: int = field(
         8,
         help="qhead: V(s) = Σ π̃(y|s) Q(s, y) over the policy's q_top_k most likely next tokens (π̃: π_ref renormalised "
@@ -129,6 +143,15 @@ class ValueModelConfig:
             raise ValueError(f"prior_tokens must be >= 0, got {self.prior_tokens}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.feature_head not in FEATURE_HEADS:
+            raise ValueError(f"feature_head must be one of {FEATURE_HEADS}, got {self.feature_head!r}")
+        if self.feature_head != "linear" and not self.policy_features:
+            raise ValueError(f"feature_head={self.feature_head} reads the policy features: set policy_features=true")
+        if self.head_layers is not None:
+            if not self.head_layers or len(set(self.head_layers)) != len(self.head_layers):
+                raise ValueError(f"head_layers must list distinct layers (e.g. [2, 4]), got {self.head_layers}")
+            if self.head_layer != -1:
+                raise ValueError("give head_layer or head_layers, not both (head_layers lists every layer read)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -228,6 +251,7 @@ __all__ = [
     "BACKBONE_DIR",
     "CHECKPOINT_RECORDS",
     "CONFIG_NAME",
+    "FEATURE_HEADS",
     "HEAD_WEIGHTS",
     "READOUTS",
     "VALUE_MODELS",

@@ -219,6 +219,8 @@ def _to_remote(model: ValueModel, torch_dtype: torch.dtype) -> PrefixValueForTok
         has_reference=reference is not None,
         head_layer=cfg.head_layer,
         policy_features=cfg.policy_features,
+        feature_head=cfg.feature_head,
+        head_layers=cfg.head_layers,
         q_top_k=cfg.q_top_k,
         beta=cfg.beta,
         base_rate=cfg.base_rate,

@@ -11,6 +11,12 @@ over the written tokens t ≤ p (all 0 at p = 0), P̂ = σ(w·h_p + b + u·f_p).
 found unlikely has often just made a mistake; the fine-tuned hidden states alone find that hard to see. The
 reference is the backbone itself when frozen, the backbone with its adapters disabled under LoRA or a soft
 prompt, and a frozen copy of the starting policy when the backbone is fully trained.
+
+With ``feature_head=mlp`` the features enter through a small MLP instead of u·f: P̂ = σ(z + MLP(z, g(f_p))),
+z = w·h_p + b, over fixed normalised features g (`normalised_policy_features`: signed logs of the sum, the mean, the
+minimum and the last log-probability, and log(1 + p)); its output layer starts at zero, so a new model starts at the
+base rate as the linear one does. With ``head_layers`` the head reads the hidden states of several layers,
+concatenated (w then has one block per layer).
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ from .implicit import selected_log_probs
 NUM_POLICY_FEATURES = 3
 #: floor of a log-probability feature (a token of probability ~1e-13 is already "impossible")
 LOGPROB_FLOOR = -30.0
+#: inputs of the feature MLP: the head's logit z and the normalised features (`normalised_policy_features`)
+NUM_NORMALISED_FEATURES = 5
+#: hidden units of the feature MLP (``feature_head=mlp``)
+FEATURE_MLP_HIDDEN = 32
 
 
 def written_logprob_features(lp: torch.Tensor, clens: torch.Tensor) -> torch.Tensor:
@@ -47,6 +57,17 @@ def written_logprob_features(lp: torch.Tensor, clens: torch.Tensor) -> torch.Ten
     return torch.stack([total, low, last], dim=-1).float()
 
 
+def normalised_policy_features(feats: torch.Tensor) -> torch.Tensor:
+    """[B, P, 5] float32 inputs of the feature MLP from the raw policy features `feats` [B, P, 3] (sum, minimum and
+    last log π_ref at prefixes p = 0..P−1): sign(x)·log(1 + |x|) of the sum, of the mean (the sum over the p written
+    tokens), of the minimum and of the last, and log(1 + p). Fixed transforms (nothing fitted): the mean, minimum
+    and last lie in [−3.5, 0] (the floor −30), the sum's log grows slowly with the prefix (−7.6 at 64 tokens of −30)."""
+    count = torch.arange(feats.shape[1], device=feats.device, dtype=feats.dtype)[None, :].expand(feats.shape[0], -1)
+    mean = feats[..., 0] / count.clamp_min(1.0)
+    raw = torch.stack([feats[..., 0], mean, feats[..., 1], feats[..., 2]], dim=-1)
+    return torch.cat([raw.sign() * torch.log1p(raw.abs()), torch.log1p(count)[..., None]], dim=-1)
+
+
 class HeadValueModel(ValueModel):
     """Linear value head on the hidden states; ``forward`` returns logits z(p) [B, Tmax+1]."""
 
@@ -62,10 +83,16 @@ class HeadValueModel(ValueModel):
 
     @classmethod
     def card_rows(cls, config: ValueModelConfig) -> list[tuple[str, str]]:
-        """The policy features, when the head reads them."""
+        """The policy features, when the head reads them, how they enter, and the layers read when several."""
+        rows = []
         if config.policy_features:
-            return [("policy features", "log π_ref sum, minimum and last of the written tokens")]
-        return []
+            rows.append(("policy features", "log π_ref sum, minimum and last of the written tokens"))
+            if config.feature_head == "mlp":
+                how = f"an MLP ({FEATURE_MLP_HIDDEN} hidden units) over w·h + b and the normalised features"
+                rows.append(("feature head", how))
+        if config.head_layers:
+            rows.append(("head layers", ", ".join(str(i) for i in config.head_layers) + " (concatenated)"))
+        return rows
 
     @classmethod
     def export_problem(cls, config: ValueModelConfig, num_layers: int | None = None) -> str | None:
@@ -76,8 +103,9 @@ class HeadValueModel(ValueModel):
 
     @classmethod
     def standard_export(cls, config: ValueModelConfig, num_layers: int | None = None) -> bool:
-        """A head on the last hidden layer (``head_layer`` -1, or `num_layers`) without policy features."""
-        return config.head_layer in (-1, num_layers) and not config.policy_features and not config.soft_prompt_tokens
+        """A head on the last hidden layer alone (``head_layer`` -1, or `num_layers`) without policy features."""
+        one = config.head_layer in (-1, num_layers) and not config.head_layers
+        return one and not config.policy_features and not config.soft_prompt_tokens
 
     def __init__(
         self,
@@ -92,20 +120,30 @@ class HeadValueModel(ValueModel):
         if self.reads_reference(config) and config.backbone == "full" and reference is None:
             reference = copy.deepcopy(backbone)
         layers = getattr(backbone.config, "num_hidden_layers", None)
-        if layers is not None and not -(layers + 1) <= config.head_layer <= layers:
-            raise ValueError(
-                f"head_layer={config.head_layer} is outside the backbone's {layers} layers (0..{layers}, or -1)"
-            )
+        for layer in config.head_layers or [config.head_layer]:
+            if layers is not None and not -(layers + 1) <= layer <= layers:
+                name = f"head_layers: layer {layer}" if config.head_layers else f"head_layer={layer}"
+                raise ValueError(f"{name} is outside the backbone's {layers} layers (0..{layers}, or -1)")
         super().__init__(config, backbone, adapter_dir)
         # float32 head whatever the backbone dtype: it is tiny and its logits feed the loss directly
-        self.head = nn.Linear(hidden, 1, dtype=torch.float32)
+        self.head = nn.Linear(hidden * len(config.head_layers or [None]), 1, dtype=torch.float32)
         with torch.no_grad():
             # start at the constant base-rate predictor: w = 0, b = logit(base rate)
             self.head.weight.zero_()
             self.head.bias.fill_(logit(config.base_rate))
         self.feature_head = None
+        self.feature_mlp = None
         self.ref_lm = None
-        if config.policy_features:
+        if config.policy_features and config.feature_head == "mlp":
+            self.feature_mlp = nn.Sequential(
+                nn.Linear(1 + NUM_NORMALISED_FEATURES, FEATURE_MLP_HIDDEN, dtype=torch.float32),
+                nn.ReLU(),
+                nn.Linear(FEATURE_MLP_HIDDEN, 1, dtype=torch.float32),
+            )
+            with torch.no_grad():  # the output layer at zero: a new model is the base-rate constant
+                self.feature_mlp[2].weight.zero_()
+                self.feature_mlp[2].bias.zero_()
+        elif config.policy_features:
             self.feature_head = nn.Linear(NUM_POLICY_FEATURES, 1, bias=False, dtype=torch.float32)
             nn.init.zeros_(self.feature_head.weight)
         if self.reads_reference(config) and config.backbone == "full":
@@ -134,16 +172,27 @@ class HeadValueModel(ValueModel):
             out = self._lm_forward(
                 input_ids, attention_mask, output_hidden_states=True, **({} if same_forward else {"logits_to_keep": 1})
             )
-            hidden = out.hidden_states[self.config.head_layer]
+            hidden = self._head_hidden(out.hidden_states)
         idx = prefix_indices(prompt_lengths, tmax + 1, input_ids.shape[1])
         h = hidden.gather(1, idx[..., None].expand(-1, -1, hidden.shape[-1]))
         z = self.head(h.float()).squeeze(-1)
-        if self.feature_head is not None:
+        if self.config.policy_features:
             feats = self.policy_features(
                 input_ids, attention_mask, prompt_lengths, out.logits if same_forward else None
             )
-            z = z + self.feature_head(feats).squeeze(-1)
+            if self.feature_mlp is not None:
+                x = torch.cat([z[..., None], normalised_policy_features(feats)], dim=-1)
+                z = z + self.feature_mlp(x).squeeze(-1)
+            else:
+                z = z + self.feature_head(feats).squeeze(-1)
         return z
+
+    def _head_hidden(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The hidden states the head reads, [B, L, H · layers]: layer ``head_layer``, or the ``head_layers``
+        concatenated in their order."""
+        if not self.config.head_layers:
+            return hidden_states[self.config.head_layer]
+        return torch.cat([hidden_states[i] for i in self.config.head_layers], dim=-1)
 
     @torch.no_grad()
     def policy_features(
@@ -171,12 +220,15 @@ class HeadValueModel(ValueModel):
         return super().reference_logits(input_ids, attention_mask)
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return [*self.head.parameters(), *(self.feature_head.parameters() if self.feature_head is not None else ())]
+        extra = [m for m in (self.feature_head, self.feature_mlp) if m is not None]
+        return [*self.head.parameters(), *(p for m in extra for p in m.parameters())]
 
     def _head_tensors(self) -> dict[str, torch.Tensor]:
         out = {"head.weight": self.head.weight, "head.bias": self.head.bias}
         if self.feature_head is not None:
             out["feature_head.weight"] = self.feature_head.weight
+        if self.feature_mlp is not None:
+            out.update({f"feature_mlp.{k}": v for k, v in self.feature_mlp.state_dict(keep_vars=True).items()})
         return out
 
     def _extra_state_tensors(self) -> dict[str, torch.Tensor]:
@@ -187,7 +239,5 @@ class HeadValueModel(ValueModel):
         if missing:
             raise ValueError(f"head weights missing from checkpoint: {sorted(missing)}")
         with torch.no_grad():
-            self.head.weight.copy_(tensors["head.weight"])
-            self.head.bias.copy_(tensors["head.bias"])
-            if self.feature_head is not None:
-                self.feature_head.weight.copy_(tensors["feature_head.weight"])
+            for name, tensor in self._head_tensors().items():
+                tensor.copy_(tensors[name])

@@ -31,6 +31,8 @@ from transformers.modeling_outputs import TokenClassifierOutput
 NUM_POLICY_FEATURES = 3
 #: floor of a log-probability feature
 LOGPROB_FLOOR = -30.0
+#: inputs of a head's feature MLP (feature_head "mlp"): its logit and 5 normalised features; its hidden units
+FEATURE_MLP_INPUTS, FEATURE_MLP_HIDDEN = 6, 32
 #: a Q-head's aggregate is kept this far from 0 and 1 before its log-odds are taken
 PROB_EPS = 1e-6
 #: the two labels: index 1 is "the policy ends correct from here"
@@ -49,6 +51,8 @@ class PrefixValueConfig(PretrainedConfig):
         has_reference: bool = False,
         head_layer: int = -1,
         policy_features: bool = False,
+        feature_head: str = "linear",
+        head_layers: list[int] | None = None,
         q_top_k: int = 0,
         beta: float = 10.0,
         base_rate: float = 0.5,
@@ -65,6 +69,8 @@ class PrefixValueConfig(PretrainedConfig):
         self.has_reference = has_reference
         self.head_layer = head_layer
         self.policy_features = policy_features
+        self.feature_head = feature_head
+        self.head_layers = list(head_layers) if head_layers else None
         self.q_top_k = q_top_k
         self.beta = beta
         self.base_rate = base_rate
@@ -91,6 +97,14 @@ def _written_log_probs(logits: torch.Tensor, input_ids: torch.Tensor, written: t
     return torch.where(written, lp, torch.zeros_like(lp))
 
 
+def _normalised(feats: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """The feature MLP's normalised features [B, L, 5] from the raw ones [B, L, 3] and the completion tokens up to
+    each token `steps` [B, L]: sign(x)·log(1 + |x|) of the sum, the mean, the minimum and the last, and log(1 + p)."""
+    count = steps.to(feats.dtype)
+    raw = torch.stack([feats[..., 0], feats[..., 0] / count.clamp_min(1.0), feats[..., 1], feats[..., 2]], dim=-1)
+    return torch.cat([raw.sign() * torch.log1p(raw.abs()), torch.log1p(count)[..., None]], dim=-1)
+
+
 class PrefixValueForTokenClassification(PreTrainedModel):
     """P̂ at every token as two-label logits [B, L, 2]: [0, logit P̂] (module docstring)."""
 
@@ -104,8 +118,12 @@ class PrefixValueForTokenClassification(PreTrainedModel):
         hidden = self.backbone.get_input_embeddings().embedding_dim
         kind = config.value_kind
         if kind in ("head", "qhead"):
-            self.head = nn.Linear(hidden, 1)
-        if config.policy_features:
+            self.head = nn.Linear(hidden * len(config.head_layers or [None]), 1)
+        if config.policy_features and config.feature_head == "mlp":
+            self.feature_mlp = nn.Sequential(
+                nn.Linear(FEATURE_MLP_INPUTS, FEATURE_MLP_HIDDEN), nn.ReLU(), nn.Linear(FEATURE_MLP_HIDDEN, 1)
+            )
+        elif config.policy_features:
             self.feature_head = nn.Linear(NUM_POLICY_FEATURES, 1, bias=False)
         if kind == "qhead":
             self.q_features = nn.Linear(NUM_POLICY_FEATURES + 2, 1, bias=False)
@@ -161,12 +179,17 @@ class PrefixValueForTokenClassification(PreTrainedModel):
         if cfg.value_kind == "implicit":
             z = self._implicit(input_ids, attention_mask, written, steps)
         else:
-            z = self._head(input_ids, attention_mask, written, pos >= ends - 1)
+            z = self._head(input_ids, attention_mask, written, pos >= ends - 1, steps)
         logits = torch.stack([torch.zeros_like(z), z], dim=-1)
         return TokenClassifierOutput(logits=logits)
 
     def _head(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, written: torch.Tensor, last: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        written: torch.Tensor,
+        last: torch.Tensor,
+        steps: torch.Tensor,
     ) -> torch.Tensor:
         """Logits of P̂ [B, L] of a head (with its policy features) or a Q-head."""
         cfg = self.config
@@ -174,7 +197,10 @@ class PrefixValueForTokenClassification(PreTrainedModel):
         out = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False, output_hidden_states=True
         )
-        h = out.hidden_states[cfg.head_layer].float()
+        if cfg.head_layers:
+            h = torch.cat([out.hidden_states[i] for i in cfg.head_layers], dim=-1).float()
+        else:
+            h = out.hidden_states[cfg.head_layer].float()
         lp = None
         if reads:
             ref_logits = out.logits if self.reference is None else self._reference_logits(input_ids, attention_mask)
@@ -183,7 +209,9 @@ class PrefixValueForTokenClassification(PreTrainedModel):
             feats = torch.stack([lp.cumsum(1), torch.cummin(lp, dim=1).values, lp], dim=-1)
         if cfg.value_kind == "head":
             z = self.head(h).squeeze(-1)
-            if cfg.policy_features:
+            if cfg.policy_features and cfg.feature_head == "mlp":
+                z = z + self.feature_mlp(torch.cat([z[..., None], _normalised(feats, steps)], dim=-1)).squeeze(-1)
+            elif cfg.policy_features:
                 z = z + self.feature_head(feats).squeeze(-1)
             return z
         logp = torch.log_softmax(ref_logits.float(), dim=-1)  # row i predicts token i + 1

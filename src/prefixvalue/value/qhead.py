@@ -58,6 +58,8 @@ class QHeadValueModel(HeadValueModel):
                 "the Q-head always reads the policy's log-probabilities of each candidate; policy_features is the "
                 "head's option (leave it false)"
             )
+        if config.head_layers:
+            raise ValueError("the Q-head reads one hidden layer (head_layer); head_layers is the head's option")
         if config.q_top_k < 0:
             raise ValueError(f"q_top_k must be >= 0 (0: the whole vocabulary), got {config.q_top_k}")
 

@@ -98,7 +98,11 @@ class TrainConfig(ModelLoadConfig):
     """
 
     traces: str = field("", help="traces dataset folder (written by `prefixvalue collect`)")
-    labels: str | None = field(None, help="optional prefix-labels folder: soft MC labels used as float targets")
+    labels: str | None = field(
+        None,
+        help="optional prefix-labels folder, or several (DIR1,DIR2: rounds; a prefix labelled twice pools k and n): "
+        "soft MC labels used as float targets",
+    )
     labels_only: bool = field(
         False, help="with labels: train only on labelled positions (else `signal` fills the rest)"
     )
@@ -461,6 +465,11 @@ class _Data:
     candidates: bool = False  #: the training rows carry candidate labels the kind trains on (`_attach_candidates`)
 
 
+def label_folders(labels: str) -> list[str]:
+    """The folders of ``labels=DIR1,DIR2,...`` (docs/design.md, "Active labelling"), in order."""
+    return [f for f in (part.strip() for part in labels.split(",")) if f]
+
+
 def _attach_candidates(
     cfg: TrainConfig, traces: datasets.Dataset, is_main: bool
 ) -> tuple[datasets.Dataset, dict[str, Any] | None]:
@@ -493,8 +502,11 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
         raise ConfigError("traces=DIR is required (a dataset written by `prefixvalue collect`)")
     traces = load_traces(cfg.traces)
     candidates: dict[str, Any] | None = None
-    if cfg.labels:
-        traces = attach_prefix_labels(traces, load_labels(cfg.labels, traces))
+    if cfg.labels:  # several folders (rounds of active labelling): a prefix labelled twice pools its k and n
+        folders = label_folders(cfg.labels)
+        traces = attach_prefix_labels(traces, [load_labels(f, traces) for f in folders])
+        if len(folders) > 1 and any(has_candidate_labels(f) for f in folders):
+            raise ConfigError(f"labels={cfg.labels}: candidate labels are read from one labels folder, not several")
         traces, candidates = _attach_candidates(cfg, traces, is_main)
     n_before = len(traces)
     traces = within_max_length(traces, cfg.max_length)

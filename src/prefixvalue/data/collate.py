@@ -108,18 +108,33 @@ def collated_batches(
         yield start, {k: v.to(device) for k, v in collate(rows).items()}
 
 
-def attach_prefix_labels(traces: datasets.Dataset, labels: datasets.Dataset) -> datasets.Dataset:
-    """Add a ``prefix_targets`` column to `traces` from a prefix-labels dataset (docs/design.md contract).
+def attach_prefix_labels(
+    traces: datasets.Dataset, labels: datasets.Dataset | Sequence[datasets.Dataset]
+) -> datasets.Dataset:
+    """Add a ``prefix_targets`` column to `traces` from a prefix-labels dataset, or several (docs/design.md contract;
+    several: the rounds of "Active labelling").
 
     Each trace gets a list of length T + 1 holding the label ``mean`` (k/n, a float in [0, 1]) at every
-    labelled ``position`` and None elsewhere. Labels for unknown trace ids or out-of-range positions
-    raise ValueError (they mean the labels were made from other traces), and so does a ``mean`` that is not a
-    finite number in [0, 1] (it would be a training target no probability can reach).
+    labelled ``position`` and None elsewhere. A prefix that several datasets label gets its pooled mean,
+    Σ mean·n / Σ n (its k and n pooled; the plain mean of the means when every n is 0). Labels for unknown trace
+    ids or out-of-range positions raise ValueError (they mean the labels were made from other traces), and so does
+    a ``mean`` that is not a finite number in [0, 1] (it would be a training target no probability can reach).
     """
-    check_unit_interval(labels, "mean", "prefix labels")
-    by_trace: dict[str, dict[int, float]] = {}
-    for tid, pos, mean in zip(labels["trace_id"], labels["position"], labels["mean"]):
-        by_trace.setdefault(str(tid), {})[int(pos)] = float(mean)
+    parts = [labels] if isinstance(labels, datasets.Dataset) else list(labels)
+    pooled: dict[str, dict[int, list[float]]] = {}  # trace -> position -> [Σ mean·n, Σ n, Σ mean, count]
+    for part in parts:
+        check_unit_interval(part, "mean", "prefix labels")
+        ns = part["n"] if "n" in part.column_names else [0] * len(part)
+        for tid, pos, mean, n in zip(part["trace_id"], part["position"], part["mean"], ns):
+            acc = pooled.setdefault(str(tid), {}).setdefault(int(pos), [0.0, 0.0, 0.0, 0.0])
+            acc[0] += float(mean) * float(n)
+            acc[1] += float(n)
+            acc[2] += float(mean)
+            acc[3] += 1.0
+    by_trace = {
+        tid: {pos: (a[0] / a[1] if a[1] > 0 else a[2] / a[3]) for pos, a in rows.items()}
+        for tid, rows in pooled.items()
+    }
     known = {str(t) for t in traces["trace_id"]}
     stray = set(by_trace) - known
     if stray:

@@ -37,12 +37,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import datasets
+import numpy as np
 
 from .. import runfolder
 from ..config import ConfigError, RawMapping, field, parse_config
 from ..data import (
     DataFormatError,
     SplitRecord,
+    load_labels,
+    load_split,
     load_traces,
     normalise_prompt,
     split_three,
@@ -53,8 +56,17 @@ from ..data.candidates import CANDIDATE_FILE, write_candidate_labels
 from ..data.schema import LABEL_FEATURES
 from ..data.shards import ShardWork, dist_info, run_sharded_stage, shard_extra
 from ..evaluation.advantages import TraceInput, policy_candidates
+from ..evaluation.evaluator import load_value_models
 from ..loading import traces_policy
-from ..policies import check_context, check_vocabulary, load_policy, load_tokenizer, model_context
+from ..policies import (
+    check_context,
+    check_vocabulary,
+    default_device,
+    load_policy,
+    load_tokenizer,
+    model_context,
+)
+from ..sampling.acquisition import SELECT_BY, acquisition_scores, choose_prefixes
 from ..sampling.backend import SamplerBackendConfig, backend_record
 from ..sampling.hf import HFSampler
 from ..sampling.labelling import labeller_for, sampling_from_traces, trace_refs, traces_task
@@ -153,6 +165,25 @@ class LabelConfig(SamplerBackendConfig):
         True,
         help="show a progress bar of rollouts (adaptive: its total starts at the budget and drops to what is spent)",
     )
+    select_prefixes: int | None = field(
+        None,
+        help="active labelling: label only these many of the prefixes `positions` gives (the candidates), the "
+        'ones `select_by` scores highest (docs/design.md, "Active labelling"); None: every candidate',
+    )
+    select: list[str] | None = field(
+        None,
+        help="value checkpoints that score the candidates (one, or an ensemble: CKPT1,CKPT2,...), each trained on "
+        "this run's split of these traces",
+    )
+    select_by: Literal["spread", "jump", "random"] = field(
+        "spread",
+        help="spread: the ensemble's standard deviation of P̂ (one checkpoint: P̂(1-P̂)); jump: |P̂(p) - P̂ at the "
+        "previous candidate|, mean over the ensemble; random: uniformly with `seed` (the matched baseline)",
+    )
+    exclude: list[str] | None = field(
+        None, help="labels folders of earlier rounds (DIR1,DIR2,...): the prefixes they label are not candidates"
+    )
+    select_batch_size: int = field(32, help="traces per forward pass when the checkpoints score the candidates")
 
     def check_inputs(self) -> None:
         """The inputs a run needs (left unset in the quickstart's nested config, which fills them)."""
@@ -183,6 +214,7 @@ class LabelConfig(SamplerBackendConfig):
             parse_step_fallback(self.step_fallback)
         except PositionSpecError as exc:
             raise ConfigError(f"label: step_fallback: {exc}") from None
+        self.check_selection()
         for name in ("samples", "chunk_traces", "batch_rows", "tree_rows", "round_samples", "budget", "init_stride"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"label: {name} must be >= 1, got {getattr(self, name)}")
@@ -204,6 +236,30 @@ class LabelConfig(SamplerBackendConfig):
             self.adaptive_config()
         except ValueError as exc:
             raise ConfigError(f"label: {exc}") from None
+
+    def check_selection(self) -> None:
+        """The active-labelling options (docs/design.md, "Active labelling") agree with each other."""
+        if self.select_prefixes is None:
+            for name in ("select", "exclude"):
+                if getattr(self, name):
+                    raise ConfigError(f"label: {name}=... chooses prefixes: it needs select_prefixes=N")
+            return
+        if self.select_prefixes < 1:
+            raise ConfigError(
+                f"label: select_prefixes must be >= 1 (or None: every candidate), got {self.select_prefixes}"
+            )
+        if self.select_by not in SELECT_BY:
+            raise ConfigError(f"label: select_by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
+        if self.select_by != "random" and not self.select:
+            raise ConfigError(
+                f"label: select_by={self.select_by} scores prefixes with value checkpoints: pass select=CKPT[,CKPT...]"
+            )
+        if self.positions.strip() == "adaptive":
+            raise ConfigError(
+                "label: select_prefixes=N chooses among fixed positions (all, steps, stride:K, short:K), not adaptive"
+            )
+        if self.select_batch_size < 1:
+            raise ConfigError(f"label: select_batch_size must be >= 1, got {self.select_batch_size}")
 
     def adaptive_config(self) -> AdaptiveConfig:
         return AdaptiveConfig(
@@ -237,7 +293,7 @@ def run(cfg: LabelConfig) -> int:
         cfg.validation_fraction,
         ds["prompt"],
     )
-    n_given = len(ds)
+    n_given, given_prompts = len(ds), ds["prompt"]
     if cfg.prompts != "all":
         ds = sides[{"heldout": "test"}.get(cfg.prompts, cfg.prompts)]
     if cfg.traces_per_prompt is not None:  # spread the labels over prompts (first traces of each, in order)
@@ -277,9 +333,15 @@ def run(cfg: LabelConfig) -> int:
             fallback = parse_step_fallback(cfg.step_fallback)
             how = f"{used} of them labelled at step_fallback={fallback}" if fallback else "step_fallback=none"
             print(f"warning: {warning}; here: {how}", file=sys.stderr)
+    digest = traces_digest(ds)  # of the traces `prompts` selects: the candidates' traces when prefixes are chosen
+    selection: dict[str, Any] | None = None
+    if cfg.select_prefixes is not None:  # active labelling: only the chosen prefixes; a trace without any is skipped
+        chosen, selection = select_prefixes(cfg, ds, refs, plan, split_record, given_prompts)
+        keep = [i for i, pos in enumerate(chosen) if pos]
+        ds, refs, plan = ds.select(keep), [refs[i] for i in keep], [chosen[i] for i in keep]
     manifest = {
         "traces": str(Path(str(cfg.traces)).resolve()),
-        "traces_sha256": traces_digest(ds),  # a traces folder re-collected in place is refused on resume
+        "traces_sha256": digest,  # a traces folder re-collected in place is refused on resume
         "prompts": cfg.prompts,
         "heldout_fraction": cfg.heldout_fraction,
         "split_seed": cfg.split_seed,
@@ -299,6 +361,8 @@ def run(cfg: LabelConfig) -> int:
         "adaptive": cfg.adaptive_config().__dict__ if spec.kind == "adaptive" else None,
         # only when not the default, so runs made before the option resume as they were
         **({"backend": cfg.backend} if cfg.backend != "hf" else {}),
+        # only when prefixes are chosen; its digest of the chosen prefixes refuses a resume that would choose others
+        **({"select": {k: v for k, v in selection.items() if k in SELECTION_MANIFEST}} if selection else {}),
     }
     num_shards = (len(refs) + cfg.chunk_traces - 1) // cfg.chunk_traces
 
@@ -412,6 +476,7 @@ def run(cfg: LabelConfig) -> int:
             "samples": cfg.samples if spec.kind != "adaptive" else None,
             "shards": num_shards,
             "backend": backend_record(cfg.backend),
+            **({"selection": selection} if selection else {}),
             "note": "sums over shards; seconds is sampling+verification time summed over processes",
         }
         if cfg.candidates:
@@ -435,6 +500,97 @@ def run(cfg: LabelConfig) -> int:
             f"{total_cost.generated_tokens} generated tokens -> {out}"
         )
     return 0
+
+
+#: the keys of a selection record (`select_prefixes`) that the run's manifest holds (the rest is in cost.json)
+SELECTION_MANIFEST = ("checkpoints", "select_by", "prefixes", "exclude", "seed", "selection_sha256")
+
+
+def check_select_split(checkpoint: str, mine: SplitRecord, prompts: list[str], traces: str) -> None:
+    """Refuse, in one line, a `select` checkpoint whose recorded split (``split.json``, `load_split`: its digests
+    checked against `prompts`, every prompt of `traces`) is not this run's `mine`: the same fractions and seed
+    and the same training and validation prompts. Scores of a model trained on other traces or another split
+    would choose prefixes by what it never saw, or by what it memorised."""
+    record = load_split(checkpoint, prompts, f"the traces {traces}")
+    if record is None:
+        raise ConfigError(
+            f"label: select checkpoint {checkpoint} has no split.json: which prompts it trained on cannot be told "
+            "(select with checkpoints `prefixvalue train` wrote)"
+        )
+    same = record.same_split(mine) and (
+        record.n_train_prompts,
+        record.train_prompts_sha256,
+        record.n_validation_prompts,
+        record.validation_prompts_sha256,
+    ) == (mine.n_train_prompts, mine.train_prompts_sha256, mine.n_validation_prompts, mine.validation_prompts_sha256)
+    if not same:
+        what = "{} training prompts, heldout_fraction={}, validation_fraction={}, split_seed={}"
+        theirs = what.format(
+            record.n_train_prompts, record.heldout_fraction, record.validation_fraction, record.split_seed
+        )
+        ours = what.format(mine.n_train_prompts, mine.heldout_fraction, mine.validation_fraction, mine.split_seed)
+        raise ConfigError(
+            f"label: select checkpoint {checkpoint} was trained on another split or other traces ({theirs}) than "
+            f"this run splits {traces} by ({ours}): pass the traces and the split it was trained with"
+        )
+
+
+def _summary(x: np.ndarray) -> dict[str, float] | None:
+    """min, mean and max of the scores `x` (None when there are none)."""
+    return {"min": float(x.min()), "mean": float(x.mean()), "max": float(x.max())} if len(x) else None
+
+
+def select_prefixes(
+    cfg: LabelConfig,
+    ds: datasets.Dataset,
+    refs: list[TraceRef],
+    plan: list[list[int]],
+    split_record: SplitRecord,
+    prompts: list[str],
+) -> tuple[list[list[int]], dict[str, Any]]:
+    """Active labelling (docs/design.md, "Active labelling"): the ``select_prefixes`` candidates (positions `plan`
+    of traces `refs`, rows `ds`) that ``select_by`` scores highest (`acquisition_scores`, `choose_prefixes`), the
+    prefixes of the ``exclude`` folders left out. The ``select`` checkpoints must hold this run's split
+    (`check_select_split`) and value the traces' policy; they score through `ValueModel.predict`. Returns the
+    chosen positions per trace (ascending; empty: none) and the selection's record (manifest and cost.json)."""
+    checkpoints = list(cfg.select or [])
+    for ckpt in checkpoints:
+        check_select_split(ckpt, split_record, prompts, str(cfg.traces))
+    excluded: set[tuple[str, int]] = set()
+    for folder in cfg.exclude or []:
+        done = load_labels(folder)
+        excluded.update((str(t), int(p)) for t, p in zip(done["trace_id"], done["position"]))
+    plan = [sorted(set(int(p) for p in pos)) for pos in plan]
+    curves = []
+    if cfg.select_by != "random":
+        load = cfg.load_options()
+        device = cfg.device or str(default_device())
+        for ckpt, model in load_value_models({c: c for c in checkpoints}, device, load).items():
+            traces_policy(ds, str(model.config.base_model), load, cfg.allow_other_policy, f"label (select {ckpt})")
+            prompt_ids, completion_ids = [list(r.prompt_ids) for r in refs], [list(r.completion_ids) for r in refs]
+            curves.append(model.predict(prompt_ids, completion_ids, batch_size=cfg.select_batch_size))
+    scores = acquisition_scores(curves, plan, cfg.select_by)
+    trace_ids = [r.trace_id for r in refs]
+    chosen = choose_prefixes(trace_ids, plan, scores, int(cfg.select_prefixes or 0), cfg.seed, excluded)
+    picked = np.asarray(chosen.scores, dtype=np.float64)
+    every = np.concatenate(scores) if scores else np.zeros(0)
+    record = {
+        "checkpoints": [str(Path(c).resolve()) if Path(c).exists() else c for c in checkpoints],
+        "select_by": cfg.select_by,
+        "prefixes": cfg.select_prefixes,
+        "exclude": [str(Path(f).resolve()) for f in cfg.exclude or []],
+        "seed": cfg.seed,
+        "selection_sha256": chosen.digest(trace_ids),
+        "chosen": sum(len(p) for p in chosen.positions),
+        "chosen_traces": sum(1 for p in chosen.positions if p),
+        "candidates_scored": chosen.candidates + chosen.excluded,
+        "candidates_excluded": chosen.excluded,
+        "candidate_traces": len(refs),
+        # random scores nothing: its record says so instead of a column of zeros
+        "score_chosen": _summary(picked) if cfg.select_by != "random" else None,
+        "score_candidates": _summary(every) if cfg.select_by != "random" else None,
+    }
+    return chosen.positions, record
 
 
 def label_candidates(
@@ -464,4 +620,12 @@ def label_candidates(
     return {"candidates": rows, "candidate_cost": cost}
 
 
-__all__ = ["LabelConfig", "label_candidates", "labeller_for", "main", "trace_refs"]
+__all__ = [
+    "LabelConfig",
+    "check_select_split",
+    "label_candidates",
+    "labeller_for",
+    "main",
+    "select_prefixes",
+    "trace_refs",
+]

@@ -12,8 +12,9 @@ import shutil
 
 import numpy as np
 import pytest
+import test_candidate_labels
 import test_collect_label
-from test_collect_label import collect_args, label_args
+from test_collect_label import label_args
 
 from prefixvalue import cli
 from prefixvalue.data import load_labels, load_traces, rows_to_dataset
@@ -23,6 +24,7 @@ from prefixvalue.sampling.positions import parse_positions, positions_for_trace
 from prefixvalue.value import load_value_model
 
 model_dir = test_collect_label.model_dir  # the tiny policy of the label tests (a module fixture)
+traces_dir = test_candidate_labels.traces_dir  # 4 prompts x 2 traces of it (a module fixture)
 POSITIONS = "stride:3"
 SAMPLES = 4
 
@@ -51,13 +53,6 @@ def _train_args(traces, model_dir, out, **kw):
 def _label(traces, model_dir, out, **kw):
     split = {"prompts": "train", "heldout_fraction": 0.0, "validation_fraction": 0.0}
     return label_args(traces, model_dir, out, **{"positions": POSITIONS, "samples": SAMPLES, **split, **kw})
-
-
-@pytest.fixture(scope="module")
-def traces_dir(tmp_path_factory, model_dir):
-    out = tmp_path_factory.mktemp("tr") / "traces"
-    assert cli.main(["collect", *collect_args(model_dir, out, num_prompts=4, traces_per_prompt=2)]) == 0
-    return out
 
 
 @pytest.fixture(scope="module")

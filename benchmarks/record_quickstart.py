@@ -8,19 +8,15 @@ resumed finished stages would understate the time.
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
-from common import record
+from common import record, run_metrics
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+    metrics = run_metrics(argv, __doc__)
+    if metrics is None:
         return 2
-    run_dir = Path(argv[0])
-    metrics = json.loads((run_dir / "metrics.json").read_text())
     q = metrics["quickstart"]
     if not q.get("fresh_run"):
         print("quickstart_seconds not recorded: this run resumed an existing folder (time it from an empty one)")

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from common import record
+from common import record, run_metrics
 
 #: the issue's goals on the held-out prefixes: CI lower bounds
 SHARE_GOAL = 0.5
@@ -84,11 +83,9 @@ def figures(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+    metrics = run_metrics(argv, __doc__)
+    if metrics is None:
         return 2
-    run_dir = Path(argv[0])
-    metrics = json.loads((run_dir / "metrics.json").read_text())
     f = figures(metrics)
     if not f["fresh_run"]:
         f["stage_seconds_note"] = "this run resumed an existing folder: the stage times cover the last part only"

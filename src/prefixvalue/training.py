@@ -504,9 +504,9 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
     candidates: dict[str, Any] | None = None
     if cfg.labels:  # several folders (rounds of active labelling): a prefix labelled twice pools its k and n
         folders = label_folders(cfg.labels)
-        traces = attach_prefix_labels(traces, [load_labels(f, traces) for f in folders])
         if len(folders) > 1 and any(has_candidate_labels(f) for f in folders):
             raise ConfigError(f"labels={cfg.labels}: candidate labels are read from one labels folder, not several")
+        traces = attach_prefix_labels(traces, [load_labels(f, traces) for f in folders])
         traces, candidates = _attach_candidates(cfg, traces, is_main)
     n_before = len(traces)
     traces = within_max_length(traces, cfg.max_length)

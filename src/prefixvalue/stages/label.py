@@ -565,9 +565,9 @@ def select_prefixes(
     if cfg.select_by != "random":
         load = cfg.load_options()
         device = cfg.device or str(default_device())
+        prompt_ids, completion_ids = [list(r.prompt_ids) for r in refs], [list(r.completion_ids) for r in refs]
         for ckpt, model in load_value_models({c: c for c in checkpoints}, device, load).items():
             traces_policy(ds, str(model.config.base_model), load, cfg.allow_other_policy, f"label (select {ckpt})")
-            prompt_ids, completion_ids = [list(r.prompt_ids) for r in refs], [list(r.completion_ids) for r in refs]
             curves.append(model.predict(prompt_ids, completion_ids, batch_size=cfg.select_batch_size))
     scores = acquisition_scores(curves, plan, cfg.select_by)
     trace_ids = [r.trace_id for r in refs]

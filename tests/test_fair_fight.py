@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_oracle_steps import _row, _rows
+from test_oracle_steps import _half_split, _row, _rows
 
 from prefixvalue.data import SplitRecord, is_heldout, rows_to_dataset
 from prefixvalue.evaluation.analysis import error_diagnosis
@@ -57,9 +57,7 @@ def test_operator_oracle_groups_by_the_operators_still_to_come():
 
 def test_training_oracles_fit_both_on_the_training_side():
     _, _, rows = _rows()
-    texts = sorted({r["prompt"] for r in rows})
-    seed = next(s for s in range(100) if 0 < sum(not is_heldout(t, 0.5, s) for t in texts) < len(texts))
-    record = SplitRecord.from_prompts([t for t in texts if not is_heldout(t, 0.5, seed)], 0.5, seed)
+    record = _half_split(rows)
     both = training_oracles(rows_to_dataset(rows), record)
     assert set(both) == {"step_oracle", "operator_oracle"}
     n_train = sum(len(r["completion_ids"]) + 1 for r in rows if record.side(r["prompt"]) == "train")

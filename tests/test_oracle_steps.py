@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from prefixvalue.data import SplitRecord, is_heldout, rows_to_dataset, split_side
 from prefixvalue.evaluation.estimators import TraceRecord
 from prefixvalue.evaluation.oracle import (
     StepOracle,
@@ -123,13 +124,16 @@ def test_known_count_oracle_refuses_a_prompt_it_cannot_read():
     assert mixed.steps == "written" and "1 of 90 training traces" in mixed.note
 
 
-def test_training_oracle_reads_prompt_and_task_columns_of_a_dataset():
-    from prefixvalue.data import SplitRecord, is_heldout, rows_to_dataset
-
-    _, _, rows = _rows()
+def _half_split(rows: list[dict]) -> SplitRecord:
+    """A split of `rows`' prompts, half held out, by the first seed that puts prompts on both sides."""
     texts = sorted({r["prompt"] for r in rows})
     seed = next(s for s in range(100) if 0 < sum(not is_heldout(t, 0.5, s) for t in texts) < len(texts))
-    record = SplitRecord.from_prompts([t for t in texts if not is_heldout(t, 0.5, seed)], 0.5, seed)
+    return SplitRecord.from_prompts([t for t in texts if not is_heldout(t, 0.5, seed)], 0.5, seed)
+
+
+def test_training_oracle_reads_prompt_and_task_columns_of_a_dataset():
+    _, _, rows = _rows()
+    record = _half_split(rows)
     oracle = training_oracle(rows_to_dataset(rows), record)
     assert oracle is not None and oracle.steps == "known"
     no_task = training_oracle(rows_to_dataset([{k: v for k, v in r.items() if k != "task"} for r in rows]), record)
@@ -138,8 +142,6 @@ def test_training_oracle_reads_prompt_and_task_columns_of_a_dataset():
 
 def test_training_oracle_fits_on_the_training_side_only():
     """Neither test nor validation outcomes reach the oracle: with a validation side, only training prompts fit it."""
-    from prefixvalue.data import SplitRecord, rows_to_dataset, split_side
-
     _, _, rows = _rows()
     record = SplitRecord.from_prompts([], 0.3, 0, validation_fraction=0.3)
     sides = [split_side(r["prompt"], 0.3, 0.3, 0) for r in rows]

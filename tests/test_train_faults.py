@@ -46,9 +46,7 @@ def _all_finite(folder: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------- item 1: NaN loss
-def test_diverging_run_stops_at_the_step_and_keeps_its_last_good_checkpoint(
-    tiny_setup, tmp_path, monkeypatch, capsys
-):
+def test_diverging_run_stops_at_the_step_and_keeps_its_last_good_checkpoint(tiny_setup, tmp_path, monkeypatch, capsys):
     # the loss turns non-finite from step 4 on, as a run diverging under lr=1e6 did; injected, because whether a
     # real lr=1e6 run reaches NaN (or saturates at a finite loss) varied with the machine's thread count
     policy, traces = tiny_setup

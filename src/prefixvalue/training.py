@@ -61,7 +61,7 @@ from .data.candidates import (
     has_candidate_labels,
     load_candidate_labels,
 )
-from .data.collate import ResumableSampler, ValueCollator, attach_prefix_labels
+from .data.collate import ERROR_TARGETS, ResumableSampler, ValueCollator, attach_prefix_labels
 from .loading import LoadOptions, ModelLoadConfig, traces_policy
 from .policies import check_vocabulary, load_causal_lm, load_tokenizer
 from .prompting import PROMPT_FORMAT_FILE, STEP_FORMAT_FILE, PromptFormat, StepFormat, traces_prompt_format
@@ -86,7 +86,9 @@ from .value import (
 )
 from .value.card import write_training_record
 from .value.heldout import evaluate_heldout
+from .value.losses import margin_bce_with_logits, masked_sum
 from .value.signals import SIGNALS, TrainingSignal, build_signal
+from .value.targets import attach_error_targets
 
 
 @dataclass
@@ -541,7 +543,14 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
             raise ConfigError("labels_only=true but no training trace has an MC label (label with prompts=train)")
     signal = build_signal(cfg.signal, td_lambda=cfg.td_lambda)
     train_ds, signal_info = signal.attach(train_ds)  # held-out outcomes never enter a target
-    train_ds = train_ds.select_columns([c for c in (*cols, "prefix_targets", *cand_cols) if c in train_ds.column_names])
+    if cfg.value_model.error_head:  # the error head's targets: the training traces' own step labels
+        try:
+            train_ds, errors = attach_error_targets(train_ds)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        signal_info = {**signal_info, "error_targets": errors}
+    keep = (*cols, "prefix_targets", ERROR_TARGETS, *cand_cols)
+    train_ds = train_ds.select_columns([c for c in keep if c in train_ds.column_names])
     if candidates is not None and candidates.get("weight"):  # what of them trains: the training side's
         counts = [len(x) for x in train_ds[TRAIN_COLUMNS[0]]]
         candidates.update(train_labels=sum(counts), train_traces=sum(1 for n in counts if n))
@@ -759,6 +768,7 @@ def _forward_backward(
     n_items = accelerator.reduce(sum(kind.loss_mask(b, vcfg.loss).sum() for b in micro).float(), "sum")
     # candidate labels (docs/design.md, "Candidate labels"): their own mean over the step, weighted, beside the loss
     with_candidates = "candidate_ids" in micro[0]
+    with_errors = ERROR_TARGETS in micro[0]  # the error head (docs/design.md, "Error head")
     n_cand = accelerator.reduce(sum(b["candidate_mask"].sum() for b in micro).float(), "sum") if with_candidates else 0
     loss_sum = torch.zeros((), device=accelerator.device)
     for j, batch in enumerate(micro):
@@ -768,12 +778,17 @@ def _forward_backward(
             ids, mask, plens = batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"]
             if with_candidates:  # one forward pass: the trace's logits and its candidates' Q logits
                 logits, cand_logits = run.model(ids, mask, plens, candidate_ids=batch["candidate_ids"])
+            elif with_errors:  # one forward pass: the value's logits and the error head's
+                logits, error_logits = run.model(ids, mask, plens, error_logits=True)
             else:
                 logits = run.model(ids, mask, plens)
             if signal.per_step:  # e.g. TD: λ-returns of the model's own predictions
                 batch["targets"] = signal.step_targets(batch, raw_model.values_from_logits(logits))
             ls = kind.value_loss(logits, batch, vcfg.loss, vcfg.margin)
             total = normalise_loss(ls.total, n_items, accelerator.num_processes)
+            if with_errors:  # the error head's BCE against the step labels, over the same positions
+                err = masked_sum(margin_bce_with_logits(error_logits, batch[ERROR_TARGETS]), kind.loss_mask(batch))
+                total = total + normalise_loss(err.total, n_items, accelerator.num_processes)
             if with_candidates:
                 cand_sum, _ = candidate_loss(cand_logits, batch)
                 total = total + run.cfg.candidate_weight * normalise_loss(cand_sum, n_cand, accelerator.num_processes)

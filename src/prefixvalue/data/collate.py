@@ -21,6 +21,9 @@ from . import check_unit_interval
 
 #: optional per-row column: list of length T + 1, a soft label in [0, 1] or None (NaN) per position
 PREFIX_TARGETS = "prefix_targets"
+#: optional per-row column: list of length T + 1, 1.0 where a wrong step has been written by position p, else 0.0
+#: (the error head's target, docs/design.md "Error head")
+ERROR_TARGETS = "error_targets"
 
 
 @dataclass
@@ -35,6 +38,8 @@ class ValueCollator:
     - ``targets`` [B, Tmax+1] float32: the soft label at p where given, else the outcome
     - ``target_mask`` [B, Tmax+1] bool: positions 0..T_i, or only soft-labelled ones if `labels_only`
     - ``label_mask`` [B, Tmax+1] bool: positions whose target is a soft label (not the outcome)
+    - ``error_targets`` [B, Tmax+1] float32, only when the rows carry ``error_targets``: 1 after a wrong step
+      (positions past a row's end 0; ``target_mask`` says which count)
 
     Right padding keeps absolute positions identical to an unpadded forward pass, so a row's values do
     not depend on what it is batched with (causal attention never looks at the padding after it).
@@ -59,7 +64,14 @@ class ValueCollator:
         target_mask = torch.zeros((b, tmax + 1), dtype=torch.bool)
         label_mask = torch.zeros((b, tmax + 1), dtype=torch.bool)
         outcome = torch.tensor([float(r["outcome"]) for r in rows], dtype=torch.float32)
+        with_errors = rows[0].get(ERROR_TARGETS) is not None
+        errors = torch.zeros((b, tmax + 1), dtype=torch.float32)
         for i, r in enumerate(rows):
+            if with_errors:
+                flags = r.get(ERROR_TARGETS)
+                if flags is None or len(flags) != clens[i] + 1:
+                    raise ValueError(f"{ERROR_TARGETS} must have T + 1 entries in every row of a batch")
+                errors[i, : clens[i] + 1] = torch.tensor(flags, dtype=torch.float32)
             seq = list(r["prompt_ids"]) + list(r["completion_ids"])
             input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             attention_mask[i, : len(seq)] = 1
@@ -80,7 +92,7 @@ class ValueCollator:
                     targets[i, p] = float(v)
                     target_mask[i, p] = True
                     label_mask[i, p] = True
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "prompt_lengths": torch.tensor(plens, dtype=torch.long),
@@ -90,6 +102,9 @@ class ValueCollator:
             "target_mask": target_mask,
             "label_mask": label_mask,
         }
+        if with_errors:
+            batch[ERROR_TARGETS] = errors
+        return batch
 
 
 def collated_batches(

@@ -31,6 +31,34 @@ from ..prompting import PromptFormat
 from ..tasks.base import first_error
 
 
+# -------------------------------------------------------------------------------------- exact step labels
+def step_facts(
+    step_spans: Sequence[Sequence[int]], step_labels: Sequence[bool], length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per position p = 0..T: (a wrong step has been written, number of steps written), both read from the
+    prefix alone: a step counts once p ≥ its span's end."""
+    if len(step_spans) != len(step_labels):
+        raise ValueError(f"{len(step_spans)} step spans but {len(step_labels)} step labels")
+    p = np.arange(length + 1)
+    wrong = np.zeros(length + 1, dtype=bool)
+    written = np.zeros(length + 1, dtype=np.int64)
+    for (_, end), ok in zip(step_spans, step_labels):
+        done = p >= int(end)
+        written += done
+        if not ok:
+            wrong |= done
+    return wrong, written
+
+
+def has_step_labels(ds: Any) -> bool:
+    """Whether a traces dataset (or a list of trace rows) carries exact step labels for every row."""
+    if isinstance(ds, list):
+        return bool(ds) and all(r.get("step_labels") is not None for r in ds)
+    if "step_labels" not in ds.column_names or len(ds) == 0:
+        return False
+    return all(x is not None for x in ds["step_labels"])
+
+
 # -------------------------------------------------------------------------------------- scores
 def td_errors(values: Sequence[float] | np.ndarray) -> np.ndarray:
     """Token TD errors δ_t = V(s_{t+1}) − V(s_t) for t = 0..T−1 from values at positions 0..T."""

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from scipy.stats import rankdata
 
+from ..data.steps import step_facts
 from ..stats import spearman
-from .metrics import SATURATION_SHARE
+from .metrics import SATURATION_SHARE, auroc
 from .scoring import EvalResult
 
 #: share of the noise ceiling the learned value should reach (the quality goal)
@@ -240,11 +242,6 @@ def error_diagnosis(result: EvalResult, name: str = "learned") -> dict[str, Any]
 
     None when the traces have no step labels or the estimator is missing.
     """
-    from scipy.stats import rankdata
-
-    from .metrics import auroc
-    from .oracle import step_facts
-
     cols = result.prefixes
     if name not in cols or any(t.step_labels is None for t in result.traces):
         return None

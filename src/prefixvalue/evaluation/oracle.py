@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data.steps import has_step_labels, step_facts
 from ..tasks.arith import ArithTask
 from .estimators import Estimator, EstimatorInputs, TraceRecord
 
@@ -80,24 +81,6 @@ def known_steps(task: str | None, prompt: str | None) -> int | None:
     the task has no such rule or the prompt cannot be read by it."""
     n = _from_prompt(KNOWN_STEPS, task, prompt)
     return None if n is None else int(n)
-
-
-def step_facts(
-    step_spans: Sequence[Sequence[int]], step_labels: Sequence[bool], length: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per position p = 0..T: (a wrong step has been written, number of steps written), both read from the
-    prefix alone: a step counts once p ≥ its span's end."""
-    if len(step_spans) != len(step_labels):
-        raise ValueError(f"{len(step_spans)} step spans but {len(step_labels)} step labels")
-    p = np.arange(length + 1)
-    wrong = np.zeros(length + 1, dtype=bool)
-    written = np.zeros(length + 1, dtype=np.int64)
-    for (_, end), ok in zip(step_spans, step_labels):
-        done = p >= int(end)
-        written += done
-        if not ok:
-            wrong |= done
-    return wrong, written
 
 
 def group_keys(written: np.ndarray, n_steps: int | None) -> np.ndarray:
@@ -271,15 +254,6 @@ class StepOracle:
 
 #: the columns of a traces dataset the oracle reads (``prompt`` and ``task`` when present: the known step count)
 ORACLE_COLUMNS: tuple[str, ...] = ("completion_ids", "outcome", "step_spans", "step_labels", "prompt", "task")
-
-
-def has_step_labels(ds: Any) -> bool:
-    """Whether a traces dataset (or a list of trace rows) carries exact step labels for every row."""
-    if isinstance(ds, list):
-        return bool(ds) and all(r.get("step_labels") is not None for r in ds)
-    if "step_labels" not in ds.column_names or len(ds) == 0:
-        return False
-    return all(x is not None for x in ds["step_labels"])
 
 
 def training_oracles(traces: Any, record: Any) -> dict[str, StepOracle]:

@@ -113,6 +113,12 @@ class ValueModelConfig:
         help="head: several hidden layers feed the head, their states concatenated (e.g. [2, 4]; python indexing); "
         "None = head_layer alone",
     )
+    error_head: bool = field(
+        False,
+        help="head: a second head reads the same state and predicts P(a wrong step has been written), trained on the "
+        "training traces' exact step labels (a task with step verdicts, e.g. arith); P̂ = σ(value logit)·(1 − P(error)) "
+        "(docs/design.md, 'Error head')",
+    )
     q_top_k: int = field(
         8,
         help="qhead: V(s) = Σ π̃(y|s) Q(s, y) over the policy's q_top_k most likely next tokens (π̃: π_ref renormalised "

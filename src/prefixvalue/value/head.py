@@ -17,6 +17,11 @@ z = w·h_p + b, over fixed normalised features g (`normalised_policy_features`: 
 minimum and the last log-probability, and log(1 + p)); its output layer starts at zero, so a new model starts at the
 base rate as the linear one does. With ``head_layers`` the head reads the hidden states of several layers,
 concatenated (w then has one block per layer).
+
+With ``error_head`` a second linear head on the same state (and, with ``policy_features``, on the normalised
+features) predicts e(s_p) = P(a wrong step has been written by p), trained by BCE on the training traces' exact step
+labels beside the value's loss; the value is then P̂ = σ(z)·(1 − e), so a detected error pulls the value to 0 whatever
+the value head says ("Error head" in docs/design.md).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import copy
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -39,6 +45,9 @@ LOGPROB_FLOOR = -30.0
 NUM_NORMALISED_FEATURES = 5
 #: hidden units of the feature MLP (``feature_head=mlp``)
 FEATURE_MLP_HIDDEN = 32
+#: the error head's starting probability of "a wrong step has been written": near 0, so a new model's P̂ starts at
+#: the base rate as without the error head
+ERROR_PRIOR = 0.01
 
 
 def written_logprob_features(lp: torch.Tensor, clens: torch.Tensor) -> torch.Tensor:
@@ -55,6 +64,13 @@ def written_logprob_features(lp: torch.Tensor, clens: torch.Tensor) -> torch.Ten
     low = torch.cat([zero, torch.cummin(lp, dim=1).values], dim=1)
     last = torch.cat([zero, lp], dim=1)
     return torch.stack([total, low, last], dim=-1).float()
+
+
+def error_adjusted_logits(z: torch.Tensor, error_logits: torch.Tensor) -> torch.Tensor:
+    """logit(σ(z)·(1 − σ(e))) of value logits `z` and error logits `e`, computed in log space (float32): the value
+    after the error head's probability that a wrong step has already been written."""
+    log_p = (F.logsigmoid(z.float()) + F.logsigmoid(-error_logits.float())).clamp(max=-1e-7)
+    return log_p - torch.log(-torch.expm1(log_p))
 
 
 def normalised_policy_features(feats: torch.Tensor) -> torch.Tensor:
@@ -92,6 +108,9 @@ class HeadValueModel(ValueModel):
                 rows.append(("feature head", how))
         if config.head_layers:
             rows.append(("head layers", ", ".join(str(i) for i in config.head_layers) + " (concatenated)"))
+        if config.error_head:
+            reads = "the same state and the normalised policy features" if config.policy_features else "the same state"
+            rows.append(("error head", f"P(a wrong step written) from {reads}, on exact step labels; P̂ = σ(z)·(1 − e)"))
         return rows
 
     @classmethod
@@ -99,13 +118,15 @@ class HeadValueModel(ValueModel):
         """A token classifier expresses any head but one behind a soft prompt (virtual tokens before the prompt)."""
         if config.soft_prompt_tokens:
             return "export-model cannot express a soft prompt (virtual tokens before the prompt)"
+        if config.error_head:
+            return "export-model does not carry the error head yet: load the checkpoint with load_value_model"
         return None
 
     @classmethod
     def standard_export(cls, config: ValueModelConfig, num_layers: int | None = None) -> bool:
         """A head on the last hidden layer alone (``head_layer`` -1, or `num_layers`) without policy features."""
         one = config.head_layer in (-1, num_layers) and not config.head_layers
-        return one and not config.policy_features and not config.soft_prompt_tokens
+        return one and not config.policy_features and not config.soft_prompt_tokens and not config.error_head
 
     def __init__(
         self,
@@ -146,6 +167,16 @@ class HeadValueModel(ValueModel):
         elif config.policy_features:
             self.feature_head = nn.Linear(NUM_POLICY_FEATURES, 1, bias=False, dtype=torch.float32)
             nn.init.zeros_(self.feature_head.weight)
+        self.error_head = None
+        self.error_features = None
+        if config.error_head:
+            self.error_head = nn.Linear(self.head.in_features, 1, dtype=torch.float32)
+            with torch.no_grad():
+                self.error_head.weight.zero_()
+                self.error_head.bias.fill_(logit(ERROR_PRIOR))
+            if config.policy_features:
+                self.error_features = nn.Linear(NUM_NORMALISED_FEATURES, 1, bias=False, dtype=torch.float32)
+                nn.init.zeros_(self.error_features.weight)
         if self.reads_reference(config) and config.backbone == "full":
             self.ref_lm = reference.eval()
             for p in self.ref_lm.parameters():
@@ -161,9 +192,14 @@ class HeadValueModel(ValueModel):
         return self.config.backbone != "frozen" or self.config.soft_prompt_tokens > 0
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
-    ) -> torch.Tensor:
-        """Head logits at positions 0..Tmax, [B, Tmax+1], float32."""
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_lengths: torch.Tensor,
+        error_logits: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Head logits at positions 0..Tmax, [B, Tmax+1], float32 (with ``error_head``: of σ(z)·(1 − e)); with
+        `error_logits` (an ``error_head`` model) also the error head's logits [B, Tmax+1] from the same pass."""
         tmax = max_completion_length(attention_mask, prompt_lengths)
         same_forward = self.config.policy_features and not self._backbone_trains  # frozen: its logits are π_ref's
         # a frozen backbone without a soft prompt needs no graph: run it without autograd
@@ -176,16 +212,25 @@ class HeadValueModel(ValueModel):
         idx = prefix_indices(prompt_lengths, tmax + 1, input_ids.shape[1])
         h = hidden.gather(1, idx[..., None].expand(-1, -1, hidden.shape[-1]))
         z = self.head(h.float()).squeeze(-1)
+        normalised = None
         if self.config.policy_features:
             feats = self.policy_features(
                 input_ids, attention_mask, prompt_lengths, out.logits if same_forward else None
             )
+            normalised = normalised_policy_features(feats)
             if self.feature_mlp is not None:
-                x = torch.cat([z[..., None], normalised_policy_features(feats)], dim=-1)
-                z = z + self.feature_mlp(x).squeeze(-1)
+                z = z + self.feature_mlp(torch.cat([z[..., None], normalised], dim=-1)).squeeze(-1)
             else:
                 z = z + self.feature_head(feats).squeeze(-1)
-        return z
+        if self.error_head is None:
+            if error_logits:
+                raise ValueError("error_logits=True needs a model with value_model.error_head=true")
+            return z
+        e = self.error_head(h.float()).squeeze(-1)
+        if self.error_features is not None:
+            e = e + self.error_features(normalised).squeeze(-1)
+        z = error_adjusted_logits(z, e)
+        return (z, e) if error_logits else z
 
     def _head_hidden(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The hidden states the head reads, [B, L, H · layers]: layer ``head_layer``, or the ``head_layers``
@@ -220,7 +265,9 @@ class HeadValueModel(ValueModel):
         return super().reference_logits(input_ids, attention_mask)
 
     def head_parameters(self) -> list[nn.Parameter]:
-        extra = [m for m in (self.feature_head, self.feature_mlp) if m is not None]
+        extra = [
+            m for m in (self.feature_head, self.feature_mlp, self.error_head, self.error_features) if m is not None
+        ]
         return [*self.head.parameters(), *(p for m in extra for p in m.parameters())]
 
     def _head_tensors(self) -> dict[str, torch.Tensor]:
@@ -229,6 +276,10 @@ class HeadValueModel(ValueModel):
             out["feature_head.weight"] = self.feature_head.weight
         if self.feature_mlp is not None:
             out.update({f"feature_mlp.{k}": v for k, v in self.feature_mlp.state_dict(keep_vars=True).items()})
+        if self.error_head is not None:
+            out.update({"error_head.weight": self.error_head.weight, "error_head.bias": self.error_head.bias})
+        if self.error_features is not None:
+            out["error_features.weight"] = self.error_features.weight
         return out
 
     def _extra_state_tensors(self) -> dict[str, torch.Tensor]:

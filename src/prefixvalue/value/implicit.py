@@ -94,6 +94,8 @@ class ImplicitValueModel(ValueModel):
 
     @classmethod
     def check_config(cls, config: ValueModelConfig) -> None:
+        if config.error_head:
+            raise ValueError("error_head is the explicit head's option (value_model.kind=head)")
         if config.readout == "sum" and config.loss != "prefix":
             raise ValueError("readout=sum is a variant of the prefix loss: use loss=prefix")
         if config.prior_tokens and (config.readout != "mean" or config.loss != "prefix"):

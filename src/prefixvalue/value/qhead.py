@@ -60,6 +60,8 @@ class QHeadValueModel(HeadValueModel):
             )
         if config.head_layers:
             raise ValueError("the Q-head reads one hidden layer (head_layer); head_layers is the head's option")
+        if config.error_head:
+            raise ValueError("error_head is the explicit head's option (value_model.kind=head)")
         if config.q_top_k < 0:
             raise ValueError(f"q_top_k must be >= 0 (0: the whole vocabulary), got {config.q_top_k}")
 

@@ -19,7 +19,8 @@ import datasets
 import numpy as np
 import torch
 
-from ..data.collate import PREFIX_TARGETS
+from ..data.collate import ERROR_TARGETS, PREFIX_TARGETS
+from ..data.steps import has_step_labels, step_facts
 
 
 def sibling_targets(
@@ -82,6 +83,29 @@ def attach_sibling_targets(ds: datasets.Dataset) -> tuple[datasets.Dataset, dict
     ds = ds.flatten_indices(keep_in_memory=True)
     ds = ds.add_column(PREFIX_TARGETS, merged, feature=datasets.List(datasets.Value("float32")))
     return ds, counts_summary(counts)
+
+
+def attach_error_targets(ds: datasets.Dataset) -> tuple[datasets.Dataset, dict[str, float]]:
+    """`ds` (training traces with exact step labels) with ``error_targets``: at every position p = 0..T, 1.0 when a
+    wrong step has been written by p (`prefixvalue.data.steps.step_facts`), else 0.0, the target of the error head
+    (docs/design.md, "Error head"); returns it and the share of positions after an error. Raises ValueError when a
+    trace carries no step labels."""
+    if not has_step_labels(ds):
+        raise ValueError(
+            "value_model.error_head=true trains on exact step labels, and these traces carry none (a task with step "
+            "verdicts, e.g. task=arith, records step_spans and step_labels)"
+        )
+    rows = ds.select_columns(["completion_ids", "step_spans", "step_labels"])
+    flags = [
+        step_facts(r["step_spans"] or [], r["step_labels"], len(r["completion_ids"]))[0].astype(float).tolist()
+        for r in rows
+    ]
+    if ERROR_TARGETS in ds.column_names:
+        ds = ds.remove_columns(ERROR_TARGETS)
+    ds = ds.flatten_indices(keep_in_memory=True)  # in memory, as attach_sibling_targets says why
+    ds = ds.add_column(ERROR_TARGETS, flags, feature=datasets.List(datasets.Value("float32")))
+    n = sum(len(f) for f in flags)
+    return ds, {"positions": n, "error_share": sum(sum(f) for f in flags) / max(n, 1)}
 
 
 @torch.no_grad()

@@ -787,7 +787,9 @@ def _forward_backward(
             ls = kind.value_loss(logits, batch, vcfg.loss, vcfg.margin)
             total = normalise_loss(ls.total, n_items, accelerator.num_processes)
             if with_errors:  # the error head's BCE against the step labels, over the same positions
-                err = masked_sum(margin_bce_with_logits(error_logits, batch[ERROR_TARGETS]), kind.loss_mask(batch))
+                err = masked_sum(
+                    margin_bce_with_logits(error_logits, batch[ERROR_TARGETS]), kind.loss_mask(batch, vcfg.loss)
+                )
                 total = total + normalise_loss(err.total, n_items, accelerator.num_processes)
             if with_candidates:
                 cand_sum, _ = candidate_loss(cand_logits, batch)

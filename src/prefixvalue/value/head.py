@@ -217,7 +217,8 @@ class HeadValueModel(ValueModel):
             feats = self.policy_features(
                 input_ids, attention_mask, prompt_lengths, out.logits if same_forward else None
             )
-            normalised = normalised_policy_features(feats)
+            if self.feature_mlp is not None or self.error_features is not None:
+                normalised = normalised_policy_features(feats)
             if self.feature_mlp is not None:
                 z = z + self.feature_mlp(torch.cat([z[..., None], normalised], dim=-1)).squeeze(-1)
             else:

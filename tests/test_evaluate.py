@@ -235,6 +235,7 @@ def test_main_on_tiny_data(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch
     assert "process_level" in sv
     assert set(on_disk["by_position_group"]) == {"first_k", "step_boundary", "middle"}
     cost = on_disk["cost"]
+    assert cost["value_forward_passes"] == 1  # a model that names no passes counts one
     assert cost["value_forward_tokens"] == sum(len(t["prompt_ids"]) + len(t["completion_ids"]) for t in traces)
     assert cost["mc_generated_tokens"] == 50000
     assert cost["ratio_mc_to_value"] == pytest.approx(50000 / cost["value_forward_tokens"])
@@ -376,6 +377,11 @@ def test_main_with_real_value_model(tmp_path, tiny_tokenizer, tiny_model_dir, ki
     assert metrics["estimators"]["constant"]["base_rate"] == pytest.approx(0.4)
     assert ("process_level" in metrics["step_verification"]) == getattr(vm, "process_scores", False)
     assert metrics["cost"]["mc_generated_tokens"] is None and metrics["cost"]["mc_generated_tokens_note"]
+    # LoRA: the implicit model and the Q-head also run the reference policy (adapters off), the plain head does not
+    passes = {"implicit": 2, "qhead": 2, "head": 1}[kind]
+    one_pass = sum(len(t["prompt_ids"]) + len(t["completion_ids"]) for t in traces)
+    assert metrics["cost"]["value_forward_passes"] == vm.forward_passes == passes
+    assert metrics["cost"]["value_forward_tokens"] == passes * one_pass
     on_disk = json.loads((out / "metrics.json").read_text())
     _no_nan(on_disk)
     for name in ("report.md", "heatmap.html", "value_curves.png", "predictions.parquet"):

@@ -15,6 +15,7 @@
     prefixvalue distrl-trl split_from=runs/quickstart/train_qhead-siblings/final out=runs/distrl_trl   # TRL's GRPO anchor
     prefixvalue push-data traces=runs/quickstart/traces labels=runs/quickstart/labels repo_id=you/arith-values  # the Hub
     prefixvalue serve    checkpoint=runs/quickstart/train_head/final port=8000      # HTTP rewards (OpenRLHF /get_reward)
+    prefixvalue ensemble members=[runs/s0/final,runs/s1/final,runs/s2/final] out=runs/ensemble  # one checkpoint of several
     accelerate launch -m prefixvalue.cli COMMAND ...      # several processes
 
 Each sub-command takes ``--config FILE.yaml`` and ``key=value`` overrides; ``--help`` lists options.
@@ -41,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "export": "prefixvalue.tools.export",
     "import": "prefixvalue.tools.import_rollouts",
     "export-model": "prefixvalue.tools.export_model",
+    "ensemble": "prefixvalue.tools.ensemble",
     "push-model": "prefixvalue.tools.push_model",
     "push-data": "prefixvalue.tools.push_data",
     "serve": "prefixvalue.tools.serve",

@@ -133,6 +133,14 @@ def _in_batches(
     return out
 
 
+def value_forward_tokens(value_model: Any, prompts: list[list[int]], comps: list[list[int]]) -> int:
+    """Tokens `value_model`'s ``predict`` runs over to score every prefix of these sequences: prompt + completion
+    tokens × its ``forward_passes`` (a second pass for the reference policy beside an adapted backbone; one per
+    member of an ensemble)."""
+    passes = int(getattr(value_model, "forward_passes", 1))
+    return passes * int(sum(len(p) + len(c) for p, c in zip(prompts, comps)))
+
+
 def estimate_values(
     records: list[TraceRecord],
     value_model: Any = None,
@@ -179,7 +187,8 @@ def estimate_values(
                 np.asarray(r, dtype=np.float64)
                 for r in _in_batches(value_model.token_log_ratios, prompts, comps, batch_size, bar)
             ]
-        cost["value_forward_tokens"] = int(sum(len(p) + len(c) for p, c in zip(prompts, comps)))
+        cost["value_forward_passes"] = int(getattr(value_model, "forward_passes", 1))
+        cost["value_forward_tokens"] = value_forward_tokens(value_model, prompts, comps)
         if base_rate is None:
             base_rate = getattr(getattr(value_model, "config", None), "base_rate", None)
     else:

@@ -633,8 +633,10 @@ def _cost_section(cost: dict[str, Any], mc_cost: dict[str, Any] | None, n_pref: 
     if cost["ratio_mc_to_value"] is None:
         cost["ratio_mc_to_value_note"] = "needs both MC generated tokens and value-model forward tokens"
     cost["note"] = (
-        "value_forward_tokens = prompt + completion tokens of one value-model forward per trace, which "
-        "scores every prefix of the trace; mc_generated_tokens = tokens sampled to label the same prefixes"
+        "value_forward_tokens = prompt + completion tokens of the value model's forward passes over each trace "
+        "(value_forward_passes: 2 when it also reads the reference policy beside an adapted backbone, one per "
+        "member of an ensemble), which score every prefix of the trace; mc_generated_tokens = tokens sampled "
+        "to label the same prefixes"
     )
     return cost
 

@@ -43,6 +43,7 @@ from ..data.steps import (
     trl_examples,
 )
 from ..prompting import PromptFormat
+from .estimators import value_forward_tokens
 
 
 # -------------------------------------------------------------------------------------- scores
@@ -274,7 +275,7 @@ def score_step_examples(
     out = step_verification(scores, labels, groups, calibration_fraction, seed)
     out["score"] = "prefix_value_after_step"
     out["n_examples"] = len(examples)
-    out["value_forward_tokens"] = int(sum(len(p) + len(c) for p, c in zip(prompts, comps)))
+    out["value_forward_tokens"] = value_forward_tokens(value_model, prompts, comps)
     if getattr(value_model, "process_scores", False):
         ratios = value_model.token_log_ratios(prompts, comps, batch_size=batch_size)
         beta = float(value_model.config.beta)

@@ -45,11 +45,12 @@ def build_server(cfg: ServeConfig) -> RewardServer:
     foreign checkpoint and for an address it cannot listen on."""
     if not cfg.checkpoint:
         raise ConfigError("serve: give checkpoint=DIR_OR_HUB_ID")
-    folder = Path(cfg.checkpoint).expanduser()
-    if folder.is_dir() and not (folder / "value_config.json").is_file():
-        raise ConfigError(f"serve: {cfg.checkpoint} is not a value checkpoint (no value_config.json)")
     from ..policies import default_device
-    from ..value import load_value_model
+    from ..value import is_ensemble, load_value_model
+
+    folder = Path(cfg.checkpoint).expanduser()
+    if folder.is_dir() and not (folder / "value_config.json").is_file() and not is_ensemble(folder):
+        raise ConfigError(f"serve: {cfg.checkpoint} is not a value checkpoint (no value_config.json)")
 
     device = cfg.device or str(default_device())
     model = load_value_model(

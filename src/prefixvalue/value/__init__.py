@@ -5,7 +5,8 @@ success, at every prefix position p = 0..T (p = number of completion tokens in t
 - ``head``: explicit linear value head on a frozen / LoRA / fully trained backbone
 - ``qhead``: explicit Q-head, a value for every candidate next token in one pass; V(s) its policy-weighted mean
 
-Build one with `build_value_model`, load a saved one with `load_value_model`.
+Build one with `build_value_model`, load a saved one with `load_value_model` (an ensemble folder of several
+checkpoints loads as a `ValueEnsemble`, `prefixvalue.value.ensemble`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from transformers import PreTrainedModel
 from ..loading import LoadOptions
 from ..policies import load_causal_lm
 from .base import VALUE_MODELS, CandidateValues, ValueModel, ValueModelConfig, read_value_config, value_model_class
+from .ensemble import ValueEnsemble, is_ensemble, load_ensemble
 from .head import HeadValueModel
 from .implicit import Counterfactuals, ImplicitValueModel
 from .losses import LossSum, margin_bce_with_logits, normalise_loss
@@ -78,10 +80,15 @@ def load_value_model(
     base_model: str | PreTrainedModel | None = None,
     options: LoadOptions | None = None,
     revision: str | None = None,
-) -> ValueModel:
+) -> ValueModel | ValueEnsemble:
     """Load a value checkpoint folder (written by ``save_pretrained``) or a Hub repo holding one; the kind
     is read from its config (`ValueModel.from_pretrained`). In eval mode, on `device` (default CPU), float32
-    unless `dtype` says otherwise."""
+    unless `dtype` says otherwise. A local ensemble folder (``prefixvalue ensemble``) loads as a `ValueEnsemble`
+    of its members (`load_ensemble`; `base_model` then a name or path, applied to every member)."""
+    if is_ensemble(path):
+        if isinstance(base_model, PreTrainedModel):
+            raise ValueError("an ensemble's members each load their own backbone: give base_model as a name or path")
+        return load_ensemble(path, device=device, dtype=dtype, options=options, base_model=base_model)
     return ValueModel.from_pretrained(
         path, base_model=base_model, device=device, dtype=dtype, options=options, revision=revision
     )
@@ -90,6 +97,7 @@ def load_value_model(
 __all__ = [
     "VALUE_MODELS",
     "ValueModel",
+    "ValueEnsemble",
     "ValueModelConfig",
     "ImplicitValueModel",
     "HeadValueModel",
@@ -99,6 +107,7 @@ __all__ = [
     "build_value_model",
     "check_value_config",
     "load_value_model",
+    "is_ensemble",
     "LossSum",
     "loss_mask",
     "margin_bce_with_logits",

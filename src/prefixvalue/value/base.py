@@ -97,7 +97,174 @@ def max_completion_length(attention_mask: torch.Tensor, prompt_lengths: torch.Te
     return int((attention_mask.sum(1) - prompt_lengths).max().item())
 
 
-class ValueModel(nn.Module):
+class ValueScoringAPI:
+    """The text-level API every value model shares, written over ``predict`` (and, for candidate values,
+    ``token_candidate_values`` and ``reference_logits``): a checkpoint (`ValueModel`) and an ensemble of them
+    (`prefixvalue.value.ensemble.ValueEnsemble`) both provide it. The class using it sets ``prompt_format``,
+    ``step_format``, ``source``, ``config``, ``process_scores`` and ``counterfactuals``."""
+
+    # ----- the Python API: text in, values out -----------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        """The policy's tokenizer: the checkpoint's copy when it has one, else the base model's (loaded on
+        first use; set it to use another)."""
+        if self._tokenizer is None:
+            src = self.source
+            if src is not None and (src / "tokenizer_config.json").is_file():
+                trust = LoadOptions(trust_remote_code=self._load_options.trust_remote_code)
+                self._tokenizer = load_tokenizer(str(src), trust)
+            elif self.config.base_model:
+                self._tokenizer = load_tokenizer(self.config.base_model, self._load_options)
+            else:
+                raise ValueError("this value model has no tokenizer: set model.tokenizer = ...")
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def encode(self, prompt: str, completion: str) -> tuple[list[int], list[int]]:
+        """Token ids of `prompt` (through `prompt_format`, as collect writes a trace's prompt) and of
+        `completion` (as written: no special tokens added, so no end-of-sequence token)."""
+        tok = self.tokenizer
+        return self.prompt_format.encode(tok, prompt), list(tok(completion, add_special_tokens=False)["input_ids"])
+
+    @overload
+    def score(self, prompt: str, completion: str, batch_size: int = 32) -> np.ndarray: ...
+
+    @overload
+    def score(self, prompt: Sequence[str], completion: Sequence[str], batch_size: int = 32) -> list[np.ndarray]: ...
+
+    def score(
+        self, prompt: str | Sequence[str], completion: str | Sequence[str], batch_size: int = 32
+    ) -> np.ndarray | list[np.ndarray]:
+        """P̂ at every prefix of `completion` after `prompt`: float64 [T + 1], entry p after the first p
+        completion tokens (p = 0: the bare prompt), T = number of completion tokens (`encode`). Given lists of
+        prompts and completions (one prompt per completion), a list of those arrays, scored `batch_size`
+        sequences at a time (padded per batch: each equals its own `score`). ValueError when one is a list
+        and the other is not, or the lengths differ."""
+        if isinstance(prompt, str) and isinstance(completion, str):
+            prompt_ids, completion_ids = self.encode(prompt, completion)
+            return self.predict([prompt_ids], [completion_ids])[0]
+        if isinstance(prompt, str) or isinstance(completion, str):
+            raise ValueError(
+                "score: give one prompt and one completion (text), or a list of each of equal length; got "
+                f"{type(prompt).__name__} and {type(completion).__name__}"
+            )
+        prompts, completions = list(prompt), list(completion)
+        if len(prompts) != len(completions):
+            raise ValueError(f"score: {len(prompts)} prompt(s) for {len(completions)} completion(s); give one each")
+        if not all(isinstance(t, str) for t in prompts + completions):
+            raise ValueError("score: every prompt and completion must be text")
+        encoded = [self.encode(p, c) for p, c in zip(prompts, completions)]
+        return self.predict([e[0] for e in encoded], [e[1] for e in encoded], batch_size=batch_size)
+
+    def steps_format(self) -> StepFormat:
+        """How this checkpoint's training traces wrote their steps (`step_format`, train records it): the
+        defaults of `score_steps`, `reward_func` and ``prefixvalue serve``. A checkpoint trained before it was
+        recorded gets the old defaults (``"{prompt}\\n"``, ``"\\n"``) and one warning saying so
+        (docs/design.md, "Checkpoints that travel")."""
+        if self.step_format is not None:
+            return self.step_format
+        if self.source is not None and not self._warned_step_format:
+            self._warned_step_format = True
+            warnings.warn(
+                f"{self.source} records no step format ({STEP_FORMAT_FILE}; trained before it was recorded): "
+                "steps are written with prompt_template '{prompt}\\n', joined and ended by '\\n'; pass "
+                "prompt_template / step_separator when the traces wrote steps otherwise (arith: '{prompt}', '' "
+                "and ';')",
+                stacklevel=3,
+            )
+        return StepFormat()
+
+    def score_steps(
+        self, prompt: str, steps: list[str], prompt_template: str | None = None, step_separator: str | None = None
+    ) -> StepScores:
+        """Scores of each step of a solution, tokenised as evaluate scores step data
+        (`prefixvalue.data.steps.tokenize_step_example`: the prompt written with `prompt_template` through
+        `prompt_format`, the steps joined by `step_separator`). Both default to the checkpoint's own
+        (`steps_format`: as its training traces wrote them, arith ``"{prompt}"`` and ``""`` since its steps
+        carry their ``;``), so a trace's steps score exactly as `predict` scores the trace's tokens."""
+        if prompt_template is None or step_separator is None:
+            fmt = self.steps_format()
+            prompt_template = fmt.prompt_template if prompt_template is None else prompt_template
+            step_separator = fmt.step_separator if step_separator is None else step_separator
+        example = StepExample("0", prompt, list(steps), -1, "", {})
+        prompt_ids, completion_ids, spans = tokenize_step_example(
+            self.tokenizer, example, prompt_template, step_separator, self.prompt_format
+        )
+        values = self.predict([prompt_ids], [completion_ids])[0]
+        td = td_errors(values)
+        process = None
+        if self.process_scores:
+            ratios = self.token_log_ratios([prompt_ids], [completion_ids])[0]  # type: ignore[attr-defined]
+            process = process_step_scores(ratios, spans, float(self.config.beta))
+        return StepScores(
+            values=prefix_step_scores(values, spans),
+            td=np.array([td[s0:s1].sum() for s0, s1 in spans], dtype=np.float64),
+            process=process,
+            token_values=values,
+            step_spans=[(int(a), int(b)) for a, b in spans],
+        )
+
+    def reward_func(
+        self, score: str = "final", step_separator: str | None = None, batch_size: int = 32, name: str | None = None
+    ) -> Callable[..., list[float]]:
+        """A reward function for RL trainers with TRL's GRPO signature, ``reward(prompts, completions, **kwargs)
+        -> list[float]`` (`prefixvalue.value.rewards`; docs/design.md, "Reward interfaces")::
+
+            GRPOTrainer(model=policy, reward_funcs=[value_model.reward_func()], ...)
+
+        Prompts and completions are strings, or TRL's conversational form (lists of ``{"role", "content"}``
+        messages: the prompt's last ``user`` content, the completion's last message content). Each pair is
+        encoded as `encode` does (the prompt through this checkpoint's prompt format) and the whole call is
+        scored by `predict`, `batch_size` sequences at a time. Other keyword arguments (TRL's
+        ``completion_ids``, ``trainer_state``, dataset columns) are ignored.
+
+        `score`, in probability units: ``"final"``, P̂ at the end of the completion; ``"min_step"``, the smallest
+        P̂ right after a step; ``"td_sum"``, the sum of the steps' TD scores P̂(after) − P̂(before), that is
+        P̂(end) − P̂(prompt). Steps end after each `step_separator` (default the checkpoint's step end,
+        `steps_format`: ``";"`` for arith, whose steps end with one; a newline for line steps; ``""``: the whole
+        completion is one step). The function's
+        ``__name__`` (TRL logs rewards under it) is `name`, default ``prefixvalue_<score>``. ValueError for an
+        unknown score."""
+        return make_reward_func(self, score=score, step_separator=step_separator, batch_size=batch_size, name=name)
+
+    def candidate_values(self, prompt: str, prefix: str = "", k: int = 5) -> CandidateValues:
+        """Values of the policy's `k` most likely next tokens after `prompt` ⊕ `prefix` (`encode`): P̂(s ⊕ y'),
+        the prefix's own P̂(s) and the TD advantages P̂(s ⊕ y') − P̂(s), with the policy's log-probabilities.
+
+        One forward pass for kinds with ``counterfactuals`` (implicit, qhead), one sequence per candidate
+        otherwise (``sequences`` says how many the model ran)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        was_training = self.training
+        self.eval()
+        try:
+            prompt_ids, comp = self.encode(prompt, prefix)
+            ids = torch.tensor([prompt_ids + comp], device=self._device())
+            logp = torch.log_softmax(self.reference_logits(ids, torch.ones_like(ids))[0, -1].float(), dim=-1)
+            top_lp, top = logp.topk(min(k, logp.shape[-1]))
+            top_ids = top.cpu().numpy().astype(np.int64)
+            # a placeholder token after the prefix: candidates replace completion token T + 1, and P̂(s) is read at T
+            # as at any prefix that goes on (a Q-head reads the last position of a sequence as a finished one)
+            padded = comp + [int(top_ids[0])]
+            at_end = np.full(len(top_ids), len(comp))
+            values = self.token_candidate_values([prompt_ids], [padded], [at_end], [top_ids])[0]
+            prefix_value = float(self.predict([prompt_ids], [padded])[0][len(comp)])
+        finally:
+            self.train(was_training)
+        return CandidateValues(
+            token_ids=top_ids,
+            tokens=[self.tokenizer.decode([int(t)]) for t in top_ids],
+            logprobs=top_lp.double().cpu().numpy(),
+            values=values,
+            prefix_value=prefix_value,
+            sequences=1 if self.counterfactuals else len(top_ids),
+        )
+
+
+class ValueModel(ValueScoringAPI, nn.Module):
     """Base class: wraps a causal LM (adapted per `config`) and predicts P̂(s_p) for p = 0..T.
 
     Subclasses implement ``forward(input_ids, attention_mask, prompt_lengths) -> logits [B, Tmax+1]``
@@ -266,6 +433,14 @@ class ValueModel(nn.Module):
                 out.hidden_states = tuple(h[:, n:] for h in out.hidden_states)
         return out
 
+    @property
+    def forward_passes(self) -> int:
+        """Passes over each sequence that `predict` runs (evaluate counts its tokens that many times): 1, or 2 when
+        the values also read the reference policy beside an adapted or trained backbone (a second pass, with the
+        adapters off or through the frozen copy); a frozen backbone's own logits are the reference's."""
+        trains = self.config.backbone != "frozen" or self.config.soft_prompt_tokens > 0
+        return 2 if self.reads_reference(self.config) and trains else 1
+
     # ----- the interface ---------------------------------------------------------------------------
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
@@ -393,39 +568,6 @@ class ValueModel(nn.Module):
         return self._lm_forward(input_ids, attention_mask, reference=self.uses_peft).logits
 
     @torch.no_grad()
-    def candidate_values(self, prompt: str, prefix: str = "", k: int = 5) -> CandidateValues:
-        """Values of the policy's `k` most likely next tokens after `prompt` ⊕ `prefix` (`encode`): P̂(s ⊕ y'),
-        the prefix's own P̂(s) and the TD advantages P̂(s ⊕ y') − P̂(s), with the policy's log-probabilities.
-
-        One forward pass for kinds with ``counterfactuals`` (implicit, qhead), one sequence per candidate
-        otherwise (``sequences`` says how many the model ran)."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        was_training = self.training
-        self.eval()
-        try:
-            prompt_ids, comp = self.encode(prompt, prefix)
-            ids = torch.tensor([prompt_ids + comp], device=self._device())
-            logp = torch.log_softmax(self.reference_logits(ids, torch.ones_like(ids))[0, -1].float(), dim=-1)
-            top_lp, top = logp.topk(min(k, logp.shape[-1]))
-            top_ids = top.cpu().numpy().astype(np.int64)
-            # a placeholder token after the prefix: candidates replace completion token T + 1, and P̂(s) is read at T
-            # as at any prefix that goes on (a Q-head reads the last position of a sequence as a finished one)
-            padded = comp + [int(top_ids[0])]
-            at_end = np.full(len(top_ids), len(comp))
-            values = self.token_candidate_values([prompt_ids], [padded], [at_end], [top_ids])[0]
-            prefix_value = float(self.predict([prompt_ids], [padded])[0][len(comp)])
-        finally:
-            self.train(was_training)
-        return CandidateValues(
-            token_ids=top_ids,
-            tokens=[self.tokenizer.decode([int(t)]) for t in top_ids],
-            logprobs=top_lp.double().cpu().numpy(),
-            values=values,
-            prefix_value=prefix_value,
-            sequences=1 if self.counterfactuals else len(top_ids),
-        )
-
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
@@ -560,133 +702,6 @@ class ValueModel(nn.Module):
         """Save this model and upload it to the Hub repo `repo_id` (`prefixvalue.value.hub.push_to_hub`:
         ``private``, ``token``, ``revision``, ``commit_message``). Returns a `PushResult`."""
         return push_model_to_hub(self, repo_id, **kwargs)
-
-    # ----- the Python API: text in, values out -----------------------------------------------------
-    @property
-    def tokenizer(self) -> Any:
-        """The policy's tokenizer: the checkpoint's copy when it has one, else the base model's (loaded on
-        first use; set it to use another)."""
-        if self._tokenizer is None:
-            src = self.source
-            if src is not None and (src / "tokenizer_config.json").is_file():
-                trust = LoadOptions(trust_remote_code=self._load_options.trust_remote_code)
-                self._tokenizer = load_tokenizer(str(src), trust)
-            elif self.config.base_model:
-                self._tokenizer = load_tokenizer(self.config.base_model, self._load_options)
-            else:
-                raise ValueError("this value model has no tokenizer: set model.tokenizer = ...")
-        return self._tokenizer
-
-    @tokenizer.setter
-    def tokenizer(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-
-    def encode(self, prompt: str, completion: str) -> tuple[list[int], list[int]]:
-        """Token ids of `prompt` (through `prompt_format`, as collect writes a trace's prompt) and of
-        `completion` (as written: no special tokens added, so no end-of-sequence token)."""
-        tok = self.tokenizer
-        return self.prompt_format.encode(tok, prompt), list(tok(completion, add_special_tokens=False)["input_ids"])
-
-    @overload
-    def score(self, prompt: str, completion: str, batch_size: int = 32) -> np.ndarray: ...
-
-    @overload
-    def score(self, prompt: Sequence[str], completion: Sequence[str], batch_size: int = 32) -> list[np.ndarray]: ...
-
-    def score(
-        self, prompt: str | Sequence[str], completion: str | Sequence[str], batch_size: int = 32
-    ) -> np.ndarray | list[np.ndarray]:
-        """P̂ at every prefix of `completion` after `prompt`: float64 [T + 1], entry p after the first p
-        completion tokens (p = 0: the bare prompt), T = number of completion tokens (`encode`). Given lists of
-        prompts and completions (one prompt per completion), a list of those arrays, scored `batch_size`
-        sequences at a time (padded per batch: each equals its own `score`). ValueError when one is a list
-        and the other is not, or the lengths differ."""
-        if isinstance(prompt, str) and isinstance(completion, str):
-            prompt_ids, completion_ids = self.encode(prompt, completion)
-            return self.predict([prompt_ids], [completion_ids])[0]
-        if isinstance(prompt, str) or isinstance(completion, str):
-            raise ValueError(
-                "score: give one prompt and one completion (text), or a list of each of equal length; got "
-                f"{type(prompt).__name__} and {type(completion).__name__}"
-            )
-        prompts, completions = list(prompt), list(completion)
-        if len(prompts) != len(completions):
-            raise ValueError(f"score: {len(prompts)} prompt(s) for {len(completions)} completion(s); give one each")
-        if not all(isinstance(t, str) for t in prompts + completions):
-            raise ValueError("score: every prompt and completion must be text")
-        encoded = [self.encode(p, c) for p, c in zip(prompts, completions)]
-        return self.predict([e[0] for e in encoded], [e[1] for e in encoded], batch_size=batch_size)
-
-    def steps_format(self) -> StepFormat:
-        """How this checkpoint's training traces wrote their steps (`step_format`, train records it): the
-        defaults of `score_steps`, `reward_func` and ``prefixvalue serve``. A checkpoint trained before it was
-        recorded gets the old defaults (``"{prompt}\\n"``, ``"\\n"``) and one warning saying so
-        (docs/design.md, "Checkpoints that travel")."""
-        if self.step_format is not None:
-            return self.step_format
-        if self.source is not None and not self._warned_step_format:
-            self._warned_step_format = True
-            warnings.warn(
-                f"{self.source} records no step format ({STEP_FORMAT_FILE}; trained before it was recorded): "
-                "steps are written with prompt_template '{prompt}\\n', joined and ended by '\\n'; pass "
-                "prompt_template / step_separator when the traces wrote steps otherwise (arith: '{prompt}', '' "
-                "and ';')",
-                stacklevel=3,
-            )
-        return StepFormat()
-
-    def score_steps(
-        self, prompt: str, steps: list[str], prompt_template: str | None = None, step_separator: str | None = None
-    ) -> StepScores:
-        """Scores of each step of a solution, tokenised as evaluate scores step data
-        (`prefixvalue.data.steps.tokenize_step_example`: the prompt written with `prompt_template` through
-        `prompt_format`, the steps joined by `step_separator`). Both default to the checkpoint's own
-        (`steps_format`: as its training traces wrote them, arith ``"{prompt}"`` and ``""`` since its steps
-        carry their ``;``), so a trace's steps score exactly as `predict` scores the trace's tokens."""
-        if prompt_template is None or step_separator is None:
-            fmt = self.steps_format()
-            prompt_template = fmt.prompt_template if prompt_template is None else prompt_template
-            step_separator = fmt.step_separator if step_separator is None else step_separator
-        example = StepExample("0", prompt, list(steps), -1, "", {})
-        prompt_ids, completion_ids, spans = tokenize_step_example(
-            self.tokenizer, example, prompt_template, step_separator, self.prompt_format
-        )
-        values = self.predict([prompt_ids], [completion_ids])[0]
-        td = td_errors(values)
-        process = None
-        if self.process_scores:
-            ratios = self.token_log_ratios([prompt_ids], [completion_ids])[0]  # type: ignore[attr-defined]
-            process = process_step_scores(ratios, spans, float(self.config.beta))
-        return StepScores(
-            values=prefix_step_scores(values, spans),
-            td=np.array([td[s0:s1].sum() for s0, s1 in spans], dtype=np.float64),
-            process=process,
-            token_values=values,
-            step_spans=[(int(a), int(b)) for a, b in spans],
-        )
-
-    def reward_func(
-        self, score: str = "final", step_separator: str | None = None, batch_size: int = 32, name: str | None = None
-    ) -> Callable[..., list[float]]:
-        """A reward function for RL trainers with TRL's GRPO signature, ``reward(prompts, completions, **kwargs)
-        -> list[float]`` (`prefixvalue.value.rewards`; docs/design.md, "Reward interfaces")::
-
-            GRPOTrainer(model=policy, reward_funcs=[value_model.reward_func()], ...)
-
-        Prompts and completions are strings, or TRL's conversational form (lists of ``{"role", "content"}``
-        messages: the prompt's last ``user`` content, the completion's last message content). Each pair is
-        encoded as `encode` does (the prompt through this checkpoint's prompt format) and the whole call is
-        scored by `predict`, `batch_size` sequences at a time. Other keyword arguments (TRL's
-        ``completion_ids``, ``trainer_state``, dataset columns) are ignored.
-
-        `score`, in probability units: ``"final"``, P̂ at the end of the completion; ``"min_step"``, the smallest
-        P̂ right after a step; ``"td_sum"``, the sum of the steps' TD scores P̂(after) − P̂(before), that is
-        P̂(end) − P̂(prompt). Steps end after each `step_separator` (default the checkpoint's step end,
-        `steps_format`: ``";"`` for arith, whose steps end with one; a newline for line steps; ``""``: the whole
-        completion is one step). The function's
-        ``__name__`` (TRL logs rewards under it) is `name`, default ``prefixvalue_<score>``. ValueError for an
-        unknown score."""
-        return make_reward_func(self, score=score, step_separator=step_separator, batch_size=batch_size, name=name)
 
 
 def _candidate_slots(positions: np.ndarray, tmax: int) -> tuple[np.ndarray, np.ndarray]:

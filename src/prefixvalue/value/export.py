@@ -148,7 +148,11 @@ def classifier_layer(model: nn.Module) -> nn.Linear:
 
 def check_exportable(model: ValueModel) -> None:
     """ConfigError, in one line, unless a token classifier can express `model` (its kind's
-    `ValueModel.export_problem`: every kind, without a soft prompt)."""
+    `ValueModel.export_problem`: every kind, without a soft prompt). An ensemble is several models: refused."""
+    if not isinstance(model, ValueModel):
+        raise ConfigError(
+            "export-model exports one value checkpoint; an ensemble (prefixvalue ensemble) is several: export each member"
+        )
     n_layers = getattr(_causal_lm(model, merge=False).config, "num_hidden_layers", None)
     problem = type(model).export_problem(model.config, n_layers)
     if problem:

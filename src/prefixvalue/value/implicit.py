@@ -239,6 +239,11 @@ class ImplicitValueModel(ValueModel):
         ratios = torch.where(cmask, logp_phi - logp_ref, torch.zeros_like(logp_phi))
         return ratios, cmask
 
+    @property
+    def forward_passes(self) -> int:
+        """Two passes per sequence: the adapted policy's log-probabilities and the reference's (adapters off)."""
+        return 2
+
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
     ) -> torch.Tensor:

@@ -184,6 +184,10 @@ def test_one_pass_values_equal_their_own_sequences(tiny_tokenizer):
     assert seq_cost["tokens"] == sum(
         len(t.prompt_ids) + p + 1 for t, c in zip(traces, cands) for p in c["position"].tolist()
     )
+    # a model that runs the reference beside its adapted backbone (or an ensemble) counts every pass's tokens
+    twice = candidate_cost(traces, cands, one_pass=False, passes=2)
+    assert twice["tokens"] == 2 * seq_cost["tokens"] and twice["passes"] == 2
+    assert twice["sequences"] == seq_cost["sequences"]
 
 
 def test_scores_on_known_cases():

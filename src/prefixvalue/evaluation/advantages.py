@@ -158,15 +158,18 @@ def model_candidate_values(
 
 
 def candidate_cost(
-    traces: Sequence[TraceInput], cands: Sequence[dict[str, np.ndarray]], one_pass: bool
+    traces: Sequence[TraceInput], cands: Sequence[dict[str, np.ndarray]], one_pass: bool, passes: int = 1
 ) -> dict[str, Any]:
-    """What valuing every candidate costs a value model: sequences run and tokens in them. One pass: the trace
-    itself, once (prompt ⊕ completion); otherwise one sequence prompt ⊕ s_p ⊕ y' per candidate."""
+    """What valuing every candidate costs a value model: sequences run and tokens in them, each token counted once
+    per forward pass the model runs over a sequence (`passes`: its ``forward_passes``, e.g. 2 with the reference
+    policy beside an adapted backbone, an ensemble's members together). One pass: the trace itself, once
+    (prompt ⊕ completion); otherwise one sequence prompt ⊕ s_p ⊕ y' per candidate."""
     if one_pass:
         tokens = sum(len(t.prompt_ids) + len(t.completion_ids) for t in traces)
-        return {"one_pass": True, "sequences": len(traces), "tokens": int(tokens)}
+        return {"one_pass": True, "sequences": len(traces), "passes": passes, "tokens": int(tokens) * passes}
     tokens = sum(int(np.sum(len(t.prompt_ids) + c["position"] + 1)) for t, c in zip(traces, cands))
-    return {"one_pass": False, "sequences": int(sum(len(c["token_id"]) for c in cands)), "tokens": int(tokens)}
+    sequences = int(sum(len(c["token_id"]) for c in cands))
+    return {"one_pass": False, "sequences": sequences, "passes": passes, "tokens": int(tokens) * passes}
 
 
 def consistency(table: dict[str, np.ndarray], name: str) -> dict[str, Any]:
@@ -608,19 +611,20 @@ def render_advantages_section(metrics: dict[str, Any]) -> str:
         lines += [
             "",
             "What valuing every candidate cost each model (sequences run, tokens in them: one pass per trace, or one "
-            "sequence per candidate), how calibrated its counterfactual values are against their MC means, and how "
+            "sequence per candidate, each token counted once per forward pass: 2 with the reference policy beside an "
+            "adapted backbone, an ensemble's members together), how calibrated its counterfactual values are against their MC means, and how "
             "far its value of the sampled token, Q(s, y), agrees with its own value of the next prefix, V(s ⊕ y) "
             "(by construction for a head and the implicit model).",
             "",
-            "| value | one pass | sequences | tokens | Brier, counterfactual | ECE | mean value / MC | "
+            "| value | one pass | sequences | passes | tokens | Brier, counterfactual | ECE | mean value / MC | "
             "consistency: mean abs Q − V (r) |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for m, e in sc["models"].items():
             c, k, cal = cost.get(m, {}), cons.get(m, {}), e.get("calibration_counterfactual", {})
             lines.append(
                 f"| {_model_label(m, e)} | {'yes' if c.get('one_pass') else 'no'} | {c.get('sequences', '–')} | "
-                f"{c.get('tokens', '–')} | {_f(cal.get('brier'))} | {_f(cal.get('ece'))} | "
+                f"{c.get('passes', 1)} | {c.get('tokens', '–')} | {_f(cal.get('brier'))} | {_f(cal.get('ece'))} | "
                 f"{_f(cal.get('mean_value'), 2)} / {_f(cal.get('mean_mc'), 2)} | "
                 f"{_f(k.get('mean_abs_difference'))} ({_f(k.get('pearson'), 2)}) |"
             )

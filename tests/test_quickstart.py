@@ -356,6 +356,9 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     assert (out / f"train_{chosen}_seed1" / "final").exists()  # the second seed of `learned`, the chosen one
     assert not (out / f"train_{other}_seed1").exists()
     assert q["seeds"]["spearman_per_seed"]["0"] == pytest.approx(m["estimators"]["learned"]["spearman"]["value"])
+    # the seeds of `learned` also scored as one value model (the mean of their logits), paired with the oracle
+    ens = m["estimators"]["learned_seed_ensemble"]
+    assert "ensemble" in ens["description"] and "paired_vs_step_oracle" in ens["spearman"]
     assert m["cost"]["ratio_mc_to_value"] > 1
     assert q["collected_traces"] == 80 and q["labelled_heldout_traces"] <= 6
     # the labelled traces come only from prompts held out of training
@@ -376,6 +379,7 @@ def test_whole_loop_at_tiny_sizes_and_resume(tmp_path, monkeypatch, capsys):
     assert "What was chosen where" in md and "validation Spearman" in md
     assert "## Quickstart" in md and "Short-prefix study" in md and "forking token" in md
     assert "Value models: recipes, seeds and the oracle" in md and "| step_oracle |" in md
+    assert "those seeds as one value model (`learned_seed_ensemble`" in md
     assert md.index("## Quickstart") < md.index("## Data") < md.index("## Estimators vs MC")
     assert "class='tok fork'" in (out / "heatmap.html").read_text()
     printed = capsys.readouterr().out

@@ -46,7 +46,7 @@ from ..studies import actions, advantages
 from ..studies import steer as steer_study
 from ..studies.alternatives import SET_BY_ALTERNATIVES, run_alternatives
 from ..tracking import WANDB_GROUP_FILE, build_logger, timed, with_wandb_group
-from ..value import VALUE_MODELS
+from ..value import VALUE_MODELS, ValueEnsemble
 from . import collect, label, train
 from .evaluate import FOLDER_OUTPUTS, EvaluateConfig
 
@@ -69,6 +69,10 @@ SETS: dict[str, dict[str, str]] = {
 SUBFOLDERS = ("heldout_traces", "short_traces", "validation_traces", "labels_validation")
 #: what a quickstart writes into OUT (its run folder, `prefixvalue.runfolder`): each stage's folder and the report
 OUTPUTS = (*FOLDER_OUTPUTS, WANDB_GROUP_FILE, "*traces", "labels*", "train_*", "actions", "advantages", "steer")
+
+
+#: the name under which the quickstart scores the ensemble of `learned`'s training seeds (``learned_seed_ensemble``)
+SEED_ENSEMBLE = "seed_ensemble"
 
 
 @dataclass
@@ -129,6 +133,8 @@ class QuickstartConfig(ModelLoadConfig):
             raise ConfigError("quickstart: label.positions must be all, stride:K or steps (short runs separately)")
         if not self.value_models:
             raise ConfigError("quickstart: value_models needs at least one entry (name: overrides of train)")
+        if SEED_ENSEMBLE in self.value_models:
+            raise ConfigError(f"quickstart: value_models.{SEED_ENSEMBLE} names the ensemble of the seeds; rename it")
         check_nested(self, "quickstart", LOADING)
         for name, overrides in self.value_models.items():  # each entry must make a valid training config
             sets = {canonical_key(train.TrainConfig, k) for k in (*SETS["train"], *LOADING)}
@@ -268,6 +274,9 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
     with timed(seconds, "evaluate"):
         policy, tok = load_policy(cfg.policy, ecfg.dtype, device, load)
         models = load_value_models({name: ckpts[name, 0] for name in names}, device, load)
+        seed_models = load_value_models({s: ckpts[names[0], s] for s in range(1, cfg.seeds)}, device, load)
+        if seed_models:  # the seeds of `learned` as one value model (docs/design.md, "Value ensembles")
+            models[SEED_ENSEMBLE] = ValueEnsemble([models[names[0]], *seed_models.values()])
         kw = {"policy": policy, "tokenizer": tok, "oracle_traces": traces, "progress": ecfg.progress}
         held, short_traces = load_traces(held_dir), load_traces(short_dir)
         short_labels = load_labels(short_labels_dir, short_traces)
@@ -279,10 +288,9 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
         labeller = label.labeller_for(held, cfg.label_config(seed=cfg.label.seed + 2), policy, tok)
         refs = {r.trace_id: r for r in label.trace_refs(held)}
         forks = analysis.largest_jumps(result, cfg.forks, tok, labeller=labeller, refs=refs, samples=cfg.fork_samples)
-        seed_models = load_value_models({s: ckpts[names[0], s] for s in range(1, cfg.seeds)}, device, load)
         with torch.no_grad():  # seed 0 is `learned`, already in `result`
             seeds = analysis.seed_spread(result, seed_models, result.metrics["mc"]["noise_ceiling"].get("spearman"))
-        extra = [*ESTIMATORS, *(f"learned_{name}" for name in names[1:]), "step_oracle", "operator_oracle"]
+        extra = [*ESTIMATORS, *(f"learned_{name}" for name in list(models)[1:]), "step_oracle", "operator_oracle"]
         more = {"short": short, "short_samples": cfg.short_samples, "forks": forks, "seeds": seeds, "extra": extra}
         firsts = {name: trained[name, 0][0] for name in names}
         value_models = {name: cfg.value_models[name] for name in names}

@@ -194,6 +194,20 @@ def _recipes_lines(q: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
                 else ""
             ),
         ]
+        ens = ests.get("learned_seed_ensemble", {}).get("spearman", {})
+        if ens.get("value") is not None:
+            paired = ens.get("paired_vs_step_oracle") or {}
+            share = ens["value"] / ceiling if ceiling else None
+            lines.append(
+                f"- those seeds as one value model (`learned_seed_ensemble`, the mean of their logits; docs/design.md, "
+                f'"Value ensembles"): Spearman {correlation_cell(ens, 2)}, share of ceiling {fixed(share, 3)}'
+                + (
+                    f"; minus the step-label oracle, paired over prompts, {fixed(paired.get('value'))} "
+                    f"{interval(paired.get('ci'))}"
+                    if paired.get("value") is not None
+                    else ""
+                )
+            )
     d = q.get("diagnosis")
     if d:
         lines += [

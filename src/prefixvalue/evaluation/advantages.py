@@ -612,9 +612,9 @@ def render_advantages_section(metrics: dict[str, Any]) -> str:
             "",
             "What valuing every candidate cost each model (sequences run, tokens in them: one pass per trace, or one "
             "sequence per candidate, each token counted once per forward pass: 2 with the reference policy beside an "
-            "adapted backbone, an ensemble's members together), how calibrated its counterfactual values are against their MC means, and how "
-            "far its value of the sampled token, Q(s, y), agrees with its own value of the next prefix, V(s ⊕ y) "
-            "(by construction for a head and the implicit model).",
+            "adapted backbone, an ensemble's members together), how calibrated its counterfactual values are against "
+            "their MC means, and how far its value of the sampled token, Q(s, y), agrees with its own value of the "
+            "next prefix, V(s ⊕ y) (by construction for a head and the implicit model).",
             "",
             "| value | one pass | sequences | passes | tokens | Brier, counterfactual | ECE | mean value / MC | "
             "consistency: mean abs Q − V (r) |",

@@ -21,8 +21,6 @@ from ..value.ensemble import ENSEMBLE_FILE, SHARED_RECORDS, check_members, write
 
 #: what the command writes into out: the names a folder without a run record may hold (`prefixvalue.runfolder`)
 OUTPUTS = (ENSEMBLE_FILE, *SHARED_RECORDS)
-#: keys naming files or folders, compared as resolved paths
-PATH_KEYS = ("members",)
 
 
 @dataclass
@@ -41,7 +39,7 @@ def run(cfg: EnsembleConfig) -> dict:
     if not cfg.out:
         raise ConfigError("ensemble: give members=[CKPT1,CKPT2,...] and out=DIR")
     out = Path(cfg.out)
-    rules = {"outputs": OUTPUTS, "path_keys": PATH_KEYS, "overwrite": cfg.overwrite}
+    rules = {"outputs": OUTPUTS, "overwrite": cfg.overwrite}  # the members compare as written
     runfolder.check(out, "ensemble", cfg, **rules)  # refuse another run's folder before reading any member
     check_members(cfg.members)
     folder = runfolder.claim(out, "ensemble", cfg, **rules)

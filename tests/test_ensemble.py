@@ -16,10 +16,12 @@ import test_candidate_labels
 import test_collect_label
 from test_active_labels import _train_args
 from test_collect_label import label_args
+from test_serve import call
 
 from prefixvalue import cli
 from prefixvalue.config import ConfigError
 from prefixvalue.data import SplitRecord, load_traces
+from prefixvalue.serving import RewardServer, ServeOptions
 from prefixvalue.value import ValueEnsemble, load_value_model
 from prefixvalue.value.ensemble import ENSEMBLE_FILE, mean_logit
 
@@ -149,3 +151,20 @@ def test_evaluate_scores_an_ensemble_on_the_prompts_none_of_its_members_trained_
     ds = load_traces(traces_dir)
     heldout = [p for p in set(ds["prompt"]) if record.side(p) == "test"]
     assert metrics["n_traces"] == sum(p in heldout for p in ds["prompt"]) > 0
+
+
+def test_serve_answers_with_the_ensembles_values(members, traces_dir, tmp_path):
+    ens_dir = tmp_path / "ens"
+    assert _ensemble(members, ens_dir) == 0
+    ens = load_value_model(ens_dir)
+    ds = load_traces(traces_dir)
+    prompts, completions = ds["prompt"][:2], ds["completion"][:2]
+    srv = RewardServer(load_value_model(ens_dir), ServeOptions(port=0)).start()
+    try:
+        assert call(srv, "GET", "/health")[1]["kind"] == "ensemble"
+        queries = [p + c for p, c in zip(prompts, completions)]
+        status, out = call(srv, "POST", "/get_reward", {"query": queries, "prompts": prompts})
+    finally:
+        srv.shutdown()
+    assert status == 200, out
+    assert out["rewards"] == pytest.approx([ens.score(p, c)[-1] for p, c in zip(prompts, completions)], abs=1e-5)

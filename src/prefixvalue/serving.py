@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from .config import ConfigError, field
 from .value.base import ValueModel
+from .value.ensemble import ValueEnsemble
 from .value.rewards import SCORES, EncodedItem, encode_item, item_scores, model_step_end
 
 #: the routes and the method each answers
@@ -99,8 +100,12 @@ class _Job:
     error: RequestError | None = None
 
 
-def _max_positions(model: ValueModel) -> int | None:
-    """The longest sequence the backbone takes (its config's position count), None when it has no limit."""
+def _max_positions(model: ValueModel | ValueEnsemble) -> int | None:
+    """The longest sequence the backbone takes (its config's position count), None when it has no limit; for an
+    ensemble, its shortest member's."""
+    if isinstance(model, ValueEnsemble):
+        limits = [n for n in (_max_positions(m) for m in model.members) if n is not None]
+        return min(limits) if limits else None
     lm = model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
     cfg = getattr(lm, "config", None)
     for name in ("n_positions", "max_position_embeddings"):

@@ -49,7 +49,7 @@ from ..tasks import build_task, task_configs
 from ..tasks.base import Prompt
 from ..tracking import WandbConfig, build_logger, truncate_metrics
 from ..training import checkpoint_problem, complete_checkpoints, rng_state_problem
-from ..value import load_value_model
+from ..value import ValueEnsemble, load_value_model
 from ..value.base import completion_logits
 from .evaluation import eval_line, evaluate_policy, write_evals, write_result
 from .objective import ARMS, group_advantages, policy_loss, reward_scale
@@ -284,6 +284,11 @@ def _build(cfg: DistRLConfig, accelerator: Accelerator, out: Path) -> tuple[_Run
     source: CheckpointValues | MCValues | None = None
     if cfg.uses_value and cfg.value == "checkpoint":
         model = load_value_model(str(cfg.value_checkpoint), device=str(device), options=cfg.load_options())
+        if cfg.refresh_lr > 0 and isinstance(model, ValueEnsemble):
+            raise ConfigError(
+                f"distrl: refresh_lr > 0 trains the value checkpoint, and {cfg.value_checkpoint} is an ensemble: give "
+                "one of its members, or refresh_lr=0"
+            )
         model.eval()
         if model.tokenizer.get_vocab() != tok.get_vocab():  # the value reads the policy's token ids
             raise ConfigError(f"distrl: {cfg.value_checkpoint} has another vocabulary than the policy {cfg.policy}")

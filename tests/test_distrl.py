@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -176,6 +177,18 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, shipped_head_checkpo
     steps = [json.loads(x)["step"] for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     trained = [s for s in steps if s > 0]
     assert sorted(set(trained)) == [1, 2, 3]
+
+
+def test_an_ensemble_gives_the_values_and_is_not_refreshed(tmp_path, shipped_head_checkpoint):
+    second = tmp_path / "second"
+    shutil.copytree(shipped_head_checkpoint, second)
+    ens = tmp_path / "ens"
+    assert cli.main(["ensemble", f"members=[{shipped_head_checkpoint},{second}]", f"out={ens}"]) == 0
+    kw = {"advantage": "td", "value": "checkpoint", "value_checkpoint": str(ens), "max_steps": 1, "eval_every": 1}
+    with pytest.raises(ConfigError, match="is an ensemble"):  # refresh trains the value checkpoint
+        run(_cfg(tmp_path / "refresh", refresh_lr=0.1, **kw))
+    res = run(_cfg(tmp_path / "out", **kw))
+    assert res["steps"] == 1 and res["sampled_tokens"] > 0
 
 
 def test_another_runs_folder_is_refused(tmp_path, shipped_head_checkpoint):

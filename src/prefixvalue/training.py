@@ -86,7 +86,6 @@ from .value import (
 )
 from .value.card import write_training_record
 from .value.heldout import evaluate_heldout
-from .value.losses import margin_bce_with_logits, masked_sum
 from .value.signals import SIGNALS, TrainingSignal, build_signal
 from .value.targets import attach_error_targets
 
@@ -786,10 +785,8 @@ def _forward_backward(
                 batch["targets"] = signal.step_targets(batch, raw_model.values_from_logits(logits))
             ls = kind.value_loss(logits, batch, vcfg.loss, vcfg.margin)
             total = normalise_loss(ls.total, n_items, accelerator.num_processes)
-            if with_errors:  # the error head's BCE against the step labels, over the same positions
-                err = masked_sum(
-                    margin_bce_with_logits(error_logits, batch[ERROR_TARGETS]), kind.loss_mask(batch, vcfg.loss)
-                )
+            if with_errors:  # the error head's BCE against the step labels: the kind's loss, over the same positions
+                err = kind.value_loss(error_logits, {**batch, "targets": batch[ERROR_TARGETS]}, vcfg.loss)
                 total = total + normalise_loss(err.total, n_items, accelerator.num_processes)
             if with_candidates:
                 cand_sum, _ = candidate_loss(cand_logits, batch)

@@ -250,10 +250,10 @@ def prepare_out(cfg: EvaluateConfig, out: Path) -> runfolder.RunFolder:
 
 
 def _load_value_model(path: str, device: str | None, options: Any = None) -> Any:
-    from ..value import is_ensemble, load_value_model
+    from ..value import is_value_checkpoint, load_value_model
 
     folder = Path(path).expanduser()
-    if folder.is_dir() and not (folder / "value_config.json").is_file() and not is_ensemble(folder):
+    if folder.is_dir() and not is_value_checkpoint(folder):
         raise ConfigError(
             f"evaluate: checkpoint {path} is not a value checkpoint (no value_config.json; "
             "train writes one to output_dir/final; prefixvalue ensemble writes ensemble.json)"

@@ -194,10 +194,7 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
         "checkpoints": names,  # each model's name -> the checkpoint folder the command received
         "dataset": "advantages.parquet",
         "check": scores,
-        "cost": {
-            n: candidate_cost(traces, cands, n in one_pass, int(getattr(m, "forward_passes", 1)))
-            for n, m in models.items()
-        },
+        "cost": {n: candidate_cost(traces, cands, n in one_pass, m.forward_passes) for n, m in models.items()},
         "consistency": {n: consistency(table, n) for n in models},
         "verdict_model": best,
         "verdict": one_pass_verdict(scores, best) if best else None,

@@ -46,10 +46,10 @@ def build_server(cfg: ServeConfig) -> RewardServer:
     if not cfg.checkpoint:
         raise ConfigError("serve: give checkpoint=DIR_OR_HUB_ID")
     from ..policies import default_device
-    from ..value import is_ensemble, load_value_model
+    from ..value import is_value_checkpoint, load_value_model
 
     folder = Path(cfg.checkpoint).expanduser()
-    if folder.is_dir() and not (folder / "value_config.json").is_file() and not is_ensemble(folder):
+    if folder.is_dir() and not is_value_checkpoint(folder):
         raise ConfigError(f"serve: {cfg.checkpoint} is not a value checkpoint (no value_config.json)")
 
     device = cfg.device or str(default_device())

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 from ..loading import LoadOptions
 from ..policies import load_causal_lm
 from .base import VALUE_MODELS, CandidateValues, ValueModel, ValueModelConfig, read_value_config, value_model_class
+from .checkpoint import CONFIG_NAME
 from .ensemble import ValueEnsemble, is_ensemble, load_ensemble
 from .head import HeadValueModel
 from .implicit import Counterfactuals, ImplicitValueModel
@@ -73,6 +74,11 @@ def build_value_model(
     return model_cls(config, backbone).to(dev)
 
 
+def is_value_checkpoint(path: str | Path) -> bool:
+    """Whether the folder `path` holds what `load_value_model` loads: a checkpoint (its config file) or an ensemble."""
+    return (Path(path) / CONFIG_NAME).is_file() or is_ensemble(path)
+
+
 def load_value_model(
     path: str | Path,
     device: str | torch.device | None = None,
@@ -108,6 +114,7 @@ __all__ = [
     "check_value_config",
     "load_value_model",
     "is_ensemble",
+    "is_value_checkpoint",
     "LossSum",
     "loss_mask",
     "margin_bce_with_logits",

@@ -175,7 +175,6 @@ class ValueEnsemble(ValueScoringAPI, nn.Module):
         self.step_format = first.step_format
         self.source: Path | None = None
         self._tokenizer: Any = None
-        self._load_options = first._load_options
         self._warned_step_format = False
 
     @property

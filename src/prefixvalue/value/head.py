@@ -210,8 +210,8 @@ class HeadValueModel(ValueModel):
             )
             hidden = self._head_hidden(out.hidden_states)
         idx = prefix_indices(prompt_lengths, tmax + 1, input_ids.shape[1])
-        h = hidden.gather(1, idx[..., None].expand(-1, -1, hidden.shape[-1]))
-        z = self.head(h.float()).squeeze(-1)
+        h = hidden.gather(1, idx[..., None].expand(-1, -1, hidden.shape[-1])).float()
+        z = self.head(h).squeeze(-1)
         normalised = None
         if self.config.policy_features:
             feats = self.policy_features(
@@ -227,7 +227,7 @@ class HeadValueModel(ValueModel):
             if error_logits:
                 raise ValueError("error_logits=True needs a model with value_model.error_head=true")
             return z
-        e = self.error_head(h.float()).squeeze(-1)
+        e = self.error_head(h).squeeze(-1)
         if self.error_features is not None:
             e = e + self.error_features(normalised).squeeze(-1)
         z = error_adjusted_logits(z, e)

@@ -9,12 +9,16 @@ import pytest
 from test_oracle_steps import _half_split, _row, _rows
 
 from prefixvalue.data import SplitRecord, is_heldout, rows_to_dataset
+from prefixvalue.data.steps import step_facts
 from prefixvalue.evaluation.analysis import error_diagnosis
 from prefixvalue.evaluation.estimators import TraceRecord
-from prefixvalue.evaluation.evaluator import step_oracle_estimators
+from prefixvalue.evaluation.evaluator import evaluate, step_oracle_estimators
 from prefixvalue.evaluation.oracle import StepOracle, kind_keys, step_kinds, training_oracles
+from prefixvalue.evaluation.report import render_markdown
+from prefixvalue.evaluation.report.prefix_metrics import error_detection_lines
 from prefixvalue.evaluation.scoring import evaluate_prefixes
 from prefixvalue.stages import evaluate as ev
+from prefixvalue.stats import auroc
 
 from test_evaluate import FakeValueModel, make_tiny_eval
 
@@ -82,6 +86,12 @@ def test_evaluate_pairs_the_learned_value_with_both_oracles(tmp_path, tiny_token
     sp = res.metrics["estimators"]["learned"]["spearman"]
     assert {"paired_vs_step_oracle", "paired_vs_operator_oracle"} <= set(sp)
     assert "operator oracle" in res.metrics["estimators"]["operator_oracle"]["description"]
+    # the one evaluator adds the error-detection diagnosis of `learned` (step labels here), and the report shows it
+    full = evaluate({"fake": FakeValueModel("unused")}, test, labels, cfg, oracle_traces=rows_to_dataset(traces))
+    d = full.metrics["error_diagnosis"]
+    assert d["estimator"] == "learned" and d == error_diagnosis(full)
+    assert "## Error detection" in render_markdown(full.metrics, {})
+    assert "error_diagnosis" not in evaluate(None, test, labels, cfg).metrics  # no value model, no diagnosis
 
 
 def test_error_diagnosis_reports_the_policy_logprob_auroc(tiny_tokenizer):
@@ -101,6 +111,18 @@ def test_error_diagnosis_reports_the_policy_logprob_auroc(tiny_tokenizer):
     pol = d["auroc_error_written_policy"]
     assert pol["logprob_min"] > 0.95  # the minimum sees the unlikely token at once
     assert 0 <= pol["logprob_sum"] <= 1
+    # the MC labels' own AUROC: what a value equal to the labels reaches, recomputed by hand here
+    cols, recs = res.prefixes, {x.trace_id: x for x in res.traces}
+    ok = [
+        not step_facts(recs[t].step_spans, recs[t].step_labels, recs[t].length)[0][int(p)]
+        for t, p in zip(cols["trace_id"], cols["position"])
+    ]
+    mc = np.asarray(cols["mc_mean"])
+    assert d["auroc_error_written_mc"] == pytest.approx(auroc(mc, np.asarray(ok, dtype=float))[0])
+    assert d["auroc_error_written_of_mc"] == pytest.approx(d["auroc_error_written"] / d["auroc_error_written_mc"])
+    section = "\n".join(error_detection_lines(d))
+    assert section.startswith("## Error detection") and "of the MC labels themselves" in section
+    assert "their minimum" in section and error_detection_lines(None) == []
     for t in res.traces:
         t.logprobs = None
     d2 = error_diagnosis(res)

@@ -238,7 +238,11 @@ def error_diagnosis(result: EvalResult, name: str = "learned") -> dict[str, Any]
       prefix without a written error ranked above every prefix with one, its own values ordering each group;
     - ``auroc_error_written_policy``: the same AUROC for features of the policy alone, read from the traces'
       sampled log-probabilities of the written tokens (their sum, their minimum): what a value model that
-      reads the policy could at least reach (null with a note when the traces carry no log-probabilities).
+      reads the policy could at least reach (null with a note when the traces carry no log-probabilities);
+    - ``auroc_error_written_mc``: the same AUROC for the MC labels themselves, what a value equal to the
+      labels would reach: prefixes that recover after a wrong step and error-free prefixes of hard prompts
+      overlap in value, so a value (not a detector) is bounded near it even where the policy's features
+      detect the error better; ``auroc_error_written_of_mc`` is the estimator's AUROC over it.
 
     None when the traces have no step labels or the estimator is missing.
     """
@@ -269,7 +273,10 @@ def error_diagnosis(result: EvalResult, name: str = "learned") -> dict[str, Any]
         "spearman_error": rho("spearman_error", x[err], y[err]),
         "spearman_with_exact_error_flag": rho("spearman_with_exact_error_flag", flagged, y),
         "mc_spearman_with_error_flag": rho("mc_spearman_with_error_flag", (~err).astype(np.float64), y),
+        "auroc_error_written_mc": auroc(y, (~err).astype(np.float64))[0],
     }
+    learned, labels = out["auroc_error_written"], out["auroc_error_written_mc"]
+    out["auroc_error_written_of_mc"] = learned / labels if learned is not None and labels else None
     feats = sampled_logprob_features(result.traces, cols)
     if feats is None:
         out["auroc_error_written_policy"] = None
@@ -398,7 +405,13 @@ def quality_verdict(
         d = diagnosis
         limits.append(
             f"error detection: the learned values separate prefixes after a wrong step from the others with AUROC "
-            f"{d['auroc_error_written']:.2f}; with an exact error flag on top of the same values Spearman would be "
+            f"{d['auroc_error_written']:.2f}"
+            + (
+                f" (the MC labels themselves: {d['auroc_error_written_mc']:.2f})"
+                if d.get("auroc_error_written_mc") is not None
+                else ""
+            )
+            + f"; with an exact error flag on top of the same values Spearman would be "
             f"{d['spearman_with_exact_error_flag']:.3f} ({d['spearman_with_exact_error_flag'] / ceiling:.2f} of the "
             f"ceiling), so even perfect error detection leaves the rest to the ranking within error-free prefixes "
             f"(Spearman {d['spearman_no_error']:.3f} there)"

@@ -9,7 +9,9 @@
 Modelled on lm-eval's ``simple_evaluate``: the models are checkpoint folders (or Hub ids) or models already
 in memory, the data are folders or loaded datasets. It loads what it is given as a path, fits the
 step-label oracle on the training prompts (docs/design.md, "The step-label oracle" and "Held-out
-discipline"), reads the MC cost and scores every estimator (`prefixvalue.evaluation.scoring`). The
+discipline"), reads the MC cost and scores every estimator (`prefixvalue.evaluation.scoring`); where the traces carry exact
+step labels, ``metrics["error_diagnosis"]`` says how well ``learned`` detects a written error, beside the
+policy's own features and the MC labels (`prefixvalue.evaluation.analysis.error_diagnosis`). The
 evaluate stage, the quickstart and ``prefixvalue distance`` all call it;
 `prefixvalue.evaluation.report.write_report` writes what it returns.
 
@@ -28,6 +30,7 @@ from ..config import ConfigError
 from ..data import labels_side, load_labels, load_split, load_traces
 from ..loading import LoadOptions
 from ..value import load_value_model
+from .analysis import error_diagnosis
 from .estimators import ESTIMATORS, Estimator, TraceRecord, value_model_estimator
 from .options import ScoringOptions
 from .oracle import has_step_labels, training_oracles
@@ -151,7 +154,7 @@ def evaluate(
     estimators.update(step_oracle_estimators(options, traces, oracle_traces))
     with torch.no_grad():
         thresholds = step_thresholds_on_validation(loaded[names[0]] if names else None, options)
-        return evaluate_prefixes(
+        result = evaluate_prefixes(
             traces,
             labels,
             options=options,
@@ -163,3 +166,7 @@ def evaluate(
             progress=progress,
             step_thresholds=thresholds,
         )
+    diagnosis = error_diagnosis(result) if names else None
+    if diagnosis is not None:  # only where the traces carry exact step labels
+        result.metrics["error_diagnosis"] = diagnosis
+    return result

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import error_diagnosis, quality_verdict
+from .analysis import quality_verdict
 from .report import rank_equivalent_groups, render_frontier_section, render_quickstart_section, write_report
 from .scoring import EvalResult
 
@@ -38,7 +38,7 @@ def loop_summary(
     first is ``learned``), the analyses (`short`, `forks`, `seeds`), the error-detection diagnosis of
     ``learned`` and the quality verdict. `extra` names the estimators evaluated beside the built-in ones,
     listed after ``learned`` in the short-prefix table."""
-    diagnosis = error_diagnosis(result)
+    diagnosis = result.metrics.get("error_diagnosis")  # the evaluator's (`evaluator.evaluate`)
     train_results = {  # each held-out evaluation during training as (step, held-out Brier): the quality verdict
         name: {**{k: v for k, v in r.items() if k != "eval_history"}, "eval_curve": _eval_curve(r)}
         for name, r in train_results.items()

@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from .format import cell
-from .prefix_metrics import data_lines, estimator_lines, position_group_lines, split_lines
+from .prefix_metrics import data_lines, error_detection_lines, estimator_lines, position_group_lines, split_lines
 from .steps import step_benchmark_lines, step_verification_lines
 
 
 def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Sequence[str] = ()) -> str:
-    """The report a reader wants first: data and saturation, the estimator table, groups, steps, cost.
+    """The report a reader wants first: data and saturation, the estimator table, groups, error detection, steps,
+    cost.
 
     `sections` (markdown, each opening with a ``## `` heading) come right after the header."""
     lines = ["# prefixvalue evaluation", ""]
@@ -26,6 +27,7 @@ def render_markdown(metrics: dict[str, Any], plots: dict[str, str], sections: Se
     lines += data_lines(metrics)
     lines += estimator_lines(metrics)
     lines += position_group_lines(metrics)
+    lines += error_detection_lines(metrics.get("error_diagnosis"))
     lines += step_verification_lines(metrics.get("step_verification") or {})
     if metrics.get("step_benchmark"):
         lines += step_benchmark_lines(metrics["step_benchmark"])

@@ -1,5 +1,6 @@
 """report.md's sections on the prefix metrics: which prompts were scored, the data and its MC labels,
-the estimator table with its notes, and the table by position group.
+the estimator table with its notes, the table by position group, and error detection (metrics.json's
+``error_diagnosis``, where the traces carry exact step labels).
 
 Estimators that rank the prefixes alike (metrics.json's ``rank_equivalent``,
 `prefixvalue.evaluation.equivalence`) share one row, labelled by the first with the others named.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...formatting import correlation_cell, interval
+from ...formatting import correlation_cell, fixed, interval
 from .format import cell
 
 
@@ -174,3 +175,32 @@ def position_group_lines(metrics: dict[str, Any]) -> list[str]:
 
 
 __all__ = ["data_lines", "estimator_lines", "position_group_lines", "shared_rows", "split_lines"]
+
+
+def error_detection_lines(d: dict[str, Any] | None) -> list[str]:
+    """The ``## Error detection`` section of metrics.json's ``error_diagnosis`` (`prefixvalue.evaluation.analysis.
+    error_diagnosis`): how well the values separate prefixes after a wrong step, beside the policy's own features
+    and the MC labels themselves; [] without one."""
+    if not d:
+        return []
+    lines = [
+        "## Error detection",
+        "",
+        f"- {d['error_written_share']:.0%} of the scored prefixes follow a wrong step. AUROC of `{d['estimator']}` for "
+        f"it {fixed(d['auroc_error_written'])}; of the MC labels themselves {fixed(d.get('auroc_error_written_mc'))} "
+        f"(what a value equal to the labels reaches: `{d['estimator']}` is at "
+        f"{fixed(d.get('auroc_error_written_of_mc'), 2)} of it)",
+        f"- Spearman of `{d['estimator']}` with MC within error-free prefixes {fixed(d['spearman_no_error'])}, within "
+        f"the others {fixed(d['spearman_error'])}; with an exact error flag above the same values "
+        f"{fixed(d['spearman_with_exact_error_flag'])} (the flag alone: {fixed(d['mc_spearman_with_error_flag'])})",
+    ]
+    pol = d.get("auroc_error_written_policy")
+    if pol:
+        lines.append(
+            "- the policy's own log-probabilities of the written tokens, alone, detect it with AUROC "
+            f"{fixed(pol.get('logprob_sum'))} (their sum) and {fixed(pol.get('logprob_min'))} (their minimum): a "
+            "detector, not a value, so it may stand above the labels' own AUROC"
+        )
+    elif d.get("auroc_error_written_policy_note"):
+        lines.append(f"- the policy's own features: {d['auroc_error_written_policy_note']}")
+    return [*lines, ""]

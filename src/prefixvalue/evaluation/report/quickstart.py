@@ -208,21 +208,8 @@ def _recipes_lines(q: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
                     else ""
                 )
             )
-    d = q.get("diagnosis")
-    if d:
-        lines += [
-            f"- error detection ({d['estimator']}): {d['error_written_share']:.0%} of held-out prefixes follow a wrong "
-            f"step; AUROC of the values for it {fixed(d['auroc_error_written'])}; Spearman within error-free prefixes "
-            f"{fixed(d['spearman_no_error'])}, within the others {fixed(d['spearman_error'])}; with an exact error "
-            f"flag above the same values {fixed(d['spearman_with_exact_error_flag'])} (the flag alone: "
-            f"{fixed(d['mc_spearman_with_error_flag'])})",
-        ]
-        pol = d.get("auroc_error_written_policy")
-        if pol:
-            lines.append(
-                "- the policy's own log-probabilities of the written tokens, alone, detect it with AUROC "
-                f"{fixed(pol.get('logprob_sum'))} (their sum) and {fixed(pol.get('logprob_min'))} (their minimum)"
-            )
+    if q.get("diagnosis"):
+        lines.append('- error detection: the report\'s "Error detection" section')
     return lines + [""]
 
 

@@ -52,6 +52,16 @@ def test_registered_and_reads_fields_ids_and_template() -> None:
     assert [p.text for p in task.prompts(split="test")] == [p.text for p in prompts]
 
 
+def test_solution_field_goes_into_prompt_meta(simple: Path) -> None:
+    rows = [{"prompt": "1+1=", "answer": "2", "worked": "1+1=2;A:2"}]
+    task = JsonlTask(path=str(write_jsonl(simple.parent / "worked.jsonl", rows)), solution_field="worked")
+    (prompt,) = task.prompts()
+    assert prompt.meta["solution"] == "1+1=2;A:2"  # what train's signal=reference reads
+    assert "solution" not in next(iter(JsonlTask(path=str(simple)).prompts())).meta
+    with pytest.raises(JsonlFormatError, match="missing field 'worked'"):
+        list(JsonlTask(path=str(simple), solution_field="worked").prompts())
+
+
 def test_default_ids_are_file_stem_and_line_and_stable() -> None:
     a = [p.prompt_id for p in JsonlTask(path=str(ASSETS / "jsonl_choice.jsonl"), verifier="choice").prompts()]
     b = [p.prompt_id for p in JsonlTask(path=str(ASSETS / "jsonl_choice.jsonl"), verifier="choice").prompts()]
@@ -165,6 +175,7 @@ def test_config_from_command_line_and_help() -> None:
         "prompt_field",
         "answer_field",
         "id_field",
+        "solution_field",
         "verifier",
         "verifier_options",
         "template",

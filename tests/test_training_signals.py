@@ -11,12 +11,14 @@ label read at the wrong position) would converge somewhere else.
 from __future__ import annotations
 
 import functools
+import json
 import random
 
 import numpy as np
 import pytest
 import torch
 from test_mc import TABLE, markov_gpt2
+from transformers import AutoModelForCausalLM
 
 from prefixvalue import training as train_stage
 from prefixvalue.config import ConfigError, parse_config
@@ -29,7 +31,13 @@ from prefixvalue.tasks.base import Prompt, Task, VerifierResult
 from prefixvalue.tokenizer import build_char_tokenizer
 from prefixvalue.value import load_value_model
 from prefixvalue.value.signals import SIGNALS, build_signal
-from prefixvalue.value.targets import sibling_targets, td_lambda_targets
+from prefixvalue.value.targets import (
+    attach_reference_targets,
+    reference_path_values,
+    reference_solutions,
+    sibling_targets,
+    td_lambda_targets,
+)
 
 from test_value_fixtures import _rows
 
@@ -192,8 +200,8 @@ def test_td_targets_are_lambda_returns():
 def test_signals_are_a_registry():
     """`signal` names a class of SIGNALS: the config takes its keys only, and each signal's per-step targets
     (TD keeps MC labels where given), record and words on the model card come from its class."""
-    assert list(SIGNALS) == ["outcome", "siblings", "td"]
-    with pytest.raises(ConfigError, match="outcome, siblings, td"):
+    assert list(SIGNALS) == ["outcome", "siblings", "td", "reference"]
+    with pytest.raises(ConfigError, match="outcome, siblings, td, reference"):
         train_stage.TrainConfig(traces="x", signal="nope")
     with pytest.raises(ConfigError, match="labels_only"):
         train_stage.TrainConfig(traces="x", labels="y", labels_only=True, signal="siblings")
@@ -327,3 +335,78 @@ def test_step_oracle_facts_and_group_means():
     assert oracle.predict(rec).tolist() == pytest.approx([1 / 3, 1 / 3, 0.0])
     with pytest.raises(ValueError, match="step_labels"):
         StepOracle.fit([{"completion_ids": [1], "outcome": 1.0, "step_spans": [], "step_labels": None}])
+
+
+# ----------------------------------------------------------------------------------- signal=reference
+REFERENCE = "ab"  # the "reference solution" of both toy prompts: its path is a, b, then the end of text
+
+
+def _ref_probs(prompt: str, ref: str) -> list[float]:
+    """Π_{t≥p} TABLE of the reference's rest, p = 0..len(ref)+1 (end of text included): the exact answer."""
+    steps = list(ref) + ["<eos>"]
+    lasts = [prompt[-1], *ref]
+    probs = [TABLE[last][nxt] for last, nxt in zip(lasts, steps)]
+    return [float(np.prod(probs[p:])) for p in range(len(probs) + 1)]
+
+
+def test_reference_path_values_are_the_policys_probability_of_the_rest(toy):
+    tok, policy_dir, _, _ = toy
+    model = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
+    ref = tok.encode(REFERENCE) + [tok.eos_token_id]
+    keys = {p: tuple(tok.encode(p)) for p in PROMPTS}
+    got = reference_path_values(model, {keys[p]: ref for p in PROMPTS}, batch_size=1)
+    for p in PROMPTS:
+        np.testing.assert_allclose(got[keys[p]], _ref_probs(p, REFERENCE), rtol=1e-4)
+    # at temperature 2 every factor is the renormalised square root of the table's row
+    hot = reference_path_values(model, {keys["b"]: ref}, temperature=2.0)[keys["b"]]
+    row = {last: {k: v**0.5 / sum(x**0.5 for x in r.values()) for k, v in r.items()} for last, r in TABLE.items()}
+    want = row["b"]["a"] * row["a"]["b"] * row["b"]["<eos>"]
+    assert hot[0] == pytest.approx(want, rel=1e-4) and hot[-1] == 1.0
+
+
+def test_reference_targets_on_the_path_and_siblings_off_it(toy):
+    tok, _, _, rows = toy
+    eos = tok.eos_token_id
+    mk = lambda text, done=True: tok.encode(text) + ([eos] if done else [])  # noqa: E731
+    picked = [
+        {**rows[0], "completion_ids": mk("ab"), "outcome": 0.0},  # the whole reference: on the path throughout
+        {**rows[0], "completion_ids": mk("aa"), "outcome": 1.0},  # leaves it after one token
+        {**rows[0], "completion_ids": mk("b"), "outcome": 0.0},  # leaves it at once
+    ]
+    ds = rows_to_dataset([{**r, "prompt_meta": json.dumps({"solution": REFERENCE})} for r in picked])
+    refs = reference_solutions(ds, tok)
+    key = tuple(rows[0]["prompt_ids"])
+    assert refs == {key: mk(REFERENCE)}  # the traces end with EOS, so the reference path does too
+    values = {key: np.array(_ref_probs(rows[0]["prompt"], REFERENCE))}
+    out, found = attach_reference_targets(ds, refs, values)
+    sib, _ = sibling_targets(ds["prompt_ids"], ds["completion_ids"], ds["outcome"])
+    t = out["prefix_targets"]
+    v = values[key]
+    np.testing.assert_allclose(t[0], v, rtol=1e-6)  # every prefix of the reference itself
+    np.testing.assert_allclose(t[1], [v[0], v[1], sib[1][2], sib[1][3]], rtol=1e-6)
+    np.testing.assert_allclose(t[2], [v[0], sib[2][1], sib[2][2]], rtol=1e-6)
+    assert found["prompts_with_reference"] == 1 and found["on_path_share"] == pytest.approx(7 / 11)
+    # an MC label wins where given
+    labelled = ds.remove_columns("prefix_targets") if "prefix_targets" in ds.column_names else ds
+    labelled = labelled.add_column("prefix_targets", [[0.5, None, None, None], [None] * 4, [None] * 3])
+    assert attach_reference_targets(labelled, refs, values)[0]["prefix_targets"][0][0] == 0.5
+
+
+def test_reference_signal_trains_and_refuses_what_it_cannot_read(toy, tmp_path):
+    tok, policy, _, rows = toy
+    with_ref = tmp_path / "traces_ref"
+    rows_to_dataset([{**r, "prompt_meta": json.dumps({"solution": REFERENCE})} for r in rows]).save_to_disk(with_ref)
+    result = _train((tok, policy, with_ref, rows), tmp_path / "ref", signal="reference", max_steps=5)
+    rec = result["training_signal"]
+    assert rec["signal"] == "reference" and rec["temperature"] == 1.0
+    assert rec["reference"]["prompts_with_reference"] == 2 and 0 < rec["reference"]["on_path_share"] < 1
+    assert "reference" in SIGNALS["reference"].describe(rec)
+    with pytest.raises(ConfigError, match="no training trace's prompt_meta has a 'solution'"):
+        _train(toy, tmp_path / "none", signal="reference", max_steps=5)
+    nucleus = tmp_path / "traces_top_p"
+    sampling = json.dumps({"temperature": 1.0, "top_k": 0, "top_p": 0.9})
+    rows_to_dataset(
+        [{**r, "prompt_meta": json.dumps({"solution": REFERENCE}), "sampling": sampling} for r in rows]
+    ).save_to_disk(nucleus)
+    with pytest.raises(ConfigError, match="top_p=0.9"):
+        _train((tok, policy, nucleus, rows), tmp_path / "top_p", signal="reference", max_steps=5)

@@ -10,7 +10,7 @@ in process. `_train` reads top to bottom, one named phase a line:
 `_load_data` (traces, split by prompt, the signal's targets) → `_build_model` (value model, optimiser,
 schedule, accelerator.prepare) → `_resume` → `_prepare_loader` → `_start_logging` → `_loop` ([forward,
 loss, backward] × accumulation, clip, step, schedule, log, evaluate, checkpoint) → `_final_record` →
-`_shutdown`. The training signal (outcome, siblings, td) is an object of `prefixvalue.value.signals`;
+`_shutdown`. The training signal (outcome, siblings, td, reference) is an object of `prefixvalue.value.signals`;
 what differs between value-model kinds is on their classes. The final value checkpoint (a
 `save_pretrained` folder) is ``out/final``; resumable states are ``out/checkpoints/step_N``. A killed run
 restarted with the same command resumes from the last complete checkpoint and ends where an
@@ -63,7 +63,7 @@ from .data.candidates import (
 )
 from .data.collate import ERROR_TARGETS, ResumableSampler, ValueCollator, attach_prefix_labels
 from .loading import LoadOptions, ModelLoadConfig, traces_policy
-from .policies import check_vocabulary, load_causal_lm, load_tokenizer
+from .policies import check_vocabulary, load_causal_lm, load_policy, load_tokenizer
 from .prompting import PROMPT_FORMAT_FILE, STEP_FORMAT_FILE, PromptFormat, StepFormat, traces_prompt_format
 from .tasks import build_task, task_class, task_options
 from .tracking import (
@@ -116,7 +116,8 @@ class TrainConfig(ModelLoadConfig):
         "outcome",
         help="target of prefixes without an MC label, a key of prefixvalue.value.signals.SIGNALS: outcome (the "
         "trace's), siblings (mean outcome of the prompt's traces through the prefix), td (λ-return of the model's "
-        "own later predictions)",
+        "own later predictions), reference (on the path of the prompt's reference solution the policy's probability "
+        "of writing the rest of it, siblings elsewhere)",
     )
     td_lambda: float = field(0.8, help="signal=td: λ of the λ-return (1 = outcome only, 0 = TD(0))")
     policy: str | None = field(
@@ -541,7 +542,10 @@ def _load_data(cfg: TrainConfig, is_main: bool) -> _Data:
         if len(train_ds) == 0:
             raise ConfigError("labels_only=true but no training trace has an MC label (label with prompts=train)")
     signal = build_signal(cfg.signal, td_lambda=cfg.td_lambda)
-    train_ds, signal_info = signal.attach(train_ds)  # held-out outcomes never enter a target
+    # held-out outcomes never enter a target; a signal that reads the policy loads it here (and frees it)
+    train_ds, signal_info = signal.attach(
+        train_ds, lambda: (load_policy(policy, cfg.model_dtype, None, load, tokenizer)[0], tokenizer)
+    )
     if cfg.value_model.error_head:  # the error head's targets: the training traces' own step labels
         try:
             train_ds, errors = attach_error_targets(train_ds)

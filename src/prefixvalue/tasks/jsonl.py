@@ -61,6 +61,11 @@ class JsonlConfig:
     prompt_field: str = field("prompt", help="field holding the prompt text")
     answer_field: str = field("answer", help="field holding the reference answer (string or number)")
     id_field: str | None = field(None, help="field holding a unique prompt id (default: '{file stem}-{line}')")
+    solution_field: str | None = field(
+        None,
+        help="field holding a reference solution, the completion a right answer would be, kept in each trace's "
+        "prompt_meta as 'solution' (train's signal=reference reads it)",
+    )
     template: str = field(
         "{prompt}",
         help="prompt template; {prompt} is the prompt field, other {names} are fields of the same record",
@@ -185,6 +190,7 @@ class JsonlTask(Task):
             raise JsonlFormatError(f"{where}: expected a JSON object, got {type(record).__name__} {short_text(record)}")
         values: dict[str, str] = {}
         needed = [c.prompt_field, c.answer_field] + ([c.id_field] if c.id_field else [])
+        needed += [c.solution_field] if c.solution_field else []
         needed += [f for f in self._fields if f != "prompt"]
         for key in dict.fromkeys(needed):
             if key not in record:
@@ -200,6 +206,8 @@ class JsonlTask(Task):
         fmt["prompt"] = values[c.prompt_field]
         text = c.template.format_map(fmt)
         prompt_id = values[c.id_field].strip() if c.id_field else default_id
+        if c.solution_field:  # the reference solution, as the task's own prompts carry it (e.g. arith's)
+            meta = {**meta, "solution": values[c.solution_field]}
         return Prompt(prompt_id=prompt_id, text=text, answer=values[c.answer_field], meta=meta)
 
     def _check_ids(self, prompts: list[Prompt], wheres: list[str]) -> None:

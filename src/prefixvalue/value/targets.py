@@ -6,6 +6,10 @@ the formulas; which signal uses which, and when, is `prefixvalue.value.signals` 
   through it (`sibling_targets`), a soft label with a known count, free from the traces alone.
 - ``td``: every prefix is trained towards the λ-return built from the model's own stop-gradient
   predictions later along the trace and the outcome at its end (`td_lambda_targets`).
+- ``reference``: on the path of the prompt's reference solution (the trace has written exactly its first p
+  tokens), the probability that the policy writes the rest of it, Π_{t≥p} π(g_t | s ⊕ g_<t)
+  (`reference_path_values`, one forward pass per training prompt); off that path the sibling label
+  (`attach_reference_targets`).
 - soft Monte Carlo labels (``labels=DIR`` of `prefixvalue train`) replace any of these where they exist.
 
 All targets are float32 probabilities in [0, 1], end to end: nothing is rounded to a class.
@@ -13,7 +17,9 @@ All targets are float32 probabilities in [0, 1], end to end: nothing is rounded 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import datasets
 import numpy as np
@@ -83,6 +89,116 @@ def attach_sibling_targets(ds: datasets.Dataset) -> tuple[datasets.Dataset, dict
     ds = ds.flatten_indices(keep_in_memory=True)
     ds = ds.add_column(PREFIX_TARGETS, merged, feature=datasets.List(datasets.Value("float32")))
     return ds, counts_summary(counts)
+
+
+#: the key of a trace's ``prompt_meta`` (JSON) holding the prompt's reference solution: the completion text the
+#: policy would write when right (task=arith writes it; a jsonl task with ``solution_field``)
+SOLUTION_KEY = "solution"
+
+
+def reference_solutions(ds: datasets.Dataset, tokenizer: Any) -> dict[tuple[int, ...], list[int]]:
+    """Each prompt's reference completion as token ids, keyed by the prompt's token ids: the ``solution`` of its
+    traces' ``prompt_meta`` tokenized without special tokens, followed by the EOS token when the traces end their
+    completions with it (so the path ends where a finished trace ends). Prompts without one are left out."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    ends_eos = eos is not None and any(c and c[-1] == eos for c in ds["completion_ids"])
+    out: dict[tuple[int, ...], list[int]] = {}
+    metas = ds["prompt_meta"] if "prompt_meta" in ds.column_names else [None] * len(ds)
+    for prompt, meta in zip(ds["prompt_ids"], metas):
+        key = tuple(int(t) for t in prompt)
+        if key in out or not meta:
+            continue
+        solution = json.loads(meta).get(SOLUTION_KEY)
+        if isinstance(solution, str) and solution:
+            ids = list(tokenizer(solution, add_special_tokens=False)["input_ids"])
+            out[key] = ids + ([eos] if ends_eos else [])
+    return out
+
+
+@torch.no_grad()
+def reference_path_values(
+    policy: Any, references: Mapping[tuple[int, ...], Sequence[int]], temperature: float = 1.0, batch_size: int = 16
+) -> dict[tuple[int, ...], np.ndarray]:
+    """V_ref(p) = Π_{t≥p} π(g_t | prompt ⊕ g_<t), p = 0..len(g), for each prompt (token ids) and its reference
+    completion g: the probability that the policy, sampling at `temperature` from the prefix that has written g's
+    first p tokens, writes the rest of g exactly (1.0 at p = len(g)). One forward pass over prompt ⊕ g per prompt,
+    right-padded batches of `batch_size` on the policy's device; float64 arrays of length len(g) + 1. A lower bound
+    of the value there: other correct completions add to it."""
+    device = next(policy.parameters()).device
+    items = list(references.items())
+    out: dict[tuple[int, ...], np.ndarray] = {}
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        seqs = [list(p) + list(g) for p, g in chunk]
+        width = max(len(x) for x in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for j, x in enumerate(seqs):
+            ids[j, : len(x)] = torch.tensor(x)
+            mask[j, : len(x)] = 1
+        logits = policy(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float()
+        logp = torch.log_softmax(logits / temperature, dim=-1).cpu()
+        for j, (prompt, g) in enumerate(chunk):
+            n, m = len(prompt), len(g)
+            lp = logp[j, n - 1 : n + m - 1].gather(1, torch.tensor(list(g))[:, None]).squeeze(1).double().numpy()
+            suffix = np.concatenate([np.cumsum(lp[::-1])[::-1], [0.0]])  # suffix[p] = Σ_{t≥p} log π(g_t | …)
+            out[prompt] = np.exp(suffix)
+    return out
+
+
+def attach_reference_targets(
+    ds: datasets.Dataset,
+    references: Mapping[tuple[int, ...], Sequence[int]],
+    values: Mapping[tuple[int, ...], np.ndarray],
+) -> tuple[datasets.Dataset, dict[str, float]]:
+    """`ds` (training traces) with ``prefix_targets``: at each position p where the trace has written exactly the
+    first p tokens of its prompt's reference completion (`references`), the reference-path value `values`[prompt][p]
+    (`reference_path_values`); elsewhere the sibling label (`sibling_targets`); MC labels, when attached, win.
+    Returns it and what was found: prompts with a reference, the share of positions on a reference path and the
+    mean target there."""
+    means, _ = sibling_targets(ds["prompt_ids"], ds["completion_ids"], ds["outcome"])
+    given = ds[PREFIX_TARGETS] if PREFIX_TARGETS in ds.column_names else [None] * len(ds)
+    merged, on_path, on_sum = [], 0, 0.0
+    for prompt, comp, row, g in zip(ds["prompt_ids"], ds["completion_ids"], means, given):
+        key = tuple(int(t) for t in prompt)
+        ref, v = references.get(key), values.get(key)
+        m = -1  # the longest on-path prefix: completion[:m] == reference[:m]
+        if ref is not None and v is not None:
+            m = 0
+            while m < min(len(comp), len(ref)) and int(comp[m]) == int(ref[m]):
+                m += 1
+        targets = []
+        for p, sib in enumerate(row):
+            if g is not None and g[p] is not None and g[p] == g[p]:
+                targets.append(g[p])
+            elif p <= m:
+                targets.append(float(v[p]))
+                on_path, on_sum = on_path + 1, on_sum + float(v[p])
+            else:
+                targets.append(sib)
+        merged.append(targets)
+    if PREFIX_TARGETS in ds.column_names:
+        ds = ds.remove_columns(PREFIX_TARGETS)
+    ds = ds.flatten_indices(keep_in_memory=True)  # in memory, as attach_sibling_targets says why
+    ds = ds.add_column(PREFIX_TARGETS, merged, feature=datasets.List(datasets.Value("float32")))
+    n = sum(len(r) for r in merged)
+    return ds, {
+        "prompts_with_reference": len(references),
+        "on_path_share": on_path / max(n, 1),
+        "on_path_mean_target": on_sum / on_path if on_path else None,
+    }
+
+
+def sampling_temperature(ds: datasets.Dataset) -> tuple[float, str | None]:
+    """The traces' sampling temperature (column ``sampling``, default 1.0) and, when they truncated the
+    distribution (top_k > 0 or top_p < 1), why a reference-path value under the full distribution does not hold."""
+    base = json.loads(ds[0]["sampling"]) if "sampling" in ds.column_names and len(ds) and ds[0]["sampling"] else {}
+    temperature = float(base.get("temperature", 1.0))
+    top_k, top_p = int(base.get("top_k") or 0), float(base.get("top_p", 1.0))
+    if temperature <= 0:
+        return temperature, "the traces were decoded greedily (temperature 0)"
+    why = f"the traces were sampled with top_k={top_k}, top_p={top_p}" if top_k > 0 or top_p < 1.0 else None
+    return temperature, why
 
 
 def attach_error_targets(ds: datasets.Dataset) -> tuple[datasets.Dataset, dict[str, float]]:

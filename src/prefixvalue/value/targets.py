@@ -77,18 +77,28 @@ def attach_sibling_targets(ds: datasets.Dataset) -> tuple[datasets.Dataset, dict
     """`ds` (training traces) with ``prefix_targets`` holding the sibling label at every position where no MC
     label is given (MC labels, when attached, win); returns it and `counts_summary` of the sharing found."""
     means, counts = sibling_targets(ds["prompt_ids"], ds["completion_ids"], ds["outcome"])
-    given = ds[PREFIX_TARGETS] if PREFIX_TARGETS in ds.column_names else [None] * len(ds)
-    merged = [
-        [m if g is None or g[p] is None or g[p] != g[p] else g[p] for p, m in enumerate(row)]
-        for row, g in zip(means, given)
-    ]
-    if PREFIX_TARGETS in ds.column_names:
-        ds = ds.remove_columns(PREFIX_TARGETS)
+    merged = [[m if _unlabelled(g, p) else g[p] for p, m in enumerate(row)] for row, g in zip(means, _given_labels(ds))]
+    return _with_column(ds, PREFIX_TARGETS, merged), counts_summary(counts)
+
+
+def _given_labels(ds: datasets.Dataset) -> list[Any]:
+    """Each trace's MC labels as attached (``prefix_targets``: a float or None per position), or None per trace."""
+    return ds[PREFIX_TARGETS] if PREFIX_TARGETS in ds.column_names else [None] * len(ds)
+
+
+def _unlabelled(given: Any, p: int) -> bool:
+    """Whether position `p` of a trace with attached labels `given` has no MC label (None or NaN)."""
+    return given is None or given[p] is None or given[p] != given[p]
+
+
+def _with_column(ds: datasets.Dataset, name: str, rows: list[list[float]]) -> datasets.Dataset:
+    """`ds` with float32 list column `name` set to `rows` (replacing one of that name)."""
+    if name in ds.column_names:
+        ds = ds.remove_columns(name)
     # in memory: a selection of a traces folder would otherwise write its flattened copy into that folder (a cache
     # file the folder's run did not write, which a rerun of the collect refuses)
     ds = ds.flatten_indices(keep_in_memory=True)
-    ds = ds.add_column(PREFIX_TARGETS, merged, feature=datasets.List(datasets.Value("float32")))
-    return ds, counts_summary(counts)
+    return ds.add_column(name, rows, feature=datasets.List(datasets.Value("float32")))
 
 
 #: the key of a trace's ``prompt_meta`` (JSON) holding the prompt's reference solution: the completion text the
@@ -157,9 +167,8 @@ def attach_reference_targets(
     Returns it and what was found: prompts with a reference, the share of positions on a reference path and the
     mean target there."""
     means, _ = sibling_targets(ds["prompt_ids"], ds["completion_ids"], ds["outcome"])
-    given = ds[PREFIX_TARGETS] if PREFIX_TARGETS in ds.column_names else [None] * len(ds)
     merged, on_path, on_sum = [], 0, 0.0
-    for prompt, comp, row, g in zip(ds["prompt_ids"], ds["completion_ids"], means, given):
+    for prompt, comp, row, g in zip(ds["prompt_ids"], ds["completion_ids"], means, _given_labels(ds)):
         key = tuple(int(t) for t in prompt)
         ref, v = references.get(key), values.get(key)
         m = -1  # the longest on-path prefix: completion[:m] == reference[:m]
@@ -169,7 +178,7 @@ def attach_reference_targets(
                 m += 1
         targets = []
         for p, sib in enumerate(row):
-            if g is not None and g[p] is not None and g[p] == g[p]:
+            if not _unlabelled(g, p):
                 targets.append(g[p])
             elif p <= m:
                 targets.append(float(v[p]))
@@ -177,12 +186,8 @@ def attach_reference_targets(
             else:
                 targets.append(sib)
         merged.append(targets)
-    if PREFIX_TARGETS in ds.column_names:
-        ds = ds.remove_columns(PREFIX_TARGETS)
-    ds = ds.flatten_indices(keep_in_memory=True)  # in memory, as attach_sibling_targets says why
-    ds = ds.add_column(PREFIX_TARGETS, merged, feature=datasets.List(datasets.Value("float32")))
     n = sum(len(r) for r in merged)
-    return ds, {
+    return _with_column(ds, PREFIX_TARGETS, merged), {
         "prompts_with_reference": len(references),
         "on_path_share": on_path / max(n, 1),
         "on_path_mean_target": on_sum / on_path if on_path else None,
@@ -216,12 +221,11 @@ def attach_error_targets(ds: datasets.Dataset) -> tuple[datasets.Dataset, dict[s
         step_facts(r["step_spans"] or [], r["step_labels"], len(r["completion_ids"]))[0].astype(float).tolist()
         for r in rows
     ]
-    if ERROR_TARGETS in ds.column_names:
-        ds = ds.remove_columns(ERROR_TARGETS)
-    ds = ds.flatten_indices(keep_in_memory=True)  # in memory, as attach_sibling_targets says why
-    ds = ds.add_column(ERROR_TARGETS, flags, feature=datasets.List(datasets.Value("float32")))
     n = sum(len(f) for f in flags)
-    return ds, {"positions": n, "error_share": sum(sum(f) for f in flags) / max(n, 1)}
+    return _with_column(ds, ERROR_TARGETS, flags), {
+        "positions": n,
+        "error_share": sum(sum(f) for f in flags) / max(n, 1),
+    }
 
 
 @torch.no_grad()

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prefixvalue.evaluation.advantages import render_advantages_section, score_check, sign_scores
+from prefixvalue.evaluation.advantages import clear_sign, render_advantages_section, score_check, sign_scores
+from prefixvalue.stats import wilson_interval
 
 
 def _check(n_prompts: int = 20, per_prompt: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
@@ -121,3 +122,28 @@ def test_report_shows_the_base_rate_beside_every_agreement_and_names_checkpoints
     assert f"{head_cf['n']} ({head_cf['n_positive']}/{head_cf['n_negative']})" in row
     assert "0.90" in row and "(negative)" in row and "| 0.50" in row
     assert "balanced accuracy" in md and "base rate" in md
+
+
+def test_clear_sign_counts_the_prefix_estimates_noise_too():
+    """A candidate's Wilson interval can exclude the prefix's *point* estimate while the two estimates, both from
+    32 continuations, do not differ clearly: Newcombe's interval of the difference decides (docs/design.md,
+    "Counterfactual token advantages"). An EOS candidate (n = 0, exact) is clear against a far prefix."""
+    n = 32
+    cand = np.array([24.0, 32.0, 0.0])  # successes: 0.75, 1.0, and an EOS candidate scored 0 exactly
+    pref = np.array([18.0, 10.0, 16.0])  # 0.5625, 0.3125, 0.5
+    lo, hi = zip(*(wilson_interval(k, n) for k in cand[:2]))
+    plo, phi = zip(*(wilson_interval(k, n) for k in pref))
+    check = {
+        "mc_mean": cand / n,
+        "mc_ci_low": np.array([*lo, 0.0]),
+        "mc_ci_high": np.array([*hi, 0.0]),
+        "mc_prefix": pref / n,
+        "mc_prefix_ci_low": np.array(plo),
+        "mc_prefix_ci_high": np.array(phi),
+    }
+    assert check["mc_ci_low"][0] > check["mc_prefix"][0]  # the point rule would call the first one clear
+    clear, rule = clear_sign(check)
+    assert clear.tolist() == [False, True, True] and "Newcombe" in rule
+    old = {k: v for k, v in check.items() if not k.startswith("mc_prefix_ci")}
+    clear_old, rule_old = clear_sign(old)  # a check written without the prefix's interval: the point rule
+    assert clear_old.tolist() == [True, True, True] and "prefix's mean" in rule_old

@@ -34,6 +34,7 @@ from prefixvalue.evaluation.advantages import (
     candidate_cost,
     candidate_table,
     choose_check_prefixes,
+    clear_sign,
     forks_from_labels,
     implicit_candidate_values,
     mc_check,
@@ -44,6 +45,7 @@ from prefixvalue.evaluation.advantages import (
 from prefixvalue.sampling.hf import HFSampler
 from prefixvalue.sampling.mc import MCLabeller, TraceRef
 from prefixvalue.sampling.sampler import SamplingParams
+from prefixvalue.stats import wilson_interval
 from prefixvalue.tasks import ArithTask, Prompt
 from prefixvalue.tokenizer import build_char_tokenizer
 from prefixvalue.value import ValueModelConfig, build_value_model
@@ -116,6 +118,10 @@ def test_counterfactual_token_values_match_exact_values(toy):
         else:
             assert _covers(mean, n, prefix_value("b", written + text[int(y)])), (p, y, mean)
         assert _covers(prefix, SAMPLES, prefix_value("b", written))
+    # the prefix's own Wilson interval is kept, so a clear sign counts both estimates' noise (`clear_sign`)
+    for prefix, lo, hi in zip(check["mc_prefix"], check["mc_prefix_ci_low"], check["mc_prefix_ci_high"]):
+        assert (lo, hi) == pytest.approx(wilson_interval(prefix * SAMPLES, SAMPLES))
+    assert "Newcombe" in clear_sign(check)[1]
     assert check["fork"].sum() == 4  # the fork's four candidates
     # the probabilities in the dataset are the chain's transitions
     row = (table["position"] == 1) & (table["token_id"] == tok.convert_tokens_to_ids("x"))

@@ -294,7 +294,8 @@ def mc_check(
     """Monte Carlo Ẑ of every chosen prefix s_p and of each of its candidates s_p ⊕ y' (`samples`
     continuations each; an EOS candidate ends the completion, so its value is the verifier's score of it).
     Returns the rows of `table` for the chosen prefixes, with ``mc_mean``, ``mc_ci_low``, ``mc_ci_high``,
-    ``mc_n``, ``mc_successes``, ``mc_prefix`` (Ẑ(s_p)), ``mc_advantage`` and ``fork``."""
+    ``mc_n``, ``mc_successes``, ``mc_prefix`` (Ẑ(s_p)) with its Wilson CI (``mc_prefix_ci_low``,
+    ``mc_prefix_ci_high``), ``mc_advantage`` and ``fork``."""
     rows = {(traces[i].trace_id, p): f for i, p, f in chosen}
     key = list(zip(table["trace_id"].tolist(), table["position"].tolist()))
     sel = np.array([k in rows for k in key], dtype=bool)
@@ -323,10 +324,35 @@ def mc_check(
         j = pos_of[r]
         mean[j], lo[j], hi[j], n[j], succ[j] = e.mean, e.ci_low, e.ci_high, e.n, e.successes
     out["mc_mean"], out["mc_ci_low"], out["mc_ci_high"], out["mc_n"], out["mc_successes"] = mean, lo, hi, n, succ
-    out["mc_prefix"] = np.array([prefix_mc[(t, int(p))].mean for t, p in zip(out["trace_id"], out["position"])])
+    at = [prefix_mc[(t, int(p))] for t, p in zip(out["trace_id"], out["position"])]
+    out["mc_prefix"] = np.array([e.mean for e in at])
+    out["mc_prefix_ci_low"], out["mc_prefix_ci_high"] = (
+        np.array([e.ci_low for e in at]),
+        np.array([e.ci_high for e in at]),
+    )
     out["mc_advantage"] = out["mc_mean"] - out["mc_prefix"]
     out["fork"] = np.array([rows[(t, int(p))] for t, p in zip(out["trace_id"], out["position"])], dtype=bool)
     return out
+
+
+#: the clear-sign rule of a check written without the prefix's interval (`clear_sign`)
+POINT_RULE = "the candidate's interval excludes the prefix's mean"
+
+
+def clear_sign(check: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+    """Which candidates of `check` have a clear MC sign, and the rule used. With the prefix's own interval
+    (``mc_prefix_ci_low``/``_high``), Newcombe's interval for the difference of the two MC means (hybrid Wilson
+    score, both estimates' noise counted) must exclude 0; a check written without it falls back to the candidate's
+    Wilson interval excluding the prefix's point estimate, which counts the prefix's noise as signal."""
+    pc, ps = check["mc_mean"], check["mc_prefix"]
+    if "mc_prefix_ci_low" not in check:
+        return (check["mc_ci_low"] > ps) | (
+            check["mc_ci_high"] < ps
+        ), "the candidate's interval excludes the prefix's mean"
+    d = pc - ps
+    low = d - np.sqrt((pc - check["mc_ci_low"]) ** 2 + (check["mc_prefix_ci_high"] - ps) ** 2)
+    high = d + np.sqrt((check["mc_ci_high"] - pc) ** 2 + (ps - check["mc_prefix_ci_low"]) ** 2)
+    return (low > 0) | (high < 0), "Newcombe interval of the difference excludes 0"
 
 
 def sign_scores(
@@ -459,15 +485,15 @@ def score_check(
     candidates and non-constant values; bootstrap CI over prefixes), calibration of the counterfactual
     candidates' values against their MC means (Brier against the MC mean, ECE), pooled Spearman of
     values over counterfactual and over sampled candidates (cluster bootstrap by prefix), and the sign of the
-    advantage against the MC advantage over candidates whose MC value's Wilson CI excludes Ẑ(s_p)
-    (`sign_scores`: agreement beside the majority-sign base rate, balanced accuracy and AUROC; bootstrap over
-    prompts, over prefixes when `check` has no ``prompt_id``). Each model's entry names its ``checkpoint``
+    advantage against the MC advantage over candidates with a clear MC sign (`clear_sign`; `sign_scores`:
+    agreement beside the majority-sign base rate, balanced accuracy and AUROC; bootstrap over prompts, over
+    prefixes when `check` has no ``prompt_id``). Each model's entry names its ``checkpoint``
     and ``kind`` (from `checkpoints` and `kinds`, None when not given)."""
     pid = check["prefix_id"]
     groups = [np.flatnonzero(pid == g) for g in np.unique(pid)]
     sampled = check["sampled"].astype(bool)
     mc = check["mc_mean"]
-    clear = (check["mc_ci_low"] > check["mc_prefix"]) | (check["mc_ci_high"] < check["mc_prefix"])
+    clear, rule = clear_sign(check)
     sign_unit = "prompt" if "prompt_id" in check else "prefix"
     sign_groups = np.asarray(check["prompt_id"] if "prompt_id" in check else pid)
     out: dict[str, Any] = {
@@ -475,7 +501,11 @@ def score_check(
         "n_forks": int(len({p for p, f in zip(pid, check["fork"]) if f})),
         "n_candidates": int(len(mc)),
         "n_sampled": int(sampled.sum()),
-        "n_clear_sign": {"sampled": int((clear & sampled).sum()), "counterfactual": int((clear & ~sampled).sum())},
+        "n_clear_sign": {
+            "sampled": int((clear & sampled).sum()),
+            "counterfactual": int((clear & ~sampled).sum()),
+            "rule": rule,
+        },
         "policy_prob": {
             "within_spearman": None,
         },
@@ -591,11 +621,11 @@ def render_advantages_section(metrics: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Sign of the advantage A against the MC advantage, over candidates whose MC value's Wilson CI excludes "
-        f"Ẑ(s) (clear sign: {sc['n_clear_sign']['sampled']} sampled, {sc['n_clear_sign']['counterfactual']} "
-        "counterfactual). The base rate is the agreement of a constant guess of the majority MC sign ('always "
-        "negative' when most candidates are worse than their prefix): sign agreement is only informative above "
-        "it. Balanced accuracy (the mean of the shares of MC-positive candidates with A > 0 and of MC-negative ones "
+        "Sign of the advantage A against the MC advantage, over candidates with a clear MC sign (rule: "
+        f"{sc['n_clear_sign'].get('rule', POINT_RULE)}; {sc['n_clear_sign']['sampled']} sampled, "
+        f"{sc['n_clear_sign']['counterfactual']} counterfactual). The base rate is the agreement of a constant "
+        "guess of the majority MC sign ('always negative' when most candidates are worse than their prefix): sign "
+        "agreement is only informative above it. Balanced accuracy (the mean of the shares of MC-positive candidates with A > 0 and of MC-negative ones "
         "with A < 0) and the AUROC of A for a positive MC sign are 0.5 for any constant guess. CIs: Wilson for "
         f"agreement and base rate; bootstrap over {unit}s for the others.",
         "",

@@ -9,9 +9,9 @@
 Modelled on lm-eval's ``simple_evaluate``: the models are checkpoint folders (or Hub ids) or models already
 in memory, the data are folders or loaded datasets. It loads what it is given as a path, fits the
 step-label oracle on the training prompts (docs/design.md, "The step-label oracle" and "Held-out
-discipline"), reads the MC cost and scores every estimator (`prefixvalue.evaluation.scoring`); where the traces carry exact
-step labels, ``metrics["error_diagnosis"]`` says how well ``learned`` detects a written error, beside the
-policy's own features and the MC labels (`prefixvalue.evaluation.analysis.error_diagnosis`). The
+discipline"), reads the MC cost and scores every estimator (`prefixvalue.evaluation.scoring`); where the
+traces carry exact step labels, ``metrics["error_diagnosis"]`` says how well ``learned`` detects a written
+error, beside the policy's own features and the MC labels (`prefixvalue.evaluation.analysis.error_diagnosis`). The
 evaluate stage, the quickstart and ``prefixvalue distance`` all call it;
 `prefixvalue.evaluation.report.write_report` writes what it returns.
 

@@ -382,10 +382,15 @@ def test_reference_targets_on_the_path_and_siblings_off_it(toy):
     sib, _ = sibling_targets(ds["prompt_ids"], ds["completion_ids"], ds["outcome"])
     t = out["prefix_targets"]
     v = values[key]
-    np.testing.assert_allclose(t[0], v, rtol=1e-6)  # every prefix of the reference itself
+    # every unfinished prefix of the reference itself; the finished trace is worth its outcome (siblings: 0 here)
+    np.testing.assert_allclose(t[0], [*v[:3], sib[0][3]], rtol=1e-6)
+    assert t[0][3] == 0.0
     np.testing.assert_allclose(t[1], [v[0], v[1], sib[1][2], sib[1][3]], rtol=1e-6)
     np.testing.assert_allclose(t[2], [v[0], sib[2][1], sib[2][2]], rtol=1e-6)
-    assert found["prompts_with_reference"] == 1 and found["on_path_share"] == pytest.approx(7 / 11)
+    assert found["prompts_with_reference"] == 1 and found["on_path_share"] == pytest.approx(6 / 11)
+    # a trace cut off inside the reference (no EOS): its last prefix is finished, so it gets the sibling label too
+    cut = rows_to_dataset([{**picked[0], "completion_ids": mk("a", done=False), "outcome": 0.0}])
+    np.testing.assert_allclose(attach_reference_targets(cut, refs, values)[0]["prefix_targets"][0], [v[0], 0.0])
     # an MC label wins where given
     labelled = ds.remove_columns("prefix_targets") if "prefix_targets" in ds.column_names else ds
     labelled = labelled.add_column("prefix_targets", [[0.5, None, None, None], [None] * 4, [None] * 3])

@@ -161,9 +161,10 @@ def attach_reference_targets(
     references: Mapping[tuple[int, ...], Sequence[int]],
     values: Mapping[tuple[int, ...], np.ndarray],
 ) -> tuple[datasets.Dataset, dict[str, float]]:
-    """`ds` (training traces) with ``prefix_targets``: at each position p where the trace has written exactly the
+    """`ds` (training traces) with ``prefix_targets``: at each position p < T where the trace has written exactly the
     first p tokens of its prompt's reference completion (`references`), the reference-path value `values`[prompt][p]
-    (`reference_path_values`); elsewhere the sibling label (`sibling_targets`); MC labels, when attached, win.
+    (`reference_path_values`); elsewhere, the finished trace (p = T) included, the sibling label (`sibling_targets`);
+    MC labels, when attached, win.
     Returns it and what was found: prompts with a reference, the share of positions on a reference path and the
     mean target there."""
     means, _ = sibling_targets(ds["prompt_ids"], ds["completion_ids"], ds["outcome"])
@@ -180,7 +181,7 @@ def attach_reference_targets(
         for p, sib in enumerate(row):
             if not _unlabelled(g, p):
                 targets.append(g[p])
-            elif p <= m:
+            elif p <= m and p < len(comp):  # the finished trace itself (p = T) is worth its outcome
                 targets.append(float(v[p]))
                 on_path, on_sum = on_path + 1, on_sum + float(v[p])
             else:

@@ -48,28 +48,37 @@ class TrainPolicyConfig:
     report_samples: int = field(16, help="samples per prompt for the model card's per-prompt rates")
     seed: int = field(0, help="seed for initialisation, data order and sampling")
     threads: int = field(0, help="torch CPU threads (0: leave torch's default)")
+    epochs: int = field(
+        1,
+        help="passes over the first task.policy_train_prompts prompts of 'policy-train' (1: stop at the pool's end; "
+        "more: revisit the same prompts, never new ones, e.g. for a better-trained checker backbone)",
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target_accuracy < 1.0:
             raise ConfigError("target_accuracy must be in (0, 1)")
         if self.eval_every <= 0 or self.max_steps <= 0:
             raise ConfigError("eval_every and max_steps must be positive")
+        if self.epochs < 1:
+            raise ConfigError("epochs must be >= 1")
 
 
 def encode_batch(
-    task: ArithTask, tok, split: str, start: int, n: int
+    task: ArithTask, tok, split: str, start: int, n: int, wrap: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded (input_ids, attention_mask, labels) of n correct traces; labels mask the prompt.
 
-    Raises ValueError when the batch would draw `policy-train` prompts past `task.config.policy_train_prompts`."""
-    if split == "policy-train" and start + n > task.config.policy_train_prompts:
+    With `wrap`, prompt i of `policy-train` is prompt i mod `task.config.policy_train_prompts` (a later epoch over
+    the same pool); without it, raises ValueError when the batch would draw past the pool."""
+    pool = task.config.policy_train_prompts
+    if split == "policy-train" and not wrap and start + n > pool:
         raise ValueError(
             f"prompts {start}..{start + n - 1} of 'policy-train' lie past the policy's training pool "
-            f"(task.policy_train_prompts={task.config.policy_train_prompts})"
+            f"(task.policy_train_prompts={pool})"
         )
     seqs, plens = [], []
     for i in range(start, start + n):
-        p = task.make_prompt(split, i)
+        p = task.make_prompt(split, i % pool if split == "policy-train" else i)
         ids = tok(p.text)["input_ids"] + tok(p.meta["solution"])["input_ids"] + [tok.eos_token_id]
         seqs.append(ids)
         plens.append(len(tok(p.text)["input_ids"]))
@@ -152,16 +161,18 @@ def main(argv: list[str] | None = None) -> dict:
     stopped_at_pool_end = False
     while step < cfg.max_steps:
         # never train past the pool: every other split skips exactly these prompts (arith's policy_train_prompts)
-        if (step + 1) * cfg.batch_size > cfg.task.policy_train_prompts:
+        if (step + 1) * cfg.batch_size > cfg.epochs * cfg.task.policy_train_prompts:
             print(
-                f"step {step}: the next batch would draw past the first task.policy_train_prompts="
-                f"{cfg.task.policy_train_prompts} prompts of 'policy-train' (the pool other splits exclude); "
-                "stopping. Raise task.policy_train_prompts to train longer (it changes every other split).",
+                f"step {step}: the next batch would draw past {cfg.epochs} epoch(s) over the first "
+                f"task.policy_train_prompts={cfg.task.policy_train_prompts} prompts of 'policy-train' (the pool other "
+                "splits exclude); stopping. Raise epochs to train longer on the same prompts.",
                 flush=True,
             )
             stopped_at_pool_end = True
             break
-        ids, mask, labels = encode_batch(task, tok, "policy-train", step * cfg.batch_size, cfg.batch_size)
+        ids, mask, labels = encode_batch(
+            task, tok, "policy-train", step * cfg.batch_size, cfg.batch_size, wrap=cfg.epochs > 1
+        )
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -188,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
         "steps": step,
         "stopped_at_target": stopped_at_target,
         "stopped_at_pool_end": stopped_at_pool_end,
-        "policy_train_prompts_used": step * cfg.batch_size,
+        "policy_train_prompts_used": min(step * cfg.batch_size, cfg.task.policy_train_prompts),
+        "epochs": round(step * cfg.batch_size / cfg.task.policy_train_prompts, 3),
         "train_seconds": round(time.time() - t0, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
         "heldout_prompts": cfg.report_prompts,
@@ -212,18 +224,37 @@ def main(argv: list[str] | None = None) -> dict:
 
 def model_card(cfg: TrainPolicyConfig, r: dict) -> str:
     t = cfg.task
-    return f"""# arith-tiny
+    if cfg.epochs == 1:
+        what = "The embedded default policy of prefixvalue"
+        why = "It is deliberately undertrained: its mistakes are wrong step results inside the chain."
+    else:
+        what = 'A checker for prefixvalue\'s value heads (`value_model.checker`, docs/design.md "Checker features")'
+        why = (
+            f"Trained for up to {cfg.epochs} epochs over the same pool ({r['epochs']} used), it knows the step results "
+            "the policy gets wrong."
+        )
+    command = " ".join(
+        f"{k}={v}"
+        for k, v in [
+            ("out_dir", cfg.out_dir),
+            ("target_accuracy", cfg.target_accuracy),
+            ("epochs", cfg.epochs),
+            ("max_steps", cfg.max_steps),
+            ("eval_every", cfg.eval_every),
+        ]
+    )
+    return f"""# {Path(cfg.out_dir).name}
 
-The embedded default policy of prefixvalue: a GPT-2-style causal LM ({r["parameters"]:,} parameters,
+{what}: a GPT-2-style causal LM ({r["parameters"]:,} parameters,
 {cfg.n_layer} layers, hidden {cfg.n_embd}, {cfg.n_head} heads) with a character-level tokenizer, trained on
-CPU by `python recipes/train_policy.py out_dir={cfg.out_dir}` (prefixvalue {r["prefixvalue_version"]}).
+CPU by `python recipes/train_policy.py {command}` (prefixvalue {r["prefixvalue_version"]}).
 
 Task: `arith` with {t.min_steps}-{t.max_steps} operations, operands {t.operand_min}-{t.operand_max}, operators
 `{t.operators}`, modulus {t.modulus}; prompt `Q:3+5*2-7=`, completion `3+5=8;8*2=6;6-7=9;A:9<eos>`.
 Training: teacher forcing on correct traces (split `policy-train`), loss on completion tokens, AdamW
 lr {cfg.lr}, batch {cfg.batch_size}; stopped after {r["steps"]} steps ({r["train_seconds"]} s) at the first
 evaluation whose accuracy at temperature 1 on {cfg.eval_prompts} `policy-val` prompts reached
-{cfg.target_accuracy}. It is deliberately undertrained: its mistakes are wrong step results inside the chain.
+{cfg.target_accuracy}. {why}
 
 Measured on {r["heldout_prompts"]} held-out prompts (split `test`), {r["samples_per_prompt"]} samples each, temperature 1:
 

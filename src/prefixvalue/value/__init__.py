@@ -61,17 +61,19 @@ def build_value_model(
     backbone: PreTrainedModel | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    checker: PreTrainedModel | None = None,
 ) -> ValueModel:
     """A freshly initialised value model of ``config.kind`` around `backbone` (loaded from
     ``config.base_model`` when not given; adapted in place). LoRA starts at B = 0, so a new implicit
-    model predicts σ(0) = 0.5 at p ≥ 1; a new head predicts the base rate everywhere."""
+    model predicts σ(0) = 0.5 at p ≥ 1; a new head predicts the base rate everywhere. `checker`: the head's
+    ``checker`` model already loaded (by default the head loads ``config.checker``)."""
     model_cls = value_model_class(config.kind)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     if backbone is None:
         backbone = load_causal_lm(
             config.base_model, dtype or "float32", dev, LoadOptions().with_recorded(config.base_load)
         )
-    return model_cls(config, backbone).to(dev)
+    return model_cls(config, backbone, **({"checker": checker} if checker is not None else {})).to(dev)
 
 
 def is_value_checkpoint(path: str | Path) -> bool:

@@ -54,7 +54,7 @@ from .checkpoint import (
     load_weights,
     read_value_config,
 )
-from .hub import find_base_model, portable_base_model, push_model_to_hub, resolve_checkpoint
+from .hub import find_base_model, find_checker, portable_base_model, push_model_to_hub, resolve_checkpoint
 from .losses import LOSS_TYPES, LossSum, margin_bce_with_logits, masked_sum
 from .rewards import make_reward_func
 
@@ -437,9 +437,10 @@ class ValueModel(ValueScoringAPI, nn.Module):
     def forward_passes(self) -> int:
         """Passes over each sequence that `predict` runs (evaluate counts its tokens that many times): 1, or 2 when
         the values also read the reference policy beside an adapted or trained backbone (a second pass, with the
-        adapters off or through the frozen copy); a frozen backbone's own logits are the reference's."""
+        adapters off or through the frozen copy); a frozen backbone's own logits are the reference's. A checker
+        model (``checker``) is one more pass."""
         trains = self.config.backbone != "frozen" or self.config.soft_prompt_tokens > 0
-        return 2 if self.reads_reference(self.config) and trains else 1
+        return (2 if self.reads_reference(self.config) and trains else 1) + bool(self.config.checker)
 
     # ----- the interface ---------------------------------------------------------------------------
     def forward(
@@ -594,8 +595,14 @@ class ValueModel(ValueScoringAPI, nn.Module):
         # a local base model is recorded as an absolute path and relative to the folder (docs/design.md,
         # "Checkpoints that travel"); a Hub id as is
         base, relative = portable_base_model(self.config.base_model, out)
+        checker, checker_relative = portable_base_model(self.config.checker, out)  # recorded as the base is
         cfg = dataclasses.replace(
-            self.config, base_model=base, base_model_relative=relative, prefixvalue_version=__version__
+            self.config,
+            base_model=base,
+            base_model_relative=relative,
+            checker=checker,
+            checker_relative=checker_relative,
+            prefixvalue_version=__version__,
         )
         (out / CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         if self.uses_peft:
@@ -662,6 +669,8 @@ class ValueModel(ValueScoringAPI, nn.Module):
             opts = opts.with_recorded(cfg.base_load)
             if cfg.backbone != "full" or cls.reads_reference(cfg):  # a fully trained backbone is in the folder
                 cfg.base_model = find_base_model(cfg.base_model, cfg.base_model_relative, path)
+        if cfg.checker:
+            cfg.checker = find_checker(cfg.checker, cfg.checker_relative, path)
 
         def load_base(name: str) -> PreTrainedModel:
             return load_causal_lm(name, torch_dtype, device, dataclasses.replace(opts, device_map=None))

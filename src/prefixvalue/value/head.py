@@ -22,6 +22,11 @@ With ``error_head`` a second linear head on the same state (and, with ``policy_f
 features) predicts e(s_p) = P(a wrong step has been written by p), trained by BCE on the training traces' exact step
 labels beside the value's loss; the value is then P̂ = σ(z)·(1 − e), so a detected error pulls the value to 0 whatever
 the value head says ("Error head" in docs/design.md).
+
+With ``checker`` (and ``policy_features``) a second, frozen causal LM with the policy's tokenizer adds the same three
+numbers of its own log-probabilities of the written tokens: a model trained further on correct solutions is surer
+than the policy of what a step's result should be, so it flags a wrong step the policy wrote with confidence
+("Checker features" in docs/design.md).
 """
 
 from __future__ import annotations
@@ -34,15 +39,30 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from .base import ValueModel, ValueModelConfig, completion_logits, logit, max_completion_length, prefix_indices
+from ..policies import load_causal_lm
+from .base import (
+    ValueModel,
+    ValueModelConfig,
+    _zero_dropout,
+    completion_logits,
+    logit,
+    max_completion_length,
+    prefix_indices,
+)
 from .implicit import selected_log_probs
 
 #: policy features per prefix: running sum, running minimum and last log π_ref of the written tokens
 NUM_POLICY_FEATURES = 3
 #: floor of a log-probability feature (a token of probability ~1e-13 is already "impossible")
 LOGPROB_FLOOR = -30.0
-#: inputs of the feature MLP: the head's logit z and the normalised features (`normalised_policy_features`)
-NUM_NORMALISED_FEATURES = 5
+
+
+def num_normalised_features(sources: int) -> int:
+    """Normalised features (`normalised_policy_features`, what the feature MLP reads beside z) of `sources` models'
+    log-probabilities (the policy, and a checker): 4 each, and log(1 + p); 5 for the policy alone."""
+    return 4 * sources + 1
+
+
 #: hidden units of the feature MLP (``feature_head=mlp``)
 FEATURE_MLP_HIDDEN = 32
 #: the error head's starting probability of "a wrong step has been written": near 0, so a new model's P̂ starts at
@@ -77,10 +97,15 @@ def normalised_policy_features(feats: torch.Tensor) -> torch.Tensor:
     """[B, P, 5] float32 inputs of the feature MLP from the raw policy features `feats` [B, P, 3] (sum, minimum and
     last log π_ref at prefixes p = 0..P−1): sign(x)·log(1 + |x|) of the sum, of the mean (the sum over the p written
     tokens), of the minimum and of the last, and log(1 + p). Fixed transforms (nothing fitted): the mean, minimum
-    and last lie in [−3.5, 0] (the floor −30), the sum's log grows slowly with the prefix (−7.6 at 64 tokens of −30)."""
+    and last lie in [−3.5, 0] (the floor −30), the sum's log grows slowly with the prefix (−7.6 at 64 tokens of −30).
+    With a checker `feats` is [B, P, 6] (the policy's three, then the checker's) and the result [B, P, 9]: the four
+    transforms of each model, then log(1 + p)."""
     count = torch.arange(feats.shape[1], device=feats.device, dtype=feats.dtype)[None, :].expand(feats.shape[0], -1)
-    mean = feats[..., 0] / count.clamp_min(1.0)
-    raw = torch.stack([feats[..., 0], mean, feats[..., 1], feats[..., 2]], dim=-1)
+    groups = []
+    for g in range(feats.shape[-1] // NUM_POLICY_FEATURES):
+        total, low, last = (feats[..., NUM_POLICY_FEATURES * g + i] for i in range(NUM_POLICY_FEATURES))
+        groups.append(torch.stack([total, total / count.clamp_min(1.0), low, last], dim=-1))
+    raw = torch.cat(groups, dim=-1)
     return torch.cat([raw.sign() * torch.log1p(raw.abs()), torch.log1p(count)[..., None]], dim=-1)
 
 
@@ -103,6 +128,8 @@ class HeadValueModel(ValueModel):
         rows = []
         if config.policy_features:
             rows.append(("policy features", "log π_ref sum, minimum and last of the written tokens"))
+            if config.checker:
+                rows.append(("checker", f"{config.checker}: its log-probability sum, minimum and last beside π_ref's"))
             if config.feature_head == "mlp":
                 how = f"an MLP ({FEATURE_MLP_HIDDEN} hidden units) over w·h + b and the normalised features"
                 rows.append(("feature head", how))
@@ -120,6 +147,8 @@ class HeadValueModel(ValueModel):
             return "export-model cannot express a soft prompt (virtual tokens before the prompt)"
         if config.error_head:
             return "export-model does not carry the error head yet: load the checkpoint with load_value_model"
+        if config.checker:
+            return "export-model does not carry the checker model: load the checkpoint with load_value_model"
         return None
 
     @classmethod
@@ -134,10 +163,23 @@ class HeadValueModel(ValueModel):
         backbone: PreTrainedModel,
         adapter_dir: str | Path | None = None,
         reference: PreTrainedModel | None = None,
+        checker: PreTrainedModel | None = None,
     ) -> None:
         """`reference`: the starting policy, needed with ``policy_features`` and a fully trained backbone (by
-        default a frozen copy of `backbone` as given, which must then be the untrained policy)."""
+        default a frozen copy of `backbone` as given, which must then be the untrained policy). `checker`: the
+        ``checker`` model, already loaded (by default loaded from ``config.checker`` in the backbone's dtype)."""
         hidden = backbone.get_input_embeddings().embedding_dim
+        if config.checker and checker is None:
+            checker = load_causal_lm(config.checker, next(backbone.parameters()).dtype)
+        if checker is not None:
+            if not config.checker:
+                raise ValueError("a checker model was given but config.checker names none")
+            theirs, ours = (m.get_output_embeddings().weight.shape[0] for m in (checker, backbone))
+            if theirs != ours:
+                raise ValueError(
+                    f"the checker {config.checker} has {theirs} output tokens and the policy {ours}: a checker must "
+                    "share the policy's tokenizer"
+                )
         if self.reads_reference(config) and config.backbone == "full" and reference is None:
             reference = copy.deepcopy(backbone)
         layers = getattr(backbone.config, "num_hidden_layers", None)
@@ -155,9 +197,11 @@ class HeadValueModel(ValueModel):
         self.feature_head = None
         self.feature_mlp = None
         self.ref_lm = None
+        sources = 1 + bool(config.checker)  # models whose log-probabilities are features: the policy, the checker
+        normalised = num_normalised_features(sources)
         if config.policy_features and config.feature_head == "mlp":
             self.feature_mlp = nn.Sequential(
-                nn.Linear(1 + NUM_NORMALISED_FEATURES, FEATURE_MLP_HIDDEN, dtype=torch.float32),
+                nn.Linear(1 + normalised, FEATURE_MLP_HIDDEN, dtype=torch.float32),
                 nn.ReLU(),
                 nn.Linear(FEATURE_MLP_HIDDEN, 1, dtype=torch.float32),
             )
@@ -165,7 +209,7 @@ class HeadValueModel(ValueModel):
                 self.feature_mlp[2].weight.zero_()
                 self.feature_mlp[2].bias.zero_()
         elif config.policy_features:
-            self.feature_head = nn.Linear(NUM_POLICY_FEATURES, 1, bias=False, dtype=torch.float32)
+            self.feature_head = nn.Linear(NUM_POLICY_FEATURES * sources, 1, bias=False, dtype=torch.float32)
             nn.init.zeros_(self.feature_head.weight)
         self.error_head = None
         self.error_features = None
@@ -175,11 +219,17 @@ class HeadValueModel(ValueModel):
                 self.error_head.weight.zero_()
                 self.error_head.bias.fill_(logit(ERROR_PRIOR))
             if config.policy_features:
-                self.error_features = nn.Linear(NUM_NORMALISED_FEATURES, 1, bias=False, dtype=torch.float32)
+                self.error_features = nn.Linear(normalised, 1, bias=False, dtype=torch.float32)
                 nn.init.zeros_(self.error_features.weight)
         if self.reads_reference(config) and config.backbone == "full":
             self.ref_lm = reference.eval()
             for p in self.ref_lm.parameters():
+                p.requires_grad_(False)
+        self.checker_lm = None
+        if checker is not None:  # frozen, no dropout: train() mode must not change its log-probabilities
+            _zero_dropout(checker)
+            self.checker_lm = checker.eval()
+            for p in self.checker_lm.parameters():
                 p.requires_grad_(False)
 
     @classmethod
@@ -249,14 +299,23 @@ class HeadValueModel(ValueModel):
         ref_logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """[B, Tmax+1, 3] float32: sum, minimum and last of log π_ref(y_t | s_t) over written tokens t ≤ p
-        (0 at p = 0 and past a row's end), each floored at `LOGPROB_FLOOR`."""
+        (0 at p = 0 and past a row's end), each floored at `LOGPROB_FLOOR`; with a checker [B, Tmax+1, 6], the
+        checker's three after π_ref's."""
         tmax = max_completion_length(attention_mask, prompt_lengths)
+        width = NUM_POLICY_FEATURES * (1 + (self.checker_lm is not None))
         if tmax == 0:
-            return torch.zeros(input_ids.shape[0], 1, NUM_POLICY_FEATURES, device=input_ids.device)
+            return torch.zeros(input_ids.shape[0], 1, width, device=input_ids.device)
         if ref_logits is None:
             ref_logits = self.reference_logits(input_ids, attention_mask)
-        sel, tokens = completion_logits(ref_logits, input_ids, prompt_lengths, tmax)
-        return written_logprob_features(selected_log_probs(sel, tokens), attention_mask.sum(1) - prompt_lengths)
+        clens = attention_mask.sum(1) - prompt_lengths
+        sources = [ref_logits]
+        if self.checker_lm is not None:
+            sources.append(self.checker_lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits)
+        feats = []
+        for logits in sources:
+            sel, tokens = completion_logits(logits, input_ids, prompt_lengths, tmax)
+            feats.append(written_logprob_features(selected_log_probs(sel, tokens), clens))
+        return torch.cat(feats, dim=-1)
 
     def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """π_ref's logits: the frozen copy of the starting policy when the backbone trains fully, else the base's

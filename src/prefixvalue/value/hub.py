@@ -84,15 +84,37 @@ def find_base_model(recorded: str, relative: str, checkpoint: str | Path) -> str
         )
     if not is_local_reference(recorded) and not relative:
         return recorded  # a Hub id: transformers finds it (or says why not)
-    candidates = base_model_candidates(recorded, relative, checkpoint)
-    for cand in candidates:
-        if cand.exists():
-            return str(cand)
-    looked = ", ".join(str(c) for c in candidates[:4]) + (", ..." if len(candidates) > 4 else "")
+    found, looked = _first_existing(recorded, relative, checkpoint)
+    if found is not None:
+        return found
     raise ConfigError(
         f"base model {recorded} of checkpoint {checkpoint} not found (looked in {looked}); pass "
         f"base_model=PATH (load_value_model(..., base_model=PATH)) or set {BASE_MODEL_ENV}=PATH"
     )
+
+
+def find_checker(recorded: str, relative: str, checkpoint: str | Path) -> str:
+    """The checker model of a checkpoint (``checker``, docs/design.md "Checker features"), found as the base model
+    is (`base_model_candidates`): a Hub id as recorded, else the first existing local candidate. ConfigError, in
+    one line, when a local checker is nowhere."""
+    if not is_local_reference(recorded) and not relative:
+        return recorded
+    found, looked = _first_existing(recorded, relative, checkpoint)
+    if found is not None:
+        return found
+    raise ConfigError(
+        f"checker {recorded} of checkpoint {checkpoint} not found (looked in {looked}); put the checker model back "
+        "there (the values read its log-probabilities)"
+    )
+
+
+def _first_existing(recorded: str, relative: str, checkpoint: str | Path) -> tuple[str | None, str]:
+    """(the first existing local candidate or None, the places looked in, in words)."""
+    candidates = base_model_candidates(recorded, relative, checkpoint)
+    for cand in candidates:
+        if cand.exists():
+            return str(cand), ""
+    return None, ", ".join(str(c) for c in candidates[:4]) + (", ..." if len(candidates) > 4 else "")
 
 
 # ------------------------------------------------------------------------------------------ Hub
@@ -200,6 +222,7 @@ __all__ = [
     "PushResult",
     "base_model_candidates",
     "find_base_model",
+    "find_checker",
     "is_local_reference",
     "portable_base_model",
     "push_model_to_hub",

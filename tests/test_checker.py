@@ -1,6 +1,7 @@
 """Checker features (issue 31, item 2): a second frozen causal LM whose log-probabilities of the written tokens join
 the head's policy features (``value_model.checker``; docs/design.md, "Checker features"); and the policy recipe's
-``epochs``, which trains such a checker longer on the same prompts.
+``epochs``, which trains such a checker longer on the same prompts; and ``advantages split=validation``, which
+scores candidate values on the validation prompts where a choice among checkpoints is made.
 
 pytest tests/test_checker.py
 """
@@ -12,6 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,9 @@ import torch
 from prefixvalue import cli
 from prefixvalue.config import ConfigError
 from prefixvalue.data.collate import ValueCollator
+from prefixvalue.data.split import SplitRecord
+from prefixvalue.studies.actions import heldout_under
+from prefixvalue.studies.advantages import AdvantagesConfig
 from prefixvalue.tasks import ArithConfig, ArithTask
 from prefixvalue.tokenizer import build_char_tokenizer
 from prefixvalue.value import ValueModelConfig, build_value_model, load_value_model
@@ -88,13 +93,46 @@ def test_checker_features_follow_the_policy_features(feature_head, rows, tiny_to
 
 
 def test_a_checker_needs_the_policy_features_and_the_policys_vocabulary(tiny_tokenizer):
+    checker = make_tiny_gpt2(len(tiny_tokenizer), seed=7)
     with pytest.raises(ValueError, match="set policy_features=true"):
-        ValueModelConfig(kind="head", checker="some/model")
-    with pytest.raises(ValueError, match="set policy_features=true"):  # the Q-head has no policy_features option
-        ValueModelConfig(kind="qhead", checker="some/model")
+        build_value_model(
+            ValueModelConfig(kind="head", checker="c"), make_tiny_gpt2(len(tiny_tokenizer)), checker=checker
+        )
+    with pytest.raises(ValueError, match="the implicit model has none"):
+        build_value_model(ValueModelConfig(kind="implicit", checker="c"), make_tiny_gpt2(len(tiny_tokenizer)))
     cfg = ValueModelConfig(kind="head", policy_features=True, checker="other")
     with pytest.raises(ValueError, match="share the policy's tokenizer"):
         HeadValueModel(cfg, make_tiny_gpt2(len(tiny_tokenizer)), checker=make_tiny_gpt2(len(tiny_tokenizer) + 3))
+
+
+def test_qhead_reads_the_checker_for_the_state_and_every_candidate(rows, tiny_tokenizer, tmp_path):
+    """Q's features: the policy's five, then the checker's five (f of s, ℓ_y, min(f_min, ℓ_y)); the candidates' values
+    move with the checker's log-probability of each candidate; saved and loaded exactly."""
+    make_tiny_gpt2(len(tiny_tokenizer), seed=7).save_pretrained(tmp_path / "checker")
+    cfg = ValueModelConfig(kind="qhead", base_model="unused", checker=str(tmp_path / "checker"))
+    model = build_value_model(cfg, make_tiny_gpt2(len(tiny_tokenizer)))
+    assert model.q_features.in_features == 10 and model.forward_passes == 3
+    batch, args = _args(rows)
+    st = model._state(*args)
+    assert st["f_checker"].shape == st["f"].shape and st["logp_checker"].shape == st["logp"].shape
+    with torch.no_grad():
+        logp = torch.log_softmax(model.checker_lm(input_ids=args[0]).logits.double(), -1)
+    for i, want in enumerate(_written_features(model.checker_lm, batch)):
+        np.testing.assert_allclose(st["f_checker"][i, : len(want)].double().numpy(), want, atol=1e-4)
+        plen = int(args[2][i])
+        np.testing.assert_allclose(st["logp_checker"][i, 0].double().numpy(), logp[i, plen - 1].numpy(), atol=1e-5)
+    cand = torch.arange(5)[None, None, :].expand(args[0].shape[0], st["h"].shape[1], -1)
+    with torch.no_grad():
+        model.q_features.weight.copy_(torch.tensor([[0.0] * 5 + [0.0, 0.0, 0.0, 1.0, 0.0]]))  # ℓ_y under the checker
+        q = model._q_logits(st, cand) - model.head(st["h"])  # W = 0: no token term
+    np.testing.assert_allclose(q.numpy(), st["logp_checker"].gather(-1, cand).clamp_min(-30.0).numpy(), atol=1e-5)
+    assert any("checker" in key for key, _ in type(model).card_rows(cfg))
+    prompts, completions = [r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows]
+    before = model.predict(prompts, completions)
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    loaded = load_value_model(ckpt, base_model=make_tiny_gpt2(len(tiny_tokenizer)))
+    for a, b in zip(before, loaded.predict(prompts, completions)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_checker_travels_with_the_checkpoint(rows, tiny_tokenizer, tmp_path):
@@ -191,3 +229,22 @@ def test_policy_recipe_epochs_revisit_the_pool_and_never_leave_it(tmp_path):
     report = recipe.main([f"out_dir={tmp_path / 'policy'}", "epochs=2", *small])
     assert report["steps"] == 5 and report["stopped_at_pool_end"]
     assert report["policy_train_prompts_used"] == 100 and report["epochs"] == 2.0
+
+
+def test_heldout_under_reads_the_side_asked_for(tmp_path):
+    texts = [f"Q:{a}+{b}=" for a in range(20) for b in range(20)]
+    record = SplitRecord.of(datasets.Dataset.from_dict({"prompt": texts}), 0.2, 0.15, 0)
+    ckpts = []
+    for name in ("a", "b"):
+        record.save(tmp_path / name)
+        ckpts.append(str(tmp_path / name))
+    sides = [record.side(t) for t in texts]
+    assert {"train", "validation", "test"} <= set(sides)
+    assert heldout_under(ckpts, texts, "advantages") == [s == "test" for s in sides]
+    assert heldout_under(ckpts, texts, "advantages", "validation") == [s == "validation" for s in sides]
+    other = SplitRecord.of(datasets.Dataset.from_dict({"prompt": texts}), 0.2, 0.15, 1)
+    other.save(tmp_path / "c")  # another split seed: only prompts on the validation side of both count
+    both = heldout_under([ckpts[0], str(tmp_path / "c")], texts, "advantages", "validation")
+    assert both == [s == "validation" and other.side(t) == "validation" for s, t in zip(sides, texts)]
+    with pytest.raises(ConfigError, match="split must be test or validation"):
+        AdvantagesConfig(traces="t", checkpoints=ckpts, out=str(tmp_path / "o"), split="train")

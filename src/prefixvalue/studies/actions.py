@@ -96,9 +96,12 @@ class ActionsConfig(ModelLoadConfig):
             )
 
 
-def heldout_under(checkpoints: Sequence[str], prompt_texts: Sequence[str], stage: str) -> list[bool]:
+def heldout_under(
+    checkpoints: Sequence[str], prompt_texts: Sequence[str], stage: str, side: str = "test"
+) -> list[bool]:
     """Which prompts every checkpoint's split record (``split.json``) holds out: figures about learned values
-    come from those only. ConfigError when a checkpoint records no split (its held-out prompts are unknown)."""
+    come from those only (`side` test: the held-out prompts; validation: the validation prompts, where choices are
+    made). ConfigError when a checkpoint records no split (its held-out prompts are unknown)."""
     from ..data import load_split
 
     records = []
@@ -107,7 +110,9 @@ def heldout_under(checkpoints: Sequence[str], prompt_texts: Sequence[str], stage
         if record is None:
             raise ConfigError(f"{stage}: {path} records no split (split.json); its held-out prompts are unknown")
         records.append(record)
-    return [all(r.is_heldout(text) for r in records) for text in prompt_texts]
+    if side == "test":
+        return [all(r.is_heldout(text) for r in records) for text in prompt_texts]
+    return [all(r.side(text) == side for r in records) for text in prompt_texts]
 
 
 def checkpoint_names(paths: Sequence[str]) -> dict[str, str]:

@@ -66,6 +66,11 @@ class AdvantagesConfig(ModelLoadConfig):
     mc_prefixes: int = field(120, help="prefixes whose candidates are labelled by Monte Carlo (forks included)")
     mc_forks: int = field(40, help="of those, the largest MC jumps in `labels` (known forking tokens)")
     samples: int = field(32, help="MC continuations per prefix and per candidate")
+    split: str = field(
+        "test",
+        help="side of the checkpoints' split the MC check scores: test (held out: the figures) | validation (where "
+        "a choice among checkpoints is made)",
+    )
     seed: int = field(0, help="sampling, prefix-choice and bootstrap seed")
     batch_size: int = field(8, help="traces per forward pass (the head: 4x as many candidate sequences)")
     batch_rows: int = field(256, help="most continuations decoded together")
@@ -83,6 +88,8 @@ class AdvantagesConfig(ModelLoadConfig):
             raise ConfigError("advantages: mc_prefixes and mc_forks must be >= 0")
         if self.max_traces is not None and self.max_traces < 1:
             raise ConfigError("advantages: max_traces must be >= 1 (or None for all)")
+        if self.split not in ("test", "validation"):
+            raise ConfigError(f"advantages: split must be test or validation, got {self.split!r}")
 
     def check_inputs(self) -> None:
         """What a run needs (left unset in the quickstart's nested config, which fills them)."""
@@ -155,11 +162,13 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
         columns.update({k.format(m=n): v for k, v in MODEL_COLUMNS.items()})
     folder.write_text("columns.json", json.dumps(columns, indent=2, ensure_ascii=False))
 
-    # the MC check scores learned values: only traces whose prompt every checkpoint holds out
-    held = heldout_under(cfg.checkpoints, [refs[t.trace_id].prompt.text for t in traces], "advantages")
+    # the MC check scores learned values: only traces whose prompt every checkpoint holds out (on side `split`)
+    texts = [refs[t.trace_id].prompt.text for t in traces]
+    held = heldout_under(cfg.checkpoints, texts, "advantages", cfg.split)
     check_traces = [t for t, h in zip(traces, held) if h]
     if not check_traces:
-        raise ConfigError("advantages: no trace whose prompt every checkpoint holds out, so no MC check")
+        where = "holds out" if cfg.split == "test" else "puts on its validation side"
+        raise ConfigError(f"advantages: no trace whose prompt every checkpoint {where}, so no MC check")
     forks = (
         forks_from_labels(load_labels(cfg.labels, ds), cfg.mc_forks, trace_ids={t.trace_id for t in check_traces})
         if cfg.labels and cfg.mc_forks
@@ -184,6 +193,7 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
     best = one_pass[0] if one_pass else None
     metrics: dict[str, Any] = {
         "n_traces": len(traces),
+        "split": cfg.split,
         "check_heldout_traces": len(check_traces),
         "check_dropped_training_traces": len(traces) - len(check_traces),
         "n_prefixes": int(len(set(table["prefix_id"].tolist()))),

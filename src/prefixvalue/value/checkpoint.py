@@ -110,7 +110,7 @@ class ValueModelConfig:
     )
     checker: str = field(
         "",
-        help="head with policy_features: a second causal LM (a Hub id or a local path; same tokenizer as the policy), "
+        help="head with policy_features, or qhead: a second causal LM (a Hub id or a local path; same tokenizer as the policy), "
         "frozen, whose log-probabilities of the written tokens (sum, minimum, last) join the policy's features, e.g. "
         "a model trained further on correct solutions, which flags a wrong step the policy wrote with confidence "
         "(docs/design.md, 'Checker features'; one more pass per sequence)",
@@ -165,10 +165,6 @@ class ValueModelConfig:
             raise ValueError(f"feature_head must be one of {FEATURE_HEADS}, got {self.feature_head!r}")
         if self.feature_head != "linear" and not self.policy_features:
             raise ValueError(f"feature_head={self.feature_head} reads the policy features: set policy_features=true")
-        if self.checker and not self.policy_features:
-            raise ValueError(
-                "checker adds its log-probabilities to the head's policy features: set policy_features=true (kind=head)"
-            )
         if self.head_layers is not None:
             if not self.head_layers or len(set(self.head_layers)) != len(self.head_layers):
                 raise ValueError(f"head_layers must list distinct layers (e.g. [2, 4]), got {self.head_layers}")

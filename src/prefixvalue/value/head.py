@@ -121,6 +121,10 @@ class HeadValueModel(ValueModel):
             raise ValueError("the sequence-level loss is an implicit-model baseline; the head uses loss=prefix")
         if config.prior_tokens:
             raise ValueError("prior_tokens shrinks the implicit model's mean readout; the head has no such readout")
+        if config.checker and not cls.reads_reference(config):
+            raise ValueError(
+                "checker adds its log-probabilities to the head's policy features: set policy_features=true"
+            )
 
     @classmethod
     def card_rows(cls, config: ValueModelConfig) -> list[tuple[str, str]]:

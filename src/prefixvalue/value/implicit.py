@@ -96,6 +96,10 @@ class ImplicitValueModel(ValueModel):
     def check_config(cls, config: ValueModelConfig) -> None:
         if config.error_head:
             raise ValueError("error_head is the explicit head's option (value_model.kind=head)")
+        if config.checker:
+            raise ValueError(
+                "checker feeds a head's features (value_model.kind=head or qhead); the implicit model has none"
+            )
         if config.readout == "sum" and config.loss != "prefix":
             raise ValueError("readout=sum is a variant of the prefix loss: use loss=prefix")
         if config.prior_tokens and (config.readout != "mean" or config.loss != "prefix"):

@@ -11,6 +11,10 @@ At a prefix s_p (hidden state h_p at its last token, as the head reads it) the v
   (W h_p)·ê_y / √H (H the hidden size) is a second, trained "LM head" that reads which token the state makes
   right; W starts at 0.
 
+With ``checker`` (docs/design.md, "Checker features") the same five numbers of the checker model's log-probabilities
+join u's input (f of s_p and ℓ_y under the checker): a candidate the checker finds wrong is one the value can mark
+down before anyone writes it.
+
 Every parameter is shared across tokens, so a Q trained on the sampled tokens alone generalises to the unsampled
 ones. The prefix value is the policy-weighted aggregate V(s_p) = Σ_y π̃(y|s_p) Q(s_p, y) over the reference
 policy's `q_top_k` most likely tokens (π̃: π_ref renormalised over them; 0 = the whole vocabulary), which is
@@ -72,7 +76,12 @@ class QHeadValueModel(HeadValueModel):
     @classmethod
     def card_rows(cls, config: ValueModelConfig) -> list[tuple[str, str]]:
         k = config.q_top_k or "all"
-        return [("V(s) aggregates", f"Q(s, ·) over the policy's top {k} tokens, weighted by π_ref")]
+        rows = [("V(s) aggregates", f"Q(s, ·) over the policy's top {k} tokens, weighted by π_ref")]
+        if config.checker:
+            rows.append(
+                ("checker", f"{config.checker}: its log-probabilities of s and of each candidate beside π_ref's")
+            )
+        return rows
 
     @classmethod
     def standard_export(cls, config: ValueModelConfig, num_layers: int | None = None) -> bool:
@@ -88,7 +97,8 @@ class QHeadValueModel(HeadValueModel):
     ) -> None:
         super().__init__(config, backbone, adapter_dir, reference)
         hidden = self.head.in_features
-        self.q_features = nn.Linear(NUM_POLICY_FEATURES + 2, 1, bias=False, dtype=torch.float32)
+        sources = 1 + (self.checker_lm is not None)  # the policy's log-probabilities, and the checker's
+        self.q_features = nn.Linear((NUM_POLICY_FEATURES + 2) * sources, 1, bias=False, dtype=torch.float32)
         self.q_token = nn.Linear(hidden, hidden, bias=False, dtype=torch.float32)
         nn.init.zeros_(self.q_features.weight)
         nn.init.zeros_(self.q_token.weight)
@@ -119,7 +129,8 @@ class QHeadValueModel(HeadValueModel):
     ) -> dict[str, torch.Tensor]:
         """What Q needs at every prefix p = 0..Tmax: hidden states ``h`` [B, P, H], the reference log-probabilities
         ``logp`` [B, P, V] of the next token, the head's policy features ``f`` [B, P, 3] of each prefix (sum, minimum
-        and last of log π_ref over the written tokens; 0 at p = 0), the completion lengths ``clens`` [B]."""
+        and last of log π_ref over the written tokens; 0 at p = 0), the completion lengths ``clens`` [B]; with a
+        checker also its ``logp_checker`` [B, P, V] and ``f_checker`` [B, P, 3], alike."""
         tmax = max_completion_length(attention_mask, prompt_lengths)
         frozen = not self._backbone_trains
         with torch.set_grad_enabled(torch.is_grad_enabled() and self._backbone_trains):
@@ -135,18 +146,32 @@ class QHeadValueModel(HeadValueModel):
             logp = torch.log_softmax(sel.float(), dim=-1)  # [B, Tmax+1, V]: row p predicts completion token p + 1
             clens = attention_mask.sum(1) - prompt_lengths
             written = input_ids.gather(1, (idx[:, :tmax] + 1).clamp(max=input_ids.shape[1] - 1))
-            state = written_logprob_features(logp[:, :tmax].gather(-1, written[..., None]).squeeze(-1), clens)
-        return {"h": h, "logp": logp, "f": state, "clens": clens}
+
+            def features(lp: torch.Tensor) -> torch.Tensor:
+                return written_logprob_features(lp[:, :tmax].gather(-1, written[..., None]).squeeze(-1), clens)
+
+            st = {"h": h, "logp": logp, "f": features(logp), "clens": clens}
+            if self.checker_lm is not None:
+                c_logits = self.checker_lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+                c_sel = c_logits.gather(1, idx[..., None].expand(-1, -1, c_logits.shape[-1]))
+                st["logp_checker"] = torch.log_softmax(c_sel.float(), dim=-1)
+                st["f_checker"] = features(st["logp_checker"])
+        return st
 
     def _q_logits(self, st: dict[str, torch.Tensor], cand: torch.Tensor) -> torch.Tensor:
         """Q's logits [B, P, K] of candidate tokens `cand` [B, P, K] at prefixes 0..P−1."""
         p = cand.shape[1]
         h = st["h"][:, :p]
-        ell = st["logp"][:, :p].gather(-1, cand).clamp_min(LOGPROB_FLOOR)
-        # the head's features of s (one value for every candidate of s), the candidate's own log π_ref(y|s) and the
-        # minimum of s ⊕ y (the running minimum is 0 at p = 0 and every log-probability is <= 0)
-        f = st["f"][:, :p, None, :].expand(-1, -1, cand.shape[2], -1)
-        feats = torch.cat([f, ell[..., None], torch.minimum(f[..., 1], ell)[..., None]], dim=-1)
+        groups = []
+        for logp, f in ((st["logp"], st["f"]), (st.get("logp_checker"), st.get("f_checker"))):
+            if logp is None:
+                continue
+            ell = logp[:, :p].gather(-1, cand).clamp_min(LOGPROB_FLOOR)
+            # the head's features of s (one value for every candidate of s), the candidate's own log π(y|s) and the
+            # minimum of s ⊕ y (the running minimum is 0 at p = 0 and every log-probability is <= 0)
+            f = f[:, :p, None, :].expand(-1, -1, cand.shape[2], -1)
+            groups.append(torch.cat([f, ell[..., None], torch.minimum(f[..., 1], ell)[..., None]], dim=-1))
+        feats = torch.cat(groups, dim=-1)
         state = self.head(h)  # [B, P, 1]
         # scaled by 1/√H, as attention scores are: the sum runs over H products of unit-variance terms
         token = (self.q_token(h)[:, :, None, :] * self._token_embeddings()[cand]).sum(-1) / h.shape[-1] ** 0.5

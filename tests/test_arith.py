@@ -20,6 +20,21 @@ P = Prompt("p0", "Q:3+5*2-7=", answer="9")
 RIGHT = "3+5=8;8*2=6;6-7=9;A:9"
 
 
+# a policy-recipe run of seconds: 100 training prompts in batches of 40, a 1-layer model
+TINY_POLICY_RUN = [
+    "task.policy_train_prompts=100",
+    "batch_size=40",
+    "max_steps=10",
+    "eval_every=1000",
+    "report_prompts=2",
+    "report_samples=1",
+    "n_layer=1",
+    "n_embd=16",
+    "n_head=2",
+    "warmup_steps=1",
+]
+
+
 def test_registry_and_stable_ids():
     assert TASKS["arith"] is ArithTask
     a = list(build_task("arith", {"seed": 3}).prompts(5))
@@ -143,19 +158,5 @@ def test_train_policy_never_draws_past_the_pool(tmp_path):
     with pytest.raises(ValueError, match="past the policy's training pool"):
         recipe.encode_batch(task, tok, "policy-train", 64, 37)
     # the loop stops before the batch that would cross the pool: 2 steps of 40 fit in 100, a third does not
-    report = recipe.main(
-        [
-            f"out_dir={tmp_path / 'policy'}",
-            "task.policy_train_prompts=100",
-            "batch_size=40",
-            "max_steps=10",
-            "eval_every=1000",
-            "report_prompts=2",
-            "report_samples=1",
-            "n_layer=1",
-            "n_embd=16",
-            "n_head=2",
-            "warmup_steps=1",
-        ]
-    )
+    report = recipe.main([f"out_dir={tmp_path / 'policy'}", *TINY_POLICY_RUN])
     assert report["steps"] == 2 and report["stopped_at_pool_end"] and report["policy_train_prompts_used"] == 80

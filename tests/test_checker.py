@@ -30,6 +30,7 @@ from prefixvalue.value import ValueModelConfig, build_value_model, load_value_mo
 from prefixvalue.value.head import HeadValueModel
 
 from conftest import make_tiny_gpt2
+from test_arith import TINY_POLICY_RUN
 from test_value_fixtures import random_traces, save_traces
 
 
@@ -213,20 +214,8 @@ def test_policy_recipe_epochs_revisit_the_pool_and_never_leave_it(tmp_path):
         assert torch.equal(got[:, :width], want[:, :width])
     with pytest.raises(ConfigError, match="epochs must be >= 1"):
         recipe.main([f"out_dir={tmp_path / 'x'}", "epochs=0"])
-    small = [
-        "task.policy_train_prompts=100",
-        "batch_size=40",
-        "max_steps=10",
-        "eval_every=1000",
-        "report_prompts=2",
-        "report_samples=1",
-        "n_layer=1",
-        "n_embd=16",
-        "n_head=2",
-        "warmup_steps=1",
-    ]
     # 2 epochs over 100 prompts hold 5 batches of 40 (prompts 0..199 mod 100); the sixth would start a third epoch
-    report = recipe.main([f"out_dir={tmp_path / 'policy'}", "epochs=2", *small])
+    report = recipe.main([f"out_dir={tmp_path / 'policy'}", "epochs=2", *TINY_POLICY_RUN])
     assert report["steps"] == 5 and report["stopped_at_pool_end"]
     assert report["policy_train_prompts_used"] == 100 and report["epochs"] == 2.0
 

@@ -199,3 +199,68 @@ def test_paired_difference_uses_the_same_replicates():
     ca, cb = M.correlation(a, y, g, n_boot=0), M.correlation(b, y, g, n_boot=0)
     assert d["value"] == pytest.approx(ca["value"] - cb["value"]) and d["unit"] == "prompt"
     assert d["ci"][0] > 0  # paired: the clearly better estimator wins on every resample
+
+
+def _copy_by_copy(stat, groups, n_boot, seed):
+    """The cluster bootstrap written out: each replicate draws groups and concatenates their elements."""
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
+    rng, vals = np.random.default_rng(seed), []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(members), size=len(members))
+        vals.append(stat(np.concatenate([members[j] for j in pick])))
+    return np.asarray(vals)
+
+
+def test_weighted_bootstrap_is_the_cluster_bootstrap_without_copies():
+    """Spearman and AUROC of each resample from its multiplicities (`weighted_bootstrap`) equal the same
+    statistic of the concatenated copies, replicate by replicate, ties included (groups of unequal size)."""
+    rng = np.random.default_rng(5)
+    n = 90
+    groups = rng.integers(0, 17, size=n).astype(str)
+    x = np.round(rng.normal(size=n), 1)
+    y = np.round(np.clip(0.5 + 0.3 * x + rng.normal(scale=0.3, size=n), 0, 1) * 4) / 4
+    o = (rng.random(n) < y).astype(float)
+    spearman = M.CORRELATION_FUNCS["spearman"]
+
+    def area(i):
+        v, _ = M.auroc(x[i], o[i])
+        return float("nan") if v is None else v
+
+    for stat, multiset in (
+        (lambda i: spearman(x[i], y[i]), M.weighted_spearman(x, y)),
+        (area, M.weighted_auroc(x, o)),
+    ):
+        seen = []
+
+        def record(w, multiset=multiset, seen=seen):
+            seen.append(multiset(w))
+            return seen[-1]
+
+        got = M.weighted_bootstrap(record, groups, n_boot=300, seed=3)
+        np.testing.assert_allclose(np.concatenate(seen), _copy_by_copy(stat, groups, 300, 3), rtol=0, atol=1e-12)
+        want = M.cluster_bootstrap(stat, groups, n_boot=300, seed=3)
+        np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-12)
+    # a replicate that holds one tie group of x (or one class) is undefined: dropped and counted alike
+    xs, ys, gs = np.array([0, 0, 0, 1, 1, 1.0]), np.array([0, 0, 0, 1, 2, 3.0]), [0, 0, 0, 1, 1, 1]
+    slow = M.cluster_bootstrap(lambda i: spearman(xs[i], ys[i]), gs, n_boot=200)
+    assert M.weighted_bootstrap(M.weighted_spearman(xs, ys), gs, n_boot=200) == slow
+    assert slow[0] is None and "undefined in" in slow[1]
+    assert np.isnan(M.weighted_auroc(xs, ys >= 2)(np.array([[3.0, 3, 3, 0, 0, 0]]))).all()  # one class only
+
+
+def test_cluster_bootstrap_draws_unchanged():
+    """The replicates `cluster_bootstrap` feeds its statistic are those of the concatenation written out (the
+    figures of earlier versions)."""
+    rng = np.random.default_rng(2)
+    groups = rng.integers(0, 9, size=40)
+    v = rng.normal(size=40)
+    want = _copy_by_copy(lambda i: float(v[i].mean() + 0.01 * len(i)), groups, 200, 7)
+    seen = []
+
+    def record(i):
+        seen.append(float(v[i].mean() + 0.01 * len(i)))
+        return seen[-1]
+
+    M.cluster_bootstrap(record, groups, 200, 7)
+    np.testing.assert_array_equal(np.asarray(seen), want)

@@ -36,6 +36,10 @@ from ..stats import (
     constant_note,
     spearman_brown,
     undefined_note,
+    weighted_auroc,
+    weighted_bootstrap,
+    weighted_correlation,
+    weighted_spearman,
     wilson_interval,
 )
 from ..tracking import jsonable
@@ -69,7 +73,11 @@ def correlation(
     fn = CORRELATION_FUNCS[method]
     out["value"] = jsonable(fn(x, y))
     g = np.arange(len(x)) if groups is None else np.asarray(groups)
-    ci, note = cluster_bootstrap(lambda idx: fn(x[idx], y[idx]), g, n_boot=n_boot, seed=seed, unit=unit)
+    multiset = weighted_correlation(method, x, y)  # the same replicates without a copy of each (Spearman)
+    if multiset is not None:
+        ci, note = weighted_bootstrap(multiset, g, n_boot=n_boot, seed=seed, unit=unit)
+    else:
+        ci, note = cluster_bootstrap(lambda idx: fn(x[idx], y[idx]), g, n_boot=n_boot, seed=seed, unit=unit)
     out["ci"] = ci
     if note:
         out["note"] = note
@@ -118,9 +126,13 @@ def paired_difference(
         )
         return out
     out["value"] = float(ca["value"] - cb["value"])
-    ci, note = cluster_bootstrap(
-        lambda idx: fn(a[idx], y[idx]) - fn(b[idx], y[idx]), np.asarray(groups), n_boot=n_boot, seed=seed, unit=unit
-    )
+    wa, wb = weighted_correlation(method, a, y), weighted_correlation(method, b, y)
+    if wa is not None and wb is not None:
+        ci, note = weighted_bootstrap(lambda w: wa(w) - wb(w), np.asarray(groups), n_boot=n_boot, seed=seed, unit=unit)
+    else:
+        ci, note = cluster_bootstrap(
+            lambda idx: fn(a[idx], y[idx]) - fn(b[idx], y[idx]), np.asarray(groups), n_boot, seed, unit=unit
+        )
     out["ci"] = ci
     if note:
         out["note"] = note
@@ -385,12 +397,7 @@ def estimator_metrics(
     if note:
         out["auroc_outcome_note"] = note
     else:
-
-        def _auc(idx: np.ndarray) -> float:
-            v, _ = auroc(x[idx], o[idx])
-            return float("nan") if v is None else v
-
-        ci, bnote = cluster_bootstrap(_auc, g, n_boot=n_boot, seed=seed, unit=unit)
+        ci, bnote = weighted_bootstrap(weighted_auroc(x, o), g, n_boot=n_boot, seed=seed, unit=unit)
         out["auroc_outcome_ci"] = ci
         if bnote:
             out["auroc_outcome_note"] = bnote
@@ -417,5 +424,9 @@ __all__ = [
     "saturation",
     "spearman_brown",
     "split_half_noise_ceiling",
+    "weighted_auroc",
+    "weighted_bootstrap",
+    "weighted_correlation",
+    "weighted_spearman",
     "wilson_interval",
 ]

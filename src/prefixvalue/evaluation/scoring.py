@@ -33,14 +33,14 @@ from ..tasks.base import first_error
 from ..tracking import jsonable
 from .estimators import ESTIMATORS, Estimates, Estimator, TraceRecord, estimate_values
 from .metrics import (
-    CORRELATION_FUNCS,
     calibration_bins,
-    cluster_bootstrap,
     correlation,
     estimator_metrics,
     paired_difference,
     saturation,
     split_half_noise_ceiling,
+    weighted_bootstrap,
+    weighted_spearman,
 )
 from .options import ScoringOptions
 from .softvalues import SoftValueSpec
@@ -57,7 +57,6 @@ from .stepscores import (
 )
 
 POSITION_GROUPS = ("first_k", "step_boundary", "middle")
-CORR_SPEARMAN = CORRELATION_FUNCS["spearman"]
 
 
 @dataclass
@@ -383,8 +382,9 @@ def _share_of_ceiling(
             "fraction_of_ceiling_ci": None,
             "fraction_of_ceiling_note": "no share of the ceiling: the noise ceiling is undefined",
         }
-    ci, note = cluster_bootstrap(
-        lambda idx: float(CORR_SPEARMAN(x[idx], y[idx])) / c,
+    rho = weighted_spearman(x, y)
+    ci, note = weighted_bootstrap(
+        lambda w: rho(w) / c,
         groups,
         n_boot=cfg.n_bootstrap,
         seed=cfg.seed,

@@ -20,7 +20,6 @@ import torch
 
 from prefixvalue import cli
 from prefixvalue.config import ConfigError
-from prefixvalue.data.collate import ValueCollator
 from prefixvalue.data.split import SplitRecord
 from prefixvalue.studies.actions import heldout_under
 from prefixvalue.studies.advantages import AdvantagesConfig
@@ -31,17 +30,12 @@ from prefixvalue.value.head import HeadValueModel
 
 from conftest import make_tiny_gpt2
 from test_arith import TINY_POLICY_RUN
-from test_value_fixtures import random_traces, save_traces
+from test_value_fixtures import collated, random_traces, save_traces
 
 
 @pytest.fixture(scope="module")
 def rows(tiny_tokenizer):
     return random_traces(tiny_tokenizer, n_prompts=4, per_prompt=2, seed=3)
-
-
-def _args(rows):
-    batch = ValueCollator(0)(rows)
-    return batch, (batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
 
 
 def _written_features(lm, batch) -> list[np.ndarray]:
@@ -75,7 +69,7 @@ def test_checker_features_follow_the_policy_features(feature_head, rows, tiny_to
     assert not any(p.requires_grad for p in model.checker_lm.parameters())
     assert not any(p is q for p in model.trainable_parameters() for q in model.checker_lm.parameters())
     model.train()  # dropout zeroed: the checker's features do not change in train mode
-    batch, args = _args(rows)
+    batch, args = collated(rows)
     feats = model.policy_features(*args)
     assert feats.shape[-1] == 6
     np.testing.assert_array_equal(feats[..., :3].numpy(), plain.policy_features(*args).numpy())
@@ -113,7 +107,7 @@ def test_qhead_reads_the_checker_for_the_state_and_every_candidate(rows, tiny_to
     cfg = ValueModelConfig(kind="qhead", base_model="unused", checker=str(tmp_path / "checker"))
     model = build_value_model(cfg, make_tiny_gpt2(len(tiny_tokenizer)))
     assert model.q_features.in_features == 10 and model.forward_passes == 3
-    batch, args = _args(rows)
+    batch, args = collated(rows)
     st = model._state(*args)
     assert st["f_checker"].shape == st["f"].shape and st["logp_checker"].shape == st["logp"].shape
     with torch.no_grad():

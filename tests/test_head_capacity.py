@@ -12,23 +12,17 @@ import pytest
 import torch
 
 from prefixvalue import cli
-from prefixvalue.data.collate import ValueCollator
 from prefixvalue.value import ValueModelConfig, build_value_model, load_value_model
 from prefixvalue.value.base import max_completion_length, prefix_indices
 from prefixvalue.value.export import is_standard, to_token_classification
 
 from conftest import make_tiny_gpt2
-from test_value_fixtures import random_traces, save_traces
+from test_value_fixtures import collated, random_traces, save_traces
 
 
 @pytest.fixture(scope="module")
 def rows(tiny_tokenizer):
     return random_traces(tiny_tokenizer, n_prompts=4, per_prompt=2, seed=1)
-
-
-def _args(rows):
-    batch = ValueCollator(0)(rows)
-    return batch, (batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
 
 
 def _ids(rows):
@@ -51,7 +45,7 @@ def test_default_config_is_todays_head_bit_for_bit(rows, tiny_tokenizer):
     model = build_value_model(cfg, make_tiny_gpt2(len(tiny_tokenizer)))
     assert model.feature_mlp is None and model.head.in_features == 32
     _perturb(model)
-    batch, args = _args(rows)
+    batch, args = collated(rows)
     with torch.no_grad():
         z = model(*args)
         out = model.lm(input_ids=args[0], attention_mask=args[1], use_cache=False, output_hidden_states=True)
@@ -73,7 +67,7 @@ def test_mlp_head_starts_at_the_base_rate_and_learns(rows, tiny_tokenizer):
     # the MLP trains with the head (head_parameters: head_lr) and moves the values off the constant
     head_ids = {id(p) for p in model.head_parameters()}
     assert all(id(p) in head_ids for p in model.feature_mlp.parameters())
-    batch, args = _args(rows)
+    batch, args = collated(rows)
     opt = torch.optim.Adam(model.trainable_parameters(), lr=2e-2)
     for _ in range(5):
         ls = model.value_loss(model(*args), batch)
@@ -106,7 +100,7 @@ def test_several_layers_read_those_hidden_states(rows, tiny_tokenizer):
     assert all(np.allclose(v, 0.4) for v in model.predict(prompts, completions))  # w = 0: the base rate
     with torch.no_grad():
         model.head.weight.normal_()
-    batch, args = _args(rows)
+    batch, args = collated(rows)
     with torch.no_grad():
         z = model(*args)
         hs = backbone(input_ids=args[0], output_hidden_states=True).hidden_states
@@ -150,7 +144,7 @@ def test_save_load_round_trip_card_and_export(options, rows, tiny_tokenizer, tmp
     # the export (modeling_prefixvalue.py) gives the same values at every prefix's last token
     assert not is_standard(model)
     tc = to_token_classification(model)
-    batch, args = _args(rows)
+    batch, args = collated(rows)
     with torch.no_grad():
         logits = tc(input_ids=args[0], attention_mask=args[1], prompt_lengths=args[2]).logits
     values = torch.softmax(logits.float(), -1)[..., 1]

@@ -212,8 +212,8 @@ def _copy_by_copy(stat, groups, n_boot, seed):
     return np.asarray(vals)
 
 
-def test_weighted_bootstrap_is_the_cluster_bootstrap_without_copies():
-    """Spearman and AUROC of each resample from its multiplicities (`weighted_bootstrap`) equal the same
+def test_multiset_bootstrap_is_the_cluster_bootstrap_without_copies():
+    """Spearman and AUROC of each resample from its multiplicities (``cluster_bootstrap(..., multiset=True)``) equal the same
     statistic of the concatenated copies, replicate by replicate, ties included (groups of unequal size)."""
     rng = np.random.default_rng(5)
     n = 90
@@ -237,14 +237,14 @@ def test_weighted_bootstrap_is_the_cluster_bootstrap_without_copies():
             seen.append(multiset(w))
             return seen[-1]
 
-        got = M.weighted_bootstrap(record, groups, n_boot=300, seed=3)
+        got = M.cluster_bootstrap(record, groups, n_boot=300, seed=3, multiset=True)
         np.testing.assert_allclose(np.concatenate(seen), _copy_by_copy(stat, groups, 300, 3), rtol=0, atol=1e-12)
         want = M.cluster_bootstrap(stat, groups, n_boot=300, seed=3)
         np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-12)
     # a replicate that holds one tie group of x (or one class) is undefined: dropped and counted alike
     xs, ys, gs = np.array([0, 0, 0, 1, 1, 1.0]), np.array([0, 0, 0, 1, 2, 3.0]), [0, 0, 0, 1, 1, 1]
     slow = M.cluster_bootstrap(lambda i: spearman(xs[i], ys[i]), gs, n_boot=200)
-    assert M.weighted_bootstrap(M.weighted_spearman(xs, ys), gs, n_boot=200) == slow
+    assert M.cluster_bootstrap(M.weighted_spearman(xs, ys), gs, n_boot=200, multiset=True) == slow
     assert slow[0] is None and "undefined in" in slow[1]
     assert np.isnan(M.weighted_auroc(xs, ys >= 2)(np.array([[3.0, 3, 3, 0, 0, 0]]))).all()  # one class only
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from prefixvalue.data import rows_to_dataset
+from prefixvalue.data.collate import ValueCollator
 from prefixvalue.sampling.sampler import Generation
 from prefixvalue.stages.collect import trace_rows
 from prefixvalue.tasks import ArithTask, Prompt, Task, VerifierResult
@@ -63,6 +64,12 @@ def random_traces(tokenizer: Any, n_prompts: int = 8, per_prompt: int = 4, seed:
             completions.append(tokenizer(completion)["input_ids"] + [tokenizer.eos_token_id])
             tids.append(f"t{i}-{j}")
     return _rows(EvenAnswer(), tokenizer, prompts, prompt_ids, completions, tids, {})
+
+
+def collated(rows: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]:
+    """`rows` as one ValueCollator batch, and the (input_ids, attention_mask, prompt_lengths) a value model takes."""
+    batch = ValueCollator(0)(rows)
+    return batch, (batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"])
 
 
 def save_traces(rows: list[dict[str, Any]], path: Path) -> Path:

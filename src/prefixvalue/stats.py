@@ -105,21 +105,6 @@ def pearson(
 
 
 # ------------------------------------------------------------------------------------ bootstrap
-def _resamples(
-    groups: Sequence[Any] | np.ndarray, n_boot: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.random.Generator]:
-    """The cluster bootstrap's set-up, shared by both of its forms: (each element's group index, the elements
-    ordered by group, each group's first position in that order, the generator of the draws). Replicate r
-    draws ``rng.integers(0, n_groups, size=n_groups)``, one call per replicate in order, so both forms see
-    the same replicates."""
-    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    inverse = inverse.reshape(-1)
-    order = np.argsort(inverse, kind="mergesort")
-    counts = np.bincount(inverse)
-    starts = np.cumsum(counts) - counts
-    return inverse, order, starts, np.random.default_rng(seed)
-
-
 def _bootstrap_ci(vals: np.ndarray, n_boot: int, alpha: float, unit: str) -> tuple[list[float] | None, str | None]:
     """The percentile CI of the replicates' values (NaN: undefined, dropped and counted in the note)."""
     vals = vals[np.isfinite(vals)]
@@ -136,74 +121,72 @@ def _bootstrap_ci(vals: np.ndarray, n_boot: int, alpha: float, unit: str) -> tup
     return [float(lo), float(hi)], note
 
 
-def _too_few(n_groups: int, n_boot: int, unit: str) -> str | None:
-    if n_boot <= 0:
-        return "bootstrap disabled (n_bootstrap = 0)"
-    if n_groups < 2:
-        return f"no bootstrap interval: only {n_groups} {unit}(s), resampling over {unit}s needs >= 2"
-    return None
+#: cells of one block of replicates of a multiset statistic ([R, n] multiplicities; measured fastest near 2^17)
+_WEIGHT_CELLS = 1 << 17
+
+
+def _replicates_of_copies(
+    stat: Callable[[np.ndarray], float], inverse: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Each replicate's ``stat(indices)``: the drawn groups' elements, group after group."""
+    order = np.argsort(inverse, kind="mergesort")
+    sizes = np.bincount(inverse)
+    starts, n_groups = np.cumsum(sizes) - sizes, len(sizes)
+    vals = np.empty(n_boot)
+    for r in range(n_boot):
+        pick = rng.integers(0, n_groups, size=n_groups)
+        n = sizes[pick]
+        # one concatenation of the picked groups' index ranges
+        vals[r] = stat(order[np.repeat(starts[pick] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))])
+    return vals
+
+
+def _replicates_of_multiset(
+    stat: Callable[[np.ndarray], np.ndarray], inverse: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Each replicate's ``stat(w)`` from each element's multiplicity, blocks of replicates at a time."""
+    n_groups = int(inverse.max()) + 1  # np.unique's indices: 0 .. n_groups - 1
+    block = max(1, _WEIGHT_CELLS // len(inverse))
+    vals = np.empty(n_boot)
+    for first in range(0, n_boot, block):
+        rows = min(block, n_boot - first)
+        picks = np.stack([rng.integers(0, n_groups, size=n_groups) for _ in range(rows)])  # the same draws
+        drawn = np.bincount((picks + n_groups * np.arange(rows)[:, None]).ravel(), minlength=rows * n_groups)
+        vals[first : first + rows] = stat(drawn.reshape(rows, n_groups)[:, inverse].astype(np.float64))
+    return vals
 
 
 def cluster_bootstrap(
-    stat: Callable[[np.ndarray], float],
+    stat: Callable[[np.ndarray], Any],
     groups: Sequence[Any] | np.ndarray,
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
     unit: str = "group",
+    multiset: bool = False,
 ) -> tuple[list[float] | None, str | None]:
     """Percentile CI of ``stat(indices)`` under resampling of groups with replacement.
 
     `groups` names each element's resampling unit (`unit` names it in notes: "prompt", "trace").
     The draws depend only on (`seed`, number of groups), so two statistics bootstrapped with the
-    same seed and groups see the same replicates (paired); `weighted_bootstrap` draws the same ones.
-    Returns ``([lo, hi], note)``; replicates where the statistic is undefined (e.g. a resample whose
-    labels are all equal) are dropped and counted in the note. The CI is None (with a note) when there
-    is only one group, `n_boot` is 0, or fewer than half the replicates are defined.
+    same seed and groups see the same replicates (paired). Returns ``([lo, hi], note)``; replicates
+    where the statistic is undefined (e.g. a resample whose labels are all equal) are dropped and
+    counted in the note. The CI is None (with a note) when there is only one group, `n_boot` is 0,
+    or fewer than half the replicates are defined.
+
+    With `multiset`, ``stat(w)`` takes a block of R replicates as each element's multiplicity, ``w`` [R, n]
+    (how many copies of its group a replicate drew), and returns the R values, NaN where undefined: the same
+    draws, and for a statistic of the multiset alone (`weighted_spearman`, `weighted_auroc`) the same CI to
+    rounding, with no copy of the data per replicate.
     """
-    _, order, starts, rng = _resamples(groups, n_boot, seed)
-    sizes = np.diff(np.append(starts, len(order)))
-    too_few = _too_few(len(starts), n_boot, unit)
-    if too_few:
-        return None, too_few
-    vals = np.empty(n_boot)
-    for r in range(n_boot):
-        pick = rng.integers(0, len(starts), size=len(starts))
-        n = sizes[pick]
-        # the picked groups' elements, group after group (one concatenation of their index ranges)
-        offsets = np.repeat(starts[pick] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-        vals[r] = stat(order[offsets])
-    return _bootstrap_ci(vals, n_boot, alpha, unit)
-
-
-#: cells of one block of replicates in `weighted_bootstrap` ([R, n] multiplicities; measured fastest near 2^17)
-_WEIGHT_CELLS = 1 << 17
-
-
-def weighted_bootstrap(
-    stat: Callable[[np.ndarray], np.ndarray],
-    groups: Sequence[Any] | np.ndarray,
-    n_boot: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-    unit: str = "group",
-) -> tuple[list[float] | None, str | None]:
-    """`cluster_bootstrap` for a statistic of a multiset: ``stat(w)`` takes each element's multiplicity in a
-    block of replicates, ``w`` [R, n] (how many copies of its group the replicate drew), and returns the R
-    values, NaN where undefined. The replicates are `cluster_bootstrap`'s (same seed, same groups), so a
-    statistic that depends only on the multiset (a correlation, AUROC) gives the same CI to rounding, with
-    no per-replicate copy of the data: `weighted_correlation`, `weighted_auroc`."""
-    inverse, _, starts, rng = _resamples(groups, n_boot, seed)
-    too_few = _too_few(len(starts), n_boot, unit)
-    if too_few:
-        return None, too_few
-    n_groups, block = len(starts), max(1, _WEIGHT_CELLS // max(len(inverse), 1))
-    vals = np.empty(n_boot)
-    for first in range(0, n_boot, block):
-        rows = min(block, n_boot - first)
-        picks = np.stack([rng.integers(0, n_groups, size=n_groups) for _ in range(rows)])
-        drawn = np.bincount((picks + n_groups * np.arange(rows)[:, None]).ravel(), minlength=rows * n_groups)
-        vals[first : first + rows] = stat(drawn.reshape(rows, n_groups)[:, inverse].astype(np.float64))
+    distinct, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    inverse, n_groups = inverse.reshape(-1), len(distinct)
+    if n_boot <= 0:
+        return None, "bootstrap disabled (n_bootstrap = 0)"
+    if n_groups < 2:
+        return None, f"no bootstrap interval: only {n_groups} {unit}(s), resampling over {unit}s needs >= 2"
+    rng = np.random.default_rng(seed)
+    vals = (_replicates_of_multiset if multiset else _replicates_of_copies)(stat, inverse, n_boot, rng)
     return _bootstrap_ci(vals, n_boot, alpha, unit)
 
 
@@ -234,7 +217,7 @@ class _Ties:
 
 
 def weighted_spearman(x: ArrayLike, y: ArrayLike) -> Callable[[np.ndarray], np.ndarray]:
-    """`CORRELATION_FUNCS["spearman"]` of `x` with `y` as a `weighted_bootstrap` statistic: Pearson of the
+    """`CORRELATION_FUNCS["spearman"]` of `x` with `y` as a `cluster_bootstrap(..., multiset=True)` statistic: Pearson of the
     multiset's average ranks, NaN where a replicate's x or y are all equal."""
     tx, ty = _Ties(np.asarray(x, dtype=np.float64)), _Ties(np.asarray(y, dtype=np.float64))
 
@@ -251,7 +234,7 @@ def weighted_spearman(x: ArrayLike, y: ArrayLike) -> Callable[[np.ndarray], np.n
 
 
 def weighted_correlation(method: str, x: ArrayLike, y: ArrayLike) -> Callable[[np.ndarray], np.ndarray] | None:
-    """`method`'s `weighted_bootstrap` statistic (`weighted_spearman`), or None where resampling copy by copy
+    """`method`'s `cluster_bootstrap(..., multiset=True)` statistic (`weighted_spearman`), or None where resampling copy by copy
     (`cluster_bootstrap`) is as fast or faster: Pearson (no ranks) and Kendall."""
     return weighted_spearman(x, y) if method == "spearman" else None
 
@@ -279,7 +262,7 @@ def auroc(scores: ArrayLike, outcomes: ArrayLike) -> tuple[float | None, str | N
 
 
 def weighted_auroc(scores: ArrayLike, outcomes: ArrayLike) -> Callable[[np.ndarray], np.ndarray]:
-    """`auroc` of `scores` for `outcomes` as a `weighted_bootstrap` statistic (the multiset's average ranks);
+    """`auroc` of `scores` for `outcomes` as a `cluster_bootstrap(..., multiset=True)` statistic (the multiset's average ranks);
     NaN where a replicate holds one class only. The scores must be finite (`auroc`'s point value defined)."""
     o = np.asarray(outcomes, dtype=np.float64) >= 0.5
     ties = _Ties(np.asarray(scores, dtype=np.float64))

@@ -37,7 +37,6 @@ from ..stats import (
     spearman_brown,
     undefined_note,
     weighted_auroc,
-    weighted_bootstrap,
     weighted_correlation,
     weighted_spearman,
     wilson_interval,
@@ -75,7 +74,7 @@ def correlation(
     g = np.arange(len(x)) if groups is None else np.asarray(groups)
     multiset = weighted_correlation(method, x, y)  # the same replicates without a copy of each (Spearman)
     if multiset is not None:
-        ci, note = weighted_bootstrap(multiset, g, n_boot=n_boot, seed=seed, unit=unit)
+        ci, note = cluster_bootstrap(multiset, g, n_boot=n_boot, seed=seed, unit=unit, multiset=True)
     else:
         ci, note = cluster_bootstrap(lambda idx: fn(x[idx], y[idx]), g, n_boot=n_boot, seed=seed, unit=unit)
     out["ci"] = ci
@@ -128,7 +127,9 @@ def paired_difference(
     out["value"] = float(ca["value"] - cb["value"])
     wa, wb = weighted_correlation(method, a, y), weighted_correlation(method, b, y)
     if wa is not None and wb is not None:
-        ci, note = weighted_bootstrap(lambda w: wa(w) - wb(w), np.asarray(groups), n_boot=n_boot, seed=seed, unit=unit)
+        ci, note = cluster_bootstrap(
+            lambda w: wa(w) - wb(w), np.asarray(groups), n_boot, seed, unit=unit, multiset=True
+        )
     else:
         ci, note = cluster_bootstrap(
             lambda idx: fn(a[idx], y[idx]) - fn(b[idx], y[idx]), np.asarray(groups), n_boot, seed, unit=unit
@@ -397,7 +398,7 @@ def estimator_metrics(
     if note:
         out["auroc_outcome_note"] = note
     else:
-        ci, bnote = weighted_bootstrap(weighted_auroc(x, o), g, n_boot=n_boot, seed=seed, unit=unit)
+        ci, bnote = cluster_bootstrap(weighted_auroc(x, o), g, n_boot=n_boot, seed=seed, unit=unit, multiset=True)
         out["auroc_outcome_ci"] = ci
         if bnote:
             out["auroc_outcome_note"] = bnote
@@ -425,7 +426,6 @@ __all__ = [
     "spearman_brown",
     "split_half_noise_ceiling",
     "weighted_auroc",
-    "weighted_bootstrap",
     "weighted_correlation",
     "weighted_spearman",
     "wilson_interval",

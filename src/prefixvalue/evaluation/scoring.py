@@ -34,12 +34,12 @@ from ..tracking import jsonable
 from .estimators import ESTIMATORS, Estimates, Estimator, TraceRecord, estimate_values
 from .metrics import (
     calibration_bins,
+    cluster_bootstrap,
     correlation,
     estimator_metrics,
     paired_difference,
     saturation,
     split_half_noise_ceiling,
-    weighted_bootstrap,
     weighted_spearman,
 )
 from .options import ScoringOptions
@@ -383,12 +383,8 @@ def _share_of_ceiling(
             "fraction_of_ceiling_note": "no share of the ceiling: the noise ceiling is undefined",
         }
     rho = weighted_spearman(x, y)
-    ci, note = weighted_bootstrap(
-        lambda w: rho(w) / c,
-        groups,
-        n_boot=cfg.n_bootstrap,
-        seed=cfg.seed,
-        unit=_unit(cfg),
+    ci, note = cluster_bootstrap(
+        lambda w: rho(w) / c, groups, n_boot=cfg.n_bootstrap, seed=cfg.seed, unit=_unit(cfg), multiset=True
     )
     text = (
         f"CI of Spearman / {c:.3f} over the same bootstrap replicates; the noise ceiling is held fixed at its "

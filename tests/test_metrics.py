@@ -213,8 +213,9 @@ def _copy_by_copy(stat, groups, n_boot, seed):
 
 
 def test_multiset_bootstrap_is_the_cluster_bootstrap_without_copies():
-    """Spearman and AUROC of each resample from its multiplicities (``cluster_bootstrap(..., multiset=True)``) equal the same
-    statistic of the concatenated copies, replicate by replicate, ties included (groups of unequal size)."""
+    """Spearman and AUROC of each resample from its multiplicities (``cluster_bootstrap(..., multiset=True)``)
+    equal the same statistic of the concatenated copies, replicate by replicate, ties included (groups of
+    unequal size)."""
     rng = np.random.default_rng(5)
     n = 90
     groups = rng.integers(0, 17, size=n).astype(str)

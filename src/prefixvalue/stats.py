@@ -192,7 +192,7 @@ def cluster_bootstrap(
 
 class _Ties:
     """The distinct values of `x` and each element's index among them, for multiset statistics of many
-    replicates at once (`weighted_correlation`, `weighted_auroc`)."""
+    replicates at once (`weighted_spearman`, `weighted_auroc`)."""
 
     def __init__(self, x: np.ndarray) -> None:
         distinct, inverse = np.unique(x, return_inverse=True)
@@ -217,8 +217,8 @@ class _Ties:
 
 
 def weighted_spearman(x: ArrayLike, y: ArrayLike) -> Callable[[np.ndarray], np.ndarray]:
-    """`CORRELATION_FUNCS["spearman"]` of `x` with `y` as a `cluster_bootstrap(..., multiset=True)` statistic: Pearson of the
-    multiset's average ranks, NaN where a replicate's x or y are all equal."""
+    """`CORRELATION_FUNCS["spearman"]` of `x` with `y` as a ``cluster_bootstrap(..., multiset=True)`` statistic:
+    Pearson of the multiset's average ranks, NaN where a replicate's x or y are all equal."""
     tx, ty = _Ties(np.asarray(x, dtype=np.float64)), _Ties(np.asarray(y, dtype=np.float64))
 
     def stat(w: np.ndarray) -> np.ndarray:
@@ -234,8 +234,8 @@ def weighted_spearman(x: ArrayLike, y: ArrayLike) -> Callable[[np.ndarray], np.n
 
 
 def weighted_correlation(method: str, x: ArrayLike, y: ArrayLike) -> Callable[[np.ndarray], np.ndarray] | None:
-    """`method`'s `cluster_bootstrap(..., multiset=True)` statistic (`weighted_spearman`), or None where resampling copy by copy
-    (`cluster_bootstrap`) is as fast or faster: Pearson (no ranks) and Kendall."""
+    """`method`'s ``cluster_bootstrap(..., multiset=True)`` statistic (`weighted_spearman`), or None where resampling
+    copy by copy is as fast or faster: Pearson (no ranks) and Kendall."""
     return weighted_spearman(x, y) if method == "spearman" else None
 
 
@@ -262,8 +262,9 @@ def auroc(scores: ArrayLike, outcomes: ArrayLike) -> tuple[float | None, str | N
 
 
 def weighted_auroc(scores: ArrayLike, outcomes: ArrayLike) -> Callable[[np.ndarray], np.ndarray]:
-    """`auroc` of `scores` for `outcomes` as a `cluster_bootstrap(..., multiset=True)` statistic (the multiset's average ranks);
-    NaN where a replicate holds one class only. The scores must be finite (`auroc`'s point value defined)."""
+    """`auroc` of `scores` for `outcomes` as a ``cluster_bootstrap(..., multiset=True)`` statistic (the multiset's
+    average ranks); NaN where a replicate holds one class only. The scores must be finite (`auroc`'s point value
+    defined)."""
     o = np.asarray(outcomes, dtype=np.float64) >= 0.5
     ties = _Ties(np.asarray(scores, dtype=np.float64))
     positive = ties.inverse[o]

@@ -270,7 +270,7 @@ def weighted_auroc(scores: ArrayLike, outcomes: ArrayLike) -> Callable[[np.ndarr
     positive = ties.inverse[o]
 
     def stat(w: np.ndarray) -> np.ndarray:
-        centred, per_value, _ = ties.centred_ranks(w)
+        centred, _, _ = ties.centred_ranks(w)
         n_pos = w[:, o].sum(axis=1)
         n_neg = w.sum(axis=1) - n_pos
         mean_rank = (n_pos + n_neg + 1) / 2.0

@@ -223,7 +223,7 @@ def test_scores_on_known_cases():
         "mc_ci_high": np.array([1.0, 0.2, 0.6, 0.3, 0.9, 0.7]),
         "mc_prefix": np.array([0.5] * 3 + [0.4] * 3),
         "fork": np.zeros(6, bool),
-        "logprob": np.log([0.8, 0.1, 0.1, 0.6, 0.3, 0.1]),
+        "logprob": np.log([0.8, 0.1, 0.1, 0.95, 0.04, 0.01]),
         "mc_n": np.zeros(6, dtype=np.int64),
     }
     check["mc_advantage"] = check["mc_mean"] - check["mc_prefix"]
@@ -235,6 +235,15 @@ def test_scores_on_known_cases():
     assert m["sign_agreement_counterfactual"]["value"] == 1.0 and m["sign_agreement_counterfactual"]["n"] == 3
     assert m["sign_agreement_sampled"]["n"] == 2
     assert m["calibration_counterfactual"]["brier"] == 0.0 and m["calibration_counterfactual"]["ece"] == 0.0
+    # prefix a is a decision (the policy's top token 0.8 < 0.9), b a confident prefix (0.95): scored apart
+    check["value_half"] = np.where(check["prefix_id"] == "a", check["mc_mean"], -check["mc_mean"])
+    check["advantage_half"] = check["value_half"] - check["mc_prefix"]
+    half = score_check(check, ["half"], n_boot=20)
+    by = half["models"]["half"]["within_by_prefix"]
+    assert by["decision"]["value"] == pytest.approx(1.0) and by["decision"]["n_prefixes"] == 1
+    assert by["confident"]["value"] == pytest.approx(-1.0) and by["confident"]["n_prefixes"] == 1
+    assert half["models"]["half"]["within_spearman"]["value"] == pytest.approx(0.0)
+    assert half["policy_prob"]["within_by_prefix"]["decision"]["n_prefixes"] == 1
     # exact candidate values (n = 0, a terminal score) redraw to themselves: the ceiling is 1; 2 samples each lose rank
     assert sc["within_noise_ceiling"]["value"] == pytest.approx(1.0) and sc["within_noise_ceiling"]["n_prefixes"] == 2
     check["mc_n"] = np.full(6, 2)

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from prefixvalue import cli
+from prefixvalue.config import ConfigError
 from prefixvalue.value import ValueModelConfig, build_value_model, load_value_model
 from prefixvalue.value.base import max_completion_length, prefix_indices
 from prefixvalue.value.export import is_standard, to_token_classification
+from prefixvalue.value.head import normalised_policy_features
 
 from conftest import make_tiny_gpt2
 from test_value_fixtures import collated, random_traces, save_traces
@@ -193,3 +195,50 @@ def test_train_refuses_a_layer_the_policy_lacks_in_one_line(tmp_path, tiny_token
     assert cli.main(argv) == 2
     err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
     assert err[-1].startswith("prefixvalue train: value_model: head_layers: layer 5 is outside"), err
+
+
+def test_qhead_feature_mlp_reads_each_candidate_as_if_written(rows, tiny_tokenizer, tmp_path):
+    """kind=qhead with feature_head=mlp: the MLP's inputs for candidate y at s_p are the head's normalised features of
+    s_p ⊕ y (for the written token: exactly those of s_{p+1}); it starts at the base rate, saves and reloads, and the
+    export refuses it in one line (docs/design.md, "Q-head")."""
+    cfg = ValueModelConfig(kind="qhead", feature_head="mlp", base_model="unused", base_rate=0.4, q_top_k=3)
+    model = build_value_model(cfg, make_tiny_gpt2(len(tiny_tokenizer)))
+    assert model.q_features is None and model.q_mlp is not None
+    assert {id(p) for p in model.q_mlp.parameters()} <= {id(p) for p in model.head_parameters()}
+    prompts, completions = _ids(rows)
+    assert all(np.allclose(v, 0.4) for v in model.predict(prompts, completions))
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or name.startswith(("head.", "q_mlp.", "q_token.")):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    batch, args = collated(rows)
+    seen = []
+    hook = model.q_mlp.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    with torch.no_grad():
+        st = model._state(*args)
+        tmax = st["h"].shape[1] - 1
+        idx = prefix_indices(args[2], tmax, args[0].shape[1])
+        written = args[0].gather(1, idx + 1)  # token p + 1 after prefix p, [B, Tmax]
+        q = model._q_logits(st, written[..., None])[..., 0]
+    hook.remove()
+    inputs = seen[0][:, :, 0]  # [B, Tmax, 1 + 5]
+    want = normalised_policy_features(st["f"])[:, 1:]  # the head's features of s_{p+1}
+    real = torch.arange(tmax)[None, :] < st["clens"][:, None]  # prefixes followed by a written token
+    torch.testing.assert_close(inputs[..., 1:][real], want[real])
+    state = model.head(st["h"][:, :tmax]).squeeze(-1)
+    torch.testing.assert_close(inputs[..., 0], state)
+    token = (model.q_token(st["h"][:, :tmax]) * model._token_embeddings()[written]).sum(-1) / st["h"].shape[-1] ** 0.5
+    torch.testing.assert_close(q, state + model.q_mlp(inputs).squeeze(-1) + token)
+    before = model.predict(prompts, completions)
+    assert not all(np.allclose(v, 0.4) for v in before)
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    loaded = load_value_model(ckpt, base_model=make_tiny_gpt2(len(tiny_tokenizer)))
+    assert loaded.config.feature_head == "mlp" and "q_mlp.0.weight" in loaded._extra_state_tensors()
+    for a, b in zip(before, loaded.predict(prompts, completions)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert "feature head" in (ckpt / "README.md").read_text()
+    with pytest.raises(ConfigError, match="Q-head's feature MLP"):
+        to_token_classification(model)
+    with pytest.raises(ValueError, match="set policy_features=true"):
+        ValueModelConfig(kind="implicit", feature_head="mlp")

@@ -38,6 +38,10 @@ from ..sampling.mc import MCLabeller, TraceRef
 from ..tracking import jsonable
 from .metrics import _spearman_raw, auroc, cluster_bootstrap, constant_note, correlation, ece, wilson_interval
 
+#: a decision prefix: the policy's most likely next token has probability below this (elsewhere every candidate but
+#: the top one is a token the policy almost never writes, and its MC value says how the policy recovers from it)
+DECISION_TOP_PROB = 0.9
+
 #: columns of the advantages dataset (advantages.parquet), in order; per value model <m> four more columns
 COLUMNS: dict[str, str] = {
     "prefix_id": "'<trace_id>@<position>': one prefix s_p",
@@ -488,9 +492,16 @@ def score_check(
     advantage against the MC advantage over candidates with a clear MC sign (`clear_sign`; `sign_scores`:
     agreement beside the majority-sign base rate, balanced accuracy and AUROC; bootstrap over prompts, over
     prefixes when `check` has no ``prompt_id``). Each model's entry names its ``checkpoint``
-    and ``kind`` (from `checkpoints` and `kinds`, None when not given)."""
+    and ``kind`` (from `checkpoints` and `kinds`, None when not given). The within-prefix Spearman (the policy's,
+    each model's and the noise ceiling) is also given apart for decision prefixes, where the policy's most likely
+    next token has probability below `DECISION_TOP_PROB`, and for the confident rest (``within_by_prefix``)."""
     pid = check["prefix_id"]
     groups = [np.flatnonzero(pid == g) for g in np.unique(pid)]
+    decision = [bool(np.exp(np.max(check["logprob"][g])) < DECISION_TOP_PROB) for g in groups]
+    by_prefix = {
+        "decision": [g for g, d in zip(groups, decision) if d],
+        "confident": [g for g, d in zip(groups, decision) if not d],
+    }
     sampled = check["sampled"].astype(bool)
     mc = check["mc_mean"]
     clear, rule = clear_sign(check)
@@ -506,15 +517,16 @@ def score_check(
             "counterfactual": int((clear & ~sampled).sum()),
             "rule": rule,
         },
+        "decision_rule": f"the policy's most likely next token has probability < {DECISION_TOP_PROB}",
         "policy_prob": {
             "within_spearman": None,
         },
         "models": {},
     }
 
-    def within(values: np.ndarray) -> dict[str, Any]:
+    def within(values: np.ndarray, prefixes: Sequence[np.ndarray] = groups) -> dict[str, Any]:
         rhos, skipped = [], 0
-        for g in groups:
+        for g in prefixes:
             if len(g) < 3 or constant_note(mc[g], "mc") or constant_note(values[g], "v"):
                 skipped += 1
                 continue
@@ -542,14 +554,22 @@ def score_check(
             "mean_mc": float(target.mean()),
         }
 
+    def by_prefix_kind(values: np.ndarray) -> dict[str, Any]:
+        return {k: within(values, prefixes) for k, prefixes in by_prefix.items()}
+
     out["policy_prob"]["within_spearman"] = within(check["logprob"])
+    out["policy_prob"]["within_by_prefix"] = by_prefix_kind(check["logprob"])
     out["within_noise_ceiling"] = within_noise_ceiling(check, groups, seed=seed)
+    out["within_noise_ceiling_by_prefix"] = {
+        k: within_noise_ceiling(check, prefixes, seed=seed) for k, prefixes in by_prefix.items()
+    }
     for m in models:
         v, a = check[f"value_{m}"], check[f"advantage_{m}"]
         out["models"][m] = {
             "checkpoint": (checkpoints or {}).get(m),
             "kind": (kinds or {}).get(m),
             "within_spearman": within(v),
+            "within_by_prefix": by_prefix_kind(v),
             "spearman_counterfactual": correlation(
                 v[~sampled], mc[~sampled], pid[~sampled], n_boot=n_boot, seed=seed, unit="prefix"
             ),
@@ -600,25 +620,42 @@ def render_advantages_section(metrics: dict[str, Any]) -> str:
         f"{sc['n_prefixes']} prefixes ({sc['n_forks']} at known forking tokens), {sc['n_candidates']} candidates, "
         f"{metrics['samples']} continuations each.",
         "",
-        "| value | checkpoint | within-prefix Spearman [CI] (prefixes) | Spearman, counterfactual tokens | "
-        "Spearman, sampled tokens |",
-        "|---|---|---|---|---|",
+        "| value | checkpoint | within-prefix Spearman [CI] (prefixes) | at decision prefixes | at confident "
+        "prefixes | Spearman, counterfactual tokens | Spearman, sampled tokens |",
+        "|---|---|---|---|---|---|---|",
     ]
+
+    def split_cells(by: dict[str, Any] | None) -> str:
+        by = by or {}
+        cells = [by.get(k) or {} for k in ("decision", "confident")]
+        return " | ".join(f"{_f(c.get('value'))} ({c.get('n_prefixes', 0)})" for c in cells)
+
     pw = sc["policy_prob"]["within_spearman"]
     nc = sc.get("within_noise_ceiling") or {}
     if nc.get("value") is not None:
         lines.append(
-            f"| noise ceiling: MC against a redraw of MC | – | {_f(nc['value'])} ({nc['n_prefixes']}) | – | – |"
+            f"| noise ceiling: MC against a redraw of MC | – | {_f(nc['value'])} ({nc['n_prefixes']}) | "
+            f"{split_cells(sc.get('within_noise_ceiling_by_prefix'))} | – | – |"
         )
-    lines.append(f"| policy π(y'|s) | – | {_f(pw['value'])}{_ci(pw['ci'])} ({pw['n_prefixes']}) | – | – |")
+    lines.append(
+        f"| policy π(y'|s) | – | {_f(pw['value'])}{_ci(pw['ci'])} ({pw['n_prefixes']}) | "
+        f"{split_cells(sc['policy_prob'].get('within_by_prefix'))} | – | – |"
+    )
     for m, e in sc["models"].items():
         w = e["within_spearman"]
         cf, sp = e["spearman_counterfactual"], e["spearman_sampled"]
         ckpt = f"`{e['checkpoint']}`" if e.get("checkpoint") else "–"
         lines.append(
             f"| {_model_label(m, e)} | {ckpt} | {_f(w['value'])}{_ci(w['ci'])} ({w['n_prefixes']}) | "
+            f"{split_cells(e.get('within_by_prefix'))} | "
             f"{_f(cf.get('value'))}{_ci(cf.get('ci'))} | {_f(sp.get('value'))}{_ci(sp.get('ci'))} |"
         )
+    if sc.get("decision_rule"):
+        lines += [
+            "",
+            f"Decision prefixes: {sc['decision_rule']}; at the confident rest every candidate but the top one is a "
+            "token the policy almost never writes, and its MC value says how the policy recovers from it.",
+        ]
     lines += [
         "",
         "Sign of the advantage A against the MC advantage, over candidates with a clear MC sign (rule: "

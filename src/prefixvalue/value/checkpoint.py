@@ -106,7 +106,8 @@ class ValueModelConfig:
     feature_head: str = field(
         "linear",
         help="head with policy_features: linear = w·h + b + u·f on the raw features; mlp = w·h + b + a one-hidden-layer "
-        "MLP over (w·h + b, the normalised features), started at zero (docs/design.md, 'Explicit value head')",
+        "MLP over (w·h + b, the normalised features), started at zero (docs/design.md, 'Explicit value head'); qhead: "
+        "the same MLP over the features of s ⊕ y for each candidate y (docs/design.md, 'Q-head')",
     )
     checker: str = field(
         "",
@@ -163,8 +164,10 @@ class ValueModelConfig:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         if self.feature_head not in FEATURE_HEADS:
             raise ValueError(f"feature_head must be one of {FEATURE_HEADS}, got {self.feature_head!r}")
-        if self.feature_head != "linear" and not self.policy_features:
-            raise ValueError(f"feature_head={self.feature_head} reads the policy features: set policy_features=true")
+        if self.feature_head != "linear" and not (self.policy_features or self.kind == "qhead"):
+            raise ValueError(
+                f"feature_head={self.feature_head} reads the policy features: set policy_features=true (or kind=qhead)"
+            )
         if self.head_layers is not None:
             if not self.head_layers or len(set(self.head_layers)) != len(self.head_layers):
                 raise ValueError(f"head_layers must list distinct layers (e.g. [2, 4]), got {self.head_layers}")

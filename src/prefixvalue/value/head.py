@@ -93,14 +93,17 @@ def error_adjusted_logits(z: torch.Tensor, error_logits: torch.Tensor) -> torch.
     return log_p - torch.log(-torch.expm1(log_p))
 
 
-def normalised_policy_features(feats: torch.Tensor) -> torch.Tensor:
+def normalised_policy_features(feats: torch.Tensor, count: torch.Tensor | None = None) -> torch.Tensor:
     """[B, P, 5] float32 inputs of the feature MLP from the raw policy features `feats` [B, P, 3] (sum, minimum and
     last log π_ref at prefixes p = 0..P−1): sign(x)·log(1 + |x|) of the sum, of the mean (the sum over the p written
     tokens), of the minimum and of the last, and log(1 + p). Fixed transforms (nothing fitted): the mean, minimum
     and last lie in [−3.5, 0] (the floor −30), the sum's log grows slowly with the prefix (−7.6 at 64 tokens of −30).
     With a checker `feats` is [B, P, 6] (the policy's three, then the checker's) and the result [B, P, 9]: the four
-    transforms of each model, then log(1 + p)."""
-    count = torch.arange(feats.shape[1], device=feats.device, dtype=feats.dtype)[None, :].expand(feats.shape[0], -1)
+    transforms of each model, then log(1 + p). `count`: the written tokens p of each row of `feats` (broadcast to
+    ``feats.shape[:-1]``; the Q-head's candidates, [..., K] rows of s_p ⊕ y, have p + 1); default the P axis, 0..P−1."""
+    if count is None:
+        count = torch.arange(feats.shape[1], device=feats.device, dtype=feats.dtype)[None, :]
+    count = count.to(feats.dtype).expand(feats.shape[:-1])
     groups = []
     for g in range(feats.shape[-1] // NUM_POLICY_FEATURES):
         total, low, last = (feats[..., NUM_POLICY_FEATURES * g + i] for i in range(NUM_POLICY_FEATURES))

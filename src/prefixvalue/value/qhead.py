@@ -15,6 +15,12 @@ With ``checker`` (docs/design.md, "Checker features") the same five numbers of t
 join u's input (f of s_p and ℓ_y under the checker): a candidate the checker finds wrong is one the value can mark
 down before anyone writes it.
 
+With ``feature_head=mlp`` the linear u·[...] gives way to the explicit head's feature MLP, read as if y had been
+written: Q(s_p, y) = σ(z + MLP(z, g(f(s_p ⊕ y))) + (W h_p)·ê_y / √H), z = w·h_p + b, where f(s_p ⊕ y) is the sum
+f_sum(s_p) + ℓ_y, the minimum min(f_min(s_p), ℓ_y) and the last ℓ_y of each source (the policy, and the checker) and
+g the head's fixed normalisation (`normalised_policy_features`, p + 1 tokens written). The MLP saturates where u is
+linear, so a candidate the checker gives 5% counts as wrong as one it gives 1e-6; its output layer starts at zero.
+
 Every parameter is shared across tokens, so a Q trained on the sampled tokens alone generalises to the unsampled
 ones. The prefix value is the policy-weighted aggregate V(s_p) = Σ_y π̃(y|s_p) Q(s_p, y) over the reference
 policy's `q_top_k` most likely tokens (π̃: π_ref renormalised over them; 0 = the whole vocabulary), which is
@@ -36,7 +42,15 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from .base import ValueModelConfig, max_completion_length, prefix_indices
-from .head import LOGPROB_FLOOR, NUM_POLICY_FEATURES, HeadValueModel, written_logprob_features
+from .head import (
+    FEATURE_MLP_HIDDEN,
+    LOGPROB_FLOOR,
+    NUM_POLICY_FEATURES,
+    HeadValueModel,
+    normalised_policy_features,
+    num_normalised_features,
+    written_logprob_features,
+)
 from .losses import LOSS_TYPES, LossSum, margin_bce_with_logits, masked_sum
 
 #: P̂ is kept this far from 0 and 1 before its log-odds are taken (the aggregate is a probability, not a logit)
@@ -81,7 +95,16 @@ class QHeadValueModel(HeadValueModel):
             rows.append(
                 ("checker", f"{config.checker}: its log-probabilities of s and of each candidate beside π_ref's")
             )
+        if config.feature_head == "mlp":
+            how = f"an MLP ({FEATURE_MLP_HIDDEN} hidden units) over w·h + b and the normalised features of s ⊕ y"
+            rows.append(("feature head", how))
         return rows
+
+    @classmethod
+    def export_problem(cls, config: ValueModelConfig, num_layers: int | None = None) -> str | None:
+        if config.feature_head == "mlp":
+            return "export-model does not carry the Q-head's feature MLP yet: load the checkpoint with load_value_model"
+        return super().export_problem(config, num_layers)
 
     @classmethod
     def standard_export(cls, config: ValueModelConfig, num_layers: int | None = None) -> bool:
@@ -98,9 +121,20 @@ class QHeadValueModel(HeadValueModel):
         super().__init__(config, backbone, adapter_dir, reference)
         hidden = self.head.in_features
         sources = 1 + (self.checker_lm is not None)  # the policy's log-probabilities, and the checker's
-        self.q_features = nn.Linear((NUM_POLICY_FEATURES + 2) * sources, 1, bias=False, dtype=torch.float32)
+        self.q_features = None
+        self.q_mlp = None
+        if config.feature_head == "mlp":
+            self.q_mlp = nn.Sequential(
+                nn.Linear(1 + num_normalised_features(sources), FEATURE_MLP_HIDDEN, dtype=torch.float32),
+                nn.ReLU(),
+                nn.Linear(FEATURE_MLP_HIDDEN, 1, dtype=torch.float32),
+            )
+            nn.init.zeros_(self.q_mlp[2].weight)
+            nn.init.zeros_(self.q_mlp[2].bias)
+        else:
+            self.q_features = nn.Linear((NUM_POLICY_FEATURES + 2) * sources, 1, bias=False, dtype=torch.float32)
+            nn.init.zeros_(self.q_features.weight)
         self.q_token = nn.Linear(hidden, hidden, bias=False, dtype=torch.float32)
-        nn.init.zeros_(self.q_features.weight)
         nn.init.zeros_(self.q_token.weight)
 
     # ----- the pieces of one forward pass ----------------------------------------------------------------
@@ -170,12 +204,23 @@ class QHeadValueModel(HeadValueModel):
             # the head's features of s (one value for every candidate of s), the candidate's own log π(y|s) and the
             # minimum of s ⊕ y (the running minimum is 0 at p = 0 and every log-probability is <= 0)
             f = f[:, :p, None, :].expand(-1, -1, cand.shape[2], -1)
-            groups.append(torch.cat([f, ell[..., None], torch.minimum(f[..., 1], ell)[..., None]], dim=-1))
+            low = torch.minimum(f[..., 1], ell)
+            if self.q_mlp is not None:  # the head's raw features of s ⊕ y: sum, minimum, last
+                groups.append(torch.stack([f[..., 0] + ell, low, ell], dim=-1))
+            else:
+                groups.append(torch.cat([f, ell[..., None], low[..., None]], dim=-1))
         feats = torch.cat(groups, dim=-1)
         state = self.head(h)  # [B, P, 1]
+        if self.q_mlp is not None:
+            written = torch.arange(1, p + 1, device=h.device)[None, :, None]  # s_p ⊕ y holds p + 1 tokens
+            g = normalised_policy_features(feats, written)
+            z = state.expand(-1, -1, cand.shape[2])
+            features = self.q_mlp(torch.cat([z[..., None], g], dim=-1)).squeeze(-1)
+        else:
+            features = self.q_features(feats).squeeze(-1)
         # scaled by 1/√H, as attention scores are: the sum runs over H products of unit-variance terms
         token = (self.q_token(h)[:, :, None, :] * self._token_embeddings()[cand]).sum(-1) / h.shape[-1] ** 0.5
-        return state + self.q_features(feats).squeeze(-1) + token
+        return state + features + token
 
     def _aggregate(self, st: dict[str, torch.Tensor]) -> torch.Tensor:
         """V(s_p) = Σ π̃(y|s_p) σ(Q(s_p, y)) over the top `q_top_k` tokens of π_ref, [B, Tmax+1] probabilities."""
@@ -240,17 +285,25 @@ class QHeadValueModel(HeadValueModel):
         return torch.sigmoid(self._q_logits(self._state(input_ids, attention_mask, prompt_lengths), cand))
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return [*super().head_parameters(), *self.q_features.parameters(), *self.q_token.parameters()]
+        features = self.q_mlp if self.q_mlp is not None else self.q_features
+        return [*super().head_parameters(), *features.parameters(), *self.q_token.parameters()]
+
+    def _q_tensors(self) -> dict[str, torch.Tensor]:
+        out = {"q_token.weight": self.q_token.weight}
+        if self.q_mlp is not None:
+            out.update({f"q_mlp.{k}": v for k, v in self.q_mlp.state_dict(keep_vars=True).items()})
+        else:
+            out["q_features.weight"] = self.q_features.weight
+        return out
 
     def _extra_state_tensors(self) -> dict[str, torch.Tensor]:
-        q = {"q_features.weight": self.q_features.weight, "q_token.weight": self.q_token.weight}
-        return {**self._head_tensors(), **q}
+        return {**self._head_tensors(), **self._q_tensors()}
 
     def _load_extra_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        missing = {"q_features.weight", "q_token.weight"} - set(tensors)
+        missing = set(self._q_tensors()) - set(tensors)
         if missing:
             raise ValueError(f"Q-head weights missing from checkpoint: {sorted(missing)}")
         super()._load_extra_state_tensors(tensors)
         with torch.no_grad():
-            self.q_features.weight.copy_(tensors["q_features.weight"])
-            self.q_token.weight.copy_(tensors["q_token.weight"])
+            for name, tensor in self._q_tensors().items():
+                tensor.copy_(tensors[name])

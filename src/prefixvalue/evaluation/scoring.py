@@ -34,13 +34,11 @@ from ..tracking import jsonable
 from .estimators import ESTIMATORS, Estimates, Estimator, TraceRecord, estimate_values
 from .metrics import (
     calibration_bins,
-    cluster_bootstrap,
     correlation,
     estimator_metrics,
     paired_difference,
     saturation,
     split_half_noise_ceiling,
-    weighted_spearman,
 )
 from .options import ScoringOptions
 from .softvalues import SoftValueSpec
@@ -371,26 +369,26 @@ def _add_ceiling(spearman: dict[str, Any], ceiling: dict[str, Any]) -> None:
         spearman["fraction_of_ceiling"] = spearman["value"] / ceiling["spearman"]
 
 
-def _share_of_ceiling(
-    x: np.ndarray, y: np.ndarray, groups: np.ndarray, ceiling: dict[str, Any], cfg: ScoringOptions
-) -> dict[str, Any]:
-    """``fraction_of_ceiling_ci``: the bootstrap CI of Spearman / ceiling, with the ceiling held fixed at
-    its point estimate (the replicates resample the estimator's Spearman only)."""
+def _share_of_ceiling(spearman: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, Any]:
+    """``fraction_of_ceiling_ci``: the bootstrap CI of Spearman / ceiling, with the ceiling held fixed at its point
+    estimate: `spearman`'s own CI (`correlation`'s replicates) divided by the ceiling, since a percentile CI scales
+    with its statistic."""
     c = ceiling.get("spearman")
     if not c:
         return {
             "fraction_of_ceiling_ci": None,
             "fraction_of_ceiling_note": "no share of the ceiling: the noise ceiling is undefined",
         }
-    rho = weighted_spearman(x, y)
-    ci, note = cluster_bootstrap(
-        lambda w: rho(w) / c, groups, n_boot=cfg.n_bootstrap, seed=cfg.seed, unit=_unit(cfg), multiset=True
-    )
+    ci = spearman.get("ci")
+    note = spearman.get("note")
     text = (
         f"CI of Spearman / {c:.3f} over the same bootstrap replicates; the noise ceiling is held fixed at its "
         f"split-half point estimate (its own uncertainty is not propagated)"
     )
-    return {"fraction_of_ceiling_ci": ci, "fraction_of_ceiling_note": text + (f"; {note}" if note else "")}
+    return {
+        "fraction_of_ceiling_ci": None if ci is None else [ci[0] / c, ci[1] / c],
+        "fraction_of_ceiling_note": text + (f"; {note}" if note else ""),
+    }
 
 
 def split_filter(
@@ -543,7 +541,7 @@ def _estimator_section(
                         seed=cfg.seed,
                         unit=unit,
                     )
-            m["spearman"].update(_share_of_ceiling(x, y, groups, ceiling, cfg))
+            m["spearman"].update(_share_of_ceiling(m["spearman"], ceiling))
         m["description"] = info[name]["description"]
         for extra in ("params", "kind", "base_rate", "note"):
             if extra in info[name]:

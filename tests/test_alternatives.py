@@ -247,7 +247,13 @@ def test_scores_on_known_cases():
     # exact candidate values (n = 0, a terminal score) redraw to themselves: the ceiling is 1; 2 samples each lose rank
     assert sc["within_noise_ceiling"]["value"] == pytest.approx(1.0) and sc["within_noise_ceiling"]["n_prefixes"] == 2
     check["mc_n"] = np.full(6, 2)
-    assert score_check(check, ["m"], n_boot=20)["within_noise_ceiling"]["value"] < 0.9
+    redrawn = score_check(check, ["m"], n_boot=20)
+    whole, parts = redrawn["within_noise_ceiling"], redrawn["within_noise_ceiling_by_prefix"]
+    assert whole["value"] < 0.9
+    # the decision and confident ceilings average the same per-prefix redraws as the whole one
+    assert whole["value"] * whole["n_prefixes"] == pytest.approx(
+        sum((p["value"] or 0.0) * p["n_prefixes"] for p in parts.values())
+    )
 
 
 def test_arith_action_sets():

@@ -41,6 +41,8 @@ from .metrics import _spearman_raw, auroc, cluster_bootstrap, constant_note, cor
 #: a decision prefix: the policy's most likely next token has probability below this (elsewhere every candidate but
 #: the top one is a token the policy almost never writes, and its MC value says how the policy recovers from it)
 DECISION_TOP_PROB = 0.9
+#: redraws per prefix of the within-prefix noise ceiling (`within_noise_ceiling`)
+CEILING_REPLICATES = 50
 
 #: columns of the advantages dataset (advantages.parquet), in order; per value model <m> four more columns
 COLUMNS: dict[str, str] = {
@@ -451,18 +453,25 @@ def sign_scores(
 
 
 def within_noise_ceiling(
-    check: dict[str, np.ndarray], groups: Sequence[np.ndarray], replicates: int = 50, seed: int = 0
+    check: dict[str, np.ndarray], groups: Sequence[np.ndarray], replicates: int = CEILING_REPLICATES, seed: int = 0
 ) -> dict[str, Any]:
     """The within-prefix Spearman that MC labels of this size allow: per prefix (≥ 3 candidates, MC values not all
     equal), the mean Spearman between two independent binomial redraws of its candidates' MC values (n = each
     candidate's ``mc_n``, p = its MC mean; terminal candidates, n = 0, keep their exact score), averaged over
     prefixes; a plug-in ceiling, the same rule as the prefix-level one."""
+    return _ceiling_summary(_ceiling_per_prefix(check, groups, replicates, seed), replicates)
+
+
+def _ceiling_per_prefix(
+    check: dict[str, np.ndarray], groups: Sequence[np.ndarray], replicates: int, seed: int
+) -> np.ndarray | None:
+    """`within_noise_ceiling`'s per-prefix means [len(groups)], NaN where none was drawn; None without ``mc_n``."""
     if "mc_n" not in check:  # a check without sample counts (hand-made): no ceiling to draw
-        return {"value": None, "n_prefixes": 0, "replicates": replicates}
+        return None
     rng = np.random.default_rng(seed)
     mc, n = check["mc_mean"], np.asarray(check["mc_n"]).astype(np.int64)
-    per_prefix = []
-    for g in groups:
+    per_prefix = np.full(len(groups), np.nan)
+    for i, g in enumerate(groups):
         if len(g) < 3 or constant_note(mc[g], "mc"):
             continue
         reps = []
@@ -472,9 +481,17 @@ def within_noise_ceiling(
                 reps.append(_spearman_raw(a, b))
         reps = [r for r in reps if math.isfinite(r)]
         if reps:
-            per_prefix.append(float(np.mean(reps)))
-    value = float(np.mean(per_prefix)) if per_prefix else None
-    return {"value": value, "n_prefixes": len(per_prefix), "replicates": replicates}
+            per_prefix[i] = float(np.mean(reps))
+    return per_prefix
+
+
+def _ceiling_summary(per_prefix: np.ndarray | None, replicates: int, keep: np.ndarray | None = None) -> dict[str, Any]:
+    """The mean of `per_prefix` (`_ceiling_per_prefix`) over the prefixes `keep` (default all) that have one."""
+    if per_prefix is None:
+        return {"value": None, "n_prefixes": 0, "replicates": replicates}
+    drawn = np.isfinite(per_prefix)
+    v = per_prefix[drawn if keep is None else drawn & keep]
+    return {"value": float(v.mean()) if len(v) else None, "n_prefixes": len(v), "replicates": replicates}
 
 
 def score_check(
@@ -497,11 +514,8 @@ def score_check(
     next token has probability below `DECISION_TOP_PROB`, and for the confident rest (``within_by_prefix``)."""
     pid = check["prefix_id"]
     groups = [np.flatnonzero(pid == g) for g in np.unique(pid)]
-    decision = [bool(np.exp(np.max(check["logprob"][g])) < DECISION_TOP_PROB) for g in groups]
-    by_prefix = {
-        "decision": [g for g, d in zip(groups, decision) if d],
-        "confident": [g for g, d in zip(groups, decision) if not d],
-    }
+    decision = np.array([np.exp(np.max(check["logprob"][g])) < DECISION_TOP_PROB for g in groups], dtype=bool)
+    by_prefix = {"decision": decision, "confident": ~decision}  # which prefixes (of `groups`) each part keeps
     sampled = check["sampled"].astype(bool)
     mc = check["mc_mean"]
     clear, rule = clear_sign(check)
@@ -524,18 +538,24 @@ def score_check(
         "models": {},
     }
 
-    def within(values: np.ndarray, prefixes: Sequence[np.ndarray] = groups) -> dict[str, Any]:
-        rhos, skipped = [], 0
-        for g in prefixes:
+    def within(values: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The mean within-prefix Spearman over every prefix, and over each part of `by_prefix`: one Spearman per
+        prefix (NaN where skipped: fewer than 3 candidates, or constant MC or values)."""
+        rho, skipped = np.full(len(groups), np.nan), np.zeros(len(groups), dtype=bool)
+        for i, g in enumerate(groups):
             if len(g) < 3 or constant_note(mc[g], "mc") or constant_note(values[g], "v"):
-                skipped += 1
-                continue
-            rhos.append(_spearman_raw(values[g], mc[g]))
-        r = np.array([x for x in rhos if math.isfinite(x)])
-        if not len(r):
-            return {"value": None, "ci": None, "n_prefixes": 0, "skipped": skipped}
-        ci, _ = cluster_bootstrap(lambda i: float(np.mean(r[i])), np.arange(len(r)), n_boot, seed, unit="prefix")
-        return {"value": float(r.mean()), "ci": ci, "n_prefixes": len(r), "skipped": skipped}
+                skipped[i] = True
+            else:
+                rho[i] = _spearman_raw(values[g], mc[g])
+
+        def summary(keep: np.ndarray) -> dict[str, Any]:
+            r, n_skipped = rho[keep & np.isfinite(rho)], int((skipped & keep).sum())
+            if not len(r):
+                return {"value": None, "ci": None, "n_prefixes": 0, "skipped": n_skipped}
+            ci, _ = cluster_bootstrap(lambda i: float(np.mean(r[i])), np.arange(len(r)), n_boot, seed, unit="prefix")
+            return {"value": float(r.mean()), "ci": ci, "n_prefixes": len(r), "skipped": n_skipped}
+
+        return summary(np.ones(len(groups), dtype=bool)), {k: summary(keep) for k, keep in by_prefix.items()}
 
     def signs(a: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
         return sign_scores(
@@ -554,22 +574,20 @@ def score_check(
             "mean_mc": float(target.mean()),
         }
 
-    def by_prefix_kind(values: np.ndarray) -> dict[str, Any]:
-        return {k: within(values, prefixes) for k, prefixes in by_prefix.items()}
-
-    out["policy_prob"]["within_spearman"] = within(check["logprob"])
-    out["policy_prob"]["within_by_prefix"] = by_prefix_kind(check["logprob"])
-    out["within_noise_ceiling"] = within_noise_ceiling(check, groups, seed=seed)
+    out["policy_prob"]["within_spearman"], out["policy_prob"]["within_by_prefix"] = within(check["logprob"])
+    per_prefix = _ceiling_per_prefix(check, groups, CEILING_REPLICATES, seed)
+    out["within_noise_ceiling"] = _ceiling_summary(per_prefix, CEILING_REPLICATES)
     out["within_noise_ceiling_by_prefix"] = {
-        k: within_noise_ceiling(check, prefixes, seed=seed) for k, prefixes in by_prefix.items()
+        k: _ceiling_summary(per_prefix, CEILING_REPLICATES, keep) for k, keep in by_prefix.items()
     }
     for m in models:
         v, a = check[f"value_{m}"], check[f"advantage_{m}"]
+        whole, parts = within(v)
         out["models"][m] = {
             "checkpoint": (checkpoints or {}).get(m),
             "kind": (kinds or {}).get(m),
-            "within_spearman": within(v),
-            "within_by_prefix": by_prefix_kind(v),
+            "within_spearman": whole,
+            "within_by_prefix": parts,
             "spearman_counterfactual": correlation(
                 v[~sampled], mc[~sampled], pid[~sampled], n_boot=n_boot, seed=seed, unit="prefix"
             ),

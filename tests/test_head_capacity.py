@@ -32,11 +32,11 @@ def _ids(rows):
 
 
 def _perturb(model, seed: int = 1) -> None:
-    """Every head weight (and LoRA's B) non-zero, so that each term of the value shows."""
+    """Every head weight (a Q-head's too, and LoRA's B) non-zero, so that each term of the value shows."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_B" in name or name.startswith(("head.", "feature_head.", "feature_mlp.")):
+            if "lora_B" in name or name.startswith(("head.", "feature_head.", "feature_mlp.", "q_mlp.", "q_token.")):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
 
 
@@ -207,11 +207,7 @@ def test_qhead_feature_mlp_reads_each_candidate_as_if_written(rows, tiny_tokeniz
     assert {id(p) for p in model.q_mlp.parameters()} <= {id(p) for p in model.head_parameters()}
     prompts, completions = _ids(rows)
     assert all(np.allclose(v, 0.4) for v in model.predict(prompts, completions))
-    gen = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name or name.startswith(("head.", "q_mlp.", "q_token.")):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    _perturb(model, seed=2)
     batch, args = collated(rows)
     seen = []
     hook = model.q_mlp.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))

@@ -14,6 +14,7 @@ import json
 import math
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from test_mc import MAX_NEW, EndsInA, markov_gpt2, prefix_value
@@ -316,8 +317,9 @@ def test_stage_configs_reject_bad_values():
 @pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED_POLICY.exists(), reason="the shipped policy data/policies/arith-tiny is absent")
 def test_quickstart_alternatives_flag_writes_both_studies(tmp_path, monkeypatch):
-    """`quickstart alternatives=true` at tiny sizes: both stages run on the trained checkpoints, their figures
-    land in metrics.json and their sections in report.md."""
+    """`quickstart alternatives=true` at tiny sizes: the alternatives model trains on candidate labels of training
+    traces, the one-pass models are ordered by their validation check, both stages run on the trained checkpoints,
+    their figures land in metrics.json and their sections in report.md."""
     from prefixvalue.stages import quickstart as qs
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
@@ -347,6 +349,10 @@ def test_quickstart_alternatives_flag_writes_both_studies(tmp_path, monkeypatch)
         "evaluate.noise_ceiling_repeats=5",
         "evaluate.report_to=disk",
         "alternatives=true",
+        "alternatives_models={qc: {value_model.kind: qhead, value_model.backbone: frozen}}",
+        "alternatives_traces=3",
+        "alternatives_samples=2",
+        "alternatives_candidates=2",
         "actions.num_prompts=2",
         "actions.samples=4",
         "actions.n_bootstrap=10",
@@ -362,7 +368,16 @@ def test_quickstart_alternatives_flag_writes_both_studies(tmp_path, monkeypatch)
     assert set(a["kinds"]) == {"step", "strategy", "all"} and "learned_implicit" in a["estimators"]
     assert a["kinds"]["step"]["estimators"]["learned_head"]["selection"]["n_states"] > 0
     assert a["kinds"]["step"]["baselines"]["first_listed"]["labels"] == ["correct"]
-    assert set(v["models"]) == {"implicit", "head"} and v["check"]["n_prefixes"] == 3
+    assert set(v["models"]) == {"implicit", "head", "qc"} and v["check"]["n_prefixes"] == 3 and v["split"] == "test"
+    # qc trained on the candidate labels of training traces; the one-pass models chosen between on validation
+    cands = pq.read_table(out / "labels_candidates" / "candidates.parquet")
+    record = json.loads((out / "train_qc" / "final_metrics.json").read_text())["training_signal"]["candidate_labels"]
+    assert 0 < record["labels"] == len(cands) and record["weight"] == 1.0
+    (pick,) = [c for c in m["selection"] if c["what"].startswith("one-pass candidate values")]
+    assert pick["split"] == "validation" and set(pick["candidates"]) == {"implicit", "qc"}
+    val = json.loads((out / "advantages_validation" / "metrics.json").read_text())["advantages"]
+    assert val["split"] == "validation" and set(val["models"]) == {"implicit", "qc"}
+    assert v["verdict_model"] == pick["chosen"] == max(pick["candidates"], key=lambda n: pick["candidates"][n] or -1)
     assert {"actions", "advantages"} <= set(m["quickstart"]["seconds"])
     md = (out / "report.md").read_text()
     assert "## Values of actions" in md and "## Counterfactual token values" in md and "actions/actions.png" in md

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefixvalue.config import ConfigError, parse_config
+from prefixvalue.config import ConfigError, parse_config, save_resolved_config
 from prefixvalue.evaluation.analysis import largest_jumps, quality_verdict
 from prefixvalue.evaluation.estimators import Estimator
 from prefixvalue.evaluation.report import render_heatmap
@@ -458,6 +458,15 @@ def test_keys_the_quickstart_sets_are_refused_in_one_line(capsys):
             parse_config(qs.QuickstartConfig, ["policy=p", arg])
     with pytest.raises(ConfigError, match="value_models.x.output_dir is set by the quickstart; remove it"):
         parse_config(qs.QuickstartConfig, ["policy=p", "value_models={x: {output_dir: o}}"])
+    # the models trained for alternatives=true: their labels are the candidate labels the quickstart makes
+    with pytest.raises(ConfigError, match="alternatives_models.q.labels is set by the quickstart; remove it"):
+        parse_config(qs.QuickstartConfig, ["policy=p", "alternatives_models={q: {labels: l}}"])
+    with pytest.raises(ConfigError, match="alternatives_models.head names another model"):
+        parse_config(qs.QuickstartConfig, ["policy=p", "alternatives_models={head: {value_model.kind: qhead}}"])
+    with pytest.raises(ConfigError, match="advantages.split is set by the quickstart"):
+        parse_config(qs.QuickstartConfig, ["policy=p", "advantages.split=validation"])
+    q = parse_config(qs.QuickstartConfig, ["policy=p", "alternatives_models={q: {value_model.kind: qhead}}"])
+    assert q.train_config("q", Path("o"), 0).value_model.kind == "qhead"
     # a key given at its default value changes nothing; the loading options are given once, at the top
     cfg = parse_config(qs.QuickstartConfig, ["policy=p", "label.heldout_fraction=0.2", "revision=main"])
     assert cfg.label_config().revision == cfg.train_config("implicit", Path("o"), 0).revision == "main"
@@ -468,3 +477,27 @@ def test_keys_the_quickstart_sets_are_refused_in_one_line(capsys):
     from prefixvalue.config import format_help
 
     assert "collect.*  collection options (out, model are set here)" in format_help(qs.QuickstartConfig)
+
+
+def test_a_finished_quickstart_reruns_with_its_optional_stages_turned_on(tmp_path):
+    """alternatives=true, steer=true and their options may be added to a quickstart's folder (the other stages
+    resume); any other change is another run's config, refused."""
+    from prefixvalue import runfolder
+
+    out = tmp_path / "qs"
+
+    def claim(*args: str):
+        cfg = parse_config(qs.QuickstartConfig, ["policy=p", f"out={out}", *args])
+        folder = runfolder.claim(out, "quickstart", cfg, outputs=qs.OUTPUTS, rerun_keys=qs.RERUN_KEYS)
+        save_resolved_config(cfg, out)  # as `run` does
+        return folder
+
+    first = claim()
+    first.write_text("metrics.json", "{}")  # a run that wrote something: another config may not take it over
+    first.finish()
+    more = ["alternatives=true", "alternatives_models={q: {value_model.kind: qhead}}", "advantages.samples=8"]
+    folder = claim(*more, "steer=true")
+    assert folder.state != "fresh"
+    folder.finish()
+    with pytest.raises(ConfigError, match="label.candidates"):
+        claim("label.candidates=3")

@@ -38,7 +38,7 @@ from ..evaluation.estimators import ESTIMATORS
 from ..evaluation.evaluator import evaluate, load_value_models
 from ..evaluation.loop import loop_summary, write_loop_report
 from ..evaluation.report import summary_table
-from ..evaluation.selection import Choice, choose_estimator, selection_section
+from ..evaluation.selection import Choice, choose, choose_estimator, selection_section
 from ..loading import ModelLoadConfig
 from ..nesting import check_nested, nested
 from ..processes import run_jobs
@@ -46,7 +46,7 @@ from ..studies import actions, advantages
 from ..studies import steer as steer_study
 from ..studies.alternatives import SET_BY_ALTERNATIVES, run_alternatives
 from ..tracking import WANDB_GROUP_FILE, build_logger, timed, with_wandb_group
-from ..value import VALUE_MODELS, ValueEnsemble
+from ..value import VALUE_MODELS, ValueEnsemble, value_model_class
 from . import collect, label, train
 from .evaluate import FOLDER_OUTPUTS, EvaluateConfig
 
@@ -68,7 +68,25 @@ SETS: dict[str, dict[str, str]] = {
 #: the folders of held-out (test), short-prefix and validation traces, and the validation labels
 SUBFOLDERS = ("heldout_traces", "short_traces", "validation_traces", "labels_validation")
 #: what a quickstart writes into OUT (its run folder, `prefixvalue.runfolder`): each stage's folder and the report
-OUTPUTS = (*FOLDER_OUTPUTS, WANDB_GROUP_FILE, "*traces", "labels*", "train_*", "actions", "advantages", "steer")
+OUTPUTS = (
+    *FOLDER_OUTPUTS,
+    WANDB_GROUP_FILE,
+    "*traces",
+    "labels*",
+    "train_*",
+    "actions",
+    "advantages",
+    "advantages_validation",
+    "steer",
+)
+#: the optional stages' keys (alternatives=true, steer=true): a finished quickstart reruns with them changed, adding
+#: those stages to what it has (each stage's own folder still refuses another config of it)
+OPTIONAL_STAGE_KEYS = frozenset(
+    {"alternatives", "alternatives_models", "alternatives_candidates", "alternatives_traces", "alternatives_samples"}
+    | {"actions", "advantages", "steer", "steering"}
+)
+#: the keys a rerun of the same folder may change (`prefixvalue.runfolder`)
+RERUN_KEYS = runfolder.RERUN_KEYS | {"threads", "train_workers", "frontier_table"} | OPTIONAL_STAGE_KEYS
 
 
 #: the name under which the quickstart scores the ensemble of `learned`'s training seeds (``learned_seed_ensemble``)
@@ -108,6 +126,15 @@ class QuickstartConfig(ModelLoadConfig):
     fork_samples: int = field(64, help="fresh MC continuations per prefix re-testing each fork (label.seed + 2)")
     threads: int = field(0, help="torch CPU threads (0: torch's default)")
     alternatives: bool = field(False, help="also run `actions` and `advantages` on the trained models (adds minutes)")
+    alternatives_models: dict[str, RawMapping] = field(
+        default_factory=dict,
+        help="alternatives=true: value models trained for `advantages` only, on the training traces with candidate "
+        "labels (OUT/labels_candidates): name → overrides of `train`. `advantages` reads first the one-pass model "
+        "(these and value_models') with the best within-prefix Spearman of candidates on the validation labels",
+    )
+    alternatives_candidates: int = field(5, help="alternatives_models: candidate labels of the policy's top-K tokens")
+    alternatives_traces: int = field(256, help="alternatives_models: training traces candidate-labelled, one a prompt")
+    alternatives_samples: int = field(16, help="alternatives_models: MC continuations per prefix and per candidate")
     actions: actions.ActionsConfig = nested(actions.ActionsConfig, "alternatives=true: actions", SETS["actions"])
     advantages: advantages.AdvantagesConfig = nested(advantages.AdvantagesConfig, "advantages", SETS["advantages"])
     steer: bool = field(
@@ -135,12 +162,21 @@ class QuickstartConfig(ModelLoadConfig):
             raise ConfigError("quickstart: value_models needs at least one entry (name: overrides of train)")
         if SEED_ENSEMBLE in self.value_models:
             raise ConfigError(f"quickstart: value_models.{SEED_ENSEMBLE} names the ensemble of the seeds; rename it")
+        both = sorted(set(self.value_models) & set(self.alternatives_models))
+        if both or SEED_ENSEMBLE in self.alternatives_models:
+            raise ConfigError(f"quickstart: alternatives_models.{(both or [SEED_ENSEMBLE])[0]} names another model")
+        for name in ("alternatives_candidates", "alternatives_traces", "alternatives_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"quickstart: {name} must be >= 1, got {getattr(self, name)}")
         check_nested(self, "quickstart", LOADING)
-        for name, overrides in self.value_models.items():  # each entry must make a valid training config
+        for group, models in (("value_models", self.value_models), ("alternatives_models", self.alternatives_models)):
             sets = {canonical_key(train.TrainConfig, k) for k in (*SETS["train"], *LOADING)}
-            for key in sorted(k for k in overrides if canonical_key(train.TrainConfig, k) in sets):
-                raise ConfigError(f"quickstart: value_models.{name}.{key} is set by the quickstart; remove it")
-            self.train_config(name, Path(self.out), 0)
+            if group == "alternatives_models":  # trained on the candidate labels the quickstart makes
+                sets.add("labels")
+            for name, overrides in models.items():  # each entry must make a valid training config
+                for key in sorted(k for k in overrides if canonical_key(train.TrainConfig, k) in sets):
+                    raise ConfigError(f"quickstart: {group}.{name}.{key} is set by the quickstart; remove it")
+                self.train_config(name, Path(self.out), 0)
 
     def load_fields(self) -> dict[str, Any]:
         """The loading options as keyword arguments of every stage's config."""
@@ -157,8 +193,10 @@ class QuickstartConfig(ModelLoadConfig):
         return dataclasses.replace(self.label, **sets, **kw)
 
     def train_config(self, name: str, out: Path, seed_offset: int, traces: Path | None = None) -> train.TrainConfig:
-        """The training config of value model `name` (``train`` with its overrides) for one seed."""
-        tcfg = with_overrides(self.train, dict(self.value_models[name]), f"quickstart: value_models.{name}")
+        """The training config of value model `name` (``train`` with its overrides in ``value_models`` or
+        ``alternatives_models``) for one seed."""
+        group = "value_models" if name in self.value_models else "alternatives_models"
+        tcfg = with_overrides(self.train, dict(getattr(self, group)[name]), f"quickstart: {group}.{name}")
         sets = {**self.load_fields(), "device_map": None, "policy": self.policy, "seed": tcfg.seed + seed_offset}
         folder = out / f"train_{name}{f'_seed{seed_offset}' if seed_offset else ''}"
         return dataclasses.replace(tcfg, **sets, traces=str(traces) if traces else tcfg.traces, out=str(folder))
@@ -216,6 +254,61 @@ def loop_choices(metrics: dict[str, Any], frontier_table: str | None, n_forks: i
     return out
 
 
+def alternatives_checkpoints(
+    cfg: QuickstartConfig,
+    trained: dict[str, str],
+    traces_dir: Path,
+    val_dir: Path,
+    val_labels_dir: Path,
+    seconds: dict[str, float],
+) -> tuple[list[str], Choice | None]:
+    """The checkpoints ``alternatives=true`` reads, and the choice that ordered them (None with one one-pass model
+    or none). `trained`: the value models' checkpoints, `learned` first. ``alternatives_models`` are trained here
+    on candidate labels of training traces (``OUT/labels_candidates``: ``label prompts=train candidates=K``); then
+    `advantages` on the validation traces scores every model with one-pass candidate values, and the one whose
+    candidates rank best within a prefix (Spearman with MC) comes first, the verdict's model; the rest follow."""
+    out = Path(cfg.out)
+    if cfg.alternatives_models:
+        cand_dir = out / "labels_candidates"
+        how = {"prompts": "train", "traces_per_prompt": 1, "max_traces": cfg.alternatives_traces, "positions": "all"}
+        how |= {"samples": cfg.alternatives_samples, "candidates": cfg.alternatives_candidates}
+        with timed(seconds, "label candidates"):
+            label.run(cfg.label_config(traces=str(traces_dir), out=str(cand_dir), seed=cfg.label.seed + 4, **how))
+        jobs = {
+            (n, 0): dataclasses.replace(cfg.train_config(n, out, 0, traces_dir), labels=str(cand_dir))
+            for n in cfg.alternatives_models
+        }
+        with timed(seconds, "train alternatives"):
+            done = run_jobs(train.run, jobs, cfg.train_workers, lambda t: dataclasses.replace(t, threads=1))
+        seconds.update({f"train {n}": sec for (n, _), (_, sec) in done.items()})
+        trained = {**trained, **{n: str(r["checkpoint"]) for (n, _), (r, _) in done.items()}}
+    kinds = {n: cfg.train_config(n, out, 0).value_model.kind for n in trained}
+    one_pass = [n for n in trained if value_model_class(kinds[n]).counterfactuals]
+    choice = None
+    if len(one_pass) > 1:
+        vcfg = dataclasses.replace(
+            cfg.advantages,
+            **cfg.load_fields(),
+            out=str(out / "advantages_validation"),
+            traces=str(val_dir),
+            labels=str(val_labels_dir),
+            policy=cfg.policy,
+            checkpoints=[trained[n] for n in one_pass],
+            split="validation",
+        )
+        with timed(seconds, "advantages validation"):
+            vm = advantages.run(vcfg)
+        by_path = {str(p): n for n, p in vm["checkpoints"].items()}
+        models = vm["check"]["models"]
+        scores = {n: models[by_path[trained[n]]]["within_spearman"]["value"] for n in one_pass}
+        what = "one-pass candidate values: the model `advantages` reads first (its verdict)"
+        choice = choose(what, scores, split=vm["split"], metric="within-prefix Spearman of candidates with MC")
+        choice.extra.update(n_prefixes=vm["check"]["n_prefixes"], folder="advantages_validation")
+        one_pass = [choice.chosen, *(n for n in one_pass if n != choice.chosen)]
+    order = [*one_pass, *(n for n in trained if n not in one_pass)]
+    return [trained[n] for n in order], choice
+
+
 def run(cfg: QuickstartConfig) -> dict[str, Any]:
     """Run the loop; returns metrics.json's dict (with its ``quickstart`` section)."""
     import torch
@@ -224,8 +317,8 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out, rerun_keys = Path(cfg.out), runfolder.RERUN_KEYS | {"threads", "train_workers", "frontier_table"}
-    folder = runfolder.claim(out, "quickstart", cfg, outputs=OUTPUTS, rerun_keys=rerun_keys, path_keys=("policy",))
+    out = Path(cfg.out)
+    folder = runfolder.claim(out, "quickstart", cfg, outputs=OUTPUTS, rerun_keys=RERUN_KEYS, path_keys=("policy",))
     fresh = folder.state == "fresh"
     save_resolved_config(cfg, out)
     cfg, seconds, t0, names = with_wandb_group(cfg, out), {}, time.perf_counter(), list(cfg.value_models)
@@ -297,8 +390,14 @@ def run(cfg: QuickstartConfig) -> dict[str, Any]:
         q = loop_summary(result, traces, config_to_dict(cfg), prompts, len(held_rows), firsts, value_models, **more)
         q.update(validation_prompts=n_val_prompts, labelled_validation_traces=len(val_rows))
         selection = selection_section([pick, *loop_choices(result.metrics, cfg.frontier_table, len(forks))])
-    alt = (cfg.actions, cfg.advantages, str(cfg.policy), [ckpts[n, 0] for n in names], held_dir, labels_dir, out)
-    alt_metrics, alt_sections = run_alternatives(*alt, cfg.load_fields(), seconds) if cfg.alternatives else ({}, [])
+    alt_metrics, alt_sections = {}, []
+    if cfg.alternatives:
+        alt_ckpts, one_pass_choice = alternatives_checkpoints(
+            cfg, {n: ckpts[n, 0] for n in names}, traces_dir, val_dir, val_labels_dir, seconds
+        )
+        selection += selection_section([one_pass_choice] if one_pass_choice else [])
+        alt = (cfg.actions, cfg.advantages, str(cfg.policy), alt_ckpts, held_dir, labels_dir, out)
+        alt_metrics, alt_sections = run_alternatives(*alt, cfg.load_fields(), seconds)
     if cfg.steer:
         with timed(seconds, "steer"):
             steered, section = steer_study.quickstart_steer(

@@ -23,7 +23,7 @@ from . import advantages as advantages_stage
 SET_BY_ALTERNATIVES: dict[str, dict[str, str]] = {
     "actions": {"out": "OUT/actions", "policy": "policy", "checkpoints": "the trained checkpoints"},
     "advantages": {"out": "OUT/advantages", "traces": "OUT/heldout_traces", "labels": "OUT/labels"}
-    | {"policy": "policy", "checkpoints": "the trained checkpoints"},
+    | {"policy": "policy", "checkpoints": "the trained checkpoints", "split": "validation, then test"},
 }
 
 
@@ -53,6 +53,7 @@ def run_alternatives(
         labels=str(labels),
         policy=policy,
         checkpoints=list(checkpoints),
+        split="test",
     )
     with timed(seconds, "actions"):
         am = actions_stage.run(acfg)

@@ -27,6 +27,9 @@ from prefixvalue.config import ConfigError, field, parse_config, save_resolved_c
 from prefixvalue.tasks import ArithConfig, ArithTask
 from prefixvalue.tokenizer import build_char_tokenizer
 
+#: the policy's architecture (arith-tiny's); a model card names any other in its command
+SHAPE_DEFAULTS = {"n_layer": 4, "n_embd": 128, "n_head": 4}
+
 
 @dataclass
 class TrainPolicyConfig:
@@ -34,9 +37,9 @@ class TrainPolicyConfig:
 
     out_dir: str = field("data/policies/arith-tiny", help="where the model and tokenizer are saved")
     task: ArithConfig = field(default_factory=ArithConfig, help="arith task knobs")
-    n_layer: int = field(4, help="transformer layers")
-    n_embd: int = field(128, help="hidden size")
-    n_head: int = field(4, help="attention heads")
+    n_layer: int = field(SHAPE_DEFAULTS["n_layer"], help="transformer layers")
+    n_embd: int = field(SHAPE_DEFAULTS["n_embd"], help="hidden size")
+    n_head: int = field(SHAPE_DEFAULTS["n_head"], help="attention heads")
     max_steps: int = field(6000, help="upper bound on optimisation steps")
     batch_size: int = field(64, help="sequences per step")
     lr: float = field(2e-3, help="peak learning rate (AdamW, cosine decay to 10% over max_steps)")
@@ -233,10 +236,12 @@ def model_card(cfg: TrainPolicyConfig, r: dict) -> str:
             f"Trained for up to {cfg.epochs} epochs over the same pool ({r['epochs']} used), it knows the step results "
             "the policy gets wrong."
         )
+    shape = [(k, getattr(cfg, k)) for k in ("n_layer", "n_embd", "n_head") if getattr(cfg, k) != SHAPE_DEFAULTS[k]]
     command = " ".join(
         f"{k}={v}"
         for k, v in [
             ("out_dir", cfg.out_dir),
+            *shape,  # the architecture, when not the policy's
             ("target_accuracy", cfg.target_accuracy),
             ("epochs", cfg.epochs),
             ("max_steps", cfg.max_steps),

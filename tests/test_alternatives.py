@@ -33,6 +33,7 @@ from prefixvalue.evaluation.actions import (
 from prefixvalue.evaluation.advantages import (
     TraceInput,
     candidate_cost,
+    candidate_logprobs,
     candidate_table,
     choose_check_prefixes,
     clear_sign,
@@ -41,6 +42,7 @@ from prefixvalue.evaluation.advantages import (
     mc_check,
     model_candidate_values,
     policy_candidates,
+    render_advantages_section,
     score_check,
 )
 from prefixvalue.sampling.hf import HFSampler
@@ -197,6 +199,37 @@ def test_one_pass_values_equal_their_own_sequences(tiny_tokenizer):
     assert twice["sequences"] == seq_cost["sequences"]
 
 
+def test_candidate_logprobs_are_the_models_own_next_token_logprobs(tiny_tokenizer):
+    """A checker's log-probability of each candidate equals that of the model run on s_p alone, whatever the batch
+    (right padding), in the candidates' order."""
+    from conftest import make_tiny_gpt2
+
+    tok = tiny_tokenizer
+    policy, checker = make_tiny_gpt2(len(tok)), make_tiny_gpt2(len(tok))
+    with torch.no_grad():
+        for p in checker.parameters():
+            p.add_(torch.randn_like(p) * 0.3)  # a different model from the policy
+    traces = [
+        TraceInput("t0", "p0", tok.encode("Q:1+2="), tok.encode("1+2=3;A:3")),
+        TraceInput("t1", "p1", tok.encode("Q:4*2="), tok.encode("4*2=8")),
+    ]
+    with torch.no_grad():
+        cands = policy_candidates(policy, traces, top_k=3)
+        together = candidate_logprobs(checker, traces, cands, batch_size=2)
+        alone = candidate_logprobs(checker, traces, cands, batch_size=1)
+        for t, c, lp in zip(traces, cands, together):
+            for p, y, v in zip(c["position"].tolist(), c["token_id"].tolist(), lp.tolist()):
+                ids = torch.tensor([t.prompt_ids + t.completion_ids[:p]])
+                direct = torch.log_softmax(checker(input_ids=ids).logits[0, -1].float(), -1)[y]
+                assert v == pytest.approx(float(direct), abs=1e-4)
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # the policy itself: its candidates' own log-probabilities
+    own = candidate_logprobs(policy, traces, cands, batch_size=2)
+    for c, lp in zip(cands, own):
+        np.testing.assert_allclose(lp, c["logprob"], atol=1e-4)
+
+
 def test_scores_on_known_cases():
     state = np.repeat(np.arange(4), 3)
     mc = np.array([0.9, 0.5, 0.1, 0.2, 0.8, 0.4, 0.3, 0.6, 0.0, 1.0, 0.5, 0.25])
@@ -239,7 +272,27 @@ def test_scores_on_known_cases():
     # prefix a is a decision (the policy's top token 0.8 < 0.9), b a confident prefix (0.95): scored apart
     check["value_half"] = np.where(check["prefix_id"] == "a", check["mc_mean"], -check["mc_mean"])
     check["advantage_half"] = check["value_half"] - check["mc_prefix"]
+    assert "checker_prob" not in sc  # no checker column, no checker row
+    check["checker_logprob"] = np.log(np.where(check["prefix_id"] == "a", check["mc_mean"], 1.0 - check["mc_mean"]))
     half = score_check(check, ["half"], n_boot=20)
+    # a checker that ranks prefix a's candidates as MC does and b's reversed: scored as the policy is, by part
+    ch = half["checker_prob"]
+    assert ch["within_spearman"]["value"] == pytest.approx(0.0)
+    assert ch["within_by_prefix"]["decision"]["value"] == pytest.approx(1.0)
+    assert ch["within_by_prefix"]["confident"]["value"] == pytest.approx(-1.0)
+    shown = render_advantages_section(
+        {
+            "n_traces": 2,
+            "top_k": 2,
+            "n_rows": 6,
+            "dataset": "advantages.parquet",
+            "samples": 2,
+            "check": half,
+            "checker": {"read_by": "half", "path": "ckpt/checker"},
+            "verdict": None,
+        }
+    )
+    assert "| checker π_c(y'|s), read by half | `ckpt/checker` | 0.000" in shown
     by = half["models"]["half"]["within_by_prefix"]
     assert by["decision"]["value"] == pytest.approx(1.0) and by["decision"]["n_prefixes"] == 1
     assert by["confident"]["value"] == pytest.approx(-1.0) and by["confident"]["n_prefixes"] == 1
@@ -349,7 +402,9 @@ def test_quickstart_alternatives_flag_writes_both_studies(tmp_path, monkeypatch)
         "evaluate.noise_ceiling_repeats=5",
         "evaluate.report_to=disk",
         "alternatives=true",
-        "alternatives_models={qc: {value_model.kind: qhead, value_model.backbone: frozen}}",
+        # the Q-head reads the shipped checker: the advantages then rank the candidates by the checker too
+        "alternatives_models={qc: {value_model.kind: qhead, value_model.backbone: frozen, value_model.checker: "
+        f"{SHIPPED_POLICY.parent / 'arith-checker'}}}}}",
         "alternatives_traces=3",
         "alternatives_samples=2",
         "alternatives_candidates=2",
@@ -369,6 +424,12 @@ def test_quickstart_alternatives_flag_writes_both_studies(tmp_path, monkeypatch)
     assert a["kinds"]["step"]["estimators"]["learned_head"]["selection"]["n_states"] > 0
     assert a["kinds"]["step"]["baselines"]["first_listed"]["labels"] == ["correct"]
     assert set(v["models"]) == {"implicit", "head", "qc"} and v["check"]["n_prefixes"] == 3 and v["split"] == "test"
+    assert v["checker"]["read_by"] == "qc" and v["checker"]["path"].endswith("arith-checker")
+    assert v["check"]["checker_prob"]["within_spearman"]["n_prefixes"] <= 3
+    table = pq.read_table(out / "advantages" / "advantages.parquet").column_names
+    assert "checker_logprob" in table and "checker_logprob" in json.loads(
+        (out / "advantages" / "columns.json").read_text()
+    )
     # qc trained on the candidate labels of training traces; the one-pass models chosen between on validation
     cands = pq.read_table(out / "labels_candidates" / "candidates.parquet")
     record = json.loads((out / "train_qc" / "final_metrics.json").read_text())["training_signal"]["candidate_labels"]

@@ -212,6 +212,10 @@ def test_policy_recipe_epochs_revisit_the_pool_and_never_leave_it(tmp_path):
     report = recipe.main([f"out_dir={tmp_path / 'policy'}", "epochs=2", *TINY_POLICY_RUN])
     assert report["steps"] == 5 and report["stopped_at_pool_end"]
     assert report["policy_train_prompts_used"] == 100 and report["epochs"] == 2.0
+    # the model card's command rebuilds this model: it names the architecture when it is not the policy's
+    card = (tmp_path / "policy" / "README.md").read_text()
+    command = next(line for line in card.splitlines() if "recipes/train_policy.py" in line)
+    assert "n_layer=1 n_embd=16" in command and "epochs=2" in command
 
 
 def test_heldout_under_reads_the_side_asked_for(tmp_path):

@@ -239,6 +239,7 @@ def test_main_on_tiny_data(tmp_path, tiny_tokenizer, tiny_model_dir, monkeypatch
     assert cost["value_forward_tokens"] == sum(len(t["prompt_ids"]) + len(t["completion_ids"]) for t in traces)
     assert cost["mc_generated_tokens"] == 50000
     assert cost["ratio_mc_to_value"] == pytest.approx(50000 / cost["value_forward_tokens"])
+    assert cost["ratio_mc_to_value_compute"] is None and "parameters" in cost["ratio_mc_to_value_compute_note"]
     _no_nan(on_disk)
     assert metrics["n_prefixes"] == on_disk["n_prefixes"]
 
@@ -382,6 +383,19 @@ def test_main_with_real_value_model(tmp_path, tiny_tokenizer, tiny_model_dir, ki
     one_pass = sum(len(t["prompt_ids"]) + len(t["completion_ids"]) for t in traces)
     assert metrics["cost"]["value_forward_passes"] == vm.forward_passes == passes
     assert metrics["cost"]["value_forward_tokens"] == passes * one_pass
+    # compute: each pass's tokens weighed by what it runs per token (the reference pass: the base without adapters)
+    backbone = sum(p.numel() for p in vm.lm.parameters())
+    base = sum(p.numel() for n, p in vm.lm.named_parameters() if "lora_" not in n)
+    assert (
+        vm.pass_parameters == [backbone, base][:passes]
+        and metrics["cost"]["value_pass_parameters"] == vm.pass_parameters
+    )
+    policy_n = metrics["cost"]["policy_parameters"]
+    assert policy_n == base  # the policy is the checkpoint's reference model here
+    assert metrics["cost"]["value_forward_policy_tokens"] == pytest.approx(
+        one_pass * sum(vm.pass_parameters) / policy_n
+    )
+    assert metrics["cost"]["ratio_mc_to_value_compute"] is None  # no MC cost known
     on_disk = json.loads((out / "metrics.json").read_text())
     _no_nan(on_disk)
     for name in ("report.md", "heatmap.html", "value_curves.png", "predictions.parquet"):
@@ -616,3 +630,17 @@ def test_components_import_no_stage():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 assert "stages" not in (node.module or "").split("."), f"{path} imports {node.module}"
+
+
+def test_cost_weighs_each_pass_by_the_parameters_it_runs():
+    """A value model smaller than the policy costs less per token: its passes' tokens count in tokens of the policy."""
+    from prefixvalue.evaluation.scoring import _cost_section
+
+    cost = {"value_forward_tokens": 200, "value_pass_parameters": [100, 50], "policy_parameters": 300}
+    out = _cost_section(cost, {"generated_tokens": 3000}, n_pref=10, n_labelled=10)
+    assert out["ratio_mc_to_value"] == pytest.approx(15.0)
+    assert out["value_forward_policy_tokens"] == pytest.approx(100 * 150 / 300)  # 2 passes of 100 tokens
+    assert out["ratio_mc_to_value_compute"] == pytest.approx(3000 / 50)
+    # the policy itself, twice (a head reading the reference beside its adapted backbone): tokens and compute agree
+    same = _cost_section({**cost, "value_pass_parameters": [300, 300]}, {"generated_tokens": 3000}, 10, 10)
+    assert same["ratio_mc_to_value_compute"] == pytest.approx(same["ratio_mc_to_value"])

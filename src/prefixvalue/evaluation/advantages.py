@@ -57,6 +57,11 @@ COLUMNS: dict[str, str] = {
     "prob": "π(y' | s_p) under the policy (temperature 1)",
     "logprob": "log π(y' | s_p), nats",
 }
+#: one more column when a compared model reads a checker (docs/design.md, "Checker features"): the checker's own ranking
+#: of the candidates, the baseline a value that reads it has to beat
+CHECKER_COLUMNS: dict[str, str] = {
+    "checker_logprob": "log π_checker(y' | s_p), nats, under the checker model a compared value model reads",
+}
 MODEL_COLUMNS: dict[str, str] = {
     "value_{m}": "V(s_p ⊕ y') of value model m, P̂ in [0, 1]",
     "prefix_value_{m}": "V(s_p) of model m",
@@ -121,6 +126,26 @@ def policy_candidates(
                     "rank": np.array(rank, dtype=np.int64),
                     "logprob": np.array(logp, dtype=np.float64),
                 }
+            )
+    return out
+
+
+@torch.no_grad()
+def candidate_logprobs(
+    lm: Any, traces: Sequence[TraceInput], cands: Sequence[dict[str, np.ndarray]], batch_size: int = 8
+) -> list[np.ndarray]:
+    """log lm(y' | s_p) of every candidate of `cands` (per trace, aligned with its ``token_id``), one forward pass
+    per trace: what another model than the policy (a checker) makes of the same candidates."""
+    device = next(lm.parameters()).device
+    out: list[np.ndarray] = []
+    prompts, comps = [t.prompt_ids for t in traces], [t.completion_ids for t in traces]
+    for b0, batch in collated_batches(prompts, comps, batch_size, device):
+        logits = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        for r, (t, c) in enumerate(zip(traces[b0 : b0 + batch_size], cands[b0 : b0 + batch_size])):
+            rows = torch.as_tensor(len(t.prompt_ids) - 1 + c["position"], device=logits.device)
+            lp = torch.log_softmax(logits[r, rows].float(), dim=-1)
+            out.append(
+                lp.gather(1, torch.as_tensor(c["token_id"], device=lp.device)[:, None])[:, 0].double().cpu().numpy()
             )
     return out
 
@@ -575,6 +600,9 @@ def score_check(
         }
 
     out["policy_prob"]["within_spearman"], out["policy_prob"]["within_by_prefix"] = within(check["logprob"])
+    if "checker_logprob" in check:  # the checker's own ranking, beside the policy's (`CHECKER_COLUMNS`)
+        whole, parts = within(check["checker_logprob"])
+        out["checker_prob"] = {"within_spearman": whole, "within_by_prefix": parts}
     per_prefix = _ceiling_per_prefix(check, groups, CEILING_REPLICATES, seed)
     out["within_noise_ceiling"] = _ceiling_summary(per_prefix, CEILING_REPLICATES)
     out["within_noise_ceiling_by_prefix"] = {
@@ -659,6 +687,13 @@ def render_advantages_section(metrics: dict[str, Any]) -> str:
         f"| policy π(y'|s) | – | {_f(pw['value'])}{_ci(pw['ci'])} ({pw['n_prefixes']}) | "
         f"{split_cells(sc['policy_prob'].get('within_by_prefix'))} | – | – |"
     )
+    if sc.get("checker_prob"):
+        cw, checker = sc["checker_prob"]["within_spearman"], metrics.get("checker") or {}
+        path = f"`{checker['path']}`" if checker.get("path") else "–"
+        lines.append(
+            f"| checker π_c(y'|s), read by {checker.get('read_by', '?')} | {path} | {_f(cw['value'])}{_ci(cw['ci'])} "
+            f"({cw['n_prefixes']}) | {split_cells(sc['checker_prob'].get('within_by_prefix'))} | – | – |"
+        )
     for m, e in sc["models"].items():
         w = e["within_spearman"]
         cf, sp = e["spearman_counterfactual"], e["spearman_sampled"]
@@ -745,7 +780,11 @@ def one_pass_verdict(check: dict[str, Any], name: str) -> str | None:
             sign += f" (balanced accuracy {_f(ba['value'], 2)}{_ci(ba['ci'])}; 0.5 is chance)"
     ckpt = f" (`{e['checkpoint']}`)" if e.get("checkpoint") else ""
     base = check["policy_prob"]["within_spearman"]["value"]
-    rel = f" (the policy's own probability ranks them at {_f(base)})" if base is not None else ""
+    rel = f" (the policy's own probability ranks them at {_f(base)}" if base is not None else ""
+    checker = (check.get("checker_prob") or {}).get("within_spearman", {}).get("value")
+    if rel and checker is not None:
+        rel += f", the checker's at {_f(checker)}"
+    rel += ")" if rel else ""
     return (
         ("Yes" if lo > 0 else "Not measurably")
         + f": within a prefix, the values of {name}{ckpt} rank the candidate tokens with MC at Spearman "

@@ -189,11 +189,16 @@ def estimate_values(
             ]
         cost["value_forward_passes"] = int(getattr(value_model, "forward_passes", 1))
         cost["value_forward_tokens"] = value_forward_tokens(value_model, prompts, comps)
+        if hasattr(value_model, "pass_parameters"):  # what each pass runs per token, for the compute ratio
+            cost["value_pass_parameters"] = [int(n) for n in value_model.pass_parameters]
         if base_rate is None:
             base_rate = getattr(getattr(value_model, "config", None), "base_rate", None)
     else:
         cost["value_forward_tokens"] = None
         cost["value_forward_tokens_note"] = "no value model evaluated"
+
+    if policy is not None:  # the model the MC labels sample from (the traces'), for the compute ratio
+        cost["policy_parameters"] = int(sum(p.numel() for p in policy.parameters()))
 
     # -- soft values of the policy
     if policy is not None and soft_values is not None:

@@ -626,11 +626,24 @@ def _cost_section(cost: dict[str, Any], mc_cost: dict[str, Any] | None, n_pref: 
     cost["ratio_mc_to_value"] = (mc_gen / vft) if (mc_gen is not None and vft) else None
     if cost["ratio_mc_to_value"] is None:
         cost["ratio_mc_to_value_note"] = "needs both MC generated tokens and value-model forward tokens"
+    # compute: each pass's tokens weighed by the parameters it runs per token, in tokens of the policy (a forward
+    # pass costs about 2 FLOPs per parameter per token), so a value model smaller than the policy counts less
+    passes, policy_n = cost.get("value_pass_parameters"), cost.get("policy_parameters")
+    if vft and passes and policy_n:
+        cost["value_forward_policy_tokens"] = vft / len(passes) * sum(passes) / policy_n
+        cost["ratio_mc_to_value_compute"] = mc_gen / cost["value_forward_policy_tokens"] if mc_gen is not None else None
+    else:
+        cost["ratio_mc_to_value_compute"] = None
+        cost["ratio_mc_to_value_compute_note"] = (
+            "needs the policy's parameters (evaluate loads the policy with soft_values=true) and the value model's"
+        )
     cost["note"] = (
         "value_forward_tokens = prompt + completion tokens of the value model's forward passes over each trace "
         "(value_forward_passes: 2 when it also reads the reference policy beside an adapted backbone, one per "
         "member of an ensemble), which score every prefix of the trace; mc_generated_tokens = tokens sampled "
-        "to label the same prefixes"
+        "to label the same prefixes; value_forward_policy_tokens = the same passes in tokens of the policy, each "
+        "pass's tokens x its parameters (value_pass_parameters) / the policy's (policy_parameters), and "
+        "ratio_mc_to_value_compute = mc_generated_tokens / value_forward_policy_tokens"
     )
     return cost
 

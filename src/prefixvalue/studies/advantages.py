@@ -100,6 +100,16 @@ class AdvantagesConfig(ModelLoadConfig):
             raise ConfigError("advantages: checkpoints is required (checkpoints=[PATH,...], at least one)")
 
 
+def shown_path(path: str) -> str:
+    """`path` as the report shows it: relative to the working directory when under it (a checkpoint records its
+    checker resolved)."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def run(cfg: AdvantagesConfig) -> dict[str, Any]:
     """Run the study; returns metrics.json's ``advantages`` section (also written to OUT)."""
     import numpy as np
@@ -109,10 +119,12 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
 
     from ..data import load_labels, load_traces
     from ..evaluation.advantages import (
+        CHECKER_COLUMNS,
         COLUMNS,
         MODEL_COLUMNS,
         TraceInput,
         candidate_cost,
+        candidate_logprobs,
         candidate_table,
         choose_check_prefixes,
         consistency,
@@ -150,14 +162,19 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
     ]
     names = checkpoint_names(cfg.checkpoints)
     models = {n: load_value_model(p, device=device, options=cfg.load_options()) for n, p in names.items()}
+    # the checker a compared model reads (the first such model's): its ranking of the candidates is a baseline
+    reader = next((n for n, m in models.items() if getattr(m, "checker_lm", None) is not None), None)
     with torch.no_grad():
         cands = policy_candidates(policy, traces, cfg.top_candidates, cfg.batch_size)
         table = candidate_table(traces, cands, models, tok, cfg.batch_size)
+        if reader is not None:
+            lps = candidate_logprobs(models[reader].checker_lm, traces, cands, cfg.batch_size)
+            table["checker_logprob"] = np.concatenate(lps) if lps else np.zeros(0)
     t_table = time.perf_counter() - t0
     folder.write_with(
         "advantages.parquet", lambda path: pq.write_table(pa.table({k: v.tolist() for k, v in table.items()}), path)
     )
-    columns = dict(COLUMNS)
+    columns = {**COLUMNS, **(CHECKER_COLUMNS if reader is not None else {})}
     for n in models:
         columns.update({k.format(m=n): v for k, v in MODEL_COLUMNS.items()})
     folder.write_text("columns.json", json.dumps(columns, indent=2, ensure_ascii=False))
@@ -202,6 +219,7 @@ def run(cfg: AdvantagesConfig) -> dict[str, Any]:
         "samples": cfg.samples,
         "models": kinds,
         "checkpoints": names,  # each model's name -> the checkpoint folder the command received
+        "checker": {"read_by": reader, "path": shown_path(models[reader].config.checker)} if reader else None,
         "dataset": "advantages.parquet",
         "check": scores,
         "cost": {n: candidate_cost(traces, cands, n in one_pass, m.forward_passes) for n, m in models.items()},

@@ -442,6 +442,20 @@ class ValueModel(ValueScoringAPI, nn.Module):
         trains = self.config.backbone != "frozen" or self.config.soft_prompt_tokens > 0
         return (2 if self.reads_reference(self.config) and trains else 1) + bool(self.config.checker)
 
+    @property
+    def pass_parameters(self) -> list[int]:
+        """Parameters each of the `forward_passes` runs per token (evaluate weighs its tokens by them, against the
+        policy's: a value model smaller than the policy costs less per token): the backbone's (adapters included)
+        for its own pass, the base model's alone for the reference's (adapters off, or a frozen copy), then a
+        checker's."""
+        backbone = sum(p.numel() for p in self.lm.parameters())
+        base = self.lm.get_base_model() if self.uses_peft else self.lm
+        reference = sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n)
+        checker = getattr(self, "checker_lm", None)
+        extra = [sum(p.numel() for p in checker.parameters())] if checker is not None else []
+        own = self.forward_passes - len(extra)  # 1, or 2 with the reference beside the backbone
+        return [backbone, reference][:own] + extra
+
     # ----- the interface ---------------------------------------------------------------------------
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor

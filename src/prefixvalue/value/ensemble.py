@@ -196,6 +196,11 @@ class ValueEnsemble(ValueScoringAPI, nn.Module):
         """Every member's passes over each sequence, together."""
         return sum(m.forward_passes for m in self.members)
 
+    @property
+    def pass_parameters(self) -> list[int]:
+        """Every member's passes' parameters, in member order."""
+        return [n for m in self.members for n in m.pass_parameters]
+
     def _device(self) -> torch.device:
         return self.members[0]._device()
 

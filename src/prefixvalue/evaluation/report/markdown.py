@@ -56,6 +56,9 @@ def cost_lines(cost: dict[str, Any]) -> list[str]:
         f"- MC generated tokens for the same prefixes: {cell(cost.get('mc_generated_tokens'), 0)}"
         + (f" ({cost['mc_generated_tokens_note']})" if cost.get("mc_generated_tokens_note") else ""),
         f"- ratio MC / value model: {cell(cost.get('ratio_mc_to_value'), 1)}",
+        f"- in compute (each pass's tokens × its parameters, in tokens of the policy: "
+        f"{cell(cost.get('value_forward_policy_tokens'), 0)}): ratio {cell(cost.get('ratio_mc_to_value_compute'), 1)}"
+        + (f" ({cost['ratio_mc_to_value_compute_note']})" if cost.get("ratio_mc_to_value_compute_note") else ""),
         "",
     ]
 

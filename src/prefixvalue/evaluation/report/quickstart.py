@@ -118,7 +118,8 @@ def render_quickstart_section(q: dict[str, Any], metrics: dict[str, Any]) -> str
         + ("; on MC-derived step labels (the task gives none)" if sv.get("label_source", "exact") != "exact" else ""),
         f"- MC is **{fixed(cost.get('ratio_mc_to_value'), 1)}x** the value model's tokens for the same prefixes "
         f"({fixed(cost.get('mc_generated_tokens'), 0)} generated vs {fixed(cost.get('value_forward_tokens'), 0)} "
-        f"forward tokens, {cost.get('value_forward_passes', 1)} pass(es) per trace)",
+        f"forward tokens, {cost.get('value_forward_passes', 1)} pass(es) per trace); in compute (each pass's tokens "
+        f"weighed by its parameters against the policy's) **{fixed(cost.get('ratio_mc_to_value_compute'), 1)}x**",
         f"- wall clock: {q['seconds']['total']:.0f} s ("
         + ", ".join(f"{k} {s:.0f} s" for k, s in q["seconds"].items() if k != "total")
         + ")",

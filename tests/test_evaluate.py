@@ -9,9 +9,11 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from prefixvalue import value
 from prefixvalue.config import ConfigError
@@ -634,7 +636,7 @@ def test_components_import_no_stage():
 
 def test_cost_weighs_each_pass_by_the_parameters_it_runs():
     """A value model smaller than the policy costs less per token: its passes' tokens count in tokens of the policy."""
-    from prefixvalue.evaluation.scoring import _cost_section
+    from prefixvalue.evaluation.scoring import _cost_section, _sampler_cost
 
     cost = {"value_forward_tokens": 200, "value_pass_parameters": [100, 50], "policy_parameters": 300}
     out = _cost_section(cost, {"generated_tokens": 3000}, n_pref=10, n_labelled=10)
@@ -644,3 +646,12 @@ def test_cost_weighs_each_pass_by_the_parameters_it_runs():
     # the policy itself, twice (a head reading the reference beside its adapted backbone): tokens and compute agree
     same = _cost_section({**cost, "value_pass_parameters": [300, 300]}, {"generated_tokens": 3000}, 10, 10)
     assert same["ratio_mc_to_value_compute"] == pytest.approx(same["ratio_mc_to_value"])
+    # another policy than the one that wrote the traces (allow_other_policy) does not price the MC tokens
+    other = torch.nn.Linear(2, 2)
+    other.config = SimpleNamespace(_name_or_path="models/other")
+    kept = _sampler_cost(cost, other, "models/other")
+    assert kept is cost
+    dropped = _sampler_cost(cost, other, "models/sampler")
+    assert "policy_parameters" not in dropped and "models/sampler" in dropped["policy_parameters_note"]
+    out = _cost_section(dropped, {"generated_tokens": 3000}, 10, 10)
+    assert out["ratio_mc_to_value_compute"] is None and "models/sampler" in out["ratio_mc_to_value_compute_note"]

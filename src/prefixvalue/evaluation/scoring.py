@@ -29,6 +29,7 @@ from .. import runfolder
 from ..config import ConfigError
 from ..data import load_split
 from ..data.bridges import StepValue, mc_step_values
+from ..loading import same_model
 from ..tasks.base import first_error
 from ..tracking import jsonable
 from .estimators import ESTIMATORS, Estimates, Estimator, TraceRecord, estimate_values
@@ -144,7 +145,9 @@ def evaluate_prefixes(
     by_trace: dict[str, list[dict[str, Any]]] = {}
     for r in label_rows:
         by_trace.setdefault(str(r["trace_id"]), []).append(r)
-    records = [TraceRecord.from_row(r) for r in _rows(traces) if str(r["trace_id"]) in by_trace]
+    trace_rows = _rows(traces)
+    records = [TraceRecord.from_row(r) for r in trace_rows if str(r["trace_id"]) in by_trace]
+    sampler = next((str(r["model"]) for r in trace_rows if r.get("model")), None)  # the model the MC labels sample
     orphan = sorted(set(by_trace) - {t.trace_id for t in records})
     records, split = split_filter(records, by_trace, cfg, value_model is not None)
     if cfg.max_traces is not None:
@@ -211,7 +214,7 @@ def evaluate_prefixes(
         "by_position_group": _group_section(cols, names, y, n_arr, groups, cfg),
         "dropped_labels_without_samples": len(empty),
         "step_verification": _trace_step_verification(records, est, value_model, cfg, step_thresholds, by_trace),
-        "cost": _cost_section(est.cost, mc_cost, n_pref, len(label_rows)),
+        "cost": _cost_section(_sampler_cost(est.cost, policy, sampler), mc_cost, n_pref, len(label_rows)),
         "notes": notes,
     }
     metrics["warnings"] = sample_warnings(metrics, len({t.prompt_id for t in records}))
@@ -606,6 +609,17 @@ def _group_section(
     return out
 
 
+def _sampler_cost(cost: dict[str, Any], policy: Any, sampler: str | None) -> dict[str, Any]:
+    """`cost` without ``policy_parameters`` when the policy given is not the model that wrote the traces (and
+    sampled their MC labels; evaluate with allow_other_policy): its size would not price the MC tokens."""
+    loaded = str(getattr(getattr(policy, "config", None), "_name_or_path", "") or "")
+    if "policy_parameters" not in cost or not sampler or not loaded or same_model(loaded, sampler):
+        return cost
+    out = {k: v for k, v in cost.items() if k != "policy_parameters"}
+    out["policy_parameters_note"] = f"the policy loaded ({loaded}) is not the model that wrote the traces ({sampler})"
+    return out
+
+
 def _cost_section(cost: dict[str, Any], mc_cost: dict[str, Any] | None, n_pref: int, n_labelled: int) -> dict[str, Any]:
     """Forward tokens of the estimators vs tokens sampled for the MC labels of the same prefixes."""
     cost = dict(cost)
@@ -634,7 +648,7 @@ def _cost_section(cost: dict[str, Any], mc_cost: dict[str, Any] | None, n_pref: 
         cost["ratio_mc_to_value_compute"] = mc_gen / cost["value_forward_policy_tokens"] if mc_gen is not None else None
     else:
         cost["ratio_mc_to_value_compute"] = None
-        cost["ratio_mc_to_value_compute_note"] = (
+        cost["ratio_mc_to_value_compute_note"] = cost.get("policy_parameters_note") or (
             "needs the policy's parameters (evaluate loads the policy with soft_values=true) and the value model's"
         )
     cost["note"] = (

@@ -780,11 +780,11 @@ def one_pass_verdict(check: dict[str, Any], name: str) -> str | None:
             sign += f" (balanced accuracy {_f(ba['value'], 2)}{_ci(ba['ci'])}; 0.5 is chance)"
     ckpt = f" (`{e['checkpoint']}`)" if e.get("checkpoint") else ""
     base = check["policy_prob"]["within_spearman"]["value"]
-    rel = f" (the policy's own probability ranks them at {_f(base)}" if base is not None else ""
     checker = (check.get("checker_prob") or {}).get("within_spearman", {}).get("value")
-    if rel and checker is not None:
-        rel += f", the checker's at {_f(checker)}"
-    rel += ")" if rel else ""
+    baselines = [f"the policy's own probability ranks them at {_f(base)}"] if base is not None else []
+    if baselines and checker is not None:
+        baselines.append(f"the checker's at {_f(checker)}")
+    rel = f" ({', '.join(baselines)})" if baselines else ""
     return (
         ("Yes" if lo > 0 else "Not measurably")
         + f": within a prefix, the values of {name}{ckpt} rank the candidate tokens with MC at Spearman "

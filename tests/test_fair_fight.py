@@ -9,7 +9,7 @@ import pytest
 from test_oracle_steps import _half_split, _row, _rows
 
 from prefixvalue.data import SplitRecord, is_heldout, rows_to_dataset
-from prefixvalue.data.steps import step_facts
+from prefixvalue.data.steps import step_facts, worst_step_drop
 from prefixvalue.evaluation.analysis import error_diagnosis
 from prefixvalue.evaluation.estimators import TraceRecord
 from prefixvalue.evaluation.evaluator import evaluate, step_oracle_estimators
@@ -120,6 +120,18 @@ def test_error_diagnosis_reports_the_policy_logprob_auroc(tiny_tokenizer):
     mc = np.asarray(cols["mc_mean"])
     assert d["auroc_error_written_mc"] == pytest.approx(auroc(mc, np.asarray(ok, dtype=float))[0])
     assert d["auroc_error_written_of_mc"] == pytest.approx(d["auroc_error_written"] / d["auroc_error_written_mc"])
+    # the value model's own detector: the worst fall of its curve across a written step, recomputed by hand
+    drops = {x.trace_id: worst_step_drop(c["learned"], x.step_spans) for x, c in zip(res.traces, res.curves)}
+    by_hand = np.array([drops[t][int(p)] for t, p in zip(cols["trace_id"], cols["position"])])
+    assert d["auroc_error_written_step_drop"] == pytest.approx(auroc(by_hand, np.asarray(ok, dtype=float))[0])
+    assert "own step scores" in "\n".join(error_detection_lines(d))
+    # a value that halves across each wrong step and stays level elsewhere: its step drops flag every error
+    for x, c in zip(res.traces, res.curves):
+        curve = np.full(x.length + 1, 0.5)
+        for (_, e), good in zip(x.step_spans, x.step_labels):
+            curve[e:] *= 1.0 if good else 0.5
+        c["learned"] = curve
+    assert error_diagnosis(res)["auroc_error_written_step_drop"] == pytest.approx(1.0)
     section = "\n".join(error_detection_lines(d))
     assert section.startswith("## Error detection") and "of the MC labels themselves" in section
     assert "their minimum" in section and error_detection_lines(None) == []
@@ -127,3 +139,7 @@ def test_error_diagnosis_reports_the_policy_logprob_auroc(tiny_tokenizer):
         t.logprobs = None
     d2 = error_diagnosis(res)
     assert d2["auroc_error_written_policy"] is None and "no per-token" in d2["auroc_error_written_policy_note"]
+    res.curves = [{k: c for k, c in curve.items() if k != "learned"} for curve in res.curves]
+    d3 = error_diagnosis(res)
+    assert d3["auroc_error_written_step_drop"] is None and "no value curve" in d3["auroc_error_written_step_drop_note"]
+    assert "its step drops: `learned` has no value curve" in "\n".join(error_detection_lines(d3))

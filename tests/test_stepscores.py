@@ -24,6 +24,22 @@ def test_td_and_step_scores():
     assert np.all(np.isfinite(S.process_step_scores(np.array([500.0, -500.0]), [(0, 1), (1, 2)], 10.0)))
 
 
+def test_worst_step_drop_is_the_largest_log_fall_across_a_written_step():
+    from prefixvalue.data.steps import STEP_DROP_FLOOR, worst_step_drop
+
+    v = np.array([0.8, 0.8, 0.4, 0.4, 0.5, 0.05, 0.1])
+    spans = [(0, 2), (3, 4), (4, 6)]  # a separator at token 2 belongs to no step
+    got = worst_step_drop(v, spans)
+    first, third = math.log(0.4 / 0.8), math.log(0.1 / 0.5)
+    np.testing.assert_allclose(got, [0.0, 0.0, first, first, first, first, third])
+    assert got[4] == pytest.approx(first)  # a step that raised the value (0.4 → 0.5) does not hide an earlier fall
+    assert np.all(worst_step_drop(v, []) == 0)  # no step written: nothing went wrong
+    zero = worst_step_drop(np.array([0.5, 0.0]), [(0, 1)])
+    assert zero[1] == pytest.approx(math.log(STEP_DROP_FLOOR / 0.5))  # a value of 0 gives a finite drop
+    with pytest.raises(ValueError, match="past position"):
+        worst_step_drop(v, [(0, 7)])
+
+
 def test_first_error_prediction():
     assert S.predict_first_error([0.9, 0.4, 0.2], 0.5) == 1
     assert S.predict_first_error([0.9, 0.8], 0.5) == -1

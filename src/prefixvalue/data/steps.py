@@ -9,7 +9,8 @@ and TRL stepwise-supervision rows (``prompt``, ``completions``, ``labels``) into
 the problem and each step on a line of its own). A value curve (P̂ at
 positions 0..T) is read per step by `prefix_step_scores` (the value right after the step), `td_errors`
 (token TD errors, γ = 1) and `process_step_scores` (σ(β · the step's log-ratio sum), for models with
-token log-ratios). `prefixvalue.evaluation.stepscores` scores them under the ProcessBench protocol;
+token log-ratios); `worst_step_drop` gives, per position, the largest fall of the value across one step
+written so far. `prefixvalue.evaluation.stepscores` scores them under the ProcessBench protocol;
 `ValueModel.score_steps` scores one solution.
 """
 
@@ -73,6 +74,24 @@ def prefix_step_scores(values: Sequence[float] | np.ndarray, step_spans: Sequenc
     if ends and max(ends) >= len(v):
         raise ValueError(f"a step ends at token {max(ends)} but values cover positions 0..{len(v) - 1}")
     return v[ends] if ends else np.zeros(0)
+
+
+#: the floor on a value before its logarithm in `worst_step_drop` (a value of 0 would make a drop infinite)
+STEP_DROP_FLOOR = 1e-6
+
+
+def worst_step_drop(values: Sequence[float] | np.ndarray, step_spans: Sequence[Sequence[int]]) -> np.ndarray:
+    """Per position p = 0..T of a value curve: the worst step written so far, min over the steps with end ≤ p
+    of log V(end) − log V(start) (values floored at `STEP_DROP_FLOOR`), and 0 before the first step ends:
+    a value model's own "a step went wrong" detector, read from how much its value fell across one step rather
+    than from its level (docs/design.md, "Error detection against the policy's own features")."""
+    v = np.log(np.maximum(np.asarray(values, dtype=np.float64), STEP_DROP_FLOOR))
+    worst = np.zeros(len(v))
+    if any(int(e) >= len(v) for _, e in step_spans):
+        raise ValueError(f"a step ends past position {len(v) - 1}, the value curve's last")
+    for s, e in step_spans:
+        worst[int(e) :] = np.minimum(worst[int(e) :], v[int(e)] - v[int(s)])
+    return worst
 
 
 def process_step_scores(
@@ -456,4 +475,5 @@ __all__ = [
     "td_errors",
     "tokenize_step_example",
     "trl_examples",
+    "worst_step_drop",
 ]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from ..data.steps import step_facts
+from ..data.steps import step_facts, worst_step_drop
 from ..stats import spearman
 from .metrics import SATURATION_SHARE, auroc
 from .scoring import EvalResult
@@ -243,6 +243,10 @@ def error_diagnosis(result: EvalResult, name: str = "learned") -> dict[str, Any]
       labels would reach: prefixes that recover after a wrong step and error-free prefixes of hard prompts
       overlap in value, so a value (not a detector) is bounded near it even where the policy's features
       detect the error better; ``auroc_error_written_of_mc`` is the estimator's AUROC over it.
+    - ``auroc_error_written_step_drop``: the same AUROC for the estimator's own detector, the worst fall of its
+      value across one step written so far (`prefixvalue.data.steps.worst_step_drop`, log V after − log V
+      before the step): how a process reward model flags a step, free of the value's level, so not bounded
+      by the labels' AUROC (null with a note when the estimator has no curve over the traces).
 
     None when the traces have no step labels or the estimator is missing.
     """
@@ -277,6 +281,12 @@ def error_diagnosis(result: EvalResult, name: str = "learned") -> dict[str, Any]
     }
     learned, labels = out["auroc_error_written"], out["auroc_error_written_mc"]
     out["auroc_error_written_of_mc"] = learned / labels if learned is not None and labels else None
+    drops = step_drop_feature(result, cols, name)
+    if drops is None:
+        out["auroc_error_written_step_drop"] = None
+        notes["auroc_error_written_step_drop_note"] = f"`{name}` has no value curve over the traces"
+    else:
+        out["auroc_error_written_step_drop"] = auroc(drops, (~err).astype(np.float64))[0]
     feats = sampled_logprob_features(result.traces, cols)
     if feats is None:
         out["auroc_error_written_policy"] = None
@@ -284,6 +294,17 @@ def error_diagnosis(result: EvalResult, name: str = "learned") -> dict[str, Any]
     else:
         out["auroc_error_written_policy"] = {k: auroc(v, (~err).astype(np.float64))[0] for k, v in feats.items()}
     return {**out, **notes}
+
+
+def step_drop_feature(result: EvalResult, cols: dict[str, list[Any]], name: str) -> np.ndarray | None:
+    """Per labelled prefix of `cols`: `worst_step_drop` of estimator `name`'s value curve over its trace at
+    the prefix's position; None when a trace has no curve of `name`."""
+    if len(result.curves) != len(result.traces) or any(name not in c for c in result.curves):
+        return None
+    worst = {
+        t.trace_id: worst_step_drop(c[name], t.step_spans or []) for t, c in zip(result.traces, result.curves)
+    }
+    return np.array([worst[t][int(p)] for t, p in zip(cols["trace_id"], cols["position"])])
 
 
 def sampled_logprob_features(traces: list[Any], cols: dict[str, list[Any]]) -> dict[str, np.ndarray] | None:

@@ -194,6 +194,14 @@ def error_detection_lines(d: dict[str, Any] | None) -> list[str]:
         f"the others {fixed(d['spearman_error'])}; with an exact error flag above the same values "
         f"{fixed(d['spearman_with_exact_error_flag'])} (the flag alone: {fixed(d['mc_spearman_with_error_flag'])})",
     ]
+    if d.get("auroc_error_written_step_drop") is not None:
+        lines.append(
+            f"- `{d['estimator']}`'s own step scores, the worst fall of its value across one written step (log P̂ "
+            f"after − log P̂ before), detect it with AUROC {fixed(d['auroc_error_written_step_drop'])}: a detector "
+            "read from the value model, free of the value's level (which keeps the chance of recovering)"
+        )
+    elif d.get("auroc_error_written_step_drop_note"):
+        lines.append(f"- its step drops: {d['auroc_error_written_step_drop_note']}")
     pol = d.get("auroc_error_written_policy")
     if pol:
         lines.append(

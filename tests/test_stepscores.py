@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from prefixvalue.data.steps import STEP_DROP_FLOOR, worst_step_drop
 from prefixvalue.evaluation import stepscores as S
 
 
@@ -25,8 +26,6 @@ def test_td_and_step_scores():
 
 
 def test_worst_step_drop_is_the_largest_log_fall_across_a_written_step():
-    from prefixvalue.data.steps import STEP_DROP_FLOOR, worst_step_drop
-
     v = np.array([0.8, 0.8, 0.4, 0.4, 0.5, 0.05, 0.1])
     spans = [(0, 2), (3, 4), (4, 6)]  # a separator at token 2 belongs to no step
     got = worst_step_drop(v, spans)

@@ -299,9 +299,9 @@ def error_diagnosis(result: EvalResult, name: str = "learned") -> dict[str, Any]
 def step_drop_feature(result: EvalResult, cols: dict[str, list[Any]], name: str) -> np.ndarray | None:
     """Per labelled prefix of `cols`: `worst_step_drop` of estimator `name`'s value curve over its trace at
     the prefix's position; None when a trace has no curve of `name`."""
-    if len(result.curves) != len(result.traces) or any(name not in c for c in result.curves):
+    if any(name not in c for c in result.curves):
         return None
-    worst = {t.trace_id: worst_step_drop(c[name], t.step_spans or []) for t, c in zip(result.traces, result.curves)}
+    worst = {t.trace_id: worst_step_drop(c[name], t.step_spans) for t, c in zip(result.traces, result.curves)}
     return np.array([worst[t][int(p)] for t, p in zip(cols["trace_id"], cols["position"])])
 
 

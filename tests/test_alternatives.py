@@ -32,6 +32,7 @@ from prefixvalue.evaluation.actions import (
 )
 from prefixvalue.evaluation.advantages import (
     TraceInput,
+    _ceiling_per_prefix,
     candidate_cost,
     candidate_logprobs,
     candidate_table,
@@ -308,6 +309,43 @@ def test_scores_on_known_cases():
     assert whole["value"] * whole["n_prefixes"] == pytest.approx(
         sum((p["value"] or 0.0) * p["n_prefixes"] for p in parts.values())
     )
+
+
+def test_value_ceiling_counts_ties_a_value_cannot_match():
+    """MC with one right candidate (32 of 32) and four at 0 of 32: two redraws keep the zeros tied (ceiling 1), a
+    value equal to the true probabilities orders them and cannot (5 / √50 ≈ 0.707 whatever its order); with
+    distinct, well-separated MC values both ceilings are near 1."""
+    mc = np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.9, 0.7, 0.5, 0.3, 0.1])
+    n = np.full(10, 32)
+    check = {
+        "prefix_id": np.repeat(np.array(["tied", "spread"]), 5),
+        "sampled": np.array([True, False, False, False, False] * 2),
+        "mc_mean": mc,
+        "mc_n": n,
+        "mc_successes": mc * n,
+        "mc_prefix": np.full(10, 0.5),
+        "fork": np.zeros(10, bool),
+        "logprob": np.log(np.array([0.96, 0.01, 0.01, 0.01, 0.01] * 2)),
+    }
+    check["mc_ci_low"], check["mc_ci_high"] = mc - 0.05, mc + 0.05
+    check["mc_advantage"] = mc - check["mc_prefix"]
+    check["value_m"], check["advantage_m"] = mc.copy(), check["mc_advantage"].copy()
+    groups = [np.arange(5), np.arange(5, 10)]
+    redraw = _ceiling_per_prefix(check, groups, 200, 0, rule="redraw")
+    value = _ceiling_per_prefix(check, groups, 200, 0, rule="value")
+    assert redraw[0] == pytest.approx(1.0)
+    assert value[0] == pytest.approx(5 / np.sqrt(50), abs=1e-9)
+    assert value[1] > 0.9 and redraw[1] > 0.9
+    sc = score_check(check, ["m"], n_boot=20)
+    assert sc["within_value_ceiling"]["value"] == pytest.approx(np.mean(value), abs=0.02)
+    assert sc["within_value_ceiling"]["n_prefixes"] == 2
+    assert sc["within_value_ceiling_by_prefix"]["confident"]["n_prefixes"] == 2
+    shown = render_advantages_section(
+        {"n_traces": 2, "top_k": 4, "n_rows": 10, "dataset": "advantages.parquet", "samples": 32, "check": sc}
+    )
+    assert "| value ceiling: the true values (posterior draws) against MC | – | 0.8" in shown
+    with pytest.raises(ValueError, match="ceiling rule"):
+        _ceiling_per_prefix(check, groups, 2, 0, rule="plug-in")
 
 
 def test_arith_action_sets():

@@ -43,6 +43,8 @@ from .metrics import _spearman_raw, auroc, cluster_bootstrap, constant_note, cor
 DECISION_TOP_PROB = 0.9
 #: redraws per prefix of the within-prefix noise ceiling (`within_noise_ceiling`)
 CEILING_REPLICATES = 50
+#: the value ceiling's prior on each candidate's success probability, Beta(a, a) (Jeffreys: a = 0.5)
+VALUE_CEILING_PRIOR = 0.5
 
 #: columns of the advantages dataset (advantages.parquet), in order; per value model <m> four more columns
 COLUMNS: dict[str, str] = {
@@ -488,20 +490,37 @@ def within_noise_ceiling(
 
 
 def _ceiling_per_prefix(
-    check: dict[str, np.ndarray], groups: Sequence[np.ndarray], replicates: int, seed: int
+    check: dict[str, np.ndarray], groups: Sequence[np.ndarray], replicates: int, seed: int, rule: str = "redraw"
 ) -> np.ndarray | None:
-    """`within_noise_ceiling`'s per-prefix means [len(groups)], NaN where none was drawn; None without ``mc_n``."""
+    """Per-prefix means [len(groups)] of a within-prefix ceiling, NaN where none was drawn; None without ``mc_n``.
+
+    - ``redraw`` (`within_noise_ceiling`): the Spearman between two binomial redraws of the candidates' MC values
+      (n = ``mc_n``, p = the MC mean): how well MC labels of this size agree with each other. A candidate with no
+      successes redraws to 0 every time, so tied MC zeros stay tied in both redraws.
+    - ``value``: the Spearman of a continuous value equal to the candidates' true success probabilities with the MC
+      labels themselves, the truth drawn from each candidate's posterior Beta(successes + a, failures + a)
+      (a = `VALUE_CEILING_PRIOR`): what a perfect value reaches against these labels. Below the redraw ceiling
+      where MC ties (many candidates with 0 of 32 successes): true values differ, and a value that orders them
+      cannot match a tie. Terminal candidates (n = 0) keep their exact score in both rules."""
     if "mc_n" not in check:  # a check without sample counts (hand-made): no ceiling to draw
         return None
+    if rule not in ("redraw", "value"):
+        raise ValueError(f"ceiling rule must be 'redraw' or 'value', got {rule!r}")
     rng = np.random.default_rng(seed)
     mc, n = check["mc_mean"], np.asarray(check["mc_n"]).astype(np.int64)
+    succ = np.asarray(check["mc_successes"], dtype=float) if "mc_successes" in check else mc * n
     per_prefix = np.full(len(groups), np.nan)
     for i, g in enumerate(groups):
         if len(g) < 3 or constant_note(mc[g], "mc"):
             continue
         reps = []
         for _ in range(replicates):
-            a, b = (np.where(n[g] > 0, rng.binomial(n[g], mc[g]) / np.maximum(n[g], 1), mc[g]) for _ in range(2))
+            if rule == "redraw":
+                a, b = (np.where(n[g] > 0, rng.binomial(n[g], mc[g]) / np.maximum(n[g], 1), mc[g]) for _ in range(2))
+            else:
+                prior, fails = VALUE_CEILING_PRIOR, np.maximum(n[g] - succ[g], 0.0)
+                a = np.where(n[g] > 0, rng.beta(succ[g] + prior, fails + prior), mc[g])
+                b = mc[g]
             if not constant_note(a, "a") and not constant_note(b, "b"):
                 reps.append(_spearman_raw(a, b))
         reps = [r for r in reps if math.isfinite(r)]
@@ -608,6 +627,11 @@ def score_check(
     out["within_noise_ceiling_by_prefix"] = {
         k: _ceiling_summary(per_prefix, CEILING_REPLICATES, keep) for k, keep in by_prefix.items()
     }
+    per_prefix = _ceiling_per_prefix(check, groups, CEILING_REPLICATES, seed, rule="value")
+    out["within_value_ceiling"] = _ceiling_summary(per_prefix, CEILING_REPLICATES)
+    out["within_value_ceiling_by_prefix"] = {
+        k: _ceiling_summary(per_prefix, CEILING_REPLICATES, keep) for k, keep in by_prefix.items()
+    }
     for m in models:
         v, a = check[f"value_{m}"], check[f"advantage_{m}"]
         whole, parts = within(v)
@@ -682,6 +706,12 @@ def render_advantages_section(metrics: dict[str, Any]) -> str:
         lines.append(
             f"| noise ceiling: MC against a redraw of MC | – | {_f(nc['value'])} ({nc['n_prefixes']}) | "
             f"{split_cells(sc.get('within_noise_ceiling_by_prefix'))} | – | – |"
+        )
+    vc = sc.get("within_value_ceiling") or {}
+    if vc.get("value") is not None:
+        lines.append(
+            f"| value ceiling: the true values (posterior draws) against MC | – | {_f(vc['value'])} "
+            f"({vc['n_prefixes']}) | {split_cells(sc.get('within_value_ceiling_by_prefix'))} | – | – |"
         )
     lines.append(
         f"| policy π(y'|s) | – | {_f(pw['value'])}{_ci(pw['ci'])} ({pw['n_prefixes']}) | "

@@ -499,9 +499,11 @@ def _ceiling_per_prefix(
       successes redraws to 0 every time, so tied MC zeros stay tied in both redraws.
     - ``value``: the Spearman of a continuous value equal to the candidates' true success probabilities with the MC
       labels themselves, the truth drawn from each candidate's posterior Beta(successes + a, failures + a)
-      (a = `VALUE_CEILING_PRIOR`): what a perfect value reaches against these labels. Below the redraw ceiling
-      where MC ties (many candidates with 0 of 32 successes): true values differ, and a value that orders them
-      cannot match a tie. Terminal candidates (n = 0) keep their exact score in both rules."""
+      (a = `VALUE_CEILING_PRIOR`): an estimate of what a perfect value reaches against these labels. Below the
+      redraw ceiling where MC ties (many candidates with 0 of 32 successes): true values differ, and a value that
+      orders them cannot match a tie. The priors are independent (no shrinkage across a prefix's candidates), so
+      where true values cluster it credits differences MC cannot resolve. Terminal candidates (n = 0) keep their
+      exact score in both rules."""
     if "mc_n" not in check:  # a check without sample counts (hand-made): no ceiling to draw
         return None
     if rule not in ("redraw", "value"):

@@ -5,23 +5,24 @@
 Issue 35's one-pass goal asks candidate values to rank a prefix's top-5 next tokens at Spearman >= 0.5 with MC.
 The gap sits at the confident prefixes, where every candidate but the top one is a token the policy almost never
 writes and its MC value is how the policy recovers from it. On `arith` (``Q:3+5*2-7=`` →
-``3+5=8;8*2=6;6-7=9;A:9``, modulus 10, evaluated left to right) that is arithmetic: the policy continues from what
-is written, so a wrong digit d in place of c ends right iff the rest of the chain maps d and c to the same answer,
-i.e. iff the product M of the multipliers still to come satisfies M·(d − c) ≡ 0 (mod 10). This script measures it on
-a stored `advantages` check (validation by default: nothing here reads held-out labels):
+``3+5=8;8*2=6;6-7=9;A:9``, modulus 10, evaluated left to right), if the policy continued from what is written, a
+wrong digit d in place of c would end right iff the rest of the chain maps d and c to the same answer (iff the product
+M of the multipliers still to come has M·(d − c) ≡ 0 mod 10), and the arithmetic alone would rank the candidates.
+This script measures how far that holds, on a stored `advantages` check (validation by default: nothing here reads
+held-out labels), every figure from `score_check`, the `advantages` evaluator:
 
 - **the continuation oracle**: each candidate's final answer if the chain is completed correctly from what is
-  written (s ⊕ y′), 1 when it is the expected answer, 0 when not (None where s ⊕ y′ cannot be read as the start of
-  a step); its within-prefix Spearman with MC, over all, decision and confident prefixes, beside the noise ceiling,
-  the policy's probability and `model`'s values;
-- **the oracle's bit in front of the model**: candidates ranked by (oracle bit, then the model's value): how far
-  the model's ranking is from the ceiling once the bit is known;
-- **where the bit flips**: among unsampled candidates at confident prefixes, the share the oracle calls right (a
-  collision of the remaining chain), and their MC mean against the rest.
+  written (s ⊕ y′), 1 when it is the expected answer, 0 when not or where s ⊕ y′ cannot be read as complete steps
+  and the start of one; its within-prefix Spearman with MC over all, decision and confident prefixes, and its
+  advantages' balanced sign accuracy, beside the policy's probability, `model`'s values and both ceilings (MC
+  against a redraw; the value ceiling);
+- **the oracle's bit in front of a value**: candidates ranked by the oracle's bit, then by `model`'s value (or the
+  policy's probability): what a value that knew the task's arithmetic exactly would reach;
+- **where the bit flips**: among unsampled candidates at confident prefixes, the share the oracle calls right, and
+  their MC mean against those it calls wrong (and how many of those the policy still finishes right).
 
-The oracle reads the prompt's remaining operators, which a value model sees too; it is not a value model (it knows
-the task's rules). Writes benchmarks/frontier/counterfactual_bound.{json,md} and ``counterfactual_bound`` in
-benchmarks/results.json.
+The oracle knows the task's rules; it is a measurement, not a value model. Writes
+benchmarks/frontier/counterfactual_bound.{json,md} and ``counterfactual_bound`` in benchmarks/results.json.
 """
 
 from __future__ import annotations

@@ -511,6 +511,7 @@ def _ceiling_per_prefix(
     rng = np.random.default_rng(seed)
     mc, n = check["mc_mean"], np.asarray(check["mc_n"]).astype(np.int64)
     succ = np.asarray(check["mc_successes"], dtype=float) if "mc_successes" in check else mc * n
+    fails = np.maximum(n - succ, 0.0)
     per_prefix = np.full(len(groups), np.nan)
     for i, g in enumerate(groups):
         if len(g) < 3 or constant_note(mc[g], "mc"):
@@ -520,8 +521,8 @@ def _ceiling_per_prefix(
             if rule == "redraw":
                 a, b = (np.where(n[g] > 0, rng.binomial(n[g], mc[g]) / np.maximum(n[g], 1), mc[g]) for _ in range(2))
             else:
-                prior, fails = VALUE_CEILING_PRIOR, np.maximum(n[g] - succ[g], 0.0)
-                a = np.where(n[g] > 0, rng.beta(succ[g] + prior, fails + prior), mc[g])
+                prior = VALUE_CEILING_PRIOR
+                a = np.where(n[g] > 0, rng.beta(succ[g] + prior, fails[g] + prior), mc[g])
                 b = mc[g]
             if not constant_note(a, "a") and not constant_note(b, "b"):
                 reps.append(_spearman_raw(a, b))

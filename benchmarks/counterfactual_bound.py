@@ -38,8 +38,10 @@ import pyarrow.parquet as pq
 
 from prefixvalue.data import load_traces
 from prefixvalue.evaluation.advantages import DECISION_TOP_PROB, score_check
+from prefixvalue.formatting import with_ci
 from prefixvalue.policies import load_tokenizer
-from prefixvalue.tasks.arith import _OPS, ArithTask
+from prefixvalue.tasks.arith import _OPS, _STEP, ArithTask
+from prefixvalue.tasks.base import Prompt
 
 from common import REPO, record
 
@@ -60,7 +62,7 @@ def continued_answer(prompt: str, written: str) -> int | None:
     for i, seg in enumerate(done):
         if i >= len(ops):
             return None  # a separator after the final answer
-        m = re.match(r"^(\d+)([+\-*])(\d+)=(\d+)$", seg)
+        m = _STEP.match(seg)
         if not m:
             return None
         acc = int(m.group(4))
@@ -91,17 +93,20 @@ def oracle_bits(check: dict[str, np.ndarray], traces: Any, tok: Any) -> tuple[np
     """Per candidate row of `check`: the continuation oracle's bit for s ⊕ y′ (NaN where unreadable) and for s."""
     by_id = {t: i for i, t in enumerate(traces["trace_id"])}
     eos = set(tok.all_special_ids)
+    task = ArithTask()
     bit, at_prefix = np.full(len(check["mc_mean"]), np.nan), np.full(len(check["mc_mean"]), np.nan)
+    prefix_bits: dict[tuple[str, int], float] = {}  # one per prefix, shared by its candidates
     for r in range(len(bit)):
-        t = traces[by_id[str(check["trace_id"][r])]]
-        comp, p, y = t["completion_ids"], int(check["position"][r]), int(check["token_id"][r])
-        expected = int(t["answer"])
+        tid, p, y = str(check["trace_id"][r]), int(check["position"][r]), int(check["token_id"][r])
+        t = traces[by_id[tid]]
+        comp, expected = t["completion_ids"], int(t["answer"])
         written = tok.decode(comp[:p], skip_special_tokens=True)
-        ans = continued_answer(t["prompt"], written)
-        at_prefix[r] = np.nan if ans is None else float(ans == expected)
-        if y in eos:  # the completion ends here: the verifier reads what is written
-            final = re.match(r"^A:(\d+)$", written.split(";")[-1])
-            bit[r] = float(bool(final) and int(final.group(1)) == expected)
+        if (tid, p) not in prefix_bits:
+            ans = continued_answer(t["prompt"], written)
+            prefix_bits[tid, p] = np.nan if ans is None else float(ans == expected)
+        at_prefix[r] = prefix_bits[tid, p]
+        if y in eos:  # the completion ends here: the task's verifier reads what is written
+            bit[r] = task.verify(Prompt(t["prompt_id"], t["prompt"], t["answer"]), written).score
         else:
             ans = continued_answer(t["prompt"], tok.decode(comp[:p] + [y], skip_special_tokens=True))
             bit[r] = np.nan if ans is None else float(ans == expected)
@@ -170,8 +175,7 @@ def main(argv: list[str]) -> int:
     def cell(d: dict[str, Any] | None) -> str:
         if not d or d.get("value") is None:
             return "n/a"
-        ci = d.get("ci")
-        return f"{d['value']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") + f" ({d['n_prefixes']})"
+        return f"{with_ci(d['value'], d.get('ci'), 3, 2)} ({d['n_prefixes']})"
 
     def row(label: str, whole: dict[str, Any], by: dict[str, Any], signs: dict[str, Any] | None = None) -> str:
         ba = (signs or {}).get("balanced_accuracy") or {}

@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from prefixvalue.formatting import fixed, with_ci
+
 from common import REPO, record
 
 OUT = REPO / "benchmarks" / "frontier"
@@ -85,15 +87,12 @@ def rows_of(run: Path, check_dir: Path) -> tuple[list[dict[str, Any]], dict[str,
     return rows, meta
 
 
-def _f(v: Any, d: int = 3) -> str:
-    return "–" if v is None else f"{v:.{d}f}"
+def _f(v: Any) -> str:
+    return fixed(v, none="–")
 
 
 def _ci(d: dict[str, Any] | None) -> str:
-    if not d or d.get("value") is None:
-        return "–"
-    ci = d.get("ci")
-    return f"{d['value']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    return with_ci((d or {}).get("value"), (d or {}).get("ci"), 3, 2, none="–")
 
 
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:

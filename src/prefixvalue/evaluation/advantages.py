@@ -625,16 +625,12 @@ def score_check(
     if "checker_logprob" in check:  # the checker's own ranking, beside the policy's (`CHECKER_COLUMNS`)
         whole, parts = within(check["checker_logprob"])
         out["checker_prob"] = {"within_spearman": whole, "within_by_prefix": parts}
-    per_prefix = _ceiling_per_prefix(check, groups, CEILING_REPLICATES, seed)
-    out["within_noise_ceiling"] = _ceiling_summary(per_prefix, CEILING_REPLICATES)
-    out["within_noise_ceiling_by_prefix"] = {
-        k: _ceiling_summary(per_prefix, CEILING_REPLICATES, keep) for k, keep in by_prefix.items()
-    }
-    per_prefix = _ceiling_per_prefix(check, groups, CEILING_REPLICATES, seed, rule="value")
-    out["within_value_ceiling"] = _ceiling_summary(per_prefix, CEILING_REPLICATES)
-    out["within_value_ceiling_by_prefix"] = {
-        k: _ceiling_summary(per_prefix, CEILING_REPLICATES, keep) for k, keep in by_prefix.items()
-    }
+    for key, rule in (("within_noise_ceiling", "redraw"), ("within_value_ceiling", "value")):
+        per_prefix = _ceiling_per_prefix(check, groups, CEILING_REPLICATES, seed, rule=rule)
+        out[key] = _ceiling_summary(per_prefix, CEILING_REPLICATES)
+        out[f"{key}_by_prefix"] = {
+            k: _ceiling_summary(per_prefix, CEILING_REPLICATES, keep) for k, keep in by_prefix.items()
+        }
     for m in models:
         v, a = check[f"value_{m}"], check[f"advantage_{m}"]
         whole, parts = within(v)
